@@ -1,0 +1,44 @@
+# servergroup: `make demo` and `make test` set everything up on a fresh
+# Debian machine (root, Python 3.11) and are safe to run again.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all demo test lint bench system-deps venv clean help
+
+help:
+	@echo "make demo   - set up and run the servergroup demo"
+	@echo "make test   - set up and run the test suite"
+	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
+	@echo "make bench  - run the benchmarks (results under bench/results/)"
+
+system-deps:
+	@bash scripts/install-system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: system-deps venv
+	$(BIN)/servergroup demo
+
+test: system-deps venv
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: system-deps venv
+	$(BIN)/python bench/coordination.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""What every command shares: the config options, error reporting, running async code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from servergroup.common.errors import ServergroupError
+from servergroup.common.logsetup import setup_logging
+from servergroup.config import Config, load_config
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class CliState:
+    """Top-level options, turned into a `Config` the first time a command asks."""
+
+    config_path: Path | None = None
+    state_dir: Path | None = None
+    endpoints: str | None = None
+    prefix: str | None = None
+    _config: Config | None = None
+
+    def config(self, **coordination: Any) -> Config:
+        if self._config is None or coordination:
+            overrides: dict[str, dict[str, Any]] = {
+                "": {"state_dir": self.state_dir},
+                "coordination": {"endpoints": self.endpoints, "prefix": self.prefix, **coordination},
+            }
+            self._config = load_config(self.config_path, overrides=overrides)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def fail(message: str, status: int = 1) -> None:
+    """Print one sentence on stderr and exit with `status`."""
+    click.echo(f"servergroup: {message}", err=True)
+    sys.exit(status)
+
+
+def report_errors(func: Callable[[], T]) -> T:
+    """Run `func`, turning our errors into one line and an exit status."""
+    try:
+        return func()
+    except ServergroupError as exc:
+        fail(str(exc), exc.exit_status)
+    except KeyboardInterrupt:
+        click.echo("servergroup: interrupted", err=True)
+        sys.exit(130)
+    raise AssertionError("unreachable")
+
+
+def run_async(main: Coroutine[Any, Any, T], *, shutdown_timeout: float = 10.0) -> T:
+    """Run `main` on a new event loop with uvicorn-style signal handling.
+
+    The first SIGINT/SIGTERM cancels `main` so it can shut down in order; a
+    second one exits at once.
+    """
+
+    async def runner() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                click.echo("servergroup: forced exit", err=True)
+                sys.exit(128 + signum)
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if signals_seen:
+                raise KeyboardInterrupt from None
+            raise
+
+    return asyncio.run(runner())
+
+
+def configure_logging(verbose: int, json: bool | None) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    setup_logging(level, json=json)

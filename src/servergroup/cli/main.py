@@ -1,0 +1,82 @@
+"""The `servergroup` command: top-level options and the command groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from servergroup import __version__
+from servergroup.cli import demo, etcd, lab
+from servergroup.cli.common import CliState, configure_logging, report_errors
+
+
+class Main(click.Group):
+    """The root group: turns our errors into one sentence and an exit status."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        return report_errors(lambda: super(Main, self).main(*args, **kwargs))
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="servergroup")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SERVERGROUP_CONFIG",
+    help="TOML config file [env SERVERGROUP_CONFIG; default /etc/servergroup/servergroup.toml].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="SERVERGROUP_STATE_DIR",
+    help="Where servergroup keeps its state [env SERVERGROUP_STATE_DIR].",
+)
+@click.option(
+    "--endpoints",
+    envvar="SERVERGROUP_ETCD_ENDPOINTS",
+    metavar="URLS",
+    help="Comma-separated etcd client URLs; none means the managed local etcd "
+    "[env SERVERGROUP_ETCD_ENDPOINTS].",
+)
+@click.option(
+    "--prefix",
+    envvar="SERVERGROUP_PREFIX",
+    help="Key prefix in etcd [env SERVERGROUP_PREFIX; default /servergroup/v1/].",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "--log-json/--log-text", default=None, help="Log format (default: JSON when not a terminal)."
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    state_dir: Path | None,
+    endpoints: str | None,
+    prefix: str | None,
+    verbose: int,
+    log_json: bool | None,
+) -> None:
+    """servergroup: one control plane for a group of servers.
+
+    Group messaging, vCPU scaling, multicast image distribution, HA services
+    and checkpoint replication, with etcd as the only shared state. With no
+    etcd endpoint configured, servergroup runs its own local etcd.
+    """
+    configure_logging(verbose, log_json)
+    ctx.obj = CliState(
+        config_path=config_path, state_dir=state_dir, endpoints=endpoints, prefix=prefix
+    )
+
+
+cli.add_command(demo.demo)
+cli.add_command(etcd.etcd)
+cli.add_command(lab.lab)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="servergroup")

@@ -1,0 +1,264 @@
+"""Typed, frozen configuration, read once at the edge.
+
+Sources, lowest precedence first: built-in defaults, a TOML file
+(`--config`, `$SERVERGROUP_CONFIG`, or `/etc/servergroup/servergroup.toml`
+when it exists), environment variables `SERVERGROUP_*`, command-line
+options. Everything is validated here, so runtime code never meets an unsafe
+or malformed setting: a bad value is one `ConfigError` sentence naming it.
+
+Example file::
+
+    state_dir = "/var/lib/servergroup"
+
+    [coordination]
+    endpoints = ["http://198.18.0.1:2379", "http://198.18.0.2:2379"]
+    prefix = "/servergroup/v1/"
+    lease_ttl = 2
+    renew_interval = 0.25
+
+    [etcd]          # the managed local etcd, used when no endpoint is set
+    client_port = 12379
+    peer_port = 12380
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from servergroup.common.errors import ConfigError
+
+DEFAULT_PREFIX = "/servergroup/v1/"
+SYSTEM_CONFIG = Path("/etc/servergroup/servergroup.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One etcd client URL, parsed."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse `http://host:port`, `host:port` or `host` (port 2379)."""
+        raw = text.strip()
+        if not raw:
+            raise ConfigError("an etcd endpoint is empty; give host:port or http://host:port.")
+        if "://" not in raw:
+            raw = "http://" + raw
+        parts = urlsplit(raw)
+        if parts.scheme != "http":
+            raise ConfigError(
+                f"etcd endpoint {text!r} uses {parts.scheme}://, but only http:// is supported."
+            )
+        try:
+            port = parts.port or 2379
+        except ValueError:
+            raise ConfigError(f"etcd endpoint {text!r} has an invalid port.") from None
+        if not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(f"etcd endpoint {text!r} is not of the form host:port.")
+        return cls(host=parts.hostname, port=port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinationConfig:
+    """How to reach the store and how sessions keep their lease.
+
+    Safety rule (checked in `validate`): a session must be able to try to renew
+    twice, each attempt bounded by `request_timeout`, before it reaches its
+    self-fencing deadline `lease_ttl - fence_margin`, the moment it stops
+    acting as an owner. Otherwise one slow renewal would fence a healthy
+    owner, or worse, an owner could act after its lease is gone.
+    """
+
+    endpoints: tuple[Endpoint, ...] = ()  # empty: the managed local etcd
+    prefix: str = DEFAULT_PREFIX
+    lease_ttl: int = 1  # whole seconds: etcd grants leases in seconds
+    renew_interval: float = 0.2
+    fence_margin: float = 0.2
+    request_timeout: float = 0.25  # one attempt at one member, then the next member
+    operation_timeout: float = 10.0  # all attempts of one operation together
+
+    def validate(self) -> CoordinationConfig:
+        if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
+            raise ConfigError(f"coordination prefix {self.prefix!r} must start and end with '/'.")
+        if self.lease_ttl < 1:
+            raise ConfigError(f"lease_ttl is {self.lease_ttl}s; etcd's smallest lease is 1 s.")
+        for name in ("renew_interval", "fence_margin", "request_timeout", "operation_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds.")
+        budget = self.lease_ttl - self.fence_margin
+        needed = 2 * self.renew_interval + self.request_timeout
+        if needed > budget:
+            raise ConfigError(
+                f"unsafe timings: 2 x renew_interval ({self.renew_interval}s) + request_timeout "
+                f"({self.request_timeout}s) = {needed:g}s exceeds lease_ttl - fence_margin "
+                f"= {budget:g}s; lower renew_interval or raise lease_ttl."
+            )
+        if self.fence_margin < 0.05:
+            raise ConfigError("fence_margin must be at least 0.05 s to cover scheduling delays.")
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEtcdConfig:
+    """The managed single-member etcd started when no endpoint is configured."""
+
+    binary: str = "etcd"
+    host: str = "127.0.0.1"
+    client_port: int = 12379
+    peer_port: int = 12380
+    start_timeout: float = 15.0
+
+    def validate(self) -> LocalEtcdConfig:
+        for name in ("client_port", "peer_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"etcd {name} {port} is not a TCP port number.")
+        if self.client_port == self.peer_port:
+            raise ConfigError("etcd client_port and peer_port must differ.")
+        return self
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg:
+        return Path(xdg) / "servergroup"
+    if os.geteuid() == 0:
+        return Path("/var/lib/servergroup")
+    return Path.home() / ".local" / "state" / "servergroup"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything servergroup reads from outside, validated."""
+
+    state_dir: Path = field(default_factory=default_state_dir)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    etcd: LocalEtcdConfig = field(default_factory=LocalEtcdConfig)
+
+    @property
+    def managed_etcd(self) -> bool:
+        """True when servergroup runs its own local etcd (no endpoint configured)."""
+        return not self.coordination.endpoints
+
+
+def parse_endpoints(text: str | list[str] | tuple[str, ...]) -> tuple[Endpoint, ...]:
+    """Parse a comma-separated string or a list of endpoints."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(Endpoint.parse(str(item)) for item in items if str(item).strip())
+
+
+def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
+    if name == "endpoints":
+        return parse_endpoints(value)
+    try:
+        if isinstance(default, bool):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{section}.{name} = {value!r} is not a valid value.") from None
+
+
+def _section(cls: type[Any], section: str, values: Mapping[str, Any]) -> Any:
+    base = cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {section}.{unknown[0]}; known: {', '.join(sorted(known))}.")
+    kwargs = {k: _coerce(section, k, v, getattr(base, k)) for k, v in values.items()}
+    return dataclasses.replace(base, **kwargs).validate()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+
+
+ENV_MAP = {
+    "SERVERGROUP_STATE_DIR": ("", "state_dir"),
+    "SERVERGROUP_ETCD_ENDPOINTS": ("coordination", "endpoints"),
+    "SERVERGROUP_PREFIX": ("coordination", "prefix"),
+    "SERVERGROUP_LEASE_TTL": ("coordination", "lease_ttl"),
+    "SERVERGROUP_ETCD_PORT": ("etcd", "client_port"),
+    "SERVERGROUP_ETCD_PEER_PORT": ("etcd", "peer_port"),
+}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the validated `Config` from file, environment and `overrides`.
+
+    `overrides` maps a section ("" for top level, "coordination", "etcd") to
+    settings; a value of None means "not given" and is ignored.
+    """
+    env = os.environ if env is None else env
+    layers: dict[str, dict[str, Any]] = {"": {}, "coordination": {}, "etcd": {}}
+    if path is None and env.get("SERVERGROUP_CONFIG"):
+        path = Path(env["SERVERGROUP_CONFIG"])
+    if path is None and SYSTEM_CONFIG.exists():
+        path = SYSTEM_CONFIG
+    if path is not None:
+        data = _read_toml(path)
+        for key, value in data.items():
+            if key in ("coordination", "etcd"):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"[{key}] in {path} must be a table.")
+                layers[key].update(value)
+            elif key == "state_dir":
+                layers[""][key] = value
+            else:
+                raise ConfigError(f"unknown setting {key!r} in {path}.")
+    for var, (section, name) in ENV_MAP.items():
+        if env.get(var):
+            layers[section][name] = env[var]
+    for section, values in (overrides or {}).items():
+        if section not in layers:
+            raise ConfigError(f"unknown config section {section!r}.")
+        layers[section].update({k: v for k, v in values.items() if v is not None})
+    state_dir = Path(layers[""]["state_dir"]) if "state_dir" in layers[""] else None
+    return Config(
+        state_dir=state_dir if state_dir is not None else default_state_dir(env),
+        coordination=_section(CoordinationConfig, "coordination", layers["coordination"]),
+        etcd=_section(LocalEtcdConfig, "etcd", layers["etcd"]),
+    )
+
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "Config",
+    "CoordinationConfig",
+    "Endpoint",
+    "LocalEtcdConfig",
+    "default_state_dir",
+    "load_config",
+    "parse_endpoints",
+]
