@@ -76,7 +76,7 @@ class CoordinationConfig:
     """How to reach the store and how sessions keep their lease.
 
     Safety rule (checked in `validate`): a session must be able to try to renew
-    twice, each attempt bounded by `request_timeout`, before it reaches its
+    twice, each attempt bounded by `renew_timeout`, before it reaches its
     self-fencing deadline `lease_ttl - fence_margin`, the moment it stops
     acting as an owner. Otherwise one slow renewal would fence a healthy
     owner, or worse, an owner could act after its lease is gone.
@@ -87,23 +87,30 @@ class CoordinationConfig:
     lease_ttl: int = 1  # whole seconds: etcd grants leases in seconds
     renew_interval: float = 0.2
     fence_margin: float = 0.2
-    request_timeout: float = 0.25  # one attempt at one member, then the next member
-    operation_timeout: float = 10.0  # all attempts of one operation together
+    renew_timeout: float = 0.25  # one lease renewal attempt
+    request_timeout: float = 1.0  # one attempt of any other request at one member
+    operation_timeout: float = 10.0  # all attempts of one operation, over all members
 
     def validate(self) -> CoordinationConfig:
         if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
             raise ConfigError(f"coordination prefix {self.prefix!r} must start and end with '/'.")
         if self.lease_ttl < 1:
             raise ConfigError(f"lease_ttl is {self.lease_ttl}s; etcd's smallest lease is 1 s.")
-        for name in ("renew_interval", "fence_margin", "request_timeout", "operation_timeout"):
+        for name in (
+            "renew_interval",
+            "fence_margin",
+            "renew_timeout",
+            "request_timeout",
+            "operation_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds.")
         budget = self.lease_ttl - self.fence_margin
-        needed = 2 * self.renew_interval + self.request_timeout
+        needed = 2 * self.renew_interval + self.renew_timeout
         if needed > budget:
             raise ConfigError(
-                f"unsafe timings: 2 x renew_interval ({self.renew_interval}s) + request_timeout "
-                f"({self.request_timeout}s) = {needed:g}s exceeds lease_ttl - fence_margin "
+                f"unsafe timings: 2 x renew_interval ({self.renew_interval}s) + renew_timeout "
+                f"({self.renew_timeout}s) = {needed:g}s exceeds lease_ttl - fence_margin "
                 f"= {budget:g}s; lower renew_interval or raise lease_ttl."
             )
         if self.fence_margin < 0.05:
@@ -182,7 +189,9 @@ def _section(cls: type[Any], section: str, values: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown setting {section}.{unknown[0]}; known: {', '.join(sorted(known))}.")
+        raise ConfigError(
+            f"unknown setting {section}.{unknown[0]}; known: {', '.join(sorted(known))}."
+        )
     kwargs = {k: _coerce(section, k, v, getattr(base, k)) for k, v in values.items()}
     return dataclasses.replace(base, **kwargs).validate()
 

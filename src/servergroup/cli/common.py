@@ -34,7 +34,11 @@ class CliState:
         if self._config is None or coordination:
             overrides: dict[str, dict[str, Any]] = {
                 "": {"state_dir": self.state_dir},
-                "coordination": {"endpoints": self.endpoints, "prefix": self.prefix, **coordination},
+                "coordination": {
+                    "endpoints": self.endpoints,
+                    "prefix": self.prefix,
+                    **coordination,
+                },
             }
             self._config = load_config(self.config_path, overrides=overrides)
         return self._config

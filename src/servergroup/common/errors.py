@@ -50,3 +50,9 @@ class MissingDependency(LocalError):
     """A program or package servergroup needs is not installed."""
 
     exit_status = 5
+
+
+class ProcessFailed(RemoteError):
+    """A program servergroup started (etcd, an agent, a helper) failed to start or died."""
+
+    exit_status = 3

@@ -1,0 +1,64 @@
+"""The shared store: the `Coordinator` protocol, its etcd and in-memory backends, and recipes.
+
+etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
+- a `Coordinator` (`connect()` builds the etcd one from the config),
+- a `Session` (a lease kept alive, with CONNECTED / SUSPENDED / LOST),
+- `Ownership` (election with fencing tokens and self-fencing).
+"""
+
+from servergroup.coordination.election import (
+    NotOwner,
+    Ownership,
+    OwnershipAcquired,
+    OwnershipEvent,
+    OwnershipLost,
+)
+from servergroup.coordination.errors import (
+    CoordinationError,
+    FencingError,
+    LeaseNotFound,
+    StoreUnavailable,
+    WatchCompacted,
+)
+from servergroup.coordination.etcd import EtcdCoordinator
+from servergroup.coordination.keeper import Session
+from servergroup.coordination.memory import MemoryCoordinator, MemoryStore
+from servergroup.coordination.protocol import Coordinator, Watch
+from servergroup.coordination.session import SessionChanged, SessionMachine
+from servergroup.coordination.types import (
+    EventKind,
+    Guard,
+    KeyValue,
+    Lease,
+    Range,
+    SessionState,
+    WatchEvent,
+)
+
+__all__ = [
+    "CoordinationError",
+    "Coordinator",
+    "EtcdCoordinator",
+    "EventKind",
+    "FencingError",
+    "Guard",
+    "KeyValue",
+    "Lease",
+    "LeaseNotFound",
+    "MemoryCoordinator",
+    "MemoryStore",
+    "NotOwner",
+    "Ownership",
+    "OwnershipAcquired",
+    "OwnershipEvent",
+    "OwnershipLost",
+    "Range",
+    "Session",
+    "SessionChanged",
+    "SessionMachine",
+    "SessionState",
+    "StoreUnavailable",
+    "Watch",
+    "WatchCompacted",
+    "WatchEvent",
+]

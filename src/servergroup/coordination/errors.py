@@ -1,0 +1,38 @@
+"""Errors of the coordination layer."""
+
+from __future__ import annotations
+
+from servergroup.common.errors import RemoteError
+
+
+class CoordinationError(RemoteError):
+    """The store refused or failed an operation."""
+
+
+class StoreUnavailable(CoordinationError):
+    """No member of the store answered within the operation's deadline."""
+
+
+class WatchCompacted(CoordinationError):
+    """A watch cannot resume: the store compacted the revisions it needs."""
+
+    def __init__(self, message: str, *, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFound(CoordinationError):
+    """The lease expired or was revoked."""
+
+
+class FencingError(CoordinationError):
+    """A guarded write was refused: the writer's fencing token is stale."""
+
+
+__all__ = [
+    "CoordinationError",
+    "FencingError",
+    "LeaseNotFound",
+    "StoreUnavailable",
+    "WatchCompacted",
+]

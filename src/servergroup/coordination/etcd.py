@@ -1,0 +1,537 @@
+"""The etcd backend of the `Coordinator` protocol, on the aetcd asyncio client.
+
+Theory of operation:
+
+- One aetcd `Client` (one gRPC channel) at a time, to one member of the
+  endpoint list. Every request is bounded by `request_timeout` (renewals by
+  the caller's own, shorter, timeout). A request that fails for a transport
+  reason (unavailable, deadline, no leader) *rotates* to the next member:
+  the old channel is closed, a new one opened, the connection `generation`
+  increases, and the request is retried with jittered backoff until the
+  operation's deadline; then `StoreUnavailable`.
+- A member that hangs (SIGSTOP, partition) is noticed by the first request
+  that times out against it; the session's lease renewals, which run every
+  few hundred milliseconds, make sure that happens quickly.
+- Watches run as tasks that follow the generation: when the connection
+  rotates, or the watch stream ends with an error, the watch is re-created on
+  the new channel from the revision of the last event it delivered. Events of
+  that revision already delivered are skipped by key, so across a reconnect
+  no event is lost or repeated (etcd's watch order is by revision, then by
+  key order inside a transaction).
+- Transactions that must return the store revision (create, guarded writes)
+  use the KV stub of the aetcd client directly, because aetcd's
+  `transaction()` drops the response header.
+- `create` is made safe to retry: if an earlier attempt actually succeeded
+  before timing out, the key exists with our lease and value, and we take
+  its create revision as ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from servergroup.common.clock import Clock, SystemClock
+from servergroup.config import CoordinationConfig, Endpoint
+from servergroup.coordination.errors import (
+    CoordinationError,
+    FencingError,
+    LeaseNotFound,
+    StoreUnavailable,
+    WatchCompacted,
+)
+from servergroup.coordination.types import EventKind, Guard, KeyValue, Lease, Range, WatchEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# gRPC status codes that mean "this member cannot serve us now": try another.
+_TRANSPORT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class _TransportError(Exception):
+    """A failure that rotating to another member may cure."""
+
+
+def _range_end(prefix: bytes) -> bytes:
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"  # prefix of all 0xff: to the end of the key space
+
+
+def _is_transport(exc: BaseException) -> bool:
+    if isinstance(exc, (asyncio.TimeoutError, _TransportError, ConnectionError, OSError)):
+        return True
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in _TRANSPORT_CODES
+    if isinstance(exc, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)):
+        return True
+    if isinstance(exc, aetcd.InternalError):
+        return True
+    if isinstance(exc, aetcd.ClientError):
+        cause = exc.__cause__
+        return cause is not None and _is_transport(cause)
+    return False
+
+
+def _lease_gone(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() == grpc.StatusCode.NOT_FOUND or "lease not found" in (exc.details() or "")
+    if isinstance(exc, aetcd.ClientError):
+        return "lease not found" in str(exc) or (
+            exc.__cause__ is not None and _lease_gone(exc.__cause__)
+        )
+    return False
+
+
+class EtcdCoordinator:
+    """A `Coordinator` on a real etcd cluster (one or more members)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        prefix: str,
+        config: CoordinationConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("EtcdCoordinator needs at least one endpoint")
+        self._endpoints = tuple(endpoints)
+        self._prefix = prefix
+        self._config = config or CoordinationConfig()
+        self._clock: Clock = clock or SystemClock()
+        self._index = random.randrange(len(self._endpoints))
+        self._client: aetcd.Client | None = None
+        self._generation = 0
+        self._rotated = asyncio.Event()
+        self._closed = False
+        self._watches: set[_EtcdWatch] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- connection management ---------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The member this client is talking to now."""
+        return self._endpoints[self._index]
+
+    @property
+    def generation(self) -> int:
+        """Increases each time the client moves to a new connection."""
+        return self._generation
+
+    def _connected_client(self) -> aetcd.Client:
+        if self._closed:
+            raise CoordinationError("the coordinator is closed")
+        if self._client is None:
+            ep = self._endpoints[self._index]
+            # Our own deadlines bound every call; aetcd's timeout stays unset.
+            self._client = aetcd.Client(host=ep.host, port=ep.port, timeout=None)
+        return self._client
+
+    async def _ensure_client(self) -> aetcd.Client:
+        client = self._connected_client()
+        await client.connect()
+        return client
+
+    def rotate(self, generation: int) -> None:
+        """Move to the next member, unless someone already did since `generation`."""
+        if generation != self._generation or self._closed:
+            return
+        old = self._client
+        self._client = None
+        self._index = (self._index + 1) % len(self._endpoints)
+        self._generation += 1
+        self._rotated.set()
+        self._rotated = asyncio.Event()
+        log.info("etcd: switching to %s", self._endpoints[self._index])
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(self._close_client(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_client(client: aetcd.Client) -> None:
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(client.close(), 2.0)
+
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[[aetcd.Client], Awaitable[T]],
+        *,
+        attempt_timeout: float | None = None,
+        deadline_timeout: float | None = None,
+    ) -> T:
+        """Run `fn` against the current member, rotating and retrying on transport errors."""
+        attempt = attempt_timeout or self._config.request_timeout
+        total = deadline_timeout if deadline_timeout is not None else self._config.operation_timeout
+        deadline = self._clock.monotonic() + total
+        backoff = 0.02
+        last: BaseException | None = None
+        while True:
+            generation = self._generation
+            remaining = deadline - self._clock.monotonic()
+            try:
+                client = await asyncio.wait_for(
+                    self._ensure_client(), max(0.01, min(attempt, remaining))
+                )
+                return await asyncio.wait_for(fn(client), max(0.01, min(attempt, remaining)))
+            except Exception as exc:
+                if not _is_transport(exc):
+                    raise
+                last = exc
+                self.rotate(generation)
+            if self._clock.monotonic() + backoff >= deadline:
+                where = ", ".join(str(e) for e in self._endpoints)
+                reason = type(last).__name__ if last is not None else "timeout"
+                detail = str(last).strip().splitlines()[0] if last is not None and str(last) else ""
+                raise StoreUnavailable(
+                    f"etcd at {where} did not answer {what} within {total:g} s "
+                    f"({reason}{': ' + detail if detail else ''})."
+                )
+            await self._clock.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 0.5)
+
+    # -- key/value -----------------------------------------------------------
+
+    def _k(self, key: str) -> bytes:
+        return (self._prefix + key).encode()
+
+    def _kv(self, raw: Any) -> KeyValue:
+        return KeyValue(
+            key=raw.key.decode()[len(self._prefix) :],
+            value=bytes(raw.value),
+            create_revision=raw.create_revision,
+            mod_revision=raw.mod_revision,
+            version=raw.version,
+            lease=raw.lease,
+        )
+
+    async def get(self, key: str) -> KeyValue | None:
+        async def op(c: aetcd.Client) -> Any:
+            return await c.kvstub.Range(rpc.RangeRequest(key=self._k(key)))
+
+        resp = await self._call(f"get {key}", op)
+        return self._kv(resp.kvs[0]) if resp.kvs else None
+
+    async def get_prefix(self, prefix: str) -> Range:
+        start = self._k(prefix)
+
+        async def op(c: aetcd.Client) -> Any:
+            req = rpc.RangeRequest(
+                key=start,
+                range_end=_range_end(start),
+                sort_order=rpc.RangeRequest.ASCEND,
+                sort_target=rpc.RangeRequest.KEY,
+            )
+            return await c.kvstub.Range(req)
+
+        resp = await self._call(f"get_prefix {prefix}", op)
+        return Range(items=tuple(self._kv(kv) for kv in resp.kvs), revision=resp.header.revision)
+
+    def _guard_compare(self, guard: Guard) -> Any:
+        return rpc.Compare(
+            result=rpc.Compare.EQUAL,
+            target=rpc.Compare.CREATE,
+            key=self._k(guard.key),
+            create_revision=guard.create_revision,
+        )
+
+    async def _txn(self, what: str, request: Any) -> Any:
+        async def op(c: aetcd.Client) -> Any:
+            return await c.kvstub.Txn(request)
+
+        try:
+            return await self._call(what, op)
+        except grpc.aio.AioRpcError as exc:
+            if _lease_gone(exc):
+                raise LeaseNotFound(f"{what}: the lease has expired") from None
+            raise CoordinationError(f"{what} failed: {exc.details()}") from None
+
+    async def put(
+        self, key: str, value: bytes, *, lease: int = 0, guard: Guard | None = None
+    ) -> int:
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(key), value=value, lease=lease))
+        compare = [self._guard_compare(guard)] if guard else []
+        resp = await self._txn(f"put {key}", rpc.TxnRequest(compare=compare, success=[put]))
+        if not resp.succeeded:
+            raise FencingError(f"write to {key} refused: fencing token is stale")
+        return int(resp.header.revision)
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
+        full = self._k(key)
+        absent = rpc.Compare(
+            result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=full, create_revision=0
+        )
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, lease=lease))
+        read = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
+        resp = await self._txn(
+            f"create {key}", rpc.TxnRequest(compare=[absent], success=[put], failure=[read])
+        )
+        if resp.succeeded:
+            return int(resp.header.revision)
+        kvs = resp.responses[0].response_range.kvs
+        if kvs and lease and kvs[0].lease == lease and kvs[0].value == value:
+            return int(kvs[0].create_revision)  # our own earlier attempt won
+        return None
+
+    async def delete(self, key: str, *, guard: Guard | None = None) -> bool:
+        op_ = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(key)))
+        compare = [self._guard_compare(guard)] if guard else []
+        resp = await self._txn(f"delete {key}", rpc.TxnRequest(compare=compare, success=[op_]))
+        if not resp.succeeded:
+            raise FencingError(f"delete of {key} refused: fencing token is stale")
+        return bool(resp.responses[0].response_delete_range.deleted)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        start = self._k(prefix)
+
+        async def op(c: aetcd.Client) -> Any:
+            req = rpc.DeleteRangeRequest(key=start, range_end=_range_end(start))
+            return await c.kvstub.DeleteRange(req)
+
+        resp = await self._call(f"delete_prefix {prefix}", op)
+        return int(resp.deleted)
+
+    # -- leases ----------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> Lease:
+        async def op(c: aetcd.Client) -> Any:
+            return await c.leasestub.LeaseGrant(rpc.LeaseGrantRequest(TTL=int(ttl)))
+
+        resp = await self._call("lease grant", op)
+        if resp.error:
+            raise CoordinationError(f"lease grant failed: {resp.error}")
+        return Lease(id=int(resp.ID), ttl=int(resp.TTL))
+
+    async def keep_alive(self, lease_id: int, *, timeout: float | None = None) -> int:
+        async def op(c: aetcd.Client) -> Any:
+            call = c.leasestub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]))
+            try:
+                async for reply in call:
+                    return reply
+                raise _TransportError("keep-alive stream ended without a reply")
+            finally:
+                call.cancel()
+
+        attempt = timeout or self._config.renew_timeout
+        reply = await self._call(
+            "lease keep-alive", op, attempt_timeout=attempt, deadline_timeout=attempt
+        )
+        if reply.TTL <= 0:
+            raise LeaseNotFound(f"lease {lease_id:x} has expired or was revoked")
+        return int(reply.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        async def op(c: aetcd.Client) -> Any:
+            return await c.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id))
+
+        try:
+            await self._call("lease revoke", op)
+        except grpc.aio.AioRpcError as exc:
+            if not _lease_gone(exc):
+                raise CoordinationError(f"lease revoke failed: {exc.details()}") from None
+
+    # -- watches -----------------------------------------------------------------
+
+    async def watch(self, prefix: str, *, start_revision: int) -> _EtcdWatch:
+        w = _EtcdWatch(self, prefix, start_revision)
+        self._watches.add(w)
+        await w.start()
+        return w
+
+    async def _open_watch(self, key: bytes, start_revision: int) -> tuple[Any, int]:
+        """Create an aetcd watch on the current member; return it and the generation."""
+        generation = self._generation
+        client = await asyncio.wait_for(self._ensure_client(), self._config.request_timeout)
+        w = await asyncio.wait_for(
+            client.watch(key, range_end=_range_end(key), start_revision=start_revision),
+            self._config.request_timeout,
+        )
+        return w, generation
+
+    def _rotation_event(self) -> asyncio.Event:
+        return self._rotated
+
+    async def close(self) -> None:
+        for w in list(self._watches):
+            await w.close()
+        self._watches.clear()
+        self._closed = True
+        if self._client is not None:
+            await self._close_client(self._client)
+            self._client = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> EtcdCoordinator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _EtcdWatch:
+    """A resumable watch: follows the coordinator across reconnects."""
+
+    def __init__(self, owner: EtcdCoordinator, prefix: str, start_revision: int) -> None:
+        self._owner = owner
+        self._key = owner._k(prefix)
+        self._strip = len(owner.prefix)
+        self._next_revision = max(1, start_revision)
+        self._seen_at_revision: set[bytes] = set()  # keys delivered at next_revision - 1
+        self._queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _resume_revision(self) -> int:
+        # Re-read the last delivered revision so its remaining events arrive;
+        # the ones already delivered are skipped by key.
+        return self._next_revision - 1 if self._seen_at_revision else self._next_revision
+
+    def _deliver(self, event: Any) -> None:
+        kv = event.kv
+        rev = int(kv.mod_revision)
+        key = bytes(kv.key)
+        if rev < self._next_revision - 1:
+            return
+        if rev == self._next_revision - 1:
+            if key in self._seen_at_revision:
+                return
+        else:
+            self._seen_at_revision = set()
+            self._next_revision = rev + 1
+        self._seen_at_revision.add(key)
+        kind = EventKind.PUT if event.kind == aetcd.EventKind.PUT else EventKind.DELETE
+        self._queue.put_nowait(
+            WatchEvent(
+                kind=kind,
+                key=key.decode()[self._strip :],
+                value=bytes(kv.value),
+                revision=rev,
+                create_revision=int(kv.create_revision),
+                lease=int(kv.lease),
+            )
+        )
+
+    async def _run(self) -> None:
+        backoff = 0.02
+        while not self._closed:
+            generation = self._owner.generation
+            try:
+                w, generation = await self._owner._open_watch(self._key, self._resume_revision())
+            except aetcd.RevisionCompactedError as exc:
+                self._queue.put_nowait(
+                    WatchCompacted(
+                        f"watch cannot resume at revision {self._resume_revision()}: "
+                        f"etcd compacted up to {exc.compacted_revision}",
+                        compact_revision=exc.compacted_revision,
+                    )
+                )
+                return
+            except Exception as exc:
+                if not _is_transport(exc):
+                    self._queue.put_nowait(exc)
+                    return
+                self._owner.rotate(generation)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 0.5)
+                continue
+            backoff = 0.02
+            rotated = self._owner._rotation_event()
+            try:
+                await self._pump(w, rotated)
+            except aetcd.RevisionCompactedError as exc:
+                self._queue.put_nowait(
+                    WatchCompacted(
+                        f"watch lost its place: etcd compacted up to {exc.compacted_revision}",
+                        compact_revision=exc.compacted_revision,
+                    )
+                )
+                return
+            except Exception as exc:
+                if not _is_transport(exc):
+                    self._queue.put_nowait(exc)
+                    return
+                # The stream broke: rotate so the next attempt tries another member.
+                self._owner.rotate(generation)
+            finally:
+                with contextlib.suppress(Exception, asyncio.TimeoutError):
+                    await asyncio.wait_for(w.cancel(), 1.0)
+
+    async def _pump(self, w: Any, rotated: asyncio.Event) -> None:
+        """Deliver events until the stream ends or the coordinator rotates."""
+        events = w.__aiter__()
+        rotation = asyncio.ensure_future(rotated.wait())
+        nxt: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                nxt = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({nxt, rotation}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    return
+                try:
+                    event = nxt.result()
+                except StopAsyncIteration:
+                    raise _TransportError("watch stream ended") from None
+                finally:
+                    nxt = None
+                self._deliver(event)
+        finally:
+            rotation.cancel()
+            if nxt is not None:
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[WatchEvent]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._owner._watches.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._queue.put_nowait(None)
+
+
+__all__ = ["EtcdCoordinator"]
