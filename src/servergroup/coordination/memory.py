@@ -162,7 +162,11 @@ class MemoryStore:
 
     def create(self, key: str, value: bytes, lease: int) -> int | None:
         self.check()
-        if key in self._kv:
+        old = self._kv.get(key)
+        if old is not None:
+            # A retry of our own successful create gets our token back, as on etcd.
+            if lease and old.lease == lease and old.value == value:
+                return old.create_revision
             return None
         return self.put(key, value, lease, None)
 
@@ -281,7 +285,7 @@ class MemoryCoordinator:
 
     async def _enter(self) -> None:
         self._store.ensure_reaper()
-        await self._enter()
+        await asyncio.sleep(0)
 
     def _strip(self, kv: KeyValue) -> KeyValue:
         return replace(kv, key=kv.key[len(self._prefix) :])
