@@ -24,6 +24,7 @@ Example file::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,9 +60,11 @@ class Endpoint:
                 f"etcd endpoint {text!r} uses {parts.scheme}://, but only http:// is supported."
             )
         try:
-            port = parts.port or 2379
+            port = parts.port if parts.port is not None else 2379
         except ValueError:
-            raise ConfigError(f"etcd endpoint {text!r} has an invalid port.") from None
+            port = 0
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"etcd endpoint {text!r} has an invalid port.")
         if not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"etcd endpoint {text!r} is not of the form host:port.")
         return cls(host=parts.hostname, port=port)
@@ -135,6 +138,8 @@ class LocalEtcdConfig:
                 raise ConfigError(f"etcd {name} {port} is not a TCP port number.")
         if self.client_port == self.peer_port:
             raise ConfigError("etcd client_port and peer_port must differ.")
+        if not self.start_timeout > 0:
+            raise ConfigError("etcd start_timeout must be a positive number of seconds.")
         return self
 
 
@@ -142,7 +147,8 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
     env = os.environ if env is None else env
     xdg = env.get("XDG_STATE_HOME")
-    if xdg:
+    # The XDG base directory spec: a relative path in the variable is invalid; ignore it.
+    if xdg and os.path.isabs(xdg):
         return Path(xdg) / "servergroup"
     if os.geteuid() == 0:
         return Path("/var/lib/servergroup")
@@ -170,18 +176,52 @@ def parse_endpoints(text: str | list[str] | tuple[str, ...]) -> tuple[Endpoint, 
 
 
 def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
+    """`value` (a TOML value, or a string from the environment) as the type of `default`.
+
+    Strict: a value of another kind (a fraction for a whole number, a boolean
+    for a number, NaN or infinity for a duration) is refused, not converted.
+    """
     if name == "endpoints":
+        if not isinstance(value, str | list | tuple):
+            raise ConfigError(f"{section}.{name} must be a list of endpoints.")
         return parse_endpoints(value)
-    try:
-        if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
+    invalid = ConfigError(
+        f"{section + '.' if section else ''}{name} = {value!r} is not a valid value."
+    )
+    if isinstance(default, bool):
+        words = {"1": True, "true": True, "yes": True, "on": True}
+        words |= {"0": False, "false": False, "no": False, "off": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in words:
+            return words[value.lower()]
+        raise invalid
+    if isinstance(value, bool):  # bool is an int to Python, never to a user
+        raise invalid
+    if isinstance(default, int):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(default, float):
-            return float(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise invalid from None
+        raise invalid
+    if isinstance(default, float):
+        if not isinstance(value, int | float | str):
+            raise invalid
+        try:
+            number = float(value)
+        except ValueError:
+            raise invalid from None
+        if not math.isfinite(number):
+            raise invalid
+        return number
+    if isinstance(value, str | Path):
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{section}.{name} = {value!r} is not a valid value.") from None
+    raise invalid
 
 
 def _section(cls: type[Any], section: str, values: Mapping[str, Any]) -> Any:
@@ -253,7 +293,12 @@ def load_config(
         if section not in layers:
             raise ConfigError(f"unknown config section {section!r}.")
         layers[section].update({k: v for k, v in values.items() if v is not None})
-    state_dir = Path(layers[""]["state_dir"]) if "state_dir" in layers[""] else None
+    state_dir: Path | None = None
+    if "state_dir" in layers[""]:
+        text = _coerce("", "state_dir", layers[""]["state_dir"], "")
+        if not text:
+            raise ConfigError("state_dir is empty; give a directory.")
+        state_dir = Path(text)
     return Config(
         state_dir=state_dir if state_dir is not None else default_state_dir(env),
         coordination=_section(CoordinationConfig, "coordination", layers["coordination"]),

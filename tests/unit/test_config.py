@@ -1,0 +1,222 @@
+"""Configuration: parsing, precedence (defaults < file < environment < options), validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from servergroup.common.errors import ConfigError
+from servergroup.config import (
+    DEFAULT_PREFIX,
+    Config,
+    CoordinationConfig,
+    Endpoint,
+    LocalEtcdConfig,
+    default_state_dir,
+    load_config,
+    parse_endpoints,
+)
+
+NO_ENV: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("http://10.0.0.1:2379", "10.0.0.1", 2379),
+        ("10.0.0.1:4001", "10.0.0.1", 4001),
+        ("etcd.example", "etcd.example", 2379),
+        ("  http://h:1/  ", "h", 1),
+        ("http://[::1]:2379", "::1", 2379),
+    ],
+)
+def test_endpoint_parse(text: str, host: str, port: int) -> None:
+    assert Endpoint.parse(text) == Endpoint(host=host, port=port)
+
+
+def test_endpoint_str_round_trips() -> None:
+    for text in ("http://10.0.0.1:2379", "http://[::1]:2379", "http://h:1"):
+        assert str(Endpoint.parse(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("", "empty"),
+        ("https://h:2379", "https"),
+        ("http://h:notaport", "invalid port"),
+        ("http://h:99999", "invalid port"),
+        ("http://h:0", "invalid port"),
+        ("http://h:2379/v3", "not of the form"),
+        ("http://:2379", "not of the form"),
+    ],
+)
+def test_endpoint_parse_refuses(text: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        Endpoint.parse(text)
+
+
+def test_parse_endpoints_from_string_and_list() -> None:
+    both = (Endpoint(host="a", port=1), Endpoint(host="b", port=2))
+    assert parse_endpoints("a:1, b:2,") == both
+    assert parse_endpoints(["a:1", "b:2"]) == both
+    assert parse_endpoints("") == ()
+
+
+def test_defaults_are_valid_and_use_the_managed_etcd(tmp_path: Path) -> None:
+    config = load_config(env={"XDG_STATE_HOME": str(tmp_path)})
+    assert config.managed_etcd
+    assert config.state_dir == tmp_path / "servergroup"
+    assert config.coordination.prefix == DEFAULT_PREFIX
+    assert config.coordination.lease_ttl == 1
+    assert config.etcd == LocalEtcdConfig()
+    assert (config.etcd.client_port, config.etcd.peer_port) == (12379, 12380)
+    assert CoordinationConfig().validate() == config.coordination
+
+
+def test_default_state_dir() -> None:
+    assert default_state_dir({"XDG_STATE_HOME": "/x/state"}) == Path("/x/state/servergroup")
+    expected = (
+        Path("/var/lib/servergroup")
+        if os.geteuid() == 0
+        else Path.home() / ".local" / "state" / "servergroup"
+    )
+    assert default_state_dir({}) == expected
+    # The XDG base directory spec says a relative value is to be ignored.
+    assert default_state_dir({"XDG_STATE_HOME": "relative/dir"}) == expected
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_file_then_environment_then_options(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "sg.toml",
+        'state_dir = "/from/file"\n'
+        "[coordination]\n"
+        'endpoints = ["http://f1:2379", "f2:2379"]\n'
+        'prefix = "/file/"\n'
+        "lease_ttl = 3\n"
+        "[etcd]\n"
+        "client_port = 5000\n"
+        "peer_port = 5001\n",
+    )
+    from_file = load_config(path, env=NO_ENV)
+    assert from_file.state_dir == Path("/from/file")
+    assert from_file.coordination.endpoints == (
+        Endpoint(host="f1", port=2379),
+        Endpoint(host="f2", port=2379),
+    )
+    assert from_file.coordination.prefix == "/file/"
+    assert from_file.coordination.lease_ttl == 3
+    assert (from_file.etcd.client_port, from_file.etcd.peer_port) == (5000, 5001)
+    assert not from_file.managed_etcd
+
+    env = {
+        "SERVERGROUP_STATE_DIR": "/from/env",
+        "SERVERGROUP_PREFIX": "/env/",
+        "SERVERGROUP_ETCD_PORT": "6000",
+        "SERVERGROUP_ETCD_PEER_PORT": "6001",
+        "SERVERGROUP_ETCD_ENDPOINTS": "e1:1,e2:2",
+        "SERVERGROUP_LEASE_TTL": "2",
+    }
+    from_env = load_config(path, env=env)
+    assert from_env.state_dir == Path("/from/env")
+    assert from_env.coordination.prefix == "/env/"
+    assert from_env.coordination.endpoints == parse_endpoints("e1:1,e2:2")
+    assert from_env.coordination.lease_ttl == 2
+    assert (from_env.etcd.client_port, from_env.etcd.peer_port) == (6000, 6001)
+
+    from_options = load_config(
+        path,
+        env=env,
+        overrides={
+            "": {"state_dir": "/from/options"},
+            "coordination": {"prefix": "/opt/", "endpoints": None},
+            "etcd": {"client_port": 7000},
+        },
+    )
+    assert from_options.state_dir == Path("/from/options")
+    assert from_options.coordination.prefix == "/opt/"
+    # None means "not given": the environment's value stays.
+    assert from_options.coordination.endpoints == parse_endpoints("e1:1,e2:2")
+    assert from_options.etcd.client_port == 7000
+
+
+def test_config_file_from_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path / "sg.toml", "[etcd]\nclient_port = 4242\n")
+    config = load_config(env={"SERVERGROUP_CONFIG": str(path)})
+    assert config.etcd.client_port == 4242
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("not toml [", "not valid TOML"),
+        ("colour = 1\n", "unknown setting 'colour'"),
+        ("coordination = 1\n", r"\[coordination\] .* must be a table"),
+        ("[coordination]\nspeed = 1\n", "unknown setting coordination.speed"),
+        ("[etcd]\nclient_port = 'high'\n", "etcd.client_port"),
+        ("[etcd]\nclient_port = 70000\n", "not a TCP port"),
+        ("[etcd]\nclient_port = 5\npeer_port = 5\n", "must differ"),
+        ("[etcd]\nstart_timeout = 0\n", "start_timeout"),
+        ("[coordination]\nprefix = 'no-slash'\n", "must start and end with '/'"),
+        ("[coordination]\nlease_ttl = 0\n", "smallest lease is 1 s"),
+        ("[coordination]\nrenew_interval = 0.45\n", "unsafe timings"),
+        ("[coordination]\nrenew_interval = -1\n", "positive"),
+        ("[coordination]\nfence_margin = 0.01\n", "fence_margin"),
+        ("[coordination]\nendpoints = ['https://h']\n", "only http"),
+        # Values of the wrong kind are refused, not silently converted.
+        ("[coordination]\nlease_ttl = 1.5\n", "coordination.lease_ttl"),
+        ("[coordination]\nlease_ttl = true\n", "coordination.lease_ttl"),
+        ("[coordination]\nrenew_interval = nan\n", "coordination.renew_interval"),
+        ("[coordination]\noperation_timeout = inf\n", "coordination.operation_timeout"),
+        ("state_dir = 5\n", "state_dir"),
+        ("state_dir = ''\n", "state_dir is empty"),
+    ],
+)
+def test_bad_config_file_is_one_sentence(tmp_path: Path, text: str, complaint: str) -> None:
+    path = write(tmp_path / "sg.toml", text)
+    with pytest.raises(ConfigError, match=complaint) as info:
+        load_config(path, env=NO_ENV)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.endswith(".")
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env=NO_ENV)
+
+
+def test_bad_environment_value_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"etcd\.client_port"):
+        load_config(env={"SERVERGROUP_ETCD_PORT": "abc"})
+
+
+def test_unknown_override_section() -> None:
+    with pytest.raises(ConfigError, match="unknown config section"):
+        load_config(env=NO_ENV, overrides={"colour": {"x": 1}})
+
+
+def test_safe_timings_boundary() -> None:
+    # 2 x 0.2 + 0.25 = 0.65 <= 1 - 0.2: the defaults are safe, with room.
+    CoordinationConfig().validate()
+    # Raising the TTL makes a slower renewal safe again.
+    slow = CoordinationConfig(lease_ttl=2, renew_interval=0.6)
+    assert slow.validate() is slow
+    with pytest.raises(ConfigError, match="unsafe timings"):
+        CoordinationConfig(lease_ttl=1, renew_interval=0.6).validate()
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.state_dir = Path("/elsewhere")  # type: ignore[misc]
+    assert math.isfinite(config.etcd.start_timeout)
