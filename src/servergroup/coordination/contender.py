@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.config import CoordinationConfig, Endpoint
 from servergroup.coordination.election import Ownership, OwnershipAcquired
-from servergroup.coordination.errors import CoordinationError, FencingError
+from servergroup.coordination.errors import CoordinationError, FencingError, StoreUnavailable
 from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.keeper import Session
 
@@ -109,4 +112,95 @@ async def run_contender(
         await coordinator.close()
 
 
-__all__ = ["OWNER_PREFIX", "WORK_PREFIX", "emit", "run_contender"]
+class ContenderProcess:
+    """A `servergroup election contend` subprocess, with its event lines in a queue."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def spawn(
+        cls, key: str, name: str, *, endpoints: Sequence[Endpoint], config: CoordinationConfig
+    ) -> ContenderProcess:
+        """Start a contender for `key` against `endpoints` with `config`'s prefix and TTL."""
+        env: Mapping[str, str] = {
+            **os.environ,
+            "SERVERGROUP_ETCD_ENDPOINTS": ",".join(str(e) for e in endpoints),
+            "SERVERGROUP_PREFIX": config.prefix,
+            "SERVERGROUP_LEASE_TTL": str(config.lease_ttl),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "servergroup",
+            "election",
+            "contend",
+            key,
+            "--name",
+            name,
+            env=dict(env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return cls(name, proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put_nowait(json.loads(raw))
+
+    async def next_event(self, kind: str) -> dict[str, Any]:
+        """The next event line of this `kind` (earlier lines of other kinds are dropped)."""
+        while True:
+            ev = await self.events.get()
+            if ev.get("event") == kind:
+                return ev
+
+    async def kill(self) -> None:
+        """SIGKILL: the contender cannot resign; its lease has to expire."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (it resigns and revokes its lease), SIGKILL after `timeout`."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                await self.kill()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def first_event(
+    contenders: Sequence[ContenderProcess], kind: str, timeout: float
+) -> tuple[ContenderProcess, dict[str, Any]]:
+    """The first of `contenders` to report an event of `kind`, and that event."""
+    tasks = {asyncio.ensure_future(c.next_event(kind)): c for c in contenders}
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            raise StoreUnavailable(f"no contender reported '{kind}' within {timeout:g} s.")
+        task = next(iter(done))
+        return tasks[task], task.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = [
+    "OWNER_PREFIX",
+    "WORK_PREFIX",
+    "ContenderProcess",
+    "emit",
+    "first_event",
+    "run_contender",
+]

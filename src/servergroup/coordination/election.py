@@ -126,13 +126,14 @@ class Ownership:
 
     async def resign(self) -> None:
         """Stop campaigning and give up ownership (deleting the key if still ours)."""
+        token = self._token
+        if token is not None:
+            self._lose(token, "resigned")
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        token = self._token
         if token is not None:
-            self._lose(token, "resigned")
             with contextlib.suppress(CoordinationError, asyncio.TimeoutError):
                 await self.session.coordinator.delete(
                     self.key, guard=Guard(key=self.key, create_revision=token)
@@ -175,12 +176,17 @@ class Ownership:
                     await self._wait_vacant()
                     continue
                 self._gain(token, lease)
-                while True:
-                    reason = await self._hold(token, lease)
-                    self._lose(token, reason)
-                    if not await self._regain(token, lease):
-                        break
-                    self._gain(token, lease)
+                try:
+                    while True:
+                        reason = await self._hold(token, lease)
+                        self._lose(token, reason)
+                        if not await self._regain(token, lease):
+                            break
+                        self._gain(token, lease)
+                finally:
+                    # Whatever ends the holding (an error, cancellation), we no longer own.
+                    if self._token is not None:
+                        self._lose(token, "stopped holding")
             except asyncio.CancelledError:
                 raise
             except CoordinationError as exc:
@@ -235,6 +241,8 @@ class Ownership:
                     return
         except WatchCompacted:
             yield "watch compacted"
+        except CoordinationError as exc:
+            yield f"watch failed: {exc}"
         finally:
             await watch.close()
 

@@ -83,7 +83,10 @@ def _is_transport(exc: BaseException) -> bool:
         return True
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code() in _TRANSPORT_CODES
-    if isinstance(exc, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)):
+    if isinstance(
+        exc,
+        (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, aetcd.WatchTimeoutError),
+    ):
         return True
     if isinstance(exc, aetcd.InternalError):
         return True
@@ -91,6 +94,12 @@ def _is_transport(exc: BaseException) -> bool:
         cause = exc.__cause__
         return cause is not None and _is_transport(cause)
     return False
+
+
+def _cancelled_by_channel_close() -> bool:
+    """True if a CancelledError came from gRPC (channel closed), not from our own cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def _lease_gone(exc: BaseException) -> bool:
@@ -197,10 +206,13 @@ class EtcdCoordinator:
             generation = self._generation
             remaining = deadline - self._clock.monotonic()
             try:
-                client = await asyncio.wait_for(
-                    self._ensure_client(), max(0.01, min(attempt, remaining))
-                )
-                return await asyncio.wait_for(fn(client), max(0.01, min(attempt, remaining)))
+                limit = max(0.01, min(attempt, remaining))
+                client = await asyncio.wait_for(self._ensure_client(), limit)
+                return await asyncio.wait_for(fn(client), limit)
+            except asyncio.CancelledError as exc:
+                if not _cancelled_by_channel_close():
+                    raise
+                last = exc  # another task rotated and closed the channel under us
             except Exception as exc:
                 if not _is_transport(exc):
                     raise
@@ -448,6 +460,11 @@ class _EtcdWatch:
             generation = self._owner.generation
             try:
                 w, generation = await self._owner._open_watch(self._key, self._resume_revision())
+            except asyncio.CancelledError:
+                if not _cancelled_by_channel_close():
+                    raise
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                continue
             except aetcd.RevisionCompactedError as exc:
                 self._queue.put_nowait(
                     WatchCompacted(
@@ -469,6 +486,9 @@ class _EtcdWatch:
             rotated = self._owner._rotation_event()
             try:
                 await self._pump(w, rotated)
+            except asyncio.CancelledError:
+                if not _cancelled_by_channel_close():
+                    raise
             except aetcd.RevisionCompactedError as exc:
                 self._queue.put_nowait(
                     WatchCompacted(
