@@ -1,11 +1,214 @@
-"""`servergroup lab`."""
+"""`servergroup lab`: lab hosts on this machine (network namespaces on a bridge)."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
+from rich.console import Console
+from rich.table import Table
+
+from servergroup.cli.common import CliState, pass_state
+from servergroup.lab import (
+    DEFAULT_MTU,
+    DEFAULT_NAME,
+    MAX_HOSTS,
+    Lab,
+    LabStatus,
+    LossScope,
+    format_rate,
+    remove_stale_labs,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@click.command()
+def name_option(func: F) -> F:
+    return click.option(
+        "--name",
+        "lab_name",
+        default=DEFAULT_NAME,
+        show_default=True,
+        envvar="SERVERGROUP_LAB",
+        metavar="NAME",
+        help="Which lab: 1-8 lowercase letters and digits; several labs can coexist "
+        "[env SERVERGROUP_LAB].",
+    )(func)
+
+
+def _lab(state: CliState, name: str) -> Lab:
+    return Lab(name, state_dir=state.config().state_dir)
+
+
+@click.group()
 def lab() -> None:
-    """Not written yet."""
-    raise click.ClickException("not written yet")
+    """Lab hosts on this machine: network namespaces on a bridge.
+
+    Hosts h1..hN get addresses from 198.18.0.0/15 (one /24 per lab, host hI
+    is .(10+I)); the root namespace has .1 on the lab's bridge, so lab hosts
+    reach what runs here (such as etcd). Each host's link can be rate
+    limited (tc tbf, both directions) and can lose a share of the UDP
+    datagrams it receives (nftables numgen random). Needs root.
+    """
+
+
+@lab.command()
+@name_option
+@click.option(
+    "--hosts",
+    "-n",
+    type=click.IntRange(1, MAX_HOSTS),
+    required=True,
+    metavar="N",
+    help=f"Number of hosts, h1..hN (1 to {MAX_HOSTS}).",
+)
+@click.option(
+    "--mtu",
+    type=click.IntRange(68, 65535),
+    default=DEFAULT_MTU,
+    show_default=True,
+    help="MTU of every lab link and of the bridge (9000 for jumbo frames).",
+)
+@click.option(
+    "--rate",
+    metavar="RATE",
+    help="Limit each host's link, both directions, e.g. 1gbit, 100mbit, 512kbit or "
+    "bits per second. Default: unlimited.",
+)
+@click.option(
+    "--loss",
+    metavar="PERCENT",
+    help="Drop this percentage of the datagrams arriving at each host, at random "
+    "(0.01 steps). Default: none.",
+)
+@click.option(
+    "--loss-scope",
+    type=click.Choice([scope.value for scope in LossScope]),
+    default=LossScope.UDP.value,
+    show_default=True,
+    help="What --loss drops: udp (TCP, such as multicast repair traffic, is spared) "
+    "or all IPv4 packets.",
+)
+@pass_state
+def up(
+    state: CliState,
+    lab_name: str,
+    hosts: int,
+    mtu: int,
+    rate: str | None,
+    loss: str | None,
+    loss_scope: str,
+) -> None:
+    """Create the lab, or reshape it to exactly these settings.
+
+    Running it again with the same options changes nothing; with other
+    options it reshapes the lab in place: adds or removes hosts, changes MTU,
+    rate and loss, and brings links that were taken down back up. Options
+    not given take their defaults.
+    """
+    status = _lab(state, lab_name).up(
+        hosts, mtu=mtu, rate=rate, loss=loss, loss_scope=LossScope(loss_scope)
+    )
+    _print_table(status)
+
+
+@lab.command(name="list")
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def list_(state: CliState, lab_name: str, as_json: bool) -> None:
+    """Show the lab's hosts: addresses, interfaces, MTU, rate, loss, link state.
+
+    With --json, prints one object: name, up (false if the lab does not
+    exist), bridge, network, root_address, mtu, owner_pid and hosts, each
+    with name, netns, address, prefixlen, interface, root_interface, mtu,
+    rate (bits/s or null), loss (percent), loss_scope and link_up.
+    """
+    status = _lab(state, lab_name).status()
+    if as_json:
+        data = {"up": True, **status.as_dict()} if status else {"name": lab_name, "up": False}
+        click.echo(json.dumps(data, indent=2))
+    elif status is None:
+        click.echo(f"lab {lab_name} is not up.")
+    else:
+        _print_table(status)
+
+
+@lab.command(
+    name="exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@name_option
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_state
+def exec_(state: CliState, lab_name: str, host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside lab host HOST (h1, h2, ...); exit with its status.
+
+    Put -- before the command so that its options are not taken for ours:
+
+        servergroup lab exec h1 -- ip -br addr
+    """
+    if command[:1] == ("--",):  # after HOST, click passes the separator through
+        command = command[1:]
+    argv = _lab(state, lab_name).command(host, command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the command (through `ip netns exec`): its exit status, signals and
+    # terminal are the caller's, with no Python process in between.
+    os.execvp(argv[0], argv)
+
+
+@lab.command()
+@name_option
+@click.option(
+    "--stale",
+    is_flag=True,
+    help="Instead, remove every lab on this machine whose owning process has exited "
+    "(labs left behind by killed test runs).",
+)
+@pass_state
+def down(state: CliState, lab_name: str, stale: bool) -> None:
+    """Remove the lab: end what runs in its hosts, delete them, its links and bridge.
+
+    Taking down a lab that is not up is not an error.
+    """
+    if stale:
+        removed = remove_stale_labs(state.config().state_dir)
+        click.echo(f"removed stale labs: {', '.join(removed)}." if removed else "no stale labs.")
+    elif _lab(state, lab_name).down():
+        click.echo(f"lab {lab_name} is down.")
+    else:
+        click.echo(f"lab {lab_name} was not up.")
+
+
+def _print_table(status: LabStatus) -> None:
+    owner = f", owned by process {status.owner_pid}" if status.owner_pid else ""
+    table = Table(
+        title=f"lab {status.name}: bridge {status.bridge}, root namespace "
+        f"{status.root_address}/{status.network.prefixlen}, mtu {status.mtu}{owner}",
+        title_justify="left",
+    )
+    for column in ("host", "address", "interface", "root side", "mtu", "rate", "loss", "link"):
+        table.add_column(column, justify="right" if column in ("mtu", "rate", "loss") else "left")
+    for host in status.hosts:
+        loss = f"{host.loss:g}% {host.loss_scope.value}" if host.loss else "-"
+        table.add_row(
+            host.name,
+            f"{host.address}/{host.network.prefixlen}",
+            f"{host.netns}:{host.interface}",
+            host.root_interface,
+            str(host.mtu),
+            format_rate(host.rate) if host.rate else "-",
+            loss,
+            "up" if host.link_up else "DOWN",
+        )
+    # Not on a terminal rich assumes 80 columns; a pipe or a log has room for the whole row.
+    Console(width=None if sys.stdout.isatty() else 132).print(table)
+
+
+__all__ = ["lab"]

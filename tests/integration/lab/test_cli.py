@@ -1,0 +1,191 @@
+"""`servergroup lab ...` as a user runs it: a real process, real namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servergroup.lab import Lab
+from tests.fixtures.lab import unique_lab_name
+from tests.integration.lab.stale import leave_stale_lab
+
+pytestmark = pytest.mark.root
+
+
+def servergroup(
+    state_dir: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "servergroup", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def listed(state_dir: Path, name: str) -> dict[str, Any]:
+    done = servergroup(state_dir, "lab", "list", "--json", "--name", name)
+    assert done.returncode == 0, done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def test_up_list_exec_down(lab_state_dir: Path, lab_name: str) -> None:
+    up = servergroup(lab_state_dir, "lab", "up", "--hosts", "2", "--name", lab_name)
+    assert up.returncode == 0, up.stderr
+    assert f"lab {lab_name}: bridge {lab_name}-br" in up.stdout
+    assert "h2" in up.stdout
+
+    data = listed(lab_state_dir, lab_name)
+    assert data["up"] is True
+    assert [h["name"] for h in data["hosts"]] == ["h1", "h2"]
+    h2 = data["hosts"][1]
+    assert h2["interface"] == "eth0"
+    assert h2["netns"] == f"{lab_name}-h2"
+    assert (h2["mtu"], h2["rate"], h2["loss"], h2["link_up"]) == (1500, None, 0.0, True)
+
+    table = servergroup(lab_state_dir, "lab", "list", "--name", lab_name)
+    assert table.returncode == 0
+    assert h2["address"] + "/24" in table.stdout
+
+    shown = servergroup(
+        lab_state_dir, "lab", "exec", "--name", lab_name, "h2", "--", "ip", "-br", "addr"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert h2["address"] + "/24" in shown.stdout
+    failed = servergroup(
+        lab_state_dir, "lab", "exec", "--name", lab_name, "h1", "--", "sh", "-c", "exit 7"
+    )
+    assert failed.returncode == 7
+
+    down = servergroup(lab_state_dir, "lab", "down", "--name", lab_name)
+    assert (down.returncode, down.stdout) == (0, f"lab {lab_name} is down.\n")
+    assert listed(lab_state_dir, lab_name) == {"name": lab_name, "up": False}
+    again = servergroup(lab_state_dir, "lab", "down", "--name", lab_name)
+    assert (again.returncode, again.stdout) == (0, f"lab {lab_name} was not up.\n")
+
+
+def test_a_second_up_reshapes(lab_state_dir: Path, lab_name: str) -> None:
+    first = servergroup(
+        lab_state_dir, "lab", "up", "-n", "3", "--name", lab_name, "--rate", "1gbit"
+    )
+    assert first.returncode == 0, first.stderr
+    before = listed(lab_state_dir, lab_name)
+    second = servergroup(
+        lab_state_dir, "lab", "up", "-n", "2", "--name", lab_name,
+        "--mtu", "9000", "--rate", "100mbit", "--loss", "2.5", "--loss-scope", "all",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    after = listed(lab_state_dir, lab_name)
+    assert after["network"] == before["network"]
+    assert [h["name"] for h in after["hosts"]] == ["h1", "h2"]
+    assert {(h["mtu"], h["rate"], h["loss"], h["loss_scope"]) for h in after["hosts"]} == {
+        (9000, 100_000_000, 2.5, "all")
+    }
+
+
+def test_the_name_comes_from_the_environment(lab_state_dir: Path, lab_name: str) -> None:
+    env = {**os.environ, "SERVERGROUP_LAB": lab_name}
+    assert servergroup(lab_state_dir, "lab", "up", "-n", "1", env=env).returncode == 0
+    assert listed(lab_state_dir, lab_name)["up"] is True
+
+
+def test_concurrent_ups_get_different_subnets(lab_state_dir: Path, lab_name: str) -> None:
+    names = (lab_name, unique_lab_name())
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "servergroup", "--state-dir", str(lab_state_dir),
+                 "lab", "up", "-n", "1", "--name", name],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in names
+        ]  # fmt: skip
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        networks = {listed(lab_state_dir, name)["network"] for name in names}
+        assert len(networks) == 2
+    finally:
+        Lab(names[1], state_dir=lab_state_dir).down()
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("up", "-n", "1", "--rate", "fast"), 2, "rate 'fast' is not a rate"),
+        (("up", "-n", "1", "--loss", "120"), 2, "loss '120' is out of range"),
+        (("up", "-n", "1", "--name", "Bad-Name"), 2, "lab name 'Bad-Name' is not valid"),
+        (("exec", "h1", "--", "true"), 2, "has no host h1"),
+        (("exec", "x1", "--", "true"), 2, "'x1' is not a host name"),
+    ],
+)
+def test_mistakes_are_one_sentence(
+    lab_state_dir: Path, lab_name: str, args: tuple[str, ...], status: int, message: str
+) -> None:
+    if "--name" not in args:
+        args = (*args[:1], "--name", lab_name, *args[1:])
+    done = servergroup(lab_state_dir, "lab", *args)
+    assert done.returncode == status
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_without_root_it_says_so(lab_state_dir: Path, lab_name: str) -> None:
+    # Root with every capability dropped is what an unprivileged user has here.
+    setpriv = ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--")
+    for args in (("up", "-n", "1"), ("list",), ("down",), ("exec", "h1", "--", "true")):
+        done = servergroup(
+            lab_state_dir, "lab", args[0], "--name", lab_name, *args[1:], prefix=setpriv
+        )
+        assert done.returncode == 4, done.stderr
+        assert done.stderr == (
+            "servergroup: the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to manage "
+            "network namespaces; run it as root.\n"
+        )
+
+
+def test_missing_tools_are_named(lab_state_dir: Path, lab_name: str, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ip = shutil.which("ip")
+    assert ip is not None
+    (bin_dir / "ip").symlink_to(ip)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    done = servergroup(lab_state_dir, "lab", "up", "-n", "1", "--name", lab_name, env=env)
+    assert done.returncode == 5
+    assert done.stderr == (
+        "servergroup: the lab needs tc and nft, which are not installed; install the "
+        "Debian packages iproute2 and nftables.\n"
+    )
+
+
+def test_down_stale(lab_state_dir: Path, tmp_path: Path) -> None:
+    stale = unique_lab_name()
+    try:
+        leave_stale_lab(stale, tmp_path)
+        done = servergroup(lab_state_dir, "lab", "down", "--stale")
+        assert (done.returncode, done.stdout) == (0, f"removed stale labs: {stale}.\n")
+        done = servergroup(lab_state_dir, "lab", "down", "--stale")
+        assert (done.returncode, done.stdout) == (0, "no stale labs.\n")
+    finally:
+        Lab(stale, state_dir=tmp_path).down()
+
+
+@pytest.mark.parametrize("command", [(), ("up",), ("list",), ("exec",), ("down",)])
+def test_every_command_explains_itself(lab_state_dir: Path, command: tuple[str, ...]) -> None:
+    done = servergroup(lab_state_dir, "lab", *command, "--help")
+    assert done.returncode == 0
+    assert "Usage: " in done.stdout
+    assert len(done.stdout.splitlines()) > 6
