@@ -1,0 +1,470 @@
+"""The managed local etcd: the store servergroup uses when no endpoint is configured.
+
+Theory of operation: one single-member etcd on loopback, data under
+`<state_dir>/etcd/data`, log in `<state_dir>/etcd/etcd.log`, tuned so the
+smallest lease is 1 s. It is shared by every servergroup command on this
+machine, so `ensure_running` starts it detached (its own session, no tie to
+the command that started it) and later commands reuse it.
+
+Invariants:
+
+- At most one local etcd per state directory: start, reuse and stop happen
+  under an exclusive lock on `<state_dir>/etcd/lock`.
+- "Our" etcd is a live process whose command line is an etcd with our data
+  directory. The pid in `state.json` is only a hint, checked against
+  `/proc/PID/cmdline` before it is trusted; a process that fails the check is
+  never signalled, and a stale state file is ignored and replaced.
+- Stopping uses a pidfd opened before the final ownership check, so the
+  signal cannot reach a process that reused the pid in between.
+- Every fault the operator can fix (etcd missing, a port taken by another
+  program, an unusable state directory, etcd refusing to start) is one
+  `ServergroupError` sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from servergroup.common.errors import ConfigError, ProcessFailed, UsageError
+from servergroup.config import Config, Endpoint
+from servergroup.coordination.etcd_process import (
+    EtcdMemberSpec,
+    EtcdProcess,
+    find_etcd_binary,
+    is_healthy,
+    port_in_use,
+    process_state,
+)
+
+#: The member name of the managed etcd.
+LOCAL_MEMBER_NAME = "servergroup"
+_LOG_ROTATE_BYTES = 10 * 1024 * 1024
+_LOCK_TIMEOUT_MARGIN = 5.0
+_POLL_INTERVAL = 0.05
+
+# Local etcds started by this process, kept so that they are reaped here
+# (no zombie) and so that their Popen objects are not collected while running.
+_DETACHED: dict[int, EtcdProcess] = {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEtcdStatus:
+    """Where the managed local etcd is and whether it runs."""
+
+    running: bool
+    healthy: bool
+    pid: int | None
+    endpoint: Endpoint
+    data_dir: Path
+    log_path: Path
+    started_at: float | None  # wall-clock seconds, for display only
+
+    def describe(self) -> str:
+        """One sentence for people."""
+        if not self.running:
+            return (
+                f"the local etcd is not running (it would listen on {self.endpoint}, "
+                f"data in {self.data_dir})."
+            )
+        health = "healthy" if self.healthy else "NOT answering health checks"
+        return (
+            f"the local etcd is running at {self.endpoint}, {health} "
+            f"(pid {self.pid}, data in {self.data_dir}, log in {self.log_path})."
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping of the same facts."""
+        return {
+            "running": self.running,
+            "healthy": self.healthy,
+            "pid": self.pid,
+            "endpoint": str(self.endpoint),
+            "data_dir": str(self.data_dir),
+            "log_path": str(self.log_path),
+            "started_at": self.started_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StateRecord:
+    pid: int
+    endpoint: str
+    started_at: float
+    log_path: str
+    data_dir: str
+    foreground: bool
+
+
+class LocalEtcd:
+    """The managed single-member etcd of one state directory."""
+
+    def __init__(self, config: Config) -> None:
+        self._settings = config.etcd
+        self.base_dir = Path(os.path.abspath(config.state_dir)) / "etcd"
+        self.data_dir = self.base_dir / "data"
+        self.log_path = self.base_dir / "etcd.log"
+        self.state_path = self.base_dir / "state.json"
+        self.lock_path = self.base_dir / "lock"
+        self.endpoint = Endpoint(host=self._settings.host, port=self._settings.client_port)
+        self.spec = EtcdMemberSpec(
+            name=LOCAL_MEMBER_NAME,
+            data_dir=self.data_dir,
+            host=self._settings.host,
+            client_port=self._settings.client_port,
+            peer_port=self._settings.peer_port,
+            tuned=True,
+            binary=self._settings.binary,
+        )
+
+    # -- public API --------------------------------------------------------
+
+    def status(self) -> LocalEtcdStatus:
+        """Where the local etcd is; never starts or changes anything."""
+        pid = self._find_pid()
+        endpoint = self.endpoint
+        started_at: float | None = None
+        if pid is not None:
+            endpoint = _running_endpoint(pid) or endpoint
+            record = self._read_state()
+            if record is not None and record.pid == pid:
+                started_at = record.started_at
+        return LocalEtcdStatus(
+            running=pid is not None,
+            healthy=pid is not None and is_healthy(endpoint),
+            pid=pid,
+            endpoint=endpoint,
+            data_dir=self.data_dir,
+            log_path=self.log_path,
+            started_at=started_at,
+        )
+
+    def ensure_running(self) -> Endpoint:
+        """Reuse the local etcd if it runs, else start it detached; return its endpoint."""
+        with self._locked():
+            pid = self._find_pid()
+            if pid is not None:
+                return self._reuse(pid)
+            self._check_can_start()
+            proc = EtcdProcess(self.spec, log_path=self.log_path, label="the local etcd")
+            self._start(proc)
+            assert proc.pid is not None
+            _DETACHED[proc.pid] = proc
+            self._write_state(proc.pid, foreground=False)
+            return self.endpoint
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the local etcd if it runs; return the pid it had, or None if none ran."""
+        if not self.base_dir.is_dir():
+            return None
+        with self._locked():
+            pid = self._find_pid()
+            if pid is not None:
+                _terminate(pid, self.data_dir, timeout)
+            self._remove_state()
+            return pid
+
+    def run_foreground(
+        self,
+        *,
+        echo: TextIO | None = None,
+        on_ready: Callable[[LocalEtcdStatus], None] | None = None,
+    ) -> int:
+        """Run the local etcd as our child until it exits or we get SIGINT/SIGTERM.
+
+        The first SIGINT/SIGTERM is passed on as SIGTERM (etcd shuts down
+        cleanly), a second one as SIGKILL. Returns 0 after a clean shutdown
+        (etcd stopped by SIGTERM or SIGINT, from us or from `stop()`), else
+        etcd's exit status (128 + signal when killed). Must run in the main
+        thread (it installs signal handlers).
+        """
+        proc = EtcdProcess(self.spec, log_path=self.log_path, echo=echo, label="the local etcd")
+        signals_seen = 0
+
+        def forward(signum: int, frame: FrameType | None) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if proc.running:
+                proc.thaw()
+                proc.send_signal(signal.SIGTERM if signals_seen == 1 else signal.SIGKILL)
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, forward)
+        try:
+            with self._locked():
+                pid = self._find_pid()
+                if pid is not None:
+                    raise UsageError(
+                        f"the local etcd is already running (pid {pid}) at "
+                        f"{_running_endpoint(pid) or self.endpoint}; stop it first with "
+                        "'servergroup etcd --stop'."
+                    )
+                self._check_can_start()
+                try:
+                    self._start(proc)
+                except ProcessFailed:
+                    if signals_seen:
+                        return 0
+                    raise
+                assert proc.pid is not None
+                self._write_state(proc.pid, foreground=True)
+            if on_ready is not None:
+                on_ready(self.status())
+            returncode = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if proc.running:
+                proc.kill()
+            record = self._read_state()
+            if record is not None and record.pid == proc.pid:
+                self._remove_state()
+        # etcd shuts down cleanly on SIGTERM/SIGINT (ours or anyone's, such as
+        # `servergroup etcd --stop`) and then dies of that signal.
+        if returncode in (0, -signal.SIGTERM, -signal.SIGINT):
+            return 0
+        return 128 - returncode if returncode < 0 else returncode
+
+    # -- finding our process -----------------------------------------------
+
+    def _find_pid(self) -> int | None:
+        record = self._read_state()
+        if record is not None and _is_our_etcd(record.pid, self.data_dir):
+            return record.pid
+        # The state file can be stale or gone while our etcd still runs (it is
+        # written after the start); the data directory identifies it anyway.
+        for pid in _etcd_pids():
+            if _is_our_etcd(pid, self.data_dir):
+                return pid
+        return None
+
+    def _reuse(self, pid: int) -> Endpoint:
+        endpoint = _running_endpoint(pid) or self.endpoint
+        if endpoint != self.endpoint:
+            raise ConfigError(
+                f"the local etcd (pid {pid}) runs at {endpoint}, not at the configured "
+                f"{self.endpoint}; stop it with 'servergroup etcd --stop' or use its port."
+            )
+        deadline = time.monotonic() + self._settings.start_timeout
+        while not is_healthy(endpoint):
+            if not _is_our_etcd(pid, self.data_dir):
+                raise ProcessFailed(
+                    f"the local etcd (pid {pid}) exited while we waited for it (log: "
+                    f"{self.log_path})."
+                )
+            if time.monotonic() >= deadline:
+                raise ProcessFailed(
+                    f"the local etcd (pid {pid}) runs but does not answer at {endpoint} "
+                    f"within {self._settings.start_timeout:g} s; stop it with "
+                    f"'servergroup etcd --stop' (log: {self.log_path})."
+                )
+            time.sleep(_POLL_INTERVAL)
+        return endpoint
+
+    # -- starting ----------------------------------------------------------
+
+    def _check_can_start(self) -> None:
+        find_etcd_binary(self._settings.binary)
+        for port, setting, env in (
+            (self._settings.client_port, "client_port", "SERVERGROUP_ETCD_PORT"),
+            (self._settings.peer_port, "peer_port", "SERVERGROUP_ETCD_PEER_PORT"),
+        ):
+            try:
+                taken = port_in_use(self._settings.host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"the local etcd cannot listen on {self._settings.host}:{port}: "
+                    f"{exc.strerror}; check etcd.host."
+                ) from None
+            if taken:
+                raise ConfigError(
+                    f"port {port} on {self._settings.host} is in use by another program, not "
+                    f"by servergroup's etcd; free it or choose another port with {env} "
+                    f"(etcd.{setting})."
+                )
+
+    def _start(self, proc: EtcdProcess) -> None:
+        with contextlib.suppress(OSError):
+            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        try:
+            proc.start()
+        except OSError as exc:
+            raise self._dir_error(exc) from None
+        try:
+            proc.wait_healthy(self._settings.start_timeout)
+        except BaseException:
+            proc.kill()
+            raise
+
+    # -- the state directory -----------------------------------------------
+
+    def _dir_error(self, exc: OSError) -> ConfigError:
+        where = exc.filename or self.base_dir
+        return ConfigError(
+            f"the state directory {self.base_dir.parent} is not usable ({where}: "
+            f"{exc.strerror}); choose another with --state-dir or SERVERGROUP_STATE_DIR."
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._dir_error(exc) from None
+        try:
+            deadline = time.monotonic() + self._settings.start_timeout + _LOCK_TIMEOUT_MARGIN
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ProcessFailed(
+                            f"another servergroup command holds {self.lock_path} for too long; "
+                            "try again."
+                        ) from None
+                    time.sleep(_POLL_INTERVAL)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read_state(self) -> _StateRecord | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            return _StateRecord(
+                pid=int(data["pid"]),
+                endpoint=str(data["endpoint"]),
+                started_at=float(data["started_at"]),
+                log_path=str(data["log_path"]),
+                data_dir=str(data["data_dir"]),
+                foreground=bool(data.get("foreground", False)),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or damaged: /proc decides instead
+
+    def _write_state(self, pid: int, *, foreground: bool) -> None:
+        record = {
+            "pid": pid,
+            "endpoint": str(self.endpoint),
+            "started_at": time.time(),
+            "log_path": str(self.log_path),
+            "data_dir": str(self.data_dir),
+            "foreground": foreground,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            tmp.replace(self.state_path)
+        except OSError as exc:
+            raise self._dir_error(exc) from None
+
+    def _remove_state(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+
+
+def resolve_endpoints(config: Config) -> tuple[Endpoint, ...]:
+    """The etcd endpoints to use: the configured ones, else the (started) local etcd's."""
+    if config.coordination.endpoints:
+        return config.coordination.endpoints
+    return (LocalEtcd(config).ensure_running(),)
+
+
+# -- /proc helpers -----------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process, or None (gone, or exited and not yet reaped)."""
+    if process_state(pid) in (None, "Z", "X"):
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1 :]
+    return None
+
+
+def _is_our_etcd(pid: int, data_dir: Path) -> bool:
+    """True when `pid` is a live etcd whose data directory is `data_dir`."""
+    argv = _cmdline(pid)
+    if not argv or "etcd" not in os.path.basename(argv[0]):
+        return False
+    return _option(argv, "--data-dir") == str(data_dir)
+
+
+def _etcd_pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if "etcd" in Path(f"/proc/{entry}/comm").read_text():
+                    yield int(entry)
+
+
+def _running_endpoint(pid: int) -> Endpoint | None:
+    argv = _cmdline(pid)
+    urls = _option(argv, "--advertise-client-urls") if argv else None
+    if not urls:
+        return None
+    try:
+        return Endpoint.parse(urls.split(",")[0])
+    except ConfigError:
+        return None
+
+
+def _terminate(pid: int, data_dir: Path, timeout: float) -> None:
+    """SIGTERM our etcd `pid`, SIGKILL after `timeout`; never signals another process."""
+    proc = _DETACHED.pop(pid, None)
+    if proc is not None:  # started by this very process: it is our child
+        proc.stop(timeout)
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        # Checked after pidfd_open: from here on the fd names this process,
+        # even if the pid is reused.
+        if not _is_our_etcd(pid, data_dir):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGCONT)  # a frozen etcd ignores SIGTERM
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        if not _wait_exit(pidfd, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            _wait_exit(pidfd, 5.0)
+    finally:
+        os.close(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child after all
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+__all__ = ["LOCAL_MEMBER_NAME", "LocalEtcd", "LocalEtcdStatus", "resolve_endpoints"]
