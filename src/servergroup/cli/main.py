@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from servergroup import __version__
-from servergroup.cli import demo, etcd, lab
+from servergroup.cli import demo, election, etcd, lab
 from servergroup.cli.common import CliState, configure_logging, report_errors
 
 
@@ -73,6 +73,7 @@ def cli(
 
 
 cli.add_command(demo.demo)
+cli.add_command(election.election)
 cli.add_command(etcd.etcd)
 cli.add_command(lab.lab)
 

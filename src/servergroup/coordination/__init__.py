@@ -3,7 +3,9 @@
 etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
 - a `Coordinator` (`connect()` builds the etcd one from the config),
 - a `Session` (a lease kept alive, with CONNECTED / SUSPENDED / LOST),
-- `Ownership` (election with fencing tokens and self-fencing).
+- `Ownership` (election with fencing tokens and self-fencing),
+- `resolve_endpoints(config)`: the configured etcd, or the managed local one
+  (`LocalEtcd`) started on demand.
 """
 
 from servergroup.coordination.election import (
@@ -21,7 +23,9 @@ from servergroup.coordination.errors import (
     WatchCompacted,
 )
 from servergroup.coordination.etcd import EtcdCoordinator
+from servergroup.coordination.etcd_process import EtcdCluster, EtcdProcess, start_cluster
 from servergroup.coordination.keeper import Session
+from servergroup.coordination.local_etcd import LocalEtcd, LocalEtcdStatus, resolve_endpoints
 from servergroup.coordination.memory import MemoryCoordinator, MemoryStore
 from servergroup.coordination.protocol import Coordinator, Watch
 from servergroup.coordination.session import SessionChanged, SessionMachine
@@ -38,13 +42,17 @@ from servergroup.coordination.types import (
 __all__ = [
     "CoordinationError",
     "Coordinator",
+    "EtcdCluster",
     "EtcdCoordinator",
+    "EtcdProcess",
     "EventKind",
     "FencingError",
     "Guard",
     "KeyValue",
     "Lease",
     "LeaseNotFound",
+    "LocalEtcd",
+    "LocalEtcdStatus",
     "MemoryCoordinator",
     "MemoryStore",
     "NotOwner",
@@ -61,4 +69,6 @@ __all__ = [
     "Watch",
     "WatchCompacted",
     "WatchEvent",
+    "resolve_endpoints",
+    "start_cluster",
 ]
