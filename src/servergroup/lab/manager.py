@@ -225,7 +225,7 @@ class Lab:
         """
         if not argv:
             raise UsageError("give a command to run in the lab host.")
-        netns.check_privileges()
+        _require()
         return netns.netns_command(self._netns_of(host), argv)
 
     def exec(

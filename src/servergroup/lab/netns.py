@@ -206,7 +206,20 @@ def observe(name: str, *, also: Iterable[str] = ()) -> ObservedLab:
 
 
 def _observe_host(netns: str) -> ObservedHost:
-    with IPRoute(netns=netns, flags=0) as ipr:
+    try:
+        ipr = IPRoute(netns=netns, flags=0)
+    except OSError:
+        return ObservedHost(
+            netns=netns,
+            loopback_up=False,
+            link=None,
+            multicast_route=False,
+            shaping=None,
+            loss=None,
+            loss_table=False,
+            usable=False,
+        )
+    with ipr:
         links = {msg.get("ifname"): msg for msg in ipr.link("dump")}
         loopback = links.get("lo")
         msg = links.get(HOST_IFNAME)

@@ -229,7 +229,11 @@ class ObservedLink:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ObservedHost:
-    """A lab namespace and what is configured inside it."""
+    """A lab namespace and what is configured inside it.
+
+    `usable` is False for a namespace name that cannot be entered (a process
+    killed while creating it leaves an empty file in /run/netns).
+    """
 
     netns: str
     loopback_up: bool
@@ -238,6 +242,7 @@ class ObservedHost:
     shaping: Shaping | None
     loss: Loss | None
     loss_table: bool
+    usable: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -800,6 +805,9 @@ def _host_actions(
     plan: HostPlan, bridge: str, port: ObservedPort | None, host: ObservedHost | None
 ) -> list[Action]:
     actions: list[Action] = []
+    if host is not None and not host.usable:
+        actions.append(RemoveNamespace(netns=plan.netns))
+        host = None
     if host is None:
         actions.append(CreateNamespace(netns=plan.netns))
         host = ObservedHost(
@@ -896,6 +904,8 @@ def summarize(observed: ObservedLab) -> LabStatus | None:
         host = by_index.get(index)
         if host is None:
             raise _damaged(name, f"host h{index} is missing")
+        if not host.usable:
+            raise _damaged(name, f"the namespace of host h{index} cannot be entered")
         port = ports.get(host.netns)
         link = host.link
         if port is None or link is None:

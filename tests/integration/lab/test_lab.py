@@ -297,6 +297,15 @@ def test_a_damaged_lab_is_repaired_by_up(lab: LabFactory) -> None:
     assert ping(sg, "h1", repaired.host("h2"), count=1) == 1
 
 
+def test_a_half_made_namespace_is_made_again(lab: LabFactory) -> None:
+    sg = lab(2)
+    # What a process killed inside `ip netns add` leaves: the name, but no namespace.
+    subprocess.run(["umount", f"/run/netns/{sg.name}-h2"], check=True)
+    assert Path(f"/run/netns/{sg.name}-h2").exists()
+    repaired = sg.up(2)
+    assert ping(sg, "h1", repaired.host("h2"), count=1) == 1
+
+
 # --- stale labs -----------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from servergroup.lab.plan import (
     Loss,
     LossScope,
     Marker,
+    ObservedHost,
     ObservedLab,
     Owner,
     RemoveNamespace,
@@ -402,6 +403,33 @@ def test_half_a_veth_pair_is_replaced() -> None:
         CreateVeth(root_ifname="sg-h1", netns="sg-h1", ifname="eth0"),
     )
     assert diff(plan_lab(spec, NET), model.run(broken, actions)) == ()
+
+
+def test_a_namespace_that_cannot_be_entered_is_made_again() -> None:
+    spec = make_spec("sg", hosts=2)
+    observed = realized(spec)
+    h1, h2 = observed.hosts
+    broken = ObservedHost(
+        netns=h2.netns,
+        loopback_up=False,
+        link=None,
+        multicast_route=False,
+        shaping=None,
+        loss=None,
+        loss_table=False,
+        usable=False,
+    )
+    observed = replace(observed, hosts=(h1, broken))
+    with pytest.raises(LabError, match="namespace of host h2 cannot be entered"):
+        summarize(observed)
+    actions = diff(plan_lab(spec, NET), observed)
+    assert actions[:4] == (
+        RemoveNamespace(netns="sg-h2"),
+        CreateNamespace(netns="sg-h2"),
+        DeleteLink(netns=None, ifname="sg-h2"),
+        CreateVeth(root_ifname="sg-h2", netns="sg-h2", ifname="eth0"),
+    )
+    assert diff(plan_lab(spec, NET), model.run(observed, actions)) == ()
 
 
 def test_a_foreign_address_is_removed() -> None:
