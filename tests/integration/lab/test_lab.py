@@ -15,6 +15,8 @@ import pytest
 
 from servergroup.common.errors import UsageError
 from servergroup.lab import Lab, LabHost, LossScope, remove_stale_labs
+from servergroup.lab.plan import make_spec, network_at, plan_lab
+from servergroup.lab.state import owner_of, record_of, record_path, write_record
 from tests.fixtures.lab import LabFactory, unique_lab_name
 from tests.integration.lab.stale import leave_stale_lab
 
@@ -336,6 +338,25 @@ def test_the_next_up_removes_stale_labs(lab: LabFactory, tmp_path: Path) -> None
         assert lab_objects(stale) == ([], [])
     finally:
         Lab(stale, state_dir=tmp_path).down()
+
+
+def test_a_lab_killed_before_its_marker_is_found_by_its_state_file(tmp_path: Path) -> None:
+    name = unique_lab_name()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    dead = owner_of(child.pid)
+    child.communicate()
+    plan = plan_lab(make_spec(name, hosts=1, owner=dead), network_at(511))
+    write_record(record_path(tmp_path, name), record_of(plan, dead, complete=False, now=0.0))
+    # the bridge exists, but the process died before it set the bridge's alias
+    subprocess.run(["ip", "link", "add", f"{name}-br", "type", "bridge"], check=True)
+    try:
+        assert remove_stale_labs(tmp_path) == [name]
+        assert lab_objects(name) == ([], [])
+        assert not record_path(tmp_path, name).exists()
+    finally:
+        Lab(name, state_dir=tmp_path).down()
 
 
 # --- async callers --------------------------------------------------------------------
