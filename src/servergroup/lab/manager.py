@@ -17,6 +17,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,7 @@ class Lab:
 
     # --- internals --------------------------------------------------------------------
 
-    def _locked(self) -> Any:
+    def _locked(self) -> AbstractContextManager[None]:
         return machine_lock().hold(self._lock_timeout)
 
     def _netns_of(self, host: HostRef) -> str:
