@@ -454,6 +454,22 @@ class _EtcdWatch:
             )
         )
 
+    def _ends_watch(self, exc: BaseException) -> bool:
+        """Hand `exc` to the consumer if reconnecting cannot cure it; True if the watch ends."""
+        if isinstance(exc, aetcd.RevisionCompactedError):
+            self._queue.put_nowait(
+                WatchCompacted(
+                    f"watch cannot resume at revision {self._resume_revision()}: "
+                    f"etcd compacted up to {exc.compacted_revision}",
+                    compact_revision=exc.compacted_revision,
+                )
+            )
+            return True
+        if not _is_transport(exc):
+            self._queue.put_nowait(CoordinationError(f"watch failed: {exc}"))
+            return True
+        return False
+
     async def _run(self) -> None:
         backoff = 0.02
         while not self._closed:
@@ -465,41 +481,21 @@ class _EtcdWatch:
                     raise
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 continue
-            except aetcd.RevisionCompactedError as exc:
-                self._queue.put_nowait(
-                    WatchCompacted(
-                        f"watch cannot resume at revision {self._resume_revision()}: "
-                        f"etcd compacted up to {exc.compacted_revision}",
-                        compact_revision=exc.compacted_revision,
-                    )
-                )
-                return
             except Exception as exc:
-                if not _is_transport(exc):
-                    self._queue.put_nowait(exc)
+                if self._ends_watch(exc):
                     return
                 self._owner.rotate(generation)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.02
-            rotated = self._owner._rotation_event()
             try:
-                await self._pump(w, rotated)
+                await self._pump(w, self._owner._rotation_event())
             except asyncio.CancelledError:
                 if not _cancelled_by_channel_close():
                     raise
-            except aetcd.RevisionCompactedError as exc:
-                self._queue.put_nowait(
-                    WatchCompacted(
-                        f"watch lost its place: etcd compacted up to {exc.compacted_revision}",
-                        compact_revision=exc.compacted_revision,
-                    )
-                )
-                return
             except Exception as exc:
-                if not _is_transport(exc):
-                    self._queue.put_nowait(exc)
+                if self._ends_watch(exc):
                     return
                 # The stream broke: rotate so the next attempt tries another member.
                 self._owner.rotate(generation)
