@@ -185,8 +185,14 @@ class EtcdCoordinator:
 
     @staticmethod
     async def _close_client(client: aetcd.Client) -> None:
-        with contextlib.suppress(Exception, asyncio.TimeoutError):
-            await asyncio.wait_for(client.close(), 2.0)
+        # Not wait_for: a close stuck inside gRPC must not hold us after its timeout.
+        task = asyncio.ensure_future(client.close())
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if done:
+            with contextlib.suppress(Exception):
+                task.result()
+        else:
+            task.cancel()
 
     async def _call(
         self,
