@@ -96,6 +96,31 @@ def _is_transport(exc: BaseException) -> bool:
     return False
 
 
+async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
+    """Await with a deadline, abandoning (cancelled, not awaited) what overruns it.
+
+    `asyncio.wait_for` waits for the cancelled operation to finish; a gRPC or
+    aetcd coroutine that is slow to honour cancellation (a lock it must take
+    back, a stream that never answers) would then hold us past any deadline.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_consume_result)
+        raise TimeoutError
+    return task.result()
+
+
+def _consume_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
 def _cancelled_by_channel_close() -> bool:
     """True if a CancelledError came from gRPC (channel closed), not from our own cancel."""
     task = asyncio.current_task()
@@ -185,14 +210,8 @@ class EtcdCoordinator:
 
     @staticmethod
     async def _close_client(client: aetcd.Client) -> None:
-        # Not wait_for: a close stuck inside gRPC must not hold us after its timeout.
-        task = asyncio.ensure_future(client.close())
-        done, _ = await asyncio.wait({task}, timeout=2.0)
-        if done:
-            with contextlib.suppress(Exception):
-                task.result()
-        else:
-            task.cancel()
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await _bounded(client.close(), 2.0)
 
     async def _call(
         self,
@@ -213,8 +232,8 @@ class EtcdCoordinator:
             remaining = deadline - self._clock.monotonic()
             try:
                 limit = max(0.01, min(attempt, remaining))
-                client = await asyncio.wait_for(self._ensure_client(), limit)
-                return await asyncio.wait_for(fn(client), limit)
+                client = await _bounded(self._ensure_client(), limit)
+                return await _bounded(fn(client), limit)
             except asyncio.CancelledError as exc:
                 if not _cancelled_by_channel_close():
                     raise
@@ -386,8 +405,8 @@ class EtcdCoordinator:
     async def _open_watch(self, key: bytes, start_revision: int) -> tuple[Any, int]:
         """Create an aetcd watch on the current member; return it and the generation."""
         generation = self._generation
-        client = await asyncio.wait_for(self._ensure_client(), self._config.request_timeout)
-        w = await asyncio.wait_for(
+        client = await _bounded(self._ensure_client(), self._config.request_timeout)
+        w = await _bounded(
             client.watch(key, range_end=_range_end(key), start_revision=start_revision),
             self._config.request_timeout,
         )
@@ -507,7 +526,7 @@ class _EtcdWatch:
                 self._owner.rotate(generation)
             finally:
                 with contextlib.suppress(Exception, asyncio.TimeoutError):
-                    await asyncio.wait_for(w.cancel(), 1.0)
+                    await _bounded(w.cancel(), 1.0)
 
     async def _pump(self, w: Any, rotated: asyncio.Event) -> None:
         """Deliver events until the stream ends or the coordinator rotates."""
