@@ -412,7 +412,9 @@ class EtcdCoordinator:
         )
         return w, generation
 
-    def _rotation_event(self) -> asyncio.Event:
+    @property
+    def rotated(self) -> asyncio.Event:
+        """Set when the client moves to another connection (a fresh event each time)."""
         return self._rotated
 
     async def close(self) -> None:
@@ -515,7 +517,7 @@ class _EtcdWatch:
                 continue
             backoff = 0.02
             try:
-                await self._pump(w, self._owner._rotation_event())
+                await self._pump(w, self._owner.rotated)
             except asyncio.CancelledError:
                 if not _cancelled_by_channel_close():
                     raise

@@ -15,6 +15,9 @@ from servergroup.coordination import (
     FencingError,
     Guard,
     LeaseNotFound,
+    MemoryCoordinator,
+    MemoryStore,
+    WatchCompacted,
     WatchEvent,
 )
 
@@ -189,3 +192,20 @@ async def test_closed_watch_ends_iteration(coordinator: Coordinator) -> None:
     watch = await coordinator.watch("x/", start_revision=1)
     await watch.close()
     assert await collect(watch, 1, timeout=2.0) == []
+
+
+async def test_memory_watch_from_compacted_revision_fails_clearly() -> None:
+    """Memory-only: etcd compaction is exercised by etcd itself, not by us."""
+    store = MemoryStore()
+    c = MemoryCoordinator(store, prefix="/t/")
+    first = await c.put("k", b"1")
+    last = await c.put("k", b"2")
+    store.compact(last)
+    with pytest.raises(WatchCompacted) as caught:
+        await c.watch("k", start_revision=first)
+    assert caught.value.compact_revision == last - 1
+    watch = await c.watch("k", start_revision=last)
+    assert [e.value for e in await collect(watch, 1)] == [b"2"]
+    await watch.close()
+    await c.close()
+    await store.close()
