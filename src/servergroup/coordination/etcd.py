@@ -477,6 +477,7 @@ class _EtcdWatch:
                 value=bytes(kv.value),
                 revision=rev,
                 create_revision=int(kv.create_revision),
+                version=int(kv.version),
                 lease=int(kv.lease),
             )
         )

@@ -155,6 +155,7 @@ class MemoryStore:
                 value=value,
                 revision=self.revision,
                 create_revision=kv.create_revision,
+                version=kv.version,
                 lease=lease,
             )
         )

@@ -56,7 +56,9 @@ class Range:
 class WatchEvent:
     """One change, in store order. `revision` is the change's own revision.
 
-    A DELETE carries no value, create revision or lease (0), as etcd reports it.
+    A DELETE carries no value, create revision, version or lease (0), as etcd
+    reports it. `version` counts the puts to the key since it was created
+    (1 for the creating put), so it numbers the values one key takes.
     """
 
     kind: EventKind
@@ -64,6 +66,7 @@ class WatchEvent:
     value: bytes
     revision: int
     create_revision: int
+    version: int = 0
     lease: int = 0
 
 

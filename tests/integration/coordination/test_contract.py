@@ -165,6 +165,26 @@ async def test_watch_orders_events_from_start_revision(coordinator: Coordinator)
     assert [e.revision for e in events] == sorted(e.revision for e in events)
 
 
+async def test_watch_events_number_the_values_of_a_key(coordinator: Coordinator) -> None:
+    first = await coordinator.put("v/k", b"1")
+    await coordinator.put("v/k", b"2")
+    await coordinator.put("v/k", b"3")
+    await coordinator.delete("v/k")
+    await coordinator.put("v/k", b"again")
+    watch = await coordinator.watch("v/", start_revision=first)
+    try:
+        events = await collect(watch, 5)
+    finally:
+        await watch.close()
+    assert [(e.kind, e.version) for e in events] == [
+        (EventKind.PUT, 1),
+        (EventKind.PUT, 2),
+        (EventKind.PUT, 3),
+        (EventKind.DELETE, 0),
+        (EventKind.PUT, 1),
+    ]
+
+
 async def test_watch_sees_live_changes_and_lease_expiry(coordinator: Coordinator) -> None:
     start = (await coordinator.get_prefix("")).revision + 1
     watch = await coordinator.watch("live/", start_revision=start)
