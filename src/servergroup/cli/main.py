@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import click
 
 from servergroup import __version__
-from servergroup.cli import demo, election, etcd, lab
 from servergroup.cli.common import CliState, configure_logging, report_errors
+
+#: Every command: name -> (module under servergroup.cli, attribute). Modules are
+#: imported only when their command runs (or `--help` lists them), so a command
+#: never pays for another's imports (pyroute2, grpc, ...).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("up", "up"),
+    "down": ("up", "down"),
+    "group": ("groups", "group"),
+    "server": ("servers", "server"),
+    "app": ("groups", "app"),
+    "guest": ("guest", "guest"),
+    "host": ("host", "host"),
+    "image": ("image", "image"),
+    "demo": ("demo", "demo"),
+    "election": ("election", "election"),
+    "etcd": ("etcd", "etcd"),
+    "lab": ("lab", "lab"),
+}
+
+
+def _module_name(name: str) -> str:
+    return f"servergroup.cli.{COMMANDS[name][0]}"
 
 
 class Main(click.Group):
-    """The root group: turns our errors into one sentence and an exit status."""
+    """The root group: lazy commands; our errors become one sentence and an exit status."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         return report_errors(lambda: super(Main, self).main(*args, **kwargs))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # A command whose module is not part of this installation is not listed.
+        return [n for n in COMMANDS if importlib.util.find_spec(_module_name(n)) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or importlib.util.find_spec(_module_name(cmd_name)) is None:
+            return None
+        command = getattr(importlib.import_module(_module_name(cmd_name)), COMMANDS[cmd_name][1])
+        assert isinstance(command, click.Command)
+        return command
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,11 +105,6 @@ def cli(
         config_path=config_path, state_dir=state_dir, endpoints=endpoints, prefix=prefix
     )
 
-
-cli.add_command(demo.demo)
-cli.add_command(election.election)
-cli.add_command(etcd.etcd)
-cli.add_command(lab.lab)
 
 
 def main() -> None:
