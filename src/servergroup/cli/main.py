@@ -18,9 +18,9 @@ from servergroup.cli.common import CliState, configure_logging, report_errors
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("up", "up"),
     "down": ("up", "down"),
-    "group": ("groups", "group"),
+    "group": ("servers", "group"),
     "server": ("servers", "server"),
-    "app": ("groups", "app"),
+    "app": ("app", "app"),
     "guest": ("guest", "guest"),
     "host": ("host", "host"),
     "image": ("image", "image"),
