@@ -1,0 +1,391 @@
+"""The server model: groups, servers, hosts and broadcasts as records in the store.
+
+Theory of operation (pure data; no I/O, no clock: times are passed in):
+
+- A **group** (`GroupRecord`) has a name and a scheduling policy; servers join
+  exactly one group when they are created.
+- A **server** is two records so that no key has two writers: `ServerSpec` is
+  what the operator asked for (written by the CLI), `ServerStatus` is what the
+  host that runs the server last observed (written by that host only). A
+  request is done when the status has caught up with the spec: same host,
+  the desired state reached, the same `reboot_count`.
+- A **host** (`HostRecord`) is present in the store only while its daemon's
+  session lease lives; a server whose `status.host` has no record is *lost*.
+- A **broadcast** (`BroadcastRecord`) is the latest message of a group; every
+  put of it is one broadcast, numbered by the key's version.
+
+Every record encodes to compact JSON with sorted keys (`encode_record`) and
+decodes with a `decode_*` function that raises `RecordError` with one sentence
+when the bytes are not a record of that kind; a record written by a newer
+version with extra keys still decodes (unknown keys are ignored).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+from uuid import UUID
+
+from servergroup.common.errors import RemoteError
+
+#: Names of groups, servers and hosts: they become etcd key segments, netns
+#: and cgroup names, so keep them short and plain.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+#: Instance names (`instance-` + 8 hex digits) fit the spec's 20 characters.
+INSTANCE_PATTERN = re.compile(r"^instance-[0-9a-f]{8}$")
+
+MAX_VCPUS = 64
+
+
+class RecordError(RemoteError):
+    """A record in the store is not what its key says it is."""
+
+
+class Policy(enum.Enum):
+    """The scheduling policy of a server group (seed 000 step a: affinity)."""
+
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti-affinity"
+
+
+class Desired(enum.Enum):
+    """What the operator wants a server to be."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class VmState(enum.Enum):
+    """What a server is, as its host reports it (`vm_state` in the original)."""
+
+    BUILDING = "building"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    MIGRATING = "migrating"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+#: The state a server reaches when its desired state is honoured.
+REACHED: Mapping[Desired, VmState] = {
+    Desired.ACTIVE: VmState.ACTIVE,
+    Desired.PAUSED: VmState.PAUSED,
+    Desired.STOPPED: VmState.STOPPED,
+    Desired.DELETED: VmState.DELETED,
+}
+
+#: OpenStack's power states, as the original status payload carried them.
+POWER_STATE: Mapping[VmState, str] = {
+    VmState.BUILDING: "nostate",
+    VmState.ACTIVE: "running",
+    VmState.PAUSED: "paused",
+    VmState.STOPPED: "shutdown",
+    VmState.MIGRATING: "running",
+    VmState.ERROR: "crashed",
+    VmState.DELETED: "nostate",
+}
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name` if it is a valid name for a `kind` (group, server, host); else RecordError."""
+    if not NAME_PATTERN.match(name):
+        raise RecordError(
+            f"{kind} name {name!r} is not valid: use 1 to 32 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def make_instance_name(uuid: UUID) -> str:
+    """The instance name of a server: `instance-` and the first 8 hex digits of its UUID."""
+    return f"instance-{uuid.hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRecord:
+    """A server group."""
+
+    name: str
+    policy: Policy
+    uuid: str
+    created_at: str  # wall time, ISO 8601 UTC, for display only
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSpec:
+    """What the operator asked for one server."""
+
+    name: str
+    instance: str
+    uuid: str
+    group: str
+    host: str  # the host that should run it (a migration changes this)
+    vcpus: int = 1
+    min_vcpus: int = 1
+    memory_mb: int = 64
+    driver: str = "lab"
+    desired: Desired = Desired.ACTIVE
+    reboot_count: int = 0
+    live_migration: bool = True  # how to move when `host` changes
+    created_at: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerStatus:
+    """What the host running a server last observed of it."""
+
+    name: str
+    host: str
+    state: VmState
+    task_state: str | None = None
+    online_cpus: tuple[int, ...] = ()
+    reboot_count: int = 0
+    launched_at: str | None = None
+    updated_at: str = ""
+    error: str | None = None
+
+    @property
+    def power_state(self) -> str:
+        return POWER_STATE[self.state]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostRecord:
+    """A live host daemon (the record lives on the daemon's session lease)."""
+
+    name: str
+    channel_dir: str
+    pid: int
+    started_at: str
+    address: str | None = None  # where other hosts reach it, when it serves anything
+    drivers: tuple[str, ...] = ("lab",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastRecord:
+    """One broadcast of a group: who sent it and the text."""
+
+    group: str
+    sender: str  # server name
+    sender_instance: str
+    text: str
+    sent_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    """A server as the store knows it: its spec and, once a host ran it, its status."""
+
+    spec: ServerSpec
+    status: ServerStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def state(self) -> VmState:
+        return self.status.state if self.status is not None else VmState.BUILDING
+
+    @property
+    def host(self) -> str:
+        """Where the server runs (its status), or where it is to run (its spec)."""
+        return self.status.host if self.status is not None else self.spec.host
+
+    def settled(self) -> bool:
+        """Whether the host has carried out everything the spec asks."""
+        st = self.status
+        if st is None:
+            return False
+        if self.spec.desired is Desired.DELETED:
+            return st.state is VmState.DELETED
+        return (
+            st.host == self.spec.host
+            and st.state is REACHED[self.spec.desired]
+            and st.reboot_count >= self.spec.reboot_count
+        )
+
+
+Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | BroadcastRecord
+_R = TypeVar("_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, BroadcastRecord)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """Compact JSON with sorted keys."""
+    plain = {k: _plain(v) for k, v in asdict(record).items()}
+    return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(cls: type[_R], raw: bytes, what: str) -> _R:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{what} record is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{what} record is not a JSON object")
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in obj:
+            continue  # the dataclass default applies, or construction fails below
+        kwargs[f.name] = obj[f.name]
+    try:
+        record = cls(**kwargs)
+        return _coerce(record, what)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"{what} record is not valid: {exc}") from None
+
+
+def _coerce(record: _R, what: str) -> _R:
+    """Turn JSON-native values into the record's types, checking each."""
+    changes: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        annotation = str(f.type)
+        if annotation in ("Policy", "Desired", "VmState"):
+            enum_type = {"Policy": Policy, "Desired": Desired, "VmState": VmState}[annotation]
+            if not isinstance(value, enum_type):
+                changes[f.name] = enum_type(value)
+        elif annotation == "tuple[int, ...]" or annotation == "tuple[str, ...]":
+            item = int if "int" in annotation else str
+            if not isinstance(value, list | tuple) or not all(isinstance(v, item) for v in value):
+                raise ValueError(f"{f.name} must be a list of {item.__name__}")
+            changes[f.name] = tuple(value)
+        elif annotation == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{f.name} must be an integer")
+        elif annotation == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false")
+        elif annotation == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string")
+        elif annotation == "str | None" and value is not None and not isinstance(value, str):
+            raise ValueError(f"{f.name} must be a string or null")
+    if not changes:
+        return record
+    kwargs = {f.name: getattr(record, f.name) for f in fields(record)}
+    kwargs.update(changes)
+    return type(record)(**kwargs)
+
+
+def decode_group(raw: bytes) -> GroupRecord:
+    return _decode(GroupRecord, raw, "group")
+
+
+def decode_spec(raw: bytes) -> ServerSpec:
+    return _decode(ServerSpec, raw, "server spec")
+
+
+def decode_status(raw: bytes) -> ServerStatus:
+    return _decode(ServerStatus, raw, "server status")
+
+
+def decode_host(raw: bytes) -> HostRecord:
+    return _decode(HostRecord, raw, "host")
+
+
+def decode_broadcast(raw: bytes) -> BroadcastRecord:
+    return _decode(BroadcastRecord, raw, "broadcast")
+
+
+def server_info(server: Server, *, host_alive: bool = True) -> dict[str, Any]:
+    """The server's description in status responses and notification payloads.
+
+    The keys are those the original host sent (spec section 4), plus ours
+    (`min_vcpus`, `online_cpus`, `host_alive`) that old clients ignore. A
+    server whose host is gone reports `vm_state` "error" and `task_state` "lost".
+    """
+    spec, status = server.spec, server.status
+    state = server.state
+    task_state = status.task_state if status is not None else "scheduling"
+    if not host_alive and state is not VmState.DELETED:
+        state, task_state = VmState.ERROR, "lost"
+    return {
+        "instance_name": spec.instance,
+        "name": spec.name,
+        "uuid": spec.uuid,
+        "host": server.host,
+        "vm_state": state.value,
+        "power_state": POWER_STATE[state],
+        "task_state": task_state,
+        "vcpus": spec.vcpus,
+        "min_vcpus": spec.min_vcpus,
+        "online_cpus": list(status.online_cpus) if status is not None else [],
+        "memory_mb": spec.memory_mb,
+        "created_at": spec.created_at,
+        "launched_at": status.launched_at if status is not None else None,
+        "server_group": spec.group,
+        "host_alive": host_alive,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrySnapshot:
+    """Everything the registry holds, as of one store revision (immutable)."""
+
+    revision: int = 0
+    groups: Mapping[str, GroupRecord] = field(default_factory=dict)
+    servers: Mapping[str, Server] = field(default_factory=dict)
+    hosts: Mapping[str, HostRecord] = field(default_factory=dict)
+
+    def members(self, group: str) -> list[Server]:
+        """The servers of `group`, by name (deleted ones excluded)."""
+        return [
+            s
+            for _, s in sorted(self.servers.items())
+            if s.spec.group == group and s.state is not VmState.DELETED
+        ]
+
+    def by_instance(self, instance: str) -> Server | None:
+        for server in self.servers.values():
+            if server.spec.instance == instance:
+                return server
+        return None
+
+    def host_alive(self, server: Server) -> bool:
+        return server.host in self.hosts
+
+
+__all__ = [
+    "INSTANCE_PATTERN",
+    "MAX_VCPUS",
+    "NAME_PATTERN",
+    "POWER_STATE",
+    "REACHED",
+    "BroadcastRecord",
+    "Desired",
+    "GroupRecord",
+    "HostRecord",
+    "Policy",
+    "Record",
+    "RecordError",
+    "RegistrySnapshot",
+    "Server",
+    "ServerSpec",
+    "ServerStatus",
+    "VmState",
+    "check_name",
+    "decode_broadcast",
+    "decode_group",
+    "decode_host",
+    "decode_spec",
+    "decode_status",
+    "encode_record",
+    "make_instance_name",
+    "server_info",
+]
