@@ -55,6 +55,33 @@ def config(tmp_path: Path) -> Iterator[Config]:
     LocalEtcd(cfg).stop(timeout=5.0)
 
 
+def test_serving_another_address_restarts_it_keeping_the_data(config: Config) -> None:
+    local = LocalEtcd(config)
+    endpoint = local.ensure_running()
+    first = local.status().pid
+    subprocess.run(
+        ["etcdctl", f"--endpoints={endpoint}", "put", "kept", "yes"],
+        check=True,
+        capture_output=True,
+    )
+    assert local.ensure_running(serve_also=("127.0.0.2",)) == endpoint
+    second = local.status().pid
+    assert second != first
+    also = Endpoint(host="127.0.0.2", port=endpoint.port)
+    assert is_healthy(also)
+    got = subprocess.run(
+        ["etcdctl", f"--endpoints={also}", "get", "kept", "--print-value-only"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert got.stdout.strip() == "yes"
+    # Asking again (or for less) reuses it as it is.
+    local.ensure_running(serve_also=("127.0.0.2",))
+    local.ensure_running()
+    assert local.status().pid == second
+
+
 def test_start_reuse_stop(config: Config) -> None:
     local = LocalEtcd(config)
     before = local.status()

@@ -72,6 +72,8 @@ class EtcdMemberSpec:
     #: Run with `--heartbeat-interval 50 --election-timeout 500` (1 s minimum lease).
     tuned: bool = True
     binary: str = "etcd"
+    #: More addresses to serve clients on, at the same port (e.g. a lab bridge).
+    extra_client_hosts: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> Endpoint:
@@ -81,6 +83,12 @@ class EtcdMemberSpec:
     @property
     def client_url(self) -> str:
         return str(self.endpoint)
+
+    @property
+    def client_urls(self) -> tuple[str, ...]:
+        """Every URL clients reach this member at: `client_url` first."""
+        extra = (str(Endpoint(host=h, port=self.client_port)) for h in self.extra_client_hosts)
+        return (self.client_url, *extra)
 
     @property
     def peer_url(self) -> str:
@@ -97,9 +105,9 @@ def etcd_argv(spec: EtcdMemberSpec, binary: str | None = None) -> list[str]:
         "--data-dir",
         str(spec.data_dir),
         "--listen-client-urls",
-        spec.client_url,
+        ",".join(spec.client_urls),
         "--advertise-client-urls",
-        spec.client_url,
+        ",".join(spec.client_urls),
         "--listen-peer-urls",
         spec.peer_url,
         "--initial-advertise-peer-urls",

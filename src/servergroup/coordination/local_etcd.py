@@ -31,7 +31,7 @@ import select
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -149,14 +149,27 @@ class LocalEtcd:
             started_at=started_at,
         )
 
-    def ensure_running(self) -> Endpoint:
-        """Reuse the local etcd if it runs, else start it detached; return its endpoint."""
+    def ensure_running(self, *, serve_also: tuple[str, ...] = ()) -> Endpoint:
+        """Reuse the local etcd if it runs, else start it detached; return its endpoint.
+
+        `serve_also` names more local addresses it must serve clients on (a lab
+        bridge's, so that lab hosts reach it); an etcd running without one of
+        them is restarted with all of them (its data is kept).
+        """
         with self._locked():
             pid = self._find_pid()
             if pid is not None:
-                return self._reuse(pid)
+                served = _served_hosts(pid)
+                if set(serve_also) <= served:
+                    return self._reuse(pid)
+                serve_also = tuple(sorted(served | set(serve_also)))
+                _terminate(pid, self.data_dir, 10.0)
+                self._remove_state()
             self._check_can_start()
-            proc = EtcdProcess(self.spec, log_path=self.log_path, label="the local etcd")
+            spec = replace(
+                self.spec, extra_client_hosts=tuple(h for h in serve_also if h != self.spec.host)
+            )
+            proc = EtcdProcess(spec, log_path=self.log_path, label="the local etcd")
             self._start(proc)
             assert proc.pid is not None
             _DETACHED[proc.pid] = proc
@@ -420,6 +433,19 @@ def _etcd_pids() -> Iterator[int]:
             with contextlib.suppress(OSError):
                 if "etcd" in Path(f"/proc/{entry}/comm").read_text():
                     yield int(entry)
+
+
+def _served_hosts(pid: int) -> set[str]:
+    """The hosts a running etcd serves clients on (from its command line)."""
+    argv = _cmdline(pid)
+    urls = _option(argv, "--listen-client-urls") if argv else None
+    hosts: set[str] = set()
+    for url in (urls or "").split(","):
+        try:
+            hosts.add(Endpoint.parse(url).host)
+        except ConfigError:
+            continue
+    return hosts
 
 
 def _running_endpoint(pid: int) -> Endpoint | None:
