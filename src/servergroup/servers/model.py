@@ -46,10 +46,17 @@ class RecordError(RemoteError):
 
 
 class Policy(enum.Enum):
-    """The scheduling policy of a server group (seed 000 step a: affinity)."""
+    """The scheduling policy of a server group (seed 000 step a: affinity).
+
+    `affinity`: every member on one host; `anti-affinity`: no two members on
+    one host. The soft variants (as Nova has them) are preferences: placement
+    follows them when it can and never refuses a server because of them.
+    """
 
     AFFINITY = "affinity"
     ANTI_AFFINITY = "anti-affinity"
+    SOFT_AFFINITY = "soft-affinity"
+    SOFT_ANTI_AFFINITY = "soft-anti-affinity"
 
 
 class Desired(enum.Enum):
