@@ -1,0 +1,1 @@
+"""The daemons and set-ups that join several capabilities: `servergroup host`, `up`/`down`."""
