@@ -1,0 +1,67 @@
+"""`servergroup guest`: the guest agent, run inside every server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from servergroup.cli.common import run_async
+from servergroup.common.errors import UsageError
+from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, GuestConfig, run_guest
+from servergroup.guestcomm.protocol import MESSAGING_ADDR
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--channel",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SERVERGROUP_GUEST_CHANNEL",
+    metavar="DEV",
+    help="Character device of the channel to the host [env SERVERGROUP_GUEST_CHANNEL; "
+    f"default {DEFAULT_CHANNEL_DEVICE} when it exists].",
+)
+@click.option(
+    "--channel-listen",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="SERVERGROUP_GUEST_CHANNEL_LISTEN",
+    metavar="PATH",
+    help="Instead of a device: create a UNIX stream socket at PATH and let the host "
+    "connect to it, as a hypervisor's channel socket [env SERVERGROUP_GUEST_CHANNEL_LISTEN].",
+)
+@click.option(
+    "--address",
+    default=MESSAGING_ADDR,
+    show_default=True,
+    envvar="SERVERGROUP_GUEST_ADDRESS",
+    metavar="NAME",
+    help="Abstract UNIX datagram name applications send to [env SERVERGROUP_GUEST_ADDRESS].",
+)
+def guest(channel: Path | None, channel_listen: Path | None, address: str) -> None:
+    """Run the guest agent: relay messages between this server's applications and its host.
+
+    Applications send protocol-v2 JSON envelopes as datagrams to the abstract
+    address (cgcs.messaging); the agent passes them to the host over the
+    channel, and delivers what the host sends to the applications' own
+    abstract addresses. In a VM the channel is the virtio-serial port
+    (--channel); a lab server or a container uses a socket the host connects
+    to (--channel-listen). Runs until SIGTERM or Ctrl-C.
+    """
+    if channel is not None and channel_listen is not None:
+        raise UsageError("give either --channel or --channel-listen, not both.")
+    if channel is None and channel_listen is None:
+        if not DEFAULT_CHANNEL_DEVICE.exists():
+            raise UsageError(
+                f"no channel: {DEFAULT_CHANNEL_DEVICE} does not exist; "
+                "give --channel DEV or --channel-listen PATH."
+            )
+        channel = DEFAULT_CHANNEL_DEVICE
+    config = GuestConfig(channel=channel, channel_listen=channel_listen, address=address)
+    try:
+        run_async(run_guest(config))
+    except KeyboardInterrupt:
+        # SIGTERM or Ctrl-C is how a daemon is asked to stop: a clean exit.
+        log.info("guest agent stopped by a signal")

@@ -1,0 +1,147 @@
+"""Counters and rate-limited log lines for the agents' relayed and dropped messages.
+
+A peer that floods an agent with bad input must not flood its log: each
+reason gets `burst` lines per `interval`; what is held back is summed up in
+one line ("... 9 995 more in the last 10 s") when the interval ends. Every
+drop is counted whether it is logged or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+#: Log lines per reason per interval before lines are only counted.
+DEFAULT_BURST = 5
+DEFAULT_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class Counters:
+    """What an agent has done since it started (mutable; read it, do not keep it)."""
+
+    #: Messages received from local applications (datagrams).
+    from_apps: int = 0
+    #: Messages received from the channel (envelopes decoded).
+    from_channel: int = 0
+    #: Messages written toward the channel.
+    to_channel: int = 0
+    #: Messages delivered to local applications or in-process routes.
+    to_apps: int = 0
+    #: Dropped messages by reason.
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+@dataclass(slots=True)
+class _Window:
+    started_at: float
+    logged: int = 0
+    held: int = 0
+
+
+class DropLog:
+    """Counts drops in `counters` and logs them, at most `burst` lines per reason per interval."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        counters: Counters,
+        *,
+        burst: int = DEFAULT_BURST,
+        interval: float = DEFAULT_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._counters = counters
+        self._burst = burst
+        self._interval = interval
+        self._monotonic = monotonic
+        self._windows: dict[str, _Window] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+
+    def drop(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
+        """Count one message dropped for `reason`, and log `detail` unless held back."""
+        self._counters.drop(reason)
+        self.note(reason, detail, level=level)
+
+    def note(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
+        """Log `detail` under `reason`'s rate limit, without counting a drop."""
+        now = self._monotonic()
+        window = self._windows.get(reason)
+        if window is None or now - window.started_at >= self._interval:
+            if window is not None:
+                self._summarize(reason, window, now)
+            window = self._windows[reason] = _Window(started_at=now)
+        if window.logged < self._burst:
+            window.logged += 1
+            self._log.log(level, "%s: %s", reason, detail, extra={"reason": reason})
+            return
+        window.held += 1
+        self._arm()
+
+    def flush(self) -> None:
+        """Log the summary line of every window that has ended (the timer calls this)."""
+        self._flush_handle = None
+        now = self._monotonic()
+        for reason, window in list(self._windows.items()):
+            if now - window.started_at >= self._interval:
+                self._summarize(reason, window, now)
+                del self._windows[reason]
+        if any(w.held for w in self._windows.values()):
+            self._arm()
+
+    def close(self) -> None:
+        """Log what is still held back and stop the timer."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        now = self._monotonic()
+        for reason, window in self._windows.items():
+            self._summarize(reason, window, now)
+        self._windows.clear()
+
+    def _summarize(self, reason: str, window: _Window, now: float) -> None:
+        if window.held:
+            self._log.warning(
+                "%s: %d more not logged in the last %.0f s",
+                reason,
+                window.held,
+                now - window.started_at,
+                extra={"reason": reason, "held": window.held},
+            )
+            window.held = 0
+
+    def _arm(self) -> None:
+        if self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # used outside a loop (a test): close() reports instead
+                return
+            self._flush_handle = loop.call_later(self._interval, self.flush)
+
+
+class Reason(StrEnum):
+    """Why an agent dropped a message (besides the channel decoder's `DropReason`s)."""
+
+    TOO_BIG = "datagram too big"
+    NOT_ABSTRACT = "sender not abstract"
+    BAD_MESSAGE = "bad message"
+    NO_DEST_ADDR = "no dest_addr"
+    NO_DEST_INSTANCE = "no dest_instance"
+    HOST_NOT_CONNECTED = "host not connected"
+    GUEST_NOT_CONNECTED = "guest not connected"
+    CHANNEL_QUEUE_FULL = "channel queue full"
+    APP_NOT_BOUND = "app not bound"
+    APP_NOT_READING = "app not reading"
+    SEND_FAILED = "send failed"

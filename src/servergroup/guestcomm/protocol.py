@@ -1,0 +1,309 @@
+"""Guest-host protocol version 2: envelopes and channel framing. Pure: no I/O, no clock.
+
+Theory of operation. Every message between an application, the guest agent,
+the host relay and a host-side application is an *envelope*: one JSON object
+with `"version": 2`, an object `data` that the agents never look inside, and
+up to four address fields (spec section 3). `decode_envelope` is the one
+place where untrusted bytes become an `Envelope`; it either returns a
+well-formed envelope or raises `ProtocolError`, never anything else.
+
+The channel between a guest and its host is a byte stream of
+newline-delimited JSON (spec section 2). `ChannelDecoder` turns arbitrary
+chunks of that stream into envelopes:
+
+- it splits on b"\\n" and ignores empty (or blank) pieces, so the guest's
+  leading newline and the host's bare trailing one frame the same way;
+- a piece that is not a valid envelope becomes a `Dropped` item and the
+  decoder carries on with the next piece (the "reset and carry on" rule);
+- the result does not depend on how the stream was cut into chunks;
+- a line longer than `max_line` is discarded up to its newline while only a
+  byte count is kept, so memory stays bounded by `max_line` whatever a peer
+  sends; it is reported once, as one `Dropped`, when its newline arrives.
+
+`feed` never raises on anything a peer sends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+from servergroup.common.errors import RemoteError, UsageError
+
+VERSION = 2
+MESSAGING_ADDR = "cgcs.messaging"
+SERVER_GROUP_ADDR = "cgcs.server_grp"
+SCALE_ADDR = "cgcs.scale"
+#: Longest application address, in bytes (16 with the C library's NUL).
+MAX_ADDR_LENGTH = 15
+#: Longest instance name, in bytes.
+MAX_INSTANCE_LENGTH = 20
+#: Longest datagram delivered to an application: the original libraries
+#: receive into 4096-byte buffers, so a datagram must stay under 4096 bytes.
+MAX_DATAGRAM = 4095
+#: Longest channel line accepted, in bytes (without its newline).
+MAX_LINE = 65536
+#: Deepest JSON nesting accepted (json-c, which the original programs parse
+#: with, stops at 32 levels by default; it also keeps Python's recursion safe).
+MAX_DEPTH = 32
+
+Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
+JsonObject: TypeAlias = "dict[str, Json]"
+
+_ADDRESS_LIMITS = {
+    "dest_addr": MAX_ADDR_LENGTH,
+    "source_addr": MAX_ADDR_LENGTH,
+    "dest_instance": MAX_INSTANCE_LENGTH,
+    "source_instance": MAX_INSTANCE_LENGTH,
+}
+#: Field order on the wire: version first, data last, as the spec shows them.
+_FIELD_ORDER = ("dest_addr", "dest_instance", "source_addr", "source_instance")
+
+
+class ProtocolError(RemoteError):
+    """A peer sent something we cannot use; the message is one sentence saying why."""
+
+
+class DropReason(StrEnum):
+    """Why `ChannelDecoder` dropped a piece of the stream."""
+
+    GARBAGE = "garbage"
+    BAD_ENVELOPE = "bad envelope"
+    LINE_TOO_LONG = "line too long"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One protocol-v2 message; `data` is opaque to the agents."""
+
+    data: JsonObject
+    dest_addr: str | None = None
+    source_addr: str | None = None
+    dest_instance: str | None = None
+    source_instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dropped:
+    """A piece of the channel stream that was not a usable envelope (an event)."""
+
+    reason: str
+    size: int
+    detail: str = ""
+
+
+# --- envelopes ----------------------------------------------------------------------
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    """Compact JSON of `env`: `version` first, then the addresses present, `data` last.
+
+    Non-ASCII text is escaped, so the bytes are ASCII and never contain a raw
+    newline. Raises `UsageError` when `data` holds something JSON cannot
+    represent (NaN, infinities, non-string keys, other Python objects).
+    """
+    obj: dict[str, object] = {"version": VERSION}
+    for field in _FIELD_ORDER:
+        value = getattr(env, field)
+        if value is not None:
+            obj[field] = value
+    obj["data"] = env.data
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"the envelope's data cannot be encoded as JSON: {exc}.") from None
+    return text.encode("ascii")
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """The envelope in `raw` (one JSON object, UTF-8), or `ProtocolError` saying why not."""
+    return envelope_from_json(parse_json(raw))
+
+
+def parse_json(raw: bytes) -> Json:
+    """Parse one JSON value from UTF-8 `raw`; `ProtocolError` if it is not JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("the message is not UTF-8 text.") from None
+    try:
+        value: Json = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels.") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
+        raise ProtocolError(f"the message is not JSON ({_first_line(exc)}).") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels.")
+    return value
+
+
+def envelope_from_json(value: Json) -> Envelope:
+    """Check a parsed message against the envelope rules of spec section 3."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the message is a JSON {_kind(value)}, not an object.")
+    version = value.get("version")
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(f"the message has version {_show(version)}, not {VERSION}.")
+    data = value.get("data")
+    if not isinstance(data, dict):
+        what = "no data" if "data" not in value else f"data that is a JSON {_kind(data)}"
+        raise ProtocolError(f"the message has {what}, not an object.")
+    addresses: dict[str, str | None] = {}
+    for field, limit in _ADDRESS_LIMITS.items():
+        addresses[field] = _address(value, field, limit)
+    return Envelope(data=data, **addresses)
+
+
+def _address(value: JsonObject, field: str, limit: int) -> str | None:
+    if field not in value:
+        return None
+    address = value[field]
+    if not isinstance(address, str):
+        raise ProtocolError(f"{field} is a JSON {_kind(address)}, not a string.")
+    try:
+        size = len(address.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{field} is not valid Unicode text.") from None
+    if not 0 < size <= limit:
+        raise ProtocolError(f"{field} is {size} bytes long; it must be 1 to {limit}.")
+    if "\0" in address:
+        raise ProtocolError(f"{field} contains a NUL character.")
+    return address
+
+
+def _refuse_constant(name: str) -> Json:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Json) -> int:
+    """Nesting depth of containers (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Json, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[Json] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _kind(value: Json) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _show(value: Json) -> str:
+    text = json.dumps(value) if value is not None else "missing"
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# --- channel framing ----------------------------------------------------------------
+
+
+def encode_guest_frame(env: Envelope) -> bytes:
+    """What the guest agent writes on the channel: b"\\n" + json + b"\\n" (spec section 2)."""
+    return b"\n" + encode_envelope(env) + b"\n"
+
+
+def encode_host_frame(env: Envelope) -> bytes:
+    """What the host writes on the channel: json + b"\\n" (spec section 2)."""
+    return encode_envelope(env) + b"\n"
+
+
+class ChannelDecoder:
+    """Splits a channel byte stream into envelopes and drops; see the module docstring."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        if max_line < 1:
+            raise UsageError("max_line must be at least 1.")
+        self._max_line = max_line
+        self._partial = bytearray()
+        # While discarding an over-long line: how many bytes it has had so far.
+        self._discarded: int | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished line (never more than `max_line`)."""
+        return len(self._partial)
+
+    def feed(self, data: bytes) -> list[Envelope | Dropped]:
+        """Every complete line in what has arrived so far, in order."""
+        out: list[Envelope | Dropped] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._keep(data, start)
+                return out
+            if self._discarded is not None:
+                size = self._discarded + end - start
+                self._discarded = None
+                out.append(_too_long(size, self._max_line))
+            elif len(self._partial) + end - start > self._max_line:
+                out.append(_too_long(len(self._partial) + end - start, self._max_line))
+                self._partial.clear()
+            elif self._partial:
+                self._partial += data[start:end]
+                line = bytes(self._partial)
+                self._partial.clear()
+                self._line(line, out)
+            else:
+                self._line(data[start:end], out)
+            start = end + 1
+
+    def _keep(self, data: bytes, start: int) -> None:
+        rest = len(data) - start
+        if self._discarded is not None:
+            self._discarded += rest
+        elif len(self._partial) + rest > self._max_line:
+            self._discarded = len(self._partial) + rest
+            self._partial.clear()
+        else:
+            self._partial += data[start:]
+
+    def _line(self, line: bytes, out: list[Envelope | Dropped]) -> None:
+        if len(line) > self._max_line:
+            out.append(_too_long(len(line), self._max_line))
+            return
+        if not line.strip():
+            return
+        try:
+            value = parse_json(line)
+        except ProtocolError as exc:
+            out.append(Dropped(reason=DropReason.GARBAGE, size=len(line), detail=str(exc)))
+            return
+        try:
+            out.append(envelope_from_json(value))
+        except ProtocolError as exc:
+            out.append(Dropped(reason=DropReason.BAD_ENVELOPE, size=len(line), detail=str(exc)))
+
+
+def _too_long(size: int, limit: int) -> Dropped:
+    return Dropped(
+        reason=DropReason.LINE_TOO_LONG,
+        size=size,
+        detail=f"a line of {size} bytes is longer than the {limit} accepted.",
+    )

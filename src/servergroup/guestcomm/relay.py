@@ -1,0 +1,535 @@
+"""The host side of the channel: one connection per guest, found by watching a directory.
+
+The hypervisor (or the lab) puts one UNIX stream socket per guest in the
+channel directory, named `cgcs.messaging.<instance>.sock` (spec section 2);
+the lab puts symlinks to sockets there. `ChannelRelay` watches the directory
+with inotify (and scans it at start), connects to each guest's socket,
+retries every `retry_interval` while the guest agent is not listening, and
+reconnects after the guest closes, for as long as the file exists. A file
+that goes away (deleted, or moved out by a live migration) closes that
+guest's link.
+
+Envelopes from a guest get `source_instance` set to the guest's instance
+name and go to an in-process route registered for their `dest_addr` (the
+group service routes `cgcs.server_grp`), or else as a datagram to the host
+application bound at that abstract name. Host applications send datagrams
+to the relay's own abstract `address`, naming the guest in `dest_instance`.
+
+Writes toward a guest are buffered per guest up to a limit; a guest that
+does not read loses its own messages and never holds up the others. Nothing
+a guest or an application sends stops the relay; a handler's exception is
+logged as a BUG and the relay carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import inspect
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from asyncinotify import Inotify, Mask
+
+from servergroup.common.errors import ConfigError, UsageError
+from servergroup.common.logsetup import BUG_MARKER, log_bug
+from servergroup.guestcomm.drops import Counters, DropLog, Reason
+from servergroup.guestcomm.protocol import (
+    MAX_INSTANCE_LENGTH,
+    MAX_LINE,
+    MESSAGING_ADDR,
+    ChannelDecoder,
+    Dropped,
+    Envelope,
+    ProtocolError,
+    decode_envelope,
+    encode_host_frame,
+)
+from servergroup.guestcomm.sockets import AbstractSocket, Datagram, SendResult, deliver
+
+log = logging.getLogger(__name__)
+
+#: Channel socket names in the channel directory (spec section 2).
+CHANNEL_FILE = re.compile(r"cgcs\.messaging\.(?P<instance>.+)\.sock")
+#: Bytes that may wait to be written to one guest before its messages are dropped.
+DEFAULT_QUEUE_LIMIT = 1 << 20
+#: How long one connection attempt may take (a full listen backlog makes it wait).
+CONNECT_TIMEOUT = 5.0
+#: Datagrams handled in a row before other work gets a turn.
+_BATCH = 64
+#: Connection errors that mean "the guest agent is not listening (yet)": retried quietly.
+_NOT_LISTENING = {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN}
+_WATCH_MASK = (
+    Mask.CREATE
+    | Mask.DELETE
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
+    | Mask.ONLYDIR
+)
+
+#: An in-process destination: `handler(instance, envelope)`, plain or async.
+Handler = Callable[[str, Envelope], Awaitable[None] | None]
+#: `callback(instance, connected)`, called when a guest's link comes up or goes down.
+ChangeCallback = Callable[[str, bool], None]
+
+
+def instance_of(name: str) -> str | None:
+    """The instance named by a channel file name, or None if it is not one."""
+    match = CHANNEL_FILE.fullmatch(name)
+    return match["instance"] if match else None
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to a guest's channel socket."""
+
+    def __init__(self, link: _GuestLink) -> None:
+        self._link = link
+        self._decoder = ChannelDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            items = self._decoder.feed(data)
+        except Exception:
+            log_bug(log, f"the channel decoder of {self._link.instance}")
+            return
+        self._link.relay._from_guest(self._link.instance, items)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _GuestLink:
+    """Keeps one guest connected while its channel file exists."""
+
+    def __init__(
+        self, relay: ChannelRelay, instance: str, path: Path, identity: tuple[int, int]
+    ) -> None:
+        self.relay = relay
+        self.instance = instance
+        self.path = path
+        self.identity = identity
+        self.connection: _Connection | None = None
+        self.task = asyncio.create_task(self._run(), name=f"relay-link-{instance}")
+
+    @property
+    def connected(self) -> bool:
+        conn = self.connection
+        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+
+    def kick(self) -> None:
+        """The file was replaced: drop the current connection and connect anew."""
+        if self.connection is not None and self.connection.transport is not None:
+            self.connection.transport.abort()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def _run(self) -> None:
+        relay = self.relay
+        loop = asyncio.get_running_loop()
+        failures = 0
+        try:
+            while True:
+                try:
+                    _, conn = await asyncio.wait_for(
+                        loop.create_unix_connection(lambda: _Connection(self), str(self.path)),
+                        CONNECT_TIMEOUT,
+                    )
+                except (OSError, TimeoutError) as exc:
+                    failures += 1
+                    self._connect_failed(exc, failures)
+                    await asyncio.sleep(relay.retry_interval)
+                    continue
+                failures = 0
+                self.connection = conn
+                connected_at = time.monotonic()
+                relay._changed(self.instance, True)
+                try:
+                    await conn.closed
+                finally:
+                    self.connection = None
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    relay._changed(self.instance, False)
+                # A guest that closes at once (or another host that keeps taking the
+                # channel) must not make us spin: reconnect at most once per interval.
+                if time.monotonic() - connected_at < relay.retry_interval:
+                    await asyncio.sleep(relay.retry_interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log_bug(log, f"the channel link of {self.instance}")
+
+    def _connect_failed(self, exc: Exception, failures: int) -> None:
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code in _NOT_LISTENING:
+            # Normal while a guest boots or restarts: say it once per outage.
+            if failures == 1:
+                log.info("guest %s not listening yet (%s); retrying", self.instance, exc)
+            return
+        self.relay._drops.note(
+            "connect failed", f"to {self.instance} at {self.path}: {exc or 'timed out'}"
+        )
+
+    def write(self, frame: bytes, limit: int) -> Reason | None:
+        conn = self.connection
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return Reason.GUEST_NOT_CONNECTED
+        if conn.transport.get_write_buffer_size() + len(frame) > limit:
+            return Reason.CHANNEL_QUEUE_FULL
+        conn.transport.write(frame)
+        return None
+
+
+class ChannelRelay:
+    """Relays envelopes between guests' channels and host applications or routes."""
+
+    def __init__(
+        self,
+        channel_dir: Path,
+        *,
+        address: str = MESSAGING_ADDR,
+        retry_interval: float = 1.0,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    ) -> None:
+        if retry_interval <= 0:
+            raise ConfigError("the relay's retry interval must be positive.")
+        self.channel_dir = Path(channel_dir)
+        self.address = address
+        self.retry_interval = retry_interval
+        self.queue_limit = queue_limit
+        self.counters = Counters()
+        self._drops = DropLog(log, self.counters)
+        self._routes: dict[str, Handler] = {}
+        self._callbacks: list[ChangeCallback] = []
+        self._links: dict[str, _GuestLink] = {}
+        self._connected: set[str] = set()
+        self._handler_tasks: set[asyncio.Future[None]] = set()
+        self._sock: AbstractSocket | None = None
+        self._inotify: Inotify | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- public API
+
+    async def start(self) -> None:
+        """Bind the host address, start watching the channel directory, connect to guests."""
+        if self._sock is not None:
+            raise UsageError("the channel relay is already started.")
+        try:
+            self.channel_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the channel directory {self.channel_dir}: {exc.strerror}."
+            ) from None
+        self._sock = AbstractSocket(self.address)
+        inotify = Inotify()
+        try:
+            inotify.add_watch(self.channel_dir, _WATCH_MASK)
+        except OSError as exc:
+            inotify.close()
+            self._sock.close()
+            self._sock = None
+            raise ConfigError(
+                f"cannot watch the channel directory {self.channel_dir}: {exc.strerror}."
+            ) from None
+        self._inotify = inotify
+        # Watch first, then scan: a file created in between is seen twice, harmlessly.
+        self._rescan()
+        self._tasks = [
+            asyncio.create_task(self._watch(inotify), name="relay-watch"),
+            asyncio.create_task(self._serve_apps(), name="relay-apps"),
+        ]
+        log.info(
+            "channel relay ready: watching %s, host applications at abstract %r",
+            self.channel_dir,
+            self.address,
+        )
+
+    async def stop(self) -> None:
+        """Close every link and socket; the relay can not be started again."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for instance in list(self._links):
+            await self._remove(instance)
+        for pending in list(self._handler_tasks):
+            pending.cancel()
+        if self._handler_tasks:
+            await asyncio.wait(self._handler_tasks, timeout=1.0)
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        if self._sock is not None:
+            self._sock.close()
+        self._drops.close()
+        log.info("channel relay stopped: %s", self.counters)
+
+    async def __aenter__(self) -> ChannelRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def route(self, addr: str, handler: Handler) -> Callable[[], None]:
+        """Send envelopes from guests whose `dest_addr` is `addr` to `handler` instead
+        of the host application bound at `addr`; returns a function that undoes it."""
+        if addr in self._routes:
+            raise UsageError(f"{addr!r} is already routed.")
+        self._routes[addr] = handler
+
+        def unroute() -> None:
+            if self._routes.get(addr) is handler:
+                del self._routes[addr]
+
+        return unroute
+
+    async def send_to_guest(self, instance: str, envelope: Envelope) -> bool:
+        """Write `envelope` to the guest's channel; False when it is not connected or
+        its write buffer is full (the message is dropped and counted)."""
+        reason = self._write(instance, envelope)
+        if reason is None:
+            return True
+        level = logging.DEBUG if reason is Reason.GUEST_NOT_CONNECTED else logging.WARNING
+        self._drops.drop(reason, f"a message for {instance} to {envelope.dest_addr!r}", level=level)
+        return False
+
+    def connected(self) -> frozenset[str]:
+        """The instances whose channel is connected now."""
+        return frozenset(self._connected)
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback(instance, connected)` when a guest connects or disconnects;
+        returns a function that unsubscribes."""
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    # -- guests
+
+    def _write(self, instance: str, envelope: Envelope) -> Reason | None:
+        link = self._links.get(instance)
+        if link is None:
+            return Reason.GUEST_NOT_CONNECTED
+        frame = encode_host_frame(envelope)
+        if len(frame) > MAX_LINE:
+            return Reason.TOO_BIG
+        reason = link.write(frame, self.queue_limit)
+        if reason is None:
+            self.counters.to_channel += 1
+        return reason
+
+    def _changed(self, instance: str, connected: bool) -> None:
+        if connected:
+            self._connected.add(instance)
+        else:
+            self._connected.discard(instance)
+        log.info("guest %s %s", instance, "connected" if connected else "disconnected")
+        for callback in list(self._callbacks):
+            try:
+                callback(instance, connected)
+            except Exception:
+                log_bug(log, "a channel relay on_change callback")
+
+    def _from_guest(self, instance: str, items: list[Envelope | Dropped]) -> None:
+        for item in items:
+            if isinstance(item, Dropped):
+                self._drops.drop(item.reason, f"from {instance}: {item.detail}")
+                continue
+            self.counters.from_channel += 1
+            if item.dest_addr is None:
+                self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {instance}")
+                continue
+            envelope = dataclasses.replace(item, source_instance=instance)
+            handler = self._routes.get(item.dest_addr)
+            if handler is not None:
+                self._call(handler, instance, envelope)
+            else:
+                self._deliver(envelope)
+
+    def _call(self, handler: Handler, instance: str, envelope: Envelope) -> None:
+        try:
+            result = handler(instance, envelope)
+        except Exception:
+            log_bug(log, f"the route handler for {envelope.dest_addr!r}")
+            return
+        self.counters.to_apps += 1
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[None]) -> None:
+        self._handler_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "%s: unexpected error in an async route handler",
+                BUG_MARKER,
+                exc_info=task.exception(),
+            )
+
+    def _deliver(self, envelope: Envelope) -> None:
+        assert self._sock is not None
+        who = f"a message from {envelope.source_instance} for {envelope.dest_addr!r}"
+        try:
+            result = deliver(self._sock, envelope)
+        except OSError as exc:
+            self._drops.drop(Reason.SEND_FAILED, f"{who}: {exc}")
+            return
+        if result is SendResult.SENT:
+            self.counters.to_apps += 1
+        elif result is SendResult.NOT_BOUND:
+            self._drops.drop(
+                Reason.APP_NOT_BOUND, f"{who}: nothing is bound there", level=logging.DEBUG
+            )
+        elif result is SendResult.WOULD_BLOCK:
+            self._drops.drop(Reason.APP_NOT_READING, f"{who}: its queue is full")
+        else:
+            self._drops.drop(Reason.TOO_BIG, f"{who}: the datagram would be over 4095 bytes")
+
+    # -- host applications
+
+    async def _serve_apps(self) -> None:
+        assert self._sock is not None
+        handled = 0
+        while True:
+            datagram = await self._sock.receive()
+            try:
+                self._from_app(datagram)
+            except Exception:
+                log_bug(log, "the channel relay's application handler")
+            handled += 1
+            if handled % _BATCH == 0:
+                await asyncio.sleep(0)
+
+    def _from_app(self, datagram: Datagram) -> None:
+        self.counters.from_apps += 1
+        if datagram.truncated:
+            self._drops.drop(
+                Reason.TOO_BIG,
+                f"a datagram of {len(datagram.data)} bytes or more; the limit is 4095",
+            )
+            return
+        if datagram.sender is None:
+            self._drops.drop(
+                Reason.NOT_ABSTRACT, "a datagram from a socket without an abstract name"
+            )
+            return
+        try:
+            envelope = decode_envelope(datagram.data)
+        except ProtocolError as exc:
+            self._drops.drop(Reason.BAD_MESSAGE, f"from {datagram.sender!r}: {exc}")
+            return
+        if envelope.dest_addr is None:
+            self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {datagram.sender!r}")
+            return
+        if envelope.dest_instance is None:
+            self._drops.drop(Reason.NO_DEST_INSTANCE, f"a message from {datagram.sender!r}")
+            return
+        target = envelope.dest_instance
+        envelope = dataclasses.replace(envelope, source_addr=datagram.sender, source_instance=None)
+        reason = self._write(target, envelope)
+        if reason is not None:
+            self._drops.drop(reason, f"a message from {datagram.sender!r} for {target}")
+
+    # -- the channel directory
+
+    async def _watch(self, inotify: Inotify) -> None:
+        while True:
+            event = await inotify.get()
+            try:
+                await self._handle(event.mask, event.name)
+            except Exception:
+                log_bug(log, "the channel directory watch")
+
+    async def _handle(self, mask: Mask, name: Path | None) -> None:
+        if mask & Mask.Q_OVERFLOW:
+            log.warning("inotify queue overflowed; rescanning %s", self.channel_dir)
+            await self._rescan_and_prune()
+            return
+        if mask & (Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED):
+            log.error("the channel directory %s went away; no guests are relayed", self.channel_dir)
+            for instance in list(self._links):
+                await self._remove(instance)
+            return
+        if name is None:
+            return
+        found = instance_of(name.name)
+        if found is None:
+            return
+        instance = found
+        if mask & (Mask.CREATE | Mask.MOVED_TO):
+            self._appeared(instance, self.channel_dir / name)
+        elif mask & (Mask.DELETE | Mask.MOVED_FROM):
+            log.info("channel of %s removed", instance)
+            await self._remove(instance)
+
+    def _rescan(self) -> set[str]:
+        found: set[str] = set()
+        try:
+            entries = list(os.scandir(self.channel_dir))
+        except OSError as exc:
+            log.error("cannot list the channel directory %s: %s", self.channel_dir, exc)
+            return found
+        for entry in entries:
+            instance = instance_of(entry.name)
+            if instance is not None:
+                found.add(instance)
+                self._appeared(instance, Path(entry.path))
+        return found
+
+    async def _rescan_and_prune(self) -> None:
+        present = self._rescan()
+        for instance in list(self._links):
+            if instance not in present:
+                await self._remove(instance)
+
+    def _appeared(self, instance: str, path: Path) -> None:
+        if len(instance.encode("utf-8", "surrogateescape")) > MAX_INSTANCE_LENGTH:
+            self._drops.note(
+                "bad channel name",
+                f"ignoring {path.name}: the instance name is over {MAX_INSTANCE_LENGTH} bytes",
+            )
+            return
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # already gone again; its delete event follows
+        identity = (st.st_dev, st.st_ino)
+        link = self._links.get(instance)
+        if link is None:
+            log.info("channel of %s found at %s", instance, path)
+            self._links[instance] = _GuestLink(self, instance, path, identity)
+        elif link.identity != identity:
+            log.info("channel of %s replaced at %s; reconnecting", instance, path)
+            link.identity = identity
+            link.kick()
+
+    async def _remove(self, instance: str) -> None:
+        link = self._links.pop(instance, None)
+        if link is not None:
+            await link.close()

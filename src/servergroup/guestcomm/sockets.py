@@ -1,0 +1,175 @@
+"""Abstract-namespace AF_UNIX datagram sockets, as the protocol's applications use them.
+
+An abstract name starts with a NUL byte and has no trailing NUL (spec
+section 1); Python passes `b"\\0" + name` with exactly that length. Names are
+per network namespace. Every socket here is non-blocking: receiving waits on
+the event loop, sending never waits, and the two ordinary outcomes of a
+datagram send to a local application (nobody bound there, its queue full)
+are results, not exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from dataclasses import dataclass
+from enum import Enum
+
+from servergroup.common.errors import LocalError, UsageError
+from servergroup.guestcomm.protocol import MAX_DATAGRAM, Envelope, encode_envelope
+
+#: Receive buffer: one byte more than the largest datagram accepted, so a
+#: datagram of exactly 4096 bytes shows as too big without MSG_TRUNC.
+RECEIVE_SIZE = MAX_DATAGRAM + 1
+#: Kernel receive buffer asked for, so that bursts wait in the kernel.
+RECEIVE_BUFFER = 1 << 20
+
+
+class AddressInUse(LocalError):
+    """The abstract name is already bound in this network namespace."""
+
+
+class SendResult(Enum):
+    """How a datagram send ended."""
+
+    SENT = "sent"
+    #: Nothing is bound at that name: the message is dropped (spec section 3).
+    NOT_BOUND = "not bound"
+    #: The receiver's queue is full: it does not read fast enough.
+    WOULD_BLOCK = "would block"
+    #: Larger than the kernel accepts for one datagram.
+    TOO_BIG = "too big"
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """One received datagram."""
+
+    data: bytes
+    #: The sender's abstract name, or None when it is unbound or bound to a path.
+    sender: str | None
+    #: The datagram was larger than the receive buffer; `data` is its start.
+    truncated: bool
+
+
+def abstract_address(name: str) -> bytes:
+    """The socket address of abstract `name`: NUL, the name, no trailing NUL."""
+    return b"\0" + name.encode("utf-8")
+
+
+def sender_name(address: object) -> str | None:
+    """The abstract name in a `recvfrom` address, or None if the sender is not abstract."""
+    if isinstance(address, bytes) and address.startswith(b"\0") and len(address) > 1:
+        try:
+            return address[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+class AbstractSocket:
+    """A non-blocking AF_UNIX datagram socket bound to an abstract name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.setblocking(False)
+            with contextlib.suppress(OSError):  # the kernel caps it; the default still works
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            self._sock.bind(abstract_address(name))
+        except OSError as exc:
+            self._sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(
+                    f"the abstract address {name!r} is already bound in this network "
+                    "namespace; is another agent running?"
+                ) from None
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def receive_nowait(self) -> Datagram | None:
+        """The next queued datagram, or None when none is waiting."""
+        try:
+            data, _, flags, address = self._sock.recvmsg(RECEIVE_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_DATAGRAM
+        return Datagram(data=data, sender=sender_name(address), truncated=truncated)
+
+    async def receive(self) -> Datagram:
+        """Wait for the next datagram."""
+        while True:
+            datagram = self.receive_nowait()
+            if datagram is not None:
+                return datagram
+            await self._readable()
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self._sock.fileno(), wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self._sock.fileno())
+
+    def send_to(self, name: str, data: bytes) -> SendResult:
+        """Send one datagram to abstract `name` without waiting.
+
+        Other OS errors than the outcomes of `SendResult` are raised as `OSError`.
+        """
+        try:
+            address = abstract_address(name)
+        except UnicodeEncodeError:
+            return SendResult.NOT_BOUND
+        try:
+            self._sock.sendto(data, address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return SendResult.NOT_BOUND
+        except (BlockingIOError, InterruptedError):
+            return SendResult.WOULD_BLOCK
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return SendResult.TOO_BIG
+            if exc.errno == errno.ENOBUFS:
+                return SendResult.WOULD_BLOCK
+            raise
+        return SendResult.SENT
+
+
+def encode_delivery(envelope: Envelope) -> bytes:
+    """The datagram an agent delivers to an application for `envelope` (spec section 3).
+
+    Only `version`, `source_addr`, `source_instance` (when set) and `data` are
+    delivered; the destination fields have done their work.
+    """
+    return encode_envelope(
+        Envelope(
+            data=envelope.data,
+            source_addr=envelope.source_addr,
+            source_instance=envelope.source_instance,
+        )
+    )
+
+
+def deliver(sock: AbstractSocket, envelope: Envelope) -> SendResult:
+    """Send `envelope` to the application at its `dest_addr`; TOO_BIG over `MAX_DATAGRAM`."""
+    if envelope.dest_addr is None:
+        raise UsageError("deliver needs an envelope with a dest_addr.")
+    datagram = encode_delivery(envelope)
+    if len(datagram) > MAX_DATAGRAM:
+        return SendResult.TOO_BIG
+    return sock.send_to(envelope.dest_addr, datagram)
