@@ -1,0 +1,321 @@
+"""The server-group messages inside an envelope's `data` (spec section 4), pure.
+
+Theory of operation: every inner message is a JSON object with `"version": 2`
+and a `msg_type`; `decode_group_message` turns one into a frozen dataclass
+or raises `ProtocolError` with one sentence (missing key, wrong version,
+unknown `msg_type`, wrong type), and `encode_group_message` is its inverse:
+`decode(encode(m)) == m` for every message. Keys are written in a fixed
+order (`version`, `msg_type`, then the table's order) so the bytes are
+stable; readers must not depend on it.
+
+Departures from the original, all listed in spec section 6 or the issue:
+- A relayed broadcast carries `"version": 2` as an integer, not the string
+  `"version"`.
+- `status_response_done` carries no `data`.
+- A relayed broadcast may carry `seq`, the group's sequence number (the
+  version of the key `broadcasts/<group>` that carried it); old clients
+  ignore the extra key.
+- `subscribe` / `unsubscribe` (no other keys) are ours: an app bound at an
+  address other than `cgcs.server_grp` asks the host to send it the group's
+  traffic (broadcasts and notifications) too.
+
+`check_broadcast_text` is the rule the original declared and never enforced:
+at most 3050 bytes of UTF-8, no NUL, no newline. It also checks that the
+delivered datagram, with the widest addresses, fits under 4096 bytes: the
+envelope encoder escapes non-ASCII and control characters as `\\uXXXX`, so a
+text of 3050 bytes can grow to several times that.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from servergroup.guestcomm.protocol import (
+    MAX_ADDR_LENGTH,
+    MAX_DATAGRAM,
+    MAX_INSTANCE_LENGTH,
+    VERSION,
+    Envelope,
+    Json,
+    JsonObject,
+    ProtocolError,
+    encode_envelope,
+)
+
+#: The longest broadcast text, in bytes of UTF-8 (seed 000: "up to 3050 bytes").
+MAX_BROADCAST_BYTES: Final = 3050
+#: The widest values a delivered broadcast can carry, for its worst-case size.
+_WORST_ADDR: Final = "x" * MAX_ADDR_LENGTH
+_WORST_INSTANCE: Final = "x" * MAX_INSTANCE_LENGTH
+_WORST_SEQ: Final = -(2**63)
+
+
+class MsgType(enum.Enum):
+    """The `msg_type` values of server-group messages."""
+
+    BROADCAST = "broadcast"
+    STATUS_QUERY = "status_query"
+    STATUS_RESPONSE = "status_response"
+    STATUS_RESPONSE_DONE = "status_response_done"
+    NOTIFICATION = "notification"
+    NACK = "nack"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+class UnknownMessageType(ProtocolError):
+    """A well-formed message whose `msg_type` we do not know (answered with a nack)."""
+
+    def __init__(self, msg_type: str) -> None:
+        super().__init__(f"unknown msg_type {msg_type!r}")
+        self.msg_type = msg_type
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Broadcast:
+    """A broadcast: guest -> host (text only), host -> guest (with sender and seq)."""
+
+    text: str
+    source_instance: str | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusQuery:
+    """Guest -> host: the status of every member of my group, please."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResponse:
+    """Host -> guest: one member's server info, for query `seq`."""
+
+    seq: int
+    server: JsonObject
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResponseDone:
+    """Host -> guest: every member of query `seq` was sent."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """Host -> guest: a member changed (`event_type`, `priority`, `timestamp`, `payload`)."""
+
+    event: JsonObject
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack:
+    """Host -> guest: a request of type `orig_msg_type` was refused, and why."""
+
+    orig_msg_type: str
+    log_msg: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribe:
+    """Guest -> host (ours): send the group's traffic to my address too."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unsubscribe:
+    """Guest -> host (ours): stop sending the group's traffic to my address."""
+
+
+GroupMessage = (
+    Broadcast
+    | StatusQuery
+    | StatusResponse
+    | StatusResponseDone
+    | Notification
+    | Nack
+    | Subscribe
+    | Unsubscribe
+)
+
+
+def msg_type_of(msg: GroupMessage) -> MsgType:
+    """The wire `msg_type` of a message."""
+    return _TYPE_OF[type(msg)]
+
+
+def encode_group_message(msg: GroupMessage) -> JsonObject:
+    """The JSON object for `msg`, keys in a fixed order."""
+    obj: JsonObject = {"version": VERSION, "msg_type": msg_type_of(msg).value}
+    match msg:
+        case Broadcast(text=text, source_instance=source, seq=seq):
+            obj["data"] = text
+            if source is not None:
+                obj["source_instance"] = source
+            if seq is not None:
+                obj["seq"] = seq
+        case StatusQuery(seq=seq) | StatusResponseDone(seq=seq):
+            obj["seq"] = seq
+        case StatusResponse(seq=seq, server=server):
+            obj["seq"] = seq
+            obj["data"] = server
+        case Notification(event=event):
+            obj["data"] = event
+        case Nack(orig_msg_type=orig, log_msg=log_msg):
+            obj["orig_msg_type"] = orig
+            obj["log_msg"] = log_msg
+        case Subscribe() | Unsubscribe():
+            pass
+    return obj
+
+
+def _field(obj: JsonObject, key: str, what: str) -> Json:
+    if key not in obj:
+        raise ProtocolError(f"{what} message has no {key!r}")
+    return obj[key]
+
+
+def _str(obj: JsonObject, key: str, what: str) -> str:
+    value = _field(obj, key, what)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} message has a {key!r} that is not a string")
+    return value
+
+
+def _int(obj: JsonObject, key: str, what: str) -> int:
+    value = _field(obj, key, what)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"{what} message has a {key!r} that is not an integer")
+    return value
+
+
+def _object(obj: JsonObject, key: str, what: str) -> JsonObject:
+    value = _field(obj, key, what)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} message has a {key!r} that is not a JSON object")
+    return value
+
+
+def _optional_str(obj: JsonObject, key: str, what: str) -> str | None:
+    return None if obj.get(key) is None else _str(obj, key, what)
+
+
+def _optional_int(obj: JsonObject, key: str, what: str) -> int | None:
+    return None if obj.get(key) is None else _int(obj, key, what)
+
+
+def decode_group_message(obj: Json) -> GroupMessage:
+    """The message in `obj` (an envelope's `data`); raises `ProtocolError`.
+
+    Unknown extra keys are ignored (a newer peer may add some); an unknown
+    `msg_type` raises `UnknownMessageType`, a `ProtocolError` that names it.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError("the server-group message is not a JSON object")
+    version = obj.get("version")
+    if "version" not in obj:
+        raise ProtocolError("the server-group message has no 'version'")
+    if version != VERSION or isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError(f"the server-group message has version {version!r}, not {VERSION}")
+    raw_type = obj.get("msg_type")
+    if not isinstance(raw_type, str):
+        raise ProtocolError("the server-group message has no 'msg_type' string")
+    try:
+        msg_type = MsgType(raw_type)
+    except ValueError:
+        raise UnknownMessageType(raw_type) from None
+    what = msg_type.value
+    match msg_type:
+        case MsgType.BROADCAST:
+            return Broadcast(
+                text=_str(obj, "data", what),
+                source_instance=_optional_str(obj, "source_instance", what),
+                seq=_optional_int(obj, "seq", what),
+            )
+        case MsgType.STATUS_QUERY:
+            return StatusQuery(seq=_int(obj, "seq", what))
+        case MsgType.STATUS_RESPONSE:
+            return StatusResponse(seq=_int(obj, "seq", what), server=_object(obj, "data", what))
+        case MsgType.STATUS_RESPONSE_DONE:
+            return StatusResponseDone(seq=_int(obj, "seq", what))
+        case MsgType.NOTIFICATION:
+            return Notification(event=_object(obj, "data", what))
+        case MsgType.NACK:
+            return Nack(
+                orig_msg_type=_str(obj, "orig_msg_type", what), log_msg=_str(obj, "log_msg", what)
+            )
+        case MsgType.SUBSCRIBE:
+            return Subscribe()
+        case MsgType.UNSUBSCRIBE:
+            return Unsubscribe()
+
+
+def delivered_broadcast_size(text: str) -> int:
+    """The largest datagram an app can receive for a broadcast of `text` (spec section 3).
+
+    Computed with the real envelope encoder and the widest addresses, instance
+    names and sequence number, so a text that passes fits every delivery.
+    """
+    inner = Broadcast(text=text, source_instance=_WORST_INSTANCE, seq=_WORST_SEQ)
+    outer = Envelope(
+        data=encode_group_message(inner),
+        source_addr=_WORST_ADDR,
+        source_instance=_WORST_INSTANCE,
+    )
+    return len(encode_envelope(outer))
+
+
+def check_broadcast_text(text: str) -> str | None:
+    """Why `text` cannot be broadcast, in one sentence; None when it can."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the broadcast text is not valid Unicode (it has a lone surrogate)"
+    if size > MAX_BROADCAST_BYTES:
+        return f"the broadcast text is {size} bytes of UTF-8; the limit is {MAX_BROADCAST_BYTES}"
+    if "\x00" in text:
+        return "the broadcast text contains a NUL character"
+    if "\n" in text:
+        return "the broadcast text contains a newline"
+    size = delivered_broadcast_size(text)
+    if size > MAX_DATAGRAM:
+        return (
+            f"the broadcast text makes a {size}-byte datagram once escaped as JSON; "
+            f"the limit is {MAX_DATAGRAM} (non-ASCII and control characters take up to "
+            "6 bytes each)"
+        )
+    return None
+
+
+_TYPE_OF: Final[dict[type, MsgType]] = {
+    Broadcast: MsgType.BROADCAST,
+    StatusQuery: MsgType.STATUS_QUERY,
+    StatusResponse: MsgType.STATUS_RESPONSE,
+    StatusResponseDone: MsgType.STATUS_RESPONSE_DONE,
+    Notification: MsgType.NOTIFICATION,
+    Nack: MsgType.NACK,
+    Subscribe: MsgType.SUBSCRIBE,
+    Unsubscribe: MsgType.UNSUBSCRIBE,
+}
+
+__all__ = [
+    "MAX_BROADCAST_BYTES",
+    "Broadcast",
+    "GroupMessage",
+    "MsgType",
+    "Nack",
+    "Notification",
+    "StatusQuery",
+    "StatusResponse",
+    "StatusResponseDone",
+    "Subscribe",
+    "UnknownMessageType",
+    "Unsubscribe",
+    "check_broadcast_text",
+    "decode_group_message",
+    "delivered_broadcast_size",
+    "encode_group_message",
+    "msg_type_of",
+]

@@ -1,0 +1,271 @@
+"""Server-group messages (spec section 4): byte-exact fixtures, errors, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from servergroup.groups.protocol import (
+    MAX_BROADCAST_BYTES,
+    Broadcast,
+    GroupMessage,
+    MsgType,
+    Nack,
+    Notification,
+    StatusQuery,
+    StatusResponse,
+    StatusResponseDone,
+    Subscribe,
+    UnknownMessageType,
+    Unsubscribe,
+    check_broadcast_text,
+    decode_group_message,
+    delivered_broadcast_size,
+    encode_group_message,
+    msg_type_of,
+)
+from servergroup.guestcomm.protocol import (
+    MAX_DATAGRAM,
+    SERVER_GROUP_ADDR,
+    Envelope,
+    Json,
+    JsonObject,
+    ProtocolError,
+    decode_envelope,
+    encode_envelope,
+)
+
+SERVER: JsonObject = {"instance_name": "instance-0000000a", "name": "vm-1", "vcpus": 2}
+EVENT: JsonObject = {
+    "event_type": "compute.instance.pause.end",
+    "priority": "INFO",
+    "timestamp": "2026-11-21T14:00:00Z",
+    "payload": SERVER,
+}
+
+# (message, its bytes as an app sends it or receives it inside an envelope)
+FIXTURES: list[tuple[GroupMessage, bytes]] = [
+    (
+        Broadcast(text="this is a test"),
+        b'{"version":2,"msg_type":"broadcast","data":"this is a test"}',
+    ),
+    (
+        Broadcast(text="final test", source_instance="instance-0000000b", seq=7),
+        b'{"version":2,"msg_type":"broadcast","data":"final test",'
+        b'"source_instance":"instance-0000000b","seq":7}',
+    ),
+    (StatusQuery(seq=3), b'{"version":2,"msg_type":"status_query","seq":3}'),
+    (
+        StatusResponse(seq=3, server=SERVER),
+        b'{"version":2,"msg_type":"status_response","seq":3,"data":'
+        b'{"instance_name":"instance-0000000a","name":"vm-1","vcpus":2}}',
+    ),
+    (StatusResponseDone(seq=3), b'{"version":2,"msg_type":"status_response_done","seq":3}'),
+    (
+        Notification(event=EVENT),
+        b'{"version":2,"msg_type":"notification","data":{"event_type":'
+        b'"compute.instance.pause.end","priority":"INFO","timestamp":"2026-11-21T14:00:00Z",'
+        b'"payload":{"instance_name":"instance-0000000a","name":"vm-1","vcpus":2}}}',
+    ),
+    (
+        Nack(orig_msg_type="broadcast", log_msg="too long"),
+        b'{"version":2,"msg_type":"nack","orig_msg_type":"broadcast","log_msg":"too long"}',
+    ),
+    (Subscribe(), b'{"version":2,"msg_type":"subscribe"}'),
+    (Unsubscribe(), b'{"version":2,"msg_type":"unsubscribe"}'),
+]
+
+
+def compact(obj: Json) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(("msg", "raw"), FIXTURES)
+def test_encode_is_byte_exact(msg: GroupMessage, raw: bytes) -> None:
+    assert compact(encode_group_message(msg)) == raw
+
+
+@pytest.mark.parametrize(("msg", "raw"), FIXTURES)
+def test_decode_fixture(msg: GroupMessage, raw: bytes) -> None:
+    assert decode_group_message(json.loads(raw)) == msg
+    assert msg_type_of(msg).value == json.loads(raw)["msg_type"]
+
+
+def test_whole_datagram_an_app_sends() -> None:
+    """Spec section 3: app -> agent, the broadcast of the seed's step e."""
+    env = Envelope(
+        dest_addr=SERVER_GROUP_ADDR, data=encode_group_message(Broadcast(text="this is a test"))
+    )
+    assert encode_envelope(env) == (
+        b'{"version":2,"dest_addr":"cgcs.server_grp","data":'
+        b'{"version":2,"msg_type":"broadcast","data":"this is a test"}}'
+    )
+
+
+def test_original_host_messages_decode() -> None:
+    """What the original host sent: a done with a stale `data` (ignored)."""
+    raw = b'{"version":2,"msg_type":"status_response_done","seq":9,"data":"[]"}'
+    assert decode_group_message(json.loads(raw)) == StatusResponseDone(seq=9)
+
+
+def test_relayed_string_version_is_refused() -> None:
+    """Spec section 6: the original relayed broadcasts with "version": "version"."""
+    raw = b'{"version":"version","msg_type":"broadcast","data":"x","source_instance":"i"}'
+    with pytest.raises(ProtocolError, match="version"):
+        decode_group_message(json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    ("obj", "words"),
+    [
+        ([], "not a JSON object"),
+        ("broadcast", "not a JSON object"),
+        ({"msg_type": "broadcast", "data": "x"}, "no 'version'"),
+        ({"version": 1, "msg_type": "broadcast", "data": "x"}, "version 1"),
+        ({"version": True, "msg_type": "broadcast", "data": "x"}, "version True"),
+        ({"version": 2.0, "msg_type": "broadcast", "data": "x"}, "version 2.0"),
+        ({"version": 2, "data": "x"}, "no 'msg_type'"),
+        ({"version": 2, "msg_type": 5}, "no 'msg_type'"),
+        ({"version": 2, "msg_type": "broadcast"}, "broadcast message has no 'data'"),
+        ({"version": 2, "msg_type": "broadcast", "data": 5}, "'data' that is not a string"),
+        (
+            {"version": 2, "msg_type": "broadcast", "data": "x", "seq": "1"},
+            "'seq' that is not an integer",
+        ),
+        (
+            {"version": 2, "msg_type": "broadcast", "data": "x", "source_instance": 1},
+            "'source_instance' that is not a string",
+        ),
+        ({"version": 2, "msg_type": "status_query"}, "status_query message has no 'seq'"),
+        ({"version": 2, "msg_type": "status_query", "seq": True}, "not an integer"),
+        ({"version": 2, "msg_type": "status_query", "seq": 1.5}, "not an integer"),
+        ({"version": 2, "msg_type": "status_response", "seq": 1, "data": "[]"}, "not a JSON obj"),
+        ({"version": 2, "msg_type": "status_response_done"}, "no 'seq'"),
+        ({"version": 2, "msg_type": "notification", "data": []}, "not a JSON object"),
+        ({"version": 2, "msg_type": "nack", "log_msg": "x"}, "no 'orig_msg_type'"),
+        ({"version": 2, "msg_type": "nack", "orig_msg_type": "x"}, "no 'log_msg'"),
+    ],
+)
+def test_decode_errors_say_why(obj: Json, words: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_group_message(obj)
+    assert words in str(info.value)
+    assert not isinstance(info.value, UnknownMessageType)
+
+
+def test_unknown_msg_type_names_it() -> None:
+    with pytest.raises(UnknownMessageType) as info:
+        decode_group_message({"version": 2, "msg_type": "scale_request"})
+    assert info.value.msg_type == "scale_request"
+    assert "unknown msg_type 'scale_request'" in str(info.value)
+
+
+def test_extra_keys_are_ignored() -> None:
+    obj: JsonObject = {"version": 2, "msg_type": "status_query", "seq": 1, "future": [1, 2]}
+    assert decode_group_message(obj) == StatusQuery(seq=1)
+
+
+# -- the broadcast text rule ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", None),
+        ("this is a test", None),
+        ("a" * MAX_BROADCAST_BYTES, None),
+        ("a" * (MAX_BROADCAST_BYTES + 1), "3051 bytes of UTF-8; the limit is 3050"),
+        ("é" * 1526, "3052 bytes of UTF-8"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "newline"),
+        ("\ud800", "lone surrogate"),
+        ("\x01" * 1000, "once escaped as JSON"),
+        ('"' * 2000, "once escaped as JSON"),
+    ],
+)
+def test_check_broadcast_text(text: str, words: str | None) -> None:
+    reason = check_broadcast_text(text)
+    if words is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert words in reason
+
+
+@given(st.text(max_size=4000))
+def test_an_accepted_text_always_fits_one_datagram(text: str) -> None:
+    if check_broadcast_text(text) is None:
+        assert delivered_broadcast_size(text) <= MAX_DATAGRAM
+        delivered = encode_envelope(
+            Envelope(
+                source_addr=SERVER_GROUP_ADDR,
+                data=encode_group_message(
+                    Broadcast(text=text, source_instance="instance-ffffffff", seq=2**40)
+                ),
+            )
+        )
+        assert len(delivered) <= MAX_DATAGRAM
+
+
+# -- properties ------------------------------------------------------------------
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
+ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+messages: st.SearchStrategy[GroupMessage] = st.one_of(
+    st.builds(
+        Broadcast,
+        text=st.text(),
+        source_instance=st.none() | st.text(max_size=20),
+        seq=st.none() | ints,
+    ),
+    st.builds(StatusQuery, seq=ints),
+    st.builds(StatusResponse, seq=ints, server=json_objects),
+    st.builds(StatusResponseDone, seq=ints),
+    st.builds(Notification, event=json_objects),
+    st.builds(Nack, orig_msg_type=st.text(), log_msg=st.text()),
+    st.just(Subscribe()),
+    st.just(Unsubscribe()),
+)
+
+
+@given(messages)
+def test_round_trip(msg: GroupMessage) -> None:
+    assert decode_group_message(encode_group_message(msg)) == msg
+
+
+@given(messages)
+def test_round_trip_through_an_envelope(msg: GroupMessage) -> None:
+    raw = encode_envelope(Envelope(source_addr=SERVER_GROUP_ADDR, data=encode_group_message(msg)))
+    assert decode_group_message(decode_envelope(raw).data) == msg
+
+
+# Objects that look like messages: a right version and a known msg_type, with
+# arbitrary other keys, so the checks past the header are exercised too.
+near_messages = st.builds(
+    lambda extra, version, msg_type: {**extra, "version": version, "msg_type": msg_type},
+    st.dictionaries(
+        st.sampled_from(["data", "seq", "source_instance", "orig_msg_type", "log_msg", "x"]),
+        json_values,
+    ),
+    st.sampled_from([2, 2, 2, 1, "2", "version", None, True]),
+    st.sampled_from([t.value for t in MsgType] + ["", "scale_request", None, 3]),
+)
+
+
+@given(json_values | json_objects | near_messages)
+def test_any_json_raises_only_protocol_error(obj: Json) -> None:
+    try:
+        msg = decode_group_message(obj)
+    except ProtocolError:
+        return
+    assert decode_group_message(encode_group_message(msg)) == msg
