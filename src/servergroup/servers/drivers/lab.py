@@ -1,0 +1,595 @@
+"""The lab driver: a server on this machine is a network namespace, a cgroup and a guest agent.
+
+Theory of operation. A lab server `<name>` is
+
+- the network namespace `sgs-<name>`, with no IP networking: only `lo`,
+  left down, so messaging has to go through the channel (seed 000: "available
+  regardless of whether IP networking is functional within the server");
+- the cgroup `servergroup/<name>` of the freezer hierarchy (cgroup v1
+  `freezer.state` FROZEN/THAWED; on a cgroup v2 machine `cgroup.freeze`),
+  which holds every process of the server: pause freezes it, stop signals
+  every process in it;
+- its guest agent `python -m servergroup guest --channel-listen
+  <state_dir>/servers/<name>/channel.sock`, started detached (own session,
+  parent re-assigned to init, output in `guest.log`, PID in `guest.pid`)
+  inside the namespace and the cgroup.
+
+A host sees the server's channel through a symlink
+`cgcs.messaging.<instance>.sock` in its channel directory pointing at that
+socket; `attach` / `detach` make and remove it, and the server directory
+records where it is (`attached`). Moving the symlink is a live migration:
+the guest agent keeps its PID and its socket.
+
+Everything is idempotent and crash-safe: the state is the kernel's (the
+namespace, the cgroup and its processes) plus a few files, so a new driver
+re-reads it and adopts a running guest agent (PID file checked against the
+cgroup and `/proc/<pid>/cmdline`). Only processes in the server's own cgroup
+are ever signalled. All lab hosts of one machine must share `state_dir`:
+servers are machine-wide objects, and a host only manages them.
+
+The driver needs root, and the machine's cgroup hierarchy visible at
+`/sys/fs/cgroup`: a process started with `ip netns exec` has its own `/sys`
+and mount namespace (where named namespaces made later are also invisible to
+everyone else), so run a host daemon in a lab host's namespace with
+`nsenter --net=/run/netns/<host>` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from servergroup.servers.drivers.base import DriverError, Observed, Power, channel_name
+from servergroup.servers.model import ServerSpec
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+NETNS_PREFIX = "sgs-"
+CGROUP_PARENT = "servergroup"
+SERVERS_DIR = "servers"
+SOCKET_NAME = "channel.sock"
+PID_NAME = "guest.pid"
+LOG_NAME = "guest.log"
+ATTACHED_NAME = "attached"
+#: sun_path holds 108 bytes, the terminating NUL included.
+MAX_SOCKET_PATH = 107
+TOOL_TIMEOUT = 20.0
+POLL_INTERVAL = 0.02
+
+#: Joins the cgroup ($0 is its cgroup.procs), then becomes `ip netns exec <ns> argv...`.
+#: `exec` keeps the PID: the PID of this shell is the PID of the final program.
+_ENTER = 'echo $$ > "$0" && ns=$1 && shift && exec ip netns exec "$ns" "$@"'
+#: Starts `_ENTER` in the background and records its PID, then exits: the guest agent
+#: is re-parented to init (nobody here has to reap it) and outlives its starter.
+_LAUNCH = 'enter=$1 pidfile=$2; shift 2; sh -c "$enter" "$@" & echo $! > "$pidfile"'
+
+GuestArgv = Callable[[Path], Sequence[str]]
+
+
+def default_guest_argv(socket_path: Path) -> list[str]:
+    """The guest agent of this installation, listening on `socket_path`."""
+    return [
+        sys.executable,
+        "-m",
+        "servergroup",
+        "-v",
+        "--log-text",
+        "guest",
+        "--channel-listen",
+        str(socket_path),
+    ]
+
+
+# --- cgroups -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroups:
+    """The freezer of one cgroup hierarchy: v1 `freezer` or v2 (`cgroup.freeze`)."""
+
+    root: Path  # where the hierarchy is mounted
+    version: int  # 1 or 2
+
+    def path(self, name: str) -> Path:
+        return self.root / CGROUP_PARENT / name
+
+    def procs_file(self, name: str) -> Path:
+        return self.path(name) / "cgroup.procs"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_dir()
+
+    def create(self, name: str) -> None:
+        self.path(name).mkdir(parents=True, exist_ok=True)
+
+    def procs(self, name: str) -> list[int]:
+        """Live (not zombie) processes of the cgroup."""
+        try:
+            text = self.procs_file(name).read_text()
+        except FileNotFoundError:
+            return []
+        return [pid for pid in map(int, text.split()) if process_state(pid) not in (None, "Z")]
+
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        if self.version == 1:
+            (self.path(name) / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+        else:
+            (self.path(name) / "cgroup.freeze").write_text("1" if frozen else "0")
+
+    def frozen(self, name: str) -> bool | None:
+        """True when frozen, False when thawed, None while changing (or absent)."""
+        try:
+            if self.version == 1:
+                state = (self.path(name) / "freezer.state").read_text().strip()
+                return {"FROZEN": True, "THAWED": False}.get(state)
+            events = (self.path(name) / "cgroup.events").read_text().split()
+            wanted = (self.path(name) / "cgroup.freeze").read_text().strip() == "1"
+        except FileNotFoundError:
+            return None
+        is_frozen = events[events.index("frozen") + 1] == "1" if "frozen" in events else False
+        return is_frozen if is_frozen == wanted else None
+
+    def wants_frozen(self, name: str) -> bool:
+        """Whether the cgroup was asked to freeze (it may still be freezing)."""
+        try:
+            if self.version == 1:
+                return (self.path(name) / "freezer.state").read_text().strip() != "THAWED"
+            return (self.path(name) / "cgroup.freeze").read_text().strip() == "1"
+        except FileNotFoundError:
+            return False
+
+    def remove(self, name: str) -> None:
+        path = self.path(name)
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                # Right after its last process exits a cgroup can be busy for a moment.
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise DriverError(f"cannot remove cgroup {path}: {exc.strerror}") from None
+                time.sleep(POLL_INTERVAL)
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, filesystem type, super options) of every mount we can see."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, rest = before.split(), after.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # \040 for a space
+        found.append((point, rest[0], set(rest[2].split(","))))
+    return found
+
+
+def detect_cgroups() -> Cgroups:
+    """The freezer to use here: the v1 freezer hierarchy, else cgroup v2; DriverError if none."""
+    mounts = _mounts()
+    for point, fstype, options in mounts:
+        if fstype == "cgroup" and "freezer" in options:
+            return Cgroups(Path(point), 1)
+    v2 = [Path(point) for point, fstype, _ in mounts if fstype == "cgroup2"]
+    v2.sort(key=lambda p: p != Path("/sys/fs/cgroup"))  # a pure v2 machine's mount first
+    for root in v2:
+        # cgroup.freeze exists in every non-root cgroup of a kernel with the v2 freezer.
+        if any((child / "cgroup.freeze").exists() for child in root.iterdir() if child.is_dir()):
+            return Cgroups(root, 2)
+        probe = root / CGROUP_PARENT
+        with contextlib.suppress(OSError):
+            probe.mkdir(exist_ok=True)
+            if (probe / "cgroup.freeze").exists():
+                return Cgroups(root, 2)
+    raise DriverError(
+        "the lab driver finds no freezer cgroup (v1 freezer or v2) under /sys/fs/cgroup; "
+        "a process started with `ip netns exec` has its own /sys: start it with "
+        "`nsenter --net=/run/netns/<namespace>` instead"
+    )
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of `pid` (R, S, Z, ...), or None when it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces: the state follows the last ')'.
+    return text[text.rfind(")") + 2 :][:1] or None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _run(argv: Sequence[str]) -> None:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    except FileNotFoundError:
+        raise DriverError(f"{argv[0]} is not installed (Debian package iproute2)") from None
+    except subprocess.TimeoutExpired:
+        raise DriverError(f"`{' '.join(argv)}` did not finish within {TOOL_TIMEOUT:g} s") from None
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise DriverError(f"`{' '.join(argv)}` failed: {reason}")
+
+
+def _netns_usable(netns: str) -> bool:
+    """Whether /run/netns/<netns> is a mounted namespace (not a file left by a crash)."""
+    try:
+        st = os.stat(NETNS_DIR / netns)
+        return st.st_dev != os.stat(NETNS_DIR).st_dev
+    except FileNotFoundError:
+        return False
+
+
+# --- the driver ----------------------------------------------------------------------
+
+
+class LabDriver:
+    """Lab servers on this machine (see the module docstring); needs root.
+
+    `state_dir` holds `servers/<name>/` for every lab server; every lab host of
+    the machine must use the same one. `cgroups` picks the freezer (default:
+    detected on first use); `guest_argv(socket_path)` the guest agent's command.
+    """
+
+    kind = "lab"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        cgroups: Cgroups | None = None,
+        guest_argv: GuestArgv = default_guest_argv,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 3.0,
+        kill_timeout: float = 3.0,
+        freeze_timeout: float = 5.0,
+    ) -> None:
+        self.state_dir = Path(os.path.abspath(state_dir))
+        self._cgroups = cgroups
+        self._guest_argv = guest_argv
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.kill_timeout = kill_timeout
+        self.freeze_timeout = freeze_timeout
+
+    # -- names ---------------------------------------------------------------------
+
+    @property
+    def cgroups(self) -> Cgroups:
+        if self._cgroups is None:
+            self._cgroups = detect_cgroups()
+        return self._cgroups
+
+    def server_dir(self, name: str) -> Path:
+        return self.state_dir / SERVERS_DIR / name
+
+    def socket_path(self, name: str) -> Path:
+        return self.server_dir(name) / SOCKET_NAME
+
+    def log_path(self, name: str) -> Path:
+        return self.server_dir(name) / LOG_NAME
+
+    @staticmethod
+    def netns(name: str) -> str:
+        return NETNS_PREFIX + name
+
+    # -- the protocol ----------------------------------------------------------------
+
+    async def create(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.create_sync, spec.name)
+
+    async def start(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.start_sync, spec.name)
+
+    async def stop(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.stop_sync, spec.name)
+
+    async def pause(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.freeze_sync, spec.name, True)
+
+    async def unpause(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.freeze_sync, spec.name, False)
+
+    async def delete(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.delete_sync, spec.name, spec.instance)
+
+    async def attach(self, spec: ServerSpec, channel_dir: Path) -> None:
+        await asyncio.to_thread(self.attach_sync, spec.name, spec.instance, channel_dir)
+
+    async def detach(self, spec: ServerSpec, channel_dir: Path) -> None:
+        await asyncio.to_thread(self.detach_sync, spec.name, spec.instance, channel_dir)
+
+    async def observe(self, spec: ServerSpec) -> Observed:
+        return await asyncio.to_thread(self.observe_sync, spec.name, spec.instance)
+
+    def exec_command(self, spec: ServerSpec, argv: Sequence[str]) -> list[str]:
+        """`sh` joining the server's cgroup, then `ip netns exec sgs-<name> argv...`."""
+        procs = self.cgroups.procs_file(spec.name)
+        return ["sh", "-c", _ENTER, str(procs), self.netns(spec.name), *argv]
+
+    # -- blocking implementation -------------------------------------------------------
+
+    def create_sync(self, name: str) -> None:
+        sock = self.socket_path(name)
+        if len(str(sock).encode()) > MAX_SOCKET_PATH:
+            raise DriverError(
+                f"the channel socket path {sock} is longer than {MAX_SOCKET_PATH} bytes; "
+                "use a shorter state directory"
+            )
+        cgroups = self.cgroups
+        self.server_dir(name).mkdir(parents=True, exist_ok=True)
+        netns = self.netns(name)
+        if not _netns_usable(netns):
+            if (NETNS_DIR / netns).exists():  # a file left by a process killed mid-create
+                _run(["ip", "netns", "delete", netns])
+            _run(["ip", "netns", "add", netns])  # a new namespace: only lo, and it is down
+        try:
+            cgroups.create(name)
+        except OSError as exc:
+            raise DriverError(
+                f"cannot create cgroup {cgroups.path(name)}: {exc.strerror}"
+            ) from None
+
+    def _check_created(self, name: str) -> None:
+        if not (_netns_usable(self.netns(name)) and self.cgroups.exists(name)):
+            raise DriverError(f"lab server {name} does not exist on this machine")
+
+    def guest_pid(self, name: str) -> int | None:
+        """The PID of the server's running guest agent, found by PID file or by its cgroup.
+
+        A PID counts only if that process is in the server's cgroup and its
+        command line names the server's channel socket: a recycled PID is never
+        taken for ours.
+        """
+        procs = self.cgroups.procs(name)
+        if not procs:
+            return None
+        sock = str(self.socket_path(name))
+        candidates = list(procs)
+        with contextlib.suppress(OSError, ValueError):
+            recorded = int((self.server_dir(name) / PID_NAME).read_text().split()[0])
+            candidates.insert(0, recorded)
+        for pid in candidates:
+            if pid in procs and sock in _cmdline(pid):
+                return pid
+        return None
+
+    def start_sync(self, name: str) -> None:
+        self._check_created(name)
+        cgroups = self.cgroups
+        if cgroups.wants_frozen(name):
+            # A guest started into a frozen cgroup would freeze before it listens.
+            self.freeze_sync(name, False)
+        running = self.guest_pid(name)
+        if running is not None:
+            self._wait_listening(name, running)
+            return
+        sock = self.socket_path(name)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()  # left by an agent that was killed
+        pidfile = self.server_dir(name) / PID_NAME
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        argv = [str(a) for a in self._guest_argv(sock)]
+        with open(self.log_path(name), "ab") as out:
+            launch = [_ENTER, str(pidfile), str(cgroups.procs_file(name)), self.netns(name)]
+            launcher = subprocess.Popen(
+                ["sh", "-c", _LAUNCH, "sh", *launch, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
+                close_fds=True,
+            )
+            try:
+                status = launcher.wait(timeout=TOOL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+                raise DriverError(f"the launcher of lab server {name} hung") from None
+        if status != 0:
+            raise DriverError(f"cannot start the guest agent of {name}: {self._last_log(name)}")
+        try:
+            launched = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise DriverError(f"the launcher of lab server {name} wrote no PID") from None
+        log.info("lab server %s: guest agent started (pid %d)", name, launched)
+        self._wait_listening(name, launched)
+
+    def _wait_listening(self, name: str, launched: int | None = None) -> None:
+        sock = self.socket_path(name)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(sock.stat().st_mode) and self.guest_pid(name) is not None:
+                    return
+            if time.monotonic() > deadline:
+                break
+            # The launched shell may not have joined the cgroup yet: follow its PID.
+            alive = (
+                process_state(launched) not in (None, "Z")
+                if launched is not None
+                else bool(self.cgroups.procs(name))
+            )
+            if not alive:
+                time.sleep(0.1)  # let the log catch the agent's last words
+                raise DriverError(
+                    f"the guest agent of {name} exited at start: {self._last_log(name)}"
+                )
+            time.sleep(POLL_INTERVAL)
+        raise DriverError(
+            f"the guest agent of {name} did not listen on {sock} within "
+            f"{self.start_timeout:g} s: {self._last_log(name)}"
+        )
+
+    def _last_log(self, name: str) -> str:
+        try:
+            lines = self.log_path(name).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return lines[-1].strip() if lines else "no output (see its log)"
+
+    def stop_sync(self, name: str) -> None:
+        cgroups = self.cgroups
+        if cgroups.exists(name):
+            pids = cgroups.procs(name)
+            if pids:
+                self._end(name, pids)
+            if cgroups.wants_frozen(name):
+                self.freeze_sync(name, False)
+        with contextlib.suppress(FileNotFoundError):
+            (self.server_dir(name) / PID_NAME).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path(name).unlink()
+
+    def _end(self, name: str, pids: list[int]) -> None:
+        cgroups = self.cgroups
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if cgroups.wants_frozen(name):
+            # Frozen processes act on a signal only once thawed.
+            cgroups.set_frozen(name, False)
+        deadline = time.monotonic() + self.stop_timeout
+        while pids and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+            pids = cgroups.procs(name)
+        deadline = time.monotonic() + self.kill_timeout
+        while pids:
+            # Kill again on each round: a process may fork while we kill.
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    f"processes {pids} of lab server {name} did not exit after SIGKILL"
+                )
+            time.sleep(POLL_INTERVAL)
+            pids = cgroups.procs(name)
+        log.info("lab server %s: every process ended", name)
+
+    def freeze_sync(self, name: str, frozen: bool) -> None:
+        self._check_created(name)
+        cgroups = self.cgroups
+        cgroups.set_frozen(name, frozen)
+        deadline = time.monotonic() + self.freeze_timeout
+        while cgroups.frozen(name) is not frozen:
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    f"lab server {name} did not {'freeze' if frozen else 'thaw'} within "
+                    f"{self.freeze_timeout:g} s"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def delete_sync(self, name: str, instance: str) -> None:
+        self.stop_sync(name)
+        attached = self._attached_dir(name)
+        if attached is not None:
+            self.detach_sync(name, instance, attached)
+        self.cgroups.remove(name)
+        netns = self.netns(name)
+        if (NETNS_DIR / netns).exists():
+            _run(["ip", "netns", "delete", netns])
+        shutil.rmtree(self.server_dir(name), ignore_errors=True)
+        log.info("lab server %s deleted", name)
+
+    def _attached_dir(self, name: str) -> Path | None:
+        try:
+            text = (self.server_dir(name) / ATTACHED_NAME).read_text().strip()
+        except OSError:
+            return None
+        return Path(text) if text else None
+
+    def _is_our_link(self, link: Path, name: str) -> bool:
+        try:
+            return os.readlink(link) == str(self.socket_path(name))
+        except OSError:
+            return False
+
+    def attach_sync(self, name: str, instance: str, channel_dir: Path) -> None:
+        self._check_created(name)
+        channel_dir = Path(os.path.abspath(channel_dir))
+        previous = self._attached_dir(name)
+        if previous is not None and previous != channel_dir:
+            self.detach_sync(name, instance, previous)
+        link = channel_dir / channel_name(instance)
+        if not self._is_our_link(link, name):
+            try:
+                channel_dir.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    if link.is_symlink():
+                        link.unlink()  # a link of an earlier server of that instance name
+                os.symlink(self.socket_path(name), link)
+            except OSError as exc:
+                raise DriverError(f"cannot make the channel link {link}: {exc.strerror}") from None
+        (self.server_dir(name) / ATTACHED_NAME).write_text(f"{channel_dir}\n")
+
+    def detach_sync(self, name: str, instance: str, channel_dir: Path) -> None:
+        channel_dir = Path(os.path.abspath(channel_dir))
+        link = channel_dir / channel_name(instance)
+        if self._is_our_link(link, name):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+        if self._attached_dir(name) == channel_dir:
+            with contextlib.suppress(FileNotFoundError):
+                (self.server_dir(name) / ATTACHED_NAME).unlink()
+
+    def observe_sync(self, name: str, instance: str) -> Observed:
+        cgroups = self.cgroups
+        pids = tuple(cgroups.procs(name))
+        created = (
+            _netns_usable(self.netns(name))
+            and cgroups.exists(name)
+            and self.server_dir(name).is_dir()
+        )
+        if not created:
+            return Observed(power=Power.ABSENT, pids=pids)
+        attached = self._attached_dir(name)
+        if attached is not None and not self._is_our_link(attached / channel_name(instance), name):
+            attached = None
+        if not pids:
+            power = Power.STOPPED
+        elif cgroups.frozen(name) or cgroups.wants_frozen(name):
+            power = Power.FROZEN
+        else:
+            power = Power.RUNNING
+        return Observed(
+            power=power, pids=pids, guest_pid=self.guest_pid(name), channel_dir=attached
+        )
+
+
+__all__ = [
+    "NETNS_PREFIX",
+    "Cgroups",
+    "LabDriver",
+    "default_guest_argv",
+    "detect_cgroups",
+    "process_state",
+]
