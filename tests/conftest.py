@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.etcd",
     "tests.fixtures.daemons",
     "tests.fixtures.lab",
+    "tests.fixtures.netns",
 ]
 
 settings.register_profile(

@@ -1,0 +1,163 @@
+"""Properties of the protocol-v2 codec and the channel decoder (hypothesis)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from servergroup.guestcomm.protocol import (
+    MAX_ADDR_LENGTH,
+    MAX_INSTANCE_LENGTH,
+    ChannelDecoder,
+    Dropped,
+    DropReason,
+    Envelope,
+    Json,
+    ProtocolError,
+    decode_envelope,
+    encode_envelope,
+    encode_guest_frame,
+    encode_host_frame,
+)
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values: st.SearchStrategy[Json] = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
+
+
+def _names(limit: int) -> st.SearchStrategy[str]:
+    return st.text(
+        st.characters(exclude_categories=["Cs"], exclude_characters="\0"), min_size=1
+    ).filter(lambda s: len(s.encode("utf-8")) <= limit)
+
+
+envelopes = st.builds(
+    Envelope,
+    data=json_objects,
+    dest_addr=st.none() | _names(MAX_ADDR_LENGTH),
+    source_addr=st.none() | _names(MAX_ADDR_LENGTH),
+    dest_instance=st.none() | _names(MAX_INSTANCE_LENGTH),
+    source_instance=st.none() | _names(MAX_INSTANCE_LENGTH),
+)
+frames = st.sampled_from([encode_guest_frame, encode_host_frame])
+
+
+def _decode_all(decoder: ChannelDecoder, chunks: list[bytes]) -> list[Envelope | Dropped]:
+    return [item for chunk in chunks for item in decoder.feed(chunk)]
+
+
+def _cut(data: bytes, points: list[int]) -> list[bytes]:
+    cuts = sorted({p % (len(data) + 1) for p in points})
+    edges = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(envelopes)
+def test_round_trip(env: Envelope) -> None:
+    raw = encode_envelope(env)
+    assert b"\n" not in raw
+    assert raw.isascii()
+    assert decode_envelope(raw) == env
+
+
+@given(
+    st.lists(envelopes, max_size=6),
+    st.lists(frames, min_size=6, max_size=6),
+    st.lists(st.integers(0, 10**6), max_size=20),
+)
+def test_any_split_of_the_stream_gives_the_same_messages(
+    envs: list[Envelope], framers: list[Callable[[Envelope], bytes]], points: list[int]
+) -> None:
+    stream = b"".join(frame(env) for frame, env in zip(framers, envs, strict=False))
+    whole = ChannelDecoder().feed(stream)
+    assert whole == envs
+    assert _decode_all(ChannelDecoder(), _cut(stream, points)) == envs
+
+
+@given(
+    st.lists(envelopes, min_size=1, max_size=4),
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=5, max_size=5),
+    st.lists(st.integers(0, 10**6), max_size=10),
+)
+def test_garbage_between_messages_is_skipped(
+    envs: list[Envelope], garbage: list[bytes], points: list[int]
+) -> None:
+    for piece in garbage:
+        if piece.strip():
+            try:
+                decode_envelope(piece)
+            except ProtocolError:
+                pass
+            else:
+                assume(False)  # a piece that happens to be a valid envelope is not garbage
+    stream = garbage[0] + b"\n"
+    for env, piece in zip(envs, garbage[1:], strict=False):
+        stream += encode_host_frame(env) + piece + b"\n"
+    out = _decode_all(ChannelDecoder(), _cut(stream, points))
+    assert [i for i in out if isinstance(i, Envelope)] == envs
+    dropped = [i for i in out if isinstance(i, Dropped)]
+    assert len(dropped) == sum(1 for g in garbage[: len(envs) + 1] if g.strip())
+    assert all(d.reason in (DropReason.GARBAGE, DropReason.BAD_ENVELOPE) for d in dropped)
+
+
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 10**6), max_size=10))
+def test_arbitrary_bytes_never_raise_from_feed(data: bytes, points: list[int]) -> None:
+    decoder = ChannelDecoder(max_line=64)
+    for item in _decode_all(decoder, _cut(data, points)):
+        assert isinstance(item, Envelope | Dropped)
+    assert decoder.buffered <= 64
+
+
+@given(st.integers(65, 5000), st.integers(1, 300), envelopes)
+def test_an_over_long_line_is_bounded_and_reported_once(
+    size: int, chunk: int, after: Envelope
+) -> None:
+    decoder = ChannelDecoder(max_line=64)
+    line = b"x" * size + b"\n"
+    out: list[Envelope | Dropped] = []
+    for start in range(0, len(line), chunk):
+        out += decoder.feed(line[start : start + chunk])
+        assert decoder.buffered <= 64
+    frame = encode_host_frame(after)
+    out += ChannelDecoder().feed(frame) if len(frame) > 65 else decoder.feed(frame)
+    assert out[0] == Dropped(
+        reason=DropReason.LINE_TOO_LONG,
+        size=size,
+        detail=f"a line of {size} bytes is longer than the 64 accepted.",
+    )
+    assert out[1:] == [after]
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_protocol_error(raw: bytes) -> None:
+    try:
+        env = decode_envelope(raw)
+    except ProtocolError:
+        return
+    assert decode_envelope(encode_envelope(env)) == env
+
+
+@given(json_values)
+def test_arbitrary_json_raises_only_protocol_error(value: Json) -> None:
+    raw = json.dumps(value).encode()
+    try:
+        env = decode_envelope(raw)
+    except ProtocolError:
+        return
+    assert decode_envelope(encode_envelope(env)) == env
