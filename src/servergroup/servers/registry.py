@@ -162,11 +162,13 @@ class Registry:
         if await self._c.create(spec_key(spec.name), encode_record(spec)) is None:
             raise ServerExists(f"server {spec.name!r} already exists")
 
-    async def put_spec(self, spec: ServerSpec) -> None:
-        await self._c.put(spec_key(spec.name), encode_record(spec))
+    async def put_spec(self, spec: ServerSpec) -> int:
+        """Write the spec; return the store revision of the write."""
+        return await self._c.put(spec_key(spec.name), encode_record(spec))
 
-    async def put_status(self, status: ServerStatus) -> None:
-        await self._c.put(status_key(status.name), encode_record(status))
+    async def put_status(self, status: ServerStatus) -> int:
+        """Write the status; return the store revision of the write."""
+        return await self._c.put(status_key(status.name), encode_record(status))
 
     async def get_server(self, name: str) -> Server | None:
         spec = _decoded(await self._c.get(spec_key(name)), decode_spec)
