@@ -1,0 +1,121 @@
+"""The sample application of seed 000 (`servergroup app`), on the client library.
+
+As the original `server_group_app`: it takes all three kinds of message
+(through the client's typed `receive()`, which also gives broadcasts'
+seq), broadcasts MESSAGE when given, requests the group's status, then
+prints every incoming message with its kind until interrupted, until
+`count` messages were printed, or for `timeout` seconds. Lines are for
+people ("broadcast from instance-...: this is a test") or, with
+`json_lines`, one JSON object per line with a `kind` key (broadcast,
+notification, status, nack). A nack from the host is printed as a message,
+not raised: the app is a tool to see what the service does.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import time
+from typing import TextIO
+
+from servergroup.groups.client import (
+    BroadcastReceived,
+    ClientEvent,
+    NackReceived,
+    NotificationReceived,
+    StatusReceived,
+    init,
+)
+from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Json, JsonObject
+
+#: Longest wait in one poll, so that Ctrl-C and the deadline are seen promptly.
+_POLL_INTERVAL = 0.5
+
+
+def _text(value: Json) -> str:
+    return value if isinstance(value, str) else "?"
+
+
+def _describe_server(server: JsonObject) -> str:
+    return (
+        f"{_text(server.get('instance_name'))} ({_text(server.get('name'))}, "
+        f"{_text(server.get('vm_state'))} on {_text(server.get('host'))})"
+    )
+
+
+def format_event(event: ClientEvent) -> str:
+    """One human line for an event."""
+    match event:
+        case BroadcastReceived(text=text, source_instance=source):
+            return f"broadcast from {source or 'unknown'}: {text}"
+        case NotificationReceived(event=notification):
+            payload = notification.get("payload")
+            who = _describe_server(payload) if isinstance(payload, dict) else "?"
+            return f"notification: {event.event_type} {who}"
+        case StatusReceived(servers=servers):
+            listed = ", ".join(_describe_server(s) for s in servers)
+            return f"status: {len(servers)} servers: {listed}"
+        case NackReceived(orig_msg_type=orig, reason=reason):
+            return f"nack: {orig}: {reason}"
+
+
+def event_json(event: ClientEvent) -> JsonObject:
+    """One JSON object for an event, with its `kind`."""
+    match event:
+        case BroadcastReceived(text=text, source_instance=source, seq=seq):
+            return {"kind": "broadcast", "source_instance": source, "seq": seq, "text": text}
+        case NotificationReceived(event=notification):
+            return {"kind": "notification", "event": notification}
+        case StatusReceived(seq=seq, servers=servers):
+            return {"kind": "status", "seq": seq, "servers": list(servers)}
+        case NackReceived(orig_msg_type=orig, reason=reason):
+            return {"kind": "nack", "orig_msg_type": orig, "reason": reason}
+
+
+def run_app(
+    message: str | None,
+    *,
+    count: int | None = None,
+    timeout: float | None = None,
+    json_lines: bool = False,
+    address: str = SERVER_GROUP_ADDR,
+    out: TextIO,
+) -> int:
+    """Run the sample app; returns how many messages it printed.
+
+    Raises the client's `GroupMessagingError`s (no guest agent, address in
+    use, a MESSAGE that cannot be broadcast).
+    """
+    printed = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def show(event: ClientEvent) -> None:
+        nonlocal printed
+        if count is not None and printed >= count:
+            return
+        line = json.dumps(event_json(event)) if json_lines else format_event(event)
+        out.write(line + "\n")
+        out.flush()
+        printed += 1
+
+    with init(address=address) as client, selectors.DefaultSelector() as selector:
+        if message is not None:
+            client.broadcast(message)
+        client.request_status()
+        selector.register(client.fileno(), selectors.EVENT_READ)
+        try:
+            while count is None or printed < count:
+                wait = _POLL_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        break
+                if selector.select(wait):
+                    for event in client.receive():
+                        show(event)
+        except KeyboardInterrupt:
+            pass
+    return printed
+
+
+__all__ = ["event_json", "format_event", "run_app"]

@@ -1,0 +1,541 @@
+"""The group service: broadcast, status and notifications for the guests of one host.
+
+Theory of operation (docs/design/messaging.md, spec section 4):
+
+- **Requests.** The service routes `cgcs.server_grp` on the host's
+  `ChannelRelay`. A message from a guest is accepted only when the guest's
+  instance is a server of the registry placed on this host; each guest has
+  its own bounded queue and worker, so one guest's flood fills only its own
+  queue (the excess is dropped and counted) and never delays the others.
+- **Broadcast.** A valid text is put to `broadcasts/<group>` as a
+  `BroadcastRecord`. Every host watches `broadcasts/` (from the revision
+  after its start) and delivers each put, in store order, to its LOCAL
+  connected members of that group except the sender, with the key's version
+  as `seq`: one total order per group across all hosts, numbered 1, 2, 3...
+  A text that is too long, has a NUL or a newline, or comes from a server
+  whose group does not exist is refused with a `nack` that says why.
+- **Status.** A `status_query` gets one `status_response` per member of the
+  requester's group (requester included; `server_info` with `host_alive`
+  from the registry) and then `status_response_done`, all with the query's
+  `seq`, sent back to the address that asked.
+- **Notifications.** Every registry change of a server goes through the pure
+  `notify.notification_for`; a host record that disappears (its daemon's
+  lease expired) makes every server placed there "lost", one that appears
+  makes them "recovered" (`notify.host_notifications`). Each event goes to
+  the other LOCAL members of the server's group, never to the server itself.
+- **Addresses.** Group traffic (broadcasts, notifications) goes to
+  `cgcs.server_grp` in each guest and to every address that subscribed on
+  that guest (`subscribe`, bounded per guest, forgotten when the guest's
+  channel disconnects). Replies (status, nack) go to the address that asked.
+- **Size.** Every datagram a guest's agent will deliver is checked to stay
+  under 4096 bytes before it is written; a larger one is dropped and counted.
+
+Garbage from a guest is logged (rate-limited) and dropped; an unknown
+`msg_type` gets a nack. Every outcome is counted in `counters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+
+from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.logsetup import log_bug
+from servergroup.coordination import (
+    CoordinationError,
+    Coordinator,
+    EventKind,
+    WatchCompacted,
+    WatchEvent,
+)
+from servergroup.groups.notify import host_notifications, notification_for
+from servergroup.groups.protocol import (
+    Broadcast,
+    GroupMessage,
+    MsgType,
+    Nack,
+    Notification,
+    StatusQuery,
+    StatusResponse,
+    StatusResponseDone,
+    Subscribe,
+    UnknownMessageType,
+    Unsubscribe,
+    check_broadcast_text,
+    decode_group_message,
+    encode_group_message,
+    msg_type_of,
+)
+from servergroup.guestcomm.drops import Counters, DropLog
+from servergroup.guestcomm.protocol import (
+    MAX_DATAGRAM,
+    SERVER_GROUP_ADDR,
+    Envelope,
+    ProtocolError,
+)
+from servergroup.guestcomm.relay import ChannelRelay
+from servergroup.guestcomm.sockets import encode_delivery
+from servergroup.servers.model import (
+    BroadcastRecord,
+    RecordError,
+    RegistrySnapshot,
+    Server,
+    decode_broadcast,
+    encode_record,
+    server_info,
+)
+from servergroup.servers.registry import (
+    BROADCASTS,
+    ChangeKind,
+    RegistryCache,
+    RegistryChange,
+    broadcast_key,
+)
+
+log = logging.getLogger(__name__)
+
+#: Requests that may wait per guest; more are dropped (a flood stays the flooder's).
+DEFAULT_QUEUE_SIZE = 256
+#: Addresses one guest may subscribe besides `cgcs.server_grp`.
+DEFAULT_MAX_SUBSCRIPTIONS = 8
+#: Pause before a broadcast watch that ended is opened again.
+_REWATCH_INTERVAL = 0.5
+
+#: What a guest may send; the others are the host's to send.
+_REQUEST_TYPES = (MsgType.BROADCAST, MsgType.STATUS_QUERY, MsgType.SUBSCRIBE, MsgType.UNSUBSCRIBE)
+
+
+@dataclass(slots=True)
+class ServiceCounters:
+    """What the group service has done since it started (mutable; read, do not keep)."""
+
+    received: int = 0  # messages routed to the service by the relay
+    broadcasts_accepted: int = 0  # puts to broadcasts/<group>
+    broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
+    status_queries: int = 0
+    status_responses: int = 0  # status_response messages sent
+    notifications: int = 0  # notification messages sent
+    nacks: int = 0
+    subscriptions: int = 0  # currently held, over all guests
+    send_failures: int = 0  # the relay could not write (guest gone, channel full)
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason
+
+    def as_dict(self) -> dict[str, int]:
+        """Every counter, the drops as `dropped.<reason>`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropped"}
+        for reason, count in sorted(self.dropped.items()):
+            out[f"dropped.{reason}"] = count
+        return out
+
+
+class _Drop:
+    """Why the service dropped something (the keys of `ServiceCounters.dropped`)."""
+
+    GARBAGE = "garbage"
+    UNKNOWN_SENDER = "unknown sender"
+    FLOOD = "guest queue full"
+    NOT_A_REQUEST = "not a request"
+    NO_SOURCE_ADDR = "no source_addr"
+    OVERSIZE = "datagram too big"
+    BAD_RECORD = "bad broadcast record"
+
+
+def iso_time(wall: float) -> str:
+    """Wall-clock seconds as ISO 8601 UTC with milliseconds (for display in events)."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+class GroupService:
+    """Serves `cgcs.server_grp` for the guests connected to this host's relay."""
+
+    def __init__(
+        self,
+        *,
+        coordinator: Coordinator,
+        cache: RegistryCache,
+        relay: ChannelRelay,
+        host: str,
+        clock: Clock | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+    ) -> None:
+        self._c = coordinator
+        self._cache = cache
+        self._relay = relay
+        self.host = host
+        self._clock: Clock = clock or SystemClock()
+        self._queue_size = queue_size
+        self._max_subscriptions = max_subscriptions
+        self.counters = ServiceCounters()
+        self._drop_counts = Counters(dropped=self.counters.dropped)
+        self._drops = DropLog(log, self._drop_counts)
+        self._queues: dict[str, asyncio.Queue[Envelope]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: dict[str, set[str]] = {}
+        self._changes: asyncio.Queue[RegistryChange] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._undo: list[Callable[[], None]] = []
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Route `cgcs.server_grp`, follow broadcasts and registry changes.
+
+        Broadcasts put before `start` are not delivered; those after are.
+        """
+        if self._started:
+            return
+        rng = await self._c.get_prefix(BROADCASTS)
+        self._changes = self._cache.subscribe()
+        self._undo = [
+            self._relay.route(SERVER_GROUP_ADDR, self._on_message),
+            self._relay.on_change(self._on_channel_change),
+        ]
+        self._tasks = [
+            asyncio.create_task(self._follow_broadcasts(rng.revision + 1), name="group-bcast"),
+            asyncio.create_task(self._follow_registry(self._changes), name="group-notify"),
+        ]
+        self._started = True
+        log.info(
+            "group service of host %s ready (broadcasts from revision %d)",
+            self.host,
+            rng.revision + 1,
+        )
+
+    async def stop(self) -> None:
+        """Stop serving; messages still queued are dropped."""
+        if not self._started:
+            return
+        self._started = False
+        for undo in self._undo:
+            undo()
+        self._undo = []
+        if self._changes is not None:
+            self._cache.unsubscribe(self._changes)
+            self._changes = None
+        tasks = [*self._tasks, *self._workers.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._workers.clear()
+        self._queues.clear()
+        self._subscriptions.clear()
+        self.counters.subscriptions = 0
+        self._drops.close()
+        log.info("group service of host %s stopped: %s", self.host, self.counters.as_dict())
+
+    async def __aenter__(self) -> GroupService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def subscriptions(self, instance: str) -> frozenset[str]:
+        """The addresses besides `cgcs.server_grp` that get group traffic in `instance`."""
+        return frozenset(self._subscriptions.get(instance, ()))
+
+    # -- from the relay (synchronous callbacks: they only enqueue) -------------------
+
+    def _on_message(self, instance: str, envelope: Envelope) -> None:
+        self.counters.received += 1
+        queue = self._queues.get(instance)
+        if queue is None:
+            queue = self._queues[instance] = asyncio.Queue(self._queue_size)
+            self._workers[instance] = asyncio.create_task(
+                self._serve_guest(instance, queue), name=f"group-guest-{instance}"
+            )
+        try:
+            queue.put_nowait(envelope)
+        except asyncio.QueueFull:
+            self._drops.drop(_Drop.FLOOD, f"a message from {instance}: it sends faster than served")
+
+    def _on_channel_change(self, instance: str, connected: bool) -> None:
+        if connected:
+            return
+        subs = self._subscriptions.pop(instance, set())
+        self.counters.subscriptions -= len(subs)
+        worker = self._workers.pop(instance, None)
+        self._queues.pop(instance, None)
+        if worker is not None:
+            worker.cancel()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def _serve_guest(self, instance: str, queue: asyncio.Queue[Envelope]) -> None:
+        while True:
+            envelope = await queue.get()
+            try:
+                await self._handle(instance, envelope)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log_bug(log, f"the group service's handling of a message from {instance}")
+
+    async def _handle(self, instance: str, envelope: Envelope) -> None:
+        reply_to = envelope.source_addr
+        if reply_to is None:
+            self._drops.drop(_Drop.NO_SOURCE_ADDR, f"a message from {instance}")
+            return
+        server = self._local_server(instance)
+        if server is None:
+            self._drops.drop(
+                _Drop.UNKNOWN_SENDER,
+                f"a message from {instance}: no server of this host has that instance name",
+            )
+            return
+        try:
+            msg = decode_group_message(envelope.data)
+        except UnknownMessageType as exc:
+            known = ", ".join(t.value for t in _REQUEST_TYPES)
+            await self._nack(instance, reply_to, exc.msg_type, f"{exc}; a guest may send {known}")
+            return
+        except ProtocolError as exc:
+            self._drops.drop(_Drop.GARBAGE, f"from {instance} at {reply_to!r}: {exc}")
+            return
+        match msg:
+            case Broadcast(text=text):
+                await self._broadcast(server, reply_to, text)
+            case StatusQuery(seq=seq):
+                await self._status(server, reply_to, seq)
+            case Subscribe():
+                await self._subscribe(instance, reply_to)
+            case Unsubscribe():
+                self._unsubscribe(instance, reply_to)
+            case Nack():
+                # Never answer a nack with a nack: two confused peers would loop.
+                self._drops.drop(_Drop.NOT_A_REQUEST, f"a nack from {instance} at {reply_to!r}")
+            case _:
+                kind = msg_type_of(msg).value
+                await self._nack(
+                    instance, reply_to, kind, f"msg_type {kind!r} is sent by the host, not to it"
+                )
+
+    def _local_server(self, instance: str) -> Server | None:
+        server = self._cache.snapshot.by_instance(instance)
+        if server is None:
+            return None
+        if server.host != self.host and server.spec.host != self.host:
+            return None
+        return server
+
+    async def _broadcast(self, server: Server, reply_to: str, text: str) -> None:
+        instance = server.spec.instance
+        reason = check_broadcast_text(text)
+        if reason is None and server.spec.group not in self._cache.snapshot.groups:
+            reason = f"{server.name} is not a member of any server group"
+        if reason is not None:
+            await self._nack(instance, reply_to, MsgType.BROADCAST.value, reason)
+            return
+        record = BroadcastRecord(
+            group=server.spec.group,
+            sender=server.name,
+            sender_instance=instance,
+            text=text,
+            sent_at=iso_time(self._clock.wall()),
+        )
+        try:
+            await self._c.put(broadcast_key(record.group), encode_record(record))
+        except CoordinationError as exc:
+            await self._nack(
+                instance, reply_to, MsgType.BROADCAST.value, f"the host cannot reach etcd: {exc}"
+            )
+            return
+        self.counters.broadcasts_accepted += 1
+
+    async def _status(self, server: Server, reply_to: str, seq: int) -> None:
+        self.counters.status_queries += 1
+        instance = server.spec.instance
+        snap = self._cache.snapshot
+        for member in snap.members(server.spec.group):
+            info = server_info(member, host_alive=snap.host_alive(member))
+            if await self._send(instance, reply_to, StatusResponse(seq=seq, server=info)):
+                self.counters.status_responses += 1
+        await self._send(instance, reply_to, StatusResponseDone(seq=seq))
+
+    async def _subscribe(self, instance: str, address: str) -> None:
+        if address == SERVER_GROUP_ADDR:
+            return  # that one gets the group's traffic anyway
+        subs = self._subscriptions.setdefault(instance, set())
+        if address in subs:
+            return
+        if len(subs) >= self._max_subscriptions:
+            await self._nack(
+                instance,
+                address,
+                MsgType.SUBSCRIBE.value,
+                f"{instance} already has {len(subs)} subscribed addresses, the most allowed",
+            )
+            return
+        subs.add(address)
+        self.counters.subscriptions += 1
+        log.info("%s subscribed %r to its group's traffic", instance, address)
+
+    def _unsubscribe(self, instance: str, address: str) -> None:
+        subs = self._subscriptions.get(instance)
+        if subs is not None and address in subs:
+            subs.discard(address)
+            self.counters.subscriptions -= 1
+            log.info("%s unsubscribed %r", instance, address)
+
+    async def _nack(self, instance: str, reply_to: str, orig: str, reason: str) -> None:
+        log.info("nack to %s at %r for %s: %s", instance, reply_to, orig, reason)
+        if await self._send(instance, reply_to, Nack(orig_msg_type=orig, log_msg=reason)):
+            self.counters.nacks += 1
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send(self, instance: str, address: str, msg: GroupMessage) -> bool:
+        envelope = Envelope(
+            data=encode_group_message(msg), dest_addr=address, source_addr=SERVER_GROUP_ADDR
+        )
+        size = len(encode_delivery(envelope))
+        if size > MAX_DATAGRAM:
+            self._drops.drop(
+                _Drop.OVERSIZE,
+                f"a {msg_type_of(msg).value} for {instance} would be a {size}-byte datagram",
+            )
+            return False
+        if await self._relay.send_to_guest(instance, envelope):
+            return True
+        self.counters.send_failures += 1
+        return False
+
+    async def _send_group(self, instance: str, msg: GroupMessage) -> int:
+        """Send group traffic to `cgcs.server_grp` and the guest's subscribers."""
+        sent = 0
+        for address in (SERVER_GROUP_ADDR, *sorted(self._subscriptions.get(instance, ()))):
+            if await self._send(instance, address, msg):
+                sent += 1
+        return sent
+
+    def _local_members(self, snap: RegistrySnapshot, group: str, *, besides: str) -> list[str]:
+        """Instances of `group` placed here with a connected channel, except `besides`."""
+        connected = self._relay.connected()
+        return [
+            s.spec.instance
+            for s in snap.members(group)
+            if s.host == self.host and s.spec.instance in connected and s.spec.instance != besides
+        ]
+
+    # -- broadcasts ----------------------------------------------------------------------
+
+    async def _follow_broadcasts(self, start_revision: int) -> None:
+        next_revision = start_revision
+        while True:
+            try:
+                watch = await self._c.watch(BROADCASTS, start_revision=next_revision)
+                try:
+                    async for event in watch:
+                        next_revision = event.revision + 1
+                        await self._deliver_broadcast(event)
+                finally:
+                    await watch.close()
+            except asyncio.CancelledError:
+                raise
+            except WatchCompacted:
+                rng = await self._reread_revision()
+                if rng is not None:
+                    log.warning(
+                        "broadcast history from revision %d was compacted; "
+                        "broadcasts in between are lost (receivers see the gap in seq)",
+                        next_revision,
+                    )
+                    next_revision = rng + 1
+            except CoordinationError as exc:
+                log.warning("the broadcast watch ended (%s); watching again", exc)
+            except Exception:
+                log_bug(log, "the broadcast watch")
+            await self._clock.sleep(_REWATCH_INTERVAL)
+
+    async def _reread_revision(self) -> int | None:
+        try:
+            return (await self._c.get_prefix(BROADCASTS)).revision
+        except CoordinationError as exc:
+            log.warning("cannot read the broadcasts (%s); retrying", exc)
+            return None
+
+    async def _deliver_broadcast(self, event: WatchEvent) -> None:
+        if event.kind is not EventKind.PUT:
+            return  # the group was deleted
+        try:
+            record = decode_broadcast(event.value)
+        except RecordError as exc:
+            self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
+            return
+        group = event.key[len(BROADCASTS) :]
+        msg = Broadcast(text=record.text, source_instance=record.sender_instance, seq=event.version)
+        for instance in self._local_members(
+            self._cache.snapshot, group, besides=record.sender_instance
+        ):
+            self.counters.broadcasts_delivered += await self._send_group(instance, msg)
+
+    # -- notifications -------------------------------------------------------------------
+
+    async def _follow_registry(self, changes: asyncio.Queue[RegistryChange]) -> None:
+        while True:
+            change = await changes.get()
+            try:
+                await self._notify(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log_bug(log, f"the notifications for a change of {change.kind.value} {change.name}")
+
+    async def _notify(self, change: RegistryChange) -> None:
+        now_iso = iso_time(self._clock.wall())
+        snap = change.snapshot
+        if change.kind is ChangeKind.SERVER:
+            before, after = change.before, change.after
+            assert before is None or isinstance(before, Server)
+            assert after is None or isinstance(after, Server)
+            subject = after if after is not None else before
+            if subject is None:
+                return
+            event = notification_for(
+                before, after, now_iso=now_iso, host_alive=snap.host_alive(subject)
+            )
+            if event is not None:
+                await self._send_notification(snap, subject, Notification(event=event))
+        elif change.kind is ChangeKind.HOST:
+            if change.name == self.host:
+                return  # our own lease: our members are not lost to each other
+            for item in host_notifications(
+                change.name,
+                alive_before=change.before is not None,
+                alive_after=change.after is not None,
+                snapshot=snap,
+                now_iso=now_iso,
+            ):
+                await self._send_notification(snap, item.server, Notification(event=item.event))
+
+    async def _send_notification(
+        self, snap: RegistrySnapshot, subject: Server, msg: Notification
+    ) -> None:
+        event_type = msg.event.get("event_type")
+        recipients = self._local_members(snap, subject.spec.group, besides=subject.spec.instance)
+        log.info(
+            "notification %s about %s to %d local member(s)",
+            event_type,
+            subject.name,
+            len(recipients),
+        )
+        for instance in recipients:
+            self.counters.notifications += await self._send_group(instance, msg)
+
+
+__all__ = [
+    "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_QUEUE_SIZE",
+    "GroupService",
+    "ServiceCounters",
+    "iso_time",
+]
