@@ -1,0 +1,512 @@
+"""The receiver's state machine: fill each buffer from multicast and repairs, in order.
+
+Theory of operation
+-------------------
+The receiver's half of the rounds of seed 001 (see `sending`)::
+
+    connect ─► Hello ─► Welcome (group, port, packet size): join the group
+    BufferInfo ─► room for the buffer ─► Ready
+    data packets (multicast, or repairs on the connection) fill the buffer
+    Sent ─► Request(the missing ranges) ... until the buffer is whole ─► Done
+    BufferInfo with zero packets ─► every buffer written ─► SHA-256 checked ─► Result
+
+A buffer is handed to the driver (`Deliver`) the moment it is whole, and
+`Done` goes out at once; the driver writes it in the background and says
+`delivered`. At most two buffers live at a time: `Ready` for a new buffer
+waits while two are still being written. The SHA-256 of the whole image is
+the driver's to compute as it writes; the machine asks for the check
+(`Verify`) once the last buffer is written and turns the answer into the
+`Result` the sender waits for.
+
+Garbage never stops the receiver: a data packet that fails to decode, comes
+from another session, or belongs to no buffer being filled is counted and
+dropped. Control messages come only from the sender's TCP connection; one
+that breaks the protocol ends the transfer, as does a sender silent for
+`timeout` (data packets count as signs of life) or a closed connection.
+
+The machine does no I/O and reads no clock: the driver calls it with `now`
+and carries out the actions in order; `next_timer()` says when to call
+`handle_timer`. Invariants: buffers are delivered in order, each exactly
+once, and only whole; exactly one `Close` ends the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address
+
+from servergroup.multicast.protocol import (
+    Abort,
+    Auth,
+    BufferInfo,
+    Counters,
+    DataPacket,
+    Done,
+    Fault,
+    Hello,
+    Keepalive,
+    Message,
+    ProtocolError,
+    Ready,
+    Request,
+    Result,
+    Sent,
+    Welcome,
+    decode_data,
+)
+
+#: Buffers handed over but not yet written, beyond which `Ready` waits.
+MAX_UNWRITTEN = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiverSettings:
+    name: str
+    timeout: float = 10.0
+    auth: Auth | None = None
+
+
+# --- what the driver does -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinGroup:
+    """Open the multicast socket: join `group`, receive on `port`."""
+
+    group: IPv4Address
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deliver:
+    """Write this buffer after the ones before it (and hash it); then `delivered`."""
+
+    buffer_id: int
+    data: bytearray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verify:
+    """Everything is written: compare length and SHA-256; then `verified`."""
+
+    total_bytes: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiverReport:
+    ok: bool
+    reason: str
+    total_bytes: int
+    buffers: int
+    counters: Counters
+    tcp_only: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Close:
+    """The transfer is over for this receiver: close everything; `report.ok` says how."""
+
+    report: ReceiverReport
+
+
+# --- what the driver logs -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Joined:
+    session: int
+    group: IPv4Address
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BufferReceived:
+    buffer_id: int
+    byte_length: int
+    counters: Counters
+
+
+Action = Send | JoinGroup | Deliver | Verify | Close
+Event = Joined | BufferReceived
+Output = Action | Event
+
+
+class Phase(Enum):
+    CONNECTING = "connecting"
+    JOINING = "waiting for the welcome"
+    IDLE = "waiting for a buffer"
+    RECEIVING = "receiving"
+    VERIFYING = "verifying"
+    CLOSED = "closed"
+
+
+class _Tally:
+    """Mutable counters of one buffer (or of the whole transfer)."""
+
+    __slots__ = ("corrupt", "duplicate", "foreign", "forged", "multicast", "repaired", "stale")
+
+    def __init__(self) -> None:
+        self.multicast = 0
+        self.repaired = 0
+        self.duplicate = 0
+        self.corrupt = 0
+        self.foreign = 0
+        self.forged = 0
+        self.stale = 0
+
+    def freeze(self) -> Counters:
+        return Counters(
+            multicast=self.multicast,
+            repaired=self.repaired,
+            duplicate=self.duplicate,
+            corrupt=self.corrupt,
+            foreign=self.foreign,
+            forged=self.forged,
+            stale=self.stale,
+        )
+
+
+class _Incoming:
+    __slots__ = ("byte_length", "count", "data", "have", "have_count", "id", "ready", "tally")
+
+    def __init__(self, info: BufferInfo) -> None:
+        self.id = info.buffer_id
+        self.count = info.packet_count
+        self.byte_length = info.byte_length
+        self.data = bytearray(info.byte_length)
+        self.have = bytearray(info.packet_count)
+        self.have_count = 0
+        self.ready = False
+        self.tally = _Tally()
+
+
+_NOTHING: Sequence[Output] = ()
+
+
+class ReceiverMachine:
+    """One transfer, seen from a receiver. Feed it what happens; do what it returns."""
+
+    def __init__(self, settings: ReceiverSettings) -> None:
+        self._settings = settings
+        self._auth = settings.auth
+        self._phase = Phase.CONNECTING
+        self._session: int | None = None
+        self._payload_size = 0
+        self._heard_at = 0.0
+        self._incoming: _Incoming | None = None
+        self._next_id = 0
+        self._unwritten: list[int] = []
+        self._delivered_bytes = 0
+        self._final: BufferInfo | None = None
+        self._verifying = False
+        self._total = _Tally()
+        self._buffers = 0
+        self._report: ReceiverReport | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def report(self) -> ReceiverReport | None:
+        return self._report
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes of whole buffers so far (for progress displays)."""
+        return self._delivered_bytes
+
+    def counters(self) -> Counters:
+        """Everything counted so far, the current buffer included."""
+        total = self._total.freeze()
+        if self._incoming is not None:
+            total = total.plus(self._incoming.tally.freeze())
+        return total
+
+    def next_timer(self) -> float | None:
+        if self._phase is Phase.CLOSED:
+            return None
+        return self._heard_at + self._settings.timeout
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def connected(self, now: float) -> list[Output]:
+        self._phase = Phase.JOINING
+        self._heard_at = now
+        return [Send(message=Hello(name=self._settings.name))]
+
+    def message_received(self, session: int, message: Message, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED:
+            return []
+        out: list[Output] = []
+        if self._session is not None and session != self._session:
+            self._fail(f"the sender switched to session {session:#x}", out, tell=True)
+            return out
+        self._heard_at = now
+        match message:
+            case Welcome():
+                self._on_welcome(session, message, out)
+            case BufferInfo():
+                self._on_buffer_info(message, out)
+            case Sent(buffer_id=buffer_id, pass_number=pass_number):
+                self._on_sent(buffer_id, pass_number, out)
+            case Keepalive():
+                pass
+            case Abort(reason=reason):
+                self._fail(f"the sender ended the transfer: {reason}", out, tell=False)
+            case _:
+                self._fail(f"the sender sent {type(message).__name__}", out, tell=True)
+        return out
+
+    def datagram_received(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> Sequence[Output]:
+        """A datagram from the multicast socket (anything may arrive there)."""
+        try:
+            packet = decode_data(data, self._auth)
+        except ProtocolError as exc:
+            self._count_fault(exc.fault)
+            return _NOTHING
+        return self._take(packet, now, multicast=True)
+
+    def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
+        """A data packet that came on the connection (already decoded and checked)."""
+        if self._phase is Phase.CLOSED:
+            return _NOTHING
+        if packet.session != self._session:
+            out: list[Output] = []
+            self._fail("the sender sent a repair of another session", out, tell=True)
+            return out
+        return self._take(packet, now, multicast=False)
+
+    def protocol_error(self, error: ProtocolError, now: float) -> list[Output]:
+        """The connection carried bytes that are not our protocol."""
+        if self._phase is Phase.CLOSED:
+            return []
+        out: list[Output] = []
+        if error.fault is Fault.KEY_NEEDED:
+            reason = "the sender authenticates its packets: give the same --key-file"
+        elif error.fault in (Fault.FORGED, Fault.UNAUTHENTICATED) and self._session is None:
+            reason = "the sender's messages fail authentication: is the key the same on both ends?"
+        elif error.fault is Fault.VERSION:
+            reason = f"the sender speaks another protocol version ({error})"
+        else:
+            reason = f"the sender's connection carried a {error}"
+        self._fail(reason, out, tell=True)
+        return out
+
+    def connection_closed(self, reason: str, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED:
+            return []
+        out: list[Output] = []
+        self._fail(f"the sender closed the connection ({reason})", out, tell=False)
+        return out
+
+    def delivered(self, buffer_id: int, byte_length: int, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED:
+            return []
+        if self._unwritten and self._unwritten[0] == buffer_id:
+            self._unwritten.pop(0)
+        self._delivered_bytes += byte_length
+        out: list[Output] = []
+        b = self._incoming
+        if b is not None and not b.ready and len(self._unwritten) < MAX_UNWRITTEN:
+            b.ready = True
+            out.append(Send(message=Ready(buffer_id=b.id)))
+        self._maybe_verify(out)
+        return out
+
+    def delivery_failed(self, reason: str, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED:
+            return []
+        out: list[Output] = []
+        self._fail(reason, out, tell=True)
+        return out
+
+    def verified(self, ok: bool, reason: str, now: float) -> list[Output]:
+        if self._phase is not Phase.VERIFYING or self._final is None:
+            return []
+        total = self._final.total_bytes
+        out: list[Output] = [Send(message=Result(ok=ok, total_bytes=total, reason=reason))]
+        self._close(ok, reason, out)
+        return out
+
+    def handle_timer(self, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED or now < self._heard_at + self._settings.timeout:
+            return []
+        out: list[Output] = []
+        what = "the welcome" if self._phase is Phase.JOINING else "anything"
+        self._fail(f"the sender sent {what} for {self._settings.timeout:g} s", out, tell=True)
+        return out
+
+    # --- messages ---------------------------------------------------------------------
+
+    def _on_welcome(self, session: int, m: Welcome, out: list[Output]) -> None:
+        if self._phase is not Phase.JOINING:
+            self._fail("the sender welcomed us twice", out, tell=True)
+            return
+        self._session = session
+        self._payload_size = m.payload_size
+        self._phase = Phase.IDLE
+        out.append(JoinGroup(group=m.group, port=m.port))
+        out.append(Joined(session=session, group=m.group, port=m.port))
+
+    def _on_buffer_info(self, m: BufferInfo, out: list[Output]) -> None:
+        if self._phase is not Phase.IDLE or m.buffer_id != self._next_id:
+            self._fail(f"the sender announced buffer {m.buffer_id} out of turn", out, tell=True)
+            return
+        self._next_id += 1
+        if m.final:
+            self._final = m
+            self._phase = Phase.VERIFYING
+            self._maybe_verify(out)
+            return
+        size = self._payload_size
+        if not (m.packet_count - 1) * size < m.byte_length <= m.packet_count * size:
+            self._fail(f"buffer {m.buffer_id}'s length does not fit its packets", out, tell=True)
+            return
+        b = _Incoming(m)
+        self._incoming = b
+        self._phase = Phase.RECEIVING
+        if len(self._unwritten) < MAX_UNWRITTEN:
+            b.ready = True
+            out.append(Send(message=Ready(buffer_id=b.id)))
+
+    def _on_sent(self, buffer_id: int, pass_number: int, out: list[Output]) -> None:
+        b = self._incoming
+        if self._phase is Phase.IDLE and buffer_id == self._next_id - 1:
+            return  # whole before the sender's pass ended: our Done is on its way
+        if self._phase is not Phase.RECEIVING or b is None or b.id != buffer_id:
+            self._fail(f"the sender ended a pass of buffer {buffer_id} out of turn", out, True)
+            return
+        missing = _missing_ranges(b.have)
+        out.append(
+            Send(
+                message=Request(
+                    buffer_id=b.id,
+                    pass_number=pass_number,
+                    received=b.tally.multicast,
+                    missing=missing,
+                )
+            )
+        )
+
+    # --- data -------------------------------------------------------------------------
+
+    def _take(self, packet: DataPacket, now: float, multicast: bool) -> Sequence[Output]:
+        if packet.session != self._session:
+            self._current_tally().foreign += 1
+            return _NOTHING
+        self._heard_at = now
+        b = self._incoming
+        if b is None or packet.buffer_id != b.id:
+            self._current_tally().stale += 1
+            return _NOTHING
+        index = packet.index
+        payload = packet.payload
+        size = self._payload_size
+        start = index * size
+        if index >= b.count or len(payload) != min(size, b.byte_length - start):
+            b.tally.corrupt += 1
+            return _NOTHING
+        if b.have[index]:
+            b.tally.duplicate += 1
+            return _NOTHING
+        b.data[start : start + len(payload)] = payload
+        b.have[index] = 1
+        b.have_count += 1
+        if multicast:
+            b.tally.multicast += 1
+        else:
+            b.tally.repaired += 1
+        if b.have_count < b.count:
+            return _NOTHING
+        return self._complete(b)
+
+    def _complete(self, b: _Incoming) -> list[Output]:
+        counters = b.tally.freeze()
+        self._total = _add(self._total, counters)
+        self._incoming = None
+        self._phase = Phase.IDLE
+        self._unwritten.append(b.id)
+        self._buffers += 1
+        return [
+            Deliver(buffer_id=b.id, data=b.data),
+            Send(message=Done(buffer_id=b.id, counters=counters)),
+            BufferReceived(buffer_id=b.id, byte_length=b.byte_length, counters=counters),
+        ]
+
+    def _current_tally(self) -> _Tally:
+        return self._incoming.tally if self._incoming is not None else self._total
+
+    def _count_fault(self, fault: Fault) -> None:
+        tally = self._current_tally()
+        if fault in (Fault.FORGED, Fault.UNAUTHENTICATED, Fault.KEY_NEEDED):
+            tally.forged += 1
+        elif fault is Fault.VERSION:
+            tally.foreign += 1
+        else:
+            tally.corrupt += 1
+
+    # --- ending -----------------------------------------------------------------------
+
+    def _maybe_verify(self, out: list[Output]) -> None:
+        final = self._final
+        if self._phase is not Phase.VERIFYING or final is None or self._unwritten:
+            return
+        if self._verifying:
+            return
+        self._verifying = True
+        out.append(Verify(total_bytes=final.total_bytes, digest=final.digest))
+
+    def _fail(self, reason: str, out: list[Output], tell: bool) -> None:
+        if tell and self._phase is not Phase.CONNECTING:
+            out.append(Send(message=Abort(reason=reason)))
+        self._close(False, reason, out)
+
+    def _close(self, ok: bool, reason: str, out: list[Output]) -> None:
+        counters = self.counters()
+        total = self._final.total_bytes if self._final is not None and ok else 0
+        self._report = ReceiverReport(
+            ok=ok,
+            reason=reason,
+            total_bytes=total if ok else self._delivered_bytes,
+            buffers=self._buffers,
+            counters=counters,
+            tcp_only=counters.multicast == 0 and counters.repaired > 0,
+        )
+        self._phase = Phase.CLOSED
+        self._incoming = None
+        out.append(Close(report=self._report))
+
+
+def _add(tally: _Tally, counters: Counters) -> _Tally:
+    tally.multicast += counters.multicast
+    tally.repaired += counters.repaired
+    tally.duplicate += counters.duplicate
+    tally.corrupt += counters.corrupt
+    tally.foreign += counters.foreign
+    tally.forged += counters.forged
+    tally.stale += counters.stale
+    return tally
+
+
+def _missing_ranges(have: bytearray) -> tuple[tuple[int, int], ...]:
+    """(first, count) runs of the zero bytes of `have` (found at C speed)."""
+    runs: list[tuple[int, int]] = []
+    start = have.find(0)
+    while start >= 0:
+        end = have.find(1, start)
+        if end < 0:
+            end = len(have)
+        runs.append((start, end - start))
+        start = have.find(0, end)
+    return tuple(runs)
