@@ -9,6 +9,8 @@ drop is counted whether it is logged or not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +43,10 @@ class Counters:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    def describe(self) -> str:
+        """One line for the log: the counters as compact JSON."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(slots=True)

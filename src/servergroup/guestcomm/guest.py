@@ -416,7 +416,7 @@ class GuestAgent:
                 self._channel.close()
             self._sock.close()
             self._drops.close()
-            log.info("guest agent stopped: %s", self.counters)
+            log.info("guest agent stopped; counters: %s", self.counters.describe())
 
     # -- applications -> host
 

@@ -282,7 +282,7 @@ class ChannelRelay:
         if self._sock is not None:
             self._sock.close()
         self._drops.close()
-        log.info("channel relay stopped: %s", self.counters)
+        log.info("channel relay stopped; counters: %s", self.counters.describe())
 
     async def __aenter__(self) -> ChannelRelay:
         await self.start()
