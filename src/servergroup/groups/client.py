@@ -495,11 +495,19 @@ class AsyncServerGroupClient:
     def dropped(self) -> int:
         return self._core.dropped
 
+    def bind(self) -> None:
+        """Bind the address now (`open` does it when not done yet); binding twice is fine.
+
+        The socket belongs to the network namespace of the calling thread.
+        """
+        if self._sock is None:
+            self._sock = _bind(self._core.address)
+
     async def open(self) -> None:
         """Bind the address and, at another address than the default, subscribe."""
-        if self._sock is not None:
+        if self._renewer is not None:
             return
-        self._sock = _bind(self._core.address)
+        self.bind()
         if self._core.subscribes:
             try:
                 await self.subscribe()
