@@ -1,0 +1,250 @@
+"""The host's server manager: carries out `reconcile.decide` for the servers of this host.
+
+Theory of operation. The manager follows the registry cache. Whenever a
+server record changes, a host appears or goes, and every `check_interval`
+anyway (so that a guest agent that died is noticed), it reconciles each
+server this host is involved in (its owner, or the target of its move):
+observe it through the driver, `decide`, log the decision's sentence, carry
+out the actions, write the status.
+
+- One server at a time each: a server has at most one worker; a kick while
+  it works makes it run once more afterwards (kicks coalesce).
+- Never act on a stale view of our own writes: after writing a server's
+  status at revision r, the manager decides for that server again only on a
+  snapshot at r or later. (A source host that acted on the status from
+  before its hand-over could stop a server its target had just started.)
+- A failed action writes the status ERROR with the driver's sentence. The
+  same spec is retried after `retry_interval`; a new spec at once.
+- On start it reconciles everything it owns before returning: what runs is
+  observed and adopted as it is (a daemon restart restarts no server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from servergroup.common.logsetup import log_bug
+from servergroup.coordination import CoordinationError
+from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
+from servergroup.servers.model import RegistrySnapshot, Server, ServerSpec
+from servergroup.servers.reconcile import Action, decide, failed, involves
+from servergroup.servers.registry import ChangeKind, Registry, RegistryCache, RegistryChange
+
+log = logging.getLogger(__name__)
+
+
+def iso_now(wall: float) -> str:
+    """ISO 8601 UTC with milliseconds, for records meant for people."""
+    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class ServerManager:
+    """Reconciles this host's servers with their specs (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        cache: RegistryCache,
+        driver: ServerDriver,
+        host: str,
+        channel_dir: Path,
+        check_interval: float = 1.0,
+        retry_interval: float = 5.0,
+        start_timeout: float = 60.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._cache = cache
+        self._driver = driver
+        self.host = host
+        self.channel_dir = channel_dir
+        self.check_interval = check_interval
+        self.retry_interval = retry_interval
+        self.start_timeout = start_timeout
+        self._wall = wall
+        self._queue: asyncio.Queue[RegistryChange] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._written: dict[str, int] = {}  # server -> revision of our latest write
+        self._failed: dict[str, tuple[ServerSpec, float]] = {}  # server -> (spec, when)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt and reconcile what this host owns, then follow the registry."""
+        self._queue = self._cache.subscribe()
+        for name in self._ours(self._cache.snapshot):
+            self.kick(name)
+        workers = list(self._workers.values())
+        if workers:
+            _done, pending = await asyncio.wait(workers, timeout=self.start_timeout)
+            if pending:
+                log.warning("host %s: %d server(s) still being reconciled", self.host, len(pending))
+        self._tasks = [
+            asyncio.create_task(self._follow(), name=f"servers-follow-{self.host}"),
+            asyncio.create_task(self._tick(), name=f"servers-tick-{self.host}"),
+        ]
+        log.info("host %s manages servers with the %s driver", self.host, self._driver.kind)
+
+    async def stop(self) -> None:
+        """Stop reconciling; the servers keep running."""
+        tasks = self._tasks + list(self._workers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._workers.clear()
+        if self._queue is not None:
+            self._cache.unsubscribe(self._queue)
+            self._queue = None
+
+    # -- what to reconcile --------------------------------------------------------------
+
+    def _ours(self, snap: RegistrySnapshot) -> list[str]:
+        return [n for n, s in sorted(snap.servers.items()) if involves(s, self.host)]
+
+    def kick(self, name: str) -> None:
+        """Reconcile `name` soon (once more after the current pass, if one runs)."""
+        if name in self._workers:
+            self._again.add(name)
+            return
+        self._workers[name] = asyncio.create_task(self._work(name), name=f"server-{name}")
+
+    async def _work(self, name: str) -> None:
+        try:
+            while True:
+                self._again.discard(name)
+                try:
+                    await self._reconcile(name)
+                except asyncio.CancelledError:
+                    raise
+                except CoordinationError as exc:
+                    log.warning("server %s: cannot reach the store (%s); retrying", name, exc)
+                except Exception:
+                    log_bug(log, f"reconciling server {name}")
+                if name not in self._again:
+                    return
+        finally:
+            self._workers.pop(name, None)
+
+    async def _follow(self) -> None:
+        assert self._queue is not None
+        while True:
+            change = await self._queue.get()
+            if change.kind is ChangeKind.SERVER:
+                servers = [s for s in (change.before, change.after) if isinstance(s, Server)]
+                if any(involves(s, self.host) for s in servers):
+                    self.kick(change.name)
+            elif change.kind is ChangeKind.HOST:
+                # A host came or went: a move to or from it may now proceed.
+                for name in self._ours(change.snapshot):
+                    self.kick(name)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            for name in self._ours(self._cache.snapshot):
+                self.kick(name)
+
+    # -- one server ---------------------------------------------------------------------
+
+    async def _fresh_snapshot(self, name: str) -> RegistrySnapshot | None:
+        """The cache's snapshot once it holds our latest write for `name` (None: not yet)."""
+        snap = self._cache.snapshot
+        written = self._written.get(name, 0)
+        if snap.revision >= written:
+            return snap
+        try:
+            return await self._cache.wait_for(lambda s: s.revision >= written, timeout=5.0)
+        except TimeoutError:
+            log.warning("server %s: the registry cache lags behind our write; retrying", name)
+            return None
+
+    async def _reconcile(self, name: str) -> None:
+        snap = await self._fresh_snapshot(name)
+        if snap is None:
+            return
+        server = snap.servers.get(name)
+        if server is None or not involves(server, self.host):
+            return
+        spec = server.spec
+        if spec.driver != self._driver.kind:
+            log.debug("server %s uses driver %s, not %s", name, spec.driver, self._driver.kind)
+            return
+        failure = self._failed.get(name)
+        if (
+            failure is not None
+            and failure[0] == spec
+            and time.monotonic() - failure[1] < self.retry_interval
+        ):
+            return
+        try:
+            observed = await self._driver.observe(spec)
+        except DriverError as exc:
+            log.warning("server %s: cannot observe it: %s", name, exc)
+            return
+        now = iso_now(self._wall())
+        decision = decide(
+            server,
+            observed,
+            me=self.host,
+            channel_dir=self.channel_dir,
+            host_alive=lambda h: h in snap.hosts,
+            now_iso=now,
+        )
+        if decision.idle:
+            log.debug("%s", decision.sentence)
+            return
+        log.info("%s", decision.sentence)
+        try:
+            for action in decision.actions:
+                if action is not Action.FORGET:
+                    await self._carry_out(action, spec, observed)
+        except DriverError as exc:
+            log.warning("server %s: %s", name, exc)
+            self._failed[name] = (spec, time.monotonic())
+            status = failed(server, me=self.host, reason=str(exc), now_iso=iso_now(self._wall()))
+            self._written[name] = await self._registry.put_status(status)
+            return
+        self._failed.pop(name, None)
+        if decision.status is not None:
+            self._written[name] = await self._registry.put_status(decision.status)
+        if Action.FORGET in decision.actions:
+            await self._registry.remove_server(name)
+            self._written.pop(name, None)
+            log.info("server %s deleted and forgotten", name)
+
+    async def _carry_out(self, action: Action, spec: ServerSpec, observed: Observed) -> None:
+        driver = self._driver
+        match action:
+            case Action.CREATE:
+                await driver.create(spec)
+            case Action.START:
+                await driver.start(spec)
+            case Action.STOP:
+                await driver.stop(spec)
+            case Action.PAUSE:
+                await driver.pause(spec)
+            case Action.UNPAUSE:
+                await driver.unpause(spec)
+            case Action.ATTACH:
+                await driver.attach(spec, self.channel_dir)
+            case Action.DETACH:
+                await driver.detach(spec, observed.channel_dir or self.channel_dir)
+            case Action.DELETE:
+                await driver.delete(spec)
+            case _:
+                raise AssertionError(f"no carrying out of {action}")
+
+
+__all__ = ["ServerManager", "iso_now"]

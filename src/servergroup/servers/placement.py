@@ -1,0 +1,93 @@
+"""Where a new server runs: the group's policy over the live hosts.
+
+Theory of operation (pure: no I/O). `choose_host` takes the live hosts, the
+load of each (how many servers it runs) and the group's current members, and
+returns a host or raises `PlacementError` with one sentence:
+
+- **affinity**: every member on one host. The first member goes to the
+  least loaded live host (ties by name); later members go where the members
+  are, and that host must be live.
+- **anti-affinity**: no two members on one host. A member goes to the least
+  loaded live host that has no member of the group; none left is an error.
+- An explicit host must be live and must not break the policy.
+
+Members are the group's servers that are not deleted, placed where they run
+(`Server.host`: their status's host, else their spec's).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from servergroup.common.errors import LocalError
+from servergroup.servers.model import Desired, Policy, Server, VmState
+
+
+class PlacementError(LocalError):
+    """No host satisfies the request (exit status 2)."""
+
+    exit_status = 2
+
+
+def load_of(servers: Iterable[Server]) -> dict[str, int]:
+    """How many servers (not deleted) each host runs or is to run."""
+    counts: Counter[str] = Counter()
+    for server in servers:
+        if server.spec.desired is not Desired.DELETED and server.state is not VmState.DELETED:
+            counts[server.spec.host] += 1
+    return dict(counts)
+
+
+def choose_host(
+    *,
+    group: str,
+    policy: Policy,
+    members: Sequence[Server],
+    live_hosts: Iterable[str],
+    load: Mapping[str, int],
+    requested: str | None = None,
+) -> str:
+    """The host for a new member of `group` (see the module docstring)."""
+    live = sorted(set(live_hosts))
+    if not live:
+        raise PlacementError("no host is running: start one with `servergroup up`")
+    if requested is not None and requested not in live:
+        raise PlacementError(f"host {requested} is not running; running hosts: {', '.join(live)}")
+    used = sorted({m.host for m in members})
+    if policy is Policy.AFFINITY:
+        if not used:
+            return requested or _least_loaded(live, load)
+        home = Counter(m.host for m in members).most_common(1)[0][0]
+        if requested is not None and requested != home:
+            raise PlacementError(
+                f"group {group} has the affinity policy and its servers run on {home}: "
+                f"{requested} would break it"
+            )
+        if home not in live:
+            raise PlacementError(
+                f"group {group} has the affinity policy and its servers run on {home}, "
+                "which is not running"
+            )
+        return home
+    free = [h for h in live if h not in used]
+    if requested is not None:
+        if requested in used:
+            raise PlacementError(
+                f"group {group} has the anti-affinity policy and {requested} already runs "
+                "one of its servers"
+            )
+        return requested
+    if not free:
+        raise PlacementError(
+            f"group {group} has the anti-affinity policy and every running host "
+            f"({', '.join(live)}) already runs one of its servers"
+        )
+    return _least_loaded(free, load)
+
+
+def _least_loaded(hosts: Sequence[str], load: Mapping[str, int]) -> str:
+    return min(hosts, key=lambda h: (load.get(h, 0), h))
+
+
+__all__ = ["PlacementError", "choose_host", "load_of"]

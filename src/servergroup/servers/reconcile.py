@@ -1,0 +1,290 @@
+"""What a host must do to bring one server from what it observes to what its spec asks.
+
+Theory of operation (pure: no I/O, no clock; `now_iso` is passed in).
+
+`decide(server, observed, me=..., ...)` looks at one server's records and at
+what the host `me` observes of it, and returns a `Decision`: the driver
+actions to carry out in order, the status to write once they succeeded, and
+one sentence for the log. The `ServerManager` carries it out.
+
+Who acts (so that no two hosts act on one server at once):
+
+- The **owner** is `status.host`, or `spec.host` while there is no status
+  yet. Only the owner touches the server's processes and writes its status.
+- A **migration** starts when the operator sets `spec.host` to another host.
+  The owner hands over: for a live migration of a running server it only
+  detaches the channel; otherwise (cold, or nothing runs) it stops the server
+  and detaches. Then it writes the status with `host` = the target and state
+  MIGRATING. From that write on, the target is the owner, and completes the
+  move as any owner reaches its spec: it attaches the channel (and starts
+  the server, after a cold move) and reports the reached state with
+  `task_state` None. A live move never touches the guest's processes.
+- **Delete** is done by the owner: delete everything, write DELETED, then
+  forget both records (`FORGET` is always last and comes after the status
+  write).
+
+Reaching the desired state is a table (`REACH`) from (desired, observed
+power) to actions, adjusted for: a reboot asked (`spec.reboot_count` above
+the status's), a guest agent found dead while the server should run (it is
+started again, as the seed asks of a guest agent: "configured to respawn"),
+and the channel link (present in the owner's channel directory while the
+server runs, absent while it is stopped).
+
+The decision is idempotent: deciding again on the same inputs after the
+actions ran gives no actions, and the status is returned only when it differs
+from the one in the store (times aside).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from servergroup.servers.drivers.base import Observed, Power
+from servergroup.servers.model import REACHED, Desired, Server, ServerStatus, VmState
+
+MIGRATING_TASK = "migrating"
+
+
+class Action(enum.Enum):
+    """One step a host carries out on a server (driver calls, and forgetting the records)."""
+
+    CREATE = "create"
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+    UNPAUSE = "unpause"
+    ATTACH = "attach"  # the channel link into this host's channel directory
+    DETACH = "detach"  # the channel link out of the directory it is in
+    DELETE = "delete"
+    FORGET = "forget"  # remove the server's records (after the status write)
+
+
+#: How to get from what runs to what is wanted, before the adjustments of `decide`.
+REACH: Mapping[tuple[Desired, Power], tuple[Action, ...]] = {
+    (Desired.ACTIVE, Power.ABSENT): (Action.CREATE, Action.START),
+    (Desired.ACTIVE, Power.STOPPED): (Action.START,),
+    (Desired.ACTIVE, Power.RUNNING): (),
+    (Desired.ACTIVE, Power.FROZEN): (Action.UNPAUSE,),
+    (Desired.PAUSED, Power.ABSENT): (Action.CREATE, Action.START, Action.PAUSE),
+    (Desired.PAUSED, Power.STOPPED): (Action.START, Action.PAUSE),
+    (Desired.PAUSED, Power.RUNNING): (Action.PAUSE,),
+    (Desired.PAUSED, Power.FROZEN): (),
+    (Desired.STOPPED, Power.ABSENT): (Action.CREATE,),
+    (Desired.STOPPED, Power.STOPPED): (),
+    (Desired.STOPPED, Power.RUNNING): (Action.STOP,),
+    (Desired.STOPPED, Power.FROZEN): (Action.STOP,),
+}
+
+#: Words for the log sentence.
+_VERBS: Mapping[Action, str] = {
+    Action.CREATE: "create it",
+    Action.START: "start it",
+    Action.STOP: "stop it",
+    Action.PAUSE: "pause it",
+    Action.UNPAUSE: "unpause it",
+    Action.ATTACH: "attach its channel here",
+    Action.DETACH: "detach its channel",
+    Action.DELETE: "delete it",
+    Action.FORGET: "forget its records",
+}
+_SEEN: Mapping[Power, str] = {
+    Power.ABSENT: "absent",
+    Power.STOPPED: "stopped",
+    Power.RUNNING: "running",
+    Power.FROZEN: "paused",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """What to do: `actions` in order, then write `status` (None: leave it), then FORGET."""
+
+    actions: tuple[Action, ...]
+    status: ServerStatus | None
+    sentence: str
+
+    @property
+    def idle(self) -> bool:
+        return not self.actions and self.status is None
+
+
+def owner(server: Server) -> str:
+    """The host that acts on the server: its status's host, or its spec's before any status."""
+    return server.status.host if server.status is not None else server.spec.host
+
+
+def involves(server: Server, me: str) -> bool:
+    """Whether host `me` has anything to do with the server (owner or migration target)."""
+    return me in (server.spec.host, owner(server))
+
+
+def decide(
+    server: Server,
+    observed: Observed,
+    *,
+    me: str,
+    channel_dir: Path,
+    host_alive: Callable[[str], bool],
+    now_iso: str,
+) -> Decision:
+    """What host `me` (channel directory `channel_dir`) does for `server` now."""
+    spec, name = server.spec, server.name
+    current = owner(server)
+    if current != me:
+        if spec.host != me:
+            return Decision(actions=(), status=None, sentence=f"server {name} is not ours")
+        alive = "" if host_alive(current) else ", which is not running"
+        return Decision(
+            actions=(),
+            status=None,
+            sentence=f"server {name} moves here: waiting for {current}{alive} to hand it over",
+        )
+    if spec.desired is Desired.DELETED:
+        return Decision(
+            actions=(Action.DELETE, Action.FORGET),
+            status=_status(server, me=me, state=VmState.DELETED, booted=False, now_iso=now_iso),
+            sentence=f"server {name} is to be deleted: delete it, then forget its records",
+        )
+    if spec.host != me:
+        return _hand_over(server, observed, me=me, host_alive=host_alive, now_iso=now_iso)
+    return _reach(server, observed, me=me, channel_dir=channel_dir, now_iso=now_iso)
+
+
+def _hand_over(
+    server: Server,
+    observed: Observed,
+    *,
+    me: str,
+    host_alive: Callable[[str], bool],
+    now_iso: str,
+) -> Decision:
+    spec, name, target = server.spec, server.name, server.spec.host
+    if not host_alive(target):
+        return Decision(
+            actions=(),
+            status=None,
+            sentence=f"server {name} is to move to {target}, which is not running: waiting",
+        )
+    live = (
+        spec.live_migration
+        and observed.power in (Power.RUNNING, Power.FROZEN)
+        and observed.guest_alive
+    )
+    actions = (Action.DETACH,) if live else (Action.STOP, Action.DETACH)
+    base = server.status or _status(
+        server, me=me, state=VmState.BUILDING, booted=False, now_iso=now_iso
+    )
+    status = replace(
+        base,
+        host=target,
+        state=VmState.MIGRATING,
+        task_state=MIGRATING_TASK,
+        updated_at=now_iso,
+        error=None,
+    )
+    how = "live" if live else "cold"
+    return Decision(
+        actions=actions,
+        status=status,
+        sentence=f"server {name} moves to {target} ({how}): {_verbs(actions)}, then hand it over",
+    )
+
+
+def _reach(
+    server: Server, observed: Observed, *, me: str, channel_dir: Path, now_iso: str
+) -> Decision:
+    spec, status, name = server.spec, server.status, server.name
+    desired, power = spec.desired, observed.power
+    actions = list(REACH[desired, power])
+    notes: list[str] = []
+    runs = desired in (Desired.ACTIVE, Desired.PAUSED)
+    previous_reboots = status.reboot_count if status is not None else 0
+    if (
+        desired is Desired.ACTIVE
+        and spec.reboot_count > previous_reboots
+        and power in (Power.RUNNING, Power.FROZEN)
+    ):
+        actions = [Action.STOP, Action.START]
+        notes.append(f"reboot {spec.reboot_count} asked")
+    elif runs and power in (Power.RUNNING, Power.FROZEN) and not observed.guest_alive:
+        notes.append("its guest agent is dead")
+        if desired is Desired.ACTIVE:
+            actions = [Action.UNPAUSE, Action.START] if power is Power.FROZEN else [Action.START]
+        else:
+            actions = [Action.START, Action.PAUSE]  # starting thaws; pause again after
+    booted = Action.START in actions
+    if runs and (booted or observed.channel_dir != channel_dir):
+        # Attach while running (before a pause), so the relay can connect at once.
+        at = actions.index(Action.PAUSE) if Action.PAUSE in actions else len(actions)
+        actions.insert(at, Action.ATTACH)
+    if desired is Desired.STOPPED and observed.channel_dir is not None:
+        actions.append(Action.DETACH)
+    new = _status(server, me=me, state=REACHED[desired], booted=booted, now_iso=now_iso)
+    changed = status is None or replace(status, updated_at="") != replace(new, updated_at="")
+    seen = _SEEN[power]
+    if status is not None and status.state is VmState.MIGRATING:
+        notes.append("it has just moved here")
+    why = f" ({'; '.join(notes)})" if notes else ""
+    if actions:
+        sentence = f"server {name} is {seen} and should be {desired.value}{why}: {_verbs(actions)}"
+    elif changed:
+        sentence = f"server {name} is {seen} as asked{why}: reporting {new.state.value}"
+    else:
+        sentence = f"server {name} is {seen} as asked"
+    return Decision(actions=tuple(actions), status=new if changed else None, sentence=sentence)
+
+
+def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: str) -> ServerStatus:
+    spec, old = server.spec, server.status
+    cpus = tuple(range(spec.vcpus))
+    if old is None:
+        return ServerStatus(
+            name=spec.name,
+            host=me,
+            state=state,
+            online_cpus=cpus,
+            reboot_count=spec.reboot_count,
+            launched_at=now_iso if booted else None,
+            updated_at=now_iso,
+        )
+    return replace(
+        old,
+        host=me,
+        state=state,
+        task_state=None,
+        # A fresh boot brings every vCPU online; otherwise the scaler's word stands.
+        online_cpus=cpus if booted or not old.online_cpus else old.online_cpus,
+        reboot_count=max(spec.reboot_count, old.reboot_count),
+        launched_at=now_iso if booted else old.launched_at,
+        updated_at=now_iso,
+        error=None,
+    )
+
+
+def failed(server: Server, *, me: str, reason: str, now_iso: str) -> ServerStatus:
+    """The status to write when an action of host `me` on `server` failed: ERROR and why."""
+    base = server.status or _status(
+        server, me=me, state=VmState.ERROR, booted=False, now_iso=now_iso
+    )
+    return replace(
+        base, host=me, state=VmState.ERROR, task_state=None, error=reason, updated_at=now_iso
+    )
+
+
+def _verbs(actions: tuple[Action, ...] | list[Action]) -> str:
+    return ", ".join(_VERBS[a] for a in actions)
+
+
+__all__ = [
+    "MIGRATING_TASK",
+    "REACH",
+    "Action",
+    "Decision",
+    "decide",
+    "failed",
+    "involves",
+    "owner",
+]

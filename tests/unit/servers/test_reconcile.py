@@ -1,0 +1,253 @@
+"""decide(): scripted records and observations in, actions and status out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from servergroup.servers.drivers.base import Observed, Power
+from servergroup.servers.model import Desired, Server, ServerSpec, ServerStatus, VmState
+from servergroup.servers.reconcile import REACH, Action, Decision, decide, failed, involves
+
+A = Action
+NOW = "2026-01-01T00:00:00.000+00:00"
+CH0, CH1 = Path("/ch/h0"), Path("/ch/h1")
+SPEC = ServerSpec(name="vm1", instance="instance-0000abcd", uuid="u", group="g", host="h0", vcpus=3)
+
+
+def status(state: VmState, **kw: object) -> ServerStatus:
+    base = ServerStatus(
+        name="vm1",
+        host="h0",
+        state=state,
+        online_cpus=(0, 1, 2),
+        launched_at="earlier",
+        updated_at="earlier",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def seen(power: Power, *, guest: bool = True, channel: Path | None = CH0) -> Observed:
+    running = power in (Power.RUNNING, Power.FROZEN)
+    return Observed(
+        power=power,
+        pids=(10, 11) if running else (),
+        guest_pid=10 if running and guest else None,
+        channel_dir=channel if power is not Power.ABSENT else None,
+    )
+
+
+def run(
+    server: Server, observed: Observed, *, me: str = "h0", alive: tuple[str, ...] = ("h0", "h1")
+) -> Decision:
+    return decide(
+        server,
+        observed,
+        me=me,
+        channel_dir=CH0 if me == "h0" else CH1,
+        host_alive=lambda h: h in alive,
+        now_iso=NOW,
+    )
+
+
+def test_table_is_complete() -> None:
+    assert set(REACH) == {(d, p) for d in Desired if d is not Desired.DELETED for p in Power}
+
+
+def test_new_server_is_created_started_and_attached() -> None:
+    d = run(Server(spec=SPEC), seen(Power.ABSENT))
+    assert d.actions == (A.CREATE, A.START, A.ATTACH)
+    assert d.status is not None
+    assert (d.status.host, d.status.state, d.status.task_state) == ("h0", VmState.ACTIVE, None)
+    assert d.status.online_cpus == (0, 1, 2)
+    assert d.status.launched_at == NOW
+    assert "should be active" in d.sentence
+
+
+def test_nothing_to_do_when_reached() -> None:
+    d = run(Server(spec=SPEC, status=status(VmState.ACTIVE)), seen(Power.RUNNING))
+    assert d.idle
+    assert d.sentence == "server vm1 is running as asked"
+
+
+def test_status_is_written_only_when_it_changes() -> None:
+    d = run(Server(spec=SPEC, status=status(VmState.ERROR, error="x")), seen(Power.RUNNING))
+    assert d.actions == ()
+    assert d.status is not None
+    assert d.status.state is VmState.ACTIVE
+    assert d.status.error is None
+
+
+# (desired, observed power, guest alive, attached) -> actions, state reported
+CASES = [
+    (Desired.PAUSED, Power.RUNNING, True, CH0, (A.PAUSE,), VmState.PAUSED),
+    (Desired.PAUSED, Power.FROZEN, True, CH0, (), VmState.PAUSED),
+    (Desired.ACTIVE, Power.FROZEN, True, CH0, (A.UNPAUSE,), VmState.ACTIVE),
+    (Desired.STOPPED, Power.RUNNING, True, CH0, (A.STOP, A.DETACH), VmState.STOPPED),
+    (Desired.STOPPED, Power.FROZEN, True, CH0, (A.STOP, A.DETACH), VmState.STOPPED),
+    (Desired.STOPPED, Power.STOPPED, False, None, (), VmState.STOPPED),
+    (Desired.ACTIVE, Power.STOPPED, False, None, (A.START, A.ATTACH), VmState.ACTIVE),
+    (Desired.PAUSED, Power.STOPPED, False, None, (A.START, A.ATTACH, A.PAUSE), VmState.PAUSED),
+    (Desired.STOPPED, Power.ABSENT, False, None, (A.CREATE,), VmState.STOPPED),
+    # the guest agent died while the server should run: start it again
+    (Desired.ACTIVE, Power.RUNNING, False, CH0, (A.START, A.ATTACH), VmState.ACTIVE),
+    (Desired.ACTIVE, Power.FROZEN, False, CH0, (A.UNPAUSE, A.START, A.ATTACH), VmState.ACTIVE),
+    (Desired.PAUSED, Power.RUNNING, False, CH0, (A.START, A.ATTACH, A.PAUSE), VmState.PAUSED),
+    # not attached here (e.g. after a crash mid-attach): attach
+    (Desired.ACTIVE, Power.RUNNING, True, None, (A.ATTACH,), VmState.ACTIVE),
+    (Desired.ACTIVE, Power.RUNNING, True, CH1, (A.ATTACH,), VmState.ACTIVE),
+]
+
+
+@pytest.mark.parametrize(("desired", "power", "guest", "channel", "actions", "state"), CASES)
+def test_reach(
+    desired: Desired,
+    power: Power,
+    guest: bool,
+    channel: Path | None,
+    actions: tuple[Action, ...],
+    state: VmState,
+) -> None:
+    server = Server(spec=replace(SPEC, desired=desired), status=status(VmState.ACTIVE))
+    d = run(server, seen(power, guest=guest, channel=channel))
+    assert d.actions == actions
+    # No status when the one in the store already says so.
+    assert (d.status or server.status).state is state  # type: ignore[union-attr]
+    if not guest and power is not Power.STOPPED and power is not Power.ABSENT:
+        assert "guest agent is dead" in d.sentence
+
+
+def test_reboot_stops_and_starts_once() -> None:
+    server = Server(
+        spec=replace(SPEC, reboot_count=2), status=status(VmState.ACTIVE, reboot_count=1)
+    )
+    d = run(server, seen(Power.RUNNING))
+    assert d.actions == (A.STOP, A.START, A.ATTACH)
+    assert d.status is not None
+    assert d.status.reboot_count == 2
+    assert d.status.launched_at == NOW
+    again = run(Server(spec=server.spec, status=d.status), seen(Power.RUNNING))
+    assert again.idle
+
+
+def test_reboot_of_a_stopped_server_is_only_recorded() -> None:
+    server = Server(
+        spec=replace(SPEC, reboot_count=1, desired=Desired.STOPPED),
+        status=status(VmState.STOPPED),
+    )
+    d = run(server, seen(Power.STOPPED, channel=None))
+    assert d.actions == ()
+    assert d.status is not None
+    assert d.status.reboot_count == 1
+
+
+def test_live_migration_source_detaches_and_hands_over() -> None:
+    server = Server(spec=replace(SPEC, host="h1"), status=status(VmState.ACTIVE))
+    d = run(server, seen(Power.RUNNING))
+    assert d.actions == (A.DETACH,)
+    assert d.status is not None
+    assert (d.status.host, d.status.state, d.status.task_state) == (
+        "h1",
+        VmState.MIGRATING,
+        "migrating",
+    )
+    assert d.status.launched_at == "earlier"  # the guest keeps running
+    assert "live" in d.sentence
+
+
+def test_live_migration_target_waits_then_attaches() -> None:
+    spec = replace(SPEC, host="h1")
+    waiting = run(Server(spec=spec, status=status(VmState.ACTIVE)), seen(Power.RUNNING), me="h1")
+    assert waiting.idle
+    assert "waiting for h0" in waiting.sentence
+    moved = status(VmState.MIGRATING, host="h1", task_state="migrating")
+    d = run(Server(spec=spec, status=moved), seen(Power.RUNNING, channel=None), me="h1")
+    assert d.actions == (A.ATTACH,)
+    assert d.status is not None
+    assert (d.status.host, d.status.state, d.status.task_state) == ("h1", VmState.ACTIVE, None)
+    assert d.status.launched_at == "earlier"
+
+
+def test_live_migration_of_a_paused_server_stays_paused() -> None:
+    spec = replace(SPEC, host="h1", desired=Desired.PAUSED)
+    moved = status(VmState.MIGRATING, host="h1", task_state="migrating")
+    d = run(Server(spec=spec, status=moved), seen(Power.FROZEN, channel=None), me="h1")
+    assert d.actions == (A.ATTACH,)
+    assert d.status is not None
+    assert d.status.state is VmState.PAUSED
+
+
+def test_cold_migration_stops_on_the_source_and_starts_on_the_target() -> None:
+    spec = replace(SPEC, host="h1", live_migration=False)
+    src = run(Server(spec=spec, status=status(VmState.ACTIVE)), seen(Power.RUNNING))
+    assert src.actions == (A.STOP, A.DETACH)
+    assert src.status is not None
+    assert src.status.host == "h1"
+    dst = run(Server(spec=spec, status=src.status), seen(Power.STOPPED, channel=None), me="h1")
+    assert dst.actions == (A.START, A.ATTACH)
+    assert dst.status is not None
+    assert dst.status.state is VmState.ACTIVE
+
+
+def test_live_migration_of_a_stopped_server_is_cold() -> None:
+    spec = replace(SPEC, host="h1", desired=Desired.STOPPED)
+    d = run(Server(spec=spec, status=status(VmState.STOPPED)), seen(Power.STOPPED, channel=None))
+    assert d.actions == (A.STOP, A.DETACH)
+    assert "cold" in d.sentence
+
+
+def test_no_hand_over_to_a_dead_target() -> None:
+    server = Server(spec=replace(SPEC, host="h1"), status=status(VmState.ACTIVE))
+    d = run(server, seen(Power.RUNNING), alive=("h0",))
+    assert d.idle
+    assert "not running" in d.sentence
+
+
+def test_delete_by_the_owner_then_forget() -> None:
+    server = Server(spec=replace(SPEC, desired=Desired.DELETED), status=status(VmState.ACTIVE))
+    d = run(server, seen(Power.RUNNING))
+    assert d.actions == (A.DELETE, A.FORGET)
+    assert d.status is not None
+    assert d.status.state is VmState.DELETED
+    assert run(server, seen(Power.RUNNING), me="h1").idle
+
+
+def test_delete_while_moving_is_done_by_the_owner() -> None:
+    server = Server(
+        spec=replace(SPEC, desired=Desired.DELETED, host="h1"), status=status(VmState.ACTIVE)
+    )
+    assert run(server, seen(Power.RUNNING)).actions == (A.DELETE, A.FORGET)
+    assert run(server, seen(Power.RUNNING), me="h1").idle
+
+
+def test_other_hosts_servers_are_not_touched() -> None:
+    server = Server(spec=replace(SPEC, host="h2"), status=status(VmState.ACTIVE, host="h2"))
+    assert not involves(server, "h0")
+    assert run(server, seen(Power.RUNNING)).idle
+
+
+def test_failed_keeps_the_owner_and_says_why() -> None:
+    server = Server(spec=SPEC, status=status(VmState.ACTIVE))
+    st = failed(server, me="h0", reason="the guest agent exited", now_iso=NOW)
+    assert (st.host, st.state, st.error) == ("h0", VmState.ERROR, "the guest agent exited")
+    assert not Server(spec=SPEC, status=st).settled()
+    fresh = failed(Server(spec=SPEC), me="h0", reason="x", now_iso=NOW)
+    assert fresh.state is VmState.ERROR
+
+
+def test_decisions_converge() -> None:
+    """Applying a decision's status and the expected observation gives no further action."""
+    observed_after = {
+        VmState.ACTIVE: seen(Power.RUNNING),
+        VmState.PAUSED: seen(Power.FROZEN),
+        VmState.STOPPED: seen(Power.STOPPED, channel=None),
+    }
+    for desired in (Desired.ACTIVE, Desired.PAUSED, Desired.STOPPED):
+        for power in Power:
+            spec = replace(SPEC, desired=desired)
+            d = run(Server(spec=spec, status=status(VmState.ACTIVE)), seen(power))
+            st = d.status or status(VmState.ACTIVE)
+            after = run(Server(spec=spec, status=st), observed_after[st.state])
+            assert after.idle, (desired, power, after.sentence)
