@@ -1,0 +1,323 @@
+"""`servergroup group ...` and `servergroup server ...`: server groups and their servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from servergroup.cli.common import CliState, fail, pass_state, run_async
+from servergroup.common.errors import PermissionNeeded, UsageError
+from servergroup.config import Config
+from servergroup.coordination.etcd import EtcdCoordinator
+from servergroup.coordination.local_etcd import resolve_endpoints
+from servergroup.servers.model import (
+    MAX_VCPUS,
+    Desired,
+    GroupRecord,
+    Policy,
+    Server,
+    VmState,
+    server_info,
+)
+from servergroup.servers.operations import Operations
+from servergroup.servers.registry import Registry
+
+T = TypeVar("T")
+
+
+def _run(state: CliState, work: Callable[[Operations], Awaitable[T]]) -> T:
+    """Connect to the store, run `work` with the operations, close."""
+    config = state.config()
+    endpoints = resolve_endpoints(config)
+
+    async def main() -> T:
+        async with EtcdCoordinator(
+            endpoints, prefix=config.coordination.prefix, config=config.coordination
+        ) as coordinator:
+            ops = Operations(Registry(coordinator), timeout=config.coordination.operation_timeout)
+            return await work(ops)
+
+    return run_async(main())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table on a terminal, plain aligned columns otherwise."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*headers, box=None, header_style="bold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in [list(headers), *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _server_json(server: Server, hosts: set[str]) -> dict[str, Any]:
+    info = server_info(server, host_alive=server.host in hosts)
+    info["desired"] = server.spec.desired.value
+    info["spec_host"] = server.spec.host
+    info["reboot_count"] = server.status.reboot_count if server.status is not None else 0
+    info["error"] = server.status.error if server.status is not None else None
+    return info
+
+
+def _state_text(server: Server, hosts: set[str]) -> str:
+    if server.host not in hosts and server.state is not VmState.DELETED:
+        return "lost"
+    return server.state.value
+
+
+# --- groups ----------------------------------------------------------------------------
+
+
+@click.group()
+def group() -> None:
+    """Server groups: servers that message each other and share a scheduling policy."""
+
+
+@group.command("create")
+@click.argument("name")
+@click.option(
+    "--policy",
+    type=click.Choice([p.value for p in Policy]),
+    default=Policy.AFFINITY.value,
+    show_default=True,
+    help="affinity: every member on one host; anti-affinity: each member on its own host.",
+)
+@pass_state
+def group_create(state: CliState, name: str, policy: str) -> None:
+    """Create the server group NAME."""
+    record = _run(state, lambda ops: ops.create_group(name, Policy(policy)))
+    click.echo(f"group {record.name} created ({record.policy.value})")
+
+
+@group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def group_list(state: CliState, as_json: bool) -> None:
+    """List the server groups and their members."""
+
+    async def work(ops: Operations) -> tuple[list[GroupRecord], list[Server]]:
+        return await ops.list_groups(), await ops.list_servers()
+
+    groups, servers = _run(state, work)
+    members = {
+        g.name: [
+            s.name for s in servers if s.spec.group == g.name and s.state is not VmState.DELETED
+        ]
+        for g in groups
+    }
+    if as_json:
+        out = [
+            {
+                "name": g.name,
+                "policy": g.policy.value,
+                "uuid": g.uuid,
+                "created_at": g.created_at,
+                "members": members[g.name],
+            }
+            for g in groups
+        ]
+        click.echo(json.dumps(out))
+        return
+    if not groups:
+        click.echo("no groups")
+        return
+    rows = [[g.name, g.policy.value, ",".join(members[g.name]) or "-"] for g in groups]
+    _table(["NAME", "POLICY", "MEMBERS"], rows)
+
+
+@group.command("delete")
+@click.argument("name")
+@pass_state
+def group_delete(state: CliState, name: str) -> None:
+    """Delete the server group NAME (it must have no servers)."""
+    _run(state, lambda ops: ops.delete_group(name))
+    click.echo(f"group {name} deleted")
+
+
+# --- servers ---------------------------------------------------------------------------
+
+
+@click.group()
+def server() -> None:
+    """Servers: create, inspect, pause, stop, reboot, migrate, delete, run commands in them."""
+
+
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the host to carry it out [default: coordination.operation_timeout].",
+)
+
+
+@server.command("create")
+@click.argument("name")
+@click.option("--group", "group_name", required=True, help="The server group to join.")
+@click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
+@click.option(
+    "--min-vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=1,
+    show_default=True,
+    help="The fewest vCPUs scaling may leave online.",
+)
+@click.option("--host", default=None, help="Run it on this host [default: the group's policy].")
+@timeout_option
+@pass_state
+def server_create(
+    state: CliState,
+    name: str,
+    group_name: str,
+    vcpus: int,
+    min_vcpus: int,
+    host: str | None,
+    timeout: float | None,
+) -> None:
+    """Create the server NAME in a group and wait until it runs."""
+    created = _run(
+        state,
+        lambda ops: ops.create_server(
+            name, group_name, vcpus=vcpus, min_vcpus=min_vcpus, host=host, timeout=timeout
+        ),
+    )
+    click.echo(f"server {name} is active on {created.host} ({created.spec.instance})")
+
+
+@server.command("list")
+@click.option("--group", "group_name", default=None, help="Only the servers of this group.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
+    """List the servers."""
+
+    async def work(ops: Operations) -> tuple[list[Server], set[str]]:
+        return await ops.list_servers(group_name), set(await ops.live_hosts())
+
+    servers, hosts = _run(state, work)
+    if as_json:
+        click.echo(json.dumps([_server_json(s, hosts) for s in servers]))
+        return
+    if not servers:
+        click.echo("no servers")
+        return
+    rows = [
+        [
+            s.name,
+            s.spec.group,
+            s.host,
+            _state_text(s, hosts),
+            (s.status.task_state or "-") if s.status is not None else "scheduling",
+            f"{len(s.status.online_cpus) if s.status is not None else 0}/{s.spec.vcpus}",
+            s.spec.instance,
+        ]
+        for s in servers
+    ]
+    _table(["NAME", "GROUP", "HOST", "STATE", "TASK", "VCPUS", "INSTANCE"], rows)
+
+
+@server.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def server_show(state: CliState, name: str, as_json: bool) -> None:
+    """Show everything about the server NAME."""
+
+    async def work(ops: Operations) -> tuple[Server, set[str]]:
+        return await ops.show_server(name), set(await ops.live_hosts())
+
+    found, hosts = _run(state, work)
+    info = _server_json(found, hosts)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        click.echo(f"{key + ':':<16}{'-' if shown is None else shown}")
+
+
+def _lifecycle(verb: str, done: str, doc: str) -> None:
+    @server.command(verb, help=doc)
+    @click.argument("name")
+    @timeout_option
+    @pass_state
+    def command(state: CliState, name: str, timeout: float | None) -> None:
+        result = _run(state, lambda ops: getattr(ops, verb)(name, timeout=timeout))
+        where = f" on {result.host}" if isinstance(result, Server) else ""
+        click.echo(f"server {name} {done}{where}")
+
+
+_lifecycle("pause", "is paused", "Pause the server NAME: freeze every process of it.")
+_lifecycle("unpause", "is active", "Unpause the server NAME.")
+_lifecycle("stop", "is stopped", "Stop the server NAME: end every process of it.")
+_lifecycle("start", "is active", "Start the stopped server NAME again.")
+_lifecycle("reboot", "has rebooted", "Reboot the server NAME (stop, then start).")
+_lifecycle("delete", "is deleted", "Delete the server NAME and everything it had.")
+
+
+@server.command("migrate")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="The host to move it to.")
+@click.option(
+    "--live/--cold",
+    default=True,
+    show_default=True,
+    help="Live: the server keeps running and only its channel moves; cold: stop, move, start.",
+)
+@timeout_option
+@pass_state
+def server_migrate(state: CliState, name: str, to: str, live: bool, timeout: float | None) -> None:
+    """Move the server NAME to another host."""
+    moved = _run(state, lambda ops: ops.migrate(name, to, live=live, timeout=timeout))
+    click.echo(f"server {name} is {moved.state.value} on {moved.host}")
+
+
+@server.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_state
+def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside the server NAME (a lab server on this machine); exit with its status.
+
+    Example: servergroup server exec vm1 -- ip addr
+    """
+    found = _run(state, lambda ops: ops.show_server(name))
+    if found.spec.desired is Desired.DELETED:
+        raise UsageError(f"server {name} is being deleted")
+    if found.state in (VmState.PAUSED, VmState.STOPPED, VmState.DELETED):
+        raise UsageError(f"server {name} is {found.state.value}: a command cannot run in it now")
+    if found.spec.driver != "lab":
+        raise UsageError(f"server {name} uses the {found.spec.driver} driver: exec needs a lab one")
+    argv = _lab_exec_argv(state.config(), found, list(command))
+    try:
+        done = subprocess.run(argv, check=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(done.returncode if done.returncode >= 0 else 128 - done.returncode)
+
+
+def _lab_exec_argv(config: Config, found: Server, command: list[str]) -> list[str]:
+    from servergroup.servers.drivers.lab import NETNS_DIR, LabDriver
+
+    if os.geteuid() != 0:
+        raise PermissionNeeded("running a command in a lab server needs root")
+    driver = LabDriver(config.state_dir)
+    if not (NETNS_DIR / driver.netns(found.name)).exists():
+        fail(f"server {found.name} does not run on this machine", 1)
+    return driver.exec_command(found.spec, command)
+
+
+__all__ = ["group", "server"]
