@@ -1,0 +1,321 @@
+"""`servergroup image send|receive`: one image to many hosts, multicast with TCP repair."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from servergroup.cli.common import run_async
+from servergroup.common.errors import UsageError
+from servergroup.multicast.config import (
+    DEFAULT_MTU,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT,
+    MAX_MTU,
+    MIN_MTU,
+    receive_config,
+    send_config,
+)
+from servergroup.multicast.receiver import run_receiver
+from servergroup.multicast.receiving import ReceiverReport
+from servergroup.multicast.sender import run_sender
+from servergroup.multicast.sending import ClientStatus, SenderReport
+from servergroup.multicast.transport import FileSink, Sink, StreamSink
+
+#: Exit statuses: 0 every expected client has the verified image (send) / this
+#: receiver has it (receive); 1 the transfer failed; 2 bad input; 3 (send only)
+#: the image went out but not every expected client finished.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_PARTIAL = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _common(func: F) -> F:
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Print a machine-readable report at the end."
+    )(func)
+    func = click.option(
+        "--key-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="SERVERGROUP_IMAGE_KEY_FILE",
+        help="Shared secret: every packet is authenticated with it; forged or foreign "
+        "packets are dropped and counted [env SERVERGROUP_IMAGE_KEY_FILE].",
+    )(func)
+    func = click.option(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds a silent peer may stall the transfer before it is given up.",
+    )(func)
+    return func
+
+
+@click.group()
+def image() -> None:
+    """Send one image to many hosts at once: UDP multicast in rounds, repairs over TCP.
+
+    The sender reads the image on standard input and waits for CLIENTS
+    receivers; each receiver writes it to standard output or --output. Every
+    receiver checks the SHA-256 of the whole image at the end.
+    """
+
+
+@image.command()
+@click.argument("local_ip")
+@click.argument("clients", type=int)
+@click.argument("port", type=int, default=DEFAULT_PORT, required=False)
+@click.option("--group", help="Multicast group address [default 239.192.83.71].")
+@click.option(
+    "--mtu",
+    type=int,
+    default=DEFAULT_MTU,
+    show_default=True,
+    help=f"Largest datagram incl. IP/UDP headers ({MIN_MTU}-{MAX_MTU}; jumbo frames up to 9000).",
+)
+@click.option(
+    "--rate",
+    help="Cap in bits/s, such as 800m or 1g (default: adapt to the loss receivers report).",
+)
+@click.option("--buffer-packets", type=int, help="Packets per round [default: about 32 MiB].")
+@click.option(
+    "--wait",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the CLIENTS receivers to connect; then start with those there.",
+)
+@_common
+def send(
+    local_ip: str,
+    clients: int,
+    port: int,
+    group: str | None,
+    mtu: int,
+    rate: str | None,
+    buffer_packets: int | None,
+    wait: float,
+    timeout: float,
+    key_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Send standard input to CLIENTS receivers from the interface with LOCAL_IP.
+
+    PORT (TCP for control and repairs, UDP for multicast) defaults to 18383.
+    Exit status: 0 when every expected client verified the image, 3 when
+    some did not (see the table), 1 when the transfer failed, 2 for bad input.
+    """
+    config = send_config(
+        local_ip=local_ip,
+        clients=clients,
+        port=port,
+        group=group,
+        mtu=mtu,
+        rate=rate,
+        buffer_packets=buffer_packets,
+        timeout=timeout,
+        join_timeout=wait,
+        key=_read_key(key_file),
+    )
+    if sys.stdin.isatty():
+        raise UsageError("the image comes on standard input; redirect it from a file or a pipe.")
+    with _progress("sending") as progress:
+        report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
+    if as_json:
+        click.echo(json.dumps(sender_report_dict(report)))
+    else:
+        _print_table(report)
+    if report.ok:
+        sys.exit(EXIT_OK)
+    if any(row.status is ClientStatus.FINISHED for row in report.clients):
+        sys.exit(EXIT_PARTIAL)
+    click.echo(f"servergroup: {report.reason}.", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@image.command()
+@click.argument("local_ip")
+@click.argument("server_ip")
+@click.argument("port", type=int, default=DEFAULT_PORT, required=False)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the image here (under a temporary name until it is whole and verified).",
+)
+@_common
+def receive(
+    local_ip: str,
+    server_ip: str,
+    port: int,
+    output: Path | None,
+    timeout: float,
+    key_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Receive an image from SERVER_IP on the interface with LOCAL_IP, to standard output.
+
+    Exit status: 0 only when the image arrived whole and its SHA-256
+    matched; 1 otherwise (nothing is left under --output then); 2 for bad input.
+    """
+    config = receive_config(
+        local_ip=local_ip,
+        server_ip=server_ip,
+        port=port,
+        timeout=timeout,
+        key=_read_key(key_file),
+    )
+    sink: Sink
+    if output is None:
+        if sys.stdout.isatty():
+            raise UsageError(
+                "refusing to write an image to a terminal; redirect it or use --output."
+            )
+        sink = StreamSink(sys.stdout.buffer)
+    else:
+        if output.is_dir():
+            raise UsageError(f"--output {output} is a directory; give a file name.")
+        sink = FileSink(output)
+    try:
+        with _progress("receiving") as progress:
+            report = run_async(run_receiver(config, sink, progress=progress))
+    except BaseException:
+        sink.discard()
+        raise
+    if as_json:
+        text = json.dumps(receiver_report_dict(report))
+        click.echo(text, err=output is None)
+    if not report.ok:
+        click.echo(f"servergroup: the image did not arrive: {report.reason}.", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _read_key(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise UsageError(f"cannot read the key file {path}: {exc.strerror or exc}.") from None
+    if not key:
+        raise UsageError(f"the key file {path} is empty; put a shared secret in it.")
+    return key
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A progress bar on stderr when it is a terminal (else nothing)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def sender_report_dict(report: SenderReport) -> dict[str, object]:
+    return {
+        "ok": report.ok,
+        "reason": report.reason,
+        "bytes": report.total_bytes,
+        "sha256": report.digest.hex(),
+        "buffers": report.buffers,
+        "multicast_packets": report.multicast_packets,
+        "final_rate_bps": round(report.final_rate),
+        "clients": [
+            {
+                "name": row.name,
+                "address": row.address,
+                "status": row.status.value,
+                "reason": row.reason,
+                "tcp_only": row.tcp_only,
+                "loss": round(row.loss, 4),
+                "tcp_packets": row.tcp_packets,
+                "buffers": row.buffers,
+                "counters": {
+                    "multicast": row.counters.multicast,
+                    "repaired": row.counters.repaired,
+                    "duplicate": row.counters.duplicate,
+                    "corrupt": row.counters.corrupt,
+                    "foreign": row.counters.foreign,
+                    "forged": row.counters.forged,
+                    "stale": row.counters.stale,
+                },
+            }
+            for row in report.clients
+        ],
+    }
+
+
+def receiver_report_dict(report: ReceiverReport) -> dict[str, object]:
+    c = report.counters
+    return {
+        "ok": report.ok,
+        "reason": report.reason,
+        "bytes": report.total_bytes,
+        "buffers": report.buffers,
+        "tcp_only": report.tcp_only,
+        "counters": {
+            "multicast": c.multicast,
+            "repaired": c.repaired,
+            "duplicate": c.duplicate,
+            "corrupt": c.corrupt,
+            "foreign": c.foreign,
+            "forged": c.forged,
+            "stale": c.stale,
+        },
+    }
+
+
+def _print_table(report: SenderReport) -> None:
+    console = Console(stderr=True)
+    table = Table(title=f"{report.total_bytes} bytes, sha256 {report.digest.hex()[:16]}…")
+    for column in ("client", "address", "status", "via", "loss", "repaired", "bad pkts", "why"):
+        table.add_column(column)
+    for row in report.clients:
+        c = row.counters
+        table.add_row(
+            row.name or "-",
+            row.address or "-",
+            row.status.value,
+            "TCP only" if row.tcp_only else "multicast",
+            f"{row.loss:.1%}",
+            str(c.repaired),
+            f"{c.corrupt}/{c.foreign}/{c.forged}",
+            row.reason,
+        )
+    console.print(table)
+    if not report.ok:
+        console.print(f"[bold]not every client finished[/bold]: {report.reason}")

@@ -1,0 +1,317 @@
+"""The I/O under the machines: sockets, the paced multicast pass, image input and output.
+
+Nothing here decides anything about the protocol; it moves bytes the way the
+state machines ask and reports how it went. Blocking work (reading the
+image, multicasting a pass at a steady rate, writing and hashing the output)
+runs in worker threads so the event loop keeps answering the TCP side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import BinaryIO
+
+from servergroup.common.errors import RemoteError, UsageError
+from servergroup.multicast.protocol import Auth, data_header
+
+# <linux/in.h> and <asm-generic/socket.h>; not every Python build names them.
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
+SO_RCVBUFFORCE = 33
+#: Receive buffer we ask for on the multicast socket: room for bursts while
+#: the event loop is busy elsewhere (root may exceed net.core.rmem_max).
+RECEIVE_BUFFER = 64 * 1024 * 1024
+#: The pacer sleeps only when it is this far ahead of its schedule.
+PACING_SLACK = 0.002
+
+
+class TransferError(RemoteError):
+    """The network or the disk failed the transfer (the message says which, and where)."""
+
+
+# --- sockets --------------------------------------------------------------------------
+
+
+def describe_os_error(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def multicast_sender_socket(local_ip: IPv4Address, ttl: int = 1) -> socket.socket:
+    """A UDP socket that multicasts out of the interface with `local_ip`, never fragmenting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((str(local_ip), 0))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local_ip.packed)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"LOCAL_IP {local_ip} is not an address of this host.") from None
+        raise TransferError(f"cannot multicast from {local_ip}: {describe_os_error(exc)}") from None
+    return sock
+
+
+def multicast_receiver_socket(
+    group: IPv4Address, port: int, local_ip: IPv4Address
+) -> socket.socket:
+    """A non-blocking UDP socket that receives `group`:`port` on the interface with `local_ip`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:  # not root: the most net.core.rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.bind((str(group), port))
+        membership = struct.pack("4s4s", group.packed, local_ip.packed)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+            raise UsageError(f"LOCAL_IP {local_ip} is not an address of this host.") from None
+        raise TransferError(
+            f"cannot receive multicast {group}:{port} on {local_ip}: {describe_os_error(exc)}"
+        ) from None
+    return sock
+
+
+# --- the sender's buffers -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PreparedBuffer:
+    """One buffer of the image, cut into packets whose headers and tags are computed."""
+
+    buffer_id: int
+    data: bytes
+    payload_size: int
+    headers: list[bytes]
+    tags: list[bytes]
+
+    @property
+    def packet_count(self) -> int:
+        return len(self.headers)
+
+    def parts(self, index: int) -> tuple[bytes, memoryview, bytes]:
+        start = index * self.payload_size
+        payload = memoryview(self.data)[start : start + self.payload_size]
+        return self.headers[index], payload, self.tags[index]
+
+    def packet(self, index: int) -> bytes:
+        return b"".join(self.parts(index))
+
+
+def prepare_buffer(
+    session: int, buffer_id: int, data: bytes, payload_size: int, auth: Auth | None
+) -> PreparedBuffer:
+    view = memoryview(data)
+    headers: list[bytes] = []
+    tags: list[bytes] = []
+    for start in range(0, len(data), payload_size):
+        header, tag = data_header(
+            session, buffer_id, len(headers), view[start : start + payload_size], auth
+        )
+        headers.append(header)
+        tags.append(tag)
+    return PreparedBuffer(
+        buffer_id=buffer_id, data=data, payload_size=payload_size, headers=headers, tags=tags
+    )
+
+
+class ImageReader:
+    """Reads the image in buffer-sized pieces (short reads from pipes are joined) and hashes it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._hash = hashlib.sha256()
+        self.total = 0
+
+    def read(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        wanted = size
+        while wanted:
+            try:
+                chunk = self._source.read(wanted)
+            except OSError as exc:
+                raise TransferError(f"cannot read the image: {describe_os_error(exc)}") from None
+            if not chunk:
+                break
+            parts.append(chunk)
+            wanted -= len(chunk)
+        data = b"".join(parts)
+        self._hash.update(data)
+        self.total += len(data)
+        return data
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+
+def send_pass(
+    sock: socket.socket,
+    destination: tuple[str, int],
+    buffer: PreparedBuffer,
+    indices: Sequence[int],
+    rate: float,
+    stop: threading.Event,
+) -> float:
+    """Multicast these packets at `rate` bits/s (blocking); the seconds it took."""
+    started = time.monotonic()
+    bits_per_second = max(rate, 1.0)
+    sent_bits = 0.0
+    for index in indices:
+        if stop.is_set():
+            break
+        header, payload, tag = buffer.parts(index)
+        parts: list[bytes | memoryview] = [header, payload, tag] if tag else [header, payload]
+        while True:
+            try:
+                sock.sendmsg(parts, [], 0, destination)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+                    time.sleep(0.0005)  # a full queue: wait for it to drain
+                    continue
+                if exc.errno == errno.EMSGSIZE:
+                    raise TransferError(
+                        "a datagram is larger than the interface's MTU; lower --mtu."
+                    ) from None
+                raise TransferError(f"multicast failed: {describe_os_error(exc)}") from None
+        sent_bits += (len(header) + len(payload) + len(tag) + 28) * 8
+        ahead = started + sent_bits / bits_per_second - time.monotonic()
+        if ahead > PACING_SLACK:
+            time.sleep(ahead)
+    return max(time.monotonic() - started, 1e-6)
+
+
+# --- the receiver's output ------------------------------------------------------------
+
+
+class Sink:
+    """Where a receiver writes the image: in order, hashed, made visible only when verified."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.written = 0
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError
+
+    def write(self, data: bytes | bytearray) -> None:
+        try:
+            self._write(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TransferError(f"the disk is full writing {self.where}.") from None
+            raise TransferError(f"cannot write {self.where}: {describe_os_error(exc)}") from None
+        self._hash.update(data)
+        self.written += len(data)
+
+    def check(self, total_bytes: int, digest: bytes) -> str:
+        """'' if what was written is the image; else why not."""
+        if self.written != total_bytes:
+            return f"got {self.written} bytes, the image has {total_bytes}"
+        if self._hash.digest() != digest:
+            return "the SHA-256 of what arrived differs from the sender's"
+        return ""
+
+    def commit(self) -> None:
+        """Make the verified image visible (raises TransferError)."""
+
+    def discard(self) -> None:
+        """Forget a failed image."""
+
+    def _write(self, data: bytes | bytearray) -> None:
+        raise NotImplementedError
+
+
+class StreamSink(Sink):
+    """A stream such as stdout: bytes are out as they arrive; a failure can only be reported."""
+
+    def __init__(self, stream: BinaryIO, name: str = "standard output") -> None:
+        super().__init__()
+        self._stream = stream
+        self._name = name
+
+    @property
+    def where(self) -> str:
+        return self._name
+
+    def _write(self, data: bytes | bytearray) -> None:
+        self._stream.write(data)
+
+    def commit(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise TransferError(f"cannot write {self._name}: {describe_os_error(exc)}") from None
+
+
+class FileSink(Sink):
+    """A file written under a hidden temporary name beside it, renamed when verified.
+
+    A failed transfer removes the temporary file; a receiver killed with
+    SIGKILL leaves it (`.NAME.*.part`), never a partial file under NAME.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {path.parent}: {describe_os_error(exc)}.") from None
+        self._fd = fd
+        self._tmp_name: Path | None = Path(name)
+
+    @property
+    def where(self) -> str:
+        return str(self._path)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self._fd)
+            if self._tmp_name is not None:
+                os.replace(self._tmp_name, self._path)
+                self._tmp_name = None
+        except OSError as exc:
+            self.discard()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TransferError(f"the disk is full writing {self._path}.") from None
+            raise TransferError(f"cannot write {self._path}: {describe_os_error(exc)}") from None
+        finally:
+            self._close()
+
+    def discard(self) -> None:
+        if self._tmp_name is not None:
+            with contextlib.suppress(OSError):
+                self._tmp_name.unlink()
+            self._tmp_name = None
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
