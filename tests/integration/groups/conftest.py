@@ -1,7 +1,7 @@
 """Group messaging against real parts: guest agents in namespaces, real etcd, real relays.
 
 - `guest` (factory): a fresh network namespace running `servergroup guest
-  --channel-listen <dir>/<name>.sock`; returns a `Guest` with `ns`,
+  --channel-listen <dir>/<name>.sock` (or the `channel` path given); returns a `Guest` with `ns`,
   `channel` (the socket path) and `call(fn)`, which runs `fn` in a thread
   that entered the namespace, so sockets it creates (a client's) live there.
 - `HostEnd`: the test playing the host: a stream connection to a guest's
@@ -82,7 +82,9 @@ class Guest:
 
 
 class GuestFactory(Protocol):
-    def __call__(self, name: str = "g", *, agent: bool = True) -> Guest: ...
+    def __call__(
+        self, name: str = "g", *, agent: bool = True, channel: Path | None = None
+    ) -> Guest: ...
 
 
 @pytest.fixture
@@ -96,9 +98,10 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def guest(netns: NetnsFactory, daemon: DaemonFactory, short_dir: Path) -> GuestFactory:
-    def make(name: str = "g", *, agent: bool = True) -> Guest:
+    def make(name: str = "g", *, agent: bool = True, channel: Path | None = None) -> Guest:
         ns = netns()
-        channel = short_dir / f"{name}.sock"
+        if channel is None:
+            channel = short_dir / f"{name}.sock"
         handle = None
         if agent:
             handle = daemon(
