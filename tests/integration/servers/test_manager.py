@@ -1,0 +1,271 @@
+"""ServerManager end to end: two hosts (in-process) on a real etcd, lab servers for real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from servergroup.config import CoordinationConfig
+from servergroup.coordination import EtcdCluster, EtcdCoordinator
+from servergroup.servers.drivers.base import Observed, Power, channel_name
+from servergroup.servers.drivers.lab import LabDriver
+from servergroup.servers.manager import ServerManager
+from servergroup.servers.model import HostRecord, Policy, Server, VmState
+from servergroup.servers.operations import (
+    NoHostRunning,
+    OperationError,
+    OperationFailed,
+    Operations,
+    OperationTimeout,
+)
+from servergroup.servers.registry import Registry, RegistryCache, status_key
+from tests.integration.servers.conftest import NameFactory
+
+pytestmark = pytest.mark.root
+CONFIG = CoordinationConfig()
+
+
+@dataclass
+class Host:
+    name: str
+    channel_dir: Path
+    driver: LabDriver
+    coordinator: EtcdCoordinator
+    cache: RegistryCache
+    lease: int
+    manager: ServerManager | None = None
+
+    async def start_manager(self) -> ServerManager:
+        self.manager = ServerManager(
+            registry=Registry(self.coordinator),
+            cache=self.cache,
+            driver=self.driver,
+            host=self.name,
+            channel_dir=self.channel_dir,
+            check_interval=0.3,
+        )
+        await self.manager.start()
+        return self.manager
+
+    async def stop_manager(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+
+    def link(self, server: Server) -> Path:
+        return self.channel_dir / channel_name(server.spec.instance)
+
+
+HostFactory = Callable[..., Awaitable[Host]]
+
+
+@pytest.fixture
+async def hosts(
+    etcd_server: EtcdCluster, etcd_prefix: str, server_state_dir: Path, tmp_path: Path
+) -> AsyncIterator[HostFactory]:
+    made: list[Host] = []
+
+    async def make(name: str, driver: LabDriver | None = None) -> Host:
+        coordinator = EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG)
+        cache = RegistryCache(coordinator)
+        await cache.start()
+        lease = await coordinator.grant(60)
+        channel_dir = tmp_path / name / "channels"
+        channel_dir.mkdir(parents=True)
+        record = HostRecord(
+            name=name, channel_dir=str(channel_dir), pid=os.getpid(), started_at="now"
+        )
+        await Registry(coordinator).register_host(record, lease=lease.id)
+        host = Host(
+            name=name,
+            channel_dir=channel_dir,
+            driver=driver or LabDriver(server_state_dir),
+            coordinator=coordinator,
+            cache=cache,
+            lease=lease.id,
+        )
+        made.append(host)
+        await host.start_manager()
+        return host
+
+    yield make
+    for host in made:
+        await host.stop_manager()
+        await host.cache.stop()
+    if made:
+        await made[0].coordinator.delete_prefix("")
+    for host in made:
+        await host.coordinator.close()
+
+
+@pytest.fixture
+async def ops(etcd_server: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Operations]:
+    async with EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG) as c:
+        yield Operations(Registry(c), timeout=30)
+
+
+async def observe(host: Host, server: Server) -> Observed:
+    return await host.driver.observe(server.spec)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - polls processes: nothing to await
+            await asyncio.sleep(0.05)
+
+
+async def test_lifecycle_and_migrations_on_two_hosts(
+    hosts: HostFactory, ops: Operations, server_names: NameFactory
+) -> None:
+    h0, h1 = await hosts("h0"), await hosts("h1")
+    await ops.create_group("g", Policy.AFFINITY)
+    name = server_names()
+
+    vm = await ops.create_server(name, "g", vcpus=2, host="h0")
+    assert (vm.host, vm.state, vm.status.online_cpus if vm.status else None) == (
+        "h0",
+        VmState.ACTIVE,
+        (0, 1),
+    )
+    seen = await observe(h0, vm)
+    assert seen.power is Power.RUNNING
+    assert seen.channel_dir == h0.channel_dir
+    first = seen.guest_pid
+    assert first is not None
+    assert os.readlink(h0.link(vm)) == str(h0.driver.socket_path(name))
+
+    vm = await ops.pause(name)
+    assert vm.state is VmState.PAUSED
+    assert (await observe(h0, vm)).power is Power.FROZEN
+    with pytest.raises(OperationError, match="paused, not stopped"):
+        await ops.start(name)
+
+    vm = await ops.unpause(name)
+    assert vm.state is VmState.ACTIVE
+    seen = await observe(h0, vm)
+    assert (seen.power, seen.guest_pid) == (Power.RUNNING, first)
+
+    vm = await ops.stop(name)
+    assert vm.state is VmState.STOPPED
+    seen = await observe(h0, vm)
+    assert (seen.power, seen.pids, seen.channel_dir) == (Power.STOPPED, (), None)
+    assert not h0.link(vm).is_symlink()
+    with pytest.raises(OperationError, match="start it before pausing"):
+        await ops.pause(name)
+
+    vm = await ops.start(name)
+    started = (await observe(h0, vm)).guest_pid
+    assert started not in (None, first)
+    assert h0.link(vm).is_symlink()
+
+    launched = vm.status.launched_at if vm.status else None
+    vm = await ops.reboot(name)
+    assert vm.status is not None
+    assert vm.status.reboot_count == 1
+    assert vm.status.launched_at != launched
+    rebooted = (await observe(h0, vm)).guest_pid
+    assert rebooted not in (None, started)
+
+    with pytest.raises(OperationError, match="already runs on h0"):
+        await ops.migrate(name, "h0")
+    with pytest.raises(OperationError, match="host h7 is not running"):
+        await ops.migrate(name, "h7")
+
+    vm = await ops.migrate(name, "h1", live=True)
+    assert (vm.host, vm.state, vm.status.task_state if vm.status else "?") == (
+        "h1",
+        VmState.ACTIVE,
+        None,
+    )
+    seen = await observe(h1, vm)
+    assert seen.guest_pid == rebooted  # live: the guest agent kept running
+    assert seen.channel_dir == h1.channel_dir
+    assert h1.link(vm).is_symlink()
+    assert not h0.link(vm).is_symlink()
+
+    vm = await ops.migrate(name, "h0", live=False)
+    assert (vm.host, vm.state) == ("h0", VmState.ACTIVE)
+    seen = await observe(h0, vm)
+    assert seen.guest_pid not in (None, rebooted)  # cold: started again on h0
+    assert h0.link(vm).is_symlink()
+    assert not h1.link(vm).is_symlink()
+
+    await ops.delete(name)
+    assert await ops.registry.get_server(name) is None
+    assert (await observe(h0, vm)).power is Power.ABSENT
+    assert not h0.link(vm).is_symlink()
+    await ops.delete_group("g")
+
+
+async def test_dead_guest_agent_is_restarted_and_a_restarted_manager_adopts(
+    hosts: HostFactory, ops: Operations, server_names: NameFactory
+) -> None:
+    h0 = await hosts("h0")
+    await ops.create_group("g", Policy.ANTI_AFFINITY)
+    name = server_names()
+    vm = await ops.create_server(name, "g")
+    first = (await observe(h0, vm)).guest_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    async def respawned() -> bool:
+        pid = (await observe(h0, vm)).guest_pid
+        return pid is not None and pid != first
+
+    await wait_for(respawned)
+    again = (await observe(h0, vm)).guest_pid
+
+    # A host daemon restart: a new manager adopts the running server as it is.
+    kv = await ops.registry.coordinator.get(status_key(name))
+    assert kv is not None
+    await h0.stop_manager()
+    await h0.start_manager()
+    await asyncio.sleep(1.0)  # a few check intervals
+    assert (await observe(h0, vm)).guest_pid == again
+    after = await ops.registry.coordinator.get(status_key(name))
+    assert after is not None
+    assert after.mod_revision == kv.mod_revision  # nothing to report: nothing changed
+
+
+async def test_refusals_and_timeouts_say_why(
+    hosts: HostFactory,
+    ops: Operations,
+    server_names: NameFactory,
+    server_state_dir: Path,
+) -> None:
+    await ops.create_group("g", Policy.ANTI_AFFINITY)
+    with pytest.raises(NoHostRunning, match="no host is running: start one with `servergroup up`"):
+        await ops.create_server(server_names(), "g")
+    broken = LabDriver(
+        server_state_dir, guest_argv=lambda sock: ["sh", "-c", "echo no luck; exit 3"]
+    )
+    h0 = await hosts("h0", broken)
+    with pytest.raises(OperationFailed, match=r"could not become active: .*no luck"):
+        await ops.create_server(server_names(), "g")
+    with pytest.raises(OperationError, match="1 <= min_vcpus <= vcpus"):
+        await ops.create_server(server_names(), "g", vcpus=2, min_vcpus=3)
+    with pytest.raises(OperationError, match="not valid"):
+        await ops.create_server("bad name", "g")
+
+    h1 = await hosts("h1")
+    name = server_names()
+    vm = await ops.create_server(name, "g", host="h1")
+    assert vm.host == "h1"
+    # Its host goes away: the operation waits, then says why it did not happen.
+    await h1.stop_manager()
+    await h1.coordinator.revoke(h1.lease)
+    started = time.monotonic()
+    with pytest.raises(
+        OperationTimeout,
+        match=rf"server {name} did not become paused within 1 s: host h1 is not running",
+    ):
+        await ops.pause(name, timeout=1)
+    assert time.monotonic() - started < 5
+    await h0.stop_manager()
