@@ -65,6 +65,8 @@ _FOLLOWED = (GROUPS, SERVERS, HOSTS)
 class RegistryError(LocalError):
     """The operator asked for something the registry cannot do (exit status 2)."""
 
+    exit_status = 2
+
 
 class GroupExists(RegistryError):
     pass
