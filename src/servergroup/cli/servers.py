@@ -294,6 +294,10 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
 
     Example: servergroup server exec vm1 -- ip addr
     """
+    if command[:1] == ("--",):  # after NAME every word is COMMAND's, the separator too
+        command = command[1:]
+    if not command:
+        raise UsageError("give the command to run after NAME --")
     found = _run(state, lambda ops: ops.show_server(name))
     if found.spec.desired is Desired.DELETED:
         raise UsageError(f"server {name} is being deleted")

@@ -7,6 +7,9 @@
 - `lab_driver`: a `LabDriver` on it; `server_names()` gives unique names and
   every server of those names is deleted at teardown, pass or fail
   (processes, cgroup, namespace, files).
+- `hosts(name, driver=None)`: an in-process host on the shared etcd (its own
+  client, cache, host record on a lease, channel directory, `ServerManager`);
+  `ops`: `Operations` on another client of that store.
 - A log record with the BUG marker fails the test (in-process managers).
 """
 
@@ -18,7 +21,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,19 @@ import pytest
 from servergroup.common.errors import ServergroupError
 from servergroup.common.logsetup import BUG_MARKER
 from servergroup.config import CoordinationConfig
-from servergroup.coordination import Coordinator, EtcdCoordinator, MemoryCoordinator, MemoryStore
+from servergroup.coordination import (
+    Coordinator,
+    EtcdCluster,
+    EtcdCoordinator,
+    MemoryCoordinator,
+    MemoryStore,
+)
+from servergroup.servers.drivers.base import channel_name
 from servergroup.servers.drivers.lab import NETNS_DIR, Cgroups, LabDriver, detect_cgroups
+from servergroup.servers.manager import ServerManager
+from servergroup.servers.model import HostRecord, Server
+from servergroup.servers.operations import Operations
+from servergroup.servers.registry import Registry, RegistryCache
 
 CONFIG = CoordinationConfig()
 
@@ -132,3 +147,82 @@ def driver(server_state_dir: Path) -> LabDriver:
     if os.geteuid() != 0:
         pytest.fail("lab server tests need root")
     return LabDriver(server_state_dir)
+
+
+@dataclass
+class Host:
+    name: str
+    channel_dir: Path
+    driver: LabDriver
+    coordinator: EtcdCoordinator
+    cache: RegistryCache
+    lease: int
+    manager: ServerManager | None = None
+
+    async def start_manager(self) -> ServerManager:
+        self.manager = ServerManager(
+            registry=Registry(self.coordinator),
+            cache=self.cache,
+            driver=self.driver,
+            host=self.name,
+            channel_dir=self.channel_dir,
+            check_interval=0.3,
+        )
+        await self.manager.start()
+        return self.manager
+
+    async def stop_manager(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+
+    def link(self, server: Server) -> Path:
+        return self.channel_dir / channel_name(server.spec.instance)
+
+
+HostFactory = Callable[..., Awaitable[Host]]
+
+
+@pytest.fixture
+async def hosts(
+    etcd_server: EtcdCluster, etcd_prefix: str, server_state_dir: Path, tmp_path: Path
+) -> AsyncIterator[HostFactory]:
+    made: list[Host] = []
+
+    async def make(name: str, driver: LabDriver | None = None) -> Host:
+        coordinator = EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG)
+        cache = RegistryCache(coordinator)
+        await cache.start()
+        lease = await coordinator.grant(60)
+        channel_dir = tmp_path / name / "channels"
+        channel_dir.mkdir(parents=True)
+        record = HostRecord(
+            name=name, channel_dir=str(channel_dir), pid=os.getpid(), started_at="now"
+        )
+        await Registry(coordinator).register_host(record, lease=lease.id)
+        host = Host(
+            name=name,
+            channel_dir=channel_dir,
+            driver=driver or LabDriver(server_state_dir),
+            coordinator=coordinator,
+            cache=cache,
+            lease=lease.id,
+        )
+        made.append(host)
+        await host.start_manager()
+        return host
+
+    yield make
+    for host in made:
+        await host.stop_manager()
+        await host.cache.stop()
+    if made:
+        await made[0].coordinator.delete_prefix("")
+    for host in made:
+        await host.coordinator.close()
+
+
+@pytest.fixture
+async def ops(etcd_server: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Operations]:
+    async with EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG) as c:
+        yield Operations(Registry(c), timeout=30)

@@ -6,18 +6,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from servergroup.config import CoordinationConfig
-from servergroup.coordination import EtcdCluster, EtcdCoordinator
-from servergroup.servers.drivers.base import Observed, Power, channel_name
+from servergroup.servers.drivers.base import Observed, Power
 from servergroup.servers.drivers.lab import LabDriver
-from servergroup.servers.manager import ServerManager
-from servergroup.servers.model import HostRecord, Policy, Server, VmState
+from servergroup.servers.model import Policy, Server, VmState
 from servergroup.servers.operations import (
     NoHostRunning,
     OperationError,
@@ -25,90 +21,10 @@ from servergroup.servers.operations import (
     Operations,
     OperationTimeout,
 )
-from servergroup.servers.registry import Registry, RegistryCache, status_key
-from tests.integration.servers.conftest import NameFactory
+from servergroup.servers.registry import status_key
+from tests.integration.servers.conftest import Host, HostFactory, NameFactory
 
 pytestmark = pytest.mark.root
-CONFIG = CoordinationConfig()
-
-
-@dataclass
-class Host:
-    name: str
-    channel_dir: Path
-    driver: LabDriver
-    coordinator: EtcdCoordinator
-    cache: RegistryCache
-    lease: int
-    manager: ServerManager | None = None
-
-    async def start_manager(self) -> ServerManager:
-        self.manager = ServerManager(
-            registry=Registry(self.coordinator),
-            cache=self.cache,
-            driver=self.driver,
-            host=self.name,
-            channel_dir=self.channel_dir,
-            check_interval=0.3,
-        )
-        await self.manager.start()
-        return self.manager
-
-    async def stop_manager(self) -> None:
-        if self.manager is not None:
-            await self.manager.stop()
-            self.manager = None
-
-    def link(self, server: Server) -> Path:
-        return self.channel_dir / channel_name(server.spec.instance)
-
-
-HostFactory = Callable[..., Awaitable[Host]]
-
-
-@pytest.fixture
-async def hosts(
-    etcd_server: EtcdCluster, etcd_prefix: str, server_state_dir: Path, tmp_path: Path
-) -> AsyncIterator[HostFactory]:
-    made: list[Host] = []
-
-    async def make(name: str, driver: LabDriver | None = None) -> Host:
-        coordinator = EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG)
-        cache = RegistryCache(coordinator)
-        await cache.start()
-        lease = await coordinator.grant(60)
-        channel_dir = tmp_path / name / "channels"
-        channel_dir.mkdir(parents=True)
-        record = HostRecord(
-            name=name, channel_dir=str(channel_dir), pid=os.getpid(), started_at="now"
-        )
-        await Registry(coordinator).register_host(record, lease=lease.id)
-        host = Host(
-            name=name,
-            channel_dir=channel_dir,
-            driver=driver or LabDriver(server_state_dir),
-            coordinator=coordinator,
-            cache=cache,
-            lease=lease.id,
-        )
-        made.append(host)
-        await host.start_manager()
-        return host
-
-    yield make
-    for host in made:
-        await host.stop_manager()
-        await host.cache.stop()
-    if made:
-        await made[0].coordinator.delete_prefix("")
-    for host in made:
-        await host.coordinator.close()
-
-
-@pytest.fixture
-async def ops(etcd_server: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Operations]:
-    async with EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG) as c:
-        yield Operations(Registry(c), timeout=30)
 
 
 async def observe(host: Host, server: Server) -> Observed:
