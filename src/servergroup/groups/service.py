@@ -387,7 +387,10 @@ class GroupService:
             log.info("%s unsubscribed %r", instance, address)
 
     async def _nack(self, instance: str, reply_to: str, orig: str, reason: str) -> None:
-        log.info("nack to %s at %r for %s: %s", instance, reply_to, orig, reason)
+        # Rate-limited: a guest that floods bad requests must not flood the log.
+        self._drops.note(
+            "nack", f"to {instance} at {reply_to!r} for {orig}: {reason}", level=logging.INFO
+        )
         if await self._send(instance, reply_to, Nack(orig_msg_type=orig, log_msg=reason)):
             self.counters.nacks += 1
 
