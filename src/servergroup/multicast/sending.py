@@ -729,6 +729,8 @@ class SenderMachine:
     def _fail(self, c: _Client, state: _State, reason: str, out: list[Output], tell: bool) -> None:
         if c.state is _State.CONNECTED:
             del self._clients[c.id]
+            if tell:
+                out.append(SendTo(client=c.id, message=Abort(reason=f"refused: {reason}")))
             out.append(Disconnect(client=c.id))
             return
         if c.state is not _State.ACTIVE:
