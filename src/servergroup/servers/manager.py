@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
 from servergroup.servers.model import RegistrySnapshot, Server, ServerSpec
-from servergroup.servers.reconcile import Action, decide, failed, involves
+from servergroup.servers.reconcile import Action, decide, failed, involves, owner
 from servergroup.servers.registry import ChangeKind, Registry, RegistryCache, RegistryChange
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ class ServerManager:
             observed = await self._driver.observe(spec)
         except DriverError as exc:
             log.warning("server %s: cannot observe it: %s", name, exc)
+            if owner(server) == self.host:
+                await self._fail(server, str(exc))
             return
         now = iso_now(self._wall())
         decision = decide(
@@ -212,9 +215,7 @@ class ServerManager:
                     await self._carry_out(action, spec, observed)
         except DriverError as exc:
             log.warning("server %s: %s", name, exc)
-            self._failed[name] = (spec, time.monotonic())
-            status = failed(server, me=self.host, reason=str(exc), now_iso=iso_now(self._wall()))
-            self._written[name] = await self._registry.put_status(status)
+            await self._fail(server, str(exc))
             return
         self._failed.pop(name, None)
         if decision.status is not None:
@@ -223,6 +224,15 @@ class ServerManager:
             await self._registry.remove_server(name)
             self._written.pop(name, None)
             log.info("server %s deleted and forgotten", name)
+
+    async def _fail(self, server: Server, reason: str) -> None:
+        """Report ERROR with `reason`; the same spec is tried again after `retry_interval`."""
+        self._failed[server.name] = (server.spec, time.monotonic())
+        status = failed(server, me=self.host, reason=reason, now_iso=iso_now(self._wall()))
+        if server.status is None or replace(server.status, updated_at="") != replace(
+            status, updated_at=""
+        ):
+            self._written[server.name] = await self._registry.put_status(status)
 
     async def _carry_out(self, action: Action, spec: ServerSpec, observed: Observed) -> None:
         driver = self._driver

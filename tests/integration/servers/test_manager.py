@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from servergroup.servers.drivers.base import Observed, Power
+from servergroup.servers.drivers.base import DriverError, Observed, Power
 from servergroup.servers.drivers.lab import LabDriver
-from servergroup.servers.model import Policy, Server, VmState
+from servergroup.servers.model import Policy, Server, ServerSpec, VmState
 from servergroup.servers.operations import (
     NoHostRunning,
     OperationError,
@@ -185,3 +185,19 @@ async def test_refusals_and_timeouts_say_why(
         await ops.pause(name, timeout=1)
     assert time.monotonic() - started < 5
     await h0.stop_manager()
+
+
+class BlindDriver(LabDriver):
+    """A lab driver that cannot look at its servers (as under `ip netns exec`)."""
+
+    async def observe(self, spec: ServerSpec) -> Observed:
+        raise DriverError("the lab driver finds no freezer cgroup")
+
+
+async def test_a_driver_that_cannot_observe_reports_error(
+    hosts: HostFactory, ops: Operations, server_names: NameFactory, server_state_dir: Path
+) -> None:
+    await hosts("h0", BlindDriver(server_state_dir))
+    await ops.create_group("g", Policy.AFFINITY)
+    with pytest.raises(OperationFailed, match=r"could not become active: .* no freezer cgroup"):
+        await ops.create_server(server_names(), "g")
