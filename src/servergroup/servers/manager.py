@@ -226,12 +226,18 @@ class ServerManager:
             log.info("server %s deleted and forgotten", name)
 
     async def _fail(self, server: Server, reason: str) -> None:
-        """Report ERROR with `reason`; the same spec is tried again after `retry_interval`."""
+        """Report ERROR with `reason`; the same spec is tried again after `retry_interval`.
+
+        A retry of the same spec that fails the same way writes nothing new; a
+        new spec's failure is always written, so its operation ends at once.
+        """
+        previous = self._failed.get(server.name)
         self._failed[server.name] = (server.spec, time.monotonic())
         status = failed(server, me=self.host, reason=reason, now_iso=iso_now(self._wall()))
-        if server.status is None or replace(server.status, updated_at="") != replace(
+        same = server.status is not None and replace(server.status, updated_at="") == replace(
             status, updated_at=""
-        ):
+        )
+        if not same or previous is None or previous[0] != server.spec:
             self._written[server.name] = await self._registry.put_status(status)
 
     async def _carry_out(self, action: Action, spec: ServerSpec, observed: Observed) -> None:

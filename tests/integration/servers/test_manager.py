@@ -163,8 +163,12 @@ async def test_refusals_and_timeouts_say_why(
         server_state_dir, guest_argv=lambda sock: ["sh", "-c", "echo no luck; exit 3"]
     )
     h0 = await hosts("h0", broken)
+    failing = server_names()
     with pytest.raises(OperationFailed, match=r"could not become active: .*no luck"):
-        await ops.create_server(server_names(), "g")
+        await ops.create_server(failing, "g")
+    # A new request on a failing server fails at once too, with the same reason.
+    with pytest.raises(OperationFailed, match=r"could not become rebooted: .*no luck"):
+        await ops.reboot(failing)
     with pytest.raises(OperationError, match="1 <= min_vcpus <= vcpus"):
         await ops.create_server(server_names(), "g", vcpus=2, min_vcpus=3)
     with pytest.raises(OperationError, match="not valid"):
