@@ -207,7 +207,9 @@ def test_delete_leaves_nothing(
     lab_driver.start(spec)
     lab_driver.attach(spec, channels)
     lab_driver.pause(spec)
+    assert lab_driver.known_servers() == [spec.name]
     lab_driver.delete(spec)
+    assert lab_driver.known_servers() == []
     assert not (NETNS_DIR / lab_driver.netns(spec.name)).exists()
     assert not lab_driver.cgroups.path(spec.name).exists()
     assert not (channels / channel_name(spec.instance)).is_symlink()

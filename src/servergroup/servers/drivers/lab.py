@@ -299,6 +299,13 @@ class LabDriver:
     def netns(name: str) -> str:
         return NETNS_PREFIX + name
 
+    def known_servers(self) -> list[str]:
+        """Names of the lab servers with a directory under `state_dir` (for clean-ups)."""
+        try:
+            return sorted(p.name for p in (self.state_dir / SERVERS_DIR).iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
     # -- the protocol ----------------------------------------------------------------
 
     async def create(self, spec: ServerSpec) -> None:
