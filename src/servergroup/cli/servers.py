@@ -92,7 +92,8 @@ def group() -> None:
     type=click.Choice([p.value for p in Policy]),
     default=Policy.AFFINITY.value,
     show_default=True,
-    help="affinity: every member on one host; anti-affinity: each member on its own host.",
+    help="affinity: every member on one host; anti-affinity: each member on its own host; "
+    "soft-*: the same as preferences, never refusing a server.",
 )
 @pass_state
 def group_create(state: CliState, name: str, policy: str) -> None:

@@ -9,7 +9,12 @@ returns a host or raises `PlacementError` with one sentence:
   are, and that host must be live.
 - **anti-affinity**: no two members on one host. A member goes to the least
   loaded live host that has no member of the group; none left is an error.
-- An explicit host must be live and must not break the policy.
+- **soft-affinity** / **soft-anti-affinity** (Nova's): the same preferences,
+  but never a refusal: when the members' host is gone, or every live host
+  already runs a member, the least loaded live host (for soft-anti-affinity:
+  among those with the fewest members) is taken; an explicit host is taken
+  as it is.
+- An explicit host must be live and must not break a (hard) policy.
 
 Members are the group's servers that are not deleted, placed where they run
 (`Server.host`: their status's host, else their spec's).
@@ -55,6 +60,17 @@ def choose_host(
     if requested is not None and requested not in live:
         raise PlacementError(f"host {requested} is not running; running hosts: {', '.join(live)}")
     used = sorted({m.host for m in members})
+    if policy is Policy.SOFT_AFFINITY:
+        if requested is not None:
+            return requested
+        homes = [h for h, _ in Counter(m.host for m in members).most_common() if h in live]
+        return homes[0] if homes else _least_loaded(live, load)
+    if policy is Policy.SOFT_ANTI_AFFINITY:
+        if requested is not None:
+            return requested
+        per_host = Counter(m.host for m in members)
+        fewest = min(per_host.get(h, 0) for h in live)
+        return _least_loaded([h for h in live if per_host.get(h, 0) == fewest], load)
     if policy is Policy.AFFINITY:
         if not used:
             return requested or _least_loaded(live, load)

@@ -80,3 +80,21 @@ def test_requested_host_must_be_live() -> None:
 def test_load_counts_servers_not_being_deleted() -> None:
     gone = Server(spec=replace(member("c", "h1").spec, desired=Desired.DELETED))
     assert load_of([member("a", "h0"), member("b", "h0"), gone]) == {"h0": 2}
+
+
+def test_soft_affinity_prefers_the_members_host_but_never_refuses() -> None:
+    assert choose(Policy.SOFT_AFFINITY, [member("a", "h2")], load={"h2": 9}) == "h2"
+    assert choose(Policy.SOFT_AFFINITY, [member("a", "h5")], load={"h0": 1}) == "h1"
+    assert choose(Policy.SOFT_AFFINITY, [member("a", "h2")], requested="h0") == "h0"
+    assert choose(Policy.SOFT_AFFINITY, [], load={"h0": 1, "h1": 1}) == "h2"
+
+
+def test_soft_anti_affinity_spreads_but_never_refuses() -> None:
+    members = [member("a", "h0"), member("b", "h1")]
+    assert choose(Policy.SOFT_ANTI_AFFINITY, members, load={"h2": 5}) == "h2"
+    # every host has a member: the one with the fewest members, then the least loaded
+    crowded = [*members, member("c", "h2"), member("d", "h0")]
+    assert choose(Policy.SOFT_ANTI_AFFINITY, crowded, load={"h1": 3, "h2": 1}) == "h2"
+    assert choose(Policy.SOFT_ANTI_AFFINITY, members, requested="h1") == "h1"
+    with pytest.raises(PlacementError, match="host h9 is not running"):
+        choose(Policy.SOFT_ANTI_AFFINITY, members, requested="h9")
