@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.daemons",
     "tests.fixtures.lab",
     "tests.fixtures.netns",
+    "tests.fixtures.setup",
 ]
 
 settings.register_profile(

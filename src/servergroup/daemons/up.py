@@ -1,0 +1,402 @@
+"""`servergroup up` / `down`: the whole single-machine setup, in the background.
+
+`up(config, hosts=N)` makes, idempotently:
+
+1. a lab of N hosts (`servergroup.lab`): network namespaces `<lab>-h<i>` on a
+   bridge whose root-side address lab hosts use to reach etcd;
+2. the managed local etcd, serving loopback and that bridge address;
+3. one `servergroup host` daemon per lab host, started detached inside the
+   host's namespace, channel directory `<state>/up/hosts/h<i>/channels`, log
+   `<state>/up/hosts/h<i>/host.log`; it is ready when its record
+   `hosts/h<i>` appears in etcd.
+
+Calling it again with the same N changes nothing; with another N it adds or
+removes hosts. What it made is written to `<state>/up/state.json`, so that
+`down(config)` can remove every server, host daemon and namespace of it, and
+stop the etcd if `up` started it. Processes are recognised by their command
+line before they are signalled: we only ever end our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from servergroup.common.errors import LocalError, ProcessFailed
+from servergroup.config import Config, Endpoint
+from servergroup.coordination import CoordinationError, EtcdCoordinator, LocalEtcd
+from servergroup.coordination.etcd_process import process_state
+from servergroup.lab import Lab
+from servergroup.servers.drivers.lab import LabDriver
+from servergroup.servers.model import decode_host
+from servergroup.servers.operations import Operations
+from servergroup.servers.registry import BROADCASTS, GROUPS, Registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAB = "sg"
+HOST_READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpHost:
+    """One lab host and its host daemon."""
+
+    name: str
+    netns: str
+    address: str
+    pid: int
+    channel_dir: str
+    log_path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpStatus:
+    """Where everything of `servergroup up` is."""
+
+    lab: str
+    state_dir: str
+    etcd: str  # the endpoint on the root namespace (loopback)
+    etcd_for_hosts: str  # the endpoint lab hosts use
+    prefix: str
+    started_etcd: bool
+    hosts: tuple[UpHost, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> list[str]:
+        lines = [
+            f"etcd: {self.etcd} (lab hosts use {self.etcd_for_hosts}), prefix {self.prefix}",
+            f"lab: {self.lab} ({len(self.hosts)} host{'s' if len(self.hosts) != 1 else ''})",
+        ]
+        for h in self.hosts:
+            lines.append(
+                f"  {h.name}: netns {h.netns}, {h.address}, host daemon pid {h.pid}, "
+                f"channels {h.channel_dir}, log {h.log_path}"
+            )
+        lines.append(f"state: {self.state_dir}")
+        return lines
+
+
+def up_dir(config: Config) -> Path:
+    return Path(os.path.abspath(config.state_dir)) / "up"
+
+
+def _state_path(config: Config) -> Path:
+    return up_dir(config) / "state.json"
+
+
+def read_status(config: Config) -> UpStatus | None:
+    """What `up` recorded, or None when nothing is up."""
+    try:
+        raw = json.loads(_state_path(config).read_text())
+        hosts = tuple(UpHost(**h) for h in raw.pop("hosts"))
+        return UpStatus(hosts=hosts, **raw)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_status(config: Config, status: UpStatus) -> None:
+    path = _state_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status.as_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _host_argv(config: Config, name: str, endpoint: Endpoint, channel_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "servergroup",
+        "--state-dir",
+        str(Path(os.path.abspath(config.state_dir))),
+        "--endpoints",
+        str(endpoint),
+        "--prefix",
+        config.coordination.prefix,
+        "--log-json",
+        "-v",
+        "host",
+        "--name",
+        name,
+        "--channel-dir",
+        str(channel_dir),
+    ]
+
+
+def _is_our_host_daemon(pid: int, config: Config, name: str) -> bool:
+    if process_state(pid) in (None, "Z", "X"):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [a.decode("utf-8", "replace") for a in argv]
+    state_dir = str(Path(os.path.abspath(config.state_dir)))
+    return (
+        "servergroup" in words
+        and "host" in words
+        and state_dir in words
+        and any(words[i] == "--name" and words[i + 1] == name for i in range(len(words) - 1))
+    )
+
+
+def _end(pid: int, config: Config, name: str, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM our host daemon `pid`, SIGKILL after `timeout`; never anyone else."""
+    if not _is_our_host_daemon(pid, config, name):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_state(pid) in (None, "Z", "X"):
+            return
+        time.sleep(0.05)
+    if _is_our_host_daemon(pid, config, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def up(
+    config: Config,
+    *,
+    hosts: int = 1,
+    lab_name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> UpStatus:
+    """Bring the single-machine setup to `hosts` lab hosts, each with a host daemon."""
+    say = progress or (lambda _msg: None)
+    if hosts < 1:
+        raise LocalError("servergroup up needs at least one host (--hosts 1 or more)")
+    if config.coordination.endpoints:
+        raise LocalError(
+            "servergroup up runs its own etcd on this machine; do not configure etcd "
+            "endpoints (--endpoints, SERVERGROUP_ETCD_ENDPOINTS) for it"
+        )
+    previous = read_status(config)
+    name = lab_name or (previous.lab if previous is not None else DEFAULT_LAB)
+    if previous is not None and previous.lab != name:
+        raise LocalError(
+            f"lab {previous.lab} is already up from this state directory; "
+            "run `servergroup down` first to use another lab name"
+        )
+    base = up_dir(config)
+    lab = Lab(name, state_dir=Path(os.path.abspath(config.state_dir)))
+    # Hosts beyond the new count lose their daemons before their namespaces go.
+    if previous is not None:
+        for h in previous.hosts[hosts:]:
+            say(f"stopping host daemon {h.name} (pid {h.pid})")
+            _end(h.pid, config, h.name)
+    say(f"lab {name}: {hosts} host(s)")
+    lab_status = lab.up(hosts)
+    local = LocalEtcd(config)
+    was_running = local.status().running
+    root = str(lab_status.root_address)
+    endpoint = local.ensure_running(serve_also=(root,))
+    started_etcd = (previous.started_etcd if previous is not None else False) or not was_running
+    host_endpoint = Endpoint(host=root, port=endpoint.port)
+    say(f"etcd: {endpoint} (lab hosts use {host_endpoint})")
+    known = {h.name: h for h in previous.hosts} if previous is not None else {}
+    result: list[UpHost] = []
+    for lab_host in lab_status.hosts:
+        hdir = base / "hosts" / lab_host.name
+        channel_dir = hdir / "channels"
+        channel_dir.mkdir(parents=True, exist_ok=True)
+        log_path = hdir / "host.log"
+        old = known.get(lab_host.name)
+        if old is not None and _is_our_host_daemon(old.pid, config, lab_host.name):
+            pid = old.pid
+        else:
+            say(f"starting host daemon {lab_host.name}")
+            with open(log_path, "ab") as out:
+                # nsenter, not `ip netns exec`: that remounts /sys for the
+                # namespace, and the lab driver needs the host's cgroup mounts.
+                proc = subprocess.Popen(
+                    [
+                        "nsenter",
+                        f"--net=/run/netns/{lab_host.netns}",
+                        *_host_argv(config, lab_host.name, host_endpoint, channel_dir),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            pid = proc.pid
+            proc.returncode = 0  # detached on purpose: `down` ends it by pid
+        result.append(
+            UpHost(
+                name=lab_host.name,
+                netns=lab_host.netns,
+                address=str(lab_host.address),
+                pid=pid,
+                channel_dir=str(channel_dir),
+                log_path=str(log_path),
+            )
+        )
+    status = UpStatus(
+        lab=name,
+        state_dir=str(Path(os.path.abspath(config.state_dir))),
+        etcd=str(endpoint),
+        etcd_for_hosts=str(host_endpoint),
+        prefix=config.coordination.prefix,
+        started_etcd=started_etcd,
+        hosts=tuple(result),
+    )
+    _write_status(config, status)
+    asyncio.run(_wait_hosts(config, endpoint, status))
+    return status
+
+
+async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> None:
+    """Wait until every host daemon has registered itself in etcd (or died)."""
+    coordination = config.coordination
+    coordinator = EtcdCoordinator((endpoint,), prefix=coordination.prefix, config=coordination)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HOST_READY_TIMEOUT
+    try:
+        waiting = {h.name: h for h in status.hosts}
+        while waiting:
+            for name, h in list(waiting.items()):
+                if process_state(h.pid) in (None, "Z", "X"):
+                    raise ProcessFailed(
+                        f"host daemon {name} exited at start; see its log {h.log_path}"
+                    )
+                with contextlib.suppress(CoordinationError):
+                    kv = await coordinator.get(f"hosts/{name}")
+                    if kv is not None and decode_host(kv.value).pid == h.pid:
+                        del waiting[name]
+            if not waiting:
+                break
+            if loop.time() >= deadline:
+                names = ", ".join(sorted(waiting))
+                raise ProcessFailed(
+                    f"host daemon(s) {names} did not register within "
+                    f"{HOST_READY_TIMEOUT:g} s; see {status.hosts[0].log_path}"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await coordinator.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownReport:
+    servers_deleted: int
+    hosts_stopped: int
+    lab_removed: bool
+    etcd_stopped: bool
+
+
+def down(
+    config: Config,
+    *,
+    clean_servers: Callable[[Config, UpStatus | None], int] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DownReport | None:
+    """Remove everything `up` made; None when nothing was up.
+
+    `clean_servers(config, status)` deletes every server (through the host
+    daemons while they run, by force after) and returns how many there were.
+    """
+    say = progress or (lambda _msg: None)
+    status = read_status(config)
+    lab_name = status.lab if status is not None else DEFAULT_LAB
+    lab = Lab(lab_name, state_dir=Path(os.path.abspath(config.state_dir)))
+    if status is None and not lab.exists():
+        return None
+    deleted = clean_servers(config, status) if clean_servers is not None else 0
+    stopped = 0
+    for h in status.hosts if status is not None else ():
+        if _is_our_host_daemon(h.pid, config, h.name):
+            say(f"stopping host daemon {h.name} (pid {h.pid})")
+            _end(h.pid, config, h.name)
+            stopped += 1
+    say(f"removing lab {lab_name}")
+    removed = lab.down()
+    etcd_stopped = False
+    if status is not None and status.started_etcd:
+        say("stopping the local etcd")
+        etcd_stopped = LocalEtcd(config).stop() is not None
+    with contextlib.suppress(FileNotFoundError):
+        _state_path(config).unlink()
+    shutil.rmtree(up_dir(config) / "hosts", ignore_errors=True)
+    return DownReport(
+        servers_deleted=deleted,
+        hosts_stopped=stopped,
+        lab_removed=removed,
+        etcd_stopped=etcd_stopped,
+    )
+
+
+def clean_servers(config: Config, status: UpStatus | None) -> int:
+    """Delete every server: through the host daemons, then by force; forget groups.
+
+    Returns how many servers there were. Lab servers whose records are gone
+    but whose directories remain (a crash in between) are removed too.
+    """
+    return asyncio.run(_clean_servers(config))
+
+
+async def _clean_servers(config: Config) -> int:
+    driver = LabDriver(config.state_dir)
+    local = LocalEtcd(config).status()
+    count = 0
+    if local.running:
+        coordination = config.coordination
+        coordinator = EtcdCoordinator(
+            (local.endpoint,), prefix=coordination.prefix, config=coordination
+        )
+        try:
+            registry = Registry(coordinator)
+            servers = await registry.list_servers()
+            count = len(servers)
+            ops = Operations(registry, timeout=coordination.operation_timeout)
+            results = await asyncio.gather(
+                *(ops.delete(s.name) for s in servers), return_exceptions=True
+            )
+            for server, result in zip(servers, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("forcing the removal of server %s: %s", server.name, result)
+                    await asyncio.to_thread(driver.delete_sync, server.name, server.spec.instance)
+                    await registry.remove_server(server.name)
+            await coordinator.delete_prefix(GROUPS)
+            await coordinator.delete_prefix(BROADCASTS)
+        except CoordinationError as exc:
+            log.warning("cannot clean the registry: %s", exc)
+        finally:
+            await coordinator.close()
+    servers_dir = driver.server_dir("x").parent
+    if servers_dir.is_dir():
+        for leftover in sorted(servers_dir.iterdir()):
+            log.warning("removing leftover lab server %s", leftover.name)
+            await asyncio.to_thread(driver.delete_sync, leftover.name, "")
+            count += 1
+    return count
+
+
+__all__ = [
+    "DEFAULT_LAB",
+    "DownReport",
+    "UpHost",
+    "UpStatus",
+    "clean_servers",
+    "down",
+    "read_status",
+    "up",
+    "up_dir",
+]
