@@ -381,39 +381,41 @@ class GuestAgent:
         """Relay until `stop` is set or the task is cancelled."""
         config = self.config
         self._sock = AbstractSocket(config.address)
-        try:
-            if config.channel is not None:
-                self._channel = _DeviceChannel(
-                    config.channel, self, config.queue_limit, config.host_poll_interval
-                )
-            else:
-                assert config.channel_listen is not None
-                self._channel = _ListenChannel(config.channel_listen, self, config.queue_limit)
-            await self._channel.start()
-            log.info(
-                "guest agent ready: applications at abstract %r, channel %s",
-                config.address,
-                config.describe_channel(),
+        if config.channel is not None:
+            self._channel = _DeviceChannel(
+                config.channel, self, config.queue_limit, config.host_poll_interval
             )
+        else:
+            assert config.channel_listen is not None
+            self._channel = _ListenChannel(config.channel_listen, self, config.queue_limit)
+        try:
+            await self._channel.start()
+        except BaseException:
+            self._channel.close()
+            self._sock.close()
+            raise
+        log.info(
+            "guest agent ready: applications at abstract %r, channel %s",
+            config.address,
+            config.describe_channel(),
+        )
+        serving = asyncio.create_task(self._serve_apps(), name="guest-apps")
+        try:
             if on_ready is not None:
                 on_ready()
-            serving = asyncio.create_task(self._serve_apps(), name="guest-apps")
-            try:
-                if stop is None:
-                    await serving
-                else:
-                    stopping = asyncio.create_task(stop.wait(), name="guest-stop")
-                    try:
-                        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        stopping.cancel()
-            finally:
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
+            if stop is None:
+                await serving
+            else:
+                stopping = asyncio.create_task(stop.wait(), name="guest-stop")
+                try:
+                    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
         finally:
-            if self._channel is not None:
-                self._channel.close()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            self._channel.close()
             self._sock.close()
             self._drops.close()
             log.info("guest agent stopped; counters: %s", self.counters.describe())
@@ -424,7 +426,12 @@ class GuestAgent:
         assert self._sock is not None
         handled = 0
         while True:
-            datagram = await self._sock.receive()
+            try:
+                datagram = await self._sock.receive()
+            except OSError:
+                log_bug(log, "receiving from applications")
+                await asyncio.sleep(0.1)  # whatever it is, do not spin on it
+                continue
             try:
                 self._from_app(datagram)
             except Exception:

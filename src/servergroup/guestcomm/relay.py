@@ -87,6 +87,18 @@ def instance_of(name: str) -> str | None:
     return match["instance"] if match else None
 
 
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it ends; the caller's own cancellation still propagates
+    (a bare suppress(CancelledError) would swallow it and leave the caller running)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 class _Connection(asyncio.Protocol):
     """One connection to a guest's channel socket."""
 
@@ -137,9 +149,7 @@ class _GuestLink:
             self.connection.transport.abort()
 
     async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await _cancel_and_wait(self.task)
 
     async def _run(self) -> None:
         relay = self.relay
@@ -265,10 +275,7 @@ class ChannelRelay:
     async def stop(self) -> None:
         """Close every link and socket; the relay can not be started again."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task)
         self._tasks = []
         for instance in list(self._links):
             await self._remove(instance)
@@ -417,7 +424,12 @@ class ChannelRelay:
         assert self._sock is not None
         handled = 0
         while True:
-            datagram = await self._sock.receive()
+            try:
+                datagram = await self._sock.receive()
+            except OSError:
+                log_bug(log, "receiving from applications")
+                await asyncio.sleep(0.1)  # whatever it is, do not spin on it
+                continue
             try:
                 self._from_app(datagram)
             except Exception:

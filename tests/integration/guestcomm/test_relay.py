@@ -1,0 +1,433 @@
+"""`ChannelRelay` in-process against real sockets: stand-in guests listening in a temp
+channel directory, host applications on unique abstract names (never cgcs.messaging)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from servergroup.common.errors import UsageError
+from servergroup.guestcomm.protocol import (
+    ChannelDecoder,
+    Dropped,
+    Envelope,
+    JsonObject,
+    encode_guest_frame,
+)
+from servergroup.guestcomm.relay import ChannelRelay, instance_of
+
+WAIT = 10.0
+RETRY = 0.1
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def channel_name(instance: str) -> str:
+    return f"cgcs.messaging.{instance}.sock"
+
+
+class FakeGuest:
+    """A guest's channel socket: a real UNIX stream listener, as the guest agent makes."""
+
+    def __init__(self, path: Path, *, read: bool = True) -> None:
+        self.path = path
+        self.read = read
+        self.received: list[Envelope] = []
+        self.raw = b""
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.AbstractServer | None = None
+        #: Connections the relay has closed (EOF seen).
+        self.ended = 0
+
+    async def listen(self) -> FakeGuest:
+        self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        decoder = ChannelDecoder()
+        if not self.read:
+            await asyncio.sleep(3600)
+        while chunk := await reader.read(65536):
+            self.raw += chunk
+            for item in decoder.feed(chunk):
+                assert not isinstance(item, Dropped), item
+                self.received.append(item)
+        self.ended += 1
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        assert self.writers, "the relay never connected"
+        return self.writers[-1]
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+        self.path.unlink(missing_ok=True)
+
+
+class HostApp:
+    """A host-side application on a unique abstract name (root network namespace)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.name = name
+        if name is not None:
+            self.sock.bind(b"\0" + name.encode())
+
+    def send(self, relay: ChannelRelay, data: bytes) -> None:
+        self.sock.sendto(data, b"\0" + relay.address.encode())
+
+    async def receive(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), WAIT)
+        return bytes(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}.{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def channel_dir(short_dir: Path) -> Path:
+    path = short_dir / "channels"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def relay(channel_dir: Path) -> AsyncIterator[ChannelRelay]:
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+@pytest.fixture
+async def guests(short_dir: Path) -> AsyncIterator[Callable[..., Awaitable[FakeGuest]]]:
+    made: list[FakeGuest] = []
+
+    async def make(path: Path, *, read: bool = True) -> FakeGuest:
+        guest = await FakeGuest(path, read=read).listen()
+        made.append(guest)
+        return guest
+
+    yield make
+    for guest in made:
+        await guest.close()
+
+
+def test_channel_file_names() -> None:
+    assert instance_of("cgcs.messaging.instance-0000000a.sock") == "instance-0000000a"
+    assert instance_of("cgcs.messaging..sock") is None
+    assert instance_of("cgcs.messaging.x.sock.tmp") is None
+    assert instance_of("other.instance-1.sock") is None
+
+
+async def test_finds_guests_present_at_start_created_later_and_through_a_symlink(
+    channel_dir: Path, short_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    await guests(channel_dir / channel_name("instance-00000001"))
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY)
+    changes: list[tuple[str, bool]] = []
+    relay.on_change(lambda i, c: changes.append((i, c)))
+    async with relay:
+        await eventually(lambda: relay.connected() == {"instance-00000001"}, "the first guest")
+        await guests(channel_dir / channel_name("instance-00000002"))
+        # The lab's way: the socket lives elsewhere, the channel dir holds a symlink.
+        target = short_dir / "server3.sock"
+        await guests(target)
+        (channel_dir / channel_name("instance-00000003")).symlink_to(target)
+        await eventually(lambda: len(relay.connected()) == 3, "three guests")
+        (channel_dir / "unrelated.sock").touch()
+        (channel_dir / channel_name("instance-00000003")).unlink()
+        await eventually(lambda: len(relay.connected()) == 2, "the symlink's guest to go")
+    assert ("instance-00000003", False) in changes
+    assert changes.count(("instance-00000001", True)) == 1
+    assert sorted(c for c in changes if c[1]) == [
+        ("instance-00000001", True),
+        ("instance-00000002", True),
+        ("instance-00000003", True),
+    ]
+
+
+async def test_moved_out_and_moved_in(
+    relay: ChannelRelay,
+    channel_dir: Path,
+    short_dir: Path,
+    guests: Callable[..., Awaitable[FakeGuest]],
+) -> None:
+    """Live migration moves the channel symlink from one host's directory to another's."""
+    target = short_dir / "migrating.sock"
+    guest = await guests(target)
+    elsewhere = short_dir / "other-host"
+    elsewhere.mkdir()
+    link = elsewhere / channel_name("instance-0000000m")
+    link.symlink_to(target)
+    os.rename(link, channel_dir / link.name)
+    await eventually(lambda: relay.connected() == {"instance-0000000m"}, "the moved-in guest")
+    await eventually(lambda: len(guest.writers) == 1, "the guest to see the connection")
+    os.rename(channel_dir / link.name, link)
+    await eventually(lambda: relay.connected() == frozenset(), "the moved-out guest to go")
+    await eventually(lambda: guest.ended == 1, "the relay to close its connection")
+
+
+async def test_retries_until_the_guest_listens(
+    relay: ChannelRelay,
+    channel_dir: Path,
+    short_dir: Path,
+    guests: Callable[..., Awaitable[FakeGuest]],
+) -> None:
+    target = short_dir / "late.sock"
+    (channel_dir / channel_name("instance-0000000l")).symlink_to(target)  # dangling: ENOENT
+    await asyncio.sleep(3 * RETRY)
+    assert relay.connected() == frozenset()
+    # A socket file that nobody listens on: ECONNREFUSED.
+    refused = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    refused.bind(str(target))
+    await asyncio.sleep(3 * RETRY)
+    assert relay.connected() == frozenset()
+    refused.close()
+    target.unlink()
+    await guests(target)
+    await eventually(lambda: relay.connected() == {"instance-0000000l"}, "the late guest")
+
+
+async def test_reconnects_after_the_guest_closes_while_the_file_exists(
+    relay: ChannelRelay, channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    guest = await guests(channel_dir / channel_name("instance-0000000r"))
+    await eventually(lambda: len(guest.writers) == 1, "the first connection")
+    guest.writers[0].close()
+    await eventually(lambda: len(guest.writers) == 2, "a new connection")
+    await eventually(lambda: relay.connected() == {"instance-0000000r"}, "connected again")
+    assert await relay.send_to_guest("instance-0000000r", Envelope(dest_addr="a", data={"n": 1}))
+    await eventually(lambda: len(guest.received) == 1, "the message")
+
+
+async def test_guest_to_route_and_to_host_app_byte_for_byte(
+    relay: ChannelRelay, channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    guest = await guests(channel_dir / channel_name("instance-0000000a"))
+    await eventually(lambda: bool(relay.connected()), "the guest")
+    routed: list[tuple[str, Envelope]] = []
+    relay.route("cgcs.server_grp", lambda i, e: routed.append((i, e)))
+    done = asyncio.Event()
+
+    async def slow(instance: str, env: Envelope) -> None:
+        await asyncio.sleep(0)
+        routed.append((instance, env))
+        done.set()
+
+    relay.route("async.route", slow)
+    with pytest.raises(UsageError):
+        relay.route("async.route", slow)
+    app = HostApp(unique("a"))
+    assert app.name is not None
+    await guest.send(
+        b'\n{"version":2,"dest_addr":"cgcs.server_grp","source_addr":"cgcs.server_grp",'
+        b'"source_instance":"instance-ffffffff","data":{"version":2,"msg_type":"status_query","seq":3}}\n'
+    )
+    await guest.send(
+        encode_guest_frame(Envelope(dest_addr="async.route", source_addr="s", data={}))
+    )
+    await guest.send(
+        b'\n{"version":2,"dest_addr":"' + app.name.encode() + b'","source_addr":"cgcs.scale",'
+        b'"data":{"version":2,"resource":"cpu","direction":"down","result":"success"}}\n'
+    )
+    assert await app.receive() == (
+        b'{"version":2,"source_addr":"cgcs.scale","source_instance":"instance-0000000a",'
+        b'"data":{"version":2,"resource":"cpu","direction":"down","result":"success"}}'
+    )
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert routed == [
+        (
+            "instance-0000000a",
+            Envelope(
+                dest_addr="cgcs.server_grp",
+                source_addr="cgcs.server_grp",
+                source_instance="instance-0000000a",  # set by the relay, whatever the guest said
+                data={"version": 2, "msg_type": "status_query", "seq": 3},
+            ),
+        ),
+        (
+            "instance-0000000a",
+            Envelope(
+                dest_addr="async.route",
+                source_addr="s",
+                source_instance="instance-0000000a",
+                data={},
+            ),
+        ),
+    ]
+    app.close()
+
+
+async def test_host_app_to_guest_byte_for_byte(
+    relay: ChannelRelay, channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    guest = await guests(channel_dir / channel_name("instance-0000000a"))
+    await eventually(lambda: bool(relay.connected()), "the guest")
+    app = HostApp(unique("s"))
+    assert app.name is not None
+    app.send(
+        relay,
+        b'{"version": 2, "dest_addr": "cgcs.scale", "dest_instance": "instance-0000000a", '
+        b'"data": {"version": 2, "msg_type": "scale_request", "timeout_ms": 9000, '
+        b'"resource": "cpu", "direction": "down"}}',
+    )
+    expected = (
+        b'{"version":2,"dest_addr":"cgcs.scale","dest_instance":"instance-0000000a",'
+        b'"source_addr":"'
+        + app.name.encode()
+        + b'","data":{"version":2,"msg_type":"scale_request",'
+        b'"timeout_ms":9000,"resource":"cpu","direction":"down"}}\n'
+    )
+    await eventually(lambda: len(guest.raw) >= len(expected), "the frame")
+    assert guest.raw == expected
+    app.close()
+
+
+async def test_bad_input_from_host_apps_and_guests_is_dropped(
+    relay: ChannelRelay, channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    guest = await guests(channel_dir / channel_name("instance-0000000b"))
+    await eventually(lambda: bool(relay.connected()), "the guest")
+    app = HostApp(unique("b"))
+    for raw in [
+        b"garbage",
+        b'{"version":2,"dest_addr":"x","dest_instance":"instance-0000000b","data":{"trunc',
+        b'{"version":3,"dest_addr":"x","dest_instance":"instance-0000000b","data":{}}',
+        b'{"version":2,"dest_addr":"x","data":{}}',
+        b'{"version":2,"dest_instance":"instance-0000000b","data":{}}',
+        b'{"version":2,"dest_addr":"x","dest_instance":"instance-0000000c","data":{}}',
+        b'{"version":2,"dest_addr":"x","dest_instance":"instance-0000000b","data":{"s":"'
+        + b"a" * 65000
+        + b'"}}',
+    ]:
+        app.send(relay, raw)
+    unbound = HostApp(None)
+    unbound.send(
+        relay, b'{"version":2,"dest_addr":"x","dest_instance":"instance-0000000b","data":{}}'
+    )
+    await guest.send(b"garbage\n" + b"{" * 70000 + b"\n" + b'{"version":2,"data":{}}\n')
+    await guest.send(encode_guest_frame(Envelope(dest_addr=unique("n"), source_addr="x", data={})))
+    app.send(
+        relay, b'{"version":2,"dest_addr":"x","dest_instance":"instance-0000000b","data":{"ok":1}}'
+    )
+    await eventually(lambda: len(guest.received) == 1, "the good message")
+    assert guest.received[0].data == {"ok": 1}
+    await eventually(lambda: relay.counters.dropped_total == 12, "every drop counted")
+    assert relay.counters.dropped == {
+        "bad message": 3,
+        "no dest_instance": 1,
+        "no dest_addr": 2,
+        "guest not connected": 1,
+        "datagram too big": 1,
+        "sender not abstract": 1,
+        "garbage": 1,
+        "line too long": 1,
+        "app not bound": 1,
+    }
+    app.close()
+    unbound.close()
+
+
+async def test_a_failing_handler_is_a_logged_bug_and_the_relay_carries_on(
+    relay: ChannelRelay,
+    channel_dir: Path,
+    guests: Callable[..., Awaitable[FakeGuest]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guest = await guests(channel_dir / channel_name("instance-0000000e"))
+    await eventually(lambda: bool(relay.connected()), "the guest")
+    seen: list[JsonObject] = []
+
+    def broken(instance: str, env: Envelope) -> None:
+        seen.append(env.data)
+        if env.data.get("boom"):
+            raise RuntimeError("handler bug")
+
+    async def broken_async(instance: str, env: Envelope) -> None:
+        raise RuntimeError("async handler bug")
+
+    relay.route("sync", broken)
+    relay.route("async", broken_async)
+
+    def broken_callback(instance: str, connected: bool) -> None:
+        raise RuntimeError("callback bug")
+
+    relay.on_change(broken_callback)
+    with caplog.at_level(logging.ERROR, logger="servergroup.guestcomm.relay"):
+        await guest.send(encode_guest_frame(Envelope(dest_addr="sync", data={"boom": True})))
+        await guest.send(encode_guest_frame(Envelope(dest_addr="async", data={})))
+        await guest.send(encode_guest_frame(Envelope(dest_addr="sync", data={"boom": False})))
+        await eventually(lambda: len(seen) == 2, "both sync messages")
+        await eventually(lambda: len(caplog.records) >= 2, "two BUG lines")
+        guest.writers[-1].close()  # a disconnect calls the broken on_change callback
+        await eventually(lambda: len(caplog.records) >= 3, "three BUG lines")
+    assert all(r.getMessage().startswith("BUG") for r in caplog.records)
+    await eventually(lambda: relay.connected() == {"instance-0000000e"}, "the reconnect")
+
+
+async def test_a_guest_that_does_not_read_does_not_hold_up_the_others(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY, queue_limit=64 * 1024)
+    async with relay:
+        stuck = await guests(channel_dir / channel_name("instance-0000000s"), read=False)
+        fine = await guests(channel_dir / channel_name("instance-0000000f"))
+        await eventually(lambda: len(relay.connected()) == 2, "both guests")
+        await eventually(lambda: bool(stuck.writers), "the stuck guest's connection")
+        big = Envelope(dest_addr="x", data={"pad": "p" * 3000})
+        results = [await relay.send_to_guest("instance-0000000s", big) for _ in range(2000)]
+        assert results[0] is True
+        assert results[-1] is False  # its buffer filled up; the rest is dropped
+        assert relay.counters.dropped["channel queue full"] >= 1
+        for n in range(100):
+            assert await relay.send_to_guest(
+                "instance-0000000f", Envelope(dest_addr="x", data={"n": n})
+            )
+        await eventually(lambda: len(fine.received) == 100, "the other guest's messages")
+        assert [e.data["n"] for e in fine.received] == list(range(100))
+        assert not await relay.send_to_guest("instance-00000404", big)
+
+
+async def test_the_relay_address_is_exclusive(relay: ChannelRelay, channel_dir: Path) -> None:
+    from servergroup.guestcomm.sockets import AddressInUse
+
+    with pytest.raises(AddressInUse):
+        await ChannelRelay(channel_dir, address=relay.address).start()
+
+
+def _json(raw: bytes) -> JsonObject:
+    value = json.loads(raw)
+    assert isinstance(value, dict)
+    return value
