@@ -287,6 +287,7 @@ class _Round:
     repaired: int = 0
     worst_loss: float = 0.0
     achieved: float = 0.0
+    observed: bool = False
 
 
 class SenderMachine:
@@ -668,11 +669,16 @@ class SenderMachine:
             )
         )
 
-    def _plan_repairs(self, r: _Round, now: float, out: list[Output]) -> None:
-        if r.pass_number == 0 and r.achieved > 0:
+    def _observe_rate(self, r: _Round) -> None:
+        """Once per buffer, after its first pass: feed the worst loss to the rate controller."""
+        if not r.observed and r.achieved > 0:
+            r.observed = True
             self._rate.observe(
                 RateSample(rate=self._rate.rate, achieved=r.achieved, loss=r.worst_loss)
             )
+
+    def _plan_repairs(self, r: _Round, now: float, out: list[Output]) -> None:
+        self._observe_rate(r)
         waiting = [c for c in self._active() if not c.done]
         tally: Tally[int] = Tally()
         for c in waiting:
@@ -698,6 +704,7 @@ class SenderMachine:
             self._phase = Phase.REPAIRING
 
     def _complete_round(self, r: _Round, out: list[Output]) -> None:
+        self._observe_rate(r)
         out.append(ReleaseBuffer(buffer_id=r.info.buffer_id))
         out.append(
             BufferCompleted(

@@ -300,3 +300,12 @@ def test_a_connection_that_never_says_hello_does_not_count() -> None:
     assert report.ok
     assert len(report.clients) == 2
     assert Kind.HELLO  # the silent connection was closed without a client row
+
+
+def test_without_loss_the_rate_grows_round_by_round() -> None:
+    sim = Sim(IMAGE, clients=2)
+    sim.start()
+    assert sim.run().ok
+    rates = [m.rate for m in sim.multicasts]
+    assert rates == sorted(rates)
+    assert rates[-1] > rates[0]
