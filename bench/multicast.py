@@ -375,7 +375,8 @@ def main() -> None:
                             )
                             verdict = "ok" if ok else "BAD OUTPUT"
                             print(
-                                f"mtu {mtu} n {n} loss {loss:g}% {tool:12s} {shown} {verdict} {note}",
+                                f"mtu {mtu} n {n} loss {loss:g}% {tool:12s} {shown} {verdict}",
+                                note,
                                 file=sys.stderr,
                                 flush=True,
                             )
