@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address
 
 from servergroup.common.errors import UsageError
-from servergroup.multicast.protocol import TAG_SIZE, payload_size_for
+from servergroup.multicast.protocol import payload_size_for
 
 #: An organisation-local group (RFC 2365), so it stays inside the site by default.
 DEFAULT_GROUP = IPv4Address("239.192.83.71")
@@ -171,15 +171,3 @@ def receive_config(
         name=name or str(address),
     )
 
-
-__all__ = [
-    "DEFAULT_GROUP",
-    "DEFAULT_MTU",
-    "DEFAULT_PORT",
-    "TAG_SIZE",
-    "ReceiveConfig",
-    "SendConfig",
-    "parse_rate",
-    "receive_config",
-    "send_config",
-]
