@@ -170,4 +170,3 @@ def receive_config(
         key=_key(key),
         name=name or str(address),
     )
-
