@@ -106,7 +106,6 @@ def cli(
     )
 
 
-
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="servergroup")

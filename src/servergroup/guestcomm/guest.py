@@ -53,7 +53,13 @@ from servergroup.guestcomm.protocol import (
     decode_envelope,
     encode_guest_frame,
 )
-from servergroup.guestcomm.sockets import AbstractSocket, Datagram, SendResult, deliver
+from servergroup.guestcomm.sockets import (
+    AbstractSocket,
+    Datagram,
+    SendResult,
+    deliver,
+    reachable_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +227,8 @@ def _listen_socket(path: Path) -> socket.socket:
         raise ConfigError(f"cannot create the directory of {path}: {exc.strerror}.") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.bind(os.fspath(path))
+        with reachable_path(path) as where:
+            sock.bind(where)
         sock.listen(8)
         sock.setblocking(False)
     except OSError as exc:

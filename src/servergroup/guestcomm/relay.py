@@ -51,7 +51,13 @@ from servergroup.guestcomm.protocol import (
     decode_envelope,
     encode_host_frame,
 )
-from servergroup.guestcomm.sockets import AbstractSocket, Datagram, SendResult, deliver
+from servergroup.guestcomm.sockets import (
+    AbstractSocket,
+    Datagram,
+    SendResult,
+    deliver,
+    reachable_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +164,11 @@ class _GuestLink:
         try:
             while True:
                 try:
-                    _, conn = await asyncio.wait_for(
-                        loop.create_unix_connection(lambda: _Connection(self), str(self.path)),
-                        CONNECT_TIMEOUT,
-                    )
+                    with reachable_path(self.path) as where:
+                        _, conn = await asyncio.wait_for(
+                            loop.create_unix_connection(lambda: _Connection(self), where),
+                            CONNECT_TIMEOUT,
+                        )
                 except (OSError, TimeoutError) as exc:
                     failures += 1
                     self._connect_failed(exc, failures)

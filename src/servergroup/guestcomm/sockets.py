@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from servergroup.common.errors import LocalError, UsageError
 from servergroup.guestcomm.protocol import MAX_DATAGRAM, Envelope, encode_envelope
@@ -173,3 +176,25 @@ def deliver(sock: AbstractSocket, envelope: Envelope) -> SendResult:
     if len(datagram) > MAX_DATAGRAM:
         return SendResult.TOO_BIG
     return sock.send_to(envelope.dest_addr, datagram)
+
+
+#: sun_path holds 108 bytes, the terminating NUL included.
+UNIX_PATH_MAX = 108
+
+
+@contextlib.contextmanager
+def reachable_path(path: Path) -> Iterator[str]:
+    """A name for `path` that fits in a unix socket address, valid inside the block.
+
+    Deep state directories make channel socket paths longer than sun_path
+    allows; then the directory is opened and the socket is named through
+    `/proc/self/fd/<fd>/<name>`, which the kernel resolves like the real path.
+    """
+    if len(os.fsencode(path)) < UNIX_PATH_MAX:
+        yield os.fspath(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)

@@ -119,3 +119,24 @@ async def test_live_migration_the_new_hosts_relay_takes_the_channel(
         await eventually(lambda: relay.connected() == frozenset(), "the source relay to let go")
         await round_trip(guest, target, 4)
     assert log_count(guest.daemon, "host connected") >= 2
+
+
+async def test_socket_paths_longer_than_sun_path(guest: GuestUnderTest, short_dir: Path) -> None:
+    """Deep state directories: the agent listens and the relay connects through
+    paths longer than the 108 bytes a unix socket address holds."""
+    deep = short_dir / ("d" * 60) / ("e" * 60)
+    guest.daemon.stop()
+    guest.channel = deep / "server" / "channel.sock"
+    guest.start()
+    assert len(bytes(guest.channel)) > 108
+    assert guest.channel.exists()
+    channel_dir = deep / "host-channels"
+    channel_dir.mkdir(parents=True)
+    (channel_dir / f"cgcs.messaging.{INSTANCE}.sock").symlink_to(guest.channel)
+    relay = ChannelRelay(channel_dir, address=f"t.{secrets.token_hex(4)}", retry_interval=0.1)
+    await relay.start()
+    try:
+        await eventually(lambda: relay.connected() == {INSTANCE}, "the relay to connect")
+        await round_trip(guest, relay, 7)
+    finally:
+        await relay.stop()
