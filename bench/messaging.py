@@ -1,0 +1,905 @@
+"""Benchmark: group messaging latency on 10 lab servers over 3 lab hosts (issue 3).
+
+One run brings up a `servergroup up --hosts 3` of its own (state directory
+under /tmp, etcd ports and lab name of its own), creates one
+soft-anti-affinity group and 10 servers placed round-robin on h1..h3, and
+starts `bench/messaging_member.py` inside every server with `servergroup
+server exec`. Members stamp every event with `time.monotonic()` as it
+arrives; CLOCK_MONOTONIC is one clock for all namespaces of the machine, so
+stamps from different servers and from this process compare. Then:
+
+1. broadcast: `--broadcasts` broadcasts at `--rate` per second, senders in
+   turn, each text carrying the sender's stamp taken just before the send;
+   latency = receive stamp - send stamp, at each of the 9 other members.
+   Also checked: every receipt arrived once, in increasing `seq` at every
+   member, every member saw the same `seq` for the same broadcast, the
+   `seq`s are contiguous. A few warm-up broadcasts first are not counted.
+2. lifecycle notification: `--ops` operations, `servergroup server pause`
+   then `unpause` of each member in turn; latency of the
+   `compute.instance.pause.end`/`unpause.end` notification at the 9 others
+   from the moment the CLI command starts, and from the moment a watcher in
+   this process sees the host daemon's status write in etcd.
+3. host loss: `--kills` runs; `kill -9` of one host daemon (h1, h2, h3 in
+   turn; its PID from the `servergroup up` state); time to the
+   `compute.instance.lost` notifications at the members on the other hosts
+   (first and last per member) and to the DELETE of the host's record (its
+   lease expiring) seen by a watcher here. `servergroup up --hosts 3` then
+   restarts the daemon; the time until the killed host's members answer a
+   status request again is reported too.
+
+The original system's design figures stand beside ours (it is not run: it
+needs OpenStack nova and the Titanium host agent).
+
+Everything is torn down at the end (`servergroup down`), also on an error or
+Ctrl-C. Writes a table on stdout and JSON plus Markdown under bench/results/.
+
+    .venv/bin/python bench/messaging.py [--quick] [--broadcasts 400] [--rate 50]
+                                        [--ops 16] [--kills 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from servergroup.config import CoordinationConfig, parse_endpoints
+from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination.etcd_process import free_ports
+from servergroup.coordination.types import EventKind
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MEMBER = HERE / "messaging_member.py"
+GROUP = "bench"
+SERVERS = 10
+HOSTS = ("h1", "h2", "h3")
+WARMUP = 10
+CLI_TIMEOUT = 120.0
+EVENT = "compute.instance."
+
+#: The original system (seed 000 and the Titanium/StarlingX guest SDK it
+#: ships). Only what is written down is quoted; the rest is "not stated".
+ORIGINAL = {
+    "broadcast": 'not stated: "not intended for high bandwidth or low-latency operations", '
+    "best-effort, not reliable (seed 000)",
+    "notification": "not stated (nova notifications relayed to the members; seed 000)",
+    "host_loss": "not stated; liveness came from nova service heartbeats "
+    "(nova defaults: report_interval 10 s, service_down_time 60 s)",
+    "reconnect": "host agent retried the channel connection every 1 s "
+    "(guest-host-protocol.md section 2)",
+}
+SHORT_ORIGINAL = {
+    "broadcast": 'not stated ("not intended for ... low-latency", best-effort)',
+    "notification": "not stated",
+    "host_loss": "not stated (nova heartbeats; nova defaults 10 s / 60 s)",
+    "reconnect": "channel retry every 1 s",
+}
+GOALS = {
+    "broadcast": "p99 <= 20 ms",
+    "host_loss": "<= lease TTL + 0.5 s",
+}
+
+
+# -- small helpers ---------------------------------------------------------------------
+
+
+def quantile(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(samples: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict[str, Any]:
+    """Count, p50/p90/p99/max/mean of `samples` times `scale`, rounded."""
+    if not samples:
+        return {"n": 0}
+    return {
+        "n": len(samples),
+        "min": round(min(samples) * scale, digits),
+        "p50": round(quantile(samples, 0.50) * scale, digits),
+        "p90": round(quantile(samples, 0.90) * scale, digits),
+        "p99": round(quantile(samples, 0.99) * scale, digits),
+        "max": round(max(samples) * scale, digits),
+        "mean": round(statistics.fmean(samples) * scale, digits),
+    }
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def short_lab_name() -> str:
+    """`msg` + the PID in base 36 (last 5 digits): at most 8 characters of [a-z0-9]."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    number, text = os.getpid(), ""
+    while number:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+    return "msg" + text[-5:]
+
+
+# -- what members print ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastSeen:
+    at: float
+    seq: int | None
+    id: int
+    sent_at: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotificationSeen:
+    at: float
+    event_type: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusSeen:
+    at: float
+    names: tuple[str, ...]
+
+
+@dataclass
+class Member:
+    """One member process (inside server `name` on `host`) and what it printed."""
+
+    name: str
+    host: str
+    instance: str
+    proc: asyncio.subprocess.Process
+    broadcasts: list[BroadcastSeen] = field(default_factory=list)
+    notifications: list[NotificationSeen] = field(default_factory=list)
+    statuses: list[StatusSeen] = field(default_factory=list)
+    sent: dict[int, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def take(self, line: str) -> None:
+        """Parse one line the member printed (the edge: JSON becomes typed records)."""
+        try:
+            obj = json.loads(line)
+            kind, at = obj["kind"], float(obj["at"])
+            if kind == "broadcast":
+                _, ident, stamp = str(obj["text"]).split()
+                seq = obj["seq"]
+                self.broadcasts.append(
+                    BroadcastSeen(
+                        at=at,
+                        seq=int(seq) if seq is not None else None,
+                        id=int(ident),
+                        sent_at=float(stamp),
+                        source=str(obj["source"]),
+                    )
+                )
+            elif kind == "notification":
+                self.notifications.append(
+                    NotificationSeen(at=at, event_type=obj["event_type"], name=obj["name"])
+                )
+            elif kind == "status":
+                self.statuses.append(StatusSeen(at=at, names=tuple(obj["names"])))
+            elif kind == "sent":
+                self.sent[int(obj["id"])] = at
+            else:
+                self.problems.append(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problems.append(f"unreadable line ({exc}): {line}")
+
+    async def command(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    def notified(self, event_type: str, names: set[str], after: int) -> list[NotificationSeen]:
+        return [
+            n for n in self.notifications[after:] if n.event_type == event_type and n.name in names
+        ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreEvent:
+    """A change in etcd as this process's watcher saw it."""
+
+    at: float
+    kind: EventKind
+    key: str
+    value: bytes
+
+
+class Bench:
+    """The setup of one run: CLI calls with its environment, the members, an etcd watcher."""
+
+    def __init__(self, state_dir: Path, lab: str, ports: tuple[int, int]) -> None:
+        self.state_dir = state_dir
+        self.lab = lab
+        self.env = {
+            **os.environ,
+            "SERVERGROUP_STATE_DIR": str(state_dir),
+            "SERVERGROUP_ETCD_PORT": str(ports[0]),
+            "SERVERGROUP_ETCD_PEER_PORT": str(ports[1]),
+            "SERVERGROUP_LAB": lab,
+        }
+        for inherited in ("SERVERGROUP_ETCD_ENDPOINTS", "SERVERGROUP_CONFIG", "SERVERGROUP_PREFIX"):
+            self.env.pop(inherited, None)
+        self.members: list[Member] = []
+        self.store: list[StoreEvent] = []
+        self.changed = asyncio.Condition()
+        self.up: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "servergroup", *args]
+
+    async def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+        """Run `servergroup ARGS` without blocking the loop; its stdout, or raise."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(*args),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"servergroup {' '.join(args)} took over {timeout:g} s") from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled (Ctrl-C)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await asyncio.shield(proc.wait())
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"servergroup {' '.join(args)} exited {proc.returncode}: "
+                f"{err.decode().strip()} {out.decode().strip()}"
+            )
+        return out.decode()
+
+    async def bring_up(self) -> None:
+        self.up = json.loads(await self.cli("up", "--hosts", str(len(HOSTS)), "--json"))
+
+    def host_pid(self, host: str) -> int:
+        for h in self.up["hosts"]:
+            if h["name"] == host:
+                return int(h["pid"])
+        raise RuntimeError(f"no host {host} in the up state")
+
+    def check_own_daemon(self, host: str, pid: int) -> None:
+        """Refuse to signal a PID that is not this run's host daemon for `host`."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            raise RuntimeError(f"host daemon {host} (pid {pid}) is not running") from None
+        words = [w.decode(errors="replace") for w in argv]
+        named = any(a == "--name" and b == host for a, b in itertools.pairwise(words))
+        if "host" not in words or str(self.state_dir) not in words or not named:
+            raise RuntimeError(f"pid {pid} is not our host daemon {host}: {' '.join(words)}")
+
+    # -- the etcd watcher ----------------------------------------------------------------
+
+    async def watch_store(self) -> None:
+        endpoints = parse_endpoints(str(self.up["etcd"]))
+        coordinator = EtcdCoordinator(
+            endpoints, prefix=str(self.up["prefix"]), config=CoordinationConfig()
+        )
+        try:
+            start = (await coordinator.get_prefix("hosts/")).revision + 1
+            watch = await coordinator.watch("", start_revision=start)
+            try:
+                async for ev in watch:
+                    if ev.key.startswith(("servers/", "hosts/")):
+                        self.store.append(
+                            StoreEvent(
+                                at=time.monotonic(), kind=ev.kind, key=ev.key, value=ev.value
+                            )
+                        )
+            finally:
+                await watch.close()
+        finally:
+            await coordinator.close()
+
+    async def etcd_floor(self, puts: int) -> list[float]:
+        """put -> watch event on the same etcd, from this process: the floor under a broadcast.
+
+        Under a prefix of its own, so that no host daemon sees these keys.
+        """
+        endpoints = parse_endpoints(str(self.up["etcd"]))
+        prefix = f"/bench-messaging-floor/{os.getpid()}/"
+        writer = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
+        watcher = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
+        samples: list[float] = []
+        try:
+            start = (await writer.get_prefix("")).revision + 1
+            watch = await watcher.watch("floor", start_revision=start)
+            events = aiter(watch)
+            try:
+                for i in range(puts):
+                    sent_at = time.monotonic()
+                    await writer.put("floor", str(i).encode())
+                    async with asyncio.timeout(5.0):
+                        await anext(events)
+                    samples.append(time.monotonic() - sent_at)
+                    await asyncio.sleep(0.01)
+            finally:
+                await watch.close()
+                await writer.delete_prefix("")
+        finally:
+            await writer.close()
+            await watcher.close()
+        return samples
+
+    def daemon_warnings(self) -> list[str]:
+        """Log lines of the host daemons and guest agents marked BUG, ERROR or WARNING."""
+        found: list[str] = []
+        logs = sorted((self.state_dir / "up" / "hosts").glob("*/host.log"))
+        logs += sorted((self.state_dir / "servers").glob("*/guest.log"))
+        for path in logs:
+            with contextlib.suppress(OSError):
+                for line in path.read_text(errors="replace").splitlines():
+                    if any(word in line for word in ("BUG", "ERROR", "WARNING")):
+                        found.append(f"{path.parent.name}: {line.strip()}")
+        return found
+
+    def store_event(
+        self, key: str, after: float, match: Callable[[StoreEvent], bool]
+    ) -> StoreEvent | None:
+        for ev in self.store:
+            if ev.at >= after and ev.key == key and match(ev):
+                return ev
+        return None
+
+    # -- members -------------------------------------------------------------------------
+
+    async def start_member(self, name: str, host: str, instance: str) -> Member:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv("server", "exec", name, "--", sys.executable, str(MEMBER)),
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        member = Member(name=name, host=host, instance=instance, proc=proc)
+        self.members.append(member)
+        self._tasks.append(asyncio.create_task(self._read(member)))
+        self._tasks.append(asyncio.create_task(self._read_err(member)))
+        return member
+
+    async def _read(self, member: Member) -> None:
+        assert member.proc.stdout is not None
+        async for raw in member.proc.stdout:
+            member.take(raw.decode().strip())
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def _read_err(self, member: Member) -> None:
+        assert member.proc.stderr is not None
+        async for raw in member.proc.stderr:
+            member.problems.append("stderr: " + raw.decode().rstrip())
+
+    async def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            async with self.changed:
+                await asyncio.wait_for(self.changed.wait_for(done), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+    async def stop_members(self) -> None:
+        for m in self.members:
+            if m.proc.returncode is None and m.proc.stdin is not None:
+                with contextlib.suppress(OSError, ConnectionError):
+                    m.proc.stdin.write(b"q\n")
+                    m.proc.stdin.close()
+        for m in self.members:
+            try:
+                await asyncio.wait_for(m.proc.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.kill()
+                await m.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- the three measurements -------------------------------------------------------------
+
+
+def all_notified(
+    members: Sequence[Member], event_type: str, names: set[str], marks: dict[str, int]
+) -> bool:
+    """Whether every one of `members` got `event_type` about each of `names` since its mark."""
+    return all(
+        {n.name for n in m.notified(event_type, names, marks[m.name])} == names for m in members
+    )
+
+
+def status_in_state(state: str, ev: StoreEvent) -> bool:
+    return ev.kind is EventKind.PUT and json.loads(ev.value).get("state") == state
+
+
+def is_delete(ev: StoreEvent) -> bool:
+    return ev.kind is EventKind.DELETE
+
+
+def statuses_beyond(member: Member, mark: int) -> bool:
+    return len(member.statuses) > mark
+
+
+async def setup_servers(bench: Bench) -> None:
+    await bench.cli("group", "create", GROUP, "--policy", "soft-anti-affinity")
+    for i in range(SERVERS):
+        name, host = f"{bench.lab}m{i}", HOSTS[i % len(HOSTS)]
+        say(f"  server {name} on {host}")
+        await bench.cli("server", "create", name, "--group", GROUP, "--host", host)
+    listed = json.loads(await bench.cli("server", "list", "--json"))
+    placed = {str(s["name"]): (str(s["host"]), str(s["instance_name"])) for s in listed}
+    names = sorted(placed, key=lambda n: int(n.rsplit("m", 1)[1]))
+    for name in names:
+        host, instance = placed[name]
+        await bench.start_member(name, host, instance)
+    everyone = tuple(sorted(names))
+
+    def all_ready() -> bool:
+        return all(any(s.names == everyone for s in m.statuses) for m in bench.members)
+
+    await bench.until(all_ready, 90.0, "every member's status listing all 10 servers")
+
+
+async def measure_broadcasts(bench: Bench, count: int, rate: float) -> dict[str, Any]:
+    members = bench.members
+    total = WARMUP + count
+    say(f"broadcast: {WARMUP} warm-up + {count} at {rate:g}/s")
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.1
+    for ident in range(total):
+        delay = start + ident / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await members[ident % len(members)].command(f"b {ident}")
+
+    def receipts() -> int:
+        return sum(len(m.broadcasts) for m in members)
+
+    expected_all = total * (len(members) - 1)
+    with contextlib.suppress(RuntimeError):
+        await bench.until(lambda: receipts() >= expected_all, 10.0, "every broadcast receipt")
+    return analyse_broadcasts(members, total)
+
+
+def analyse_broadcasts(members: list[Member], total: int) -> dict[str, Any]:
+    n = len(members)
+    by_name = {m.instance: m for m in members}
+    latencies: list[float] = []
+    same_host: list[float] = []
+    cross_host: list[float] = []
+    seqs: dict[int, set[int | None]] = {}
+    per_pair: Counter[tuple[str, int]] = Counter()
+    out_of_order = wrong_source = 0
+    for m in members:
+        last = 0
+        for b in m.broadcasts:
+            per_pair[(m.name, b.id)] += 1
+            seqs.setdefault(b.id, set()).add(b.seq)
+            sender = members[b.id % n]
+            if b.source != sender.instance or b.source not in by_name:
+                wrong_source += 1
+            if b.seq is None or b.seq <= last:
+                out_of_order += 1
+            last = b.seq if b.seq is not None else last
+            if b.id >= WARMUP:
+                latency = b.at - b.sent_at
+                latencies.append(latency)
+                (same_host if sender.host == m.host else cross_host).append(latency)
+    missing = [
+        (m.name, ident)
+        for ident in range(total)
+        for m in members
+        if m is not members[ident % n] and per_pair[(m.name, ident)] == 0
+    ]
+    duplicates = sum(c - 1 for c in per_pair.values() if c > 1)
+    agreed = all(len(s) == 1 for s in seqs.values())
+    known = sorted(next(iter(s)) or 0 for s in seqs.values() if len(s) == 1)
+    contiguous = bool(known) and known[-1] - known[0] + 1 == len(known) == len(set(known))
+    send_failures = [i for i in range(total) if i not in members[i % n].sent]
+    # Does the group's order (seq) follow the order the broadcasts were sent in?
+    by_seq = sorted((next(iter(s)) or 0, ident) for ident, s in seqs.items() if len(s) == 1)
+    inversions = sum(1 for a, b in itertools.pairwise(by_seq) if b[1] < a[1])
+    return {
+        "broadcasts_sent": total - len(send_failures),
+        "warmup_not_counted": WARMUP,
+        "receipts": sum(per_pair.values()),
+        "receipts_expected": total * (n - 1),
+        "lost": len(missing),
+        "lost_examples": missing[:10],
+        "duplicates": duplicates,
+        "out_of_order_or_no_seq": out_of_order,
+        "wrong_source_instance": wrong_source,
+        "seq_same_at_every_member": agreed,
+        "seq_contiguous": contiguous,
+        "seq_order_vs_send_order_inversions": inversions,
+        "send_failures": len(send_failures),
+        "latency_ms": summary(latencies, 1000.0),
+        "latency_same_host_ms": summary(same_host, 1000.0),
+        "latency_cross_host_ms": summary(cross_host, 1000.0),
+    }
+
+
+async def measure_lifecycle(bench: Bench, ops: int) -> dict[str, Any]:
+    members = bench.members
+    from_cli: list[float] = []
+    from_status: list[float] = []
+    cli_durations: list[float] = []
+    rows: list[dict[str, Any]] = []
+    say(f"lifecycle: {ops} pause/unpause operations")
+    for k in range(ops):
+        target = members[(k // 2) % len(members)]
+        action, state = ("pause", "paused") if k % 2 == 0 else ("unpause", "active")
+        event_type = f"{EVENT}{action}.end"
+        others = [m for m in members if m is not target]
+        marks = {m.name: len(m.notifications) for m in others}
+        started_at = time.monotonic()
+        await bench.cli("server", action, target.name)
+        cli_done_at = time.monotonic()
+        await bench.until(
+            functools.partial(all_notified, others, event_type, {target.name}, marks),
+            15.0,
+            f"{event_type} about {target.name} at the 9 others",
+        )
+        arrivals = [m.notified(event_type, {target.name}, marks[m.name])[0].at for m in others]
+        written = bench.store_event(
+            f"servers/{target.name}/status",
+            started_at,
+            functools.partial(status_in_state, state),
+        )
+        from_cli += [a - started_at for a in arrivals]
+        cli_durations.append(cli_done_at - started_at)
+        row: dict[str, Any] = {
+            "op": f"{action} {target.name}",
+            "cli_s": round(cli_done_at - started_at, 4),
+            "from_cli_first_s": round(min(arrivals) - started_at, 4),
+            "from_cli_last_s": round(max(arrivals) - started_at, 4),
+        }
+        if written is not None:
+            from_status += [a - written.at for a in arrivals]
+            row["status_seen_s"] = round(written.at - started_at, 4)
+            row["from_status_last_ms"] = round((max(arrivals) - written.at) * 1000, 2)
+        rows.append(row)
+        say(
+            f"  {row['op']}: CLI {row['cli_s']:.3f} s, last notification "
+            f"{row['from_cli_last_s']:.3f} s after the CLI started"
+        )
+        await asyncio.sleep(0.2)
+    return {
+        "operations": ops,
+        "from_cli_start_ms": summary(from_cli, 1000.0, 1),
+        "from_status_write_ms": summary(from_status, 1000.0, 2),
+        "status_writes_seen": sum(1 for r in rows if "status_seen_s" in r),
+        "cli_duration_ms": summary(cli_durations, 1000.0, 1),
+        "rows": rows,
+    }
+
+
+async def measure_host_loss(bench: Bench, runs: int, lease_ttl: float) -> dict[str, Any]:
+    members = bench.members
+    first: list[float] = []
+    last: list[float] = []
+    expiry: list[float] = []
+    reconnect: list[float] = []
+    rows: list[dict[str, Any]] = []
+    say(f"host loss: {runs} kill -9 runs")
+    for run in range(runs):
+        victim = HOSTS[run % len(HOSTS)]
+        lost = {m.name for m in members if m.host == victim}
+        watchers = [m for m in members if m.host != victim]
+        marks = {m.name: len(m.notifications) for m in members}
+        pid = bench.host_pid(victim)
+        bench.check_own_daemon(victim, pid)
+        await asyncio.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        lost_type = EVENT + "lost"
+        await bench.until(
+            functools.partial(all_notified, watchers, lost_type, lost, marks),
+            15.0,
+            f"{lost_type} of {victim}'s servers at the members on the other hosts",
+        )
+        arrivals = [[n.at for n in m.notified(lost_type, lost, marks[m.name])] for m in watchers]
+        firsts = [min(a) - killed_at for a in arrivals]
+        lasts = [max(a) - killed_at for a in arrivals]
+        first += firsts
+        last += lasts
+        deleted = bench.store_event(f"hosts/{victim}", killed_at, is_delete)
+        row: dict[str, Any] = {
+            "host": victim,
+            "servers_lost": len(lost),
+            "members_notified": len(watchers),
+            "first_s": round(min(firsts), 4),
+            "last_s": round(max(lasts), 4),
+        }
+        if deleted is not None:
+            expiry.append(deleted.at - killed_at)
+            row["host_record_deleted_s"] = round(deleted.at - killed_at, 4)
+        # Restart the killed daemon; wait for "recovered" and for the killed host's
+        # members to answer a status request again (their channels reconnected).
+        up_started_at = time.monotonic()
+        await bench.bring_up()
+        up_done_at = time.monotonic()
+        row["up_s"] = round(up_done_at - up_started_at, 3)
+        recovered = EVENT + "recovered"
+        await bench.until(
+            functools.partial(all_notified, watchers, recovered, lost, marks),
+            20.0,
+            f"{recovered} of {victim}'s servers",
+        )
+        back = [m for m in members if m.host == victim]
+        usable: list[float] = []
+        for m in back:
+            usable.append(await status_answered_after(bench, m, up_done_at) - up_done_at)
+        reconnect += usable
+        row["status_answered_after_up_max_s"] = round(max(usable), 3)
+        rows.append(row)
+        say(
+            f"  kill {victim}: lost at first {row['first_s']:.3f} s, last {row['last_s']:.3f} s; "
+            f"host record gone {row.get('host_record_deleted_s', float('nan')):.3f} s"
+        )
+    goal = lease_ttl + 0.5
+    return {
+        "runs": runs,
+        "lease_ttl_s": lease_ttl,
+        "goal_s": goal,
+        "first_lost_s": summary(first),
+        "last_lost_s": summary(last),
+        "host_record_deleted_s": summary(expiry),
+        "status_answered_after_up_s": summary(reconnect),
+        "within_goal": bool(last) and max(last) <= goal,
+        "rows": rows,
+    }
+
+
+async def status_answered_after(bench: Bench, member: Member, after: float) -> float:
+    """Ask `member` for the status every 0.1 s until an answer comes; its arrival stamp."""
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        mark = len(member.statuses)
+        await member.command("s")
+        with contextlib.suppress(RuntimeError):
+            await bench.until(
+                functools.partial(statuses_beyond, member, mark), 0.1, "a status answer"
+            )
+        answers = [s.at for s in member.statuses[mark:] if s.at >= after]
+        if answers:
+            return answers[0]
+    raise RuntimeError(f"member {member.name} got no status answer within 20 s")
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    say(f"servergroup up: lab {bench.lab}, state {bench.state_dir}")
+    await bench.bring_up()
+    watcher = asyncio.create_task(bench.watch_store())
+    try:
+        await setup_servers(bench)
+        lease_ttl = float(CoordinationConfig().lease_ttl)
+        say("etcd floor: put -> watch event, same etcd")
+        floor = summary(await bench.etcd_floor(args.broadcasts), 1000.0)
+        results = {
+            "etcd_put_to_watch_ms": floor,
+            "broadcast": await measure_broadcasts(bench, args.broadcasts, args.rate),
+            "lifecycle": await measure_lifecycle(bench, args.ops),
+            "host_loss": await measure_host_loss(bench, args.kills, lease_ttl),
+        }
+        problems = [f"{m.name}: {p}" for m in bench.members for p in m.problems]
+        warnings = bench.daemon_warnings()
+        return {
+            **results,
+            "member_problems": problems[:50],
+            "daemon_warnings_count": len(warnings),
+            "daemon_warnings": warnings[:40],
+        }
+    finally:
+        await bench.stop_members()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM ends the run like Ctrl-C, so that the teardown runs."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def tear_down(bench: Bench) -> None:
+    say("servergroup down")
+    for attempt in (1, 2):
+        try:
+            done = subprocess.run(
+                bench.argv("down"),
+                env=bench.env,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT,
+                check=False,
+            )
+            if done.returncode != 0:
+                say(f"servergroup down exited {done.returncode}: {done.stderr.strip()}")
+            break
+        except KeyboardInterrupt:
+            if attempt == 2:
+                raise
+            say("still tearing down; Ctrl-C again to abandon (then run `servergroup down`)")
+        except subprocess.TimeoutExpired:
+            say(f"servergroup down took over {CLI_TIMEOUT:g} s")
+            break
+    shutil.rmtree(bench.state_dir, ignore_errors=True)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def ms(summary_: dict[str, Any], key: str, unit: str = "ms") -> str:
+    value = summary_.get(key)
+    return f"{value:g} {unit}" if isinstance(value, int | float) else ""
+
+
+def table(results: dict[str, Any]) -> str:
+    b, lc, hl = results["broadcast"], results["lifecycle"], results["host_loss"]
+    loss_goal = f"<= {hl['goal_s']:g} s"
+    rows: list[tuple[str, dict[str, Any], str, str, str]] = [
+        ("broadcast: send -> receive, each other member", b["latency_ms"], "ms",
+         GOALS["broadcast"], SHORT_ORIGINAL["broadcast"]),
+        ("  receiver on the sender's host", b["latency_same_host_ms"], "ms", "", ""),
+        ("  receiver on another host", b["latency_cross_host_ms"], "ms", "", ""),
+        ("  floor: etcd put -> watch event alone", results["etcd_put_to_watch_ms"], "ms", "",
+         ""),
+        ("pause/unpause notification, from the CLI start", lc["from_cli_start_ms"], "ms", "",
+         SHORT_ORIGINAL["notification"]),
+        ("pause/unpause notification, from the status write", lc["from_status_write_ms"],
+         "ms", "", ""),
+        ("  the CLI command itself", lc["cli_duration_ms"], "ms", "", ""),
+        ("kill -9 host daemon -> first `lost` at a member", hl["first_lost_s"], "s", loss_goal,
+         SHORT_ORIGINAL["host_loss"]),
+        ("kill -9 host daemon -> last `lost` at a member", hl["last_lost_s"], "s", loss_goal,
+         ""),
+        ("kill -9 -> host record deleted (lease expiry)", hl["host_record_deleted_s"], "s", "",
+         ""),
+        ("daemon restarted -> its members answer again", hl["status_answered_after_up_s"], "s",
+         "", SHORT_ORIGINAL["reconnect"]),
+    ]  # fmt: skip
+    lines = [
+        "| measurement | n | min | p50 | p90 | p99 | max | goal | original system |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, s, unit, goal, original in rows:
+        cells = " | ".join(ms(s, key, unit) for key in ("min", "p50", "p90", "p99", "max"))
+        lines.append(f"| {label} | {s.get('n', 0)} | {cells} | {goal} | {original} |")
+    return "\n".join(lines)
+
+
+def checks(results: dict[str, Any]) -> str:
+    b, floor = results["broadcast"], results["etcd_put_to_watch_ms"]
+    lat = b["latency_ms"]
+    ratio = lat["p50"] / floor["p50"] if floor.get("p50") else float("nan")
+    return (
+        f"Broadcasts: {b['broadcasts_sent']} sent ({b['warmup_not_counted']} warm-up not "
+        f"timed), {b['receipts']} of {b['receipts_expected']} receipts, {b['lost']} lost, "
+        f"{b['duplicates']} duplicated, {b['out_of_order_or_no_seq']} out of order; "
+        f"same seq at every member: {'yes' if b['seq_same_at_every_member'] else 'NO'}; "
+        f"seq contiguous: {'yes' if b['seq_contiguous'] else 'NO'}; "
+        f"send failures: {b['send_failures']}. Broadcast p50 is {ratio:.1f}x the bare etcd "
+        f"put -> watch p50 (the path adds two channel hops and two agents per side)."
+    )
+
+
+def notes() -> str:
+    lines = ["Original system (not run; figures as written down):", ""]
+    lines += [f"- {what}: {text}" for what, text in ORIGINAL.items()]
+    lines += [
+        "",
+        "Notification latency from the CLI start includes starting the `servergroup` CLI "
+        "(a Python process) and its etcd round trips; from the status write it is the "
+        "group service's part (status put seen by a watcher here -> notification in the "
+        "member; a negative minimum means the host's watch saw the put before ours).",
+    ]
+    return "\n".join(lines)
+
+
+def write(
+    results: dict[str, Any], args: argparse.Namespace, lab: str, load_at_start: float
+) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "benchmark": "messaging",
+        "command": "python bench/messaging.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"{platform.python_implementation()} {platform.python_version()}",
+        "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
+        f"{SERVERS} lab servers round-robin on {', '.join(HOSTS)}, one group",
+        "broadcast_rate_per_s": args.rate,
+        # The machine is shared: its load says how much the numbers may be disturbed.
+        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+        "goals": GOALS,
+        "original_system": ORIGINAL,
+    }
+    (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
+    text = table(results)
+    (RESULTS / f"{args.output}.md").write_text(
+        f"# messaging benchmark\n\n`{meta['command']}` on {meta['date']}, {meta['machine']}.\n"
+        f"{meta['setup']}; broadcasts at {args.rate:g}/s; 1-minute load average "
+        f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (machine shared "
+        "with other work). The original system is not run (it needs OpenStack nova); its "
+        f"design figures are quoted.\n\n{text}\n\n"
+        f"{checks(results)}\n\n{notes()}\n"
+    )
+    print(text)
+    print()
+    print(checks(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="60 broadcasts, 4 ops, 1 kill")
+    parser.add_argument("--broadcasts", type=int, help="timed broadcasts (default 400)")
+    parser.add_argument("--rate", type=float, default=50.0, help="broadcasts per second")
+    parser.add_argument("--ops", type=int, help="pause/unpause operations (default 16)")
+    parser.add_argument("--kills", type=int, help="host daemon kill -9 runs (default 5)")
+    parser.add_argument("--output", default="messaging", help="result file stem")
+    args = parser.parse_args()
+    args.broadcasts = args.broadcasts or (60 if args.quick else 400)
+    args.ops = args.ops or (4 if args.quick else 16)
+    args.kills = args.kills or (1 if args.quick else 5)
+    if os.geteuid() != 0:
+        sys.exit("bench/messaging.py needs root (lab namespaces and cgroups)")
+    # A short state directory: unix socket paths must fit in 108 bytes.
+    state_dir = Path(tempfile.mkdtemp(prefix="sgb-", dir="/tmp"))
+    lab = short_lab_name()
+    client_port, peer_port = free_ports(2)
+    bench = Bench(state_dir, lab, (client_port, peer_port))
+    load_at_start = os.getloadavg()[0]
+    with interrupts_as_keyboard_interrupt():
+        try:
+            results = asyncio.run(run(bench, args))
+        except KeyboardInterrupt:
+            say("interrupted")
+            tear_down(bench)
+            sys.exit(130)
+        except Exception:
+            tear_down(bench)
+            raise
+        tear_down(bench)
+    write(results, args, lab, load_at_start)
+
+
+if __name__ == "__main__":
+    main()
