@@ -100,9 +100,13 @@ class Dropped:
 def encode_envelope(env: Envelope) -> bytes:
     """Compact JSON of `env`: `version` first, then the addresses present, `data` last.
 
-    Non-ASCII text is escaped, so the bytes are ASCII and never contain a raw
-    newline. Raises `UsageError` when `data` holds something JSON cannot
-    represent (NaN, infinities, non-string keys, other Python objects).
+    Non-ASCII text stays UTF-8, as the original's json-c wrote it, so that a
+    3050-byte broadcast in any script fits in one 4096-byte datagram; control
+    characters are escaped, so the bytes never contain a raw newline (UTF-8
+    continuation bytes are all >= 0x80). Raises `UsageError` when `data` holds
+    something JSON cannot represent (NaN, infinities, non-string keys, other
+    Python objects); text with a lone surrogate, which UTF-8 cannot hold, is
+    written with every non-ASCII character escaped.
     """
     obj: dict[str, object] = {"version": VERSION}
     for field in _FIELD_ORDER:
@@ -111,10 +115,15 @@ def encode_envelope(env: Envelope) -> bytes:
             obj[field] = value
     obj["data"] = env.data
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON allows "\ud800"; UTF-8 does not): relay it escaped.
+            escaped = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+            return escaped.encode("ascii")
     except (TypeError, ValueError, RecursionError) as exc:
         raise UsageError(f"the envelope's data cannot be encoded as JSON: {exc}.") from None
-    return text.encode("ascii")
 
 
 def decode_envelope(raw: bytes) -> Envelope:

@@ -94,15 +94,16 @@ def instance_of(name: str) -> str | None:
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it ends; the caller's own cancellation still propagates
-    (a bare suppress(CancelledError) would swallow it and leave the caller running)."""
+    """Cancel `task` and wait until it has ended.
+
+    `asyncio.wait` neither raises the task's CancelledError nor swallows the
+    caller's own cancellation (it propagates if the caller is cancelled while
+    waiting); catching CancelledError and asking `cancelling()` instead goes
+    wrong when the caller carries a cancellation request that was already
+    handled (pytest-asyncio's fixture teardown does).
+    """
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    await asyncio.wait({task})
 
 
 class _Connection(asyncio.Protocol):
@@ -164,11 +165,13 @@ class _GuestLink:
         try:
             while True:
                 try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that arrives as the connection completes.
                     with reachable_path(self.path) as where:
-                        _, conn = await asyncio.wait_for(
-                            loop.create_unix_connection(lambda: _Connection(self), where),
-                            CONNECT_TIMEOUT,
-                        )
+                        async with asyncio.timeout(CONNECT_TIMEOUT):
+                            _, conn = await loop.create_unix_connection(
+                                lambda: _Connection(self), where
+                            )
                 except (OSError, TimeoutError) as exc:
                     failures += 1
                     self._connect_failed(exc, failures)

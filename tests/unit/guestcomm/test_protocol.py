@@ -81,12 +81,18 @@ def test_every_address_field_has_its_place() -> None:
     )
 
 
-def test_non_ascii_text_is_escaped_so_frames_stay_ascii() -> None:
-    env = Envelope(dest_addr="a", data={"text": "h\u00e9llo\nw\u2028rld \ud800"})
+def test_non_ascii_text_stays_utf8_and_newlines_are_escaped() -> None:
+    env = Envelope(dest_addr="a", data={"text": "h\u00e9llo\nw\u2028rld"})
     raw = encode_envelope(env)
-    assert (
-        raw == b'{"version":2,"dest_addr":"a","data":{"text":"h\\u00e9llo\\nw\\u2028rld \\ud800"}}'
-    )
+    assert raw == b'{"version":2,"dest_addr":"a","data":{"text":"h\xc3\xa9llo\\nw\xe2\x80\xa8rld"}}'
+    assert b"\n" not in raw
+    assert decode_envelope(raw) == env
+
+
+def test_a_lone_surrogate_is_relayed_escaped() -> None:
+    env = Envelope(dest_addr="a", data={"text": "h\u00e9 \ud800"})
+    raw = encode_envelope(env)
+    assert raw == b'{"version":2,"dest_addr":"a","data":{"text":"h\\u00e9 \\ud800"}}'
     assert decode_envelope(raw) == env
 
 
