@@ -15,14 +15,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,15 @@ from servergroup.coordination import (
     MemoryStore,
 )
 from servergroup.servers.drivers.base import channel_name
-from servergroup.servers.drivers.lab import NETNS_DIR, Cgroups, LabDriver, detect_cgroups
+from servergroup.servers.drivers.lab import (
+    CGROUP_PARENT,
+    NETNS_DIR,
+    NETNS_PREFIX,
+    Cgroups,
+    LabDriver,
+    detect_cgroups,
+    process_state,
+)
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, Server
 from servergroup.servers.operations import Operations
@@ -112,18 +123,29 @@ def server_names() -> Iterator[NameFactory]:
     yield new
     failures = []
     for name in names:
+        # Whatever driver (scope) made it: cgroups servergroup/<scope>/<name>,
+        # namespaces sgs-<scope>-<name>.
         for cgroups in all_freezers():
-            try:
-                if cgroups.exists(name):
-                    LabDriver(Path(tempfile.gettempdir()), cgroups=cgroups).stop_sync(name)
-                    cgroups.remove(name)
-            except (ServergroupError, OSError) as exc:
-                failures.append(f"{name}: {exc}")
-        netns = LabDriver.netns(name)
-        if (NETNS_DIR / netns).exists():
-            subprocess.run(["ip", "netns", "delete", netns], check=False)
+            for path in sorted((cgroups.root / CGROUP_PARENT).glob(f"*/{name}")):
+                scoped = replace(cgroups, scope=path.parent.name)
+                try:
+                    _kill_all(scoped.procs(name))
+                    scoped.remove(name)
+                except (ServergroupError, OSError) as exc:
+                    failures.append(f"{name}: {exc}")
+        for netns in sorted(NETNS_DIR.glob(f"{NETNS_PREFIX}*-{name}")):
+            subprocess.run(["ip", "netns", "delete", netns.name], check=False)
     if failures:
         pytest.fail("could not clean up lab servers: " + "; ".join(failures))
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3.0
+    while any(process_state(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def all_freezers() -> list[Cgroups]:

@@ -295,3 +295,29 @@ def test_channel_moves_between_hosts_without_restarting_the_guest(
     lab_driver.detach(spec, ch0)  # idempotent
     assert (lab_driver.observe(spec)).channel_dir is None
     assert (lab_driver.observe(spec)).guest_pid == pid
+
+
+def test_two_state_directories_keep_their_servers_apart(
+    server_names: NameFactory, tmp_path: Path
+) -> None:
+    """A user's setup and a test run may both have a server of one name."""
+    a = Sync(LabDriver(tmp_path / "a"))
+    b = Sync(LabDriver(tmp_path / "b"))
+    assert a.driver.netns("s") != b.driver.netns("s")
+    spec = make_spec(server_names())
+    a.create(spec)
+    a.start(spec)
+    pid_a = a.observe(spec).guest_pid
+    b.create(spec)
+    b.start(spec)
+    pid_b = b.observe(spec).guest_pid
+    assert pid_a is not None
+    assert pid_b is not None
+    assert pid_a != pid_b
+    b.delete(spec)
+    # Deleting b's server left a's running, in its own namespace and cgroup.
+    assert a.observe(spec).power is Power.RUNNING
+    assert a.observe(spec).guest_pid == pid_a
+    assert (NETNS_DIR / a.driver.netns(spec.name)).exists()
+    assert not (NETNS_DIR / b.driver.netns(spec.name)).exists()
+    a.delete(spec)

@@ -2,10 +2,10 @@
 
 Theory of operation. A lab server `<name>` is
 
-- the network namespace `sgs-<name>`, with no IP networking: only `lo`,
+- the network namespace `sgs-<scope>-<name>`, with no IP networking: only `lo`,
   left down, so messaging has to go through the channel (seed 000: "available
   regardless of whether IP networking is functional within the server");
-- the cgroup `servergroup/<name>` of the freezer hierarchy (cgroup v1
+- the cgroup `servergroup/<scope>/<name>` of the freezer hierarchy (cgroup v1
   `freezer.state` FROZEN/THAWED; on a cgroup v2 machine `cgroup.freeze`),
   which holds every process of the server: pause freezes it, stop signals
   every process in it;
@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from servergroup.servers.drivers.base import DriverError, Observed, Power, channel_name
@@ -102,8 +103,13 @@ class Cgroups:
 
     root: Path  # where the hierarchy is mounted
     version: int  # 1 or 2
+    #: The driver's scope (see `LabDriver.scope`): the servers of one state
+    #: directory live under `servergroup/<scope>/`, apart from any other's.
+    scope: str = ""
 
     def path(self, name: str) -> Path:
+        if self.scope:
+            return self.root / CGROUP_PARENT / self.scope / name
         return self.root / CGROUP_PARENT / name
 
     def procs_file(self, name: str) -> Path:
@@ -157,6 +163,9 @@ class Cgroups:
         while True:
             try:
                 path.rmdir()
+                if self.scope:  # the scope's own cgroup, once its last server is gone
+                    with contextlib.suppress(OSError):
+                        path.parent.rmdir()
                 return
             except FileNotFoundError:
                 return
@@ -255,6 +264,11 @@ class LabDriver:
     `state_dir` holds `servers/<name>/` for every lab server; every lab host of
     the machine must use the same one. `cgroups` picks the freezer (default:
     detected on first use); `guest_argv(socket_path)` the guest agent's command.
+
+    Kernel objects are named from the driver's `scope`, a digest of the state
+    directory: namespace `sgs-<scope>-<name>`, cgroup `servergroup/<scope>/<name>`.
+    Two set-ups on one machine (a user's `servergroup up` and a test run, say)
+    can therefore both have a server `s1` without touching each other's.
     """
 
     kind = "lab"
@@ -271,7 +285,8 @@ class LabDriver:
         freeze_timeout: float = 5.0,
     ) -> None:
         self.state_dir = Path(os.path.abspath(state_dir))
-        self._cgroups = cgroups
+        self.scope = hashlib.sha256(os.fsencode(self.state_dir)).hexdigest()[:6]
+        self._cgroups = replace(cgroups, scope=self.scope) if cgroups is not None else None
         self._guest_argv = guest_argv
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -283,7 +298,7 @@ class LabDriver:
     @property
     def cgroups(self) -> Cgroups:
         if self._cgroups is None:
-            self._cgroups = detect_cgroups()
+            self._cgroups = replace(detect_cgroups(), scope=self.scope)
         return self._cgroups
 
     def server_dir(self, name: str) -> Path:
@@ -295,9 +310,8 @@ class LabDriver:
     def log_path(self, name: str) -> Path:
         return self.server_dir(name) / LOG_NAME
 
-    @staticmethod
-    def netns(name: str) -> str:
-        return NETNS_PREFIX + name
+    def netns(self, name: str) -> str:
+        return f"{NETNS_PREFIX}{self.scope}-{name}"
 
     def known_servers(self) -> list[str]:
         """Names of the lab servers with a directory under `state_dir` (for clean-ups)."""
