@@ -38,7 +38,10 @@ lint: venv
 	$(BIN)/lint-imports
 
 bench: system-deps venv
+	@bash scripts/install-system-deps --bench
 	$(BIN)/python bench/coordination.py
+	$(BIN)/python bench/messaging.py
+	$(BIN)/python bench/multicast.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
