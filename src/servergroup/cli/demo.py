@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.config import Config, Endpoint
 from servergroup.coordination.local_etcd import LocalEtcd, resolve_endpoints
-from servergroup.demo import run_election_demo
+from servergroup.daemons.up import clean_servers, read_status
+from servergroup.daemons.up import down as take_down
+from servergroup.daemons.up import up as bring_up
+from servergroup.demo import run_election_demo, run_messaging_demo
 
 
 def _say(text: str) -> None:
@@ -25,7 +31,10 @@ def demo(state: CliState) -> None:
 
     Starts the managed local etcd (or uses --endpoints), then runs three
     contenders for one ownership, kills the owner with SIGKILL and shows the
-    takeover with a larger fencing token and how long it took.
+    takeover with a larger fencing token and how long it took. Then, on two
+    lab hosts (`servergroup up`, reused when already up), three servers
+    without IP networking broadcast, query status, and learn that one of them
+    was paused.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -41,9 +50,33 @@ def demo(state: CliState) -> None:
     verdict = "within" if result.takeover_seconds <= 1.5 else "over"
     _say(f"Takeover took {result.takeover_seconds:.2f} s ({verdict} the 1.5 s goal).")
 
+    if config.managed_etcd:
+        _step(3, "Group messaging between servers with no IP networking")
+        _messaging(config)
+
     click.echo()
     if config.managed_etcd:
         _say(
             "The managed etcd keeps running for later commands; stop it with "
             "'servergroup etcd --stop'."
         )
+
+
+def _messaging(config: Config) -> None:
+    previous = read_status(config)
+    if previous is not None:
+        _say("Using the set-up of `servergroup up` that is already running.")
+        status = bring_up(config, hosts=max(2, len(previous.hosts)))
+    else:
+        _say("Bringing up 2 lab hosts (network namespaces), each with a host daemon.")
+        status = bring_up(config, hosts=2, lab_name=os.environ.get("SERVERGROUP_LAB"))
+    try:
+        result = run_async(run_messaging_demo(config, Endpoint.parse(status.etcd), _say))
+        _say(
+            f"Broadcast reached {', '.join(result.broadcast_receivers)} (never the sender); "
+            f"the pause was notified to {', '.join(result.pause_notified)}."
+        )
+    finally:
+        if previous is None:
+            _say("Taking the lab hosts down again (`servergroup down`).")
+            take_down(config, clean_servers=clean_servers)

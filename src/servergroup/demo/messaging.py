@@ -1,0 +1,180 @@
+"""Demo part: group messaging between three lab servers on two lab hosts.
+
+Three servers with no IP networking each run the sample app; one broadcasts,
+the others receive it with the group's sequence number; a status query lists
+all three; pausing one (its processes frozen) notifies the other two. The
+set-up (`servergroup up`) is made and removed by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from servergroup.config import Config, Endpoint
+from servergroup.coordination import EtcdCoordinator
+from servergroup.servers.drivers.lab import LabDriver
+from servergroup.servers.model import Policy, Server
+from servergroup.servers.operations import Operations
+from servergroup.servers.registry import Registry
+
+Say = Callable[[str], None]
+
+GROUP = "demo"
+SERVERS = ("demo-1", "demo-2", "demo-3")
+EVENT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagingResult:
+    """What the messaging demo saw."""
+
+    placement: dict[str, str]
+    broadcast_seq: int
+    broadcast_receivers: tuple[str, ...]
+    status_names: tuple[str, ...]
+    pause_notified: tuple[str, ...]
+    pause_notification_seconds: float
+
+
+class _App:
+    """`servergroup app --json` inside one server; its JSON lines as events."""
+
+    def __init__(self, server: str, proc: asyncio.subprocess.Process) -> None:
+        self.server = server
+        self.proc = proc
+        self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, driver: LabDriver, server: Server, *args: str) -> _App:
+        argv = driver.exec_command(
+            server.spec, [sys.executable, "-m", "servergroup", "app", "--json", *args]
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return cls(server.name, proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            with contextlib.suppress(ValueError):
+                self.lines.put_nowait(json.loads(line))
+
+    async def next(self, kind: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while True:
+                line = await self.lines.get()
+                if line.get("kind") == kind and match(line):
+                    return line
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        self._reader.cancel()
+
+
+async def run_messaging_demo(config: Config, endpoint: Endpoint, say: Say) -> MessagingResult:
+    """Run the messaging part against the set-up of `servergroup up`; narrate with `say`."""
+    coordination = config.coordination
+    async with EtcdCoordinator(
+        (endpoint,), prefix=coordination.prefix, config=coordination
+    ) as coordinator:
+        ops = Operations(Registry(coordinator), timeout=coordination.operation_timeout)
+        driver = LabDriver(config.state_dir)
+        await _remove_earlier_demo(ops)
+        apps: list[_App] = []
+        try:
+            return await _script(ops, driver, apps, say)
+        finally:
+            # Servers first: deleting one thaws and ends every process in it
+            # (a frozen app could not even be killed).
+            await _remove_earlier_demo(ops)
+            for app in apps:
+                await app.stop()
+
+
+async def _remove_earlier_demo(ops: Operations) -> None:
+    for server in await ops.list_servers(GROUP):
+        await ops.delete(server.name)
+    if any(g.name == GROUP for g in await ops.list_groups()):
+        await ops.delete_group(GROUP)
+
+
+async def _script(
+    ops: Operations, driver: LabDriver, apps: list[_App], say: Say
+) -> MessagingResult:
+    await ops.create_group(GROUP, Policy.SOFT_ANTI_AFFINITY)
+    say(f"Group '{GROUP}' (soft-anti-affinity: spread over the hosts when possible).")
+    servers: dict[str, Server] = {}
+    for name in SERVERS:
+        servers[name] = await ops.create_server(name, GROUP)
+        s = servers[name]
+        say(f"  server {name}: {s.spec.instance} on host {s.host}, no IP networking")
+    for name in SERVERS:
+        apps.append(await _App.start(driver, servers[name]))
+    by_name = {app.server: app for app in apps}
+    for app in apps:
+        await app.next("status", lambda line: len(line["servers"]) == len(SERVERS))
+    say(f"The sample app runs in each server; each got the group's status ({len(SERVERS)}).")
+
+    text = "hello from demo-1"
+    say(f"demo-1 broadcasts {text!r}:")
+    sender = await _App.start(
+        driver, servers["demo-1"], "--address", "cgcs.sg.demo", "--timeout", "1", text
+    )
+    apps.append(sender)
+    seq = 0
+    receivers = []
+    for name in SERVERS[1:]:
+        got = await by_name[name].next("broadcast", lambda line: line["text"] == text)
+        seq = int(got["seq"])
+        receivers.append(name)
+        say(f"  {name} received it from {got['source_instance']} (group sequence {seq})")
+    status = await sender.next("status", lambda line: len(line["servers"]) == len(SERVERS))
+    say("  the sender's status query answered:")
+    for info in status["servers"]:
+        say(f"    {info['name']}: {info['vm_state']} on {info['host']} ({info['instance_name']})")
+
+    say("Pausing demo-3 (its processes are frozen):")
+    started = time.monotonic()
+    await ops.pause("demo-3")
+    notified = []
+    for name in SERVERS[:2]:
+        got = await by_name[name].next(
+            "notification", lambda line: line["event"]["payload"]["name"] == "demo-3"
+        )
+        notified.append(name)
+        say(f"  {name} was told: {got['event']['event_type']}")
+    took = time.monotonic() - started
+    say(f"  ({took:.2f} s from the pause request to the notifications)")
+    await ops.unpause("demo-3")
+    return MessagingResult(
+        placement={n: s.host for n, s in servers.items()},
+        broadcast_seq=seq,
+        broadcast_receivers=tuple(receivers),
+        status_names=tuple(info["name"] for info in status["servers"]),
+        pause_notified=tuple(notified),
+        pause_notification_seconds=took,
+    )
+
+
+__all__ = ["MessagingResult", "run_messaging_demo"]

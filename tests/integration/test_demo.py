@@ -1,0 +1,53 @@
+"""`servergroup demo` on the managed etcd, as `make demo` runs it: every part, nothing left."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from servergroup.coordination.etcd_process import free_ports
+from tests.fixtures.lab import unique_lab_name
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_demo_runs_every_part_and_leaves_no_lab() -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="sgd-", dir="/tmp"))
+    client_port, peer_port = free_ports(2)
+    lab = unique_lab_name()
+    env = {
+        **os.environ,
+        "SERVERGROUP_STATE_DIR": str(state_dir),
+        "SERVERGROUP_ETCD_PORT": str(client_port),
+        "SERVERGROUP_ETCD_PEER_PORT": str(peer_port),
+        "SERVERGROUP_LAB": lab,
+    }
+    env.pop("SERVERGROUP_ETCD_ENDPOINTS", None)
+    sg = [sys.executable, "-m", "servergroup"]
+    try:
+        done = subprocess.run(
+            [*sg, "demo"], env=env, capture_output=True, text=True, timeout=150, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        assert "took over with token" in out
+        assert "demo-2 received it from" in out
+        assert "demo-3 received it from" in out
+        assert "demo-1 was told: compute.instance.pause.end" in out
+        assert "demo-2 was told: compute.instance.pause.end" in out
+        # The lab hosts the demo brought up are gone again; so are its servers.
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"{lab}-h" not in netns
+        assert not list((state_dir / "servers").glob("*"))
+    finally:
+        subprocess.run([*sg, "down"], env=env, capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*sg, "etcd", "--stop"], env=env, capture_output=True, timeout=60, check=False
+        )
+        shutil.rmtree(state_dir, ignore_errors=True)
