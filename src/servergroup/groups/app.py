@@ -72,6 +72,11 @@ def event_json(event: ClientEvent) -> JsonObject:
             return {"kind": "nack", "orig_msg_type": orig, "reason": reason}
 
 
+#: How often, and how many times in all, the app asks for the status until it comes.
+STATUS_RETRY_INTERVAL = 1.0
+STATUS_TRIES = 5
+
+
 def run_app(
     message: str | None,
     *,
@@ -102,6 +107,11 @@ def run_app(
         if message is not None:
             client.broadcast(message)
         client.request_status()
+        # The service is best-effort (seed 000): a query sent while the host's
+        # relay is still connecting (right after a boot or a restart) is lost.
+        # Ask again until the status comes, a few times.
+        status_tries = 1
+        retry_at = time.monotonic() + STATUS_RETRY_INTERVAL
         selector.register(client.fileno(), selectors.EVENT_READ)
         try:
             while count is None or printed < count:
@@ -112,7 +122,13 @@ def run_app(
                         break
                 if selector.select(wait):
                     for event in client.receive():
+                        if isinstance(event, StatusReceived):
+                            status_tries = STATUS_TRIES
                         show(event)
+                if status_tries < STATUS_TRIES and time.monotonic() >= retry_at:
+                    client.request_status()
+                    status_tries += 1
+                    retry_at = time.monotonic() + STATUS_RETRY_INTERVAL
         except KeyboardInterrupt:
             pass
     return printed

@@ -19,7 +19,7 @@ once, the first row of this table that matches wins:
 |---------------------------------------------------------|-------------------------------------|
 | a server not deleted -> deleted or gone                 | compute.instance.delete.end         |
 | no status / building -> active                          | compute.instance.create.end         |
-| status.host changed, now active                         | compute.instance.live_migration.end |
+| status.host changed, or migrating, now active           | compute.instance.live_migration.end |
 |   (the same, when the spec asked a cold migration)      | compute.instance.migrate.end        |
 | active -> paused                                        | compute.instance.pause.end          |
 | paused -> active                                        | compute.instance.unpause.end        |
@@ -85,7 +85,10 @@ def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None
     old = before.status if before is not None else None
     if old is None or old.state is VmState.BUILDING:
         return ("create.end", INFO) if new.state is VmState.ACTIVE else None
-    if new.host != old.host and new.state is VmState.ACTIVE:
+    # The source host hands a server over by writing MIGRATING with the target
+    # as host already; the target's ACTIVE then ends the migration.
+    moved = new.host != old.host or old.state is VmState.MIGRATING
+    if moved and new.state is VmState.ACTIVE:
         return ("live_migration.end" if after.spec.live_migration else "migrate.end"), INFO
     if new.state is not old.state:
         if new.state is VmState.ERROR:

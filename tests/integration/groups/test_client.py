@@ -324,3 +324,26 @@ def test_app_command_refuses_a_bad_message(guest: GuestFactory) -> None:
     assert proc.returncode == 2
     assert "3051 bytes of UTF-8; the limit is 3050" in err
     assert "Traceback" not in err
+
+
+def test_app_asks_again_when_its_first_status_query_was_lost(guest: GuestFactory) -> None:
+    """Right after a boot the host's relay may not be connected yet (it retries
+    every second): the first query is dropped by the agent; the app asks again."""
+    g = guest()
+    proc = run_app_in(g, "--json", "--count", "1", "--timeout", "20")
+    try:
+        time.sleep(1.3)  # the first query went while no host was connected
+        host = connected(g)
+        while not isinstance(query := decode_group_message(host.receive().data), StatusQuery):
+            pass
+        host.send(to_app(StatusResponse(seq=query.seq, server=SERVER_A)))
+        host.send(to_app(StatusResponseDone(seq=query.seq)))
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    [line] = [json.loads(text) for text in out.splitlines()]
+    assert line["kind"] == "status"
+    assert [s["name"] for s in line["servers"]] == ["a"]

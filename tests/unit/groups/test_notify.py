@@ -58,6 +58,14 @@ TABLE: list[tuple[str, Server | None, Server | None, str | None]] = [
     ("active -> error", server(A), server(E), "error"),
     ("active -> migrating", server(A), server(M), None),
     ("migrating -> active elsewhere", server(M), server(A, host="h2"), "live_migration.end"),
+    # The source hands over by writing MIGRATING with the target as host already.
+    ("handed over -> active", server(M, host="h2"), server(A, host="h2"), "live_migration.end"),
+    (
+        "cold, handed over -> active",
+        server(M, host="h2", live=False),
+        server(A, host="h2", live=False),
+        "migrate.end",
+    ),
     ("cold migration", server(S), server(A, host="h2", live=False), "migrate.end"),
     ("host changed while stopped", server(S), server(S, host="h2"), None),
     ("reboot", server(A), server(A, reboots=1), "reboot.end"),
