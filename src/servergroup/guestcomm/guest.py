@@ -45,6 +45,7 @@ from servergroup.common.logsetup import log_bug
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
+    MAX_APP_DATAGRAM,
     MESSAGING_ADDR,
     ChannelDecoder,
     Dropped,
@@ -453,7 +454,7 @@ class GuestAgent:
             self._drops.drop(
                 Reason.TOO_BIG,
                 f"a datagram of {len(datagram.data)} bytes or more from "
-                f"{_who(datagram.sender)}; the limit is 4095",
+                f"{_who(datagram.sender)}; the limit is {MAX_APP_DATAGRAM}",
             )
             return
         if datagram.sender is None:

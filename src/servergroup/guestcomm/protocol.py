@@ -43,6 +43,12 @@ MAX_INSTANCE_LENGTH = 20
 #: Longest datagram delivered to an application: the original libraries
 #: receive into 4096-byte buffers, so a datagram must stay under 4096 bytes.
 MAX_DATAGRAM = 4095
+#: The largest datagram accepted FROM an application. Larger than what is
+#: delivered: json-c (the original library) writes '/' as '\/', so a legal
+#: 3050-byte broadcast can arrive as a datagram over 4095 bytes; it must reach
+#: the group service, to be delivered (re-encoded, smaller) or refused with a
+#: nack, never dropped in silence. 64 KiB datagrams are still refused.
+MAX_APP_DATAGRAM = 32768
 #: Longest channel line accepted, in bytes (without its newline).
 MAX_LINE = 65536
 #: Deepest JSON nesting accepted (json-c, which the original programs parse

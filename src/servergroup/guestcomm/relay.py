@@ -41,6 +41,7 @@ from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import BUG_MARKER, log_bug
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
+    MAX_APP_DATAGRAM,
     MAX_INSTANCE_LENGTH,
     MAX_LINE,
     MESSAGING_ADDR,
@@ -453,7 +454,8 @@ class ChannelRelay:
         if datagram.truncated:
             self._drops.drop(
                 Reason.TOO_BIG,
-                f"a datagram of {len(datagram.data)} bytes or more; the limit is 4095",
+                f"a datagram of {len(datagram.data)} bytes or more; "
+                f"the limit is {MAX_APP_DATAGRAM}",
             )
             return
         if datagram.sender is None:

@@ -21,11 +21,16 @@ from enum import Enum
 from pathlib import Path
 
 from servergroup.common.errors import LocalError, UsageError
-from servergroup.guestcomm.protocol import MAX_DATAGRAM, Envelope, encode_envelope
+from servergroup.guestcomm.protocol import (
+    MAX_APP_DATAGRAM,
+    MAX_DATAGRAM,
+    Envelope,
+    encode_envelope,
+)
 
 #: Receive buffer: one byte more than the largest datagram accepted, so a
-#: datagram of exactly 4096 bytes shows as too big without MSG_TRUNC.
-RECEIVE_SIZE = MAX_DATAGRAM + 1
+#: datagram of exactly MAX_APP_DATAGRAM + 1 bytes shows as too big without MSG_TRUNC.
+RECEIVE_SIZE = MAX_APP_DATAGRAM + 1
 #: Kernel receive buffer asked for, so that bursts wait in the kernel.
 RECEIVE_BUFFER = 1 << 20
 
@@ -104,7 +109,7 @@ class AbstractSocket:
             data, _, flags, address = self._sock.recvmsg(RECEIVE_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
-        truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_DATAGRAM
+        truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_APP_DATAGRAM
         return Datagram(data=data, sender=sender_name(address), truncated=truncated)
 
     async def receive(self) -> Datagram:

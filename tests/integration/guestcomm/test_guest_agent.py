@@ -10,7 +10,12 @@ import socket
 import threading
 import tty
 
-from servergroup.guestcomm.protocol import Envelope, JsonObject, encode_host_frame
+from servergroup.guestcomm.protocol import (
+    MAX_APP_DATAGRAM,
+    Envelope,
+    JsonObject,
+    encode_host_frame,
+)
 from tests.integration.guestcomm.conftest import (
     CLI,
     GuestUnderTest,
@@ -121,8 +126,10 @@ def test_bad_datagrams_are_dropped_and_a_good_one_still_goes_through(
     ]
     for raw in bad:
         app.send_raw(raw)
-    # 4096 bytes and 64 KiB: over the 4095-byte limit of the original libraries.
-    padding = b" " * (4096 - len(b'{"version":2,"dest_addr":"cgcs.server_grp","data":{}}'))
+    # One byte over the limit on what apps may send, and 64 KiB.
+    padding = b" " * (
+        MAX_APP_DATAGRAM + 1 - len(b'{"version":2,"dest_addr":"cgcs.server_grp","data":{}}')
+    )
     app.send_raw(b'{"version":2,"dest_addr":"cgcs.server_grp","data":{}}' + padding)
     app.send_raw(
         b'{"version":2,"dest_addr":"cgcs.server_grp","data":{"s":"' + b"a" * 65500 + b'"}}'
