@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -307,11 +306,15 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
     if found.spec.driver != "lab":
         raise UsageError(f"server {name} uses the {found.spec.driver} driver: exec needs a lab one")
     argv = _lab_exec_argv(state.config(), found, list(command))
+    # Become the command (through sh and `ip netns exec`, which exec too): its
+    # PID is ours, so signals sent to `server exec` reach it, and its exit
+    # status is ours.
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        done = subprocess.run(argv, check=False)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(done.returncode if done.returncode >= 0 else 128 - done.returncode)
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
 
 
 def _lab_exec_argv(config: Config, found: Server, command: list[str]) -> list[str]:

@@ -95,6 +95,11 @@ async def test_groups_and_servers_from_the_command_line(
     assert (status, out.split(), err) == (0, ["lo", "DOWN", "00:00:00:00:00:00", "<LOOPBACK>"], "")
     status, _, _ = await cli("server", "exec", name, "--", "sh", "-c", "exit 7")
     assert status == 7
+    # `server exec` becomes the command: same PID, so a signal to it reaches the command.
+    status, out, err = await cli("server", "exec", name, "--", "sh", "-c", 'echo "$$ $PPID"')
+    assert status == 0, err
+    _, parent = out.split()
+    assert int(parent) == os.getpid()
 
     assert (await cli("server", "pause", name))[1] == f"server {name} is paused on h0\n"
     status, _, err = await cli("server", "exec", name, "--", "true")
