@@ -60,6 +60,7 @@ from servergroup.guestcomm.sockets import (
     SendResult,
     deliver,
     reachable_path,
+    serve_datagrams,
 )
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ DEFAULT_CHANNEL_DEVICE = Path("/dev/virtio-ports/cgcs.messaging")
 DEFAULT_QUEUE_LIMIT = 1 << 20
 #: How often a device channel checks whether the host has connected.
 DEFAULT_HOST_POLL_INTERVAL = 0.5
-#: Datagrams handled in a row before other work gets a turn.
-_BATCH = 64
 _READ_SIZE = 65536
 
 
@@ -432,21 +431,7 @@ class GuestAgent:
 
     async def _serve_apps(self) -> None:
         assert self._sock is not None
-        handled = 0
-        while True:
-            try:
-                datagram = await self._sock.receive()
-            except OSError:
-                log_bug(log, "receiving from applications")
-                await asyncio.sleep(0.1)  # whatever it is, do not spin on it
-                continue
-            try:
-                self._from_app(datagram)
-            except Exception:
-                log_bug(log, "the guest agent's application handler")
-            handled += 1
-            if handled % _BATCH == 0:
-                await asyncio.sleep(0)  # let the channel's callbacks run during a burst
+        await serve_datagrams(self._sock, self._from_app, who="the guest agent")
 
     def _from_app(self, datagram: Datagram) -> None:
         self.counters.from_apps += 1

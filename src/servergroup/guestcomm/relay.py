@@ -58,6 +58,7 @@ from servergroup.guestcomm.sockets import (
     SendResult,
     deliver,
     reachable_path,
+    serve_datagrams,
 )
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ CHANNEL_FILE = re.compile(r"cgcs\.messaging\.(?P<instance>.+)\.sock")
 DEFAULT_QUEUE_LIMIT = 1 << 20
 #: How long one connection attempt may take (a full listen backlog makes it wait).
 CONNECT_TIMEOUT = 5.0
-#: Datagrams handled in a row before other work gets a turn.
-_BATCH = 64
 #: Connection errors that mean "the guest agent is not listening (yet)": retried quietly.
 _NOT_LISTENING = {errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN}
 _WATCH_MASK = (
@@ -433,21 +432,7 @@ class ChannelRelay:
 
     async def _serve_apps(self) -> None:
         assert self._sock is not None
-        handled = 0
-        while True:
-            try:
-                datagram = await self._sock.receive()
-            except OSError:
-                log_bug(log, "receiving from applications")
-                await asyncio.sleep(0.1)  # whatever it is, do not spin on it
-                continue
-            try:
-                self._from_app(datagram)
-            except Exception:
-                log_bug(log, "the channel relay's application handler")
-            handled += 1
-            if handled % _BATCH == 0:
-                await asyncio.sleep(0)
+        await serve_datagrams(self._sock, self._from_app, who="the channel relay")
 
     def _from_app(self, datagram: Datagram) -> None:
         self.counters.from_apps += 1

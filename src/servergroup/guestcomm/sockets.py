@@ -13,20 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from servergroup.common.errors import LocalError, UsageError
+from servergroup.common.logsetup import log_bug
 from servergroup.guestcomm.protocol import (
     MAX_APP_DATAGRAM,
     MAX_DATAGRAM,
     Envelope,
     encode_envelope,
 )
+
+log = logging.getLogger(__name__)
 
 #: Receive buffer: one byte more than the largest datagram accepted, so a
 #: datagram of exactly MAX_APP_DATAGRAM + 1 bytes shows as too big without MSG_TRUNC.
@@ -181,6 +185,36 @@ def deliver(sock: AbstractSocket, envelope: Envelope) -> SendResult:
     if len(datagram) > MAX_DATAGRAM:
         return SendResult.TOO_BIG
     return sock.send_to(envelope.dest_addr, datagram)
+
+
+#: Datagrams handled between two yields to the event loop during a burst.
+BATCH = 64
+
+
+async def serve_datagrams(
+    sock: AbstractSocket, handle: Callable[[Datagram], None], *, who: str
+) -> None:
+    """Hand every datagram arriving on `sock` to `handle`, until cancelled.
+
+    Neither a receive error nor an exception in `handle` ends the loop: each
+    is logged as a bug (a peer's garbage must never stop a daemon). During a
+    burst the loop yields every `BATCH` datagrams so that other work runs.
+    """
+    handled = 0
+    while True:
+        try:
+            datagram = await sock.receive()
+        except OSError:
+            log_bug(log, f"receiving from applications ({who})")
+            await asyncio.sleep(0.1)  # whatever it is, do not spin on it
+            continue
+        try:
+            handle(datagram)
+        except Exception:
+            log_bug(log, f"the application handler of {who}")
+        handled += 1
+        if handled % BATCH == 0:
+            await asyncio.sleep(0)
 
 
 #: sun_path holds 108 bytes, the terminating NUL included.
