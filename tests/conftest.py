@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, settings
 
 pytest_plugins = [
     "tests.fixtures.etcd",
+    "tests.fixtures.coordinators",
     "tests.fixtures.daemons",
     "tests.fixtures.lab",
     "tests.fixtures.netns",

@@ -20,8 +20,7 @@ from servergroup.coordination import (
     WatchCompacted,
     WatchEvent,
 )
-
-from .conftest import CoordinatorFactory
+from tests.fixtures.coordinators import CoordinatorFactory
 
 
 async def collect(watch: object, n: int, timeout: float = 5.0) -> list[WatchEvent]:

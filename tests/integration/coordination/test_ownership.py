@@ -19,8 +19,7 @@ from servergroup.coordination import (
     Session,
     SessionState,
 )
-
-from .conftest import CoordinatorFactory
+from tests.fixtures.coordinators import CoordinatorFactory
 
 CONFIG = CoordinationConfig()
 

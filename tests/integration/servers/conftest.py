@@ -1,7 +1,7 @@
 """Fixtures for servers: registries over memory and real etcd, and lab servers cleaned up always.
 
-- `make_coordinator`: clients of one store, per backend (memory, etcd), as in
-  tests/integration/coordination (a prefix of the test's own on the shared etcd).
+- `make_coordinator` (tests/fixtures/coordinators.py): clients of one store,
+  per backend (memory, etcd).
 - `lab_state_dir`-independent `server_state_dir`: a short directory (the
   channel socket path must fit in 108 bytes), removed after the test.
 - `lab_driver`: a `LabDriver` on it; `server_names()` gives unique names and
@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,11 +34,8 @@ from servergroup.common.errors import ServergroupError
 from servergroup.common.logsetup import BUG_MARKER
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import (
-    Coordinator,
     EtcdCluster,
     EtcdCoordinator,
-    MemoryCoordinator,
-    MemoryStore,
 )
 from servergroup.servers.drivers.base import channel_name
 from servergroup.servers.drivers.lab import (
@@ -58,7 +54,6 @@ from servergroup.servers.registry import Registry, RegistryCache
 
 CONFIG = CoordinationConfig()
 
-CoordinatorFactory = Callable[[], Coordinator]
 NameFactory = Callable[[], str]
 
 
@@ -68,39 +63,6 @@ def no_bug_lines(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     bugs = [r.getMessage() for r in caplog.records if BUG_MARKER in r.getMessage()]
     assert not bugs, f"BUG lines logged: {bugs}"
-
-
-@pytest.fixture(params=["memory", "etcd"])
-async def make_coordinator(request: pytest.FixtureRequest) -> AsyncIterator[CoordinatorFactory]:
-    """A factory of clients of one store (several clients share it), per backend."""
-    made: list[Any] = []
-    if request.param == "memory":
-        store = MemoryStore()
-        prefix = f"/sgtest/memory-{secrets.token_hex(3)}/"
-
-        def make() -> Coordinator:
-            c = MemoryCoordinator(store, prefix=prefix)
-            made.append(c)
-            return c
-
-        yield make
-        for c in made:
-            await c.close()
-        await store.close()
-    else:
-        server = request.getfixturevalue("etcd_server")
-        prefix = request.getfixturevalue("etcd_prefix")
-
-        def make() -> Coordinator:
-            c = EtcdCoordinator(server.endpoints, prefix=prefix, config=CONFIG)
-            made.append(c)
-            return c
-
-        yield make
-        if made:
-            await made[0].delete_prefix("")
-        for c in made:
-            await c.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from servergroup.servers.registry import (
     ServerExists,
     spec_key,
 )
-from tests.integration.servers.conftest import CoordinatorFactory
+from tests.fixtures.coordinators import CoordinatorFactory
 
 GROUP = GroupRecord(name="g1", policy=Policy.ANTI_AFFINITY, uuid="gu", created_at="t0")
 SPEC = ServerSpec(name="vm1", instance="instance-00000001", uuid="su", group="g1", host="h0")
