@@ -44,27 +44,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dgram.h"
 #include "minijson.h"
 
 #define AGENT_ADDR "cgcs.messaging"
 #define RECV_BUF 4096 /* the original libraries' receive buffer */
 #define SEND_BUF 16384
 #define MAX_ADDR 15   /* application addresses: 16 bytes with the NUL */
-
-static socklen_t abstract_addr(struct sockaddr_un *sa, const char *name)
-{
-    memset(sa, 0, sizeof *sa);
-    sa->sun_family = AF_UNIX;
-    sa->sun_path[0] = '\0';
-    memcpy(sa->sun_path + 1, name, strlen(name));
-    return (socklen_t)(sizeof(sa_family_t) + 1 + strlen(name));
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "host_tool: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
 
 static void send_msg(int fd, const char *dest_addr, const char *dest_instance,
                      const char *msg_type, const char *text)
@@ -90,13 +76,6 @@ static void send_msg(int fd, const char *dest_addr, const char *dest_instance,
     }
     if (sendto(fd, buf, o.len, 0, (struct sockaddr *)&to, len) < 0)
         die("sendto cgcs.messaging");
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* 1 when the message was accepted. */
@@ -143,6 +122,11 @@ static int handle(int fd, const char *buf, size_t n, int echo)
     return 1;
 }
 
+static int on_datagram(int fd, const char *buf, size_t n, void *echo)
+{
+    return handle(fd, buf, n, *(int *)echo);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: host_tool -a OWN_ADDR [-d DEST_ADDR [-i DEST_INSTANCE] [-m TEXT]] "
@@ -155,11 +139,12 @@ int main(int argc, char **argv)
     const char *own_name = NULL, *dest_addr = NULL, *dest_instance = NULL, *text = "ping";
     struct sockaddr_un own;
     socklen_t own_len;
-    double seconds = -1, deadline;
-    long count = -1, accepted = 0;
+    double seconds = -1;
+    long count = -1;
     int echo = 0, raw = 0, opt, fd;
     char buf[RECV_BUF];
 
+    dgram_program = "host_tool";
     while ((opt = getopt(argc, argv, "a:d:i:m:en:t:r")) != -1) {
         switch (opt) {
         case 'a': own_name = optarg; break;
@@ -190,56 +175,7 @@ int main(int argc, char **argv)
         printf("sent %s %s\n", dest_addr, dest_instance ? dest_instance : "-");
     }
 
-    deadline = seconds < 0 ? 0 : now() + seconds;
-    while (count < 0 || accepted < count) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        struct sockaddr_un from;
-        struct iovec iov = {buf, sizeof buf};
-        struct msghdr mh;
-        int timeout_ms = -1, r;
-        ssize_t n;
-
-        if (seconds >= 0) {
-            double left = deadline - now();
-            if (left <= 0)
-                break;
-            timeout_ms = (int)(left * 1000) + 1;
-        }
-        r = poll(&pfd, 1, timeout_ms);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            die("poll");
-        }
-        if (r == 0)
-            continue;
-        memset(&mh, 0, sizeof mh);
-        memset(&from, 0, sizeof from);
-        mh.msg_name = &from;
-        mh.msg_namelen = sizeof from;
-        mh.msg_iov = &iov;
-        mh.msg_iovlen = 1;
-        n = recvmsg(fd, &mh, MSG_TRUNC);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("recvmsg");
-        }
-        if (raw) {
-            size_t shown = (size_t)n < sizeof buf ? (size_t)n : sizeof buf;
-            int named = mh.msg_namelen > sizeof(sa_family_t) + 1 && from.sun_path[0] == '\0';
-            printf("raw %zd %s%.*s ", n, named ? "@" : "-",
-                   named ? (int)(mh.msg_namelen - sizeof(sa_family_t) - 1) : 0,
-                   from.sun_path + 1);
-            fwrite(buf, 1, shown, stdout);
-            printf("\n");
-        }
-        if ((size_t)n >= sizeof buf || (mh.msg_flags & MSG_TRUNC)) {
-            printf("truncated %zd\n", n);
-            continue;
-        }
-        accepted += handle(fd, buf, (size_t)n, echo);
-    }
+    dgram_loop(fd, buf, sizeof buf, seconds, count, raw, on_datagram, &echo);
     close(fd);
     return 0;
 }

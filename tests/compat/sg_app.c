@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dgram.h"
 #include "minijson.h"
 
 #define SG_ADDR "cgcs.server_grp"
@@ -45,21 +46,6 @@
 #define RECV_BUF 4096     /* the original library's receive buffer */
 #define SEND_BUF 16384
 #define STATUS_MAX (1 << 20)
-
-static socklen_t abstract_addr(struct sockaddr_un *sa, const char *name)
-{
-    memset(sa, 0, sizeof *sa);
-    sa->sun_family = AF_UNIX;
-    sa->sun_path[0] = '\0';
-    memcpy(sa->sun_path + 1, name, strlen(name));
-    return (socklen_t)(sizeof(sa_family_t) + 1 + strlen(name));
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "sg_app: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
 
 static void send_to_agent(int fd, const char *inner)
 {
@@ -212,11 +198,11 @@ static void handle(const char *buf, size_t n, long seq)
     }
 }
 
-static double now(void)
+static int on_datagram(int fd, const char *buf, size_t n, void *seq)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    (void)fd;
+    handle(buf, n, *(long *)seq);
+    return 1;
 }
 
 static void usage(void)
@@ -229,11 +215,12 @@ int main(int argc, char **argv)
 {
     struct sockaddr_un own;
     socklen_t own_len;
-    double seconds = -1, deadline;
+    double seconds = -1;
     long seq = 1;
     int raw = 0, opt, fd;
     char buf[RECV_BUF];
 
+    dgram_program = "sg_app";
     while ((opt = getopt(argc, argv, "t:s:r")) != -1) {
         switch (opt) {
         case 't': seconds = atof(optarg); break;
@@ -261,56 +248,7 @@ int main(int argc, char **argv)
         send_broadcast(fd, argv[optind]);
     send_status_query(fd, seq);
 
-    deadline = seconds < 0 ? 0 : now() + seconds;
-    for (;;) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        struct sockaddr_un from;
-        struct iovec iov = {buf, sizeof buf};
-        struct msghdr mh;
-        int timeout_ms = -1, r;
-        ssize_t n;
-
-        if (seconds >= 0) {
-            double left = deadline - now();
-            if (left <= 0)
-                break;
-            timeout_ms = (int)(left * 1000) + 1;
-        }
-        r = poll(&pfd, 1, timeout_ms);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            die("poll");
-        }
-        if (r == 0)
-            continue;
-        memset(&mh, 0, sizeof mh);
-        memset(&from, 0, sizeof from);
-        mh.msg_name = &from;
-        mh.msg_namelen = sizeof from;
-        mh.msg_iov = &iov;
-        mh.msg_iovlen = 1;
-        n = recvmsg(fd, &mh, MSG_TRUNC);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("recvmsg");
-        }
-        if (raw) {
-            size_t shown = (size_t)n < sizeof buf ? (size_t)n : sizeof buf;
-            int named = mh.msg_namelen > sizeof(sa_family_t) + 1 && from.sun_path[0] == '\0';
-            printf("raw %zd %s%.*s ", n, named ? "@" : "-",
-                   named ? (int)(mh.msg_namelen - sizeof(sa_family_t) - 1) : 0,
-                   from.sun_path + 1);
-            fwrite(buf, 1, shown, stdout);
-            printf("\n");
-        }
-        if ((size_t)n >= sizeof buf || (mh.msg_flags & MSG_TRUNC)) {
-            printf("truncated %zd\n", n);
-            continue;
-        }
-        handle(buf, (size_t)n, seq);
-    }
+    dgram_loop(fd, buf, sizeof buf, seconds, -1, raw, on_datagram, &seq);
     close(fd);
     free(status_buf);
     return 0;
