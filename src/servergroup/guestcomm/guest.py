@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import select
@@ -45,19 +44,17 @@ from servergroup.common.logsetup import log_bug
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
-    MAX_APP_DATAGRAM,
     MESSAGING_ADDR,
     ChannelDecoder,
     Dropped,
     Envelope,
-    ProtocolError,
-    decode_envelope,
     encode_guest_frame,
 )
 from servergroup.guestcomm.sockets import (
     AbstractSocket,
     Datagram,
     SendResult,
+    app_envelope,
     deliver,
     reachable_path,
     serve_datagrams,
@@ -435,29 +432,9 @@ class GuestAgent:
 
     def _from_app(self, datagram: Datagram) -> None:
         self.counters.from_apps += 1
-        if datagram.truncated:
-            self._drops.drop(
-                Reason.TOO_BIG,
-                f"a datagram of {len(datagram.data)} bytes or more from "
-                f"{_who(datagram.sender)}; the limit is {MAX_APP_DATAGRAM}",
-            )
+        envelope = app_envelope(datagram, self._drops)
+        if envelope is None:
             return
-        if datagram.sender is None:
-            self._drops.drop(
-                Reason.NOT_ABSTRACT,
-                "a datagram from a socket without an abstract name; nobody could reply to it",
-            )
-            return
-        try:
-            envelope = decode_envelope(datagram.data)
-        except ProtocolError as exc:
-            self._drops.drop(Reason.BAD_MESSAGE, f"from {datagram.sender!r}: {exc}")
-            return
-        if envelope.dest_addr is None:
-            self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {datagram.sender!r}")
-            return
-        # The sender's own name, never what it claims; instances are the host's to set.
-        envelope = dataclasses.replace(envelope, source_addr=datagram.sender, source_instance=None)
         assert self._channel is not None
         result = self._channel.write(encode_guest_frame(envelope))
         if result is WriteResult.QUEUED:
@@ -465,13 +442,13 @@ class GuestAgent:
         elif result is WriteResult.NOT_CONNECTED:
             self._drops.drop(
                 Reason.HOST_NOT_CONNECTED,
-                f"a message from {datagram.sender!r} to {envelope.dest_addr!r}: "
+                f"a message from {envelope.source_addr!r} to {envelope.dest_addr!r}: "
                 "no host is connected to the channel",
             )
         else:
             self._drops.drop(
                 Reason.CHANNEL_QUEUE_FULL,
-                f"a message from {datagram.sender!r}: the host is not reading the channel",
+                f"a message from {envelope.source_addr!r}: the host is not reading the channel",
             )
 
     # -- host -> applications (the channel's events)
@@ -521,10 +498,6 @@ class GuestAgent:
                 Reason.TOO_BIG,
                 f"a message for {envelope.dest_addr!r} would be a datagram over 4095 bytes",
             )
-
-
-def _who(sender: str | None) -> str:
-    return repr(sender) if sender is not None else "a socket without an abstract name"
 
 
 async def run_guest(config: GuestConfig, *, stop: asyncio.Event | None = None) -> None:

@@ -41,21 +41,19 @@ from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import BUG_MARKER, log_bug
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
-    MAX_APP_DATAGRAM,
     MAX_INSTANCE_LENGTH,
     MAX_LINE,
     MESSAGING_ADDR,
     ChannelDecoder,
     Dropped,
     Envelope,
-    ProtocolError,
-    decode_envelope,
     encode_host_frame,
 )
 from servergroup.guestcomm.sockets import (
     AbstractSocket,
     Datagram,
     SendResult,
+    app_envelope,
     deliver,
     reachable_path,
     serve_datagrams,
@@ -436,34 +434,16 @@ class ChannelRelay:
 
     def _from_app(self, datagram: Datagram) -> None:
         self.counters.from_apps += 1
-        if datagram.truncated:
-            self._drops.drop(
-                Reason.TOO_BIG,
-                f"a datagram of {len(datagram.data)} bytes or more; "
-                f"the limit is {MAX_APP_DATAGRAM}",
-            )
-            return
-        if datagram.sender is None:
-            self._drops.drop(
-                Reason.NOT_ABSTRACT, "a datagram from a socket without an abstract name"
-            )
-            return
-        try:
-            envelope = decode_envelope(datagram.data)
-        except ProtocolError as exc:
-            self._drops.drop(Reason.BAD_MESSAGE, f"from {datagram.sender!r}: {exc}")
-            return
-        if envelope.dest_addr is None:
-            self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {datagram.sender!r}")
+        envelope = app_envelope(datagram, self._drops)
+        if envelope is None:
             return
         if envelope.dest_instance is None:
-            self._drops.drop(Reason.NO_DEST_INSTANCE, f"a message from {datagram.sender!r}")
+            self._drops.drop(Reason.NO_DEST_INSTANCE, f"a message from {envelope.source_addr!r}")
             return
         target = envelope.dest_instance
-        envelope = dataclasses.replace(envelope, source_addr=datagram.sender, source_instance=None)
         reason = self._write(target, envelope)
         if reason is not None:
-            self._drops.drop(reason, f"a message from {datagram.sender!r} for {target}")
+            self._drops.drop(reason, f"a message from {envelope.source_addr!r} for {target}")
 
     # -- the channel directory
 

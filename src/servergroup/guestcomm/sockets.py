@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -23,10 +24,13 @@ from pathlib import Path
 
 from servergroup.common.errors import LocalError, UsageError
 from servergroup.common.logsetup import log_bug
+from servergroup.guestcomm.drops import DropLog, Reason
 from servergroup.guestcomm.protocol import (
     MAX_APP_DATAGRAM,
     MAX_DATAGRAM,
     Envelope,
+    ProtocolError,
+    decode_envelope,
     encode_envelope,
 )
 
@@ -185,6 +189,39 @@ def deliver(sock: AbstractSocket, envelope: Envelope) -> SendResult:
     if len(datagram) > MAX_DATAGRAM:
         return SendResult.TOO_BIG
     return sock.send_to(envelope.dest_addr, datagram)
+
+
+def app_envelope(datagram: Datagram, drops: DropLog) -> Envelope | None:
+    """The envelope an application sent, stamped with its own name; None (dropped,
+    counted and logged) when it is too big, from a socket without an abstract
+    name, not an envelope (spec section 3), or without `dest_addr`.
+
+    `source_addr` is the sender's own name, never what it claims, and
+    `source_instance` is cleared: instances are the host's to set.
+    """
+    if datagram.truncated:
+        drops.drop(
+            Reason.TOO_BIG,
+            f"a datagram of {len(datagram.data)} bytes or more from "
+            f"{datagram.sender or 'a socket without an abstract name'}; "
+            f"the limit is {MAX_APP_DATAGRAM}",
+        )
+        return None
+    if datagram.sender is None:
+        drops.drop(
+            Reason.NOT_ABSTRACT,
+            "a datagram from a socket without an abstract name; nobody could reply to it",
+        )
+        return None
+    try:
+        envelope = decode_envelope(datagram.data)
+    except ProtocolError as exc:
+        drops.drop(Reason.BAD_MESSAGE, f"from {datagram.sender!r}: {exc}")
+        return None
+    if envelope.dest_addr is None:
+        drops.drop(Reason.NO_DEST_ADDR, f"a message from {datagram.sender!r}")
+        return None
+    return dataclasses.replace(envelope, source_addr=datagram.sender, source_instance=None)
 
 
 #: Datagrams handled between two yields to the event loop during a burst.
