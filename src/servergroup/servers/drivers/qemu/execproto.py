@@ -207,11 +207,12 @@ def _parse_header(data: bytes | bytearray, at: int) -> tuple[FrameType, int, int
 
 
 def _crc_ok(data: bytes | bytearray, at: int, length: int) -> bool:
-    view = memoryview(data)
-    head = view[at : at + HEADER_SIZE - 4]
     declared: int = _U32.unpack_from(data, at + HEADER_SIZE - 4)[0]
-    end = at + HEADER_SIZE + length
-    return zlib.crc32(view[at + HEADER_SIZE : end], zlib.crc32(head)) == declared
+    # Release the view before returning: the decoder resizes its bytearray next.
+    with memoryview(data) as view:
+        crc = zlib.crc32(view[at : at + HEADER_SIZE - 4])
+        crc = zlib.crc32(view[at + HEADER_SIZE : at + HEADER_SIZE + length], crc)
+    return crc == declared
 
 
 _TYPES = frozenset(int(t) for t in FrameType)
