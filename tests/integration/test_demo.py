@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.coordination.etcd_process import free_ports
+from servergroup.demo.distribution import MEMORY_DIR, distribution_lab_name, work_dir_prefix
 from tests.fixtures.lab import unique_lab_name
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,10 +42,22 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         assert "demo-3 received it from" in out
         assert "demo-1 was told: compute.instance.pause.end" in out
         assert "demo-2 was told: compute.instance.pause.end" in out
-        # The lab hosts the demo brought up are gone again; so are its servers.
+        # The image went to three lab hosts; the sender's table lists three
+        # finished clients, and each output is the image.
+        image_lab = distribution_lab_name(lab)
+        assert f"Bringing up lab {image_lab}: 4 hosts" in out
+        assert out.count("finished") >= 3
+        assert out.count("matches the image") == 3, out
+        assert "DIFFERS" not in out
+        assert "Every receiver has the image" in out
+        # The lab hosts the demo brought up are gone again; so are its servers,
+        # and the image part's lab and files.
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert f"{lab}-h" not in netns
+        assert f"{image_lab}-h" not in netns
         assert not list((state_dir / "servers").glob("*"))
+        assert not list(MEMORY_DIR.glob(work_dir_prefix(image_lab) + "*"))
+        assert not list(Path(tempfile.gettempdir()).glob(work_dir_prefix(image_lab) + "*"))
     finally:
         subprocess.run([*sg, "down"], env=env, capture_output=True, timeout=60, check=False)
         subprocess.run(

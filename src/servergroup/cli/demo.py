@@ -7,12 +7,18 @@ import os
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.common.errors import RemoteError
 from servergroup.config import Config, Endpoint
 from servergroup.coordination.local_etcd import LocalEtcd, resolve_endpoints
 from servergroup.daemons.up import clean_servers, read_status
 from servergroup.daemons.up import down as take_down
 from servergroup.daemons.up import up as bring_up
-from servergroup.demo import run_election_demo, run_messaging_demo
+from servergroup.demo import (
+    distribution_lab_name,
+    run_distribution_demo,
+    run_election_demo,
+    run_messaging_demo,
+)
 
 
 def _say(text: str) -> None:
@@ -34,7 +40,9 @@ def demo(state: CliState) -> None:
     takeover with a larger fencing token and how long it took. Then, on two
     lab hosts (`servergroup up`, reused when already up), three servers
     without IP networking broadcast, query status, and learn that one of them
-    was paused.
+    was paused. Last, on a lab of four hosts with 1 Gbit/s links, one image
+    goes from one host to the other three by multicast, and each receiver's
+    SHA-256 is checked.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -53,6 +61,9 @@ def demo(state: CliState) -> None:
     if config.managed_etcd:
         _step(3, "Group messaging between servers with no IP networking")
         _messaging(config)
+
+    _step(4 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
+    _distribution(config)
 
     click.echo()
     if config.managed_etcd:
@@ -80,3 +91,15 @@ def _messaging(config: Config) -> None:
         if previous is None:
             _say("Taking the lab hosts down again (`servergroup down`).")
             take_down(config, clean_servers=clean_servers)
+
+
+def _distribution(config: Config) -> None:
+    """Multicast a generated image on a lab of its own; fail the demo if any copy is wrong."""
+    lab_name = distribution_lab_name(os.environ.get("SERVERGROUP_LAB"))
+    result = run_distribution_demo(config, _say, lab_name=lab_name)
+    if not result.ok:
+        raise RemoteError("the image did not reach every lab host intact (see above).")
+    _say(
+        f"Every receiver has the image, SHA-256 checked; lab {result.lab} and the "
+        "image are removed again."
+    )

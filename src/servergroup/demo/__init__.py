@@ -2,10 +2,24 @@
 
 Each step prints what it is about to show, then what happened. Parts are
 added as capabilities land; today: ownership with fencing on the managed
-local etcd, and group messaging between lab servers.
+local etcd, group messaging between lab servers, and one image multicast
+to lab hosts.
 """
 
+from servergroup.demo.distribution import (
+    DistributionResult,
+    distribution_lab_name,
+    run_distribution_demo,
+)
 from servergroup.demo.election import ElectionResult, run_election_demo
 from servergroup.demo.messaging import MessagingResult, run_messaging_demo
 
-__all__ = ["ElectionResult", "MessagingResult", "run_election_demo", "run_messaging_demo"]
+__all__ = [
+    "DistributionResult",
+    "ElectionResult",
+    "MessagingResult",
+    "distribution_lab_name",
+    "run_distribution_demo",
+    "run_election_demo",
+    "run_messaging_demo",
+]
