@@ -116,7 +116,7 @@ async def run_host(
         manager = ServerManager(
             registry=registry,
             cache=cache,
-            driver=LabDriver(config.state_dir),
+            drivers=[LabDriver(config.state_dir)],
             host=options.name,
             channel_dir=options.channel_dir,
         )

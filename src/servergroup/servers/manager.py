@@ -17,6 +17,10 @@ out the actions, write the status.
   same spec is retried after `retry_interval`; a new spec at once.
 - On start it reconciles everything it owns before returning: what runs is
   observed and adopted as it is (a daemon restart restarts no server).
+- A host may have several drivers (lab, qemu); each server is handled by the
+  one its spec names. A server whose driver this host lacks is left alone.
+- A decision that reports ERROR (a crash seen) counts as a failure: the
+  server is tried again after `retry_interval`, not at once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +37,13 @@ from pathlib import Path
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
-from servergroup.servers.model import RegistrySnapshot, Server, ServerSpec
+from servergroup.servers.model import (
+    IncomingRecord,
+    RegistrySnapshot,
+    Server,
+    ServerSpec,
+    VmState,
+)
 from servergroup.servers.reconcile import Action, decide, failed, involves, owner
 from servergroup.servers.registry import ChangeKind, Registry, RegistryCache, RegistryChange
 
@@ -53,7 +63,7 @@ class ServerManager:
         *,
         registry: Registry,
         cache: RegistryCache,
-        driver: ServerDriver,
+        drivers: Sequence[ServerDriver],
         host: str,
         channel_dir: Path,
         check_interval: float = 1.0,
@@ -63,7 +73,7 @@ class ServerManager:
     ) -> None:
         self._registry = registry
         self._cache = cache
-        self._driver = driver
+        self._drivers = {d.kind: d for d in drivers}
         self.host = host
         self.channel_dir = channel_dir
         self.check_interval = check_interval
@@ -93,7 +103,9 @@ class ServerManager:
             asyncio.create_task(self._follow(), name=f"servers-follow-{self.host}"),
             asyncio.create_task(self._tick(), name=f"servers-tick-{self.host}"),
         ]
-        log.info("host %s manages servers with the %s driver", self.host, self._driver.kind)
+        log.info(
+            "host %s manages servers with the %s driver(s)", self.host, ", ".join(self._drivers)
+        )
 
     async def stop(self) -> None:
         """Stop reconciling; the servers keep running."""
@@ -179,8 +191,9 @@ class ServerManager:
         if server is None or not involves(server, self.host):
             return
         spec = server.spec
-        if spec.driver != self._driver.kind:
-            log.debug("server %s uses driver %s, not %s", name, spec.driver, self._driver.kind)
+        driver = self._drivers.get(spec.driver)
+        if driver is None:
+            log.debug("server %s uses driver %s, which this host lacks", name, spec.driver)
             return
         failure = self._failed.get(name)
         if (
@@ -190,7 +203,7 @@ class ServerManager:
         ):
             return
         try:
-            observed = await self._driver.observe(spec)
+            observed = await driver.observe(spec)
         except DriverError as exc:
             log.warning("server %s: cannot observe it: %s", name, exc)
             if owner(server) == self.host:
@@ -204,6 +217,7 @@ class ServerManager:
             channel_dir=self.channel_dir,
             host_alive=lambda h: h in snap.hosts,
             now_iso=now,
+            move_style=driver.move_style,
         )
         if decision.idle:
             log.debug("%s", decision.sentence)
@@ -212,12 +226,15 @@ class ServerManager:
         try:
             for action in decision.actions:
                 if action is not Action.FORGET:
-                    await self._carry_out(action, spec, observed)
+                    await self._carry_out(driver, action, server, observed)
         except DriverError as exc:
             log.warning("server %s: %s", name, exc)
             await self._fail(server, str(exc))
             return
-        self._failed.pop(name, None)
+        if decision.status is not None and decision.status.state is VmState.ERROR:
+            self._failed[name] = (spec, time.monotonic())  # a crash: start again later
+        else:
+            self._failed.pop(name, None)
         if decision.status is not None:
             self._written[name] = await self._registry.put_status(decision.status)
         if Action.FORGET in decision.actions:
@@ -240,8 +257,10 @@ class ServerManager:
         if not same or previous is None or previous[0] != server.spec:
             self._written[server.name] = await self._registry.put_status(status)
 
-    async def _carry_out(self, action: Action, spec: ServerSpec, observed: Observed) -> None:
-        driver = self._driver
+    async def _carry_out(
+        self, driver: ServerDriver, action: Action, server: Server, observed: Observed
+    ) -> None:
+        spec = server.spec
         match action:
             case Action.CREATE:
                 await driver.create(spec)
@@ -249,6 +268,8 @@ class ServerManager:
                 await driver.start(spec)
             case Action.STOP:
                 await driver.stop(spec)
+            case Action.REBOOT:
+                await driver.reboot(spec)
             case Action.PAUSE:
                 await driver.pause(spec)
             case Action.UNPAUSE:
@@ -259,6 +280,17 @@ class ServerManager:
                 await driver.detach(spec, observed.channel_dir or self.channel_dir)
             case Action.DELETE:
                 await driver.delete(spec)
+            case Action.RECEIVE:
+                uri = await driver.receive(spec, self.channel_dir)
+                record = IncomingRecord(
+                    name=spec.name, host=self.host, uri=uri, at=iso_now(self._wall())
+                )
+                await self._registry.put_incoming(record)
+            case Action.MIGRATE:
+                assert server.incoming is not None  # decide() migrates only to a known copy
+                await driver.migrate(spec, server.incoming.uri)
+            case Action.DROP_INCOMING:
+                await self._registry.delete_incoming(spec.name)
             case _:
                 raise AssertionError(f"no carrying out of {action}")
 

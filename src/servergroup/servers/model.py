@@ -11,6 +11,10 @@ Theory of operation (pure data; no I/O, no clock: times are passed in):
   the desired state reached, the same `reboot_count`.
 - A **host** (`HostRecord`) is present in the store only while its daemon's
   session lease lives; a server whose `status.host` has no record is *lost*.
+- An **incoming** record (`IncomingRecord`) is written by the target host of
+  a live migration whose driver copies the running server (QEMU): the
+  address where the copy waits for the migration stream. The owner reads it
+  and sends the server there.
 - A **broadcast** (`BroadcastRecord`) is the latest message of a group; every
   put of it is one broadcast, numbered by the key's version.
 
@@ -157,10 +161,22 @@ class ServerStatus:
     launched_at: str | None = None
     updated_at: str = ""
     error: str | None = None
+    #: Set by the source of a live migration that copied the server: where it went.
+    migrated_to: str | None = None
 
     @property
     def power_state(self) -> str:
         return POWER_STATE[self.state]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingRecord:
+    """The target of a live migration waits for the server's state at `uri` (e.g. `tcp:A:P`)."""
+
+    name: str
+    host: str
+    uri: str
+    at: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +208,7 @@ class Server:
 
     spec: ServerSpec
     status: ServerStatus | None = None
+    incoming: IncomingRecord | None = None  # a live migration's target, ready to receive
 
     @property
     def name(self) -> str:
@@ -220,8 +237,10 @@ class Server:
         )
 
 
-Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | BroadcastRecord
-_R = TypeVar("_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, BroadcastRecord)
+Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | BroadcastRecord | IncomingRecord
+_R = TypeVar(
+    "_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, BroadcastRecord, IncomingRecord
+)
 
 
 def _plain(value: Any) -> Any:
@@ -302,6 +321,10 @@ def decode_status(raw: bytes) -> ServerStatus:
     return _decode(ServerStatus, raw, "server status")
 
 
+def decode_incoming(raw: bytes) -> IncomingRecord:
+    return _decode(IncomingRecord, raw, "incoming")
+
+
 def decode_host(raw: bytes) -> HostRecord:
     return _decode(HostRecord, raw, "host")
 
@@ -378,6 +401,7 @@ __all__ = [
     "Desired",
     "GroupRecord",
     "HostRecord",
+    "IncomingRecord",
     "Policy",
     "Record",
     "RecordError",
@@ -390,6 +414,7 @@ __all__ = [
     "decode_broadcast",
     "decode_group",
     "decode_host",
+    "decode_incoming",
     "decode_spec",
     "decode_status",
     "encode_record",

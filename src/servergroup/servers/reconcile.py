@@ -19,6 +19,17 @@ Who acts (so that no two hosts act on one server at once):
   move as any owner reaches its spec: it attaches the channel (and starts
   the server, after a cold move) and reports the reached state with
   `task_state` None. A live move never touches the guest's processes.
+- A live migration with a driver that **copies** the server
+  (`MoveStyle.COPY`, QEMU) needs the target first: while the server runs,
+  the target starts an empty copy (`RECEIVE`) and publishes where it waits
+  (the `incoming` record). The owner then sends the server there
+  (`MIGRATE`, which ends the source's copy) and hands over with
+  `migrated_to` = that address. The new owner waits while its copy is still
+  receiving that very stream, and stops a copy nobody is sending to (the
+  move went cold). It drops the `incoming` record once the server runs.
+- A server whose processes **crashed** (the driver says so) is cleaned up
+  (`STOP`) and reported ERROR with the reason; the manager treats that as a
+  failure, so the server is started again after its retry interval.
 - **Delete** is done by the owner: delete everything, write DELETED, then
   forget both records (`FORGET` is always last and comes after the status
   write).
@@ -42,7 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from servergroup.servers.drivers.base import Observed, Power
+from servergroup.servers.drivers.base import MoveStyle, Observed, Power
 from servergroup.servers.model import REACHED, Desired, Server, ServerStatus, VmState
 
 MIGRATING_TASK = "migrating"
@@ -54,11 +65,15 @@ class Action(enum.Enum):
     CREATE = "create"
     START = "start"
     STOP = "stop"
+    REBOOT = "reboot"  # reset a running server (its processes start afresh)
     PAUSE = "pause"
     UNPAUSE = "unpause"
     ATTACH = "attach"  # the channel link into this host's channel directory
     DETACH = "detach"  # the channel link out of the directory it is in
     DELETE = "delete"
+    RECEIVE = "receive"  # start a copy waiting for a live migration; publish its address
+    MIGRATE = "migrate"  # send the running server to the target's copy; end ours
+    DROP_INCOMING = "drop-incoming"  # remove the incoming record of a finished move
     FORGET = "forget"  # remove the server's records (after the status write)
 
 
@@ -83,11 +98,15 @@ _VERBS: Mapping[Action, str] = {
     Action.CREATE: "create it",
     Action.START: "start it",
     Action.STOP: "stop it",
+    Action.REBOOT: "reboot it",
     Action.PAUSE: "pause it",
     Action.UNPAUSE: "unpause it",
     Action.ATTACH: "attach its channel here",
     Action.DETACH: "detach its channel",
     Action.DELETE: "delete it",
+    Action.RECEIVE: "start a copy to receive it",
+    Action.MIGRATE: "send it to the copy on the target",
+    Action.DROP_INCOMING: "drop its incoming record",
     Action.FORGET: "forget its records",
 }
 _SEEN: Mapping[Power, str] = {
@@ -95,6 +114,7 @@ _SEEN: Mapping[Power, str] = {
     Power.STOPPED: "stopped",
     Power.RUNNING: "running",
     Power.FROZEN: "paused",
+    Power.INCOMING: "waiting for a migration stream",
 }
 
 
@@ -129,6 +149,7 @@ def decide(
     channel_dir: Path,
     host_alive: Callable[[str], bool],
     now_iso: str,
+    move_style: MoveStyle = MoveStyle.CHANNEL,
 ) -> Decision:
     """What host `me` (channel directory `channel_dir`) does for `server` now."""
     spec, name = server.spec, server.name
@@ -136,11 +157,8 @@ def decide(
     if current != me:
         if spec.host != me:
             return Decision(actions=(), status=None, sentence=f"server {name} is not ours")
-        alive = "" if host_alive(current) else ", which is not running"
-        return Decision(
-            actions=(),
-            status=None,
-            sentence=f"server {name} moves here: waiting for {current}{alive} to hand it over",
+        return _await_hand_over(
+            server, observed, me=me, alive=host_alive(current), move_style=move_style
         )
     if spec.desired is Desired.DELETED:
         return Decision(
@@ -149,8 +167,57 @@ def decide(
             sentence=f"server {name} is to be deleted: delete it, then forget its records",
         )
     if spec.host != me:
-        return _hand_over(server, observed, me=me, host_alive=host_alive, now_iso=now_iso)
+        return _hand_over(
+            server, observed, me=me, host_alive=host_alive, now_iso=now_iso, move_style=move_style
+        )
     return _reach(server, observed, me=me, channel_dir=channel_dir, now_iso=now_iso)
+
+
+def _await_hand_over(
+    server: Server, observed: Observed, *, me: str, alive: bool, move_style: MoveStyle
+) -> Decision:
+    """Host `me` is the target of a move that its owner has not handed over yet."""
+    spec, name, current = server.spec, server.name, owner(server)
+    if spec.desired is Desired.DELETED and move_style is MoveStyle.COPY:
+        # Only a copying driver has a copy of its own here (a lab server is machine-wide).
+        if observed.power is Power.ABSENT:
+            return Decision(actions=(), status=None, sentence=f"server {name} is not ours")
+        return Decision(
+            actions=(Action.DELETE,),
+            status=None,
+            sentence=f"server {name} is to be deleted before it moved here: delete our copy",
+        )
+    running = server.status is not None and server.status.state in (
+        VmState.ACTIVE,
+        VmState.PAUSED,
+    )
+    if move_style is MoveStyle.COPY and spec.live_migration and alive and running:
+        incoming = server.incoming
+        ready = (
+            observed.power is Power.INCOMING
+            and incoming is not None
+            and incoming.host == me
+            and incoming.uri == observed.incoming_uri
+        )
+        if not ready:
+            return Decision(
+                actions=(Action.RECEIVE,),
+                status=None,
+                sentence=f"server {name} is to move here live from {current}: "
+                "start a copy to receive it",
+            )
+        return Decision(
+            actions=(),
+            status=None,
+            sentence=f"server {name} moves here live: waiting for {current} to send it "
+            f"to {observed.incoming_uri}",
+        )
+    why = "" if alive else ", which is not running"
+    return Decision(
+        actions=(),
+        status=None,
+        sentence=f"server {name} moves here: waiting for {current}{why} to hand it over",
+    )
 
 
 def _hand_over(
@@ -160,6 +227,7 @@ def _hand_over(
     me: str,
     host_alive: Callable[[str], bool],
     now_iso: str,
+    move_style: MoveStyle,
 ) -> Decision:
     spec, name, target = server.spec, server.name, server.spec.host
     if not host_alive(target):
@@ -173,7 +241,22 @@ def _hand_over(
         and observed.power in (Power.RUNNING, Power.FROZEN)
         and observed.guest_alive
     )
-    actions = (Action.DETACH,) if live else (Action.STOP, Action.DETACH)
+    migrated_to: str | None = None
+    if live and move_style is MoveStyle.COPY:
+        incoming = server.incoming
+        if incoming is None or incoming.host != target:
+            return Decision(
+                actions=(),
+                status=None,
+                sentence=f"server {name} is to move live to {target}: waiting for it to "
+                "get ready to receive",
+            )
+        actions: tuple[Action, ...] = (Action.MIGRATE,)
+        migrated_to = incoming.uri
+    elif live:
+        actions = (Action.DETACH,)
+    else:
+        actions = (Action.STOP, Action.DETACH)
     base = server.status or _status(
         server, me=me, state=VmState.BUILDING, booted=False, now_iso=now_iso
     )
@@ -184,6 +267,7 @@ def _hand_over(
         task_state=MIGRATING_TASK,
         updated_at=now_iso,
         error=None,
+        migrated_to=migrated_to,
     )
     how = "live" if live else "cold"
     return Decision(
@@ -198,16 +282,45 @@ def _reach(
 ) -> Decision:
     spec, status, name = server.spec, server.status, server.name
     desired, power = spec.desired, observed.power
+    runs = desired in (Desired.ACTIVE, Desired.PAUSED)
+    if power is Power.INCOMING:
+        sent_here = status.migrated_to if status is not None else None
+        if sent_here is not None and sent_here == observed.incoming_uri:
+            return Decision(
+                actions=(),
+                status=None,
+                sentence=f"server {name} has moved here live: waiting for the migration "
+                "stream to finish",
+            )
+        # A copy that nobody sends to (the move went cold, or an old attempt): end it.
+        return _with_first(
+            name,
+            Action.STOP,
+            _reach(
+                server,
+                replace(observed, power=Power.STOPPED, incoming_uri=None),
+                me=me,
+                channel_dir=channel_dir,
+                now_iso=now_iso,
+            ),
+            note="a copy here waits for a migration that will not come",
+        )
+    if observed.crashed is not None and runs:
+        reason = f"server {name} crashed: {observed.crashed}"
+        return Decision(
+            actions=(Action.STOP,),
+            status=failed(server, me=me, reason=reason, now_iso=now_iso),
+            sentence=f"{reason}: clean it up, report it, start it again later",
+        )
     actions = list(REACH[desired, power])
     notes: list[str] = []
-    runs = desired in (Desired.ACTIVE, Desired.PAUSED)
     previous_reboots = status.reboot_count if status is not None else 0
     if (
         desired is Desired.ACTIVE
         and spec.reboot_count > previous_reboots
         and power in (Power.RUNNING, Power.FROZEN)
     ):
-        actions = [Action.STOP, Action.START]
+        actions = [Action.UNPAUSE, Action.REBOOT] if power is Power.FROZEN else [Action.REBOOT]
         notes.append(f"reboot {spec.reboot_count} asked")
     elif runs and power in (Power.RUNNING, Power.FROZEN) and not observed.guest_alive:
         notes.append("its guest agent is dead")
@@ -215,13 +328,15 @@ def _reach(
             actions = [Action.UNPAUSE, Action.START] if power is Power.FROZEN else [Action.START]
         else:
             actions = [Action.START, Action.PAUSE]  # starting thaws; pause again after
-    booted = Action.START in actions
+    booted = Action.START in actions or Action.REBOOT in actions
     if runs and (booted or observed.channel_dir != channel_dir):
         # Attach while running (before a pause), so the relay can connect at once.
         at = actions.index(Action.PAUSE) if Action.PAUSE in actions else len(actions)
         actions.insert(at, Action.ATTACH)
     if desired is Desired.STOPPED and observed.channel_dir is not None:
         actions.append(Action.DETACH)
+    if server.incoming is not None and server.incoming.host == me:
+        actions.append(Action.DROP_INCOMING)  # the move that needed it is over
     new = _status(server, me=me, state=REACHED[desired], booted=booted, now_iso=now_iso)
     changed = status is None or replace(status, updated_at="") != replace(new, updated_at="")
     seen = _SEEN[power]
@@ -261,7 +376,15 @@ def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: s
         launched_at=now_iso if booted else old.launched_at,
         updated_at=now_iso,
         error=None,
+        migrated_to=None,
     )
+
+
+def _with_first(name: str, action: Action, decision: Decision, *, note: str) -> Decision:
+    """`decision` for server `name` with `action` done first, and `note` in its sentence."""
+    actions = (action, *decision.actions)
+    sentence = f"server {name} ({note}): {_verbs(actions)}"
+    return Decision(actions=actions, status=decision.status, sentence=sentence)
 
 
 def failed(server: Server, *, me: str, reason: str, now_iso: str) -> ServerStatus:

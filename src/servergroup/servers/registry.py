@@ -6,6 +6,7 @@ space of docs/design/messaging.md:
     groups/<group>            GroupRecord      durable, written by `group create`
     servers/<name>/spec       ServerSpec       durable, written by the operator's commands
     servers/<name>/status     ServerStatus     durable, written by the host running it
+    servers/<name>/incoming   IncomingRecord   durable, written by a live migration's target
     hosts/<host>              HostRecord       on the host daemon's session lease
     broadcasts/<group>        BroadcastRecord  durable; each put is one broadcast
 
@@ -40,6 +41,7 @@ from servergroup.coordination.types import KeyValue
 from servergroup.servers.model import (
     GroupRecord,
     HostRecord,
+    IncomingRecord,
     RecordError,
     RegistrySnapshot,
     Server,
@@ -47,6 +49,7 @@ from servergroup.servers.model import (
     ServerStatus,
     decode_group,
     decode_host,
+    decode_incoming,
     decode_spec,
     decode_status,
     encode_record,
@@ -98,6 +101,10 @@ def spec_key(name: str) -> str:
 
 def status_key(name: str) -> str:
     return f"{SERVERS}{name}/status"
+
+
+def incoming_key(name: str) -> str:
+    return f"{SERVERS}{name}/incoming"
 
 
 def host_key(name: str) -> str:
@@ -172,12 +179,20 @@ class Registry:
         """Write the status; return the store revision of the write."""
         return await self._c.put(status_key(status.name), encode_record(status))
 
+    async def put_incoming(self, incoming: IncomingRecord) -> int:
+        """Say where a live migration's target waits; return the store revision of the write."""
+        return await self._c.put(incoming_key(incoming.name), encode_record(incoming))
+
+    async def delete_incoming(self, name: str) -> None:
+        await self._c.delete(incoming_key(name))
+
     async def get_server(self, name: str) -> Server | None:
         spec = _decoded(await self._c.get(spec_key(name)), decode_spec)
         if spec is None:
             return None
         status = _decoded(await self._c.get(status_key(name)), decode_status)
-        return Server(spec=spec, status=status)
+        incoming = _decoded(await self._c.get(incoming_key(name)), decode_incoming)
+        return Server(spec=spec, status=status, incoming=incoming)
 
     async def require_server(self, name: str) -> Server:
         server = await self.get_server(name)
@@ -217,6 +232,7 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
     groups: dict[str, GroupRecord] = {}
     specs: dict[str, ServerSpec] = {}
     statuses: dict[str, ServerStatus] = {}
+    incomings: dict[str, IncomingRecord] = {}
     hosts: dict[str, HostRecord] = {}
     for kv in items:
         kind, name, part = _classify(kv.key)
@@ -238,7 +254,14 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
             st = _decoded(kv, decode_status)
             if st is not None:
                 statuses[name] = st
-    servers = {n: Server(spec=sp, status=statuses.get(n)) for n, sp in specs.items()}
+        elif part == "incoming":
+            inc = _decoded(kv, decode_incoming)
+            if inc is not None:
+                incomings[name] = inc
+    servers = {
+        n: Server(spec=sp, status=statuses.get(n), incoming=incomings.get(n))
+        for n, sp in specs.items()
+    }
     return RegistrySnapshot(revision=revision, groups=groups, servers=servers, hosts=hosts)
 
 
@@ -255,7 +278,7 @@ def _classify(key: str) -> tuple[ChangeKind | None, str, str]:
         return ChangeKind.HOST, key[len(HOSTS) :], ""
     if key.startswith(SERVERS):
         name, _, part = key[len(SERVERS) :].partition("/")
-        if part in ("spec", "status"):
+        if part in ("spec", "status", "incoming"):
             return ChangeKind.SERVER, name, part
     return None, "", ""
 
@@ -425,12 +448,17 @@ class RegistryCache:
             if part == "spec":
                 spec = None if deleted else _decoded(_kv(event), decode_spec)
                 if spec is not None:
-                    after = Server(
-                        spec=spec, status=old_server.status if old_server is not None else None
+                    after = (
+                        replace(old_server, spec=spec)
+                        if old_server is not None
+                        else Server(spec=spec)
                     )
-            elif old_server is not None:
+            elif old_server is not None and part == "status":
                 status = None if deleted else _decoded(_kv(event), decode_status)
-                after = Server(spec=old_server.spec, status=status)
+                after = replace(old_server, status=status)
+            elif old_server is not None:
+                incoming = None if deleted else _decoded(_kv(event), decode_incoming)
+                after = replace(old_server, incoming=incoming)
             if after is not None:
                 servers[name] = after
             new = replace(snap, revision=event.revision, servers=servers)
@@ -484,6 +512,7 @@ __all__ = [
     "diff",
     "group_key",
     "host_key",
+    "incoming_key",
     "spec_key",
     "status_key",
 ]

@@ -147,7 +147,7 @@ class Host:
         self.manager = ServerManager(
             registry=Registry(self.coordinator),
             cache=self.cache,
-            driver=self.driver,
+            drivers=[self.driver],
             host=self.name,
             channel_dir=self.channel_dir,
             check_interval=0.3,

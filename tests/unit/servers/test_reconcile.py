@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from servergroup.servers.drivers.base import Observed, Power
-from servergroup.servers.model import Desired, Server, ServerSpec, ServerStatus, VmState
+from servergroup.servers.drivers.base import MoveStyle, Observed, Power
+from servergroup.servers.model import (
+    Desired,
+    IncomingRecord,
+    Server,
+    ServerSpec,
+    ServerStatus,
+    VmState,
+)
 from servergroup.servers.reconcile import REACH, Action, Decision, decide, failed, involves
 
 A = Action
@@ -53,7 +60,15 @@ def run(
 
 
 def test_table_is_complete() -> None:
-    assert set(REACH) == {(d, p) for d in Desired if d is not Desired.DELETED for p in Power}
+    # A copy waiting for a migration stream is handled before the table (see _reach).
+    wanted = {
+        (d, p)
+        for d in Desired
+        if d is not Desired.DELETED
+        for p in Power
+        if p is not Power.INCOMING
+    }
+    assert set(REACH) == wanted
 
 
 def test_new_server_is_created_started_and_attached() -> None:
@@ -119,12 +134,12 @@ def test_reach(
         assert "guest agent is dead" in d.sentence
 
 
-def test_reboot_stops_and_starts_once() -> None:
+def test_reboot_resets_once() -> None:
     server = Server(
         spec=replace(SPEC, reboot_count=2), status=status(VmState.ACTIVE, reboot_count=1)
     )
     d = run(server, seen(Power.RUNNING))
-    assert d.actions == (A.STOP, A.START, A.ATTACH)
+    assert d.actions == (A.REBOOT, A.ATTACH)
     assert d.status is not None
     assert d.status.reboot_count == 2
     assert d.status.launched_at == NOW
@@ -251,3 +266,90 @@ def test_decisions_converge() -> None:
             st = d.status or status(VmState.ACTIVE)
             after = run(Server(spec=spec, status=st), observed_after[st.state])
             assert after.idle, (desired, power, after.sentence)
+
+
+# --- live migration by copying (qemu) ---------------------------------------------------
+
+URI = "tcp:198.18.0.3:40000"
+
+
+def run_copy(server: Server, observed: Observed, *, me: str) -> Decision:
+    return decide(
+        server,
+        observed,
+        me=me,
+        channel_dir=CH0 if me == "h0" else CH1,
+        host_alive=lambda h: h in ("h0", "h1"),
+        now_iso=NOW,
+        move_style=MoveStyle.COPY,
+    )
+
+
+def waiting_copy(uri: str | None = URI) -> Observed:
+    return Observed(power=Power.INCOMING, pids=(20,), guest_pid=20, incoming_uri=uri)
+
+
+def test_copy_move_target_receives_then_waits_for_the_stream() -> None:
+    moving = Server(spec=replace(SPEC, host="h1"), status=status(VmState.ACTIVE))
+    # The target starts a copy first; the owner waits for it.
+    assert run_copy(moving, seen(Power.ABSENT), me="h1").actions == (A.RECEIVE,)
+    owner_waits = run_copy(moving, seen(Power.RUNNING), me="h0")
+    assert owner_waits.idle
+    assert "ready to receive" in owner_waits.sentence
+    # The copy waits and says where: the owner sends the server there, then hands over.
+    ready = replace(moving, incoming=IncomingRecord(name="vm1", host="h1", uri=URI))
+    assert run_copy(ready, waiting_copy(), me="h1").idle
+    d = run_copy(ready, seen(Power.RUNNING), me="h0")
+    assert d.actions == (A.MIGRATE,)
+    assert d.status is not None
+    assert (d.status.host, d.status.state, d.status.migrated_to) == ("h1", VmState.MIGRATING, URI)
+    # The new owner waits while its copy still receives that stream...
+    handed = replace(ready, status=d.status)
+    assert run_copy(handed, waiting_copy(), me="h1").idle
+    # ...and once it runs, reports it and drops the incoming record.
+    done = run_copy(handed, replace(seen(Power.RUNNING), channel_dir=CH1), me="h1")
+    assert done.actions == (A.DROP_INCOMING,)
+    assert done.status is not None
+    assert (done.status.state, done.status.migrated_to, done.status.task_state) == (
+        VmState.ACTIVE,
+        None,
+        None,
+    )
+
+
+def test_copy_move_of_a_copy_nobody_sends_to_is_ended() -> None:
+    # A cold hand-over (nothing migrated to the copy): stop it, then boot as usual.
+    cold = Server(
+        spec=replace(SPEC, host="h1"),
+        status=status(VmState.MIGRATING, host="h1", task_state="migrating"),
+        incoming=IncomingRecord(name="vm1", host="h1", uri=URI),
+    )
+    d = run_copy(cold, waiting_copy(), me="h1")
+    assert d.actions[:3] == (A.STOP, A.START, A.ATTACH)
+    assert A.DROP_INCOMING in d.actions
+
+
+def test_copy_move_target_of_a_stopped_server_does_not_receive() -> None:
+    stopped = Server(spec=replace(SPEC, host="h1"), status=status(VmState.STOPPED))
+    assert run_copy(stopped, seen(Power.ABSENT), me="h1").idle
+
+
+def test_copy_target_removes_its_copy_when_the_server_is_deleted() -> None:
+    gone = Server(
+        spec=replace(SPEC, host="h1", desired=Desired.DELETED), status=status(VmState.ACTIVE)
+    )
+    assert run_copy(gone, waiting_copy(), me="h1").actions == (A.DELETE,)
+    assert run_copy(gone, seen(Power.ABSENT), me="h1").idle
+
+
+def test_a_crash_is_cleaned_up_and_reported() -> None:
+    server = Server(spec=SPEC, status=status(VmState.ACTIVE))
+    crashed = Observed(power=Power.STOPPED, crashed="QEMU was killed by signal 9")
+    d = run(server, crashed)
+    assert d.actions == (A.STOP,)
+    assert d.status is not None
+    assert d.status.state is VmState.ERROR
+    assert d.status.error == "server vm1 crashed: QEMU was killed by signal 9"
+    # Once cleaned up (no crash seen any more), it is started again.
+    again = run(replace(server, status=d.status), seen(Power.STOPPED, channel=None))
+    assert again.actions == (A.START, A.ATTACH)

@@ -1,16 +1,26 @@
-"""Server drivers: what a host does to its servers (`ServerDriver`), and the lab driver.
+"""Server drivers: what a host does to its servers (`ServerDriver`), and the lab and qemu drivers.
 
-The lab driver (`servergroup.servers.drivers.lab.LabDriver`) is imported from
-its module, so that code needing only the protocol does not load it.
+The drivers (`servergroup.servers.drivers.lab.LabDriver`,
+`servergroup.servers.drivers.qemu.driver.QemuDriver`) are imported from their
+modules, so that code needing only the protocol does not load them.
 """
 
 from servergroup.servers.drivers.base import (
     CHANNEL_PREFIX,
     DriverError,
+    MoveStyle,
     Observed,
     Power,
     ServerDriver,
     channel_name,
 )
 
-__all__ = ["CHANNEL_PREFIX", "DriverError", "Observed", "Power", "ServerDriver", "channel_name"]
+__all__ = [
+    "CHANNEL_PREFIX",
+    "DriverError",
+    "MoveStyle",
+    "Observed",
+    "Power",
+    "ServerDriver",
+    "channel_name",
+]

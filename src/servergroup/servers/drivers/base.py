@@ -11,6 +11,16 @@ protocol) appears in a host's channel directory as
 `cgcs.messaging.<instance>.sock`, where that host's relay finds it. `attach`
 puts it there and `detach` takes it away; a live migration is `detach` on
 the source and `attach` on the target, with the server's processes untouched.
+
+How a **live migration** moves a server depends on the driver (`move_style`):
+
+- `MoveStyle.CHANNEL` (lab): the server's processes are machine-wide; the
+  source detaches the channel, the target attaches it.
+- `MoveStyle.COPY` (qemu): the target host starts an empty copy waiting for
+  the server's state (`receive`, which returns the address it listens at),
+  the source sends the running server there (`migrate`) and ends its own
+  copy. The copy's channel is in the target's channel directory from its
+  start, as libvirt lays it out.
 """
 
 from __future__ import annotations
@@ -44,6 +54,14 @@ class Power(enum.Enum):
     STOPPED = "stopped"  # created, but no process runs
     RUNNING = "running"  # processes run
     FROZEN = "frozen"  # processes exist and are frozen (paused)
+    INCOMING = "incoming"  # a copy waits here for a live migration's stream
+
+
+class MoveStyle(enum.Enum):
+    """How a driver moves a running server to another host (see the module docstring)."""
+
+    CHANNEL = "channel"
+    COPY = "copy"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +72,10 @@ class Observed:
     pids: tuple[int, ...] = ()  # every process of the server
     guest_pid: int | None = None  # the guest agent, while it is alive (frozen counts)
     channel_dir: Path | None = None  # the channel directory the server is attached to
+    #: Set when the server's processes died without being asked to (one sentence why).
+    crashed: str | None = None
+    #: Where a copy of the server waits for a live migration (`Power.INCOMING`).
+    incoming_uri: str | None = None
 
     @property
     def guest_alive(self) -> bool:
@@ -68,6 +90,11 @@ class ServerDriver(Protocol):
         """The driver's name, as in `ServerSpec.driver` ("lab")."""
         ...
 
+    @property
+    def move_style(self) -> MoveStyle:
+        """How this driver moves a running server to another host."""
+        ...
+
     async def create(self, spec: ServerSpec) -> None:
         """Make the server exist, stopped (no process runs yet)."""
         ...
@@ -78,6 +105,10 @@ class ServerDriver(Protocol):
 
     async def stop(self, spec: ServerSpec) -> None:
         """End every process of the server (SIGTERM, then SIGKILL)."""
+        ...
+
+    async def reboot(self, spec: ServerSpec) -> None:
+        """Reset the running server: its processes start afresh; returns once it listens."""
         ...
 
     async def pause(self, spec: ServerSpec) -> None:
@@ -100,6 +131,14 @@ class ServerDriver(Protocol):
         """Take the server's channel out of `channel_dir` (absent already is fine)."""
         ...
 
+    async def receive(self, spec: ServerSpec, channel_dir: Path) -> str:
+        """`MoveStyle.COPY`: start a copy here waiting for the server; return its address."""
+        ...
+
+    async def migrate(self, spec: ServerSpec, uri: str) -> None:
+        """`MoveStyle.COPY`: send the running server to the copy at `uri`, then end ours."""
+        ...
+
     async def observe(self, spec: ServerSpec) -> Observed:
         """What runs of the server now."""
         ...
@@ -112,6 +151,7 @@ class ServerDriver(Protocol):
 __all__ = [
     "CHANNEL_PREFIX",
     "DriverError",
+    "MoveStyle",
     "Observed",
     "Power",
     "ServerDriver",

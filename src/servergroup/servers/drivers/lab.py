@@ -52,7 +52,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from servergroup.servers.drivers.base import DriverError, Observed, Power, channel_name
+from servergroup.servers.drivers.base import (
+    DriverError,
+    MoveStyle,
+    Observed,
+    Power,
+    channel_name,
+)
 from servergroup.servers.model import ServerSpec
 
 log = logging.getLogger(__name__)
@@ -272,6 +278,7 @@ class LabDriver:
     """
 
     kind = "lab"
+    move_style = MoveStyle.CHANNEL
 
     def __init__(
         self,
@@ -331,6 +338,10 @@ class LabDriver:
     async def stop(self, spec: ServerSpec) -> None:
         await asyncio.to_thread(self.stop_sync, spec.name)
 
+    async def reboot(self, spec: ServerSpec) -> None:
+        await asyncio.to_thread(self.stop_sync, spec.name)
+        await asyncio.to_thread(self.start_sync, spec.name)
+
     async def pause(self, spec: ServerSpec) -> None:
         await asyncio.to_thread(self.freeze_sync, spec.name, True)
 
@@ -348,6 +359,12 @@ class LabDriver:
 
     async def observe(self, spec: ServerSpec) -> Observed:
         return await asyncio.to_thread(self.observe_sync, spec.name, spec.instance)
+
+    async def receive(self, spec: ServerSpec, channel_dir: Path) -> str:
+        raise DriverError("lab servers move by their channel: they are not copied")
+
+    async def migrate(self, spec: ServerSpec, uri: str) -> None:
+        raise DriverError("lab servers move by their channel: they are not copied")
 
     def exec_command(self, spec: ServerSpec, argv: Sequence[str]) -> list[str]:
         """`sh` joining the server's cgroup, then `ip netns exec sgs-<name> argv...`."""
