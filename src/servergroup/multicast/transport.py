@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
+import logging
 import os
+import re
 import socket
 import struct
 import tempfile
@@ -25,6 +28,8 @@ from typing import BinaryIO
 
 from servergroup.common.errors import RemoteError, UsageError
 from servergroup.multicast.protocol import Auth, data_header
+
+log = logging.getLogger(__name__)
 
 # <linux/in.h> and <asm-generic/socket.h>; not every Python build names them.
 IP_MTU_DISCOVER = 10
@@ -266,15 +271,22 @@ class StreamSink(Sink):
 class FileSink(Sink):
     """A file written under a hidden temporary name beside it, renamed when verified.
 
-    A failed transfer removes the temporary file; a receiver killed with
-    SIGKILL leaves it (`.NAME.*.part`), never a partial file under NAME.
+    The temporary name is `.NAME.<pid>-<start>.<random>.part`: the writer's
+    PID and its start time (so a reused PID is told apart). A failed transfer
+    removes its temporary file; a receiver killed with SIGKILL cannot, but
+    never leaves a partial file under NAME, and the next `FileSink` for the
+    same NAME removes the part files whose writer is no longer running.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self._path = path
+        for stale in remove_stale_parts(path):
+            log.info("removed %s, left by a receiver that is no longer running", stale)
+        pid = os.getpid()
+        prefix = f".{path.name}.{pid}-{process_start_time(pid) or 0}."
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=path.parent)
         except OSError as exc:
             raise UsageError(f"cannot write to {path.parent}: {describe_os_error(exc)}.") from None
         self._fd = fd
@@ -315,3 +327,63 @@ class FileSink(Sink):
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+
+PART_SUFFIX = ".part"
+
+
+def remove_stale_parts(path: Path) -> list[Path]:
+    """Remove the part files for `path` whose writer has exited; the ones removed.
+
+    Only names of the form `FileSink` gives are touched; a part file of a
+    receiver that still runs (even one writing the same NAME) stays.
+    """
+    pattern = re.compile(
+        re.escape(f".{path.name}.") + r"(\d+)-(\d+)\.[a-z0-9_]+" + re.escape(PART_SUFFIX)
+    )
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*{PART_SUFFIX}"))
+    except OSError:
+        return []
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if match is None or process_running(int(match[1]), int(match[2])):
+            continue
+        with contextlib.suppress(OSError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot), None if it is not running.
+
+    Read from /proc/PID/stat (Linux); a zombie counts as not running.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command (field 2) may contain spaces and parentheses; fields resume after the last ")".
+    state, *rest = stat[stat.rindex(")") + 2 :].split()
+    if state == "Z":
+        return None
+    return int(rest[18])  # field 22, starttime
+
+
+def process_running(pid: int, start_time: int) -> bool:
+    """True while the process with this PID and start time runs (a reused PID does not count)."""
+    found = process_start_time(pid)
+    if found is not None:
+        return start_time == 0 or found == start_time
+    if Path("/proc/self/stat").exists():
+        return False
+    # No /proc to read: all we can tell is whether some process has the PID.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -141,6 +141,16 @@ def test_a_killed_receiver_is_reported_and_the_others_finish(
         assert procs[name].wait(10) == 0
     assert_all_received(t, ["h2", "h4"], image.read_bytes())
     assert not (t.tmp_path / "h3.img").exists()
+    # SIGKILL left h3's part file (named for its PID); the next receive to the
+    # same output removes it, since that process is gone, and succeeds.
+    (stale,) = t.tmp_path.glob(".h3.img.*.part")
+    assert f".{procs['h3'].proc.pid}-" in stale.name
+    again = t.sender(1, image, *SMALL_BUFFER)
+    retry = t.receiver("h3")
+    assert again.wait(60) == 0, again.stderr()
+    assert retry.wait(10) == 0, retry.stderr()
+    assert t.output("h3") == image.read_bytes()
+    assert not list(t.tmp_path.glob(".h3.img.*.part"))
 
 
 def test_a_killed_sender_fails_every_receiver_within_the_timeout(

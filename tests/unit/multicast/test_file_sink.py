@@ -1,0 +1,85 @@
+"""`FileSink`: part files carry their writer's identity; dead writers' parts are removed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from servergroup.multicast.transport import (
+    FileSink,
+    process_running,
+    process_start_time,
+    remove_stale_parts,
+)
+
+
+def _exited_process() -> tuple[int, int]:
+    """PID and start time of a process that ran and has exited (and was reaped)."""
+    child = subprocess.Popen(["sleep", "30"])
+    start = process_start_time(child.pid)
+    assert start is not None
+    child.kill()
+    child.wait()
+    return child.pid, start
+
+
+def test_a_part_file_names_its_writer_and_is_renamed_when_verified(tmp_path: Path) -> None:
+    out = tmp_path / "image.img"
+    sink = FileSink(out)
+    (part,) = tmp_path.glob(".image.img.*.part")
+    pid, start = part.name.split(".")[3].split("-")
+    assert int(pid) == os.getpid()
+    assert int(start) == process_start_time(os.getpid())
+    sink.write(b"abc")
+    assert sink.check(3, hashlib.sha256(b"abc").digest()) == ""
+    sink.commit()
+    assert out.read_bytes() == b"abc"
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_parts_of_exited_writers_go_and_the_rest_stay(tmp_path: Path) -> None:
+    out = tmp_path / "image.img"
+    dead_pid, dead_start = _exited_process()
+    me, my_start = os.getpid(), process_start_time(os.getpid())
+    dead = tmp_path / f".image.img.{dead_pid}-{dead_start}.k2x9_abc.part"
+    reused = tmp_path / f".image.img.{me}-{my_start + 1 if my_start else 1}.q1w2e3r4.part"
+    alive = tmp_path / f".image.img.{me}-{my_start}.zz99aa11.part"
+    other_name = tmp_path / f".other.img.{dead_pid}-{dead_start}.k2x9_abc.part"
+    old_style = tmp_path / ".image.img.abcd1234.part"
+    for path in (dead, reused, alive, other_name, old_style):
+        path.write_bytes(b"partial")
+
+    sink = FileSink(out)
+    try:
+        assert not dead.exists()
+        assert not reused.exists()  # the PID runs, but it is another process now
+        assert alive.exists()
+        assert other_name.exists()
+        assert old_style.exists()
+    finally:
+        sink.discard()
+    assert remove_stale_parts(out) == []
+
+
+def test_names_with_glob_characters_are_matched_literally(tmp_path: Path) -> None:
+    dead_pid, dead_start = _exited_process()
+    out = tmp_path / "disk[1]*.img"
+    lookalike = tmp_path / f".disk1x.img.{dead_pid}-{dead_start}.abcdefgh.part"
+    own = tmp_path / f".disk[1]*.img.{dead_pid}-{dead_start}.abcdefgh.part"
+    lookalike.write_bytes(b"")
+    own.write_bytes(b"")
+    assert remove_stale_parts(out) == [own]
+    assert lookalike.exists()
+
+
+def test_process_running_tells_a_reused_pid_apart() -> None:
+    me = os.getpid()
+    start = process_start_time(me)
+    assert start is not None
+    assert process_running(me, start)
+    assert not process_running(me, start + 1)
+    dead_pid, dead_start = _exited_process()
+    if process_start_time(dead_pid) is None:  # unless the PID was reused already
+        assert not process_running(dead_pid, dead_start)
