@@ -95,6 +95,7 @@ def test_arbitrary_bytes_never_raise_and_every_byte_is_accounted_for(
         assert decoder.buffered < MAX_FRAME
     # Each byte went into a frame, was skipped, or waits for the rest of a frame.
     assert framed + decoder.skipped + decoder.buffered == len(data)
+    assert 0 <= decoder.garbage <= decoder.skipped
 
 
 @given(st.binary(max_size=200))

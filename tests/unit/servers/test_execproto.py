@@ -88,6 +88,7 @@ def test_decoder_skips_garbage_and_counts_it() -> None:
     assert decoder.buffered == 3  # may be the start of a magic
     assert decoder.feed(b"!" + RESET_0) == [Frame(type=FrameType.RESET, session=0)]
     assert decoder.skipped == 8
+    assert decoder.garbage == 8
     assert decoder.buffered == 0
 
 
@@ -109,6 +110,7 @@ def test_sync_completes_a_half_frame_left_by_an_earlier_connection() -> None:
         Frame(type=FrameType.SIGNAL, session=9, payload=b"\0\0\0\1"),
     ]
     assert decoder.buffered == 0
+    assert decoder.garbage < 1000  # the padding's zeros are not garbage
     assert len(encode_sync(5)) == SYNC_PADDING + HEADER_SIZE == MAX_FRAME + HEADER_SIZE
 
 

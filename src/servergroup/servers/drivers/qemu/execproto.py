@@ -225,6 +225,8 @@ class ExecDecoder:
         self._buffer = bytearray()
         #: Bytes dropped while looking for a valid frame, since this decoder was made.
         self.skipped = 0
+        #: Of those, the bytes that were not zero: zeros are mostly sync padding.
+        self.garbage = 0
 
     @property
     def buffered(self) -> int:
@@ -242,30 +244,34 @@ class ExecDecoder:
             if start < 0:
                 # Keep a tail that may be the start of a magic cut by the chunk boundary.
                 keep = max(pos, len(buf) - (len(MAGIC) - 1))
-                self.skipped += keep - pos
+                self._skip(pos, keep)
                 del buf[:keep]
                 return out
-            self.skipped += start - pos
+            self._skip(pos, start)
             pos = start
             if len(buf) - pos < HEADER_SIZE:
                 break
             header = _parse_header(buf, pos)
             if isinstance(header, str):
+                self._skip(pos, pos + 1)
                 pos += 1
-                self.skipped += 1
                 continue
             kind, session, length = header
             if len(buf) - pos < HEADER_SIZE + length:
                 break
             if not _crc_ok(buf, pos, length):
+                self._skip(pos, pos + 1)
                 pos += 1
-                self.skipped += 1
                 continue
             body = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + length])
             out.append(Frame(type=kind, session=session, payload=body))
             pos += HEADER_SIZE + length
         del buf[:pos]
         return out
+
+    def _skip(self, start: int, end: int) -> None:
+        self.skipped += end - start
+        self.garbage += end - start - self._buffer.count(0, start, end)
 
 
 # -- payloads ----------------------------------------------------------------------------
