@@ -9,6 +9,7 @@ import pytest
 from servergroup.common.errors import UsageError
 from servergroup.servers.drivers.qemu.execproto import (
     HEADER_SIZE,
+    MAGIC,
     MAX_ERROR,
     MAX_FRAME,
     MAX_PAYLOAD,
@@ -34,20 +35,25 @@ from servergroup.servers.drivers.qemu.execproto import (
     encode_sync,
 )
 
-# STDOUT, session 7, payload b"hi": magic, version 1, type 5, session, length 2, CRC-32.
-STDOUT_HI = bytes.fromhex("5347455801 05 00000007 00000002 7fd80cba 6869".replace(" ", ""))
-RESET_0 = bytes.fromhex("534745580109000000000000000063f32196")
+# STDOUT, session 7, payload b"hi": magic, version 1, type 5, session 7, length 2,
+# CRC-32 of the payload, CRC-32 of the 18 header bytes before it, payload.
+STDOUT_HI = bytes.fromhex("5347455801 05 00000007 00000002 d8932aac 436ffc49 6869".replace(" ", ""))
+RESET_0 = bytes.fromhex("534745580109000000000000000000000000 6bcacf2f".replace(" ", ""))
 
 
 def test_frame_layout_is_byte_exact() -> None:
     assert encode_frame(Frame(type=FrameType.STDOUT, session=7, payload=b"hi")) == STDOUT_HI
     assert encode_frame(Frame(type=FrameType.RESET, session=0)) == RESET_0
-    assert HEADER_SIZE == 18
+    assert HEADER_SIZE == 22
 
 
-def test_crc_covers_header_and_payload() -> None:
-    crc = binascii.crc32(STDOUT_HI[:14] + STDOUT_HI[18:])
-    assert STDOUT_HI[14:18] == crc.to_bytes(4, "big")
+def test_crcs_cover_payload_and_header() -> None:
+    assert STDOUT_HI[14:18] == binascii.crc32(b"hi").to_bytes(4, "big")
+    assert STDOUT_HI[18:22] == binascii.crc32(STDOUT_HI[:18]).to_bytes(4, "big")
+
+
+def _with_head_crc(head: bytes) -> bytes:
+    return head[:18] + binascii.crc32(head[:18]).to_bytes(4, "big") + head[22:]
 
 
 def test_decode_frame_round_trip_and_errors() -> None:
@@ -56,15 +62,19 @@ def test_decode_frame_round_trip_and_errors() -> None:
         decode_frame(STDOUT_HI[:10])
     with pytest.raises(ExecProtocolError, match="declares 2 payload bytes but 1"):
         decode_frame(STDOUT_HI[:-1])
-    with pytest.raises(ExecProtocolError, match="CRC"):
+    with pytest.raises(ExecProtocolError, match="payload does not match its CRC"):
         decode_frame(STDOUT_HI[:-1] + b"j")
+    with pytest.raises(ExecProtocolError, match="header's CRC"):
+        decode_frame(STDOUT_HI[:9] + b"\x08" + STDOUT_HI[10:])
     with pytest.raises(ExecProtocolError, match="version 2"):
-        decode_frame(STDOUT_HI[:4] + b"\x02" + STDOUT_HI[5:])
+        decode_frame(_with_head_crc(STDOUT_HI[:4] + b"\x02" + STDOUT_HI[5:]))
     with pytest.raises(ExecProtocolError, match="type 99 is unknown"):
-        decode_frame(STDOUT_HI[:5] + b"\x63" + STDOUT_HI[6:])
+        decode_frame(_with_head_crc(STDOUT_HI[:5] + b"\x63" + STDOUT_HI[6:]))
     with pytest.raises(ExecProtocolError, match="magic"):
         decode_frame(b"X" + STDOUT_HI[1:])
-    too_long = STDOUT_HI[:10] + (MAX_PAYLOAD + 1).to_bytes(4, "big") + STDOUT_HI[14:]
+    too_long = _with_head_crc(
+        STDOUT_HI[:10] + (MAX_PAYLOAD + 1).to_bytes(4, "big") + STDOUT_HI[14:]
+    )
     with pytest.raises(ExecProtocolError, match="over the 65536 allowed"):
         decode_frame(too_long)
 
@@ -90,6 +100,14 @@ def test_decoder_skips_garbage_and_counts_it() -> None:
     assert decoder.skipped == 8
     assert decoder.garbage == 8
     assert decoder.buffered == 0
+
+
+def test_a_fake_header_does_not_make_the_decoder_wait() -> None:
+    # Magic and a plausible header claiming 60000 bytes, but no valid head CRC.
+    fake = MAGIC + bytes([1, 5]) + bytes(4) + (60000).to_bytes(4, "big") + bytes(8)
+    decoder = ExecDecoder()
+    assert decoder.feed(fake + STDOUT_HI) == [decode_frame(STDOUT_HI)]
+    assert decoder.skipped == len(fake)
 
 
 def test_decoder_skips_a_frame_with_a_bad_crc_and_finds_the_next() -> None:

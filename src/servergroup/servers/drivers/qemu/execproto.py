@@ -16,7 +16,8 @@ A frame, all integers in network byte order::
     type    u8            a `FrameType`
     session u32           0 only for RESET
     length  u32           payload bytes, at most MAX_PAYLOAD
-    crc     u32           CRC-32 of the 14 bytes above and the payload
+    body crc u32          CRC-32 of the payload
+    head crc u32          CRC-32 of the 18 bytes above
     payload length bytes
 
 Who sends what:
@@ -32,8 +33,10 @@ Who sends what:
 
 Resynchronisation. The port outlives host connections: a frame cut in half
 when one host went away can sit in the guest's decoder when the next one
-connects. `ExecDecoder` therefore never trusts a header on its own: a frame
-counts only when its magic, version, type, length bound and CRC all agree.
+connects. `ExecDecoder` therefore trusts nothing unchecked: a header counts
+only when its magic, version, type, length bound and head CRC agree (so
+garbage cannot make it wait for a payload that will never come), and a frame
+only when its payload matches the body CRC.
 Anything else costs one byte: the decoder skips to the next magic and counts
 what it skipped. A half frame waiting for the rest of its payload is
 completed by the next bytes and fails its CRC; to make that happen promptly,
@@ -64,7 +67,7 @@ VERSION = 1
 MAX_PAYLOAD = 64 * 1024
 #: The longest ERROR sentence, in bytes of UTF-8.
 MAX_ERROR = 1024
-_HEADER = struct.Struct("!4sBBIII")
+_HEADER = struct.Struct("!4sBBIIII")
 HEADER_SIZE = _HEADER.size
 #: The largest frame on the wire.
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD
@@ -156,9 +159,10 @@ def encode_frame(frame: Frame) -> bytes:
         raise UsageError(
             f"a frame payload of {len(frame.payload)} bytes is over the {MAX_PAYLOAD} allowed."
         )
-    head = _HEADER.pack(MAGIC, VERSION, frame.type, frame.session, len(frame.payload), 0)
-    crc = zlib.crc32(frame.payload, zlib.crc32(head[: HEADER_SIZE - 4]))
-    return head[: HEADER_SIZE - 4] + _U32.pack(crc) + frame.payload
+    head = _HEADER.pack(
+        MAGIC, VERSION, frame.type, frame.session, len(frame.payload), zlib.crc32(frame.payload), 0
+    )[: HEADER_SIZE - 4]
+    return head + _U32.pack(zlib.crc32(head)) + frame.payload
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -174,7 +178,7 @@ def decode_frame(data: bytes) -> Frame:
             f"the frame declares {length} payload bytes but {len(data) - HEADER_SIZE} follow."
         )
     if not _crc_ok(data, 0, length):
-        raise ExecProtocolError("the frame's CRC does not match its contents.")
+        raise ExecProtocolError("the frame's payload does not match its CRC.")
     return Frame(type=kind, session=session, payload=bytes(data[HEADER_SIZE:]))
 
 
@@ -194,9 +198,12 @@ def data_frames(kind: FrameType, session: int, data: bytes) -> Iterator[bytes]:
 
 def _parse_header(data: bytes | bytearray, at: int) -> tuple[FrameType, int, int] | str:
     """(type, session, payload length) of the header at `at`, or one sentence on why it is bad."""
-    magic, version, kind, session, length, _crc = _HEADER.unpack_from(data, at)
+    magic, version, kind, session, length, _body_crc, head_crc = _HEADER.unpack_from(data, at)
     if magic != MAGIC:
         return "the frame does not start with the magic bytes."
+    with memoryview(data) as view:
+        if zlib.crc32(view[at : at + HEADER_SIZE - 4]) != head_crc:
+            return "the frame header's CRC does not match it."
     if version != VERSION:
         return f"the frame has protocol version {version}, not {VERSION}."
     if kind not in _TYPES:
@@ -207,11 +214,11 @@ def _parse_header(data: bytes | bytearray, at: int) -> tuple[FrameType, int, int
 
 
 def _crc_ok(data: bytes | bytearray, at: int, length: int) -> bool:
-    declared: int = _U32.unpack_from(data, at + HEADER_SIZE - 4)[0]
+    """Whether the payload of the frame at `at` matches its body CRC."""
+    declared: int = _U32.unpack_from(data, at + HEADER_SIZE - 8)[0]
     # Release the view before returning: the decoder resizes its bytearray next.
     with memoryview(data) as view:
-        crc = zlib.crc32(view[at : at + HEADER_SIZE - 4])
-        crc = zlib.crc32(view[at + HEADER_SIZE : at + HEADER_SIZE + length], crc)
+        crc = zlib.crc32(view[at + HEADER_SIZE : at + HEADER_SIZE + length])
     return crc == declared
 
 
