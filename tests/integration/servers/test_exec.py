@@ -16,6 +16,7 @@ import random
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from servergroup.common.errors import ConfigError
+from servergroup.servers.drivers.qemu.execbroker import ExecBroker
 from servergroup.servers.drivers.qemu.execproto import (
     MAGIC,
     Frame,
@@ -434,3 +437,25 @@ def test_an_agent_that_restarts_ends_the_sessions_it_forgot(
     assert b"the exec agent in the server restarted." in err
     assert standin.connections == 1  # the port connection itself stayed up
     assert run(sock, "echo", "again").stdout == b"again\n"
+
+
+async def test_broker_socket_is_private_replaces_a_stale_one_and_stops_twice(
+    exec_dir: Path,
+) -> None:
+    listen = exec_dir / "exec.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(os.fspath(listen))
+    stale.close()  # bound, never listening: a socket file nobody serves
+    broker = ExecBroker(exec_dir / "no-port.sock", listen)
+    await broker.start()
+    await broker.start()
+    try:
+        assert stat.S_IMODE(listen.stat().st_mode) == 0o600
+        second = ExecBroker(exec_dir / "no-port.sock", listen)
+        with pytest.raises(ConfigError, match="another exec broker"):
+            await second.start()
+        assert not broker.ready  # no port to connect to: it keeps trying
+    finally:
+        await broker.stop()
+        await broker.stop()
+    assert not listen.exists()

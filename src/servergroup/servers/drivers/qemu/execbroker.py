@@ -162,7 +162,7 @@ class ExecBroker:
         if self._server is not None:
             return
         sock = _listen(self.listen_socket)
-        st = os.stat(sock.fileno())
+        st = os.stat(self.listen_socket)  # the file's inode, to remove only our own
         self._inode = (st.st_dev, st.st_ino)
         self._server = await asyncio.start_unix_server(self._client_connected, sock=sock)
         self._port_task = asyncio.create_task(self._port_loop(), name="exec-broker-port")
