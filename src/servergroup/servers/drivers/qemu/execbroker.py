@@ -220,7 +220,7 @@ class ExecBroker:
 
     def _new_epoch(self) -> None:
         self._ready.clear()
-        self._epoch += 1
+        self._epoch = self._epoch % 0xFFFFFFFF + 1  # 1 .. 2**32 - 1: 0 is the agent's
         assert self._port is not None
         self._port.write(encode_sync(self._epoch))
 
