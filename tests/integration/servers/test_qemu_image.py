@@ -11,16 +11,19 @@ it was given (cpu1 goes offline and online again).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,3 +220,79 @@ def test_vm_boots_runs_host_python_and_offlines_a_vcpu(
     for leftover in (layout.channel_socket, layout.exec_socket, layout.qmp_socket):
         leftover.unlink(missing_ok=True)
     assert not any(p.is_socket() for p in vm_dir.iterdir())
+
+
+def qmp(sock: Path, *commands: tuple[str, dict[str, Any]], timeout: float = 10.0) -> list[Any]:
+    """Run QMP `commands` (name, arguments) on `sock`; their replies, events skipped."""
+    replies: list[Any] = []
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        f = s.makefile("rw")
+        json.loads(f.readline())  # greeting
+        for name, arguments in (("qmp_capabilities", {}), *commands):
+            f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
+            f.flush()
+            while "event" in (reply := json.loads(f.readline())):
+                pass
+            replies.append(reply)
+    return replies[1:]
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_vm_on_a_read_only_disk_can_migrate(guest_image: GuestImage, vm_dir: Path) -> None:
+    # With 9p shares mounted QEMU refuses to migrate; the same files on a
+    # read-only ext4 disk (bound in place by /init) leave no blocker.
+    tree = vm_dir / "tree"
+    (tree / "opt" / "sgtest").mkdir(parents=True)
+    (tree / "opt" / "sgtest" / "hello.txt").write_text("hello from the disk\n")
+    disk = vm_dir / "disk.ext4"
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-d", str(tree), str(disk), "16M"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    layout = VmLayout(
+        name="sg-test-disk",
+        vcpus=1,
+        max_vcpus=1,
+        memory_mb=128,
+        accel=probe_accel(guest_image),
+        kernel=guest_image.kernel,
+        initrd=guest_image.initrd,
+        python="",
+        mounts=(),
+        channel_socket=vm_dir / "ch.sock",
+        exec_socket=vm_dir / "exec.sock",
+        qmp_socket=vm_dir / "qmp.sock",
+        console_log=vm_dir / "console.log",
+        pid_file=vm_dir / "qemu.pid",
+        command="cat /opt/sgtest/hello.txt; grep -c ' 9p ' /proc/mounts",
+        disk=disk,
+    )
+    qemu = subprocess.run(qemu_argv(layout), capture_output=True, text=True, timeout=30)
+    assert qemu.returncode == 0, qemu.stderr
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    console = ""
+    while "command exited with status" not in console:
+        assert time.monotonic() < deadline, f"the guest did not finish its command:\n{console}"
+        time.sleep(0.05)
+        console = layout.console_log.read_text(errors="replace")
+    assert "hello from the disk" in console, console
+    assert re.search(r"^0\r?$", console, re.MULTILINE), console  # no 9p mount at all
+    (blockers,) = qmp(layout.qmp_socket, ("query-migrate", {}))
+    assert "blocked-reasons" not in blockers["return"], blockers
+    (started,) = qmp(layout.qmp_socket, ("migrate", {"uri": "exec:cat > /dev/null"}))
+    assert started == {"return": {}}, started
+    deadline = time.monotonic() + 60
+    while True:
+        (reply,) = qmp(layout.qmp_socket, ("query-migrate", {}))
+        status = reply["return"]["status"]
+        if status == "completed":
+            break
+        assert status in ("setup", "active", "device"), reply
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.1)

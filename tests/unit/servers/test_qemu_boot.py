@@ -11,6 +11,7 @@ from servergroup.common.errors import UsageError
 from servergroup.servers.drivers.qemu.boot import (
     BASE_CMDLINE,
     CHANNEL_PORT,
+    DISK_DEVICE,
     EXEC_PORT,
     QEMU_BINARY,
     VmLayout,
@@ -216,3 +217,21 @@ def test_share_mounts_are_deterministic_and_absolute() -> None:
     assert share_mounts(["/a", "/a/b", "/"]) == (("sg0", "/"),)
     with pytest.raises(UsageError, match="absolute"):
         share_mounts(["relative/path"])
+
+
+def test_a_disk_replaces_every_9p_share() -> None:
+    lay = layout(mounts=(), disk=Path("/cache/guest/rootfs-1.ext4"))
+    argv = qemu_argv(lay)
+    assert "-virtfs" not in argv  # a mounted 9p share blocks live migration
+    assert values(argv, "-drive") == [
+        "file=/cache/guest/rootfs-1.ext4,format=raw,if=none,id=disk0,readonly=on"
+    ]
+    assert "virtio-blk-pci,drive=disk0" in values(argv, "-device")
+    words = kernel_cmdline(lay).split()
+    assert f"sg.disk={DISK_DEVICE}" in words
+    assert not any(w.startswith("sg.mounts=") for w in words)
+
+
+def test_disk_and_shares_together_are_refused() -> None:
+    with pytest.raises(UsageError, match="not both"):
+        qemu_argv(layout(disk=Path("/cache/guest/rootfs-1.ext4")))

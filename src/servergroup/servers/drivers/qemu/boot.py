@@ -25,14 +25,17 @@ The VM it describes:
   which the host's relay connects to; and `org.servergroup.exec`, the exec
   agent's port;
 - the host's `/usr` and the extra shares read-only over 9p (`-virtfs`), so
-  the guest runs the host's own Python and servergroup;
+  the guest runs the host's own Python and servergroup; or, for a VM that
+  must be able to migrate live (QEMU will not migrate a VM with a 9p share
+  mounted), a read-only ext4 disk holding those files instead (`disk`);
 - `-smp vcpus,maxcpus=max_vcpus`: the flavor's vCPUs online at boot, room to
   hot-add up to `max_vcpus`.
 
 The guest's `/init` (see `image.INIT_SCRIPT`) reads the `sg.*` keys of the
 kernel command line that `kernel_cmdline` writes: `sg.name` (host name),
 `sg.python` (the interpreter that runs the agents), `sg.mounts` (9p tag and
-mount point of each extra share) and `sg.cmd` (a user command, base64).
+mount point of each extra share), `sg.disk` (the block device of the disk,
+instead of 9p) and `sg.cmd` (a user command, base64).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ EXEC_PORT = "org.servergroup.exec"
 
 #: The 9p mount tag of the host's `/usr`, shared with every guest.
 USR_TAG = "usr"
+
+#: The guest's name for the disk of `VmLayout.disk` (the only virtio block device).
+DISK_DEVICE = "vda"
 
 #: The line the guest's `/init` prints on the console once the guest is up.
 READY_MARKER = "servergroup-init: ready"
@@ -95,6 +101,12 @@ class VmLayout:
     without its agents (the accelerator probe does). `command`, if any, runs
     in the guest once it is up (`sh -c`, output on the console); `incoming`
     is a migration URI the copy waits at (`-incoming`).
+
+    `disk`, if set, is a read-only ext4 disk image holding the guest's files
+    at their host paths (`/usr/...`, the interpreter, the venv, the sources);
+    it then replaces every 9p share, `/usr` included, because QEMU refuses
+    to migrate a VM that has a 9p share mounted. Two QEMUs may open the same
+    disk at once, which is all a live migration on one machine needs.
     """
 
     name: str
@@ -113,6 +125,7 @@ class VmLayout:
     pid_file: Path
     command: str | None = None
     incoming: str | None = None
+    disk: Path | None = None
 
 
 def share_mounts(paths: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -160,6 +173,10 @@ def kernel_cmdline(layout: VmLayout) -> str:
     if layout.python:
         _check_word("guest Python path", layout.python)
         words.append(f"sg.python={layout.python}")
+    if layout.disk is not None:
+        if layout.mounts:
+            raise UsageError("a guest gets its files from a disk or from 9p shares, not both.")
+        words.append(f"sg.disk={DISK_DEVICE}")
     if layout.mounts:
         for tag, path in layout.mounts:
             _check_word("9p mount tag", tag)
@@ -235,10 +252,18 @@ def qemu_argv(layout: VmLayout) -> list[str]:
         f"socket,id=ch1,path={_opt(str(layout.exec_socket))},server=on,wait=off",
         "-device",
         f"virtserialport,chardev=ch1,name={EXEC_PORT}",
-        *_virtfs(USR_TAG, "/usr"),
     ]
-    for tag, path in layout.mounts:
-        argv += _virtfs(tag, path)
+    if layout.disk is not None:
+        argv += [
+            "-drive",
+            f"file={_opt(str(layout.disk))},format=raw,if=none,id=disk0,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=disk0",
+        ]
+    else:
+        argv += _virtfs(USR_TAG, "/usr")
+        for tag, path in layout.mounts:
+            argv += _virtfs(tag, path)
     if layout.incoming is not None:
         argv += ["-incoming", layout.incoming]
     return argv

@@ -8,12 +8,14 @@ Theory of operation. Every qemu server boots the same two files:
   compressed bzImage as an uncompressed ELF so that QEMU starts it at its PVH
   entry point, without firmware or decompression (about 3 s faster under TCG);
 - `initrd.img`: an uncompressed newc cpio archive (written here; the format
-  is a 110-byte ASCII header per file) holding static busybox, the virtio and
-  9p modules this kernel needs (found from the `depends=` of each module's
-  modinfo, in load order) and `/init`, the shell script `INIT_SCRIPT`.
+  is a 110-byte ASCII header per file) holding static busybox, the virtio, 9p
+  and ext4 modules this kernel needs (found from the `depends=` of each
+  module's modinfo, in load order) and `/init`, the shell script `INIT_SCRIPT`.
 
 `/init` mounts the host's `/usr` and the extra shares named on the kernel
-command line read-only over 9p, so the guest runs the host's own Python,
+command line read-only over 9p (or, with `sg.disk`, binds in the directories
+of a read-only ext4 disk holding the same files: QEMU will not live-migrate
+a VM with a 9p share mounted), so the guest runs the host's own Python,
 virtual environment and servergroup sources; it creates the
 `/dev/virtio-ports/` links udev would make, then keeps the guest agent and
 the exec agent running (each in a respawn loop, as a guest agent "configured
@@ -21,7 +23,7 @@ to respawn"), runs the user's command if there is one, prints
 `boot.READY_MARKER`, and reaps children forever (PID 1 never exits).
 
 The image lives in `<image dir>/image/` with a `manifest.json`; it is valid
-when the manifest's fingerprint (format, `/init`, module list) matches this
+when the manifest's fingerprint (format, `/init`, module lists) matches this
 code and both files are there, so a check costs one small read. A build
 happens under an exclusive lock (`<image dir>/.lock`) in a temporary
 directory beside the image, renamed into place when complete: a killed build
@@ -79,8 +81,12 @@ IMAGE_FORMAT = 1
 #: The Debian meta package whose dependency names the current kernel package.
 KERNEL_META_PACKAGE = "linux-image-amd64"
 
-#: The modules the guest needs; their dependencies are found and loaded first.
-MODULE_ROOTS = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p")
+#: The modules every guest needs; their dependencies are found and loaded first.
+MODULE_ROOTS = ("virtio_pci", "virtio_console")
+#: ... and those it loads for its files: 9p shares, or a read-only ext4 disk
+#: (crc32c for ext4's metadata checksums: there is no modprobe to fetch it).
+SHARE_MODULE_ROOTS = ("9pnet_virtio", "9p")
+DISK_MODULE_ROOTS = ("virtio_blk", "crc32c_generic", "ext4")
 
 #: Static busybox, from the `busybox-static` package.
 BUSYBOX = Path("/bin/busybox")
@@ -115,30 +121,54 @@ $bb mkdir -p /tmp /run /dev/shm /dev/pts
 $bb mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 $bb mount -t devpts devpts /dev/pts
 
-name= python= mounts= cmd=
+name= python= mounts= disk= cmd=
 for arg in $($bb cat /proc/cmdline); do
     case "$arg" in
         sg.name=*) name=${arg#sg.name=} ;;
         sg.python=*) python=${arg#sg.python=} ;;
         sg.mounts=*) mounts=${arg#sg.mounts=} ;;
+        sg.disk=*) disk=${arg#sg.disk=} ;;
         sg.cmd=*) cmd=${arg#sg.cmd=} ;;
     esac
 done
 [ -n "$name" ] && $bb hostname "$name"
 
-for m in @MODULES@; do
-    $bb insmod "/modules/$m.ko" || say "cannot load module $m"
-done
-
+load() {  # load MODULE...: insmod each, in this order
+    for m in "$@"; do
+        $bb insmod "/modules/$m.ko" || say "cannot load module $m"
+    done
+}
 share() {  # share TAG PATH: mount a read-only 9p share of the host at PATH
+    # cache=loose: the shares do not change under a running guest, and
+    # without it every stat of a Python import is a round trip to QEMU.
     $bb mkdir -p "$2" &&
         $bb mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose "$1" "$2" ||
         say "cannot mount the host share $1 at $2"
 }
-share @USR_TAG@ /usr
-for m in $(echo "$mounts" | $bb tr , ' '); do
-    share "${m%%:*}" "${m#*:}"
-done
+load @MODULES@
+if [ -n "$disk" ]; then
+    # The guest's files at their host paths on a read-only disk: bind each
+    # top-level directory of it in place (its usr/ over /usr, and so on).
+    load @DISK_MODULES@
+    $bb mkdir -p /disk
+    if $bb mount -t ext4 -o ro,noload "/dev/$disk" /disk; then
+        for d in /disk/*; do
+            n=${d##*/}
+            case "$n" in
+                bin | dev | disk | etc | lost+found | modules | proc | run | sys | tmp) continue ;;
+            esac
+            [ -d "$d" ] && [ ! -L "$d" ] && $bb mkdir -p "/$n" && $bb mount --bind "$d" "/$n"
+        done
+    else
+        say "cannot mount the guest disk /dev/$disk"
+    fi
+else
+    load @SHARE_MODULES@
+    share @USR_TAG@ /usr
+    for m in $(echo "$mounts" | $bb tr , ' '); do
+        share "${m%%:*}" "${m#*:}"
+    done
+fi
 
 # No udev: make the /dev/virtio-ports/<name> links ourselves. The port names
 # arrive from the host shortly after the driver loads, so look a few times.
@@ -224,10 +254,14 @@ def guest_mounts() -> tuple[tuple[str, str], ...]:
     return share_mounts([sys.prefix, sys.base_prefix, str(package_root)])
 
 
-def init_script(modules: Sequence[str]) -> str:
-    """The guest's `/init`, loading `modules` in that order."""
+def init_script(
+    modules: Sequence[str], share_modules: Sequence[str], disk_modules: Sequence[str]
+) -> str:
+    """The guest's `/init`: loads `modules`, then `share_modules` or `disk_modules`, in order."""
     values = {
         "@MODULES@": " ".join(modules),
+        "@SHARE_MODULES@": " ".join(share_modules),
+        "@DISK_MODULES@": " ".join(disk_modules),
         "@USR_TAG@": USR_TAG,
         "@CHANNEL_PORT@": CHANNEL_PORT,
         "@EXEC_PORT@": EXEC_PORT,
@@ -243,7 +277,8 @@ def init_script(modules: Sequence[str]) -> str:
 def _fingerprint() -> str:
     """What a valid image must have been built with: this format, this `/init`, these modules."""
     h = hashlib.sha256()
-    for part in (str(IMAGE_FORMAT), init_script(MODULE_ROOTS), " ".join(MODULE_ROOTS)):
+    roots = (MODULE_ROOTS, SHARE_MODULE_ROOTS, DISK_MODULE_ROOTS)
+    for part in (str(IMAGE_FORMAT), init_script(*roots), repr(roots)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -328,7 +363,7 @@ def _locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
 
 
 def _remove_leftovers(root: Path) -> None:
-    """Remove what killed builds left behind (called under the lock)."""
+    """Remove what killed builds and replaced images left behind (called under the lock)."""
     for entry in root.iterdir():
         if entry.name.startswith((".build-", ".old-")) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -342,14 +377,18 @@ def _build(root: Path) -> GuestImage:
         version, vmlinuz, modules_dir = _kernel_files(work / "pkg")
         log.info("building the guest image for kernel %s in %s", version, root)
         (work / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
-        order = module_load_order(MODULE_ROOTS, modules_dir)
-        write_initramfs(work / "initrd.img", order)
+        base = module_load_order(MODULE_ROOTS, modules_dir)
+        shares = module_load_order([*MODULE_ROOTS, *SHARE_MODULE_ROOTS], modules_dir)[len(base) :]
+        disk = module_load_order([*MODULE_ROOTS, *DISK_MODULE_ROOTS], modules_dir)[len(base) :]
+        write_initramfs(work / "initrd.img", base, shares, disk)
         shutil.rmtree(work / "pkg", ignore_errors=True)
         manifest = {
             "format": IMAGE_FORMAT,
             "fingerprint": _fingerprint(),
             "kernel_version": version,
-            "modules": [name for name, _ in order],
+            "modules": [name for name, _ in base],
+            "share_modules": [name for name, _ in shares],
+            "disk_modules": [name for name, _ in disk],
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         current = root / "image"
@@ -357,7 +396,8 @@ def _build(root: Path) -> GuestImage:
         if current.exists():
             current.rename(old)
         work.rename(current)
-        shutil.rmtree(old, ignore_errors=True)
+        # The old image goes at the next build, not now: a QEMU being started
+        # from it at this moment still finds its files.
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -568,8 +608,13 @@ def _is_static_elf(data: bytes) -> bool:
     return True
 
 
-def write_initramfs(path: Path, modules: Sequence[tuple[str, Path]]) -> None:
-    """Write the guest's initramfs (newc cpio, uncompressed) to `path`; `modules` in load order."""
+def write_initramfs(
+    path: Path,
+    modules: Sequence[tuple[str, Path]],
+    share_modules: Sequence[tuple[str, Path]],
+    disk_modules: Sequence[tuple[str, Path]],
+) -> None:
+    """Write the guest's initramfs (newc cpio, uncompressed) to `path`; modules in load order."""
     try:
         busybox = BUSYBOX.read_bytes()
     except OSError:
@@ -591,9 +636,10 @@ def write_initramfs(path: Path, modules: Sequence[tuple[str, Path]]) -> None:
     archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
     archive.file("etc/group", b"root:x:0:\n", 0o644)
     archive.file("etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n", 0o644)
-    for name, module in modules:
+    for name, module in [*modules, *share_modules, *disk_modules]:
         archive.file(f"modules/{name}.ko", read_module(module), 0o644)
-    archive.file("init", init_script([name for name, _ in modules]).encode(), 0o755)
+    names = [[name for name, _ in group] for group in (modules, share_modules, disk_modules)]
+    archive.file("init", init_script(*names).encode(), 0o755)
     path.write_bytes(archive.finish())
 
 
