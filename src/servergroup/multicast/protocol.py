@@ -176,27 +176,58 @@ def encode_data(packet: DataPacket, auth: Auth | None = None) -> bytes:
     return b"".join((header, packet.payload, tag))
 
 
+# Bound once: `check_data` runs for every datagram.
+_DATA_UNPACK = _DATA.unpack_from
+_DATA_CRC_AT = DATA_HEADER_SIZE - 4
+_KIND_DATA = int(Kind.DATA)
+_crc32 = zlib.crc32
+
+
 def decode_data(data: bytes | bytearray | memoryview, auth: Auth | None = None) -> DataPacket:
     """One data packet from exactly these bytes; its payload is a view into `data`."""
     view = memoryview(data)
-    if len(view) < DATA_HEADER_SIZE:
-        raise ProtocolError(Fault.MALFORMED, f"{len(view)} bytes is too short for a data packet")
-    magic, version, kind, session, buffer_id, index, length, flags, crc = _DATA.unpack_from(view)
-    _check_prefix(magic, version)
-    if kind != Kind.DATA:
-        raise ProtocolError(Fault.MALFORMED, f"kind {kind} where a data packet was expected")
-    tag_size = _tag_size(flags, auth)
+    session, buffer_id, index, length = check_data(view, auth)
+    payload = view[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
+    return DataPacket(session=session, buffer_id=buffer_id, index=index, payload=payload)
+
+
+def check_data(
+    data: bytes | bytearray | memoryview, auth: Auth | None = None
+) -> tuple[int, int, int, int]:
+    """Check one data packet where it lies: (session, buffer_id, index, payload length).
+
+    The fast path of `decode_data` for a receiver's datagram loop: it builds
+    no packet and copies nothing (give it a memoryview); the payload is
+    `data[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]`. It refuses exactly
+    what `decode_data` refuses, with the same `ProtocolError`.
+    """
+    size = len(data)
+    if size < DATA_HEADER_SIZE:
+        raise ProtocolError(Fault.MALFORMED, f"{size} bytes is too short for a data packet")
+    magic, version, kind, session, buffer_id, index, length, flags, crc = _DATA_UNPACK(data)
+    if (
+        magic != MAGIC
+        or version != VERSION
+        or kind != _KIND_DATA
+        or flags != (FLAG_AUTH if auth is not None else 0)
+    ):
+        # The rare case: say exactly what is wrong.
+        _check_prefix(magic, version)
+        if kind != _KIND_DATA:
+            raise ProtocolError(Fault.MALFORMED, f"kind {kind} where a data packet was expected")
+        _tag_size(flags, auth)
     end = DATA_HEADER_SIZE + length
-    if len(view) != end + tag_size:
+    if size != (end + TAG_SIZE if flags else end):
         raise ProtocolError(
-            Fault.MALFORMED, f"{len(view)} bytes for a {length}-byte payload and its header"
+            Fault.MALFORMED, f"{size} bytes for a {length}-byte payload and its header"
         )
+    view = data if isinstance(data, memoryview) else memoryview(data)
     payload = view[DATA_HEADER_SIZE:end]
-    if zlib.crc32(payload, zlib.crc32(view[: DATA_HEADER_SIZE - 4])) != crc:
+    if _crc32(payload, _crc32(view[:_DATA_CRC_AT])) != crc:
         raise ProtocolError(Fault.CORRUPT, "crc32 mismatch")
     if auth is not None and not auth.check(view[end:], view[:DATA_HEADER_SIZE], payload):
         raise ProtocolError(Fault.FORGED, "tag mismatch")
-    return DataPacket(session=session, buffer_id=buffer_id, index=index, payload=payload)
+    return session, buffer_id, index, length
 
 
 def _check_prefix(magic: bytes, version: int) -> None:

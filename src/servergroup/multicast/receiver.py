@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,6 +31,9 @@ from servergroup.multicast.protocol import (
     encode_message,
 )
 from servergroup.multicast.transport import (
+    RECEIVE_SPACE,
+    SOL_UDP,
+    UDP_GRO,
     Sink,
     TransferError,
     describe_os_error,
@@ -39,8 +43,11 @@ from servergroup.multicast.transport import (
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-#: Datagrams taken per wake-up before the loop looks at the connection again.
+#: Receives per wake-up before the loop looks at the connection again.
 DATAGRAM_BATCH = 256
+#: Room for the one control message a receive may carry (the UDP_GRO segment size).
+ANCILLARY_SPACE = socket.CMSG_SPACE(4)
+_SEGMENT = struct.Struct("=i")
 CONNECT_RETRY_INTERVAL = 0.2
 
 Progress = Callable[[int, int | None], None]
@@ -62,7 +69,7 @@ class _Receiver:
         self.writer: asyncio.StreamWriter | None = None
         self.session = 0
         self.sock: socket.socket | None = None
-        self.scratch = bytearray(65536)
+        self.scratch = bytearray(RECEIVE_SPACE)
         self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-writer")
         self.write_tail: asyncio.Future[None] | None = None
 
@@ -129,27 +136,39 @@ class _Receiver:
         self._drain_datagrams(DATAGRAM_BATCH)
 
     def _drain_datagrams(self, limit: int | None) -> None:
+        """Feed the machine what the socket holds (at most `limit` receives).
+
+        One receive may bring a run of datagrams coalesced by the kernel
+        (UDP_GRO): all of one size but the last, which the control message
+        gives. Each is handed to the machine as a view of the receive buffer.
+        """
         sock = self.sock
         if sock is None or self.done.done():
             return
-        machine = self.machine
-        scratch = self.scratch
-        view = memoryview(scratch)
+        received = self.machine.datagram_received
+        receive = sock.recvmsg_into
+        buffers = [self.scratch]
+        view = memoryview(self.scratch)
         now = self.clock.monotonic()
         taken = 0
         try:
             while limit is None or taken < limit:
                 try:
-                    n = sock.recv_into(scratch)
+                    n, ancillary, _, _ = receive(buffers, ANCILLARY_SPACE)
                 except (BlockingIOError, InterruptedError):
                     break
                 taken += 1
-                outputs = machine.datagram_received(view[:n], now)
-                if outputs:
-                    self._apply(outputs)
-                    self._arm_timer()
-                    if self.done.done():
-                        break
+                segment = n
+                for level, kind, value in ancillary:
+                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= _SEGMENT.size:
+                        segment = _SEGMENT.unpack_from(value)[0] or n
+                for start in range(0, n, segment) if segment < n else (0,):
+                    outputs = received(view[start : min(start + segment, n)], now)
+                    if outputs:
+                        self._apply(outputs)
+                        self._arm_timer()
+                        if self.done.done():
+                            return
         except OSError as exc:
             self._fail_hard(f"the multicast socket failed: {describe_os_error(exc)}")
         except Exception:
@@ -160,7 +179,7 @@ class _Receiver:
 
     # --- output -----------------------------------------------------------------------
 
-    def _deliver(self, buffer_id: int, data: bytearray) -> None:
+    def _deliver(self, buffer_id: int, data: memoryview) -> None:
         previous = self.write_tail
 
         async def write() -> None:

@@ -12,11 +12,17 @@ The receiver's half of the rounds of seed 001 (see `sending`)::
 
 A buffer is handed to the driver (`Deliver`) the moment it is whole, and
 `Done` goes out at once; the driver writes it in the background and says
-`delivered`. At most two buffers live at a time: `Ready` for a new buffer
-waits while two are still being written. The SHA-256 of the whole image is
+`delivered`. At most two buffers wait to be written: `Ready` for a new
+buffer waits while two are still being written. A written buffer's memory
+is kept and filled again by a later buffer (fresh memory would be zeroed
+and faulted in page by page, for every buffer). The SHA-256 of the whole image is
 the driver's to compute as it writes; the machine asks for the check
 (`Verify`) once the last buffer is written and turns the answer into the
 `Result` the sender waits for.
+
+Multicast datagrams take a fast path (`datagram_received`): the packet is
+checked where it lies and its payload copied once, into its place in the
+buffer; no packet object is made.
 
 Garbage never stops the receiver: a data packet that fails to decode, comes
 from another session, or belongs to no buffer being filled is counted and
@@ -38,6 +44,7 @@ from enum import Enum
 from ipaddress import IPv4Address
 
 from servergroup.multicast.protocol import (
+    DATA_HEADER_SIZE,
     Abort,
     Auth,
     BufferInfo,
@@ -54,7 +61,7 @@ from servergroup.multicast.protocol import (
     Result,
     Sent,
     Welcome,
-    decode_data,
+    check_data,
 )
 
 #: Buffers handed over but not yet written, beyond which `Ready` waits.
@@ -86,10 +93,13 @@ class JoinGroup:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Deliver:
-    """Write this buffer after the ones before it (and hash it); then `delivered`."""
+    """Write this buffer after the ones before it (and hash it); then `delivered`.
+
+    `data` stays untouched until `delivered` (or the end): then its memory is reused.
+    """
 
     buffer_id: int
-    data: bytearray
+    data: memoryview
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,11 +187,12 @@ class _Tally:
 class _Incoming:
     __slots__ = ("byte_length", "count", "data", "have", "have_count", "id", "ready", "tally")
 
-    def __init__(self, info: BufferInfo) -> None:
+    def __init__(self, info: BufferInfo, data: bytearray) -> None:
         self.id = info.buffer_id
         self.count = info.packet_count
         self.byte_length = info.byte_length
-        self.data = bytearray(info.byte_length)
+        # At least byte_length long: reused memory may be longer.
+        self.data = data
         self.have = bytearray(info.packet_count)
         self.have_count = 0
         self.ready = False
@@ -203,7 +214,10 @@ class ReceiverMachine:
         self._heard_at = 0.0
         self._incoming: _Incoming | None = None
         self._next_id = 0
-        self._unwritten: list[int] = []
+        # Handed over, not yet written: (buffer id, its memory), oldest first.
+        self._unwritten: list[tuple[int, bytearray]] = []
+        # Written buffers' memory, to be filled again.
+        self._spare: list[bytearray] = []
         self._delivered_bytes = 0
         self._final: BufferInfo | None = None
         self._verifying = False
@@ -269,13 +283,19 @@ class ReceiverMachine:
     def datagram_received(
         self, data: bytes | bytearray | memoryview, now: float
     ) -> Sequence[Output]:
-        """A datagram from the multicast socket (anything may arrive there)."""
+        """A datagram from the multicast socket (anything may arrive there).
+
+        The hot path: give it a memoryview of the receive buffer; the packet is
+        checked in place and its payload copied straight into the buffer.
+        """
         try:
-            packet = decode_data(data, self._auth)
+            session, buffer_id, index, length = check_data(data, self._auth)
         except ProtocolError as exc:
             self._count_fault(exc.fault)
             return _NOTHING
-        return self._take(packet, now, multicast=True)
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        payload = view[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
+        return self._take(session, buffer_id, index, payload, now, True)
 
     def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
         """A data packet that came on the connection (already decoded and checked)."""
@@ -285,7 +305,9 @@ class ReceiverMachine:
             out: list[Output] = []
             self._fail("the sender sent a repair of another session", out, tell=True)
             return out
-        return self._take(packet, now, multicast=False)
+        return self._take(
+            packet.session, packet.buffer_id, packet.index, packet.payload, now, False
+        )
 
     def protocol_error(self, error: ProtocolError, now: float) -> list[Output]:
         """The connection carried bytes that are not our protocol."""
@@ -313,8 +335,9 @@ class ReceiverMachine:
     def delivered(self, buffer_id: int, byte_length: int, now: float) -> list[Output]:
         if self._phase is Phase.CLOSED:
             return []
-        if self._unwritten and self._unwritten[0] == buffer_id:
-            self._unwritten.pop(0)
+        if self._unwritten and self._unwritten[0][0] == buffer_id:
+            _, memory = self._unwritten.pop(0)
+            self._spare.append(memory)
         self._delivered_bytes += byte_length
         out: list[Output] = []
         b = self._incoming
@@ -373,7 +396,7 @@ class ReceiverMachine:
         if not (m.packet_count - 1) * size < m.byte_length <= m.packet_count * size:
             self._fail(f"buffer {m.buffer_id}'s length does not fit its packets", out, tell=True)
             return
-        b = _Incoming(m)
+        b = _Incoming(m, self._memory(m.packet_count * size))
         self._incoming = b
         self._phase = Phase.RECEIVING
         if len(self._unwritten) < MAX_UNWRITTEN:
@@ -401,26 +424,41 @@ class ReceiverMachine:
 
     # --- data -------------------------------------------------------------------------
 
-    def _take(self, packet: DataPacket, now: float, multicast: bool) -> Sequence[Output]:
-        if packet.session != self._session:
+    def _memory(self, size: int) -> bytearray:
+        """Memory for a buffer of `size` bytes: a written buffer's if one is large enough."""
+        while self._spare:
+            memory = self._spare.pop()
+            if len(memory) >= size:
+                return memory
+        return bytearray(size)
+
+    def _take(
+        self,
+        session: int,
+        buffer_id: int,
+        index: int,
+        payload: bytes | memoryview,
+        now: float,
+        multicast: bool,
+    ) -> Sequence[Output]:
+        if session != self._session:
             self._current_tally().foreign += 1
             return _NOTHING
         self._heard_at = now
         b = self._incoming
-        if b is None or packet.buffer_id != b.id:
+        if b is None or buffer_id != b.id:
             self._current_tally().stale += 1
             return _NOTHING
-        index = packet.index
-        payload = packet.payload
         size = self._payload_size
         start = index * size
-        if index >= b.count or len(payload) != min(size, b.byte_length - start):
+        length = len(payload)
+        if index >= b.count or length != min(size, b.byte_length - start):
             b.tally.corrupt += 1
             return _NOTHING
         if b.have[index]:
             b.tally.duplicate += 1
             return _NOTHING
-        b.data[start : start + len(payload)] = payload
+        b.data[start : start + length] = payload
         b.have[index] = 1
         b.have_count += 1
         if multicast:
@@ -436,10 +474,10 @@ class ReceiverMachine:
         self._total = _add(self._total, counters)
         self._incoming = None
         self._phase = Phase.IDLE
-        self._unwritten.append(b.id)
+        self._unwritten.append((b.id, b.data))
         self._buffers += 1
         return [
-            Deliver(buffer_id=b.id, data=b.data),
+            Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length]),
             Send(message=Done(buffer_id=b.id, counters=counters)),
             BufferReceived(buffer_id=b.id, byte_length=b.byte_length, counters=counters),
         ]

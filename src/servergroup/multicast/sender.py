@@ -36,12 +36,12 @@ from servergroup.multicast.protocol import (
 from servergroup.multicast.rate import RateSettings
 from servergroup.multicast.transport import (
     ImageReader,
+    Multicaster,
     PreparedBuffer,
     TransferError,
     describe_os_error,
     multicast_sender_socket,
     prepare_buffer,
-    send_pass,
 )
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ class _Sender:
         self.stop = threading.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.sock = multicast_sender_socket(config.local_ip)
+        self.multicaster = Multicaster(self.sock, (str(config.group), config.port))
         self.completed_bytes = 0
         self.size_hint = _size_of(source)
 
@@ -297,10 +298,9 @@ class _Sender:
 
     async def _multicast(self, m: tx.Multicast) -> None:
         buffer = self.buffers[m.buffer_id]
-        destination = (str(self.config.group), self.config.port)
         try:
             elapsed = await asyncio.to_thread(
-                send_pass, self.sock, destination, buffer, m.indices, m.rate, self.stop
+                self.multicaster.send_pass, buffer, m.indices, m.rate, self.stop
             )
         except TransferError as exc:
             if not self.done.done():

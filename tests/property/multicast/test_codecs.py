@@ -27,6 +27,7 @@ from servergroup.multicast.protocol import (
     Sent,
     StreamDecoder,
     Welcome,
+    check_data,
     decode_data,
     decode_message,
     encode_data,
@@ -173,6 +174,39 @@ def test_a_packet_signed_with_another_key_is_forged(
     with pytest.raises(ProtocolError) as caught:
         decode_data(encode_data(packet, Auth(theirs)), Auth(ours))
     assert caught.value.fault.name == "FORGED"
+
+
+@given(data_packets, keys, st.binary(max_size=30), st.binary(max_size=30))
+def test_a_packet_is_checked_in_place_inside_a_larger_buffer(
+    packet: DataPacket, auth: Auth | None, before: bytes, after: bytes
+) -> None:
+    encoded = encode_data(packet, auth)
+    buffer = bytearray(before + encoded + after)
+    view = memoryview(buffer)[len(before) : len(before) + len(encoded)]
+    session, buffer_id, index, length = check_data(view, auth)
+    assert (session, buffer_id, index) == (packet.session, packet.buffer_id, packet.index)
+    assert bytes(view[24 : 24 + length]) == packet.payload
+    assert check_data(encoded, auth) == check_data(bytearray(encoded), auth)
+
+
+@given(data_packets, st.binary(min_size=1, max_size=20))
+def test_the_fast_path_names_each_kind_of_refusal(packet: DataPacket, key: bytes) -> None:
+    def fault(data: bytes, auth: Auth | None) -> str:
+        with pytest.raises(ProtocolError) as caught:
+            check_data(data, auth)
+        return caught.value.fault.name
+
+    plain = encode_data(packet)
+    signed = encode_data(packet, Auth(key))
+    assert fault(plain, Auth(key)) == "UNAUTHENTICATED"
+    assert fault(signed, None) == "KEY_NEEDED"
+    assert fault(plain[:-1], None) == "MALFORMED"
+    assert fault(plain[:2] + bytes([9]) + plain[3:], None) == "VERSION"
+    assert fault(plain[:3] + bytes([2]) + plain[4:], None) == "MALFORMED"  # a control kind
+    assert fault(plain[:18] + bytes([0, 4]) + plain[20:], None) == "MALFORMED"  # unknown flag
+    corrupt = bytearray(plain)
+    corrupt[-1 if packet.payload else 8] ^= 1
+    assert fault(bytes(corrupt), None) == "CORRUPT"
 
 
 @given(st.lists(st.integers(0, 1000), max_size=50))

@@ -309,3 +309,42 @@ def test_without_loss_the_rate_grows_round_by_round() -> None:
     rates = [m.rate for m in sim.multicasts]
     assert rates == sorted(rates)
     assert rates[-1] > rates[0]
+
+
+def test_a_written_buffers_memory_is_filled_again_never_one_still_being_written() -> None:
+    from ipaddress import IPv4Address
+
+    from servergroup.multicast.protocol import BufferInfo, DataPacket, Welcome, encode_data
+
+    size, count = 16, 4
+    session = 0x1234
+    machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r"))
+    machine.connected(0.0)
+    welcome = Welcome(
+        group=IPv4Address("239.1.1.1"),
+        port=9,
+        payload_size=size,
+        buffer_packets=count,
+        keepalive_interval=1.0,
+    )
+    machine.message_received(session, welcome, 0.0)
+
+    def fill(buffer_id: int, last: int) -> rx.Deliver:
+        info = BufferInfo(buffer_id=buffer_id, packet_count=count, byte_length=size * 3 + last)
+        machine.message_received(session, info, 0.0)
+        outputs: list[rx.Output] = []
+        for i in range(count):
+            payload = bytes([buffer_id]) * (size if i < count - 1 else last)
+            packet = DataPacket(session=session, buffer_id=buffer_id, index=i, payload=payload)
+            outputs += machine.datagram_received(memoryview(encode_data(packet)), 0.0)
+        (deliver,) = [o for o in outputs if isinstance(o, rx.Deliver)]
+        return deliver
+
+    first = fill(0, size)
+    second = fill(1, 5)  # the first is not written yet: fresh memory
+    assert second.data.obj is not first.data.obj
+    machine.delivered(0, len(first.data), 0.0)
+    third = fill(2, size)  # the first's memory, now free
+    assert third.data.obj is first.data.obj
+    assert bytes(third.data) == bytes([2]) * (size * 4)
+    assert bytes(second.data) == bytes([1]) * (size * 3 + 5)  # untouched meanwhile
