@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint bench system-deps venv clean help
+.PHONY: all demo test lint bench system-deps venv guest-image clean help
 
 help:
 	@echo "make demo   - set up and run the servergroup demo"
@@ -25,10 +25,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: system-deps venv
+# The qemu driver's guest: kernel and initramfs from Debian packages, cached
+# (a no-op once built); the guest's disk is built on first boot.
+guest-image: system-deps venv
+	@$(BIN)/python -m servergroup.servers.drivers.qemu.image
+
+demo: system-deps venv guest-image
 	$(BIN)/servergroup demo
 
-test: system-deps venv
+test: system-deps venv guest-image
 	$(BIN)/python -m pytest -q tests
 
 lint: venv

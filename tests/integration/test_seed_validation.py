@@ -4,7 +4,9 @@ Everything is real: `servergroup up` (managed etcd, lab hosts with host
 daemons), lab servers (network namespaces without IP networking, each with
 its guest agent), and the sample app run inside the servers with `servergroup
 server exec`. Once with every server on one host (affinity, as the seed
-says), once with the servers spread over two hosts sharing one etcd.
+says), once with the servers spread over two hosts sharing one etcd, and
+once with qemu servers (real VMs, the guest agent on
+/dev/virtio-ports/cgcs.messaging) over two hosts.
 """
 
 from __future__ import annotations
@@ -51,19 +53,19 @@ def instance_of(setup: Setup, name: str) -> str:
     return str(info["instance_name"])
 
 
-def create_server(setup: Setup, name: str, host: str | None) -> str:
-    args = ["server", "create", name, "--group", "grp"]
+def create_server(setup: Setup, name: str, host: str | None, driver: str) -> str:
+    args = ["server", "create", name, "--group", "grp", "--driver", driver]
     if host is not None:
         args += ["--host", host]
     setup.run(*args)
     return instance_of(setup, name)
 
 
-def run_steps(setup: Setup, policy: str, hosts: list[str | None]) -> None:
+def run_steps(setup: Setup, policy: str, hosts: list[str | None], driver: str = "lab") -> None:
     # a) a server group with the given policy
     setup.run("group", "create", "grp", "--policy", policy)
     # b) a server in it
-    i1 = create_server(setup, "s1", hosts[0])
+    i1 = create_server(setup, "s1", hosts[0], driver)
     # The server has no IP networking at all: only lo, and it is down.
     links = setup.run("server", "exec", "s1", "--", "ip", "-o", "link").stdout.splitlines()
     assert len(links) == 1
@@ -75,7 +77,7 @@ def run_steps(setup: Setup, policy: str, hosts: list[str | None]) -> None:
     app1 = setup.app("s1")
     app1.wait_for(is_status_of({"s1"}))
     # d) a second server: notifications at the first
-    create_server(setup, "s2", hosts[1])
+    create_server(setup, "s2", hosts[1], driver)
     i2 = instance_of(setup, "s2")
     app1.wait_for(is_notification_about("s2", "create"))
     # e) the app with a message on the second server: broadcast at the first,
@@ -90,7 +92,7 @@ def run_steps(setup: Setup, policy: str, hosts: list[str | None]) -> None:
     # f) a third server: notifications at the other two (an app now runs in s2)
     app2_listener = setup.app("s2")
     app2_listener.wait_for(is_status_of({"s1", "s2"}))
-    create_server(setup, "s3", hosts[2])
+    create_server(setup, "s3", hosts[2], driver)
     i3 = instance_of(setup, "s3")
     app1.wait_for(is_notification_about("s3", "create"))
     app2_listener.wait_for(is_notification_about("s3", "create"))
@@ -134,3 +136,13 @@ def test_seed_steps_over_two_hosts(servergroup_up: SetupFactory) -> None:
     run_steps(setup, "soft-anti-affinity", ["h1", "h2", "h1"])
     placed = {s["name"]: s["host"] for s in setup.json("server", "list")}
     assert placed == {"s1": "h1", "s2": "h2", "s3": "h1"}
+
+
+def test_seed_steps_with_qemu_servers_over_two_hosts(servergroup_up: SetupFactory) -> None:
+    setup = servergroup_up(2)
+    run_steps(setup, "soft-anti-affinity", ["h1", "h2", "h1"], driver="qemu")
+    placed = {s["name"]: s["host"] for s in setup.json("server", "list")}
+    assert placed == {"s1": "h1", "s2": "h2", "s3": "h1"}
+    # The app ran inside real VMs: the guest's kernel, not the host's.
+    guest = setup.run("server", "exec", "s1", "--", "cat", "/proc/cmdline").stdout
+    assert "sg.name=s1" in guest

@@ -9,7 +9,7 @@ import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
 from servergroup.coordination.local_etcd import resolve_endpoints
-from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, HostOptions, run_host
+from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, DRIVERS, HostOptions, run_host
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 
 
@@ -35,13 +35,28 @@ from servergroup.guestcomm.protocol import MESSAGING_ADDR
 )
 @click.option(
     "--driver",
-    type=click.Choice(["lab"]),
-    default="lab",
+    "drivers",
+    type=click.Choice(list(DRIVERS)),
+    multiple=True,
+    default=DRIVERS,
     show_default=True,
-    help="How this host runs servers.",
+    help="How this host runs servers (repeat for several).",
+)
+@click.option(
+    "--migration-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="This host's IP address that a live migration of a qemu server connects to.",
 )
 @pass_state
-def host(state: CliState, name: str | None, channel_dir: Path, address: str, driver: str) -> None:
+def host(
+    state: CliState,
+    name: str | None,
+    channel_dir: Path,
+    address: str,
+    drivers: tuple[str, ...],
+    migration_address: str,
+) -> None:
     """Serve this host until interrupted: relay guests' channels, run the group
     service on etcd (broadcast, status, notifications) and carry out the
     lifecycle of the servers placed on this host.
@@ -55,6 +70,7 @@ def host(state: CliState, name: str | None, channel_dir: Path, address: str, dri
         name=name or socket.gethostname().split(".")[0],
         channel_dir=channel_dir,
         address=address,
-        driver=driver,
+        drivers=tuple(dict.fromkeys(drivers)),
+        migration_address=migration_address,
     )
     run_async(run_host(config, options, endpoints=endpoints))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -26,6 +28,9 @@ from servergroup.servers.model import (
 )
 from servergroup.servers.operations import Operations
 from servergroup.servers.registry import Registry
+
+if TYPE_CHECKING:
+    from servergroup.servers.drivers.qemu.driver import QemuDriver, VcpuThread
 
 T = TypeVar("T")
 
@@ -174,6 +179,20 @@ timeout_option = click.option(
     help="The fewest vCPUs scaling may leave online.",
 )
 @click.option("--host", default=None, help="Run it on this host [default: the group's policy].")
+@click.option(
+    "--driver",
+    type=click.Choice(["lab", "qemu"]),
+    default="lab",
+    show_default=True,
+    help="lab: a network namespace with its guest agent; qemu: a real Linux VM (QEMU).",
+)
+@click.option(
+    "--memory",
+    "memory_mb",
+    type=click.IntRange(64, 1 << 20),
+    default=None,
+    help="Memory in MiB [default: 64 for lab, 256 for qemu servers].",
+)
 @timeout_option
 @pass_state
 def server_create(
@@ -183,13 +202,29 @@ def server_create(
     vcpus: int,
     min_vcpus: int,
     host: str | None,
+    driver: str,
+    memory_mb: int | None,
     timeout: float | None,
 ) -> None:
-    """Create the server NAME in a group and wait until it runs."""
+    """Create the server NAME in a group and wait until it runs.
+
+    A qemu server boots a real VM whose guest agent talks over
+    /dev/virtio-ports/cgcs.messaging; its console log is shown by
+    `servergroup server console NAME`.
+    """
+    if memory_mb is None and driver == "qemu":
+        memory_mb = 256
     created = _run(
         state,
         lambda ops: ops.create_server(
-            name, group_name, vcpus=vcpus, min_vcpus=min_vcpus, host=host, timeout=timeout
+            name,
+            group_name,
+            vcpus=vcpus,
+            min_vcpus=min_vcpus,
+            host=host,
+            driver=driver,
+            memory_mb=memory_mb,
+            timeout=timeout,
         ),
     )
     click.echo(f"server {name} is active on {created.host} ({created.spec.instance})")
@@ -290,7 +325,11 @@ def server_migrate(state: CliState, name: str, to: str, live: bool, timeout: flo
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_state
 def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside the server NAME (a lab server on this machine); exit with its status.
+    """Run COMMAND inside the server NAME (on this machine); exit with its status.
+
+    In a lab server the command runs in its namespace; in a qemu server it
+    runs inside the VM, through the VM's exec port, with stdin, stdout and
+    stderr streamed.
 
     Example: servergroup server exec vm1 -- ip addr
     """
@@ -303,9 +342,10 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         raise UsageError(f"server {name} is being deleted")
     if found.state in (VmState.PAUSED, VmState.STOPPED, VmState.DELETED):
         raise UsageError(f"server {name} is {found.state.value}: a command cannot run in it now")
-    if found.spec.driver != "lab":
-        raise UsageError(f"server {name} uses the {found.spec.driver} driver: exec needs a lab one")
-    argv = _lab_exec_argv(state.config(), found, list(command))
+    if found.spec.driver == "qemu":
+        argv = _qemu_driver(state.config(), found).exec_command(found.spec, list(command))
+    else:
+        argv = _lab_exec_argv(state.config(), found, list(command))
     # Become the command (through sh and `ip netns exec`, which exec too): its
     # PID is ours, so signals sent to `server exec` reach it, and its exit
     # status is ours.
@@ -315,6 +355,100 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         os.execvp(argv[0], argv)
     except OSError as exc:
         fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
+
+
+def _qemu_driver(config: Config, found: Server) -> QemuDriver:
+    """The qemu driver of the host that runs `found` (its files are on this machine)."""
+    from servergroup.servers.drivers.qemu.driver import QemuDriver
+
+    if os.geteuid() != 0:
+        raise PermissionNeeded("reaching a qemu server's VM needs root")
+    driver = QemuDriver(config.state_dir, host=found.host, channel_dir=Path("/nonexistent"))
+    if driver.pid(found.name) is None:
+        fail(f"server {found.name} does not run on this machine", 1)
+    return driver
+
+
+def _qemu_only(found: Server, what: str) -> None:
+    if found.spec.driver != "qemu":
+        raise UsageError(f"server {found.name} is a {found.spec.driver} server: {what}")
+
+
+@server.command("console")
+@click.argument("name")
+@click.option("--lines", "-n", type=click.IntRange(0), default=None, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what the console writes.")
+@pass_state
+def server_console(state: CliState, name: str, lines: int | None, follow: bool) -> None:
+    """Print the serial console of the qemu server NAME (kernel and init messages)."""
+    from servergroup.servers.drivers.qemu.driver import QemuDriver
+
+    found = _run(state, lambda ops: ops.show_server(name))
+    _qemu_only(found, "only qemu servers have a console")
+    driver = QemuDriver(state.config().state_dir, host=found.host, channel_dir=Path("/nonexistent"))
+    path = driver.console_path(name)
+    try:
+        console = path.open("rb")
+    except OSError as exc:
+        fail(f"cannot read the console of {name} at {path}: {exc.strerror}", 1)
+    with console:
+        data = console.read()
+        if lines is not None:
+            data = b"".join(data.splitlines(keepends=True)[-lines:] if lines else [])
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        while follow:
+            chunk = console.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+
+
+@server.command("vcpus")
+@click.argument("name")
+@click.option(
+    "--pin",
+    "pins",
+    multiple=True,
+    metavar="VCPU=CPUS",
+    help="Run vCPU VCPU only on host CPUs CPUS (e.g. 1=0 or 0=0,1); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: bool) -> None:
+    """Show each vCPU of the qemu server NAME with its host thread and CPU affinity; pin them."""
+    found = _run(state, lambda ops: ops.show_server(name))
+    _qemu_only(found, "only qemu servers have vCPU threads")
+    driver = _qemu_driver(state.config(), found)
+    wanted: list[tuple[int, list[int]]] = []
+    for pin in pins:
+        vcpu, sep, cpus = pin.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            wanted.append((int(vcpu), [int(c) for c in cpus.split(",")]))
+        except ValueError:
+            raise UsageError(f"--pin takes VCPU=CPU[,CPU...], not {pin!r}") from None
+
+    async def work() -> list[VcpuThread]:
+        for vcpu, cpus in wanted:
+            await driver.pin_vcpu(found.spec, vcpu, cpus)
+        return await driver.vcpu_threads(found.spec)
+
+    threads = run_async(work())
+    if as_json:
+        rows = [
+            {"vcpu": t.index, "thread_id": t.thread_id, "affinity": list(t.affinity)}
+            for t in threads
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(
+        ["VCPU", "THREAD", "HOST CPUS"],
+        [[str(t.index), str(t.thread_id), ",".join(map(str, t.affinity))] for t in threads],
+    )
 
 
 def _lab_exec_argv(config: Config, found: Server, command: list[str]) -> list[str]:

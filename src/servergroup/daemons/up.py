@@ -40,6 +40,7 @@ from servergroup.coordination import CoordinationError, EtcdCoordinator, LocalEt
 from servergroup.coordination.etcd_process import process_state
 from servergroup.lab import Lab
 from servergroup.servers.drivers.lab import LabDriver
+from servergroup.servers.drivers.qemu.driver import remove_all as qemu_remove_all
 from servergroup.servers.model import decode_host
 from servergroup.servers.operations import Operations
 from servergroup.servers.registry import BROADCASTS, GROUPS, Registry
@@ -118,7 +119,9 @@ def _write_status(config: Config, status: UpStatus) -> None:
     tmp.replace(path)
 
 
-def _host_argv(config: Config, name: str, endpoint: Endpoint, channel_dir: Path) -> list[str]:
+def _host_argv(
+    config: Config, name: str, endpoint: Endpoint, channel_dir: Path, address: str
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -136,6 +139,8 @@ def _host_argv(config: Config, name: str, endpoint: Endpoint, channel_dir: Path)
         name,
         "--channel-dir",
         str(channel_dir),
+        "--migration-address",
+        address,
     ]
 
 
@@ -230,7 +235,13 @@ def up(
                     [
                         "nsenter",
                         f"--net=/run/netns/{lab_host.netns}",
-                        *_host_argv(config, lab_host.name, host_endpoint, channel_dir),
+                        *_host_argv(
+                            config,
+                            lab_host.name,
+                            host_endpoint,
+                            channel_dir,
+                            str(lab_host.address),
+                        ),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
@@ -386,6 +397,8 @@ async def _clean_servers(config: Config) -> int:
             log.warning("removing leftover lab server %s", leftover.name)
             await asyncio.to_thread(driver.delete_sync, leftover.name, "")
             count += 1
+    for leftover_vm in await asyncio.to_thread(qemu_remove_all, config.state_dir):
+        log.warning("removed leftover qemu server %s", leftover_vm)
     return count
 
 

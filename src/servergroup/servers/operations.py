@@ -68,6 +68,10 @@ class OperationFailed(RemoteError):
     """The server's host reported that it could not carry the request out."""
 
 
+#: The least an operation on a qemu server waits when no timeout is given.
+QEMU_TIMEOUT = 120.0
+
+
 class Operations:
     """Group and server operations on one registry; waits bounded by `timeout` seconds."""
 
@@ -121,6 +125,8 @@ class Operations:
         min_vcpus: int = 1,
         host: str | None = None,
         *,
+        driver: str = "lab",
+        memory_mb: int | None = None,
         timeout: float | None = None,
     ) -> Server:
         """Place and create a server, and wait until its host reports it active."""
@@ -140,11 +146,16 @@ class Operations:
             raise OperationError(f"server {name!r} already exists")
         if not snap.hosts:
             raise NoHostRunning()
+        able = {h: rec for h, rec in snap.hosts.items() if driver in rec.drivers}
+        if not able:
+            raise OperationError(f"no running host has the {driver} driver")
+        if host is not None and host in snap.hosts and host not in able:
+            raise OperationError(f"host {host} has no {driver} driver")
         chosen = choose_host(
             group=group,
             policy=record.policy,
             members=snap.members(group),
-            live_hosts=snap.hosts,
+            live_hosts=able,
             load=load_of(snap.servers.values()),
             requested=host,
         )
@@ -161,8 +172,11 @@ class Operations:
             host=chosen,
             vcpus=vcpus,
             min_vcpus=min_vcpus,
+            driver=driver,
             created_at=iso_now(self._wall()),
         )
+        if memory_mb is not None:
+            spec = replace(spec, memory_mb=memory_mb)
         await self.registry.create_server(spec)
         return await self._wait(spec, 0, "active", timeout)
 
@@ -263,7 +277,9 @@ class Operations:
         self, spec: ServerSpec, written_at: int, what: str, timeout: float | None
     ) -> Server:
         """The server once settled; OperationFailed / OperationTimeout with one sentence."""
-        limit = self.timeout if timeout is None else timeout
+        limit = timeout if timeout is not None else self.timeout
+        if timeout is None and spec.driver == "qemu":
+            limit = max(limit, QEMU_TIMEOUT)  # a VM boots or migrates in seconds, not at once
         deadline = time.monotonic() + limit
         name = spec.name
         coordinator = self.registry.coordinator

@@ -1,1 +1,1 @@
-"""The qemu server driver: real Linux micro-VMs under QEMU, their guest image and their exec port."""
+"""The qemu server driver: Linux micro-VMs under QEMU, their guest image and exec port."""

@@ -1,0 +1,89 @@
+"""One short QMP conversation with a QEMU process, over QEMU's own client (`qemu.qmp`).
+
+Theory of operation. A QEMU monitor socket serves one client at a time, so
+every conversation is short: connect, run a few commands, disconnect. The
+driver serializes its own conversations per VM (`Monitor` holds a lock);
+another process (the CLI) simply waits its turn, bounded by `timeout`.
+Every failure becomes a `DriverError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+
+from servergroup.servers.drivers.base import DriverError
+
+#: How long one conversation (connect and commands) may take.
+QMP_TIMEOUT = 10.0
+
+# qemu.qmp logs every connection at INFO and every failure with a traceback.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class Monitor:
+    """The QMP socket of one QEMU process."""
+
+    def __init__(self, socket_path: Path, *, label: str, timeout: float = QMP_TIMEOUT) -> None:
+        self.socket_path = socket_path
+        self.label = label
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[QMPClient]:
+        """A connected client for a few commands; disconnected afterwards."""
+        async with self._lock:
+            client = QMPClient(self.label)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await client.connect(str(self.socket_path))
+            except (OSError, QMPError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+                raise DriverError(
+                    f"cannot talk to the QEMU monitor of {self.label} at {self.socket_path}: "
+                    f"{_why(exc)}"
+                ) from None
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        """Run one command; its `return` value."""
+        async with self.session() as client:
+            return await run(client, command, arguments, label=self.label, timeout=self.timeout)
+
+
+async def run(
+    client: QMPClient,
+    command: str,
+    arguments: Mapping[str, object] | None = None,
+    *,
+    label: str,
+    timeout: float = QMP_TIMEOUT,
+) -> Any:
+    """Run one command on a connected client; a refusal or a hang is a `DriverError`."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await client.execute(command, dict(arguments) if arguments else None)
+    except (OSError, QMPError, TimeoutError) as exc:
+        raise DriverError(f"QEMU of {label} refused {command}: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+__all__ = ["QMP_TIMEOUT", "Monitor", "run"]
