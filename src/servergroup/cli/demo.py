@@ -19,6 +19,7 @@ from servergroup.demo import (
     run_election_demo,
     run_messaging_demo,
 )
+from servergroup.demo.messaging import choose_driver
 
 
 def _say(text: str) -> None:
@@ -81,8 +82,13 @@ def _messaging(config: Config) -> None:
     else:
         _say("Bringing up 2 lab hosts (network namespaces), each with a host daemon.")
         status = bring_up(config, hosts=2, lab_name=os.environ.get("SERVERGROUP_LAB"))
+    driver, why = choose_driver()
+    kind = "qemu servers (real VMs)" if driver == "qemu" else "lab servers (network namespaces)"
+    _say(f"Using {kind}: {why}.")
     try:
-        result = run_async(run_messaging_demo(config, Endpoint.parse(status.etcd), _say))
+        result = run_async(
+            run_messaging_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)
+        )
         _say(
             f"Broadcast reached {', '.join(result.broadcast_receivers)} (never the sender); "
             f"the pause was notified to {', '.join(result.pause_notified)}."

@@ -1,9 +1,12 @@
-"""Demo part: group messaging between three lab servers on two lab hosts.
+"""Demo part: group messaging between three servers on two lab hosts.
 
 Three servers with no IP networking each run the sample app; one broadcasts,
 the others receive it with the group's sequence number; a status query lists
 all three; pausing one (its processes frozen) notifies the other two. The
 set-up (`servergroup up`) is made and removed by the caller.
+
+The servers are real VMs (the qemu driver) when this machine can run them
+(`choose_driver`), lab servers (network namespaces) otherwise.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from servergroup.common.errors import ServergroupError
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import EtcdCoordinator
 from servergroup.servers.drivers.lab import LabDriver
@@ -28,7 +35,26 @@ Say = Callable[[str], None]
 
 GROUP = "demo"
 SERVERS = ("demo-1", "demo-2", "demo-3")
-EVENT_TIMEOUT = 15.0
+#: How long an app may take to show an event (apps in emulated VMs start slowly).
+EVENT_TIMEOUT = {"lab": 15.0, "qemu": 90.0}
+
+
+def choose_driver() -> tuple[str, str]:
+    """("qemu" or "lab", one sentence why): real VMs when this machine can run them."""
+    if os.geteuid() != 0:
+        return "lab", "not root, so no VMs"
+    from servergroup.servers.drivers.qemu import image
+    from servergroup.servers.drivers.qemu.boot import QEMU_BINARY
+
+    if shutil.which(QEMU_BINARY) is None:
+        return "lab", f"{QEMU_BINARY} is not installed"
+    try:
+        built = image.ensure_image()
+        accel = image.probe_accel(built)
+    except ServergroupError as exc:
+        return "lab", f"no guest image: {exc}"
+    how = "KVM" if accel == "kvm" else "software emulation (TCG): KVM cannot run the guest here"
+    return "qemu", f"QEMU runs Linux VMs on this machine, with {how}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,16 +72,17 @@ class MessagingResult:
 class _App:
     """`servergroup app --json` inside one server; its JSON lines as events."""
 
-    def __init__(self, server: str, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, server: str, proc: asyncio.subprocess.Process, timeout: float) -> None:
         self.server = server
+        self.timeout = timeout
         self.proc = proc
         self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, driver: LabDriver, server: Server, *args: str) -> _App:
-        argv = driver.exec_command(
-            server.spec, [sys.executable, "-m", "servergroup", "app", "--json", *args]
+    async def start(cls, config: Config, server: Server, *args: str) -> _App:
+        argv = _exec_argv(
+            config, server, [sys.executable, "-m", "servergroup", "app", "--json", *args]
         )
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -63,7 +90,7 @@ class _App:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        return cls(server.name, proc)
+        return cls(server.name, proc, EVENT_TIMEOUT.get(server.spec.driver, 15.0))
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -72,7 +99,7 @@ class _App:
                 self.lines.put_nowait(json.loads(line))
 
     async def next(self, kind: str, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        async with asyncio.timeout(EVENT_TIMEOUT):
+        async with asyncio.timeout(self.timeout):
             while True:
                 line = await self.lines.get()
                 if line.get("kind") == kind and match(line):
@@ -92,18 +119,29 @@ class _App:
         self._reader.cancel()
 
 
-async def run_messaging_demo(config: Config, endpoint: Endpoint, say: Say) -> MessagingResult:
+def _exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
+    """The command line that runs `argv` inside `server`, whatever its driver."""
+    if server.spec.driver == "qemu":
+        from servergroup.servers.drivers.qemu.driver import QemuDriver
+
+        driver = QemuDriver(config.state_dir, host=server.host, channel_dir=Path("/nonexistent"))
+        return driver.exec_command(server.spec, argv)
+    return LabDriver(config.state_dir).exec_command(server.spec, argv)
+
+
+async def run_messaging_demo(
+    config: Config, endpoint: Endpoint, say: Say, *, driver: str = "lab"
+) -> MessagingResult:
     """Run the messaging part against the set-up of `servergroup up`; narrate with `say`."""
     coordination = config.coordination
     async with EtcdCoordinator(
         (endpoint,), prefix=coordination.prefix, config=coordination
     ) as coordinator:
         ops = Operations(Registry(coordinator), timeout=coordination.operation_timeout)
-        driver = LabDriver(config.state_dir)
         await _remove_earlier_demo(ops)
         apps: list[_App] = []
         try:
-            return await _script(ops, driver, apps, say)
+            return await _script(ops, config, driver, apps, say)
         finally:
             # Servers first: deleting one thaws and ends every process in it
             # (a frozen app could not even be killed).
@@ -120,17 +158,18 @@ async def _remove_earlier_demo(ops: Operations) -> None:
 
 
 async def _script(
-    ops: Operations, driver: LabDriver, apps: list[_App], say: Say
+    ops: Operations, config: Config, driver: str, apps: list[_App], say: Say
 ) -> MessagingResult:
     await ops.create_group(GROUP, Policy.SOFT_ANTI_AFFINITY)
     say(f"Group '{GROUP}' (soft-anti-affinity: spread over the hosts when possible).")
     servers: dict[str, Server] = {}
     for name in SERVERS:
-        servers[name] = await ops.create_server(name, GROUP)
+        servers[name] = await ops.create_server(name, GROUP, driver=driver)
         s = servers[name]
-        say(f"  server {name}: {s.spec.instance} on host {s.host}, no IP networking")
+        what = "a VM with no network device" if driver == "qemu" else "no IP networking"
+        say(f"  server {name}: {s.spec.instance} on host {s.host}, {what}")
     for name in SERVERS:
-        apps.append(await _App.start(driver, servers[name]))
+        apps.append(await _App.start(config, servers[name]))
     by_name = {app.server: app for app in apps}
     for app in apps:
         await app.next("status", lambda line: len(line["servers"]) == len(SERVERS))
@@ -139,7 +178,7 @@ async def _script(
     text = "hello from demo-1"
     say(f"demo-1 broadcasts {text!r}:")
     sender = await _App.start(
-        driver, servers["demo-1"], "--address", "cgcs.sg.demo", "--timeout", "1", text
+        config, servers["demo-1"], "--address", "cgcs.sg.demo", "--timeout", "1", text
     )
     apps.append(sender)
     seq = 0
@@ -154,7 +193,8 @@ async def _script(
     for info in status["servers"]:
         say(f"    {info['name']}: {info['vm_state']} on {info['host']} ({info['instance_name']})")
 
-    say("Pausing demo-3 (its processes are frozen):")
+    frozen = "QMP stop" if driver == "qemu" else "its processes are frozen"
+    say(f"Pausing demo-3 ({frozen}):")
     started = time.monotonic()
     await ops.pause("demo-3")
     notified = []
@@ -177,4 +217,4 @@ async def _script(
     )
 
 
-__all__ = ["MessagingResult", "run_messaging_demo"]
+__all__ = ["MessagingResult", "choose_driver", "run_messaging_demo"]
