@@ -5,7 +5,8 @@ lab server of the same group: vCPU offline/online inside the guest, vCPU
 threads and pinning, pause (a counter the guest prints stops) and unpause,
 live migration to the other host (the counter's process keeps its PID and
 counts on), messaging after the move, reboot, stop and start, a QEMU killed
-with SIGKILL (reported as an error, cleaned up, booted again), delete.
+with SIGKILL (reported as an error, cleaned up, booted again), cold migration,
+delete.
 """
 
 from __future__ import annotations
@@ -162,6 +163,15 @@ def test_a_qemu_server_through_its_whole_life(servergroup_up: SetupFactory) -> N
         time.sleep(0.5)
     assert qemu_pid(setup, "h2", "v") != pid
 
+    # Cold migration back: powered off on h2, booted on h1.
+    setup.run("server", "migrate", "v", "--to", "h1", "--cold")
+    watcher.wait_for(notification("v", "compute.instance.migrate.end"))
+    shown = setup.json("server", "show", "v")
+    assert (shown["host"], shown["vm_state"]) == ("h1", "active")
+    assert not (vm_dir(setup, "h2", "v") / "qemu.pid").exists()
+    assert qemu_pid(setup, "h1", "v") > 0
+    assert setup.run("server", "exec", "v", "--", "hostname").stdout.strip() == "v"
+
     setup.run("server", "delete", "v")
     watcher.wait_for(notification("v", "compute.instance.delete.end"))
-    assert not vm_dir(setup, "h2", "v").exists()
+    assert not vm_dir(setup, "h1", "v").exists()
