@@ -193,13 +193,21 @@ def _await_hand_over(
     )
     if move_style is MoveStyle.COPY and spec.live_migration and alive and running:
         incoming = server.incoming
-        ready = (
-            observed.power is Power.INCOMING
-            and incoming is not None
+        ours = (
+            incoming is not None
             and incoming.host == me
+            and observed.incoming_uri is not None
             and incoming.uri == observed.incoming_uri
         )
-        if not ready:
+        if ours and observed.power in (Power.RUNNING, Power.FROZEN):
+            # The stream has arrived: this copy is the server now. Never restart it.
+            return Decision(
+                actions=(),
+                status=None,
+                sentence=f"server {name} has arrived here live: waiting for {current} to "
+                "hand it over",
+            )
+        if not (ours and observed.power is Power.INCOMING):
             return Decision(
                 actions=(Action.RECEIVE,),
                 status=None,

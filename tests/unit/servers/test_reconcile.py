@@ -353,3 +353,20 @@ def test_a_crash_is_cleaned_up_and_reported() -> None:
     # Once cleaned up (no crash seen any more), it is started again.
     again = run(replace(server, status=d.status), seen(Power.STOPPED, channel=None))
     assert again.actions == (A.START, A.ATTACH)
+
+
+def test_copy_move_target_never_restarts_a_copy_the_stream_has_arrived_in() -> None:
+    # The stream has arrived (the copy runs) before the owner's hand-over is in the
+    # store: the target waits; it must not start another copy (ending this one).
+    moving = Server(
+        spec=replace(SPEC, host="h1"),
+        status=status(VmState.ACTIVE),
+        incoming=IncomingRecord(name="vm1", host="h1", uri=URI),
+    )
+    arrived = replace(seen(Power.RUNNING), channel_dir=CH1, incoming_uri=URI)
+    d = run_copy(moving, arrived, me="h1")
+    assert d.idle
+    assert "arrived" in d.sentence
+    # A running copy of another stream is not taken for it.
+    other = replace(arrived, incoming_uri="tcp:198.18.0.3:1")
+    assert run_copy(moving, other, me="h1").actions == (A.RECEIVE,)

@@ -11,11 +11,15 @@ across boots), and a few small files the driver reads back after a restart:
   of the host that started it, where that host's relay finds it;
 - `running`: present while QEMU should run. QEMU gone while it is present
   means QEMU died unasked: a crash, reported once and cleaned up by `stop`;
-- `incoming`: the URI a copy started by `receive` waits at.
+- `incoming`: the URI a copy started by `receive` waits at;
+- `disk`: the guest disk this copy booted from.
 
 The guest's files (the host's Python, servergroup) come from a read-only
 disk (`rootfs`) both copies of a migrating VM open; 9p would be simpler, but
-QEMU refuses to migrate a VM with a 9p share mounted.
+QEMU refuses to migrate a VM with a 9p share mounted. A migration's copy
+opens the disk the running copy booted from (found through the shared state
+directory), never a newer one: the hosts of one machine share it; hosts on
+separate machines need that disk at the same path (shared storage).
 
 The state is the process (checked by PID file and command line, so a
 recycled PID is never taken for ours) plus what QMP says (`query-status`).
@@ -74,6 +78,7 @@ CONSOLE_NAME = "console.log"
 CHANNEL_NAME = "channel"
 RUNNING_NAME = "running"
 INCOMING_NAME = "incoming"
+DISK_NAME = "disk"
 #: sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
 #: A qemu server gets at least this much memory: its guest runs Python.
@@ -236,13 +241,16 @@ class QemuDriver:
                 guest_image.probe_accel, self._image, self.image_dir
             )
             log.info("qemu servers on %s run with -accel %s", self.host, self._accel)
-        try:
-            disk = await asyncio.to_thread(
-                ensure_rootfs, self.image_dir or guest_image.default_image_dir()
-            )
-        except RootfsError as exc:
-            raise DriverError(str(exc)) from None
+        disk = self._running_disk(spec.name) if incoming is not None else None
+        if disk is None:
+            try:
+                disk = await asyncio.to_thread(
+                    ensure_rootfs, self.image_dir or guest_image.default_image_dir()
+                )
+            except RootfsError as exc:
+                raise DriverError(str(exc)) from None
         directory = self.server_dir(spec.name)
+        (directory / DISK_NAME).write_text(f"{disk}\n")
         return VmLayout(
             name=spec.name,
             vcpus=spec.vcpus,
@@ -261,6 +269,21 @@ class QemuDriver:
             pid_file=directory / PID_NAME,
             incoming=incoming,
         )
+
+    def _running_disk(self, name: str) -> Path | None:
+        """The disk a running copy of `name` on another host of this machine booted from.
+
+        A live migration's copy must open the very disk the guest has mounted: a
+        disk built since (the code changed) would corrupt what the guest sees.
+        """
+        for other in sorted((self.state_dir / QEMU_DIR).glob(f"*/{name}")):
+            if other.parent.name == self.host:
+                continue
+            peer = QemuDriver(self.state_dir, host=other.parent.name, channel_dir=self.channel_dir)
+            disk = _read(other / DISK_NAME)
+            if disk is not None and peer.pid(name) is not None and Path(disk).is_file():
+                return Path(disk)
+        return None
 
     def _check_paths(self, name: str, channel_socket: Path) -> None:
         for path in (channel_socket, self.server_dir(name) / EXEC_PORT_NAME):
@@ -502,7 +525,8 @@ class QemuDriver:
                 guest_pid=pid,
                 crashed=f"its VM is in state {state!r}",
             )
-        incoming = _read(directory / INCOMING_NAME) if power is Power.INCOMING else None
+        # Kept while the copy that received a live migration runs: it says which stream came.
+        incoming = _read(directory / INCOMING_NAME)
         if power in (Power.RUNNING, Power.FROZEN):
             await self._ensure_broker(name)
         return Observed(
@@ -518,12 +542,9 @@ class QemuDriver:
             directory = self.server_dir(spec.name)
             if self.pid(spec.name) is not None:
                 waiting = _read(directory / INCOMING_NAME)
-                status = await self._monitor(spec.name).execute("query-status")
-                waits = isinstance(status, dict) and status.get("status") in (
-                    "inmigrate",
-                    "prelaunch",
-                )
-                if waiting is not None and waits:
+                if waiting is not None:
+                    # A copy waiting for this move, or one it has already arrived in:
+                    # either way never end it (that would end the server).
                     return waiting
                 await self._stop(spec.name)
             await self.create(spec)

@@ -16,8 +16,9 @@ a user expects (`ip`), and every shared library those load, found with
 under `/usr/lib` (Debian is merged-/usr, and the guest's `/lib` is a link).
 
 The disk is named by a fingerprint of everything on it (paths, sizes,
-modification times), so a change to the code gives a new disk at the next
-boot, while running VMs keep theirs; older disks beyond the newest few are
+modification times; bytecode aside, which is compiled afresh for each
+disk), so a change to the code gives a new disk at the next boot, while
+running VMs keep theirs; older disks beyond the newest few are
 removed. Building is atomic (a temporary name, then a rename) and locked.
 """
 
@@ -196,7 +197,9 @@ def fingerprint() -> str:
         for directory, dirs, files in os.walk(top):
             if directory == stdlib:
                 dirs[:] = [d for d in dirs if d not in STDLIB_SKIP and not d.startswith("config-")]
-            dirs.sort()
+            # Bytecode comes and goes as the host imports things; it is made anew
+            # for the disk at each build (`_compile`), so it does not count here.
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
             for name in sorted(files):
                 with contextlib.suppress(OSError):
                     st = os.lstat(os.path.join(directory, name))
@@ -223,6 +226,7 @@ def ensure_rootfs(image_dir: Path) -> Path:
         image_dir.mkdir(parents=True, exist_ok=True)
         with _locked(image_dir / ".rootfs.lock"):
             if not target.is_file():
+                _compile()
                 _build(collect(), target)
                 _prune(image_dir, keep=target)
     except OSError as exc:
@@ -230,6 +234,18 @@ def ensure_rootfs(image_dir: Path) -> Path:
             f"cannot build the guest's disk in {image_dir}: {exc.strerror or exc}"
         ) from None
     return target
+
+
+def _compile() -> None:
+    """Byte-compile servergroup's sources: the guest cannot write bytecode on its
+    read-only disk, and compiling at every start is slow in an emulated VM."""
+    source = Path(servergroup.__file__).resolve().parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-j", "0", str(source)],
+        capture_output=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
 
 
 def _build(entries: dict[Path, Path | str], target: Path) -> None:
