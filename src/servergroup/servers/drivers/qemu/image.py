@@ -152,12 +152,18 @@ if [ -n "$disk" ]; then
     load @DISK_MODULES@
     $bb mkdir -p /disk
     if $bb mount -t ext4 -o ro,noload "/dev/$disk" /disk; then
+        bind() {  # bind DIR: the disk's DIR over the guest's /DIR
+            [ -d "/disk/$1" ] && [ ! -L "/disk/$1" ] && $bb mkdir -p "/$1" &&
+                $bb mount --bind "/disk/$1" "/$1"
+        }
         for d in /disk/*; do
             n=${d##*/}
             case "$n" in
-                bin | dev | disk | etc | lost+found | modules | proc | run | sys | tmp) continue ;;
+                bin | dev | disk | lost+found | modules | proc | sys) ;;
+                etc | run | tmp)  # the guest's own: bind only what the disk has inside
+                    for e in "$d"/*; do [ -e "$e" ] && bind "$n/${e##*/}"; done ;;
+                *) bind "$n" ;;
             esac
-            [ -d "$d" ] && [ ! -L "$d" ] && $bb mkdir -p "/$n" && $bb mount --bind "$d" "/$n"
         done
     else
         say "cannot mount the guest disk /dev/$disk"
