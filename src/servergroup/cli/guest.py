@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from servergroup.cli.common import run_async
-from servergroup.common.errors import UsageError
-from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, GuestConfig, run_guest
+from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, guest_config, run_guest
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,16 @@ log = logging.getLogger(__name__)
     metavar="NAME",
     help="Abstract UNIX datagram name applications send to [env SERVERGROUP_GUEST_ADDRESS].",
 )
-def guest(channel: Path | None, channel_listen: Path | None, address: str) -> None:
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PATH",
+    help="Write PATH (the agent's PID) once it serves, for a supervisor that starts "
+    "things in order; removed when the agent stops.",
+)
+def guest(
+    channel: Path | None, channel_listen: Path | None, address: str, ready_file: Path | None
+) -> None:
     """Run the guest agent: relay messages between this server's applications and its host.
 
     Applications send protocol-v2 JSON envelopes as datagrams to the abstract
@@ -49,17 +57,11 @@ def guest(channel: Path | None, channel_listen: Path | None, address: str) -> No
     abstract addresses. In a VM the channel is the virtio-serial port
     (--channel); a lab server or a container uses a socket the host connects
     to (--channel-listen). Runs until SIGTERM or Ctrl-C.
+
+    `python -m servergroup.guestcomm` takes the same options without this
+    CLI's start-up cost; a qemu server's /init starts the agent that way.
     """
-    if channel is not None and channel_listen is not None:
-        raise UsageError("give either --channel or --channel-listen, not both.")
-    if channel is None and channel_listen is None:
-        if not DEFAULT_CHANNEL_DEVICE.exists():
-            raise UsageError(
-                f"no channel: {DEFAULT_CHANNEL_DEVICE} does not exist; "
-                "give --channel DEV or --channel-listen PATH."
-            )
-        channel = DEFAULT_CHANNEL_DEVICE
-    config = GuestConfig(channel=channel, channel_listen=channel_listen, address=address)
+    config = guest_config(channel, channel_listen, address, ready_file)
     try:
         run_async(run_guest(config))
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
-"""Shared helpers with no knowledge of any capability: errors, clock, logging, retry."""
+"""Shared helpers with no knowledge of any capability: errors, clock, logging, retry.
 
-from servergroup.common.clock import Clock, FakeClock, SystemClock
-from servergroup.common.errors import ConfigError, ServergroupError
-
-__all__ = ["Clock", "ConfigError", "FakeClock", "ServergroupError", "SystemClock"]
+Import from the modules (`servergroup.common.errors`, `.clock`, `.logsetup`):
+this package re-exports nothing, so a guest agent that needs only the errors
+does not load the clock's asyncio at start.
+"""

@@ -13,8 +13,6 @@ import logging
 import sys
 from typing import TextIO
 
-from pythonjsonlogger.json import JsonFormatter
-
 BUG_MARKER = "BUG"
 
 
@@ -28,6 +26,9 @@ def setup_logging(
     handler = logging.StreamHandler(out)
     formatter: logging.Formatter
     if json:
+        # Imported here: a guest agent logging text lines does not load it at start.
+        from pythonjsonlogger.json import JsonFormatter
+
         formatter = JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},

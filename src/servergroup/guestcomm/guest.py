@@ -21,26 +21,34 @@ The channel is one of:
 While no host is connected, messages from applications are dropped (and
 logged, rate-limited). Nothing a peer sends stops the agent; only
 cancellation or `stop` does.
+
+Two entry points run the same agent: `servergroup guest` (the CLI, for
+people) and `python -m servergroup.guestcomm` (`main` below: argparse, no
+CLI framework), which a VM's /init starts, because under emulation every
+module imported at start costs tens of milliseconds of boot.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import select
+import signal
 import socket
 import stat
+import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from servergroup.common.errors import ConfigError, PermissionNeeded
-from servergroup.common.logsetup import log_bug
+from servergroup.common.errors import ConfigError, PermissionNeeded, ServergroupError, UsageError
+from servergroup.common.logsetup import log_bug, setup_logging
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
@@ -83,6 +91,8 @@ class GuestConfig:
     address: str = MESSAGING_ADDR
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     host_poll_interval: float = DEFAULT_HOST_POLL_INTERVAL
+    #: A file written (with the agent's PID) once it serves, removed when it stops.
+    ready_file: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.channel is None) == (self.channel_listen is None):
@@ -102,6 +112,30 @@ class GuestConfig:
         if self.channel is not None:
             return f"device {self.channel}"
         return f"socket {self.channel_listen}"
+
+
+def guest_config(
+    channel: Path | None,
+    channel_listen: Path | None,
+    address: str = MESSAGING_ADDR,
+    ready_file: Path | None = None,
+) -> GuestConfig:
+    """The agent's configuration from its command-line options, as both entry points take them.
+
+    No channel at all means the VM's port `DEFAULT_CHANNEL_DEVICE`, when it exists.
+    """
+    if channel is not None and channel_listen is not None:
+        raise UsageError("give either --channel or --channel-listen, not both.")
+    if channel is None and channel_listen is None:
+        if not DEFAULT_CHANNEL_DEVICE.exists():
+            raise UsageError(
+                f"no channel: {DEFAULT_CHANNEL_DEVICE} does not exist; "
+                "give --channel DEV or --channel-listen PATH."
+            )
+        channel = DEFAULT_CHANNEL_DEVICE
+    return GuestConfig(
+        channel=channel, channel_listen=channel_listen, address=address, ready_file=ready_file
+    )
 
 
 class WriteResult(Enum):
@@ -405,6 +439,8 @@ class GuestAgent:
         )
         serving = asyncio.create_task(self._serve_apps(), name="guest-apps")
         try:
+            if config.ready_file is not None:
+                _write_ready_file(config.ready_file)
             if on_ready is not None:
                 on_ready()
             if stop is None:
@@ -419,6 +455,9 @@ class GuestAgent:
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+            if config.ready_file is not None:
+                with contextlib.suppress(OSError):
+                    config.ready_file.unlink()
             self._channel.close()
             self._sock.close()
             self._drops.close()
@@ -507,3 +546,82 @@ async def run_guest(config: GuestConfig, *, stop: asyncio.Event | None = None) -
     and `AddressInUse` when another agent has the address.
     """
     await GuestAgent(config).run(stop=stop)
+
+
+def _write_ready_file(path: Path) -> None:
+    """Write `path` (this PID) whole or not at all; a failure is logged, the agent serves on."""
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(f"{os.getpid()}\n")
+        part.replace(path)
+    except OSError as exc:
+        log.warning("cannot write the ready file %s: %s", path, exc.strerror)
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m servergroup.guestcomm`: the guest agent without the CLI framework."""
+    parser = argparse.ArgumentParser(
+        prog="python -m servergroup.guestcomm",
+        description="Run the guest agent (as `servergroup guest`, with fewer imports: "
+        "what a VM's /init starts).",
+    )
+    parser.add_argument(
+        "--channel",
+        type=Path,
+        metavar="DEV",
+        help=f"character device of the channel (default {DEFAULT_CHANNEL_DEVICE} when it exists)",
+    )
+    parser.add_argument(
+        "--channel-listen",
+        type=Path,
+        metavar="PATH",
+        help="instead of a device: listen on a UNIX stream socket at PATH for the host",
+    )
+    parser.add_argument(
+        "--address",
+        default=MESSAGING_ADDR,
+        metavar="NAME",
+        help=f"abstract name applications send to (default {MESSAGING_ADDR})",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="write PATH (the agent's PID) once it serves; removed when it stops",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    parser.add_argument(
+        "--log-json",
+        dest="log_json",
+        action="store_true",
+        help="log one JSON object per line (the default when not a terminal)",
+    )
+    parser.add_argument("--log-text", dest="log_json", action="store_false", help="log text lines")
+    parser.set_defaults(log_json=None)
+    args = parser.parse_args(argv)
+    verbose: int = args.verbose
+    setup_logging(
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        json=args.log_json,
+    )
+    try:
+        config = guest_config(args.channel, args.channel_listen, args.address, args.ready_file)
+        asyncio.run(_run_until_signal(config))
+    except ServergroupError as exc:
+        sys.stderr.write(f"servergroup guest: {exc}\n")
+        return exc.exit_status
+    return 0
+
+
+async def _run_until_signal(config: GuestConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_guest(config, stop=stop)
+    log.info("guest agent stopped by a signal")

@@ -2,25 +2,8 @@
 
 The drivers (`servergroup.servers.drivers.lab.LabDriver`,
 `servergroup.servers.drivers.qemu.driver.QemuDriver`) are imported from their
-modules, so that code needing only the protocol does not load them.
+modules, so that code needing only the protocol does not load them; the
+protocol and its types are in `servergroup.servers.drivers.base`. This
+package re-exports nothing, so the guest's exec agent
+(`servergroup.servers.drivers.qemu.execagent`) loads none of it at start.
 """
-
-from servergroup.servers.drivers.base import (
-    CHANNEL_PREFIX,
-    DriverError,
-    MoveStyle,
-    Observed,
-    Power,
-    ServerDriver,
-    channel_name,
-)
-
-__all__ = [
-    "CHANNEL_PREFIX",
-    "DriverError",
-    "MoveStyle",
-    "Observed",
-    "Power",
-    "ServerDriver",
-    "channel_name",
-]
