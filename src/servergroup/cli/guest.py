@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from servergroup.cli.common import run_async
 from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, guest_config, run_guest
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
-
-log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -61,9 +57,5 @@ def guest(
     `python -m servergroup.guestcomm` takes the same options without this
     CLI's start-up cost; a qemu server's /init starts the agent that way.
     """
-    config = guest_config(channel, channel_listen, address, ready_file)
-    try:
-        run_async(run_guest(config))
-    except KeyboardInterrupt:
-        # SIGTERM or Ctrl-C is how a daemon is asked to stop: a clean exit.
-        log.info("guest agent stopped by a signal")
+    # SIGTERM or Ctrl-C is how a daemon is asked to stop: the agent ends cleanly.
+    run_guest(guest_config(channel, channel_listen, address, ready_file))

@@ -8,7 +8,6 @@ drop is counted whether it is logged or not.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -16,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 #: Log lines per reason per interval before lines are only counted.
 DEFAULT_BURST = 5
@@ -49,6 +49,16 @@ class Counters:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
 
 
+class Cancellable(Protocol):
+    """A scheduled call that can be cancelled (asyncio's `TimerHandle` is one)."""
+
+    def cancel(self) -> None: ...
+
+
+#: Runs a callback after a delay in seconds: the event loop's `call_later`.
+Scheduler = Callable[[float, Callable[[], None]], Cancellable]
+
+
 @dataclass(slots=True)
 class _Window:
     started_at: float
@@ -67,14 +77,17 @@ class DropLog:
         burst: int = DEFAULT_BURST,
         interval: float = DEFAULT_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
+        schedule: Scheduler | None = None,
     ) -> None:
+        """`schedule` runs the summary timer; by default asyncio's running loop does."""
         self._log = logger
         self._counters = counters
         self._burst = burst
         self._interval = interval
         self._monotonic = monotonic
         self._windows: dict[str, _Window] = {}
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._schedule = schedule
+        self._flush_handle: Cancellable | None = None
 
     def drop(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
         """Count one message dropped for `reason`, and log `detail` unless held back."""
@@ -129,12 +142,20 @@ class DropLog:
             window.held = 0
 
     def _arm(self) -> None:
-        if self._flush_handle is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # used outside a loop (a test): close() reports instead
-                return
-            self._flush_handle = loop.call_later(self._interval, self.flush)
+        if self._flush_handle is not None:
+            return
+        if self._schedule is not None:
+            self._flush_handle = self._schedule(self._interval, self.flush)
+            return
+        # Imported here: the guest agent passes its own loop's scheduler and
+        # does not load asyncio at all.
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # used outside a loop (a test): close() reports instead
+            return
+        self._flush_handle = loop.call_later(self._interval, self.flush)
 
 
 class Reason(StrEnum):

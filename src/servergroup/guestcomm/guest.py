@@ -25,21 +25,26 @@ cancellation or `stop` does.
 Two entry points run the same agent: `servergroup guest` (the CLI, for
 people) and `python -m servergroup.guestcomm` (`main` below: argparse, no
 CLI framework), which a VM's /init starts, because under emulation every
-module imported at start costs tens of milliseconds of boot.
+module imported at start costs tens of milliseconds of boot. For the same
+reason the agent runs on a small loop of its own (`_Loop`: a selector and
+timers) rather than asyncio, whose import alone took about half a second of
+a VM's boot under TCG.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import select
+import selectors
 import signal
 import socket
 import stat
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,13 +64,13 @@ from servergroup.guestcomm.protocol import (
     encode_guest_frame,
 )
 from servergroup.guestcomm.sockets import (
+    BATCH,
     AbstractSocket,
     Datagram,
     SendResult,
     app_envelope,
     deliver,
     reachable_path,
-    serve_datagrams,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,8 @@ DEFAULT_QUEUE_LIMIT = 1 << 20
 #: How often a device channel checks whether the host has connected.
 DEFAULT_HOST_POLL_INTERVAL = 0.5
 _READ_SIZE = 65536
+#: How long the agent waits after an error receiving from applications (no spinning).
+_RECEIVE_ERROR_PAUSE = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +153,165 @@ class WriteResult(Enum):
     QUEUE_FULL = "queue full"
 
 
+# --- the agent's event loop -------------------------------------------------------------
+
+
+class _Timer:
+    """A callback `_Loop.call_later` will run, unless cancelled first."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Loop:
+    """Readers, writers and timers on one selector, run until `stop`.
+
+    A callback that raises is logged as a bug and the loop goes on: a peer's
+    garbage must never stop the agent. `stop` may be called from a signal
+    handler: the wake-up descriptor ends the select at once.
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._sequence = 0
+        self._stopping = False
+        self._wake_read, self._wake_write = socket.socketpair()
+        for end in (self._wake_read, self._wake_write):
+            end.setblocking(False)
+        self.add_reader(self._wake_read.fileno(), self._drain_wakeups)
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._readers[fd] = callback
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def _update(self, fd: int) -> None:
+        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0
+        )
+        registered = self._selector.get_map().get(fd)
+        if events == 0:
+            if registered is not None:
+                self._selector.unregister(fd)
+        elif registered is None:
+            self._selector.register(fd, events)
+        elif registered.events != events:
+            self._selector.modify(fd, events)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(callback)
+        self._sequence += 1
+        heapq.heappush(self._timers, (time.monotonic() + delay, self._sequence, timer))
+        return timer
+
+    def stop(self) -> None:
+        """End `run` (safe in a signal handler)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"\0")
+
+    def run(self) -> None:
+        """Run callbacks as their descriptors and timers come due, until `stop`."""
+        previous_wakeup = signal.set_wakeup_fd(self._wake_write.fileno())
+        try:
+            while not self._stopping:
+                for key, mask in self._selector.select(self._timeout()):
+                    if mask & selectors.EVENT_READ:
+                        self._call(self._readers.get(key.fd))
+                    if mask & selectors.EVENT_WRITE:
+                        self._call(self._writers.get(key.fd))
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, timer = heapq.heappop(self._timers)
+                    if not timer.cancelled:
+                        self._call(timer.callback)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+
+    def _timeout(self) -> float | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _call(self, callback: Callable[[], None] | None) -> None:
+        if callback is None:  # removed by an earlier callback of this round
+            return
+        try:
+            callback()
+        except Exception:
+            log_bug(log, "a guest agent callback")
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_read.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._selector.close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+
+class _Outbox:
+    """Bytes waiting to be written toward the host, written as the descriptor takes them."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._queue: deque[memoryview] = deque()
+        self.queued = 0
+
+    def fits(self, size: int) -> bool:
+        return self.queued + size <= self._limit
+
+    def add(self, frame: bytes) -> None:
+        self._queue.append(memoryview(frame))
+        self.queued += len(frame)
+
+    def write(self, fd: int) -> bool:
+        """Write what the descriptor takes; True when all went, False when it would block.
+
+        Other errors than would-block are raised as `OSError`.
+        """
+        while self._queue:
+            head = self._queue[0]
+            try:
+                written = os.write(fd, head)
+            except (BlockingIOError, InterruptedError):
+                return False
+            self.queued -= written
+            if written == len(head):
+                self._queue.popleft()
+            else:
+                self._queue[0] = head[written:]
+        return True
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self.queued = 0
+
+
 class _ChannelEvents(Protocol):
     def host_connected(self, detail: str) -> None: ...
     def host_disconnected(self, detail: str) -> None: ...
@@ -155,7 +321,7 @@ class _ChannelEvents(Protocol):
 class _Channel(Protocol):
     @property
     def connected(self) -> bool: ...
-    async def start(self) -> None: ...
+    def start(self) -> None: ...
     def write(self, frame: bytes) -> WriteResult: ...
     def close(self) -> None: ...
 
@@ -163,31 +329,23 @@ class _Channel(Protocol):
 # --- socket channel (the lab, or a hypervisor socket seen from inside) ------------------
 
 
-class _HostConnection(asyncio.Protocol):
-    def __init__(self, channel: _ListenChannel) -> None:
-        self._channel = channel
-        self.transport: asyncio.Transport | None = None
+class _HostConnection:
+    """One accepted host connection and what waits to be written to it."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._channel.accepted(self)
-
-    def data_received(self, data: bytes) -> None:
-        self._channel.received(self, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._channel.lost(self, exc)
+    def __init__(self, sock: socket.socket, queue_limit: int) -> None:
+        self.sock = sock
+        self.outbox = _Outbox(queue_limit)
 
 
 class _ListenChannel:
     """A listening UNIX stream socket; the newest host connection wins."""
 
-    def __init__(self, path: Path, events: _ChannelEvents, queue_limit: int) -> None:
+    def __init__(self, path: Path, events: _ChannelEvents, queue_limit: int, loop: _Loop) -> None:
         self._path = path
         self._events = events
         self._queue_limit = queue_limit
-        self._server: asyncio.AbstractServer | None = None
+        self._loop = loop
+        self._listener: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._current: _HostConnection | None = None
 
@@ -195,46 +353,88 @@ class _ListenChannel:
     def connected(self) -> bool:
         return self._current is not None
 
-    async def start(self) -> None:
-        sock = _listen_socket(self._path)
+    def start(self) -> None:
+        self._listener = _listen_socket(self._path)
         st = os.stat(self._path)
         self._inode = (st.st_dev, st.st_ino)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _HostConnection(self), sock=sock)
+        self._loop.add_reader(self._listener.fileno(), self._accept)
 
-    def accepted(self, conn: _HostConnection) -> None:
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accepting a host connection failed: %s", exc.strerror)
+            return
+        sock.setblocking(False)
+        conn = _HostConnection(sock, self._queue_limit)
         old, self._current = self._current, conn
-        if old is not None and old.transport is not None:
+        self._loop.add_reader(sock.fileno(), lambda: self._readable(conn))
+        if old is not None:
             # Live migration: the relay on the new host connected; the old one goes.
-            old.transport.abort()
+            self._drop(old)
             self._events.host_disconnected("a newer host connection replaced it")
         self._events.host_connected("a host connected to the channel socket")
 
-    def received(self, conn: _HostConnection, data: bytes) -> None:
-        if conn is self._current:
+    def _readable(self, conn: _HostConnection) -> None:
+        try:
+            data = conn.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(conn, f" ({exc.strerror})")
+            return
+        if not data:
+            self._lost(conn, "")
+        elif conn is self._current:
             self._events.channel_data(data)
 
-    def lost(self, conn: _HostConnection, exc: Exception | None) -> None:
+    def _lost(self, conn: _HostConnection, why: str) -> None:
+        self._drop(conn)
         if conn is self._current:
             self._current = None
-            why = f" ({exc})" if exc is not None else ""
             self._events.host_disconnected(f"the host closed the channel connection{why}")
+
+    def _drop(self, conn: _HostConnection) -> None:
+        if conn.sock.fileno() >= 0:
+            self._loop.remove_reader(conn.sock.fileno())
+            self._loop.remove_writer(conn.sock.fileno())
+            conn.sock.close()
+        conn.outbox.clear()
 
     def write(self, frame: bytes) -> WriteResult:
         conn = self._current
-        if conn is None or conn.transport is None or conn.transport.is_closing():
+        if conn is None:
             return WriteResult.NOT_CONNECTED
-        if conn.transport.get_write_buffer_size() + len(frame) > self._queue_limit:
+        if not conn.outbox.fits(len(frame)):
             return WriteResult.QUEUE_FULL
-        conn.transport.write(frame)
+        idle = conn.outbox.queued == 0
+        conn.outbox.add(frame)
+        if idle:
+            self._flush(conn)
         return WriteResult.QUEUED
 
+    def _flush(self, conn: _HostConnection) -> None:
+        fd = conn.sock.fileno()
+        try:
+            done = conn.outbox.write(fd)
+        except OSError as exc:
+            self._lost(conn, f" ({exc.strerror})")
+            return
+        if done:
+            self._loop.remove_writer(fd)
+        else:
+            self._loop.add_writer(fd, lambda: self._flush(conn))
+
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self._current is not None and self._current.transport is not None:
-            self._current.transport.abort()
+        if self._listener is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if self._current is not None:
+            self._drop(self._current)
         self._current = None
         # Remove the socket file only if it is still ours (a restarted agent may own it now).
         with contextlib.suppress(OSError):
@@ -272,27 +472,34 @@ def _listen_socket(path: Path) -> socket.socket:
 
 
 class _DeviceChannel:
-    """A character device: read() of 0 bytes or a hang-up means the host is away."""
+    """A character device: read() of 0 bytes or a hang-up means the host is away.
+
+    While the host is away the channel checks every poll interval whether it
+    came back (a poll without a hang-up), then reads until it goes again.
+    """
 
     def __init__(
-        self, path: Path, events: _ChannelEvents, queue_limit: int, poll_interval: float
+        self,
+        path: Path,
+        events: _ChannelEvents,
+        queue_limit: int,
+        poll_interval: float,
+        loop: _Loop,
     ) -> None:
         self._path = path
         self._events = events
-        self._queue_limit = queue_limit
         self._poll_interval = poll_interval
+        self._loop = loop
         self._fd = -1
         self._connected = False
-        self._queue: deque[memoryview] = deque()
-        self._queued = 0
-        self._watcher: asyncio.Task[None] | None = None
-        self._host_gone = asyncio.Event()
+        self._outbox = _Outbox(queue_limit)
+        self._check_timer: _Timer | None = None
 
     @property
     def connected(self) -> bool:
         return self._connected
 
-    async def start(self) -> None:
+    def start(self) -> None:
         flags = os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         try:
             self._fd = os.open(self._path, flags)
@@ -306,24 +513,20 @@ class _DeviceChannel:
             raise ConfigError(
                 f"cannot open the channel device {self._path}: {exc.strerror}."
             ) from None
-        self._watcher = asyncio.create_task(self._watch(), name="guest-channel-device")
+        self._check()
 
-    async def _watch(self) -> None:
-        """While the host is away, check every poll interval whether it came back."""
-        loop = asyncio.get_running_loop()
+    def _check(self) -> None:
+        """Is the host there? Read from it if so, else look again after the poll interval."""
+        self._check_timer = None
         poller = select.poll()
         poller.register(self._fd, select.POLLIN | select.POLLOUT)
-        while True:
-            revents = dict(poller.poll(0)).get(self._fd, 0)
-            if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                await asyncio.sleep(self._poll_interval)
-                continue
-            self._connected = True
-            self._host_gone.clear()
-            loop.add_reader(self._fd, self._readable)
-            self._events.host_connected(f"the host side of {self._path} is open")
-            await self._host_gone.wait()
-            await asyncio.sleep(self._poll_interval)
+        revents = dict(poller.poll(0)).get(self._fd, 0)
+        if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            self._check_timer = self._loop.call_later(self._poll_interval, self._check)
+            return
+        self._connected = True
+        self._loop.add_reader(self._fd, self._readable)
+        self._events.host_connected(f"the host side of {self._path} is open")
 
     def _readable(self) -> None:
         try:
@@ -342,53 +545,41 @@ class _DeviceChannel:
         if not self._connected:
             return
         self._connected = False
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._fd)
-        loop.remove_writer(self._fd)
-        self._queue.clear()
-        self._queued = 0
-        self._host_gone.set()
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._outbox.clear()
         self._events.host_disconnected(detail)
+        self._check_timer = self._loop.call_later(self._poll_interval, self._check)
 
     def write(self, frame: bytes) -> WriteResult:
         if not self._connected:
             return WriteResult.NOT_CONNECTED
-        if self._queued + len(frame) > self._queue_limit:
+        if not self._outbox.fits(len(frame)):
             return WriteResult.QUEUE_FULL
-        was_empty = not self._queue
-        self._queue.append(memoryview(frame))
-        self._queued += len(frame)
-        if was_empty:
+        idle = self._outbox.queued == 0
+        self._outbox.add(frame)
+        if idle:
             self._flush()
         return WriteResult.QUEUED
 
     def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            head = self._queue[0]
-            try:
-                written = os.write(self._fd, head)
-            except (BlockingIOError, InterruptedError):
-                loop.add_writer(self._fd, self._flush)
-                return
-            except OSError as exc:
-                self._gone(f"writing the channel failed: {exc.strerror}")
-                return
-            self._queued -= written
-            if written == len(head):
-                self._queue.popleft()
-            else:
-                self._queue[0] = head[written:]
-        loop.remove_writer(self._fd)
+        try:
+            done = self._outbox.write(self._fd)
+        except OSError as exc:
+            self._gone(f"writing the channel failed: {exc.strerror}")
+            return
+        if done:
+            self._loop.remove_writer(self._fd)
+        else:
+            self._loop.add_writer(self._fd, self._flush)
 
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
         if self._fd >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fd)
-            loop.remove_writer(self._fd)
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
             os.close(self._fd)
             self._fd = -1
         self._connected = False
@@ -403,7 +594,8 @@ class GuestAgent:
     def __init__(self, config: GuestConfig) -> None:
         self.config = config
         self.counters = Counters()
-        self._drops = DropLog(log, self.counters)
+        self._loop = _Loop()
+        self._drops = DropLog(log, self.counters, schedule=self._loop.call_later)
         self._decoder = ChannelDecoder()
         self._sock: AbstractSocket | None = None
         self._channel: _Channel | None = None
@@ -413,64 +605,89 @@ class GuestAgent:
         """True while a host is connected to the channel."""
         return self._channel is not None and self._channel.connected
 
-    async def run(
-        self, *, stop: asyncio.Event | None = None, on_ready: Callable[[], None] | None = None
-    ) -> None:
-        """Relay until `stop` is set or the task is cancelled."""
+    def stop(self) -> None:
+        """End `run` (safe in a signal handler)."""
+        self._loop.stop()
+
+    def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Relay until `stop` is called.
+
+        Raises `ConfigError`/`PermissionNeeded` when the channel cannot be set
+        up and `AddressInUse` when another agent has the address.
+        """
         config = self.config
-        self._sock = AbstractSocket(config.address)
+        loop = self._loop
+        try:
+            self._sock = AbstractSocket(config.address)
+        except BaseException:
+            loop.close()
+            raise
         if config.channel is not None:
             self._channel = _DeviceChannel(
-                config.channel, self, config.queue_limit, config.host_poll_interval
+                config.channel, self, config.queue_limit, config.host_poll_interval, loop
             )
         else:
             assert config.channel_listen is not None
-            self._channel = _ListenChannel(config.channel_listen, self, config.queue_limit)
+            self._channel = _ListenChannel(config.channel_listen, self, config.queue_limit, loop)
         try:
-            await self._channel.start()
+            self._channel.start()
         except BaseException:
             self._channel.close()
             self._sock.close()
+            loop.close()
             raise
         log.info(
             "guest agent ready: applications at abstract %r, channel %s",
             config.address,
             config.describe_channel(),
         )
-        serving = asyncio.create_task(self._serve_apps(), name="guest-apps")
+        loop.add_reader(self._sock.fileno(), self._apps_readable)
         try:
             if config.ready_file is not None:
                 _write_ready_file(config.ready_file)
             if on_ready is not None:
                 on_ready()
-            if stop is None:
-                await serving
-            else:
-                stopping = asyncio.create_task(stop.wait(), name="guest-stop")
-                try:
-                    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
+            loop.run()
         finally:
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
             if config.ready_file is not None:
                 with contextlib.suppress(OSError):
                     config.ready_file.unlink()
             self._channel.close()
             self._sock.close()
             self._drops.close()
+            loop.close()
             log.info("guest agent stopped; counters: %s", self.counters.describe())
 
     # -- applications -> host
 
-    async def _serve_apps(self) -> None:
+    def _apps_readable(self) -> None:
+        """Take up to `BATCH` queued datagrams, then let other work run."""
         assert self._sock is not None
-        await serve_datagrams(self._sock, self._from_app, who="the guest agent")
+        for _ in range(BATCH):
+            try:
+                datagram = self._sock.receive_nowait()
+            except OSError:
+                log_bug(log, "receiving from applications (the guest agent)")
+                self._pause_apps()
+                return
+            if datagram is None:
+                return
+            self.counters.from_apps += 1
+            try:
+                self._from_app(datagram)
+            except Exception:
+                log_bug(log, "the application handler of the guest agent")
+
+    def _pause_apps(self) -> None:
+        """Stop reading applications for a moment: whatever failed, do not spin on it."""
+        assert self._sock is not None
+        fd = self._sock.fileno()
+        self._loop.remove_reader(fd)
+        self._loop.call_later(
+            _RECEIVE_ERROR_PAUSE, lambda: self._loop.add_reader(fd, self._apps_readable)
+        )
 
     def _from_app(self, datagram: Datagram) -> None:
-        self.counters.from_apps += 1
         envelope = app_envelope(datagram, self._drops)
         if envelope is None:
             return
@@ -539,13 +756,22 @@ class GuestAgent:
             )
 
 
-async def run_guest(config: GuestConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run the guest agent until `stop` is set or the task is cancelled.
+def run_guest(config: GuestConfig) -> None:
+    """Run the guest agent until SIGTERM or SIGINT; both end it cleanly.
 
     Raises `ConfigError`/`PermissionNeeded` when the channel cannot be set up
     and `AddressInUse` when another agent has the address.
     """
-    await GuestAgent(config).run(stop=stop)
+    agent = GuestAgent(config)
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
+    for signum in stops:
+        signal.signal(signum, lambda _signum, _frame: agent.stop())
+    try:
+        agent.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _write_ready_file(path: Path) -> None:
@@ -611,17 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = guest_config(args.channel, args.channel_listen, args.address, args.ready_file)
-        asyncio.run(_run_until_signal(config))
+        run_guest(config)
     except ServergroupError as exc:
         sys.stderr.write(f"servergroup guest: {exc}\n")
         return exc.exit_status
     return 0
-
-
-async def _run_until_signal(config: GuestConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run_guest(config, stop=stop)
-    log.info("guest agent stopped by a signal")

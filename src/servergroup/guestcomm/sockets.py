@@ -6,11 +6,14 @@ per network namespace. Every socket here is non-blocking: receiving waits on
 the event loop, sending never waits, and the two ordinary outcomes of a
 datagram send to a local application (nobody bound there, its queue full)
 are results, not exceptions.
+
+The coroutines here (`AbstractSocket.receive`, `serve_datagrams`) import
+asyncio when first called: the guest agent uses this module from a loop of
+its own and must not pay for asyncio's import at each VM boot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -129,6 +132,8 @@ class AbstractSocket:
             await self._readable()
 
     async def _readable(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
 
@@ -237,6 +242,8 @@ async def serve_datagrams(
     is logged as a bug (a peer's garbage must never stop a daemon). During a
     burst the loop yields every `BATCH` datagrams so that other work runs.
     """
+    import asyncio
+
     handled = 0
     while True:
         try:

@@ -103,7 +103,7 @@ def test_messaging_channel_is_laid_out_as_libvirt_does() -> None:
         "-chardev",
         f"socket,id=ch0,path={D}/cgcs.messaging.instance-00000001.sock,server=on,wait=off",
         "-device",
-        "virtserialport,chardev=ch0,name=cgcs.messaging",
+        "virtserialport,chardev=ch0,id=channel0,name=cgcs.messaging",
     ]
     assert CHANNEL_PORT == "cgcs.messaging"
 
@@ -111,7 +111,7 @@ def test_messaging_channel_is_laid_out_as_libvirt_does() -> None:
 def test_exec_port_is_a_second_port_on_its_own_socket() -> None:
     argv = qemu_argv(layout())
     assert f"socket,id=ch1,path={D}/vm-1.exec.sock,server=on,wait=off" in values(argv, "-chardev")
-    assert f"virtserialport,chardev=ch1,name={EXEC_PORT}" in values(argv, "-device")
+    assert f"virtserialport,chardev=ch1,id=channel1,name={EXEC_PORT}" in values(argv, "-device")
     assert values(argv, "-device").count("virtio-serial") == 1  # one controller, two ports
 
 

@@ -63,6 +63,11 @@ CHANNEL_PORT = "cgcs.messaging"
 #: The exec agent's port name in the guest (`/dev/virtio-ports/org.servergroup.exec`).
 EXEC_PORT = "org.servergroup.exec"
 
+#: QEMU device ids of the two ports, as libvirt numbers its channels; QMP's
+#: VSERPORT_CHANGE event names the port the guest opened or closed by this id.
+CHANNEL_PORT_ID = "channel0"
+EXEC_PORT_ID = "channel1"
+
 #: The 9p mount tag of the host's `/usr`, shared with every guest.
 USR_TAG = "usr"
 
@@ -261,11 +266,11 @@ def qemu_argv(layout: VmLayout) -> list[str]:
         "-chardev",
         f"socket,id=ch0,path={_opt(str(layout.channel_socket))},server=on,wait=off",
         "-device",
-        f"virtserialport,chardev=ch0,name={CHANNEL_PORT}",
+        f"virtserialport,chardev=ch0,id={CHANNEL_PORT_ID},name={CHANNEL_PORT}",
         "-chardev",
         f"socket,id=ch1,path={_opt(str(layout.exec_socket))},server=on,wait=off",
         "-device",
-        f"virtserialport,chardev=ch1,name={EXEC_PORT}",
+        f"virtserialport,chardev=ch1,id={EXEC_PORT_ID},name={EXEC_PORT}",
     ]
     if layout.disk is not None:
         argv += [

@@ -61,7 +61,13 @@ from servergroup.servers.drivers.base import (
     channel_name,
 )
 from servergroup.servers.drivers.qemu import image as guest_image
-from servergroup.servers.drivers.qemu.boot import QEMU_BINARY, READY_MARKER, VmLayout, qemu_argv
+from servergroup.servers.drivers.qemu.boot import (
+    CHANNEL_PORT_ID,
+    QEMU_BINARY,
+    READY_MARKER,
+    VmLayout,
+    qemu_argv,
+)
 from servergroup.servers.drivers.qemu.execbroker import ExecBroker
 from servergroup.servers.drivers.qemu.qmp import Monitor, run
 from servergroup.servers.drivers.qemu.rootfs import RootfsError, ensure_rootfs
@@ -311,16 +317,41 @@ class QemuDriver:
             raise DriverError(f"cannot make {self.server_dir(spec.name)}: {exc.strerror}") from None
 
     async def start(self, spec: ServerSpec) -> None:
-        """Boot the VM, its channel in the host's channel directory; wait until it is up."""
+        """Boot the VM, its channel in the host's channel directory; wait for its guest agent.
+
+        The server is up when its guest agent has opened the messaging port
+        (QEMU says so on QMP): it is in its group from then on. The exec agent
+        starts after it in the guest; `server exec` waits for that agent.
+        """
         async with self._lock(spec.name):
             if self.pid(spec.name) is not None:
                 return
             if not self.server_dir(spec.name).is_dir():
                 raise DriverError(f"qemu server {spec.name} does not exist on host {self.host}")
-            offset = self._console_size(spec.name)
             await self._launch(spec, self.channel_dir / channel_name(spec.instance), incoming=None)
-            await self._wait_ready(spec.name, offset)
-            await self._wait_exec(spec.name)
+            await self._wait_agent(spec.name)
+            await self._new_broker(spec.name)
+
+    async def _wait_agent(self, name: str) -> None:
+        """Wait until the guest agent opens the messaging port (QMP VSERPORT_CHANGE)."""
+        deadline = time.monotonic() + self.boot_timeout
+
+        def give_up() -> str | None:
+            if self.pid(name) is None:
+                return f"QEMU of qemu server {name} exited while booting: {self._tail(name)}"
+            if time.monotonic() > deadline:
+                return (
+                    f"the guest agent of qemu server {name} did not start within "
+                    f"{self.boot_timeout:g} s: {self._tail(name)}"
+                )
+            return None
+
+        await self._monitor(name).wait_for_event(
+            "VSERPORT_CHANGE",
+            lambda data: data.get("id") == CHANNEL_PORT_ID and data.get("open") is True,
+            give_up=give_up,
+        )
+        log.info("qemu server %s on %s: its guest agent opened the channel", name, self.host)
 
     async def _launch(self, spec: ServerSpec, channel: Path, *, incoming: str | None) -> None:
         name = spec.name
@@ -393,10 +424,14 @@ class QemuDriver:
                 )
             await asyncio.sleep(POLL_INTERVAL * 2)
 
+    async def _new_broker(self, name: str) -> None:
+        """Serve the VM's exec port afresh: a new boot has a new exec agent."""
+        await self._stop_broker(name)
+        await self._ensure_broker(name)
+
     async def _wait_exec(self, name: str) -> None:
         """Serve the VM's exec port and wait until its agent answers: the guest is usable."""
-        await self._stop_broker(name)  # a new boot: a new agent
-        await self._ensure_broker(name)
+        await self._new_broker(name)
         broker = self._brokers[name]
         deadline = time.monotonic() + self.boot_timeout
         while not broker.ready:

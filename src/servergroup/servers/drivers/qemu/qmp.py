@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError
+from qemu.qmp.message import Message
 
 from servergroup.servers.drivers.base import DriverError
 
@@ -61,6 +62,39 @@ class Monitor:
         """Run one command; its `return` value."""
         async with self.session() as client:
             return await run(client, command, arguments, label=self.label, timeout=self.timeout)
+
+    async def wait_for_event(
+        self,
+        name: str,
+        match: Callable[[Mapping[str, Any]], bool],
+        *,
+        give_up: Callable[[], str | None],
+        check_every: float = 0.2,
+    ) -> None:
+        """Wait for event `name` whose `data` matches, holding the monitor meanwhile.
+
+        Every `check_every` seconds `give_up()` is asked; a sentence from it
+        ends the wait as a `DriverError`. Events sent before the call are not
+        seen: call it before what causes the event can happen.
+        """
+
+        def wanted(message: Message) -> bool:
+            data = message.get("data")
+            return isinstance(data, Mapping) and match(data)
+
+        listener = EventListener(name, event_filter=wanted)
+        async with self.session() as client:
+            with client.listen(listener):
+                while True:
+                    try:
+                        async with asyncio.timeout(check_every):
+                            await listener.get()
+                        return
+                    except TimeoutError:
+                        pass
+                    why = give_up()
+                    if why is not None:
+                        raise DriverError(why)
 
 
 async def run(
