@@ -90,3 +90,49 @@ async def test_the_timer_logs_the_summary_without_further_drops(
         await asyncio.sleep(0.02)
     assert [r.getMessage() for r in caplog.records][1].startswith("r: 1 more not logged")
     drops.close()
+
+
+class Timers:
+    """A scheduler standing in for an event loop's call_later, as the guest agent passes one."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, object]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, callback: object) -> Timers:
+        self.calls.append((delay, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def test_a_given_scheduler_runs_the_summary_without_asyncio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="t.drops")
+    clock = Clock()
+    timers = Timers()
+    drops = DropLog(
+        logging.getLogger("t.drops"),
+        Counters(),
+        burst=1,
+        interval=10.0,
+        monotonic=clock,
+        schedule=timers,
+    )
+    drops.drop("r", "a")
+    assert timers.calls == []  # nothing held back: no timer
+    for _ in range(5):
+        drops.drop("r", "held")
+    assert [delay for delay, _ in timers.calls] == [10.0]  # armed once
+    clock.now += 10.0
+    ((_, flush),) = timers.calls
+    assert callable(flush)
+    flush()
+    assert caplog.records[-1].getMessage() == "r: 5 more not logged in the last 10 s"
+    drops.drop("r", "b")
+    drops.drop("r", "held again")
+    assert len(timers.calls) == 2
+    drops.close()
+    assert timers.cancelled == 1
