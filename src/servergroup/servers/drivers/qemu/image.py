@@ -19,7 +19,9 @@ a VM with a 9p share mounted), so the guest runs the host's own Python,
 virtual environment and servergroup sources; it creates the
 `/dev/virtio-ports/` links udev would make, then keeps the guest agent and
 the exec agent running (each in a respawn loop, as a guest agent "configured
-to respawn"), runs the user's command if there is one, prints
+to respawn"; the exec agent starts once the guest agent serves, so that the
+two do not start at once on one emulated vCPU), runs the user's command if
+there is one, prints
 `boot.READY_MARKER`, and reaps children forever (PID 1 never exits).
 
 The image lives in `<image dir>/image/` with a `manifest.json`; it is valid
