@@ -282,12 +282,16 @@ class _Outbox:
         self._queue: deque[memoryview] = deque()
         self.queued = 0
 
-    def fits(self, size: int) -> bool:
-        return self.queued + size <= self._limit
-
-    def add(self, frame: bytes) -> None:
+    def push(self, frame: bytes, flush: Callable[[], None]) -> WriteResult:
+        """Queue `frame` unless over the limit; `flush` starts the writing when idle."""
+        if self.queued + len(frame) > self._limit:
+            return WriteResult.QUEUE_FULL
+        idle = self.queued == 0
         self._queue.append(memoryview(frame))
         self.queued += len(frame)
+        if idle:
+            flush()
+        return WriteResult.QUEUED
 
     def write(self, fd: int) -> bool:
         """Write what the descriptor takes; True when all went, False when it would block.
@@ -408,13 +412,7 @@ class _ListenChannel:
         conn = self._current
         if conn is None:
             return WriteResult.NOT_CONNECTED
-        if not conn.outbox.fits(len(frame)):
-            return WriteResult.QUEUE_FULL
-        idle = conn.outbox.queued == 0
-        conn.outbox.add(frame)
-        if idle:
-            self._flush(conn)
-        return WriteResult.QUEUED
+        return conn.outbox.push(frame, lambda: self._flush(conn))
 
     def _flush(self, conn: _HostConnection) -> None:
         fd = conn.sock.fileno()
@@ -554,13 +552,7 @@ class _DeviceChannel:
     def write(self, frame: bytes) -> WriteResult:
         if not self._connected:
             return WriteResult.NOT_CONNECTED
-        if not self._outbox.fits(len(frame)):
-            return WriteResult.QUEUE_FULL
-        idle = self._outbox.queued == 0
-        self._outbox.add(frame)
-        if idle:
-            self._flush()
-        return WriteResult.QUEUED
+        return self._outbox.push(frame, self._flush)
 
     def _flush(self) -> None:
         try:
