@@ -29,10 +29,18 @@ class FencingError(CoordinationError):
     """A guarded write was refused: the writer's fencing token is stale."""
 
 
+class RevisionConflict(CoordinationError):
+    """A conditional write was refused: the key changed since the writer read it.
+
+    The writer reads again and decides again (a read-modify-write retries).
+    """
+
+
 __all__ = [
     "CoordinationError",
     "FencingError",
     "LeaseNotFound",
+    "RevisionConflict",
     "StoreUnavailable",
     "WatchCompacted",
 ]

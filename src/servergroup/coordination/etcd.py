@@ -45,10 +45,25 @@ from servergroup.coordination.errors import (
     CoordinationError,
     FencingError,
     LeaseNotFound,
+    RevisionConflict,
     StoreUnavailable,
     WatchCompacted,
 )
-from servergroup.coordination.types import EventKind, Guard, KeyValue, Lease, Range, WatchEvent
+from servergroup.coordination.types import (
+    Compare,
+    CompareTarget,
+    Delete,
+    EventKind,
+    Get,
+    Guard,
+    KeyValue,
+    Lease,
+    Put,
+    Range,
+    TxnOp,
+    TxnResult,
+    WatchEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +77,14 @@ _TRANSPORT_CODES = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+# Which field of etcd's Compare holds each numeric target.
+_COMPARE_FIELDS = {
+    CompareTarget.CREATE: (rpc.Compare.CREATE, "create_revision"),
+    CompareTarget.MOD: (rpc.Compare.MOD, "mod_revision"),
+    CompareTarget.VERSION: (rpc.Compare.VERSION, "version"),
 }
 
 
@@ -310,15 +333,104 @@ class EtcdCoordinator:
                 raise LeaseNotFound(f"{what}: the lease has expired") from None
             raise CoordinationError(f"{what} failed: {exc.details()}") from None
 
+    def _compare(self, c: Compare) -> Any:
+        key = self._k(c.key)
+        if c.target is CompareTarget.VALUE:
+            assert isinstance(c.expected, bytes)
+            return rpc.Compare(
+                result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=key, value=c.expected
+            )
+        target, field = _COMPARE_FIELDS[c.target]
+        return rpc.Compare(result=rpc.Compare.EQUAL, target=target, key=key, **{field: c.expected})
+
+    def _request_op(self, op: TxnOp) -> Any:
+        key = self._k(op.key)
+        if isinstance(op, Put):
+            return rpc.RequestOp(
+                request_put=rpc.PutRequest(key=key, value=op.value, lease=op.lease)
+            )
+        if isinstance(op, Delete):
+            return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        request = rpc.TxnRequest(
+            compare=[self._compare(c) for c in compares],
+            success=[self._request_op(op) for op in success],
+            failure=[self._request_op(op) for op in failure],
+        )
+        what = "transaction on " + ", ".join(sorted({op.key for op in (*success, *failure)}))
+        resp = await self._txn(what, request)
+        ops = success if resp.succeeded else failure
+        reads: dict[str, KeyValue | None] = {}
+        deleted: set[str] = set()
+        for op, answer in zip(ops, resp.responses, strict=True):
+            if isinstance(op, Get):
+                kvs = answer.response_range.kvs
+                reads[op.key] = self._kv(kvs[0]) if kvs else None
+            elif isinstance(op, Delete) and answer.response_delete_range.deleted:
+                deleted.add(op.key)
+        return TxnResult(
+            succeeded=bool(resp.succeeded),
+            revision=int(resp.header.revision),
+            reads=reads,
+            deleted=frozenset(deleted),
+        )
+
+    def _conditions(self, key: str, guard: Guard | None, if_mod_revision: int | None) -> Any:
+        compare = [self._guard_compare(guard)] if guard else []
+        if if_mod_revision is not None:
+            compare.append(self._compare(Compare.unchanged(key, if_mod_revision)))
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=self._k(key)))]
+        if guard is not None and guard.key != key:
+            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=self._k(guard.key))))
+        return compare, failure
+
+    def _refusal(
+        self, what: str, key: str, guard: Guard | None, if_mod_revision: int | None, resp: Any
+    ) -> CoordinationError:
+        """Why a guarded or conditional write was refused, from its failure reads."""
+        current = resp.responses[0].response_range.kvs
+        if guard is not None:
+            held = resp.responses[-1].response_range.kvs
+            if not held or held[0].create_revision != guard.create_revision:
+                return FencingError(f"{what} {key} refused: fencing token is stale")
+        now = current[0].mod_revision if current else 0
+        return RevisionConflict(
+            f"{what} {key} refused: it changed since revision {if_mod_revision} (now {now})"
+        )
+
     async def put(
-        self, key: str, value: bytes, *, lease: int = 0, guard: Guard | None = None
+        self,
+        key: str,
+        value: bytes,
+        *,
+        lease: int = 0,
+        guard: Guard | None = None,
+        if_mod_revision: int | None = None,
     ) -> int:
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(key), value=value, lease=lease))
-        compare = [self._guard_compare(guard)] if guard else []
-        resp = await self._txn(f"put {key}", rpc.TxnRequest(compare=compare, success=[put]))
-        if not resp.succeeded:
-            raise FencingError(f"write to {key} refused: fencing token is stale")
-        return int(resp.header.revision)
+        compare, failure = self._conditions(key, guard, if_mod_revision)
+        resp = await self._txn(
+            f"put {key}", rpc.TxnRequest(compare=compare, success=[put], failure=failure)
+        )
+        if resp.succeeded:
+            return int(resp.header.revision)
+        current = resp.responses[0].response_range.kvs
+        refusal = self._refusal("write to", key, guard, if_mod_revision, resp)
+        if (
+            isinstance(refusal, RevisionConflict)
+            and current
+            and current[0].value == value
+            and current[0].lease == lease
+        ):
+            return int(current[0].mod_revision)  # our own earlier attempt took effect
+        raise refusal
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
         full = self._k(key)
@@ -337,12 +449,16 @@ class EtcdCoordinator:
             return int(kvs[0].create_revision)  # our own earlier attempt won
         return None
 
-    async def delete(self, key: str, *, guard: Guard | None = None) -> bool:
+    async def delete(
+        self, key: str, *, guard: Guard | None = None, if_mod_revision: int | None = None
+    ) -> bool:
         op_ = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(key)))
-        compare = [self._guard_compare(guard)] if guard else []
-        resp = await self._txn(f"delete {key}", rpc.TxnRequest(compare=compare, success=[op_]))
+        compare, failure = self._conditions(key, guard, if_mod_revision)
+        resp = await self._txn(
+            f"delete {key}", rpc.TxnRequest(compare=compare, success=[op_], failure=failure)
+        )
         if not resp.succeeded:
-            raise FencingError(f"delete of {key} refused: fencing token is stale")
+            raise self._refusal("delete of", key, guard, if_mod_revision, resp)
         return bool(resp.responses[0].response_delete_range.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:

@@ -15,22 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.coordination.errors import (
+    CoordinationError,
     FencingError,
     LeaseNotFound,
+    RevisionConflict,
     StoreUnavailable,
     WatchCompacted,
 )
 from servergroup.coordination.types import (
+    Compare,
+    Delete,
     EventKind,
     Guard,
     KeyValue,
     Lease,
+    Put,
     Range,
+    TxnOp,
+    TxnResult,
     WatchEvent,
 )
 
@@ -131,19 +138,39 @@ class MemoryStore:
 
     # -- operations (full keys) --------------------------------------------
 
-    def put(self, key: str, value: bytes, lease: int, guard: Guard | None) -> int:
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        lease: int,
+        guard: Guard | None,
+        if_mod_revision: int | None = None,
+    ) -> int:
         self.check()
         if not self._guard_holds(guard):
             raise FencingError(f"write to {key} refused: fencing token is stale")
+        current = self._kv.get(key)
+        if (
+            if_mod_revision is not None
+            and current is not None
+            and current.mod_revision != if_mod_revision
+            and (current.value, current.lease) == (value, lease)
+        ):
+            return current.mod_revision  # as on etcd: a retry of our own write that took effect
+        _check_unchanged(key, current, if_mod_revision, "write to")
         if lease and lease not in self._leases:
             raise LeaseNotFound(f"lease {lease:x} does not exist")
         self.revision += 1
+        self._put_at(key, value, lease, self.revision)
+        return self.revision
+
+    def _put_at(self, key: str, value: bytes, lease: int, revision: int) -> None:
         old = self._kv.get(key)
         kv = KeyValue(
             key=key,
             value=value,
-            create_revision=old.create_revision if old else self.revision,
-            mod_revision=self.revision,
+            create_revision=old.create_revision if old else revision,
+            mod_revision=revision,
             version=(old.version + 1) if old else 1,
             lease=lease,
         )
@@ -153,13 +180,12 @@ class MemoryStore:
                 kind=EventKind.PUT,
                 key=key,
                 value=value,
-                revision=self.revision,
+                revision=revision,
                 create_revision=kv.create_revision,
                 version=kv.version,
                 lease=lease,
             )
         )
-        return self.revision
 
     def create(self, key: str, value: bytes, lease: int) -> int | None:
         self.check()
@@ -171,10 +197,11 @@ class MemoryStore:
             return None
         return self.put(key, value, lease, None)
 
-    def delete(self, key: str, guard: Guard | None) -> bool:
+    def delete(self, key: str, guard: Guard | None, if_mod_revision: int | None = None) -> bool:
         self.check()
         if not self._guard_holds(guard):
             raise FencingError(f"delete of {key} refused: fencing token is stale")
+        _check_unchanged(key, self._kv.get(key), if_mod_revision, "delete of")
         if key not in self._kv:
             return False
         self.revision += 1
@@ -189,6 +216,38 @@ class MemoryStore:
             for key in doomed:
                 self._delete_at(key, self.revision)
         return len(doomed)
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]
+    ) -> TxnResult:
+        """Evaluate `compares`, then run one branch in order, at one new revision."""
+        self.check()
+        succeeded = all(c.holds(self._kv.get(c.key)) for c in compares)
+        ops = success if succeeded else failure
+        _check_branch(ops)
+        for op in ops:
+            if isinstance(op, Put) and op.lease and op.lease not in self._leases:
+                raise LeaseNotFound(f"lease {op.lease:x} does not exist")
+        revision = self.revision + 1
+        changed = False
+        reads: dict[str, KeyValue | None] = {}
+        deleted: set[str] = set()
+        for op in ops:
+            if isinstance(op, Put):
+                self._put_at(op.key, op.value, op.lease, revision)
+                changed = True
+            elif isinstance(op, Delete):
+                if op.key in self._kv:
+                    self._delete_at(op.key, revision)
+                    deleted.add(op.key)
+                    changed = True
+            else:
+                reads[op.key] = self._kv.get(op.key)
+        if changed:
+            self.revision = revision
+        return TxnResult(
+            succeeded=succeeded, revision=self.revision, reads=reads, deleted=frozenset(deleted)
+        )
 
     def get(self, key: str) -> KeyValue | None:
         self.check()
@@ -232,6 +291,24 @@ class MemoryStore:
         """Forget history before `revision` (for tests of `WatchCompacted`)."""
         self._compacted = max(self._compacted, revision - 1)
         self._history = [e for e in self._history if e.revision >= revision]
+
+
+def _check_unchanged(key: str, kv: KeyValue | None, expected: int | None, what: str) -> None:
+    if expected is not None and not Compare.unchanged(key, expected).holds(kv):
+        now = kv.mod_revision if kv is not None else 0
+        raise RevisionConflict(
+            f"{what} {key} refused: it changed since revision {expected} (now {now})"
+        )
+
+
+def _check_branch(ops: Sequence[TxnOp]) -> None:
+    """Refuse a branch that writes one key twice, as etcd does."""
+    written: set[str] = set()
+    for op in ops:
+        if isinstance(op, (Put, Delete)):
+            if op.key in written:
+                raise CoordinationError(f"a transaction writes {op.key} more than once")
+            written.add(op.key)
 
 
 class _MemoryWatch:
@@ -305,18 +382,47 @@ class MemoryCoordinator:
         return replace(guard, key=self._prefix + guard.key) if guard else None
 
     async def put(
-        self, key: str, value: bytes, *, lease: int = 0, guard: Guard | None = None
+        self,
+        key: str,
+        value: bytes,
+        *,
+        lease: int = 0,
+        guard: Guard | None = None,
+        if_mod_revision: int | None = None,
     ) -> int:
         await self._enter()
-        return self._store.put(self._prefix + key, value, lease, self._full(guard))
+        return self._store.put(self._prefix + key, value, lease, self._full(guard), if_mod_revision)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
         await self._enter()
         return self._store.create(self._prefix + key, value, lease)
 
-    async def delete(self, key: str, *, guard: Guard | None = None) -> bool:
+    async def delete(
+        self, key: str, *, guard: Guard | None = None, if_mod_revision: int | None = None
+    ) -> bool:
         await self._enter()
-        return self._store.delete(self._prefix + key, self._full(guard))
+        return self._store.delete(self._prefix + key, self._full(guard), if_mod_revision)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        await self._enter()
+        p = self._prefix
+        result = self._store.txn(
+            [replace(c, key=p + c.key) for c in compares],
+            [replace(op, key=p + op.key) for op in success],
+            [replace(op, key=p + op.key) for op in failure],
+        )
+        return replace(
+            result,
+            reads={
+                k[len(p) :]: (self._strip(kv) if kv else None) for k, kv in result.reads.items()
+            },
+            deleted=frozenset(k[len(p) :] for k in result.deleted),
+        )
 
     async def delete_prefix(self, prefix: str) -> int:
         await self._enter()

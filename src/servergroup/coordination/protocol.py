@@ -12,6 +12,16 @@ etcd one against a real etcd):
 - Guarded writes: a `Guard(owner_key, token)` makes a write happen only while
   `owner_key` still exists with that create revision; otherwise
   `FencingError`. This is how a stale owner is refused by what it protects.
+- Conditional writes: `put`/`delete` with `if_mod_revision` happen only if the
+  key was last written at that revision (0: it must be absent); otherwise
+  `RevisionConflict`. This is the compare of every read-modify-write.
+- Transactions: `txn(compares, success, failure)` evaluates every `Compare`
+  and runs the success branch if all hold, else the failure branch, as one
+  atomic step at one revision (etcd's Txn). A branch writes a key at most once.
+- Writes are retried across reconnects. A conditional write whose first
+  attempt took effect but whose answer was lost is reported as done when the
+  key now holds exactly the value written (same lease); so where telling two
+  equal writes apart matters, make the value unique (an operation id).
 - `watch(prefix, start_revision)`: every change under `prefix` with revision
   >= `start_revision`, in revision order, each exactly once, also across
   reconnects to the same or another member. If the store has compacted
@@ -22,10 +32,19 @@ etcd one against a real etcd):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from servergroup.coordination.types import Guard, KeyValue, Lease, Range, WatchEvent
+from servergroup.coordination.types import (
+    Compare,
+    Guard,
+    KeyValue,
+    Lease,
+    Range,
+    TxnOp,
+    TxnResult,
+    WatchEvent,
+)
 
 
 class Watch(Protocol):
@@ -53,17 +72,38 @@ class Coordinator(Protocol):
         ...
 
     async def put(
-        self, key: str, value: bytes, *, lease: int = 0, guard: Guard | None = None
+        self,
+        key: str,
+        value: bytes,
+        *,
+        lease: int = 0,
+        guard: Guard | None = None,
+        if_mod_revision: int | None = None,
     ) -> int:
-        """Write `key`; return the revision. With `guard`, raise `FencingError` if stale."""
+        """Write `key`; return the revision.
+
+        With `guard`, raise `FencingError` if stale; with `if_mod_revision`,
+        raise `RevisionConflict` unless the key was last written then (0: absent).
+        """
         ...
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> int | None:
         """Create `key` only if absent; return its create revision (the token) or None."""
         ...
 
-    async def delete(self, key: str, *, guard: Guard | None = None) -> bool:
-        """Delete `key`; return whether it existed. With `guard`, as for `put`."""
+    async def delete(
+        self, key: str, *, guard: Guard | None = None, if_mod_revision: int | None = None
+    ) -> bool:
+        """Delete `key`; return whether it existed. With `guard`/`if_mod_revision`, as `put`."""
+        ...
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """One atomic transaction: `success` if every compare holds, else `failure`."""
         ...
 
     async def delete_prefix(self, prefix: str) -> int:

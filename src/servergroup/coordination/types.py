@@ -9,6 +9,7 @@ key's `create_revision` is the fencing token of whoever created it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -91,4 +92,123 @@ class Guard:
     create_revision: int
 
 
-__all__ = ["EventKind", "Guard", "KeyValue", "Lease", "Range", "SessionState", "WatchEvent"]
+class CompareTarget(enum.Enum):
+    """What a transaction's `Compare` looks at; for an absent key each number is 0."""
+
+    CREATE = "create"  # the key's create revision (a fencing token)
+    MOD = "mod"  # the revision of the key's last write
+    VERSION = "version"  # how many puts since the key was created
+    VALUE = "value"  # the key's value (an absent key matches nothing)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compare:
+    """One condition of a transaction: the key's `target` equals `expected`.
+
+    Build them with the class methods; `Compare.unchanged(key, kv.mod_revision)`
+    is the compare-on-mod-revision of a read-modify-write, `Compare.absent(key)`
+    a create-if-absent, `Compare.held(guard)` a fencing guard.
+    """
+
+    key: str
+    target: CompareTarget
+    expected: int | bytes
+
+    @classmethod
+    def absent(cls, key: str) -> Compare:
+        return cls(key=key, target=CompareTarget.CREATE, expected=0)
+
+    @classmethod
+    def unchanged(cls, key: str, mod_revision: int) -> Compare:
+        """The key was last written at `mod_revision` (0: it does not exist)."""
+        return cls(key=key, target=CompareTarget.MOD, expected=mod_revision)
+
+    @classmethod
+    def created_at(cls, key: str, create_revision: int) -> Compare:
+        return cls(key=key, target=CompareTarget.CREATE, expected=create_revision)
+
+    @classmethod
+    def held(cls, guard: Guard) -> Compare:
+        """The fencing condition of `guard` as a compare."""
+        return cls.created_at(guard.key, guard.create_revision)
+
+    @classmethod
+    def value_is(cls, key: str, value: bytes) -> Compare:
+        return cls(key=key, target=CompareTarget.VALUE, expected=value)
+
+    def holds(self, kv: KeyValue | None) -> bool:
+        """Whether this compare holds for `kv` (None: the key is absent); pure."""
+        if self.target is CompareTarget.VALUE:
+            return kv is not None and kv.value == self.expected
+        actual = 0
+        if kv is not None:
+            if self.target is CompareTarget.CREATE:
+                actual = kv.create_revision
+            elif self.target is CompareTarget.MOD:
+                actual = kv.mod_revision
+            else:
+                actual = kv.version
+        return actual == self.expected
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    """A transaction operation: write `key` (on `lease`, 0 for none)."""
+
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    """A transaction operation: delete `key` (absent is not an error)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Get:
+    """A transaction operation: read `key` as of the transaction."""
+
+    key: str
+
+
+#: What a transaction branch may do. A key is written (put or deleted) at most
+#: once per branch, as etcd requires.
+TxnOp = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxnResult:
+    """What a transaction did.
+
+    `succeeded`: every compare held, so the success branch ran (else the
+    failure branch). `revision`: the store revision after the transaction
+    (every write of it took effect at this one revision). `reads`: the key of
+    each `Get` of the branch that ran, with what it read (None: absent).
+    `deleted`: the keys of the branch's `Delete`s that existed.
+    """
+
+    succeeded: bool
+    revision: int
+    reads: Mapping[str, KeyValue | None]
+    deleted: frozenset[str] = frozenset()
+
+
+__all__ = [
+    "Compare",
+    "CompareTarget",
+    "Delete",
+    "EventKind",
+    "Get",
+    "Guard",
+    "KeyValue",
+    "Lease",
+    "Put",
+    "Range",
+    "SessionState",
+    "TxnOp",
+    "TxnResult",
+    "WatchEvent",
+]
