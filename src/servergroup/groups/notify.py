@@ -18,6 +18,7 @@ once, the first row of this table that matches wins:
 | change (before -> after)                                | event_type                          |
 |---------------------------------------------------------|-------------------------------------|
 | a server not deleted -> deleted or gone                 | compute.instance.delete.end         |
+| rebuilding (its host died) -> reported by its new host  | compute.instance.evacuate.end       |
 | no status / building -> active                          | compute.instance.create.end         |
 | status.host changed, or migrating, now active           | compute.instance.live_migration.end |
 |   (the same, when the spec asked a cold migration)      | compute.instance.migrate.end        |
@@ -45,7 +46,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from servergroup.guestcomm.protocol import JsonObject
-from servergroup.servers.model import RegistrySnapshot, Server, VmState, server_info
+from servergroup.servers.model import (
+    REBUILDING_TASK,
+    RegistrySnapshot,
+    Server,
+    VmState,
+    server_info,
+)
 
 EVENT_PREFIX: Final = "compute.instance."
 INFO: Final = "INFO"
@@ -83,6 +90,13 @@ def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None
         return None  # not (or no longer) observed by any host: nothing happened yet
     new = after.status
     old = before.status if before is not None else None
+    if (
+        old is not None
+        and old.task_state == REBUILDING_TASK
+        and new.task_state != REBUILDING_TASK
+        and new.state is not VmState.ERROR
+    ):
+        return "evacuate.end", INFO
     if old is None or old.state is VmState.BUILDING:
         return ("create.end", INFO) if new.state is VmState.ACTIVE else None
     # The source host hands a server over by writing MIGRATING with the target

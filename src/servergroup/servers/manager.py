@@ -21,6 +21,13 @@ out the actions, write the status.
   one its spec names. A server whose driver this host lacks is left alone.
 - A decision that reports ERROR (a crash seen) counts as a failure: the
   server is tried again after `retry_interval`, not at once.
+- Every write is fenced: a status is written compared on the revision of the
+  status the decision was made on, and under `fence()`, the guard of this
+  host's own live registration (None while the session is not CONNECTED:
+  then nothing is written). A host that was frozen or cut off, whose servers
+  another host took over meanwhile, has its write refused by the store
+  (`FencingError`, or `RevisionConflict` once it registered again) and
+  decides again on a fresh view, where the server is no longer its own.
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servergroup.common.logsetup import log_bug
-from servergroup.coordination import CoordinationError
+from servergroup.coordination import CoordinationError, FencingError, Guard, RevisionConflict
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
 from servergroup.servers.model import (
     IncomingRecord,
     RegistrySnapshot,
     Server,
     ServerSpec,
+    ServerStatus,
     VmState,
 )
 from servergroup.servers.reconcile import Action, decide, failed, involves, owner
@@ -53,6 +61,10 @@ log = logging.getLogger(__name__)
 def iso_now(wall: float) -> str:
     """ISO 8601 UTC with milliseconds, for records meant for people."""
     return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class NotFenced(Exception):
+    """No write may happen now: this host's session is not connected."""
 
 
 class ServerManager:
@@ -70,6 +82,7 @@ class ServerManager:
         retry_interval: float = 5.0,
         start_timeout: float = 60.0,
         wall: Callable[[], float] = time.time,
+        fence: Callable[[], Guard | None] | None = None,
     ) -> None:
         self._registry = registry
         self._cache = cache
@@ -80,6 +93,9 @@ class ServerManager:
         self.retry_interval = retry_interval
         self.start_timeout = start_timeout
         self._wall = wall
+        #: The guard of this host's registration for every write; None: do not write now.
+        #: Without a fence (tests of the manager alone) writes are unguarded.
+        self._fence = fence
         self._queue: asyncio.Queue[RegistryChange] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -141,6 +157,18 @@ class ServerManager:
                     await self._reconcile(name)
                 except asyncio.CancelledError:
                     raise
+                except RevisionConflict as exc:
+                    log.info("server %s: changed meanwhile (%s); deciding again", name, exc)
+                    self._again.add(name)
+                except FencingError as exc:
+                    log.warning(
+                        "server %s: our registration is gone (%s): not acting until registered "
+                        "again",
+                        name,
+                        exc,
+                    )
+                except NotFenced as exc:
+                    log.info("server %s: %s", name, exc)
                 except CoordinationError as exc:
                     log.warning("server %s: cannot reach the store (%s); retrying", name, exc)
                 except Exception:
@@ -236,9 +264,11 @@ class ServerManager:
         else:
             self._failed.pop(name, None)
         if decision.status is not None:
-            self._written[name] = await self._registry.put_status(decision.status)
+            self._written[name] = await self._put_status(server, decision.status, snap.revision)
         if Action.FORGET in decision.actions:
-            await self._registry.remove_server(name)
+            await self._registry.forget_server(
+                name, status_revision=self._written.get(name, 0), guard=self._guard()
+            )
             self._written.pop(name, None)
             log.info("server %s deleted and forgotten", name)
 
@@ -255,7 +285,31 @@ class ServerManager:
             status, updated_at=""
         )
         if not same or previous is None or previous[0] != server.spec:
-            self._written[server.name] = await self._registry.put_status(status)
+            self._written[server.name] = await self._put_status(
+                server, status, self._cache.snapshot.revision
+            )
+
+    def _guard(self) -> Guard | None:
+        """The guard for a write now; raises NotFenced when nothing may be written."""
+        if self._fence is None:
+            return None
+        guard = self._fence()
+        if guard is None:
+            raise NotFenced("this host's session is not connected: not writing")
+        return guard
+
+    async def _put_status(self, server: Server, status: ServerStatus, seen_at: int) -> int:
+        """Write `status`, compared on the status the decision saw, under our guard.
+
+        On a conflict, the next decision waits for a view newer than `seen_at`.
+        """
+        try:
+            return await self._registry.put_status(
+                status, if_mod_revision=server.status_revision, guard=self._guard()
+            )
+        except RevisionConflict:
+            self._written[server.name] = seen_at + 1
+            raise
 
     async def _carry_out(
         self, driver: ServerDriver, action: Action, server: Server, observed: Observed
@@ -285,12 +339,12 @@ class ServerManager:
                 record = IncomingRecord(
                     name=spec.name, host=self.host, uri=uri, at=iso_now(self._wall())
                 )
-                await self._registry.put_incoming(record)
+                await self._registry.put_incoming(record, guard=self._guard())
             case Action.MIGRATE:
                 assert server.incoming is not None  # decide() migrates only to a known copy
                 await driver.migrate(spec, server.incoming.uri)
             case Action.DROP_INCOMING:
-                await self._registry.delete_incoming(spec.name)
+                await self._registry.delete_incoming(spec.name, guard=self._guard())
             case _:
                 raise AssertionError(f"no carrying out of {action}")
 

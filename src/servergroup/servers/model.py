@@ -63,6 +63,18 @@ class Policy(enum.Enum):
     SOFT_ANTI_AFFINITY = "soft-anti-affinity"
 
 
+class Evacuate(enum.Enum):
+    """What happens to a group's servers when their host dies.
+
+    `auto`: once the host's lease has been gone for the grace period, one
+    surviving host rebuilds them elsewhere by the group's policy. `manual`:
+    they wait for `servergroup server evacuate`.
+    """
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
 class Desired(enum.Enum):
     """What the operator wants a server to be."""
 
@@ -83,6 +95,10 @@ class VmState(enum.Enum):
     ERROR = "error"
     DELETED = "deleted"
 
+
+#: The task state of a server rebuilt on another host after its host died (the
+#: evacuation wrote it; the new host's first report of the server ends it).
+REBUILDING_TASK = "rebuilding"
 
 #: The state a server reaches when its desired state is honoured.
 REACHED: Mapping[Desired, VmState] = {
@@ -127,6 +143,7 @@ class GroupRecord:
     policy: Policy
     uuid: str
     created_at: str  # wall time, ISO 8601 UTC, for display only
+    evacuate: Evacuate = Evacuate.AUTO
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +163,11 @@ class ServerSpec:
     reboot_count: int = 0
     live_migration: bool = True  # how to move when `host` changes
     created_at: str = ""
+    #: How many times the server was rebuilt on another host after its host died.
+    evacuations: int = 0
+    #: A fresh id for each change of the spec: a write retried after its answer
+    #: was lost is recognised as ours by it (see coordination's `put`).
+    change_id: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,11 +226,18 @@ class BroadcastRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Server:
-    """A server as the store knows it: its spec and, once a host ran it, its status."""
+    """A server as the store knows it: its spec and, once a host ran it, its status.
+
+    `spec_revision` and `status_revision` are the store revisions at which the
+    two records were last written (0: absent, or not read from the store): a
+    conditional write compares on them.
+    """
 
     spec: ServerSpec
     status: ServerStatus | None = None
     incoming: IncomingRecord | None = None  # a live migration's target, ready to receive
+    spec_revision: int = 0
+    status_revision: int = 0
 
     @property
     def name(self) -> str:
@@ -282,8 +311,13 @@ def _coerce(record: _R, what: str) -> _R:
     for f in fields(record):
         value = getattr(record, f.name)
         annotation = str(f.type)
-        if annotation in ("Policy", "Desired", "VmState"):
-            enum_type = {"Policy": Policy, "Desired": Desired, "VmState": VmState}[annotation]
+        if annotation in ("Policy", "Desired", "VmState", "Evacuate"):
+            enum_type = {
+                "Policy": Policy,
+                "Desired": Desired,
+                "VmState": VmState,
+                "Evacuate": Evacuate,
+            }[annotation]
             if not isinstance(value, enum_type):
                 changes[f.name] = enum_type(value)
         elif annotation == "tuple[int, ...]" or annotation == "tuple[str, ...]":
@@ -397,8 +431,10 @@ __all__ = [
     "NAME_PATTERN",
     "POWER_STATE",
     "REACHED",
+    "REBUILDING_TASK",
     "BroadcastRecord",
     "Desired",
+    "Evacuate",
     "GroupRecord",
     "HostRecord",
     "IncomingRecord",

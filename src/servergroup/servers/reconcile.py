@@ -33,6 +33,15 @@ Who acts (so that no two hosts act on one server at once):
 - **Delete** is done by the owner: delete everything, write DELETED, then
   forget both records (`FORGET` is always last and comes after the status
   write).
+- A server **rebuilt** after its host died (evacuation: status task
+  `rebuilding`, written on the dead host's behalf) is built afresh by its new
+  owner: whatever still runs of it (a lab server is machine-wide, so the
+  dead host's processes may still be there, frozen or cut off) is stopped
+  first, then it is started as after a cold move.
+- A host that is neither owner nor target of a server removes what it still
+  has of it: its own copy, for drivers whose servers are per host (QEMU; the
+  copy of a host that came back after its servers were evacuated, or what a
+  cold move left), and a channel link in its channel directory.
 
 Reaching the desired state is a table (`REACH`) from (desired, observed
 power) to actions, adjusted for: a reboot asked (`spec.reboot_count` above
@@ -54,7 +63,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from servergroup.servers.drivers.base import MoveStyle, Observed, Power
-from servergroup.servers.model import REACHED, Desired, Server, ServerStatus, VmState
+from servergroup.servers.model import (
+    REACHED,
+    REBUILDING_TASK,
+    Desired,
+    Server,
+    ServerStatus,
+    VmState,
+)
 
 MIGRATING_TASK = "migrating"
 
@@ -156,7 +172,7 @@ def decide(
     current = owner(server)
     if current != me:
         if spec.host != me:
-            return Decision(actions=(), status=None, sentence=f"server {name} is not ours")
+            return _not_ours(server, observed, channel_dir=channel_dir, move_style=move_style)
         return _await_hand_over(
             server, observed, me=me, alive=host_alive(current), move_style=move_style
         )
@@ -171,6 +187,26 @@ def decide(
             server, observed, me=me, host_alive=host_alive, now_iso=now_iso, move_style=move_style
         )
     return _reach(server, observed, me=me, channel_dir=channel_dir, now_iso=now_iso)
+
+
+def _not_ours(
+    server: Server, observed: Observed, *, channel_dir: Path, move_style: MoveStyle
+) -> Decision:
+    """Host `me` neither owns the server nor is to: remove what it still has of it."""
+    name, current = server.name, owner(server)
+    if move_style is MoveStyle.COPY and observed.power is not Power.ABSENT:
+        return Decision(
+            actions=(Action.DELETE,),
+            status=None,
+            sentence=f"server {name} belongs to {current}: delete the copy left here",
+        )
+    if observed.channel_dir is not None and observed.channel_dir == channel_dir:
+        return Decision(
+            actions=(Action.DETACH,),
+            status=None,
+            sentence=f"server {name} belongs to {current}: remove its channel link here",
+        )
+    return Decision(actions=(), status=None, sentence=f"server {name} is not ours")
 
 
 def _await_hand_over(
@@ -312,6 +348,24 @@ def _reach(
                 now_iso=now_iso,
             ),
             note="a copy here waits for a migration that will not come",
+        )
+    if (
+        status is not None
+        and status.task_state == REBUILDING_TASK
+        and power in (Power.RUNNING, Power.FROZEN)
+    ):
+        # What runs is what the dead host left (a lab server is machine-wide): end it.
+        return _with_first(
+            name,
+            Action.STOP,
+            _reach(
+                server,
+                replace(observed, power=Power.STOPPED, guest_pid=None, crashed=None),
+                me=me,
+                channel_dir=channel_dir,
+                now_iso=now_iso,
+            ),
+            note="rebuilt here after its host died; what ran of it is ended first",
         )
     if observed.crashed is not None and runs:
         reason = f"server {name} crashed: {observed.crashed}"

@@ -31,9 +31,17 @@ from typing import TypeVar
 from servergroup.common.errors import LocalError
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
+    Compare,
     CoordinationError,
     Coordinator,
+    Delete,
     EventKind,
+    FencingError,
+    Get,
+    Guard,
+    Put,
+    RevisionConflict,
+    TxnOp,
     WatchCompacted,
     WatchEvent,
 )
@@ -95,6 +103,11 @@ def group_key(name: str) -> str:
     return f"{GROUPS}{name}"
 
 
+def server_prefix(name: str) -> str:
+    """The prefix of every record of server `name` (and of no other server)."""
+    return f"{SERVERS}{name}/"
+
+
 def spec_key(name: str) -> str:
     return f"{SERVERS}{name}/spec"
 
@@ -152,47 +165,181 @@ class Registry:
         return [g for _, g in sorted(snap.groups.items())]
 
     async def delete_group(self, name: str) -> None:
-        snap = await self.snapshot()
-        if name not in snap.groups:
-            raise GroupNotFound(f"group {name!r} does not exist")
-        members = [s.name for s in snap.members(name)]
-        if members:
-            raise GroupNotEmpty(
-                f"group {name!r} still has servers ({', '.join(members)}): delete them first"
-            )
-        await self._c.delete(group_key(name))
-        await self._c.delete(broadcast_key(name))
+        """Delete an empty group; a server placed in it meanwhile makes it not empty."""
+        while True:
+            kv = await self._c.get(group_key(name))
+            if kv is None:
+                raise GroupNotFound(f"group {name!r} does not exist")
+            snap = await self.snapshot()
+            members = [s.name for s in snap.members(name)]
+            if members:
+                raise GroupNotEmpty(
+                    f"group {name!r} still has servers ({', '.join(members)}): delete them first"
+                )
+            try:
+                # Every placement writes the group record: compare on its revision.
+                await self._c.delete(group_key(name), if_mod_revision=kv.mod_revision)
+            except RevisionConflict:
+                continue
+            await self._c.delete(broadcast_key(name))
+            return
 
     # -- servers -------------------------------------------------------------
 
     async def create_server(self, spec: ServerSpec) -> None:
+        """Create the server's spec unconditionally placed (no compare on the group's members).
+
+        Placement that must hold against concurrent placements uses `place`.
+        """
         if await self.get_group(spec.group) is None:
             raise GroupNotFound(f"group {spec.group!r} does not exist: create it first")
         if await self._c.create(spec_key(spec.name), encode_record(spec)) is None:
             raise ServerExists(f"server {spec.name!r} already exists")
 
-    async def put_spec(self, spec: ServerSpec) -> int:
-        """Write the spec; return the store revision of the write."""
-        return await self._c.put(spec_key(spec.name), encode_record(spec))
+    async def group_for_placement(self, group: str) -> tuple[KeyValue, RegistrySnapshot]:
+        """The group's record as stored, then everything, read after it.
 
-    async def put_status(self, status: ServerStatus) -> int:
-        """Write the status; return the store revision of the write."""
-        return await self._c.put(status_key(status.name), encode_record(status))
+        Hand the record to `place`: the placement holds only if no other
+        placement in the group happened since this read.
+        """
+        kv = await self._c.get(group_key(group))
+        if kv is None:
+            raise GroupNotFound(f"group {group!r} does not exist: create it first")
+        return kv, await self.snapshot()
 
-    async def put_incoming(self, incoming: IncomingRecord) -> int:
+    async def place(
+        self,
+        group: KeyValue,
+        spec: ServerSpec,
+        *,
+        spec_revision: int,
+        status: ServerStatus | None = None,
+        status_revision: int = 0,
+        guard: Guard | None = None,
+    ) -> int:
+        """Write a spec whose host was chosen from the group's members; return the revision.
+
+        One transaction: the group record is written again as it is (every
+        placement in a group moves its revision, so two placements decided
+        on the same members cannot both land), the spec (created when
+        `spec_revision` is 0), and `status` if given; each compared on the
+        revision it was read at, and on `guard` when given. A concurrent
+        change raises `RevisionConflict` (read again and decide again), a
+        stale guard `FencingError`.
+        """
+        name = spec.name
+        value = encode_record(spec)
+        compares = [
+            Compare.unchanged(group.key, group.mod_revision),
+            Compare.unchanged(spec_key(name), spec_revision),
+        ]
+        ops: list[TxnOp] = [
+            Put(key=group.key, value=group.value),
+            Put(key=spec_key(name), value=value),
+        ]
+        if status is not None:
+            compares.append(Compare.unchanged(status_key(name), status_revision))
+            ops.append(Put(key=status_key(name), value=encode_record(status)))
+        failure: list[TxnOp] = [Get(key=spec_key(name))]
+        if guard is not None:
+            compares.append(Compare.held(guard))
+            failure.append(Get(key=guard.key))
+        result = await self._c.txn(compares, ops, failure)
+        if result.succeeded:
+            return result.revision
+        if guard is not None:
+            held = result.reads.get(guard.key)
+            if held is None or held.create_revision != guard.create_revision:
+                raise FencingError(f"placing server {name} refused: fencing token is stale")
+        current = result.reads.get(spec_key(name))
+        if current is not None and current.value == value:
+            return current.mod_revision  # a retry of our own write that took effect
+        raise RevisionConflict(
+            f"placing server {name} refused: group {spec.group} or the server changed meanwhile"
+        )
+
+    async def put_spec(self, spec: ServerSpec, *, if_mod_revision: int | None = None) -> int:
+        """Write the spec; return the store revision of the write.
+
+        With `if_mod_revision` (the spec's revision when it was read), raise
+        `RevisionConflict` if it was written since.
+        """
+        return await self._c.put(
+            spec_key(spec.name), encode_record(spec), if_mod_revision=if_mod_revision
+        )
+
+    async def put_status(
+        self,
+        status: ServerStatus,
+        *,
+        if_mod_revision: int | None = None,
+        guard: Guard | None = None,
+    ) -> int:
+        """Write the status; return the store revision of the write.
+
+        A host writes a status compared on the revision of the status it
+        decided on (`RevisionConflict` if another host wrote since) and under
+        `guard`, its own live registration (`FencingError` once its lease is
+        gone), so that a host that was cut off or frozen never overwrites the
+        status written by the host that took the server over.
+        """
+        return await self._c.put(
+            status_key(status.name),
+            encode_record(status),
+            guard=guard,
+            if_mod_revision=if_mod_revision,
+        )
+
+    async def put_incoming(self, incoming: IncomingRecord, *, guard: Guard | None = None) -> int:
         """Say where a live migration's target waits; return the store revision of the write."""
-        return await self._c.put(incoming_key(incoming.name), encode_record(incoming))
+        return await self._c.put(incoming_key(incoming.name), encode_record(incoming), guard=guard)
 
-    async def delete_incoming(self, name: str) -> None:
-        await self._c.delete(incoming_key(name))
+    async def delete_incoming(self, name: str, *, guard: Guard | None = None) -> None:
+        await self._c.delete(incoming_key(name), guard=guard)
+
+    async def forget_server(
+        self, name: str, *, status_revision: int, guard: Guard | None = None
+    ) -> None:
+        """Remove a deleted server's records, if its status is still the one we wrote.
+
+        Compared on `status_revision` (0: not compared) and under `guard`; a
+        server written meanwhile raises `RevisionConflict` (or `FencingError`).
+        """
+        compares = [Compare.unchanged(status_key(name), status_revision)] if status_revision else []
+        if guard is not None:
+            compares.append(Compare.held(guard))
+        ops: list[TxnOp] = [
+            Delete(key=spec_key(name)),
+            Delete(key=status_key(name)),
+            Delete(key=incoming_key(name)),
+        ]
+        result = await self._c.txn(compares, ops, [Get(key=status_key(name))])
+        if result.succeeded:
+            return
+        if guard is not None:
+            held = await self._c.get(guard.key)
+            if held is None or held.create_revision != guard.create_revision:
+                raise FencingError(f"forgetting server {name} refused: fencing token is stale")
+        if result.reads.get(status_key(name)) is None:
+            return  # already forgotten
+        raise RevisionConflict(f"forgetting server {name} refused: it changed meanwhile")
 
     async def get_server(self, name: str) -> Server | None:
-        spec = _decoded(await self._c.get(spec_key(name)), decode_spec)
-        if spec is None:
+        """The server's records, read at one revision (None: it has no spec)."""
+        keys = (spec_key(name), status_key(name), incoming_key(name))
+        result = await self._c.txn([], [Get(key=k) for k in keys])
+        spec_kv, status_kv, incoming_kv = (result.reads[k] for k in keys)
+        spec = _decoded(spec_kv, decode_spec)
+        if spec is None or spec_kv is None:
             return None
-        status = _decoded(await self._c.get(status_key(name)), decode_status)
-        incoming = _decoded(await self._c.get(incoming_key(name)), decode_incoming)
-        return Server(spec=spec, status=status, incoming=incoming)
+        status = _decoded(status_kv, decode_status)
+        return Server(
+            spec=spec,
+            status=status,
+            incoming=_decoded(incoming_kv, decode_incoming),
+            spec_revision=spec_kv.mod_revision,
+            status_revision=status_kv.mod_revision if status_kv is not None else 0,
+        )
 
     async def require_server(self, name: str) -> Server:
         server = await self.get_server(name)
@@ -208,7 +355,7 @@ class Registry:
 
     async def remove_server(self, name: str) -> None:
         """Forget the server: both of its records."""
-        await self._c.delete_prefix(f"{SERVERS}{name}/")
+        await self._c.delete_prefix(server_prefix(name))
 
     # -- hosts ---------------------------------------------------------------
 
@@ -230,8 +377,8 @@ class Registry:
 def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
     """A snapshot from the key-values under the prefix (others are ignored)."""
     groups: dict[str, GroupRecord] = {}
-    specs: dict[str, ServerSpec] = {}
-    statuses: dict[str, ServerStatus] = {}
+    specs: dict[str, tuple[ServerSpec, int]] = {}
+    statuses: dict[str, tuple[ServerStatus, int]] = {}
     incomings: dict[str, IncomingRecord] = {}
     hosts: dict[str, HostRecord] = {}
     for kv in items:
@@ -249,19 +396,25 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
         elif part == "spec":
             sp = _decoded(kv, decode_spec)
             if sp is not None:
-                specs[name] = sp
+                specs[name] = (sp, kv.mod_revision)
         elif part == "status":
             st = _decoded(kv, decode_status)
             if st is not None:
-                statuses[name] = st
+                statuses[name] = (st, kv.mod_revision)
         elif part == "incoming":
             inc = _decoded(kv, decode_incoming)
             if inc is not None:
                 incomings[name] = inc
-    servers = {
-        n: Server(spec=sp, status=statuses.get(n), incoming=incomings.get(n))
-        for n, sp in specs.items()
-    }
+    servers: dict[str, Server] = {}
+    for n, (sp, spec_revision) in specs.items():
+        st, status_revision = statuses.get(n, (None, 0))
+        servers[n] = Server(
+            spec=sp,
+            status=st,
+            incoming=incomings.get(n),
+            spec_revision=spec_revision,
+            status_revision=status_revision,
+        )
     return RegistrySnapshot(revision=revision, groups=groups, servers=servers, hosts=hosts)
 
 
@@ -449,13 +602,17 @@ class RegistryCache:
                 spec = None if deleted else _decoded(_kv(event), decode_spec)
                 if spec is not None:
                     after = (
-                        replace(old_server, spec=spec)
+                        replace(old_server, spec=spec, spec_revision=event.revision)
                         if old_server is not None
-                        else Server(spec=spec)
+                        else Server(spec=spec, spec_revision=event.revision)
                     )
             elif old_server is not None and part == "status":
                 status = None if deleted else _decoded(_kv(event), decode_status)
-                after = replace(old_server, status=status)
+                after = replace(
+                    old_server,
+                    status=status,
+                    status_revision=event.revision if status is not None else 0,
+                )
             elif old_server is not None:
                 incoming = None if deleted else _decoded(_kv(event), decode_incoming)
                 after = replace(old_server, incoming=incoming)
@@ -513,6 +670,7 @@ __all__ = [
     "group_key",
     "host_key",
     "incoming_key",
+    "server_prefix",
     "spec_key",
     "status_key",
 ]

@@ -240,7 +240,57 @@ def test_delete_while_moving_is_done_by_the_owner() -> None:
 def test_other_hosts_servers_are_not_touched() -> None:
     server = Server(spec=replace(SPEC, host="h2"), status=status(VmState.ACTIVE, host="h2"))
     assert not involves(server, "h0")
-    assert run(server, seen(Power.RUNNING)).idle
+    assert run(server, seen(Power.RUNNING, channel=Path("/ch/h2"))).idle
+    assert run(server, seen(Power.ABSENT), me="h0").idle
+
+
+def test_a_link_left_in_our_channel_dir_is_removed() -> None:
+    # A host back after its servers were evacuated: the link must not stay ours.
+    server = Server(spec=replace(SPEC, host="h2"), status=status(VmState.ACTIVE, host="h2"))
+    d = run(server, seen(Power.RUNNING, channel=CH0))
+    assert d.actions == (A.DETACH,)
+    assert d.status is None
+
+
+def test_a_copy_of_a_server_owned_elsewhere_is_deleted() -> None:
+    server = Server(spec=replace(SPEC, host="h2"), status=status(VmState.ACTIVE, host="h2"))
+    for power in (Power.RUNNING, Power.FROZEN, Power.STOPPED):
+        d = decide(
+            server,
+            seen(power),
+            me="h0",
+            channel_dir=CH0,
+            host_alive=lambda h: True,
+            now_iso=NOW,
+            move_style=MoveStyle.COPY,
+        )
+        assert d.actions == (A.DELETE,)
+        assert d.status is None
+    absent = decide(
+        server,
+        seen(Power.ABSENT),
+        me="h0",
+        channel_dir=CH0,
+        host_alive=lambda h: True,
+        now_iso=NOW,
+        move_style=MoveStyle.COPY,
+    )
+    assert absent.idle
+
+
+@pytest.mark.parametrize("power", [Power.RUNNING, Power.FROZEN])
+def test_a_rebuilt_server_ends_what_ran_and_starts_afresh(power: Power) -> None:
+    rebuilding = status(VmState.BUILDING, host="h0", task_state="rebuilding")
+    server = Server(spec=SPEC, status=rebuilding)
+    d = run(server, seen(power, channel=Path("/ch/h9")))
+    assert d.actions == (A.STOP, A.START, A.ATTACH)
+    assert d.status is not None
+    assert (d.status.host, d.status.state, d.status.task_state) == ("h0", VmState.ACTIVE, None)
+    assert "rebuilt" in d.sentence
+    fresh = run(server, seen(Power.ABSENT))
+    assert fresh.actions == (A.CREATE, A.START, A.ATTACH)
+    assert fresh.status is not None
+    assert fresh.status.task_state is None
 
 
 def test_failed_keeps_the_owner_and_says_why() -> None:
