@@ -20,6 +20,7 @@ from servergroup.coordination.local_etcd import resolve_endpoints
 from servergroup.servers.model import (
     MAX_VCPUS,
     Desired,
+    Evacuate,
     GroupRecord,
     Policy,
     Server,
@@ -99,11 +100,23 @@ def group() -> None:
     help="affinity: every member on one host; anti-affinity: each member on its own host; "
     "soft-*: the same as preferences, never refusing a server.",
 )
+@click.option(
+    "--evacuate",
+    type=click.Choice([e.value for e in Evacuate]),
+    default=Evacuate.AUTO.value,
+    show_default=True,
+    help="When a host dies: auto rebuilds its servers of this group on the other hosts after "
+    "the grace period; manual waits for `servergroup server evacuate`.",
+)
 @pass_state
-def group_create(state: CliState, name: str, policy: str) -> None:
+def group_create(state: CliState, name: str, policy: str, evacuate: str) -> None:
     """Create the server group NAME."""
-    record = _run(state, lambda ops: ops.create_group(name, Policy(policy)))
-    click.echo(f"group {record.name} created ({record.policy.value})")
+    record = _run(
+        state, lambda ops: ops.create_group(name, Policy(policy), evacuate=Evacuate(evacuate))
+    )
+    click.echo(
+        f"group {record.name} created ({record.policy.value}, evacuate {record.evacuate.value})"
+    )
 
 
 @group.command("list")
@@ -127,6 +140,7 @@ def group_list(state: CliState, as_json: bool) -> None:
             {
                 "name": g.name,
                 "policy": g.policy.value,
+                "evacuate": g.evacuate.value,
                 "uuid": g.uuid,
                 "created_at": g.created_at,
                 "members": members[g.name],
@@ -138,8 +152,10 @@ def group_list(state: CliState, as_json: bool) -> None:
     if not groups:
         click.echo("no groups")
         return
-    rows = [[g.name, g.policy.value, ",".join(members[g.name]) or "-"] for g in groups]
-    _table(["NAME", "POLICY", "MEMBERS"], rows)
+    rows = [
+        [g.name, g.policy.value, g.evacuate.value, ",".join(members[g.name]) or "-"] for g in groups
+    ]
+    _table(["NAME", "POLICY", "EVACUATE", "MEMBERS"], rows)
 
 
 @group.command("delete")
@@ -310,12 +326,44 @@ _lifecycle("delete", "is deleted", "Delete the server NAME and everything it had
     show_default=True,
     help="Live: the server keeps running and only its channel moves; cold: stop, move, start.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Move it even if that breaks its group's affinity or anti-affinity policy.",
+)
 @timeout_option
 @pass_state
-def server_migrate(state: CliState, name: str, to: str, live: bool, timeout: float | None) -> None:
-    """Move the server NAME to another host."""
-    moved = _run(state, lambda ops: ops.migrate(name, to, live=live, timeout=timeout))
+def server_migrate(
+    state: CliState, name: str, to: str, live: bool, force: bool, timeout: float | None
+) -> None:
+    """Move the server NAME to another host.
+
+    A move that would break its group's (hard) policy is refused unless --force.
+    """
+    moved = _run(state, lambda ops: ops.migrate(name, to, live=live, force=force, timeout=timeout))
     click.echo(f"server {name} is {moved.state.value} on {moved.host}")
+
+
+@server.command("evacuate")
+@click.argument("name", required=False)
+@click.option("--host", "host", default=None, help="Evacuate every server of this dead host.")
+@click.option("--to", "to", default=None, help="Rebuild it there [default: the group's policy].")
+@timeout_option
+@pass_state
+def server_evacuate(
+    state: CliState, name: str | None, host: str | None, to: str | None, timeout: float | None
+) -> None:
+    """Rebuild the server NAME (or every server of --host) of a dead host on a live one.
+
+    Hosts do this by themselves after the grace period for groups created with
+    `--evacuate auto` (the default); this is for `--evacuate manual` groups, or
+    to choose the host. Refused while the server's host is alive.
+    """
+    if (name is None) == (host is None):
+        raise UsageError("name a server, or give --host HOST, to evacuate")
+    rebuilt = _run(state, lambda ops: ops.evacuate(name, host=host, to=to, timeout=timeout))
+    for server in rebuilt:
+        click.echo(f"server {server.name} is rebuilt: {server.state.value} on {server.host}")
 
 
 @server.command(

@@ -90,13 +90,8 @@ def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None
         return None  # not (or no longer) observed by any host: nothing happened yet
     new = after.status
     old = before.status if before is not None else None
-    if (
-        old is not None
-        and old.task_state == REBUILDING_TASK
-        and new.task_state != REBUILDING_TASK
-        and new.state is not VmState.ERROR
-    ):
-        return "evacuate.end", INFO
+    if old is not None and old.task_state == REBUILDING_TASK and new.task_state != REBUILDING_TASK:
+        return ("error", ERROR) if new.state is VmState.ERROR else ("evacuate.end", INFO)
     if old is None or old.state is VmState.BUILDING:
         return ("create.end", INFO) if new.state is VmState.ACTIVE else None
     # The source host hands a server over by writing MIGRATING with the target

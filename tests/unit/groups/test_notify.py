@@ -41,6 +41,13 @@ def server(
     return Server(spec=spec, status=status)
 
 
+def rebuilding(host: str) -> Server:
+    """A server its evacuation handed over to `host`, not yet reported by it."""
+    base = server(VmState.BUILDING, host=host)
+    assert base.status is not None
+    return replace(base, status=replace(base.status, task_state="rebuilding"))
+
+
 A, P, S = VmState.ACTIVE, VmState.PAUSED, VmState.STOPPED
 B, M, E, D = VmState.BUILDING, VmState.MIGRATING, VmState.ERROR, VmState.DELETED
 
@@ -57,6 +64,10 @@ TABLE: list[tuple[str, Server | None, Server | None, str | None]] = [
     ("stopped -> active", server(S), server(A), "power_on.end"),
     ("active -> error", server(A), server(E), "error"),
     ("active -> migrating", server(A), server(M), None),
+    ("its host died: rebuilding elsewhere", server(A), rebuilding("h2"), None),
+    ("rebuilt: active on the new host", rebuilding("h2"), server(A, host="h2"), "evacuate.end"),
+    ("rebuilt: paused on the new host", rebuilding("h2"), server(P, host="h2"), "evacuate.end"),
+    ("rebuild failed", rebuilding("h2"), server(E, host="h2"), "error"),
     ("migrating -> active elsewhere", server(M), server(A, host="h2"), "live_migration.end"),
     # The source hands over by writing MIGRATING with the target as host already.
     ("handed over -> active", server(M, host="h2"), server(A, host="h2"), "live_migration.end"),

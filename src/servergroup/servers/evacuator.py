@@ -1,0 +1,176 @@
+"""The evacuator: one surviving host at a time rebuilds the servers of dead hosts.
+
+Theory of operation. Every host daemon runs an `Evacuator`; they all follow
+the registry cache and remember since when each dead host has been gone (so
+that a host that becomes evacuator later still honours the grace period
+counted from its own first sight), but only the owner of the ownership key
+`election/evacuation` acts. The owner decides with `evacuation.decide` on
+each registry change and when a grace period ends, logs the decision's
+sentence when it changes, and writes each rebuild with `Registry.place`
+under its fencing token: an evacuator that lost its lease (frozen, cut off)
+is refused by the store, so two evacuators never rebuild one server twice.
+A write that finds the records changed (the operator, the dead host coming
+back) is decided again on the next snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from servergroup.common.logsetup import log_bug
+from servergroup.coordination import (
+    CoordinationError,
+    FencingError,
+    NotOwner,
+    Ownership,
+    RevisionConflict,
+    Session,
+)
+from servergroup.servers.evacuation import dead_hosts, decide
+from servergroup.servers.manager import iso_now
+from servergroup.servers.registry import Registry, RegistryCache, RegistryChange
+
+log = logging.getLogger(__name__)
+
+#: The ownership key of the evacuator (below the coordinator's prefix).
+EVACUATION_KEY = "election/evacuation"
+
+#: The default grace period: how long a host must be gone before its servers move.
+DEFAULT_GRACE = 5.0
+
+
+class Evacuator:
+    """Rebuilds the servers of dead hosts while this host owns `EVACUATION_KEY`."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        cache: RegistryCache,
+        session: Session,
+        host: str,
+        grace: float = DEFAULT_GRACE,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = "evacuator"
+        self._registry = registry
+        self._cache = cache
+        self._ownership = Ownership(session, EVACUATION_KEY, host.encode())
+        self.host = host
+        self.grace = grace
+        self._monotonic = monotonic
+        self._wall = wall
+        self._gone_since: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_sentence = ""
+        self.rebuilt = 0  # servers this evacuator rebuilt (for tests and health)
+
+    @property
+    def is_owner(self) -> bool:
+        return self._ownership.is_owner()
+
+    async def start(self) -> None:
+        self._ownership.start()
+        self._task = asyncio.create_task(self._run(), name=f"evacuator-{self.host}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._ownership.resign()
+
+    def _track(self) -> None:
+        """Remember since when each dead host is gone; forget hosts that came back."""
+        now = self._monotonic()
+        dead = set(dead_hosts(self._cache.snapshot))
+        for host in dead:
+            self._gone_since.setdefault(host, now)
+        for host in set(self._gone_since) - dead:
+            del self._gone_since[host]
+
+    async def _run(self) -> None:
+        queue = self._cache.subscribe()
+        try:
+            while True:
+                self._track()
+                wait_for: float | None = None
+                if self._ownership.is_owner():
+                    try:
+                        wait_for = await self._pass()
+                    except (RevisionConflict, FencingError, NotOwner) as exc:
+                        log.info("evacuator on %s: %s; deciding again", self.host, exc)
+                        wait_for = 0.05
+                    except CoordinationError as exc:
+                        log.warning("evacuator on %s: %s; retrying", self.host, exc)
+                        wait_for = 1.0
+                    except Exception:
+                        log_bug(log, "the evacuator")
+                        wait_for = 1.0
+                elif self._gone_since:
+                    wait_for = 0.5  # see whether we became the owner
+                await _next_change(queue, wait_for)
+        finally:
+            self._cache.unsubscribe(queue)
+
+    async def _pass(self) -> float | None:
+        """Decide once and write the rebuilds; return how long until the next check."""
+        snapshot = self._cache.snapshot
+        now = self._monotonic()
+        decision = decide(
+            snapshot,
+            gone_since=self._gone_since,
+            grace=self.grace,
+            now=now,
+            now_iso=iso_now(self._wall()),
+        )
+        if decision.sentence != self._last_sentence:
+            log.info("evacuator on %s: %s", self.host, decision.sentence)
+            self._last_sentence = decision.sentence
+        written = 0
+        for rebuild in decision.rebuilds:
+            group, _ = await self._registry.group_for_placement(rebuild.spec.group)
+            written = await self._registry.place(
+                group,
+                rebuild.spec,
+                spec_revision=rebuild.spec_revision,
+                status=rebuild.status,
+                status_revision=rebuild.status_revision,
+                guard=self._ownership.guard(),
+            )
+            self.rebuilt += 1
+            log.info(
+                "evacuator on %s: server %s of dead host %s is rebuilt on %s",
+                self.host,
+                rebuild.name,
+                rebuild.dead_host,
+                rebuild.spec.host,
+            )
+        if decision.rebuilds:
+            # Decide again once the cache shows what we wrote.
+            with contextlib.suppress(TimeoutError):
+                await self._cache.wait_for(lambda s: s.revision >= written, timeout=5.0)
+            return 0.0
+        if decision.stuck:
+            return 1.0  # a host may come up to take them
+        if decision.next_check_at is not None:
+            return max(0.0, decision.next_check_at - now)
+        return None
+
+
+async def _next_change(queue: asyncio.Queue[RegistryChange], timeout: float | None) -> None:
+    """Wait for the next registry change, or `timeout` seconds (None: no limit)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await queue.get()
+    while not queue.empty():
+        queue.get_nowait()  # one decision covers every change so far
+
+
+__all__ = ["DEFAULT_GRACE", "EVACUATION_KEY", "Evacuator"]
