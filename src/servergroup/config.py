@@ -143,6 +143,23 @@ class LocalEtcdConfig:
         return self
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServersConfig:
+    """How hosts look after servers."""
+
+    #: How long a host's lease must have been gone before its servers are
+    #: rebuilt elsewhere (groups with `evacuate = "auto"`); 0 rebuilds at once.
+    evacuation_grace: float = 5.0
+
+    def validate(self) -> ServersConfig:
+        if not 0 <= self.evacuation_grace <= 86400:
+            raise ConfigError(
+                "servers evacuation_grace must be between 0 and 86400 seconds; "
+                f"got {self.evacuation_grace:g}."
+            )
+        return self
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
     env = os.environ if env is None else env
@@ -162,6 +179,7 @@ class Config:
     state_dir: Path = field(default_factory=default_state_dir)
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     etcd: LocalEtcdConfig = field(default_factory=LocalEtcdConfig)
+    servers: ServersConfig = field(default_factory=ServersConfig)
 
     @property
     def managed_etcd(self) -> bool:
@@ -255,6 +273,7 @@ ENV_MAP = {
     "SERVERGROUP_LEASE_TTL": ("coordination", "lease_ttl"),
     "SERVERGROUP_ETCD_PORT": ("etcd", "client_port"),
     "SERVERGROUP_ETCD_PEER_PORT": ("etcd", "peer_port"),
+    "SERVERGROUP_EVACUATION_GRACE": ("servers", "evacuation_grace"),
 }
 
 
@@ -270,7 +289,7 @@ def load_config(
     settings; a value of None means "not given" and is ignored.
     """
     env = os.environ if env is None else env
-    layers: dict[str, dict[str, Any]] = {"": {}, "coordination": {}, "etcd": {}}
+    layers: dict[str, dict[str, Any]] = {"": {}, "coordination": {}, "etcd": {}, "servers": {}}
     if path is None and env.get("SERVERGROUP_CONFIG"):
         path = Path(env["SERVERGROUP_CONFIG"])
     if path is None and SYSTEM_CONFIG.exists():
@@ -278,7 +297,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         for key, value in data.items():
-            if key in ("coordination", "etcd"):
+            if key in ("coordination", "etcd", "servers"):
                 if not isinstance(value, dict):
                     raise ConfigError(f"[{key}] in {path} must be a table.")
                 layers[key].update(value)
@@ -303,6 +322,7 @@ def load_config(
         state_dir=state_dir if state_dir is not None else default_state_dir(env),
         coordination=_section(CoordinationConfig, "coordination", layers["coordination"]),
         etcd=_section(LocalEtcdConfig, "etcd", layers["etcd"]),
+        servers=_section(ServersConfig, "servers", layers["servers"]),
     )
 
 
@@ -312,6 +332,7 @@ __all__ = [
     "CoordinationConfig",
     "Endpoint",
     "LocalEtcdConfig",
+    "ServersConfig",
     "default_state_dir",
     "load_config",
     "parse_endpoints",

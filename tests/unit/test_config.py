@@ -220,3 +220,14 @@ def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.state_dir = Path("/elsewhere")  # type: ignore[misc]
     assert math.isfinite(config.etcd.start_timeout)
+
+
+def test_evacuation_grace_from_file_env_and_bounds(tmp_path: Path) -> None:
+    assert load_config(env={}).servers.evacuation_grace == 5.0
+    path = tmp_path / "c.toml"
+    path.write_text("[servers]\nevacuation_grace = 0\n")
+    assert load_config(path, env={}).servers.evacuation_grace == 0.0
+    env = {"SERVERGROUP_EVACUATION_GRACE": "2.5"}
+    assert load_config(path, env=env).servers.evacuation_grace == 2.5
+    with pytest.raises(ConfigError, match="evacuation_grace must be between 0 and 86400"):
+        load_config(env={"SERVERGROUP_EVACUATION_GRACE": "-1"})
