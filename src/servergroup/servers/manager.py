@@ -106,9 +106,14 @@ class ServerManager:
     # -- life cycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Adopt and reconcile what this host owns, then follow the registry."""
+        """Adopt and reconcile what this host owns, then follow the registry.
+
+        Every server is looked at once: what this host still has of servers
+        that moved elsewhere while it was down (their hosts' evacuation) is
+        removed.
+        """
         self._queue = self._cache.subscribe()
-        for name in self._ours(self._cache.snapshot):
+        for name in sorted(self._cache.snapshot.servers):
             self.kick(name)
         workers = list(self._workers.values())
         if workers:
@@ -216,7 +221,7 @@ class ServerManager:
         if snap is None:
             return
         server = snap.servers.get(name)
-        if server is None or not involves(server, self.host):
+        if server is None:
             return
         spec = server.spec
         driver = self._drivers.get(spec.driver)
