@@ -46,28 +46,23 @@ import functools
 import itertools
 import json
 import os
-import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
 
 from servergroup.config import CoordinationConfig, parse_endpoints
 from servergroup.coordination import EtcdCoordinator
-from servergroup.coordination.etcd_process import free_ports
 from servergroup.coordination.types import EventKind
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 MEMBER = HERE / "messaging_member.py"
 GROUP = "bench"
 SERVERS = 10
@@ -100,41 +95,6 @@ GOALS = {
 
 
 # -- small helpers ---------------------------------------------------------------------
-
-
-def quantile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(samples: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict[str, Any]:
-    """Count, p50/p90/p99/max/mean of `samples` times `scale`, rounded."""
-    if not samples:
-        return {"n": 0}
-    return {
-        "n": len(samples),
-        "min": round(min(samples) * scale, digits),
-        "p50": round(quantile(samples, 0.50) * scale, digits),
-        "p90": round(quantile(samples, 0.90) * scale, digits),
-        "p99": round(quantile(samples, 0.99) * scale, digits),
-        "max": round(max(samples) * scale, digits),
-        "mean": round(statistics.fmean(samples) * scale, digits),
-    }
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def short_lab_name() -> str:
-    """`msg` + the PID in base 36 (last 5 digits): at most 8 characters of [a-z0-9]."""
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    number, text = os.getpid(), ""
-    while number:
-        number, digit = divmod(number, 36)
-        text = digits[digit] + text
-    return "msg" + text[-5:]
 
 
 # -- what members print ------------------------------------------------------------------
@@ -227,54 +187,16 @@ class StoreEvent:
     value: bytes
 
 
-class Bench:
+class Bench(UpRun):
     """The setup of one run: CLI calls with its environment, the members, an etcd watcher."""
 
-    def __init__(self, state_dir: Path, lab: str, ports: tuple[int, int]) -> None:
-        self.state_dir = state_dir
-        self.lab = lab
-        self.env = {
-            **os.environ,
-            "SERVERGROUP_STATE_DIR": str(state_dir),
-            "SERVERGROUP_ETCD_PORT": str(ports[0]),
-            "SERVERGROUP_ETCD_PEER_PORT": str(ports[1]),
-            "SERVERGROUP_LAB": lab,
-        }
-        for inherited in ("SERVERGROUP_ETCD_ENDPOINTS", "SERVERGROUP_CONFIG", "SERVERGROUP_PREFIX"):
-            self.env.pop(inherited, None)
+    def __init__(self) -> None:
+        super().__init__("msg", cli_timeout=CLI_TIMEOUT)
         self.members: list[Member] = []
         self.store: list[StoreEvent] = []
         self.changed = asyncio.Condition()
         self.up: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "servergroup", *args]
-
-    async def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
-        """Run `servergroup ARGS` without blocking the loop; its stdout, or raise."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(*args),
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"servergroup {' '.join(args)} took over {timeout:g} s") from None
-        finally:
-            if proc.returncode is None:  # timed out or cancelled (Ctrl-C)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"servergroup {' '.join(args)} exited {proc.returncode}: "
-                f"{err.decode().strip()} {out.decode().strip()}"
-            )
-        return out.decode()
 
     async def bring_up(self) -> None:
         self.up = json.loads(await self.cli("up", "--hosts", str(len(HOSTS)), "--json"))
@@ -725,45 +647,6 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(watcher, return_exceptions=True)
 
 
-@contextlib.contextmanager
-def interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM ends the run like Ctrl-C, so that the teardown runs."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def tear_down(bench: Bench) -> None:
-    say("servergroup down")
-    for attempt in (1, 2):
-        try:
-            done = subprocess.run(
-                bench.argv("down"),
-                env=bench.env,
-                capture_output=True,
-                text=True,
-                timeout=CLI_TIMEOUT,
-                check=False,
-            )
-            if done.returncode != 0:
-                say(f"servergroup down exited {done.returncode}: {done.stderr.strip()}")
-            break
-        except KeyboardInterrupt:
-            if attempt == 2:
-                raise
-            say("still tearing down; Ctrl-C again to abandon (then run `servergroup down`)")
-        except subprocess.TimeoutExpired:
-            say(f"servergroup down took over {CLI_TIMEOUT:g} s")
-            break
-    shutil.rmtree(bench.state_dir, ignore_errors=True)
-
-
 # -- output ------------------------------------------------------------------------------
 
 
@@ -841,9 +724,8 @@ def write(
     meta = {
         "benchmark": "messaging",
         "command": "python bench/messaging.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-        f"{platform.python_implementation()} {platform.python_version()}",
+        "date": utc_now(),
+        "machine": machine(),
         "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
         f"{SERVERS} lab servers round-robin on {', '.join(HOSTS)}, one group",
         "broadcast_rate_per_s": args.rate,
@@ -881,24 +763,10 @@ def main() -> None:
     args.kills = args.kills or (1 if args.quick else 5)
     if os.geteuid() != 0:
         sys.exit("bench/messaging.py needs root (lab namespaces and cgroups)")
-    # A short state directory: unix socket paths must fit in 108 bytes.
-    state_dir = Path(tempfile.mkdtemp(prefix="sgb-", dir="/tmp"))
-    lab = short_lab_name()
-    client_port, peer_port = free_ports(2)
-    bench = Bench(state_dir, lab, (client_port, peer_port))
+    bench = Bench()
     load_at_start = os.getloadavg()[0]
-    with interrupts_as_keyboard_interrupt():
-        try:
-            results = asyncio.run(run(bench, args))
-        except KeyboardInterrupt:
-            say("interrupted")
-            tear_down(bench)
-            sys.exit(130)
-        except Exception:
-            tear_down(bench)
-            raise
-        tear_down(bench)
-    write(results, args, lab, load_at_start)
+    results = run_then_tear_down(bench, run(bench, args))
+    write(results, args, bench.lab, load_at_start)
 
 
 if __name__ == "__main__":

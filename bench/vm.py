@@ -43,25 +43,19 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from servergroup.coordination.etcd_process import free_ports
+from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 GROUP = "bench"
 HOSTS = ("h1", "h2")
 CLI_TIMEOUT = 240.0
@@ -106,41 +100,6 @@ DRIVER_DOWNTIME_LIMIT_MS = 100
 
 
 # -- small helpers ---------------------------------------------------------------------
-
-
-def quantile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(samples: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict[str, Any]:
-    """Count, min/p50/p90/p99/max/mean of `samples` times `scale`, rounded."""
-    if not samples:
-        return {"n": 0}
-    return {
-        "n": len(samples),
-        "min": round(min(samples) * scale, digits),
-        "p50": round(quantile(samples, 0.50) * scale, digits),
-        "p90": round(quantile(samples, 0.90) * scale, digits),
-        "p99": round(quantile(samples, 0.99) * scale, digits),
-        "max": round(max(samples) * scale, digits),
-        "mean": round(statistics.fmean(samples) * scale, digits),
-    }
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def short_lab_name() -> str:
-    """`vm` + the PID in base 36 (last 5 digits): at most 7 characters of [a-z0-9]."""
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    number, text = os.getpid(), ""
-    while number:
-        number, digit = divmod(number, 36)
-        text = digits[digit] + text
-    return "vm" + text[-5:]
 
 
 # -- following files -------------------------------------------------------------------
@@ -236,53 +195,12 @@ class Poller:
 # -- the setup -------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(UpRun):
     """The setup of one run: CLI calls with its environment, paths of its files."""
 
-    def __init__(self, state_dir: Path, lab: str, ports: tuple[int, int]) -> None:
-        self.state_dir = state_dir
-        self.lab = lab
-        self.env = {
-            **os.environ,
-            "SERVERGROUP_STATE_DIR": str(state_dir),
-            "SERVERGROUP_ETCD_PORT": str(ports[0]),
-            "SERVERGROUP_ETCD_PEER_PORT": str(ports[1]),
-            "SERVERGROUP_LAB": lab,
-        }
-        for inherited in ("SERVERGROUP_ETCD_ENDPOINTS", "SERVERGROUP_CONFIG", "SERVERGROUP_PREFIX"):
-            self.env.pop(inherited, None)
+    def __init__(self) -> None:
+        super().__init__("vm", cli_timeout=CLI_TIMEOUT)
         self.poller = Poller()
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "servergroup", *args]
-
-    async def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
-        """Run `servergroup ARGS` without blocking the loop; its stdout, or raise."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(*args),
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"servergroup {' '.join(args)} took over {timeout:g} s") from None
-        finally:
-            if proc.returncode is None:  # timed out or cancelled (Ctrl-C)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"servergroup {' '.join(args)} exited {proc.returncode}: "
-                f"{err.decode().strip()} {out.decode().strip()}"
-            )
-        return out.decode()
-
-    def host_log(self, host: str) -> Path:
-        return self.state_dir / "up" / "hosts" / host / "host.log"
 
     def console(self, host: str, name: str) -> Path:
         return self.state_dir / "qemu" / host / name / "console.log"
@@ -615,20 +533,6 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         await bench.poller.stop()
 
 
-@contextlib.contextmanager
-def interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM ends the run like Ctrl-C, so that the teardown runs."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def leftover_qemus(state_dir: Path) -> list[int]:
     """PIDs of QEMUs still running for a VM of `state_dir` (by their command line)."""
     pids = []
@@ -639,36 +543,6 @@ def leftover_qemus(state_dir: Path) -> list[int]:
             if qmp in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.append(pid)
     return pids
-
-
-def tear_down(bench: Bench) -> None:
-    say("servergroup down")
-    for attempt in (1, 2):
-        try:
-            done = subprocess.run(
-                bench.argv("down"),
-                env=bench.env,
-                capture_output=True,
-                text=True,
-                timeout=CLI_TIMEOUT,
-                check=False,
-            )
-            if done.returncode != 0:
-                say(f"servergroup down exited {done.returncode}: {done.stderr.strip()}")
-            break
-        except KeyboardInterrupt:
-            if attempt == 2:
-                raise
-            say("still tearing down; Ctrl-C again to abandon (then run `servergroup down`)")
-        except subprocess.TimeoutExpired:
-            say(f"servergroup down took over {CLI_TIMEOUT:g} s")
-            break
-    # `down` ends the VMs; should one survive it, it is this run's own: end it by PID.
-    for pid in leftover_qemus(bench.state_dir):
-        say(f"QEMU pid {pid} outlived servergroup down: killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(bench.state_dir, ignore_errors=True)
 
 
 # -- output ------------------------------------------------------------------------------
@@ -773,9 +647,8 @@ def write(
     meta = {
         "benchmark": "vm",
         "command": "python bench/vm.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-        f"{platform.python_implementation()} {platform.python_version()}",
+        "date": utc_now(),
+        "machine": machine(),
         "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
         f"qemu servers (default flavor: 1 vCPU), {args.boots} boots on h1, "
         f"{args.migrations} live migrations h1 <-> h2",
@@ -816,24 +689,10 @@ def main() -> None:
         sys.exit("bench/vm.py needs root (lab namespaces, cgroups, the qemu driver)")
     if shutil.which("qemu-system-x86_64") is None:
         sys.exit("bench/vm.py needs qemu-system-x86_64 (Debian package qemu-system-x86)")
-    # A short state directory: unix socket paths must fit in 108 bytes.
-    state_dir = Path(tempfile.mkdtemp(prefix="sgv-", dir="/tmp"))
-    lab = short_lab_name()
-    client_port, peer_port = free_ports(2)
-    bench = Bench(state_dir, lab, (client_port, peer_port))
+    bench = Bench()
     load_at_start = os.getloadavg()[0]
-    with interrupts_as_keyboard_interrupt():
-        try:
-            results = asyncio.run(run(bench, args))
-        except KeyboardInterrupt:
-            say("interrupted")
-            tear_down(bench)
-            sys.exit(130)
-        except Exception:
-            tear_down(bench)
-            raise
-        tear_down(bench)
-    write(results, args, lab, load_at_start)
+    results = run_then_tear_down(bench, run(bench, args))
+    write(results, args, bench.lab, load_at_start)
 
 
 if __name__ == "__main__":
