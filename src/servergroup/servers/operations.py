@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from servergroup.common.errors import LocalError, RemoteError
+from servergroup.servers.drivers.registry import driver_info
 from servergroup.servers.manager import iso_now
 from servergroup.servers.model import (
     MAX_VCPUS,
     Desired,
+    DriverKind,
     GroupRecord,
     HostRecord,
     Policy,
@@ -66,10 +68,6 @@ class OperationTimeout(RemoteError):
 
 class OperationFailed(RemoteError):
     """The server's host reported that it could not carry the request out."""
-
-
-#: The least an operation on a qemu server waits when no timeout is given.
-QEMU_TIMEOUT = 120.0
 
 
 class Operations:
@@ -125,7 +123,7 @@ class Operations:
         min_vcpus: int = 1,
         host: str | None = None,
         *,
-        driver: str = "lab",
+        driver: DriverKind = DriverKind.LAB,
         memory_mb: int | None = None,
         timeout: float | None = None,
     ) -> Server:
@@ -148,9 +146,9 @@ class Operations:
             raise NoHostRunning()
         able = {h: rec for h, rec in snap.hosts.items() if driver in rec.drivers}
         if not able:
-            raise OperationError(f"no running host has the {driver} driver")
+            raise OperationError(f"no running host has the {driver.value} driver")
         if host is not None and host in snap.hosts and host not in able:
-            raise OperationError(f"host {host} has no {driver} driver")
+            raise OperationError(f"host {host} has no {driver.value} driver")
         chosen = choose_host(
             group=group,
             policy=record.policy,
@@ -278,8 +276,8 @@ class Operations:
     ) -> Server:
         """The server once settled; OperationFailed / OperationTimeout with one sentence."""
         limit = timeout if timeout is not None else self.timeout
-        if timeout is None and spec.driver == "qemu":
-            limit = max(limit, QEMU_TIMEOUT)  # a VM boots or migrates in seconds, not at once
+        if timeout is None:  # a VM, say, boots or migrates in seconds, not at once
+            limit = max(limit, driver_info(spec.driver).least_timeout)
         deadline = time.monotonic() + limit
         name = spec.name
         coordinator = self.registry.coordinator
