@@ -315,9 +315,6 @@ class Cpusets:
                         (level / setting).write_text((parent / setting).read_text().strip())
             parent = level
 
-    def cpus(self, name: str) -> tuple[int, ...]:
-        return parse_cpus((self.path(name) / "cpuset.cpus").read_text())
-
     def set_cpus(self, name: str, cpus: Sequence[int]) -> None:
         (self.path(name) / "cpuset.cpus").write_text(format_cpus(cpus))
 
