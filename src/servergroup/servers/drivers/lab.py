@@ -797,8 +797,11 @@ class LabDriver:
 
     # -- vCPUs (see "vCPUs" in the module docstring) ----------------------------------
 
-    def _ensure_cpuset(self, name: str) -> None:
-        """Make the server's cpuset if missing, allowing its vCPUs' CPUs (no cpusets: nothing)."""
+    def _ensure_cpuset(self, name: str, *, required: bool = False) -> None:
+        """Make the server's cpuset if missing, allowing its vCPUs' CPUs (no cpusets: nothing).
+
+        Not `required`, a failure is logged: the server runs, without vCPU operations.
+        """
         cpusets = self.cpusets
         if cpusets is None or cpusets.exists(name):
             return
@@ -806,9 +809,10 @@ class LabDriver:
             cpusets.create(name)
             cpusets.set_cpus(name, sorted(set().union(*self._affinities(name, cpusets, None))))
         except OSError as exc:
-            raise DriverError(
-                f"cannot create cgroup {cpusets.path(name)}: {exc.strerror}"
-            ) from None
+            why = f"cannot create cgroup {cpusets.path(name)}: {exc.strerror}"
+            if required:
+                raise DriverError(why) from None
+            log.warning("lab server %s runs without vCPU operations: %s", name, why)
 
     def _affinities(self, name: str, cpusets: Cpusets, vcpus: int | None) -> list[tuple[int, ...]]:
         """Each vCPU's recorded affinity (every allowed CPU when unpinned), `vcpus` of them.
@@ -845,7 +849,7 @@ class LabDriver:
         pids = self.cgroups.procs(name)
         if not pids:
             raise DriverError(f"lab server {name} is not running")
-        self._ensure_cpuset(name)
+        self._ensure_cpuset(name, required=True)
         if cpusets.procs_file(name) != self.cgroups.procs_file(name):
             # Processes that joined before the server had a cpuset (an older version).
             inside = set(cpusets.threads(name))
