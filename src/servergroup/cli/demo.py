@@ -20,6 +20,7 @@ from servergroup.demo import (
     run_messaging_demo,
 )
 from servergroup.demo.messaging import choose_driver
+from servergroup.servers.drivers.registry import driver_info
 
 
 def _say(text: str) -> None:
@@ -83,8 +84,7 @@ def _messaging(config: Config) -> None:
         _say("Bringing up 2 lab hosts (network namespaces), each with a host daemon.")
         status = bring_up(config, hosts=2, lab_name=os.environ.get("SERVERGROUP_LAB"))
     driver, why = choose_driver()
-    kind = "qemu servers (real VMs)" if driver == "qemu" else "lab servers (network namespaces)"
-    _say(f"Using {kind}: {why}.")
+    _say(f"Using {driver.value} servers ({driver_info(driver).description}): {why}.")
     try:
         result = run_async(
             run_messaging_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)

@@ -11,6 +11,7 @@ from servergroup.cli.common import CliState, pass_state, run_async
 from servergroup.coordination.local_etcd import resolve_endpoints
 from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, DRIVERS, HostOptions, run_host
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
+from servergroup.servers.model import DriverKind
 
 
 @click.command()
@@ -36,9 +37,9 @@ from servergroup.guestcomm.protocol import MESSAGING_ADDR
 @click.option(
     "--driver",
     "drivers",
-    type=click.Choice(list(DRIVERS)),
+    type=click.Choice([kind.value for kind in DRIVERS]),
     multiple=True,
-    default=DRIVERS,
+    default=[kind.value for kind in DRIVERS],
     show_default=True,
     help="How this host runs servers (repeat for several).",
 )
@@ -70,7 +71,7 @@ def host(
         name=name or socket.gethostname().split(".")[0],
         channel_dir=channel_dir,
         address=address,
-        drivers=tuple(dict.fromkeys(drivers)),
+        drivers=tuple(dict.fromkeys(DriverKind(d) for d in drivers)),
         migration_address=migration_address,
     )
     run_async(run_host(config, options, endpoints=endpoints))

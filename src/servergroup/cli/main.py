@@ -96,9 +96,10 @@ def cli(
 ) -> None:
     """servergroup: one control plane for a group of servers.
 
-    Group messaging, vCPU scaling, multicast image distribution, HA services
-    and checkpoint replication, with etcd as the only shared state. With no
-    etcd endpoint configured, servergroup runs its own local etcd.
+    Server groups of lab servers (network namespaces) and real VMs (QEMU) on
+    hosts that share etcd: their lifecycle, group messaging between their
+    members, and multicast image distribution. With no etcd endpoint
+    configured, servergroup runs its own local etcd.
     """
     configure_logging(verbose, log_json)
     ctx.obj = CliState(

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -17,9 +16,17 @@ from servergroup.common.errors import PermissionNeeded, UsageError
 from servergroup.config import Config
 from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.local_etcd import resolve_endpoints
+from servergroup.servers.drivers.registry import (
+    DRIVERS,
+    Driver,
+    DriverContext,
+    build_driver,
+    driver_info,
+)
 from servergroup.servers.model import (
     MAX_VCPUS,
     Desired,
+    DriverKind,
     Evacuate,
     GroupRecord,
     Policy,
@@ -31,7 +38,7 @@ from servergroup.servers.operations import Operations
 from servergroup.servers.registry import Registry
 
 if TYPE_CHECKING:
-    from servergroup.servers.drivers.qemu.driver import QemuDriver, VcpuThread
+    from servergroup.servers.drivers.hypervisor import VcpuThread
 
 T = TypeVar("T")
 
@@ -197,17 +204,19 @@ timeout_option = click.option(
 @click.option("--host", default=None, help="Run it on this host [default: the group's policy].")
 @click.option(
     "--driver",
-    type=click.Choice(["lab", "qemu"]),
-    default="lab",
+    type=click.Choice([kind.value for kind in DRIVERS]),
+    default=DriverKind.LAB.value,
     show_default=True,
-    help="lab: a network namespace with its guest agent; qemu: a real Linux VM (QEMU).",
+    help="; ".join(f"{info.kind.value}: {info.description}" for info in DRIVERS.values()) + ".",
 )
 @click.option(
     "--memory",
     "memory_mb",
     type=click.IntRange(64, 1 << 20),
     default=None,
-    help="Memory in MiB [default: 64 for lab, 256 for qemu servers].",
+    help="Memory in MiB [default: "
+    + ", ".join(f"{i.min_memory_mb} for {i.kind.value}" for i in DRIVERS.values())
+    + " servers].",
 )
 @timeout_option
 @pass_state
@@ -228,8 +237,9 @@ def server_create(
     /dev/virtio-ports/cgcs.messaging; its console log is shown by
     `servergroup server console NAME`.
     """
-    if memory_mb is None and driver == "qemu":
-        memory_mb = 256
+    kind = DriverKind(driver)
+    if memory_mb is None:
+        memory_mb = driver_info(kind).min_memory_mb
     created = _run(
         state,
         lambda ops: ops.create_server(
@@ -238,7 +248,7 @@ def server_create(
             vcpus=vcpus,
             min_vcpus=min_vcpus,
             host=host,
-            driver=driver,
+            driver=kind,
             memory_mb=memory_mb,
             timeout=timeout,
         ),
@@ -390,10 +400,7 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         raise UsageError(f"server {name} is being deleted")
     if found.state in (VmState.PAUSED, VmState.STOPPED, VmState.DELETED):
         raise UsageError(f"server {name} is {found.state.value}: a command cannot run in it now")
-    if found.spec.driver == "qemu":
-        argv = _qemu_driver(state.config(), found).exec_command(found.spec, list(command))
-    else:
-        argv = _lab_exec_argv(state.config(), found, list(command))
+    argv = _driver(state.config(), found).exec_command(found.spec, list(command))
     # Become the command (through sh and `ip netns exec`, which exec too): its
     # PID is ours, so signals sent to `server exec` reach it, and its exit
     # status is ours.
@@ -405,21 +412,13 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         fail(f"cannot run {argv[0]}: {exc.strerror}", 127)
 
 
-def _qemu_driver(config: Config, found: Server) -> QemuDriver:
-    """The qemu driver of the host that runs `found` (its files are on this machine)."""
-    from servergroup.servers.drivers.qemu.driver import QemuDriver
-
+def _driver(config: Config, found: Server) -> Driver:
+    """The driver of the host that runs `found`, to reach it on this machine (needs root)."""
     if os.geteuid() != 0:
-        raise PermissionNeeded("reaching a qemu server's VM needs root")
-    driver = QemuDriver(config.state_dir, host=found.host, channel_dir=Path("/nonexistent"))
-    if driver.pid(found.name) is None:
-        fail(f"server {found.name} does not run on this machine", 1)
-    return driver
-
-
-def _qemu_only(found: Server, what: str) -> None:
-    if found.spec.driver != "qemu":
-        raise UsageError(f"server {found.name} is a {found.spec.driver} server: {what}")
+        raise PermissionNeeded(f"reaching a {found.spec.driver.value} server needs root")
+    return build_driver(
+        found.spec.driver, DriverContext(state_dir=config.state_dir, host=found.host)
+    )
 
 
 @server.command("console")
@@ -432,8 +431,11 @@ def server_console(state: CliState, name: str, lines: int | None, follow: bool) 
     from servergroup.servers.drivers.qemu.driver import QemuDriver
 
     found = _run(state, lambda ops: ops.show_server(name))
-    _qemu_only(found, "only qemu servers have a console")
-    driver = QemuDriver(state.config().state_dir, host=found.host, channel_dir=Path("/nonexistent"))
+    if found.spec.driver is not DriverKind.QEMU:
+        raise UsageError(
+            f"server {name} is a {found.spec.driver.value} server: only qemu servers have a console"
+        )
+    driver = QemuDriver(state.config().state_dir, host=found.host, channel_dir=None)
     path = driver.console_path(name)
     try:
         console = path.open("rb")
@@ -466,10 +468,15 @@ def server_console(state: CliState, name: str, lines: int | None, follow: bool) 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: bool) -> None:
-    """Show each vCPU of the qemu server NAME with its host thread and CPU affinity; pin them."""
+    """Show each vCPU of the server NAME with its host threads and CPU affinity; pin them.
+
+    A qemu server's vCPU is one QEMU thread; pinning sets its affinity. A lab
+    server has no virtual hardware: its vCPUs share its processes, which may
+    run on the CPUs of all its vCPUs (its cpuset), so pinning a vCPU changes
+    where the whole server may run.
+    """
     found = _run(state, lambda ops: ops.show_server(name))
-    _qemu_only(found, "only qemu servers have vCPU threads")
-    driver = _qemu_driver(state.config(), found)
+    driver = _driver(state.config(), found)
     wanted: list[tuple[int, list[int]]] = []
     for pin in pins:
         vcpu, sep, cpus = pin.partition("=")
@@ -480,7 +487,7 @@ def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: boo
         except ValueError:
             raise UsageError(f"--pin takes VCPU=CPU[,CPU...], not {pin!r}") from None
 
-    async def work() -> list[VcpuThread]:
+    async def work() -> tuple[VcpuThread, ...]:
         for vcpu, cpus in wanted:
             await driver.pin_vcpu(found.spec, vcpu, cpus)
         return await driver.vcpu_threads(found.spec)
@@ -488,26 +495,18 @@ def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: boo
     threads = run_async(work())
     if as_json:
         rows = [
-            {"vcpu": t.index, "thread_id": t.thread_id, "affinity": list(t.affinity)}
+            {"vcpu": t.index, "thread_ids": list(t.thread_ids), "affinity": list(t.affinity)}
             for t in threads
         ]
         click.echo(json.dumps(rows, indent=2))
         return
     _table(
-        ["VCPU", "THREAD", "HOST CPUS"],
-        [[str(t.index), str(t.thread_id), ",".join(map(str, t.affinity))] for t in threads],
+        ["VCPU", "THREADS", "HOST CPUS"],
+        [
+            [str(t.index), ",".join(map(str, t.thread_ids)), ",".join(map(str, t.affinity))]
+            for t in threads
+        ],
     )
-
-
-def _lab_exec_argv(config: Config, found: Server, command: list[str]) -> list[str]:
-    from servergroup.servers.drivers.lab import NETNS_DIR, LabDriver
-
-    if os.geteuid() != 0:
-        raise PermissionNeeded("running a command in a lab server needs root")
-    driver = LabDriver(config.state_dir)
-    if not (NETNS_DIR / driver.netns(found.name)).exists():
-        fail(f"server {found.name} does not run on this machine", 1)
-    return driver.exec_command(found.spec, command)
 
 
 __all__ = ["group", "server"]

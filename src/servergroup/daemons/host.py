@@ -38,9 +38,7 @@ from servergroup.coordination import (
 from servergroup.groups.service import GroupService
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.guestcomm.relay import ChannelRelay
-from servergroup.servers.drivers.base import ServerDriver
-from servergroup.servers.drivers.lab import LabDriver
-from servergroup.servers.drivers.qemu.driver import QemuDriver
+from servergroup.servers.drivers.registry import DriverContext, DriverKind, build_drivers
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, check_name, decode_host, encode_record
 from servergroup.servers.registry import Registry, RegistryCache, host_key
@@ -48,7 +46,7 @@ from servergroup.servers.registry import Registry, RegistryCache, host_key
 log = logging.getLogger(__name__)
 
 #: The server drivers a host can have.
-DRIVERS = ("lab", "qemu")
+DRIVERS = tuple(DriverKind)
 
 #: Where libvirt puts the channel sockets of its guests (spec section 2).
 DEFAULT_CHANNEL_DIR = Path("/var/lib/libvirt/qemu")
@@ -65,7 +63,7 @@ class HostOptions:
     name: str
     channel_dir: Path = DEFAULT_CHANNEL_DIR
     address: str = MESSAGING_ADDR
-    drivers: tuple[str, ...] = ("lab", "qemu")
+    drivers: tuple[DriverKind, ...] = DRIVERS
     #: The address of this host a live migration's source connects to (qemu servers).
     migration_address: str = "127.0.0.1"
 
@@ -83,12 +81,8 @@ async def run_host(
 ) -> None:
     """Serve as host `options.name` until cancelled; `ready()` once registered."""
     check_name("host", options.name)
-    unknown = sorted(set(options.drivers) - set(DRIVERS))
-    if unknown or not options.drivers:
-        raise LocalError(
-            f"unknown server driver(s) {', '.join(unknown) or '(none given)'}: "
-            f"a host has {', '.join(DRIVERS)}"
-        )
+    if not options.drivers:
+        raise LocalError(f"a host needs a server driver: {', '.join(k.value for k in DRIVERS)}")
     try:
         options.channel_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -124,18 +118,17 @@ async def run_host(
 
         relay = ChannelRelay(options.channel_dir, address=options.address)
         service = GroupService(coordinator=coordinator, cache=cache, relay=relay, host=options.name)
-        drivers: list[ServerDriver] = []
-        if "lab" in options.drivers:
-            drivers.append(LabDriver(config.state_dir))
-        if "qemu" in options.drivers:
-            qemu = QemuDriver(
-                config.state_dir,
+        drivers = build_drivers(
+            options.drivers,
+            DriverContext(
+                state_dir=config.state_dir,
                 host=options.name,
                 channel_dir=options.channel_dir,
                 migration_address=options.migration_address,
-            )
-            stack.push_async_callback(qemu.close)
-            drivers.append(qemu)
+            ),
+        )
+        for driver in drivers:
+            stack.push_async_callback(driver.close)
         manager = ServerManager(
             registry=registry,
             cache=cache,

@@ -20,14 +20,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from servergroup.common.errors import ServergroupError
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import EtcdCoordinator
-from servergroup.servers.drivers.lab import LabDriver
-from servergroup.servers.model import Policy, Server
+from servergroup.servers.drivers.registry import DriverContext, build_driver
+from servergroup.servers.model import DriverKind, Policy, Server
 from servergroup.servers.operations import Operations
 from servergroup.servers.registry import Registry
 
@@ -36,25 +35,28 @@ Say = Callable[[str], None]
 GROUP = "demo"
 SERVERS = ("demo-1", "demo-2", "demo-3")
 #: How long an app may take to show an event (apps in emulated VMs start slowly).
-EVENT_TIMEOUT = {"lab": 15.0, "qemu": 90.0}
+EVENT_TIMEOUT = {DriverKind.LAB: 15.0, DriverKind.QEMU: 90.0}
+#: How the demo tells of each kind of server.
+NO_NETWORK = {DriverKind.LAB: "no IP networking", DriverKind.QEMU: "a VM with no network device"}
+HOW_PAUSED = {DriverKind.LAB: "its processes are frozen", DriverKind.QEMU: "QMP stop"}
 
 
-def choose_driver() -> tuple[str, str]:
-    """("qemu" or "lab", one sentence why): real VMs when this machine can run them."""
+def choose_driver() -> tuple[DriverKind, str]:
+    """(QEMU or LAB, one sentence why): real VMs when this machine can run them."""
     if os.geteuid() != 0:
-        return "lab", "not root, so no VMs"
+        return DriverKind.LAB, "not root, so no VMs"
     from servergroup.servers.drivers.qemu import image
     from servergroup.servers.drivers.qemu.boot import QEMU_BINARY
 
     if shutil.which(QEMU_BINARY) is None:
-        return "lab", f"{QEMU_BINARY} is not installed"
+        return DriverKind.LAB, f"{QEMU_BINARY} is not installed"
     try:
         built = image.ensure_image()
         accel = image.probe_accel(built)
     except ServergroupError as exc:
-        return "lab", f"no guest image: {exc}"
+        return DriverKind.LAB, f"no guest image: {exc}"
     how = "KVM" if accel == "kvm" else "software emulation (TCG): KVM cannot run the guest here"
-    return "qemu", f"QEMU runs Linux VMs on this machine, with {how}"
+    return DriverKind.QEMU, f"QEMU runs Linux VMs on this machine, with {how}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +92,7 @@ class _App:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        return cls(server.name, proc, EVENT_TIMEOUT.get(server.spec.driver, 15.0))
+        return cls(server.name, proc, EVENT_TIMEOUT[server.spec.driver])
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -121,16 +123,14 @@ class _App:
 
 def _exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
     """The command line that runs `argv` inside `server`, whatever its driver."""
-    if server.spec.driver == "qemu":
-        from servergroup.servers.drivers.qemu.driver import QemuDriver
-
-        driver = QemuDriver(config.state_dir, host=server.host, channel_dir=Path("/nonexistent"))
-        return driver.exec_command(server.spec, argv)
-    return LabDriver(config.state_dir).exec_command(server.spec, argv)
+    driver = build_driver(
+        server.spec.driver, DriverContext(state_dir=config.state_dir, host=server.host)
+    )
+    return driver.exec_command(server.spec, argv)
 
 
 async def run_messaging_demo(
-    config: Config, endpoint: Endpoint, say: Say, *, driver: str = "lab"
+    config: Config, endpoint: Endpoint, say: Say, *, driver: DriverKind = DriverKind.LAB
 ) -> MessagingResult:
     """Run the messaging part against the set-up of `servergroup up`; narrate with `say`."""
     coordination = config.coordination
@@ -158,7 +158,7 @@ async def _remove_earlier_demo(ops: Operations) -> None:
 
 
 async def _script(
-    ops: Operations, config: Config, driver: str, apps: list[_App], say: Say
+    ops: Operations, config: Config, driver: DriverKind, apps: list[_App], say: Say
 ) -> MessagingResult:
     await ops.create_group(GROUP, Policy.SOFT_ANTI_AFFINITY)
     say(f"Group '{GROUP}' (soft-anti-affinity: spread over the hosts when possible).")
@@ -166,7 +166,7 @@ async def _script(
     for name in SERVERS:
         servers[name] = await ops.create_server(name, GROUP, driver=driver)
         s = servers[name]
-        what = "a VM with no network device" if driver == "qemu" else "no IP networking"
+        what = NO_NETWORK[driver]
         say(f"  server {name}: {s.spec.instance} on host {s.host}, {what}")
     for name in SERVERS:
         apps.append(await _App.start(config, servers[name]))
@@ -193,7 +193,7 @@ async def _script(
     for info in status["servers"]:
         say(f"    {info['name']}: {info['vm_state']} on {info['host']} ({info['instance_name']})")
 
-    frozen = "QMP stop" if driver == "qemu" else "its processes are frozen"
+    frozen = HOW_PAUSED[driver]
     say(f"Pausing demo-3 ({frozen}):")
     started = time.monotonic()
     await ops.pause("demo-3")

@@ -104,7 +104,8 @@ def rebuild_plan(
         able = [h for h, rec in snapshot.hosts.items() if spec.driver in rec.drivers]
         if not able:
             raise PlacementError(
-                f"server {name} cannot be rebuilt: no running host has the {spec.driver} driver"
+                f"server {name} cannot be rebuilt: "
+                f"no running host has the {spec.driver.value} driver"
             )
         others = [
             m for m in _members(placed.values(), spec.group) if m.name != name and m.host != dead

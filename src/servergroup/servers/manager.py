@@ -125,7 +125,9 @@ class ServerManager:
             asyncio.create_task(self._tick(), name=f"servers-tick-{self.host}"),
         ]
         log.info(
-            "host %s manages servers with the %s driver(s)", self.host, ", ".join(self._drivers)
+            "host %s manages servers with the %s driver(s)",
+            self.host,
+            ", ".join(kind.value for kind in self._drivers),
         )
 
     async def stop(self) -> None:
@@ -226,7 +228,7 @@ class ServerManager:
         spec = server.spec
         driver = self._drivers.get(spec.driver)
         if driver is None:
-            log.debug("server %s uses driver %s, which this host lacks", name, spec.driver)
+            log.debug("server %s uses driver %s, which this host lacks", name, spec.driver.value)
             return
         failure = self._failed.get(name)
         if (

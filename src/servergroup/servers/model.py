@@ -75,6 +75,17 @@ class Evacuate(enum.Enum):
     MANUAL = "manual"
 
 
+class DriverKind(enum.Enum):
+    """Which server driver runs a server: its value is the driver's name in records and options.
+
+    What each kind needs and offers (its settings, and how a host builds it)
+    is in `servergroup.servers.drivers.registry`.
+    """
+
+    LAB = "lab"  # a network namespace, a cgroup and a guest agent on this machine
+    QEMU = "qemu"  # a real Linux VM
+
+
 class Desired(enum.Enum):
     """What the operator wants a server to be."""
 
@@ -158,7 +169,7 @@ class ServerSpec:
     vcpus: int = 1
     min_vcpus: int = 1
     memory_mb: int = 64
-    driver: str = "lab"
+    driver: DriverKind = DriverKind.LAB
     desired: Desired = Desired.ACTIVE
     reboot_count: int = 0
     live_migration: bool = True  # how to move when `host` changes
@@ -210,7 +221,8 @@ class HostRecord:
     pid: int
     started_at: str
     address: str | None = None  # where other hosts reach it, when it serves anything
-    drivers: tuple[str, ...] = ("lab",)
+    #: The kinds of server it runs; kinds this version does not know are left out on decoding.
+    drivers: tuple[DriverKind, ...] = (DriverKind.LAB,)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,21 +317,34 @@ def _decode(cls: type[_R], raw: bytes, what: str) -> _R:
         raise RecordError(f"{what} record is not valid: {exc}") from None
 
 
+_ENUMS: Mapping[str, type[enum.Enum]] = {
+    "Policy": Policy,
+    "Desired": Desired,
+    "VmState": VmState,
+    "DriverKind": DriverKind,
+    "Evacuate": Evacuate,
+}
+
+
 def _coerce(record: _R, what: str) -> _R:
     """Turn JSON-native values into the record's types, checking each."""
     changes: dict[str, Any] = {}
     for f in fields(record):
         value = getattr(record, f.name)
         annotation = str(f.type)
-        if annotation in ("Policy", "Desired", "VmState", "Evacuate"):
-            enum_type = {
-                "Policy": Policy,
-                "Desired": Desired,
-                "VmState": VmState,
-                "Evacuate": Evacuate,
-            }[annotation]
+        if annotation in _ENUMS:
+            enum_type = _ENUMS[annotation]
             if not isinstance(value, enum_type):
                 changes[f.name] = enum_type(value)
+        elif annotation == "tuple[DriverKind, ...]":
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"{f.name} must be a list of driver names")
+            names = [v.value if isinstance(v, DriverKind) else v for v in value]
+            if not all(isinstance(v, str) for v in names):
+                raise ValueError(f"{f.name} must be a list of driver names")
+            # A newer host may run kinds we do not know: we cannot place servers of those.
+            known = {k.value: k for k in DriverKind}
+            changes[f.name] = tuple(known[v] for v in names if v in known)
         elif annotation == "tuple[int, ...]" or annotation == "tuple[str, ...]":
             item = int if "int" in annotation else str
             if not isinstance(value, list | tuple) or not all(isinstance(v, item) for v in value):
@@ -434,6 +459,7 @@ __all__ = [
     "REBUILDING_TASK",
     "BroadcastRecord",
     "Desired",
+    "DriverKind",
     "Evacuate",
     "GroupRecord",
     "HostRecord",

@@ -38,11 +38,13 @@ from dataclasses import dataclass, replace
 
 from servergroup.common.errors import LocalError, RemoteError
 from servergroup.coordination import CoordinationError, EventKind, RevisionConflict
+from servergroup.servers.drivers.registry import driver_info
 from servergroup.servers.evacuation import rebuild_plan
 from servergroup.servers.manager import iso_now
 from servergroup.servers.model import (
     MAX_VCPUS,
     Desired,
+    DriverKind,
     Evacuate,
     GroupRecord,
     HostRecord,
@@ -115,10 +117,6 @@ class OperationFailed(RemoteError):
 Change = Callable[[Server], ServerSpec]
 
 
-#: The least an operation on a qemu server waits when no timeout is given.
-QEMU_TIMEOUT = 120.0
-
-
 class Operations:
     """Group and server operations on one registry; waits bounded by `timeout` seconds.
 
@@ -181,7 +179,7 @@ class Operations:
         min_vcpus: int = 1,
         host: str | None = None,
         *,
-        driver: str = "lab",
+        driver: DriverKind = DriverKind.LAB,
         memory_mb: int | None = None,
         timeout: float | None = None,
     ) -> Server:
@@ -209,9 +207,9 @@ class Operations:
                 raise NoHostRunning()
             able = {h: rec for h, rec in snap.hosts.items() if driver in rec.drivers}
             if not able:
-                raise OperationError(f"no running host has the {driver} driver")
+                raise OperationError(f"no running host has the {driver.value} driver")
             if host is not None and host in snap.hosts and host not in able:
-                raise OperationError(f"host {host} has no {driver} driver")
+                raise OperationError(f"host {host} has no {driver.value} driver")
             if any(s.spec.instance == instance for s in snap.servers.values()):
                 server_uuid = uuid.uuid4()
                 instance = make_instance_name(server_uuid)
@@ -372,7 +370,7 @@ class Operations:
             raise OperationError("name a server, or a host with --host, to evacuate")
         if to is not None:
             _valid("host", to)
-        deadline = self._deadline(timeout, "qemu")
+        deadline = self._deadline(timeout, DriverKind.QEMU)
         attempt = 0
         while True:
             snap = await self.registry.snapshot()
@@ -424,10 +422,10 @@ class Operations:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None, driver: str) -> _Budget:
+    def _deadline(self, timeout: float | None, driver: DriverKind) -> _Budget:
         limit = timeout if timeout is not None else self.timeout
-        if timeout is None and driver == "qemu":
-            limit = max(limit, QEMU_TIMEOUT)  # a VM boots or migrates in seconds, not at once
+        if timeout is None:  # a VM, say, boots or migrates in seconds, not at once
+            limit = max(limit, driver_info(driver).least_timeout)
         return _Budget(at=time.monotonic() + limit, limit=limit)
 
     async def _conflicted(self, name: str, attempt: int, deadline: _Budget) -> int:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.setup import Setup, SetupFactory
 from tests.integration.daemons.test_restarts import (
+    broadcast,
     notification,
     send_until_received,
     status_of,
@@ -88,6 +89,13 @@ def test_a_qemu_server_through_its_whole_life(servergroup_up: SetupFactory) -> N
     watcher = setup.app("a")
     watcher.wait_for(status_of({"a", "v"}))
 
+    # The README's commands work as written in the VM: `servergroup` is on the PATH
+    # of commands run there, and its app reaches the group.
+    helped = setup.run("server", "exec", "v", "--", "servergroup", "app", "--help")
+    assert "Usage: servergroup app" in helped.stdout
+    setup.run("server", "exec", "v", "--", "servergroup", "app", "from the VM", "--timeout", "3")
+    watcher.wait_for(broadcast("from the VM"))
+
     # The guest has the vCPUs of its flavor, and can take one offline and back.
     cpus = setup.run(
         "server", "exec", "v", "--", "sh", "-c",
@@ -101,13 +109,20 @@ def test_a_qemu_server_through_its_whole_life(servergroup_up: SetupFactory) -> N
     assert [t["vcpu"] for t in threads] == [0, 1]
     pid = qemu_pid(setup, "h1", "v")
     for t in threads:
-        assert Path(f"/proc/{pid}/task/{t['thread_id']}").exists()
+        (tid,) = t["thread_ids"]
+        assert Path(f"/proc/{pid}/task/{tid}").exists()
     pinned = setup.json("server", "vcpus", "v", "--pin", "1=0")
     assert pinned[1]["affinity"] == [0]
+    assert os.sched_getaffinity(pinned[1]["thread_ids"][0]) == {0}
+    # A lab server's vCPU is its cpuset: pinning confines every process of it.
+    lab = setup.json("server", "vcpus", "a", "--pin", "0=0")
+    assert [(t["vcpu"], t["affinity"]) for t in lab] == [(0, [0])]
+    assert lab[0]["thread_ids"]
+    assert all(os.sched_getaffinity(t) == {0} for t in lab[0]["thread_ids"])
     # Errors are one sentence.
-    bad = setup.run("server", "vcpus", "a", check=False)
-    assert bad.returncode != 0
-    assert "only qemu servers" in bad.stderr
+    bad = setup.run("server", "vcpus", "a", "--pin", "1=0", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().endswith("has no vCPU 1 (it has 1)"), bad.stderr
 
     # Pause stops the guest: its counter stops; unpause resumes it.
     setup.run("server", "exec", "v", "--", "sh", "-c", START_COUNTER)

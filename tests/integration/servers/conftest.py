@@ -45,6 +45,7 @@ from servergroup.servers.drivers.lab import (
     Cgroups,
     LabDriver,
     detect_cgroups,
+    detect_cpusets,
     process_state,
 )
 from servergroup.servers.manager import ServerManager
@@ -94,6 +95,13 @@ def server_names() -> Iterator[NameFactory]:
                     _kill_all(scoped.procs(name))
                     scoped.remove(name)
                 except (ServergroupError, OSError) as exc:
+                    failures.append(f"{name}: {exc}")
+        cpusets = detect_cpusets()
+        if cpusets is not None:  # empty once the freezer's processes are gone
+            for path in sorted((cpusets.root / CGROUP_PARENT).glob(f"*/{name}")):
+                try:
+                    replace(cpusets, scope=path.parent.name).remove(name)
+                except ServergroupError as exc:
                     failures.append(f"{name}: {exc}")
         for netns in sorted(NETNS_DIR.glob(f"{NETNS_PREFIX}*-{name}")):
             subprocess.run(["ip", "netns", "delete", netns.name], check=False)

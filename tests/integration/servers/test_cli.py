@@ -50,7 +50,7 @@ async def test_groups_and_servers_from_the_command_line(
 ) -> None:
     assert await cli("group", "create", "g", "--policy", "anti-affinity") == (
         0,
-        "group g created (anti-affinity)\n",
+        "group g created (anti-affinity, evacuate auto)\n",
         "",
     )
     status, _, err = await cli("group", "create", "g")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +209,14 @@ def test_delete_leaves_nothing(
     lab_driver.attach(spec, channels)
     lab_driver.pause(spec)
     assert lab_driver.known_servers() == [spec.name]
+    cpusets = driver.cpusets
+    assert cpusets is not None
+    assert cpusets.exists(spec.name)
     lab_driver.delete(spec)
     assert lab_driver.known_servers() == []
     assert not (NETNS_DIR / lab_driver.netns(spec.name)).exists()
     assert not lab_driver.cgroups.path(spec.name).exists()
+    assert not cpusets.exists(spec.name)
     assert not (channels / channel_name(spec.instance)).is_symlink()
     assert not lab_driver.server_dir(spec.name).exists()
     assert (lab_driver.observe(spec)).power is Power.ABSENT
@@ -220,6 +225,7 @@ def test_delete_leaves_nothing(
 
 ORPHAN = """
 import os, signal, sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from servergroup.servers.drivers.lab import LabDriver
@@ -321,3 +327,25 @@ def test_two_state_directories_keep_their_servers_apart(
     assert (NETNS_DIR / a.driver.netns(spec.name)).exists()
     assert not (NETNS_DIR / b.driver.netns(spec.name)).exists()
     a.delete(spec)
+
+
+def test_a_command_run_in_a_pinned_server_runs_on_its_vcpus_cpus(
+    driver: LabDriver, server_names: NameFactory
+) -> None:
+    spec = replace(make_spec(server_names()), vcpus=2)
+    driver.create_sync(spec.name)
+    driver.start_sync(spec.name)
+    cpu = max(os.sched_getaffinity(0))
+    for vcpu in (0, 1):
+        driver.pin_vcpu_sync(spec, vcpu, [cpu])
+    done = subprocess.run(
+        driver.exec_command(spec, ["grep", "Cpus_allowed_list", "/proc/self/status"]),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert done.stdout.split() == ["Cpus_allowed_list:", str(cpu)]
+    # A new driver (a restarted host daemon) reads the pins back.
+    again = LabDriver(driver.state_dir).vcpu_threads_sync(spec)
+    assert [v.affinity for v in again] == [(cpu,), (cpu,)]

@@ -24,12 +24,12 @@ CREATE = textwrap.dedent(
     from pathlib import Path
     from servergroup.servers.drivers.base import DriverError
     from servergroup.servers.drivers.qemu.driver import QemuDriver
-    from servergroup.servers.model import ServerSpec
+    from servergroup.servers.model import DriverKind, ServerSpec
 
     state = Path(sys.argv[1])
     driver = QemuDriver(state, host="h1", channel_dir=state / "channels")
     spec = ServerSpec(name="v1", instance="instance-0000abcd", uuid="u", group="g",
-                      host="h1", driver="qemu")
+                      host="h1", driver=DriverKind.QEMU)
     try:
         asyncio.run(driver.create(spec))
     except DriverError as exc:

@@ -10,6 +10,7 @@ from servergroup.servers.evacuation import dead_hosts, decide, rebuild_plan
 from servergroup.servers.model import (
     REBUILDING_TASK,
     Desired,
+    DriverKind,
     Evacuate,
     GroupRecord,
     HostRecord,
@@ -25,7 +26,9 @@ from servergroup.servers.placement import PlacementError
 NOW = "2026-01-01T00:00:00.000+00:00"
 
 
-def host(name: str, drivers: tuple[str, ...] = ("lab", "qemu")) -> HostRecord:
+def host(
+    name: str, drivers: tuple[DriverKind, ...] = (DriverKind.LAB, DriverKind.QEMU)
+) -> HostRecord:
     return HostRecord(name=name, channel_dir=f"/ch/{name}", pid=1, started_at="", drivers=drivers)
 
 
@@ -145,7 +148,7 @@ def test_deleted_servers_and_drivers_the_hosts_lack() -> None:
     gone = server("a", "g", "h1", state=VmState.DELETED)
     assert dead_hosts(snapshot([gone], ["h2"])) == []
     vm = server("v", "g", "h1")
-    vm = replace(vm, spec=replace(vm.spec, driver="qemu"))
-    snap = replace(snapshot([vm], ["h2"]), hosts={"h2": host("h2", drivers=("lab",))})
+    vm = replace(vm, spec=replace(vm.spec, driver=DriverKind.QEMU))
+    snap = replace(snapshot([vm], ["h2"]), hosts={"h2": host("h2", drivers=(DriverKind.LAB,))})
     with pytest.raises(PlacementError, match="no running host has the qemu driver"):
         rebuild_plan(snap, "h1", ["v"], now_iso=NOW)

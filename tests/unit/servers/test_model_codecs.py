@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from servergroup.servers.model import (
     BroadcastRecord,
     Desired,
+    DriverKind,
     GroupRecord,
     HostRecord,
     Policy,
@@ -46,7 +47,7 @@ specs = st.builds(
     vcpus=ints,
     min_vcpus=ints,
     memory_mb=ints,
-    driver=text,
+    driver=st.sampled_from(DriverKind),
     desired=st.sampled_from(Desired),
     reboot_count=ints,
     live_migration=st.booleans(),
@@ -71,7 +72,7 @@ hosts = st.builds(
     pid=ints,
     started_at=text,
     address=st.none() | text,
-    drivers=st.lists(text, max_size=3).map(tuple),
+    drivers=st.lists(st.sampled_from(DriverKind), max_size=3).map(tuple),
 )
 broadcasts = st.builds(
     BroadcastRecord, group=text, sender=text, sender_instance=text, text=text, sent_at=text
@@ -155,3 +156,24 @@ def test_settled() -> None:
     assert not Server(spec=replace(spec, host="h1"), status=status).settled()
     assert not Server(spec=replace(spec, reboot_count=1), status=status).settled()
     assert not Server(spec=replace(spec, desired=Desired.PAUSED), status=status).settled()
+
+
+def test_driver_kinds_are_their_names_on_the_wire() -> None:
+    # Records written before DriverKind existed carry the names "lab" and "qemu".
+    raw = (
+        b'{"name":"v","instance":"instance-0000abcd","uuid":"u","group":"g","host":"h0",'
+        b'"driver":"qemu"}'
+    )
+    spec = decode_spec(raw)
+    assert spec.driver is DriverKind.QEMU
+    assert json.loads(encode_record(spec))["driver"] == "qemu"
+    assert decode_spec(raw.replace(b',"driver":"qemu"', b"")).driver is DriverKind.LAB
+    with pytest.raises(RecordError, match="not valid"):
+        decode_spec(raw.replace(b'"qemu"', b'"xen"'))
+
+
+def test_a_host_of_a_newer_version_keeps_the_drivers_we_know() -> None:
+    raw = b'{"name":"h","channel_dir":"/c","pid":1,"started_at":"t","drivers":["xen","qemu"]}'
+    assert decode_host(raw).drivers == (DriverKind.QEMU,)
+    with pytest.raises(RecordError, match="list of driver names"):
+        decode_host(raw.replace(b'["xen","qemu"]', b'"qemu"'))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from servergroup.common.errors import RemoteError
-from servergroup.servers.model import ServerSpec
+from servergroup.servers.model import DriverKind, ServerSpec
 
 #: The name of a server's channel in a host's channel directory (spec section 2).
 CHANNEL_PREFIX = "cgcs.messaging."
@@ -86,8 +86,8 @@ class ServerDriver(Protocol):
     """Creates, runs and observes servers on this machine."""
 
     @property
-    def kind(self) -> str:
-        """The driver's name, as in `ServerSpec.driver` ("lab")."""
+    def kind(self) -> DriverKind:
+        """The kind of server it runs, as in `ServerSpec.driver`."""
         ...
 
     @property
@@ -144,7 +144,11 @@ class ServerDriver(Protocol):
         ...
 
     def exec_command(self, spec: ServerSpec, argv: Sequence[str]) -> list[str]:
-        """The command line that runs `argv` inside the server."""
+        """The command line that runs `argv` inside the server; DriverError if it is not here."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of what the driver serves itself (the servers keep running)."""
         ...
 
 

@@ -9,6 +9,9 @@ Theory of operation. A lab server `<name>` is
   `freezer.state` FROZEN/THAWED; on a cgroup v2 machine `cgroup.freeze`),
   which holds every process of the server: pause freezes it, stop signals
   every process in it;
+- the cpuset cgroup of the same name (cgroup v1 `cpuset` hierarchy; on v2
+  the same cgroup, with the cpuset controller enabled), which says where its
+  processes may run (see "vCPUs" below);
 - its guest agent `python -m servergroup guest --channel-listen
   <state_dir>/servers/<name>/channel.sock`, started detached (own session,
   parent re-assigned to init, output in `guest.log`, PID in `guest.pid`)
@@ -27,6 +30,18 @@ cgroup and `/proc/<pid>/cmdline`). Only processes in the server's own cgroup
 are ever signalled. All lab hosts of one machine must share `state_dir`:
 servers are machine-wide objects, and a host only manages them.
 
+vCPUs (the `Hypervisor` protocol). A lab server has no virtual hardware,
+so its `spec.vcpus` vCPUs are slots this driver keeps, each with an
+affinity (a set of host CPUs; recorded in `vcpus.json` in the server
+directory, every CPU the cpuset allows until pinned). The server's cpuset
+(`cpuset.cpus`) is the union of its vCPUs' affinities, so pinning a vCPU
+is a cpuset change, and every process (thread) of the server counts as a
+thread of each vCPU: the kernel schedules them anywhere in that union, as
+it would a VM's unpinned vCPU threads. Scaling a lab server down frees a
+host CPU when the vCPU that leaves was the last one allowed on it. On a
+machine without a cpuset controller, lab servers run but have no vCPU
+operations.
+
 The driver needs root, and the machine's cgroup hierarchy visible at
 `/sys/fs/cgroup`: a process started with `ip netns exec` has its own `/sys`
 and mount namespace (where named namespaces made later are also invisible to
@@ -40,6 +55,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -59,7 +75,8 @@ from servergroup.servers.drivers.base import (
     Power,
     channel_name,
 )
-from servergroup.servers.model import ServerSpec
+from servergroup.servers.drivers.hypervisor import VcpuThread
+from servergroup.servers.model import DriverKind, ServerSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +88,19 @@ SOCKET_NAME = "channel.sock"
 PID_NAME = "guest.pid"
 LOG_NAME = "guest.log"
 ATTACHED_NAME = "attached"
+VCPUS_NAME = "vcpus.json"
 #: sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
 TOOL_TIMEOUT = 20.0
 POLL_INTERVAL = 0.02
 
-#: Joins the cgroup ($0 is its cgroup.procs), then becomes `ip netns exec <ns> argv...`.
+#: Joins the server's cgroups (the cgroup.procs files before `--`; $0 is the namespace),
+#: then becomes `ip netns exec <ns> argv...`.
 #: `exec` keeps the PID: the PID of this shell is the PID of the final program.
-_ENTER = 'echo $$ > "$0" && ns=$1 && shift && exec ip netns exec "$ns" "$@"'
+_ENTER = (
+    'ns=$0; while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; '
+    'exec ip netns exec "$ns" "$@"'
+)
 #: Starts `_ENTER` in the background and records its PID, then exits: the guest agent
 #: is re-parented to init (nobody here has to reap it) and outlives its starter.
 _LAUNCH = 'enter=$1 pidfile=$2; shift 2; sh -c "$enter" "$@" & echo $! > "$pidfile"'
@@ -164,22 +186,26 @@ class Cgroups:
             return False
 
     def remove(self, name: str) -> None:
-        path = self.path(name)
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                path.rmdir()
-                if self.scope:  # the scope's own cgroup, once its last server is gone
-                    with contextlib.suppress(OSError):
-                        path.parent.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                # Right after its last process exits a cgroup can be busy for a moment.
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise DriverError(f"cannot remove cgroup {path}: {exc.strerror}") from None
-                time.sleep(POLL_INTERVAL)
+        _remove_cgroup(self.path(name), scoped=bool(self.scope))
+
+
+def _remove_cgroup(path: Path, *, scoped: bool) -> None:
+    """Remove an empty cgroup (absent is fine), and its scope's once that is empty too."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            path.rmdir()
+            if scoped:  # the scope's own cgroup, once its last server is gone
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            # Right after its last process exits a cgroup can be busy for a moment.
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise DriverError(f"cannot remove cgroup {path}: {exc.strerror}") from None
+            time.sleep(POLL_INTERVAL)
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -217,6 +243,108 @@ def detect_cgroups() -> Cgroups:
         "a process started with `ip netns exec` has its own /sys: start it with "
         "`nsenter --net=/run/netns/<namespace>` instead"
     )
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """A kernel CPU list (`0-2,5`) as ascending CPU numbers; ValueError when it is not one."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        low, high = int(first), int(last or first)
+        if low < 0 or high < low:
+            raise ValueError(f"not a CPU range: {part!r}")
+        cpus.update(range(low, high + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpus(cpus: Sequence[int]) -> str:
+    """CPU numbers as a kernel CPU list (`0-2,5`)."""
+    ranges: list[str] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == int(ranges[-1].rpartition("-")[2]) + 1:
+            ranges[-1] = f"{ranges[-1].partition('-')[0]}-{cpu}"
+        else:
+            ranges.append(str(cpu))
+    return ",".join(ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Cpusets:
+    """The cpuset controller: v1 `cpuset` hierarchy, or cgroup v2 with `cpuset` enabled."""
+
+    root: Path
+    version: int  # 1 or 2
+    scope: str = ""
+
+    def path(self, name: str) -> Path:
+        if self.scope:
+            return self.root / CGROUP_PARENT / self.scope / name
+        return self.root / CGROUP_PARENT / name
+
+    def procs_file(self, name: str) -> Path:
+        return self.path(name) / "cgroup.procs"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_dir()
+
+    def allowed(self) -> tuple[int, ...]:
+        """The CPUs any server may use: those of the hierarchy's root."""
+        files = ("cpuset.cpus",) if self.version == 1 else ("cpuset.cpus.effective",)
+        return parse_cpus((self.root / files[0]).read_text())
+
+    def create(self, name: str) -> None:
+        """Make the server's cpuset (and its parents), allowing every CPU of the root."""
+        levels = [self.root / CGROUP_PARENT]
+        if self.scope:
+            levels.append(levels[-1] / self.scope)
+        levels.append(self.path(name))
+        parent = self.root
+        for level in levels:
+            if self.version == 2:
+                # A child has the cpuset files only once its parent enables the controller.
+                control = parent / "cgroup.subtree_control"
+                if "cpuset" not in control.read_text().split():
+                    control.write_text("+cpuset")
+            level.mkdir(exist_ok=True)
+            if self.version == 1:
+                # A v1 cpuset starts empty: no process can join it until it has CPUs and memory.
+                for setting in ("cpuset.cpus", "cpuset.mems"):
+                    if not (level / setting).read_text().strip():
+                        (level / setting).write_text((parent / setting).read_text().strip())
+            parent = level
+
+    def set_cpus(self, name: str, cpus: Sequence[int]) -> None:
+        (self.path(name) / "cpuset.cpus").write_text(format_cpus(cpus))
+
+    def threads(self, name: str) -> tuple[int, ...]:
+        """Every thread (task) in the server's cpuset."""
+        try:
+            text = (
+                self.path(name) / ("tasks" if self.version == 1 else "cgroup.threads")
+            ).read_text()
+        except FileNotFoundError:
+            return ()
+        return tuple(sorted(int(tid) for tid in text.split()))
+
+    def remove(self, name: str) -> None:
+        _remove_cgroup(self.path(name), scoped=bool(self.scope))
+
+
+def detect_cpusets() -> Cpusets | None:
+    """The cpuset controller here (v1 hierarchy, else cgroup v2), or None when there is none."""
+    mounts = _mounts()
+    for point, fstype, options in mounts:
+        if fstype == "cgroup" and "cpuset" in options:
+            return Cpusets(Path(point), 1)
+    for point, fstype, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        with contextlib.suppress(OSError):
+            if "cpuset" in (Path(point) / "cgroup.controllers").read_text().split():
+                return Cpusets(Path(point), 2)
+    return None
 
 
 # --- processes -----------------------------------------------------------------------
@@ -277,7 +405,7 @@ class LabDriver:
     can therefore both have a server `s1` without touching each other's.
     """
 
-    kind = "lab"
+    kind = DriverKind.LAB
     move_style = MoveStyle.CHANNEL
 
     def __init__(
@@ -285,6 +413,7 @@ class LabDriver:
         state_dir: Path,
         *,
         cgroups: Cgroups | None = None,
+        cpusets: Cpusets | None = None,
         guest_argv: GuestArgv = default_guest_argv,
         start_timeout: float = 15.0,
         stop_timeout: float = 3.0,
@@ -294,6 +423,8 @@ class LabDriver:
         self.state_dir = Path(os.path.abspath(state_dir))
         self.scope = hashlib.sha256(os.fsencode(self.state_dir)).hexdigest()[:6]
         self._cgroups = replace(cgroups, scope=self.scope) if cgroups is not None else None
+        self._cpusets = replace(cpusets, scope=self.scope) if cpusets is not None else None
+        self._cpusets_detected = cpusets is not None
         self._guest_argv = guest_argv
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -307,6 +438,23 @@ class LabDriver:
         if self._cgroups is None:
             self._cgroups = replace(detect_cgroups(), scope=self.scope)
         return self._cgroups
+
+    @property
+    def cpusets(self) -> Cpusets | None:
+        """The cpuset controller, or None on a machine without one (no vCPU operations)."""
+        if not self._cpusets_detected:
+            found = detect_cpusets()
+            self._cpusets = replace(found, scope=self.scope) if found is not None else None
+            self._cpusets_detected = True
+        return self._cpusets
+
+    def _join_files(self, name: str) -> list[str]:
+        """The cgroup.procs files a process of the server writes itself into."""
+        files = [self.cgroups.procs_file(name)]
+        cpusets = self.cpusets
+        if cpusets is not None and cpusets.exists(name) and cpusets.procs_file(name) != files[0]:
+            files.append(cpusets.procs_file(name))
+        return [str(f) for f in files]
 
     def server_dir(self, name: str) -> Path:
         return self.state_dir / SERVERS_DIR / name
@@ -367,9 +515,30 @@ class LabDriver:
         raise DriverError("lab servers move by their channel: they are not copied")
 
     def exec_command(self, spec: ServerSpec, argv: Sequence[str]) -> list[str]:
-        """`sh` joining the server's cgroup, then `ip netns exec sgs-<name> argv...`."""
-        procs = self.cgroups.procs_file(spec.name)
-        return ["sh", "-c", _ENTER, str(procs), self.netns(spec.name), *argv]
+        """`sh` joining the server's cgroups, then `ip netns exec sgs-<name> argv...`.
+
+        DriverError when the server does not exist on this machine.
+        """
+        if not (_netns_usable(self.netns(spec.name)) and self.cgroups.exists(spec.name)):
+            raise DriverError(f"lab server {spec.name} does not exist on this machine")
+        return [
+            "sh",
+            "-c",
+            _ENTER,
+            self.netns(spec.name),
+            *self._join_files(spec.name),
+            "--",
+            *argv,
+        ]
+
+    async def close(self) -> None:
+        """Nothing to let go: a lab server's processes are the kernel's."""
+
+    async def vcpu_threads(self, spec: ServerSpec) -> tuple[VcpuThread, ...]:
+        return await asyncio.to_thread(self.vcpu_threads_sync, spec)
+
+    async def pin_vcpu(self, spec: ServerSpec, vcpu: int, cpus: Sequence[int]) -> VcpuThread:
+        return await asyncio.to_thread(self.pin_vcpu_sync, spec, vcpu, tuple(cpus))
 
     # -- blocking implementation -------------------------------------------------------
 
@@ -393,6 +562,7 @@ class LabDriver:
             raise DriverError(
                 f"cannot create cgroup {cgroups.path(name)}: {exc.strerror}"
             ) from None
+        self._ensure_cpuset(name)
 
     def _check_created(self, name: str) -> None:
         if not (_netns_usable(self.netns(name)) and self.cgroups.exists(name)):
@@ -434,9 +604,10 @@ class LabDriver:
         pidfile = self.server_dir(name) / PID_NAME
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
+        self._ensure_cpuset(name)  # a server created by a version without cpusets
         argv = [str(a) for a in self._guest_argv(sock)]
         with open(self.log_path(name), "ab") as out:
-            launch = [_ENTER, str(pidfile), str(cgroups.procs_file(name)), self.netns(name)]
+            launch = [_ENTER, str(pidfile), self.netns(name), *self._join_files(name), "--"]
             launcher = subprocess.Popen(
                 ["sh", "-c", _LAUNCH, "sh", *launch, *argv],
                 stdin=subprocess.DEVNULL,
@@ -552,6 +723,8 @@ class LabDriver:
         if attached is not None:
             self.detach_sync(name, instance, attached)
         self.cgroups.remove(name)
+        if self.cpusets is not None:
+            self.cpusets.remove(name)
         netns = self.netns(name)
         if (NETNS_DIR / netns).exists():
             _run(["ip", "netns", "delete", netns])
@@ -622,12 +795,113 @@ class LabDriver:
             power=power, pids=pids, guest_pid=self.guest_pid(name), channel_dir=attached
         )
 
+    # -- vCPUs (see "vCPUs" in the module docstring) ----------------------------------
+
+    def _ensure_cpuset(self, name: str, *, required: bool = False) -> None:
+        """Make the server's cpuset if missing, allowing its vCPUs' CPUs (no cpusets: nothing).
+
+        Not `required`, a failure is logged: the server runs, without vCPU operations.
+        """
+        cpusets = self.cpusets
+        if cpusets is None or cpusets.exists(name):
+            return
+        try:
+            cpusets.create(name)
+            cpusets.set_cpus(name, sorted(set().union(*self._affinities(name, cpusets, None))))
+        except OSError as exc:
+            why = f"cannot create cgroup {cpusets.path(name)}: {exc.strerror}"
+            if required:
+                raise DriverError(why) from None
+            log.warning("lab server %s runs without vCPU operations: %s", name, why)
+
+    def _affinities(self, name: str, cpusets: Cpusets, vcpus: int | None) -> list[tuple[int, ...]]:
+        """Each vCPU's recorded affinity (every allowed CPU when unpinned), `vcpus` of them.
+
+        `vcpus` None: as many as were recorded (at least one).
+        """
+        allowed = cpusets.allowed()
+        try:
+            recorded = json.loads((self.server_dir(name) / VCPUS_NAME).read_text())
+        except (OSError, ValueError):
+            recorded = []
+        if not isinstance(recorded, list):
+            recorded = []
+        count = vcpus if vcpus is not None else max(1, len(recorded))
+        found = []
+        for index in range(count):
+            entry = recorded[index] if index < len(recorded) else None
+            cpus = tuple(
+                sorted(c for c in entry if isinstance(c, int) and c in allowed)
+                if isinstance(entry, list)
+                else ()
+            )
+            found.append(cpus or allowed)  # a CPU gone from the machine falls back to all
+        return found
+
+    def _running_cpuset(self, spec: ServerSpec) -> Cpusets:
+        """The server's cpuset, every process of the server in it; DriverError when not running."""
+        name = spec.name
+        cpusets = self.cpusets
+        if cpusets is None:
+            raise DriverError(
+                "this machine has no cpuset cgroup controller: lab servers have no vCPU operations"
+            )
+        pids = self.cgroups.procs(name)
+        if not pids:
+            raise DriverError(f"lab server {name} is not running")
+        self._ensure_cpuset(name, required=True)
+        if cpusets.procs_file(name) != self.cgroups.procs_file(name):
+            # Processes that joined before the server had a cpuset (an older version).
+            inside = set(cpusets.threads(name))
+            for pid in pids:
+                if pid not in inside:
+                    with contextlib.suppress(ProcessLookupError):
+                        cpusets.procs_file(name).write_text(str(pid))
+        return cpusets
+
+    def vcpu_threads_sync(self, spec: ServerSpec) -> tuple[VcpuThread, ...]:
+        cpusets = self._running_cpuset(spec)
+        threads = cpusets.threads(spec.name)
+        return tuple(
+            VcpuThread(index=index, thread_ids=threads, affinity=affinity)
+            for index, affinity in enumerate(self._affinities(spec.name, cpusets, spec.vcpus))
+        )
+
+    def pin_vcpu_sync(self, spec: ServerSpec, vcpu: int, cpus: Sequence[int]) -> VcpuThread:
+        name = spec.name
+        if not 0 <= vcpu < spec.vcpus:
+            raise DriverError(f"lab server {name} has no vCPU {vcpu} (it has {spec.vcpus})")
+        cpusets = self._running_cpuset(spec)
+        allowed = cpusets.allowed()
+        wanted = tuple(sorted(set(cpus)))
+        if not wanted or not set(wanted) <= set(allowed):
+            raise DriverError(
+                f"cannot pin vCPU {vcpu} of {name} to CPU(s) {format_cpus(wanted) or '(none)'}: "
+                f"this machine's servers may use CPU(s) {format_cpus(allowed)}"
+            )
+        affinities = self._affinities(name, cpusets, spec.vcpus)
+        affinities[vcpu] = wanted
+        record = self.server_dir(name) / VCPUS_NAME
+        try:
+            partial = record.with_suffix(".tmp")
+            partial.write_text(json.dumps([list(a) for a in affinities]) + "\n")
+            partial.replace(record)
+            cpusets.set_cpus(name, sorted(set().union(*affinities)))
+        except OSError as exc:
+            raise DriverError(f"cannot pin vCPU {vcpu} of {name}: {exc.strerror}") from None
+        log.info("lab server %s: vCPU %d may run on CPU(s) %s", name, vcpu, format_cpus(wanted))
+        return VcpuThread(index=vcpu, thread_ids=cpusets.threads(name), affinity=wanted)
+
 
 __all__ = [
     "NETNS_PREFIX",
     "Cgroups",
+    "Cpusets",
     "LabDriver",
     "default_guest_argv",
     "detect_cgroups",
+    "detect_cpusets",
+    "format_cpus",
+    "parse_cpus",
     "process_state",
 ]

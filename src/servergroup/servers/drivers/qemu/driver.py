@@ -32,9 +32,12 @@ The copy's channel socket is in the target's channel directory from the
 start, so the target's relay is connected before the guest arrives.
 
 QEMU runs daemonized (`-daemonize`): it outlives a restart of the host
-daemon, which adopts it. vCPU threads come from QMP `query-cpus-fast`;
-`pin_vcpu` sets one thread's CPU affinity (the scaling capability frees a
-physical CPU that way when the guest offlines a vCPU).
+daemon, which adopts it.
+
+vCPUs (the `Hypervisor` protocol): each vCPU of the VM is one QEMU thread,
+found with QMP `query-cpus-fast`; `pin_vcpu` sets that thread's CPU affinity
+(the scaling capability frees a physical CPU that way when the guest
+offlines a vCPU).
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from servergroup.servers.drivers.base import (
@@ -60,6 +62,7 @@ from servergroup.servers.drivers.base import (
     Power,
     channel_name,
 )
+from servergroup.servers.drivers.hypervisor import VcpuThread
 from servergroup.servers.drivers.qemu import image as guest_image
 from servergroup.servers.drivers.qemu.boot import (
     CHANNEL_PORT_ID,
@@ -71,7 +74,8 @@ from servergroup.servers.drivers.qemu.boot import (
 from servergroup.servers.drivers.qemu.execbroker import ExecBroker
 from servergroup.servers.drivers.qemu.qmp import Monitor, run
 from servergroup.servers.drivers.qemu.rootfs import RootfsError, ensure_rootfs
-from servergroup.servers.model import ServerSpec
+from servergroup.servers.drivers.registry import driver_info
+from servergroup.servers.model import DriverKind, ServerSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ DISK_NAME = "disk"
 #: sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
 #: A qemu server gets at least this much memory: its guest runs Python.
-MIN_MEMORY_MB = 256
+MIN_MEMORY_MB = driver_info(DriverKind.QEMU).min_memory_mb
 POLL_INTERVAL = 0.05
 #: Migration bandwidth cap (bytes/s): QEMU's default of 32 MiB/s makes a
 #: local migration needlessly slow.
@@ -110,15 +114,6 @@ _POWER = {
     "debug": Power.FROZEN,
     "watchdog": Power.FROZEN,
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VcpuThread:
-    """One vCPU of a VM and the host thread that runs it."""
-
-    index: int
-    thread_id: int
-    affinity: tuple[int, ...]
 
 
 def process_alive(pid: int) -> bool:
@@ -165,13 +160,14 @@ class QemuDriver:
     """QEMU VMs of host `host` (see the module docstring); root only.
 
     `state_dir` is the machine's servergroup state directory; `channel_dir` the
-    host's channel directory, where each VM's channel socket goes; `migration_address`
+    host's channel directory, where each VM's channel socket goes (None for a
+    command that only reaches VMs already running: it boots none); `migration_address`
     the address of this host that a migration's source can reach (the lab
     host's address on a lab). `image_dir` holds the guest image (default:
     `image.default_image_dir()`), built on first use when missing.
     """
 
-    kind = "qemu"
+    kind = DriverKind.QEMU
     move_style = MoveStyle.COPY
 
     def __init__(
@@ -179,7 +175,7 @@ class QemuDriver:
         state_dir: Path,
         *,
         host: str,
-        channel_dir: Path,
+        channel_dir: Path | None,
         migration_address: str = "127.0.0.1",
         image_dir: Path | None = None,
         boot_timeout: float = 90.0,
@@ -188,7 +184,7 @@ class QemuDriver:
     ) -> None:
         self.state_dir = Path(os.path.abspath(state_dir))
         self.host = host
-        self.channel_dir = Path(os.path.abspath(channel_dir))
+        self.channel_dir = Path(os.path.abspath(channel_dir)) if channel_dir is not None else None
         self.migration_address = migration_address
         self.image_dir = image_dir
         self.boot_timeout = boot_timeout
@@ -285,7 +281,7 @@ class QemuDriver:
         for other in sorted((self.state_dir / QEMU_DIR).glob(f"*/{name}")):
             if other.parent.name == self.host:
                 continue
-            peer = QemuDriver(self.state_dir, host=other.parent.name, channel_dir=self.channel_dir)
+            peer = QemuDriver(self.state_dir, host=other.parent.name, channel_dir=None)
             disk = _read(other / DISK_NAME)
             if disk is not None and peer.pid(name) is not None and Path(disk).is_file():
                 return Path(disk)
@@ -328,6 +324,10 @@ class QemuDriver:
                 return
             if not self.server_dir(spec.name).is_dir():
                 raise DriverError(f"qemu server {spec.name} does not exist on host {self.host}")
+            if self.channel_dir is None:
+                raise DriverError(
+                    f"qemu server {spec.name} cannot boot without a channel directory"
+                )
             await self._launch(spec, self.channel_dir / channel_name(spec.instance), incoming=None)
             await self._wait_agent(spec.name)
             await self._new_broker(spec.name)
@@ -634,7 +634,12 @@ class QemuDriver:
             await self._stop(name)
 
     def exec_command(self, spec: ServerSpec, argv: Sequence[str]) -> list[str]:
-        """The exec client, talking to this host's broker of the VM's exec port."""
+        """The exec client, talking to this host's broker of the VM's exec port.
+
+        DriverError when the VM does not run here.
+        """
+        if self.pid(spec.name) is None:
+            raise DriverError(f"qemu server {spec.name} does not run on host {self.host} here")
         return [
             sys.executable,
             "-m",
@@ -667,8 +672,8 @@ class QemuDriver:
 
     # -- vCPUs -------------------------------------------------------------------------
 
-    async def vcpu_threads(self, spec: ServerSpec) -> list[VcpuThread]:
-        """Each vCPU of the running VM and its host thread (QMP `query-cpus-fast`)."""
+    async def vcpu_threads(self, spec: ServerSpec) -> tuple[VcpuThread, ...]:
+        """Each vCPU of the running VM: its QEMU thread (QMP `query-cpus-fast`) and affinity."""
         if self.pid(spec.name) is None:
             raise DriverError(f"qemu server {spec.name} is not running on host {self.host}")
         cpus = await self._monitor(spec.name).execute("query-cpus-fast")
@@ -680,26 +685,26 @@ class QemuDriver:
             except OSError:
                 affinity = ()
             threads.append(
-                VcpuThread(index=int(cpu["cpu-index"]), thread_id=tid, affinity=affinity)
+                VcpuThread(index=int(cpu["cpu-index"]), thread_ids=(tid,), affinity=affinity)
             )
-        return sorted(threads, key=lambda t: t.index)
+        return tuple(sorted(threads, key=lambda t: t.index))
 
     async def pin_vcpu(self, spec: ServerSpec, vcpu: int, cpus: Sequence[int]) -> VcpuThread:
-        """Run vCPU `vcpu` of the VM only on host CPUs `cpus`."""
+        """Run vCPU `vcpu` of the VM only on host CPUs `cpus` (its thread's affinity)."""
         for thread in await self.vcpu_threads(spec):
-            if thread.index == vcpu:
-                try:
-                    os.sched_setaffinity(thread.thread_id, set(cpus))
-                except (OSError, ValueError) as exc:
-                    raise DriverError(
-                        f"cannot pin vCPU {vcpu} of {spec.name} to CPU(s) "
-                        f"{','.join(map(str, cpus))}: {getattr(exc, 'strerror', None) or exc}"
-                    ) from None
-                return VcpuThread(
-                    index=vcpu,
-                    thread_id=thread.thread_id,
-                    affinity=tuple(sorted(os.sched_getaffinity(thread.thread_id))),
-                )
+            if thread.index != vcpu:
+                continue
+            (tid,) = thread.thread_ids
+            try:
+                os.sched_setaffinity(tid, set(cpus))
+                affinity = tuple(sorted(os.sched_getaffinity(tid)))
+            except (OSError, ValueError) as exc:
+                raise DriverError(
+                    f"cannot pin vCPU {vcpu} of {spec.name} to CPU(s) "
+                    f"{','.join(map(str, cpus)) or '(none)'}: "
+                    f"{getattr(exc, 'strerror', None) or exc}"
+                ) from None
+            return VcpuThread(index=vcpu, thread_ids=(tid,), affinity=affinity)
         raise DriverError(f"qemu server {spec.name} has no vCPU {vcpu}")
 
 
@@ -734,7 +739,6 @@ def remove_all(state_dir: Path) -> list[str]:
 __all__ = [
     "MIN_MEMORY_MB",
     "QemuDriver",
-    "VcpuThread",
     "free_port",
     "process_alive",
     "remove_all",

@@ -30,6 +30,11 @@ fill) instead of growing the agent. Stdin waiting for slow children is
 bounded by `STDIN_HIGH_WATER`: above it the agent stops reading the port
 until they catch up (all sessions wait: the port is one stream).
 
+Commands run with the agent's environment, the `bin` directory of the
+Python environment the agent runs from first on PATH (as an activated
+virtual environment has it), so `servergroup` and the tools installed with
+it are found as on the host; the host's `env` goes over that.
+
 Nothing the host sends stops the agent; garbage is skipped by the decoder
 and counted. Only SIGTERM/SIGINT (or cancellation) stop it, after hanging up
 every session.
@@ -46,7 +51,7 @@ import select
 import signal
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,6 +110,14 @@ class Port(Protocol):
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def close(self) -> None: ...
+
+
+def command_environment(
+    base: Mapping[str, str], extra: Mapping[str, str] | None, *, bin_dir: str
+) -> dict[str, str]:
+    """The environment of a command: `base` with `bin_dir` first on PATH, then `extra` over it."""
+    path = [bin_dir, *(p for p in base.get("PATH", os.defpath).split(os.pathsep) if p != bin_dir)]
+    return {**base, "PATH": os.pathsep.join(path), **(extra or {})}
 
 
 class _WriteQueue:
@@ -410,9 +423,7 @@ class _Session:
             self.agent.ended(self)
 
     async def _run(self, request: OpenRequest) -> None:
-        env = None
-        if request.env is not None:
-            env = {**os.environ, **request.env}
+        env = command_environment(os.environ, request.env, bin_dir=os.path.dirname(sys.executable))
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *request.argv,
