@@ -58,7 +58,7 @@ from servergroup.servers.model import (
     ServerStatus,
     VmState,
 )
-from servergroup.servers.registry import Registry, RegistryCache, host_key
+from servergroup.servers.registry import Registry, RegistryCache, group_key, host_key
 
 WAIT = 10.0
 CONFIG = CoordinationConfig()
@@ -326,7 +326,7 @@ async def test_broadcast_refusals_are_nacked(world: World) -> None:
 
 async def test_not_a_member_of_any_group_is_nacked(world: World) -> None:
     spec_e = (await world.registry.require_server("e")).spec
-    await world.registry.coordinator.delete("groups/other")
+    await world.registry.coordinator.delete(group_key("other"))
     await world.hosts["h1"].cache.wait_for(lambda s: "other" not in s.groups, WAIT)
     world.guests["e"].send(Broadcast(text="anyone?"))
     _, msg = await world.guests["e"].next()
