@@ -12,6 +12,11 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   after its start) and delivers each put, in store order, to its LOCAL
   connected members of that group except the sender, with the key's version
   as `seq`: one total order per group across all hosts, numbered 1, 2, 3...
+  The service watches only `broadcasts/` (the registry cache follows
+  `registry/`), so each broadcast reaches a host once. A host that fell
+  behind the store's compaction reads the broadcasts again, delivers each
+  group's latest and logs how many it missed: members see a gap in `seq`,
+  never a seq twice or out of order.
   A text that is too long, has a NUL or a newline, or comes from a server
   whose group does not exist is refused with a `nack` that says why.
 - **Status.** A `status_query` gets one `status_response` per member of the
@@ -44,6 +49,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
     CoordinationError,
@@ -116,6 +122,7 @@ class ServiceCounters:
     received: int = 0  # messages routed to the service by the relay
     broadcasts_accepted: int = 0  # puts to broadcasts/<group>
     broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
+    broadcasts_missed: int = 0  # compacted away before this host saw them (a gap in seq)
     status_queries: int = 0
     status_responses: int = 0  # status_response messages sent
     notifications: int = 0  # notification messages sent
@@ -150,7 +157,12 @@ def iso_time(wall: float) -> str:
 
 
 class GroupService:
-    """Serves `cgcs.server_grp` for the guests connected to this host's relay."""
+    """Serves `cgcs.server_grp` for the guests connected to this host's relay.
+
+    A component of the host daemon (`common.component`): `start`, `stop`, `health`.
+    """
+
+    name = "groups"
 
     def __init__(
         self,
@@ -180,6 +192,9 @@ class GroupService:
         self._tasks: list[asyncio.Task[None]] = []
         self._undo: list[Callable[[], None]] = []
         self._started = False
+        #: group -> (create revision, version) of the latest broadcast seen: no seq twice.
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._watch_trouble: str | None = None  # why the broadcast watch is down, if it is
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -191,6 +206,9 @@ class GroupService:
         if self._started:
             return
         rng = await self._c.get_prefix(BROADCASTS)
+        self._seen = {
+            kv.key[len(BROADCASTS) :]: (kv.create_revision, kv.version) for kv in rng.items
+        }
         self._changes = self._cache.subscribe()
         self._undo = [
             self._relay.route(SERVER_GROUP_ADDR, self._on_message),
@@ -238,6 +256,24 @@ class GroupService:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def health(self) -> ComponentHealth:
+        """Serving or not; degraded while the broadcast watch is down."""
+        if not self._started:
+            return ComponentHealth(
+                state=HealthState.STOPPED, sentence="the group service is not serving"
+            )
+        c = self.counters
+        done = (
+            f"{c.broadcasts_accepted} broadcast(s) sent, {c.broadcasts_delivered} delivered, "
+            f"{c.broadcasts_missed} missed, {c.notifications} notification(s)"
+        )
+        if self._watch_trouble is not None:
+            return ComponentHealth(
+                state=HealthState.DEGRADED,
+                sentence=f"the broadcast watch is down ({self._watch_trouble}); {done}",
+            )
+        return ComponentHealth(state=HealthState.HEALTHY, sentence=f"serving; {done}")
 
     def subscriptions(self, instance: str) -> frozenset[str]:
         """The addresses besides `cgcs.server_grp` that get group traffic in `instance`."""
@@ -432,11 +468,20 @@ class GroupService:
     # -- broadcasts ----------------------------------------------------------------------
 
     async def _follow_broadcasts(self, start_revision: int) -> None:
+        """Deliver every broadcast put from `start_revision` on, surviving compaction.
+
+        When the store compacted the revisions this host had not seen yet
+        (it fell behind: cut off, frozen, slow), the watch cannot resume:
+        the broadcasts are read again and the latest of each group that
+        changed is delivered, after a log line saying how many were missed.
+        Receivers see the gap in `seq`; never a seq twice or out of order.
+        """
         next_revision = start_revision
         while True:
             try:
                 watch = await self._c.watch(BROADCASTS, start_revision=next_revision)
                 try:
+                    self._watch_trouble = None
                     async for event in watch:
                         next_revision = event.revision + 1
                         await self._deliver_broadcast(event)
@@ -444,37 +489,89 @@ class GroupService:
                     await watch.close()
             except asyncio.CancelledError:
                 raise
-            except WatchCompacted:
-                rng = await self._reread_revision()
-                if rng is not None:
-                    log.warning(
-                        "broadcast history from revision %d was compacted; "
-                        "broadcasts in between are lost (receivers see the gap in seq)",
-                        next_revision,
-                    )
-                    next_revision = rng + 1
+            except WatchCompacted as exc:
+                self._watch_trouble = "history compacted"
+                log.warning(
+                    "broadcast history from revision %d was compacted (up to %d); "
+                    "reading the broadcasts again",
+                    next_revision,
+                    exc.compact_revision,
+                )
+                revision = await self._catch_up()
+                if revision is not None:
+                    next_revision = revision + 1
+                    continue
             except CoordinationError as exc:
+                self._watch_trouble = str(exc)
                 log.warning("the broadcast watch ended (%s); watching again", exc)
             except Exception:
+                self._watch_trouble = "BUG"
                 log_bug(log, "the broadcast watch")
             await self._clock.sleep(_REWATCH_INTERVAL)
 
-    async def _reread_revision(self) -> int | None:
+    async def _catch_up(self) -> int | None:
+        """Deliver each group's latest broadcast that this host has not seen; the revision read.
+
+        None if the store cannot be read (the caller retries).
+        """
         try:
-            return (await self._c.get_prefix(BROADCASTS)).revision
+            rng = await self._c.get_prefix(BROADCASTS)
         except CoordinationError as exc:
             log.warning("cannot read the broadcasts (%s); retrying", exc)
             return None
+        present = set()
+        for kv in rng.items:
+            group = kv.key[len(BROADCASTS) :]
+            present.add(group)
+            await self._deliver_broadcast(
+                WatchEvent(
+                    kind=EventKind.PUT,
+                    key=kv.key,
+                    value=kv.value,
+                    revision=kv.mod_revision,
+                    create_revision=kv.create_revision,
+                    version=kv.version,
+                    lease=kv.lease,
+                )
+            )
+        for group in set(self._seen) - present:
+            del self._seen[group]  # deleted while we were away: its numbering starts again
+        return rng.revision
+
+    def _missed(self, group: str, create_revision: int, version: int) -> int | None:
+        """How many broadcasts of `group` came before `version` unseen; None: already seen."""
+        seen = self._seen.get(group)
+        if seen is None or seen[0] != create_revision:
+            return version - 1  # a group (re)created after our start: numbered from 1
+        if version <= seen[1]:
+            return None
+        return version - seen[1] - 1
 
     async def _deliver_broadcast(self, event: WatchEvent) -> None:
+        group = event.key[len(BROADCASTS) :]
         if event.kind is not EventKind.PUT:
-            return  # the group was deleted
+            self._seen.pop(group, None)  # the group was deleted
+            return
+        missed = self._missed(group, event.create_revision, event.version)
+        if missed is None:
+            return  # seen already (a re-read after compaction): never the same seq twice
+        self._seen[group] = (event.create_revision, event.version)
+        if missed:
+            self.counters.broadcasts_missed += missed
+            log.warning(
+                "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
+                "compacted them before this host read them; members see the gap",
+                self.host,
+                missed,
+                group,
+                event.version - missed,
+                event.version - 1,
+            )
         try:
             record = decode_broadcast(event.value)
         except RecordError as exc:
             self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
             return
-        group = event.key[len(BROADCASTS) :]
         msg = Broadcast(text=record.text, source_instance=record.sender_instance, seq=event.version)
         for instance in self._local_members(
             self._cache.snapshot, group, besides=record.sender_instance
