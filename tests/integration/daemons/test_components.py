@@ -16,8 +16,9 @@ import os
 import re
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,13 @@ from servergroup.daemons.host import (
     Built,
     ComponentFactory,
     HostDaemon,
+    HostNameTaken,
     HostOptions,
     HostShared,
     build_components,
 )
 from servergroup.groups.service import GroupService
-from servergroup.servers.model import decode_host
+from servergroup.servers.model import HostRecord, decode_host, encode_record
 from servergroup.servers.registry import HOSTS, REGISTRY, host_key
 
 WAIT = 15.0
@@ -206,3 +208,45 @@ def test_a_factory_that_needs_a_later_component_says_which(tmp_path: Path) -> No
     shared = HostShared.__new__(HostShared)  # never read: the factory fails before
     with pytest.raises(LookupError, match="no ChannelRelay component was built before"):
         build_components(Config(state_dir=tmp_path), options(tmp_path, ("lab",)), shared, wrong)
+
+
+async def test_a_dead_predecessors_record_is_awaited_then_claimed(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The record of a daemon that died keeps its name until its lease expires (1 s)."""
+    opts = options(tmp_path, ("lab",))
+    coordination = CoordinationConfig(endpoints=etcd_server.endpoints, prefix=etcd_prefix)
+    config = Config(state_dir=tmp_path / "state", coordination=coordination)
+    async with EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=coordination) as c:
+        lease = await c.grant(1)  # never renewed: the predecessor is dead
+        stale = HostRecord(name=opts.name, channel_dir="/x", pid=1, started_at="")
+        await c.put(host_key(opts.name), encode_record(stale), lease=lease.id)
+        daemon = HostDaemon(config, opts, endpoints=etcd_server.endpoints)
+        ready = asyncio.Event()
+        started = time.monotonic()
+        task = asyncio.create_task(daemon.run(ready.set))
+        try:
+            async with asyncio.timeout(WAIT):
+                await ready.wait()
+            took = time.monotonic() - started
+            kv = await c.get(host_key(opts.name))
+            assert kv is not None
+            assert decode_host(kv.value).pid == os.getpid()
+            assert 0.5 < took < 2 * coordination.lease_ttl + 1.5  # waited, but not to the end
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await c.delete_prefix("")
+
+
+async def test_a_live_daemon_keeps_its_name(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    async with running(etcd_server, etcd_prefix, tmp_path) as first:
+        opts = replace(first.daemon.options, channel_dir=tmp_path / "other", address="sgtother")
+        second = HostDaemon(first.daemon.config, opts, endpoints=etcd_server.endpoints)
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(HostNameTaken, match=rf"named {opts.name!r} is running \(pid \d+\)"):
+                await second.run()
+        assert first.daemon.health()["servers"].state is HealthState.HEALTHY
