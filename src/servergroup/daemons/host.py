@@ -16,9 +16,9 @@ Theory of operation. The daemon is a list of components (the protocol of
   (`guestcomm.relay`: one stream per guest found in the channel directory,
   and the host's abstract `cgcs.messaging` for host tools), the **group
   service** (`groups.service`: broadcast, status, notifications; it watches
-  `broadcasts/`) and the **server manager** (`servers.manager`: the
-  lifecycle of the servers the registry puts on this host, through the
-  server drivers).
+  `broadcasts/<group>` of the groups with a server here) and the **server
+  manager** (`servers.manager`: the lifecycle of the servers the registry
+  puts on this host, through the server drivers).
 
 Components start in that order and stop in the reverse order, one log line
 each; a component may use those before it. A capability that runs on a host

@@ -609,3 +609,39 @@ async def test_a_host_behind_the_compaction_window_says_what_it_missed(
         assert await b.quiet(0.5) == []
         assert service.counters.broadcasts_missed == 4
         await admin.delete_prefix("")
+
+
+async def test_a_host_watches_the_broadcasts_of_its_local_groups_only(world: World) -> None:
+    h1, h2 = world.hosts["h1"].service, world.hosts["h2"].service
+
+    def local_groups(service: GroupService) -> str:
+        return service.health().sentence.split(";")[0]
+
+    assert local_groups(h1) == "serving 2 local group(s)"  # g and other
+    assert local_groups(h2) == "serving 1 local group(s)"  # g
+    # A group whose first server lands on h2: h2 follows it from then on.
+    await world.registry.create_group(
+        GroupRecord(name="late", policy=Policy.AFFINITY, uuid="u3", created_at="")
+    )
+    salt = secrets.token_hex(3)
+    await world.registry.create_server(spec("f", "h2", "late", salt))
+    await world.registry.put_status(status("f", "h2"))
+    await wait_for(lambda: local_groups(h2) == "serving 2 local group(s)", "h2 to follow late")
+    f = TestGuest(instance_of("f", salt), world.hosts["h2"].channel_dir)
+    await f.start()
+    try:
+        await wait_for(lambda: f.instance in world.hosts["h2"].relay.connected(), "f connected")
+        record = BroadcastRecord(
+            group="late", sender="x", sender_instance="instance-elsewhere", text="hi", sent_at=""
+        )
+        await world.registry.coordinator.put(broadcast_key("late"), encode_record(record))
+        assert await f.next_of(Broadcast) == Broadcast(
+            text="hi", source_instance="instance-elsewhere", seq=1
+        )
+        assert h2.counters.broadcasts_missed == 0
+        assert local_groups(h1) == "serving 2 local group(s)"  # late has nobody on h1
+    finally:
+        await f.stop()
+    # The last server of `other` on h1 goes: h1 stops following it.
+    await world.registry.remove_server("e")
+    await wait_for(lambda: local_groups(h1) == "serving 1 local group(s)", "h1 to drop other")
