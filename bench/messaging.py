@@ -61,6 +61,7 @@ from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, 
 from servergroup.config import CoordinationConfig, parse_endpoints
 from servergroup.coordination import EtcdCoordinator
 from servergroup.coordination.types import EventKind
+from servergroup.servers import registry as keys
 
 HERE = Path(__file__).resolve().parent
 MEMBER = HERE / "messaging_member.py"
@@ -226,11 +227,11 @@ class Bench(UpRun):
             endpoints, prefix=str(self.up["prefix"]), config=CoordinationConfig()
         )
         try:
-            start = (await coordinator.get_prefix("hosts/")).revision + 1
-            watch = await coordinator.watch("", start_revision=start)
+            start = (await coordinator.get_prefix(keys.HOSTS)).revision + 1
+            watch = await coordinator.watch(keys.REGISTRY, start_revision=start)
             try:
                 async for ev in watch:
-                    if ev.key.startswith(("servers/", "hosts/")):
+                    if ev.key.startswith((keys.SERVERS, keys.HOSTS)):
                         self.store.append(
                             StoreEvent(
                                 at=time.monotonic(), kind=ev.kind, key=ev.key, value=ev.value
@@ -490,7 +491,7 @@ async def measure_lifecycle(bench: Bench, ops: int) -> dict[str, Any]:
         )
         arrivals = [m.notified(event_type, {target.name}, marks[m.name])[0].at for m in others]
         written = bench.store_event(
-            f"servers/{target.name}/status",
+            keys.status_key(target.name),
             started_at,
             functools.partial(status_in_state, state),
         )
@@ -551,7 +552,7 @@ async def measure_host_loss(bench: Bench, runs: int, lease_ttl: float) -> dict[s
         lasts = [max(a) - killed_at for a in arrivals]
         first += firsts
         last += lasts
-        deleted = bench.store_event(f"hosts/{victim}", killed_at, is_delete)
+        deleted = bench.store_event(keys.host_key(victim), killed_at, is_delete)
         row: dict[str, Any] = {
             "host": victim,
             "servers_lost": len(lost),

@@ -62,7 +62,7 @@ def host(
     service on etcd (broadcast, status, notifications) and carry out the
     lifecycle of the servers placed on this host.
 
-    Registers itself as hosts/NAME on its etcd session: when it dies, the
+    Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.
     """
     config = state.config()

@@ -227,24 +227,45 @@ class Ownership:
     async def _key_changes(
         self, start_revision: int, token: int | None
     ) -> AsyncGenerator[str, None]:
-        """Yield once the key is deleted or, when `token` is set, no longer ours."""
-        watch = await self.session.coordinator.watch(self.key, start_revision=start_revision)
-        try:
-            async for ev in watch:
-                if ev.key != self.key:
-                    continue  # another key that merely shares the prefix
-                if ev.kind is EventKind.DELETE:
-                    yield "owner key deleted"
-                    return
-                if token is not None and ev.create_revision != token:
-                    yield "owner key taken by another"
-                    return
-        except WatchCompacted:
-            yield "watch compacted"
-        except CoordinationError as exc:
-            yield f"watch failed: {exc}"
-        finally:
-            await watch.close()
+        """Yield once the key is deleted or, when `token` is set, no longer ours.
+
+        A watch that cannot resume because the store compacted its history
+        reads the key again: as it is now, it says what the lost events
+        would have said, and the watch goes on from that read.
+        """
+        coordinator = self.session.coordinator
+        while True:
+            watch = await coordinator.watch(self.key, start_revision=start_revision)
+            try:
+                async for ev in watch:
+                    if ev.key != self.key:
+                        continue  # another key that merely shares the prefix
+                    if ev.kind is EventKind.DELETE:
+                        yield "owner key deleted"
+                        return
+                    if token is not None and ev.create_revision != token:
+                        yield "owner key taken by another"
+                        return
+            except WatchCompacted:
+                pass
+            except CoordinationError as exc:
+                yield f"watch failed: {exc}"
+                return
+            finally:
+                await watch.close()
+            try:
+                rng = await coordinator.get_prefix(self.key)
+            except CoordinationError as exc:
+                yield f"cannot read the key after its watch was compacted: {exc}"
+                return
+            kv = next((kv for kv in rng.items if kv.key == self.key), None)
+            if kv is None:
+                yield "owner key deleted"
+                return
+            if token is not None and kv.create_revision != token:
+                yield "owner key taken by another"
+                return
+            start_revision = rng.revision + 1
 
     async def _hold(self, token: int, lease: int) -> str:
         changes = self._key_changes(token + 1, token)

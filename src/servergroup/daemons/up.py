@@ -8,7 +8,7 @@
 3. one `servergroup host` daemon per lab host, started detached inside the
    host's namespace, channel directory `<state>/up/hosts/h<i>/channels`, log
    `<state>/up/hosts/h<i>/host.log`; it is ready when its record
-   `hosts/h<i>` appears in etcd.
+   `registry/hosts/h<i>` appears in etcd (seen on a watch).
 
 Calling it again with the same N changes nothing; with another N it adds or
 removes hosts. What it made is written to `<state>/up/state.json`, so that
@@ -41,9 +41,9 @@ from servergroup.coordination.etcd_process import process_state
 from servergroup.lab import Lab
 from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.drivers.qemu.driver import remove_all as qemu_remove_all
-from servergroup.servers.model import decode_host
+from servergroup.servers.model import RegistrySnapshot
 from servergroup.servers.operations import Operations
-from servergroup.servers.registry import BROADCASTS, GROUPS, Registry
+from servergroup.servers.registry import BROADCASTS, GROUPS, Registry, RegistryCache
 
 log = logging.getLogger(__name__)
 
@@ -275,33 +275,50 @@ def up(
 
 
 async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> None:
-    """Wait until every host daemon has registered itself in etcd (or died)."""
+    """Wait until every host daemon has registered itself in etcd (or died).
+
+    The registrations come from a watch of the registry; the daemons'
+    processes are checked locally every tenth of a second meanwhile.
+    """
     coordination = config.coordination
     coordinator = EtcdCoordinator((endpoint,), prefix=coordination.prefix, config=coordination)
+    cache = RegistryCache(coordinator)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HOST_READY_TIMEOUT
+
+    def registered(snap: RegistrySnapshot, h: UpHost) -> bool:
+        record = snap.hosts.get(h.name)
+        return record is not None and record.pid == h.pid
+
     try:
-        waiting = {h.name: h for h in status.hosts}
-        while waiting:
-            for name, h in list(waiting.items()):
+        try:
+            await cache.start()
+        except CoordinationError as exc:
+            raise ProcessFailed(
+                f"cannot read the registry from etcd at {endpoint}: {exc}"
+            ) from None
+        while True:
+            waiting = [h for h in status.hosts if not registered(cache.snapshot, h)]
+            if not waiting:
+                return
+            for h in waiting:
                 if process_state(h.pid) in (None, "Z", "X"):
                     raise ProcessFailed(
-                        f"host daemon {name} exited at start; see its log {h.log_path}"
+                        f"host daemon {h.name} exited at start; see its log {h.log_path}"
                     )
-                with contextlib.suppress(CoordinationError):
-                    kv = await coordinator.get(f"hosts/{name}")
-                    if kv is not None and decode_host(kv.value).pid == h.pid:
-                        del waiting[name]
-            if not waiting:
-                break
-            if loop.time() >= deadline:
-                names = ", ".join(sorted(waiting))
+            left = deadline - loop.time()
+            if left <= 0:
+                names = ", ".join(sorted(h.name for h in waiting))
                 raise ProcessFailed(
                     f"host daemon(s) {names} did not register within "
                     f"{HOST_READY_TIMEOUT:g} s; see {status.hosts[0].log_path}"
                 )
-            await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await cache.wait_for(
+                    lambda snap: all(registered(snap, h) for h in status.hosts), min(0.1, left)
+                )
     finally:
+        await cache.stop()
         await coordinator.close()
 
 

@@ -32,7 +32,7 @@ once, the first row of this table that matches wins:
 | active, online_cpus changed                             | compute.instance.scale.end          |
 
 Host records (liveness, from each host daemon's session lease): when
-`hosts/<h>` disappears every server whose `status.host == h` (and is not
+`registry/hosts/<h>` disappears every server whose `status.host == h` (and is not
 deleted) is `compute.instance.lost` with priority ERROR; when it comes back,
 each such server is `compute.instance.recovered`.
 

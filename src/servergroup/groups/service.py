@@ -12,6 +12,13 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   after its start) and delivers each put, in store order, to its LOCAL
   connected members of that group except the sender, with the key's version
   as `seq`: one total order per group across all hosts, numbered 1, 2, 3...
+  The service watches `broadcasts/<group>` of each group with a server on
+  this host (from the registry change that placed the first one here) and
+  nothing else (the registry cache follows `registry/`), so a broadcast
+  reaches a host once, and only a host with members of its group. A host
+  that fell behind the store's compaction reads the group's key again,
+  delivers its latest broadcast and logs how many it missed: members see a
+  gap in `seq`, never a seq twice or out of order.
   A text that is too long, has a NUL or a newline, or comes from a server
   whose group does not exist is refused with a `nack` that says why.
 - **Status.** A `status_query` gets one `status_response` per member of the
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
     CoordinationError,
@@ -116,6 +124,7 @@ class ServiceCounters:
     received: int = 0  # messages routed to the service by the relay
     broadcasts_accepted: int = 0  # puts to broadcasts/<group>
     broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
+    broadcasts_missed: int = 0  # compacted away before this host saw them (a gap in seq)
     status_queries: int = 0
     status_responses: int = 0  # status_response messages sent
     notifications: int = 0  # notification messages sent
@@ -150,7 +159,12 @@ def iso_time(wall: float) -> str:
 
 
 class GroupService:
-    """Serves `cgcs.server_grp` for the guests connected to this host's relay."""
+    """Serves `cgcs.server_grp` for the guests connected to this host's relay.
+
+    A component of the host daemon (`common.component`): `start`, `stop`, `health`.
+    """
+
+    name = "groups"
 
     def __init__(
         self,
@@ -180,6 +194,12 @@ class GroupService:
         self._tasks: list[asyncio.Task[None]] = []
         self._undo: list[Callable[[], None]] = []
         self._started = False
+        #: group -> the watch of its broadcasts, for each group with a server on this host.
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        #: group -> (create revision, version) of the latest broadcast seen: no seq twice.
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._watch_trouble: dict[str, str] = {}  # group -> why its broadcast watch is down
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -190,20 +210,28 @@ class GroupService:
         """
         if self._started:
             return
-        rng = await self._c.get_prefix(BROADCASTS)
         self._changes = self._cache.subscribe()
+        snap = self._cache.snapshot
+        rng = await self._c.get_prefix(BROADCASTS)
+        local = self._local_groups(snap)
+        self._seen = {
+            group: (kv.create_revision, kv.version)
+            for kv in rng.items
+            if (group := kv.key[len(BROADCASTS) :]) in local
+        }
         self._undo = [
             self._relay.route(SERVER_GROUP_ADDR, self._on_message),
             self._relay.on_change(self._on_channel_change),
         ]
         self._tasks = [
-            asyncio.create_task(self._follow_broadcasts(rng.revision + 1), name="group-bcast"),
             asyncio.create_task(self._follow_registry(self._changes), name="group-notify"),
         ]
+        self._follow_groups(snap, rng.revision + 1)
         self._started = True
         log.info(
-            "group service of host %s ready (broadcasts from revision %d)",
+            "group service of host %s ready (broadcasts of %d local group(s) from revision %d)",
             self.host,
+            len(local),
             rng.revision + 1,
         )
 
@@ -218,13 +246,22 @@ class GroupService:
         if self._changes is not None:
             self._cache.unsubscribe(self._changes)
             self._changes = None
-        tasks = [*self._tasks, *self._workers.values()]
+        tasks = [
+            *self._tasks,
+            *self._followers.values(),
+            *self._retiring,
+            *self._workers.values(),
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._followers.clear()
+        self._retiring.clear()
+        self._seen.clear()
+        self._watch_trouble.clear()
         self._workers.clear()
         self._queues.clear()
         self._subscriptions.clear()
@@ -238,6 +275,28 @@ class GroupService:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def health(self) -> ComponentHealth:
+        """Serving or not; degraded while the broadcast watch is down."""
+        if not self._started:
+            return ComponentHealth(
+                state=HealthState.STOPPED, sentence="the group service is not serving"
+            )
+        c = self.counters
+        done = (
+            f"{c.broadcasts_accepted} broadcast(s) sent, {c.broadcasts_delivered} delivered, "
+            f"{c.broadcasts_missed} missed, {c.notifications} notification(s)"
+        )
+        if self._watch_trouble:
+            down = ", ".join(f"{g} ({why})" for g, why in sorted(self._watch_trouble.items()))
+            return ComponentHealth(
+                state=HealthState.DEGRADED,
+                sentence=f"the broadcast watch of group(s) {down} is down; {done}",
+            )
+        return ComponentHealth(
+            state=HealthState.HEALTHY,
+            sentence=f"serving {len(self._followers)} local group(s); {done}",
+        )
 
     def subscriptions(self, instance: str) -> frozenset[str]:
         """The addresses besides `cgcs.server_grp` that get group traffic in `instance`."""
@@ -431,50 +490,136 @@ class GroupService:
 
     # -- broadcasts ----------------------------------------------------------------------
 
-    async def _follow_broadcasts(self, start_revision: int) -> None:
+    def _local_groups(self, snap: RegistrySnapshot) -> set[str]:
+        """The groups with a server on this host (or on its way here)."""
+        return {s.spec.group for s in snap.servers.values() if self.host in (s.host, s.spec.host)}
+
+    def _follow_groups(self, snap: RegistrySnapshot, start_revision: int) -> None:
+        """Watch the broadcasts of each local group from `start_revision`; drop the others."""
+        wanted = self._local_groups(snap)
+        for group in sorted(wanted - set(self._followers)):
+            self._followers[group] = asyncio.create_task(
+                self._follow_group(group, start_revision), name=f"group-bcast-{group}"
+            )
+        for group in sorted(set(self._followers) - wanted):
+            task = self._followers.pop(group)
+            task.cancel()
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            self._seen.pop(group, None)
+            self._watch_trouble.pop(group, None)
+
+    async def _follow_group(self, group: str, start_revision: int) -> None:
+        """Deliver every broadcast of `group` put from `start_revision` on, surviving compaction.
+
+        When the store compacted the revisions this host had not seen yet
+        (it fell behind: cut off, frozen, slow), the watch cannot resume:
+        the group's key is read again and its latest broadcast delivered,
+        after a log line saying how many were missed. Receivers see the gap
+        in `seq`; never a seq twice or out of order.
+        """
+        key = broadcast_key(group)
         next_revision = start_revision
         while True:
             try:
-                watch = await self._c.watch(BROADCASTS, start_revision=next_revision)
+                watch = await self._c.watch(key, start_revision=next_revision)
                 try:
+                    self._watch_trouble.pop(group, None)
                     async for event in watch:
                         next_revision = event.revision + 1
-                        await self._deliver_broadcast(event)
+                        if event.key == key:  # not another group whose name extends this one
+                            await self._deliver_broadcast(event)
                 finally:
                     await watch.close()
             except asyncio.CancelledError:
                 raise
-            except WatchCompacted:
-                rng = await self._reread_revision()
-                if rng is not None:
-                    log.warning(
-                        "broadcast history from revision %d was compacted; "
-                        "broadcasts in between are lost (receivers see the gap in seq)",
-                        next_revision,
-                    )
-                    next_revision = rng + 1
+            except WatchCompacted as exc:
+                self._watch_trouble[group] = "history compacted"
+                log.warning(
+                    "the broadcasts of group %s from revision %d were compacted (up to %d); "
+                    "reading them again",
+                    group,
+                    next_revision,
+                    exc.compact_revision,
+                )
+                revision = await self._catch_up(group)
+                if revision is not None:
+                    next_revision = revision + 1
+                    continue
             except CoordinationError as exc:
-                log.warning("the broadcast watch ended (%s); watching again", exc)
+                self._watch_trouble[group] = str(exc)
+                log.warning(
+                    "the broadcast watch of group %s ended (%s); watching again", group, exc
+                )
             except Exception:
-                log_bug(log, "the broadcast watch")
+                self._watch_trouble[group] = "BUG"
+                log_bug(log, f"the broadcast watch of group {group}")
             await self._clock.sleep(_REWATCH_INTERVAL)
 
-    async def _reread_revision(self) -> int | None:
+    async def _catch_up(self, group: str) -> int | None:
+        """Deliver the group's latest broadcast if this host has not; the revision read.
+
+        None if the store cannot be read (the caller retries).
+        """
+        key = broadcast_key(group)
         try:
-            return (await self._c.get_prefix(BROADCASTS)).revision
+            rng = await self._c.get_prefix(key)
         except CoordinationError as exc:
-            log.warning("cannot read the broadcasts (%s); retrying", exc)
+            log.warning("cannot read the broadcasts of group %s (%s); retrying", group, exc)
             return None
+        kv = next((kv for kv in rng.items if kv.key == key), None)
+        if kv is None:
+            self._seen.pop(group, None)  # deleted while we were away: numbered from 1 again
+        else:
+            await self._deliver_broadcast(
+                WatchEvent(
+                    kind=EventKind.PUT,
+                    key=kv.key,
+                    value=kv.value,
+                    revision=kv.mod_revision,
+                    create_revision=kv.create_revision,
+                    version=kv.version,
+                    lease=kv.lease,
+                )
+            )
+        return rng.revision
+
+    def _missed(self, group: str, create_revision: int, version: int) -> int | None:
+        """How many broadcasts of `group` came before `version` unseen; None: already seen."""
+        seen = self._seen.get(group)
+        if seen is None:
+            return 0  # the first since the group has a server here: nothing to compare with
+        if seen[0] != create_revision:
+            return version - 1  # the group was deleted and created again: numbered from 1
+        if version <= seen[1]:
+            return None
+        return version - seen[1] - 1
 
     async def _deliver_broadcast(self, event: WatchEvent) -> None:
+        group = event.key[len(BROADCASTS) :]
         if event.kind is not EventKind.PUT:
-            return  # the group was deleted
+            self._seen.pop(group, None)  # the group was deleted
+            return
+        missed = self._missed(group, event.create_revision, event.version)
+        if missed is None:
+            return  # seen already (a re-read after compaction): never the same seq twice
+        self._seen[group] = (event.create_revision, event.version)
+        if missed:
+            self.counters.broadcasts_missed += missed
+            log.warning(
+                "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
+                "compacted them before this host read them; members see the gap",
+                self.host,
+                missed,
+                group,
+                event.version - missed,
+                event.version - 1,
+            )
         try:
             record = decode_broadcast(event.value)
         except RecordError as exc:
             self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
             return
-        group = event.key[len(BROADCASTS) :]
         msg = Broadcast(text=record.text, source_instance=record.sender_instance, seq=event.version)
         for instance in self._local_members(
             self._cache.snapshot, group, besides=record.sender_instance
@@ -487,6 +632,8 @@ class GroupService:
         while True:
             change = await changes.get()
             try:
+                if change.kind is ChangeKind.SERVER:
+                    self._follow_groups(change.snapshot, change.revision + 1)
                 await self._notify(change)
             except asyncio.CancelledError:
                 raise

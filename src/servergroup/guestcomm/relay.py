@@ -37,6 +37,7 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import BUG_MARKER, log_bug
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
@@ -217,7 +218,12 @@ class _GuestLink:
 
 
 class ChannelRelay:
-    """Relays envelopes between guests' channels and host applications or routes."""
+    """Relays envelopes between guests' channels and host applications or routes.
+
+    A component of the host daemon (`common.component`): `start`, `stop`, `health`.
+    """
+
+    name = "relay"
 
     def __init__(
         self,
@@ -243,6 +249,7 @@ class ChannelRelay:
         self._sock: AbstractSocket | None = None
         self._inotify: Inotify | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     # -- public API
 
@@ -291,6 +298,7 @@ class ChannelRelay:
             pending.cancel()
         if self._handler_tasks:
             await asyncio.wait(self._handler_tasks, timeout=1.0)
+        self._stopped = True
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
@@ -332,6 +340,20 @@ class ChannelRelay:
     def connected(self) -> frozenset[str]:
         """The instances whose channel is connected now."""
         return frozenset(self._connected)
+
+    def health(self) -> ComponentHealth:
+        """Started or not, and how many of the guests found are connected."""
+        if self._stopped:
+            return ComponentHealth(state=HealthState.STOPPED, sentence="the relay is stopped")
+        if not self._tasks:
+            return ComponentHealth(state=HealthState.STARTING, sentence="the relay is not started")
+        return ComponentHealth(
+            state=HealthState.HEALTHY,
+            sentence=(
+                f"{len(self._connected)} of {len(self._links)} guest channel(s) in "
+                f"{self.channel_dir} connected, {self.counters.dropped_total} message(s) dropped"
+            ),
+        )
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call `callback(instance, connected)` when a guest connects or disconnects;

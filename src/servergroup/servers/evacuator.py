@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
     CoordinationError,
@@ -46,6 +47,8 @@ DEFAULT_GRACE = 5.0
 class Evacuator:
     """Rebuilds the servers of dead hosts while this host owns `EVACUATION_KEY`."""
 
+    name = "evacuator"
+
     def __init__(
         self,
         *,
@@ -57,7 +60,6 @@ class Evacuator:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.name = "evacuator"
         self._registry = registry
         self._cache = cache
         self._ownership = Ownership(session, EVACUATION_KEY, host.encode())
@@ -77,6 +79,18 @@ class Evacuator:
     async def start(self) -> None:
         self._ownership.start()
         self._task = asyncio.create_task(self._run(), name=f"evacuator-{self.host}")
+
+    def health(self) -> ComponentHealth:
+        """Owner or standby, and what it waits for."""
+        if self._task is None:
+            return ComponentHealth(state=HealthState.STOPPED, sentence="not following hosts")
+        role = "the evacuator" if self.is_owner else "standing by as evacuator"
+        stuck = f"; {self._last_sentence}" if self._last_sentence and self.is_owner else ""
+        gone = ", ".join(sorted(self._gone_since)) or "none"
+        return ComponentHealth(
+            state=HealthState.HEALTHY,
+            sentence=f"{role} (dead hosts: {gone}; {self.rebuilt} server(s) rebuilt){stuck}",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

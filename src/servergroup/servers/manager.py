@@ -41,6 +41,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, FencingError, Guard, RevisionConflict
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
@@ -68,7 +69,12 @@ class NotFenced(Exception):
 
 
 class ServerManager:
-    """Reconciles this host's servers with their specs (see the module docstring)."""
+    """Reconciles this host's servers with their specs (see the module docstring).
+
+    A component of the host daemon (`common.component`): `start`, `stop`, `health`.
+    """
+
+    name = "servers"
 
     def __init__(
         self,
@@ -143,6 +149,23 @@ class ServerManager:
         if self._queue is not None:
             self._cache.unsubscribe(self._queue)
             self._queue = None
+
+    def health(self) -> ComponentHealth:
+        """Running or not; degraded while a server of this host keeps failing."""
+        if not self._tasks:
+            return ComponentHealth(state=HealthState.STOPPED, sentence="not reconciling servers")
+        ours = self._ours(self._cache.snapshot)
+        failing = sorted(n for n in self._failed if n in ours)
+        drivers = ", ".join(k.value for k in self._drivers)
+        if failing:
+            return ComponentHealth(
+                state=HealthState.DEGRADED,
+                sentence=f"{len(ours)} server(s) here ({drivers}); failing, retried: "
+                + ", ".join(failing),
+            )
+        return ComponentHealth(
+            state=HealthState.HEALTHY, sentence=f"{len(ours)} server(s) here ({drivers})"
+        )
 
     # -- what to reconcile --------------------------------------------------------------
 

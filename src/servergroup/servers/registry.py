@@ -3,15 +3,18 @@
 `Registry` reads and writes the records of `servers.model` under the key
 space of docs/design/messaging.md:
 
-    groups/<group>            GroupRecord      durable, written by `group create`
-    servers/<name>/spec       ServerSpec       durable, written by the operator's commands
-    servers/<name>/status     ServerStatus     durable, written by the host running it
-    servers/<name>/incoming   IncomingRecord   durable, written by a live migration's target
-    hosts/<host>              HostRecord       on the host daemon's session lease
-    broadcasts/<group>        BroadcastRecord  durable; each put is one broadcast
+    registry/groups/<group>            GroupRecord      durable, written by `group create`
+    registry/servers/<name>/spec       ServerSpec       durable, written by the operator
+    registry/servers/<name>/status     ServerStatus     durable, written by the host running it
+    registry/servers/<name>/incoming   IncomingRecord   durable, written by a migration's target
+    registry/hosts/<host>              HostRecord       on the host daemon's session lease
+    broadcasts/<group>                 BroadcastRecord  durable; each put is one broadcast
+
+The registry has a prefix of its own (`REGISTRY`) so that following it
+brings no broadcast, election or other capability's key.
 
 `RegistryCache` keeps an immutable `RegistrySnapshot` up to date from one
-prefix read and one watch (resumed by the coordinator across reconnects; on
+read of `registry/` and one watch of it (resumed by the coordinator across reconnects; on
 `WatchCompacted` it reads everything again and reports the differences), and
 hands each change to its subscribers as a `RegistryChange` with the record
 before and after. A record that does not decode is logged and treated as
@@ -65,12 +68,13 @@ from servergroup.servers.model import (
 
 log = logging.getLogger(__name__)
 
-GROUPS = "groups/"
-SERVERS = "servers/"
-HOSTS = "hosts/"
+#: Groups, servers and hosts: what the registry cache follows.
+REGISTRY = "registry/"
+GROUPS = f"{REGISTRY}groups/"
+SERVERS = f"{REGISTRY}servers/"
+HOSTS = f"{REGISTRY}hosts/"
+#: Each group's latest broadcast: the group service follows it, not the registry cache.
 BROADCASTS = "broadcasts/"
-#: Every prefix the cache follows (broadcasts have their own watcher).
-_FOLLOWED = (GROUPS, SERVERS, HOSTS)
 
 
 class RegistryError(LocalError):
@@ -369,8 +373,8 @@ class Registry:
     # -- everything ----------------------------------------------------------
 
     async def snapshot(self) -> RegistrySnapshot:
-        """Everything, read at one revision."""
-        rng = await self._c.get_prefix("")
+        """Groups, servers and hosts, read at one revision."""
+        rng = await self._c.get_prefix(REGISTRY)
         return build_snapshot([kv for kv in rng.items], rng.revision)
 
 
@@ -528,7 +532,7 @@ class RegistryCache:
             self._task = None
 
     async def _read(self) -> RegistrySnapshot:
-        rng = await self._c.get_prefix("")
+        rng = await self._c.get_prefix(REGISTRY)
         return build_snapshot(list(rng.items), rng.revision)
 
     async def _follow(self) -> None:
@@ -563,7 +567,7 @@ class RegistryCache:
         self._changed.set()
 
     async def _follow_once(self) -> None:
-        watch = await self._c.watch("", start_revision=self._snapshot.revision + 1)
+        watch = await self._c.watch(REGISTRY, start_revision=self._snapshot.revision + 1)
         try:
             async for event in watch:
                 self._apply(event)
@@ -653,6 +657,7 @@ __all__ = [
     "BROADCASTS",
     "GROUPS",
     "HOSTS",
+    "REGISTRY",
     "SERVERS",
     "ChangeKind",
     "GroupExists",

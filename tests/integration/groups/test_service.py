@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from servergroup.common.component import HealthState
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import EtcdCoordinator
 from servergroup.coordination.etcd_process import EtcdCluster
@@ -51,14 +53,23 @@ from servergroup.guestcomm.protocol import (
 )
 from servergroup.guestcomm.relay import ChannelRelay
 from servergroup.servers.model import (
+    BroadcastRecord,
     GroupRecord,
     HostRecord,
     Policy,
     ServerSpec,
     ServerStatus,
     VmState,
+    encode_record,
 )
-from servergroup.servers.registry import Registry, RegistryCache, host_key
+from servergroup.servers.registry import (
+    Registry,
+    RegistryCache,
+    broadcast_key,
+    group_key,
+    host_key,
+)
+from tests.fixtures.tcpproxy import TcpProxy
 
 WAIT = 10.0
 CONFIG = CoordinationConfig()
@@ -326,7 +337,7 @@ async def test_broadcast_refusals_are_nacked(world: World) -> None:
 
 async def test_not_a_member_of_any_group_is_nacked(world: World) -> None:
     spec_e = (await world.registry.require_server("e")).spec
-    await world.registry.coordinator.delete("groups/other")
+    await world.registry.coordinator.delete(group_key("other"))
     await world.hosts["h1"].cache.wait_for(lambda s: "other" not in s.groups, WAIT)
     world.guests["e"].send(Broadcast(text="anyone?"))
     _, msg = await world.guests["e"].next()
@@ -505,3 +516,132 @@ async def test_subscriptions_are_forgotten_on_disconnect(world: World) -> None:
     await a.stop()
     await wait_for(lambda: not service.subscriptions(a.instance), "subscriptions forgotten")
     assert service.counters.subscriptions == 0
+
+
+# -- compaction ----------------------------------------------------------------------------
+
+
+async def compact(etcd: EtcdCluster, revision: int) -> None:
+    """`etcdctl compact`: the store forgets every revision before `revision`."""
+    proc = await asyncio.create_subprocess_exec(
+        "etcdctl",
+        f"--endpoints={','.join(f'http://{e.host}:{e.port}' for e in etcd.endpoints)}",
+        "compact",
+        str(revision),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(WAIT):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+
+
+async def test_a_host_behind_the_compaction_window_says_what_it_missed(
+    etcd_single: EtcdCluster, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cut from etcd, a host misses broadcasts that are then compacted away.
+
+    Back, it logs how many it missed; its member sees the gap in seq and the
+    latest broadcast, then the next ones, never a seq twice.
+    """
+    salt = secrets.token_hex(3)
+    admin = EtcdCoordinator(etcd_single.endpoints, prefix=etcd_prefix, config=CONFIG)
+    registry = Registry(admin)
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        stack.push_async_callback(admin.close)
+        await registry.create_group(
+            GroupRecord(name="g", policy=Policy.AFFINITY, uuid="u1", created_at="")
+        )
+        await registry.create_server(spec("b", "h1", "g", salt))
+        await registry.put_status(status("b", "h1"))
+        await registry.register_host(host_record("h1"), lease=(await admin.grant(60)).id)
+
+        async def broadcast(text: str) -> int:
+            record = BroadcastRecord(
+                group="g", sender="c", sender_instance="instance-elsewhere", text=text, sent_at=""
+            )
+            return await admin.put(broadcast_key("g"), encode_record(record))
+
+        proxy = await stack.enter_async_context(TcpProxy(etcd_single.endpoints[0]))
+        coordinator = EtcdCoordinator((proxy.endpoint,), prefix=etcd_prefix, config=CONFIG)
+        stack.push_async_callback(coordinator.close)
+        cache = RegistryCache(coordinator)
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+        relay = ChannelRelay(tmp_path, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1)
+        service = GroupService(coordinator=coordinator, cache=cache, relay=relay, host="h1")
+        await service.start()
+        stack.push_async_callback(service.stop)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
+        b = TestGuest(instance_of("b", salt), tmp_path)
+        await b.start()
+        stack.push_async_callback(b.stop)
+        await wait_for(lambda: b.instance in relay.connected(), "b connected")
+
+        await broadcast("one")
+        assert await b.next_of(Broadcast) == Broadcast(
+            text="one", source_instance="instance-elsewhere", seq=1
+        )
+        await proxy.cut()
+        for i in range(2, 7):
+            revision = await broadcast(f"number {i}")
+        await compact(etcd_single, revision)
+        caplog.set_level(logging.WARNING, logger="servergroup.groups.service")
+        await proxy.heal()
+        # The latest broadcast is still in the store: b gets it, with the gap before it.
+        assert await b.next_of(Broadcast, timeout=20) == Broadcast(
+            text="number 6", source_instance="instance-elsewhere", seq=6
+        )
+        assert service.counters.broadcasts_missed == 4
+        missed = [r.getMessage() for r in caplog.records if "missed" in r.getMessage()]
+        assert missed == [
+            "host h1 missed 4 broadcast(s) of group g (seq 2 to 5): the store compacted "
+            "them before this host read them; members see the gap"
+        ]
+        assert service.health().state is HealthState.HEALTHY
+        # Following again from the re-read: the next one, once, in order.
+        await broadcast("seven")
+        assert await b.next_of(Broadcast) == Broadcast(
+            text="seven", source_instance="instance-elsewhere", seq=7
+        )
+        assert await b.quiet(0.5) == []
+        assert service.counters.broadcasts_missed == 4
+        await admin.delete_prefix("")
+
+
+async def test_a_host_watches_the_broadcasts_of_its_local_groups_only(world: World) -> None:
+    h1, h2 = world.hosts["h1"].service, world.hosts["h2"].service
+
+    def local_groups(service: GroupService) -> str:
+        return service.health().sentence.split(";")[0]
+
+    assert local_groups(h1) == "serving 2 local group(s)"  # g and other
+    assert local_groups(h2) == "serving 1 local group(s)"  # g
+    # A group whose first server lands on h2: h2 follows it from then on.
+    await world.registry.create_group(
+        GroupRecord(name="late", policy=Policy.AFFINITY, uuid="u3", created_at="")
+    )
+    salt = secrets.token_hex(3)
+    await world.registry.create_server(spec("f", "h2", "late", salt))
+    await world.registry.put_status(status("f", "h2"))
+    await wait_for(lambda: local_groups(h2) == "serving 2 local group(s)", "h2 to follow late")
+    f = TestGuest(instance_of("f", salt), world.hosts["h2"].channel_dir)
+    await f.start()
+    try:
+        await wait_for(lambda: f.instance in world.hosts["h2"].relay.connected(), "f connected")
+        record = BroadcastRecord(
+            group="late", sender="x", sender_instance="instance-elsewhere", text="hi", sent_at=""
+        )
+        await world.registry.coordinator.put(broadcast_key("late"), encode_record(record))
+        assert await f.next_of(Broadcast) == Broadcast(
+            text="hi", source_instance="instance-elsewhere", seq=1
+        )
+        assert h2.counters.broadcasts_missed == 0
+        assert local_groups(h1) == "serving 2 local group(s)"  # late has nobody on h1
+    finally:
+        await f.stop()
+    # The last server of `other` on h1 goes: h1 stops following it.
+    await world.registry.remove_server("e")
+    await wait_for(lambda: local_groups(h1) == "serving 1 local group(s)", "h1 to drop other")

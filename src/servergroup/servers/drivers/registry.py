@@ -23,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from servergroup.servers.drivers.base import MoveStyle, ServerDriver
 from servergroup.servers.drivers.hypervisor import Hypervisor
 from servergroup.servers.model import DriverKind
+
+if TYPE_CHECKING:
+    from servergroup.servers.drivers.qemu.execbroker import ExecBrokers
 
 
 class Driver(ServerDriver, Hypervisor, Protocol):
@@ -45,6 +48,8 @@ class DriverContext:
     channel_dir: Path | None = None
     #: The address of this host a live migration's source connects to (qemu servers).
     migration_address: str = "127.0.0.1"
+    #: The exec brokers of the host's VMs, when the host daemon runs them as a component.
+    brokers: ExecBrokers | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +83,7 @@ def _qemu(context: DriverContext) -> Driver:
         host=context.host,
         channel_dir=context.channel_dir,
         migration_address=context.migration_address,
+        brokers=context.brokers,
     )
 
 

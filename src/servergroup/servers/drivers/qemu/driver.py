@@ -71,7 +71,7 @@ from servergroup.servers.drivers.qemu.boot import (
     VmLayout,
     qemu_argv,
 )
-from servergroup.servers.drivers.qemu.execbroker import ExecBroker
+from servergroup.servers.drivers.qemu.execbroker import ExecBrokers
 from servergroup.servers.drivers.qemu.qmp import Monitor, run
 from servergroup.servers.drivers.qemu.rootfs import RootfsError, ensure_rootfs
 from servergroup.servers.drivers.registry import driver_info
@@ -181,6 +181,7 @@ class QemuDriver:
         boot_timeout: float = 90.0,
         stop_timeout: float = 10.0,
         migration_timeout: float = 300.0,
+        brokers: ExecBrokers | None = None,
     ) -> None:
         self.state_dir = Path(os.path.abspath(state_dir))
         self.host = host
@@ -193,7 +194,8 @@ class QemuDriver:
         self._image: guest_image.GuestImage | None = None
         self._accel: str | None = None
         self._monitors: dict[str, Monitor] = {}
-        self._brokers: dict[str, ExecBroker] = {}
+        #: The exec brokers of this host's VMs (the host daemon runs them as a component).
+        self.brokers = brokers if brokers is not None else ExecBrokers()
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- names ---------------------------------------------------------------------
@@ -432,7 +434,8 @@ class QemuDriver:
     async def _wait_exec(self, name: str) -> None:
         """Serve the VM's exec port and wait until its agent answers: the guest is usable."""
         await self._new_broker(name)
-        broker = self._brokers[name]
+        broker = self.brokers.get(name)
+        assert broker is not None
         deadline = time.monotonic() + self.boot_timeout
         while not broker.ready:
             if self.pid(name) is None:
@@ -653,22 +656,15 @@ class QemuDriver:
     # -- exec brokers ------------------------------------------------------------------
 
     async def _ensure_broker(self, name: str) -> None:
-        if name in self._brokers:
-            return
         directory = self.server_dir(name)
-        broker = ExecBroker(directory / EXEC_PORT_NAME, directory / EXEC_NAME)
-        await broker.start()
-        self._brokers[name] = broker
+        await self.brokers.ensure(name, directory / EXEC_PORT_NAME, directory / EXEC_NAME)
 
     async def _stop_broker(self, name: str) -> None:
-        broker = self._brokers.pop(name, None)
-        if broker is not None:
-            await broker.stop()
+        await self.brokers.discard(name)
 
     async def close(self) -> None:
         """Stop serving exec sockets (the VMs keep running)."""
-        for name in list(self._brokers):
-            await self._stop_broker(name)
+        await self.brokers.stop()
 
     # -- vCPUs -------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.errors import ConfigError, RemoteError, ServergroupError
 from servergroup.common.logsetup import log_bug, setup_logging
 from servergroup.guestcomm.sockets import reachable_path
@@ -407,6 +408,60 @@ class ExecBroker:
             with contextlib.suppress(ConnectionError):
                 await port.drain()
         return True
+
+
+class ExecBrokers:
+    """The exec brokers of one host's qemu servers, by server name: a host daemon component.
+
+    The qemu driver asks for a server's broker when it boots or adopts the VM
+    (`ensure`) and drops it when the VM stops (`discard`); the host daemon
+    stops them all when it stops (the VMs keep running, and the next daemon
+    serves their exec ports again when it adopts them).
+    """
+
+    name = "exec brokers"
+
+    def __init__(self) -> None:
+        self._brokers: dict[str, ExecBroker] = {}
+        self._started = False
+
+    def get(self, name: str) -> ExecBroker | None:
+        return self._brokers.get(name)
+
+    async def ensure(self, name: str, port_socket: Path, listen_socket: Path) -> ExecBroker:
+        """The broker of server `name`, started if it was not."""
+        broker = self._brokers.get(name)
+        if broker is None:
+            broker = ExecBroker(port_socket, listen_socket)
+            await broker.start()
+            self._brokers[name] = broker
+        return broker
+
+    async def discard(self, name: str) -> None:
+        """Stop serving server `name`'s exec port (idempotent)."""
+        broker = self._brokers.pop(name, None)
+        if broker is not None:
+            await broker.stop()
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop every broker (idempotent)."""
+        self._started = False
+        for name in list(self._brokers):
+            await self.discard(name)
+
+    def health(self) -> ComponentHealth:
+        ready = sum(1 for b in self._brokers.values() if b.ready)
+        total = len(self._brokers)
+        if not self._started and not total:
+            return ComponentHealth(state=HealthState.STOPPED, sentence="no exec broker runs")
+        state = HealthState.HEALTHY if ready == total else HealthState.DEGRADED
+        return ComponentHealth(
+            state=state,
+            sentence=f"{ready} of {total} qemu server(s) have their exec agent answering",
+        )
 
 
 def _refuse(writer: asyncio.StreamWriter, sentence: str) -> None:
