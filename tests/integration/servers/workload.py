@@ -7,7 +7,9 @@ creates and deletes of one name race, as do placements in one group. Used by
 tests/integration/servers/test_concurrent_operations.py (memory store and real
 etcd) and by bench/operations.py.
 
-- `run_client` is one client: `count` operations, one at a time, each
+- `run_client` is one client: `count` operations, one at a time (mostly
+  what an operator would ask of the server as just read, sometimes any kind;
+  mostly on two hot names per group, so that requests overlap), each
   written as an `OpRecord` (kind, server, wall times, the store revisions
   before and after it, the outcome, the spec it wrote and at which revision).
   Run as a module it is one client process over `EtcdCoordinator`: it prints
@@ -72,8 +74,8 @@ class Kind(enum.Enum):
     COLD_MIGRATE = "cold-migrate"
 
 
-#: How often each kind is drawn: creates more often than deletes, so that
-#: most names exist most of the time and the other kinds find a server.
+#: How often each kind is drawn when any kind is: creates more often than
+#: deletes, so that most names exist most of the time.
 WEIGHTS: Mapping[Kind, int] = {
     Kind.CREATE: 3,
     Kind.DELETE: 2,
@@ -85,6 +87,25 @@ WEIGHTS: Mapping[Kind, int] = {
     Kind.LIVE_MIGRATE: 1,
     Kind.COLD_MIGRATE: 1,
 }
+
+#: What an operator would ask of a server by its desired state (`_kind`).
+SENSIBLE: Mapping[Desired, tuple[Kind, ...]] = {
+    Desired.ACTIVE: (
+        Kind.PAUSE,
+        Kind.STOP,
+        Kind.REBOOT,
+        Kind.REBOOT,
+        Kind.DELETE,
+        Kind.LIVE_MIGRATE,
+        Kind.COLD_MIGRATE,
+    ),
+    Desired.PAUSED: (Kind.UNPAUSE, Kind.DELETE, Kind.LIVE_MIGRATE),
+    Desired.STOPPED: (Kind.START, Kind.DELETE, Kind.COLD_MIGRATE),
+}
+#: How often a client draws any kind (by `WEIGHTS`) instead of a sensible one.
+ANY_KIND = 0.2
+#: How much more often a hot name is drawn than another.
+HOT = 4
 
 #: The desired state an operation that wrote nothing (it was already asked) waits for.
 _TARGET: Mapping[Kind, Desired] = {
@@ -275,14 +296,14 @@ async def run_client(
     """
     rng = random.Random(seed)
     ops = Operations(registry, timeout=timeout)
-    names = sorted(layout.servers)
-    kinds = list(WEIGHTS)
-    weights = [WEIGHTS[k] for k in kinds]
+    names = list(layout.servers)
+    # Two hot names per group draw most operations: requests on one server overlap.
+    heat = [HOT if _hot(layout, n) else 1 for n in names]
     for seq in range(count):
         if think:
             await asyncio.sleep(rng.uniform(0, think))
-        kind = rng.choices(kinds, weights)[0]
-        name = rng.choice(names)
+        name = rng.choices(names, heat)[0]
+        kind = await _kind(registry, name, rng)
         target = None
         if kind in (Kind.LIVE_MIGRATE, Kind.COLD_MIGRATE):
             target = await _migration_target(registry, layout, name, rng)
@@ -322,6 +343,26 @@ async def run_client(
                 conflicts=ops.conflicts - conflicts_before,
             )
         )
+
+
+def _hot(layout: Layout, name: str) -> bool:
+    group = layout.servers[name]
+    return name in [n for n in layout.servers if layout.servers[n] == group][:2]
+
+
+async def _kind(registry: Registry, name: str, rng: random.Random) -> Kind:
+    """Mostly what an operator would ask of the server as last read; else any kind.
+
+    The read is a moment old when the request is made: other clients race it.
+    Any kind (`WEIGHTS`) one time in `1 / ANY_KIND`, so refusals are exercised.
+    """
+    if rng.random() < ANY_KIND:
+        kinds = list(WEIGHTS)
+        return rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
+    server = await registry.get_server(name)
+    if server is None or server.spec.desired is Desired.DELETED:
+        return Kind.CREATE
+    return rng.choice(SENSIBLE[server.spec.desired])
 
 
 async def _migration_target(
