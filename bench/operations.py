@@ -1,6 +1,6 @@
 """Benchmark: concurrent lifecycle operations (issue 11, part 1), 8 client processes.
 
-One run brings up a `servergroup up --hosts 5` of its own (state directory
+One run brings up a `servergroup up --hosts 6` of its own (state directory
 under /tmp, etcd ports and lab name of its own), creates an affinity and an
 anti-affinity group, and starts 8 client processes
 (`python -m tests.integration.servers.workload`, the workload of the test
@@ -68,7 +68,7 @@ from servergroup.servers.operations import Operations  # noqa: E402
 from servergroup.servers.registry import Registry  # noqa: E402
 
 RESULTS = HERE / "results"
-HOSTS = ("h1", "h2", "h3", "h4", "h5")
+HOSTS = ("h1", "h2", "h3", "h4", "h5", "h6")
 SERVERS = tuple(f"op{i:02d}" for i in range(12))
 CLI_TIMEOUT = 240.0
 #: Each operation's own bound (the clients' `Operations` timeout).
@@ -387,7 +387,7 @@ def notes() -> str:
         "name that does not exist (yet, or any more), creates of a name that exists, moves "
         "a group's policy forbids, a request superseded by another client's before the host "
         "carried it out. The clients issue back to back (no think time), so the rate is the "
-        "control plane's under contention on one etcd, with 5 host daemons and every lab "
+        "control plane's under contention on one etcd, with 6 host daemons and every lab "
         "server's guest agent on a 2-core machine shared with other work; the latency of a "
         "success is the CLI-less library call from the first read to the status that "
         "settles it."

@@ -1,7 +1,7 @@
 """No lost update, no broken placement policy, under concurrent operators (issue 11, part 1).
 
 8 clients issue 300 random lifecycle operations in total on 12 server names
-(6 in an affinity group, 6 in an anti-affinity group) over 5 in-process hosts
+(6 in an affinity group, 6 in an anti-affinity group) over 6 in-process hosts
 with real lab servers: once on the memory store (8 asyncio clients, each over
 its own `MemoryCoordinator`), once on the shared real etcd (8 client
 processes, each over its own `EtcdCoordinator`). Then every change under the
@@ -60,7 +60,7 @@ from tests.integration.servers.workload import (
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[3]
-HOSTS = ("h1", "h2", "h3", "h4", "h5")
+HOSTS = ("h1", "h2", "h3", "h4", "h5", "h6")
 SERVERS = 12
 CLIENTS = 8
 OPERATIONS = 300

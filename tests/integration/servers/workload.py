@@ -49,6 +49,7 @@ from servergroup.servers.model import (
     REACHED,
     Desired,
     Policy,
+    RegistrySnapshot,
     Server,
     ServerSpec,
     ServerStatus,
@@ -303,7 +304,7 @@ async def run_client(
         if think:
             await asyncio.sleep(rng.uniform(0, think))
         name = rng.choices(names, heat)[0]
-        kind = await _kind(registry, name, rng)
+        kind = await _kind(registry, layout, name, rng)
         target = None
         if kind in (Kind.LIVE_MIGRATE, Kind.COLD_MIGRATE):
             target = await _migration_target(registry, layout, name, rng)
@@ -350,19 +351,36 @@ def _hot(layout: Layout, name: str) -> bool:
     return name in [n for n in layout.servers if layout.servers[n] == group][:2]
 
 
-async def _kind(registry: Registry, name: str, rng: random.Random) -> Kind:
+async def _kind(registry: Registry, layout: Layout, name: str, rng: random.Random) -> Kind:
     """Mostly what an operator would ask of the server as last read; else any kind.
 
     The read is a moment old when the request is made: other clients race it.
+    A move is asked only of a built server that has somewhere to go (`_free`).
     Any kind (`WEIGHTS`) one time in `1 / ANY_KIND`, so refusals are exercised.
     """
     if rng.random() < ANY_KIND:
         kinds = list(WEIGHTS)
         return rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
-    server = await registry.get_server(name)
+    snap = await registry.snapshot()
+    server = snap.servers.get(name)
     if server is None or server.spec.desired is Desired.DELETED:
         return Kind.CREATE
-    return rng.choice(SENSIBLE[server.spec.desired])
+    options = SENSIBLE[server.spec.desired]
+    if server.status is None or not _free(snap, layout, name):
+        options = tuple(k for k in options if k not in (Kind.LIVE_MIGRATE, Kind.COLD_MIGRATE))
+    return rng.choice(options)
+
+
+def _free(snap: RegistrySnapshot, layout: Layout, name: str) -> list[str]:
+    """The hosts `name` may move to by its group's policy, as `snap` has it."""
+    group = layout.servers[name]
+    me = snap.servers.get(name)
+    here = {me.host, me.spec.host} if me is not None else set()
+    others = [s for s in snap.members(group) if s.name != name]
+    if layout.groups[group] is Policy.AFFINITY and others:
+        return []  # its group lives on one host
+    used = {s.host for s in others} | {s.spec.host for s in others}
+    return [h for h in layout.hosts if h not in used | here]
 
 
 async def _migration_target(
@@ -370,20 +388,11 @@ async def _migration_target(
 ) -> str:
     """A host to move `name` to: mostly one its group's policy allows, as an operator would pick.
 
-    Random otherwise (and always for a lone member), so that refusals are
-    exercised too.
+    Any host one time in four, so that refusals are exercised too.
     """
     if rng.random() < 0.25:
         return rng.choice(layout.hosts)
-    group = layout.servers[name]
-    snap = await registry.snapshot()
-    me = snap.servers.get(name)
-    here = {me.host, me.spec.host} if me is not None else set()
-    others = [s for s in snap.members(group) if s.name != name]
-    used = {s.host for s in others} | {s.spec.host for s in others}
-    if layout.groups[group] is Policy.AFFINITY and others:
-        return rng.choice(layout.hosts)  # refused: its group lives on one host
-    free = [h for h in layout.hosts if h not in used | here]
+    free = _free(await registry.snapshot(), layout, name)
     return rng.choice(free or list(layout.hosts))
 
 
