@@ -47,6 +47,7 @@ bench: system-deps venv
 	$(BIN)/python bench/coordination.py
 	$(BIN)/python bench/messaging.py
 	$(BIN)/python bench/multicast.py
+	$(BIN)/python bench/operations.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -21,8 +21,9 @@ out the actions, write the status.
   one its spec names. A server whose driver this host lacks is left alone.
 - A decision that reports ERROR (a crash seen) counts as a failure: the
   server is tried again after `retry_interval`, not at once.
-- Every write is fenced: a status is written compared on the revision of the
-  status the decision was made on, and under `fence()`, the guard of this
+- Every write is fenced: a status is written compared on the revisions of the
+  status and of the spec the decision was made on (so that no status outlives
+  a server whose records were removed meanwhile), and under `fence()`, the guard of this
   host's own live registration (None while the session is not CONNECTED:
   then nothing is written). A host that was frozen or cut off, whose servers
   another host took over meanwhile, has its write refused by the store
@@ -335,7 +336,10 @@ class ServerManager:
         """
         try:
             return await self._registry.put_status(
-                status, if_mod_revision=server.status_revision, guard=self._guard()
+                status,
+                if_mod_revision=server.status_revision,
+                spec_revision=server.spec_revision,
+                guard=self._guard(),
             )
         except RevisionConflict:
             self._written[server.name] = seen_at + 1

@@ -324,6 +324,14 @@ class Operations:
                 raise OperationError(
                     f"server {name} is already moving to {spec.host}: wait for it to arrive"
                 )
+            if server.status is None:
+                # Its host is building it; a new spec.host now would have a
+                # second host build it at the same time (a lab server is
+                # machine-wide: the two would fight over its processes).
+                raise OperationError(
+                    f"server {name} is still being built on {spec.host}: wait for it to be "
+                    "active before moving it"
+                )
             if to == spec.host:
                 raise OperationError(f"server {name} already runs on {to}")
             if to not in snap.hosts:

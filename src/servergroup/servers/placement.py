@@ -16,8 +16,11 @@ returns a host or raises `PlacementError` with one sentence:
   as it is.
 - An explicit host must be live and must not break a (hard) policy.
 
-Members are the group's servers that are not deleted, placed where they run
-(`Server.host`: their status's host, else their spec's).
+Members are the group's servers that are not deleted. A member that is
+moving (its spec names another host than its status) holds both hosts for
+anti-affinity, and counts where it is going for affinity: otherwise a new
+member placed while one moves could land on the host the moving one is
+bound for (anti-affinity), or on the host it is leaving (affinity).
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def choose_host(
         raise PlacementError("no host is running: start one with `servergroup up`")
     if requested is not None and requested not in live:
         raise PlacementError(f"host {requested} is not running; running hosts: {', '.join(live)}")
-    used = sorted({m.host for m in members})
+    # A member in the middle of a move holds both ends of it: the host it runs
+    # on (its status) and the host it is going to (its spec). Counting only
+    # where it runs would let a new member land where a moving one arrives.
+    used = sorted({m.host for m in members} | {m.spec.host for m in members})
     if policy is Policy.SOFT_AFFINITY:
         if requested is not None:
             return requested
@@ -74,7 +80,8 @@ def choose_host(
     if policy is Policy.AFFINITY:
         if not used:
             return requested or _least_loaded(live, load)
-        home = Counter(m.host for m in members).most_common(1)[0][0]
+        # Where the members are to run: a moving member's new host is the home.
+        home = Counter(m.spec.host for m in members).most_common(1)[0][0]
         if requested is not None and requested != home:
             raise PlacementError(
                 f"group {group} has the affinity policy and its servers run on {home}: "

@@ -277,6 +277,7 @@ class Registry:
         status: ServerStatus,
         *,
         if_mod_revision: int | None = None,
+        spec_revision: int | None = None,
         guard: Guard | None = None,
     ) -> int:
         """Write the status; return the store revision of the write.
@@ -286,12 +287,36 @@ class Registry:
         `guard`, its own live registration (`FencingError` once its lease is
         gone), so that a host that was cut off or frozen never overwrites the
         status written by the host that took the server over.
+
+        With `spec_revision`, also compared on the revision of the spec it
+        decided on: a status decided for a server whose records were removed
+        meanwhile (its status compared as absent, 0, still matches) would
+        otherwise outlive it and be taken for the status of the next server
+        created under that name.
         """
-        return await self._c.put(
-            status_key(status.name),
-            encode_record(status),
-            guard=guard,
-            if_mod_revision=if_mod_revision,
+        key = status_key(status.name)
+        value = encode_record(status)
+        if spec_revision is None:
+            return await self._c.put(key, value, guard=guard, if_mod_revision=if_mod_revision)
+        compares = [Compare.unchanged(spec_key(status.name), spec_revision)]
+        if if_mod_revision is not None:
+            compares.append(Compare.unchanged(key, if_mod_revision))
+        failure: list[TxnOp] = [Get(key=key)]
+        if guard is not None:
+            compares.append(Compare.held(guard))
+            failure.append(Get(key=guard.key))
+        result = await self._c.txn(compares, [Put(key=key, value=value)], failure)
+        if result.succeeded:
+            return result.revision
+        if guard is not None:
+            held = result.reads.get(guard.key)
+            if held is None or held.create_revision != guard.create_revision:
+                raise FencingError(f"write to {key} refused: fencing token is stale")
+        current = result.reads.get(key)
+        if current is not None and current.value == value:
+            return current.mod_revision  # our own earlier attempt took effect
+        raise RevisionConflict(
+            f"write to {key} refused: the server's spec or status changed since it was read"
         )
 
     async def put_incoming(self, incoming: IncomingRecord, *, guard: Guard | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from servergroup.coordination import RevisionConflict
 from servergroup.servers.model import (
     GroupRecord,
     HostRecord,
@@ -108,3 +109,33 @@ async def test_cache_follows_every_change(make_coordinator: CoordinatorFactory) 
             await cache.wait_for(lambda s: "vm9" in s.servers, timeout=0.2)
     finally:
         await cache.stop()
+
+
+async def test_a_status_is_written_only_for_the_spec_it_was_decided_on(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    registry = Registry(make_coordinator())
+    await registry.create_group(GROUP)
+    await registry.create_server(SPEC)
+    server = await registry.require_server("vm1")
+    # the spec changed after the host read it: the status it decided is refused
+    await registry.put_spec(replace(SPEC, reboot_count=1), if_mod_revision=server.spec_revision)
+    with pytest.raises(RevisionConflict):
+        await registry.put_status(STATUS, if_mod_revision=0, spec_revision=server.spec_revision)
+    server = await registry.require_server("vm1")
+    written = await registry.put_status(
+        STATUS, if_mod_revision=0, spec_revision=server.spec_revision
+    )
+    # the same write again (its answer lost) is recognised as ours
+    again = await registry.put_status(STATUS, if_mod_revision=0, spec_revision=server.spec_revision)
+    assert again == written
+    # the server's records are removed while a host still acts on it: its
+    # status (compared as absent) must not outlive it
+    await registry.forget_server("vm1", status_revision=written)
+    with pytest.raises(RevisionConflict):
+        await registry.put_status(
+            replace(STATUS, state=VmState.ERROR),
+            if_mod_revision=0,
+            spec_revision=server.spec_revision,
+        )
+    assert not (await registry.coordinator.get_prefix("servers/")).items

@@ -47,8 +47,11 @@ def test_affinity_first_member_goes_to_the_least_loaded_host() -> None:
 
 def test_affinity_follows_the_members() -> None:
     assert choose(Policy.AFFINITY, [member("a", "h2")], load={"h2": 9}) == "h2"
-    # where a member runs (its status) counts, not only where it is to run
-    assert choose(Policy.AFFINITY, [member("a", "h1", status_host="h0")]) == "h0"
+    # a member moving from h0 to h1: the group's home is where it is going,
+    # else the new member would stay behind on h0 while it leaves
+    assert choose(Policy.AFFINITY, [member("a", "h1", status_host="h0")]) == "h1"
+    with pytest.raises(PlacementError, match="run on h1: h0 would break it"):
+        choose(Policy.AFFINITY, [member("a", "h1", status_host="h0")], requested="h0")
 
 
 def test_affinity_refusals() -> None:
@@ -70,6 +73,17 @@ def test_anti_affinity_refusals() -> None:
         choose(Policy.ANTI_AFFINITY, members, requested="h1")
     with pytest.raises(PlacementError, match=r"every running host \(h0, h1\) already runs"):
         choose(Policy.ANTI_AFFINITY, members, live=("h0", "h1"))
+
+
+def test_anti_affinity_a_moving_member_holds_both_hosts() -> None:
+    # a moves from h0 to h1 (spec h1, status h0): neither may take a new member
+    moving = [member("a", "h1", status_host="h0")]
+    assert choose(Policy.ANTI_AFFINITY, moving) == "h2"
+    for host in ("h0", "h1"):
+        with pytest.raises(PlacementError, match=f"{host} already runs one of its servers"):
+            choose(Policy.ANTI_AFFINITY, moving, requested=host)
+    with pytest.raises(PlacementError, match="every running host"):
+        choose(Policy.ANTI_AFFINITY, moving, live=("h0", "h1"))
 
 
 def test_requested_host_must_be_live() -> None:
