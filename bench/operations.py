@@ -33,24 +33,27 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # the workload lives with the test that checks it
 
+from _harness import (  # noqa: E402
+    RESULTS,
+    UpRun,
+    machine,
+    quantile,
+    run_then_tear_down,
+    say,
+    utc_now,
+)
 from tests.integration.servers.workload import (  # noqa: E402
     Kind,
     Layout,
@@ -63,11 +66,10 @@ from tests.integration.servers.workload import (  # noqa: E402
 
 from servergroup.config import CoordinationConfig, parse_endpoints  # noqa: E402
 from servergroup.coordination import EtcdCoordinator  # noqa: E402
-from servergroup.coordination.etcd_process import free_ports  # noqa: E402
 from servergroup.servers.operations import Operations  # noqa: E402
+from servergroup.servers.registry import HOSTS as HOST_RECORDS  # noqa: E402
 from servergroup.servers.registry import Registry  # noqa: E402
 
-RESULTS = HERE / "results"
 HOSTS = ("h1", "h2", "h3", "h4", "h5", "h6")
 SERVERS = tuple(f"op{i:02d}" for i in range(12))
 CLI_TIMEOUT = 240.0
@@ -75,25 +77,6 @@ CLI_TIMEOUT = 240.0
 OP_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 RUN_TIMEOUT = 600.0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def short_lab_name() -> str:
-    """`op` + the PID in base 36 (last 5 digits): at most 7 characters of [a-z0-9]."""
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    number, text = os.getpid(), ""
-    while number:
-        number, digit = divmod(number, 36)
-        text = digits[digit] + text
-    return "op" + text[-5:]
-
-
-def quantile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def seconds(samples: Sequence[float]) -> dict[str, Any]:
@@ -107,49 +90,12 @@ def seconds(samples: Sequence[float]) -> dict[str, Any]:
     }
 
 
-class Bench:
+class Bench(UpRun):
     """The setup of one run: CLI calls with its environment, the store, the clients."""
 
-    def __init__(self, state_dir: Path, lab: str, ports: tuple[int, int]) -> None:
-        self.state_dir = state_dir
-        self.lab = lab
-        self.env = {
-            **os.environ,
-            "SERVERGROUP_STATE_DIR": str(state_dir),
-            "SERVERGROUP_ETCD_PORT": str(ports[0]),
-            "SERVERGROUP_ETCD_PEER_PORT": str(ports[1]),
-            "SERVERGROUP_LAB": lab,
-        }
-        for inherited in ("SERVERGROUP_ETCD_ENDPOINTS", "SERVERGROUP_CONFIG", "SERVERGROUP_PREFIX"):
-            self.env.pop(inherited, None)
+    def __init__(self) -> None:
+        super().__init__("op", cli_timeout=CLI_TIMEOUT)
         self.up: dict[str, Any] = {}
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "servergroup", *args]
-
-    async def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(*args),
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"servergroup {' '.join(args)} took over {timeout:g} s") from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"servergroup {' '.join(args)} exited {proc.returncode}: "
-                f"{err.decode().strip()} {out.decode().strip()}"
-            )
-        return out.decode()
 
     def coordinator(self) -> EtcdCoordinator:
         return EtcdCoordinator(
@@ -239,12 +185,12 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         ops = Operations(Registry(admin), timeout=OP_TIMEOUT)
         for group, policy in layout.groups.items():
             await ops.create_group(group, policy)
-        start = (await admin.get_prefix("hosts/")).revision
+        start = (await admin.get_prefix(HOST_RECORDS)).revision
         say(f"{args.clients} clients, {args.ops} operations, seed {args.seed}")
         out_dir = bench.state_dir / "clients"
         out_dir.mkdir()
         records, client_stderr = await run_clients(bench, layout, args, out_dir)
-        last = (await admin.get_prefix("hosts/")).revision
+        last = (await admin.get_prefix(HOST_RECORDS)).revision
         events = []
         watch = await admin.watch("", start_revision=start + 1)
         try:
@@ -301,38 +247,6 @@ def analyse(records: Sequence[OpRecord], layout: Layout) -> dict[str, Any]:
         "per_kind": per_kind,
         "failed_by_reason": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
     }
-
-
-@contextlib.contextmanager
-def interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM ends the run like Ctrl-C, so that the teardown runs."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def tear_down(bench: Bench) -> None:
-    say("servergroup down")
-    try:
-        done = subprocess.run(
-            bench.argv("down"),
-            env=bench.env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
-        if done.returncode != 0:
-            say(f"servergroup down exited {done.returncode}: {done.stderr.strip()}")
-    except subprocess.TimeoutExpired:
-        say(f"servergroup down took over {CLI_TIMEOUT:g} s")
-    shutil.rmtree(bench.state_dir, ignore_errors=True)
 
 
 # -- output ------------------------------------------------------------------------------
@@ -399,9 +313,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, lab: str, load: flo
     meta = {
         "benchmark": "operations",
         "command": "python bench/operations.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-        f"{platform.python_implementation()} {platform.python_version()}",
+        "date": utc_now(),
+        "machine": machine(),
         "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
         f"{len(SERVERS)} lab server names (6 in an affinity group, 6 in an anti-affinity "
         f"group), {args.clients} client processes, seed {args.seed}, think time up to "
@@ -433,24 +346,10 @@ def main() -> None:
         args.seed = random.randrange(1_000_000)
     if os.geteuid() != 0:
         sys.exit("bench/operations.py needs root (lab namespaces and cgroups)")
-    # A short state directory: unix socket paths must fit in 108 bytes.
-    state_dir = Path(tempfile.mkdtemp(prefix="sgo-", dir="/tmp"))
-    lab = short_lab_name()
-    client_port, peer_port = free_ports(2)
-    bench = Bench(state_dir, lab, (client_port, peer_port))
+    bench = Bench()
     load = os.getloadavg()[0]
-    with interrupts_as_keyboard_interrupt():
-        try:
-            results = asyncio.run(run(bench, args))
-        except KeyboardInterrupt:
-            say("interrupted")
-            tear_down(bench)
-            sys.exit(130)
-        except Exception:
-            tear_down(bench)
-            raise
-        tear_down(bench)
-    write(results, args, lab, load)
+    results = run_then_tear_down(bench, run(bench, args))
+    write(results, args, bench.lab, load)
     if results["history_problems_count"] or results["daemon_problems"]:
         sys.exit(1)
 

@@ -165,7 +165,8 @@ async def test_lab_only_host_has_no_exec_brokers(
     etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
 ) -> None:
     async with running(etcd_server, etcd_prefix, tmp_path, drivers=(DriverKind.LAB,)) as run:
-        assert [c.name for c in run.daemon.components] == ["relay", "groups", "servers", "evacuator"]
+        names = [c.name for c in run.daemon.components]
+        assert names == ["relay", "groups", "servers", "evacuator"]
 
 
 async def test_one_more_component_is_one_more_factory(

@@ -43,6 +43,7 @@ from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, Policy, ServerSpec
 from servergroup.servers.operations import OperationError, Operations
+from servergroup.servers.registry import HOSTS as HOST_RECORDS
 from servergroup.servers.registry import Registry, RegistryCache, host_key
 from tests.integration.servers.conftest import NameFactory
 from tests.integration.servers.workload import (
@@ -161,7 +162,7 @@ async def delete_everything(coordinator: Coordinator) -> None:
 
 
 async def store_revision(coordinator: Coordinator) -> int:
-    return (await coordinator.get_prefix("hosts/")).revision
+    return (await coordinator.get_prefix(HOST_RECORDS)).revision
 
 
 async def history(coordinator: Coordinator, start: int, last: int) -> list[WatchEvent]:

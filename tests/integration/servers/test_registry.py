@@ -17,6 +17,7 @@ from servergroup.servers.model import (
     VmState,
 )
 from servergroup.servers.registry import (
+    SERVERS,
     ChangeKind,
     GroupExists,
     GroupNotEmpty,
@@ -138,4 +139,4 @@ async def test_a_status_is_written_only_for_the_spec_it_was_decided_on(
             if_mod_revision=0,
             spec_revision=server.spec_revision,
         )
-    assert not (await registry.coordinator.get_prefix("servers/")).items
+    assert not (await registry.coordinator.get_prefix(SERVERS)).items

@@ -58,7 +58,7 @@ from servergroup.servers.model import (
     encode_record,
 )
 from servergroup.servers.operations import OperationFailed, Operations, OperationTimeout
-from servergroup.servers.registry import SERVERS, Registry
+from servergroup.servers.registry import HOSTS, SERVERS, Registry
 
 
 class Kind(enum.Enum):
@@ -276,7 +276,7 @@ class OpRecord:
 
 
 async def _store_revision(coordinator: Coordinator) -> int:
-    return (await coordinator.get_prefix("hosts/")).revision
+    return (await coordinator.get_prefix(HOSTS)).revision
 
 
 async def run_client(
@@ -465,7 +465,7 @@ def replay(layout: Layout, events: Sequence[WatchEvent]) -> Replay:
         while index < len(servers) and servers[index].revision == revision:
             event = servers[index]
             index += 1
-            _, name, part = event.key.split("/", 2)
+            name, _, part = event.key[len(SERVERS) :].partition("/")
             touched.add(name)
             if part == "spec":
                 if event.kind is EventKind.DELETE:
