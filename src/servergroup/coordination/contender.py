@@ -106,8 +106,9 @@ async def run_contender(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(CoordinationError, asyncio.TimeoutError):
-            await asyncio.wait_for(ownership.resign(), 2.0)
+        with contextlib.suppress(CoordinationError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await ownership.resign()
         await session.close()
         await coordinator.close()
 
@@ -172,7 +173,8 @@ class ContenderProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.proc.wait()
             except TimeoutError:
                 await self.kill()
         self._reader.cancel()

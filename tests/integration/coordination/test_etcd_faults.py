@@ -157,6 +157,10 @@ async def test_store_frozen_past_ttl_owner_stops_before_expiry_and_recovers(
         member.thaw()
         thawed_at = time.monotonic()
         second = await ownership.wait_owner(10.0)
+        # The event is queued as the token is set; let the recorder take it in.
+        async with asyncio.timeout(5.0):
+            while not any(isinstance(ev, OwnershipAcquired) for _, ev in events[-1:]):
+                await asyncio.sleep(0.01)
     finally:
         member.thaw()
         worker.cancel()
