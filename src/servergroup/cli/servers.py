@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from servergroup.cli.common import CliState, fail, pass_state, run_async
+from servergroup.cli.common import CliState, Size, fail, pass_state, run_async
 from servergroup.common.errors import PermissionNeeded, UsageError
+from servergroup.common.units import MIB
 from servergroup.config import Config
 from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.local_etcd import resolve_endpoints
@@ -189,9 +190,10 @@ timeout_option = click.option(
 @click.option(
     "--memory",
     "memory_mb",
-    type=click.IntRange(64, 1 << 20),
+    type=Size(MIB, 64, 1 << 20),
     default=None,
-    help="Memory in MiB [default: 64 for lab, 256 for qemu servers].",
+    help="Memory, such as 256, 256MiB or 1GiB (a bare number is MiB) "
+    "[default: 64MiB for lab, 256MiB for qemu servers].",
 )
 @timeout_option
 @pass_state
