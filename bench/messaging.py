@@ -62,7 +62,7 @@ from types import FrameType
 from typing import Any
 
 from servergroup.config import CoordinationConfig, parse_endpoints
-from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination import connect
 from servergroup.coordination.etcd_process import free_ports
 from servergroup.coordination.types import EventKind
 
@@ -300,8 +300,8 @@ class Bench:
 
     async def watch_store(self) -> None:
         endpoints = parse_endpoints(str(self.up["etcd"]))
-        coordinator = EtcdCoordinator(
-            endpoints, prefix=str(self.up["prefix"]), config=CoordinationConfig()
+        coordinator = connect(
+            CoordinationConfig(), endpoints=endpoints, prefix=str(self.up["prefix"])
         )
         try:
             start = (await coordinator.get_prefix("hosts/")).revision + 1
@@ -326,8 +326,8 @@ class Bench:
         """
         endpoints = parse_endpoints(str(self.up["etcd"]))
         prefix = f"/bench-messaging-floor/{os.getpid()}/"
-        writer = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
-        watcher = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
+        writer = connect(CoordinationConfig(), endpoints=endpoints, prefix=prefix)
+        watcher = connect(CoordinationConfig(), endpoints=endpoints, prefix=prefix)
         samples: list[float] = []
         try:
             start = (await writer.get_prefix("")).revision + 1

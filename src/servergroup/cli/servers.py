@@ -16,8 +16,7 @@ from servergroup.cli.common import CliState, Size, fail, pass_state, run_async
 from servergroup.common.errors import PermissionNeeded, UsageError
 from servergroup.common.units import MIB
 from servergroup.config import Config
-from servergroup.coordination.etcd import EtcdCoordinator
-from servergroup.coordination.local_etcd import resolve_endpoints
+from servergroup.coordination.connect import connect
 from servergroup.servers.model import (
     MAX_VCPUS,
     Desired,
@@ -39,12 +38,10 @@ T = TypeVar("T")
 def _run(state: CliState, work: Callable[[Operations], Awaitable[T]]) -> T:
     """Connect to the store, run `work` with the operations, close."""
     config = state.config()
-    endpoints = resolve_endpoints(config)
+    coordinator = connect(config)
 
     async def main() -> T:
-        async with EtcdCoordinator(
-            endpoints, prefix=config.coordination.prefix, config=config.coordination
-        ) as coordinator:
+        async with coordinator:
             ops = Operations(Registry(coordinator), timeout=config.coordination.operation_timeout)
             return await work(ops)
 

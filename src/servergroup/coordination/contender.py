@@ -28,9 +28,9 @@ from typing import Any, TextIO
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.config import CoordinationConfig, Endpoint
+from servergroup.coordination.connect import connect
 from servergroup.coordination.election import Ownership, OwnershipAcquired
 from servergroup.coordination.errors import CoordinationError, FencingError, StoreUnavailable
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.keeper import Session
 
 OWNER_PREFIX = "owners/"
@@ -57,7 +57,7 @@ async def run_contender(
 ) -> None:
     """Campaign for `OWNER_PREFIX + key` until cancelled, reporting on `out`."""
     clock = clock or SystemClock()
-    coordinator = EtcdCoordinator(endpoints, prefix=config.prefix, config=config, clock=clock)
+    coordinator = connect(config, endpoints=endpoints, clock=clock)
     session = Session(coordinator, config, clock=clock, name=name)
     await session.start(timeout=config.operation_timeout)
     changes = session.listen()

@@ -36,7 +36,7 @@ from typing import Any
 
 from servergroup.common.errors import LocalError, ProcessFailed
 from servergroup.config import Config, Endpoint
-from servergroup.coordination import CoordinationError, EtcdCoordinator, LocalEtcd
+from servergroup.coordination import CoordinationError, LocalEtcd, connect
 from servergroup.coordination.etcd_process import process_state
 from servergroup.lab import Lab
 from servergroup.servers.drivers.lab import LabDriver
@@ -276,8 +276,7 @@ def up(
 
 async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> None:
     """Wait until every host daemon has registered itself in etcd (or died)."""
-    coordination = config.coordination
-    coordinator = EtcdCoordinator((endpoint,), prefix=coordination.prefix, config=coordination)
+    coordinator = connect(config, endpoints=(endpoint,))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HOST_READY_TIMEOUT
     try:
@@ -369,9 +368,7 @@ async def _clean_servers(config: Config) -> int:
     count = 0
     if local.running:
         coordination = config.coordination
-        coordinator = EtcdCoordinator(
-            (local.endpoint,), prefix=coordination.prefix, config=coordination
-        )
+        coordinator = connect(config, endpoints=(local.endpoint,))
         try:
             registry = Registry(coordinator)
             servers = await registry.list_servers()
