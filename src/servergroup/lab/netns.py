@@ -21,10 +21,8 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -36,7 +34,8 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from servergroup.common.errors import MissingDependency, PermissionNeeded
+from servergroup.common.errors import MissingDependency, PermissionNeeded, ProcessFailed
+from servergroup.common.process import stop_all
 from servergroup.lab.errors import LabError
 from servergroup.lab.plan import (
     HOST_IFNAME,
@@ -406,21 +405,15 @@ def namespace_pids(netns: str) -> list[int]:
 
 def end_processes(netns: str) -> int:
     """SIGTERM what runs in `netns`, SIGKILL what is still there; the number ended."""
-    ended = pids = namespace_pids(netns)
-    for sig, timeout in ((signal.SIGTERM, TERM_TIMEOUT), (signal.SIGKILL, KILL_TIMEOUT)):
-        if not pids:
-            break
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        pids = namespace_pids(netns)
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.02)
-            pids = namespace_pids(netns)
-    if pids:
-        raise LabError(f"processes {pids} in {netns} did not exit after SIGKILL.")
-    return len(ended)
+    try:
+        return stop_all(
+            lambda: namespace_pids(netns),
+            what=f"namespace {netns}",
+            term_timeout=TERM_TIMEOUT,
+            kill_timeout=KILL_TIMEOUT,
+        )
+    except ProcessFailed as exc:
+        raise LabError(str(exc)) from None
 
 
 # --- applying ------------------------------------------------------------------------
