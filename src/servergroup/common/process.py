@@ -58,18 +58,29 @@ _GONE_STATES = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
 _STOPPED_STATES = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, *_GONE_STATES})
 
 
-def process_start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot), None if no such process is running.
-
-    A zombie (exited, not yet reaped) counts as not running.
-    """
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3 on of /proc/PID/stat (state first), or None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
     # The command name (field 2) may hold spaces and ')': the fields resume after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
+    return stat[stat.rindex(")") + 2 :].split() or None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` (R, S, T, t, Z, X, ...; see proc(5)), None when it is gone."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot), None if no such process is running.
+
+    A zombie (exited, not yet reaped) counts as not running.
+    """
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])  # field 22 of proc(5), counted from field 3
 
@@ -393,6 +404,7 @@ __all__ = [
     "group_members",
     "is_stopped",
     "process_start_time",
+    "process_state",
     "stop_all",
     "stop_group",
     "stop_group_async",

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -36,6 +35,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from servergroup.common.errors import MissingDependency, PermissionNeeded, ProcessFailed
 from servergroup.common.process import stop_all
+from servergroup.common.runner import CommandFailed, CommandNotFound, run
 from servergroup.lab.errors import LabError
 from servergroup.lab.plan import (
     HOST_IFNAME,
@@ -367,18 +367,12 @@ def _in_netns(netns: str, argv: Sequence[str]) -> list[str]:
 
 def _run(argv: Sequence[str], *, stdin: str | None = None) -> str:
     try:
-        done = subprocess.run(
-            list(argv), input=stdin, capture_output=True, text=True, timeout=TOOL_TIMEOUT
-        )
-    except FileNotFoundError:
+        return run(argv, timeout=TOOL_TIMEOUT, input=stdin, check=True).out
+    except CommandNotFound:
         check_tools()
         raise
-    except subprocess.TimeoutExpired:
-        raise LabError(f"`{' '.join(argv)}` did not finish within {TOOL_TIMEOUT:g} s.") from None
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-        raise LabError(f"`{' '.join(argv)}` failed: {reason}")
-    return done.stdout
+    except CommandFailed as exc:
+        raise LabError(str(exc)) from None
 
 
 # --- processes in a namespace --------------------------------------------------------
