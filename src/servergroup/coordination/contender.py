@@ -21,12 +21,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.process import stop_process_async
 from servergroup.config import CoordinationConfig, Endpoint
 from servergroup.coordination.connect import connect
 from servergroup.coordination.election import Ownership, OwnershipAcquired
@@ -169,14 +169,9 @@ class ContenderProcess:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (it resigns and revokes its lease), SIGKILL after `timeout`."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.proc.wait()
-            except TimeoutError:
-                await self.kill()
+        if self.proc.returncode is None:  # our child, not yet reaped: its PID is still its own
+            await stop_process_async(self.proc.pid, term_timeout=timeout)
+            await self.proc.wait()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
