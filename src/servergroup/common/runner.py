@@ -157,6 +157,8 @@ class _Child:
         self.reading: set[int] = set(self.outputs)
         self.stdin_fd: int | None = None
         self.pending = memoryview(input or b"")
+        self._drain_deadline: float | None = None
+        self.overdue = False
         if self.proc.stdin is not None:
             self.stdin_fd = self.proc.stdin.fileno()
             os.set_blocking(self.stdin_fd, False)
@@ -199,11 +201,33 @@ class _Child:
                 self.proc.stdin.close()
         self.stdin_fd = None
 
-    def next_wait(self, deadline: float, drain_deadline: float | None) -> float:
-        """How long to wait for an event: to the next deadline, polling without a pidfd."""
-        until = deadline if drain_deadline is None else min(deadline, drain_deadline)
-        wait = max(0.0, until - time.monotonic())
+    def waiting(self, deadline: float, drain_timeout: float) -> float | None:
+        """How long to wait for the next event; None when there is nothing more to wait for.
+
+        That is: the program exited and its output is read (or `drain_timeout`
+        has passed since it exited), or `deadline` has come (`overdue` says so).
+        Call `begin` before the first call of a round.
+        """
+        now = time.monotonic()
+        if self.exited:
+            if not self.reading:
+                return None
+            if self._drain_deadline is None:
+                self._drain_deadline = now + drain_timeout
+            if now >= self._drain_deadline:
+                return None
+        elif now >= deadline:
+            self.overdue = True
+            return None
+        until = deadline if self._drain_deadline is None else min(deadline, self._drain_deadline)
+        wait = max(0.0, until - now)
+        # Without a pidfd, nothing wakes us when the program exits: look now and then.
         return wait if self.pidfd is not None or self.exited else min(wait, POLL_INTERVAL)
+
+    def begin(self) -> None:
+        """Start a round of waiting (`waiting`)."""
+        self._drain_deadline = None
+        self.overdue = False
 
     def completed(self) -> Completed:
         returncode = self.proc.poll()
@@ -256,12 +280,11 @@ def run(
                 selector.register(child.stdin_fd, selectors.EVENT_WRITE)
             if child.pidfd is not None:
                 selector.register(child.pidfd, selectors.EVENT_READ)
-            deadline = time.monotonic() + timeout
-            drain_deadline = _loop_blocking(child, selector, deadline, drain_timeout)
-            if drain_deadline is None:  # timed out
+            _serve_blocking(child, selector, time.monotonic() + timeout, drain_timeout)
+            if child.overdue:
                 stop_group(child.proc.pid, term_timeout=term_timeout)
                 child.proc.wait()
-                _loop_blocking(child, selector, time.monotonic() + drain_timeout, drain_timeout)
+                _serve_blocking(child, selector, time.monotonic() + drain_timeout, drain_timeout)
                 raise child.timed_out(timeout)
         done = child.completed()
     finally:
@@ -272,23 +295,13 @@ def run(
     return done.check() if check else done
 
 
-def _loop_blocking(
+def _serve_blocking(
     child: _Child, selector: selectors.BaseSelector, deadline: float, drain_timeout: float
-) -> float | None:
-    """Serve the pipes until the program exits and its output is read; None at `deadline`."""
-    drain_deadline: float | None = None
-    while True:
-        now = time.monotonic()
-        if child.exited:
-            if not child.reading:
-                return now
-            if drain_deadline is None:
-                drain_deadline = now + drain_timeout
-            if now >= drain_deadline:
-                return now
-        elif now >= deadline:
-            return None
-        for key, _ in selector.select(child.next_wait(deadline, drain_deadline)):
+) -> None:
+    """Serve the pipes until the program exits and its output is read, or `deadline`."""
+    child.begin()
+    while (wait := child.waiting(deadline, drain_timeout)) is not None:
+        for key, _ in selector.select(wait):
             fd = key.fd
             if fd == child.pidfd:
                 selector.unregister(fd)  # it stays readable from now on
@@ -350,27 +363,18 @@ async def run_async(
         loop.add_reader(child.pidfd, on_exit)
         watched.append((child.pidfd, False))
 
-    async def serve(deadline: float) -> bool:
-        """Like `_loop_blocking`: True once done, False at `deadline`."""
-        drain_deadline: float | None = None
-        while True:
-            now = time.monotonic()
-            if child.exited:
-                if not child.reading:
-                    return True
-                if drain_deadline is None:
-                    drain_deadline = now + drain_timeout
-                if now >= drain_deadline:
-                    return True
-            elif now >= deadline:
-                return False
+    async def serve(deadline: float) -> None:
+        """`_serve_blocking` on the event loop's readers."""
+        child.begin()
+        while (wait := child.waiting(deadline, drain_timeout)) is not None:
             wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(child.next_wait(deadline, drain_deadline)):
+                async with asyncio.timeout(wait):
                     await wake.wait()
 
     try:
-        if not await serve(time.monotonic() + timeout):
+        await serve(time.monotonic() + timeout)
+        if child.overdue:
             await stop_group_async(child.proc.pid, term_timeout=term_timeout)
             child.proc.wait()  # a zombie by now: the group has no live member left
             await serve(time.monotonic() + drain_timeout)
