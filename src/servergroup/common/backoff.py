@@ -18,8 +18,8 @@ Three ways to use it, one mechanism:
 - `policy.attempts(clock, timeout)`: an async iterator for a loop that must
   give up at a deadline. The first attempt is at once; before each next one
   it sleeps the next delay on `clock`; it ends (and the loop falls through
-  to its own error) when `now + base` would reach the deadline, so the last
-  attempt is never cut short by a sleep that cannot finish in time.
+  to its own error) when the next sleep would reach the deadline, so no
+  attempt starts after it.
 - `retry(operation, ...)`: the common case of `attempts` in one call; it
   re-raises the last failure when the deadline comes.
 
@@ -101,10 +101,10 @@ class _Attempts:
 
     async def __anext__(self) -> int:
         if self._attempt > 0:
-            base = next(self._bases)
-            if self._clock.monotonic() + base >= self._deadline:
+            delay = self._policy.draw(next(self._bases), self._rng)
+            if self._clock.monotonic() + delay >= self._deadline:
                 raise StopAsyncIteration
-            await self._clock.sleep(self._policy.draw(base, self._rng))
+            await self._clock.sleep(delay)
         attempt = self._attempt
         self._attempt += 1
         return attempt
