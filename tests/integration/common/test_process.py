@@ -203,3 +203,19 @@ def test_stop_all_lists_afresh_and_reports_survivors(spawn: Spawn) -> None:
     assert [c.wait(1) for c in children] == [-signal.SIGTERM, -signal.SIGKILL]
     with pytest.raises(ProcessFailed, match=r"processes \[1\] of the immortal did not exit"):
         stop_all(lambda: [1], what="the immortal", term_timeout=0.0, kill_timeout=0.0)
+
+
+def test_without_pidfds_psutil_does_the_same(spawn: Spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 5.3 have no pidfd_open: the psutil path must stop processes alike."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    polite, stubborn = spawn(), spawn("ignore")
+    identity = ProcessIdentity.of(polite.pid)
+    assert identity is not None
+    assert stop_process(identity, term_timeout=5.0) is Ended.TERMINATED
+    assert stop_process(stubborn.pid, term_timeout=0.3) is Ended.KILLED
+    assert polite.wait(1) == -signal.SIGTERM
+    assert stubborn.wait(1) == -signal.SIGKILL

@@ -131,3 +131,20 @@ async def test_cancelling_ends_the_whole_group(tmp_path: Path, leftovers: list[i
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not alive(grandchild)
+
+
+def test_without_pidfds_the_exit_is_still_seen(
+    leftovers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 5.3 have no pidfd_open: the runner looks for the exit now and then."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    started = time.monotonic()
+    done = run(["sh", "-c", "sleep 30 & echo $!"], timeout=10, drain_timeout=0.2, check=True)
+    leftovers.append(int(done.out))
+    assert time.monotonic() - started < 3
+    with pytest.raises(CommandTimedOut):
+        run(["sleep", "30"], timeout=0.3)
