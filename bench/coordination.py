@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from servergroup.config import Config, CoordinationConfig, Endpoint, LocalEtcdConfig
+from servergroup.coordination.connect import connect
 from servergroup.coordination.contender import ContenderProcess, first_event
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.etcd_process import free_ports, start_cluster
 from servergroup.coordination.local_etcd import LocalEtcd
 
@@ -85,8 +85,8 @@ async def takeover_runs(
 async def watch_latency(
     endpoints: tuple[Endpoint, ...], config: CoordinationConfig, puts: int
 ) -> list[float]:
-    writer = EtcdCoordinator(endpoints, prefix=config.prefix, config=config)
-    watcher = EtcdCoordinator(endpoints, prefix=config.prefix, config=config)
+    writer = connect(config, endpoints=endpoints)
+    watcher = connect(config, endpoints=endpoints)
     start = (await writer.get_prefix("")).revision + 1
     watch = await watcher.watch("latency", start_revision=start)
     sent: dict[int, float] = {}

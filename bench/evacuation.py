@@ -35,7 +35,7 @@ from typing import Any
 from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
 
 from servergroup.config import CoordinationConfig, parse_endpoints
-from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination import connect
 from servergroup.servers.model import REBUILDING_TASK, VmState
 from servergroup.servers.registry import ChangeKind, RegistryCache, RegistryChange
 
@@ -89,8 +89,8 @@ class Bench(UpRun):
 
     async def follow(self) -> None:
         endpoints = parse_endpoints(str(self.up["etcd"]))
-        coordinator = EtcdCoordinator(
-            endpoints, prefix=str(self.up["prefix"]), config=CoordinationConfig()
+        coordinator = connect(
+            CoordinationConfig(), endpoints=endpoints, prefix=str(self.up["prefix"])
         )
         self.cache = RegistryCache(coordinator)
         await self.cache.start()

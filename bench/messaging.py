@@ -59,7 +59,7 @@ from typing import Any
 from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
 
 from servergroup.config import CoordinationConfig, parse_endpoints
-from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination import connect
 from servergroup.coordination.types import EventKind
 from servergroup.servers import registry as keys
 
@@ -223,8 +223,8 @@ class Bench(UpRun):
 
     async def watch_store(self) -> None:
         endpoints = parse_endpoints(str(self.up["etcd"]))
-        coordinator = EtcdCoordinator(
-            endpoints, prefix=str(self.up["prefix"]), config=CoordinationConfig()
+        coordinator = connect(
+            CoordinationConfig(), endpoints=endpoints, prefix=str(self.up["prefix"])
         )
         try:
             start = (await coordinator.get_prefix(keys.HOSTS)).revision + 1
@@ -249,8 +249,8 @@ class Bench(UpRun):
         """
         endpoints = parse_endpoints(str(self.up["etcd"]))
         prefix = f"/bench-messaging-floor/{os.getpid()}/"
-        writer = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
-        watcher = EtcdCoordinator(endpoints, prefix=prefix, config=CoordinationConfig())
+        writer = connect(CoordinationConfig(), endpoints=endpoints, prefix=prefix)
+        watcher = connect(CoordinationConfig(), endpoints=endpoints, prefix=prefix)
         samples: list[float] = []
         try:
             start = (await writer.get_prefix("")).revision + 1

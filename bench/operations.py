@@ -65,7 +65,7 @@ from tests.integration.servers.workload import (  # noqa: E402
 )
 
 from servergroup.config import CoordinationConfig, parse_endpoints  # noqa: E402
-from servergroup.coordination import EtcdCoordinator  # noqa: E402
+from servergroup.coordination import EtcdCoordinator, connect  # noqa: E402
 from servergroup.servers.operations import Operations  # noqa: E402
 from servergroup.servers.registry import HOSTS as HOST_RECORDS  # noqa: E402
 from servergroup.servers.registry import Registry  # noqa: E402
@@ -98,10 +98,10 @@ class Bench(UpRun):
         self.up: dict[str, Any] = {}
 
     def coordinator(self) -> EtcdCoordinator:
-        return EtcdCoordinator(
-            parse_endpoints(str(self.up["etcd"])),
+        return connect(
+            CoordinationConfig(),
+            endpoints=parse_endpoints(str(self.up["etcd"])),
             prefix=str(self.up["prefix"]),
-            config=CoordinationConfig(),
         )
 
     def daemon_problems(self) -> list[str]:

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
 
 HERE = Path(__file__).resolve().parent
@@ -314,10 +315,9 @@ def status_kb(pid: int) -> dict[str, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rfind(")") + 2 :].split()
-    # utime and stime are fields 14 and 15 of stat(5); here from field 3 on.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time `pid` has used."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 async def sample_memory(bench: Bench, names: Sequence[str]) -> dict[str, Any]:

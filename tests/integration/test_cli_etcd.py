@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from servergroup.common.process import process_state
 from servergroup.config import load_config
-from servergroup.coordination.etcd_process import free_ports, is_healthy, process_state
+from servergroup.coordination.etcd_process import free_ports, is_healthy
 from servergroup.coordination.local_etcd import LocalEtcd
 from tests.fixtures.daemons import DaemonFactory
 

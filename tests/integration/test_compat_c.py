@@ -19,13 +19,10 @@ namespace with `nsenter`.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import queue
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -36,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from servergroup.common.process import stop_group
 from tests.fixtures.setup import AppProcess, Setup, SetupFactory
 
 pytestmark = pytest.mark.timeout(120)
@@ -157,14 +155,8 @@ class CProcess:
     def stop(self) -> None:
         """End the program and what it started (its own process group)."""
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            stop_group(self.proc.pid, term_timeout=5.0)
+        self.proc.wait(5)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from servergroup.coordination.etcd_process import process_state
+from servergroup.common.process import process_state
 from tests.fixtures.daemons import (
     Daemon,
     DaemonFactory,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from servergroup.common.errors import ProcessFailed
+from servergroup.common.process import process_state
 from servergroup.config import Endpoint
 from servergroup.coordination.etcd_process import (
     EtcdCluster,
@@ -22,7 +23,6 @@ from servergroup.coordination.etcd_process import (
     free_ports,
     is_healthy,
     member_status,
-    process_state,
 )
 from tests.fixtures.etcd import new_test_cluster, run_test_cluster
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.common.errors import ConfigError, MissingDependency, ProcessFailed, UsageError
+from servergroup.common.process import process_state
 from servergroup.config import (
     Config,
     CoordinationConfig,
@@ -21,7 +22,7 @@ from servergroup.config import (
     LocalEtcdConfig,
     parse_endpoints,
 )
-from servergroup.coordination.etcd_process import free_ports, is_healthy, process_state
+from servergroup.coordination.etcd_process import free_ports, is_healthy
 from servergroup.coordination.local_etcd import LocalEtcd, resolve_endpoints
 
 

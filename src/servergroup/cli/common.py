@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from servergroup.common import units
 from servergroup.common.errors import ServergroupError
 from servergroup.common.logsetup import setup_logging
 from servergroup.config import Config, load_config
@@ -45,6 +46,37 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+class Size(click.ParamType[int]):
+    """A size option (`64MiB`, `1g`, `256`), read by `common.units.parse_size`, in `unit` bytes.
+
+    The value handed to the command is a whole number of `unit`s (MiB for
+    `unit=MIB`); a bare number counts in `unit` too; `low`/`high` bound it.
+    """
+
+    name = "size"
+
+    def __init__(self, unit: int, low: int, high: int) -> None:
+        self.unit, self.low, self.high = unit, low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        what = param.opts[0] if param is not None and param.opts else "size"
+        try:
+            size = units.parse_size(value, what=what, default_unit=self.unit)
+        except ServergroupError as exc:
+            self.fail(str(exc), param, ctx)
+        if size % self.unit or not self.low <= size // self.unit <= self.high:
+            self.fail(
+                f"{what} {value!r} must be a whole number of {units.format_size(self.unit)} "
+                f"from {units.format_size(self.low * self.unit)} "
+                f"to {units.format_size(self.high * self.unit)}.",
+                param,
+                ctx,
+            )
+        return size // self.unit
 
 
 def fail(message: str, status: int = 1) -> None:

@@ -10,8 +10,8 @@ import sys
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.coordination.connect import connect
 from servergroup.coordination.contender import OWNER_PREFIX, run_contender
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.local_etcd import resolve_endpoints
 
 
@@ -66,13 +66,10 @@ def contend(
 @pass_state
 def show(state: CliState, key: str, as_json: bool) -> None:
     """Show who owns KEY and with which fencing token."""
-    config = state.config()
-    endpoints = resolve_endpoints(config)
+    coordinator = connect(state.config())
 
     async def read() -> tuple[str | None, int | None]:
-        async with EtcdCoordinator(
-            endpoints, prefix=config.coordination.prefix, config=config.coordination
-        ) as coord:
+        async with coordinator as coord:
             kv = await coord.get(OWNER_PREFIX + key)
         if kv is None:
             return None, None

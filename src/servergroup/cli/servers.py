@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from servergroup.cli.common import CliState, fail, pass_state, run_async
+from servergroup.cli.common import CliState, Size, fail, pass_state, run_async
 from servergroup.common.errors import PermissionNeeded, UsageError
+from servergroup.common.units import MIB
 from servergroup.config import Config
-from servergroup.coordination.etcd import EtcdCoordinator
-from servergroup.coordination.local_etcd import resolve_endpoints
+from servergroup.coordination.connect import connect
 from servergroup.servers.drivers.registry import (
     DRIVERS,
     Driver,
@@ -46,12 +46,10 @@ T = TypeVar("T")
 def _run(state: CliState, work: Callable[[Operations], Awaitable[T]]) -> T:
     """Connect to the store, run `work` with the operations, close."""
     config = state.config()
-    endpoints = resolve_endpoints(config)
+    coordinator = connect(config)
 
     async def main() -> T:
-        async with EtcdCoordinator(
-            endpoints, prefix=config.coordination.prefix, config=config.coordination
-        ) as coordinator:
+        async with coordinator:
             ops = Operations(Registry(coordinator), timeout=config.coordination.operation_timeout)
             return await work(ops)
 
@@ -212,10 +210,10 @@ timeout_option = click.option(
 @click.option(
     "--memory",
     "memory_mb",
-    type=click.IntRange(64, 1 << 20),
+    type=Size(MIB, 64, 1 << 20),
     default=None,
-    help="Memory in MiB [default: "
-    + ", ".join(f"{i.min_memory_mb} for {i.kind.value}" for i in DRIVERS.values())
+    help="Memory, such as 256, 256MiB or 1GiB (a bare number is MiB) [default: "
+    + ", ".join(f"{i.min_memory_mb}MiB for {i.kind.value}" for i in DRIVERS.values())
     + " servers].",
 )
 @timeout_option

@@ -8,6 +8,7 @@ etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
   (`LocalEtcd`) started on demand.
 """
 
+from servergroup.coordination.connect import connect
 from servergroup.coordination.election import (
     NotOwner,
     Ownership,
@@ -85,6 +86,7 @@ __all__ = [
     "Watch",
     "WatchCompacted",
     "WatchEvent",
+    "connect",
     "resolve_endpoints",
     "start_cluster",
 ]

@@ -21,16 +21,16 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.process import stop_process_async
 from servergroup.config import CoordinationConfig, Endpoint
+from servergroup.coordination.connect import connect
 from servergroup.coordination.election import Ownership, OwnershipAcquired
 from servergroup.coordination.errors import CoordinationError, FencingError, StoreUnavailable
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.keeper import Session
 
 OWNER_PREFIX = "owners/"
@@ -57,7 +57,7 @@ async def run_contender(
 ) -> None:
     """Campaign for `OWNER_PREFIX + key` until cancelled, reporting on `out`."""
     clock = clock or SystemClock()
-    coordinator = EtcdCoordinator(endpoints, prefix=config.prefix, config=config, clock=clock)
+    coordinator = connect(config, endpoints=endpoints, clock=clock)
     session = Session(coordinator, config, clock=clock, name=name)
     await session.start(timeout=config.operation_timeout)
     changes = session.listen()
@@ -106,8 +106,9 @@ async def run_contender(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(CoordinationError, asyncio.TimeoutError):
-            await asyncio.wait_for(ownership.resign(), 2.0)
+        with contextlib.suppress(CoordinationError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await ownership.resign()
         await session.close()
         await coordinator.close()
 
@@ -168,13 +169,9 @@ class ContenderProcess:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (it resigns and revokes its lease), SIGKILL after `timeout`."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                await self.kill()
+        if self.proc.returncode is None:  # our child, not yet reaped: its PID is still its own
+            await stop_process_async(self.proc.pid, term_timeout=timeout)
+            await self.proc.wait()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 

@@ -108,15 +108,13 @@ class Ownership:
     async def wait_owner(self, timeout: float | None = None) -> int:
         """Wait until we own the key; return the token."""
 
-        async def wait() -> int:
+        async with asyncio.timeout(timeout):
             while True:
                 await self._owned.wait()
                 token = self.token
                 if token is not None:
                     return token
                 await asyncio.sleep(0.01)
-
-        return await asyncio.wait_for(wait(), timeout)
 
     # -- lifecycle ------------------------------------------------------------------
 

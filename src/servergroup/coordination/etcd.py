@@ -39,6 +39,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from servergroup.common.backoff import Backoff
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.config import CoordinationConfig, Endpoint
 from servergroup.coordination.errors import (
@@ -68,6 +69,9 @@ from servergroup.coordination.types import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Retries after a transport error: 20 ms doubling to 0.5 s, each drawn from 0.5x to 1.5x.
+RETRY_BACKOFF = Backoff(initial=0.02, max_delay=0.5, factor=2.0, jitter=(0.5, 1.5))
 
 # gRPC status codes that mean "this member cannot serve us now": try another.
 _TRANSPORT_CODES = {
@@ -248,9 +252,8 @@ class EtcdCoordinator:
         attempt = attempt_timeout or self._config.request_timeout
         total = deadline_timeout if deadline_timeout is not None else self._config.operation_timeout
         deadline = self._clock.monotonic() + total
-        backoff = 0.02
         last: BaseException | None = None
-        while True:
+        async for _ in RETRY_BACKOFF.attempts(self._clock, total):
             generation = self._generation
             remaining = deadline - self._clock.monotonic()
             try:
@@ -266,16 +269,13 @@ class EtcdCoordinator:
                     raise
                 last = exc
                 self.rotate(generation)
-            if self._clock.monotonic() + backoff >= deadline:
-                where = ", ".join(str(e) for e in self._endpoints)
-                reason = type(last).__name__ if last is not None else "timeout"
-                detail = str(last).strip().splitlines()[0] if last is not None and str(last) else ""
-                raise StoreUnavailable(
-                    f"etcd at {where} did not answer {what} within {total:g} s "
-                    f"({reason}{': ' + detail if detail else ''})."
-                )
-            await self._clock.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 0.5)
+        where = ", ".join(str(e) for e in self._endpoints)
+        reason = type(last).__name__ if last is not None else "timeout"
+        detail = str(last).strip().splitlines()[0] if last is not None and str(last) else ""
+        raise StoreUnavailable(
+            f"etcd at {where} did not answer {what} within {total:g} s "
+            f"({reason}{': ' + detail if detail else ''})."
+        )
 
     # -- key/value -----------------------------------------------------------
 
@@ -615,7 +615,8 @@ class _EtcdWatch:
         return False
 
     async def _run(self) -> None:
-        backoff = 0.02
+        bases = RETRY_BACKOFF.bases()
+        base = next(bases)
         while not self._closed:
             generation = self._owner.generation
             try:
@@ -623,16 +624,17 @@ class _EtcdWatch:
             except asyncio.CancelledError:
                 if not _cancelled_by_channel_close():
                     raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(RETRY_BACKOFF.draw(base))
                 continue
             except Exception as exc:
                 if self._ends_watch(exc):
                     return
                 self._owner.rotate(generation)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 0.5)
+                await asyncio.sleep(RETRY_BACKOFF.draw(base))
+                base = next(bases)
                 continue
-            backoff = 0.02
+            bases = RETRY_BACKOFF.bases()
+            base = next(bases)
             try:
                 await self._pump(w, self._owner.rotated)
             except asyncio.CancelledError:

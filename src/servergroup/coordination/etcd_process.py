@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from servergroup.common.errors import MissingDependency, ProcessFailed, UsageError
+from servergroup.common.process import stop_process, wait_stopped
 from servergroup.config import Endpoint
 
 #: Raft heartbeat interval of the tuned timings, in seconds.
@@ -411,15 +412,10 @@ class EtcdProcess:
         """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit status."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self.thaw()  # a stopped process would not act on SIGTERM
-            self.send_signal(signal.SIGTERM)
-            try:
-                return self.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
-        return self._proc.returncode
+        if self._proc.poll() is None:  # our child, not yet reaped: its PID is still its own
+            stop_process(self._proc.pid, term_timeout=timeout)
+        self._frozen = False
+        return self.wait(5.0)
 
     def kill(self) -> None:
         """SIGKILL (a crash, as far as the cluster can tell) and reap it."""
@@ -434,7 +430,7 @@ class EtcdProcess:
         if self._proc is not None and self.running:
             self.send_signal(signal.SIGSTOP)
             self._frozen = True
-            wait_until_stopped(self._proc.pid)
+            wait_stopped(self._proc.pid)
 
     def thaw(self) -> None:
         """SIGCONT: undo `freeze`."""
@@ -453,26 +449,6 @@ class EtcdProcess:
         self.start()
         if wait:
             self.wait_healthy(timeout)
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of `pid` from /proc (R, S, T, Z, ...), or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The state follows the last ')': the command name may contain anything.
-    fields = stat[stat.rfind(")") + 1 :].split()
-    return fields[0] if fields else None
-
-
-def wait_until_stopped(pid: int, timeout: float = 2.0) -> None:
-    """Wait until a SIGSTOP sent to `pid` has taken effect (signals arrive asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while process_state(pid) not in ("T", "t", "Z", "X", None):
-        if time.monotonic() >= deadline:
-            raise ProcessFailed(f"process {pid} did not stop within {timeout:g} s of SIGSTOP.")
-        time.sleep(0.005)
 
 
 def _tee_lines(source: IO[bytes], log_path: Path, echo: TextIO) -> None:
@@ -653,8 +629,6 @@ __all__ = [
     "last_log_line",
     "member_status",
     "port_in_use",
-    "process_state",
     "start_cluster",
     "summarize_log_line",
-    "wait_until_stopped",
 ]

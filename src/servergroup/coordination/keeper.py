@@ -89,18 +89,17 @@ class Session:
     async def wait_for(self, state: SessionState, timeout: float | None = None) -> None:
         """Wait until the session is in `state`."""
 
-        async def wait() -> None:
+        async with asyncio.timeout(timeout):
             while self.state is not state:
                 await self._changed.wait()
-
-        await asyncio.wait_for(wait(), timeout)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, timeout: float | None = None) -> None:
         """Grant the first lease (raising `StoreUnavailable` on failure), then keep it."""
         sent_at = self.clock.monotonic()
-        lease = await asyncio.wait_for(self.coordinator.grant(self.config.lease_ttl), timeout)
+        async with asyncio.timeout(timeout):
+            lease = await self.coordinator.grant(self.config.lease_ttl)
         self._publish(self._machine.granted(lease, sent_at=sent_at, now=self.clock.monotonic()))
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
@@ -113,8 +112,9 @@ class Session:
         lease_id = self._machine.lease_id
         self._publish(self._machine.lost("session closed", self.clock.monotonic()))
         if revoke and lease_id:
-            with contextlib.suppress(CoordinationError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.coordinator.revoke(lease_id), 2.0)
+            with contextlib.suppress(CoordinationError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self.coordinator.revoke(lease_id)
 
     async def __aenter__(self) -> Session:
         await self.start()
@@ -155,17 +155,17 @@ class Session:
         old = self._machine.lease_id
         sent_at = self.clock.monotonic()
         try:
-            lease = await asyncio.wait_for(
-                self.coordinator.grant(self.config.lease_ttl), self.config.request_timeout
-            )
+            async with asyncio.timeout(self.config.request_timeout):
+                lease = await self.coordinator.grant(self.config.lease_ttl)
         except (TimeoutError, CoordinationError) as exc:
             log.debug("%s: cannot grant a new lease yet: %s", self.name, exc)
             await self.clock.sleep(self.config.renew_interval)
             return
         if old:
             # The old lease may still exist at the store; end it so its keys go now.
-            with contextlib.suppress(CoordinationError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.coordinator.revoke(old), self.config.request_timeout)
+            with contextlib.suppress(CoordinationError, TimeoutError):
+                async with asyncio.timeout(self.config.request_timeout):
+                    await self.coordinator.revoke(old)
         self._publish(self._machine.granted(lease, sent_at=sent_at, now=self.clock.monotonic()))
 
     async def _sleep_or_wake(self, delay: float) -> None:

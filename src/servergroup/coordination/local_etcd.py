@@ -14,8 +14,9 @@ Invariants:
   directory. The pid in `state.json` is only a hint, checked against
   `/proc/PID/cmdline` before it is trusted; a process that fails the check is
   never signalled, and a stale state file is ignored and replaced.
-- Stopping uses a pidfd opened before the final ownership check, so the
-  signal cannot reach a process that reused the pid in between.
+- Stopping (`common.process.stop_process`) opens a pidfd and then checks
+  that it still names the process whose command line was checked (same
+  start time), so no signal reaches a process that reused the pid.
 - Every fault the operator can fix (etcd missing, a port taken by another
   program, an unusable state directory, etcd refusing to start) is one
   `ServergroupError` sentence.
@@ -27,7 +28,6 @@ import contextlib
 import fcntl
 import json
 import os
-import select
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from servergroup.common.errors import ConfigError, ProcessFailed, UsageError
+from servergroup.common.process import ProcessIdentity, command_line, stop_process
 from servergroup.config import Config, Endpoint
 from servergroup.coordination.etcd_process import (
     EtcdMemberSpec,
@@ -44,7 +45,6 @@ from servergroup.coordination.etcd_process import (
     find_etcd_binary,
     is_healthy,
     port_in_use,
-    process_state,
 )
 
 #: The member name of the managed etcd.
@@ -399,17 +399,6 @@ def resolve_endpoints(config: Config) -> tuple[Endpoint, ...]:
 # -- /proc helpers -----------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str] | None:
-    """The argv of a live process, or None (gone, or exited and not yet reaped)."""
-    if process_state(pid) in (None, "Z", "X"):
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
 def _option(argv: list[str], name: str) -> str | None:
     for i, arg in enumerate(argv):
         if arg == name and i + 1 < len(argv):
@@ -421,10 +410,20 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def _is_our_etcd(pid: int, data_dir: Path) -> bool:
     """True when `pid` is a live etcd whose data directory is `data_dir`."""
-    argv = _cmdline(pid)
-    if not argv or "etcd" not in os.path.basename(argv[0]):
-        return False
-    return _option(argv, "--data-dir") == str(data_dir)
+    return _our_etcd(pid, data_dir) is not None
+
+
+def _our_etcd(pid: int, data_dir: Path) -> ProcessIdentity | None:
+    """The identity of `pid` if it is a live etcd whose data directory is `data_dir`."""
+
+    def is_ours(argv: list[str]) -> bool:
+        return (
+            bool(argv)
+            and "etcd" in os.path.basename(argv[0])
+            and (_option(argv, "--data-dir") == str(data_dir))
+        )
+
+    return ProcessIdentity.of(pid, argv_check=is_ours)
 
 
 def _etcd_pids() -> Iterator[int]:
@@ -437,7 +436,7 @@ def _etcd_pids() -> Iterator[int]:
 
 def _served_hosts(pid: int) -> set[str]:
     """The hosts a running etcd serves clients on (from its command line)."""
-    argv = _cmdline(pid)
+    argv = command_line(pid)
     urls = _option(argv, "--listen-client-urls") if argv else None
     hosts: set[str] = set()
     for url in (urls or "").split(","):
@@ -449,7 +448,7 @@ def _served_hosts(pid: int) -> set[str]:
 
 
 def _running_endpoint(pid: int) -> Endpoint | None:
-    argv = _cmdline(pid)
+    argv = command_line(pid)
     urls = _option(argv, "--advertise-client-urls") if argv else None
     if not urls:
         return None
@@ -465,32 +464,13 @@ def _terminate(pid: int, data_dir: Path, timeout: float) -> None:
     if proc is not None:  # started by this very process: it is our child
         proc.stop(timeout)
         return
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
+    identity = _our_etcd(pid, data_dir)
+    if identity is None:
         return
-    try:
-        # Checked after pidfd_open: from here on the fd names this process,
-        # even if the pid is reused.
-        if not _is_our_etcd(pid, data_dir):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGCONT)  # a frozen etcd ignores SIGTERM
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        if not _wait_exit(pidfd, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            _wait_exit(pidfd, 5.0)
-    finally:
-        os.close(pidfd)
+    # A pidfd opened before its identity is checked again: never signals a reused PID.
+    stop_process(identity, term_timeout=timeout)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child after all
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)  # readable once the process has exited
-    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 __all__ = ["LOCAL_MEMBER_NAME", "LocalEtcd", "LocalEtcdStatus", "resolve_endpoints"]

@@ -52,11 +52,11 @@ from servergroup.config import Config, Endpoint
 from servergroup.coordination import (
     CoordinationError,
     Coordinator,
-    EtcdCoordinator,
     EventKind,
     Guard,
     Session,
     SessionState,
+    connect,
 )
 from servergroup.groups.service import GroupService
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
@@ -148,7 +148,7 @@ async def host_shared(
 ) -> AsyncIterator[HostShared]:
     """Connect, open the session, claim `registry/hosts/<name>`, start the registry cache."""
     coordination = config.coordination
-    coordinator = EtcdCoordinator(endpoints, prefix=coordination.prefix, config=coordination)
+    coordinator = connect(config, endpoints=endpoints)
     session = Session(coordinator, coordination, name=f"host {options.name}")
     record = HostRecord(
         name=options.name,

@@ -25,19 +25,17 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from servergroup.common.errors import LocalError, ProcessFailed
+from servergroup.common.process import ProcessIdentity, alive, stop_process
 from servergroup.config import Config, Endpoint
-from servergroup.coordination import CoordinationError, EtcdCoordinator, LocalEtcd
-from servergroup.coordination.etcd_process import process_state
+from servergroup.coordination import CoordinationError, LocalEtcd, connect
 from servergroup.lab import Lab
 from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.drivers.qemu.driver import remove_all as qemu_remove_all
@@ -144,37 +142,26 @@ def _host_argv(
     ]
 
 
-def _is_our_host_daemon(pid: int, config: Config, name: str) -> bool:
-    if process_state(pid) in (None, "Z", "X"):
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    words = [a.decode("utf-8", "replace") for a in argv]
+def _our_host_daemon(pid: int, config: Config, name: str) -> ProcessIdentity | None:
+    """The identity of `pid` if it is our host daemon `name` (by its command line)."""
     state_dir = str(Path(os.path.abspath(config.state_dir)))
-    return (
-        "servergroup" in words
-        and "host" in words
-        and state_dir in words
-        and any(words[i] == "--name" and words[i + 1] == name for i in range(len(words) - 1))
-    )
+
+    def is_ours(words: list[str]) -> bool:
+        return (
+            "servergroup" in words
+            and "host" in words
+            and state_dir in words
+            and any(words[i] == "--name" and words[i + 1] == name for i in range(len(words) - 1))
+        )
+
+    return ProcessIdentity.of(pid, argv_check=is_ours)
 
 
 def _end(pid: int, config: Config, name: str, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM our host daemon `pid`, SIGKILL after `timeout`; never anyone else."""
-    if not _is_our_host_daemon(pid, config, name):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_state(pid) in (None, "Z", "X"):
-            return
-        time.sleep(0.05)
-    if _is_our_host_daemon(pid, config, name):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    identity = _our_host_daemon(pid, config, name)
+    if identity is not None:
+        stop_process(identity, term_timeout=timeout)
 
 
 def up(
@@ -224,7 +211,7 @@ def up(
         channel_dir.mkdir(parents=True, exist_ok=True)
         log_path = hdir / "host.log"
         old = known.get(lab_host.name)
-        if old is not None and _is_our_host_daemon(old.pid, config, lab_host.name):
+        if old is not None and _our_host_daemon(old.pid, config, lab_host.name) is not None:
             pid = old.pid
         else:
             say(f"starting host daemon {lab_host.name}")
@@ -280,8 +267,7 @@ async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> N
     The registrations come from a watch of the registry; the daemons'
     processes are checked locally every tenth of a second meanwhile.
     """
-    coordination = config.coordination
-    coordinator = EtcdCoordinator((endpoint,), prefix=coordination.prefix, config=coordination)
+    coordinator = connect(config, endpoints=(endpoint,))
     cache = RegistryCache(coordinator)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HOST_READY_TIMEOUT
@@ -302,7 +288,7 @@ async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> N
             if not waiting:
                 return
             for h in waiting:
-                if process_state(h.pid) in (None, "Z", "X"):
+                if not alive(h.pid):
                     raise ProcessFailed(
                         f"host daemon {h.name} exited at start; see its log {h.log_path}"
                     )
@@ -350,7 +336,7 @@ def down(
     deleted = clean_servers(config, status) if clean_servers is not None else 0
     stopped = 0
     for h in status.hosts if status is not None else ():
-        if _is_our_host_daemon(h.pid, config, h.name):
+        if _our_host_daemon(h.pid, config, h.name) is not None:
             say(f"stopping host daemon {h.name} (pid {h.pid})")
             _end(h.pid, config, h.name)
             stopped += 1
@@ -386,9 +372,7 @@ async def _clean_servers(config: Config) -> int:
     count = 0
     if local.running:
         coordination = config.coordination
-        coordinator = EtcdCoordinator(
-            (local.endpoint,), prefix=coordination.prefix, config=coordination
-        )
+        coordinator = connect(config, endpoints=(local.endpoint,))
         try:
             registry = Registry(coordinator)
             servers = await registry.list_servers()

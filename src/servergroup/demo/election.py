@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from servergroup.config import Config
+from servergroup.coordination.connect import connect
 from servergroup.coordination.contender import (
     OWNER_PREFIX,
     WORK_PREFIX,
@@ -16,7 +17,6 @@ from servergroup.coordination.contender import (
     first_event,
 )
 from servergroup.coordination.errors import FencingError
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.types import Guard
 
 Say = Callable[[str], None]
@@ -71,9 +71,7 @@ async def run_election_demo(
             f"(> {first_token}) {took:.2f} s after the kill."
         )
         say(f"A write still carrying the dead owner's token {first_token} is refused by the store:")
-        async with EtcdCoordinator(
-            endpoints, prefix=config.coordination.prefix, config=config.coordination
-        ) as coord:
+        async with connect(config, endpoints=endpoints) as coord:
             try:
                 await coord.put(
                     WORK_PREFIX + key,

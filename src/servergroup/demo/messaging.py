@@ -24,7 +24,7 @@ from typing import Any
 
 from servergroup.common.errors import ServergroupError
 from servergroup.config import Config, Endpoint
-from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination import connect
 from servergroup.servers.drivers.registry import DriverContext, build_driver
 from servergroup.servers.model import DriverKind, Policy, Server
 from servergroup.servers.operations import Operations
@@ -134,9 +134,7 @@ async def run_messaging_demo(
 ) -> MessagingResult:
     """Run the messaging part against the set-up of `servergroup up`; narrate with `say`."""
     coordination = config.coordination
-    async with EtcdCoordinator(
-        (endpoint,), prefix=coordination.prefix, config=coordination
-    ) as coordinator:
+    async with connect(config, endpoints=(endpoint,)) as coordinator:
         ops = Operations(Registry(coordinator), timeout=coordination.operation_timeout)
         await _remove_earlier_demo(ops)
         apps: list[_App] = []

@@ -21,10 +21,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -36,7 +33,9 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from servergroup.common.errors import MissingDependency, PermissionNeeded
+from servergroup.common.errors import MissingDependency, PermissionNeeded, ProcessFailed
+from servergroup.common.process import stop_all
+from servergroup.common.runner import CommandFailed, CommandNotFound, run
 from servergroup.lab.errors import LabError
 from servergroup.lab.plan import (
     HOST_IFNAME,
@@ -368,18 +367,12 @@ def _in_netns(netns: str, argv: Sequence[str]) -> list[str]:
 
 def _run(argv: Sequence[str], *, stdin: str | None = None) -> str:
     try:
-        done = subprocess.run(
-            list(argv), input=stdin, capture_output=True, text=True, timeout=TOOL_TIMEOUT
-        )
-    except FileNotFoundError:
+        return run(argv, timeout=TOOL_TIMEOUT, input=stdin, check=True).out
+    except CommandNotFound:
         check_tools()
         raise
-    except subprocess.TimeoutExpired:
-        raise LabError(f"`{' '.join(argv)}` did not finish within {TOOL_TIMEOUT:g} s.") from None
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-        raise LabError(f"`{' '.join(argv)}` failed: {reason}")
-    return done.stdout
+    except CommandFailed as exc:
+        raise LabError(str(exc)) from None
 
 
 # --- processes in a namespace --------------------------------------------------------
@@ -406,21 +399,15 @@ def namespace_pids(netns: str) -> list[int]:
 
 def end_processes(netns: str) -> int:
     """SIGTERM what runs in `netns`, SIGKILL what is still there; the number ended."""
-    ended = pids = namespace_pids(netns)
-    for sig, timeout in ((signal.SIGTERM, TERM_TIMEOUT), (signal.SIGKILL, KILL_TIMEOUT)):
-        if not pids:
-            break
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        pids = namespace_pids(netns)
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.02)
-            pids = namespace_pids(netns)
-    if pids:
-        raise LabError(f"processes {pids} in {netns} did not exit after SIGKILL.")
-    return len(ended)
+    try:
+        return stop_all(
+            lambda: namespace_pids(netns),
+            what=f"namespace {netns}",
+            term_timeout=TERM_TIMEOUT,
+            kill_timeout=KILL_TIMEOUT,
+        )
+    except ProcessFailed as exc:
+        raise LabError(str(exc)) from None
 
 
 # --- applying ------------------------------------------------------------------------

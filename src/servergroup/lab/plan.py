@@ -45,6 +45,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from servergroup.common import units
 from servergroup.common.errors import UsageError
 from servergroup.lab.errors import LabError
 
@@ -82,19 +83,6 @@ TBF_LATENCY_US = 50_000
 ETH_HEADER = 14
 
 _NAME_RE = re.compile(rf"[a-z][a-z0-9]{{0,{MAX_NAME_LENGTH - 1}}}")
-_RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
-_RATE_UNITS = {
-    "": 1,
-    "bit": 1,
-    "kbit": 10**3,
-    "mbit": 10**6,
-    "gbit": 10**9,
-    "tbit": 10**12,
-    "kibit": 2**10,
-    "mibit": 2**20,
-    "gibit": 2**30,
-    "tibit": 2**40,
-}
 
 
 class LossScope(Enum):
@@ -596,25 +584,9 @@ def parse_rate(value: int | str | None) -> int | None:
     """
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise UsageError(f"rate {value!r} is not a rate.")
-    if isinstance(value, int):
-        bits = value
-    else:
-        text = value.strip().lower()
-        if text in ("none", "unlimited"):
-            return None
-        match = _RATE_RE.fullmatch(text)
-        if not match or match.group(2) not in _RATE_UNITS:
-            hint = " (tc's 'bps' means bytes; use bit units)" if "bps" in text else ""
-            raise UsageError(
-                f"rate {value!r} is not a rate{hint}; use bits per second such as 1gbit, "
-                "100mbit, 512kbit or 1000000."
-            )
-        try:
-            bits = int(Decimal(match.group(1)) * _RATE_UNITS[match.group(2)])
-        except InvalidOperation:
-            raise UsageError(f"rate {value!r} is not a rate.") from None
+    if isinstance(value, str) and value.strip().lower() in ("none", "unlimited"):
+        return None
+    bits = units.parse_rate(value)
     if not MIN_RATE <= bits <= MAX_RATE:
         raise UsageError(
             f"rate {value!r} is out of range; give {format_rate(MIN_RATE)} to "
@@ -625,12 +597,7 @@ def parse_rate(value: int | str | None) -> int | None:
 
 def format_rate(bits: int | None) -> str:
     """`1gbit`, `100mbit`, `1500kbit`, `12344bit`, or `unlimited` for None."""
-    if bits is None:
-        return "unlimited"
-    for unit, scale in (("tbit", 10**12), ("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
-        if bits >= scale and bits % scale == 0:
-            return f"{bits // scale}{unit}"
-    return f"{bits}bit"
+    return "unlimited" if bits is None else units.format_rate(bits)
 
 
 def parse_loss(value: float | str | None, scope: LossScope = LossScope.UDP) -> Loss | None:

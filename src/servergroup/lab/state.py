@@ -30,6 +30,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from servergroup.common.errors import UsageError
+from servergroup.common.process import ProcessIdentity, alive
 from servergroup.lab.errors import LabError
 from servergroup.lab.plan import LabPlan, Owner
 
@@ -155,30 +156,17 @@ def all_records(state_dir: Path) -> list[LabRecord]:
 # --- process identity ----------------------------------------------------------------
 
 
-def process_start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot), None if no such process is running."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and ')': split after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None  # exited, not yet reaped
-    return int(fields[19])  # field 22 of proc(5), counted from field 3
-
-
 def owner_of(pid: int) -> Owner:
     """The identity of running process `pid`; UsageError if it is not running."""
-    start = process_start_time(pid)
-    if start is None:
+    identity = ProcessIdentity.of(pid)
+    if identity is None:
         raise UsageError(f"process {pid} is not running, so it cannot own a lab.")
-    return Owner(pid=pid, start_time=start)
+    return Owner(pid=pid, start_time=identity.start_time)
 
 
 def owner_alive(owner: Owner) -> bool:
     """True while the very process `owner` names runs (a reused PID does not count)."""
-    return process_start_time(owner.pid) == owner.start_time
+    return alive(ProcessIdentity(pid=owner.pid, start_time=owner.start_time))
 
 
 # --- the machine-wide lock -----------------------------------------------------------

@@ -11,10 +11,10 @@ timeouts are positive, a key is not empty. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address
 
+from servergroup.common import units
 from servergroup.common.errors import UsageError
 from servergroup.multicast.protocol import payload_size_for
 
@@ -30,9 +30,6 @@ DEFAULT_JOIN_TIMEOUT = 60.0
 DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 MAX_BUFFER_BYTES = 1024 * 1024 * 1024
 MAX_CLIENTS = 10_000
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:bit|bps|b)?(?:/s)?\s*$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,15 +68,7 @@ def parse_rate(value: str | float | None) -> float | None:
     """Bits per second from `800m`, `1gbit`, `1.5G`, `250000000` (None or 0: no cap)."""
     if value is None:
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    else:
-        match = _RATE.match(value)
-        if not match:
-            raise UsageError(
-                f"rate {value!r} is not a rate; give bits/s such as 800m, 1g or 2.5gbit."
-            )
-        number = float(match.group(1)) * _SCALE[match.group(2).lower()]
+    number = float(value) if isinstance(value, int | float) else float(units.parse_rate(value))
     if number < 0:
         raise UsageError(f"rate {value!r} is negative.")
     if 0 < number < 1e6:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from servergroup.common.errors import RemoteError, UsageError
+from servergroup.common.process import ProcessIdentity, alive
 from servergroup.multicast.protocol import IP_UDP_OVERHEAD, Auth, data_header
 
 log = logging.getLogger(__name__)
@@ -383,8 +384,8 @@ class FileSink(Sink):
         self._path = path
         for stale in remove_stale_parts(path):
             log.info("removed %s, left by a receiver that is no longer running", stale)
-        pid = os.getpid()
-        prefix = f".{path.name}.{pid}-{process_start_time(pid) or 0}."
+        me = ProcessIdentity.me()
+        prefix = f".{path.name}.{me.pid}-{me.start_time}."
         try:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=PART_SUFFIX, dir=path.parent)
         except OSError as exc:
@@ -448,42 +449,14 @@ def remove_stale_parts(path: Path) -> list[Path]:
         return []
     for candidate in candidates:
         match = pattern.fullmatch(candidate.name)
-        if match is None or process_running(int(match[1]), int(match[2])):
+        if match is None:
+            continue
+        pid, start = int(match[1]), int(match[2])
+        # A start time of 0: written where it could not be read; the PID is all there is.
+        if alive(pid) if start == 0 else alive(ProcessIdentity(pid=pid, start_time=start)):
             continue
         with contextlib.suppress(OSError):
             candidate.unlink()
             removed.append(candidate)
     return removed
-
-
-def process_start_time(pid: int) -> int | None:
-    """When process `pid` started (clock ticks after boot), None if it is not running.
-
-    Read from /proc/PID/stat (Linux); a zombie counts as not running.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command (field 2) may contain spaces and parentheses; fields resume after the last ")".
-    state, *rest = stat[stat.rindex(")") + 2 :].split()
-    if state == "Z":
-        return None
-    return int(rest[18])  # field 22, starttime
-
-
-def process_running(pid: int, start_time: int) -> bool:
-    """True while the process with this PID and start time runs (a reused PID does not count)."""
-    found = process_start_time(pid)
-    if found is not None:
-        return start_time == 0 or found == start_time
-    if Path("/proc/self/stat").exists():
-        return False
-    # No /proc to read: all we can tell is whether some process has the PID.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -131,10 +131,13 @@ async def test_store_frozen_past_ttl_owner_stops_before_expiry_and_recovers(
     ownership = Ownership(session, "owners/svc", b"me")
     ownership.start()
     events: list[Any] = []
+    acquired_seen = asyncio.Event()
 
     async def record() -> None:
         async for ev in ownership.events():
             events.append((time.monotonic(), ev))
+            if isinstance(ev, OwnershipAcquired):
+                acquired_seen.set()
 
     recorder = asyncio.create_task(record())
     acts: list[tuple[float, int]] = []
@@ -154,9 +157,13 @@ async def test_store_frozen_past_ttl_owner_stops_before_expiry_and_recovers(
         member.freeze()
         await asyncio.sleep(CONFIG.lease_ttl + 1.5)
         assert session.state is SessionState.LOST
+        acquired_seen.clear()
         member.thaw()
         thawed_at = time.monotonic()
         second = await ownership.wait_owner(10.0)
+        # The event is queued as the token is set; let the recorder take it in.
+        async with asyncio.timeout(5.0):
+            await acquired_seen.wait()
     finally:
         member.thaw()
         worker.cancel()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from servergroup.coordination.etcd_process import process_state
+from servergroup.common.process import process_state
 from tests.fixtures.setup import AppProcess, Setup, SetupFactory
 
 pytestmark = pytest.mark.timeout(180)

@@ -32,6 +32,7 @@ import pytest
 
 from servergroup.common.errors import ServergroupError
 from servergroup.common.logsetup import BUG_MARKER
+from servergroup.common.process import process_state
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import (
     EtcdCluster,
@@ -46,7 +47,6 @@ from servergroup.servers.drivers.lab import (
     LabDriver,
     detect_cgroups,
     detect_cpusets,
-    process_state,
 )
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, Server

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from servergroup.common.process import process_state
 from servergroup.servers.drivers.base import Observed, Power, channel_name
 from servergroup.servers.drivers.lab import (
     NETNS_DIR,
     Cgroups,
     LabDriver,
     detect_cgroups,
-    process_state,
 )
 from servergroup.servers.model import ServerSpec
 from tests.integration.servers.conftest import NameFactory, all_freezers

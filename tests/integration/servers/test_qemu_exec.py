@@ -9,11 +9,8 @@ socket and real client subprocesses run commands through it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from servergroup.common.process import ProcessIdentity, stop_process
 from servergroup.servers.drivers.qemu.boot import VmLayout, qemu_argv
 from servergroup.servers.drivers.qemu.execbroker import ExecBroker
 from servergroup.servers.drivers.qemu.image import (
@@ -52,16 +50,11 @@ def vm_dir() -> Iterator[Path]:
 def _kill_qemu(pid_file: Path) -> None:
     try:
         pid = int(pid_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return
-    if str(pid_file).encode() not in cmdline:
-        return  # that PID is not our QEMU any more
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    identity = ProcessIdentity.of(pid, argv_check=lambda argv: str(pid_file) in argv)
+    if identity is not None:  # else that PID is not our QEMU any more
+        stop_process(identity, term_timeout=0.0, kill_timeout=10.0)
 
 
 @pytest.fixture

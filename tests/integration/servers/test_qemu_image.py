@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from servergroup.common.process import ProcessIdentity, stop_process
 from servergroup.servers.drivers.qemu.boot import READY_MARKER, VmLayout, qemu_argv
 from servergroup.servers.drivers.qemu.image import (
     GuestImage,
@@ -60,19 +60,10 @@ def vm_dir() -> Iterator[Path]:
 
 
 def kill_vm(pid: int, pid_file: Path) -> None:
-    """SIGKILL the QEMU whose PID file is ours (if that PID is still our QEMU) and wait for it."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    if str(pid_file).encode() not in cmdline:
-        return  # the PID is someone else's now
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not Path(f"/proc/{pid}").exists(), f"QEMU {pid} survived SIGKILL"
+    """End the QEMU whose PID file is ours (if that PID is still our QEMU) and wait for it."""
+    identity = ProcessIdentity.of(pid, argv_check=lambda argv: str(pid_file) in argv)
+    if identity is not None:  # else the PID is someone else's now
+        stop_process(identity, term_timeout=0.0, kill_timeout=10.0)
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)

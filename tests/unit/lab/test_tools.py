@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.common.errors import UsageError
+from servergroup.common.process import process_start_time
 from servergroup.lab.netns import (
     parse_nft_loss,
     parse_tc_shapings,
@@ -29,7 +30,6 @@ from servergroup.lab.state import (
     encode_record,
     owner_alive,
     owner_of,
-    process_start_time,
     read_record,
     write_record,
 )

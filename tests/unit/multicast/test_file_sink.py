@@ -7,12 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from servergroup.multicast.transport import (
-    FileSink,
-    process_running,
-    process_start_time,
-    remove_stale_parts,
-)
+from servergroup.common.process import ProcessIdentity, alive, process_start_time
+from servergroup.multicast.transport import FileSink, remove_stale_parts
 
 
 def _exited_process() -> tuple[int, int]:
@@ -74,12 +70,10 @@ def test_names_with_glob_characters_are_matched_literally(tmp_path: Path) -> Non
     assert lookalike.exists()
 
 
-def test_process_running_tells_a_reused_pid_apart() -> None:
-    me = os.getpid()
-    start = process_start_time(me)
-    assert start is not None
-    assert process_running(me, start)
-    assert not process_running(me, start + 1)
+def test_a_writer_is_told_apart_from_a_reused_pid() -> None:
+    me = ProcessIdentity.me()
+    assert alive(me)
+    assert not alive(ProcessIdentity(pid=me.pid, start_time=me.start_time + 1))
     dead_pid, dead_start = _exited_process()
     if process_start_time(dead_pid) is None:  # unless the PID was reused already
-        assert not process_running(dead_pid, dead_start)
+        assert not alive(ProcessIdentity(pid=dead_pid, start_time=dead_start))

@@ -59,7 +59,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -68,6 +67,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from servergroup.common.errors import ProcessFailed
+from servergroup.common.process import alive, command_line, stop_all
+from servergroup.common.runner import CommandFailed, CommandNotFound, run
 from servergroup.servers.drivers.base import (
     DriverError,
     MoveStyle,
@@ -155,7 +157,7 @@ class Cgroups:
             text = self.procs_file(name).read_text()
         except FileNotFoundError:
             return []
-        return [pid for pid in map(int, text.split()) if process_state(pid) not in (None, "Z")]
+        return [pid for pid in map(int, text.split()) if alive(pid)]
 
     def set_frozen(self, name: str, frozen: bool) -> None:
         if self.version == 1:
@@ -350,34 +352,13 @@ def detect_cpusets() -> Cpusets | None:
 # --- processes -----------------------------------------------------------------------
 
 
-def process_state(pid: int) -> str | None:
-    """The one-letter state of `pid` (R, S, Z, ...), or None when it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may hold spaces: the state follows the last ')'.
-    return text[text.rfind(")") + 2 :][:1] or None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
 def _run(argv: Sequence[str]) -> None:
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=TOOL_TIMEOUT)
-    except FileNotFoundError:
+        run(argv, timeout=TOOL_TIMEOUT, check=True)
+    except CommandNotFound:
         raise DriverError(f"{argv[0]} is not installed (Debian package iproute2)") from None
-    except subprocess.TimeoutExpired:
-        raise DriverError(f"`{' '.join(argv)}` did not finish within {TOOL_TIMEOUT:g} s") from None
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise DriverError(f"`{' '.join(argv)}` failed: {reason}")
+    except CommandFailed as exc:
+        raise DriverError(str(exc)) from None
 
 
 def _netns_usable(netns: str) -> bool:
@@ -584,7 +565,7 @@ class LabDriver:
             recorded = int((self.server_dir(name) / PID_NAME).read_text().split()[0])
             candidates.insert(0, recorded)
         for pid in candidates:
-            if pid in procs and sock in _cmdline(pid):
+            if pid in procs and sock in (command_line(pid) or ()):
                 return pid
         return None
 
@@ -642,12 +623,8 @@ class LabDriver:
             if time.monotonic() > deadline:
                 break
             # The launched shell may not have joined the cgroup yet: follow its PID.
-            alive = (
-                process_state(launched) not in (None, "Z")
-                if launched is not None
-                else bool(self.cgroups.procs(name))
-            )
-            if not alive:
+            running = alive(launched) if launched is not None else bool(self.cgroups.procs(name))
+            if not running:
                 time.sleep(0.1)  # let the log catch the agent's last words
                 raise DriverError(
                     f"the guest agent of {name} exited at start: {self._last_log(name)}"
@@ -668,9 +645,8 @@ class LabDriver:
     def stop_sync(self, name: str) -> None:
         cgroups = self.cgroups
         if cgroups.exists(name):
-            pids = cgroups.procs(name)
-            if pids:
-                self._end(name, pids)
+            if cgroups.procs(name):
+                self._end(name)
             if cgroups.wants_frozen(name):
                 self.freeze_sync(name, False)
         with contextlib.suppress(FileNotFoundError):
@@ -678,30 +654,24 @@ class LabDriver:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path(name).unlink()
 
-    def _end(self, name: str, pids: list[int]) -> None:
+    def _end(self, name: str) -> None:
         cgroups = self.cgroups
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        if cgroups.wants_frozen(name):
-            # Frozen processes act on a signal only once thawed.
-            cgroups.set_frozen(name, False)
-        deadline = time.monotonic() + self.stop_timeout
-        while pids and time.monotonic() < deadline:
-            time.sleep(POLL_INTERVAL)
-            pids = cgroups.procs(name)
-        deadline = time.monotonic() + self.kill_timeout
-        while pids:
-            # Kill again on each round: a process may fork while we kill.
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                raise DriverError(
-                    f"processes {pids} of lab server {name} did not exit after SIGKILL"
-                )
-            time.sleep(POLL_INTERVAL)
-            pids = cgroups.procs(name)
+
+        def thaw() -> None:
+            if cgroups.wants_frozen(name):
+                # Frozen processes act on a signal only once thawed.
+                cgroups.set_frozen(name, False)
+
+        try:
+            stop_all(
+                lambda: cgroups.procs(name),
+                what=f"lab server {name}",
+                term_timeout=self.stop_timeout,
+                kill_timeout=self.kill_timeout,
+                after_term=thaw,
+            )
+        except ProcessFailed as exc:
+            raise DriverError(str(exc)) from None
         log.info("lab server %s: every process ended", name)
 
     def freeze_sync(self, name: str, frozen: bool) -> None:
@@ -903,5 +873,4 @@ __all__ = [
     "detect_cpusets",
     "format_cpus",
     "parse_cpus",
-    "process_state",
 ]

@@ -55,6 +55,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from servergroup.common.process import ProcessIdentity, alive, stop_process
 from servergroup.servers.drivers.base import (
     DriverError,
     MoveStyle,
@@ -116,19 +117,9 @@ _POWER = {
 }
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rfind(")") + 2 :][:1] not in ("Z", "X", "")
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+def _our_qemu(pid: int, qmp: Path) -> ProcessIdentity | None:
+    """The identity of `pid` if it is a QEMU whose command line names its QMP socket `qmp`."""
+    return ProcessIdentity.of(pid, argv_check=lambda argv: any(str(qmp) in a for a in argv))
 
 
 def _read(path: Path) -> str | None:
@@ -225,10 +216,7 @@ class QemuDriver:
         if text is None or not text.isdigit():
             return None
         pid = int(text)
-        qmp = os.fsencode(self.server_dir(name) / QMP_NAME)
-        if not process_alive(pid) or qmp not in _cmdline(pid):
-            return None
-        return pid
+        return pid if _our_qemu(pid, self.server_dir(name) / QMP_NAME) is not None else None
 
     # -- the image -----------------------------------------------------------------
 
@@ -488,7 +476,7 @@ class QemuDriver:
 
     async def _exited(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while process_alive(pid):
+        while alive(pid):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(POLL_INTERVAL)
@@ -717,13 +705,9 @@ def remove_all(state_dir: Path) -> list[str]:
             continue
         text = _read(directory / PID_NAME)
         if text is not None and text.isdigit():
-            pid = int(text)
-            if process_alive(pid) and os.fsencode(directory / QMP_NAME) in _cmdline(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
-                while process_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(POLL_INTERVAL)
+            identity = _our_qemu(int(text), directory / QMP_NAME)
+            if identity is not None:
+                stop_process(identity, term_timeout=0.0)
         channel = _read(directory / CHANNEL_NAME)
         if channel is not None:
             _unlink(Path(channel))
@@ -736,6 +720,5 @@ __all__ = [
     "MIN_MEMORY_MB",
     "QemuDriver",
     "free_port",
-    "process_alive",
     "remove_all",
 ]

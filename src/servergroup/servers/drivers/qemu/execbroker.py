@@ -43,7 +43,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import signal
 import socket
 import stat
@@ -52,6 +51,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from servergroup.common.backoff import Backoff
 from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.errors import ConfigError, RemoteError, ServergroupError
 from servergroup.common.logsetup import log_bug, setup_logging
@@ -137,7 +137,12 @@ class ExecBroker:
     ) -> None:
         self.port_socket = port_socket
         self.listen_socket = listen_socket
-        self._retry_interval = retry_interval
+        # Reconnects to the port: from `retry_interval`, doubling, drawn from 0.5x to 1x.
+        self._reconnect = Backoff(
+            initial=retry_interval,
+            max_delay=max(retry_interval, MAX_RETRY_INTERVAL),
+            jitter=(0.5, 1.0),
+        )
         self._ready_timeout = ready_timeout
         self._open_timeout = open_timeout
         self._stall_timeout = stall_timeout
@@ -195,16 +200,15 @@ class ExecBroker:
     # -- the port --------------------------------------------------------------------
 
     async def _port_loop(self) -> None:
-        delay = self._retry_interval
+        delays = self._reconnect.delays()
         while True:
             try:
                 reader, writer = await _connect(self.port_socket)
             except OSError as exc:
                 log.debug("exec port %s not reachable: %s", self.port_socket, exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, MAX_RETRY_INTERVAL)
+                await asyncio.sleep(next(delays))
                 continue
-            delay = self._retry_interval
+            delays = self._reconnect.delays()
             transport = writer.transport
             assert isinstance(transport, asyncio.WriteTransport)
             transport.set_write_buffer_limits(high=_HIGH_WATER)

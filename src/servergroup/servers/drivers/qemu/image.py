@@ -63,6 +63,7 @@ from pathlib import Path
 
 import servergroup
 from servergroup.common.errors import ConfigError, LocalError, MissingDependency
+from servergroup.common.runner import CommandNotFound, CommandTimedOut, run
 from servergroup.servers.drivers.qemu.boot import (
     CHANNEL_PORT,
     EXEC_PORT,
@@ -502,20 +503,18 @@ def _kernel_package() -> str:
 
 def _run(argv: list[str], *, what: str, cwd: Path | None = None) -> str:
     try:
-        done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=600, check=False
-        )
-    except FileNotFoundError:
+        done = run(argv, cwd=cwd, timeout=600)
+    except CommandNotFound:
         raise MissingDependency(
             f"cannot {what}: {argv[0]} is missing (the guest image is built from Debian packages)."
         ) from None
-    except subprocess.TimeoutExpired:
+    except CommandTimedOut:
         raise GuestImageError(f"cannot {what}: {argv[0]} took over 600 s.") from None
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        lines = [line for line in done.err.splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else f"exit status {done.returncode}"
         raise MissingDependency(f"cannot {what}: {reason.rstrip('.')}.")
-    return done.stdout
+    return done.out
 
 
 def _natural(text: str) -> list[tuple[int, str]]:
