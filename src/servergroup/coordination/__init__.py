@@ -19,6 +19,7 @@ from servergroup.coordination.errors import (
     CoordinationError,
     FencingError,
     LeaseNotFound,
+    StoreFull,
     StoreUnavailable,
     WatchCompacted,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "SessionChanged",
     "SessionMachine",
     "SessionState",
+    "StoreFull",
     "StoreUnavailable",
     "Watch",
     "WatchCompacted",

@@ -29,10 +29,19 @@ class FencingError(CoordinationError):
     """A guarded write was refused: the writer's fencing token is stale."""
 
 
+class StoreFull(CoordinationError):
+    """The store refuses writes: its database reached its space quota (etcd's NOSPACE alarm).
+
+    Nothing clears it by itself: an operator compacts the history,
+    defragments the database and disarms the alarm (the message says how).
+    """
+
+
 __all__ = [
     "CoordinationError",
     "FencingError",
     "LeaseNotFound",
+    "StoreFull",
     "StoreUnavailable",
     "WatchCompacted",
 ]
