@@ -108,8 +108,8 @@ def up(
 
     Running it again with the same options changes nothing; with other
     options it reshapes the lab in place: adds or removes hosts, changes MTU,
-    rate and loss, and brings links that were taken down back up. Options
-    not given take their defaults.
+    rate and loss. Either way it heals cut hosts and thaws frozen ones.
+    Options not given take their defaults.
     """
     status = _lab(state, lab_name).up(
         hosts, mtu=mtu, rate=rate, loss=loss, loss_scope=LossScope(loss_scope)

@@ -132,7 +132,8 @@ class Lab:
         such as "1gbit"; None: unlimited); `loss` drops that percentage of the
         datagrams arriving at each host (UDP only unless `loss_scope` is ALL).
         Creates what is missing, reshapes what differs, removes hosts beyond
-        `hosts`; calling it again with the same arguments changes nothing.
+        `hosts`, heals cut hosts and thaws frozen ones; calling it again with
+        the same arguments changes nothing.
         """
         _require()
         owner = owner_of(self._owner_pid) if self._owner_pid is not None else None
@@ -154,6 +155,7 @@ class Lab:
             plan = plan_lab(spec, network)
             write_record(self.state_path, record_of(plan, owner, complete=False, now=time.time()))
             status = self._converge(plan)
+            faults.release((host.netns for host in plan.hosts), state_dir=self._state_dir)
             write_record(self.state_path, record_of(plan, owner, complete=True, now=time.time()))
         log.info(
             "lab %s is up: %d host(s) on %s, mtu %d, rate %s, loss %s%%",

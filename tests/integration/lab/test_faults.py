@@ -207,6 +207,19 @@ def test_cut_takes_a_host_off_the_network_and_heal_brings_it_back(lab: LabFactor
     assert ping(sg, "h1", sg.host("h2")) == 3
 
 
+def test_up_heals_and_thaws(started: list[subprocess.Popen[str]], lab: LabFactory) -> None:
+    sg = lab(2)
+    ticker = start(started, sg, "h1", TICKER)
+    assert next_line(ticker, 10) is not None
+    sg.freeze("h1")
+    sg.cut("h2")
+    while next_line(ticker, 0.3) is not None:  # what it printed before it froze
+        pass
+    sg.up(2)
+    assert [(h.frozen, h.link_up) for h in sg.hosts()] == [(False, True), (False, True)]
+    assert next_line(ticker, 5) is not None
+
+
 def test_faults_of_an_unknown_host_or_lab_are_refused(lab: LabFactory) -> None:
     sg = lab(1)
     for fault in (sg.crash, sg.freeze, sg.thaw, sg.cut, sg.heal):

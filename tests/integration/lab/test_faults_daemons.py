@@ -9,11 +9,16 @@ Afterwards `servergroup down` still cleans up everything.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
+from servergroup.daemons.host import DEFAULT_CHANNEL_DIR
+from servergroup.daemons.labfaults import channel_dir_of
 from servergroup.lab.faults import find_freezer, is_frozen
 from servergroup.servers.drivers.lab import LabDriver
 from tests.fixtures.setup import Setup, SetupFactory
@@ -50,6 +55,25 @@ def down_cleanly(setup: Setup) -> None:
     assert setup.run("lab", "list", "--json").stdout.count('"up": false') == 1
     assert not list((setup.state_dir / "servers").glob("*"))
     assert not list((setup.state_dir / "qemu").glob("*/*"))
+
+
+def test_a_host_daemons_channel_directory_is_read_from_its_command_line(tmp_path: Path) -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    cases = {
+        ("servergroup", "-v", "host", "--name", "h1", "--channel-dir", "rel"): tmp_path / "rel",
+        ("servergroup", "host", "--channel-dir=/x/y/../z"): Path("/x/z"),
+        ("servergroup", "host", "--name", "h1"): DEFAULT_CHANNEL_DIR,
+        ("servergroup", "app", "--channel-dir", "rel"): None,
+        ("other", "host", "--channel-dir", "rel"): None,
+    }
+    procs = {args: subprocess.Popen([*sleeper, *args], cwd=tmp_path) for args in cases}
+    try:
+        for args, expected in cases.items():
+            assert channel_dir_of(procs[args].pid) == expected, args
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
 
 
 def test_crash_kills_the_host_daemon_and_its_lab_servers(servergroup_up: SetupFactory) -> None:
