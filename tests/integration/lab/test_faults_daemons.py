@@ -132,7 +132,28 @@ def test_freeze_stops_the_host_and_its_servers_and_thaw_gives_back_exactly_that(
     down_cleanly(setup)
 
 
-def test_crash_kills_a_qemu_server_too(servergroup_up: SetupFactory) -> None:
+def test_cut_takes_the_host_off_etcd_and_heal_brings_it_back(
+    servergroup_up: SetupFactory,
+) -> None:
+    setup = servergroup_up(2)
+    setup.run("group", "create", "g", "--policy", "soft-anti-affinity")
+    setup.run("server", "create", "a", "--group", "g", "--host", "h1")
+    setup.run("server", "create", "b", "--group", "g", "--host", "h2")
+    watcher = setup.app("b")
+    watcher.wait_for(status_of({"a", "b"}))
+    daemon, guest = host_pid(setup, "h1"), guest_pid(setup, "a")
+
+    setup.run("lab", "cut", "h1")
+    watcher.wait_for(notification("a", "compute.instance.lost"), timeout=15)
+    assert alive(daemon)  # cut off, not dead
+    assert alive(guest)
+    setup.run("lab", "heal", "h1")
+    watcher.wait_for(notification("a", "compute.instance.recovered"), timeout=30)
+    assert host_pid(setup, "h1") == daemon
+    down_cleanly(setup)
+
+
+def test_a_qemu_server_freezes_and_dies_with_its_host(servergroup_up: SetupFactory) -> None:
     setup = servergroup_up(2)
     setup.run("group", "create", "g", "--policy", "soft-affinity")
     setup.run("server", "create", "v", "--group", "g", "--host", "h1", "--driver", "qemu")
@@ -140,6 +161,16 @@ def test_crash_kills_a_qemu_server_too(servergroup_up: SetupFactory) -> None:
     vm = qemu_pid(setup, "h1", "v")
     daemon = host_pid(setup, "h1")
     assert psutil.Process(vm).ppid() != daemon  # daemonized: not the host daemon's child
+
+    host_cgroup = find_freezer().host_cgroup(netns_of(setup, "h1"))
+    setup.run("lab", "freeze", "h1")
+    frozen = set(map(int, (host_cgroup / "cgroup.procs").read_text().split()))
+    assert {vm, daemon} <= frozen
+    assert is_frozen(host_cgroup)
+    setup.run("lab", "thaw", "h1")
+    assert is_frozen(host_cgroup) is False
+    # The VM runs on: its guest answers through the thawed host daemon.
+    assert setup.run("server", "exec", "v", "--", "echo", "thawed").stdout == "thawed\n"
 
     setup.run("lab", "crash", "h1")
     wait_gone(daemon)
