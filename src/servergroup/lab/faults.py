@@ -226,7 +226,8 @@ def record_path(state_dir: Path, netns: str) -> Path:
     return state_dir / "lab" / "faults" / f"{netns}.json"
 
 
-def _write_frozen(state_dir: Path, netns: str, cgroups: Sequence[Path]) -> None:
+def record_frozen(state_dir: Path, netns: str, cgroups: Sequence[Path]) -> None:
+    """Note that a freeze of the host in `netns` froze these satellite cgroups."""
     path = record_path(state_dir, netns)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -234,7 +235,8 @@ def _write_frozen(state_dir: Path, netns: str, cgroups: Sequence[Path]) -> None:
     tmp.replace(path)
 
 
-def _read_frozen(state_dir: Path, netns: str) -> list[Path]:
+def recorded_frozen(state_dir: Path, netns: str) -> list[Path]:
+    """The satellite cgroups a freeze of the host in `netns` froze ([] if none or unreadable)."""
     try:
         data = json.loads(record_path(state_dir, netns).read_text())
         return [Path(c) for c in data["frozen_cgroups"]]
@@ -252,7 +254,7 @@ def crash(host: LabHost, *, finder: SatelliteFinder | None, state_dir: Path) -> 
     """SIGKILL every process of `host` and of its satellites; the number killed."""
     pids = host_pids(host.netns)
     satellites = [s.cgroup for s in finder(host, pids)] if finder is not None else []
-    satellites += [c for c in _read_frozen(state_dir, host.netns) if c not in satellites]
+    satellites += [c for c in recorded_frozen(state_dir, host.netns) if c not in satellites]
     freezer_root = _freezer_or_none()
     frozen = [c for c in satellites if wants_frozen(c)]
     if freezer_root is not None and wants_frozen(freezer_root.host_cgroup(host.netns)):
@@ -302,8 +304,8 @@ def freeze(host: LabHost, *, finder: SatelliteFinder | None, state_dir: Path) ->
     satellites = [s.cgroup for s in finder(host, pids)] if finder is not None else []
     # Record first: a freeze interrupted half-way is still undone by `thaw`.
     mine = [c for c in satellites if c.is_dir() and not wants_frozen(c)]
-    mine += [c for c in _read_frozen(state_dir, host.netns) if c not in mine]
-    _write_frozen(state_dir, host.netns, mine)
+    mine += [c for c in recorded_frozen(state_dir, host.netns) if c not in mine]
+    record_frozen(state_dir, host.netns, mine)
     for satellite in mine:
         with contextlib.suppress(FileNotFoundError):
             set_frozen(satellite, True)
@@ -340,7 +342,7 @@ def _move(pid: int, cgroup: Path) -> None:
 def thaw(host_netns: str, *, state_dir: Path) -> bool:
     """Thaw what `freeze` froze of the host in `host_netns`; False if it was not frozen."""
     freezer = _freezer_or_none()
-    cgroups = _read_frozen(state_dir, host_netns)
+    cgroups = recorded_frozen(state_dir, host_netns)
     if freezer is not None and wants_frozen(freezer.host_cgroup(host_netns)):
         cgroups.append(freezer.host_cgroup(host_netns))
     for cgroup in cgroups:
