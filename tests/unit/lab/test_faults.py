@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from servergroup.lab.faults import (
-    recorded_frozen,
-    record_frozen,
     is_frozen,
+    record_frozen,
     record_path,
+    recorded_frozen,
     set_frozen,
     wants_frozen,
 )
