@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from servergroup.common.errors import LocalError, ProcessFailed
+from servergroup.common.errors import LocalError, ProcessFailed, ServergroupError
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, EtcdCoordinator, LocalEtcd
 from servergroup.coordination.etcd_process import process_state
@@ -330,6 +330,10 @@ def down(
     lab = Lab(lab_name, state_dir=Path(os.path.abspath(config.state_dir)))
     if status is None and not lab.exists():
         return None
+    for h in status.hosts if status is not None else ():
+        # A frozen host (`lab freeze`) could neither delete its servers nor exit.
+        with contextlib.suppress(ServergroupError):
+            lab.thaw(h.name)
     deleted = clean_servers(config, status) if clean_servers is not None else 0
     stopped = 0
     for h in status.hosts if status is not None else ():
@@ -387,8 +391,11 @@ async def _clean_servers(config: Config, status: UpStatus | None) -> int:
             servers = await registry.list_servers()
             count = len(servers)
             ops = Operations(registry, timeout=coordination.operation_timeout)
+            # Our own hosts are judged by their process: one just thawed may not have
+            # registered again yet, and will carry the delete out once it has.
+            ours = {h.name for h in status.hosts} if status is not None else set()
             dead = _dead_hosts(config, status) | (
-                {s.host for s in servers} - set(await ops.live_hosts())
+                {s.host for s in servers} - set(await ops.live_hosts()) - ours
             )
             served = [s for s in servers if s.host not in dead]
             results = await asyncio.gather(

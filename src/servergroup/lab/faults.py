@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 #: The lab's freezer cgroups, one per frozen host, under the freezer hierarchy's root.
 CGROUP_PARENT = "servergroup-lab"
 #: How long freezing (the kernel's FREEZING -> FROZEN) and killing may take.
-FREEZE_TIMEOUT = 5.0
+FREEZE_TIMEOUT = 10.0  # a task in a long uninterruptible wait freezes late
 KILL_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.02
 

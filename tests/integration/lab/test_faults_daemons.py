@@ -132,6 +132,18 @@ def test_freeze_stops_the_host_and_its_servers_and_thaw_gives_back_exactly_that(
     down_cleanly(setup)
 
 
+def test_down_cleans_up_a_frozen_host(servergroup_up: SetupFactory) -> None:
+    setup = servergroup_up(2)
+    setup.run("group", "create", "g", "--policy", "soft-anti-affinity")
+    setup.run("server", "create", "a", "--group", "g", "--host", "h1")
+    setup.run("server", "create", "b", "--group", "g", "--host", "h2")
+    daemon, guest = host_pid(setup, "h1"), guest_pid(setup, "a")
+    setup.run("lab", "freeze", "h1")
+    down_cleanly(setup)
+    assert not alive(daemon)
+    assert not alive(guest)
+
+
 def test_cut_takes_the_host_off_etcd_and_heal_brings_it_back(
     servergroup_up: SetupFactory,
 ) -> None:
