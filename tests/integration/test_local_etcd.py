@@ -113,6 +113,10 @@ def test_start_reuse_stop(config: Config) -> None:
     assert b"--heartbeat-interval" in cmdline
     assert cmdline[cmdline.index(b"--election-timeout") + 1] == b"500"
     assert cmdline[cmdline.index(b"--listen-client-urls") + 1] == str(endpoint).encode()
+    # A bounded store: history kept for a time window, and a quota behind it.
+    assert cmdline[cmdline.index(b"--auto-compaction-mode") + 1] == b"periodic"
+    assert cmdline[cmdline.index(b"--auto-compaction-retention") + 1] == b"5m"
+    assert int(cmdline[cmdline.index(b"--quota-backend-bytes") + 1]) == 1 << 30
 
     # Reused, by this object and by a fresh one (another command).
     assert local.ensure_running() == endpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from servergroup.common.errors import MissingDependency
 from servergroup.config import Endpoint
 from servergroup.coordination.etcd_process import (
+    Compaction,
+    CompactionMode,
     EtcdMemberSpec,
     cluster_specs,
     etcd_argv,
@@ -47,6 +50,23 @@ def test_untuned_argv_keeps_etcd_default_timings() -> None:
     assert argv[0] == "etcd"
     assert "--heartbeat-interval" not in argv
     assert "--election-timeout" not in argv
+
+
+def test_compaction_and_quota_only_when_asked() -> None:
+    spec = EtcdMemberSpec(name="one", data_dir=Path("/d"), client_port=1, peer_port=2)
+    argv = etcd_argv(spec)
+    assert "--auto-compaction-mode" not in argv
+    assert "--quota-backend-bytes" not in argv
+    bounded = etcd_argv(
+        replace(
+            spec,
+            compaction=Compaction(mode=CompactionMode.REVISION, retention="1000"),
+            quota_backend_bytes=1 << 20,
+        )
+    )
+    assert _flag(bounded, "--auto-compaction-mode") == "revision"
+    assert _flag(bounded, "--auto-compaction-retention") == "1000"
+    assert _flag(bounded, "--quota-backend-bytes") == str(1 << 20)
 
 
 def test_cluster_specs_share_one_initial_cluster_on_distinct_ports(tmp_path: Path) -> None:

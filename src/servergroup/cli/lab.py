@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servergroup.cli.common import CliState, pass_state
+from servergroup.daemons.labfaults import fault_lab
 from servergroup.lab import (
     DEFAULT_MTU,
     DEFAULT_NAME,
@@ -41,7 +42,7 @@ def name_option(func: F) -> F:
 
 
 def _lab(state: CliState, name: str) -> Lab:
-    return Lab(name, state_dir=state.config().state_dir)
+    return fault_lab(name, state_dir=state.config().state_dir)
 
 
 @click.group()
@@ -107,8 +108,8 @@ def up(
 
     Running it again with the same options changes nothing; with other
     options it reshapes the lab in place: adds or removes hosts, changes MTU,
-    rate and loss, and brings links that were taken down back up. Options
-    not given take their defaults.
+    rate and loss. Either way it heals cut hosts and thaws frozen ones.
+    Options not given take their defaults.
     """
     status = _lab(state, lab_name).up(
         hosts, mtu=mtu, rate=rate, loss=loss, loss_scope=LossScope(loss_scope)
@@ -121,12 +122,13 @@ def up(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
 def list_(state: CliState, lab_name: str, as_json: bool) -> None:
-    """Show the lab's hosts: addresses, interfaces, MTU, rate, loss, link state.
+    """Show the lab's hosts: addresses, interfaces, MTU, rate, loss, link, frozen or not.
 
     With --json, prints one object: name, up (false if the lab does not
     exist), bridge, network, root_address, mtu, owner_pid and hosts, each
     with name, netns, address, prefixlen, interface, root_interface, mtu,
-    rate (bits/s or null), loss (percent), loss_scope and link_up.
+    rate (bits/s or null), loss (percent), loss_scope, link_up (false once
+    cut) and frozen.
     """
     status = _lab(state, lab_name).status()
     if as_json:
@@ -186,6 +188,73 @@ def down(state: CliState, lab_name: str, stale: bool) -> None:
         click.echo(f"lab {lab_name} was not up.")
 
 
+@lab.command()
+@name_option
+@click.argument("host")
+@pass_state
+def crash(state: CliState, lab_name: str, host: str) -> None:
+    """Crash lab host HOST: SIGKILL everything that runs on it.
+
+    That is every process in its namespace (its host daemon, QEMU of its
+    qemu servers, whatever was started there) and every process of the lab
+    servers attached to its host daemons. Its namespace and link stay, so
+    it can be started again (`servergroup up` starts a new host daemon).
+    """
+    killed = _lab(state, lab_name).crash(host)
+    click.echo(f"lab host {host} crashed: {killed} process{'es' if killed != 1 else ''} killed.")
+
+
+@lab.command()
+@name_option
+@click.argument("host")
+@pass_state
+def freeze(state: CliState, lab_name: str, host: str) -> None:
+    """Freeze lab host HOST, as if the machine hung: everything on it stops at once.
+
+    Uses the kernel's cgroup freezer, for its namespace's processes and for
+    the lab servers attached to its host daemons (a paused server stays
+    paused after `thaw`). Sockets stay open; leases run out.
+    """
+    frozen = _lab(state, lab_name).freeze(host)
+    click.echo(f"lab host {host} is frozen ({frozen} process{'es' if frozen != 1 else ''}).")
+
+
+@lab.command()
+@name_option
+@click.argument("host")
+@pass_state
+def thaw(state: CliState, lab_name: str, host: str) -> None:
+    """Thaw lab host HOST: undo `freeze` (a host that is not frozen is left as it is)."""
+    if _lab(state, lab_name).thaw(host):
+        click.echo(f"lab host {host} is thawed.")
+    else:
+        click.echo(f"lab host {host} was not frozen.")
+
+
+@lab.command()
+@name_option
+@click.argument("host")
+@pass_state
+def cut(state: CliState, lab_name: str, host: str) -> None:
+    """Cut lab host HOST off: take its link to the lab bridge down.
+
+    It loses etcd and every other host; what runs on it goes on running.
+    `heal` (or `up`) brings the link back.
+    """
+    _lab(state, lab_name).cut(host)
+    click.echo(f"lab host {host} is cut off.")
+
+
+@lab.command()
+@name_option
+@click.argument("host")
+@pass_state
+def heal(state: CliState, lab_name: str, host: str) -> None:
+    """Heal lab host HOST: bring its link to the lab bridge back up."""
+    _lab(state, lab_name).heal(host)
+    click.echo(f"lab host {host} is connected again.")
+
+
 def _print_table(status: LabStatus) -> None:
     owner = f", owned by process {status.owner_pid}" if status.owner_pid else ""
     table = Table(
@@ -193,7 +262,8 @@ def _print_table(status: LabStatus) -> None:
         f"{status.root_address}/{status.network.prefixlen}, mtu {status.mtu}{owner}",
         title_justify="left",
     )
-    for column in ("host", "address", "interface", "root side", "mtu", "rate", "loss", "link"):
+    columns = ("host", "address", "interface", "root side", "mtu", "rate", "loss", "link", "state")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("mtu", "rate", "loss") else "left")
     for host in status.hosts:
         loss = f"{host.loss:g}% {host.loss_scope.value}" if host.loss else "-"
@@ -205,7 +275,8 @@ def _print_table(status: LabStatus) -> None:
             str(host.mtu),
             format_rate(host.rate) if host.rate else "-",
             loss,
-            "up" if host.link_up else "DOWN",
+            "up" if host.link_up else "DOWN (cut)",
+            "FROZEN" if host.frozen else "running",
         )
     # Not on a terminal rich assumes 80 columns; a pipe or a log has room for the whole row.
     Console(width=None if sys.stdout.isatty() else 132).print(table)

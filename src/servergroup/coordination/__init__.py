@@ -21,6 +21,7 @@ from servergroup.coordination.errors import (
     FencingError,
     LeaseNotFound,
     RevisionConflict,
+    StoreFull,
     StoreUnavailable,
     WatchCompacted,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "SessionChanged",
     "SessionMachine",
     "SessionState",
+    "StoreFull",
     "StoreUnavailable",
     "TxnOp",
     "TxnResult",

@@ -36,11 +36,20 @@ class RevisionConflict(CoordinationError):
     """
 
 
+class StoreFull(CoordinationError):
+    """The store refuses writes: its database reached its space quota (etcd's NOSPACE alarm).
+
+    Nothing clears it by itself: an operator compacts the history,
+    defragments the database and disarms the alarm (the message says how).
+    """
+
+
 __all__ = [
     "CoordinationError",
     "FencingError",
     "LeaseNotFound",
     "RevisionConflict",
+    "StoreFull",
     "StoreUnavailable",
     "WatchCompacted",
 ]

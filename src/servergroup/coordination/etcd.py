@@ -47,6 +47,7 @@ from servergroup.coordination.errors import (
     FencingError,
     LeaseNotFound,
     RevisionConflict,
+    StoreFull,
     StoreUnavailable,
     WatchCompacted,
 )
@@ -152,6 +153,13 @@ def _cancelled_by_channel_close() -> bool:
     """True if a CancelledError came from gRPC (channel closed), not from our own cancel."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() == 0
+
+
+def _store_full(exc: BaseException) -> bool:
+    """True for etcd's NOSPACE refusal ("etcdserver: mvcc: database space exceeded")."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return "database space exceeded" in (exc.details() or "")
+    return exc.__cause__ is not None and _store_full(exc.__cause__)
 
 
 def _lease_gone(exc: BaseException) -> bool:
@@ -265,6 +273,8 @@ class EtcdCoordinator:
                     raise
                 last = exc  # another task rotated and closed the channel under us
             except Exception as exc:
+                if _store_full(exc):  # RESOURCE_EXHAUSTED, but no other member can help
+                    raise self._full(what) from None
                 if not _is_transport(exc):
                     raise
                 last = exc
@@ -275,6 +285,15 @@ class EtcdCoordinator:
         raise StoreUnavailable(
             f"etcd at {where} did not answer {what} within {total:g} s "
             f"({reason}{': ' + detail if detail else ''})."
+        )
+
+    def _full(self, what: str) -> StoreFull:
+        where = ",".join(str(e) for e in self._endpoints)
+        return StoreFull(
+            f"etcd at {where} refused {what}: its database reached its space quota (NOSPACE "
+            f"alarm) and it accepts no write until an operator compacts its history, "
+            f"defragments it and disarms the alarm, e.g. `etcdctl --endpoints={where} compact "
+            f"<revision from 'endpoint status -w json'>`, then `defrag` and `alarm disarm`."
         )
 
     # -- key/value -----------------------------------------------------------

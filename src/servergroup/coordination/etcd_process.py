@@ -36,6 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -58,6 +59,21 @@ _LOG_TAIL_BYTES = 16384
 _CAPNSLOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [A-Z] \| ")
 
 
+class CompactionMode(Enum):
+    """How etcd reads `--auto-compaction-retention`."""
+
+    PERIODIC = "periodic"  # a duration ("5m"): keep at least that much history
+    REVISION = "revision"  # a count: keep the last N revisions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compaction:
+    """etcd's auto-compaction: `mode` and `retention` ("5m" or a revision count)."""
+
+    mode: CompactionMode
+    retention: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EtcdMemberSpec:
     """Everything about one etcd member; `initial_cluster` empty means a single member."""
@@ -75,6 +91,11 @@ class EtcdMemberSpec:
     binary: str = "etcd"
     #: More addresses to serve clients on, at the same port (e.g. a lab bridge).
     extra_client_hosts: tuple[str, ...] = ()
+    #: Auto-compaction (`--auto-compaction-mode/-retention`); None: etcd's default, none.
+    compaction: Compaction | None = None
+    #: Raise the NOSPACE alarm past this database size (`--quota-backend-bytes`);
+    #: None: etcd's default (2 GiB).
+    quota_backend_bytes: int | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -130,6 +151,15 @@ def etcd_argv(spec: EtcdMemberSpec, binary: str | None = None) -> list[str]:
             "--election-timeout",
             str(round(TUNED_ELECTION_TIMEOUT * 1000)),
         ]
+    if spec.compaction is not None:
+        argv += [
+            "--auto-compaction-mode",
+            spec.compaction.mode.value,
+            "--auto-compaction-retention",
+            spec.compaction.retention,
+        ]
+    if spec.quota_backend_bytes is not None:
+        argv += ["--quota-backend-bytes", str(spec.quota_backend_bytes)]
     return argv
 
 
@@ -617,6 +647,8 @@ __all__ = [
     "ETCD_PACKAGE",
     "TUNED_ELECTION_TIMEOUT",
     "TUNED_HEARTBEAT_INTERVAL",
+    "Compaction",
+    "CompactionMode",
     "EtcdCluster",
     "EtcdMemberSpec",
     "EtcdMemberStatus",

@@ -40,6 +40,8 @@ from servergroup.common.errors import ConfigError, ProcessFailed, UsageError
 from servergroup.common.process import ProcessIdentity, command_line, stop_process
 from servergroup.config import Config, Endpoint
 from servergroup.coordination.etcd_process import (
+    Compaction,
+    CompactionMode,
     EtcdMemberSpec,
     EtcdProcess,
     find_etcd_binary,
@@ -49,6 +51,20 @@ from servergroup.coordination.etcd_process import (
 
 #: The member name of the managed etcd.
 LOCAL_MEMBER_NAME = "servergroup"
+#: The managed etcd's history is bounded by time, not by a revision count.
+#: Every broadcast is a put to its group's key, so the history grows with each
+#: message; what the history is for is letting a watcher that was away (a host
+#: whose etcd connection dropped, a lab host cut off for a while) resume from
+#: its last revision without a gap. A time window promises that for any outage
+#: shorter than it, whatever the message rate; a revision count would shrink
+#: that promise to seconds under a burst of broadcasts. A watcher away longer
+#: gets `WatchCompacted` and re-lists.
+LOCAL_COMPACTION = Compaction(mode=CompactionMode.PERIODIC, retention="5m")
+#: What bounds the space when the rate is high: 5 minutes of 1 KiB broadcasts at
+#: 1000/s is about 300 MiB of history. Past the quota etcd raises its NOSPACE
+#: alarm and refuses writes, which our coordinator reports as `StoreFull`, one
+#: sentence that says how to recover; etcd's default quota is 2 GiB.
+LOCAL_QUOTA_BACKEND_BYTES = 1 << 30
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _LOCK_TIMEOUT_MARGIN = 5.0
 _POLL_INTERVAL = 0.05
@@ -125,6 +141,8 @@ class LocalEtcd:
             peer_port=self._settings.peer_port,
             tuned=True,
             binary=self._settings.binary,
+            compaction=LOCAL_COMPACTION,
+            quota_backend_bytes=LOCAL_QUOTA_BACKEND_BYTES,
         )
 
     # -- public API --------------------------------------------------------

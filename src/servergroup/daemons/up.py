@@ -32,14 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from servergroup.common.errors import LocalError, ProcessFailed
+from servergroup.common.errors import LocalError, ProcessFailed, ServergroupError
 from servergroup.common.process import ProcessIdentity, alive, stop_process
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, LocalEtcd, connect
 from servergroup.lab import Lab
 from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.drivers.qemu.driver import remove_all as qemu_remove_all
-from servergroup.servers.model import RegistrySnapshot
+from servergroup.servers.model import RegistrySnapshot, Server
 from servergroup.servers.operations import Operations
 from servergroup.servers.registry import BROADCASTS, GROUPS, Registry, RegistryCache
 
@@ -333,6 +333,10 @@ def down(
     lab = Lab(lab_name, state_dir=Path(os.path.abspath(config.state_dir)))
     if status is None and not lab.exists():
         return None
+    for h in status.hosts if status is not None else ():
+        # A frozen host (`lab freeze`) could neither delete its servers nor exit.
+        with contextlib.suppress(ServergroupError):
+            lab.thaw(h.name)
     deleted = clean_servers(config, status) if clean_servers is not None else 0
     stopped = 0
     for h in status.hosts if status is not None else ():
@@ -363,10 +367,20 @@ def clean_servers(config: Config, status: UpStatus | None) -> int:
     Returns how many servers there were. Lab servers whose records are gone
     but whose directories remain (a crash in between) are removed too.
     """
-    return asyncio.run(_clean_servers(config))
+    return asyncio.run(_clean_servers(config, status))
 
 
-async def _clean_servers(config: Config) -> int:
+def _dead_hosts(config: Config, status: UpStatus | None) -> set[str]:
+    """Our hosts whose daemon is gone (crashed, `lab crash`): nobody will delete their servers.
+
+    Their records may outlive them by a lease TTL; waiting for them to carry
+    out a delete would only wait out the operation's timeout.
+    """
+    hosts = status.hosts if status is not None else ()
+    return {h.name for h in hosts if _our_host_daemon(h.pid, config, h.name) is None}
+
+
+async def _clean_servers(config: Config, status: UpStatus | None) -> int:
     driver = LabDriver(config.state_dir)
     local = LocalEtcd(config).status()
     count = 0
@@ -378,14 +392,26 @@ async def _clean_servers(config: Config) -> int:
             servers = await registry.list_servers()
             count = len(servers)
             ops = Operations(registry, timeout=coordination.operation_timeout)
-            results = await asyncio.gather(
-                *(ops.delete(s.name) for s in servers), return_exceptions=True
+            # Our own hosts are judged by their process: one just thawed may not have
+            # registered again yet, and will carry the delete out once it has.
+            ours = {h.name for h in status.hosts} if status is not None else set()
+            dead = _dead_hosts(config, status) | (
+                {s.host for s in servers} - set(await ops.live_hosts()) - ours
             )
-            for server, result in zip(servers, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.warning("forcing the removal of server %s: %s", server.name, result)
-                    await asyncio.to_thread(driver.delete_sync, server.name, server.spec.instance)
-                    await registry.remove_server(server.name)
+            served = [s for s in servers if s.host not in dead]
+            results = await asyncio.gather(
+                *(ops.delete(s.name) for s in served), return_exceptions=True
+            )
+            forced: list[tuple[Server, object]] = [
+                (s, f"host {s.host} is not running") for s in servers if s.host in dead
+            ]
+            forced += [
+                (s, r) for s, r in zip(served, results, strict=True) if isinstance(r, BaseException)
+            ]
+            for server, why in forced:
+                log.warning("forcing the removal of server %s: %s", server.name, why)
+                await asyncio.to_thread(driver.delete_sync, server.name, server.spec.instance)
+                await registry.remove_server(server.name)
             await coordinator.delete_prefix(GROUPS)
             await coordinator.delete_prefix(BROADCASTS)
         except CoordinationError as exc:

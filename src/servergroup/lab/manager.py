@@ -24,8 +24,9 @@ from typing import Any
 
 from servergroup.common.errors import UsageError
 from servergroup.config import default_state_dir
-from servergroup.lab import netns
+from servergroup.lab import faults, netns
 from servergroup.lab.errors import LabError
+from servergroup.lab.faults import SatelliteFinder
 from servergroup.lab.plan import (
     DEFAULT_MTU,
     DEFAULT_NAME,
@@ -88,8 +89,14 @@ class Lab:
         state_dir: Path | None = None,
         owner_pid: int | None = None,
         lock_timeout: float = 30.0,
+        satellites: SatelliteFinder | None = None,
     ) -> None:
-        """`owner_pid`: tie the lab to that process's life (see `remove_stale_labs`)."""
+        """`owner_pid`: tie the lab to that process's life (see `remove_stale_labs`).
+
+        `satellites`: what else runs on a host besides its namespace's processes
+        (its lab servers), for `crash` and `freeze` (see `servergroup.lab.faults`).
+        """
+        self._satellites = satellites
         self._name = validate_name(name)
         self._state_dir = state_dir if state_dir is not None else default_state_dir()
         self._owner_pid = owner_pid
@@ -125,7 +132,8 @@ class Lab:
         such as "1gbit"; None: unlimited); `loss` drops that percentage of the
         datagrams arriving at each host (UDP only unless `loss_scope` is ALL).
         Creates what is missing, reshapes what differs, removes hosts beyond
-        `hosts`; calling it again with the same arguments changes nothing.
+        `hosts`, heals cut hosts and thaws frozen ones; calling it again with
+        the same arguments changes nothing.
         """
         _require()
         owner = owner_of(self._owner_pid) if self._owner_pid is not None else None
@@ -147,6 +155,7 @@ class Lab:
             plan = plan_lab(spec, network)
             write_record(self.state_path, record_of(plan, owner, complete=False, now=time.time()))
             status = self._converge(plan)
+            faults.release((host.netns for host in plan.hosts), state_dir=self._state_dir)
             write_record(self.state_path, record_of(plan, owner, complete=True, now=time.time()))
         log.info(
             "lab %s is up: %d host(s) on %s, mtu %d, rate %s, loss %s%%",
@@ -199,7 +208,8 @@ class Lab:
         """The lab as it is, None if it is not up; LabError if it is damaged."""
         _require()
         with self._locked():
-            return summarize(netns.observe(self._name))
+            status = summarize(netns.observe(self._name))
+        return faults.with_faults(status) if status is not None else None
 
     @netns.off_event_loop
     def exists(self) -> bool:
@@ -215,6 +225,49 @@ class Lab:
     def host(self, name: str) -> LabHost:
         """One host, by name (`h1`) ; UsageError if there is no such host."""
         return self._status().host(name)
+
+    # --- faults -----------------------------------------------------------------------
+
+    @netns.off_event_loop
+    def crash(self, host: HostRef) -> int:
+        """SIGKILL everything that runs on `host`, its satellites (lab servers) included.
+
+        Returns how many processes were killed; crashing a host where nothing
+        runs is not an error. The host's namespace and link stay: start
+        things in it again to "reboot" it.
+        """
+        found = self._fault_host(host)
+        with self._locked():
+            return faults.crash(found, finder=self._satellites, state_dir=self._state_dir)
+
+    @netns.off_event_loop
+    def freeze(self, host: HostRef) -> int:
+        """Freeze everything that runs on `host` (as if the machine hung); the number frozen.
+
+        Freezing a frozen host freezes what was started in it since.
+        """
+        found = self._fault_host(host)
+        with self._locked():
+            return faults.freeze(found, finder=self._satellites, state_dir=self._state_dir)
+
+    @netns.off_event_loop
+    def thaw(self, host: HostRef) -> bool:
+        """Undo `freeze`; False if the host was not frozen (not an error)."""
+        found = self._fault_host(host)
+        with self._locked():
+            return faults.thaw(found.netns, state_dir=self._state_dir)
+
+    def cut(self, host: HostRef) -> LabHost:
+        """Take the host's link down: it loses etcd and its peers, its processes run on."""
+        return self.set_link(host, up=False)
+
+    def heal(self, host: HostRef) -> LabHost:
+        """Bring the host's link back up (also what `up` does)."""
+        return self.set_link(host, up=True)
+
+    def _fault_host(self, host: HostRef) -> LabHost:
+        _require()
+        return self.host(host.name if isinstance(host, LabHost) else host)
 
     # --- running things in hosts ------------------------------------------------------
 
@@ -305,7 +358,10 @@ def _take_down(name: str, state_dir: Path) -> bool:
     also = (*record.namespaces, *record.links) if record and record.name == name else ()
     observed = netns.observe(name, also=also)
     if not observed.empty:
+        gone = [host.netns for host in observed.hosts]
+        faults.release(gone, state_dir=state_dir)  # frozen processes cannot be ended
         netns.apply(teardown(observed))
+        faults.forget(gone)
         left = netns.observe(name, also=also)
         if not left.empty:
             raise LabError(f"lab {name} could not be removed completely; try again.")

@@ -403,6 +403,8 @@ class LabHost:
     loss: float
     loss_scope: LossScope
     link_up: bool
+    #: Frozen by `Lab.freeze` (read from the host's freezer cgroup, not from netlink).
+    frozen: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready mapping (addresses as strings)."""
@@ -418,6 +420,7 @@ class LabHost:
             "loss": self.loss,
             "loss_scope": self.loss_scope.value,
             "link_up": self.link_up,
+            "frozen": self.frozen,
         }
 
 

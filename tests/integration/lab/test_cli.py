@@ -18,6 +18,8 @@ from tests.integration.lab.stale import leave_stale_lab
 
 pytestmark = pytest.mark.root
 
+FAULTS = ("crash", "freeze", "thaw", "cut", "heal")
+
 
 def servergroup(
     state_dir: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
@@ -71,6 +73,32 @@ def test_up_list_exec_down(lab_state_dir: Path, lab_name: str) -> None:
     assert listed(lab_state_dir, lab_name) == {"name": lab_name, "up": False}
     again = servergroup(lab_state_dir, "lab", "down", "--name", lab_name)
     assert (again.returncode, again.stdout) == (0, f"lab {lab_name} was not up.\n")
+
+
+def test_faults_as_a_user_runs_them(lab_state_dir: Path, lab_name: str) -> None:
+    assert servergroup(lab_state_dir, "lab", "up", "-n", "2", "--name", lab_name).returncode == 0
+    freeze = servergroup(lab_state_dir, "lab", "freeze", "--name", lab_name, "h1")
+    assert (freeze.returncode, freeze.stdout) == (0, "lab host h1 is frozen (0 processes).\n")
+    cut = servergroup(lab_state_dir, "lab", "cut", "--name", lab_name, "h2")
+    assert (cut.returncode, cut.stdout) == (0, "lab host h2 is cut off.\n")
+    hosts = listed(lab_state_dir, lab_name)["hosts"]
+    assert [(h["frozen"], h["link_up"]) for h in hosts] == [(True, True), (False, False)]
+    table = servergroup(lab_state_dir, "lab", "list", "--name", lab_name).stdout
+    assert "FROZEN" in table
+    assert "DOWN (cut)" in table
+    for fault, host, said in (
+        ("thaw", "h1", "lab host h1 is thawed.\n"),
+        ("thaw", "h1", "lab host h1 was not frozen.\n"),
+        ("heal", "h2", "lab host h2 is connected again.\n"),
+        ("crash", "h2", "lab host h2 crashed: 0 processes killed.\n"),
+    ):
+        done = servergroup(lab_state_dir, "lab", fault, "--name", lab_name, host)
+        assert (done.returncode, done.stdout) == (0, said), done.stderr
+    hosts = listed(lab_state_dir, lab_name)["hosts"]
+    assert [(h["frozen"], h["link_up"]) for h in hosts] == [(False, True), (False, True)]
+    unknown = servergroup(lab_state_dir, "lab", "crash", "--name", lab_name, "h9")
+    assert unknown.returncode == 2
+    assert unknown.stderr == f"servergroup: lab {lab_name} has no host h9; it has h1..h2.\n"
 
 
 def test_a_second_up_reshapes(lab_state_dir: Path, lab_name: str) -> None:
@@ -128,6 +156,11 @@ def test_concurrent_ups_get_different_subnets(lab_state_dir: Path, lab_name: str
         (("up", "-n", "1", "--name", "Bad-Name"), 2, "lab name 'Bad-Name' is not valid"),
         (("exec", "h1", "--", "true"), 2, "has no host h1"),
         (("exec", "x1", "--", "true"), 2, "'x1' is not a host name"),
+        (("crash", "h1"), 2, "is not up"),
+        (("freeze", "h1"), 2, "is not up"),
+        (("thaw", "h1"), 2, "is not up"),
+        (("cut", "h1"), 2, "is not up"),
+        (("heal", "h1"), 2, "is not up"),
     ],
 )
 def test_mistakes_are_one_sentence(
@@ -145,7 +178,17 @@ def test_mistakes_are_one_sentence(
 def test_without_root_it_says_so(lab_state_dir: Path, lab_name: str) -> None:
     # Root with every capability dropped is what an unprivileged user has here.
     setpriv = ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--")
-    for args in (("up", "-n", "1"), ("list",), ("down",), ("exec", "h1", "--", "true")):
+    for args in (
+        ("up", "-n", "1"),
+        ("list",),
+        ("down",),
+        ("exec", "h1", "--", "true"),
+        ("crash", "h1"),
+        ("freeze", "h1"),
+        ("thaw", "h1"),
+        ("cut", "h1"),
+        ("heal", "h1"),
+    ):
         done = servergroup(
             lab_state_dir, "lab", args[0], "--name", lab_name, *args[1:], prefix=setpriv
         )
@@ -183,7 +226,10 @@ def test_down_stale(lab_state_dir: Path, tmp_path: Path) -> None:
         Lab(stale, state_dir=tmp_path).down()
 
 
-@pytest.mark.parametrize("command", [(), ("up",), ("list",), ("exec",), ("down",)])
+@pytest.mark.parametrize(
+    "command",
+    [(), ("up",), ("list",), ("exec",), ("down",), *((f,) for f in FAULTS)],
+)
 def test_every_command_explains_itself(lab_state_dir: Path, command: tuple[str, ...]) -> None:
     done = servergroup(lab_state_dir, "lab", *command, "--help")
     assert done.returncode == 0
