@@ -42,12 +42,14 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: system-deps venv
+bench: system-deps venv guest-image
 	@bash scripts/install-system-deps --bench
 	$(BIN)/python bench/coordination.py
 	$(BIN)/python bench/messaging.py
 	$(BIN)/python bench/multicast.py
+	$(BIN)/python bench/vm.py
 	$(BIN)/python bench/operations.py
+	$(BIN)/python bench/evacuation.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
