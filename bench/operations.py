@@ -59,15 +59,16 @@ from tests.integration.servers.workload import (  # noqa: E402
     Layout,
     OpRecord,
     check_history,
+    read_history,
     reason,
     split,
+    store_revision,
     two_groups,
 )
 
 from servergroup.config import CoordinationConfig, parse_endpoints  # noqa: E402
 from servergroup.coordination import EtcdCoordinator, connect  # noqa: E402
 from servergroup.servers.operations import Operations  # noqa: E402
-from servergroup.servers.registry import HOSTS as HOST_RECORDS  # noqa: E402
 from servergroup.servers.registry import Registry  # noqa: E402
 
 HOSTS = ("h1", "h2", "h3", "h4", "h5", "h6")
@@ -185,22 +186,12 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         ops = Operations(Registry(admin), timeout=OP_TIMEOUT)
         for group, policy in layout.groups.items():
             await ops.create_group(group, policy)
-        start = (await admin.get_prefix(HOST_RECORDS)).revision
+        start = await store_revision(admin)
         say(f"{args.clients} clients, {args.ops} operations, seed {args.seed}")
         out_dir = bench.state_dir / "clients"
         out_dir.mkdir()
         records, client_stderr = await run_clients(bench, layout, args, out_dir)
-        last = (await admin.get_prefix(HOST_RECORDS)).revision
-        events = []
-        watch = await admin.watch("", start_revision=start + 1)
-        try:
-            async with asyncio.timeout(60):
-                async for event in watch:
-                    events.append(event)
-                    if event.revision >= last:
-                        break
-        finally:
-            await watch.close()
+        events = await read_history(admin, start, await store_revision(admin))
         problems, history = check_history(layout, events, records)
         say("deleting the servers left")
         for server in await ops.list_servers():

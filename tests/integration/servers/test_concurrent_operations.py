@@ -43,7 +43,6 @@ from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, Policy, ServerSpec
 from servergroup.servers.operations import OperationError, Operations
-from servergroup.servers.registry import HOSTS as HOST_RECORDS
 from servergroup.servers.registry import Registry, RegistryCache, host_key
 from tests.integration.servers.conftest import NameFactory
 from tests.integration.servers.workload import (
@@ -51,8 +50,10 @@ from tests.integration.servers.workload import (
     OpRecord,
     RecordingRegistry,
     check_history,
+    read_history,
     run_client,
     split,
+    store_revision,
     summarize,
     summary_text,
     two_groups,
@@ -161,27 +162,6 @@ async def delete_everything(coordinator: Coordinator) -> None:
             print(f"cleaning up: {exc}")
 
 
-async def store_revision(coordinator: Coordinator) -> int:
-    return (await coordinator.get_prefix(HOST_RECORDS)).revision
-
-
-async def history(coordinator: Coordinator, start: int, last: int) -> list[WatchEvent]:
-    """Every change after revision `start` up to `last`, read back with a watch."""
-    events: list[WatchEvent] = []
-    if last <= start:
-        return events
-    watch = await coordinator.watch("", start_revision=start + 1)
-    try:
-        async with asyncio.timeout(30):
-            async for event in watch:
-                events.append(event)
-                if event.revision >= last:
-                    break
-    finally:
-        await watch.close()
-    return events
-
-
 async def set_up_groups(coordinator: Coordinator, layout: Layout) -> int:
     """Create the groups; return the store revision from which the history is checked."""
     ops = Operations(Registry(coordinator))
@@ -262,7 +242,7 @@ async def test_concurrent_operations_on_the_memory_store(
                         for i, count in enumerate(split(OPERATIONS, CLIENTS))
                     )
                 )
-            events = await history(admin, start, await store_revision(admin))
+            events = await read_history(admin, start, await store_revision(admin))
     finally:
         for c in made:
             await c.close()
@@ -327,7 +307,7 @@ async def test_concurrent_operations_on_etcd_with_client_processes(
             assert codes == [0] * len(procs), f"clients exited with {codes}: {errors}"
             bugs = {i: e for i, e in errors.items() if "BUG" in e or "Traceback" in e}
             assert not bugs, f"clients logged errors: {bugs}"
-            events = await history(admin, start, await store_revision(admin))
+            events = await read_history(admin, start, await store_revision(admin))
     finally:
         for proc in procs:
             if proc.returncode is None:

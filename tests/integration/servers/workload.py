@@ -447,6 +447,29 @@ class Replay:
         return start + [m for m in line if first < m.revision <= last]
 
 
+async def store_revision(coordinator: Coordinator) -> int:
+    return (await coordinator.get_prefix(HOSTS)).revision
+
+
+async def read_history(
+    coordinator: Coordinator, start: int, last: int, *, timeout: float = 60.0
+) -> list[WatchEvent]:
+    """Every change after revision `start` up to `last`, read back with a watch."""
+    events: list[WatchEvent] = []
+    if last <= start:
+        return events
+    watch = await coordinator.watch("", start_revision=start + 1)
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in watch:
+                events.append(event)
+                if event.revision >= last:
+                    break
+    finally:
+        await watch.close()
+    return events
+
+
 def replay(layout: Layout, events: Sequence[WatchEvent]) -> Replay:
     """Apply the changes under `servers/` in order; check the rules that hold at every revision.
 
