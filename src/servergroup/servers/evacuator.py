@@ -33,6 +33,7 @@ from servergroup.coordination import (
 )
 from servergroup.servers.evacuation import dead_hosts, decide
 from servergroup.servers.manager import iso_now
+from servergroup.servers.model import RegistrySnapshot
 from servergroup.servers.registry import Registry, RegistryCache, RegistryChange
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,10 @@ class Evacuator:
         if decision.sentence != self._last_sentence:
             log.info("evacuator on %s: %s", self.host, decision.sentence)
             self._last_sentence = decision.sentence
-        written = 0
+        written: dict[str, int] = {}
         for rebuild in decision.rebuilds:
             group, _ = await self._registry.group_for_placement(rebuild.spec.group)
-            written = await self._registry.place(
+            written[rebuild.name] = await self._registry.place(
                 group,
                 rebuild.spec,
                 spec_revision=rebuild.spec_revision,
@@ -167,9 +168,17 @@ class Evacuator:
                 rebuild.spec.host,
             )
         if decision.rebuilds:
-            # Decide again once the cache shows what we wrote.
+            # Decide again once the cache shows what we wrote: each server's own
+            # record, since the cache may be at a revision whose events it has
+            # not all applied yet (a transaction writes several keys at one).
+            def shown(snap: RegistrySnapshot) -> bool:
+                return all(
+                    name not in snap.servers or snap.servers[name].status_revision >= revision
+                    for name, revision in written.items()
+                )
+
             with contextlib.suppress(TimeoutError):
-                await self._cache.wait_for(lambda s: s.revision >= written, timeout=5.0)
+                await self._cache.wait_for(shown, timeout=5.0)
             return 0.0
         if decision.stuck:
             return 1.0  # a host may come up to take them

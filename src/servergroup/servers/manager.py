@@ -281,6 +281,9 @@ class ServerManager:
         if decision.idle:
             log.debug("%s", decision.sentence)
             return
+        # Self-fencing: a host whose session may not act (its lease may be gone,
+        # its servers taken over) touches no server, not only writes nothing.
+        self._guard()
         log.info("%s", decision.sentence)
         try:
             for action in decision.actions:
