@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
@@ -128,9 +129,11 @@ class Evacuator:
                     except Exception:
                         log_bug(log, "the evacuator")
                         wait_for = 1.0
-                elif self._gone_since:
-                    wait_for = 0.5  # see whether we became the owner
-                await _next_change(queue, wait_for)
+                    await _next_change(queue, wait_for)
+                else:
+                    # A standby: a registry change, or becoming the owner (the
+                    # owner's host may be the one that died), whichever first.
+                    await _next_change(queue, None, also=self._ownership.wait_owner())
         finally:
             self._cache.unsubscribe(queue)
 
@@ -187,11 +190,22 @@ class Evacuator:
         return None
 
 
-async def _next_change(queue: asyncio.Queue[RegistryChange], timeout: float | None) -> None:
-    """Wait for the next registry change, or `timeout` seconds (None: no limit)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await queue.get()
+async def _next_change(
+    queue: asyncio.Queue[RegistryChange],
+    timeout: float | None,
+    *,
+    also: Coroutine[Any, Any, object] | None = None,
+) -> None:
+    """Wait for the next registry change, `also` to end, or `timeout` seconds (None: no limit)."""
+    waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(queue.get())}
+    if also is not None:
+        waits.add(asyncio.ensure_future(also))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
     while not queue.empty():
         queue.get_nowait()  # one decision covers every change so far
 
