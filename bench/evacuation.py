@@ -12,7 +12,7 @@ missing) for the next run:
 
 Two series: 3 lab servers on one host, and 1 qemu server (whose rebuild is a
 VM boot; the same run times one `server create` of a qemu server as the
-boot-time reference). The grace period is 0, as the goal asks. The servers
+boot-time reference, after a first VM built the guest disk). The grace period is 0, as the goal asks. The servers
 are in a soft-affinity group, so an evacuation keeps them together on one
 host and the next run crashes that one.
 
@@ -163,6 +163,9 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         for name in lab:
             await bench.cli("server", "delete", name)
         if not args.no_qemu:
+            # A first VM may build the guest disk; the boot reference is a warm create.
+            await bench.cli("server", "create", "vwarm", "--group", GROUP, "--driver", "qemu")
+            await bench.cli("server", "delete", "vwarm")
             started = time.monotonic()
             await bench.cli("server", "create", "v0", "--group", GROUP, "--driver", "qemu")
             boot = time.monotonic() - started
@@ -210,7 +213,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: floa
     qemu = ""
     if "qemu_create_s" in results:
         qemu = (
-            f"\n\nReference for the qemu goal: one `server create --driver qemu` in this run took "
+            f"\n\nReference for the qemu goal: one `server create --driver qemu` in this run "
+            "(the guest disk already built; CLI start to the guest agent connected) took "
             f"{results['qemu_create_s']:.2f} s, so the goal is a median <= "
             f"{1.5 + results['qemu_create_s']:.2f} s."
         )

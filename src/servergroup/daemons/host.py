@@ -229,7 +229,11 @@ def _relay(config: Config, options: HostOptions, shared: HostShared, built: Buil
 def _groups(config: Config, options: HostOptions, shared: HostShared, built: Built) -> Component:
     relay = built.one(ChannelRelay)
     return GroupService(
-        coordinator=shared.coordinator, cache=shared.cache, relay=relay, host=options.name
+        coordinator=shared.coordinator,
+        cache=shared.cache,
+        relay=relay,
+        host=options.name,
+        fence=shared.registration.guard,
     )
 
 

@@ -57,6 +57,8 @@ from servergroup.coordination import (
     CoordinationError,
     Coordinator,
     EventKind,
+    FencingError,
+    Guard,
     WatchCompacted,
     WatchEvent,
 )
@@ -176,8 +178,12 @@ class GroupService:
         clock: Clock | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        fence: Callable[[], Guard | None] | None = None,
     ) -> None:
         self._c = coordinator
+        #: The guard of this host's registration for every broadcast it writes;
+        #: None from it: the host may not write now (its session is not connected).
+        self._fence = fence
         self._cache = cache
         self._relay = relay
         self.host = host
@@ -401,8 +407,26 @@ class GroupService:
             text=text,
             sent_at=iso_time(self._clock.wall()),
         )
+        guard = self._fence() if self._fence is not None else None
+        if self._fence is not None and guard is None:
+            await self._nack(
+                instance,
+                reply_to,
+                MsgType.BROADCAST.value,
+                f"host {self.host} is not connected to etcd now (its session is not live)",
+            )
+            return
         try:
-            await self._c.put(broadcast_key(record.group), encode_record(record))
+            await self._c.put(broadcast_key(record.group), encode_record(record), guard=guard)
+        except FencingError:
+            await self._nack(
+                instance,
+                reply_to,
+                MsgType.BROADCAST.value,
+                f"host {self.host} lost its registration (its lease expired): "
+                "no broadcast until it has registered again",
+            )
+            return
         except CoordinationError as exc:
             await self._nack(
                 instance, reply_to, MsgType.BROADCAST.value, f"the host cannot reach etcd: {exc}"

@@ -27,7 +27,7 @@ import pytest
 
 from servergroup.common.component import HealthState
 from servergroup.config import CoordinationConfig
-from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination import EtcdCoordinator, Guard
 from servergroup.coordination.etcd_process import EtcdCluster
 from servergroup.groups.protocol import (
     Broadcast,
@@ -166,6 +166,8 @@ class World:
     guests: dict[str, TestGuest]  # by server name
     lease: int
     names: dict[str, str]  # server name -> instance
+    #: What each host's fence answers (its registration's guard; None: may not write).
+    fences: dict[str, Guard | None] = field(default_factory=dict)
 
 
 PLACEMENT = {"a": ("h1", "g"), "b": ("h1", "g"), "c": ("h2", "g"), "d": ("h2", "g")}
@@ -220,8 +222,12 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
     for name, (host, group) in {**PLACEMENT, **PLACEMENT_OTHER}.items():
         await registry.create_server(spec(name, host, group, salt))
         await registry.put_status(status(name, host))
+    fences: dict[str, Guard | None] = {}
     for host in ("h1", "h2"):
         await registry.register_host(host_record(host), lease=lease)
+        kv = await admin.get(host_key(host))
+        assert kv is not None
+        fences[host] = Guard(key=host_key(host), create_revision=kv.create_revision)
 
     hosts: dict[str, TestHost] = {}
     guests: dict[str, TestGuest] = {}
@@ -239,7 +245,13 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
             relay = ChannelRelay(
                 channel_dir, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1
             )
-            service = GroupService(coordinator=coordinator, cache=cache, relay=relay, host=host)
+            service = GroupService(
+                coordinator=coordinator,
+                cache=cache,
+                relay=relay,
+                host=host,
+                fence=lambda host=host: fences[host],  # type: ignore[misc]
+            )
             await service.start()
             stack.push_async_callback(service.stop)
             await relay.start()
@@ -267,6 +279,7 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
             guests=guests,
             lease=lease,
             names={n: g.instance for n, g in guests.items()},
+            fences=fences,
         )
         await admin.delete_prefix("")
 
@@ -333,6 +346,30 @@ async def test_broadcast_refusals_are_nacked(world: World) -> None:
         assert words in msg.log_msg
     assert await world.guests["b"].quiet(0.3) == []
     assert world.hosts["h1"].service.counters.nacks == len(cases)
+
+
+async def test_a_host_that_may_not_write_nacks_broadcasts(world: World) -> None:
+    a, b = world.guests["a"], world.guests["b"]
+    guard = world.fences["h1"]
+    world.fences["h1"] = None  # its session is not connected
+    a.send(Broadcast(text="while suspended"))
+    _, msg = await a.next()
+    assert msg == Nack(
+        orig_msg_type="broadcast",
+        log_msg="host h1 is not connected to etcd now (its session is not live)",
+    )
+    assert guard is not None
+    world.fences["h1"] = Guard(key=guard.key, create_revision=guard.create_revision - 1)
+    a.send(Broadcast(text="with a stale registration"))
+    _, msg = await a.next()
+    assert isinstance(msg, Nack)
+    assert msg.log_msg.startswith("host h1 lost its registration (its lease expired)")
+    assert await b.quiet(0.3) == []
+    world.fences["h1"] = guard
+    a.send(Broadcast(text="registered"))
+    _, got = await b.next()
+    assert isinstance(got, Broadcast)
+    assert got.text == "registered"
 
 
 async def test_not_a_member_of_any_group_is_nacked(world: World) -> None:
