@@ -12,9 +12,10 @@ missing) for the next run:
 
 Two series: 3 lab servers on one host, and 1 qemu server (whose rebuild is a
 VM boot; the same run times one `server create` of a qemu server as the
-boot-time reference, after a first VM built the guest disk). The grace period is 0, as the goal asks. The servers
-are in a soft-affinity group, so an evacuation keeps them together on one
-host and the next run crashes that one.
+boot-time reference, after a first VM built the guest disk). The grace
+period is 0, as the goal asks. The servers are in a soft-affinity group, so
+an evacuation keeps them together on one host and the next run crashes that
+one.
 
 There is no peer to run: Pacemaker does not rebuild VMs, and Nova's
 `evacuate` needs a whole OpenStack; the goal (median <= 2 s for lab servers,
