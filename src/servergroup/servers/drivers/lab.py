@@ -128,8 +128,8 @@ def default_guest_argv(socket_path: Path) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Cgroups:
-    """The freezer of one cgroup hierarchy: v1 `freezer` or v2 (`cgroup.freeze`)."""
+class _ServerCgroups:
+    """Where the servers' cgroups of one controller's hierarchy are."""
 
     root: Path  # where the hierarchy is mounted
     version: int  # 1 or 2
@@ -147,6 +147,11 @@ class Cgroups:
 
     def exists(self, name: str) -> bool:
         return self.path(name).is_dir()
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroups(_ServerCgroups):
+    """The freezer of one cgroup hierarchy: v1 `freezer` or v2 (`cgroup.freeze`)."""
 
     def create(self, name: str) -> None:
         self.path(name).mkdir(parents=True, exist_ok=True)
@@ -273,23 +278,8 @@ def format_cpus(cpus: Sequence[int]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Cpusets:
+class Cpusets(_ServerCgroups):
     """The cpuset controller: v1 `cpuset` hierarchy, or cgroup v2 with `cpuset` enabled."""
-
-    root: Path
-    version: int  # 1 or 2
-    scope: str = ""
-
-    def path(self, name: str) -> Path:
-        if self.scope:
-            return self.root / CGROUP_PARENT / self.scope / name
-        return self.root / CGROUP_PARENT / name
-
-    def procs_file(self, name: str) -> Path:
-        return self.path(name) / "cgroup.procs"
-
-    def exists(self, name: str) -> bool:
-        return self.path(name).is_dir()
 
     def allowed(self) -> tuple[int, ...]:
         """The CPUs any server may use: those of the hierarchy's root."""
