@@ -1,7 +1,7 @@
 """Evacuation: from `servergroup lab crash` of a host to its servers active elsewhere.
 
 Each run crashes the lab host that runs the measured servers (what `lab crash`
-does, called as a library so that the clock starts at the kill:
+does, by a process started beforehand, so that the clock starts at the kill:
 SIGKILL of its host daemon and of every process of it and its servers,
 QEMU included), times the three stages from the registry as a host daemon
 sees it, and brings the host back (`servergroup up`, which restarts what is
@@ -38,7 +38,6 @@ from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, 
 
 from servergroup.config import CoordinationConfig, parse_endpoints
 from servergroup.coordination import connect
-from servergroup.daemons.labfaults import fault_lab
 from servergroup.servers.model import REBUILDING_TASK, VmState
 from servergroup.servers.registry import ChangeKind, RegistryCache, RegistryChange
 
@@ -46,6 +45,16 @@ GROUP = "evac"
 HOSTS = ("h1", "h2", "h3")
 CLI_TIMEOUT = 180.0
 RUN_TIMEOUT = 120.0
+#: Crashes lab host argv[3] of lab argv[1] (state directory argv[2]) on a line on stdin.
+CRASHER = """
+import sys
+from pathlib import Path
+from servergroup.daemons.labfaults import fault_lab
+lab = fault_lab(sys.argv[1], state_dir=Path(sys.argv[2]))
+print("ready", flush=True)
+sys.stdin.readline()
+lab.crash(sys.argv[3])
+"""
 GOALS = {
     "lab": "median crash -> active elsewhere <= 2 s (grace 0)",
     "qemu": "median crash -> active elsewhere <= 1.5 s + the VM boot time (grace 0)",
@@ -105,6 +114,22 @@ class Bench(UpRun):
             await self.cache.stop()
             await coordinator.close()
 
+    async def crasher(self, victim: str) -> asyncio.subprocess.Process:
+        """A process that crashes `victim` as `lab crash` does, once told to (its imports done).
+
+        So the clock starts at the kill, not at a CLI's start-up; and in a process
+        of its own, since the lab's netlink helper forks, which a process with
+        gRPC's threads (our registry watcher) must not do.
+        """
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CRASHER, self.lab, str(self.state_dir), victim,
+            env=self.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if await proc.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"the crasher of {victim} did not start (exit {await proc.wait()})")
+        return proc
+
     def host_of(self, name: str) -> str:
         assert self.cache is not None
         return self.cache.snapshot.servers[name].host
@@ -113,10 +138,13 @@ class Bench(UpRun):
         """Crash the host of `names`; the stages in seconds once all run elsewhere."""
         victim = self.host_of(names[0])
         self.watching = set(names)
-        # `servergroup lab crash` as a library call: the stamp is the kill, not a CLI's start.
-        lab = fault_lab(self.lab, state_dir=self.state_dir)
+        crasher = await self.crasher(victim)
         times = self.times = Times(crashed_at=time.monotonic())
-        await asyncio.to_thread(lab.crash, victim)
+        assert crasher.stdin is not None
+        crasher.stdin.write(b"go\n")
+        await crasher.stdin.drain()
+        if await crasher.wait() != 0:
+            raise RuntimeError(f"crashing {victim} failed (exit status {crasher.returncode})")
         deadline = time.monotonic() + RUN_TIMEOUT
         while len(times.active_at) < len(names):
             if time.monotonic() > deadline:
