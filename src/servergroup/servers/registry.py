@@ -45,6 +45,7 @@ from servergroup.coordination import (
     Put,
     RevisionConflict,
     TxnOp,
+    TxnResult,
     WatchCompacted,
     WatchEvent,
 )
@@ -249,17 +250,13 @@ class Registry:
             compares.append(Compare.held(guard))
             failure.append(Get(key=guard.key))
         result = await self._c.txn(compares, ops, failure)
-        if result.succeeded:
-            return result.revision
-        if guard is not None:
-            held = result.reads.get(guard.key)
-            if held is None or held.create_revision != guard.create_revision:
-                raise FencingError(f"placing server {name} refused: fencing token is stale")
-        current = result.reads.get(spec_key(name))
-        if current is not None and current.value == value:
-            return current.mod_revision  # a retry of our own write that took effect
-        raise RevisionConflict(
-            f"placing server {name} refused: group {spec.group} or the server changed meanwhile"
+        return _written(
+            result,
+            key=spec_key(name),
+            value=value,
+            guard=guard,
+            what=f"placing server {name}",
+            why=f"group {spec.group} or the server changed meanwhile",
         )
 
     async def put_spec(self, spec: ServerSpec, *, if_mod_revision: int | None = None) -> int:
@@ -306,17 +303,13 @@ class Registry:
             compares.append(Compare.held(guard))
             failure.append(Get(key=guard.key))
         result = await self._c.txn(compares, [Put(key=key, value=value)], failure)
-        if result.succeeded:
-            return result.revision
-        if guard is not None:
-            held = result.reads.get(guard.key)
-            if held is None or held.create_revision != guard.create_revision:
-                raise FencingError(f"write to {key} refused: fencing token is stale")
-        current = result.reads.get(key)
-        if current is not None and current.value == value:
-            return current.mod_revision  # our own earlier attempt took effect
-        raise RevisionConflict(
-            f"write to {key} refused: the server's spec or status changed since it was read"
+        return _written(
+            result,
+            key=key,
+            value=value,
+            guard=guard,
+            what=f"write to {key}",
+            why="the server's spec or status changed since it was read",
         )
 
     async def put_incoming(self, incoming: IncomingRecord, *, guard: Guard | None = None) -> int:
@@ -401,6 +394,27 @@ class Registry:
         """Groups, servers and hosts, read at one revision."""
         rng = await self._c.get_prefix(REGISTRY)
         return build_snapshot([kv for kv in rng.items], rng.revision)
+
+
+def _written(
+    result: TxnResult, *, key: str, value: bytes, guard: Guard | None, what: str, why: str
+) -> int:
+    """The revision of a conditional write of `value` to `key`, or why it was refused.
+
+    The failure branch of its transaction read `key` (and `guard.key`): a
+    stale guard is a `FencingError`; finding exactly `value` is our own
+    earlier attempt, whose answer was lost; anything else a `RevisionConflict`.
+    """
+    if result.succeeded:
+        return result.revision
+    if guard is not None:
+        held = result.reads.get(guard.key)
+        if held is None or held.create_revision != guard.create_revision:
+            raise FencingError(f"{what} refused: fencing token is stale")
+    current = result.reads.get(key)
+    if current is not None and current.value == value:
+        return current.mod_revision
+    raise RevisionConflict(f"{what} refused: {why}")
 
 
 def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from servergroup.coordination import RevisionConflict
+from servergroup.coordination import FencingError, Guard, RevisionConflict
 from servergroup.servers.model import (
     GroupRecord,
     HostRecord,
@@ -26,6 +26,7 @@ from servergroup.servers.registry import (
     RegistryCache,
     RegistryChange,
     ServerExists,
+    host_key,
     spec_key,
 )
 from tests.fixtures.coordinators import CoordinatorFactory
@@ -140,3 +141,39 @@ async def test_a_status_is_written_only_for_the_spec_it_was_decided_on(
             spec_revision=server.spec_revision,
         )
     assert not (await registry.coordinator.get_prefix(SERVERS)).items
+
+
+async def test_writes_under_a_stale_registration_are_fenced(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    """A host whose registration key went (lease expired) or was made again has its writes
+    refused, placements and statuses alike, and nothing it wrote lands."""
+    c = make_coordinator()
+    registry = Registry(c)
+    await registry.create_group(GROUP)
+    token = await c.create(host_key("h0"), b"h0")
+    assert token is not None
+    guard = Guard(key=host_key("h0"), create_revision=token)
+    group, _ = await registry.group_for_placement("g1")
+    await registry.place(group, SPEC, spec_revision=0, guard=guard)
+    server = await registry.require_server("vm1")
+    written = await registry.put_status(
+        STATUS, if_mod_revision=0, spec_revision=server.spec_revision, guard=guard
+    )
+    await c.delete(host_key("h0"))
+    await c.create(host_key("h0"), b"h0 again")  # registered again: a new token
+    with pytest.raises(FencingError, match="fencing token is stale"):
+        await registry.put_status(
+            replace(STATUS, state=VmState.PAUSED),
+            if_mod_revision=written,
+            spec_revision=server.spec_revision,
+            guard=guard,
+        )
+    group, _ = await registry.group_for_placement("g1")
+    with pytest.raises(FencingError, match="placing server vm1 refused: fencing token is stale"):
+        await registry.place(
+            group, replace(SPEC, host="h1"), spec_revision=server.spec_revision, guard=guard
+        )
+    after = await registry.require_server("vm1")
+    assert after.spec == SPEC
+    assert after.status == STATUS
