@@ -202,3 +202,19 @@ def run_then_tear_down(run: UpRun, main: Coroutine[Any, Any, T]) -> T:
             raise
         run.tear_down()
     return result
+
+
+def run_meta(benchmark: str, setup: str, load_at_start: float) -> dict[str, Any]:
+    """What every result file says first: which benchmark, the command, when, where, the load.
+
+    The machine is shared: the 1-minute load average at the start and at the
+    end says how much the numbers may be disturbed.
+    """
+    return {
+        "benchmark": benchmark,
+        "command": f"python bench/{benchmark}.py " + " ".join(sys.argv[1:]),
+        "date": utc_now(),
+        "machine": machine(),
+        "setup": setup,
+        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+    }

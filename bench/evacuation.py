@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
+from _harness import RESULTS, UpRun, run_meta, run_then_tear_down, say, summary
 
 from servergroup.config import CoordinationConfig, parse_endpoints
 from servergroup.coordination import connect
@@ -232,13 +232,12 @@ def table(results: dict[str, Any]) -> str:
 def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
-        "benchmark": "evacuation",
-        "command": "python bench/evacuation.py " + " ".join(sys.argv[1:]),
-        "date": utc_now(),
-        "machine": machine(),
-        "setup": f"servergroup up --hosts {len(HOSTS)} (managed local etcd, lease 1 s), "
-        "evacuation grace 0, soft-affinity group",
-        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+        **run_meta(
+            "evacuation",
+            f"servergroup up --hosts {len(HOSTS)} (managed local etcd, lease 1 s), "
+            "evacuation grace 0, soft-affinity group",
+            load_at_start,
+        ),
         "goals": GOALS,
     }
     (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
+from _harness import RESULTS, UpRun, run_meta, run_then_tear_down, say, summary
 
 from servergroup.config import CoordinationConfig, parse_endpoints
 from servergroup.coordination import connect
@@ -723,15 +723,13 @@ def write(
 ) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
-        "benchmark": "messaging",
-        "command": "python bench/messaging.py " + " ".join(sys.argv[1:]),
-        "date": utc_now(),
-        "machine": machine(),
-        "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
-        f"{SERVERS} lab servers round-robin on {', '.join(HOSTS)}, one group",
+        **run_meta(
+            "messaging",
+            f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
+            f"{SERVERS} lab servers round-robin on {', '.join(HOSTS)}, one group",
+            load_at_start,
+        ),
         "broadcast_rate_per_s": args.rate,
-        # The machine is shared: its load says how much the numbers may be disturbed.
-        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
         "goals": GOALS,
         "original_system": ORIGINAL,
     }

@@ -48,17 +48,17 @@ sys.path.insert(0, str(ROOT))  # the workload lives with the test that checks it
 from _harness import (  # noqa: E402
     RESULTS,
     UpRun,
-    machine,
     quantile,
+    run_meta,
     run_then_tear_down,
     say,
-    utc_now,
 )
 from tests.integration.servers.workload import (  # noqa: E402
     Kind,
     Layout,
     OpRecord,
     check_history,
+    client_argv,
     read_history,
     reason,
     split,
@@ -128,18 +128,17 @@ async def run_clients(
             errs.append(err)
             procs.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "tests.integration.servers.workload",
-                    f"--endpoints={endpoints}",
-                    f"--prefix={bench.up['prefix']}",
-                    f"--layout={layout.to_json()}",
-                    f"--client={i}",
-                    f"--count={count}",
-                    f"--seed={args.seed * 100 + i}",
-                    f"--timeout={OP_TIMEOUT}",
-                    f"--think={args.think}",
-                    f"--out={out_dir / f'client{i}.jsonl'}",
+                    *client_argv(
+                        endpoints=endpoints,
+                        prefix=str(bench.up["prefix"]),
+                        layout=layout,
+                        client=i,
+                        count=count,
+                        seed=args.seed * 100 + i,
+                        timeout=OP_TIMEOUT,
+                        think=args.think,
+                        out=out_dir / f"client{i}.jsonl",
+                    ),
                     cwd=ROOT,
                     env=bench.env,
                     stdin=subprocess.PIPE,
@@ -302,15 +301,14 @@ def notes() -> str:
 def write(results: dict[str, Any], args: argparse.Namespace, lab: str, load: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
-        "benchmark": "operations",
-        "command": "python bench/operations.py " + " ".join(sys.argv[1:]),
-        "date": utc_now(),
-        "machine": machine(),
-        "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
-        f"{len(SERVERS)} lab server names (6 in an affinity group, 6 in an anti-affinity "
-        f"group), {args.clients} client processes, seed {args.seed}, think time up to "
-        f"{args.think:g} s",
-        "load_average_1m": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)},
+        **run_meta(
+            "operations",
+            f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
+            f"{len(SERVERS)} lab server names (6 in an affinity group, 6 in an anti-affinity "
+            f"group), {args.clients} client processes, seed {args.seed}, think time up to "
+            f"{args.think:g} s",
+            load,
+        ),
     }
     (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
     text = table(results)

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _harness import RESULTS, UpRun, machine, run_then_tear_down, say, summary, utc_now
+from _harness import RESULTS, UpRun, run_meta, run_then_tear_down, say, summary
 
 HERE = Path(__file__).resolve().parent
 GROUP = "bench"
@@ -645,15 +645,13 @@ def write(
 ) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
-        "benchmark": "vm",
-        "command": "python bench/vm.py " + " ".join(sys.argv[1:]),
-        "date": utc_now(),
-        "machine": machine(),
-        "setup": f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
-        f"qemu servers (default flavor: 1 vCPU), {args.boots} boots on h1, "
-        f"{args.migrations} live migrations h1 <-> h2",
-        # The machine is shared: its load says how much the numbers may be disturbed.
-        "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+        **run_meta(
+            "vm",
+            f"servergroup up --hosts {len(HOSTS)} (lab {lab}, managed local etcd), "
+            f"qemu servers (default flavor: 1 vCPU), {args.boots} boots on h1, "
+            f"{args.migrations} live migrations h1 <-> h2",
+            load_at_start,
+        ),
         "goals": GOALS,
         "reference": REFERENCE,
     }

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from tests.integration.servers.workload import (
     OpRecord,
     RecordingRegistry,
     check_history,
+    client_argv,
     read_history,
     run_client,
     split,
@@ -274,18 +274,17 @@ async def test_concurrent_operations_on_etcd_with_client_processes(
             for i, count in enumerate(split(OPERATIONS, CLIENTS)):
                 procs.append(
                     await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "tests.integration.servers.workload",
-                        f"--endpoints={endpoints}",
-                        f"--prefix={etcd_prefix}",
-                        f"--layout={layout.to_json()}",
-                        f"--client={i}",
-                        f"--count={count}",
-                        f"--seed={seed * 100 + i}",
-                        f"--timeout={OP_TIMEOUT}",
-                        f"--think={THINK}",
-                        f"--out={tmp_path / f'client{i}.jsonl'}",
+                        *client_argv(
+                            endpoints=endpoints,
+                            prefix=etcd_prefix,
+                            layout=layout,
+                            client=i,
+                            count=count,
+                            seed=seed * 100 + i,
+                            timeout=OP_TIMEOUT,
+                            think=THINK,
+                            out=tmp_path / f"client{i}.jsonl",
+                        ),
                         cwd=ROOT,
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,

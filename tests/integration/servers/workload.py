@@ -39,6 +39,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from servergroup.common.errors import ServergroupError
@@ -157,6 +158,35 @@ def two_groups(names: Sequence[str], hosts: Sequence[str]) -> Layout:
         },
         hosts=tuple(hosts),
     )
+
+
+def client_argv(
+    *,
+    endpoints: str,
+    prefix: str,
+    layout: Layout,
+    client: int,
+    count: int,
+    seed: int,
+    timeout: float,
+    think: float,
+    out: Path,
+) -> list[str]:
+    """The command of one client process (run it from the repository's root)."""
+    return [
+        sys.executable,
+        "-m",
+        "tests.integration.servers.workload",
+        f"--endpoints={endpoints}",
+        f"--prefix={prefix}",
+        f"--layout={layout.to_json()}",
+        f"--client={client}",
+        f"--count={count}",
+        f"--seed={seed}",
+        f"--timeout={timeout}",
+        f"--think={think}",
+        f"--out={out}",
+    ]
 
 
 def split(total: int, clients: int) -> list[int]:
