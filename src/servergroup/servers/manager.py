@@ -107,6 +107,10 @@ class ServerManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        #: Servers whose last pass did not finish (the store, the fence): the tick
+        #: looks at them again even when they are no longer this host's (what is
+        #: left of a server taken over while this host was frozen or cut off).
+        self._unfinished: set[str] = set()
         self._written: dict[str, int] = {}  # server -> revision of our latest write
         self._failed: dict[str, tuple[ServerSpec, float]] = {}  # server -> (spec, when)
 
@@ -184,8 +188,10 @@ class ServerManager:
         try:
             while True:
                 self._again.discard(name)
+                self._unfinished.add(name)
                 try:
                     await self._reconcile(name)
+                    self._unfinished.discard(name)
                 except asyncio.CancelledError:
                     raise
                 except RevisionConflict as exc:
@@ -225,7 +231,9 @@ class ServerManager:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.check_interval)
-            for name in self._ours(self._cache.snapshot):
+            snap = self._cache.snapshot
+            self._unfinished &= set(snap.servers)
+            for name in sorted(set(self._ours(snap)) | self._unfinished):
                 self.kick(name)
 
     # -- one server ---------------------------------------------------------------------
