@@ -18,6 +18,13 @@ Departures from the original, all listed in spec section 6 or the issue:
 - `subscribe` / `unsubscribe` (no other keys) are ours: an app bound at an
   address other than `cgcs.server_grp` asks the host to send it the group's
   traffic (broadcasts and notifications) too.
+- A broadcast from a guest may carry `id` (ours: a non-negative integer, one
+  per broadcast, increasing per sending address). The host then answers with
+  `broadcast_ack` (ours: `id`, `seq`) once the broadcast is in the store:
+  every broadcast of that address with an id up to `id` is acknowledged, the
+  one with `id` got the group's sequence number `seq`. A refused broadcast
+  gets a `nack` carrying its `id`, always sent before an ack that passes it.
+  Old applications send no `id` and never see either extension.
 
 `check_broadcast_text` is the rule the original declared and never enforced:
 at most 3050 bytes of UTF-8, no NUL, no newline. It also checks that the
@@ -61,6 +68,7 @@ class MsgType(enum.Enum):
     STATUS_RESPONSE_DONE = "status_response_done"
     NOTIFICATION = "notification"
     NACK = "nack"
+    BROADCAST_ACK = "broadcast_ack"  # ours
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
 
@@ -75,11 +83,13 @@ class UnknownMessageType(ProtocolError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Broadcast:
-    """A broadcast: guest -> host (text only), host -> guest (with sender and seq)."""
+    """A broadcast: guest -> host (text, optional `id`), host -> guest (with sender and seq)."""
 
     text: str
     source_instance: str | None = None
     seq: int | None = None
+    #: Guest -> host (ours): the sender wants a `broadcast_ack` (or a nack) naming this id.
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +127,19 @@ class Nack:
 
     orig_msg_type: str
     log_msg: str
+    #: Ours: the `id` of the refused broadcast, when it carried one.
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastAck:
+    """Host -> guest (ours): the sender's broadcasts with an id up to `id` are in the store.
+
+    `seq` is the group sequence number the broadcast with `id` got.
+    """
+
+    id: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +159,7 @@ GroupMessage = (
     | StatusResponseDone
     | Notification
     | Nack
+    | BroadcastAck
     | Subscribe
     | Unsubscribe
 )
@@ -150,12 +174,14 @@ def encode_group_message(msg: GroupMessage) -> JsonObject:
     """The JSON object for `msg`, keys in a fixed order."""
     obj: JsonObject = {"version": VERSION, "msg_type": msg_type_of(msg).value}
     match msg:
-        case Broadcast(text=text, source_instance=source, seq=seq):
+        case Broadcast(text=text, source_instance=source, seq=seq, id=ident):
             obj["data"] = text
             if source is not None:
                 obj["source_instance"] = source
             if seq is not None:
                 obj["seq"] = seq
+            if ident is not None:
+                obj["id"] = ident
         case StatusQuery(seq=seq) | StatusResponseDone(seq=seq):
             obj["seq"] = seq
         case StatusResponse(seq=seq, server=server):
@@ -163,9 +189,14 @@ def encode_group_message(msg: GroupMessage) -> JsonObject:
             obj["data"] = server
         case Notification(event=event):
             obj["data"] = event
-        case Nack(orig_msg_type=orig, log_msg=log_msg):
+        case Nack(orig_msg_type=orig, log_msg=log_msg, id=ident):
             obj["orig_msg_type"] = orig
             obj["log_msg"] = log_msg
+            if ident is not None:
+                obj["id"] = ident
+        case BroadcastAck(id=ident, seq=seq):
+            obj["id"] = ident
+            obj["seq"] = seq
         case Subscribe() | Unsubscribe():
             pass
     return obj
@@ -206,6 +237,13 @@ def _optional_int(obj: JsonObject, key: str, what: str) -> int | None:
     return None if obj.get(key) is None else _int(obj, key, what)
 
 
+def _optional_id(obj: JsonObject, what: str) -> int | None:
+    ident = _optional_int(obj, "id", what)
+    if ident is not None and ident < 0:
+        raise ProtocolError(f"the {what}'s 'id' is negative")
+    return ident
+
+
 def decode_group_message(obj: Json) -> GroupMessage:
     """The message in `obj` (an envelope's `data`); raises `ProtocolError`.
 
@@ -233,6 +271,7 @@ def decode_group_message(obj: Json) -> GroupMessage:
                 text=_str(obj, "data", what),
                 source_instance=_optional_str(obj, "source_instance", what),
                 seq=_optional_int(obj, "seq", what),
+                id=_optional_id(obj, what),
             )
         case MsgType.STATUS_QUERY:
             return StatusQuery(seq=_int(obj, "seq", what))
@@ -244,8 +283,15 @@ def decode_group_message(obj: Json) -> GroupMessage:
             return Notification(event=_object(obj, "data", what))
         case MsgType.NACK:
             return Nack(
-                orig_msg_type=_str(obj, "orig_msg_type", what), log_msg=_str(obj, "log_msg", what)
+                orig_msg_type=_str(obj, "orig_msg_type", what),
+                log_msg=_str(obj, "log_msg", what),
+                id=_optional_id(obj, what),
             )
+        case MsgType.BROADCAST_ACK:
+            ident = _optional_id(obj, what)
+            if ident is None:
+                raise ProtocolError("the broadcast_ack has no 'id'")
+            return BroadcastAck(id=ident, seq=_int(obj, "seq", what))
         case MsgType.SUBSCRIBE:
             return Subscribe()
         case MsgType.UNSUBSCRIBE:
@@ -296,6 +342,7 @@ _TYPE_OF: Final[dict[type, MsgType]] = {
     StatusResponseDone: MsgType.STATUS_RESPONSE_DONE,
     Notification: MsgType.NOTIFICATION,
     Nack: MsgType.NACK,
+    BroadcastAck: MsgType.BROADCAST_ACK,
     Subscribe: MsgType.SUBSCRIBE,
     Unsubscribe: MsgType.UNSUBSCRIBE,
 }
@@ -303,6 +350,7 @@ _TYPE_OF: Final[dict[type, MsgType]] = {
 __all__ = [
     "MAX_BROADCAST_BYTES",
     "Broadcast",
+    "BroadcastAck",
     "GroupMessage",
     "MsgType",
     "Nack",

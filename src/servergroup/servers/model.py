@@ -237,6 +237,70 @@ class BroadcastRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastItem:
+    """One broadcast inside a `BroadcastBatch`: who sent it and the text."""
+
+    sender: str  # server name
+    sender_instance: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastBatch:
+    """Broadcasts of one group written in one transaction, in their order.
+
+    `items[i]` has the group sequence number `first_seq + i`; the next batch
+    of the group starts at `last_seq + 1` (the writer compares the key's mod
+    revision, so two batches never share a number).
+    """
+
+    group: str
+    first_seq: int
+    sent_at: str
+    items: tuple[BroadcastItem, ...]
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.items) - 1
+
+
+def encode_batch(batch: BroadcastBatch) -> bytes:
+    """Compact JSON; each item is `[sender, sender_instance, text]`."""
+    plain = {
+        "first_seq": batch.first_seq,
+        "group": batch.group,
+        "items": [[i.sender, i.sender_instance, i.text] for i in batch.items],
+        "sent_at": batch.sent_at,
+    }
+    return json.dumps(plain, separators=(",", ":")).encode()
+
+
+def decode_batch(raw: bytes) -> BroadcastBatch:
+    """The batch in `raw`; raises `RecordError` with one sentence."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"broadcast batch is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordError("broadcast batch is not a JSON object")
+    group, first, sent_at, items = (obj.get(k) for k in ("group", "first_seq", "sent_at", "items"))
+    if not isinstance(group, str) or not isinstance(sent_at, str):
+        raise RecordError("broadcast batch has no group or sent_at string")
+    if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+        raise RecordError("broadcast batch has no positive first_seq")
+    if not isinstance(items, list) or not items:
+        raise RecordError("broadcast batch has no items")
+    out: list[BroadcastItem] = []
+    for item in items:
+        if not (
+            isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item)
+        ):
+            raise RecordError("broadcast batch has an item that is not [sender, instance, text]")
+        out.append(BroadcastItem(sender=item[0], sender_instance=item[1], text=item[2]))
+    return BroadcastBatch(group=group, first_seq=first, sent_at=sent_at, items=tuple(out))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Server:
     """A server as the store knows it: its spec and, once a host ran it, its status.
 
@@ -457,6 +521,8 @@ __all__ = [
     "POWER_STATE",
     "REACHED",
     "REBUILDING_TASK",
+    "BroadcastBatch",
+    "BroadcastItem",
     "BroadcastRecord",
     "Desired",
     "DriverKind",
@@ -473,12 +539,14 @@ __all__ = [
     "ServerStatus",
     "VmState",
     "check_name",
+    "decode_batch",
     "decode_broadcast",
     "decode_group",
     "decode_host",
     "decode_incoming",
     "decode_spec",
     "decode_status",
+    "encode_batch",
     "encode_record",
     "make_instance_name",
     "server_info",
