@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from servergroup.groups.protocol import (
     MAX_BROADCAST_BYTES,
     Broadcast,
+    BroadcastAck,
     GroupMessage,
     MsgType,
-    BroadcastAck,
     Nack,
     Notification,
     StatusQuery,
