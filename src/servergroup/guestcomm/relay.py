@@ -15,10 +15,29 @@ group service routes `cgcs.server_grp`), or else as a datagram to the host
 application bound at that abstract name. Host applications send datagrams
 to the relay's own abstract `address`, naming the guest in `dest_instance`.
 
-Writes toward a guest are buffered per guest up to a limit; a guest that
-does not read loses its own messages and never holds up the others. Nothing
-a guest or an application sends stops the relay; a handler's exception is
-logged as a BUG and the relay carries on.
+Flow control, both ways (docs/design/messaging.md, "Flow control"):
+
+- **From a guest.** `throttle(instance, True)` stops reading that guest's
+  channel (`transport.pause_reading()`), `throttle(instance, False)` reads
+  it again. The group service calls it from the high- and low-water marks
+  of its per-guest queue, so a guest that sends faster than its broadcasts
+  are stored fills the channel socket's kernel buffer and then its own
+  agent's buffer, and is slowed there; nothing is dropped for it. A
+  reconnected channel starts unpaused (the service forgets the guest's queue
+  on the disconnect, which `on_change` reports).
+- **Toward a guest.** What waits to be written to one guest is bounded by
+  `queue_limit` bytes (1 MiB by default), in the transport's write buffer.
+  A message that would take a guest's buffer past it is dropped for that
+  guest and counted (`channel queue full`); its apps see the gap in the
+  broadcasts' `seq`. A guest that does not read (its server paused or
+  frozen, its agent stopped) so loses its own messages only: the other
+  guests are written to as before, never slowed, and the host holds at most
+  `queue_limit` bytes per guest. `send_to_guests` encodes an envelope once
+  and writes the same bytes to every guest it names (a broadcast's fan-out),
+  returning the guests it could not write to.
+
+Nothing a guest or an application sends stops the relay; a handler's
+exception is logged as a BUG and the relay carries on.
 """
 
 from __future__ import annotations
@@ -32,7 +51,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from asyncinotify import Inotify, Mask
@@ -207,6 +226,24 @@ class _GuestLink:
             "connect failed", f"to {self.instance} at {self.path}: {exc or 'timed out'}"
         )
 
+    def throttle(self, paused: bool) -> bool:
+        """Stop or resume reading the channel; False when it is not connected."""
+        conn = self.connection
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return False
+        if paused:
+            conn.transport.pause_reading()
+        else:
+            conn.transport.resume_reading()
+        return True
+
+    def buffered(self) -> int:
+        """Bytes waiting to be written to the guest (0 when not connected)."""
+        conn = self.connection
+        if conn is None or conn.transport is None:
+            return 0
+        return conn.transport.get_write_buffer_size()
+
     def write(self, frame: bytes, limit: int) -> Reason | None:
         conn = self.connection
         if conn is None or conn.transport is None or conn.transport.is_closing():
@@ -337,6 +374,41 @@ class ChannelRelay:
         self._drops.drop(reason, f"a message for {instance} to {envelope.dest_addr!r}", level=level)
         return False
 
+    def send_to_guests(self, instances: Iterable[str], envelope: Envelope) -> list[str]:
+        """Write `envelope` to each guest's channel, encoded once; the guests not written to.
+
+        A guest is not written to when it is not connected or when the frame
+        would take its write buffer past `queue_limit`; each such message is
+        dropped and counted, as by `send_to_guest`.
+        """
+        frame = encode_host_frame(envelope)
+        failed: list[str] = []
+        for instance in instances:
+            reason = self._write_frame(instance, frame)
+            if reason is None:
+                continue
+            failed.append(instance)
+            level = logging.DEBUG if reason is Reason.GUEST_NOT_CONNECTED else logging.WARNING
+            self._drops.drop(
+                reason, f"a message for {instance} to {envelope.dest_addr!r}", level=level
+            )
+        return failed
+
+    def throttle(self, instance: str, paused: bool) -> None:
+        """Stop (`paused`) or resume reading the channel of `instance`.
+
+        A guest that is not connected is left alone: its next connection
+        starts reading, and the caller hears of the disconnect by `on_change`.
+        """
+        link = self._links.get(instance)
+        if link is not None and link.throttle(paused):
+            log.debug("channel of %s %s", instance, "paused" if paused else "resumed")
+
+    def buffered(self, instance: str) -> int:
+        """Bytes waiting to be written to `instance` (at most `queue_limit`)."""
+        link = self._links.get(instance)
+        return link.buffered() if link is not None else 0
+
     def connected(self) -> frozenset[str]:
         """The instances whose channel is connected now."""
         return frozenset(self._connected)
@@ -369,10 +441,12 @@ class ChannelRelay:
     # -- guests
 
     def _write(self, instance: str, envelope: Envelope) -> Reason | None:
+        return self._write_frame(instance, encode_host_frame(envelope))
+
+    def _write_frame(self, instance: str, frame: bytes) -> Reason | None:
         link = self._links.get(instance)
         if link is None:
             return Reason.GUEST_NOT_CONNECTED
-        frame = encode_host_frame(envelope)
         if len(frame) > MAX_LINE:
             return Reason.TOO_BIG
         reason = link.write(frame, self.queue_limit)
