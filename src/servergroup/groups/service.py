@@ -4,21 +4,48 @@ Theory of operation (docs/design/messaging.md, spec section 4):
 
 - **Requests.** The service routes `cgcs.server_grp` on the host's
   `ChannelRelay`. A message from a guest is accepted only when the guest's
-  instance is a server of the registry placed on this host; each guest has
-  its own bounded queue and worker, so one guest's flood fills only its own
-  queue (the excess is dropped and counted) and never delays the others.
-- **Broadcast.** A valid text is put to `broadcasts/<group>` as a
-  `BroadcastRecord`. Every host watches `broadcasts/` (from the revision
-  after its start) and delivers each put, in store order, to its LOCAL
-  connected members of that group except the sender, with the key's version
-  as `seq`: one total order per group across all hosts, numbered 1, 2, 3...
-  The service watches `broadcasts/<group>` of each group with a server on
-  this host (from the registry change that placed the first one here) and
-  nothing else (the registry cache follows `registry/`), so a broadcast
-  reaches a host once, and only a host with members of its group. A host
-  that fell behind the store's compaction reads the group's key again,
-  delivers its latest broadcast and logs how many it missed: members see a
-  gap in `seq`, never a seq twice or out of order.
+  instance is a server of the registry placed on this host. Each guest has
+  its own queue and worker, served in arrival order, so one guest's flood
+  fills only its own queue and never delays the others. The queue drives
+  flow control: at `high_water` requests waiting the relay stops reading
+  that guest's channel (`relay.throttle(instance, True)`), at `low_water` it
+  reads again, so a fast sender is slowed in its own channel and agent, not
+  dropped. Pausing acts on whole reads, so a few hundred more may arrive;
+  a request beyond the hard cap `hard_cap` (far above `high_water`) is
+  answered at once with a nack `busy: ...` (carrying a broadcast's `id`),
+  never dropped silently.
+- **Broadcast, sending.** A valid text goes to the batcher of its group
+  (one per group on this host, made on demand), in arrival order, without
+  waiting for the store: the worker waits only while the batcher holds
+  `batch_pending` broadcasts (that is what fills the guest's queue and
+  pauses its channel). The batcher runs one transaction at a time:
+  `broadcasts/<group>` compared on the mod revision it last knew (or
+  absent), a put of one `BroadcastBatch` of up to `MAX_BATCH_ITEMS`
+  broadcasts and `MAX_BATCH_BYTES` of value, under the host's registration
+  guard; the failure branch reads the key, and a conflict (another host
+  wrote) is retried at once with the `first_seq` learnt from what was read
+  (with a jittered pause only after several conflicts in a row). One
+  transaction in flight per group per host keeps each sender's order. After
+  the commit each (guest, address) that sent ids in the batch gets one
+  cumulative `broadcast_ack` (its highest id, that broadcast's seq). A
+  batch that cannot be stored (etcd unreachable, this host fenced) is
+  nacked, each broadcast with its id and one sentence; those nacks go out
+  before any later batch is tried, so before any ack that passes them.
+  Broadcasts without an id (old applications) get no ack.
+- **Broadcast, receiving.** The service watches `broadcasts/<group>` of each
+  group with a server on this host (from the registry change that placed the
+  first one here) and nothing else. Each batch's items are delivered in
+  order, item i with seq `first_seq + i`, to the LOCAL connected members of
+  the group except that item's sender (and to their subscribed addresses);
+  each delivered envelope is encoded once and the same bytes go to every
+  member (`relay.send_to_guests`). One total order per group across all
+  hosts, numbered 1, 2, 3... A host remembers per group the key's create
+  revision and the last seq it delivered: seqs already delivered are
+  skipped (a re-read delivers only what is new), a batch starting past the
+  next seq is a gap (counted in `broadcasts_missed`, logged once), a new
+  create revision (the group was deleted and made again) numbers from 1.
+  A host that fell behind the store's compaction reads the key again, which
+  holds the whole latest batch, and delivers what it has not.
   A text that is too long, has a NUL or a newline, or comes from a server
   whose group does not exist is refused with a `nack` that says why.
 - **Status.** A `status_query` gets one `status_response` per member of the
@@ -33,9 +60,12 @@ Theory of operation (docs/design/messaging.md, spec section 4):
 - **Addresses.** Group traffic (broadcasts, notifications) goes to
   `cgcs.server_grp` in each guest and to every address that subscribed on
   that guest (`subscribe`, bounded per guest, forgotten when the guest's
-  channel disconnects). Replies (status, nack) go to the address that asked.
+  channel disconnects). Replies (status, nack, ack) go to the address that
+  asked.
 - **Size.** Every datagram a guest's agent will deliver is checked to stay
   under 4096 bytes before it is written; a larger one is dropped and counted.
+  What the relay cannot write (the guest's 1 MiB write buffer is full, or
+  it is not connected) is dropped and counted there and in `send_failures`.
 
 Garbage from a guest is logged (rate-limited) and dropped; an unknown
 `msg_type` gets a nack. Every outcome is counted in `counters`.
@@ -45,26 +75,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
+from servergroup.common.backoff import Backoff
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import ComponentHealth, HealthState
+from servergroup.common.errors import ConfigError
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
+    Compare,
     CoordinationError,
     Coordinator,
     EventKind,
-    FencingError,
+    Get,
     Guard,
+    KeyValue,
+    Put,
+    TxnOp,
     WatchCompacted,
     WatchEvent,
 )
 from servergroup.groups.notify import host_notifications, notification_for
 from servergroup.groups.protocol import (
     Broadcast,
+    BroadcastAck,
     GroupMessage,
     MsgType,
     Nack,
@@ -90,12 +129,13 @@ from servergroup.guestcomm.protocol import (
 from servergroup.guestcomm.relay import ChannelRelay
 from servergroup.guestcomm.sockets import encode_delivery
 from servergroup.servers.model import (
-    BroadcastRecord,
+    BroadcastBatch,
+    BroadcastItem,
     RecordError,
     RegistrySnapshot,
     Server,
-    decode_broadcast,
-    encode_record,
+    decode_batch,
+    encode_batch,
     server_info,
 )
 from servergroup.servers.registry import (
@@ -108,12 +148,31 @@ from servergroup.servers.registry import (
 
 log = logging.getLogger(__name__)
 
-#: Requests that may wait per guest; more are dropped (a flood stays the flooder's).
-DEFAULT_QUEUE_SIZE = 256
+#: Requests waiting per guest at which the relay stops reading its channel.
+DEFAULT_HIGH_WATER = 1024
+#: Requests waiting per guest at which the relay reads its channel again.
+DEFAULT_LOW_WATER = 256
+#: Requests waiting per guest beyond which a request is refused with a busy nack.
+DEFAULT_HARD_CAP = 4096
 #: Addresses one guest may subscribe besides `cgcs.server_grp`.
 DEFAULT_MAX_SUBSCRIPTIONS = 8
+#: The most broadcasts one transaction writes.
+MAX_BATCH_ITEMS = 1000
+#: The most bytes of value one transaction writes (etcd takes requests of up to 1.5 MiB).
+MAX_BATCH_BYTES = 512 * 1024
+#: Broadcasts that may wait per group for their transaction before senders wait.
+DEFAULT_BATCH_PENDING = 2 * MAX_BATCH_ITEMS
 #: Pause before a broadcast watch that ended is opened again.
 _REWATCH_INTERVAL = 0.5
+#: Conflicts in a row retried at once; the next ones after a jittered pause.
+_CONFLICTS_AT_ONCE = 3
+_CONFLICT_BACKOFF = Backoff(initial=0.002, max_delay=0.1)
+#: A batch that meets a conflict at every attempt for this long is refused.
+_CONFLICT_TIMEOUT = 10.0
+#: How long `stop` lets a transaction in flight finish before it gives up on it.
+_STOP_TIMEOUT = 2.0
+#: The bytes of a batch's value besides its items (group, first_seq, sent_at, brackets).
+_BATCH_OVERHEAD = 256
 
 #: What a guest may send; the others are the host's to send.
 _REQUEST_TYPES = (MsgType.BROADCAST, MsgType.STATUS_QUERY, MsgType.SUBSCRIBE, MsgType.UNSUBSCRIBE)
@@ -124,9 +183,15 @@ class ServiceCounters:
     """What the group service has done since it started (mutable; read, do not keep)."""
 
     received: int = 0  # messages routed to the service by the relay
-    broadcasts_accepted: int = 0  # puts to broadcasts/<group>
+    broadcasts_accepted: int = 0  # broadcasts this host stored in batches
+    batches: int = 0  # transactions that stored a batch
+    batch_max: int = 0  # the most broadcasts stored in one batch
+    txn_conflicts: int = 0  # transactions refused because another host wrote first
+    acks: int = 0  # broadcast_ack messages sent
+    busy_nacks: int = 0  # requests refused because their guest's queue was at the hard cap
+    throttles: int = 0  # times a guest's channel was paused
     broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
-    broadcasts_missed: int = 0  # compacted away before this host saw them (a gap in seq)
+    broadcasts_missed: int = 0  # gaps in seq: never seen by this host
     status_queries: int = 0
     status_responses: int = 0  # status_response messages sent
     notifications: int = 0  # notification messages sent
@@ -134,6 +199,11 @@ class ServiceCounters:
     subscriptions: int = 0  # currently held, over all guests
     send_failures: int = 0  # the relay could not write (guest gone, channel full)
     dropped: dict[str, int] = field(default_factory=dict)  # by reason
+
+    @property
+    def batch_mean(self) -> float:
+        """Broadcasts per stored batch, on average."""
+        return self.broadcasts_accepted / self.batches if self.batches else 0.0
 
     def as_dict(self) -> dict[str, int]:
         """Every counter, the drops as `dropped.<reason>`."""
@@ -148,7 +218,6 @@ class _Drop:
 
     GARBAGE = "garbage"
     UNKNOWN_SENDER = "unknown sender"
-    FLOOD = "guest queue full"
     NOT_A_REQUEST = "not a request"
     NO_SOURCE_ADDR = "no source_addr"
     OVERSIZE = "datagram too big"
@@ -158,6 +227,215 @@ class _Drop:
 def iso_time(wall: float) -> str:
     """Wall-clock seconds as ISO 8601 UTC with milliseconds (for display in events)."""
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyState:
+    """What a batcher knows of `broadcasts/<group>`: the compare and the next seq."""
+
+    mod_revision: int
+    next_seq: int
+
+
+def _last_seq(kv: KeyValue) -> int:
+    """The seq of the last broadcast in the key's value.
+
+    A value that is not a batch (a record of an older version, garbage) is
+    counted on from the key's version, as older versions numbered them.
+    """
+    try:
+        return decode_batch(kv.value).last_seq
+    except RecordError:
+        return kv.version
+
+
+def _state_of(kv: KeyValue | None) -> _KeyState | None:
+    if kv is None:
+        return None
+    return _KeyState(mod_revision=kv.mod_revision, next_seq=_last_seq(kv) + 1)
+
+
+def _item_size(item: BroadcastItem) -> int:
+    """The bytes `item` takes in an encoded batch (the same encoder as `encode_batch`)."""
+    return len(json.dumps([item.sender, item.sender_instance, item.text])) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A broadcast waiting for its transaction, and whom to answer."""
+
+    item: BroadcastItem
+    reply_to: str
+    id: int | None
+    size: int
+
+    @property
+    def instance(self) -> str:
+        return self.item.sender_instance
+
+
+@dataclass(slots=True)
+class _Guest:
+    """One guest's requests: its queue, its worker, whether its channel is paused."""
+
+    queue: asyncio.Queue[Envelope]
+    worker: asyncio.Task[None] | None = None
+    paused: bool = False
+
+
+class _Batcher:
+    """Writes one group's broadcasts, in arrival order, one transaction at a time."""
+
+    def __init__(self, service: GroupService, group: str, known: _KeyState | None) -> None:
+        self._s = service
+        self.group = group
+        self.key = broadcast_key(group)
+        self.known = known
+        self._pending: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed: str | None = None  # why, once closed
+        self._task = asyncio.create_task(self._run(), name=f"group-batch-{group}")
+
+    async def append(self, pending: _Pending) -> None:
+        """Queue `pending`; waits only while the batcher holds its bound."""
+        while len(self._pending) >= self._s._batch_pending and self._closed is None:
+            self._room.clear()
+            await self._room.wait()
+        if self._closed is not None:
+            self._s._refuse([pending], self.group, self._closed)
+            return
+        self._pending.append(pending)
+        self._wake.set()
+
+    async def close(self, reason: str, *, timeout: float = _STOP_TIMEOUT) -> None:
+        """Take no more; let the transaction in flight finish within `timeout`; refuse the rest."""
+        if self._closed is None:
+            self._closed = reason
+        self._wake.set()
+        self._room.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({self._task})
+        self.abort(reason)
+
+    def abort(self, reason: str) -> None:
+        """Stop now; every broadcast not stored yet is refused with `reason`."""
+        if self._closed is None:
+            self._closed = reason
+        self._task.cancel()
+        self._room.set()
+        left = [*self._in_flight, *self._pending]
+        self._in_flight = []
+        self._pending.clear()
+        if left:
+            self._s._refuse(left, self.group, reason)
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = _BATCH_OVERHEAD
+        while self._pending and len(batch) < MAX_BATCH_ITEMS:
+            nxt = self._pending[0]
+            if batch and size + nxt.size > MAX_BATCH_BYTES:
+                break
+            batch.append(self._pending.popleft())
+            size += nxt.size
+        if len(self._pending) < self._s._batch_pending:
+            self._room.set()
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                if self._closed is not None:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            self._in_flight = self._take()
+            try:
+                await self._commit(self._in_flight)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log_bug(log, f"the broadcast batcher of group {self.group}")
+                self._s._refuse(
+                    self._in_flight, self.group, f"host {self._s.host} failed to store it (a bug)"
+                )
+            self._in_flight = []
+
+    async def _commit(self, items: list[_Pending]) -> None:
+        s = self._s
+        backoff: Iterator[float] | None = None
+        conflicts = 0
+        deadline = s._clock.monotonic() + _CONFLICT_TIMEOUT
+        while True:
+            guard: Guard | None = None
+            if s._fence is not None:
+                guard = s._fence()
+                if guard is None:
+                    s._refuse(items, self.group, s._not_connected())
+                    return
+            known = self.known
+            batch = BroadcastBatch(
+                group=self.group,
+                first_seq=known.next_seq if known is not None else 1,
+                sent_at=iso_time(s._clock.wall()),
+                items=tuple(p.item for p in items),
+            )
+            value = encode_batch(batch)
+            compares = [
+                Compare.unchanged(self.key, known.mod_revision)
+                if known is not None
+                else Compare.absent(self.key)
+            ]
+            failure: list[TxnOp] = [Get(key=self.key)]
+            if guard is not None:
+                compares.append(Compare.held(guard))
+                failure.append(Get(key=guard.key))
+            try:
+                result = await s._c.txn(compares, [Put(key=self.key, value=value)], failure)
+            except CoordinationError as exc:
+                s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
+                return
+            if result.succeeded:
+                self.known = _KeyState(mod_revision=result.revision, next_seq=batch.last_seq + 1)
+                s._stored(batch, items)
+                return
+            if guard is not None:
+                held = result.reads.get(guard.key)
+                if held is None or held.create_revision != guard.create_revision:
+                    s._refuse(items, self.group, s._fenced())
+                    return
+            current = result.reads.get(self.key)
+            if current is not None and current.value == value:
+                # Our own earlier attempt took effect; its answer was lost.
+                self.known = _KeyState(
+                    mod_revision=current.mod_revision, next_seq=batch.last_seq + 1
+                )
+                s._stored(batch, items)
+                return
+            conflicts += 1
+            s.counters.txn_conflicts += 1
+            self.known = _state_of(current)
+            if s._clock.monotonic() > deadline:
+                s._refuse(
+                    items,
+                    self.group,
+                    f"the broadcasts of group {self.group} changed under each of {conflicts} "
+                    f"attempts in {_CONFLICT_TIMEOUT:g} s (too many hosts writing at once)",
+                )
+                return
+            if conflicts >= _CONFLICTS_AT_ONCE:
+                if backoff is None:
+                    backoff = _CONFLICT_BACKOFF.delays()
+                await s._clock.sleep(next(backoff))
+
+    def learn(self, revision: int, last_seq: int) -> None:
+        """The watch saw the key written at `revision` up to `last_seq`: compare on that next."""
+        if self.known is None or revision > self.known.mod_revision:
+            self.known = _KeyState(mod_revision=revision, next_seq=last_seq + 1)
 
 
 class GroupService:
@@ -176,10 +454,20 @@ class GroupService:
         relay: ChannelRelay,
         host: str,
         clock: Clock | None = None,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: int = DEFAULT_LOW_WATER,
+        hard_cap: int = DEFAULT_HARD_CAP,
+        batch_pending: int = DEFAULT_BATCH_PENDING,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         fence: Callable[[], Guard | None] | None = None,
     ) -> None:
+        if not 0 <= low_water < high_water < hard_cap:
+            raise ConfigError(
+                "the group service needs 0 <= low_water < high_water < hard_cap "
+                f"(got {low_water}, {high_water}, {hard_cap})."
+            )
+        if batch_pending < 1:
+            raise ConfigError("the group service's batch_pending must be at least 1.")
         self._c = coordinator
         #: The guard of this host's registration for every broadcast it writes;
         #: None from it: the host may not write now (its session is not connected).
@@ -188,13 +476,15 @@ class GroupService:
         self._relay = relay
         self.host = host
         self._clock: Clock = clock or SystemClock()
-        self._queue_size = queue_size
+        self._high_water = high_water
+        self._low_water = low_water
+        self._hard_cap = hard_cap
+        self._batch_pending = batch_pending
         self._max_subscriptions = max_subscriptions
         self.counters = ServiceCounters()
         self._drop_counts = Counters(dropped=self.counters.dropped)
         self._drops = DropLog(log, self._drop_counts)
-        self._queues: dict[str, asyncio.Queue[Envelope]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._guests: dict[str, _Guest] = {}
         self._subscriptions: dict[str, set[str]] = {}
         self._changes: asyncio.Queue[RegistryChange] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -203,7 +493,11 @@ class GroupService:
         #: group -> the watch of its broadcasts, for each group with a server on this host.
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        #: group -> (create revision, version) of the latest broadcast seen: no seq twice.
+        #: group -> its batcher, made by the first broadcast a local member sends.
+        self._batchers: dict[str, _Batcher] = {}
+        #: group -> what the start read of `broadcasts/` found (a batcher's first compare).
+        self._known_at_start: dict[str, _KeyState] = {}
+        #: group -> (create revision, last seq delivered): no seq twice.
         self._seen: dict[str, tuple[int, int]] = {}
         self._watch_trouble: dict[str, str] = {}  # group -> why its broadcast watch is down
 
@@ -220,11 +514,15 @@ class GroupService:
         snap = self._cache.snapshot
         rng = await self._c.get_prefix(BROADCASTS)
         local = self._local_groups(snap)
-        self._seen = {
-            group: (kv.create_revision, kv.version)
-            for kv in rng.items
-            if (group := kv.key[len(BROADCASTS) :]) in local
-        }
+        self._known_at_start = {}
+        self._seen = {}
+        for kv in rng.items:
+            group = kv.key[len(BROADCASTS) :]
+            state = _state_of(kv)
+            assert state is not None
+            self._known_at_start[group] = state
+            if group in local:
+                self._seen[group] = (kv.create_revision, state.next_seq - 1)
         self._undo = [
             self._relay.route(SERVER_GROUP_ADDR, self._on_message),
             self._relay.on_change(self._on_channel_change),
@@ -242,7 +540,11 @@ class GroupService:
         )
 
     async def stop(self) -> None:
-        """Stop serving; messages still queued are dropped."""
+        """Stop serving: requests still queued are dropped, broadcasts not stored are nacked.
+
+        A transaction in flight gets a moment to finish, so that what it
+        stores is acknowledged rather than refused.
+        """
         if not self._started:
             return
         self._started = False
@@ -252,12 +554,14 @@ class GroupService:
         if self._changes is not None:
             self._cache.unsubscribe(self._changes)
             self._changes = None
-        tasks = [
-            *self._tasks,
-            *self._followers.values(),
-            *self._retiring,
-            *self._workers.values(),
-        ]
+        workers = [g.worker for g in self._guests.values() if g.worker is not None]
+        for task in workers:
+            task.cancel()
+        batchers = list(self._batchers.values())
+        self._batchers.clear()
+        reason = f"the group service of host {self.host} stopped before storing it"
+        await asyncio.gather(*(b.close(reason) for b in batchers))
+        tasks = [*self._tasks, *self._followers.values(), *self._retiring, *workers]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -267,9 +571,9 @@ class GroupService:
         self._followers.clear()
         self._retiring.clear()
         self._seen.clear()
+        self._known_at_start.clear()
         self._watch_trouble.clear()
-        self._workers.clear()
-        self._queues.clear()
+        self._guests.clear()
         self._subscriptions.clear()
         self.counters.subscriptions = 0
         self._drops.close()
@@ -290,8 +594,11 @@ class GroupService:
             )
         c = self.counters
         done = (
-            f"{c.broadcasts_accepted} broadcast(s) sent, {c.broadcasts_delivered} delivered, "
-            f"{c.broadcasts_missed} missed, {c.notifications} notification(s)"
+            f"{c.broadcasts_accepted} broadcast(s) stored in {c.batches} batch(es) "
+            f"(mean {c.batch_mean:.1f}, max {c.batch_max}), {c.txn_conflicts} conflict(s), "
+            f"{c.acks} ack(s), {c.busy_nacks} busy nack(s), {c.throttles} throttle(s), "
+            f"{c.broadcasts_delivered} delivered, {c.broadcasts_missed} missed, "
+            f"{c.notifications} notification(s)"
         )
         if self._watch_trouble:
             down = ", ".join(f"{g} ({why})" for g, why in sorted(self._watch_trouble.items()))
@@ -312,32 +619,69 @@ class GroupService:
 
     def _on_message(self, instance: str, envelope: Envelope) -> None:
         self.counters.received += 1
-        queue = self._queues.get(instance)
-        if queue is None:
-            queue = self._queues[instance] = asyncio.Queue(self._queue_size)
-            self._workers[instance] = asyncio.create_task(
-                self._serve_guest(instance, queue), name=f"group-guest-{instance}"
+        guest = self._guests.get(instance)
+        if guest is None:
+            guest = self._guests[instance] = _Guest(queue=asyncio.Queue())
+            guest.worker = asyncio.create_task(
+                self._serve_guest(instance, guest), name=f"group-guest-{instance}"
             )
-        try:
-            queue.put_nowait(envelope)
-        except asyncio.QueueFull:
-            self._drops.drop(_Drop.FLOOD, f"a message from {instance}: it sends faster than served")
+        waiting = guest.queue.qsize()
+        if waiting >= self._hard_cap:
+            self._busy(instance, envelope, waiting)
+            return
+        guest.queue.put_nowait(envelope)
+        if not guest.paused and waiting + 1 >= self._high_water:
+            guest.paused = True
+            self.counters.throttles += 1
+            self._relay.throttle(instance, True)
 
     def _on_channel_change(self, instance: str, connected: bool) -> None:
         if connected:
             return
         subs = self._subscriptions.pop(instance, set())
         self.counters.subscriptions -= len(subs)
-        worker = self._workers.pop(instance, None)
-        self._queues.pop(instance, None)
-        if worker is not None:
-            worker.cancel()
+        guest = self._guests.pop(instance, None)
+        if guest is not None and guest.worker is not None:
+            guest.worker.cancel()
+
+    def _busy(self, instance: str, envelope: Envelope, waiting: int) -> None:
+        """Refuse a request at once: its guest has `hard_cap` requests waiting."""
+        reply_to = envelope.source_addr
+        if reply_to is None:
+            self._drops.drop(_Drop.NO_SOURCE_ADDR, f"a message from {instance}")
+            return
+        try:
+            msg = decode_group_message(envelope.data)
+        except UnknownMessageType as exc:
+            orig, ident = exc.msg_type, None
+        except ProtocolError as exc:
+            self._drops.drop(_Drop.GARBAGE, f"from {instance} at {reply_to!r}: {exc}")
+            return
+        else:
+            if msg_type_of(msg) not in _REQUEST_TYPES:
+                self._drops.drop(_Drop.NOT_A_REQUEST, f"a {msg_type_of(msg).value} from {instance}")
+                return
+            orig = msg_type_of(msg).value
+            ident = msg.id if isinstance(msg, Broadcast) else None
+        self.counters.busy_nacks += 1
+        self._nack(
+            instance,
+            reply_to,
+            orig,
+            f"busy: host {self.host} already has {waiting} requests of {instance} waiting; "
+            "send more slowly",
+            ident,
+        )
 
     # -- requests --------------------------------------------------------------------
 
-    async def _serve_guest(self, instance: str, queue: asyncio.Queue[Envelope]) -> None:
+    async def _serve_guest(self, instance: str, guest: _Guest) -> None:
+        queue = guest.queue
         while True:
             envelope = await queue.get()
+            if guest.paused and queue.qsize() <= self._low_water:
+                guest.paused = False
+                self._relay.throttle(instance, False)
             try:
                 await self._handle(instance, envelope)
             except asyncio.CancelledError:
@@ -361,18 +705,18 @@ class GroupService:
             msg = decode_group_message(envelope.data)
         except UnknownMessageType as exc:
             known = ", ".join(t.value for t in _REQUEST_TYPES)
-            await self._nack(instance, reply_to, exc.msg_type, f"{exc}; a guest may send {known}")
+            self._nack(instance, reply_to, exc.msg_type, f"{exc}; a guest may send {known}")
             return
         except ProtocolError as exc:
             self._drops.drop(_Drop.GARBAGE, f"from {instance} at {reply_to!r}: {exc}")
             return
         match msg:
-            case Broadcast(text=text):
-                await self._broadcast(server, reply_to, text)
+            case Broadcast(text=text, id=ident):
+                await self._broadcast(server, reply_to, text, ident)
             case StatusQuery(seq=seq):
-                await self._status(server, reply_to, seq)
+                self._status(server, reply_to, seq)
             case Subscribe():
-                await self._subscribe(instance, reply_to)
+                self._subscribe(instance, reply_to)
             case Unsubscribe():
                 self._unsubscribe(instance, reply_to)
             case Nack():
@@ -380,7 +724,7 @@ class GroupService:
                 self._drops.drop(_Drop.NOT_A_REQUEST, f"a nack from {instance} at {reply_to!r}")
             case _:
                 kind = msg_type_of(msg).value
-                await self._nack(
+                self._nack(
                     instance, reply_to, kind, f"msg_type {kind!r} is sent by the host, not to it"
                 )
 
@@ -392,66 +736,77 @@ class GroupService:
             return None
         return server
 
-    async def _broadcast(self, server: Server, reply_to: str, text: str) -> None:
+    async def _broadcast(self, server: Server, reply_to: str, text: str, ident: int | None) -> None:
         instance = server.spec.instance
+        group = server.spec.group
         reason = check_broadcast_text(text)
-        if reason is None and server.spec.group not in self._cache.snapshot.groups:
+        if reason is None and group not in self._cache.snapshot.groups:
             reason = f"{server.name} is not a member of any server group"
         if reason is not None:
-            await self._nack(instance, reply_to, MsgType.BROADCAST.value, reason)
+            self._nack(instance, reply_to, MsgType.BROADCAST.value, reason, ident)
             return
-        record = BroadcastRecord(
-            group=server.spec.group,
-            sender=server.name,
-            sender_instance=instance,
-            text=text,
-            sent_at=iso_time(self._clock.wall()),
-        )
-        guard = self._fence() if self._fence is not None else None
-        if self._fence is not None and guard is None:
-            await self._nack(
-                instance,
-                reply_to,
-                MsgType.BROADCAST.value,
-                f"host {self.host} is not connected to etcd now (its session is not live)",
-            )
-            return
-        try:
-            await self._c.put(broadcast_key(record.group), encode_record(record), guard=guard)
-        except FencingError:
-            await self._nack(
-                instance,
-                reply_to,
-                MsgType.BROADCAST.value,
-                f"host {self.host} lost its registration (its lease expired): "
-                "no broadcast until it has registered again",
-            )
-            return
-        except CoordinationError as exc:
-            await self._nack(
-                instance, reply_to, MsgType.BROADCAST.value, f"the host cannot reach etcd: {exc}"
-            )
-            return
-        self.counters.broadcasts_accepted += 1
+        item = BroadcastItem(sender=server.name, sender_instance=instance, text=text)
+        pending = _Pending(item=item, reply_to=reply_to, id=ident, size=_item_size(item))
+        batcher = self._batchers.get(group)
+        if batcher is None:
+            batcher = self._batchers[group] = _Batcher(self, group, self._known_at_start.get(group))
+        await batcher.append(pending)
 
-    async def _status(self, server: Server, reply_to: str, seq: int) -> None:
+    def _not_connected(self) -> str:
+        return f"host {self.host} is not connected to etcd now (its session is not live)"
+
+    def _fenced(self) -> str:
+        return (
+            f"host {self.host} lost its registration (its lease expired): "
+            "no broadcast until it has registered again"
+        )
+
+    def _stored(self, batch: BroadcastBatch, items: list[_Pending]) -> None:
+        """A batch is in the store: count it and acknowledge each sender's highest id."""
+        c = self.counters
+        c.batches += 1
+        c.broadcasts_accepted += len(items)
+        c.batch_max = max(c.batch_max, len(items))
+        acks: dict[tuple[str, str], BroadcastAck] = {}
+        for i, p in enumerate(items):
+            if p.id is None:
+                continue
+            who = (p.instance, p.reply_to)
+            best = acks.get(who)
+            if best is None or p.id >= best.id:
+                acks[who] = BroadcastAck(id=p.id, seq=batch.first_seq + i)
+        for (instance, address), ack in acks.items():
+            if self._send(instance, address, ack):
+                c.acks += 1
+
+    def _refuse(self, items: list[_Pending], group: str, reason: str) -> None:
+        """Nack every broadcast of `items` (with its id), in their order."""
+        if not items:
+            return
+        log.warning(
+            "host %s refused %d broadcast(s) of group %s: %s", self.host, len(items), group, reason
+        )
+        for p in items:
+            self._nack(p.instance, p.reply_to, MsgType.BROADCAST.value, reason, p.id)
+
+    def _status(self, server: Server, reply_to: str, seq: int) -> None:
         self.counters.status_queries += 1
         instance = server.spec.instance
         snap = self._cache.snapshot
         for member in snap.members(server.spec.group):
             info = server_info(member, host_alive=snap.host_alive(member))
-            if await self._send(instance, reply_to, StatusResponse(seq=seq, server=info)):
+            if self._send(instance, reply_to, StatusResponse(seq=seq, server=info)):
                 self.counters.status_responses += 1
-        await self._send(instance, reply_to, StatusResponseDone(seq=seq))
+        self._send(instance, reply_to, StatusResponseDone(seq=seq))
 
-    async def _subscribe(self, instance: str, address: str) -> None:
+    def _subscribe(self, instance: str, address: str) -> None:
         if address == SERVER_GROUP_ADDR:
             return  # that one gets the group's traffic anyway
         subs = self._subscriptions.setdefault(instance, set())
         if address in subs:
             return
         if len(subs) >= self._max_subscriptions:
-            await self._nack(
+            self._nack(
                 instance,
                 address,
                 MsgType.SUBSCRIBE.value,
@@ -469,39 +824,54 @@ class GroupService:
             self.counters.subscriptions -= 1
             log.info("%s unsubscribed %r", instance, address)
 
-    async def _nack(self, instance: str, reply_to: str, orig: str, reason: str) -> None:
+    def _nack(
+        self, instance: str, reply_to: str, orig: str, reason: str, ident: int | None = None
+    ) -> None:
         # Rate-limited: a guest that floods bad requests must not flood the log.
         self._drops.note(
             "nack", f"to {instance} at {reply_to!r} for {orig}: {reason}", level=logging.INFO
         )
-        if await self._send(instance, reply_to, Nack(orig_msg_type=orig, log_msg=reason)):
+        if self._send(instance, reply_to, Nack(orig_msg_type=orig, log_msg=reason, id=ident)):
             self.counters.nacks += 1
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _send(self, instance: str, address: str, msg: GroupMessage) -> bool:
+    def _send(self, instance: str, address: str, msg: GroupMessage) -> bool:
+        return self._send_many([instance], address, msg) == 1
+
+    def _send_many(self, instances: list[str], address: str, msg: GroupMessage) -> int:
+        """Send `msg` to `address` in each of `instances`, encoded once; how many were written."""
+        if not instances:
+            return 0
         envelope = Envelope(
             data=encode_group_message(msg), dest_addr=address, source_addr=SERVER_GROUP_ADDR
         )
         size = len(encode_delivery(envelope))
         if size > MAX_DATAGRAM:
-            self._drops.drop(
-                _Drop.OVERSIZE,
-                f"a {msg_type_of(msg).value} for {instance} would be a {size}-byte datagram",
-            )
-            return False
-        if await self._relay.send_to_guest(instance, envelope):
-            return True
-        self.counters.send_failures += 1
-        return False
+            for instance in instances:
+                self._drops.drop(
+                    _Drop.OVERSIZE,
+                    f"a {msg_type_of(msg).value} for {instance} would be a {size}-byte datagram",
+                )
+            return 0
+        failed = self._relay.send_to_guests(instances, envelope)
+        self.counters.send_failures += len(failed)
+        return len(instances) - len(failed)
 
-    async def _send_group(self, instance: str, msg: GroupMessage) -> int:
-        """Send group traffic to `cgcs.server_grp` and the guest's subscribers."""
-        sent = 0
-        for address in (SERVER_GROUP_ADDR, *sorted(self._subscriptions.get(instance, ()))):
-            if await self._send(instance, address, msg):
-                sent += 1
+    def _send_group(self, instances: list[str], msg: GroupMessage) -> int:
+        """Send group traffic to `cgcs.server_grp` and the subscribers of each of `instances`."""
+        sent = self._send_many(instances, SERVER_GROUP_ADDR, msg)
+        for address, subscribed in self._subscribers(instances).items():
+            sent += self._send_many(subscribed, address, msg)
         return sent
+
+    def _subscribers(self, instances: list[str]) -> dict[str, list[str]]:
+        """Subscribed address -> the instances of `instances` where it subscribed."""
+        out: dict[str, list[str]] = {}
+        for instance in instances:
+            for address in sorted(self._subscriptions.get(instance, ())):
+                out.setdefault(address, []).append(instance)
+        return out
 
     def _local_members(self, snap: RegistrySnapshot, group: str, *, besides: str) -> list[str]:
         """Instances of `group` placed here with a connected channel, except `besides`."""
@@ -532,15 +902,19 @@ class GroupService:
             task.add_done_callback(self._retiring.discard)
             self._seen.pop(group, None)
             self._watch_trouble.pop(group, None)
+            batcher = self._batchers.pop(group, None)
+            if batcher is not None:
+                batcher.abort(f"group {group} has no server on host {self.host} any more")
 
     async def _follow_group(self, group: str, start_revision: int) -> None:
         """Deliver every broadcast of `group` put from `start_revision` on, surviving compaction.
 
         When the store compacted the revisions this host had not seen yet
         (it fell behind: cut off, frozen, slow), the watch cannot resume:
-        the group's key is read again and its latest broadcast delivered,
-        after a log line saying how many were missed. Receivers see the gap
-        in `seq`; never a seq twice or out of order.
+        the group's key is read again and what its batch holds that was not
+        delivered yet is delivered, after a log line saying how many were
+        missed. Receivers see the gap in `seq`; never a seq twice or out of
+        order.
         """
         key = broadcast_key(group)
         next_revision = start_revision
@@ -552,7 +926,7 @@ class GroupService:
                     async for event in watch:
                         next_revision = event.revision + 1
                         if event.key == key:  # not another group whose name extends this one
-                            await self._deliver_broadcast(event)
+                            self._deliver_batch(event)
                 finally:
                     await watch.close()
             except asyncio.CancelledError:
@@ -581,7 +955,7 @@ class GroupService:
             await self._clock.sleep(_REWATCH_INTERVAL)
 
     async def _catch_up(self, group: str) -> int | None:
-        """Deliver the group's latest broadcast if this host has not; the revision read.
+        """Deliver what the group's latest batch holds that this host has not; the revision read.
 
         None if the store cannot be read (the caller retries).
         """
@@ -595,7 +969,7 @@ class GroupService:
         if kv is None:
             self._seen.pop(group, None)  # deleted while we were away: numbered from 1 again
         else:
-            await self._deliver_broadcast(
+            self._deliver_batch(
                 WatchEvent(
                     kind=EventKind.PUT,
                     key=kv.key,
@@ -608,27 +982,32 @@ class GroupService:
             )
         return rng.revision
 
-    def _missed(self, group: str, create_revision: int, version: int) -> int | None:
-        """How many broadcasts of `group` came before `version` unseen; None: already seen."""
-        seen = self._seen.get(group)
-        if seen is None:
-            return 0  # the first since the group has a server here: nothing to compare with
-        if seen[0] != create_revision:
-            return version - 1  # the group was deleted and created again: numbered from 1
-        if version <= seen[1]:
-            return None
-        return version - seen[1] - 1
-
-    async def _deliver_broadcast(self, event: WatchEvent) -> None:
+    def _deliver_batch(self, event: WatchEvent) -> None:
+        """Deliver the broadcasts of one batch this host has not delivered yet, in order."""
         group = event.key[len(BROADCASTS) :]
         if event.kind is not EventKind.PUT:
-            self._seen.pop(group, None)  # the group was deleted
+            self._seen.pop(group, None)  # the group was deleted: numbered from 1 again
             return
-        missed = self._missed(group, event.create_revision, event.version)
-        if missed is None:
-            return  # seen already (a re-read after compaction): never the same seq twice
-        self._seen[group] = (event.create_revision, event.version)
-        if missed:
+        try:
+            batch = decode_batch(event.value)
+        except RecordError as exc:
+            self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
+            return
+        batcher = self._batchers.get(group)
+        if batcher is not None:
+            batcher.learn(event.revision, batch.last_seq)
+        seen = self._seen.get(group)
+        if seen is None:
+            last = batch.first_seq - 1  # the first since the group has a server here
+        elif seen[0] != event.create_revision:
+            last = 0  # the group was deleted and created again: numbered from 1
+        else:
+            last = seen[1]
+        if batch.last_seq <= last:
+            return  # delivered already (a re-read after compaction): never a seq twice
+        self._seen[group] = (event.create_revision, batch.last_seq)
+        if batch.first_seq > last + 1:
+            missed = batch.first_seq - last - 1
             self.counters.broadcasts_missed += missed
             log.warning(
                 "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
@@ -636,19 +1015,17 @@ class GroupService:
                 self.host,
                 missed,
                 group,
-                event.version - missed,
-                event.version - 1,
+                last + 1,
+                batch.first_seq - 1,
             )
-        try:
-            record = decode_broadcast(event.value)
-        except RecordError as exc:
-            self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
+        members = self._local_members(self._cache.snapshot, group, besides="")
+        if not members:
             return
-        msg = Broadcast(text=record.text, source_instance=record.sender_instance, seq=event.version)
-        for instance in self._local_members(
-            self._cache.snapshot, group, besides=record.sender_instance
-        ):
-            self.counters.broadcasts_delivered += await self._send_group(instance, msg)
+        skip = max(0, last + 1 - batch.first_seq)
+        for i, item in enumerate(batch.items[skip:], start=batch.first_seq + skip):
+            msg = Broadcast(text=item.text, source_instance=item.sender_instance, seq=i)
+            targets = [m for m in members if m != item.sender_instance]
+            self.counters.broadcasts_delivered += self._send_group(targets, msg)
 
     # -- notifications -------------------------------------------------------------------
 
@@ -658,13 +1035,13 @@ class GroupService:
             try:
                 if change.kind is ChangeKind.SERVER:
                     self._follow_groups(change.snapshot, change.revision + 1)
-                await self._notify(change)
+                self._notify(change)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log_bug(log, f"the notifications for a change of {change.kind.value} {change.name}")
 
-    async def _notify(self, change: RegistryChange) -> None:
+    def _notify(self, change: RegistryChange) -> None:
         now_iso = iso_time(self._clock.wall())
         snap = change.snapshot
         if change.kind is ChangeKind.SERVER:
@@ -678,7 +1055,7 @@ class GroupService:
                 before, after, now_iso=now_iso, host_alive=snap.host_alive(subject)
             )
             if event is not None:
-                await self._send_notification(snap, subject, Notification(event=event))
+                self._send_notification(snap, subject, Notification(event=event))
         elif change.kind is ChangeKind.HOST:
             if change.name == self.host:
                 return  # our own lease: our members are not lost to each other
@@ -689,9 +1066,9 @@ class GroupService:
                 snapshot=snap,
                 now_iso=now_iso,
             ):
-                await self._send_notification(snap, item.server, Notification(event=item.event))
+                self._send_notification(snap, item.server, Notification(event=item.event))
 
-    async def _send_notification(
+    def _send_notification(
         self, snap: RegistrySnapshot, subject: Server, msg: Notification
     ) -> None:
         event_type = msg.event.get("event_type")
@@ -702,13 +1079,17 @@ class GroupService:
             subject.name,
             len(recipients),
         )
-        for instance in recipients:
-            self.counters.notifications += await self._send_group(instance, msg)
+        self.counters.notifications += self._send_group(recipients, msg)
 
 
 __all__ = [
+    "DEFAULT_BATCH_PENDING",
+    "DEFAULT_HARD_CAP",
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_LOW_WATER",
     "DEFAULT_MAX_SUBSCRIPTIONS",
-    "DEFAULT_QUEUE_SIZE",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ITEMS",
     "GroupService",
     "ServiceCounters",
     "iso_time",

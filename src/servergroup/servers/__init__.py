@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from servergroup.servers.model import (
-        BroadcastRecord,
+        BroadcastBatch,
+        BroadcastItem,
         Desired,
         GroupRecord,
         HostRecord,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "BroadcastRecord": "servergroup.servers.model",
+    "BroadcastBatch": "servergroup.servers.model",
+    "BroadcastItem": "servergroup.servers.model",
     "Desired": "servergroup.servers.model",
     "GroupRecord": "servergroup.servers.model",
     "HostRecord": "servergroup.servers.model",
@@ -72,7 +74,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BroadcastRecord",
+    "BroadcastBatch",
+    "BroadcastItem",
     "ChangeKind",
     "Desired",
     "GroupExists",

@@ -15,8 +15,10 @@ Theory of operation (pure data; no I/O, no clock: times are passed in):
   a live migration whose driver copies the running server (QEMU): the
   address where the copy waits for the migration stream. The owner reads it
   and sends the server there.
-- A **broadcast** (`BroadcastRecord`) is the latest message of a group; every
-  put of it is one broadcast, numbered by the key's version.
+- A **broadcast batch** (`BroadcastBatch`) is what one transaction of a
+  host's group service wrote to `broadcasts/<group>`: the group's latest
+  broadcasts, in order, item `i` numbered `first_seq + i`. It has its own
+  compact codec (`encode_batch` / `decode_batch`), not `encode_record`.
 
 Every record encodes to compact JSON with sorted keys (`encode_record`) and
 decodes with a `decode_*` function that raises `RecordError` with one sentence
@@ -226,17 +228,6 @@ class HostRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BroadcastRecord:
-    """One broadcast of a group: who sent it and the text."""
-
-    group: str
-    sender: str  # server name
-    sender_instance: str
-    text: str
-    sent_at: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class BroadcastItem:
     """One broadcast inside a `BroadcastBatch`: who sent it and the text."""
 
@@ -342,10 +333,8 @@ class Server:
         )
 
 
-Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | BroadcastRecord | IncomingRecord
-_R = TypeVar(
-    "_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, BroadcastRecord, IncomingRecord
-)
+Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | IncomingRecord
+_R = TypeVar("_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, IncomingRecord)
 
 
 def _plain(value: Any) -> Any:
@@ -452,10 +441,6 @@ def decode_host(raw: bytes) -> HostRecord:
     return _decode(HostRecord, raw, "host")
 
 
-def decode_broadcast(raw: bytes) -> BroadcastRecord:
-    return _decode(BroadcastRecord, raw, "broadcast")
-
-
 def server_info(server: Server, *, host_alive: bool = True) -> dict[str, Any]:
     """The server's description in status responses and notification payloads.
 
@@ -523,7 +508,6 @@ __all__ = [
     "REBUILDING_TASK",
     "BroadcastBatch",
     "BroadcastItem",
-    "BroadcastRecord",
     "Desired",
     "DriverKind",
     "Evacuate",
@@ -540,7 +524,6 @@ __all__ = [
     "VmState",
     "check_name",
     "decode_batch",
-    "decode_broadcast",
     "decode_group",
     "decode_host",
     "decode_incoming",

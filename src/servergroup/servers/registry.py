@@ -8,7 +8,8 @@ space of docs/design/messaging.md:
     registry/servers/<name>/status     ServerStatus     durable, written by the host running it
     registry/servers/<name>/incoming   IncomingRecord   durable, written by a migration's target
     registry/hosts/<host>              HostRecord       on the host daemon's session lease
-    broadcasts/<group>                 BroadcastRecord  durable; each put is one broadcast
+    broadcasts/<group>                 BroadcastBatch   durable; each put is one transaction's
+                                                        batch, item i has seq first_seq + i
 
 The registry has a prefix of its own (`REGISTRY`) so that following it
 brings no broadcast, election or other capability's key.

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from servergroup.servers.model import (
-    BroadcastRecord,
+    BroadcastBatch,
+    BroadcastItem,
     Desired,
     DriverKind,
     GroupRecord,
@@ -23,11 +24,12 @@ from servergroup.servers.model import (
     ServerSpec,
     ServerStatus,
     VmState,
-    decode_broadcast,
+    decode_batch,
     decode_group,
     decode_host,
     decode_spec,
     decode_status,
+    encode_batch,
     encode_record,
 )
 
@@ -74,16 +76,12 @@ hosts = st.builds(
     address=st.none() | text,
     drivers=st.lists(st.sampled_from(DriverKind), max_size=3).map(tuple),
 )
-broadcasts = st.builds(
-    BroadcastRecord, group=text, sender=text, sender_instance=text, text=text, sent_at=text
-)
 
 CODECS: list[tuple[Any, Any]] = [
     (groups, decode_group),
     (specs, decode_spec),
     (statuses, decode_status),
     (hosts, decode_host),
-    (broadcasts, decode_broadcast),
 ]
 DECODERS = [decode for _, decode in CODECS]
 
@@ -177,3 +175,56 @@ def test_a_host_of_a_newer_version_keeps_the_drivers_we_know() -> None:
     assert decode_host(raw).drivers == (DriverKind.QEMU,)
     with pytest.raises(RecordError, match="list of driver names"):
         decode_host(raw.replace(b'["xen","qemu"]', b'"qemu"'))
+
+
+# -- broadcast batches (their own compact codec) ------------------------------------------
+
+batches = st.builds(
+    BroadcastBatch,
+    group=text,
+    first_seq=st.integers(min_value=1, max_value=2**62),
+    sent_at=text,
+    items=st.lists(
+        st.builds(BroadcastItem, sender=text, sender_instance=text, text=st.text(max_size=200)),
+        min_size=1,
+        max_size=20,
+    ).map(tuple),
+)
+
+
+@given(batches)
+def test_batch_round_trip(batch: BroadcastBatch) -> None:
+    raw = encode_batch(batch)
+    assert decode_batch(raw) == batch
+    assert encode_batch(decode_batch(raw)) == raw
+    assert batch.last_seq == batch.first_seq + len(batch.items) - 1
+
+
+@given(raw=st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_record_error_for_a_batch(raw: bytes) -> None:
+    with contextlib.suppress(RecordError):
+        decode_batch(raw)
+
+
+@given(batches, st.data())
+def test_a_batch_with_a_bad_field_raises_only_record_error(
+    batch: BroadcastBatch, data: st.DataObject
+) -> None:
+    obj = json.loads(encode_batch(batch))
+    key = data.draw(st.sampled_from(sorted(obj)))
+    obj[key] = data.draw(json_values)
+    try:
+        decoded = decode_batch(json.dumps(obj).encode())
+    except RecordError:
+        return
+    assert isinstance(decoded, BroadcastBatch)
+    encode_batch(decoded)
+
+
+def test_batch_refusals_say_why() -> None:
+    with pytest.raises(RecordError, match="no items"):
+        decode_batch(b'{"group":"g","first_seq":1,"sent_at":"","items":[]}')
+    with pytest.raises(RecordError, match="positive first_seq"):
+        decode_batch(b'{"group":"g","first_seq":0,"sent_at":"","items":[["a","b","c"]]}')
+    with pytest.raises(RecordError, match="not \\[sender, instance, text\\]"):
+        decode_batch(b'{"group":"g","first_seq":1,"sent_at":"","items":[["a","b"]]}')
