@@ -96,7 +96,9 @@ from servergroup.coordination import (
     Guard,
     KeyValue,
     Put,
+    StoreUnavailable,
     TxnOp,
+    TxnResult,
     WatchCompacted,
     WatchEvent,
 )
@@ -169,6 +171,12 @@ _CONFLICTS_AT_ONCE = 3
 _CONFLICT_BACKOFF = Backoff(initial=0.002, max_delay=0.1)
 #: A batch that meets a conflict at every attempt for this long is refused.
 _CONFLICT_TIMEOUT = 10.0
+#: How long a batch whose answer was lost (etcd stopped answering) is sent again before
+#: it is nacked; the default of the service's `in_doubt_timeout`.
+DEFAULT_IN_DOUBT_TIMEOUT = 15.0
+_IN_DOUBT_RETRY_INTERVAL = 0.2
+#: How long to wait for the watch to show whether a batch in doubt was stored.
+_WATCH_CATCH_UP_TIMEOUT = 5.0
 #: How long `stop` lets a transaction in flight finish before it gives up on it.
 _STOP_TIMEOUT = 2.0
 #: The bytes of a batch's value besides its items (group, first_seq, sent_at, brackets).
@@ -190,6 +198,7 @@ class ServiceCounters:
     acks: int = 0  # broadcast_ack messages sent
     busy_nacks: int = 0  # requests refused because their guest's queue was at the hard cap
     throttles: int = 0  # times a guest's channel was paused
+    nacked_but_stored: int = 0  # nacked when etcd did not answer, yet the attempt had landed
     broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
     broadcasts_missed: int = 0  # gaps in seq: never seen by this host
     status_queries: int = 0
@@ -297,6 +306,14 @@ class _Batcher:
         self._room = asyncio.Event()
         self._room.set()
         self._closed: str | None = None  # why, once closed
+        #: Values of batches whose answer was lost, and where the watch saw them.
+        self._doubt: set[bytes] = set()
+        self._watched: dict[bytes, int] = {}
+        #: Values nacked (or retried) without knowing whether they were stored.
+        self._unresolved: deque[bytes] = deque(maxlen=16)
+        #: The revision of the latest write of the key the watch delivered.
+        self.watched_revision = 0
+        self._watch_moved = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"group-batch-{group}")
 
     async def append(self, pending: _Pending) -> None:
@@ -366,41 +383,74 @@ class _Batcher:
             self._in_flight = []
 
     async def _commit(self, items: list[_Pending]) -> None:
+        """Store `items` as one batch, then ack them; or nack them, saying why."""
         s = self._s
         backoff: Iterator[float] | None = None
         conflicts = 0
         deadline = s._clock.monotonic() + _CONFLICT_TIMEOUT
+        value = b""
+        batch: BroadcastBatch | None = None
+        compares: list[Compare] = []
+        doubt_since: float | None = None  # an attempt's answer was lost: it may have landed
         while True:
             guard: Guard | None = None
             if s._fence is not None:
                 guard = s._fence()
                 if guard is None:
-                    s._refuse(items, self.group, s._not_connected())
-                    return
-            known = self.known
-            batch = BroadcastBatch(
-                group=self.group,
-                first_seq=known.next_seq if known is not None else 1,
-                sent_at=iso_time(s._clock.wall()),
-                items=tuple(p.item for p in items),
-            )
-            value = encode_batch(batch)
-            compares = [
-                Compare.unchanged(self.key, known.mod_revision)
-                if known is not None
-                else Compare.absent(self.key)
-            ]
+                    # In doubt, wait for the session to come back to find out (bounded).
+                    now = s._clock.monotonic()
+                    if doubt_since is None or now - doubt_since >= s._in_doubt_timeout:
+                        if doubt_since is not None:
+                            self._doubt.discard(value)
+                            self._unresolved.append(value)
+                        s._refuse(items, self.group, s._not_connected())
+                        return
+                    await s._clock.sleep(_IN_DOUBT_RETRY_INTERVAL)
+                    continue
+            if doubt_since is None or batch is None:
+                # A batch in doubt is sent again exactly as it was: same compare, same bytes.
+                known = self.known
+                batch = BroadcastBatch(
+                    group=self.group,
+                    first_seq=known.next_seq if known is not None else 1,
+                    sent_at=iso_time(s._clock.wall()),
+                    items=tuple(p.item for p in items),
+                )
+                value = encode_batch(batch)
+                compares = [
+                    Compare.unchanged(self.key, known.mod_revision)
+                    if known is not None
+                    else Compare.absent(self.key)
+                ]
+            attempt = list(compares)
             failure: list[TxnOp] = [Get(key=self.key)]
             if guard is not None:
-                compares.append(Compare.held(guard))
+                attempt.append(Compare.held(guard))
                 failure.append(Get(key=guard.key))
             try:
-                result = await s._c.txn(compares, [Put(key=self.key, value=value)], failure)
+                result = await s._c.txn(attempt, [Put(key=self.key, value=value)], failure)
+            except StoreUnavailable as exc:
+                now = s._clock.monotonic()
+                if doubt_since is None:
+                    doubt_since = now
+                    self._doubt.add(value)
+                if now - doubt_since >= s._in_doubt_timeout:
+                    self._doubt.discard(value)
+                    self._unresolved.append(value)
+                    s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
+                    return
+                await s._clock.sleep(_IN_DOUBT_RETRY_INTERVAL)
+                continue
             except CoordinationError as exc:
-                s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
+                self._doubt.discard(value)
+                s._refuse(items, self.group, f"etcd refused the broadcasts: {exc}")
                 return
-            if result.succeeded:
-                self.known = _KeyState(mod_revision=result.revision, next_seq=batch.last_seq + 1)
+            current = result.reads.get(self.key)
+            landed = await self._landed(result, value, current, compares, doubt_since)
+            self._doubt.discard(value)
+            self._watched.pop(value, None)
+            if landed is not None:
+                self.known = _KeyState(mod_revision=landed, next_seq=batch.last_seq + 1)
                 s._stored(batch, items)
                 return
             if guard is not None:
@@ -408,14 +458,7 @@ class _Batcher:
                 if held is None or held.create_revision != guard.create_revision:
                     s._refuse(items, self.group, s._fenced())
                     return
-            current = result.reads.get(self.key)
-            if current is not None and current.value == value:
-                # Our own earlier attempt took effect; its answer was lost.
-                self.known = _KeyState(
-                    mod_revision=current.mod_revision, next_seq=batch.last_seq + 1
-                )
-                s._stored(batch, items)
-                return
+            doubt_since = None
             conflicts += 1
             s.counters.txn_conflicts += 1
             self.known = _state_of(current)
@@ -432,8 +475,53 @@ class _Batcher:
                     backoff = _CONFLICT_BACKOFF.delays()
                 await s._clock.sleep(next(backoff))
 
-    def learn(self, revision: int, last_seq: int) -> None:
+    async def _landed(
+        self,
+        result: TxnResult,
+        value: bytes,
+        current: KeyValue | None,
+        compares: list[Compare],
+        doubt_since: float | None,
+    ) -> int | None:
+        """The revision at which `value` was stored, or None when it was not.
+
+        Stored now (the transaction succeeded), or by an earlier attempt whose
+        answer was lost: the key still holds it, or, when another host wrote
+        after it, this host's watch of the key saw it go by.
+        """
+        if result.succeeded:
+            return result.revision
+        if current is not None and current.value == value:
+            return current.mod_revision
+        if doubt_since is None or current is None:
+            return None
+        if compares[0].holds(current):
+            return None  # the key is as it was before our attempts: none of them landed
+        if await self._watched_up_to(current.mod_revision):
+            return self._watched.get(value)
+        # The watch cannot tell (it is down or was compacted past): refusing it would
+        # be a guess as well, so it is counted as stored only if the watch says so later.
+        self._unresolved.append(value)
+        return None
+
+    async def _watched_up_to(self, revision: int) -> bool:
+        """Wait (a little) until the watch has delivered the key's writes up to `revision`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WATCH_CATCH_UP_TIMEOUT):
+                while self.watched_revision < revision:
+                    self._watch_moved.clear()
+                    await self._watch_moved.wait()
+        return self.watched_revision >= revision
+
+    def learn(self, revision: int, last_seq: int, value: bytes) -> None:
         """The watch saw the key written at `revision` up to `last_seq`: compare on that next."""
+        if value in self._doubt:
+            self._watched[value] = revision
+        elif value in self._unresolved:
+            self._s._stored_after_all(self.group, value)
+        if revision > self.watched_revision:
+            self.watched_revision = revision
+            self._watch_moved.set()
         if self.known is None or revision > self.known.mod_revision:
             self.known = _KeyState(mod_revision=revision, next_seq=last_seq + 1)
 
@@ -459,6 +547,7 @@ class GroupService:
         hard_cap: int = DEFAULT_HARD_CAP,
         batch_pending: int = DEFAULT_BATCH_PENDING,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        in_doubt_timeout: float = DEFAULT_IN_DOUBT_TIMEOUT,
         fence: Callable[[], Guard | None] | None = None,
     ) -> None:
         if not 0 <= low_water < high_water < hard_cap:
@@ -480,6 +569,7 @@ class GroupService:
         self._low_water = low_water
         self._hard_cap = hard_cap
         self._batch_pending = batch_pending
+        self._in_doubt_timeout = in_doubt_timeout
         self._max_subscriptions = max_subscriptions
         self.counters = ServiceCounters()
         self._drop_counts = Counters(dropped=self.counters.dropped)
@@ -779,6 +869,21 @@ class GroupService:
             if self._send(instance, address, ack):
                 c.acks += 1
 
+    def _stored_after_all(self, group: str, value: bytes) -> None:
+        """A batch nacked while etcd did not answer turns out to be in the store."""
+        try:
+            count = len(decode_batch(value).items)
+        except RecordError:
+            count = 0
+        self.counters.nacked_but_stored += count
+        log.warning(
+            "host %s nacked %d broadcast(s) of group %s while etcd did not answer, and they "
+            "were stored after all: their receivers get them",
+            self.host,
+            count,
+            group,
+        )
+
     def _refuse(self, items: list[_Pending], group: str, reason: str) -> None:
         """Nack every broadcast of `items` (with its id), in their order."""
         if not items:
@@ -995,7 +1100,7 @@ class GroupService:
             return
         batcher = self._batchers.get(group)
         if batcher is not None:
-            batcher.learn(event.revision, batch.last_seq)
+            batcher.learn(event.revision, batch.last_seq, event.value)
         seen = self._seen.get(group)
         if seen is None:
             last = batch.first_seq - 1  # the first since the group has a server here
@@ -1086,6 +1191,7 @@ __all__ = [
     "DEFAULT_BATCH_PENDING",
     "DEFAULT_HARD_CAP",
     "DEFAULT_HIGH_WATER",
+    "DEFAULT_IN_DOUBT_TIMEOUT",
     "DEFAULT_LOW_WATER",
     "DEFAULT_MAX_SUBSCRIPTIONS",
     "MAX_BATCH_BYTES",
