@@ -400,10 +400,8 @@ class _Batcher:
                     # In doubt, wait for the session to come back to find out (bounded).
                     now = s._clock.monotonic()
                     if doubt_since is None or now - doubt_since >= s._in_doubt_timeout:
-                        if doubt_since is not None:
-                            self._doubt.discard(value)
-                            self._unresolved.append(value)
-                        s._refuse(items, self.group, s._not_connected())
+                        if doubt_since is None or not self._give_up(batch, items, value):
+                            s._refuse(items, self.group, s._not_connected())
                         return
                     await s._clock.sleep(_IN_DOUBT_RETRY_INTERVAL)
                     continue
@@ -435,9 +433,8 @@ class _Batcher:
                     doubt_since = now
                     self._doubt.add(value)
                 if now - doubt_since >= s._in_doubt_timeout:
-                    self._doubt.discard(value)
-                    self._unresolved.append(value)
-                    s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
+                    if not self._give_up(batch, items, value):
+                        s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
                     return
                 await s._clock.sleep(_IN_DOUBT_RETRY_INTERVAL)
                 continue
@@ -450,7 +447,7 @@ class _Batcher:
             self._doubt.discard(value)
             self._watched.pop(value, None)
             if landed is not None:
-                self.known = _KeyState(mod_revision=landed, next_seq=batch.last_seq + 1)
+                self._advance(landed, batch.last_seq + 1)
                 s._stored(batch, items)
                 return
             if guard is not None:
@@ -474,6 +471,21 @@ class _Batcher:
                 if backoff is None:
                     backoff = _CONFLICT_BACKOFF.delays()
                 await s._clock.sleep(next(backoff))
+
+    def _give_up(self, batch: BroadcastBatch | None, items: list[_Pending], value: bytes) -> bool:
+        """Stop trying a batch in doubt: True if the watch saw it stored (then it is acked).
+
+        Otherwise the caller nacks it; should the watch see it later, it is counted
+        (`nacked_but_stored`).
+        """
+        self._doubt.discard(value)
+        revision = self._watched.pop(value, None)
+        if revision is not None and batch is not None:
+            self._advance(revision, batch.last_seq + 1)
+            self._s._stored(batch, items)
+            return True
+        self._unresolved.append(value)
+        return False
 
     async def _landed(
         self,
@@ -522,8 +534,12 @@ class _Batcher:
         if revision > self.watched_revision:
             self.watched_revision = revision
             self._watch_moved.set()
+        self._advance(revision, last_seq + 1)
+
+    def _advance(self, revision: int, next_seq: int) -> None:
+        """Compare on `revision` next, unless a later write is known already."""
         if self.known is None or revision > self.known.mod_revision:
-            self.known = _KeyState(mod_revision=revision, next_seq=last_seq + 1)
+            self.known = _KeyState(mod_revision=revision, next_seq=next_seq)
 
 
 class GroupService:

@@ -1,0 +1,350 @@
+"""The group service under load: bursts, several senders on two hosts, a frozen guest, etcd down.
+
+The world is `test_service.world`: real etcd, two hosts (h1: a, b, e; h2: c, d)
+each with its own etcd client, `RegistryCache`, real `ChannelRelay` and
+`GroupService`; guests are played by the test at their channel sockets,
+except the frozen one, which is a real guest agent in its own network
+namespace. Broadcasts carry ids (as the new client library sends them), so
+every one is answered: an ack (cumulative) or a nack naming its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from servergroup.config import CoordinationConfig
+from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination.etcd_process import EtcdCluster
+from servergroup.groups.protocol import (
+    Broadcast,
+    BroadcastAck,
+    Nack,
+    decode_group_message,
+    encode_group_message,
+)
+from servergroup.groups.service import GroupService
+from servergroup.guestcomm.drops import Reason
+from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Envelope, encode_guest_frame
+from servergroup.guestcomm.relay import ChannelRelay
+from servergroup.servers.model import GroupRecord, Policy
+from servergroup.servers.registry import Registry, RegistryCache
+from tests.fixtures.tcpproxy import TcpProxy
+from tests.integration.groups.conftest import GuestFactory
+from tests.integration.groups.test_service import (
+    CONFIG,
+    WAIT,
+    TestGuest,
+    World,
+    host_record,
+    spec,
+    status,
+    wait_for,
+    world,
+)
+
+__all__ = ["world"]  # the fixture, shared with test_service
+
+#: A burst is bounded by this, generously: the test is about what arrives, not how fast.
+BURST_TIMEOUT = 120.0
+
+
+def burst(texts: Iterable[str], *, first_id: int = 0) -> bytes:
+    """The channel frames of broadcasts with ids `first_id`, `first_id + 1`, ..."""
+    return b"".join(
+        encode_guest_frame(
+            Envelope(
+                data=encode_group_message(Broadcast(text=text, id=first_id + i)),
+                dest_addr=SERVER_GROUP_ADDR,
+                source_addr=SERVER_GROUP_ADDR,
+            )
+        )
+        for i, text in enumerate(texts)
+    )
+
+
+@dataclass
+class Seen:
+    """What one guest received: broadcasts, and the answers to its own broadcasts, in order."""
+
+    broadcasts: list[Broadcast] = field(default_factory=list)
+    answers: list[BroadcastAck | Nack] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def acked_up_to(self) -> int:
+        return max((a.id for a in self.answers if isinstance(a, BroadcastAck)), default=-1)
+
+    @property
+    def nacked(self) -> dict[int, Nack]:
+        return {a.id: a for a in self.answers if isinstance(a, Nack) and a.id is not None}
+
+    def answered(self, ids: Iterable[int]) -> bool:
+        top, nacked = self.acked_up_to, self.nacked
+        return all(i <= top or i in nacked for i in ids)
+
+
+async def watch_guest(guest: TestGuest, seen: Seen) -> None:
+    """Sort what `guest` receives into `seen` until cancelled (notifications are skipped)."""
+    while True:
+        env = await guest.received.get()
+        msg = decode_group_message(env.data)
+        if isinstance(msg, Broadcast):
+            seen.broadcasts.append(msg)
+        elif isinstance(msg, BroadcastAck | Nack):
+            seen.answers.append(msg)
+        seen.changed.set()
+
+
+async def until(seen: Seen, predicate: object, what: str, timeout: float = BURST_TIMEOUT) -> None:
+    assert callable(predicate)
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                seen.changed.clear()
+                await seen.changed.wait()
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def watching(guests: dict[str, TestGuest]) -> AsyncIterator[dict[str, Seen]]:
+    seen = {name: Seen() for name in guests}
+    tasks = [asyncio.create_task(watch_guest(g, seen[n])) for n, g in guests.items()]
+    try:
+        yield seen
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def check_acks_only(seen: Seen, n: int) -> None:
+    """Every id 0..n-1 acknowledged, none refused; acks cumulative and increasing."""
+    assert seen.nacked == {}, list(seen.nacked.values())[:3]
+    ids = [a.id for a in seen.answers if isinstance(a, BroadcastAck)]
+    assert ids == sorted(set(ids))
+    assert ids[-1] == n - 1
+
+
+async def test_a_burst_of_10000_from_one_guest_is_acked_and_delivered_once_in_order(
+    world: World,
+) -> None:
+    n = 10_000
+    texts = [f"burst {i:05d} " + "x" * 50 for i in range(n)]
+    a = world.guests["a"]
+    receivers = {name: world.guests[name] for name in ("b", "c", "d")}
+    async with watching({"a": a, **receivers}) as seen:
+        a.send_raw(burst(texts))
+        await until(seen["a"], lambda: seen["a"].answered(range(n)), "every id answered")
+        for name in receivers:
+            await until(seen[name], lambda name=name: len(seen[name].broadcasts) >= n, name)
+        check_acks_only(seen["a"], n)
+        # One sender on a fresh key: the broadcast with id i got seq i + 1.
+        assert all(
+            ack.seq == ack.id + 1 for ack in seen["a"].answers if isinstance(ack, BroadcastAck)
+        )
+        for name in receivers:
+            got = seen[name].broadcasts
+            assert [m.seq for m in got] == list(range(1, n + 1)), name
+            assert [m.text for m in got] == texts, name
+            assert {m.source_instance for m in got} == {a.instance}
+        assert await world.guests["e"].quiet(0.1) == []
+    h1 = world.hosts["h1"].service.counters
+    assert h1.broadcasts_accepted == n
+    assert h1.batch_max > 1  # batched: fewer transactions than broadcasts
+    assert h1.batches < n
+    assert h1.acks == len(seen["a"].answers)
+    assert h1.busy_nacks == 0
+    assert world.hosts["h2"].service.counters.broadcasts_delivered == 2 * n
+    health = world.hosts["h1"].service.health().sentence
+    assert f"{n} broadcast(s) stored in {h1.batches} batch(es)" in health
+
+
+async def test_four_senders_on_two_hosts_one_total_order(world: World) -> None:
+    n = 2_500
+    senders = {name: world.guests[name] for name in ("a", "b", "c", "d")}
+    texts = {name: [f"{name} {i:04d}" for i in range(n)] for name in senders}
+    async with watching(senders) as seen:
+        for name, guest in senders.items():
+            guest.send_raw(burst(texts[name]))
+        for name in senders:
+            await until(seen[name], lambda name=name: seen[name].answered(range(n)), name)
+            await until(
+                seen[name], lambda name=name: len(seen[name].broadcasts) >= 3 * n, f"{name} all"
+            )
+        await asyncio.sleep(0.2)  # anything extra (a duplicate) would show up now
+    instance = {name: g.instance for name, g in senders.items()}
+    by_seq: dict[int, tuple[str | None, str]] = {}
+    for name in senders:
+        check_acks_only(seen[name], n)
+        got = seen[name].broadcasts
+        assert len(got) == 3 * n, name  # exactly once each
+        seqs = [m.seq or 0 for m in got]
+        assert seqs == sorted(set(seqs)), name  # increasing: no seq twice, none out of order
+        for m in got:
+            assert m.seq is not None
+            assert m.source_instance != instance[name]
+            assert by_seq.setdefault(m.seq, (m.source_instance, m.text)) == (
+                m.source_instance,
+                m.text,
+            )
+    # One order everywhere: seq 1..4n, each broadcast once, nothing missing.
+    assert sorted(by_seq) == list(range(1, 4 * n + 1))
+    for name in senders:
+        # Every receiver saw every seq but those of its own broadcasts.
+        own = {s for s, (src, _) in by_seq.items() if src == instance[name]}
+        assert {m.seq for m in seen[name].broadcasts} == set(by_seq) - own
+        # Each sender's order is kept, and its acks name the seqs its broadcasts got.
+        mine = [text for _, (src, text) in sorted(by_seq.items()) if src == instance[name]]
+        assert mine == texts[name]
+        for ack in seen[name].answers:
+            assert isinstance(ack, BroadcastAck)
+            assert by_seq[ack.seq] == (instance[name], texts[name][ack.id])
+    services = [h.service.counters for h in world.hosts.values()]
+    assert sum(c.txn_conflicts for c in services) > 0  # the two hosts raced for the key
+    assert sum(c.broadcasts_accepted for c in services) == 4 * n
+
+
+async def test_a_frozen_guest_loses_its_own_messages_only(
+    world: World, guest: GuestFactory
+) -> None:
+    """A member whose agent is stopped (SIGSTOP) mid-burst: the others get everything;
+    the relay drops and counts what the frozen one cannot take, its buffer bounded."""
+    h1 = world.hosts["h1"]
+    salt = secrets.token_hex(3)
+    frozen_spec = spec("s", "h1", "g", salt)
+    await world.registry.create_server(frozen_spec)
+    await world.registry.put_status(status("s", "h1"))
+    agent = guest("s")  # a real guest agent, listening in its own namespace
+    assert agent.agent is not None
+    link = h1.channel_dir / f"cgcs.messaging.{frozen_spec.instance}.sock"
+    link.symlink_to(agent.channel)
+    await wait_for(lambda: frozen_spec.instance in h1.relay.connected(), "the agent connected")
+    await h1.cache.wait_for(lambda snap: "s" in snap.servers, WAIT)
+    agent.agent.freeze()
+
+    n = 5_000
+    texts = [f"big {i:04d} " + "y" * 600 for i in range(n)]
+    limit = h1.relay.queue_limit
+    dropped_before = h1.relay.counters.dropped.get(Reason.CHANNEL_QUEUE_FULL, 0)
+    most = 0
+
+    async def sample() -> None:
+        nonlocal most
+        while True:
+            most = max(most, h1.relay.buffered(frozen_spec.instance))
+            await asyncio.sleep(0.002)
+
+    a = world.guests["a"]
+    receivers = {name: world.guests[name] for name in ("b", "c", "d")}
+    sampler = asyncio.create_task(sample())
+    try:
+        async with watching({"a": a, **receivers}) as seen:
+            a.send_raw(burst(texts))
+            await until(seen["a"], lambda: seen["a"].answered(range(n)), "every id answered")
+            for name in receivers:
+                await until(seen[name], lambda name=name: len(seen[name].broadcasts) >= n, name)
+            check_acks_only(seen["a"], n)
+            for name in receivers:
+                assert [m.seq for m in seen[name].broadcasts] == list(range(1, n + 1)), name
+                assert [m.text for m in seen[name].broadcasts] == texts
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    # The frozen guest's buffer filled up to the bound and no further; the rest was dropped.
+    assert h1.relay.counters.dropped.get(Reason.CHANNEL_QUEUE_FULL, 0) > dropped_before
+    assert limit // 2 < most <= limit
+    assert h1.relay.buffered(frozen_spec.instance) <= limit
+    assert frozen_spec.instance in h1.relay.connected()
+    agent.agent.thaw()
+
+
+async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The host loses etcd during a burst: each broadcast is acked or nacked with its id,
+    nacks before any ack that passes them, and the receiver gets exactly what was stored."""
+    salt = secrets.token_hex(3)
+    admin = EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG)
+    registry = Registry(admin)
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        stack.push_async_callback(admin.close)
+        await registry.create_group(
+            GroupRecord(name="g", policy=Policy.AFFINITY, uuid="u1", created_at="")
+        )
+        for name in ("a", "b"):
+            await registry.create_server(spec(name, "h1", "g", salt))
+            await registry.put_status(status(name, "h1"))
+        await registry.register_host(host_record("h1"), lease=(await admin.grant(60)).id)
+
+        proxy = await stack.enter_async_context(TcpProxy(etcd_server.endpoints[0]))
+        quick = CoordinationConfig(request_timeout=0.3, operation_timeout=1.0)
+        coordinator = EtcdCoordinator((proxy.endpoint,), prefix=etcd_prefix, config=quick)
+        stack.push_async_callback(coordinator.close)
+        cache = RegistryCache(coordinator)
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+        relay = ChannelRelay(tmp_path, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1)
+        service = GroupService(
+            coordinator=coordinator, cache=cache, relay=relay, host="h1", in_doubt_timeout=1.5
+        )
+        await service.start()
+        stack.push_async_callback(service.stop)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
+        guests = {}
+        for name in ("a", "b"):
+            g = TestGuest(spec(name, "h1", "g", salt).instance, tmp_path)
+            await g.start()
+            stack.push_async_callback(g.stop)
+            guests[name] = g
+        await wait_for(lambda: set(relay.connected()) == {g.instance for g in guests.values()}, "")
+
+        n = 6_000
+        texts = [f"m {i:04d}" for i in range(n)]
+        async with watching(guests) as seen:
+            a = seen["a"]
+            guests["a"].send_raw(burst(texts))
+            await until(a, lambda: a.acked_up_to >= 0, "a first ack")
+            await proxy.cut()
+            await until(a, lambda: bool(a.nacked), "a nack while etcd is cut off", timeout=30)
+            await proxy.heal()
+            await until(a, lambda: a.answered(range(n)), "every id answered")
+            nacked = a.nacked
+            stored = [i for i in range(n) if i not in nacked]
+            await until(
+                seen["b"],
+                lambda: len(seen["b"].broadcasts) >= len(stored),
+                "b to receive every stored broadcast",
+            )
+            await asyncio.sleep(0.2)  # anything extra would show up now
+
+        # Every nack names its id and why; none comes after an ack that passes it.
+        for nack in nacked.values():
+            assert nack.orig_msg_type == "broadcast"
+            assert nack.log_msg.startswith("the host cannot reach etcd: ")
+        top = -1
+        for answer in a.answers:
+            if isinstance(answer, BroadcastAck):
+                top = max(top, answer.id)
+            else:
+                assert answer.id is not None
+                assert answer.id > top
+        assert a.acked_up_to == max(stored)
+        # b got exactly what was stored, once, in order, with no gap in seq.
+        got = seen["b"].broadcasts
+        assert [m.seq for m in got] == list(range(1, len(got) + 1))
+        extra = [m.text for m in got if int(m.text.split()[1]) in nacked]
+        assert len(extra) == service.counters.nacked_but_stored
+        assert [m.text for m in got if int(m.text.split()[1]) not in nacked] == [
+            texts[i] for i in stored
+        ]
+        await admin.delete_prefix("")
