@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ from servergroup.guestcomm.drops import Reason
 from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Envelope, encode_guest_frame
 from servergroup.guestcomm.relay import ChannelRelay
 from servergroup.servers.model import GroupRecord, Policy
-from servergroup.servers.registry import Registry, RegistryCache
+from servergroup.servers.registry import Registry, RegistryCache, broadcast_key
 from tests.fixtures.tcpproxy import TcpProxy
 from tests.integration.groups.conftest import GuestFactory
 from tests.integration.groups.test_service import (
@@ -42,6 +44,7 @@ from tests.integration.groups.test_service import (
     WAIT,
     TestGuest,
     World,
+    batch_of,
     host_record,
     spec,
     status,
@@ -266,13 +269,29 @@ async def test_a_frozen_guest_loses_its_own_messages_only(
     agent.agent.thaw()
 
 
-async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
-    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
-) -> None:
-    """The host loses etcd during a burst: each broadcast is acked or nacked with its id,
-    nacks before any ack that passes them, and the receiver gets exactly what was stored."""
+@dataclass
+class OneHost:
+    """One host h1 (group g: a, b) on its own etcd client, optionally through a proxy."""
+
+    admin: EtcdCoordinator
+    service: GroupService
+    relay: ChannelRelay
+    guests: dict[str, TestGuest]
+    proxy: TcpProxy | None
+
+
+@contextlib.asynccontextmanager
+async def one_host(
+    etcd: EtcdCluster,
+    prefix: str,
+    channel_dir: Path,
+    *,
+    proxied: bool = False,
+    config: CoordinationConfig = CONFIG,
+    **service_options: Any,
+) -> AsyncIterator[OneHost]:
     salt = secrets.token_hex(3)
-    admin = EtcdCoordinator(etcd_server.endpoints, prefix=etcd_prefix, config=CONFIG)
+    admin = EtcdCoordinator(etcd.endpoints, prefix=prefix, config=CONFIG)
     registry = Registry(admin)
     stack = contextlib.AsyncExitStack()
     async with stack:
@@ -284,17 +303,19 @@ async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
             await registry.create_server(spec(name, "h1", "g", salt))
             await registry.put_status(status(name, "h1"))
         await registry.register_host(host_record("h1"), lease=(await admin.grant(60)).id)
-
-        proxy = await stack.enter_async_context(TcpProxy(etcd_server.endpoints[0]))
-        quick = CoordinationConfig(request_timeout=0.3, operation_timeout=1.0)
-        coordinator = EtcdCoordinator((proxy.endpoint,), prefix=etcd_prefix, config=quick)
+        proxy = None
+        endpoints = etcd.endpoints
+        if proxied:
+            proxy = await stack.enter_async_context(TcpProxy(etcd.endpoints[0]))
+            endpoints = (proxy.endpoint,)
+        coordinator = EtcdCoordinator(endpoints, prefix=prefix, config=config)
         stack.push_async_callback(coordinator.close)
         cache = RegistryCache(coordinator)
         await cache.start()
         stack.push_async_callback(cache.stop)
-        relay = ChannelRelay(tmp_path, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1)
+        relay = ChannelRelay(channel_dir, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1)
         service = GroupService(
-            coordinator=coordinator, cache=cache, relay=relay, host="h1", in_doubt_timeout=1.5
+            coordinator=coordinator, cache=cache, relay=relay, host="h1", **service_options
         )
         await service.start()
         stack.push_async_callback(service.stop)
@@ -302,12 +323,30 @@ async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
         stack.push_async_callback(relay.stop)
         guests = {}
         for name in ("a", "b"):
-            g = TestGuest(spec(name, "h1", "g", salt).instance, tmp_path)
+            g = TestGuest(spec(name, "h1", "g", salt).instance, channel_dir)
             await g.start()
             stack.push_async_callback(g.stop)
             guests[name] = g
-        await wait_for(lambda: set(relay.connected()) == {g.instance for g in guests.values()}, "")
+        await wait_for(
+            lambda: set(relay.connected()) == {g.instance for g in guests.values()},
+            "both guests connected",
+        )
+        await cache.wait_for(lambda snap: len(snap.servers) == 2, WAIT)
+        yield OneHost(admin, service, relay, guests, proxy)
+        await admin.delete_prefix("")
 
+
+async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The host loses etcd during a burst: each broadcast is acked or nacked with its id,
+    nacks before any ack that passes them, and the receiver gets exactly what was stored."""
+    quick = CoordinationConfig(request_timeout=0.3, operation_timeout=1.0)
+    async with one_host(
+        etcd_server, etcd_prefix, tmp_path, proxied=True, config=quick, in_doubt_timeout=1.5
+    ) as host:
+        proxy, service, guests = host.proxy, host.service, host.guests
+        assert proxy is not None
         n = 6_000
         texts = [f"m {i:04d}" for i in range(n)]
         async with watching(guests) as seen:
@@ -347,4 +386,107 @@ async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
         assert [m.text for m in got if int(m.text.split()[1]) not in nacked] == [
             texts[i] for i in stored
         ]
-        await admin.delete_prefix("")
+
+
+async def test_beyond_the_hard_cap_a_request_is_nacked_busy_never_dropped(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """With marks far below what one read of the channel brings, the queue passes
+    its hard cap: those broadcasts are nacked `busy` with their ids, the rest acked."""
+    async with one_host(
+        etcd_server, etcd_prefix, tmp_path, high_water=4, low_water=2, hard_cap=8, batch_pending=4
+    ) as host:
+        n = 3_000
+        texts = [f"q {i:04d}" for i in range(n)]
+        async with watching(host.guests) as seen:
+            a = seen["a"]
+            host.guests["a"].send_raw(burst(texts))
+            await until(a, lambda: a.answered(range(n)), "every id answered")
+            nacked = a.nacked
+            stored = [i for i in range(n) if i not in nacked]
+            await until(seen["b"], lambda: len(seen["b"].broadcasts) >= len(stored), "b")
+            await asyncio.sleep(0.2)  # anything extra would show up now
+        counters = host.service.counters
+        assert nacked  # one read of the channel holds far more than 8 requests
+        assert counters.busy_nacks == len(nacked)
+        assert counters.throttles > 0
+        for nack in nacked.values():
+            assert nack.orig_msg_type == "broadcast"
+            assert nack.log_msg.startswith("busy: host h1 already has 8 requests of ")
+        assert [m.text for m in seen["b"].broadcasts] == [texts[i] for i in stored]
+        assert [m.seq for m in seen["b"].broadcasts] == list(range(1, len(stored) + 1))
+
+
+async def test_acks_per_address_and_none_without_id(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Two apps of one guest get their own cumulative acks; an old app (no id) gets none."""
+    async with one_host(etcd_server, etcd_prefix, tmp_path) as host:
+        a = host.guests["a"]
+        frames = b"".join(
+            encode_guest_frame(
+                Envelope(
+                    data=encode_group_message(Broadcast(text=f"{src} {i}", id=ident)),
+                    dest_addr=SERVER_GROUP_ADDR,
+                    source_addr=src,
+                )
+            )
+            for i in range(100)
+            for src, ident in (("app1", i), ("app2", 1000 + i), ("old", None))
+        )
+        async with watching(host.guests) as seen:
+            a.send_raw(frames)
+            await until(seen["b"], lambda: len(seen["b"].broadcasts) >= 300, "b gets all 300")
+            await until(
+                seen["a"],
+                lambda: {x.id for x in seen["a"].answers} >= {99, 1099},
+                "both apps' last acks",
+            )
+            await asyncio.sleep(0.2)  # anything extra would show up now
+        by_addr: dict[str | None, list[BroadcastAck]] = {}
+        seq_of = {m.text: m.seq for m in seen["b"].broadcasts}
+        for answer in seen["a"].answers:
+            assert isinstance(answer, BroadcastAck)
+            mine = "app1" if answer.id < 1000 else "app2"
+            by_addr.setdefault(mine, []).append(answer)
+            assert seq_of[f"{mine} {answer.id % 1000}"] == answer.seq
+        assert sorted(by_addr) == ["app1", "app2"]
+        assert host.service.counters.acks == len(seen["a"].answers)
+
+
+async def test_receivers_skip_seqs_delivered_and_count_gaps(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batches written by other hosts: an overlap delivers only the new items, a batch
+    past the next seq is one gap (counted, logged once), a new key numbers from 1."""
+    b = world.guests["b"]
+    admin = world.registry.coordinator
+    key = broadcast_key("g")
+    caplog.set_level(logging.WARNING, logger="servergroup.groups.service")
+    async with watching({"b": b}) as seen:
+        await admin.put(key, batch_of("g", 1, "one", "two", "three"))
+        await admin.put(key, batch_of("g", 2, "two", "three", "four", "five"))
+        await admin.put(key, batch_of("g", 8, "eight", "nine"))
+        await until(seen["b"], lambda: len(seen["b"].broadcasts) >= 7, "seven broadcasts")
+        await admin.delete(key)
+        await admin.put(key, batch_of("g", 1, "again"))
+        await until(seen["b"], lambda: len(seen["b"].broadcasts) >= 8, "the new key's first")
+        await asyncio.sleep(0.2)  # anything extra would show up now
+    got = [(m.seq, m.text) for m in seen["b"].broadcasts]
+    assert got == [
+        (1, "one"),
+        (2, "two"),
+        (3, "three"),
+        (4, "four"),
+        (5, "five"),
+        (8, "eight"),
+        (9, "nine"),
+        (1, "again"),
+    ]
+    counters = world.hosts["h1"].service.counters
+    assert counters.broadcasts_missed == 2
+    missed = [r.getMessage() for r in caplog.records if "host h1 missed" in r.getMessage()]
+    assert missed == [
+        "host h1 missed 2 broadcast(s) of group g (seq 6 to 7): the store compacted "
+        "them before this host read them; members see the gap"
+    ]
