@@ -443,7 +443,7 @@ async def test_acks_per_address_and_none_without_id(
                 "both apps' last acks",
             )
             await asyncio.sleep(0.2)  # anything extra would show up now
-        by_addr: dict[str | None, list[BroadcastAck]] = {}
+        by_addr: dict[str, list[BroadcastAck]] = {}
         seq_of = {m.text: m.seq for m in seen["b"].broadcasts}
         for answer in seen["a"].answers:
             assert isinstance(answer, BroadcastAck)

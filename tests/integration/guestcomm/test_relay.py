@@ -445,10 +445,14 @@ async def test_send_to_guests_writes_the_same_bytes_to_each_and_names_those_it_c
         everyone = ["instance-0000001s", "instance-0000001a", "instance-0000001b"]
         big = Envelope(dest_addr="x", data={"pad": "p" * 3000})
         failed: list[list[str]] = []
-        for n in range(200):
+
+        def read_all(n: int) -> Callable[[], bool]:
+            return lambda: all(len(g.received) == n for g in fine)
+
+        for n in range(1, 201):
             failed.append(relay.send_to_guests(everyone, big))
             # The readers keep up (the test lets them read each one); the stuck one does not.
-            await eventually(lambda n=n: all(len(g.received) > n for g in fine), "the others")
+            await eventually(read_all(n), "the others")
         assert failed[0] == []
         # The stuck one's buffer filled up and stayed within its bound; the others got all.
         assert failed[-1] == ["instance-0000001s"]
