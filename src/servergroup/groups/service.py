@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections import deque
@@ -121,6 +122,7 @@ from servergroup.groups.protocol import (
     encode_group_message,
     msg_type_of,
 )
+from servergroup.groups.sequencing import SeqTracker, cumulative_acks, take_batch
 from servergroup.guestcomm.drops import Counters, DropLog
 from servergroup.guestcomm.protocol import (
     MAX_DATAGRAM,
@@ -351,14 +353,13 @@ class _Batcher:
             self._s._refuse(left, self.group, reason)
 
     def _take(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        size = _BATCH_OVERHEAD
-        while self._pending and len(batch) < MAX_BATCH_ITEMS:
-            nxt = self._pending[0]
-            if batch and size + nxt.size > MAX_BATCH_BYTES:
-                break
-            batch.append(self._pending.popleft())
-            size += nxt.size
+        count = take_batch(
+            [p.size for p in itertools.islice(self._pending, MAX_BATCH_ITEMS)],
+            max_items=MAX_BATCH_ITEMS,
+            max_bytes=MAX_BATCH_BYTES,
+            overhead=_BATCH_OVERHEAD,
+        )
+        batch = [self._pending.popleft() for _ in range(count)]
         if len(self._pending) < self._s._batch_pending:
             self._room.set()
         return batch
@@ -604,7 +605,7 @@ class GroupService:
         #: group -> what the start read of `broadcasts/` found (a batcher's first compare).
         self._known_at_start: dict[str, _KeyState] = {}
         #: group -> (create revision, last seq delivered): no seq twice.
-        self._seen: dict[str, tuple[int, int]] = {}
+        self._seen = SeqTracker()
         self._watch_trouble: dict[str, str] = {}  # group -> why its broadcast watch is down
 
     # -- lifecycle -----------------------------------------------------------------
@@ -621,14 +622,14 @@ class GroupService:
         rng = await self._c.get_prefix(BROADCASTS)
         local = self._local_groups(snap)
         self._known_at_start = {}
-        self._seen = {}
+        self._seen.clear()
         for kv in rng.items:
             group = kv.key[len(BROADCASTS) :]
             state = _state_of(kv)
             assert state is not None
             self._known_at_start[group] = state
             if group in local:
-                self._seen[group] = (kv.create_revision, state.next_seq - 1)
+                self._seen.start_at(group, kv.create_revision, state.next_seq - 1)
         self._undo = [
             self._relay.route(SERVER_GROUP_ADDR, self._on_message),
             self._relay.on_change(self._on_channel_change),
@@ -873,16 +874,9 @@ class GroupService:
         c.batches += 1
         c.broadcasts_accepted += len(items)
         c.batch_max = max(c.batch_max, len(items))
-        acks: dict[tuple[str, str], BroadcastAck] = {}
-        for i, p in enumerate(items):
-            if p.id is None:
-                continue
-            who = (p.instance, p.reply_to)
-            best = acks.get(who)
-            if best is None or p.id >= best.id:
-                acks[who] = BroadcastAck(id=p.id, seq=batch.first_seq + i)
+        acks = cumulative_acks(batch.first_seq, [((p.instance, p.reply_to), p.id) for p in items])
         for (instance, address), ack in acks.items():
-            if self._send(instance, address, ack):
+            if self._send(instance, address, BroadcastAck(id=ack.id, seq=ack.seq)):
                 c.acks += 1
 
     def _stored_after_all(self, group: str, value: bytes) -> None:
@@ -1021,7 +1015,7 @@ class GroupService:
             task.cancel()
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-            self._seen.pop(group, None)
+            self._seen.forget(group)
             self._watch_trouble.pop(group, None)
             batcher = self._batchers.pop(group, None)
             if batcher is not None:
@@ -1088,7 +1082,7 @@ class GroupService:
             return None
         kv = next((kv for kv in rng.items if kv.key == key), None)
         if kv is None:
-            self._seen.pop(group, None)  # deleted while we were away: numbered from 1 again
+            self._seen.forget(group)  # deleted while we were away: numbered from 1 again
         else:
             self._deliver_batch(
                 WatchEvent(
@@ -1107,7 +1101,7 @@ class GroupService:
         """Deliver the broadcasts of one batch this host has not delivered yet, in order."""
         group = event.key[len(BROADCASTS) :]
         if event.kind is not EventKind.PUT:
-            self._seen.pop(group, None)  # the group was deleted: numbered from 1 again
+            self._seen.forget(group)  # the group was deleted: numbered from 1 again
             return
         try:
             batch = decode_batch(event.value)
@@ -1117,32 +1111,24 @@ class GroupService:
         batcher = self._batchers.get(group)
         if batcher is not None:
             batcher.learn(event.revision, batch.last_seq, event.value)
-        seen = self._seen.get(group)
-        if seen is None:
-            last = batch.first_seq - 1  # the first since the group has a server here
-        elif seen[0] != event.create_revision:
-            last = 0  # the group was deleted and created again: numbered from 1
-        else:
-            last = seen[1]
-        if batch.last_seq <= last:
+        admitted = self._seen.admit(group, event.create_revision, batch.first_seq, len(batch.items))
+        if admitted is None:
             return  # delivered already (a re-read after compaction): never a seq twice
-        self._seen[group] = (event.create_revision, batch.last_seq)
-        if batch.first_seq > last + 1:
-            missed = batch.first_seq - last - 1
-            self.counters.broadcasts_missed += missed
+        if admitted.gap:
+            self.counters.broadcasts_missed += admitted.missed
             log.warning(
                 "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
                 "compacted them before this host read them; members see the gap",
                 self.host,
-                missed,
+                admitted.missed,
                 group,
-                last + 1,
+                batch.first_seq - admitted.missed,
                 batch.first_seq - 1,
             )
         members = self._local_members(self._cache.snapshot, group, besides="")
         if not members:
             return
-        skip = max(0, last + 1 - batch.first_seq)
+        skip = admitted.skip
         for i, item in enumerate(batch.items[skip:], start=batch.first_seq + skip):
             msg = Broadcast(text=item.text, source_instance=item.sender_instance, seq=i)
             targets = [m for m in members if m != item.sender_instance]
