@@ -335,10 +335,12 @@ class _Batcher:
             self._closed = reason
         self._wake.set()
         self._room.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await asyncio.wait({self._task})
-        self.abort(reason)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.wait({self._task})
+        finally:
+            self.abort(reason)
 
     def abort(self, reason: str) -> None:
         """Stop now; every broadcast not stored yet is refused with `reason`."""
@@ -703,7 +705,8 @@ class GroupService:
         done = (
             f"{c.broadcasts_accepted} broadcast(s) stored in {c.batches} batch(es) "
             f"(mean {c.batch_mean:.1f}, max {c.batch_max}), {c.txn_conflicts} conflict(s), "
-            f"{c.acks} ack(s), {c.busy_nacks} busy nack(s), {c.throttles} throttle(s), "
+            f"{c.acks} ack(s), {c.busy_nacks} busy nack(s), {c.throttles} throttle(s) "
+            f"({sum(g.paused for g in self._guests.values())} guest channel(s) paused now), "
             f"{c.broadcasts_delivered} delivered, {c.broadcasts_missed} missed, "
             f"{c.notifications} notification(s)"
         )
@@ -1019,7 +1022,13 @@ class GroupService:
             self._watch_trouble.pop(group, None)
             batcher = self._batchers.pop(group, None)
             if batcher is not None:
-                batcher.abort(f"group {group} has no server on host {self.host} any more")
+                # Its transaction in flight may finish (and be acked); the rest is nacked.
+                closing = asyncio.create_task(
+                    batcher.close(f"group {group} has no server on host {self.host} any more"),
+                    name=f"group-batch-close-{group}",
+                )
+                self._retiring.add(closing)
+                closing.add_done_callback(self._retiring.discard)
 
     async def _follow_group(self, group: str, start_revision: int) -> None:
         """Deliver every broadcast of `group` put from `start_revision` on, surviving compaction.
