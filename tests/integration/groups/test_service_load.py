@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,14 @@ class Seen:
     def nacked(self) -> dict[int, Nack]:
         return {a.id: a for a in self.answers if isinstance(a, Nack) and a.id is not None}
 
+    def has(self, n: int) -> Callable[[], bool]:
+        """A predicate: at least `n` broadcasts received."""
+        return lambda: len(self.broadcasts) >= n
+
+    def all_answered(self, n: int) -> Callable[[], bool]:
+        """A predicate: each of the ids 0..n-1 acked or nacked."""
+        return lambda: self.answered(range(n))
+
     def answered(self, ids: Iterable[int]) -> bool:
         top, nacked = self.acked_up_to, self.nacked
         return all(i <= top or i in nacked for i in ids)
@@ -105,8 +113,10 @@ async def watch_guest(guest: TestGuest, seen: Seen) -> None:
         seen.changed.set()
 
 
-async def until(seen: Seen, predicate: object, what: str, timeout: float = BURST_TIMEOUT) -> None:
-    assert callable(predicate)
+async def until(
+    seen: Seen, predicate: Callable[[], bool], what: str, timeout: float = BURST_TIMEOUT
+) -> None:
+    """Wait until `predicate` holds, checked after each message `seen` gets."""
     try:
         async with asyncio.timeout(timeout):
             while not predicate():
@@ -147,7 +157,7 @@ async def test_a_burst_of_10000_from_one_guest_is_acked_and_delivered_once_in_or
         a.send_raw(burst(texts))
         await until(seen["a"], lambda: seen["a"].answered(range(n)), "every id answered")
         for name in receivers:
-            await until(seen[name], lambda name=name: len(seen[name].broadcasts) >= n, name)
+            await until(seen[name], seen[name].has(n), name)
         check_acks_only(seen["a"], n)
         # One sender on a fresh key: the broadcast with id i got seq i + 1.
         assert all(
@@ -178,10 +188,8 @@ async def test_four_senders_on_two_hosts_one_total_order(world: World) -> None:
         for name, guest in senders.items():
             guest.send_raw(burst(texts[name]))
         for name in senders:
-            await until(seen[name], lambda name=name: seen[name].answered(range(n)), name)
-            await until(
-                seen[name], lambda name=name: len(seen[name].broadcasts) >= 3 * n, f"{name} all"
-            )
+            await until(seen[name], seen[name].all_answered(n), name)
+            await until(seen[name], seen[name].has(3 * n), f"{name} all")
         await asyncio.sleep(0.2)  # anything extra (a duplicate) would show up now
     instance = {name: g.instance for name, g in senders.items()}
     by_seq: dict[int, tuple[str | None, str]] = {}
@@ -253,7 +261,7 @@ async def test_a_frozen_guest_loses_its_own_messages_only(
             a.send_raw(burst(texts))
             await until(seen["a"], lambda: seen["a"].answered(range(n)), "every id answered")
             for name in receivers:
-                await until(seen[name], lambda name=name: len(seen[name].broadcasts) >= n, name)
+                await until(seen[name], seen[name].has(n), name)
             check_acks_only(seen["a"], n)
             for name in receivers:
                 assert [m.seq for m in seen[name].broadcasts] == list(range(1, n + 1)), name
