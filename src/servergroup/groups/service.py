@@ -31,6 +31,9 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   batch that cannot be stored (etcd unreachable, this host fenced) is
   nacked, each broadcast with its id and one sentence; those nacks go out
   before any later batch is tried, so before any ack that passes them.
+  A transaction that got no answer is in doubt: it is sent again exactly as
+  it was until the key (or, when another host wrote after it, the watch)
+  shows whether it landed, and nacked only after `in_doubt_timeout`.
   Broadcasts without an id (old applications) get no ack.
 - **Broadcast, receiving.** The service watches `broadcasts/<group>` of each
   group with a server on this host (from the registry change that placed the
