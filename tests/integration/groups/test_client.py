@@ -31,6 +31,7 @@ from servergroup.groups.client import (
 )
 from servergroup.groups.protocol import (
     Broadcast,
+    BroadcastAck,
     GroupMessage,
     Nack,
     Notification,
@@ -268,6 +269,7 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
         assert decode_group_message(host.receive().data) == Broadcast(text="this is a test", id=1)
         query = decode_group_message(host.receive().data)
         assert isinstance(query, StatusQuery)
+        host.send(to_app(BroadcastAck(id=1, seq=1)))
         host.send(to_app(StatusResponse(seq=query.seq, server=SERVER_A)))
         host.send(to_app(StatusResponseDone(seq=query.seq)))
         host.send(to_app(Broadcast(text="final test", source_instance="instance-0000000b", seq=2)))
@@ -281,6 +283,10 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
         "status: 1 servers: instance-0000000a (a, active on ?)",
         "broadcast from instance-0000000b: final test",
     ]
+    # Its counters, at exit, on stderr: the ack came before what it printed.
+    assert err.splitlines()[-1] == (
+        "app: broadcasts sent 1, acknowledged 1, refused 0, unconfirmed 0, missed 0, pending 0"
+    )
 
 
 def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
@@ -304,6 +310,9 @@ def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
     assert [json.loads(line) for line in out.splitlines()] == [
         {"kind": "nack", "orig_msg_type": "status_query", "reason": "busy"}
     ]
+    assert err.splitlines()[-1] == (
+        "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
+    )
 
 
 def test_app_command_without_agent(guest: GuestFactory) -> None:
