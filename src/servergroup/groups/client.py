@@ -38,7 +38,8 @@ refuses that broadcast (refused); the host always sends it before an ack
 that passes that id, so an ack never acknowledges a refused broadcast. A
 pending broadcast with neither within `ack_timeout` (default 10 s) is
 *unconfirmed*: it leaves the window, and the application is told with a
-`NackReceived("broadcast", reason, id)` whose reason says the host did not
+`NackReceived("broadcast", reason, id)` (a `BroadcastUnconfirmed`, its
+subclass) whose reason says the host did not
 confirm it, so it may or may not have been delivered (the host may have
 failed before or after storing it). That outcome is final: a late ack
 changes no counter, a late nack is passed on as any nack. `stats` gives
@@ -229,14 +230,24 @@ class AgentBusy(GroupMessagingError, RemoteError):
 
 
 class NackError(GroupMessagingError, RemoteError):
-    """The host refused a request; `reason` is its `log_msg`, `id` the broadcast's."""
+    """The host refused a request; `reason` is its `log_msg`, `id` the broadcast's.
 
-    def __init__(self, orig_msg_type: str, reason: str, id: int | None = None) -> None:
+    Also raised (with `unconfirmed` true) for a broadcast the host did not
+    confirm within the ack timeout; `reason` then says so.
+    """
+
+    def __init__(
+        self, orig_msg_type: str, reason: str, id: int | None = None, *, unconfirmed: bool = False
+    ) -> None:
         which = orig_msg_type if id is None else f"{orig_msg_type} {id}"
-        super().__init__(f"the host refused the {which}: {reason}")
+        if unconfirmed:
+            super().__init__(f"{reason[:1].upper()}{reason[1:]}")
+        else:
+            super().__init__(f"the host refused the {which}: {reason}")
         self.orig_msg_type = orig_msg_type
         self.reason = reason
         self.id = id
+        self.unconfirmed = unconfirmed
 
 
 # -- events --------------------------------------------------------------------------
@@ -282,6 +293,15 @@ class NackReceived:
     orig_msg_type: str
     reason: str
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BroadcastUnconfirmed(NackReceived):
+    """The `NackReceived` the client makes for a broadcast the host did not confirm.
+
+    No ack nor nack came within the ack timeout: the host may have failed
+    before or after storing it, so it may or may not have been delivered.
+    """
 
 
 ClientEvent = BroadcastReceived | NotificationReceived | StatusReceived | NackReceived
@@ -532,9 +552,9 @@ class ClientCore:
             return
         self._gaps.settle(None)
 
-    def handle_timer(self, now: float) -> list[NackReceived]:
+    def handle_timer(self, now: float) -> list[BroadcastUnconfirmed]:
         """Pending broadcasts whose ack timeout passed at `now`, as events: now unconfirmed."""
-        events: list[NackReceived] = []
+        events: list[BroadcastUnconfirmed] = []
         while self._pending:
             ident, entry = next(iter(self._pending.items()))
             if entry.sent_at + self.ack_timeout > now:
@@ -545,7 +565,7 @@ class ClientCore:
             if len(self._unconfirmed_ids) > self.window:
                 self._unconfirmed_ids.popleft()
             events.append(
-                NackReceived(
+                BroadcastUnconfirmed(
                     orig_msg_type="broadcast",
                     reason=(
                         f"the host did not confirm broadcast {ident} within "
@@ -1053,7 +1073,8 @@ class ServerGroupClient:
                     self.status_cb(list(servers))
             case NackReceived(orig_msg_type=orig, reason=reason, id=ident):
                 if self.nack_cb is None:
-                    raise NackError(orig, reason, ident)
+                    unconfirmed = isinstance(event, BroadcastUnconfirmed)
+                    raise NackError(orig, reason, ident, unconfirmed=unconfirmed)
                 self.nack_cb(orig, reason, ident)
 
 
@@ -1135,6 +1156,8 @@ class AsyncServerGroupClient:
         self._send_lock: asyncio.Lock | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._checker: asyncio.TimerHandle | None = None
+        #: The send awaiting POLLOUT (sends go one at a time), failed by `close`.
+        self._write_waiter: asyncio.Future[None] | None = None
 
     @property
     def address(self) -> str:
@@ -1191,6 +1214,11 @@ class AsyncServerGroupClient:
             return
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
+            self._loop.remove_writer(self._sock.fileno())
+        if self._write_waiter is not None and not self._write_waiter.done():
+            self._write_waiter.set_exception(
+                GroupMessagingError("the server-group client was closed during the send")
+            )
         if self._core.subscribes:
             with contextlib.suppress(OSError):
                 self._sock.send(self._core.agent, self._core.datagram(Unsubscribe()))
@@ -1331,9 +1359,11 @@ class AsyncServerGroupClient:
 
         fd = sock.fileno()
         loop.add_writer(fd, wake)
+        self._write_waiter = ready
         try:
             await ready
         finally:
+            self._write_waiter = None
             if self._sock is sock:
                 loop.remove_writer(fd)
 
@@ -1412,6 +1442,7 @@ __all__ = [
     "AsyncServerGroupClient",
     "BroadcastReceived",
     "BroadcastStats",
+    "BroadcastUnconfirmed",
     "ClientCore",
     "ClientEvent",
     "GroupMessagingError",

@@ -11,6 +11,7 @@ from servergroup.common.errors import UsageError
 from servergroup.groups.client import (
     BroadcastReceived,
     BroadcastStats,
+    BroadcastUnconfirmed,
     ClientCore,
     InvalidAddress,
     InvalidBroadcast,
@@ -220,7 +221,8 @@ def test_no_answer_within_the_ack_timeout_is_unconfirmed_and_told() -> None:
     assert core.next_timer() == 110.0
     assert core.handle_timer(109.9) == []
     [event] = core.handle_timer(core.next_timer() or 0)
-    assert event == NackReceived(
+    assert isinstance(event, NackReceived)  # what the app is told: a nack, made by the client
+    assert event == BroadcastUnconfirmed(
         orig_msg_type="broadcast",
         reason="the host did not confirm broadcast 1 within 10 s: it may or may not have "
         "been delivered",
