@@ -354,6 +354,10 @@ class _Pending:
     floor: int
 
 
+#: Acks kept to place own broadcasts among the holes; beyond, the newest are merged.
+_MAX_UNSETTLED_ACKS: Final = 64
+
+
 @dataclass(slots=True)
 class _GapCounter:
     """Counts missed seqs of received broadcasts, leaving out this client's own.
@@ -376,6 +380,7 @@ class _GapCounter:
     #: Unsettled acks: (seq S, own broadcasts it acknowledged, their lowest floor), ascending S.
     owns: deque[tuple[int, int, int]] = field(default_factory=deque)
     last_ack_seq: int | None = None
+    max_acks: int = _MAX_UNSETTLED_ACKS
 
     @property
     def floor(self) -> int:
@@ -403,6 +408,11 @@ class _GapCounter:
             self.holes.clear()
             self.owns.clear()
         self.last_ack_seq = seq
+        if len(self.owns) >= self.max_acks:
+            # Bounded memory (a client that sends much and receives little): the
+            # newest two merged say less (where in between) and delay the count.
+            _, earlier, lowest = self.owns.pop()
+            count, floor = count + earlier, lowest
         self.owns.append((seq, count, floor))
 
     def settle(self, pending_floor: int | None) -> None:

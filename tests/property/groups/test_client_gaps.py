@@ -58,14 +58,21 @@ class Run:
     delays=st.lists(st.integers(0, 6), min_size=60, max_size=60),
     coalesce=st.lists(st.booleans(), min_size=60, max_size=60),
     refused=st.lists(st.booleans(), min_size=60, max_size=60),
+    max_acks=st.sampled_from([1, 2, 64]),
 )
 def test_missed_counts_the_others_lost_broadcasts_only(
-    kinds: list[str], delays: list[int], coalesce: list[bool], refused: list[bool]
+    kinds: list[str],
+    delays: list[int],
+    coalesce: list[bool],
+    refused: list[bool],
+    max_acks: int,
 ) -> None:
     # Counting starts at the first broadcast received (documented): begin with one;
     # a hole is counted once it is known: end with one (a later broadcast arrives).
     kinds = [DELIVERED, *kinds, DELIVERED]
-    run = Run(ClientCore(), kinds)
+    core = ClientCore()
+    core._gaps.max_acks = max_acks  # the bound on what it keeps: only delays the count
+    run = Run(core, kinds)
     acks: list[tuple[int, int, int]] = []  # (due step, id, seq) awaiting delivery
     nacks: list[int] = []  # refused ids, always told before the next ack
     delivered_at = 0

@@ -340,3 +340,19 @@ def test_an_app_that_takes_no_events_misses_the_discarded_broadcasts() -> None:
     assert core.discarded(event) == 1
     receive_seqs(core, 3)
     assert stats(core).missed == 1
+
+
+def test_a_sender_that_receives_little_keeps_bounded_state() -> None:
+    core = ClientCore()
+    for i in range(1, 1001):
+        sent(core, "a")
+        core.receive(delivered(BroadcastAck(id=i, seq=2 * i)))  # odd seqs: not ours
+    assert len(core._gaps.owns) <= 64
+    receive_seqs(core, 2001)  # the first received: counting starts here
+    sent(core, "b")
+    core.receive(delivered(BroadcastAck(id=1001, seq=2002)))
+    receive_seqs(core, 2003)
+    assert stats(core).missed == 0  # 2002 was ours
+    assert len(core._gaps.owns) == 0
+    receive_seqs(core, 2005)
+    assert stats(core).missed == 1
