@@ -39,10 +39,12 @@ that passes that id, so an ack never acknowledges a refused broadcast. A
 pending broadcast with neither within `ack_timeout` (default 10 s) is
 *unconfirmed*: it leaves the window, and the application is told with a
 `NackReceived("broadcast", reason, id)` (a `BroadcastUnconfirmed`, its
-subclass) whose reason says the host did not
-confirm it, so it may or may not have been delivered (the host may have
-failed before or after storing it). That outcome is final: a late ack
-changes no counter, a late nack is passed on as any nack. `stats` gives
+subclass) whose reason says the host did not confirm it, so it may or may
+not have been delivered (the host may have failed before or after storing
+it). That outcome is final: a late ack changes no counter, a late nack is
+passed on as any nack. The window is what lets a sender run ahead of the
+store; it bounds the client's memory (the texts are kept) and how much a
+host failure can leave unconfirmed. `stats` gives
 `BroadcastStats(sent, acknowledged, refused, unconfirmed, missed,
 pending)`; always `sent == acknowledged + refused + unconfirmed + pending`.
 
@@ -50,10 +52,10 @@ pending)`; always `sent == acknowledged + refused + unconfirmed + pending`.
 and `connect()`ed to the agent's abstract address. Linux reports POLLOUT on
 a *connected* AF_UNIX datagram socket only while the peer's receive queue
 has room (`unix_dgram_poll` checks the peer's queue, `net.unix.max_dgram_qlen`
-datagrams, only when the socket has a peer, and registers the socket to be
-woken when the peer reads); on an unconnected socket POLLOUT stays set and a
-send to a full peer just fails with EAGAIN, so a sender could only retry
-on a timer. (`tests/integration/groups/test_client_flow.py` checks this on
+datagrams, 10 by default in every network namespace, only when the socket
+has a peer, and registers the socket to be woken when the peer reads); on
+an unconnected socket POLLOUT stays set and a send to a full peer just fails
+with EAGAIN, so a sender could only retry on a timer. (`tests/integration/groups/test_client_flow.py` checks this on
 the running kernel.) So a blocking `broadcast()` that meets a full queue
 waits in poll() for POLLOUT, never in a sleep loop; it also waits, the same
 way, while the window is full. While it waits it reads what arrives (acks
@@ -61,14 +63,19 @@ free the window; anything else becomes an event kept, in order, for the
 next `process()`/`receive()`). With `send_timeout=None` (the default) it
 waits as long as the agent exists; a number bounds the wait
 (`AgentBusy` after it). `broadcast(text, block=False)` raises `AgentBusy`
-at once instead of waiting. `flush(timeout)` waits until every broadcast
-sent is acknowledged or refused. The asyncio client waits the same way with
+at once instead of waiting. `flush(timeout)` waits, reading the same way,
+until every broadcast sent is acknowledged or refused (True), or returns
+False after `timeout` or when one went unconfirmed meanwhile. A program
+with a loop of its own waits at most `poll_timeout()` on `fileno()`: events
+kept while a send waited, and ack timeouts, do not make the socket
+readable. The asyncio client waits the same way with
 `loop.add_writer`, and reads all the time with `loop.add_reader`, so it
 never blocks the loop.
 
-Kept events are bounded (`max_held_events`): when the application takes
-none, further broadcasts are discarded and counted in `missed` (it sees the
-gap in `seq`), as the agent would have done had the client not read them.
+Kept events are bounded (`max_held_events`, default 8192): when the
+application takes none, further broadcasts are discarded and counted in
+`missed` (it sees the gap in `seq`), as the agent would have done had the
+client not read them; other events are few and always kept.
 
 **The agent's lifetime.** A connected socket accepts datagrams only from its
 peer, so only the agent can reach the client (already the rule). If the
