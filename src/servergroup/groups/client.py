@@ -55,8 +55,9 @@ has room (`unix_dgram_poll` checks the peer's queue, `net.unix.max_dgram_qlen`
 datagrams, 10 by default in every network namespace, only when the socket
 has a peer, and registers the socket to be woken when the peer reads); on
 an unconnected socket POLLOUT stays set and a send to a full peer just fails
-with EAGAIN, so a sender could only retry on a timer. (`tests/integration/groups/test_client_flow.py` checks this on
-the running kernel.) So a blocking `broadcast()` that meets a full queue
+with EAGAIN, so a sender could only retry on a timer. (A test in
+`tests/integration/groups/test_client_flow.py` checks this on the running
+kernel.) So a blocking `broadcast()` that meets a full queue
 waits in poll() for POLLOUT, never in a sleep loop; it also waits, the same
 way, while the window is full. While it waits it reads what arrives (acks
 free the window; anything else becomes an event kept, in order, for the
