@@ -9,17 +9,23 @@ people ("broadcast from instance-...: this is a test") or, with
 `json_lines`, one JSON object per line with a `kind` key (broadcast,
 notification, status, nack). A nack from the host is printed as a message,
 not raised: the app is a tool to see what the service does.
+
+When it has run its loop it writes its client's counters on stderr, one
+line (`app: broadcasts sent 1, acknowledged 1, refused 0, unconfirmed 0,
+missed 0, pending 0`), so what became of its broadcast is never silent.
 """
 
 from __future__ import annotations
 
 import json
 import selectors
+import sys
 import time
 from typing import TextIO
 
 from servergroup.groups.client import (
     BroadcastReceived,
+    BroadcastStats,
     ClientEvent,
     NackReceived,
     NotificationReceived,
@@ -55,8 +61,10 @@ def format_event(event: ClientEvent) -> str:
         case StatusReceived(servers=servers):
             listed = ", ".join(_describe_server(s) for s in servers)
             return f"status: {len(servers)} servers: {listed}"
-        case NackReceived(orig_msg_type=orig, reason=reason):
+        case NackReceived(orig_msg_type=orig, reason=reason, id=None):
             return f"nack: {orig}: {reason}"
+        case NackReceived(orig_msg_type=orig, reason=reason, id=ident):
+            return f"nack: {orig} {ident}: {reason}"
 
 
 def event_json(event: ClientEvent) -> JsonObject:
@@ -68,8 +76,20 @@ def event_json(event: ClientEvent) -> JsonObject:
             return {"kind": "notification", "event": notification}
         case StatusReceived(seq=seq, servers=servers):
             return {"kind": "status", "seq": seq, "servers": list(servers)}
-        case NackReceived(orig_msg_type=orig, reason=reason):
-            return {"kind": "nack", "orig_msg_type": orig, "reason": reason}
+        case NackReceived(orig_msg_type=orig, reason=reason, id=ident):
+            obj: JsonObject = {"kind": "nack", "orig_msg_type": orig, "reason": reason}
+            if ident is not None:
+                obj["id"] = ident
+            return obj
+
+
+def format_stats(stats: BroadcastStats) -> str:
+    """The counters line the app writes on stderr at exit."""
+    return (
+        f"app: broadcasts sent {stats.sent}, acknowledged {stats.acknowledged}, "
+        f"refused {stats.refused}, unconfirmed {stats.unconfirmed}, missed {stats.missed}, "
+        f"pending {stats.pending}"
+    )
 
 
 #: How often, and how many times in all, the app asks for the status until it comes.
@@ -85,8 +105,11 @@ def run_app(
     json_lines: bool = False,
     address: str = SERVER_GROUP_ADDR,
     out: TextIO,
+    err: TextIO | None = None,
 ) -> int:
     """Run the sample app; returns how many messages it printed.
+
+    The counters go to `err` (default: stderr) once the loop ends.
 
     Raises the client's `GroupMessagingError`s (no guest agent, address in
     use, a MESSAGE that cannot be broadcast).
@@ -120,18 +143,27 @@ def run_app(
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         break
-                if selector.select(wait):
-                    for event in client.receive():
-                        if isinstance(event, StatusReceived):
-                            status_tries = STATUS_TRIES
-                        show(event)
+                # The client may have work without a datagram: events it kept
+                # while a send waited, a broadcast that went unconfirmed.
+                timer = client.poll_timeout()
+                if timer is not None:
+                    wait = min(wait, timer)
+                selector.select(wait)
+                for event in client.receive():
+                    if isinstance(event, StatusReceived):
+                        status_tries = STATUS_TRIES
+                    show(event)
                 if status_tries < STATUS_TRIES and time.monotonic() >= retry_at:
                     client.request_status()
                     status_tries += 1
                     retry_at = time.monotonic() + STATUS_RETRY_INTERVAL
         except KeyboardInterrupt:
             pass
+        finally:
+            where = sys.stderr if err is None else err
+            where.write(format_stats(client.stats) + "\n")
+            where.flush()
     return printed
 
 
-__all__ = ["event_json", "format_event", "run_app"]
+__all__ = ["event_json", "format_event", "format_stats", "run_app"]

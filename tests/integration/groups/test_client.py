@@ -31,6 +31,7 @@ from servergroup.groups.client import (
 )
 from servergroup.groups.protocol import (
     Broadcast,
+    BroadcastAck,
     GroupMessage,
     Nack,
     Notification,
@@ -83,7 +84,7 @@ def test_broadcast_and_status_bytes(guest: GuestFactory) -> None:
         client.broadcast("this is a test")
         assert host.read_bytes() == (
             b'\n{"version":2,"dest_addr":"cgcs.server_grp","source_addr":"cgcs.server_grp",'
-            b'"data":{"version":2,"msg_type":"broadcast","data":"this is a test"}}\n'
+            b'"data":{"version":2,"msg_type":"broadcast","data":"this is a test","id":1}}\n'
         )
         seq = client.request_status()
         query = host.receive()
@@ -147,11 +148,12 @@ def test_nack_raises_or_calls_back(guest: GuestFactory) -> None:
         assert str(info.value) == (
             "the host refused the broadcast: vm-1 is not a member of any server group"
         )
-        nacks: list[tuple[str, str]] = []
-        client.nack_cb = lambda orig, reason: nacks.append((orig, reason))
+        nacks: list[tuple[str, str, int | None]] = []
+        client.nack_cb = lambda orig, reason, ident: nacks.append((orig, reason, ident))
         host.send(to_app(Nack(orig_msg_type="status_query", log_msg="later")))
-        pump(client, lambda: bool(nacks))
-        assert nacks == [("status_query", "later")]
+        host.send(to_app(Nack(orig_msg_type="broadcast", log_msg="busy", id=7)))
+        pump(client, lambda: len(nacks) == 2)
+        assert nacks == [("status_query", "later", None), ("broadcast", "busy", 7)]
 
 
 @pytest.mark.parametrize(
@@ -166,9 +168,9 @@ def test_invalid_broadcast_is_refused_before_sending(
     with g.call(init) as client:
         with pytest.raises(InvalidBroadcast, match=words):
             client.broadcast(text)
-        client.broadcast("x" * 3050)  # the limit itself is fine
+        assert client.broadcast("x" * 3050) == 1  # the limit itself is fine
         sent = decode_group_message(host.receive().data)
-        assert sent == Broadcast(text="x" * 3050)
+        assert sent == Broadcast(text="x" * 3050, id=1)
 
 
 def test_second_app_subscribes_and_gets_group_traffic(guest: GuestFactory) -> None:
@@ -221,8 +223,8 @@ async def test_async_client_events(guest: GuestFactory) -> None:
     g.call(client.bind)  # the socket lives in the guest's namespace
     async with client:
         assert decode_group_message(host.receive().data) == Subscribe()
-        await client.broadcast("hello")
-        assert decode_group_message(host.receive().data) == Broadcast(text="hello")
+        assert await client.broadcast("hello") == 1
+        assert decode_group_message(host.receive().data) == Broadcast(text="hello", id=1)
         seq = await client.request_status()
         host.receive()  # the renewed subscription
         assert decode_group_message(host.receive().data) == StatusQuery(seq=seq)
@@ -264,9 +266,10 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
     host = connected(g)
     proc = run_app_in(g, "this is a test", "--count", "2", "--timeout", "20")
     try:
-        assert decode_group_message(host.receive().data) == Broadcast(text="this is a test")
+        assert decode_group_message(host.receive().data) == Broadcast(text="this is a test", id=1)
         query = decode_group_message(host.receive().data)
         assert isinstance(query, StatusQuery)
+        host.send(to_app(BroadcastAck(id=1, seq=1)))
         host.send(to_app(StatusResponse(seq=query.seq, server=SERVER_A)))
         host.send(to_app(StatusResponseDone(seq=query.seq)))
         host.send(to_app(Broadcast(text="final test", source_instance="instance-0000000b", seq=2)))
@@ -280,6 +283,10 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
         "status: 1 servers: instance-0000000a (a, active on ?)",
         "broadcast from instance-0000000b: final test",
     ]
+    # Its counters, at exit, on stderr: the ack came before what it printed.
+    assert err.splitlines()[-1] == (
+        "app: broadcasts sent 1, acknowledged 1, refused 0, unconfirmed 0, missed 0, pending 0"
+    )
 
 
 def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
@@ -303,6 +310,9 @@ def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
     assert [json.loads(line) for line in out.splitlines()] == [
         {"kind": "nack", "orig_msg_type": "status_query", "reason": "busy"}
     ]
+    assert err.splitlines()[-1] == (
+        "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
+    )
 
 
 def test_app_command_without_agent(guest: GuestFactory) -> None:
