@@ -110,6 +110,7 @@ from servergroup.guestcomm.sockets import (
     BATCH,
     GUEST_DGRAM_QLEN,
     MIN_DGRAM_QLEN,
+    NO_HOST_LOG_MSG,
     AbstractSocket,
     Datagram,
     SendResult,
@@ -713,10 +714,6 @@ class _AppQueue:
         self.size -= len(self.datagrams.popleft())
 
 
-#: The `log_msg` of the nack the agent answers with when no host is connected.
-NO_HOST_LOG_MSG = "no host is connected to this server's channel; the message was not sent"
-
-
 def no_host_nack(data: JsonObject) -> JsonObject | None:
     """The nack answering a request `data` sent while no host is connected; None for a nack.
 
@@ -880,9 +877,11 @@ class GuestAgent:
                 self._backpressure = True
                 self.counters.apps_paused += 1
                 self._update_apps_reader()
-                log.debug(
-                    "%d bytes wait toward the host: applications are not read meanwhile",
-                    self._channel.pending,
+                self._drops.note(
+                    "backpressure",
+                    f"{self._channel.pending} bytes wait toward the host: applications "
+                    "are not read until it takes them",
+                    level=logging.INFO,
                 )
         elif result is WriteResult.NOT_CONNECTED:
             self._no_host(envelope)

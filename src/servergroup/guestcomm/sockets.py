@@ -61,6 +61,9 @@ DGRAM_QLEN_PATH = Path("/proc/sys/net/unix/max_dgram_qlen")
 GUEST_DGRAM_QLEN = 1024
 #: Below this an agent warns: applications are slowed by the kernel, not by their peers.
 MIN_DGRAM_QLEN = 64
+#: The `log_msg` of the nack a guest agent answers a server-group request with while no
+#: host is connected (here, not in the agent, so that client libraries can recognise it).
+NO_HOST_LOG_MSG = "no host is connected to this server's channel; the message was not sent"
 
 
 class AddressInUse(LocalError):

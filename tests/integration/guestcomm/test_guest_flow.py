@@ -25,12 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from servergroup.guestcomm.guest import (
-    DEFAULT_APP_QUEUE_LIMIT,
-    NO_HOST_LOG_MSG,
-)
+from servergroup.guestcomm.guest import DEFAULT_APP_QUEUE_LIMIT
 from servergroup.guestcomm.protocol import Envelope, JsonObject, encode_host_frame
-from servergroup.guestcomm.sockets import DGRAM_QLEN_PATH, GUEST_DGRAM_QLEN
+from servergroup.guestcomm.sockets import DGRAM_QLEN_PATH, GUEST_DGRAM_QLEN, NO_HOST_LOG_MSG
 from servergroup.servers.drivers.lab import LabDriver
 from tests.fixtures.daemons import DaemonFactory
 from tests.fixtures.netns import NetnsFactory
@@ -111,21 +108,27 @@ def test_a_flooding_app_is_slowed_while_the_host_does_not_read_and_nothing_is_lo
     total = 6000  # about 6 MB: far more than the channel's buffers and the agent's marks
     app.sock.setblocking(False)
     sent = 0
-    # The host reads nothing: the sends go on until the agent stops reading, then fail.
-    refused_since: float | None = None
+    # The host reads nothing: the agent stops reading once the channel's buffer is full...
+    while log_count(guest.daemon, "backpressure: .* applications are not read") == 0:
+        try:
+            app.sock.send(app_message(sent))
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        sent += 1
+        assert sent < total, "the agent took every message although the host read none"
+    # ... and the sends fail once its socket's queue is full too, and keep failing.
     while True:
         try:
             app.sock.send(app_message(sent))
         except BlockingIOError:
-            if refused_since is None:
-                refused_since = time.monotonic()
-            elif time.monotonic() - refused_since > 0.5:
-                break  # refused for half a second: the agent is not reading
-            time.sleep(0.01)
-            continue
-        refused_since = None
+            break
         sent += 1
         assert sent < total, "the agent took every message although the host read none"
+    for _ in range(20):
+        time.sleep(0.01)
+        with pytest.raises(BlockingIOError):
+            app.sock.send(app_message(sent))
     assert sent > 0
     # The host reads again: every message arrives, in order, and the rest can be sent.
     got: list[int] = []
@@ -260,7 +263,7 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     got_by_reader: list[int] = []
     thread = threading.Thread(
         target=lambda: got_by_reader.extend(
-            json.loads(reader.receive())["data"]["n"] for _ in range(to_reader)
+            json.loads(reader.receive())["data"]["n"] for _ in range(to_reader + 1)
         )
     )
     thread.start()
@@ -271,10 +274,11 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
         + (frame_to("reading.app", {"n": n}) if n < to_reader else b"")
         for n in range(to_stopped)
     )
-    host.send(stream)
+    # The agent handles the channel in order: once the reader has the marker, every
+    # message for the stopped app waits in its kernel queue or the agent's, or is dropped.
+    host.send(stream + frame_to("reading.app", {"n": -1}))
     thread.join(60)
-    assert got_by_reader == list(range(to_reader))  # while the stopped app read nothing
-    wait_log_count(guest.daemon, "app not reading: 'stopped.app'", 1)
+    assert got_by_reader == [*range(to_reader), -1]  # while the stopped app read nothing
     # The stopped app wakes up: what it gets is the start of the stream, in order.
     got = receive_all(stopped)
     kernel_queue = GUEST_DGRAM_QLEN + 1  # the kernel lets one more in than its limit
@@ -285,7 +289,7 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     assert json.loads(stopped.receive())["data"]["n"] == to_stopped
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {"app not reading": to_stopped - len(got)}
-    assert counters["to_apps"] == to_reader + len(got) + 1
+    assert counters["to_apps"] == to_reader + 1 + len(got) + 1
 
 
 def test_what_waits_for_an_app_that_goes_away_is_dropped(guest: GuestUnderTest) -> None:
