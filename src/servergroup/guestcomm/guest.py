@@ -53,9 +53,17 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
 - The kernel's own queue per socket (`net.unix.max_dgram_qlen`, 10 by
   default) throttles every local datagram; servers raise it (to
   `sockets.GUEST_DGRAM_QLEN`), and the agent warns at start when it is
-  below `sockets.MIN_DGRAM_QLEN`. The agent's socket asks for a send
-  buffer of `AGENT_SEND_BUFFER`, which every datagram not yet read by its
-  application counts against, whoever it is for.
+  below `sockets.MIN_DGRAM_QLEN`. Every datagram the agent sent and its
+  application has not read yet counts against the agent's send buffer,
+  whoever it is for; once that is full every send fails with EAGAIN. So
+  the agent asks for a large one (`AGENT_SEND_BUFFER`): an application
+  that does not read holds at most its kernel queue of it. Caveat: the
+  kernel does not apply `max_dgram_qlen` to datagrams from the socket an
+  application is connected to, so an application connected to the agent
+  (as the client library is, to see room in the agent's queue) that stops
+  reading can take the whole send buffer, and then deliveries to every
+  application of the server wait in their queues (and overflow them) until
+  it reads or closes its socket.
 
 Nothing a peer sends stops the agent; only cancellation or `stop` does. Its
 `Counters` are logged when it stops.

@@ -1,4 +1,4 @@
-"""The guest agent's flow-control settings and its no-host nack (the pure parts of `guest`)."""
+"""The guest agent's flow-control settings, its no-host nack, and the qemu guest's /init."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from servergroup.guestcomm.guest import (
     no_host_nack,
 )
 from servergroup.guestcomm.protocol import MAX_DATAGRAM, MAX_LINE, JsonObject
-from servergroup.guestcomm.sockets import NO_HOST_LOG_MSG
+from servergroup.guestcomm.sockets import DGRAM_QLEN_PATH, GUEST_DGRAM_QLEN, NO_HOST_LOG_MSG
+from servergroup.servers.drivers.qemu.image import (
+    DISK_MODULE_ROOTS,
+    MODULE_ROOTS,
+    SHARE_MODULE_ROOTS,
+    init_script,
+)
 
 SOCK = Path("/tmp/channel.sock")
 
@@ -111,3 +117,9 @@ def test_a_drop_may_count_several_messages_at_once() -> None:
     assert counters.dropped == {"app not bound": 4}
     assert counters.dropped_total == 4
     drops.close()
+
+
+def test_the_qemu_guests_init_raises_the_queue_length_before_the_agent_starts() -> None:
+    script = init_script(MODULE_ROOTS, SHARE_MODULE_ROOTS, DISK_MODULE_ROOTS)
+    raise_at = script.index(f"echo {GUEST_DGRAM_QLEN} >{DGRAM_QLEN_PATH}")
+    assert raise_at < script.index("-m servergroup.guestcomm")
