@@ -801,12 +801,12 @@ class GuestAgent:
             self._sock.close()
             loop.close()
             raise
+        _check_dgram_qlen()
         log.info(
             "guest agent ready: applications at abstract %r, channel %s",
             config.address,
             config.describe_channel(),
         )
-        _check_dgram_qlen()
         self._update_apps_reader()
         try:
             if config.ready_file is not None:

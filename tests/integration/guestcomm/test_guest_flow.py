@@ -41,6 +41,7 @@ from tests.integration.guestcomm.conftest import (
 )
 
 LOW_QLEN_WARNING = "applications will be slowed: raise net.unix.max_dgram_qlen"
+PAUSED = "backpressure: .* applications are not read"
 
 
 def frame_to(dest: str, data: JsonObject) -> bytes:
@@ -109,7 +110,7 @@ def test_a_flooding_app_is_slowed_while_the_host_does_not_read_and_nothing_is_lo
     app.sock.setblocking(False)
     sent = 0
     # The host reads nothing: the agent stops reading once the channel's buffer is full...
-    while log_count(guest.daemon, "backpressure: .* applications are not read") == 0:
+    while log_count(guest.daemon, PAUSED) == 0:
         try:
             app.sock.send(app_message(sent))
         except BlockingIOError:
@@ -188,11 +189,14 @@ def test_without_a_host_a_server_group_message_is_answered_with_a_nack(
     # A nack is never answered with a nack; other destinations are dropped.
     app.send({"version": 2, "msg_type": "nack", "orig_msg_type": "x", "log_msg": "y"})
     app.send({"version": 2, "msg_type": "broadcast", "data": "x"}, dest_addr="cgcs.scale")
+    # The agent reads in order: the next answer comes after those two were handled.
+    app.send({"version": 2, "msg_type": "status_query", "seq": 4})
+    assert json.loads(app.receive())["data"]["orig_msg_type"] == "status_query"
     app.expect_nothing()
     counters = final_counters(guest.daemon)
-    assert counters["nacked"] == 6
+    assert counters["nacked"] == 7
     assert counters["dropped"] == {"host not connected": 2}
-    assert counters["to_apps"] == 6
+    assert counters["to_apps"] == 7
 
 
 def test_messages_unread_by_a_host_that_leaves_are_counted(guest: GuestUnderTest) -> None:
@@ -200,26 +204,27 @@ def test_messages_unread_by_a_host_that_leaves_are_counted(guest: GuestUnderTest
     app = connected_app(guest, "my.app")
     app.sock.setblocking(False)
     sent = 0
-    while True:
+    while log_count(guest.daemon, PAUSED) == 0:  # until the agent waits for the host
         try:
             app.sock.send(app_message(sent, "host.tool"))
         except BlockingIOError:
-            break
+            time.sleep(0.01)
+            continue
         sent += 1
         assert sent < 100_000, "the agent took every message although the host read none"
     host.close()
     wait_log_count(guest.daemon, "host disconnected", 1)
-    app.sock.setblocking(True)
-    app.send({"after": 1}, dest_addr="host.tool")  # no host now: dropped
+    # The agent reads its socket in order: once this is answered, it has read everything.
+    last = guest.app("last.app")
+    last.send({"version": 2, "msg_type": "status_query", "seq": 1})
+    assert json.loads(last.receive())["data"]["msg_type"] == "nack"
     counters = final_counters(guest.daemon)
-    unsent = counters["dropped"].get("unsent at disconnect", 0)
-    assert unsent > 0
+    assert counters["dropped"]["unsent at disconnect"] > 0
     # Every message is accounted for: written to the socket the host closed, lost with
     # it, or read after it left (and dropped: no host, and not for the server group).
     assert counters["from_apps"] == sent + 1
-    assert (
-        counters["dropped"]["host not connected"] == counters["from_apps"] - counters["to_channel"]
-    )
+    assert counters["nacked"] == 1
+    assert counters["dropped"].get("host not connected", 0) == sent - counters["to_channel"]
 
 
 # -- channel -> applications: a queue per application -----------------------------------------
