@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -336,14 +338,15 @@ def test_the_agent_warns_when_the_kernel_queue_is_short(
 
 @pytest.fixture
 def lab_server() -> Iterator[tuple[LabDriver, str]]:
-    state = Path(subprocess.check_output(["mktemp", "-d", "/tmp/sgq.XXXXXX"], text=True).strip())
+    """A lab driver with a state directory of its own, and a name whose server it deletes."""
+    state = Path(tempfile.mkdtemp(prefix="sgq", dir="/tmp"))  # short: socket paths
     driver = LabDriver(state)
     name = f"q{secrets.token_hex(4)}"
     try:
         yield driver, name
     finally:
         driver.delete_sync(name, f"instance-{name[1:9]}")
-        subprocess.run(["rm", "-rf", str(state)], check=False)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_a_lab_server_gets_a_long_kernel_queue_and_the_machine_keeps_its_own(
