@@ -4,6 +4,9 @@ A peer that floods an agent with bad input must not flood its log: each
 reason gets `burst` lines per `interval`; what is held back is summed up in
 one line ("... 9 995 more in the last 10 s") when the interval ends. Every
 drop is counted whether it is logged or not.
+
+`Counters` is shared by the agents of both sides; the flow-control counters
+(`nacked`, `apps_paused`, `delivery_queued`) move only in the guest agent.
 """
 
 from __future__ import annotations
@@ -34,11 +37,17 @@ class Counters:
     to_channel: int = 0
     #: Messages delivered to local applications or in-process routes.
     to_apps: int = 0
+    #: Messages answered with a nack by the agent itself (no host to send them to).
+    nacked: int = 0
+    #: Times the agent stopped reading its applications: the channel was above its high-water mark.
+    apps_paused: int = 0
+    #: Deliveries to applications that had to wait in the agent's queue (their queue was full).
+    delivery_queued: int = 0
     #: Dropped messages by reason.
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     @property
     def dropped_total(self) -> int:
@@ -89,9 +98,11 @@ class DropLog:
         self._schedule = schedule
         self._flush_handle: Cancellable | None = None
 
-    def drop(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
-        """Count one message dropped for `reason`, and log `detail` unless held back."""
-        self._counters.drop(reason)
+    def drop(
+        self, reason: str, detail: str, *, level: int = logging.WARNING, count: int = 1
+    ) -> None:
+        """Count `count` messages dropped for `reason`, and log `detail` unless held back."""
+        self._counters.drop(reason, count)
         self.note(reason, detail, level=level)
 
     def note(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
@@ -167,7 +178,11 @@ class Reason(StrEnum):
     NO_DEST_ADDR = "no dest_addr"
     NO_DEST_INSTANCE = "no dest_instance"
     HOST_NOT_CONNECTED = "host not connected"
+    #: Written toward a host that went away before it had read them.
+    LOST_AT_DISCONNECT = "unsent at disconnect"
     GUEST_NOT_CONNECTED = "guest not connected"
+    #: Over the hard bound of the channel's write buffer (the guest agent's safety net:
+    #: its high-water mark stops reading applications long before).
     CHANNEL_QUEUE_FULL = "channel queue full"
     APP_NOT_BOUND = "app not bound"
     APP_NOT_READING = "app not reading"

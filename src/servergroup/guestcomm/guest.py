@@ -18,9 +18,55 @@ The channel is one of:
   older one is closed, which is how live migration hands the channel to the
   relay on another host.
 
-While no host is connected, messages from applications are dropped (and
-logged, rate-limited). Nothing a peer sends stops the agent; only
-cancellation or `stop` does.
+Flow control (what holds under load; nothing is ever reordered or repeated):
+
+- Applications -> channel: backpressure, not drops. Frames wait in the
+  channel's write buffer. Once it holds more than `channel_high_water` bytes
+  (the host is not reading fast enough) the agent stops reading its
+  applications' socket; it reads again once the buffer is down to
+  `channel_low_water`. Meanwhile datagrams wait in the kernel's queue of the
+  agent's socket, and when that is full the applications' sends block (or
+  fail with EAGAIN when non-blocking): a fast sender is slowed, not dropped.
+  The buffer's hard bound `queue_limit` (at least the high-water mark plus
+  the longest line) is only a safety net: a frame over it is dropped and
+  counted (`channel queue full`), which the high-water mark makes
+  unreachable. Frames still unwritten when a host connection ends are lost
+  with it and counted (`unsent at disconnect`).
+- No host connected: a message to `cgcs.server_grp` is answered at once
+  with a `nack` in the original's format, from `source_addr`
+  `cgcs.server_grp`, to its sender (`orig_msg_type` is the request's
+  `msg_type`, or "unknown"; its `id` is copied when it is a non-negative
+  integer); a nack is never answered with a nack, and a message to any
+  other address is dropped and counted (`host not connected`).
+- Channel -> applications: each destination address has a queue of its
+  own. A datagram is sent at once when its destination's queue is empty;
+  when the application's kernel queue is full (EAGAIN) it waits in the
+  agent's queue, which is retried every `app_retry_interval` until empty.
+  A datagram for a destination whose queue is not empty is appended, never
+  sent ahead. Beyond `app_queue_limit` datagrams or `app_queue_bytes` bytes
+  in one queue a datagram is dropped and counted (`app not reading`): the
+  application sees the gap. An address where nothing is bound is dropped at
+  once (`app not bound`), and so is what waits for an application that has
+  gone away. An empty queue is forgotten. The channel is never paused for a
+  slow application: one application that does not read never slows the
+  others.
+- The kernel's own queue per socket (`net.unix.max_dgram_qlen`, 10 by
+  default) throttles every local datagram; servers raise it (to
+  `sockets.GUEST_DGRAM_QLEN`), and the agent warns at start when it is
+  below `sockets.MIN_DGRAM_QLEN`. Every datagram the agent sent and its
+  application has not read yet counts against the agent's send buffer,
+  whoever it is for; once that is full every send fails with EAGAIN. So
+  the agent asks for a large one (`AGENT_SEND_BUFFER`): an application
+  that does not read holds at most its kernel queue of it. Caveat: the
+  kernel does not apply `max_dgram_qlen` to datagrams from the socket an
+  application is connected to, so an application connected to the agent
+  (as the client library is, to see room in the agent's queue) that stops
+  reading can take the whole send buffer, and then deliveries to every
+  application of the server wait in their queues (and overflow them) until
+  it reads or closes its socket.
+
+Nothing a peer sends stops the agent; only cancellation or `stop` does. Its
+`Counters` are logged when it stops.
 
 Two entry points run the same agent: `servergroup guest` (the CLI, for
 people) and `python -m servergroup.guestcomm` (`main` below: argparse, no
@@ -57,19 +103,28 @@ from servergroup.common.logsetup import log_bug, setup_logging
 from servergroup.guestcomm.drops import Counters, DropLog, Reason
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
+    MAX_DATAGRAM,
+    MAX_LINE,
     MESSAGING_ADDR,
+    SERVER_GROUP_ADDR,
+    VERSION,
     ChannelDecoder,
     Dropped,
     Envelope,
+    JsonObject,
     encode_guest_frame,
 )
 from servergroup.guestcomm.sockets import (
     BATCH,
+    GUEST_DGRAM_QLEN,
+    MIN_DGRAM_QLEN,
+    NO_HOST_LOG_MSG,
     AbstractSocket,
     Datagram,
     SendResult,
     app_envelope,
-    deliver,
+    dgram_qlen,
+    encode_delivery,
     reachable_path,
 )
 
@@ -77,8 +132,24 @@ log = logging.getLogger(__name__)
 
 #: The virtio-serial port of the messaging channel inside a VM.
 DEFAULT_CHANNEL_DEVICE = Path("/dev/virtio-ports/cgcs.messaging")
-#: Bytes that may wait to be written toward the host before messages are dropped.
+#: Hard bound of the bytes waiting to be written toward the host (a safety net: see
+#: the high-water mark).
 DEFAULT_QUEUE_LIMIT = 1 << 20
+#: Above this many bytes waiting toward the host the agent stops reading applications...
+DEFAULT_CHANNEL_HIGH_WATER = 256 << 10
+#: ... and at or below this many it reads them again.
+DEFAULT_CHANNEL_LOW_WATER = 64 << 10
+#: Datagrams that may wait in the agent for one application before more are dropped...
+DEFAULT_APP_QUEUE_LIMIT = 4096
+#: ... and bytes.
+DEFAULT_APP_QUEUE_BYTES = 4 << 20
+#: How often datagrams waiting for an application are tried again.
+DEFAULT_APP_RETRY_INTERVAL = 0.002
+#: The send buffer the agent's socket asks for (the kernel grants twice that): every
+#: datagram not yet read by its application counts against it, so one application that
+#: does not read must not use it all up (the kernel's default, about 200 KiB, holds 26
+#: datagrams of 4 KiB; an application's queue of 1024 small datagrams takes about 800 KiB).
+AGENT_SEND_BUFFER = 8 << 20
 #: How often a device channel checks whether the host has connected.
 DEFAULT_HOST_POLL_INTERVAL = 0.5
 _READ_SIZE = 65536
@@ -96,7 +167,19 @@ class GuestConfig:
     channel_listen: Path | None = None
     #: Abstract name the agent binds for applications.
     address: str = MESSAGING_ADDR
+    #: Hard bound (bytes) of the channel's write buffer; never reached in normal
+    #: operation, as reading stops above `channel_high_water`.
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    #: Stop reading applications while more bytes than this wait toward the host.
+    channel_high_water: int = DEFAULT_CHANNEL_HIGH_WATER
+    #: Read applications again once no more bytes than this wait toward the host.
+    channel_low_water: int = DEFAULT_CHANNEL_LOW_WATER
+    #: Bound of the agent's queue for one application, in datagrams...
+    app_queue_limit: int = DEFAULT_APP_QUEUE_LIMIT
+    #: ... and in bytes.
+    app_queue_bytes: int = DEFAULT_APP_QUEUE_BYTES
+    #: How often datagrams waiting for an application are tried again (seconds).
+    app_retry_interval: float = DEFAULT_APP_RETRY_INTERVAL
     host_poll_interval: float = DEFAULT_HOST_POLL_INTERVAL
     #: A file written (with the agent's PID) once it serves, removed when it stops.
     ready_file: Path | None = None
@@ -110,8 +193,27 @@ class GuestConfig:
                 f"the address {self.address!r} must be 1 to {MAX_ADDR_LENGTH} bytes "
                 "without NUL characters."
             )
-        if self.queue_limit < 1:
-            raise ConfigError("the channel queue limit must be at least 1 byte.")
+        if not 0 <= self.channel_low_water < self.channel_high_water:
+            raise ConfigError(
+                "the channel's low-water mark must be at least 0 and below its high-water mark "
+                f"(got {self.channel_low_water} and {self.channel_high_water} bytes)."
+            )
+        if self.queue_limit < self.channel_high_water + MAX_LINE:
+            raise ConfigError(
+                f"the channel queue limit must be at least the high-water mark plus {MAX_LINE} "
+                f"bytes (the longest line), {self.channel_high_water + MAX_LINE} bytes here."
+            )
+        if self.app_queue_limit < 1:
+            raise ConfigError("the queue for an application must hold at least 1 datagram.")
+        if self.app_queue_bytes < MAX_DATAGRAM:
+            raise ConfigError(
+                f"the queue for an application must hold at least {MAX_DATAGRAM} bytes "
+                "(the largest datagram)."
+            )
+        if not 0 < self.app_retry_interval <= 1:
+            raise ConfigError(
+                "the retry interval toward applications must be over 0 and at most 1 s."
+            )
         if self.host_poll_interval <= 0:
             raise ConfigError("the host poll interval must be positive.")
 
@@ -311,20 +413,31 @@ class _Outbox:
                 self._queue[0] = head[written:]
         return True
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Forget what waits; returns how many frames that was (one partly written counts)."""
+        frames = len(self._queue)
         self._queue.clear()
         self.queued = 0
+        return frames
 
 
 class _ChannelEvents(Protocol):
     def host_connected(self, detail: str) -> None: ...
-    def host_disconnected(self, detail: str) -> None: ...
+    def host_disconnected(self, detail: str, unsent: int) -> None:
+        """The host went away; `unsent` frames it had not read are lost with it."""
+
     def channel_data(self, data: bytes) -> None: ...
+    def channel_written(self, pending: int) -> None:
+        """The channel wrote some of its buffer; `pending` bytes still wait."""
 
 
 class _Channel(Protocol):
     @property
     def connected(self) -> bool: ...
+    @property
+    def pending(self) -> int:
+        """Bytes waiting to be written toward the host."""
+
     def start(self) -> None: ...
     def write(self, frame: bytes) -> WriteResult: ...
     def close(self) -> None: ...
@@ -357,6 +470,10 @@ class _ListenChannel:
     def connected(self) -> bool:
         return self._current is not None
 
+    @property
+    def pending(self) -> int:
+        return 0 if self._current is None else self._current.outbox.queued
+
     def start(self) -> None:
         self._listener = _listen_socket(self._path)
         st = os.stat(self._path)
@@ -378,8 +495,8 @@ class _ListenChannel:
         self._loop.add_reader(sock.fileno(), lambda: self._readable(conn))
         if old is not None:
             # Live migration: the relay on the new host connected; the old one goes.
-            self._drop(old)
-            self._events.host_disconnected("a newer host connection replaced it")
+            unsent = self._drop(old)
+            self._events.host_disconnected("a newer host connection replaced it", unsent)
         self._events.host_connected("a host connected to the channel socket")
 
     def _readable(self, conn: _HostConnection) -> None:
@@ -396,17 +513,18 @@ class _ListenChannel:
             self._events.channel_data(data)
 
     def _lost(self, conn: _HostConnection, why: str) -> None:
-        self._drop(conn)
+        unsent = self._drop(conn)
         if conn is self._current:
             self._current = None
-            self._events.host_disconnected(f"the host closed the channel connection{why}")
+            self._events.host_disconnected(f"the host closed the channel connection{why}", unsent)
 
-    def _drop(self, conn: _HostConnection) -> None:
+    def _drop(self, conn: _HostConnection) -> int:
+        """Close `conn`; returns how many frames it had not written."""
         if conn.sock.fileno() >= 0:
             self._loop.remove_reader(conn.sock.fileno())
             self._loop.remove_writer(conn.sock.fileno())
             conn.sock.close()
-        conn.outbox.clear()
+        return conn.outbox.clear()
 
     def write(self, frame: bytes) -> WriteResult:
         conn = self._current
@@ -425,6 +543,8 @@ class _ListenChannel:
             self._loop.remove_writer(fd)
         else:
             self._loop.add_writer(fd, lambda: self._flush(conn))
+        if conn is self._current:
+            self._events.channel_written(conn.outbox.queued)
 
     def close(self) -> None:
         if self._listener is not None:
@@ -497,6 +617,10 @@ class _DeviceChannel:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def pending(self) -> int:
+        return self._outbox.queued
+
     def start(self) -> None:
         flags = os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         try:
@@ -545,8 +669,8 @@ class _DeviceChannel:
         self._connected = False
         self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
-        self._outbox.clear()
-        self._events.host_disconnected(detail)
+        unsent = self._outbox.clear()
+        self._events.host_disconnected(detail, unsent)
         self._check_timer = self._loop.call_later(self._poll_interval, self._check)
 
     def write(self, frame: bytes) -> WriteResult:
@@ -564,6 +688,7 @@ class _DeviceChannel:
             self._loop.remove_writer(self._fd)
         else:
             self._loop.add_writer(self._fd, self._flush)
+        self._events.channel_written(self._outbox.queued)
 
     def close(self) -> None:
         if self._check_timer is not None:
@@ -580,6 +705,46 @@ class _DeviceChannel:
 # --- the agent --------------------------------------------------------------------------
 
 
+class _AppQueue:
+    """Datagrams waiting, in order, for one application whose kernel queue was full."""
+
+    __slots__ = ("datagrams", "size")
+
+    def __init__(self) -> None:
+        self.datagrams: deque[bytes] = deque()
+        self.size = 0
+
+    def append(self, datagram: bytes) -> None:
+        self.datagrams.append(datagram)
+        self.size += len(datagram)
+
+    def popleft(self) -> None:
+        self.size -= len(self.datagrams.popleft())
+
+
+def no_host_nack(data: JsonObject) -> JsonObject | None:
+    """The nack answering a request `data` sent while no host is connected; None for a nack.
+
+    The original's format (spec section 4): `version`, `msg_type`,
+    `orig_msg_type` (the request's `msg_type` when it is a string, else
+    "unknown"), `log_msg`, and our `id` when the request carried a
+    non-negative integer one.
+    """
+    msg_type = data.get("msg_type")
+    if msg_type == "nack":  # never answer a nack with a nack
+        return None
+    nack: JsonObject = {
+        "version": VERSION,
+        "msg_type": "nack",
+        "orig_msg_type": msg_type if isinstance(msg_type, str) else "unknown",
+        "log_msg": NO_HOST_LOG_MSG,
+    }
+    ident = data.get("id")
+    if isinstance(ident, int) and not isinstance(ident, bool) and ident >= 0:
+        nack["id"] = ident
+    return nack
+
+
 class GuestAgent:
     """Relays envelopes between the applications of this guest and its host."""
 
@@ -591,6 +756,14 @@ class GuestAgent:
         self._decoder = ChannelDecoder()
         self._sock: AbstractSocket | None = None
         self._channel: _Channel | None = None
+        # Reading applications: stopped while the channel is above its high-water
+        # mark (`_backpressure`) or for a moment after a receive error (`_resting`).
+        self._reading_apps = False
+        self._backpressure = False
+        self._resting = False
+        # Datagrams waiting for applications, by destination address (only non-empty queues).
+        self._waiting: dict[str, _AppQueue] = {}
+        self._retry_timer: _Timer | None = None
 
     @property
     def connected(self) -> bool:
@@ -610,7 +783,7 @@ class GuestAgent:
         config = self.config
         loop = self._loop
         try:
-            self._sock = AbstractSocket(config.address)
+            self._sock = AbstractSocket(config.address, send_buffer=AGENT_SEND_BUFFER)
         except BaseException:
             loop.close()
             raise
@@ -628,12 +801,13 @@ class GuestAgent:
             self._sock.close()
             loop.close()
             raise
+        _check_dgram_qlen()
         log.info(
             "guest agent ready: applications at abstract %r, channel %s",
             config.address,
             config.describe_channel(),
         )
-        loop.add_reader(self._sock.fileno(), self._apps_readable)
+        self._update_apps_reader()
         try:
             if config.ready_file is not None:
                 _write_ready_file(config.ready_file)
@@ -646,16 +820,34 @@ class GuestAgent:
                     config.ready_file.unlink()
             self._channel.close()
             self._sock.close()
+            waiting = sum(len(q.datagrams) for q in self._waiting.values())
+            if waiting:
+                self.counters.drop(Reason.APP_NOT_READING, waiting)
+            self._waiting.clear()
             self._drops.close()
             loop.close()
             log.info("guest agent stopped; counters: %s", self.counters.describe())
 
     # -- applications -> host
 
+    def _update_apps_reader(self) -> None:
+        """Read the applications' socket unless backpressure or a pause says not to."""
+        assert self._sock is not None
+        wanted = not (self._backpressure or self._resting)
+        if wanted == self._reading_apps:
+            return
+        self._reading_apps = wanted
+        if wanted:
+            self._loop.add_reader(self._sock.fileno(), self._apps_readable)
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+
     def _apps_readable(self) -> None:
         """Take up to `BATCH` queued datagrams, then let other work run."""
         assert self._sock is not None
         for _ in range(BATCH):
+            if not self._reading_apps:  # the channel filled up: leave the rest in the kernel
+                return
             try:
                 datagram = self._sock.receive_nowait()
             except OSError:
@@ -672,12 +864,14 @@ class GuestAgent:
 
     def _pause_apps(self) -> None:
         """Stop reading applications for a moment: whatever failed, do not spin on it."""
-        assert self._sock is not None
-        fd = self._sock.fileno()
-        self._loop.remove_reader(fd)
-        self._loop.call_later(
-            _RECEIVE_ERROR_PAUSE, lambda: self._loop.add_reader(fd, self._apps_readable)
-        )
+        self._resting = True
+        self._update_apps_reader()
+
+        def resume() -> None:
+            self._resting = False
+            self._update_apps_reader()
+
+        self._loop.call_later(_RECEIVE_ERROR_PAUSE, resume)
 
     def _from_app(self, datagram: Datagram) -> None:
         envelope = app_envelope(datagram, self._drops)
@@ -687,17 +881,48 @@ class GuestAgent:
         result = self._channel.write(encode_guest_frame(envelope))
         if result is WriteResult.QUEUED:
             self.counters.to_channel += 1
+            if self._channel.pending > self.config.channel_high_water and not self._backpressure:
+                self._backpressure = True
+                self.counters.apps_paused += 1
+                self._update_apps_reader()
+                self._drops.note(
+                    "backpressure",
+                    f"{self._channel.pending} bytes wait toward the host: applications "
+                    "are not read until it takes them",
+                    level=logging.INFO,
+                )
         elif result is WriteResult.NOT_CONNECTED:
-            self._drops.drop(
-                Reason.HOST_NOT_CONNECTED,
-                f"a message from {envelope.source_addr!r} to {envelope.dest_addr!r}: "
-                "no host is connected to the channel",
-            )
+            self._no_host(envelope)
         else:
             self._drops.drop(
                 Reason.CHANNEL_QUEUE_FULL,
                 f"a message from {envelope.source_addr!r}: the host is not reading the channel",
             )
+
+    def _no_host(self, envelope: Envelope) -> None:
+        """No host to send `envelope` to: a nack for the server-group service, else a drop."""
+        what = f"a message from {envelope.source_addr!r} to {envelope.dest_addr!r}"
+        nack = no_host_nack(envelope.data) if envelope.dest_addr == SERVER_GROUP_ADDR else None
+        if nack is None:
+            self._drops.drop(
+                Reason.HOST_NOT_CONNECTED, f"{what}: no host is connected to the channel"
+            )
+            return
+        self.counters.nacked += 1
+        self._drops.note(
+            Reason.HOST_NOT_CONNECTED,
+            f"{what}: no host is connected to the channel; answered with a nack",
+            level=logging.INFO,
+        )
+        self._deliver(
+            Envelope(dest_addr=envelope.source_addr, source_addr=SERVER_GROUP_ADDR, data=nack)
+        )
+
+    def channel_written(self, pending: int) -> None:
+        if self._backpressure and pending <= self.config.channel_low_water:
+            self._backpressure = False
+            self._update_apps_reader()
+            log.debug("%d bytes wait toward the host: reading applications again", pending)
 
     # -- host -> applications (the channel's events)
 
@@ -705,8 +930,15 @@ class GuestAgent:
         self._decoder = ChannelDecoder()  # a new host starts a new stream
         log.info("host connected: %s", detail)
 
-    def host_disconnected(self, detail: str) -> None:
+    def host_disconnected(self, detail: str, unsent: int) -> None:
         log.info("host disconnected: %s", detail)
+        if unsent:
+            self._drops.drop(
+                Reason.LOST_AT_DISCONNECT,
+                f"{unsent} message(s) not yet written toward the host that went away",
+                count=unsent,
+            )
+        self.channel_written(0)
 
     def channel_data(self, data: bytes) -> None:
         try:
@@ -720,32 +952,123 @@ class GuestAgent:
             log_bug(log, "the guest agent's channel handler")
 
     def _to_app(self, envelope: Envelope) -> None:
-        assert self._sock is not None
         if envelope.dest_addr is None:
             self._drops.drop(Reason.NO_DEST_ADDR, "a message from the host")
             return
-        try:
-            result = deliver(self._sock, envelope)
-        except OSError as exc:
-            self._drops.drop(Reason.SEND_FAILED, f"to {envelope.dest_addr!r}: {exc}")
+        self._deliver(envelope)
+
+    def _deliver(self, envelope: Envelope) -> None:
+        """Send `envelope` to its application now, or after those waiting for it."""
+        dest = envelope.dest_addr
+        assert dest is not None
+        datagram = encode_delivery(envelope)
+        if len(datagram) > MAX_DATAGRAM:
+            self._drops.drop(
+                Reason.TOO_BIG, f"a message for {dest!r} would be a datagram over 4095 bytes"
+            )
             return
+        waiting = self._waiting.get(dest)
+        if waiting is None:
+            result = self._send(dest, datagram)
+            if result is not SendResult.WOULD_BLOCK:
+                return
+            waiting = self._waiting[dest] = _AppQueue()
+            self._arm_retry()
+        config = self.config
+        if (
+            len(waiting.datagrams) >= config.app_queue_limit
+            or waiting.size + len(datagram) > config.app_queue_bytes
+        ):
+            self._drops.drop(
+                Reason.APP_NOT_READING,
+                f"{dest!r} does not read its messages: {len(waiting.datagrams)} datagrams "
+                f"({waiting.size} bytes) already wait for it",
+            )
+            return
+        waiting.append(datagram)
+        self.counters.delivery_queued += 1
+
+    def _send(self, dest: str, datagram: bytes) -> SendResult | None:
+        """One send; counts and logs every outcome but WOULD_BLOCK (None: another error)."""
+        assert self._sock is not None
+        try:
+            result = self._sock.send_to(dest, datagram)
+        except OSError as exc:
+            self._drops.drop(Reason.SEND_FAILED, f"to {dest!r}: {exc}")
+            return None
         if result is SendResult.SENT:
             self.counters.to_apps += 1
         elif result is SendResult.NOT_BOUND:
             self._drops.drop(
                 Reason.APP_NOT_BOUND,
-                f"a message for {envelope.dest_addr!r}: nothing is bound there",
+                f"a message for {dest!r}: nothing is bound there",
                 level=logging.DEBUG,
             )
-        elif result is SendResult.WOULD_BLOCK:
+        elif result is SendResult.TOO_BIG:
             self._drops.drop(
-                Reason.APP_NOT_READING, f"{envelope.dest_addr!r} does not read its messages"
+                Reason.TOO_BIG, f"a message for {dest!r}: the kernel refused it as too big"
             )
-        else:
+        return result
+
+    def _arm_retry(self) -> None:
+        if self._retry_timer is None:
+            self._retry_timer = self._loop.call_later(
+                self.config.app_retry_interval, self._retry_waiting
+            )
+
+    def _retry_waiting(self) -> None:
+        """Send what waits for each application, in order, until its queue is full again."""
+        self._retry_timer = None
+        for dest, waiting in list(self._waiting.items()):
+            while waiting.datagrams:
+                result = self._retry_one(dest, waiting.datagrams[0])
+                if result is SendResult.WOULD_BLOCK:
+                    break
+                if result is SendResult.NOT_BOUND:
+                    # The application went away: what waits for it goes too.
+                    self._drops.drop(
+                        Reason.APP_NOT_BOUND,
+                        f"{len(waiting.datagrams)} message(s) waited for {dest!r}, "
+                        "which has gone away",
+                        level=logging.INFO,
+                        count=len(waiting.datagrams),
+                    )
+                    waiting.datagrams.clear()
+                    waiting.size = 0
+                    break
+                waiting.popleft()
+            if not waiting.datagrams:
+                del self._waiting[dest]
+        if self._waiting:
+            self._arm_retry()
+
+    def _retry_one(self, dest: str, datagram: bytes) -> SendResult | None:
+        """One send of a datagram that waited; counts what `_send` counts but NOT_BOUND."""
+        assert self._sock is not None
+        try:
+            result = self._sock.send_to(dest, datagram)
+        except OSError as exc:
+            self._drops.drop(Reason.SEND_FAILED, f"to {dest!r}: {exc}")
+            return None
+        if result is SendResult.SENT:
+            self.counters.to_apps += 1
+        elif result is SendResult.TOO_BIG:
             self._drops.drop(
-                Reason.TOO_BIG,
-                f"a message for {envelope.dest_addr!r} would be a datagram over 4095 bytes",
+                Reason.TOO_BIG, f"a message for {dest!r}: the kernel refused it as too big"
             )
+        return result
+
+
+def _check_dgram_qlen() -> None:
+    """Warn when the kernel lets each socket hold so few datagrams that it slows everyone."""
+    qlen = dgram_qlen()
+    if qlen is not None and qlen < MIN_DGRAM_QLEN:
+        log.warning(
+            "net.unix.max_dgram_qlen is %d in this server: applications will be slowed: "
+            "raise net.unix.max_dgram_qlen (to %d, say) before the agent starts",
+            qlen,
+            GUEST_DGRAM_QLEN,
+        )
 
 
 def run_guest(config: GuestConfig) -> None:

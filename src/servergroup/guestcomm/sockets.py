@@ -7,6 +7,17 @@ the event loop, sending never waits, and the two ordinary outcomes of a
 datagram send to a local application (nobody bound there, its queue full)
 are results, not exceptions.
 
+Two kernel limits decide when a send to a local socket would block
+(EAGAIN). A receiver holds at most `net.unix.max_dgram_qlen` datagrams (a
+per-network-namespace sysctl, 10 by default, read when the receiving socket
+is created), except datagrams from the one socket it is connected to, which
+the kernel does not count; and every datagram sent and not yet read counts
+against its *sender's* send buffer (`SO_SNDBUF`), whoever it was sent to. A
+socket that sends to many receivers (the guest agent) therefore asks for a
+large send buffer, so that one receiver that does not read cannot use it all
+up and stall the others; and a guest raises the queue length
+(`GUEST_DGRAM_QLEN`, see `dgram_qlen`).
+
 The coroutines here (`AbstractSocket.receive`, `serve_datagrams`) import
 asyncio when first called: the guest agent uses this module from a loop of
 its own and must not pay for asyncio's import at each VM boot.
@@ -44,6 +55,15 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = MAX_APP_DATAGRAM + 1
 #: Kernel receive buffer asked for, so that bursts wait in the kernel.
 RECEIVE_BUFFER = 1 << 20
+#: Where the kernel keeps the datagram queue length of this network namespace.
+DGRAM_QLEN_PATH = Path("/proc/sys/net/unix/max_dgram_qlen")
+#: The queue length servers get (the lab driver's namespaces, the qemu guest's /init).
+GUEST_DGRAM_QLEN = 1024
+#: Below this an agent warns: applications are slowed by the kernel, not by their peers.
+MIN_DGRAM_QLEN = 64
+#: The `log_msg` of the nack a guest agent answers a server-group request with while no
+#: host is connected (here, not in the agent, so that client libraries can recognise it).
+NO_HOST_LOG_MSG = "no host is connected to this server's channel; the message was not sent"
 
 
 class AddressInUse(LocalError):
@@ -88,16 +108,31 @@ def sender_name(address: object) -> str | None:
     return None
 
 
-class AbstractSocket:
-    """A non-blocking AF_UNIX datagram socket bound to an abstract name."""
+def dgram_qlen() -> int | None:
+    """`net.unix.max_dgram_qlen` of this process's network namespace, None if unreadable."""
+    try:
+        return int(DGRAM_QLEN_PATH.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
-    def __init__(self, name: str) -> None:
+
+class AbstractSocket:
+    """A non-blocking AF_UNIX datagram socket bound to an abstract name.
+
+    `send_buffer` asks for that send buffer (bytes): with `SO_SNDBUFFORCE`
+    where allowed (root), else `SO_SNDBUF`, which the kernel caps at
+    `net.core.wmem_max`; None keeps the kernel's default.
+    """
+
+    def __init__(self, name: str, *, send_buffer: int | None = None) -> None:
         self.name = name
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.setblocking(False)
             with contextlib.suppress(OSError):  # the kernel caps it; the default still works
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if send_buffer is not None:
+                _set_send_buffer(self._sock, send_buffer)
             self._sock.bind(abstract_address(name))
         except OSError as exc:
             self._sock.close()
@@ -110,6 +145,11 @@ class AbstractSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    @property
+    def send_buffer(self) -> int:
+        """The send buffer the kernel granted (bytes; the kernel doubles what is asked)."""
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
     def close(self) -> None:
         self._sock.close()
@@ -169,6 +209,18 @@ class AbstractSocket:
                 return SendResult.WOULD_BLOCK
             raise
         return SendResult.SENT
+
+
+#: Linux's SO_SNDBUFFORCE (asm-generic/socket.h); the socket module does not name it.
+_SO_SNDBUFFORCE = 32
+
+
+def _set_send_buffer(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+    except OSError:  # not root: SO_SNDBUF, capped by net.core.wmem_max
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def encode_delivery(envelope: Envelope) -> bytes:

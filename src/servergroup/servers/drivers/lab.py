@@ -4,7 +4,9 @@ Theory of operation. A lab server `<name>` is
 
 - the network namespace `sgs-<scope>-<name>`, with no IP networking: only `lo`,
   left down, so messaging has to go through the channel (seed 000: "available
-  regardless of whether IP networking is functional within the server");
+  regardless of whether IP networking is functional within the server"),
+  and `net.unix.max_dgram_qlen` raised to `GUEST_DGRAM_QLEN` inside it (the
+  default of 10 datagrams per socket throttles every local application);
 - the cgroup `servergroup/<scope>/<name>` of the freezer hierarchy (cgroup v1
   `freezer.state` FROZEN/THAWED; on a cgroup v2 machine `cgroup.freeze`),
   which holds every process of the server: pause freezes it, stop signals
@@ -70,6 +72,7 @@ from pathlib import Path
 from servergroup.common.errors import ProcessFailed
 from servergroup.common.process import alive, command_line, stop_all
 from servergroup.common.runner import CommandFailed, CommandNotFound, run
+from servergroup.guestcomm.sockets import GUEST_DGRAM_QLEN
 from servergroup.servers.drivers.base import (
     DriverError,
     MoveStyle,
@@ -360,6 +363,34 @@ def _netns_usable(netns: str) -> bool:
         return False
 
 
+def _raise_dgram_qlen(netns: str) -> None:
+    """Let each socket of the server's namespace hold `GUEST_DGRAM_QLEN` datagrams.
+
+    `net.unix.max_dgram_qlen` is per network namespace (10 by default, which
+    throttles every application of the server), and a socket takes it when
+    it is created, so this runs before the guest agent starts. Written from
+    inside the namespace: the machine's own setting is not touched. A failure
+    leaves the server working, only slower (its agent warns too).
+    """
+    try:
+        run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "sysctl",
+                "-q",
+                "-w",
+                f"net.unix.max_dgram_qlen={GUEST_DGRAM_QLEN}",
+            ],
+            timeout=TOOL_TIMEOUT,
+            check=True,
+        )
+    except (CommandNotFound, CommandFailed) as exc:
+        log.warning("cannot raise net.unix.max_dgram_qlen in %s: %s", netns, exc)
+
+
 # --- the driver ----------------------------------------------------------------------
 
 
@@ -527,6 +558,7 @@ class LabDriver:
             if (NETNS_DIR / netns).exists():  # a file left by a process killed mid-create
                 _run(["ip", "netns", "delete", netns])
             _run(["ip", "netns", "add", netns])  # a new namespace: only lo, and it is down
+        _raise_dgram_qlen(netns)
         try:
             cgroups.create(name)
         except OSError as exc:

@@ -17,7 +17,8 @@ command line read-only over 9p (or, with `sg.disk`, binds in the directories
 of a read-only ext4 disk holding the same files: QEMU will not live-migrate
 a VM with a 9p share mounted), so the guest runs the host's own Python,
 virtual environment and servergroup sources; it creates the
-`/dev/virtio-ports/` links udev would make, then keeps the guest agent and
+`/dev/virtio-ports/` links udev would make, raises `net.unix.max_dgram_qlen`
+to `GUEST_DGRAM_QLEN`, then keeps the guest agent and
 the exec agent running (each in a respawn loop, as a guest agent "configured
 to respawn"; the exec agent starts once the guest agent serves, so that the
 two do not start at once on one emulated vCPU), runs the user's command if
@@ -64,6 +65,7 @@ from pathlib import Path
 import servergroup
 from servergroup.common.errors import ConfigError, LocalError, MissingDependency
 from servergroup.common.runner import CommandNotFound, CommandTimedOut, run
+from servergroup.guestcomm.sockets import GUEST_DGRAM_QLEN
 from servergroup.servers.drivers.qemu.boot import (
     CHANNEL_PORT,
     EXEC_PORT,
@@ -195,6 +197,10 @@ while :; do
     $bb sleep 0.1
 done
 
+# Let each local socket hold @DGRAM_QLEN@ datagrams: the kernel's default of 10
+# throttles every application. A socket takes it when created: before the agents.
+echo @DGRAM_QLEN@ >/proc/sys/net/unix/max_dgram_qlen || say "cannot raise net.unix.max_dgram_qlen"
+
 respawn() {  # respawn CMD...: keep CMD running, its output on the console
     ( while :; do "$@"; $bb sleep 1; done ) </dev/null >/dev/console 2>&1 &
 }
@@ -287,6 +293,7 @@ def init_script(
         "@EXEC_PORT@": EXEC_PORT,
         "@EXEC_AGENT@": EXEC_AGENT_MODULE,
         "@READY@": READY_MARKER,
+        "@DGRAM_QLEN@": str(GUEST_DGRAM_QLEN),
     }
     text = INIT_SCRIPT
     for key, value in values.items():
