@@ -32,7 +32,9 @@ from servergroup.groups.client import (
     StatusReceived,
     init,
 )
+from servergroup.groups.protocol import MsgType
 from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Json, JsonObject
+from servergroup.guestcomm.sockets import NO_HOST_LOG_MSG
 
 #: Longest wait in one poll, so that Ctrl-C and the deadline are seen promptly.
 _POLL_INTERVAL = 0.5
@@ -97,6 +99,15 @@ STATUS_RETRY_INTERVAL = 1.0
 STATUS_TRIES = 5
 
 
+def _no_host_yet(event: ClientEvent) -> bool:
+    """A status query the agent refused because no host is connected to its channel yet."""
+    return (
+        isinstance(event, NackReceived)
+        and event.orig_msg_type == MsgType.STATUS_QUERY.value
+        and event.reason == NO_HOST_LOG_MSG
+    )
+
+
 def run_app(
     message: str | None,
     *,
@@ -130,9 +141,9 @@ def run_app(
         if message is not None:
             client.broadcast(message)
         client.request_status()
-        # The service is best-effort (seed 000): a query sent while the host's
-        # relay is still connecting (right after a boot or a restart) is lost.
-        # Ask again until the status comes, a few times.
+        # A query sent while the host's relay is still connecting (right after a
+        # boot or a restart) is refused by the agent ("no host is connected"):
+        # ask again until the status comes, a few times, without printing that.
         status_tries = 1
         retry_at = time.monotonic() + STATUS_RETRY_INTERVAL
         selector.register(client.fileno(), selectors.EVENT_READ)
@@ -152,6 +163,8 @@ def run_app(
                 for event in client.receive():
                     if isinstance(event, StatusReceived):
                         status_tries = STATUS_TRIES
+                    elif _no_host_yet(event) and status_tries < STATUS_TRIES:
+                        continue  # asked again below
                     show(event)
                 if status_tries < STATUS_TRIES and time.monotonic() >= retry_at:
                     client.request_status()

@@ -48,8 +48,9 @@ host failure can leave unconfirmed. `stats` gives
 `BroadcastStats(sent, acknowledged, refused, unconfirmed, missed,
 pending)`; always `sent == acknowledged + refused + unconfirmed + pending`.
 
-**Backpressure.** The client's datagram socket is bound to its own address
-and `connect()`ed to the agent's abstract address. Linux reports POLLOUT on
+**Backpressure.** The client's datagram socket is bound to its own address;
+a second socket, never bound, is `connect()`ed to the agent's abstract
+address only to be polled (`_AgentSocket`). Linux reports POLLOUT on
 a *connected* AF_UNIX datagram socket only while the peer's receive queue
 has room (`unix_dgram_poll` checks the peer's queue, `net.unix.max_dgram_qlen`
 datagrams, 10 by default in every network namespace, only when the socket
@@ -78,17 +79,11 @@ application takes none, further broadcasts are discarded and counted in
 `missed` (it sees the gap in `seq`), as the agent would have done had the
 client not read them; other events are few and always kept.
 
-**The agent's lifetime.** A connected socket accepts datagrams only from its
-peer, so only the agent can reach the client (already the rule). If the
-agent dies, the next send fails with ECONNREFUSED: the client connects
-again once (a restarted agent is found by name) and raises
-`AgentUnavailable` when nothing is there. The kernel keeps a socket
-connected to a dead peer and refuses a new agent's datagrams to it (EPERM),
-so a client that only receives connects again at least every
-`AGENT_CHECK_INTERVAL` seconds in `process()`/`receive()` (the asyncio
-client on a timer); connecting again to the same agent changes nothing.
-Datagrams the old agent had queued for the client are lost with it (the
-kernel purges them when the peer changes).
+**The agent's lifetime.** The bound socket is not connected (see
+`_AgentSocket`): it receives from whichever agent has the address, so a
+restarted agent reaches the client at once, and sends go by name. A send
+that finds nothing bound raises `AgentUnavailable`. Datagrams the old agent
+had queued are lost with it.
 
 **Gaps (`missed`).** A receiver tracks the `seq` of the group's broadcasts
 it receives: a jump from s to s+k (k > 1) leaves k-1 holes, and a hole is a
@@ -196,8 +191,6 @@ DEFAULT_ACK_TIMEOUT: Final = 10.0
 DEFAULT_MAX_HELD_EVENTS: Final = 8192
 #: How often a client at another address renews its subscription.
 DEFAULT_RESUBSCRIBE_INTERVAL: Final = 30.0
-#: How often a receiving client connects to the agent again (a restarted agent is new).
-AGENT_CHECK_INTERVAL: Final = 1.0
 #: How long to wait before sending again when the kernel had no memory (ENOBUFS).
 _NO_MEMORY_PAUSE: Final = 0.01
 
@@ -710,11 +703,18 @@ class _Sent(Enum):
 
 
 class _AgentSocket:
-    """A non-blocking AF_UNIX datagram socket bound to an abstract name, connected to the agent.
+    """The client's socket, bound to its abstract name, and a watcher connected to the agent.
 
-    Connecting is what makes POLLOUT mean "the agent's queue has room" (see
-    the module docstring). When no agent is bound yet, the socket stays
-    unconnected and connects at the first send.
+    The bound socket stays unconnected: it sends with `sendto`, and what the
+    agent sends it is held to the kernel's per-socket queue length like any
+    datagram (a connected receiver would lift that limit for its peer, so a
+    client that stopped reading could use up the agent's whole send buffer
+    and stall every other application of the server). The watcher is a
+    second socket, never bound and never used to send, `connect()`ed to the
+    agent only so that POLLOUT on it means "the agent's queue has room" (see
+    the module docstring): a waiting sender polls the watcher's `fileno` and
+    then sends on the bound socket (a datagram that loses the race to
+    another sender meets EAGAIN and waits again).
     """
 
     def __init__(self, name: str) -> None:
@@ -728,52 +728,54 @@ class _AgentSocket:
         except BaseException:
             self._sock.close()
             raise
+        # Made now, with the bound socket: a socket belongs to the network namespace
+        # of the thread that makes it, and the client may be used from another.
+        self._watcher = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
         self.agent: str | None = None
 
     def fileno(self) -> int:
+        """The bound socket: poll it for POLLIN."""
         return self._sock.fileno()
+
+    def writable_fileno(self) -> int | None:
+        """The watcher: poll it for POLLOUT; None when no agent is bound (send to find out)."""
+        if self.agent is None:
+            return None
+        return self._watcher.fileno()
 
     def close(self) -> None:
         self._sock.close()
+        self._watcher.close()
 
     def connect(self, agent: str) -> bool:
-        """Connect (again) to the agent at `agent`; False when nothing is bound there.
+        """Connect the watcher (again) to the agent at `agent`; False when nothing is bound.
 
-        Connecting again to the same agent changes nothing; to a new one (the
-        agent restarted) it moves the socket there.
+        A failed connect leaves the watcher as it was: unconnected, or connected
+        to an agent that is gone, which polls writable (the send then tells).
+
+        Connecting again follows a restarted agent; to the same agent it changes nothing.
         """
         try:
-            self._sock.connect(abstract_address(agent))
+            self._watcher.connect(abstract_address(agent))
         except (ConnectionRefusedError, FileNotFoundError):
+            self.agent = None
             return False
         self.agent = agent
         return True
 
     def send(self, agent: str, data: bytes) -> _Sent:
-        """Send one datagram to the agent without waiting; connects (again) when needed."""
-        if self.agent != agent and not self.connect(agent):
-            return _Sent.NO_AGENT
-        result = self._send_once(data)
-        if result is not None:
-            return result
-        # The agent we were connected to is gone (ECONNREFUSED, and the kernel
-        # disconnected us): connect to whoever has the address now, once.
-        self.agent = None
-        if not self.connect(agent):
-            return _Sent.NO_AGENT
-        return self._send_once(data) or _Sent.NO_AGENT
-
-    def _send_once(self, data: bytes) -> _Sent | None:
-        """The outcome, or None when the connected agent is gone."""
+        """Send one datagram to the agent without waiting."""
         try:
-            self._sock.send(data)
+            self._sock.sendto(data, abstract_address(agent))
         except (BlockingIOError, InterruptedError):
+            # Waiting follows: make sure the watcher watches the agent there now.
+            self.connect(agent)
             return _Sent.FULL
-        except ConnectionRefusedError:
-            return None
+        except (ConnectionRefusedError, FileNotFoundError):
+            return _Sent.NO_AGENT
         except OSError as exc:
-            if exc.errno in (errno.ENOTCONN, errno.EDESTADDRREQ):
-                return None
             if exc.errno == errno.EMSGSIZE:
                 return _Sent.TOO_BIG
             if exc.errno == errno.ENOBUFS:
@@ -864,8 +866,6 @@ class ServerGroupClient:
         self._subscribed_at: float | None = None
         self._held: deque[ClientEvent] = deque()
         self._sock: _AgentSocket | None = _bind(address)
-        self._sock.connect(agent)  # no agent yet: connected at the first send
-        self._checked_at = time.monotonic()
         self._poll = select.poll()
         if self._core.subscribes:
             try:
@@ -926,7 +926,6 @@ class ServerGroupClient:
     def _events(self) -> Iterator[ClientEvent]:
         self._read()
         self._expire()
-        self._check_agent()
         while self._held:
             yield self._held.popleft()
         self._renew_subscription()
@@ -1031,12 +1030,20 @@ class ServerGroupClient:
         sock = self._socket()
         until = _earliest(deadline, self._core.next_timer())
         timeout_ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
-        self._poll.register(sock.fileno(), _POLLIN | (_POLLOUT if writable else 0))
+        watched = [(sock.fileno(), _POLLIN)]
+        out = sock.writable_fileno() if writable else None
+        if writable and out is None:
+            timeout_ms = 0  # no agent to watch: the next send says what is there
+        if out is not None:
+            watched.append((out, _POLLOUT))
+        for fd, mask in watched:
+            self._poll.register(fd, mask)
         try:
             ready = self._poll.poll(timeout_ms)
         finally:
-            self._poll.unregister(sock.fileno())
-        if any(mask & _POLLIN for _, mask in ready):
+            for fd, _ in watched:
+                self._poll.unregister(fd)
+        if any(fd == sock.fileno() and mask & _POLLIN for fd, mask in ready):
             self._read()
         self._expire()
 
@@ -1060,14 +1067,6 @@ class ServerGroupClient:
     def _expire(self) -> None:
         for event in self._core.handle_timer(time.monotonic()):
             self._held.append(event)
-
-    def _check_agent(self) -> None:
-        """Connect again now and then: a restarted agent cannot reach a socket still
-        connected to the old one (see the module docstring)."""
-        now = time.monotonic()
-        if now - self._checked_at >= AGENT_CHECK_INTERVAL:
-            self._checked_at = now
-            self._socket().connect(self._core.agent)
 
     def _renew_subscription(self) -> None:
         at = self._subscribed_at
@@ -1173,7 +1172,6 @@ class AsyncServerGroupClient:
         self._changed: asyncio.Event | None = None
         self._send_lock: asyncio.Lock | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._checker: asyncio.TimerHandle | None = None
         #: The send awaiting POLLOUT (sends go one at a time), failed by `close`.
         self._write_waiter: asyncio.Future[None] | None = None
 
@@ -1197,7 +1195,6 @@ class AsyncServerGroupClient:
         """
         if self._sock is None:
             self._sock = _bind(self._core.address)
-            self._sock.connect(self._core.agent)  # no agent yet: connected at the first send
 
     async def open(self) -> None:
         """Bind the address, start reading and, at another address than the default, subscribe."""
@@ -1209,7 +1206,6 @@ class AsyncServerGroupClient:
         self._changed = asyncio.Event()
         self._send_lock = asyncio.Lock()
         loop.add_reader(self._sock.fileno(), self._on_readable)
-        self._checker = loop.call_later(AGENT_CHECK_INTERVAL, self._check_agent)
         if self._core.subscribes:
             try:
                 await self.subscribe()
@@ -1224,10 +1220,9 @@ class AsyncServerGroupClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
-        for handle in (self._timer, self._checker):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._checker = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
         if self._sock is None:
             return
         if self._loop is not None:
@@ -1367,7 +1362,7 @@ class AsyncServerGroupClient:
             raise _busy_after(agent, timeout, windowed and self._core.window_full) from None
 
     async def _writable(self, sock: _AgentSocket) -> None:
-        """Wait for POLLOUT: room in the agent's queue (the socket is connected)."""
+        """Wait for POLLOUT on the watcher: room in the agent's queue."""
         _, loop = self._opened()
         ready = loop.create_future()
 
@@ -1375,7 +1370,9 @@ class AsyncServerGroupClient:
             if not ready.done():
                 ready.set_result(None)
 
-        fd = sock.fileno()
+        fd = sock.writable_fileno()
+        if fd is None:
+            return  # no agent to watch: the next send says what is there
         loop.add_writer(fd, wake)
         self._write_waiter = ready
         try:
@@ -1431,13 +1428,6 @@ class AsyncServerGroupClient:
             self._wake()
         self._arm_timer()
 
-    def _check_agent(self) -> None:
-        """Connect again now and then (see the module docstring), on a timer."""
-        if self._sock is None or self._loop is None:
-            return
-        self._sock.connect(self._core.agent)
-        self._checker = self._loop.call_later(AGENT_CHECK_INTERVAL, self._check_agent)
-
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self._resubscribe_interval)
@@ -1448,7 +1438,6 @@ class AsyncServerGroupClient:
 
 
 __all__ = [
-    "AGENT_CHECK_INTERVAL",
     "DEFAULT_ACK_TIMEOUT",
     "DEFAULT_MAX_HELD_EVENTS",
     "DEFAULT_RESUBSCRIBE_INTERVAL",
