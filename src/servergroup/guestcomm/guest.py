@@ -112,6 +112,8 @@ from servergroup.guestcomm.protocol import (
     Dropped,
     Envelope,
     JsonObject,
+    decode_line,
+    delivery_of_frame,
     encode_guest_frame,
 )
 from servergroup.guestcomm.sockets import (
@@ -914,8 +916,10 @@ class GuestAgent:
             f"{what}: no host is connected to the channel; answered with a nack",
             level=logging.INFO,
         )
+        assert envelope.source_addr is not None  # stamped by app_envelope
         self._deliver(
-            Envelope(dest_addr=envelope.source_addr, source_addr=SERVER_GROUP_ADDR, data=nack)
+            envelope.source_addr,
+            encode_delivery(Envelope(source_addr=SERVER_GROUP_ADDR, data=nack)),
         )
 
     def channel_written(self, pending: int) -> None:
@@ -942,7 +946,17 @@ class GuestAgent:
 
     def channel_data(self, data: bytes) -> None:
         try:
-            for item in self._decoder.feed(data):
+            for line in self._decoder.feed_lines(data):
+                if isinstance(line, Dropped):
+                    self._drops.drop(line.reason, f"from the host: {line.detail}")
+                    continue
+                # The host's own frames are cut, not parsed and encoded again.
+                fast = delivery_of_frame(line)
+                if fast is not None:
+                    self.counters.from_channel += 1
+                    self._deliver(*fast)
+                    continue
+                item = decode_line(line)
                 if isinstance(item, Dropped):
                     self._drops.drop(item.reason, f"from the host: {item.detail}")
                 else:
@@ -955,13 +969,10 @@ class GuestAgent:
         if envelope.dest_addr is None:
             self._drops.drop(Reason.NO_DEST_ADDR, "a message from the host")
             return
-        self._deliver(envelope)
+        self._deliver(envelope.dest_addr, encode_delivery(envelope))
 
-    def _deliver(self, envelope: Envelope) -> None:
-        """Send `envelope` to its application now, or after those waiting for it."""
-        dest = envelope.dest_addr
-        assert dest is not None
-        datagram = encode_delivery(envelope)
+    def _deliver(self, dest: str, datagram: bytes) -> None:
+        """Send `datagram` to the application at `dest` now, or after those waiting for it."""
         if len(datagram) > MAX_DATAGRAM:
             self._drops.drop(
                 Reason.TOO_BIG, f"a message for {dest!r} would be a datagram over 4095 bytes"

@@ -26,6 +26,7 @@ chunks of that stream into envelopes:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -267,6 +268,20 @@ class ChannelDecoder:
     def feed(self, data: bytes) -> list[Envelope | Dropped]:
         """Every complete line in what has arrived so far, in order."""
         out: list[Envelope | Dropped] = []
+        for line in self.feed_lines(data):
+            if isinstance(line, Dropped):
+                out.append(line)
+            else:
+                self._line(line, out)
+        return out
+
+    def feed_lines(self, data: bytes) -> list[bytes | Dropped]:
+        """Every complete line in what has arrived so far, in order, not parsed yet.
+
+        Over-long lines come out as `Dropped`; empty ones are left out. `decode_line`
+        parses one (what `feed` does for each).
+        """
+        out: list[bytes | Dropped] = []
         start = 0
         while True:
             end = data.find(b"\n", start)
@@ -284,9 +299,12 @@ class ChannelDecoder:
                 self._partial += data[start:end]
                 line = bytes(self._partial)
                 self._partial.clear()
-                self._line(line, out)
+                if line.strip():
+                    out.append(line)
             else:
-                self._line(data[start:end], out)
+                line = data[start:end]
+                if line.strip():
+                    out.append(line)
             start = end + 1
 
     def _keep(self, data: bytes, start: int) -> None:
@@ -300,20 +318,48 @@ class ChannelDecoder:
             self._partial += data[start:]
 
     def _line(self, line: bytes, out: list[Envelope | Dropped]) -> None:
-        if len(line) > self._max_line:
-            out.append(_too_long(len(line), self._max_line))
-            return
-        if not line.strip():
-            return
-        try:
-            value = parse_json(line)
-        except ProtocolError as exc:
-            out.append(Dropped(reason=DropReason.GARBAGE, size=len(line), detail=str(exc)))
-            return
-        try:
-            out.append(envelope_from_json(value))
-        except ProtocolError as exc:
-            out.append(Dropped(reason=DropReason.BAD_ENVELOPE, size=len(line), detail=str(exc)))
+        out.append(decode_line(line))
+
+
+def decode_line(line: bytes) -> Envelope | Dropped:
+    """The envelope on one channel line, or why it is dropped (garbage, a bad envelope)."""
+    try:
+        value = parse_json(line)
+    except ProtocolError as exc:
+        return Dropped(reason=DropReason.GARBAGE, size=len(line), detail=str(exc))
+    try:
+        return envelope_from_json(value)
+    except ProtocolError as exc:
+        return Dropped(reason=DropReason.BAD_ENVELOPE, size=len(line), detail=str(exc))
+
+
+#: How every host frame `encode_host_frame` writes for an application starts.
+_FRAME_HEAD = b'{"version":2,"dest_addr":"'
+#: What may follow the destination in a frame whose delivery is a plain cut.
+_FRAME_NEXT = (b',"source_addr":"', b',"data":{')
+_PLAIN_ADDR = re.compile(rb"[A-Za-z0-9._-]{1,%d}" % MAX_ADDR_LENGTH)
+
+
+def delivery_of_frame(line: bytes) -> tuple[str, bytes] | None:
+    """(destination, datagram) for a host frame in the form this project writes; else None.
+
+    A frame `{"version":2,"dest_addr":"D",<rest>` whose rest names no
+    destination instance is delivered as `{"version":2,<rest>`: the bytes
+    `encode_delivery` would make from it, without parsing and encoding the
+    JSON again (the agent does this for every message to every application).
+    Anything else (another key order, an escaped or unusual address, a
+    `dest_instance`) returns None: parse it with `decode_line`.
+    """
+    head = len(_FRAME_HEAD)
+    if not line.startswith(_FRAME_HEAD) or not line.endswith(b"}}"):
+        return None
+    close = line.find(b'"', head)
+    if close < 0 or not line.startswith(_FRAME_NEXT, close + 1):
+        return None
+    dest = line[head:close]
+    if _PLAIN_ADDR.fullmatch(dest) is None:
+        return None
+    return dest.decode("ascii"), b'{"version":2' + line[close + 1 :]
 
 
 def _too_long(size: int, limit: int) -> Dropped:

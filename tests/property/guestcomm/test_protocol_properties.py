@@ -17,12 +17,15 @@ from servergroup.guestcomm.protocol import (
     DropReason,
     Envelope,
     Json,
+    JsonObject,
     ProtocolError,
     decode_envelope,
+    delivery_of_frame,
     encode_envelope,
     encode_guest_frame,
     encode_host_frame,
 )
+from servergroup.guestcomm.sockets import encode_delivery
 
 _scalars = (
     st.none()
@@ -161,3 +164,27 @@ def test_arbitrary_json_raises_only_protocol_error(value: Json) -> None:
     except ProtocolError:
         return
     assert decode_envelope(encode_envelope(env)) == env
+
+
+@given(envelopes)
+def test_a_frame_cut_for_delivery_is_what_encoding_the_delivery_gives(env: Envelope) -> None:
+    line = encode_host_frame(env)[:-1]
+    fast = delivery_of_frame(line)
+    if fast is None:
+        return  # parsed the long way
+    assert env.dest_addr is not None
+    assert env.dest_instance is None
+    assert fast == (env.dest_addr, encode_delivery(env))
+
+
+@given(json_objects, st.sampled_from(["cgcs.server_grp", "app-2", "x" * MAX_ADDR_LENGTH]))
+def test_the_group_service_frames_are_always_cut_not_parsed(data: JsonObject, dest: str) -> None:
+    env = Envelope(data=data, dest_addr=dest, source_addr="cgcs.server_grp")
+    assert delivery_of_frame(encode_host_frame(env)[:-1]) == (dest, encode_delivery(env))
+
+
+@given(st.binary(max_size=300))
+def test_cutting_arbitrary_bytes_never_raises(raw: bytes) -> None:
+    fast = delivery_of_frame(b'{"version":2,"dest_addr":"' + raw)
+    if fast is not None:
+        assert fast[1].startswith(b'{"version":2,')
