@@ -39,6 +39,7 @@ from tests.integration.groups.load import (
     AppLog,
     Load,
     SenderCounts,
+    Stats,
     check,
     expected_counts,
 )
@@ -195,3 +196,76 @@ def test_sending_host_killed_mid_burst_loses_nothing_acknowledged(
     for name in ("b", "c"):
         assert verdict.receivers[name].missing_acknowledged == 0
         assert verdict.receivers[name].duplicates == 0
+
+
+# -- the checker itself, on logs written by hand ------------------------------------------
+
+
+def logs_of(sender_stats: Stats, **lines: list[str]) -> dict[str, AppLog]:
+    """App logs from log lines (name -> lines); `sender_stats` are app a's."""
+    logs = {}
+    for name, written in lines.items():
+        log = AppLog(name=name, host="h1" if name == "a" else "h2")
+        for line in written:
+            log.take(line)
+        logs[name] = log
+    logs["a"].stats = sender_stats
+    return logs
+
+
+SENDS = [f"s t {i} {i} 1.{i}" for i in range(3)]
+
+
+def got(seq: int, index: int, at: str = "2.0") -> str:
+    return f"r {seq} t a {index} 1.{index} {at} instance-0000000a"
+
+
+def test_checker_passes_a_clean_run() -> None:
+    receipts = [got(1, 0), got(2, 1), got(3, 2)]
+    logs = logs_of(Stats(sent=3, acknowledged=3), a=SENDS, b=receipts, c=receipts)
+    verdict = check(logs, all_acknowledged=True)
+    assert verdict.problems == ()
+    assert verdict.broadcasts == 3
+    assert verdict.senders["a"] == all_acknowledged(3)
+    assert verdict.receivers["b"].received == 3
+
+
+def test_checker_finds_duplicates_disorder_and_loss() -> None:
+    stats = Stats(sent=3, acknowledged=3)
+    twice = check(logs_of(stats, a=SENDS, b=[got(1, 0), got(2, 1), got(2, 1), got(3, 2)]))
+    assert twice.receivers["b"].duplicates == 1
+    assert any("2 times" in p for p in twice.problems)
+    disagree = check(
+        logs_of(stats, a=SENDS, b=[got(1, 0), got(2, 1), got(3, 2)], c=[got(1, 1), got(2, 0)])
+    )
+    assert any("seq 1 is a#t/0 at one receiver" in p for p in disagree.problems)
+    backwards = check(logs_of(stats, a=SENDS, b=[got(2, 1), got(1, 0), got(3, 2)]))
+    assert backwards.receivers["b"].order_violations == 1
+    lost = check(logs_of(stats, a=SENDS, b=[got(1, 0), got(2, 1), got(3, 2)], c=[got(1, 0)]))
+    assert lost.receivers["c"].missing_acknowledged == 2
+    assert "c never got a#t/1, acknowledged to a" in lost.problems
+
+
+def test_checker_counts_refused_and_unconfirmed_and_checks_the_sum() -> None:
+    refused = [*SENDS, "n 2 busy: the group service is full"]
+    receipts = [got(1, 0), got(2, 1)]
+    # id 2 refused: only 0 and 1 were acknowledged, so nothing is missing.
+    ok = check(logs_of(Stats(sent=3, acknowledged=2, refused=1), a=refused, b=receipts))
+    assert ok.problems == ()
+    assert ok.senders["a"].nacks_seen == 1
+    blocking = check(
+        logs_of(Stats(sent=3, acknowledged=2, refused=1), a=refused, b=receipts),
+        all_acknowledged=True,
+    )
+    assert any("all must be acknowledged" in p for p in blocking.problems)
+    unaccounted = check(logs_of(Stats(sent=3, acknowledged=2), a=SENDS, b=receipts))
+    assert any("is not the 3 it sent" in p for p in unaccounted.problems)
+
+
+def test_checker_counts_a_receivers_gap_and_spares_incomplete_receivers() -> None:
+    full = [got(1, 0), got(2, 1), got(3, 2)]
+    logs = logs_of(Stats(sent=3, acknowledged=3), a=SENDS, b=full, p=[got(1, 0), got(3, 2)])
+    verdict = check(logs, complete={"b"})
+    assert verdict.problems == ()
+    assert verdict.receivers["p"].gaps == 1
+    assert check(logs).receivers["p"].missing_acknowledged == 1
