@@ -75,7 +75,9 @@ def load_in(short_dir: Path) -> Iterator[LoadFactory]:
 
 
 def all_acknowledged(count: int) -> SenderCounts:
-    return SenderCounts(sent=count, acknowledged=count, refused=0, unconfirmed=0, nacks_seen=0)
+    return SenderCounts(
+        sent=count, acknowledged=count, refused=0, unconfirmed=0, pending=0, nacks_seen=0
+    )
 
 
 @contextlib.contextmanager
@@ -258,8 +260,14 @@ def test_checker_counts_refused_and_unconfirmed_and_checks_the_sum() -> None:
         all_acknowledged=True,
     )
     assert any("all must be acknowledged" in p for p in blocking.problems)
-    unaccounted = check(logs_of(Stats(sent=3, acknowledged=2), a=SENDS, b=receipts))
-    assert any("is not the 3 it sent" in p for p in unaccounted.problems)
+    unaccounted = check(logs_of(Stats(sent=3, acknowledged=2, pending=1), a=SENDS, b=receipts))
+    assert any("is not the 3 it sent (1 pending)" in p for p in unaccounted.problems)
+    # The client nacks an unconfirmed broadcast itself: it counts among the nacked.
+    unconfirmed = [*SENDS, "n 2 the host did not confirm it within 10 s"]
+    maybe = check(logs_of(Stats(sent=3, acknowledged=2, unconfirmed=1), a=unconfirmed, b=receipts))
+    assert maybe.problems == ()
+    silent = check(logs_of(Stats(sent=3, acknowledged=2, unconfirmed=1), a=SENDS, b=receipts))
+    assert any("but 0 broadcasts nacked" in p for p in silent.problems)
 
 
 def test_checker_counts_a_receivers_gap_and_spares_incomplete_receivers() -> None:
