@@ -527,15 +527,19 @@ class Load:
         lead: float = 0.2,
     ) -> float:
         """Make `senders` send `count` each at `rate` each (0: as fast as allowed), from now +
-        `lead` on; returns that start time. `wait_sent` collects their reports."""
+        `lead` on; returns that start time. `wait_sent` collects their reports.
+
+        At a rate, sender k starts k / (rate * senders) later, so that together
+        they send evenly spaced broadcasts rather than several at the same instant.
+        """
         start_at = time.monotonic() + lead
-        for name in senders:
+        for k, name in enumerate(senders):
             self.apps[name].command(
                 cmd="send",
                 tag=tag,
                 count=count,
                 rate=rate,
-                start_at=start_at,
+                start_at=start_at + (k / (rate * len(senders)) if rate > 0 else 0.0),
                 size=size,
                 flush_timeout=flush_timeout,
             )
