@@ -73,11 +73,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -700,6 +702,7 @@ class Throughput:
         count = max(1, total // senders)
         per_sender = rate / senders if rate else 0.0
         before = {n: self.load.apps[n].log.stats for n in who}
+        cpu_before = cpu_by_role(self.bench.state_dir)
         await asyncio.to_thread(self.load.burst, who, tag, count, rate=per_sender)
         sending = count / per_sender if per_sender else 0.0
         done: dict[str, BurstDone] = await asyncio.to_thread(
@@ -709,8 +712,12 @@ class Throughput:
         await asyncio.to_thread(
             functools.partial(self.load.wait_delivered, expected, tag, quiet=3.0, timeout=120.0)
         )
+        cpu = cpu_used(cpu_before, cpu_by_role(self.bench.state_dir))
         logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
-        return step_figures(logs, done, before, tag, rate, senders, len(self.names))
+        return {
+            **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
+            "cpu_cores": cpu,
+        }
 
     async def sweep(self, senders: int) -> dict[str, Any]:
         say(f"throughput, {senders} sender(s): warm-up, low load {LOW_RATE:g}/s")
@@ -750,6 +757,45 @@ class Throughput:
             "missing_acknowledged_total": sum(f["missing_acknowledged"] for f in every),
             "problems": [p for f in every for p in f["problems"]][:20],
         }
+
+
+#: Where the CPU goes, by what a process's command line names (all under the run's
+#: state directory); "machine" is every CPU of the machine busy, other work included.
+ROLES = (
+    ("load apps", "tests.integration.groups.load"),
+    ("guest agents", "guest"),
+    ("host daemons", "host"),
+    ("etcd", "--data-dir"),
+)
+
+
+def cpu_by_role(state_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of this run's processes by role, of this process, of the machine."""
+    seconds: defaultdict[str, float] = defaultdict(float)
+    marker = str(state_dir)
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        argv = proc.info["cmdline"] or []
+        times = proc.info["cpu_times"]
+        if times is None or not any(marker in word for word in argv):
+            continue
+        role = next((name for name, word in ROLES if word in argv), "other")
+        seconds[role] += times.user + times.system
+    me = psutil.Process().cpu_times()
+    seconds["this benchmark"] = me.user + me.system
+    machine = psutil.cpu_times()
+    seconds["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    seconds["wall"] = time.monotonic()
+    return dict(seconds)
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores used between two `cpu_by_role` readings, by role."""
+    wall = max(after["wall"] - before["wall"], 1e-6)
+    return {
+        role: round((after[role] - before.get(role, 0.0)) / wall, 2)
+        for role in after
+        if role != "wall"
+    }
 
 
 def median(values: Sequence[float]) -> float:
@@ -1040,6 +1086,16 @@ def throughput_table(t: dict[str, Any]) -> str:
         [lat(s["low_load"]) for s in sweeps],
         f"p99 {THROUGHPUT_GOALS['low_load_p99_ms']}",
     )
+
+    def cores(s: dict[str, Any]) -> str:
+        bursts = s["as_fast_as_allowed"]
+        roles = [r for r in bursts[0]["cpu_cores"] if r != "machine"]
+        used = {r: median([b["cpu_cores"].get(r, 0.0) for b in bursts]) for r in roles}
+        machine = median([b["cpu_cores"]["machine"] for b in bursts])
+        parts = ", ".join(f"{r} {v:.2f}" for r, v in used.items() if v >= 0.01)
+        return f"machine {machine:.2f} of {os.cpu_count()}: {parts}"
+
+    row("CPU cores busy as fast as allowed (median)", [cores(s) for s in sweeps])
     row("refused (blocking API)", [str(s["refused_total"]) for s in sweeps], "0")
     row("unconfirmed", [str(s["unconfirmed_total"]) for s in sweeps], "0")
     row(
@@ -1079,7 +1135,9 @@ def throughput_notes(t: dict[str, Any]) -> str:
     text = (
         "Throughput: one load app per server (tests/integration/groups/load.py, the client "
         "library's blocking `broadcast()`), senders m0 (h1), then m0..m3 (h1, h2, h3, h1), each "
-        "at its share of the offered load; every app receives and stamps every broadcast. "
+        "at its share of the offered load (staggered, so that together they send evenly); every "
+        "app receives and stamps every broadcast. CPU: cores busy during the bursts as fast as "
+        "allowed, by this run's processes (their command lines) and for the whole machine. "
         f"Offered load is stepped up ({', '.join(str(r) for r in STEPS)}/s, "
         f"{t['step_seconds']:g} s each) until delivered falls under {KEEPS_UP:.0%} of offered; "
         f"then {t['repeat']} burst(s) of {t['burst']} as fast as allowed (the max is their "
