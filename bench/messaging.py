@@ -1,12 +1,34 @@
-"""Benchmark: group messaging latency on 10 lab servers over 3 lab hosts (issue 3).
+"""Benchmark: group messaging throughput and latency on 10 lab servers over 3 lab hosts.
 
 One run brings up a `servergroup up --hosts 3` of its own (state directory
 under /tmp, etcd ports and lab name of its own), creates one
-soft-anti-affinity group and 10 servers placed round-robin on h1..h3, and
-starts `bench/messaging_member.py` inside every server with `servergroup
-server exec`. Members stamp every event with `time.monotonic()` as it
-arrives; CLOCK_MONOTONIC is one clock for all namespaces of the machine, so
-stamps from different servers and from this process compare. Then:
+soft-anti-affinity group and 10 servers placed round-robin on h1..h3.
+Every app stamps what it receives with `time.monotonic()`; CLOCK_MONOTONIC
+is one clock for all namespaces of the machine, so stamps from different
+servers and from this process compare.
+
+Throughput (issue 12; `--parts throughput`), first:
+
+0. etcd ceiling: on the same managed etcd, transactions as the group
+   service's batcher makes them (compare the key's mod revision, put one
+   `BroadcastBatch` of 100 items of ~100-byte texts), back to back from one
+   client, then from 4 clients on 4 keys; messages/s (median of `--repeat`).
+1. one load app per server (tests/integration/groups/load.py, shared with
+   tests/integration/groups/test_load.py; the client library's blocking
+   `broadcast()`), with one sender (m0) and then four (m0..m3 on h1, h2, h3,
+   h1): low load (100/s), then offered load stepped up (1000, 2000, 4000,
+   ... /s per group, `--step-seconds` each) until delivered falls under 90 %
+   of offered, then `--repeat` bursts of `--burst` as fast as allowed (the
+   max: their median delivered rate, or a step's if more), then steps at 50 %
+   and 90 % of the max. Each step: broadcasts delivered to all 9 other
+   members per second, latency p50/p99 (send stamp in the text -> receive
+   stamp), refused and unconfirmed (the senders' client stats), and what
+   the load checker finds (loss of acknowledged broadcasts, duplicates,
+   order).
+
+Latency, notifications, host loss (issue 3; `--parts latency`): starts
+`bench/messaging_member.py` inside every server with `servergroup server
+exec`, then:
 
 1. broadcast: `--broadcasts` broadcasts at `--rate` per second, senders in
    turn, each text carrying the sender's stamp taken just before the send;
@@ -34,7 +56,8 @@ Everything is torn down at the end (`servergroup down`), also on an error or
 Ctrl-C. Writes a table on stdout and JSON plus Markdown under bench/results/.
 
     .venv/bin/python bench/messaging.py [--quick] [--broadcasts 400] [--rate 50]
-                                        [--ops 16] [--kills 5]
+                                        [--ops 16] [--kills 5] [--parts throughput,latency]
+                                        [--step-seconds 2] [--burst 20000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -50,20 +73,35 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import RESULTS, UpRun, run_meta, run_then_tear_down, say, summary
-
-from servergroup.config import CoordinationConfig, parse_endpoints
-from servergroup.coordination import connect
-from servergroup.coordination.types import EventKind
-from servergroup.servers import registry as keys
+import psutil
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the load apps live with the test that checks them
+
+from _harness import RESULTS, UpRun, run_meta, run_then_tear_down, say, summary  # noqa: E402
+from tests.integration.groups.load import (  # noqa: E402
+    AppLog,
+    BurstDone,
+    Load,
+    Stats,
+    check,
+    expected_counts,
+    latencies,
+)
+
+from servergroup.config import CoordinationConfig, parse_endpoints  # noqa: E402
+from servergroup.coordination import Compare, Get, Put, connect  # noqa: E402
+from servergroup.coordination.types import EventKind  # noqa: E402
+from servergroup.servers import registry as keys  # noqa: E402
+from servergroup.servers.model import BroadcastBatch, BroadcastItem, encode_batch  # noqa: E402
+
 MEMBER = HERE / "messaging_member.py"
 GROUP = "bench"
 SERVERS = 10
@@ -369,7 +407,8 @@ def statuses_beyond(member: Member, mark: int) -> bool:
     return len(member.statuses) > mark
 
 
-async def setup_servers(bench: Bench) -> None:
+async def create_servers(bench: Bench) -> dict[str, tuple[str, str]]:
+    """The group and its 10 servers; server name -> (host, instance), in creation order."""
     await bench.cli("group", "create", GROUP, "--policy", "soft-anti-affinity")
     for i in range(SERVERS):
         name, host = f"{bench.lab}m{i}", HOSTS[i % len(HOSTS)]
@@ -378,6 +417,11 @@ async def setup_servers(bench: Bench) -> None:
     listed = json.loads(await bench.cli("server", "list", "--json"))
     placed = {str(s["name"]): (str(s["host"]), str(s["instance_name"])) for s in listed}
     names = sorted(placed, key=lambda n: int(n.rsplit("m", 1)[1]))
+    return {name: placed[name] for name in names}
+
+
+async def start_members(bench: Bench, placed: dict[str, tuple[str, str]]) -> None:
+    names = list(placed)
     for name in names:
         host, instance = placed[name]
         await bench.start_member(name, host, instance)
@@ -616,6 +660,280 @@ async def status_answered_after(bench: Bench, member: Member, after: float) -> f
     raise RuntimeError(f"member {member.name} got no status answer within 20 s")
 
 
+# -- throughput (issue 12) ------------------------------------------------------------------
+
+#: Offered loads per group (broadcasts/s), stepped up until delivery falls behind.
+STEPS = (1000, 2000, 4000, 8000, 16000, 32000, 64000)
+#: A step fell behind when it delivered less than this share of what was offered.
+KEEPS_UP = 0.9
+LOW_RATE = 100.0
+SENDER_COUNTS = (1, 4)
+CEILING_ITEMS = 100
+CEILING_TEXT = 100
+THROUGHPUT_GOALS = {
+    "max_delivered_per_s": ">= 8000 /s",
+    "p99_at_half_ms": "<= 20 ms",
+    "low_load_p99_ms": "<= 5 ms",
+    "delivered_vs_ceiling": ">= 0.5",
+}
+
+
+class Throughput:
+    """The throughput part: one load app per server (tests/integration/groups/load.py)."""
+
+    def __init__(self, bench: Bench, load: Load, names: list[str], args: argparse.Namespace):
+        self.bench = bench
+        self.load = load
+        self.names = names
+        self.seconds = float(args.step_seconds)
+        self.burst = int(args.burst)
+        self.repeat = int(args.repeat)
+        self._tags = itertools.count()
+
+    async def step(
+        self, senders: int, rate: float | None, *, seconds: float = 0.0, total: int = 0
+    ) -> dict[str, Any]:
+        """`senders` apps send `rate` per second together (None: as fast as allowed) for
+        `seconds` (or `total` broadcasts); what was delivered, how late, what was refused."""
+        who = self.names[:senders]
+        tag = f"t{next(self._tags)}"
+        if rate is not None:
+            total = max(senders, round(rate * seconds))
+        count = max(1, total // senders)
+        per_sender = rate / senders if rate else 0.0
+        before = {n: self.load.apps[n].log.stats for n in who}
+        cpu_before = cpu_by_role(self.bench.state_dir)
+        await asyncio.to_thread(self.load.burst, who, tag, count, rate=per_sender)
+        sending = count / per_sender if per_sender else 0.0
+        done: dict[str, BurstDone] = await asyncio.to_thread(
+            self.load.wait_sent, who, sending + 120.0
+        )
+        expected = expected_counts(dict.fromkeys(who, count), self.names)
+        await asyncio.to_thread(
+            functools.partial(self.load.wait_delivered, expected, tag, quiet=3.0, timeout=120.0)
+        )
+        cpu = cpu_used(cpu_before, cpu_by_role(self.bench.state_dir))
+        logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
+        return {
+            **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
+            "cpu_cores": cpu,
+        }
+
+    async def sweep(self, senders: int) -> dict[str, Any]:
+        say(f"throughput, {senders} sender(s): warm-up, low load {LOW_RATE:g}/s")
+        await self.step(senders, LOW_RATE, seconds=0.5)
+        low = await self.step(senders, LOW_RATE, seconds=max(3.0, self.seconds))
+        steps: list[dict[str, Any]] = []
+        for rate in STEPS:
+            figures = await self.step(senders, float(rate), seconds=self.seconds)
+            steps.append(figures)
+            say(f"  offered {rate}/s: {line_of(figures)}")
+            if figures["delivered_per_s"] < KEEPS_UP * rate:
+                break
+        unlimited: list[dict[str, Any]] = []
+        for _ in range(self.repeat):
+            figures = await self.step(senders, None, total=self.burst)
+            unlimited.append(figures)
+            say(f"  as fast as allowed: {line_of(figures)}")
+        # The most delivered: as fast as allowed (median of the bursts), or a step's when
+        # more (a path that drops what it cannot carry delivers less when pushed harder).
+        maximum = max(median([f["delivered_per_s"] for f in unlimited]),
+                      *(f["delivered_per_s"] for f in steps))  # fmt: skip
+        at: dict[str, dict[str, Any]] = {}
+        for share in (0.5, 0.9):
+            figures = await self.step(senders, share * maximum, seconds=self.seconds)
+            at[f"{share:.0%}"] = figures
+            say(f"  {share:.0%} of {maximum:.0f}/s: {line_of(figures)}")
+        every = [low, *steps, *unlimited, *at.values()]
+        return {
+            "senders": senders,
+            "max_delivered_per_s": maximum,
+            "low_load": low,
+            "steps": steps,
+            "as_fast_as_allowed": unlimited,
+            "at_share_of_max": at,
+            "refused_total": sum(f["refused"] for f in every),
+            "unconfirmed_total": sum(f["unconfirmed"] for f in every),
+            "missing_acknowledged_total": sum(f["missing_acknowledged"] for f in every),
+            "problems": [p for f in every for p in f["problems"]][:20],
+        }
+
+
+#: Where the CPU goes, by what a process's command line names (all under the run's
+#: state directory); "machine" is every CPU of the machine busy, other work included.
+ROLES = (
+    ("load apps", "tests.integration.groups.load"),
+    ("guest agents", "guest"),
+    ("host daemons", "host"),
+    ("etcd", "--data-dir"),
+)
+
+
+def cpu_by_role(state_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of this run's processes by role, of this process, of the machine."""
+    seconds: defaultdict[str, float] = defaultdict(float)
+    marker = str(state_dir)
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        argv = proc.info["cmdline"] or []
+        times = proc.info["cpu_times"]
+        if times is None or not any(marker in word for word in argv):
+            continue
+        role = next((name for name, word in ROLES if word in argv), "other")
+        seconds[role] += times.user + times.system
+    me = psutil.Process().cpu_times()
+    seconds["this benchmark"] = me.user + me.system
+    machine = psutil.cpu_times()
+    seconds["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    seconds["wall"] = time.monotonic()
+    return dict(seconds)
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores used between two `cpu_by_role` readings, by role."""
+    wall = max(after["wall"] - before["wall"], 1e-6)
+    return {
+        role: round((after[role] - before.get(role, 0.0)) / wall, 2)
+        for role in after
+        if role != "wall"
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def step_figures(
+    logs: dict[str, AppLog],
+    done: dict[str, BurstDone],
+    before: dict[str, Stats],
+    tag: str,
+    rate: float | None,
+    senders: int,
+    members: int,
+) -> dict[str, Any]:
+    receipts = [r for log in logs.values() for r in log.receipts if r.tag == tag]
+    first_at = min(d.first_at for d in done.values())
+    last_sent_at = max(d.last_at for d in done.values())
+    last_received_at = max((r.received_at for r in receipts), default=first_at)
+    copies = Counter(r.key for r in receipts)
+    everywhere = sum(1 for c in copies.values() if c >= members - 1)
+    sent = sum(d.count for d in done.values())
+    delta = {n: d.stats.minus(before[n]) for n, d in done.items()}
+    verdict = check(logs, tags={tag})
+    return {
+        "senders": senders,
+        "offered_per_s": rate,
+        "broadcasts": sent,
+        "sent_per_s": round(sent / max(last_sent_at - first_at, 1e-6), 1),
+        "delivered_per_s": round(everywhere / max(last_received_at - first_at, 1e-6), 1),
+        "delivered_everywhere": everywhere,
+        "latency_ms": summary(latencies(logs, tags={tag}), 1000.0),
+        "refused": sum(s.refused for s in delta.values()),
+        "unconfirmed": sum(s.unconfirmed for s in delta.values()),
+        "flushed": all(d.flushed for d in done.values()),
+        "missing_acknowledged": sum(c.missing_acknowledged for c in verdict.receivers.values()),
+        "problems": list(verdict.problems[:10]),
+    }
+
+
+def line_of(f: dict[str, Any]) -> str:
+    lat = f["latency_ms"]
+    return (
+        f"sent {f['sent_per_s']:.0f}/s, delivered {f['delivered_per_s']:.0f}/s "
+        f"({f['delivered_everywhere']} of {f['broadcasts']} everywhere), "
+        f"p50 {lat.get('p50', float('nan')):g} ms, p99 {lat.get('p99', float('nan')):g} ms, "
+        f"refused {f['refused']}, unconfirmed {f['unconfirmed']}"
+    )
+
+
+async def etcd_ceiling(bench: Bench, clients: int, seconds: float) -> dict[str, Any]:
+    """Batched puts as the group service makes them, as fast as `clients` clients can.
+
+    Each client writes its own key: one transaction per batch, comparing the
+    key's mod revision (absent at first), putting one `BroadcastBatch` of
+    100 items of 100-byte texts; a refused compare re-reads in the same
+    transaction. Under a prefix of its own, so that no host daemon sees it.
+    """
+    endpoints = parse_endpoints(str(bench.up["etcd"]))
+    prefix = f"/bench-messaging-ceiling/{os.getpid()}/"
+    coordinators = [
+        connect(CoordinationConfig(), endpoints=endpoints, prefix=prefix) for _ in range(clients)
+    ]
+    item = BroadcastItem(sender="m0", sender_instance="instance-00000000", text="x" * CEILING_TEXT)
+    sizes: list[int] = []
+
+    async def writer(coordinator: Any, key: str) -> int:
+        revision, seq, txns = 0, 1, 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            value = encode_batch(
+                BroadcastBatch(group=key, first_seq=seq, sent_at="", items=(item,) * CEILING_ITEMS)
+            )
+            sizes.append(len(value))
+            result = await coordinator.txn(
+                [Compare.unchanged(key, revision)], [Put(key=key, value=value)], [Get(key=key)]
+            )
+            if result.succeeded:
+                revision, seq, txns = result.revision, seq + CEILING_ITEMS, txns + 1
+            else:
+                kv = result.reads.get(key)
+                revision = kv.mod_revision if kv is not None else 0
+        return txns
+
+    try:
+        started = time.monotonic()
+        counts = await asyncio.gather(*(writer(c, f"g{i}") for i, c in enumerate(coordinators)))
+        elapsed = time.monotonic() - started
+        await coordinators[0].delete_prefix("")
+    finally:
+        for coordinator in coordinators:
+            await coordinator.close()
+    return {
+        "clients": clients,
+        "transactions": sum(counts),
+        "seconds": round(elapsed, 3),
+        "value_bytes": max(sizes, default=0),
+        "messages_per_s": round(sum(counts) * CEILING_ITEMS / elapsed, 1),
+    }
+
+
+async def measure_ceiling(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for clients in (1, 4):
+        runs = [await etcd_ceiling(bench, clients, args.step_seconds) for _ in range(args.repeat)]
+        out[f"{clients}_clients"] = {
+            "messages_per_s": median([r["messages_per_s"] for r in runs]),
+            "runs": runs,
+        }
+        say(f"etcd ceiling, {clients} client(s): {out[f'{clients}_clients']['messages_per_s']:.0f} "
+            "messages/s (median)")  # fmt: skip
+    return out
+
+
+async def measure_throughput(
+    bench: Bench, placed: dict[str, tuple[str, str]], args: argparse.Namespace
+) -> dict[str, Any]:
+    placement = {name: host for name, (host, _) in placed.items()}
+    say("throughput: etcd ceiling first, then one load app per server")
+    ceiling = await measure_ceiling(bench, args)
+    load = await asyncio.to_thread(Load.start, bench, placement, bench.state_dir / "load")
+    try:
+        part = Throughput(bench, load, list(placement), args)
+        sweeps = {f"{n}_senders": await part.sweep(n) for n in SENDER_COUNTS}
+    finally:
+        await asyncio.to_thread(load.close)
+    return {
+        "etcd_ceiling": ceiling,
+        **sweeps,
+        "step_seconds": args.step_seconds,
+        "burst": args.burst,
+        "repeat": args.repeat,
+        "goals": THROUGHPUT_GOALS,
+    }
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -624,16 +942,23 @@ async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     await bench.bring_up()
     watcher = asyncio.create_task(bench.watch_store())
     try:
-        await setup_servers(bench)
-        lease_ttl = float(CoordinationConfig().lease_ttl)
-        say("etcd floor: put -> watch event, same etcd")
-        floor = summary(await bench.etcd_floor(args.broadcasts), 1000.0)
-        results = {
-            "etcd_put_to_watch_ms": floor,
-            "broadcast": await measure_broadcasts(bench, args.broadcasts, args.rate),
-            "lifecycle": await measure_lifecycle(bench, args.ops),
-            "host_loss": await measure_host_loss(bench, args.kills, lease_ttl),
-        }
+        placed = await create_servers(bench)
+        results: dict[str, Any] = {}
+        if "throughput" in args.parts:
+            # First, while nothing else runs in the servers (a load app binds the
+            # address the members use).
+            results["throughput"] = await measure_throughput(bench, placed, args)
+        if "latency" in args.parts:
+            await start_members(bench, placed)
+            lease_ttl = float(CoordinationConfig().lease_ttl)
+            say("etcd floor: put -> watch event, same etcd")
+            floor = summary(await bench.etcd_floor(args.broadcasts), 1000.0)
+            results |= {
+                "etcd_put_to_watch_ms": floor,
+                "broadcast": await measure_broadcasts(bench, args.broadcasts, args.rate),
+                "lifecycle": await measure_lifecycle(bench, args.ops),
+                "host_loss": await measure_host_loss(bench, args.kills, lease_ttl),
+            }
         problems = [f"{m.name}: {p}" for m in bench.members for p in m.problems]
         warnings = bench.daemon_warnings()
         return {
@@ -718,6 +1043,117 @@ def notes() -> str:
     return "\n".join(lines)
 
 
+def rate(value: Any) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "as fast as allowed"
+
+
+def throughput_table(t: dict[str, Any]) -> str:
+    """The summary against the goals, then every step."""
+    ceiling = t["etcd_ceiling"]
+    one = ceiling["1_clients"]["messages_per_s"]
+    sweeps = [t[f"{n}_senders"] for n in SENDER_COUNTS]
+    lines = [
+        "| throughput (broadcasts/s per group, 10 members) | "
+        + " | ".join(f"{s['senders']} sender(s)" for s in sweeps)
+        + " | goal |",
+        "|---|" + "---|" * len(sweeps) + "---|",
+    ]
+
+    def row(label: str, cells: list[str], goal: str = "") -> None:
+        lines.append(f"| {label} | {' | '.join(cells)} | {goal} |")
+
+    def lat(f: dict[str, Any]) -> str:
+        return f"{ms(f['latency_ms'], 'p50')} / {ms(f['latency_ms'], 'p99')}"
+
+    row(
+        "max delivered (as fast as allowed, median of "
+        f"{len(sweeps[0]['as_fast_as_allowed'])}; or a step's if more)",
+        [f"{s['max_delivered_per_s']:.0f}" for s in sweeps],
+        THROUGHPUT_GOALS["max_delivered_per_s"],
+    )
+    for share, goal in (("50%", THROUGHPUT_GOALS["p99_at_half_ms"]), ("90%", "")):
+        row(
+            f"p50 / p99 latency at {share} of the max",
+            [
+                f"{lat(s['at_share_of_max'][share])} "
+                f"(at {s['at_share_of_max'][share]['offered_per_s']:.0f}/s)"
+                for s in sweeps
+            ],
+            f"p99 {goal}" if goal else "",
+        )
+    row(
+        f"p50 / p99 latency at low load ({LOW_RATE:g}/s)",
+        [lat(s["low_load"]) for s in sweeps],
+        f"p99 {THROUGHPUT_GOALS['low_load_p99_ms']}",
+    )
+
+    def cores(s: dict[str, Any]) -> str:
+        bursts = s["as_fast_as_allowed"]
+        roles = [r for r in bursts[0]["cpu_cores"] if r != "machine"]
+        used = {r: median([b["cpu_cores"].get(r, 0.0) for b in bursts]) for r in roles}
+        machine = median([b["cpu_cores"]["machine"] for b in bursts])
+        parts = ", ".join(f"{r} {v:.2f}" for r, v in used.items() if v >= 0.01)
+        return f"machine {machine:.2f} of {os.cpu_count()}: {parts}"
+
+    row("CPU cores busy as fast as allowed (median)", [cores(s) for s in sweeps])
+    row("refused (blocking API)", [str(s["refused_total"]) for s in sweeps], "0")
+    row("unconfirmed", [str(s["unconfirmed_total"]) for s in sweeps], "0")
+    row(
+        "acknowledged but not delivered everywhere",
+        [str(s["missing_acknowledged_total"]) for s in sweeps],
+        "0",
+    )
+    row(
+        "etcd ceiling, 1 client / 4 clients on 4 keys (messages/s, median)",
+        [f"{one:.0f} / {ceiling['4_clients']['messages_per_s']:.0f}"] * len(sweeps),
+    )
+    row(
+        "max delivered / etcd ceiling (1 client)",
+        [f"{s['max_delivered_per_s'] / one:.2f}" if one else "" for s in sweeps],
+        THROUGHPUT_GOALS["delivered_vs_ceiling"],
+    )
+    lines += [
+        "",
+        "| senders | offered /s | sent /s | delivered /s | everywhere | p50 | p99 | refused "
+        "| unconfirmed | acked, missing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in sweeps:
+        for f in [s["low_load"], *s["steps"], *s["as_fast_as_allowed"],
+                  *s["at_share_of_max"].values()]:  # fmt: skip
+            lines.append(
+                f"| {f['senders']} | {rate(f['offered_per_s'])} | {f['sent_per_s']:.0f} "
+                f"| {f['delivered_per_s']:.0f} | {f['delivered_everywhere']} of "
+                f"{f['broadcasts']} | {ms(f['latency_ms'], 'p50')} | {ms(f['latency_ms'], 'p99')} "
+                f"| {f['refused']} | {f['unconfirmed']} | {f['missing_acknowledged']} |"
+            )
+    return "\n".join(lines)
+
+
+def throughput_notes(t: dict[str, Any]) -> str:
+    problems = [p for n in SENDER_COUNTS for p in t[f"{n}_senders"]["problems"]]
+    text = (
+        "Throughput: one load app per server (tests/integration/groups/load.py, the client "
+        "library's blocking `broadcast()`), senders m0 (h1), then m0..m3 (h1, h2, h3, h1), each "
+        "at its share of the offered load (staggered, so that together they send evenly); every "
+        "app receives and stamps every broadcast. CPU: cores busy during the bursts as fast as "
+        "allowed, by this run's processes (their command lines) and for the whole machine. "
+        f"Offered load is stepped up ({', '.join(str(r) for r in STEPS)}/s, "
+        f"{t['step_seconds']:g} s each) until delivered falls under {KEEPS_UP:.0%} of offered; "
+        f"then {t['repeat']} burst(s) of {t['burst']} as fast as allowed (the max is their "
+        "median delivered rate, or a step's when more) and steps at 50 % and 90 % of the "
+        "max. Delivered = broadcasts that "
+        "reached all 9 other members / (last receipt - first send). Latency = receive stamp - "
+        "send stamp, CLOCK_MONOTONIC of the one machine, at every receiver. The etcd ceiling: "
+        f"one transaction per batch of {CEILING_ITEMS} items of {CEILING_TEXT}-byte texts, "
+        "compare on the key's mod revision, back to back from one client, and from 4 clients "
+        "on 4 keys (4 connections, one Python process)."
+    )
+    if problems:
+        text += "\n\nWhat the checker found:\n\n" + "\n".join(f"- {p}" for p in problems)
+    return text
+
+
 def write(
     results: dict[str, Any], args: argparse.Namespace, lab: str, load_at_start: float
 ) -> None:
@@ -729,34 +1165,67 @@ def write(
             f"{SERVERS} lab servers round-robin on {', '.join(HOSTS)}, one group",
             load_at_start,
         ),
+        "parts": sorted(args.parts),
         "broadcast_rate_per_s": args.rate,
         "goals": GOALS,
         "original_system": ORIGINAL,
     }
     (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
-    text = table(results)
+    sections: list[str] = []
+    if "throughput" in results:
+        sections += [
+            throughput_table(results["throughput"]),
+            throughput_notes(results["throughput"]),
+        ]
+    if "broadcast" in results:
+        sections += [table(results), checks(results), notes()]
+    body = "\n\n".join(sections)
     (RESULTS / f"{args.output}.md").write_text(
         f"# messaging benchmark\n\n`{meta['command']}` on {meta['date']}, {meta['machine']}.\n"
-        f"{meta['setup']}; broadcasts at {args.rate:g}/s; 1-minute load average "
+        f"{meta['setup']}; latency broadcasts at {args.rate:g}/s; 1-minute load average "
         f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (machine shared "
         "with other work). The original system is not run (it needs OpenStack nova); its "
-        f"design figures are quoted.\n\n{text}\n\n"
-        f"{checks(results)}\n\n{notes()}\n"
+        f"design figures are quoted.\n\n{body}\n"
     )
-    print(text)
-    print()
-    print(checks(results))
+    print(body)
+
+
+PARTS = ("throughput", "latency")
+STEP_SECONDS_DEFAULT = 2.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 broadcasts, 4 ops, 1 kill")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 s steps, bursts of 5000, no repeats; 60 broadcasts, 4 ops, 1 kill",
+    )
     parser.add_argument("--broadcasts", type=int, help="timed broadcasts (default 400)")
     parser.add_argument("--rate", type=float, default=50.0, help="broadcasts per second")
     parser.add_argument("--ops", type=int, help="pause/unpause operations (default 16)")
     parser.add_argument("--kills", type=int, help="host daemon kill -9 runs (default 5)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated: throughput (issue 12), latency (broadcast latency, "
+        "notifications, host loss); default both",
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, help=f"one throughput step (default {STEP_SECONDS_DEFAULT:g})"
+    )
+    parser.add_argument(
+        "--burst", type=int, help="broadcasts per as-fast-as-allowed burst (default 20000)"
+    )
+    parser.add_argument("--repeat", type=int, help="bursts and etcd ceiling runs (default 3)")
     parser.add_argument("--output", default="messaging", help="result file stem")
     args = parser.parse_args()
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not args.parts or not args.parts <= set(PARTS):
+        parser.error(f"--parts takes some of {', '.join(PARTS)}")
+    args.step_seconds = args.step_seconds or (1.0 if args.quick else STEP_SECONDS_DEFAULT)
+    args.burst = args.burst or (5000 if args.quick else 20000)
+    args.repeat = args.repeat or (1 if args.quick else 3)
     args.broadcasts = args.broadcasts or (60 if args.quick else 400)
     args.ops = args.ops or (4 if args.quick else 16)
     args.kills = args.kills or (1 if args.quick else 5)
