@@ -132,6 +132,8 @@ from servergroup.guestcomm.protocol import (
     SERVER_GROUP_ADDR,
     Envelope,
     ProtocolError,
+    delivered_size,
+    encode_host_frame,
 )
 from servergroup.guestcomm.relay import ChannelRelay
 from servergroup.guestcomm.sockets import encode_delivery
@@ -1140,11 +1142,36 @@ class GroupService:
         members = self._local_members(self._cache.snapshot, group, besides="")
         if not members:
             return
+        # Each broadcast is encoded once per address, and each member gets all of
+        # its frames of the batch in one write.
+        subscribed = {m: sorted(self._subscriptions.get(m, ())) for m in members}
+        addresses = sorted({a for subs in subscribed.values() for a in subs})
+        frames: dict[str, list[bytes]] = {m: [] for m in members}
         skip = admitted.skip
         for i, item in enumerate(batch.items[skip:], start=batch.first_seq + skip):
-            msg = Broadcast(text=item.text, source_instance=item.sender_instance, seq=i)
-            targets = [m for m in members if m != item.sender_instance]
-            self.counters.broadcasts_delivered += self._send_group(targets, msg)
+            data = encode_group_message(
+                Broadcast(text=item.text, source_instance=item.sender_instance, seq=i)
+            )
+            for address in (SERVER_GROUP_ADDR, *addresses):
+                frame = encode_host_frame(
+                    Envelope(data=data, dest_addr=address, source_addr=SERVER_GROUP_ADDR)
+                )
+                if delivered_size(frame, address) > MAX_DATAGRAM:
+                    self._drops.drop(
+                        _Drop.OVERSIZE,
+                        f"broadcast seq {i} of group {group} would be a datagram over "
+                        f"{MAX_DATAGRAM} bytes",
+                    )
+                    break
+                for member in members:
+                    if member != item.sender_instance and (
+                        address == SERVER_GROUP_ADDR or address in subscribed[member]
+                    ):
+                        frames[member].append(frame)
+        for member, queued in frames.items():
+            written = self._relay.write_frames(member, queued)
+            self.counters.broadcasts_delivered += written
+            self.counters.send_failures += len(queued) - written
 
     # -- notifications -------------------------------------------------------------------
 

@@ -249,6 +249,17 @@ def encode_host_frame(env: Envelope) -> bytes:
     return encode_envelope(env) + b"\n"
 
 
+def delivered_size(frame: bytes, dest_addr: str) -> int:
+    """The size of the datagram an agent delivers for a host frame with no `dest_instance`.
+
+    `frame` is `encode_host_frame` of an envelope whose `dest_addr` is
+    `dest_addr`: the delivery is the same JSON without the newline and the
+    `"dest_addr"` member (`encode_delivery`).
+    """
+    member = b',"dest_addr":' + json.dumps(dest_addr, ensure_ascii=False).encode("utf-8")
+    return len(frame) - 1 - len(member)
+
+
 class ChannelDecoder:
     """Splits a channel byte stream into envelopes and drops; see the module docstring."""
 

@@ -21,6 +21,7 @@ from servergroup.guestcomm.protocol import (
     Envelope,
     JsonObject,
     encode_guest_frame,
+    encode_host_frame,
 )
 from servergroup.guestcomm.relay import ChannelRelay, instance_of
 
@@ -463,6 +464,34 @@ async def test_send_to_guests_writes_the_same_bytes_to_each_and_names_those_it_c
         assert fine[0].raw == fine[1].raw
         assert relay.send_to_guests(["instance-00000404"], big) == ["instance-00000404"]
         assert relay.buffered("instance-00000404") == 0
+
+
+async def test_write_frames_writes_a_guest_its_frames_in_order_up_to_its_bound(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY, queue_limit=64 * 1024)
+    async with relay:
+        stuck = await guests(channel_dir / channel_name("instance-0000003s"), read=False)
+        fine = await guests(channel_dir / channel_name("instance-0000003a"))
+        await eventually(lambda: len(relay.connected()) == 2, "two guests")
+        await eventually(lambda: bool(stuck.writers), "the stuck guest's connection")
+        frames = [
+            encode_host_frame(Envelope(dest_addr="x", data={"n": n, "pad": "p" * 1000}))
+            for n in range(100)
+        ]
+        assert relay.write_frames("instance-0000003a", frames) == 100
+        await eventually(lambda: len(fine.received) == 100, "every frame")
+        assert [env.data["n"] for env in fine.received] == list(range(100))
+        # The stuck guest takes what fits its bound, the first ones; the rest is counted.
+        written = 0
+        for _ in range(3):
+            written += relay.write_frames("instance-0000003s", frames)
+        assert 0 < written < 300
+        assert relay.buffered("instance-0000003s") <= relay.queue_limit
+        assert relay.counters.dropped["channel queue full"] == 300 - written
+        assert relay.write_frames("instance-00000404", frames) == 0
+        assert relay.counters.dropped["guest not connected"] == 100
+        assert relay.write_frames("instance-0000003a", []) == 0
 
 
 async def test_throttle_stops_reading_a_guest_and_resumes(

@@ -20,6 +20,7 @@ from servergroup.guestcomm.protocol import (
     JsonObject,
     ProtocolError,
     decode_envelope,
+    delivered_size,
     delivery_of_frame,
     encode_envelope,
     encode_guest_frame,
@@ -188,3 +189,11 @@ def test_cutting_arbitrary_bytes_never_raises(raw: bytes) -> None:
     fast = delivery_of_frame(b'{"version":2,"dest_addr":"' + raw)
     if fast is not None:
         assert fast[1].startswith(b'{"version":2,')
+
+
+@given(json_objects, _names(MAX_ADDR_LENGTH), st.none() | _names(MAX_ADDR_LENGTH))
+def test_the_delivered_size_of_a_frame_is_that_of_the_delivery(
+    data: JsonObject, dest: str, source: str | None
+) -> None:
+    env = Envelope(data=data, dest_addr=dest, source_addr=source)
+    assert delivered_size(encode_host_frame(env), dest) == len(encode_delivery(env))
