@@ -325,6 +325,8 @@ def check_broadcast_text(text: str) -> str | None:
         return "the broadcast text contains a NUL character"
     if "\n" in text:
         return "the broadcast text contains a newline"
+    if _EMPTY_BROADCAST_SIZE + _MAX_ESCAPED_CHAR * len(text) <= MAX_DATAGRAM:
+        return None  # fits however it is escaped: no need to encode it to know
     size = delivered_broadcast_size(text)
     if size > MAX_DATAGRAM:
         return (
@@ -346,6 +348,11 @@ _TYPE_OF: Final[dict[type, MsgType]] = {
     Subscribe: MsgType.SUBSCRIBE,
     Unsubscribe: MsgType.UNSUBSCRIBE,
 }
+
+#: The most bytes one character of a broadcast text takes in the delivered JSON
+#: (a control character escaped as \u00XX; non-ASCII text stays UTF-8, at most 4).
+_MAX_ESCAPED_CHAR: Final = 6
+_EMPTY_BROADCAST_SIZE: Final = delivered_broadcast_size("")
 
 __all__ = [
     "MAX_BROADCAST_BYTES",

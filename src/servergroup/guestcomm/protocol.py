@@ -150,7 +150,9 @@ def parse_json(raw: bytes) -> Json:
         raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels.") from None
     except ValueError as exc:  # JSONDecodeError, and integers too long to convert
         raise ProtocolError(f"the message is not JSON ({_first_line(exc)}).") from None
-    if _depth(value) > MAX_DEPTH:
+    # Every container of the value opened with one of these bytes: when there are
+    # few, the value cannot be deep, and walking it (most of the cost) is skipped.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels.")
     return value
 

@@ -220,6 +220,14 @@ def test_an_accepted_text_always_fits_one_datagram(text: str) -> None:
         assert len(delivered) <= MAX_DATAGRAM
 
 
+@given(st.text(alphabet=st.sampled_from(["a", "\x01", '"', "\u00e9", "\U0001f600"]), max_size=3050))
+def test_a_text_is_refused_exactly_when_its_delivery_would_not_fit(text: str) -> None:
+    if len(text.encode("utf-8")) > MAX_BROADCAST_BYTES:
+        return
+    fits = delivered_broadcast_size(text) <= MAX_DATAGRAM
+    assert (check_broadcast_text(text) is None) == fits
+
+
 # -- properties ------------------------------------------------------------------
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
