@@ -36,6 +36,7 @@ text of 3050 bytes can grow to several times that.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Final
 
@@ -298,6 +299,31 @@ def decode_group_message(obj: Json) -> GroupMessage:
             return Unsubscribe()
 
 
+def encode_broadcast_json(text: str, source_instance: str, seq: int) -> bytes | None:
+    """The compact JSON of a relayed broadcast, as `encode_envelope` writes its `data`.
+
+    Equal to the JSON of `encode_group_message(Broadcast(text=text,
+    source_instance=source_instance, seq=seq))` with the envelope encoder's
+    settings; built from its pieces because the group service makes one for
+    every broadcast it delivers. None for a text UTF-8 cannot hold (a lone
+    surrogate), which the envelope encoder escapes as a whole instead.
+    """
+    try:
+        return b"".join(
+            (
+                b'{"version":2,"msg_type":"broadcast","data":',
+                json.dumps(text, ensure_ascii=False).encode("utf-8"),
+                b',"source_instance":',
+                json.dumps(source_instance, ensure_ascii=False).encode("utf-8"),
+                b',"seq":',
+                str(seq).encode("ascii"),
+                b"}",
+            )
+        )
+    except UnicodeEncodeError:
+        return None
+
+
 def delivered_broadcast_size(text: str) -> int:
     """The largest datagram an app can receive for a broadcast of `text` (spec section 3).
 
@@ -371,6 +397,7 @@ __all__ = [
     "check_broadcast_text",
     "decode_group_message",
     "delivered_broadcast_size",
+    "encode_broadcast_json",
     "encode_group_message",
     "msg_type_of",
 ]

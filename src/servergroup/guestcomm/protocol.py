@@ -145,7 +145,7 @@ def parse_json(raw: bytes) -> Json:
     except UnicodeDecodeError:
         raise ProtocolError("the message is not UTF-8 text.") from None
     try:
-        value: Json = json.loads(text, parse_constant=_refuse_constant)
+        value: Json = _DECODER.decode(text)
     except RecursionError:
         raise ProtocolError(f"the JSON is nested deeper than {MAX_DEPTH} levels.") from None
     except ValueError as exc:  # JSONDecodeError, and integers too long to convert
@@ -193,6 +193,10 @@ def _address(value: JsonObject, field: str, limit: int) -> str | None:
 
 def _refuse_constant(name: str) -> Json:
     raise ValueError(f"{name} is not JSON")
+
+
+#: One decoder for every message (`json.loads` with an option builds one per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _depth(value: Json) -> int:
@@ -251,15 +255,25 @@ def encode_host_frame(env: Envelope) -> bytes:
     return encode_envelope(env) + b"\n"
 
 
-def delivered_size(frame: bytes, dest_addr: str) -> int:
-    """The size of the datagram an agent delivers for a host frame with no `dest_instance`.
+def host_frame_with(dest_addr: str, source_addr: str, data_json: bytes) -> bytes:
+    """`encode_host_frame` of an envelope whose `data` is already compact JSON.
 
-    `frame` is `encode_host_frame` of an envelope whose `dest_addr` is
-    `dest_addr`: the delivery is the same JSON without the newline and the
-    `"dest_addr"` member (`encode_delivery`).
+    The same bytes as `encode_host_frame(Envelope(data=json.loads(data_json),
+    dest_addr=dest_addr, source_addr=source_addr))` when `data_json` is what
+    `encode_envelope`'s encoder writes for that object; the group service
+    builds each broadcast's frame this way, once per address.
     """
-    member = b',"dest_addr":' + json.dumps(dest_addr, ensure_ascii=False).encode("utf-8")
-    return len(frame) - 1 - len(member)
+    return b"".join(
+        (
+            b'{"version":2,"dest_addr":',
+            json.dumps(dest_addr, ensure_ascii=False).encode("utf-8"),
+            b',"source_addr":',
+            json.dumps(source_addr, ensure_ascii=False).encode("utf-8"),
+            b',"data":',
+            data_json,
+            b"}\n",
+        )
+    )
 
 
 class ChannelDecoder:

@@ -33,7 +33,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from servergroup.common.errors import RemoteError
@@ -227,9 +227,11 @@ class HostRecord:
     drivers: tuple[DriverKind, ...] = (DriverKind.LAB,)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BroadcastItem:
-    """One broadcast inside a `BroadcastBatch`: who sent it and the text."""
+class BroadcastItem(NamedTuple):
+    """One broadcast inside a `BroadcastBatch`: who sent it and the text.
+
+    A named tuple, not a dataclass: a receiving host makes one per broadcast.
+    """
 
     sender: str  # server name
     sender_instance: str
@@ -260,7 +262,7 @@ def encode_batch(batch: BroadcastBatch) -> bytes:
     plain = {
         "first_seq": batch.first_seq,
         "group": batch.group,
-        "items": [[i.sender, i.sender_instance, i.text] for i in batch.items],
+        "items": batch.items,  # each a named tuple: a JSON list
         "sent_at": batch.sent_at,
     }
     return json.dumps(plain, separators=(",", ":")).encode()
@@ -281,14 +283,16 @@ def decode_batch(raw: bytes) -> BroadcastBatch:
         raise RecordError("broadcast batch has no positive first_seq")
     if not isinstance(items, list) or not items:
         raise RecordError("broadcast batch has no items")
-    out: list[BroadcastItem] = []
-    for item in items:
-        if not (
-            isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item)
-        ):
-            raise RecordError("broadcast batch has an item that is not [sender, instance, text]")
-        out.append(BroadcastItem(sender=item[0], sender_instance=item[1], text=item[2]))
-    return BroadcastBatch(group=group, first_seq=first, sent_at=sent_at, items=tuple(out))
+    try:
+        out = tuple(BroadcastItem._make(item) for item in items)
+    except TypeError:  # not a sequence of three
+        out = ()
+    if len(out) != len(items) or not all(
+        type(item) is list and type(a) is str and type(b) is str and type(c) is str
+        for item, (a, b, c) in zip(items, out, strict=True)
+    ):
+        raise RecordError("broadcast batch has an item that is not [sender, instance, text]")
+    return BroadcastBatch(group=group, first_seq=first, sent_at=sent_at, items=out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,6 +25,7 @@ from servergroup.groups.protocol import (
     check_broadcast_text,
     decode_group_message,
     delivered_broadcast_size,
+    encode_broadcast_json,
     encode_group_message,
     msg_type_of,
 )
@@ -294,3 +295,17 @@ def test_any_json_raises_only_protocol_error(obj: Json) -> None:
     except ProtocolError:
         return
     assert decode_group_message(encode_group_message(msg)) == msg
+
+
+@given(st.text(), st.text(max_size=20), st.integers(min_value=-(2**63), max_value=2**63))
+def test_a_broadcast_built_from_its_pieces_is_what_the_encoder_writes(
+    text: str, source: str, seq: int
+) -> None:
+    built = encode_broadcast_json(text, source, seq)
+    data = encode_group_message(Broadcast(text=text, source_instance=source, seq=seq))
+    try:
+        expected = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        assert built is None
+        return
+    assert built == expected
