@@ -157,6 +157,7 @@ from servergroup.groups.protocol import (
     Subscribe,
     Unsubscribe,
     check_broadcast_text,
+    decode_delivered_broadcast,
     decode_group_message,
     encode_group_message,
 )
@@ -604,15 +605,17 @@ class ClientCore:
         if datagram.truncated or datagram.sender != self.agent:
             self.dropped += 1
             return None
-        try:
-            env = decode_envelope(datagram.data)
-            if env.source_addr != SERVER_GROUP_ADDR:
-                raise ProtocolError(f"source_addr is {env.source_addr!r}")
-            msg = decode_group_message(env.data)
-        except ProtocolError as exc:
-            self.dropped += 1
-            log.debug("dropped a datagram from the agent: %s", exc)
-            return None
+        msg: GroupMessage | None = decode_delivered_broadcast(datagram.data)  # the common case
+        if msg is None:
+            try:
+                env = decode_envelope(datagram.data)
+                if env.source_addr != SERVER_GROUP_ADDR:
+                    raise ProtocolError(f"source_addr is {env.source_addr!r}")
+                msg = decode_group_message(env.data)
+            except ProtocolError as exc:
+                self.dropped += 1
+                log.debug("dropped a datagram from the agent: %s", exc)
+                return None
         match msg:
             case Broadcast(text=text, source_instance=source, seq=seq):
                 if seq is not None:

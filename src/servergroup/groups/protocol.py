@@ -44,6 +44,7 @@ from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
     MAX_DATAGRAM,
     MAX_INSTANCE_LENGTH,
+    SERVER_GROUP_ADDR,
     VERSION,
     Envelope,
     Json,
@@ -324,6 +325,51 @@ def encode_broadcast_json(text: str, source_instance: str, seq: int) -> bytes | 
         return None
 
 
+_DELIVERY_KEYS: Final = frozenset({"version", "source_addr", "data"})
+_BROADCAST_KEYS: Final = frozenset({"version", "msg_type", "data", "source_instance", "seq"})
+
+
+def decode_delivered_broadcast(raw: bytes) -> Broadcast | None:
+    """The broadcast in a datagram from `cgcs.server_grp`, when it is a plain one; else None.
+
+    What an application receives most is a relayed broadcast; this takes the
+    common form (exactly `version`, `source_addr` `cgcs.server_grp` and
+    `data`; inside, `version`, `msg_type` `broadcast`, `data`, and optionally
+    `source_instance` and `seq`) with one parse and a few checks. It never
+    returns what the general path (`decode_envelope`, then
+    `decode_group_message`) would not: None for anything else, which the
+    caller then decodes that way (property-tested).
+    """
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(obj) is not dict or obj.keys() != _DELIVERY_KEYS:
+        return None
+    inner = obj["data"]
+    if (
+        type(obj["version"]) is not int
+        or obj["version"] != VERSION
+        or obj["source_addr"] != SERVER_GROUP_ADDR
+        or type(inner) is not dict
+        or not inner.keys() <= _BROADCAST_KEYS
+        or type(inner.get("version")) is not int
+        or inner["version"] != VERSION
+        or inner.get("msg_type") != MsgType.BROADCAST.value
+    ):
+        return None
+    text = inner.get("data")
+    source = inner.get("source_instance")
+    seq = inner.get("seq")
+    if (
+        type(text) is not str
+        or (source is not None and type(source) is not str)
+        or (seq is not None and type(seq) is not int)
+    ):
+        return None
+    return Broadcast(text=text, source_instance=source, seq=seq)
+
+
 def delivered_broadcast_size(text: str) -> int:
     """The largest datagram an app can receive for a broadcast of `text` (spec section 3).
 
@@ -395,6 +441,7 @@ __all__ = [
     "UnknownMessageType",
     "Unsubscribe",
     "check_broadcast_text",
+    "decode_delivered_broadcast",
     "decode_group_message",
     "delivered_broadcast_size",
     "encode_broadcast_json",

@@ -23,6 +23,7 @@ from servergroup.groups.protocol import (
     UnknownMessageType,
     Unsubscribe,
     check_broadcast_text,
+    decode_delivered_broadcast,
     decode_group_message,
     delivered_broadcast_size,
     encode_broadcast_json,
@@ -309,3 +310,64 @@ def test_a_broadcast_built_from_its_pieces_is_what_the_encoder_writes(
         assert built is None
         return
     assert built == expected
+
+
+_valid_inner = st.fixed_dictionaries(
+    {"version": st.just(2), "msg_type": st.just("broadcast"), "data": st.text(max_size=50)},
+    optional={
+        "source_instance": st.none() | st.text(max_size=25),
+        "seq": st.none() | st.integers(),
+    },
+)
+#: Ways to spoil a valid delivered broadcast, each a (where, key, value); value
+#: None removes the key.
+_spoilers: st.SearchStrategy[tuple[str, str, Json]] = st.tuples(
+    st.sampled_from(["outer", "inner"]),
+    st.sampled_from(["version", "source_addr", "data", "msg_type", "seq", "id", "dest_addr"]),
+    st.sampled_from([None, 2, 2.0, True, "2", 3, "broadcast", "nack", SERVER_GROUP_ADDR, [1]]),
+)
+
+
+def _spoiled(inner: JsonObject, spoilers: list[tuple[str, str, Json]]) -> JsonObject:
+    outer: JsonObject = {"version": 2, "source_addr": SERVER_GROUP_ADDR, "data": dict(inner)}
+    for where, key, value in spoilers:
+        target = outer if where == "outer" else outer["data"]
+        if not isinstance(target, dict):
+            continue
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return outer
+
+
+def _general(raw: bytes) -> GroupMessage | str:
+    try:
+        env = decode_envelope(raw)
+        if env.source_addr != SERVER_GROUP_ADDR:
+            return "not from the group service"
+        return decode_group_message(env.data)
+    except ProtocolError:
+        return "refused"
+
+
+@given(_valid_inner, st.lists(_spoilers, max_size=2))
+def test_the_broadcast_fast_path_never_differs_from_the_general_decoding(
+    inner: JsonObject, spoilers: list[tuple[str, str, Json]]
+) -> None:
+    raw = json.dumps(_spoiled(inner, spoilers), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    fast = decode_delivered_broadcast(raw)
+    if fast is not None:
+        assert _general(raw) == fast
+    elif not spoilers and "\ud800" not in raw.decode("utf-8", "replace"):
+        assert isinstance(_general(raw), Broadcast)
+
+
+@given(st.text(max_size=100), st.text(max_size=20), st.none() | st.integers(min_value=1))
+def test_a_relayed_broadcast_takes_the_fast_path(text: str, source: str, seq: int | None) -> None:
+    msg = Broadcast(text=text, source_instance=source, seq=seq)
+    raw = encode_envelope(Envelope(source_addr=SERVER_GROUP_ADDR, data=encode_group_message(msg)))
+    fast = decode_delivered_broadcast(raw)
+    if any("\ud800" <= c <= "\udfff" for c in text + source):
+        return  # escaped as a whole by the encoder; the general path decodes it
+    assert fast == msg
