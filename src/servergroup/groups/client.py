@@ -131,7 +131,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import select
@@ -163,7 +162,6 @@ from servergroup.groups.protocol import (
 )
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
-    MAX_APP_DATAGRAM,
     MESSAGING_ADDR,
     SERVER_GROUP_ADDR,
     Envelope,
@@ -172,13 +170,8 @@ from servergroup.guestcomm.protocol import (
     decode_envelope,
     encode_envelope,
 )
-from servergroup.guestcomm.sockets import (
-    RECEIVE_BUFFER,
-    RECEIVE_SIZE,
-    Datagram,
-    abstract_address,
-    sender_name,
-)
+from servergroup.guestcomm.sockets import AbstractSocket, Datagram, SendResult, abstract_address
+from servergroup.guestcomm.sockets import AddressInUse as _SocketAddressInUse
 
 log = logging.getLogger(__name__)
 
@@ -682,9 +675,7 @@ class ClientCore:
 def _bind(address: str) -> _AgentSocket:
     try:
         return _AgentSocket(address)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
+    except _SocketAddressInUse:
         raise AddressInUse(
             f"the address {address!r} is already bound in this network namespace "
             "(another server-group app?): give another address"
@@ -721,16 +712,7 @@ class _AgentSocket:
     """
 
     def __init__(self, name: str) -> None:
-        self._sock = socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
-        )
-        try:
-            with contextlib.suppress(OSError):  # the kernel caps it; the default still works
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            self._sock.bind(abstract_address(name))
-        except BaseException:
-            self._sock.close()
-            raise
+        self._bound = AbstractSocket(name)
         # Made now, with the bound socket: a socket belongs to the network namespace
         # of the thread that makes it, and the client may be used from another.
         self._watcher = socket.socket(
@@ -740,7 +722,7 @@ class _AgentSocket:
 
     def fileno(self) -> int:
         """The bound socket: poll it for POLLIN."""
-        return self._sock.fileno()
+        return self._bound.fileno()
 
     def writable_fileno(self) -> int | None:
         """The watcher: poll it for POLLOUT; None when no agent is bound (send to find out)."""
@@ -749,7 +731,7 @@ class _AgentSocket:
         return self._watcher.fileno()
 
     def close(self) -> None:
-        self._sock.close()
+        self._bound.close()
         self._watcher.close()
 
     def connect(self, agent: str) -> bool:
@@ -770,30 +752,24 @@ class _AgentSocket:
 
     def send(self, agent: str, data: bytes) -> _Sent:
         """Send one datagram to the agent without waiting."""
-        try:
-            self._sock.sendto(data, abstract_address(agent))
-        except (BlockingIOError, InterruptedError):
+        result = self._bound.send_to(agent, data)
+        if result is SendResult.WOULD_BLOCK:
             # Waiting follows: make sure the watcher watches the agent there now.
             self.connect(agent)
-            return _Sent.FULL
-        except (ConnectionRefusedError, FileNotFoundError):
-            return _Sent.NO_AGENT
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                return _Sent.TOO_BIG
-            if exc.errno == errno.ENOBUFS:
-                return _Sent.NO_MEMORY
-            raise
-        return _Sent.SENT
+        return _SENT_OF[result]
 
     def receive_nowait(self) -> Datagram | None:
         """The next queued datagram, or None when none is waiting."""
-        try:
-            data, _, flags, address = self._sock.recvmsg(RECEIVE_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_APP_DATAGRAM
-        return Datagram(data=data, sender=sender_name(address), truncated=truncated)
+        return self._bound.receive_nowait()
+
+
+_SENT_OF: Final = {
+    SendResult.SENT: _Sent.SENT,
+    SendResult.WOULD_BLOCK: _Sent.FULL,
+    SendResult.NO_MEMORY: _Sent.NO_MEMORY,
+    SendResult.NOT_BOUND: _Sent.NO_AGENT,
+    SendResult.TOO_BIG: _Sent.TOO_BIG,
+}
 
 
 def _check_sent(result: _Sent, agent: str) -> None:

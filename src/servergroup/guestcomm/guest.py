@@ -981,7 +981,7 @@ class GuestAgent:
         waiting = self._waiting.get(dest)
         if waiting is None:
             result = self._send(dest, datagram)
-            if result is not SendResult.WOULD_BLOCK:
+            if result is None or not result.later:
                 return
             waiting = self._waiting[dest] = _AppQueue()
             self._arm_retry()
@@ -999,8 +999,13 @@ class GuestAgent:
         waiting.append(datagram)
         self.counters.delivery_queued += 1
 
-    def _send(self, dest: str, datagram: bytes) -> SendResult | None:
-        """One send; counts and logs every outcome but WOULD_BLOCK (None: another error)."""
+    def _send(
+        self, dest: str, datagram: bytes, *, count_not_bound: bool = True
+    ) -> SendResult | None:
+        """One send; counts and logs every outcome but those to retry later (None: another error).
+
+        A retry of what waited counts NOT_BOUND itself, for the whole queue.
+        """
         assert self._sock is not None
         try:
             result = self._sock.send_to(dest, datagram)
@@ -1009,7 +1014,7 @@ class GuestAgent:
             return None
         if result is SendResult.SENT:
             self.counters.to_apps += 1
-        elif result is SendResult.NOT_BOUND:
+        elif result is SendResult.NOT_BOUND and count_not_bound:
             self._drops.drop(
                 Reason.APP_NOT_BOUND,
                 f"a message for {dest!r}: nothing is bound there",
@@ -1032,8 +1037,8 @@ class GuestAgent:
         self._retry_timer = None
         for dest, waiting in list(self._waiting.items()):
             while waiting.datagrams:
-                result = self._retry_one(dest, waiting.datagrams[0])
-                if result is SendResult.WOULD_BLOCK:
+                result = self._send(dest, waiting.datagrams[0], count_not_bound=False)
+                if result is not None and result.later:
                     break
                 if result is SendResult.NOT_BOUND:
                     # The application went away: what waits for it goes too.
@@ -1052,22 +1057,6 @@ class GuestAgent:
                 del self._waiting[dest]
         if self._waiting:
             self._arm_retry()
-
-    def _retry_one(self, dest: str, datagram: bytes) -> SendResult | None:
-        """One send of a datagram that waited; counts what `_send` counts but NOT_BOUND."""
-        assert self._sock is not None
-        try:
-            result = self._sock.send_to(dest, datagram)
-        except OSError as exc:
-            self._drops.drop(Reason.SEND_FAILED, f"to {dest!r}: {exc}")
-            return None
-        if result is SendResult.SENT:
-            self.counters.to_apps += 1
-        elif result is SendResult.TOO_BIG:
-            self._drops.drop(
-                Reason.TOO_BIG, f"a message for {dest!r}: the kernel refused it as too big"
-            )
-        return result
 
 
 def _check_dgram_qlen() -> None:

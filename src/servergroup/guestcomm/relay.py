@@ -565,7 +565,7 @@ class ChannelRelay:
             self._drops.drop(
                 Reason.APP_NOT_BOUND, f"{who}: nothing is bound there", level=logging.DEBUG
             )
-        elif result is SendResult.WOULD_BLOCK:
+        elif result.later:
             self._drops.drop(Reason.APP_NOT_READING, f"{who}: its queue is full")
         else:
             self._drops.drop(Reason.TOO_BIG, f"{who}: the datagram would be over 4095 bytes")

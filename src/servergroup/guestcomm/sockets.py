@@ -78,8 +78,15 @@ class SendResult(Enum):
     NOT_BOUND = "not bound"
     #: The receiver's queue is full: it does not read fast enough.
     WOULD_BLOCK = "would block"
+    #: The kernel had no memory for the datagram (ENOBUFS): the same send may work shortly.
+    NO_MEMORY = "no memory"
     #: Larger than the kernel accepts for one datagram.
     TOO_BIG = "too big"
+
+    @property
+    def later(self) -> bool:
+        """Not sent now, but the same send may work later (WOULD_BLOCK, NO_MEMORY)."""
+        return self in (SendResult.WOULD_BLOCK, SendResult.NO_MEMORY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,7 @@ class AbstractSocket:
             if exc.errno == errno.EMSGSIZE:
                 return SendResult.TOO_BIG
             if exc.errno == errno.ENOBUFS:
-                return SendResult.WOULD_BLOCK
+                return SendResult.NO_MEMORY
             raise
         return SendResult.SENT
 
