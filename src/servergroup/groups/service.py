@@ -173,6 +173,11 @@ MAX_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_PENDING = 2 * MAX_BATCH_ITEMS
 #: Pause before a broadcast watch that ended is opened again.
 _REWATCH_INTERVAL = 0.5
+#: A guest's requests handled in a row before the loop runs other work: `queue.get()`
+#: does not yield while the queue holds something, and one guest's backlog of
+#: thousands handled at once held up everything else (lease renewals too: the host
+#: lost its session under a burst).
+_HANDLED_BEFORE_YIELD = 64
 #: Conflicts in a row retried at once; the next ones after a short jittered pause.
 #: A conflict means another host's batch was stored (the group made progress), and
 #: the failed transaction's read says what to compare on next, so an immediate retry
@@ -821,8 +826,15 @@ class GroupService:
 
     async def _serve_guest(self, instance: str, guest: _Guest) -> None:
         queue = guest.queue
+        in_a_row = 0
         while True:
+            if queue.empty():
+                in_a_row = 0
+            elif in_a_row >= _HANDLED_BEFORE_YIELD:
+                in_a_row = 0
+                await asyncio.sleep(0)
             envelope = await queue.get()
+            in_a_row += 1
             if guest.paused and queue.qsize() <= self._low_water:
                 guest.paused = False
                 self._relay.throttle(instance, False)
