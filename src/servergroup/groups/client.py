@@ -30,7 +30,7 @@ Theory of operation
 
 **Acknowledged broadcasts.** Every broadcast carries an `id`, 1, 2, 3, ...
 per client. The client keeps each one it sent (id -> text, send time) in a
-*window* of pending broadcasts (`window`, default 4096) until the host
+*window* of pending broadcasts (`window`, default 1024) until the host
 answers. The host's `broadcast_ack(id, seq)` is cumulative: every pending
 broadcast with an id up to `id` is in the group's store (acknowledged; the
 one with `id` got the group sequence number `seq`). A `nack` carrying an id
@@ -43,8 +43,12 @@ subclass) whose reason says the host did not confirm it, so it may or may
 not have been delivered (the host may have failed before or after storing
 it). That outcome is final: a late ack changes no counter, a late nack is
 passed on as any nack. The window is what lets a sender run ahead of the
-store; it bounds the client's memory (the texts are kept) and how much a
-host failure can leave unconfirmed. `stats` gives
+store; it bounds the client's memory (the texts are kept), how much a
+host failure can leave unconfirmed, and how much one sender has on its way
+to every receiver, which is what a receiver that falls behind must be able
+to hold (the guest agent keeps 4096 datagrams for it; see "receivers
+first" in guestcomm/guest.py). 1024 is far more than the store's latency
+needs at full speed. `stats` gives
 `BroadcastStats(sent, acknowledged, refused, unconfirmed, missed,
 pending)`; always `sent == acknowledged + refused + unconfirmed + pending`.
 
@@ -178,7 +182,7 @@ log = logging.getLogger(__name__)
 #: How long a send may wait for room (agent's queue, window); None: as long as the agent exists.
 DEFAULT_SEND_TIMEOUT: Final[float | None] = None
 #: How many broadcasts may await the host's answer at once.
-DEFAULT_WINDOW: Final = 4096
+DEFAULT_WINDOW: Final = 1024
 #: How long a broadcast may await the host's answer before it is counted unconfirmed.
 DEFAULT_ACK_TIMEOUT: Final = 10.0
 #: How many received events are kept for the application while it does not take them.

@@ -6,7 +6,7 @@ one line ("... 9 995 more in the last 10 s") when the interval ends. Every
 drop is counted whether it is logged or not.
 
 `Counters` is shared by the agents of both sides; the flow-control counters
-(`nacked`, `apps_paused`, `delivery_queued`) move only in the guest agent.
+(`nacked`, `apps_paused`, `apps_yielded`, `delivery_queued`) move only in the guest agent.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class Counters:
     nacked: int = 0
     #: Times the agent stopped reading its applications: the channel was above its high-water mark.
     apps_paused: int = 0
+    #: Times the agent stopped reading its applications: one of them was behind on reading.
+    apps_yielded: int = 0
     #: Deliveries to applications that had to wait in the agent's queue (their queue was full).
     delivery_queued: int = 0
     #: Dropped messages by reason.

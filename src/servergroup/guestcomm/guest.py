@@ -50,6 +50,15 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
   gone away. An empty queue is forgotten. The channel is never paused for a
   slow application: one application that does not read never slows the
   others.
+- Receivers first: while more than `app_behind_high` datagrams wait for an
+  application that is reading (it took one within `app_stall_after`), the
+  agent stops reading its applications' sends, until every such queue is
+  down to `app_behind_low`. An application that sends as fast as it may and
+  receives the whole group's traffic is then slowed in what it sends, not
+  made to lose what it receives: the server's own sends wait for its own
+  receivers, and no other server is slowed. An application that does not
+  read at all (nothing taken for `app_stall_after`) holds nothing back: its
+  queue fills to its bound and drops, as above.
 - The kernel's own queue per socket (`net.unix.max_dgram_qlen`, 10 by
   default) throttles every local datagram; servers raise it (to
   `sockets.GUEST_DGRAM_QLEN`), and the agent warns at start when it is
@@ -147,6 +156,14 @@ DEFAULT_APP_QUEUE_LIMIT = 4096
 DEFAULT_APP_QUEUE_BYTES = 4 << 20
 #: How often datagrams waiting for an application are tried again.
 DEFAULT_APP_RETRY_INTERVAL = 0.002
+#: Above this many datagrams waiting for an application that reads, the agent stops
+#: reading its applications' sends (receivers first)...
+DEFAULT_APP_BEHIND_HIGH = 1024
+#: ... until no such queue holds more than this many.
+DEFAULT_APP_BEHIND_LOW = 256
+#: An application that took nothing from its queue for this long does not read: it
+#: holds no sends back.
+DEFAULT_APP_STALL_AFTER = 1.0
 #: The send buffer the agent's socket asks for (the kernel grants twice that): every
 #: datagram not yet read by its application counts against it, so one application that
 #: does not read must not use it all up (the kernel's default, about 200 KiB, holds 26
@@ -182,6 +199,12 @@ class GuestConfig:
     app_queue_bytes: int = DEFAULT_APP_QUEUE_BYTES
     #: How often datagrams waiting for an application are tried again (seconds).
     app_retry_interval: float = DEFAULT_APP_RETRY_INTERVAL
+    #: Stop reading applications while more datagrams than this wait for one that reads...
+    app_behind_high: int = DEFAULT_APP_BEHIND_HIGH
+    #: ... until no queue of one that reads holds more than this many.
+    app_behind_low: int = DEFAULT_APP_BEHIND_LOW
+    #: An application that took nothing for this long (seconds) holds no sends back.
+    app_stall_after: float = DEFAULT_APP_STALL_AFTER
     host_poll_interval: float = DEFAULT_HOST_POLL_INTERVAL
     #: A file written (with the agent's PID) once it serves, removed when it stops.
     ready_file: Path | None = None
@@ -211,6 +234,15 @@ class GuestConfig:
             raise ConfigError(
                 f"the queue for an application must hold at least {MAX_DATAGRAM} bytes "
                 "(the largest datagram)."
+            )
+        if not 0 <= self.app_behind_low < self.app_behind_high:
+            raise ConfigError(
+                "the low-water mark of an application's queue must be at least 0 and below "
+                f"its high-water mark (got {self.app_behind_low} and {self.app_behind_high})."
+            )
+        if self.app_stall_after <= 0:
+            raise ConfigError(
+                "the time after which an application counts as stalled must be positive."
             )
         if not 0 < self.app_retry_interval <= 1:
             raise ConfigError(
@@ -710,11 +742,13 @@ class _DeviceChannel:
 class _AppQueue:
     """Datagrams waiting, in order, for one application whose kernel queue was full."""
 
-    __slots__ = ("datagrams", "size")
+    __slots__ = ("datagrams", "size", "took_at")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.datagrams: deque[bytes] = deque()
         self.size = 0
+        #: When the application last took a datagram from this queue (or it was made).
+        self.took_at = now
 
     def append(self, datagram: bytes) -> None:
         self.datagrams.append(datagram)
@@ -759,9 +793,12 @@ class GuestAgent:
         self._sock: AbstractSocket | None = None
         self._channel: _Channel | None = None
         # Reading applications: stopped while the channel is above its high-water
-        # mark (`_backpressure`) or for a moment after a receive error (`_resting`).
+        # mark (`_backpressure`), while an application that reads is behind
+        # (`_yielding`: receivers first), or for a moment after a receive error
+        # (`_resting`).
         self._reading_apps = False
         self._backpressure = False
+        self._yielding = False
         self._resting = False
         # Datagrams waiting for applications, by destination address (only non-empty queues).
         self._waiting: dict[str, _AppQueue] = {}
@@ -835,7 +872,7 @@ class GuestAgent:
     def _update_apps_reader(self) -> None:
         """Read the applications' socket unless backpressure or a pause says not to."""
         assert self._sock is not None
-        wanted = not (self._backpressure or self._resting)
+        wanted = not (self._backpressure or self._yielding or self._resting)
         if wanted == self._reading_apps:
             return
         self._reading_apps = wanted
@@ -983,7 +1020,7 @@ class GuestAgent:
             result = self._send(dest, datagram)
             if result is None or not result.later:
                 return
-            waiting = self._waiting[dest] = _AppQueue()
+            waiting = self._waiting[dest] = _AppQueue(time.monotonic())
             self._arm_retry()
         config = self.config
         if (
@@ -998,6 +1035,8 @@ class GuestAgent:
             return
         waiting.append(datagram)
         self.counters.delivery_queued += 1
+        if len(waiting.datagrams) > config.app_behind_high and not self._yielding:
+            self._update_yielding()
 
     def _send(
         self, dest: str, datagram: bytes, *, count_not_bound: bool = True
@@ -1032,10 +1071,36 @@ class GuestAgent:
                 self.config.app_retry_interval, self._retry_waiting
             )
 
+    def _update_yielding(self) -> None:
+        """Receivers first: hold the applications' sends while one that reads is behind."""
+        config = self.config
+        now = time.monotonic()
+        mark = config.app_behind_low if self._yielding else config.app_behind_high
+        behind = [
+            dest
+            for dest, waiting in self._waiting.items()
+            if len(waiting.datagrams) > mark and now - waiting.took_at < config.app_stall_after
+        ]
+        yielding = bool(behind)
+        if yielding == self._yielding:
+            return
+        self._yielding = yielding
+        if yielding:
+            self.counters.apps_yielded += 1
+            self._drops.note(
+                "receivers first",
+                f"{', '.join(repr(d) for d in behind)} is behind on reading: sends from "
+                "applications wait until it catches up",
+                level=logging.INFO,
+            )
+        self._update_apps_reader()
+
     def _retry_waiting(self) -> None:
         """Send what waits for each application, in order, until its queue is full again."""
         self._retry_timer = None
+        now = time.monotonic()
         for dest, waiting in list(self._waiting.items()):
+            before = len(waiting.datagrams)
             while waiting.datagrams:
                 result = self._send(dest, waiting.datagrams[0], count_not_bound=False)
                 if result is not None and result.later:
@@ -1053,8 +1118,12 @@ class GuestAgent:
                     waiting.size = 0
                     break
                 waiting.popleft()
+            if len(waiting.datagrams) < before:
+                waiting.took_at = now
             if not waiting.datagrams:
                 del self._waiting[dest]
+        if self._yielding or self._waiting:
+            self._update_yielding()
         if self._waiting:
             self._arm_retry()
 

@@ -9,12 +9,17 @@
   that does not read gets at most the agent's bound plus its kernel queue,
   in order, without repeats, the rest counted as dropped, and it never holds
   up another application of the same server;
+- receivers first: while an application that reads is far behind, the
+  agent takes no sends from its applications (the host gets nothing new)
+  until it has caught up; then every send arrives, in order, none dropped.
+  An application that does not read at all holds no sends back for long;
 - `net.unix.max_dgram_qlen`: the agent warns when it is low; a lab server's
   namespace has it raised, the machine's own setting untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -27,7 +32,11 @@ from pathlib import Path
 
 import pytest
 
-from servergroup.guestcomm.guest import DEFAULT_APP_QUEUE_LIMIT
+from servergroup.guestcomm.guest import (
+    DEFAULT_APP_BEHIND_HIGH,
+    DEFAULT_APP_QUEUE_LIMIT,
+    DEFAULT_APP_STALL_AFTER,
+)
 from servergroup.guestcomm.protocol import Envelope, JsonObject, encode_host_frame
 from servergroup.guestcomm.sockets import DGRAM_QLEN_PATH, GUEST_DGRAM_QLEN, NO_HOST_LOG_MSG
 from servergroup.servers.drivers.lab import LabDriver
@@ -44,6 +53,7 @@ from tests.integration.guestcomm.conftest import (
 
 LOW_QLEN_WARNING = "applications will be slowed: raise net.unix.max_dgram_qlen"
 PAUSED = "backpressure: .* applications are not read"
+YIELDED = "receivers first: 'behind.app' is behind on reading"
 
 
 def frame_to(dest: str, data: JsonObject) -> bytes:
@@ -297,6 +307,77 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {"app not reading": to_stopped - len(got)}
     assert counters["to_apps"] == to_reader + 1 + len(got) + 1
+
+
+def test_an_app_far_behind_holds_back_the_sends_of_its_server_until_it_catches_up(
+    long_queue_guest: GuestUnderTest,
+) -> None:
+    guest = long_queue_guest
+    host = guest.host()
+    behind = guest.app("behind.app")
+    sender = connected_app(guest, "sender.app")
+    burst = GUEST_DGRAM_QLEN + 2 * DEFAULT_APP_BEHIND_HIGH  # the kernel's queue, then the agent's
+    host.send(b"".join(frame_to("behind.app", {"n": n}) for n in range(burst)))
+    # behind.app reads, but slowly: one datagram every 50 ms, so it stays far behind.
+    got: list[int] = []
+    catch_up = threading.Event()
+
+    def read() -> None:
+        while len(got) < burst:
+            got.append(json.loads(behind.receive())["data"]["n"])
+            if not catch_up.is_set():
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        wait_log_count(guest.daemon, YIELDED, 1)
+        # Its server's sends wait: the agent's queue fills, the host gets none of them.
+        sender.sock.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent <= 2 * GUEST_DGRAM_QLEN:
+                sender.sock.send(app_message(sent))
+                sent += 1
+        assert 0 < sent <= GUEST_DGRAM_QLEN + 1, "the agent took sends while behind.app lagged"
+        host.expect_nothing(quiet=2 * DEFAULT_APP_STALL_AFTER)
+        assert len(got) < burst - DEFAULT_APP_BEHIND_HIGH
+    finally:
+        catch_up.set()
+        thread.join(60)
+    # behind.app caught up: everything reached it in order, and the host gets every send.
+    assert got == list(range(burst))
+    assert [int(e.data["n"]) for e in host.read(sent)] == list(range(sent))  # type: ignore[arg-type]
+    counters = final_counters(guest.daemon)
+    assert counters["dropped"] == {}
+    assert counters["apps_yielded"] >= 1
+
+
+def test_an_app_that_does_not_read_holds_back_no_sends_for_long(
+    long_queue_guest: GuestUnderTest,
+) -> None:
+    guest = long_queue_guest
+    host = guest.host()
+    behind = guest.app("behind.app")  # bound, never read
+    sender = connected_app(guest, "sender.app")
+    burst = GUEST_DGRAM_QLEN + 2 * DEFAULT_APP_BEHIND_HIGH
+    host.send(b"".join(frame_to("behind.app", {"n": n}) for n in range(burst)))
+    wait_log_count(guest.daemon, YIELDED, 1)
+    total = 2 * GUEST_DGRAM_QLEN
+    got: list[int] = []
+    reader = threading.Thread(
+        target=lambda: got.extend(int(e.data["n"]) for e in host.read(total))  # type: ignore[arg-type]
+    )
+    reader.start()
+    # Blocking sends, each waiting for room in the agent's queue: were they held for as
+    # long as behind.app does not read, they would time out (WAIT) here.
+    try:
+        for n in range(total):
+            sender.sock.send(app_message(n))
+    finally:
+        reader.join(60)
+    assert got == list(range(total))
+    assert behind.sock.fileno() >= 0  # it stayed bound (and unread) all along
 
 
 def test_what_waits_for_an_app_that_goes_away_is_dropped(guest: GuestUnderTest) -> None:
