@@ -87,6 +87,9 @@ DEFAULT_OPEN_TIMEOUT = 10.0
 #: How long the broker waits for a client that does not read its output.
 DEFAULT_STALL_TIMEOUT = 30.0
 _HIGH_WATER = 1 << 20
+#: How long a connection whose session ended is still read (and what comes thrown
+#: away) before it is closed: see `_linger`.
+_LINGER = 2.0
 _FROM_CLIENT = frozenset({FrameType.STDIN, FrameType.STDIN_EOF, FrameType.SIGNAL})
 _TO_CLIENT = frozenset({FrameType.STDOUT, FrameType.STDERR, FrameType.ERROR, FrameType.EXIT})
 _SERVER_WENT_AWAY = "the server went away (its exec port closed)."
@@ -116,10 +119,17 @@ class _Session:
         if self.done.is_set():
             return
         self.done.set()
-        if sentence is not None and not self.writer.is_closing():
+        if self.writer.is_closing():
+            return
+        if sentence is not None:
             frame = Frame(type=FrameType.ERROR, session=self.sid, payload=encode_error(sentence))
             self.writer.write(encode_frame(frame))
-        self.writer.close()
+        # Only our half: the client's task closes the connection once the client has
+        # read this far (`_linger`).
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        else:
+            self.writer.close()
 
 
 class ExecBroker:
@@ -325,6 +335,7 @@ class ExecBroker:
         finally:
             if session is not None and not session.done.is_set():
                 self._hang_up(session)
+            await _linger(reader, writer)
             writer.close()
 
     async def _open_session(
@@ -466,6 +477,28 @@ class ExecBrokers:
             state=state,
             sentence=f"{ready} of {total} qemu server(s) have their exec agent answering",
         )
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read (and throw away) what the client still sends until it closes, for `_LINGER` s.
+
+    A connection closed while the client's frames (stdin, a signal) are on
+    their way is reset, and a reset client loses what it had not read yet:
+    the session's last words (its status or the sentence saying why it
+    ended). So our half is shut first and the connection closed once the
+    client closes its own (it does when it has read to the end). Not while
+    the broker stops: it must not wait on clients.
+    """
+    task = asyncio.current_task()
+    if writer.is_closing() or (task is not None and task.cancelling()):
+        return
+    if writer.can_write_eof():
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(_LINGER):
+            while await reader.read(MAX_PAYLOAD):
+                pass
 
 
 def _refuse(writer: asyncio.StreamWriter, sentence: str) -> None:
