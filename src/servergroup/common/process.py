@@ -58,10 +58,10 @@ _GONE_STATES = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
 _STOPPED_STATES = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, *_GONE_STATES})
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat_fields(pid: int, path: str | None = None) -> list[str] | None:
     """Fields 3 on of /proc/PID/stat (state first), or None when there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path or f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
     # The command name (field 2) may hold spaces and ')': the fields resume after its last ')'.
@@ -83,6 +83,30 @@ def process_start_time(pid: int) -> int | None:
     if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])  # field 22 of proc(5), counted from field 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadTimes:
+    """One thread's identity and the CPU time it used (clock ticks, `os.sysconf('SC_CLK_TCK')`)."""
+
+    tid: int
+    start_time: int  # clock ticks after boot: tells the thread from a later one with its tid
+    cpu_ticks: int  # user + system time (fields 14 and 15 of proc(5))
+
+
+def thread_times(tid: int) -> ThreadTimes | None:
+    """The CPU time of thread `tid` (any thread of any process), None when it is gone.
+
+    Read from /proc/TID/task/TID/stat: /proc/TID/stat of a thread that does
+    not lead its process would count the whole process.
+    """
+    fields = _stat_fields(tid, f"/proc/{tid}/task/{tid}/stat")
+    if fields is None or fields[0] in ("Z", "X") or len(fields) < 20:
+        return None
+    # Fields 14, 15 and 22 of proc(5), counted from field 3.
+    return ThreadTimes(
+        tid=tid, start_time=int(fields[19]), cpu_ticks=int(fields[11]) + int(fields[12])
+    )
 
 
 def command_line(pid: int) -> list[str] | None:
@@ -399,6 +423,7 @@ def stop_group(pgid: int, *, term_timeout: float, kill_timeout: float = 5.0) -> 
 __all__ = [
     "Ended",
     "ProcessIdentity",
+    "ThreadTimes",
     "alive",
     "command_line",
     "group_members",
@@ -410,5 +435,6 @@ __all__ = [
     "stop_group_async",
     "stop_process",
     "stop_process_async",
+    "thread_times",
     "wait_stopped",
 ]
