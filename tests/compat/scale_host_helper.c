@@ -23,6 +23,7 @@
  *   ready
  *   sent <instance> <data sent>
  *   reply <source_instance> <data as received>
+ *   rtt <seconds from just before the send to the reply's arrival>
  *
  * and exits 0. With no reply within SECONDS (default 10, the original's
  * budget) it prints "timeout" on stderr and exits 1.
@@ -46,6 +47,7 @@
 
 static const char *instance;
 static int got_reply;
+static double sent_at;
 
 static int handle(int fd, const char *buf, size_t n, void *ctx)
 {
@@ -80,6 +82,7 @@ static int handle(int fd, const char *buf, size_t n, void *ctx)
     printf("reply %s ", from);
     fwrite(data.p, 1, (size_t)(data.end - data.p), stdout);
     printf("\n");
+    printf("rtt %.6f\n", now() - sent_at);
     got_reply = 1;
     return 1;
 }
@@ -160,6 +163,7 @@ int main(int argc, char **argv)
         return 2;
     }
     to_len = abstract_addr(&to, AGENT_ADDR);
+    sent_at = now();
     if (sendto(fd, buf, o.len, 0, (struct sockaddr *)&to, to_len) < 0)
         die("sendto cgcs.messaging");
     printf("sent %s %s\n", instance, inner);

@@ -183,6 +183,8 @@ def reply_of(helper: CProcess, instance: str) -> dict[str, Any]:
     parts = replies[0]
     assert parts is not None
     assert parts[1] == instance
+    # The helper's own measure of the round trip (what bench/scaling.py reports).
+    assert [float(line.split()[1]) > 0 for line in lines if line.startswith(b"rtt ")] == [True]
     data: dict[str, Any] = json.loads(parts[2])
     return data
 
