@@ -48,6 +48,9 @@ action (up or down) starts the cooldown and a new window at `now`, whether
 or not the scaling then succeeds, so a scale that keeps failing (no free
 physical CPU) is tried at most once per cooldown.
 
+`encode_policy` / `decode_policy` turn a policy into a JSON object and back
+(`decode(encode(p)) == p`), for whoever stores it.
+
 Guarantees (the property tests check them): the policy never asks past the
 limits; two actions are at least `max(cooldown_interval, window_interval)`
 apart; no action without a full window after the last one; for the same
@@ -62,6 +65,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from servergroup.common.errors import UsageError
+from servergroup.guestcomm.protocol import Json, JsonObject
 from servergroup.scaling.protocol import Direction
 
 #: The part of the window that samples must cover before the policy judges it.
@@ -135,6 +139,27 @@ class Policy:
             f"over {_seconds(self.window_interval)}, "
             f"cooldown {_seconds(self.cooldown_interval)}"
         )
+
+
+_POLICY_KEYS: Final = ("up_above", "down_below", "window_interval", "cooldown_interval")
+
+
+def encode_policy(policy: Policy) -> JsonObject:
+    """The JSON object of `policy` (to store it): its four fields, by name."""
+    return {key: float(getattr(policy, key)) for key in _POLICY_KEYS}
+
+
+def decode_policy(obj: Json) -> Policy:
+    """The `Policy` of a JSON object `encode_policy` made; PolicyError (one sentence) if not."""
+    if not isinstance(obj, dict):
+        raise PolicyError("a scaling policy record is not a JSON object.")
+    values: dict[str, float] = {}
+    for key in _POLICY_KEYS:
+        value = obj.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise PolicyError(f"a scaling policy record has no number {key!r}.")
+        values[key] = float(value)
+    return Policy(**values)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -354,6 +379,8 @@ __all__ = [
     "PolicyState",
     "VcpuLimits",
     "decide",
+    "decode_policy",
+    "encode_policy",
     "next_timer",
     "observe",
     "start",

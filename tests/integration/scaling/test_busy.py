@@ -30,6 +30,7 @@ from servergroup.scaling.busy import (
     read_threads,
 )
 from servergroup.scaling.policy import BusySample
+from servergroup.servers.drivers.base import DriverError
 from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.model import ServerSpec
 
@@ -158,7 +159,7 @@ async def test_a_server_that_does_not_run_is_an_error_and_the_meter_starts_afres
     meter = BusyMeter(server.driver, server.spec)
     assert await meter.measure([0, 1]) is None
     await server.driver.stop(server.spec)
-    with pytest.raises(Exception, match="not running"):
+    with pytest.raises(DriverError, match="not running"):
         await meter.measure([0, 1])
     await server.driver.start(server.spec)
     assert await meter.measure([0, 1]) is None  # afresh: no interval across the restart

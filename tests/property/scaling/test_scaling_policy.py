@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, replace
 
 from hypothesis import given
@@ -16,6 +17,8 @@ from servergroup.scaling.policy import (
     PolicyState,
     VcpuLimits,
     decide,
+    decode_policy,
+    encode_policy,
     observe,
     start,
 )
@@ -200,3 +203,8 @@ def test_before_the_first_window_nothing_happens(policy: Policy, early: float) -
     )
     assert decision.direction is None
     assert after == state
+
+
+@given(policies())
+def test_a_policy_survives_its_json(policy: Policy) -> None:
+    assert decode_policy(json.loads(json.dumps(encode_policy(policy)))) == policy

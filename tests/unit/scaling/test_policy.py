@@ -15,6 +15,8 @@ from servergroup.scaling.policy import (
     PolicyState,
     VcpuLimits,
     decide,
+    decode_policy,
+    encode_policy,
     next_timer,
     observe,
     start,
@@ -80,6 +82,23 @@ def test_a_policy_that_makes_no_sense_is_one_sentence(kwargs: dict[str, float], 
 def test_edges_that_are_valid() -> None:
     Policy(up_above=100, down_below=99.9, window_interval=0.001, cooldown_interval=0)
     assert "up above 100.0%" in Policy(up_above=100, down_below=1).describe()
+
+
+def test_a_stored_policy_that_makes_no_sense_is_refused() -> None:
+    assert encode_policy(POLICY) == {
+        "up_above": 80.0,
+        "down_below": 20.0,
+        "window_interval": 10.0,
+        "cooldown_interval": 30.0,
+    }
+    with pytest.raises(PolicyError, match="not a JSON object"):
+        decode_policy([1, 2])
+    with pytest.raises(PolicyError, match="no number 'window_interval'"):
+        decode_policy({"up_above": 80, "down_below": 20, "cooldown_interval": 1})
+    with pytest.raises(PolicyError, match="no number 'up_above'"):
+        decode_policy({**encode_policy(POLICY), "up_above": True})
+    with pytest.raises(PolicyError, match="must be below"):
+        decode_policy({**encode_policy(POLICY), "down_below": 90})
 
 
 def test_limits_and_samples_are_checked() -> None:
