@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from servergroup.common.clock import SystemClock
 from servergroup.common.process import stop_group, thread_times
 from servergroup.scaling.busy import (
     CLOCK_TICKS,
@@ -29,7 +30,16 @@ from servergroup.scaling.busy import (
     cpu_seconds_between,
     read_threads,
 )
-from servergroup.scaling.policy import BusySample
+from servergroup.scaling.policy import (
+    BusySample,
+    Decision,
+    Policy,
+    VcpuLimits,
+    decide,
+    observe,
+    start,
+)
+from servergroup.scaling.protocol import Direction
 from servergroup.servers.drivers.base import DriverError
 from servergroup.servers.drivers.lab import LabDriver
 from servergroup.servers.model import ServerSpec
@@ -214,3 +224,47 @@ def test_a_reused_thread_id_is_not_taken_for_the_old_thread() -> None:
     # Thread 100 ended; a new one got its id (another start time) with 7 ticks so far.
     after = CpuReading(at=1.0, vcpus=(0,), ticks={(100, 90): 7, (101, 5): 10 + CLOCK_TICKS})
     assert cpu_seconds_between(before, after) == pytest.approx(1.0)
+
+
+# -- the policy fed by the meter --------------------------------------------------------------
+
+
+async def first_action(
+    meter: BusyMeter, policy: Policy, online: list[int], limits: VcpuLimits
+) -> Decision:
+    """Measure every 0.1 s and decide after each sample, until the policy acts (or 30 s)."""
+    clock = SystemClock()
+    state = start(clock.monotonic())
+    meter.reset()
+    deadline = clock.monotonic() + 30.0
+    while clock.monotonic() < deadline:
+        got = await meter.measure(online)
+        if got is not None:
+            state = observe(policy, state, got)
+        decision, state = decide(
+            policy, state, online=len(online), limits=limits, now=clock.monotonic()
+        )
+        if decision.direction is not None:
+            return decision
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the policy never acted; last: {decision.sentence}")
+
+
+async def test_the_policy_on_measured_samples_scales_a_busy_loop_up_and_idle_down(
+    server: LabServer,
+) -> None:
+    # Thresholds far apart: only "a spinning shell" against "nothing running" matters.
+    policy = Policy(up_above=10, down_below=5, window_interval=1.5, cooldown_interval=0)
+    limits = VcpuLimits(min_vcpus=1, max_vcpus=2)
+    meter = BusyMeter(server.driver, server.spec)
+    idle = await first_action(meter, policy, [0, 1], limits)
+    assert idle.direction is Direction.DOWN, idle.sentence
+    assert idle.target_vcpus == 1
+    loop = await start_busy_loop(server)
+    busy = await first_action(meter, policy, [0], limits)
+    assert busy.direction is Direction.UP, busy.sentence
+    assert busy.busy_percent is not None
+    assert idle.busy_percent is not None
+    assert busy.busy_percent > idle.busy_percent
+    stop_group(loop.pid, term_timeout=3.0)
+    loop.wait(5)
