@@ -108,9 +108,7 @@ def test_never_cpu_0(tree: LabCpuSysfs, tmp_path: Path) -> None:
     assert tree.online() == (0,)
 
 
-def test_a_helper_that_hangs_is_killed_with_its_children(
-    tree: LabCpuSysfs, tmp_path: Path
-) -> None:
+def test_a_helper_that_hangs_is_killed_with_its_children(tree: LabCpuSysfs, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     helper = script(tmp_path / "helper", f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; wait")
     reply = down(agent_with(helper, tree), timeout_ms=300)

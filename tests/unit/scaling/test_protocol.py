@@ -43,8 +43,7 @@ def test_the_spec_examples_decode() -> None:
         direction=Direction.DOWN, result=Result.SUCCESS, cpu=3, online_cpus=(0, 1, 2)
     )
     fail = json.loads(
-        '{"version": 2, "resource": "cpu", "direction": "down", "result": "fail",'
-        ' "err_msg": "no"}'
+        '{"version": 2, "resource": "cpu", "direction": "down", "result": "fail", "err_msg": "no"}'
     )
     assert decode_reply(fail) == ScaleReply(
         direction=Direction.DOWN, result=Result.FAIL, err_msg="no"
