@@ -7,7 +7,11 @@ own (never this machine's CPUs).
 
 from __future__ import annotations
 
+import http.server
 import json
+import socket
+import subprocess
+import threading
 
 from servergroup.guestcomm.protocol import JsonObject
 from servergroup.scaling.protocol import (
@@ -18,6 +22,7 @@ from servergroup.scaling.protocol import (
     ScaleRequest,
     encode_message,
 )
+from tests.fixtures.netns import NetnsFactory
 from tests.integration.guestcomm.conftest import CLI, log_count, wait_log_count
 from tests.integration.scaling.conftest import HOST_ADDR, ScaledGuest, wait_until
 
@@ -208,3 +213,53 @@ def test_the_scale_agent_alone(scaled: ScaledGuest) -> None:
     host = scaled.host()
     assert host.down().online_cpus == (0,)
     assert host.up(1).online_cpus == (0, 1)
+
+
+class _Metadata(http.server.BaseHTTPRequestHandler):
+    """The original's metadata server: `offline_cpuset` in an OpenStack meta_data.json."""
+
+    def do_GET(self) -> None:
+        body = b'{"uuid": "x", "meta": {"offline_cpuset": "set([1, 3])"}}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_boot_sync_from_the_original_metadata(scaled: ScaledGuest) -> None:
+    """With --metadata-url the boot sync reads `offline_cpuset` over HTTP, not the channel.
+
+    The server listens inside the guest's namespace (its loopback brought up for it).
+    """
+    ns = scaled.guest.ns
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+    listener = NetnsFactory.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Metadata, bind_and_activate=False)
+    httpd.socket.close()
+    httpd.socket = listener
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ready = scaled.dir / "scale.ready"
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/openstack/latest/meta_data.json"
+        scaled.start(
+            "--metadata-url",
+            url,
+            "--scale-sync-timeout",
+            "20",
+            "--scale-ready-file",
+            str(ready),
+            cpus=4,
+        )
+        wait_until(ready.exists, "the ready file after the metadata boot sync")
+        assert scaled.online_file() == "0,2\n"
+        host = scaled.host()
+        host.host.expect_nothing()  # nothing asked over the channel
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
