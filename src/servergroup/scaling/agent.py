@@ -406,7 +406,8 @@ class ScaleAgent:
             online = self.sysfs.online()  # the helper may have taken a while
         if outcome.end is HelperEnd.TIMED_OUT:
             return _fail(request, timed_out_message("--cpu_del", request.timeout_ms))
-        choice = choose_offline(outcome, online)
+        fixed = [cpu for cpu in online if cpu != 0 and not self.sysfs.can_offline(cpu)]
+        choice = choose_offline(outcome, online, fixed)
         if not isinstance(choice, Chosen):
             return _fail(request, f"cannot scale down: {choice.reason}.")
         log.info("scale down: CPU %d, because %s", choice.cpu, choice.reason)

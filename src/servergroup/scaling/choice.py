@@ -11,10 +11,11 @@ ended is a `HelperOutcome`; `named_cpu` reads the convention and
   (the original took a helper's `exit(-1)`, status 255, as CPU 255: spec
   section 6; here every such status is an error), a helper that is missing,
   could not be started or was killed by a signal all name nothing;
-- a named CPU that is not online (or is CPU 0) is not taken either;
+- a named CPU that is not online, is CPU 0, or cannot be taken offline
+  (no `online` switch) is not taken either;
 
 and whenever nothing usable was named the agent falls back to the
-highest-numbered online CPU other than 0. CPU 0 is never chosen: with only
+highest-numbered online CPU other than 0 that can be taken offline. CPU 0 is never chosen: with only
 CPU 0 online the choice is a refusal (`Refused`), with one sentence. A
 helper that was still running at the request's deadline is not a choice
 at all: the agent kills it and the request fails (`timed_out_message`).
@@ -25,7 +26,7 @@ Every result carries one sentence saying why, for the agent's log.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -94,11 +95,22 @@ def named_cpu(outcome: HelperOutcome) -> int | None:
     return None
 
 
-def choose_offline(outcome: HelperOutcome, online: Sequence[int]) -> Chosen | Refused:
-    """The CPU a scale-down takes offline, given the helper's run and the CPUs online now."""
-    candidates = sorted(set(online) - {0})
-    if not candidates:
+def choose_offline(
+    outcome: HelperOutcome, online: Sequence[int], fixed: Collection[int] = ()
+) -> Chosen | Refused:
+    """The CPU a scale-down takes offline, given the helper's run and the CPUs online now.
+
+    `fixed`: online CPUs that cannot be taken offline (no `online` switch in sysfs).
+    """
+    others = set(online) - {0}
+    if not others:
         return Refused(reason="only CPU 0 is online, and CPU 0 is never taken offline")
+    candidates = sorted(others - set(fixed))
+    if not candidates:
+        return Refused(
+            reason=f"no online CPU but 0 can be taken offline (CPU(s) "
+            f"{', '.join(map(str, sorted(others)))} have no online switch)"
+        )
     if outcome.end is HelperEnd.TIMED_OUT:
         return Refused(reason="the scale helper " + describe(outcome))
     fallback = candidates[-1]

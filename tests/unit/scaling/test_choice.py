@@ -76,3 +76,11 @@ def test_named_cpu(status: int, cpu: int | None) -> None:
 
 def test_helper_add_args_are_compact_json() -> None:
     assert helper_add_args(3, (0, 3, 1)) == ["--cpu_add", "3", "[0,1,3]"]
+
+
+def test_cpus_without_a_switch_are_not_chosen() -> None:
+    choice = choose_offline(exited(3), ONLINE, fixed=(3,))
+    assert choice == Chosen(cpu=2, reason=choice.reason)
+    refused = choose_offline(exited(0), (0, 1), fixed=(1,))
+    assert isinstance(refused, Refused)
+    assert "no online switch" in refused.reason
