@@ -1,4 +1,4 @@
-"""`servergroup guest`: the guest agent, run inside every server."""
+"""`servergroup guest`: the guest agent, run inside every server (with its scale agent)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, guest_config, run_guest
+from servergroup.cli.scale_agent import scale_config, scale_options
+from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, Companion, guest_config, run_guest
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
+from servergroup.scaling.agent import ScaleAgent
 
 
 @click.command()
@@ -42,8 +44,27 @@ from servergroup.guestcomm.protocol import MESSAGING_ADDR
     help="Write PATH (the agent's PID) once it serves, for a supervisor that starts "
     "things in order; removed when the agent stops.",
 )
+@click.option(
+    "--scale-agent/--no-scale-agent",
+    default=True,
+    show_default=True,
+    envvar="SERVERGROUP_SCALE_AGENT",
+    help="Run the scale agent (abstract cgcs.scale) beside the guest agent "
+    "[env SERVERGROUP_SCALE_AGENT]; see `servergroup scale-agent --help`.",
+)
+@scale_options("scale-")
 def guest(
-    channel: Path | None, channel_listen: Path | None, address: str, ready_file: Path | None
+    channel: Path | None,
+    channel_listen: Path | None,
+    address: str,
+    ready_file: Path | None,
+    scale_agent: bool,
+    sysfs_root: Path,
+    lab_cpus: int | None,
+    helper: Path,
+    metadata_url: str | None,
+    sync_timeout: float,
+    scale_ready_file: Path | None,
 ) -> None:
     """Run the guest agent: relay messages between this server's applications and its host.
 
@@ -54,8 +75,28 @@ def guest(
     (--channel); a lab server or a container uses a socket the host connects
     to (--channel-listen). Runs until SIGTERM or Ctrl-C.
 
+    Beside it runs the scale agent (unless --no-scale-agent), which takes
+    this server's vCPUs offline and online when the host asks, and at start
+    takes offline those the host recorded as offline (boot sync).
+
     `python -m servergroup.guestcomm` takes the same options without this
     CLI's start-up cost; a qemu server's /init starts the agent that way.
     """
+    config = guest_config(channel, channel_listen, address, ready_file)
+    companions: list[Companion] = []
+    if scale_agent:
+        companions.append(
+            ScaleAgent(
+                scale_config(
+                    sysfs_root=sysfs_root,
+                    helper=helper,
+                    metadata_url=metadata_url,
+                    sync_timeout=sync_timeout,
+                    scale_ready_file=scale_ready_file,
+                    lab_cpus=lab_cpus,
+                    messaging_address=address,
+                )
+            )
+        )
     # SIGTERM or Ctrl-C is how a daemon is asked to stop: the agent ends cleanly.
-    run_guest(guest_config(channel, channel_listen, address, ready_file))
+    run_guest(config, companions)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("servers", "server"),
     "app": ("app", "app"),
     "guest": ("guest", "guest"),
+    "scale-agent": ("scale_agent", "scale_agent"),
     "host": ("host", "host"),
     "image": ("image", "image"),
     "demo": ("demo", "demo"),

@@ -77,6 +77,14 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
 Nothing a peer sends stops the agent; only cancellation or `stop` does. Its
 `Counters` are logged when it stops.
 
+Companions. Other agents of the guest can run beside this one, each on a
+thread of its own, started once the agent serves (so that they can send
+through it) and stopped when it stops: `run_guest(config, companions)`.
+The scale agent (`servergroup.scaling.agent`, bound at `cgcs.scale`) is
+one, on by default; the guest agent itself knows nothing of scaling (the
+entry points compose them: `main(extensions=...)`, the CLI). A companion
+that fails is logged; the agent serves on.
+
 Two entry points run the same agent: `servergroup guest` (the CLI, for
 people) and `python -m servergroup.guestcomm` (`main` below: argparse, no
 CLI framework), which a VM's /init starts, because under emulation every
@@ -99,6 +107,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -1140,20 +1149,69 @@ def _check_dgram_qlen() -> None:
         )
 
 
-def run_guest(config: GuestConfig) -> None:
-    """Run the guest agent until SIGTERM or SIGINT; both end it cleanly.
+class Companion(Protocol):
+    """An agent that runs beside the guest agent, on a thread of its own (the scale agent)."""
+
+    def run(self) -> None:
+        """Serve until `stop` is called."""
+
+    def stop(self) -> None:
+        """End `run` (called from another thread)."""
+
+
+#: How long a companion may take to end once asked to stop.
+COMPANION_STOP_TIMEOUT = 5.0
+
+
+class _Companions:
+    """The companions' threads: started once the guest agent serves, stopped with it."""
+
+    def __init__(self, companions: Sequence[Companion]) -> None:
+        self._companions = list(companions)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for companion in self._companions:
+            thread = threading.Thread(
+                target=self._run, args=(companion,), name=type(companion).__name__, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    @staticmethod
+    def _run(companion: Companion) -> None:
+        try:
+            companion.run()
+        except ServergroupError as exc:
+            log.error("%s did not start: %s", type(companion).__name__, exc)
+        except Exception:
+            log_bug(log, f"the guest agent's companion {type(companion).__name__}")
+
+    def stop(self) -> None:
+        for companion in self._companions:
+            companion.stop()
+        for thread in self._threads:
+            thread.join(COMPANION_STOP_TIMEOUT)
+            if thread.is_alive():
+                log.warning("%s did not stop within %g s", thread.name, COMPANION_STOP_TIMEOUT)
+
+
+def run_guest(config: GuestConfig, companions: Sequence[Companion] = ()) -> None:
+    """Run the guest agent (and its `companions`) until SIGTERM or SIGINT; both end it cleanly.
 
     Raises `ConfigError`/`PermissionNeeded` when the channel cannot be set up
     and `AddressInUse` when another agent has the address.
     """
     agent = GuestAgent(config)
+    threads = _Companions(companions)
     stops = (signal.SIGTERM, signal.SIGINT)
     previous = {signum: signal.getsignal(signum) for signum in stops}
     for signum in stops:
         signal.signal(signum, lambda _signum, _frame: agent.stop())
     try:
-        agent.run()
+        agent.run(on_ready=threads.start)
     finally:
+        threads.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -1171,7 +1229,16 @@ def _write_ready_file(path: Path) -> None:
             part.unlink()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class GuestExtension(Protocol):
+    """What an entry point adds to the guest agent: options, and companions built from them."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def companions(self, args: argparse.Namespace) -> Sequence[Companion]:
+        """The companions the parsed `args` ask for; ServergroupError (one sentence) if wrong."""
+        ...
+
+
+def main(argv: Sequence[str] | None = None, *, extensions: Sequence[GuestExtension] = ()) -> int:
     """`python -m servergroup.guestcomm`: the guest agent without the CLI framework."""
     parser = argparse.ArgumentParser(
         prog="python -m servergroup.guestcomm",
@@ -1213,6 +1280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-text", dest="log_json", action="store_false", help="log text lines")
     parser.set_defaults(log_json=None)
+    for extension in extensions:
+        extension.add_arguments(parser)
     args = parser.parse_args(argv)
     verbose: int = args.verbose
     setup_logging(
@@ -1221,7 +1290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = guest_config(args.channel, args.channel_listen, args.address, args.ready_file)
-        run_guest(config)
+        companions = [c for extension in extensions for c in extension.companions(args)]
+        run_guest(config, companions)
     except ServergroupError as exc:
         sys.stderr.write(f"servergroup guest: {exc}\n")
         return exc.exit_status

@@ -1,5 +1,14 @@
 """vCPU scaling (seed 003): a server's online vCPUs, scaled down and up on request.
 
-- `cpus`, `protocol`: pure cores (CPU lists; the scaling messages of spec section 5
-  and our boot-sync extension).
+- `cpus`, `protocol`, `choice`: pure cores (CPU lists; the scaling messages of
+  spec section 5 and our boot-sync extension; what the guest does with its
+  helper's exit status).
+- `sysfs`: a machine's CPUs under a sysfs root (`CpuSysfs`: the kernel's, or a
+  lab server's own tree).
+- `helper`: running the application's `app_scale_helper` with a deadline.
+- `agent`: the guest's scale agent at `cgcs.scale` (inside the guest agent, or
+  `servergroup scale-agent`). docs/design/scaling.md tells how they fit.
+
+Nothing is re-exported here: the guest imports only what it runs (a VM's boot
+pays for every import), the host only the codec.
 """

@@ -105,7 +105,10 @@ def guest(netns: NetnsFactory, daemon: DaemonFactory, short_dir: Path) -> GuestF
         handle = None
         if agent:
             handle = daemon(
-                netns.command(ns, [*CLI, "guest", "--channel-listen", str(channel)]),
+                # No scale agent: these tests play a host that speaks only group messages.
+                netns.command(
+                    ns, [*CLI, "guest", "--channel-listen", str(channel), "--no-scale-agent"]
+                ),
                 name=f"guest-{name}",
                 ready=r"guest agent ready",
             )

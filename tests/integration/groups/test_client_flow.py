@@ -487,7 +487,10 @@ def test_agent_gone_then_back(guest: GuestFactory, daemon: DaemonFactory) -> Non
         with pytest.raises(AgentUnavailable, match=r"no guest agent at cgcs\.messaging"):
             client.broadcast("nobody")
         agent = daemon(
-            ["ip", "netns", "exec", g.ns, *CLI, "guest", "--channel-listen", str(g.channel)],
+            [
+                *("ip", "netns", "exec", g.ns, *CLI, "guest"),
+                *("--channel-listen", str(g.channel), "--no-scale-agent"),
+            ],
             name="guest-again",
             ready=r"guest agent ready",
         )

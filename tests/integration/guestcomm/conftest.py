@@ -161,10 +161,14 @@ class GuestUnderTest:
     netns: NetnsFactory
     start_daemon: DaemonFactory
     daemon: Daemon
+    #: Options for the scale agent beside the guest agent: none unless a test asks for it
+    #: (its boot sync would write on the channel these tests read).
+    scale: tuple[str, ...] = ("--no-scale-agent",)
 
     def start(self, *extra: str) -> Daemon:
         argv = self.netns.command(
-            self.ns, [*CLI, "guest", "--channel-listen", str(self.channel), *extra]
+            self.ns,
+            [*CLI, "guest", "--channel-listen", str(self.channel), *self.scale, *extra],
         )
         self.daemon = self.start_daemon(argv, name="guest", ready=READY)
         return self.daemon

@@ -301,7 +301,7 @@ def test_host_is_a_pty_device_channel(guest: GuestUnderTest) -> None:
     os.close(slave)
     guest.daemon.stop()
     agent = guest.start_daemon(
-        guest.netns.command(guest.ns, [*CLI, "guest", "--channel", device]),
+        guest.netns.command(guest.ns, [*CLI, "guest", "--channel", device, *guest.scale]),
         name="device-guest",
         ready="host connected",
     )

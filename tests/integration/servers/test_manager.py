@@ -160,7 +160,7 @@ async def test_refusals_and_timeouts_say_why(
     with pytest.raises(NoHostRunning, match="no host is running: start one with `servergroup up`"):
         await ops.create_server(server_names(), "g")
     broken = LabDriver(
-        server_state_dir, guest_argv=lambda sock: ["sh", "-c", "echo no luck; exit 3"]
+        server_state_dir, guest_argv=lambda sock, vcpus: ["sh", "-c", "echo no luck; exit 3"]
     )
     h0 = await hosts("h0", broken)
     failing = server_names()

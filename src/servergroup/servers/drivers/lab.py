@@ -17,7 +17,14 @@ Theory of operation. A lab server `<name>` is
 - its guest agent `python -m servergroup guest --channel-listen
   <state_dir>/servers/<name>/channel.sock`, started detached (own session,
   parent re-assigned to init, output in `guest.log`, PID in `guest.pid`)
-  inside the namespace and the cgroup.
+  inside the namespace and the cgroup;
+- its own CPU tree, `<state_dir>/servers/<name>/sysroot/sys/devices/system/cpu`,
+  with the kernel's layout and `spec.vcpus` CPUs, which its scale agent
+  (inside the guest agent: `--sysfs-root` that `sysroot`, `--lab-cpus`
+  the flavor's vCPUs) makes afresh at each start, all online, as a boot
+  leaves a VM's CPUs. Lab servers share the machine's CPUs: their scale
+  agents take CPUs offline in their trees, never in the machine's sysfs
+  (`servergroup.scaling.sysfs.LabCpuSysfs`).
 
 A host sees the server's channel through a symlink
 `cgcs.messaging.<instance>.sock` in its channel directory pointing at that
@@ -94,6 +101,8 @@ PID_NAME = "guest.pid"
 LOG_NAME = "guest.log"
 ATTACHED_NAME = "attached"
 VCPUS_NAME = "vcpus.json"
+#: The sysfs root of a lab server's CPU tree, in its server directory.
+SYSROOT_NAME = "sysroot"
 #: sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
 TOOL_TIMEOUT = 20.0
@@ -110,11 +119,14 @@ _ENTER = (
 #: is re-parented to init (nobody here has to reap it) and outlives its starter.
 _LAUNCH = 'enter=$1 pidfile=$2; shift 2; sh -c "$enter" "$@" & echo $! > "$pidfile"'
 
-GuestArgv = Callable[[Path], Sequence[str]]
+#: `guest_argv(socket_path, vcpus)`: the guest agent's command for a server.
+GuestArgv = Callable[[Path, int], Sequence[str]]
 
 
-def default_guest_argv(socket_path: Path) -> list[str]:
-    """The guest agent of this installation, listening on `socket_path`."""
+def default_guest_argv(socket_path: Path, vcpus: int = 1) -> list[str]:
+    """The guest agent of this installation, listening on `socket_path`, with its scale
+    agent on the server's own CPU tree of `vcpus` CPUs (beside the socket: `SYSROOT_NAME`).
+    """
     return [
         sys.executable,
         "-m",
@@ -124,6 +136,10 @@ def default_guest_argv(socket_path: Path) -> list[str]:
         "guest",
         "--channel-listen",
         str(socket_path),
+        "--sysfs-root",
+        str(socket_path.parent / SYSROOT_NAME),
+        "--lab-cpus",
+        str(vcpus),
     ]
 
 
@@ -483,14 +499,14 @@ class LabDriver:
         await asyncio.to_thread(self.create_sync, spec.name)
 
     async def start(self, spec: ServerSpec) -> None:
-        await asyncio.to_thread(self.start_sync, spec.name)
+        await asyncio.to_thread(self.start_sync, spec.name, spec.vcpus)
 
     async def stop(self, spec: ServerSpec) -> None:
         await asyncio.to_thread(self.stop_sync, spec.name)
 
     async def reboot(self, spec: ServerSpec) -> None:
         await asyncio.to_thread(self.stop_sync, spec.name)
-        await asyncio.to_thread(self.start_sync, spec.name)
+        await asyncio.to_thread(self.start_sync, spec.name, spec.vcpus)
 
     async def pause(self, spec: ServerSpec) -> None:
         await asyncio.to_thread(self.freeze_sync, spec.name, True)
@@ -591,7 +607,12 @@ class LabDriver:
                 return pid
         return None
 
-    def start_sync(self, name: str) -> None:
+    def sysfs_root(self, name: str) -> Path:
+        """The sysfs root of the server's own CPU tree (made by its scale agent at start)."""
+        return self.server_dir(name) / SYSROOT_NAME
+
+    def start_sync(self, name: str, vcpus: int = 1) -> None:
+        """Start the server's guest agent (a boot: its CPU tree is made afresh, `vcpus` CPUs)."""
         self._check_created(name)
         cgroups = self.cgroups
         if cgroups.wants_frozen(name):
@@ -608,7 +629,7 @@ class LabDriver:
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         self._ensure_cpuset(name)  # a server created by a version without cpusets
-        argv = [str(a) for a in self._guest_argv(sock)]
+        argv = [str(a) for a in self._guest_argv(sock, vcpus)]
         with open(self.log_path(name), "ab") as out:
             launch = [_ENTER, str(pidfile), self.netns(name), *self._join_files(name), "--"]
             launcher = subprocess.Popen(
@@ -887,6 +908,7 @@ class LabDriver:
 
 __all__ = [
     "NETNS_PREFIX",
+    "SYSROOT_NAME",
     "Cgroups",
     "Cpusets",
     "LabDriver",

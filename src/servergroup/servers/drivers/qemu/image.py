@@ -18,11 +18,12 @@ of a read-only ext4 disk holding the same files: QEMU will not live-migrate
 a VM with a 9p share mounted), so the guest runs the host's own Python,
 virtual environment and servergroup sources; it creates the
 `/dev/virtio-ports/` links udev would make, raises `net.unix.max_dgram_qlen`
-to `GUEST_DGRAM_QLEN`, then keeps the guest agent and
+to `GUEST_DGRAM_QLEN`, then keeps the guest agent (with its scale agent,
+which offlines the vCPUs the host recorded as offline: the boot sync) and
 the exec agent running (each in a respawn loop, as a guest agent "configured
 to respawn"; the exec agent starts once the guest agent serves, so that the
 two do not start at once on one emulated vCPU), runs the user's command if
-there is one, prints
+there is one (once the boot sync is over, or after `SYNC_WAIT`), prints
 `boot.READY_MARKER`, and reaps children forever (PID 1 never exits).
 
 The image lives in `<image dir>/image/` with a `manifest.json`; it is valid
@@ -104,6 +105,10 @@ LOCK_TIMEOUT = 600.0
 
 #: How long `probe_accel` gives a KVM guest to reach its ready marker.
 PROBE_TIMEOUT = 5.0
+
+#: The longest a guest's command waits for the scale agent's boot sync (which itself
+#: gives up after `scaling.agent.DEFAULT_SYNC_TIMEOUT`, 10 s).
+SYNC_WAIT = 15.0
 
 ENV_IMAGE_DIR = "SERVERGROUP_GUEST_IMAGE_DIR"
 ENV_ACCEL = "SERVERGROUP_QEMU_ACCEL"
@@ -208,9 +213,13 @@ if [ -n "$python" ]; then
     # The guest agent first, alone: on one emulated vCPU two Pythons starting
     # at once each take twice as long. The exec agent follows once the guest
     # agent serves (or after 10 s, whatever became of it).
-    ready=/run/servergroup/guest.ready
+    # With the guest agent, its scale agent (at cgcs.scale, on the VM's own
+    # sysfs), which first takes offline the vCPUs the host recorded as offline
+    # (boot sync), then writes $synced.
+    ready=/run/servergroup/guest.ready synced=/run/servergroup/scale.ready
     respawn "$python" -m servergroup.guestcomm -v --log-text \
-        --channel /dev/virtio-ports/@CHANNEL_PORT@ --ready-file $ready
+        --channel /dev/virtio-ports/@CHANNEL_PORT@ --ready-file $ready \
+        --scale-ready-file $synced
     (
         tries=0
         while [ ! -e $ready ] && [ $tries -lt 50 ]; do
@@ -225,6 +234,13 @@ fi
 echo "@READY@"
 if [ -n "$cmd" ]; then
     (
+        # Applications start once the boot sync is over (the scale agent gives
+        # up on a silent host by itself), or after @SYNC_WAIT@ s whatever became of it.
+        tries=0
+        while [ -n "$python" ] && [ ! -e "$synced" ] && [ $tries -lt @SYNC_TRIES@ ]; do
+            $bb sleep 0.2
+            tries=$((tries + 1))
+        done
         /bin/sh -c "$(echo "$cmd" | $bb base64 -d)"
         say "command exited with status $?"
     ) </dev/null >/dev/console 2>&1 &
@@ -294,6 +310,8 @@ def init_script(
         "@EXEC_AGENT@": EXEC_AGENT_MODULE,
         "@READY@": READY_MARKER,
         "@DGRAM_QLEN@": str(GUEST_DGRAM_QLEN),
+        "@SYNC_WAIT@": f"{SYNC_WAIT:g}",
+        "@SYNC_TRIES@": str(round(SYNC_WAIT / 0.2)),
     }
     text = INIT_SCRIPT
     for key, value in values.items():
