@@ -331,7 +331,7 @@ _spoilers: st.SearchStrategy[tuple[str, str, Json]] = st.tuples(
 def _spoiled(inner: JsonObject, spoilers: list[tuple[str, str, Json]]) -> JsonObject:
     outer: JsonObject = {"version": 2, "source_addr": SERVER_GROUP_ADDR, "data": dict(inner)}
     for where, key, value in spoilers:
-        target = outer if where == "outer" else outer["data"]
+        target = outer if where == "outer" else outer.get("data")
         if not isinstance(target, dict):
             continue
         if value is None:
