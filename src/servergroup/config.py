@@ -150,6 +150,9 @@ class ServersConfig:
     #: How long a host's lease must have been gone before its servers are
     #: rebuilt elsewhere (groups with `evacuate = "auto"`); 0 rebuilds at once.
     evacuation_grace: float = 5.0
+    #: Whether a lab server's guest agent runs the scale agent at `cgcs.scale` (off: a
+    #: program of the server's own may bind that address, as the original scale agent did).
+    lab_scale_agent: bool = True
 
     def validate(self) -> ServersConfig:
         if not 0 <= self.evacuation_grace <= 86400:
@@ -274,6 +277,7 @@ ENV_MAP = {
     "SERVERGROUP_ETCD_PORT": ("etcd", "client_port"),
     "SERVERGROUP_ETCD_PEER_PORT": ("etcd", "peer_port"),
     "SERVERGROUP_EVACUATION_GRACE": ("servers", "evacuation_grace"),
+    "SERVERGROUP_LAB_SCALE_AGENT": ("servers", "lab_scale_agent"),
 }
 
 

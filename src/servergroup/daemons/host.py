@@ -268,6 +268,7 @@ def make_drivers(
         channel_dir=options.channel_dir,
         migration_address=options.migration_address,
         brokers=brokers,
+        lab_scale_agent=config.servers.lab_scale_agent,
     )
     return list(build_drivers(options.drivers, context))
 

@@ -116,6 +116,13 @@ class GuestCpus:
         """The next `--cpu_del` exits with status `cpu` (0: no choice)."""
         (self.root / "pick").write_text(f"{cpu}\n")
 
+    def hold(self) -> None:
+        """The helper waits (a request stays in flight) until `release`."""
+        (self.root / "hold").write_text("")
+
+    def release(self) -> None:
+        (self.root / "hold").unlink(missing_ok=True)
+
     def helper_calls(self) -> list[str]:
         log = self.root / "helper.log"
         return log.read_text().splitlines() if log.exists() else []
@@ -139,6 +146,8 @@ def make_guest_cpus(base: Path, count: int) -> GuestCpus:
     helper.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {root}/helper.log\n'
+        # While the test holds it, the helper waits (at most 20 s): a request stays in flight.
+        f"i=0; while [ -e {root}/hold ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n"
         f'if [ "$1" = --cpu_del ]; then exit "$(cat {root}/pick 2>/dev/null || echo 0)"; fi\n'
         "exit 0\n"
     )
@@ -248,7 +257,7 @@ def test_the_original_host_helper_scales_the_original_guest_agent_down_and_up(
     procs: list[CProcess],
     tmp_path: Path,
 ) -> None:
-    setup = servergroup_up(1)
+    setup = servergroup_up(1, env={"SERVERGROUP_LAB_SCALE_AGENT": "off"})
     group, (s1,) = names(1)
     setup.run("group", "create", group)
     instance = create_server(setup, s1, group)
@@ -341,7 +350,7 @@ def test_two_guests_scaled_at_once_each_get_their_own_request_and_reply(
     procs: list[CProcess],
     tmp_path: Path,
 ) -> None:
-    setup = servergroup_up(1)
+    setup = servergroup_up(1, env={"SERVERGROUP_LAB_SCALE_AGENT": "off"})
     group, (s1, s2) = names(2)
     setup.run("group", "create", group)
     instances = [create_server(setup, s, group) for s in (s1, s2)]
@@ -358,6 +367,7 @@ def test_two_guests_scaled_at_once_each_get_their_own_request_and_reply(
     (i1, cpus1, _), (i2, cpus2, agent2) = guests
     _, reply = scale(setup, scale_programs, agent2, i2, ["-d", "down"], procs)
     assert reply["online_cpus"] == [0, 1]
+    cpus1.hold()  # guest 1's helper waits: its request stays in flight
     down = start_host_helper(setup, scale_programs, i1, ["-d", "down"], procs)
     up = start_host_helper(setup, scale_programs, i2, ["-d", "up", "-c", "2"], procs)
     # A second helper for the same guest at the same time cannot bind scale-<hex>, as
@@ -366,6 +376,7 @@ def test_two_guests_scaled_at_once_each_get_their_own_request_and_reply(
     twin = start_host_helper(setup, scale_programs, i1, ["-d", "down"], procs)
     assert twin.proc.wait(REQUEST_SECONDS) == 2  # its bind failed (a timeout would be 1)
     assert any("bind" in line for line in stderr_until(twin, "bind")), twin.stderr
+    cpus1.release()
     down_reply, up_reply = reply_of(down, i1), reply_of(up, i2)
     assert (down_reply["direction"], down_reply["offline_cpu"]) == ("down", 2)
     assert down_reply["online_cpus"] == [0, 1]
@@ -380,7 +391,7 @@ def test_no_scale_agent_in_the_guest_means_a_timeout_and_a_non_zero_exit(
     scale_programs: ScalePrograms,
     procs: list[CProcess],
 ) -> None:
-    setup = servergroup_up(1)
+    setup = servergroup_up(1, env={"SERVERGROUP_LAB_SCALE_AGENT": "off"})
     group, (s1,) = names(1)
     setup.run("group", "create", group)
     instance = create_server(setup, s1, group)

@@ -123,10 +123,16 @@ _LAUNCH = 'enter=$1 pidfile=$2; shift 2; sh -c "$enter" "$@" & echo $! > "$pidfi
 GuestArgv = Callable[[Path, int], Sequence[str]]
 
 
-def default_guest_argv(socket_path: Path, vcpus: int = 1) -> list[str]:
+def default_guest_argv(socket_path: Path, vcpus: int = 1, *, scale_agent: bool = True) -> list[str]:
     """The guest agent of this installation, listening on `socket_path`, with its scale
-    agent on the server's own CPU tree of `vcpus` CPUs (beside the socket: `SYSROOT_NAME`).
+    agent on the server's own CPU tree of `vcpus` CPUs (beside the socket: `SYSROOT_NAME`),
+    or without one (`scale_agent` False: a program of the server may bind `cgcs.scale`).
     """
+    if not scale_agent:
+        return [
+            sys.executable, "-m", "servergroup", "-v", "--log-text", "guest",
+            "--channel-listen", str(socket_path), "--no-scale-agent",
+        ]  # fmt: skip
     return [
         sys.executable,
         "-m",

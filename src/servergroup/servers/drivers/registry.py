@@ -50,6 +50,8 @@ class DriverContext:
     migration_address: str = "127.0.0.1"
     #: The exec brokers of the host's VMs, when the host daemon runs them as a component.
     brokers: ExecBrokers | None = None
+    #: Whether lab servers' guest agents run the scale agent (`ServersConfig.lab_scale_agent`).
+    lab_scale_agent: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,9 +72,14 @@ class DriverInfo:
 
 
 def _lab(context: DriverContext) -> Driver:
-    from servergroup.servers.drivers.lab import LabDriver
+    from servergroup.servers.drivers.lab import LabDriver, default_guest_argv
 
-    return LabDriver(context.state_dir)
+    if context.lab_scale_agent:
+        return LabDriver(context.state_dir)
+    return LabDriver(
+        context.state_dir,
+        guest_argv=lambda path, vcpus: default_guest_argv(path, vcpus, scale_agent=False),
+    )
 
 
 def _qemu(context: DriverContext) -> Driver:
