@@ -31,6 +31,7 @@ import pytest
 
 from servergroup.scaling.cpus import format_cpu_list, parse_cpu_list
 from servergroup.scaling.protocol import Direction, Result, ScaleNack, ScaleReply, decode_reply
+from servergroup.scaling.sysfs import CPU_DIR
 from tests.fixtures.setup import Setup, SetupFactory
 from tests.integration.test_compat_c import (
     CFLAGS,
@@ -401,3 +402,41 @@ def test_no_scale_agent_in_the_guest_means_a_timeout_and_a_non_zero_exit(
     assert "timeout" in stderr_until(helper, "timeout")
     helper.drain(0.1)
     assert not [line for line in helper.seen if line.startswith(b"reply ")]
+
+
+def test_the_original_host_helper_scales_our_scale_agent(
+    servergroup_up: SetupFactory, scale_programs: ScalePrograms, procs: list[CProcess]
+) -> None:
+    # The lab server's own guest agent runs our scale agent (the default), on the
+    # server's own CPU tree; the C host helper speaks to it as the original one would.
+    setup = servergroup_up(1)
+    group, (server,) = names(1)
+    setup.run("group", "create", group)
+    instance = create_server(setup, server, group)
+    channel_up(setup, server)
+    online_file = setup.state_dir / "servers" / server / "sysroot" / CPU_DIR / "online"
+    assert parse_cpu_list(online_file.read_text()) == (0,)  # a 1-vCPU flavor: CPU 0 only
+    refused = reply_of(
+        start_host_helper(setup, scale_programs, instance, ["-d", "down"], procs), instance
+    )
+    assert refused["result"] == "fail", refused
+    assert "CPU 0" in refused["err_msg"], refused
+    assert parse_cpu_list(online_file.read_text()) == (0,)
+    # A bigger server: down, down, up, each reply the online list the server now has.
+    group2, (big,) = names(1)
+    setup.run("group", "create", group2)
+    setup.run("server", "create", big, "--group", group2, "--vcpus", "3")
+    instance2 = str(setup.json("server", "show", big)["instance_name"])
+    channel_up(setup, big)
+    big_online = setup.state_dir / "servers" / big / "sysroot" / CPU_DIR / "online"
+    for args, expected in (
+        (["-d", "down"], [0, 1]),
+        (["-d", "down"], [0]),
+        (["-d", "up", "-c", "2"], [0, 2]),
+    ):
+        reply = reply_of(
+            start_host_helper(setup, scale_programs, instance2, args, procs), instance2
+        )
+        assert reply["result"] == "success", reply
+        assert reply["online_cpus"] == expected
+        assert list(parse_cpu_list(big_online.read_text())) == expected
