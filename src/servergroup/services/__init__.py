@@ -1,11 +1,12 @@
 """The service manager (seed 002): exactly-one services run by OCF agents across nodes.
 
 Read top-down: `model` (definitions, pure), `metadata` and `ocf_codes`
-(what agents say, pure), `placement` (who runs what, pure), then `ocf`
-(the agent runner). The node role builds on these.
+(what agents say, pure), `placement` (who runs what where, pure), then
+`ocf` (the agent runner). The node role builds on these; the plan is in
+docs/design/services.md.
 """
 
-from servergroup.services.metadata import AgentInfo, parse_metadata
+from servergroup.services.metadata import AgentInfo, MetadataError, parse_metadata
 from servergroup.services.model import (
     AgentRef,
     DefinitionError,
@@ -23,23 +24,64 @@ from servergroup.services.model import (
     parse_definitions,
     resolve,
 )
+from servergroup.services.ocf import Agent, AgentNotFound, AgentResult, OcfAgent, resolve_agent
+from servergroup.services.ocf_codes import OcfStatus, Severity, severity
+from servergroup.services.placement import (
+    Decision,
+    Demote,
+    Disable,
+    Failure,
+    InstanceId,
+    Owner,
+    Promote,
+    Restart,
+    Snapshot,
+    Start,
+    Stop,
+    StopReason,
+    decide,
+    next_timer,
+)
 
 __all__ = [
+    "Agent",
     "AgentInfo",
+    "AgentNotFound",
     "AgentRef",
+    "AgentResult",
+    "Decision",
     "DefinitionError",
     "Definitions",
+    "Demote",
+    "Disable",
     "DomainMember",
     "FailoverDomain",
+    "Failure",
+    "InstanceId",
+    "MetadataError",
     "Monitor",
+    "OcfAgent",
+    "OcfStatus",
+    "Owner",
+    "Promote",
     "Recovery",
+    "Restart",
     "Service",
+    "Severity",
+    "Snapshot",
+    "Start",
+    "Stop",
+    "StopReason",
     "StoredDefinitionError",
+    "decide",
     "decode_domain",
     "decode_service",
     "encode_domain",
     "encode_service",
+    "next_timer",
     "parse_definitions",
     "parse_metadata",
     "resolve",
+    "resolve_agent",
+    "severity",
 ]
