@@ -477,10 +477,26 @@ def resolve(service: Service, info: AgentInfo) -> Service:
     Fills start/stop timeouts and, when the service lists no monitors, the
     agent's monitor hints (interval and timeout per depth; a hint whose
     timeout is not below its interval gets a timeout of half the interval).
-    Refuses `instances` above the agent's rgmanager `maxinstances`, and a
-    promotable service whose agent has no promote or demote.
+    Refuses `instances` above the agent's rgmanager `maxinstances`, a
+    promotable service whose agent has no promote or demote, a parameter the
+    agent does not take (a typo would otherwise be silently ignored by the
+    agent) and a required parameter left out.
     """
     where = f"service {service.name!r}"
+    if info.parameters:  # an agent that lists none is not checked
+        known = {p.name for p in info.parameters}
+        unknown = sorted(set(service.parameters) - known)
+        if unknown:
+            raise DefinitionError(
+                f"{where}: parameters.{unknown[0]} is not a parameter of agent {service.agent}."
+            )
+        missing = sorted(
+            p.name for p in info.parameters if p.required and p.name not in service.parameters
+        )
+        if missing:
+            raise DefinitionError(
+                f"{where}: parameters.{missing[0]} is required by agent {service.agent}."
+            )
     if info.max_instances is not None and service.instances > info.max_instances:
         raise DefinitionError(
             f"{where}: instances = {service.instances} is above the agent's "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from servergroup.common.errors import ConfigError
-from servergroup.services.metadata import ActionInfo, AgentInfo
+from servergroup.services.metadata import ActionInfo, AgentInfo, ParameterInfo
 from servergroup.services.model import (
     AgentRef,
     DefinitionError,
@@ -211,3 +213,19 @@ def test_resolve_takes_the_agent_hints_and_its_limits() -> None:
         resolve(csnap, _info(*info.actions, max_instances=2))
     with pytest.raises(DefinitionError, match="cannot promote"):
         resolve(csnap, _info(ActionInfo(name="start")))
+
+
+def test_resolve_checks_the_parameters_against_the_agent() -> None:
+    dummy = parse_definitions(GOOD).service("dummy")
+    assert dummy is not None
+    takes = (ParameterInfo(name="state"), ParameterInfo(name="fake"))
+    ok = AgentInfo(name="Dummy", parameters=takes, actions=())
+    assert resolve(dummy, ok).parameters == dummy.parameters
+    typo = replace(dummy, parameters={"stat": "/tmp/x"})
+    with pytest.raises(DefinitionError, match=r"parameters.stat is not a parameter of agent"):
+        resolve(typo, ok)
+    needs = AgentInfo(
+        name="Dummy", parameters=(*takes, ParameterInfo(name="port", required=True)), actions=()
+    )
+    with pytest.raises(DefinitionError, match=r"parameters.port is required by agent"):
+        resolve(dummy, needs)
