@@ -2,10 +2,12 @@
 
 Read top-down: `model` (definitions, pure), `metadata` and `ocf_codes`
 (what agents say, pure), `placement` (who runs what where, pure), then
-`ocf` (the agent runner). The node role builds on these; the plan is in
+`ocf` (the agent runner) and `memory_agent` (the same protocol in memory,
+for tests of what uses agents). The node role builds on these; the plan is in
 docs/design/services.md.
 """
 
+from servergroup.services.memory_agent import MemoryAgent, MemoryResource
 from servergroup.services.metadata import AgentInfo, MetadataError, parse_metadata
 from servergroup.services.model import (
     AgentRef,
@@ -58,6 +60,8 @@ __all__ = [
     "FailoverDomain",
     "Failure",
     "InstanceId",
+    "MemoryAgent",
+    "MemoryResource",
     "MetadataError",
     "Monitor",
     "OcfAgent",
