@@ -3,10 +3,12 @@
 Read top-down: `model` (definitions, pure), `metadata` and `ocf_codes`
 (what agents say, pure), `placement` (who runs what where, pure), then
 `ocf` (the agent runner) and `memory_agent` (the same protocol in memory,
-for tests of what uses agents). The node role builds on these; the plan is in
+for tests of what uses agents), and `journal` (the exactly-one checker
+the fault tests and the failover benchmark read). The node role builds on these; the plan is in
 docs/design/services.md.
 """
 
+from servergroup.services.journal import JournalError, Record, Violation, check
 from servergroup.services.memory_agent import MemoryAgent, MemoryResource
 from servergroup.services.metadata import AgentInfo, MetadataError, parse_metadata
 from servergroup.services.model import (
@@ -60,6 +62,7 @@ __all__ = [
     "FailoverDomain",
     "Failure",
     "InstanceId",
+    "JournalError",
     "MemoryAgent",
     "MemoryResource",
     "MetadataError",
@@ -68,6 +71,7 @@ __all__ = [
     "OcfStatus",
     "Owner",
     "Promote",
+    "Record",
     "Recovery",
     "Restart",
     "Service",
@@ -77,6 +81,8 @@ __all__ = [
     "Stop",
     "StopReason",
     "StoredDefinitionError",
+    "Violation",
+    "check",
     "decide",
     "decode_domain",
     "decode_service",
