@@ -30,9 +30,17 @@ would refuse:
   lists for that group.
 - **Failback.** A healthy running instance moves (a `Stop` with reason
   FAILBACK; it starts on the better node next cycle) when a node of
-  strictly better rank is up, unless the domain says `nofailback`. Ranks are
-  membership, then priority in an ordered domain; load never moves a
-  running instance. A promoted master never moves for failback.
+  strictly better rank *joined after the instance started* (rgmanager fails
+  back when a better node comes back, not whenever one is up: so a manual
+  relocation or a move away from failures is not undone by the next
+  cycle), unless the domain says `nofailback`. Ranks are membership, then
+  priority in an ordered domain; load never moves a running instance. A
+  promoted master never moves for failback. Where join or start times are
+  unknown, a better node counts as having joined later.
+- **Operator relocation** (`Relocation`, pending until the node role sees
+  the instance off `from_node`): the instance is stopped (RELOCATE) when
+  the target, `to_node` or any other allowed free node, exists, and then
+  started there; otherwise it stays and the sentence says why.
 - **Recovery** of an instance its owner reports failed (a soft error of
   `monitor`, or a failed `start`): `restart` restarts it in place
   (`Restart`: the agent's `recover` if it has one, else stop and start,
@@ -89,6 +97,16 @@ class Owner:
     failed: bool = False
     #: An action on the instance is in flight; decide nothing for it.
     busy: bool = False
+    #: When its current start began (the clock of `Snapshot.joined_at`), None if unknown.
+    started_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Relocation:
+    """An operator's request to move an instance off `from_node`, to `to_node` or anywhere."""
+
+    from_node: str
+    to_node: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -115,6 +133,11 @@ class Snapshot:
     disabled: frozenset[str] = frozenset()
     fatal: frozenset[str] = frozenset()
     blocked: frozenset[InstanceId] = frozenset()
+    #: When each alive node last joined (failback goes only to a node that joined
+    #: after the instance started); a node missing here counts as joined late.
+    joined_at: Mapping[str, float] = field(default_factory=dict)
+    #: Operator relocations still pending (the node role drops one once done).
+    relocations: Mapping[InstanceId, Relocation] = field(default_factory=dict)
 
 
 class StopReason(enum.Enum):
@@ -127,6 +150,7 @@ class StopReason(enum.Enum):
     FAILBACK = "failback"
     OUTSIDE_DOMAIN = "outside its restricted domain"
     SURPLUS = "surplus"
+    RELOCATE = "relocation asked"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,6 +318,8 @@ class _Planner:
                 if self.recover(service, instance, owner, owners):
                     return  # the service is disabled: nothing more for it
                 continue
+            if self.relocate(service, instance, owner, {o.node for o in owners.values()}):
+                continue
             kept[instance] = owner
         self.failback(service, kept, taken={o.node for o in owners.values()})
         taken = {o.node for o in owners.values()}
@@ -304,6 +330,11 @@ class _Planner:
                     self.notes.append(f"{instance} stays stopped: its last stop failed")
                 continue
             choice = self.candidates(service, taken)
+            asked = snap.relocations.get(instance)
+            if asked is not None and asked.to_node in choice:
+                choice = [asked.to_node]
+            elif asked is not None and len(choice) > 1 and asked.from_node in choice:
+                choice.remove(asked.from_node)
             if not choice:
                 self.notes.append(f"{instance} stays stopped: {self.why_nowhere(service)}")
                 continue
@@ -341,6 +372,29 @@ class _Planner:
             self.actions.append(Restart(instance=instance, node=owner.node))
         return False
 
+    def relocate(
+        self, service: Service, instance: InstanceId, owner: Owner, taken: set[str]
+    ) -> bool:
+        """Stop `instance` for a pending relocation that can be done; True when stopped."""
+        asked = self.snapshot.relocations.get(instance)
+        if asked is None or owner.busy or owner.node != asked.from_node:
+            return False
+        free = self.candidates(service, taken)
+        if asked.to_node is not None and asked.to_node not in free:
+            self.notes.append(
+                f"{instance} cannot move to {asked.to_node}: it is not an allowed free node"
+            )
+            return False
+        if not free:
+            self.notes.append(f"{instance} cannot move: no other allowed node is free")
+            return False
+        self.actions.append(Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE))
+        return True
+
+    def joined_since(self, node: str, owner: Owner) -> bool:
+        joined = self.snapshot.joined_at.get(node)
+        return joined is None or owner.started_at is None or joined > owner.started_at
+
     def failback(self, service: Service, kept: dict[InstanceId, Owner], *, taken: set[str]) -> None:
         domain = self.domain_of(service)
         if domain is None or domain.nofailback:
@@ -353,7 +407,12 @@ class _Planner:
             better = []
             for node in self.candidates(service, taken):
                 rank = self.rank(service, node)
-                if rank is not None and rank < current and not self.avoided(service, node):
+                if (
+                    rank is not None
+                    and rank < current
+                    and not self.avoided(service, node)
+                    and self.joined_since(node, owner)
+                ):
                     better.append(node)
             if better:
                 self.actions.append(

@@ -23,6 +23,7 @@ from servergroup.services.placement import (
     InstanceId,
     Owner,
     Promote,
+    Relocation,
     Restart,
     Snapshot,
     Start,
@@ -87,6 +88,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                 master=svc.promotable and draw(st.booleans()),
                 failed=draw(rarely),
                 busy=draw(rarely),
+                started_at=draw(st.none() | st.floats(0, NOW)),
             )
             token += 1
     names = [s.name for s in services]
@@ -106,6 +108,16 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
             draw(st.lists(st.sampled_from(names), max_size=1)) if draw(rarely) else ()
         ),
         fatal=frozenset(draw(st.lists(st.sampled_from(names), max_size=1)) if draw(rarely) else ()),
+        joined_at={n: draw(st.floats(0, NOW)) for n in NODES if draw(st.booleans())},
+        relocations={
+            InstanceId(service=s, index=n): Relocation(
+                from_node=draw(st.sampled_from(NODES)),
+                to_node=draw(st.none() | st.sampled_from(NODES)),
+            )
+            for s, n in draw(
+                st.lists(st.tuples(st.sampled_from(names), st.integers(0, 2)), max_size=2)
+            )
+        },
         blocked=frozenset(
             InstanceId(service=s, index=n)
             for s, n in draw(
@@ -168,6 +180,7 @@ def calm(snapshot: Snapshot) -> Snapshot:
         bans=frozenset(),
         disabled=frozenset(),
         fatal=frozenset(),
+        relocations={},
     )
 
 
@@ -212,6 +225,8 @@ def test_decisions_are_deterministic(snapshot: Snapshot, rng: random.Random) -> 
         disabled=snapshot.disabled,
         fatal=snapshot.fatal,
         blocked=snapshot.blocked,
+        joined_at=dict(reversed(list(snapshot.joined_at.items()))),
+        relocations=dict(reversed(list(snapshot.relocations.items()))),
     )
     assert decide(snapshot, NOW) == decide(shuffled, NOW)
 
@@ -238,6 +253,7 @@ def test_a_run_of_cycles_keeps_one_owner_and_one_master(
             bans=first.bans,
             disabled=frozenset(disabled),
             fatal=first.fatal,
+            relocations=first.relocations,
         )
         for action in decide(snapshot, NOW + step).actions:
             if isinstance(action, Start):

@@ -19,6 +19,7 @@ from servergroup.services.placement import (
     InstanceId,
     Owner,
     Promote,
+    Relocation,
     Restart,
     Snapshot,
     Start,
@@ -252,3 +253,44 @@ def test_promotable_one_master_promoted_from_the_best_slave() -> None:
 def test_the_sentence_says_what_was_decided() -> None:
     decision = decide(snap(services=(service(instances=2),)), NOW)
     assert decision.sentence == "start web/0 on h1; start web/1 on h2."
+
+
+def test_failback_only_to_a_node_that_joined_after_the_start() -> None:
+    running = {i(): Owner(node="h2", token=3, started_at=10.0)}
+    earlier = snap(owners=running, joined_at={"h1": 5.0, "h2": 1.0})
+    assert decide(earlier, NOW).actions == ()
+    later = snap(owners=running, joined_at={"h1": 20.0, "h2": 1.0})
+    assert acts(decide(later, NOW)) == [Stop(instance=i(), node="h2", reason=StopReason.FAILBACK)]
+
+
+def test_an_operator_relocation_moves_the_instance_where_asked() -> None:
+    running = {i(): Owner(node="h1", token=3, started_at=1.0)}
+    asked = {i(): Relocation(from_node="h1", to_node="h3")}
+    joined = {"h1": 0.0, "h2": 0.0, "h3": 0.0, "h4": 0.0}
+    first = snap(owners=running, relocations=asked, joined_at=joined)
+    assert acts(decide(first, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.RELOCATE)]
+    second = replace(first, owners={})
+    assert acts(decide(second, NOW)) == [Start(instance=i(), node="h3")]
+    # Once there (the node role drops the request), failback does not undo it.
+    done = replace(first, owners={i(): Owner(node="h3", token=8, started_at=2.0)}, relocations={})
+    assert decide(done, NOW).actions == ()
+    # Anywhere but here: the best other node.
+    anywhere = replace(first, relocations={i(): Relocation(from_node="h1")})
+    assert acts(decide(anywhere, NOW)) == [
+        Stop(instance=i(), node="h1", reason=StopReason.RELOCATE)
+    ]
+    assert acts(decide(replace(anywhere, owners={}), NOW)) == [Start(instance=i(), node="h2")]
+
+
+def test_a_relocation_that_cannot_be_done_leaves_the_instance_running() -> None:
+    running = {i(): Owner(node="h1", token=3)}
+    outside = snap(
+        owners=running,
+        domain=lab(ordered=True, restricted=True),
+        relocations={i(): Relocation(from_node="h1", to_node="h4")},
+    )
+    decision = decide(outside, NOW)
+    assert decision.actions == ()
+    assert "web/0 cannot move to h4: it is not an allowed free node" in decision.sentence
+    alone = snap(owners=running, nodes="h1", relocations={i(): Relocation(from_node="h1")})
+    assert "web/0 cannot move: no other allowed node is free" in decide(alone, NOW).sentence
