@@ -21,7 +21,8 @@ parameters. Every call (`run`, and the named shorthands `start`, `stop`,
   instance's ownership key (the key's revision; the agent may hand it to
   whatever it protects so that a stale owner is refused there).
 - **Timeouts**: the agent runs in its own session; when its timeout passes
-  its whole process group gets SIGTERM then SIGKILL and the result is a
+  its whole process group gets SIGTERM, then SIGKILL after `kill_grace`
+  (0.2 s by default), and the result is a
   timeout (soft failure, `code` None). A daemon the agent started and that
   left the group on purpose (`setsid`) is not touched: that is the
   resource, and ending it is `stop`'s job. Cancelling a call ends the group
@@ -61,8 +62,9 @@ DEFAULT_OCF_ROOT: Final = Path("/usr/lib/ocf")
 OUTPUT_LIMIT: Final = 64 * 1024
 #: Timeout of `meta-data` (it only prints text).
 METADATA_TIMEOUT: Final = 10.0
-#: How long an agent's process group gets between SIGTERM and SIGKILL after a timeout.
-KILL_GRACE: Final = 1.0
+#: How long an agent's process group gets between SIGTERM and SIGKILL after a timeout
+#: (short: the agent already overran, and a self-fencing node counts this time).
+KILL_GRACE: Final = 0.2
 _EXIT_REASON: Final = "ocf-exit-reason:"
 
 
@@ -158,12 +160,14 @@ class OcfAgent:
         parameters: Mapping[str, str] | None = None,
         ocf_root: Path = DEFAULT_OCF_ROOT,
         output_limit: int = OUTPUT_LIMIT,
+        kill_grace: float = KILL_GRACE,
     ) -> None:
         self.ref = ref
         self.instance = instance
         self.parameters = dict(parameters or {})
         self.ocf_root = ocf_root
         self.output_limit = output_limit
+        self.kill_grace = kill_grace
         self.path = resolve_agent(ref, ocf_root)
 
     def environment(
@@ -217,7 +221,7 @@ class OcfAgent:
                 timeout=timeout,
                 env=env,
                 cwd="/",
-                term_timeout=KILL_GRACE,
+                term_timeout=self.kill_grace,
                 output_limit=self.output_limit,
             )
         except CommandTimedOut as exc:

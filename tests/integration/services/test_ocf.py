@@ -66,6 +66,11 @@ TEST_AGENT = textwrap.dedent(
         echo $! > "$OCF_RESKEY_dir/child.pid"
         echo "about to hang"
         wait;;
+    stubborn)
+        trap '' TERM
+        sleep 1000 &
+        echo $! > "$OCF_RESKEY_dir/child.pid"
+        wait;;
     exit-*)
         echo "ocf-exit-reason:exiting as asked" >&2
         exit "${OCF_RESKEY_mode#exit-}";;
@@ -207,6 +212,14 @@ async def test_a_hanging_agent_is_killed_with_its_whole_group(
     assert "timed out" in result.describe()
     child = int((tmp_path / "child.pid").read_text())
     assert not alive(child)  # the agent's child went with it
+
+
+async def test_an_agent_ignoring_sigterm_is_killed(ocf_root: Path, tmp_path: Path) -> None:
+    result = await ours(ocf_root, tmp_path, "stubborn").stop(timeout=0.3)
+    assert result.timed_out
+    assert result.severity is Severity.SOFT
+    child = int((tmp_path / "child.pid").read_text())
+    assert not alive(child)
 
 
 @pytest.mark.parametrize(
