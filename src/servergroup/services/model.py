@@ -529,6 +529,43 @@ def resolve(service: Service, info: AgentInfo) -> Service:
     )
 
 
+# --- the self-fencing budget -------------------------------------------------------------
+
+
+def stop_budget(service: Service, *, kill_grace: float, demote_timeout: float = 0.0) -> float:
+    """Seconds a node may need to take `service` down: demote (if promotable), stop, kill."""
+    demote = demote_timeout if service.promotable else 0.0
+    return demote + (service.stop_timeout or FALLBACK_TIMEOUT) + kill_grace
+
+
+def check_stop_fits(
+    service: Service,
+    *,
+    lease_ttl: float,
+    renew_interval: float,
+    renew_timeout: float,
+    fence_margin: float,
+    kill_grace: float,
+    demote_timeout: float = 0.0,
+) -> None:
+    """Refuse a service whose stop cannot be over before its node's lease may expire.
+
+    A node must have stopped its instances by the time the store may expire
+    its lease (docs/design/services.md, self-fencing); what the TTL leaves
+    for that, after two renewal intervals, a renewal's timeout and the fence
+    margin, must hold `stop_budget`.
+    """
+    spare = lease_ttl - 2 * renew_interval - renew_timeout - fence_margin
+    budget = stop_budget(service, kill_grace=kill_grace, demote_timeout=demote_timeout)
+    if budget > spare:
+        stop = service.stop_timeout or FALLBACK_TIMEOUT
+        raise DefinitionError(
+            f"service {service.name!r}: stop_timeout {stop:g} s "
+            f"(with demote and kill grace {budget:g} s) does not fit in the {spare:g} s a "
+            f"{lease_ttl:g} s lease leaves for stopping; lower stop_timeout or raise lease_ttl."
+        )
+
+
 # --- JSON for the store -------------------------------------------------------------------
 
 
@@ -620,6 +657,7 @@ __all__ = [
     "Service",
     "StoredDefinitionError",
     "check_domain_reference",
+    "check_stop_fits",
     "decode_domain",
     "decode_service",
     "domain_table",
@@ -628,4 +666,5 @@ __all__ = [
     "parse_definitions",
     "resolve",
     "service_table",
+    "stop_budget",
 ]

@@ -15,6 +15,7 @@ from servergroup.services.model import (
     Monitor,
     Recovery,
     StoredDefinitionError,
+    check_stop_fits,
     decode_domain,
     decode_service,
     encode_domain,
@@ -229,3 +230,21 @@ def test_resolve_checks_the_parameters_against_the_agent() -> None:
     )
     with pytest.raises(DefinitionError, match=r"parameters.port is required by agent"):
         resolve(dummy, needs)
+
+
+def test_a_stop_that_cannot_end_before_the_lease_may_expire_is_refused() -> None:
+    dummy = parse_definitions(GOOD).service("dummy")
+    assert dummy is not None
+    timings = {"renew_interval": 1.0, "renew_timeout": 1.0, "fence_margin": 0.5}
+    quick = replace(dummy, stop_timeout=2.0)
+    check_stop_fits(quick, lease_ttl=10, kill_grace=0.2, **timings)  # 2.2 s of 6.5 s
+    with pytest.raises(DefinitionError) as caught:
+        check_stop_fits(quick, lease_ttl=5, kill_grace=0.2, **timings)  # of 1.5 s
+    assert str(caught.value) == (
+        "service 'dummy': stop_timeout 2 s (with demote and kill grace 2.2 s) does not fit in "
+        "the 1.5 s a 5 s lease leaves for stopping; lower stop_timeout or raise lease_ttl."
+    )
+    csnap = replace(dummy, promotable=True, instances=2, stop_timeout=2.0)
+    with pytest.raises(DefinitionError, match=r"with demote and kill grace 7\.2 s"):
+        check_stop_fits(csnap, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
+    check_stop_fits(quick, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
