@@ -56,7 +56,7 @@ class Record:
 
     at: float
     node: str
-    instance: str  # "<service>/<index>"
+    instance: str  # OCF_RESOURCE_INSTANCE: "<service>:<index>", as Pacemaker names clones
     action: str
     phase: Phase
     token: int | None = None
@@ -64,7 +64,7 @@ class Record:
 
     @property
     def service(self) -> str:
-        return self.instance.rsplit("/", 1)[0]
+        return self.instance.rsplit(":", 1)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,12 +34,12 @@ def schedule(steps: list[tuple[str, float, float]]) -> list[Record]:
         begin, end = now + gap, now + gap + run
         records += [
             Record(
-                at=begin, node=node, instance="s/0", action="start", phase=Phase.BEGIN, token=token
+                at=begin, node=node, instance="s:0", action="start", phase=Phase.BEGIN, token=token
             ),
             Record(
                 at=end,
                 node=node,
-                instance="s/0",
+                instance="s:0",
                 action="stop",
                 phase=Phase.END,
                 token=token,
@@ -66,7 +66,7 @@ def test_an_early_start_on_another_node_is_found(
     early = Record(
         at=first.at - 0.001 * data.draw(st.integers(min_value=1, max_value=5)),
         node=other,
-        instance="s/0",
+        instance="s:0",
         action="start",
         phase=Phase.BEGIN,
         token=10_000,

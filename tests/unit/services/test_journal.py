@@ -22,7 +22,7 @@ def r(at: float, node: str, action: str, phase: Phase, token: int = 1, code: int
     return Record(
         at=at,
         node=node,
-        instance="db/0",
+        instance="db:0",
         action=action,
         phase=phase,
         token=token,
@@ -47,8 +47,8 @@ def test_a_clean_failover_has_no_violation() -> None:
     assert [(s.subject, s.node, s.end_at) for s in spans] == [
         ("db master", "h1", 3.2),
         ("db master", "h2", None),
-        ("db/0", "h1", 3.2),
-        ("db/0", "h2", None),
+        ("db:0", "h1", 3.2),
+        ("db:0", "h2", None),
     ]
 
 
@@ -61,7 +61,7 @@ def test_two_owners_at_once_are_found_and_measured() -> None:
     ]
     violations = check(journal)
     assert len(violations) == 1
-    assert "db/0 was held by h1 (token 5) and h2 (token 9) at once from 2.000" in (
+    assert "db:0 was held by h1 (token 5) and h2 (token 9) at once from 2.000" in (
         violations[0].sentence
     )
     assert overlap_seconds(violations) == pytest.approx(1.5)
@@ -84,8 +84,8 @@ def test_two_masters_and_tokens_going_back() -> None:
         r(2, "h1", "promote", B, 5),
         r(3, "h2", "promote", B, 6),
     ]
-    assert [v.sentence.split(" was")[0] for v in check(masters)] == ["db master", "db/0"]
-    # db/0 of two nodes is one instance held twice; give each its own instance:
+    assert [v.sentence.split(" was")[0] for v in check(masters)] == ["db master", "db:0"]
+    # db:0 of two nodes is one instance held twice; give each its own instance:
     back = [
         r(1, "h1", "start", B, 9),
         r(2, "h1", "stop", E, 9),
@@ -95,8 +95,8 @@ def test_two_masters_and_tokens_going_back() -> None:
     ]
     sentences = [v.sentence for v in check(back)]
     assert sentences == [
-        "db/0 started on h2 with token 7 after token 9 on h1.",
-        "db/0 started on h3 with token 7 after token 9 on h1.",
+        "db:0 started on h2 with token 7 after token 9 on h1.",
+        "db:0 started on h3 with token 7 after token 9 on h1.",
     ]
     same_node = [r(1, "h1", "start", B, 9), r(2, "h1", "start", B, 9)]
     assert check(same_node) == []
