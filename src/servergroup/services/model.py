@@ -51,6 +51,10 @@ returns). A server-group domain has no priorities, so `ordered` is refused
 there. A restricted domain with listed nodes must list at least
 `instances` nodes for every service that uses it.
 
+**Self-fencing budget.** `check_stop_fits` refuses a service whose demote,
+stop and kill grace cannot all end before its node's lease may expire, with
+the coordination timings it is given (docs/design/services.md).
+
 **Storage.** `encode_service` / `encode_domain` give compact JSON with
 sorted keys in the very shape of the TOML tables, and `decode_service` /
 `decode_domain` run the same checks on the way back, so what decodes is
