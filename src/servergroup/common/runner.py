@@ -23,6 +23,9 @@ stderr (or its exit status).
   `drain_timeout` and returns; the daemon keeps running (starting it was the
   point), its end of the pipes now leading nowhere.
 - The program is not found: `CommandNotFound` (a `MissingDependency`).
+- **Bounded output**: with `output_limit`, only the last that many bytes of
+  each of stdout and stderr are kept (a chatty program cannot fill our
+  memory; the tail is where a program says how it ended).
 
 The child is a plain `subprocess.Popen` watched with a selector (blocking)
 or the event loop's readers (asyncio), not asyncio's subprocess transport,
@@ -128,8 +131,10 @@ class _Child:
         input: bytes | None,
         env: Mapping[str, str] | None,
         cwd: Path | str | None,
+        output_limit: int | None = None,
     ) -> None:
         self.argv = tuple(argv)
+        self.output_limit = output_limit
         try:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -179,7 +184,10 @@ class _Child:
         except OSError:
             chunk = b""
         if chunk:
-            self.outputs[fd] += chunk
+            kept = self.outputs[fd]
+            kept += chunk
+            if self.output_limit is not None and len(kept) > self.output_limit:
+                del kept[: len(kept) - self.output_limit]  # the tail says how it ended
         else:
             self.reading.discard(fd)
 
@@ -269,9 +277,10 @@ def run(
     cwd: Path | str | None = None,
     term_timeout: float = TERM_TIMEOUT,
     drain_timeout: float = DRAIN_TIMEOUT,
+    output_limit: int | None = None,
 ) -> Completed:
     """Run `argv` to its end within `timeout` seconds, blocking; see the module's docstring."""
-    child = _Child(argv, _encode(input), env, cwd)
+    child = _Child(argv, _encode(input), env, cwd, output_limit)
     try:
         with selectors.DefaultSelector() as selector:
             for fd in child.reading:
@@ -325,9 +334,10 @@ async def run_async(
     cwd: Path | str | None = None,
     term_timeout: float = TERM_TIMEOUT,
     drain_timeout: float = DRAIN_TIMEOUT,
+    output_limit: int | None = None,
 ) -> Completed:
     """`run` for asyncio code; cancelling it ends the program's whole process group."""
-    child = _Child(argv, _encode(input), env, cwd)
+    child = _Child(argv, _encode(input), env, cwd, output_limit)
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     watched: list[tuple[int, bool]] = []  # (fd, is a writer)

@@ -148,3 +148,10 @@ def test_without_pidfds_the_exit_is_still_seen(
     assert time.monotonic() - started < 3
     with pytest.raises(CommandTimedOut):
         run(["sleep", "30"], timeout=0.3)
+
+
+def test_output_limit_keeps_the_tail_of_each_stream() -> None:
+    script = "import sys; print('x' * 100000 + 'END'); sys.stderr.write('y' * 50000 + 'BYE')"
+    done = run([sys.executable, "-c", script], timeout=30, output_limit=16)
+    assert done.stdout == b"x" * 12 + b"END\n"
+    assert done.stderr == b"y" * 13 + b"BYE"

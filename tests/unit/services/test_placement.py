@@ -1,0 +1,296 @@
+"""Placement (`services.placement`): domains, failback, recovery policies, bans, masters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from servergroup.services.model import (
+    AgentRef,
+    DomainMember,
+    FailoverDomain,
+    Recovery,
+    Service,
+)
+from servergroup.services.placement import (
+    Decision,
+    Demote,
+    Disable,
+    Failure,
+    InstanceId,
+    Owner,
+    Promote,
+    Relocation,
+    Restart,
+    Snapshot,
+    Start,
+    Stop,
+    StopReason,
+    decide,
+    next_timer,
+)
+
+AGENT = AgentRef(provider="heartbeat", type="Dummy")
+NOW = 1000.0
+
+
+def service(name: str = "web", **changes: object) -> Service:
+    return replace(Service(name=name, agent=AGENT, domain="lab"), **changes)  # type: ignore[arg-type]
+
+
+def lab(
+    *, ordered: bool = False, restricted: bool = False, nofailback: bool = False
+) -> FailoverDomain:
+    return FailoverDomain(
+        name="lab",
+        members=(
+            DomainMember(node="h1", priority=1),
+            DomainMember(node="h2", priority=2),
+            DomainMember(node="h3", priority=3),
+        ),
+        ordered=ordered,
+        restricted=restricted,
+        nofailback=nofailback,
+    )
+
+
+def i(name: str = "web", index: int = 0) -> InstanceId:
+    return InstanceId(service=name, index=index)
+
+
+def snap(
+    *, nodes: str = "h1 h2 h3 h4", domain: FailoverDomain | None = None, **rest: object
+) -> Snapshot:
+    services = rest.pop("services", (service(),))
+    return Snapshot(
+        nodes=frozenset(nodes.split()),
+        services=services,  # type: ignore[arg-type]
+        domains={"lab": domain or lab(ordered=True)},
+        **rest,  # type: ignore[arg-type]
+    )
+
+
+def acts(decision: Decision) -> list[object]:
+    return list(decision.actions)
+
+
+def test_ordered_picks_the_best_priority_alive_node() -> None:
+    assert acts(decide(snap(), NOW)) == [Start(instance=i(), node="h1")]
+    assert acts(decide(snap(nodes="h2 h3 h4"), NOW)) == [Start(instance=i(), node="h2")]
+
+
+def test_an_owned_instance_is_never_started_again() -> None:
+    owned = snap(owners={i(): Owner(node="h9", token=5)})  # its node is not even alive
+    decision = decide(owned, NOW)
+    assert decision.actions == ()
+    assert decision.sentence == "1 instance(s) of 1 service(s) placed."
+
+
+def test_restricted_stays_stopped_when_no_member_is_up() -> None:
+    decision = decide(snap(nodes="h4 h5", domain=lab(ordered=True, restricted=True)), NOW)
+    assert decision.actions == ()
+    assert "web/0 stays stopped: no allowed member of restricted domain 'lab' is up" in (
+        decision.sentence
+    )
+    # Unrestricted: outside the domain when no member is up.
+    assert acts(decide(snap(nodes="h5 h4"), NOW)) == [Start(instance=i(), node="h4")]
+
+
+def test_failback_and_nofailback() -> None:
+    running = {i(): Owner(node="h2", token=3)}
+    assert acts(decide(snap(owners=running), NOW)) == [
+        Stop(instance=i(), node="h2", reason=StopReason.FAILBACK)
+    ]
+    stays = snap(owners=running, domain=lab(ordered=True, nofailback=True))
+    assert decide(stays, NOW).actions == ()
+    # Unordered: members rank equal, so no move among them ...
+    assert decide(snap(owners=running, domain=lab()), NOW).actions == ()
+    # ... but an instance outside the domain comes back to a member.
+    outside = {i(): Owner(node="h4", token=3)}
+    assert acts(decide(snap(owners=outside, domain=lab()), NOW)) == [
+        Stop(instance=i(), node="h4", reason=StopReason.FAILBACK)
+    ]
+
+
+def test_unordered_spreads_by_load_then_name() -> None:
+    other = {i("db"): Owner(node="h1", token=1)}
+    services = (service(), service("db", domain=None))
+    decision = decide(snap(services=services, owners=other, domain=lab()), NOW)
+    assert acts(decision) == [Start(instance=i(), node="h2")]
+
+
+def test_copies_go_to_distinct_nodes_in_priority_order() -> None:
+    three = snap(services=(service(instances=3),), nodes="h1 h3")
+    assert acts(decide(three, NOW)) == [
+        Start(instance=i(index=0), node="h1"),
+        Start(instance=i(index=1), node="h3"),
+    ]
+    assert "web/2 stays stopped" in decide(three, NOW).sentence
+
+
+def test_restart_in_place_until_max_restarts_then_relocate() -> None:
+    svc = service(max_restarts=2, restart_expire_time=60)
+    failed = {i(): Owner(node="h1", token=3, failed=True)}
+
+    def with_failures(*ats: float) -> Snapshot:
+        failures = tuple(Failure(service="web", node="h1", at=at) for at in ats)
+        return snap(services=(svc,), owners=failed, failures=failures)
+
+    assert acts(decide(with_failures(NOW), NOW)) == [Restart(instance=i(), node="h1")]
+    assert acts(decide(with_failures(NOW - 10, NOW), NOW)) == [Restart(instance=i(), node="h1")]
+    third = with_failures(NOW - 20, NOW - 10, NOW)
+    assert acts(decide(third, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.FAILED)]
+    # Once stopped, it starts on the next node; h1 is avoided until its failures expire.
+    gone = replace(third, owners={})
+    assert acts(decide(gone, NOW)) == [Start(instance=i(), node="h2")]
+    assert next_timer(gone, NOW) == NOW - 20 + 60
+    assert acts(decide(gone, NOW - 20 + 60)) == [Start(instance=i(), node="h1")]
+    # An old failure outside the window does not count.
+    assert acts(decide(with_failures(NOW - 100, NOW - 90, NOW), NOW)) == [
+        Restart(instance=i(), node="h1")
+    ]
+    # max_restarts = 0: no threshold.
+    forever = replace(third, services=(replace(svc, max_restarts=0),))
+    assert acts(decide(forever, NOW)) == [Restart(instance=i(), node="h1")]
+
+
+def test_an_avoided_node_is_used_when_nothing_else_is_up() -> None:
+    svc = service(recovery=Recovery.RELOCATE)
+    failures = (Failure(service="web", node="h1", at=NOW),)
+    assert acts(decide(snap(services=(svc,), failures=failures, nodes="h1"), NOW)) == [
+        Start(instance=i(), node="h1")
+    ]
+
+
+def test_relocate_and_disable_policies() -> None:
+    failed = {i(): Owner(node="h1", token=3, failed=True)}
+    failures = (Failure(service="web", node="h1", at=NOW),)
+    relocate = snap(
+        services=(service(recovery=Recovery.RELOCATE),), owners=failed, failures=failures
+    )
+    assert acts(decide(relocate, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.FAILED)]
+    disable = snap(
+        services=(service(recovery=Recovery.DISABLE, instances=2),),
+        owners={**failed, i(index=1): Owner(node="h2", token=4)},
+        failures=failures,
+    )
+    decision = decide(disable, NOW)
+    assert acts(decision) == [
+        Stop(instance=i(), node="h1", reason=StopReason.DISABLED),
+        Stop(instance=i(index=1), node="h2", reason=StopReason.DISABLED),
+        Disable(service="web"),
+    ]
+    assert "web is disabled after web/0 failed" in decision.sentence
+
+
+def test_bans_fatal_disabled_blocked_and_surplus() -> None:
+    running = {i(): Owner(node="h1", token=3)}
+    banned = snap(owners=running, bans=frozenset({("web", "h1")}))
+    assert acts(decide(banned, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.BANNED)]
+    assert acts(decide(replace(banned, owners={}), NOW)) == [Start(instance=i(), node="h2")]
+    fatal = snap(owners=running, fatal=frozenset({"web"}))
+    assert acts(decide(fatal, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.FATAL)]
+    assert decide(replace(fatal, owners={}), NOW).actions == ()
+    off = snap(owners=running, services=(service(enabled=False),))
+    assert acts(decide(off, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.DISABLED)]
+    assert acts(decide(snap(owners=running, disabled=frozenset({"web"})), NOW)) == [
+        Stop(instance=i(), node="h1", reason=StopReason.DISABLED)
+    ]
+    blocked = decide(snap(blocked=frozenset({i()})), NOW)
+    assert blocked.actions == ()
+    assert "web/0 stays stopped: its last stop failed" in blocked.sentence
+    surplus = snap(owners={**running, i(index=1): Owner(node="h2", token=4)})
+    assert acts(decide(surplus, NOW)) == [
+        Stop(instance=i(index=1), node="h2", reason=StopReason.SURPLUS)
+    ]
+    busy = snap(owners={i(): Owner(node="h1", token=3, busy=True)}, fatal=frozenset({"web"}))
+    assert decide(busy, NOW).actions == ()
+
+
+def test_restricted_domain_stops_an_instance_outside_it() -> None:
+    outside = snap(owners={i(): Owner(node="h4", token=3)}, domain=lab(restricted=True))
+    assert acts(decide(outside, NOW)) == [
+        Stop(instance=i(), node="h4", reason=StopReason.OUTSIDE_DOMAIN)
+    ]
+
+
+def test_server_group_domain_uses_the_groups_hosts() -> None:
+    domain = FailoverDomain(name="lab", server_group="csnap", restricted=True)
+    hosts = {"csnap": frozenset({"h3", "h4"})}
+    assert acts(decide(snap(domain=domain, group_hosts=hosts, nodes="h1 h2 h4"), NOW)) == [
+        Start(instance=i(), node="h4")
+    ]
+    assert decide(snap(domain=domain, group_hosts={}, nodes="h1"), NOW).actions == ()
+
+
+def test_promotable_one_master_promoted_from_the_best_slave() -> None:
+    svc = service("csnap", instances=3, promotable=True)
+    slaves = {
+        i("csnap", 0): Owner(node="h2", token=4),
+        i("csnap", 1): Owner(node="h1", token=5),
+        i("csnap", 2): Owner(node="h3", token=6),
+    }
+    assert acts(decide(snap(services=(svc,), owners=slaves), NOW)) == [
+        Promote(instance=i("csnap", 1), node="h1")
+    ]
+    # A failed master still claims the role: it is restarted, nobody is promoted beside it.
+    failed_master = {**slaves, i("csnap", 1): Owner(node="h1", token=5, master=True, failed=True)}
+    failures = (Failure(service="csnap", node="h1", at=NOW),)
+    assert acts(decide(snap(services=(svc,), owners=failed_master, failures=failures), NOW)) == [
+        Restart(instance=i("csnap", 1), node="h1")
+    ]
+    # Two masters (never from us): all but the best are demoted.
+    two = {**slaves, i("csnap", 0): Owner(node="h2", token=4, master=True)}
+    two[i("csnap", 1)] = Owner(node="h1", token=5, master=True)
+    assert acts(decide(snap(services=(svc,), owners=two), NOW)) == [
+        Demote(instance=i("csnap", 0), node="h2")
+    ]
+    # A master is not moved for failback.
+    lone = {i("csnap", 0): Owner(node="h2", token=4, master=True)}
+    decision = decide(snap(services=(svc,), owners=lone, nodes="h1 h2"), NOW)
+    assert acts(decision) == [Start(instance=i("csnap", 1), node="h1")]
+
+
+def test_the_sentence_says_what_was_decided() -> None:
+    decision = decide(snap(services=(service(instances=2),)), NOW)
+    assert decision.sentence == "start web/0 on h1; start web/1 on h2."
+
+
+def test_failback_only_to_a_node_that_joined_after_the_start() -> None:
+    running = {i(): Owner(node="h2", token=3, started_at=10.0)}
+    earlier = snap(owners=running, joined_at={"h1": 5.0, "h2": 1.0})
+    assert decide(earlier, NOW).actions == ()
+    later = snap(owners=running, joined_at={"h1": 20.0, "h2": 1.0})
+    assert acts(decide(later, NOW)) == [Stop(instance=i(), node="h2", reason=StopReason.FAILBACK)]
+
+
+def test_an_operator_relocation_moves_the_instance_where_asked() -> None:
+    running = {i(): Owner(node="h1", token=3, started_at=1.0)}
+    asked = {i(): Relocation(from_node="h1", to_node="h3")}
+    joined = {"h1": 0.0, "h2": 0.0, "h3": 0.0, "h4": 0.0}
+    first = snap(owners=running, relocations=asked, joined_at=joined)
+    assert acts(decide(first, NOW)) == [Stop(instance=i(), node="h1", reason=StopReason.RELOCATE)]
+    second = replace(first, owners={})
+    assert acts(decide(second, NOW)) == [Start(instance=i(), node="h3")]
+    # Once there (the node role drops the request), failback does not undo it.
+    done = replace(first, owners={i(): Owner(node="h3", token=8, started_at=2.0)}, relocations={})
+    assert decide(done, NOW).actions == ()
+    # Anywhere but here: the best other node.
+    anywhere = replace(first, relocations={i(): Relocation(from_node="h1")})
+    assert acts(decide(anywhere, NOW)) == [
+        Stop(instance=i(), node="h1", reason=StopReason.RELOCATE)
+    ]
+    assert acts(decide(replace(anywhere, owners={}), NOW)) == [Start(instance=i(), node="h2")]
+
+
+def test_a_relocation_that_cannot_be_done_leaves_the_instance_running() -> None:
+    running = {i(): Owner(node="h1", token=3)}
+    outside = snap(
+        owners=running,
+        domain=lab(ordered=True, restricted=True),
+        relocations={i(): Relocation(from_node="h1", to_node="h4")},
+    )
+    decision = decide(outside, NOW)
+    assert decision.actions == ()
+    assert "web/0 cannot move to h4: it is not an allowed free node" in decision.sentence
+    alone = snap(owners=running, nodes="h1", relocations={i(): Relocation(from_node="h1")})
+    assert "web/0 cannot move: no other allowed node is free" in decide(alone, NOW).sentence
