@@ -8,6 +8,8 @@
 - `helper`: running the application's `app_scale_helper` with a deadline.
 - `agent`: the guest's scale agent at `cgcs.scale` (inside the guest agent, or
   `servergroup scale-agent`). docs/design/scaling.md tells how they fit.
+- `policy` (pure) and `busy`: automatic scaling, decided from the busy time of
+  a server's vCPUs as the host measures it (their threads' CPU time).
 
 Nothing is re-exported here: the guest imports only what it runs (a VM's boot
 pays for every import), the host only the codec.
