@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "election": ("election", "election"),
     "etcd": ("etcd", "etcd"),
     "lab": ("lab", "lab"),
+    "scale": ("scale", "scale"),
 }
 
 

@@ -191,7 +191,14 @@ class ServerStatus:
     host: str
     state: VmState
     task_state: str | None = None
+    #: The vCPUs online in the guest, as the scaler last recorded them (a scale
+    #: down removes one, a scale up adds one); a boot keeps them (the guest's
+    #: boot sync takes the others offline again), a cold move or a resize makes
+    #: them every vCPU of the flavor again.
     online_cpus: tuple[int, ...] = ()
+    #: The flavor's vCPUs (`spec.vcpus`) this status was made for (0: unknown,
+    #: written by an older version); a different `spec.vcpus` is a resize.
+    vcpus: int = 0
     reboot_count: int = 0
     launched_at: str | None = None
     updated_at: str = ""

@@ -304,6 +304,9 @@ def _hand_over(
     base = server.status or _status(
         server, me=me, state=VmState.BUILDING, booted=False, now_iso=now_iso
     )
+    if not live:
+        # Seed 003: a cold migration brings the server back with the flavor's every vCPU.
+        base = replace(base, online_cpus=tuple(range(spec.vcpus)), vcpus=spec.vcpus)
     status = replace(
         base,
         host=target,
@@ -414,15 +417,33 @@ def _reach(
     return Decision(actions=tuple(actions), status=new if changed else None, sentence=sentence)
 
 
+def online_after(server: Server) -> tuple[int, ...]:
+    """The server's online vCPUs as its next status records them (seed 003's behaviour table).
+
+    What the status recorded stands (a boot, a pause, a live move or an
+    evacuation keeps a scaled-down server scaled down: its guest takes the
+    others offline again at boot), unless the flavor changed (a resize) or
+    the record makes no sense for it (vCPU 0 offline, a vCPU past the
+    flavor): then every vCPU of the flavor.
+    """
+    spec, old = server.spec, server.status
+    full = tuple(range(spec.vcpus))
+    if old is None or not old.online_cpus or (old.vcpus and old.vcpus != spec.vcpus):
+        return full
+    kept = tuple(sorted({c for c in old.online_cpus if 0 <= c < spec.vcpus}))
+    return kept if 0 in kept else full
+
+
 def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: str) -> ServerStatus:
     spec, old = server.spec, server.status
-    cpus = tuple(range(spec.vcpus))
+    cpus = online_after(server)
     if old is None:
         return ServerStatus(
             name=spec.name,
             host=me,
             state=state,
             online_cpus=cpus,
+            vcpus=spec.vcpus,
             reboot_count=spec.reboot_count,
             launched_at=now_iso if booted else None,
             updated_at=now_iso,
@@ -432,8 +453,8 @@ def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: s
         host=me,
         state=state,
         task_state=None,
-        # A fresh boot brings every vCPU online; otherwise the scaler's word stands.
-        online_cpus=cpus if booted or not old.online_cpus else old.online_cpus,
+        online_cpus=cpus,
+        vcpus=spec.vcpus,
         reboot_count=max(spec.reboot_count, old.reboot_count),
         launched_at=now_iso if booted else old.launched_at,
         updated_at=now_iso,
@@ -471,5 +492,6 @@ __all__ = [
     "decide",
     "failed",
     "involves",
+    "online_after",
     "owner",
 ]
