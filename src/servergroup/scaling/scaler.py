@@ -206,6 +206,8 @@ class Scaler:
         self._unroute: Callable[[], None] | None = None
         self._changes: asyncio.Queue[RegistryChange] | None = None
         self._dirty = asyncio.Event()
+        self._publishing = asyncio.Lock()
+        self._published: tuple[int, bytes] | None = None  # (lease, record without its time)
         self.done = 0
         self.failed = 0
 
@@ -450,6 +452,9 @@ class Scaler:
                 error=str(exc),
             )
         try:
+            # The pool first: whoever reads the result then sees the pool it made.
+            with contextlib.suppress(CoordinationError):
+                await self._publish_now()
             await self._c.put(
                 result_key(order.server, order.id), encode_outcome(outcome), lease=order.lease
             )
@@ -726,22 +731,27 @@ class Scaler:
             updated_at=_now_iso(self._wall()),
         )
 
+    async def _publish_now(self) -> None:
+        """Write `scaling/hosts/<host>` on the session's lease if it changed; raises
+        CoordinationError."""
+        async with self._publishing:
+            lease = self._lease()
+            record = self.pool_record()
+            value = encode_pool(replace(record, updated_at=""))
+            if not lease or self._published == (lease, value):
+                return
+            await self._c.put(pool_key(self.host), encode_pool(record), lease=lease)
+            self._published = (lease, value)
+
     async def _publish(self) -> None:
-        """Keep `scaling/hosts/<host>` up to date on the session's lease."""
-        written: tuple[int, bytes] | None = None
+        """Keep `scaling/hosts/<host>` up to date (and on the session's current lease)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._dirty.wait()
             self._dirty.clear()
-            lease = self._lease()
-            record = self.pool_record()
-            value = encode_pool(replace(record, updated_at=""))
-            if not lease or written == (lease, value):
-                continue
             try:
-                await self._c.put(pool_key(self.host), encode_pool(record), lease=lease)
-                written = (lease, value)
+                await self._publish_now()
             except CoordinationError as exc:
                 log.info("cannot publish the CPU pool of %s yet: %s", self.host, exc)
                 self._dirty.set()

@@ -58,7 +58,7 @@ def test_adoption_keeps_the_pins_it_finds_when_they_are_free() -> None:
 
 
 servers = st.sampled_from(["a", "b", "c"])
-ops = st.lists(
+ops: st.SearchStrategy[list[tuple[str, str, frozenset[int] | set[int]]]] = st.lists(
     st.one_of(
         st.tuples(st.just("adopt"), servers, st.sets(st.integers(0, 5), max_size=6)),
         st.tuples(st.just("release"), servers, st.just(frozenset())),
