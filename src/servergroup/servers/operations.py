@@ -287,6 +287,39 @@ class Operations:
 
         return await self._change(name, "rebooted", timeout, change)
 
+    async def resize(
+        self,
+        name: str,
+        vcpus: int,
+        min_vcpus: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Server:
+        """Give the server a new flavor (`vcpus`, `min_vcpus`); a running one boots again.
+
+        Seed 003: a resized server comes back with every vCPU of its new
+        flavor, scaled down or not before. `min_vcpus` None keeps the old
+        minimum (lowered to `vcpus` if it is more).
+        """
+
+        def change(server: Server) -> ServerSpec:
+            spec = server.spec
+            least = min(spec.min_vcpus, vcpus) if min_vcpus is None else min_vcpus
+            if not 1 <= least <= vcpus <= MAX_VCPUS:
+                raise OperationError(
+                    f"vCPUs must satisfy 1 <= min_vcpus <= vcpus <= {MAX_VCPUS}; "
+                    f"got min_vcpus {least} and vcpus {vcpus}"
+                )
+            if spec.desired is Desired.PAUSED:
+                raise OperationError(f"server {name} is paused: unpause it before resizing it")
+            if (vcpus, least) == (spec.vcpus, spec.min_vcpus):
+                raise OperationError(f"server {name} already has {vcpus} vCPU(s), {least} at least")
+            # The reboot count makes the wait end once the host booted the new flavor.
+            reboots = spec.reboot_count + (1 if spec.desired is Desired.ACTIVE else 0)
+            return replace(spec, vcpus=vcpus, min_vcpus=least, reboot_count=reboots)
+
+        return await self._change(name, f"resized to {vcpus} vCPU(s)", timeout, change)
+
     async def delete(self, name: str, *, timeout: float | None = None) -> None:
         """Delete the server; returns once its host has removed it and its records."""
         await self._change(

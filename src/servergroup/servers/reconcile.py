@@ -44,7 +44,9 @@ Who acts (so that no two hosts act on one server at once):
   cold move left), and a channel link in its channel directory.
 
 Reaching the desired state is a table (`REACH`) from (desired, observed
-power) to actions, adjusted for: a reboot asked (`spec.reboot_count` above
+power) to actions, adjusted for: a resize (the flavor's `vcpus` differs from
+the one the status records: stopped and started again, so that a VM boots
+with its new vCPUs), a reboot asked (`spec.reboot_count` above
 the status's), a guest agent found dead while the server should run (it is
 started again, as the seed asks of a guest agent: "configured to respawn"),
 and the channel link (present in the owner's channel directory while the
@@ -380,7 +382,12 @@ def _reach(
     actions = list(REACH[desired, power])
     notes: list[str] = []
     previous_reboots = status.reboot_count if status is not None else 0
-    if (
+    resized = status is not None and status.vcpus != 0 and status.vcpus != spec.vcpus
+    if desired is Desired.ACTIVE and resized and power in (Power.RUNNING, Power.FROZEN):
+        # A new flavor needs a new boot of the whole server (a reset keeps a VM's vCPUs).
+        actions = [Action.STOP, Action.START]
+        notes.append(f"resized to {spec.vcpus} vCPU(s)")
+    elif (
         desired is Desired.ACTIVE
         and spec.reboot_count > previous_reboots
         and power in (Power.RUNNING, Power.FROZEN)

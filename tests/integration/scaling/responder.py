@@ -108,16 +108,23 @@ def main() -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(b"\0cgcs.scale")
     if args.sync:
-        sock.settimeout(5.0)
-        send(
-            sock, "cgcs.scale", {"version": 2, "msg_type": "scale_sync_request", "resource": "cpu"}
-        )
-        while True:
-            raw = sock.recv(65536)
-            data = json.loads(raw).get("data", {})
+        # Asked again each second: a guest agent whose host is not connected yet drops it.
+        sock.settimeout(1.0)
+        data: dict[str, object] = {}
+        for _ in range(15):
+            ask = {"version": 2, "msg_type": "scale_sync_request", "resource": "cpu"}
+            send(sock, "cgcs.scale", ask)
+            try:
+                data = json.loads(sock.recv(65536)).get("data", {})
+            except TimeoutError:
+                continue
             if data.get("msg_type") == "scale_sync":
                 break
-        offline = [c for c in data["offline_cpus"] if 0 < c < cpus.vcpus]
+        else:
+            raise SystemExit("the host never answered the boot sync")
+        listed = data["offline_cpus"]
+        assert isinstance(listed, list)
+        offline = [c for c in listed if 0 < c < cpus.vcpus]
         for cpu in range(1, cpus.vcpus):
             cpus.set(cpu, cpu not in offline)
         (args.dir / "synced").write_text(json.dumps(offline) + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.setup import Setup, SetupFactory
+from tests.integration.daemons.test_restarts import notification, status_of
 from tests.integration.scaling.agent import start_scale_agent
 
 pytestmark = pytest.mark.timeout(240)
@@ -273,9 +274,15 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
     setup = servergroup_up(2, env=POOL)
     setup.run("group", "create", "g", "--policy", "soft-affinity")
     setup.run("server", "create", "s1", "--group", "g", "--vcpus", "3", "--host", "h1")
+    setup.run("server", "create", "w", "--group", "g", "--host", "h2")
+    watcher = setup.app("w")
+    watcher.wait_for(status_of({"s1", "w"}))
     first = start_scale_agent(setup, "s1", 3)
     scale(setup, "down", "s1")
     assert setup.json("server", "show", "s1")["online_cpus"] == [0, 1]
+    # The group is told: its other members get compute.instance.scale.end.
+    told = watcher.wait_for(notification("s1", "compute.instance.scale.end"))
+    assert told["event"]["payload"]["online_cpus"] == [0, 1]
     first.stop()
 
     def online() -> list[int]:
@@ -303,3 +310,15 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
     agent = start_scale_agent(setup, "s1", 3, sync=True)
     assert agent.synced() == "[]"
     assert agent.online() == (0, 1, 2)
+
+    # And on a resize, to every vCPU of the new flavor.
+    scale(setup, "down", "s1")
+    agent.stop()
+    setup.run("server", "resize", "s1", "--vcpus", "2", "--min-vcpus", "1")
+    watcher.wait_for(notification("s1", "compute.instance.resize.end"))
+    shown = setup.json("server", "show", "s1")
+    assert (shown["online_cpus"], shown["vcpus"], shown["min_vcpus"]) == ([0, 1], 2, 1)
+    agent = start_scale_agent(setup, "s1", 2, sync=True)
+    assert agent.synced() == "[]"
+    assert scale(setup, "down", "s1")["online_cpus"] == [0]
+    assert "minimum" in refused(setup, "scale", "cpu", "down", "s1")
