@@ -21,8 +21,9 @@ When things happen:
 
 - a server starts running here (created, started, rebooted, moved or
   rebuilt here): `adopt` places its online vCPUs, keeping a CPU a vCPU is
-  already pinned to when that CPU is in the pool and free (so a host daemon
-  restart changes no pin), else the lowest free CPU, else shared;
+  already pinned to when that CPU is in the pool and free and the pool has
+  room for all of them (so a host daemon restart changes no pin), else the
+  lowest free CPU in vCPU order, else shared;
 - a server stops running here (stopped, deleted, moved away): `release`
   frees its CPUs;
 - scale down: `give_back(server, vcpu)` frees the vCPU's CPU (a shared vCPU
@@ -111,15 +112,17 @@ class Pool:
     ) -> Pool:
         """Place the online vCPUs of a server (again) as it starts running here.
 
-        `current` is each vCPU's present affinity: a vCPU pinned to one free
-        CPU of the pool keeps it. The others get the lowest free CPUs, in vCPU
-        order; those left over are shared.
+        `current` is each vCPU's present affinity: when the pool has a CPU for
+        every online vCPU, a vCPU pinned to one free CPU of the pool keeps it.
+        The others get the lowest free CPUs, in vCPU order (vCPU 0 first: the
+        offline vCPUs run where it runs); those left over are shared.
         """
         pool = self.release(server)
         taken = set(pool.used)
         ours: dict[int, int] = {}
         wanted = sorted(set(online))
-        for vcpu in wanted:
+        room = len(pool.cpus) - len(taken) >= len(wanted)
+        for vcpu in wanted if room else ():
             cpus = tuple(set((current or {}).get(vcpu, ())))
             if len(cpus) == 1 and cpus[0] in pool.cpus and cpus[0] not in taken:
                 ours[vcpu] = cpus[0]

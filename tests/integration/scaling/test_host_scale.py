@@ -322,3 +322,30 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
     assert agent.synced() == "[]"
     assert scale(setup, "down", "s1")["online_cpus"] == [0]
     assert "minimum" in refused(setup, "scale", "cpu", "down", "s1")
+
+
+def test_a_scaled_down_server_stays_scaled_down_when_evacuated(
+    servergroup_up: SetupFactory,
+) -> None:
+    setup = servergroup_up(2, env={**POOL, "SERVERGROUP_EVACUATION_GRACE": "1"})
+    setup.run("group", "create", "g", "--policy", "soft-anti-affinity")
+    setup.run("server", "create", "w", "--group", "g", "--host", "h2")
+    setup.run("server", "create", "s1", "--group", "g", "--vcpus", "3", "--host", "h1")
+    watcher = setup.app("w")
+    watcher.wait_for(status_of({"s1", "w"}))
+    agent = start_scale_agent(setup, "s1", 3)
+    assert scale(setup, "down", "s1")["online_cpus"] == [0, 1]
+    agent.stop()
+
+    setup.run("lab", "crash", "h1")
+    watcher.wait_for(notification("s1", "compute.instance.evacuate.end"), timeout=120)
+    shown = setup.json("server", "show", "s1")
+    assert (shown["host"], shown["online_cpus"]) == ("h2", [0, 1])
+    agent = start_scale_agent(setup, "s1", 3, sync=True)
+    assert agent.synced() == "[2]"
+    # h2 scales it now, from its own pool.
+    assert scale(setup, "down", "s1")["host"] == "h2"
+    wait_until(
+        lambda: setup.json("host", "show", "h2")["cpu_pool"]["placed"].get("s1") == {"0": 1},
+        "s1's vCPU 0 has h2's CPU 1 (w has CPU 0)",
+    )

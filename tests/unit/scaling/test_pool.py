@@ -55,6 +55,10 @@ def test_adoption_keeps_the_pins_it_finds_when_they_are_free() -> None:
     pool = pool.adopt("b", [0], current={0: [2]})
     assert dict(pool.placed("b")) == {0: 1}
     check(pool)
+    # Without room for every vCPU, vCPU 0 comes first (offline vCPUs run where it runs).
+    pool = Pool.of([0, 1]).adopt("w", [0]).adopt("s", [0, 1], current={0: [0], 1: [1]})
+    assert dict(pool.placed("s")) == {0: 1}
+    assert pool.shared("s", [0, 1]) == (1,)
 
 
 servers = st.sampled_from(["a", "b", "c"])
