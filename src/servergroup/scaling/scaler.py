@@ -105,6 +105,8 @@ log = logging.getLogger(__name__)
 REPLY_GRACE = 1.0
 #: How often servers whose vCPUs could not be placed are tried again.
 RETRY_INTERVAL = 2.0
+#: How long a server whose vCPUs could not be placed waits before the tick tries again.
+RETRY_BACKOFF = 10.0
 #: The states in which a server's processes exist here (its vCPUs hold CPUs).
 RUNNING = (VmState.ACTIVE, VmState.PAUSED)
 
@@ -199,6 +201,7 @@ class Scaler:
         self._adopted: dict[str, _Incarnation] = {}
         self._seen_orders: set[str] = set()
         self._pending: set[str] = set()  # servers with an _Adopt queued
+        self._failed_at: dict[str, float] = {}  # servers whose vCPUs could not be placed: when
         self._checks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._ids = itertools.count(1)
@@ -355,8 +358,11 @@ class Scaler:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(RETRY_INTERVAL)
+            now = time.monotonic()
             for name in sorted(set(self._cache.snapshot.servers) | set(self._pool.placements)):
-                self._kick(name)
+                # A driver that keeps failing (no cpuset here) is asked less often.
+                if now - self._failed_at.get(name, -RETRY_BACKOFF) >= RETRY_BACKOFF:
+                    self._kick(name)
 
     # -- one server at a time ------------------------------------------------------------
 
@@ -415,8 +421,11 @@ class Scaler:
                     await hypervisor.pin_vcpu(server.spec, vcpu, wanted)
         except DriverError as exc:
             log.info("server %s: its vCPUs are not placed yet (%s); trying again", name, exc)
+            self._failed_at[name] = time.monotonic()
             return
+        self._failed_at.pop(name, None)
         self._adopted[name] = want
+        self._dirty.set()  # its shared vCPUs are part of the record from now on
         shared = self._pool.shared(name, online)
         log.info(
             "server %s runs here: vCPU(s) %s on CPU(s) %s%s",

@@ -59,6 +59,7 @@ def test_down_down_refused_up_refused_and_the_pool(servergroup_up: SetupFactory)
     assert (shown["online_cpus"], shown["vcpus"], shown["min_vcpus"]) == ([0, 1, 2], 3, 1)
 
     # vCPUs 0 and 1 have CPUs 0 and 1; vCPU 2 found the pool full and shares it.
+    wait_until(lambda: pool(setup, "h1")["shared"] != {}, "s1 is placed in h1's pool")
     before = pool(setup, "h1")
     assert before["placed"] == {"s1": {"0": 0, "1": 1}}
     assert before["shared"] == {"s1": [2]}
@@ -97,6 +98,7 @@ def test_down_down_refused_up_refused_and_the_pool(servergroup_up: SetupFactory)
     # Deleting a server gives its CPUs back.
     setup.run("server", "create", "s2", "--group", "g", "--vcpus", "2")
     start_scale_agent(setup, "s2", 2)
+    wait_until(lambda: "s2" in pool(setup, "h1")["shared"], "s2 shares h1's full pool")
     scale(setup, "down", "s1")
     assert pool(setup, "h1")["free"] == [1]
     setup.run("server", "delete", "s2")
@@ -151,7 +153,7 @@ def test_bad_requests_each_get_one_sentence_and_change_nothing(
         assert words in sentence, sentence
         assert setup.json("server", "show", "s1")["online_cpus"] == [0, 1]
         agent.stop()
-    start_scale_agent(setup, "s1", 2)
+    agent = start_scale_agent(setup, "s1", 2)
     assert "its maximum" in refused(setup, "scale", "cpu", "up", "s1")
     setup.run("server", "pause", "s1")
     assert "s1 is paused" in refused(setup, "scale", "cpu", "down", "s1")
@@ -163,6 +165,23 @@ def test_bad_requests_each_get_one_sentence_and_change_nothing(
     # Every request and result went with its command's lease.
     assert scaling_keys(setup, "requests/") == []
     assert scaling_keys(setup, "results/") == []
+    # A command killed while it waits leaves its request to its lease's expiry.
+    agent.stop()
+    start_scale_agent(setup, "s1", 2, mode="silent")
+    killed = subprocess.Popen(
+        setup.argv("scale", "cpu", "up", "s1", "--timeout", "1"),
+        env=setup.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: scaling_keys(setup, "requests/") != [], "the request is written")
+    killed.kill()
+    killed.wait(10)
+    wait_until(
+        lambda: scaling_keys(setup, "requests/") == scaling_keys(setup, "results/") == [],
+        "the abandoned request and its result are gone",
+    )
+    assert setup.json("server", "show", "s1")["online_cpus"] == [0]
 
 
 def test_concurrent_scales_of_one_server_take_different_vcpus(
