@@ -323,6 +323,12 @@ _lifecycle("stop", "is stopped", "Stop the server NAME: end every process of it.
 _lifecycle("start", "is active", "Start the stopped server NAME again.")
 _lifecycle("reboot", "has rebooted", "Reboot the server NAME (stop, then start).")
 _lifecycle("delete", "is deleted", "Delete the server NAME and everything it had.")
+_lifecycle(
+    "rebuild",
+    "is rebuilt",
+    "Rebuild the active server NAME from nothing on its host (its flavor and its online "
+    "vCPUs are kept).",
+)
 
 
 @server.command("resize")

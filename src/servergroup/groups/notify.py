@@ -28,6 +28,7 @@ once, the first row of this table that matches wins:
 | stopped -> active                                       | compute.instance.power_on.end       |
 | anything -> error                                       | compute.instance.error (ERROR)      |
 | active, status.vcpus changed (the flavor, by a resize)  | compute.instance.resize.end         |
+| active, rebuild_count grew                              | compute.instance.rebuild.end        |
 | active, reboot_count grew                               | compute.instance.reboot.end         |
 | active, online_cpus changed                             | compute.instance.scale.end          |
 
@@ -108,6 +109,8 @@ def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None
         return None
     if old.vcpus and new.vcpus != old.vcpus:
         return "resize.end", INFO
+    if new.rebuild_count > old.rebuild_count:
+        return "rebuild.end", INFO
     if new.reboot_count > old.reboot_count:
         return "reboot.end", INFO
     if new.online_cpus != old.online_cpus:

@@ -174,6 +174,8 @@ class ServerSpec:
     driver: DriverKind = DriverKind.LAB
     desired: Desired = Desired.ACTIVE
     reboot_count: int = 0
+    #: Rebuilds asked (`server rebuild`): the server is made again from nothing, same flavor.
+    rebuild_count: int = 0
     live_migration: bool = True  # how to move when `host` changes
     created_at: str = ""
     #: How many times the server was rebuilt on another host after its host died.
@@ -200,6 +202,7 @@ class ServerStatus:
     #: written by an older version); a different `spec.vcpus` is a resize.
     vcpus: int = 0
     reboot_count: int = 0
+    rebuild_count: int = 0
     launched_at: str | None = None
     updated_at: str = ""
     error: str | None = None
@@ -341,6 +344,7 @@ class Server:
             st.host == self.spec.host
             and st.state is REACHED[self.spec.desired]
             and st.reboot_count >= self.spec.reboot_count
+            and st.rebuild_count >= self.spec.rebuild_count
         )
 
 

@@ -287,6 +287,23 @@ class Operations:
 
         return await self._change(name, "rebooted", timeout, change)
 
+    async def rebuild(self, name: str, *, timeout: float | None = None) -> Server:
+        """Make the active server again from nothing on its host (Nova's rebuild).
+
+        Seed 003: a scaled-down server stays scaled down (its record keeps
+        its online vCPUs; its guest takes the others offline at boot).
+        """
+
+        def change(server: Server) -> ServerSpec:
+            desired = server.spec.desired
+            if desired is not Desired.ACTIVE:
+                raise OperationError(
+                    f"server {name} is {desired.value}: only an active server can be rebuilt"
+                )
+            return replace(server.spec, rebuild_count=server.spec.rebuild_count + 1)
+
+        return await self._change(name, "rebuilt", timeout, change)
+
     async def resize(
         self,
         name: str,

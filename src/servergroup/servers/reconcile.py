@@ -44,7 +44,8 @@ Who acts (so that no two hosts act on one server at once):
   cold move left), and a channel link in its channel directory.
 
 Reaching the desired state is a table (`REACH`) from (desired, observed
-power) to actions, adjusted for: a resize (the flavor's `vcpus` differs from
+power) to actions, adjusted for: a rebuild asked (`spec.rebuild_count`
+above the status's: delete, create and start it), a resize (the flavor's `vcpus` differs from
 the one the status records: stopped and started again, so that a VM boots
 with its new vCPUs), a reboot asked (`spec.reboot_count` above
 the status's), a guest agent found dead while the server should run (it is
@@ -383,7 +384,12 @@ def _reach(
     notes: list[str] = []
     previous_reboots = status.reboot_count if status is not None else 0
     resized = status is not None and status.vcpus != 0 and status.vcpus != spec.vcpus
-    if desired is Desired.ACTIVE and resized and power in (Power.RUNNING, Power.FROZEN):
+    rebuild = status is not None and spec.rebuild_count > status.rebuild_count
+    if desired is Desired.ACTIVE and rebuild and power is not Power.ABSENT:
+        # Made again from nothing (a lab server's namespace and cgroups, a VM's disk).
+        actions = [Action.DELETE, Action.CREATE, Action.START]
+        notes.append(f"rebuild {spec.rebuild_count} asked")
+    elif desired is Desired.ACTIVE and resized and power in (Power.RUNNING, Power.FROZEN):
         # A new flavor needs a new boot of the whole server (a reset keeps a VM's vCPUs).
         actions = [Action.STOP, Action.START]
         notes.append(f"resized to {spec.vcpus} vCPU(s)")
@@ -452,6 +458,7 @@ def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: s
             online_cpus=cpus,
             vcpus=spec.vcpus,
             reboot_count=spec.reboot_count,
+            rebuild_count=spec.rebuild_count,
             launched_at=now_iso if booted else None,
             updated_at=now_iso,
         )
@@ -463,6 +470,7 @@ def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: s
         online_cpus=cpus,
         vcpus=spec.vcpus,
         reboot_count=max(spec.reboot_count, old.reboot_count),
+        rebuild_count=max(spec.rebuild_count, old.rebuild_count),
         launched_at=now_iso if booted else old.launched_at,
         updated_at=now_iso,
         error=None,

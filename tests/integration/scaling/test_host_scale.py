@@ -313,6 +313,7 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
         [["pause", "s1"], ["unpause", "s1"]],
         [["stop", "s1"], ["start", "s1"]],
         [["reboot", "s1"]],
+        [["rebuild", "s1"]],
         [["migrate", "s1", "--to", "h2", "--live"]],
     ):
         for step in steps:

@@ -82,6 +82,12 @@ TABLE: list[tuple[str, Server | None, Server | None, str | None]] = [
     ("reboot", server(A), server(A, reboots=1), "reboot.end"),
     ("reboot seen while paused", server(P), server(P, reboots=1), None),
     ("resize", server(A), server(A, vcpus=4, cpus=(0, 1, 2, 3)), "resize.end"),
+    (
+        "rebuild",
+        server(A),
+        replace(server(A), status=replace(server(A).status, rebuild_count=1)),  # type: ignore[type-var]
+        "rebuild.end",
+    ),
     ("resize with its reboot", server(A), server(A, vcpus=4, reboots=1), "resize.end"),
     (
         "resize asked, not done yet",

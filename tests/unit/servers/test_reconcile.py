@@ -499,3 +499,14 @@ def test_a_record_that_makes_no_sense_is_every_vcpu() -> None:
         )
         assert d.status is not None
         assert d.status.online_cpus == ((0,) if online == (0, 7) else (0, 1, 2))
+
+
+def test_a_rebuild_makes_the_server_again_and_keeps_it_scaled_down() -> None:
+    spec = replace(SPEC, rebuild_count=1)
+    d = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert d.actions == (A.DELETE, A.CREATE, A.START, A.ATTACH)
+    assert d.status is not None
+    assert (d.status.online_cpus, d.status.rebuild_count) == ((0, 1), 1)
+    assert "rebuild 1 asked" in d.sentence
+    assert Server(spec=spec, status=d.status).settled()
+    assert not Server(spec=spec, status=_scaled_down()).settled()
