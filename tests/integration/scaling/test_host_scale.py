@@ -45,6 +45,13 @@ def pool(setup: Setup, host: str) -> dict[str, Any]:
     return shown
 
 
+def no_bug(setup: Setup) -> None:
+    """No host daemon logged a BUG (an unexpected exception) during the test."""
+    for path in setup.host_logs():
+        bugs = [line for line in path.read_text().splitlines() if "BUG" in line]
+        assert not bugs, f"{path}: {bugs[:3]}"
+
+
 def affinity(setup: Setup, server: str) -> dict[int, list[int]]:
     rows = setup.json("server", "vcpus", server)
     return {row["vcpu"]: row["affinity"] for row in rows}
@@ -182,6 +189,7 @@ def test_bad_requests_each_get_one_sentence_and_change_nothing(
         "the abandoned request and its result are gone",
     )
     assert setup.json("server", "show", "s1")["online_cpus"] == [0]
+    no_bug(setup)
 
 
 def test_concurrent_scales_of_one_server_take_different_vcpus(
@@ -240,6 +248,7 @@ def test_concurrent_scales_of_one_server_take_different_vcpus(
     assert len(set(ok)) == len(ok)
     assert set(setup.json("server", "show", "s1")["online_cpus"]) == {0, *ok}
     assert set(agent.online()) == {0, *ok}
+    no_bug(setup)
 
 
 def test_a_scale_racing_a_delete_or_a_migration_ends_in_one_sentence(
@@ -287,6 +296,7 @@ def test_a_scale_racing_a_delete_or_a_migration_ends_in_one_sentence(
         lambda: all(h["cpu_pool"]["free"] == [0, 1] for h in setup.json("host", "list")),
         "every CPU free again",
     )
+    no_bug(setup)
 
 
 def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None:
@@ -342,6 +352,7 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
     assert agent.synced() == "[]"
     assert scale(setup, "down", "s1")["online_cpus"] == [0]
     assert "minimum" in refused(setup, "scale", "cpu", "down", "s1")
+    no_bug(setup)
 
 
 def test_a_scaled_down_server_stays_scaled_down_when_evacuated(
@@ -369,3 +380,4 @@ def test_a_scaled_down_server_stays_scaled_down_when_evacuated(
         lambda: setup.json("host", "show", "h2")["cpu_pool"]["placed"].get("s1") == {"0": 1},
         "s1's vCPU 0 has h2's CPU 1 (w has CPU 0)",
     )
+    no_bug(setup)
