@@ -280,6 +280,7 @@ def _scaler(config: Config, options: HostOptions, shared: HostShared, built: Bui
         hypervisors={kind: cast("Driver", d) for kind, d in manager.drivers.items()},
         host=options.name,
         cpus=cpus,
+        floating=tuple(sorted(os.sched_getaffinity(0))),
         lease=lambda: shared.session.lease_id,
         fence=shared.registration.guard,
     )

@@ -19,8 +19,9 @@ Invariants (the property tests check them after any sequence of calls):
 
 When things happen:
 
-- a server starts running here (created, started, rebooted, moved or
-  rebuilt here): `adopt` places its online vCPUs, keeping a CPU a vCPU is
+- a server that takes part in the pool (the scaler says when) starts
+  running here (created, started, rebooted, moved or rebuilt here), or is
+  scaled for the first time: `adopt` places its online vCPUs, keeping a CPU a vCPU is
   already pinned to when that CPU is in the pool and free and the pool has
   room for all of them (so a host daemon restart changes no pin), else the
   lowest free CPU in vCPU order, else shared;

@@ -26,8 +26,11 @@ Theory of operation (docs/design/scaling-host.md has the whole path).
   order with one sentence).
 - **The pool** (`scaling.pool`): the host CPUs the servers here may have,
   each online vCPU placed on a CPU of its own while there is one. A server
-  that starts running here is *adopted* (its vCPUs placed and pinned), one
-  that stops or leaves is *released*. The pool is published at
+  *takes part* in the pool from its first scale here, and whenever it runs
+  here scaled down (its record has a vCPU offline: it is placed again as it
+  boots or arrives); until then its vCPUs float over the host's CPUs, as
+  they did before scaling existed, and hold none of the pool. A server that
+  stops or leaves is *released*. The pool is published at
   `scaling/hosts/<host>` on the host's session lease (`host list|show`).
 - **Boot sync.** The relay routes `cgcs.scale` to us: a guest's
   `scale_sync_request` gets a `scale_sync` with the vCPUs its server's
@@ -156,6 +159,21 @@ def _incarnation(server: Server, me: str) -> _Incarnation | None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Run:
+    """What the scaler did for one run of a server here: placed it in the pool, or not."""
+
+    run: _Incarnation
+    placed: bool
+
+
+def _scaled(server: Server) -> bool:
+    """Whether the server's record has some vCPU of its flavor offline."""
+    status = server.status
+    online = set(status.online_cpus) if status is not None else set()
+    return bool(online) and online != set(range(server.spec.vcpus))
+
+
+@dataclass(frozen=True, slots=True)
 class _Adopt:
     """Place the server's vCPUs (or release them) as its records say now."""
 
@@ -181,6 +199,7 @@ class Scaler:
         hypervisors: Mapping[DriverKind, Hypervisor],
         host: str,
         cpus: Sequence[int],
+        floating: Sequence[int] | None = None,
         lease: Callable[[], int],
         fence: Callable[[], Guard | None] | None = None,
         wall: Callable[[], float] = time.time,
@@ -192,13 +211,16 @@ class Scaler:
         self._hypervisors = dict(hypervisors)
         self.host = host
         self._pool = Pool.of(cpus)
+        #: Where the vCPUs of a server that takes no part in the pool run (default: the pool).
+        self._floating = tuple(sorted(set(floating))) if floating else self._pool.cpus
         self._lease = lease
         self._fence = fence
         self._wall = wall
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
-        #: server -> the incarnation whose vCPUs are placed and pinned
-        self._adopted: dict[str, _Incarnation] = {}
+        #: server -> the run whose vCPUs are pinned (placed in the pool, or floating)
+        self._adopted: dict[str, _Run] = {}
+        self._online: dict[str, tuple[int, ...]] = {}  # server -> its online vCPUs, as we know them
         self._seen_orders: set[str] = set()
         self._pending: set[str] = set()  # servers with an _Adopt queued
         self._failed_at: dict[str, float] = {}  # servers whose vCPUs could not be placed: when
@@ -304,8 +326,7 @@ class Scaler:
             self._queue(order.server).put_nowait(order)
 
     def _kick(self, name: str) -> None:
-        server = self._cache.snapshot.servers.get(name)
-        want = _incarnation(server, self.host) if server is not None else None
+        want = self._wanted(name, self._cache.snapshot.servers.get(name))
         if name in self._pending:
             return
         if want != self._adopted.get(name) or (want is None and name in self._pool.placements):
@@ -391,15 +412,26 @@ class Scaler:
             else:
                 self._queues.pop(name, None)
 
-    async def _adopt(self, name: str, server: Server | None = None) -> None:
-        """Place and pin the vCPUs of `name` if it runs here; free its CPUs if not."""
+    def _wanted(self, name: str, server: Server | None, *, force: bool = False) -> _Run | None:
+        """How `name` should be now: None when it does not run here, else its run, placed
+        (it takes part in the pool: it was scaled, now or earlier in this run) or floating."""
+        run = _incarnation(server, self.host) if server is not None else None
+        if run is None or server is None:
+            return None
+        placed = force or _scaled(server) or self._adopted.get(name) == _Run(run, True)
+        return _Run(run, placed)
+
+    async def _adopt(self, name: str, server: Server | None = None, *, force: bool = False) -> None:
+        """Place and pin the vCPUs of `name` if it takes part in the pool here; let them float
+        if it runs here without taking part; free its CPUs if it does not run here."""
         if server is None:
             server = self._cache.snapshot.servers.get(name)
-        want = _incarnation(server, self.host) if server is not None else None
+        want = self._wanted(name, server, force=force)
         if want is None or server is None:
             if name in self._pool.placements or name in self._adopted:
                 self._pool = self._pool.release(name)
                 self._adopted.pop(name, None)
+                self._online.pop(name, None)
                 self._dirty.set()
                 log.info("server %s no longer runs here: its CPUs are free again", name)
             return
@@ -413,10 +445,13 @@ class Scaler:
         try:
             threads = await hypervisor.vcpu_threads(server.spec)
             current = {t.index: t.affinity for t in threads}
-            self._pool = self._pool.adopt(name, online, current)
+            if want.placed:
+                self._pool = self._pool.adopt(name, online, current)
+            else:
+                self._pool = self._pool.release(name)
             self._dirty.set()
             for vcpu in range(server.spec.vcpus):
-                wanted = self._pool.affinity(name, vcpu, online)
+                wanted = self._pool.affinity(name, vcpu, online) if want.placed else self._floating
                 if tuple(current.get(vcpu, ())) != wanted:
                     await hypervisor.pin_vcpu(server.spec, vcpu, wanted)
         except DriverError as exc:
@@ -425,7 +460,11 @@ class Scaler:
             return
         self._failed_at.pop(name, None)
         self._adopted[name] = want
+        self._online[name] = tuple(online)
         self._dirty.set()  # its shared vCPUs are part of the record from now on
+        if not want.placed:
+            log.info("server %s runs here, not scaled: its vCPUs float", name)
+            return
         shared = self._pool.shared(name, online)
         log.info(
             "server %s runs here: vCPU(s) %s on CPU(s) %s%s",
@@ -489,7 +528,7 @@ class Scaler:
         hypervisor = self._hypervisors.get(spec.driver)
         if hypervisor is None:
             raise ScaleFailed(f"host {self.host} cannot pin vCPUs of {spec.driver.value} servers")
-        await self._adopt(name, server)
+        await self._adopt(name, server, force=True)  # it takes part in the pool from now on
         online = set(status.online_cpus or range(spec.vcpus))
         ident = next(self._ids)
         if direction is Direction.DOWN:
@@ -552,6 +591,7 @@ class Scaler:
             pinned = await self._pin(hypervisor, server, cpu, (host_cpu,))
         self._dirty.set()
         written = await self._record(name, tuple(sorted(new_online)))
+        self._online[name] = written
         if pinned is not None:
             raise pinned  # the guest and the record agree; the pin is what failed
         return ScaleOutcome(
@@ -723,14 +763,11 @@ class Scaler:
 
     def pool_record(self) -> PoolRecord:
         pool = self._pool
-        snap = self._cache.snapshot
         shared: dict[str, tuple[int, ...]] = {}
-        for name in self._adopted:
-            server = snap.servers.get(name)
-            if server is not None and server.status is not None:
-                left = pool.shared(name, server.status.online_cpus)
-                if left:
-                    shared[name] = left
+        for name, run in self._adopted.items():
+            left = pool.shared(name, self._online.get(name, ())) if run.placed else ()
+            if left:
+                shared[name] = left
         return PoolRecord(
             host=self.host,
             cpus=pool.cpus,

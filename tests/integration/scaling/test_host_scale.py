@@ -65,17 +65,22 @@ def test_down_down_refused_up_refused_and_the_pool(servergroup_up: SetupFactory)
     shown = setup.json("server", "show", "s1")
     assert (shown["online_cpus"], shown["vcpus"], shown["min_vcpus"]) == ([0, 1, 2], 3, 1)
 
-    # vCPUs 0 and 1 have CPUs 0 and 1; vCPU 2 found the pool full and shares it.
-    wait_until(lambda: pool(setup, "h1")["shared"] != {}, "s1 is placed in h1's pool")
-    before = pool(setup, "h1")
-    assert before["placed"] == {"s1": {"0": 0, "1": 1}}
-    assert before["shared"] == {"s1": [2]}
-    assert before["free"] == []
+    # Never scaled, s1 takes no part in the pool: its vCPUs float over the host's CPUs.
+    wait_until(lambda: pool(setup, "h1")["free"] == [0, 1], "h1's pool is published")
+    assert pool(setup, "h1")["placed"] == {}
+    assert set(map(len, affinity(setup, "s1").values())) == {2}
 
+    # Its first scale places it: vCPUs 0 and 1 get CPUs 0 and 1, vCPU 2 finds the
+    # pool full and shares it, then goes offline (freeing nothing).
     out = scale(setup, "down", "s1")
     assert (out["cpu"], out["online_cpus"], out["host"]) == (2, [0, 1], "h1")
     assert agent.online() == (0, 1)
-    assert pool(setup, "h1")["free"] == []  # a shared vCPU frees nothing
+    placed = pool(setup, "h1")
+    assert (placed["placed"], placed["shared"], placed["free"]) == (
+        {"s1": {"0": 0, "1": 1}},
+        {},
+        [],
+    )
     out = scale(setup, "down", "s1")
     assert (out["cpu"], out["online_cpus"], out["host_cpu"]) == (1, [0], 1)
     assert agent.online() == (0,)
@@ -102,19 +107,24 @@ def test_down_down_refused_up_refused_and_the_pool(servergroup_up: SetupFactory)
     assert agent.online() == (0, 1)
     assert setup.json("server", "show", "s1")["online_cpus"] == [0, 1]
 
-    # Deleting a server gives its CPUs back.
+    # A second server takes the CPU s1 gives back; deleting it gives it back again.
     setup.run("server", "create", "s2", "--group", "g", "--vcpus", "2")
     start_scale_agent(setup, "s2", 2)
-    wait_until(lambda: "s2" in pool(setup, "h1")["shared"], "s2 shares h1's full pool")
     scale(setup, "down", "s1")
     assert pool(setup, "h1")["free"] == [1]
+    assert scale(setup, "down", "s2")["online_cpus"] == [0]  # vCPU 1 shared: frees nothing
+    full = pool(setup, "h1")
+    assert (full["free"], full["placed"]["s2"]) == ([], {"0": 1})
+    assert "no free physical CPU on h1" in refused(setup, "scale", "cpu", "up", "s1")
     setup.run("server", "delete", "s2")
-    assert pool(setup, "h1")["free"] == [1]  # s2 shared the pool: it had no CPU of its own
+    wait_until(lambda: pool(setup, "h1")["free"] == [1], "s2's CPU is free again")
     out = scale(setup, "up", "s1")
     assert out["online_cpus"] == [0, 1]
     setup.run("server", "delete", "s1")
-    listed = setup.json("host", "list")
-    assert [h["cpu_pool"]["free"] for h in listed] == [[0, 1]]
+    wait_until(
+        lambda: [h["cpu_pool"]["free"] for h in setup.json("host", "list")] == [[0, 1]],
+        "every CPU of h1 is free",
+    )
 
 
 def scaling_keys(setup: Setup, prefix: str) -> list[str]:
@@ -376,8 +386,7 @@ def test_a_scaled_down_server_stays_scaled_down_when_evacuated(
     assert agent.synced() == "[2]"
     # h2 scales it now, from its own pool.
     assert scale(setup, "down", "s1")["host"] == "h2"
-    wait_until(
-        lambda: setup.json("host", "show", "h2")["cpu_pool"]["placed"].get("s1") == {"0": 1},
-        "s1's vCPU 0 has h2's CPU 1 (w has CPU 0)",
-    )
+    # Scaled down, it took part in h2's pool as it arrived (w, never scaled, floats).
+    placed = setup.json("host", "show", "h2")["cpu_pool"]["placed"]
+    assert placed == {"s1": {"0": 0}}
     no_bug(setup)
