@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.setup import Setup, SetupFactory
-from tests.integration.daemons.test_restarts import notification, status_of
+from tests.integration.daemons.test_restarts import guest_pid, notification, status_of
 from tests.integration.scaling.agent import start_scale_agent
 
 pytestmark = pytest.mark.timeout(240)
@@ -343,6 +345,23 @@ def test_boot_sync_and_the_behaviour_table(servergroup_up: SetupFactory) -> None
         assert agent.synced() == "[2]"
         assert agent.online() == (0, 1)
         agent.stop()
+
+    # Automatic restart after a crash (its guest agent killed): still scaled down.
+    old = guest_pid(setup, "s1")
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> bool:
+        try:
+            pid = guest_pid(setup, "s1")
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid != old and setup.json("server", "show", "s1")["vm_state"] == "active"
+
+    wait_until(restarted, "s1's guest agent is started again", timeout=30)
+    assert online() == [0, 1]
+    agent = start_scale_agent(setup, "s1", 3, sync=True)
+    assert agent.synced() == "[2]"
+    agent.stop()
 
     # Reverts to the flavor's every vCPU on a cold migration.
     setup.run("server", "migrate", "s1", "--to", "h1", "--cold")
