@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from servergroup.common.errors import LocalError, RemoteError
@@ -64,13 +62,11 @@ async def scale_cpu(
     direction: Direction,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    on_sent: Callable[[str], None] | None = None,
 ) -> ScaleOutcome:
     """Scale server `name` one vCPU down or up; the host's outcome, or one sentence why not.
 
     `timeout` is the guest's budget (`timeout_ms`); the whole call takes at
-    most `timeout + HOST_GRACE` seconds. `on_sent(id)` is called once the
-    request is written (tests use it to race other things against it).
+    most `timeout + HOST_GRACE` seconds.
     """
     if not 0 < timeout <= MAX_TIMEOUT_MS / 1000:
         raise ScaleRefused(f"--timeout must be more than 0 and at most {MAX_TIMEOUT_MS // 1000} s")
@@ -107,8 +103,6 @@ async def scale_cpu(
             asked_at=_now_iso(),
         )
         written = await c.put(request_key(name, ident), encode_order(order), lease=lease.id)
-        if on_sent is not None:
-            on_sent(ident)
         try:
             return await _outcome(registry, name, ident, written, budget)
         except TimeoutError:
@@ -130,7 +124,6 @@ async def _outcome(
 ) -> ScaleOutcome:
     c = registry.coordinator
     key = result_key(name, ident)
-    deadline = time.monotonic() + budget
     async with asyncio.timeout(budget):
         watch = await c.watch(key, start_revision=written)
         try:
@@ -148,7 +141,7 @@ async def _outcome(
                 return outcome
         finally:
             await watch.close()
-    raise TimeoutError(deadline)  # the watch ended: treated as no answer
+    raise TimeoutError  # the watch ended: treated as no answer
 
 
 __all__ = ["DEFAULT_TIMEOUT", "HOST_GRACE", "ScaleError", "ScaleRefused", "scale_cpu"]
