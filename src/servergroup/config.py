@@ -163,6 +163,29 @@ class ServersConfig:
         return self
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingConfig:
+    """vCPU scaling on this host."""
+
+    #: The host CPUs this host's servers' vCPUs are placed on, as a CPU list
+    #: ("0-3,6"); empty: every CPU the host daemon may run on.
+    cpu_pool: str = ""
+
+    def validate(self) -> ScalingConfig:
+        text = self.cpu_pool.strip()
+        for part in text.split(",") if text else ():
+            low, dash, high = part.partition("-")
+            if (
+                not low.isdigit()
+                or (dash and not high.isdigit())
+                or (dash and int(high) < int(low))
+            ):
+                raise ConfigError(
+                    f"scaling cpu_pool {self.cpu_pool!r} is not a CPU list such as 0-3,6."
+                )
+        return self
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
     env = os.environ if env is None else env
@@ -183,6 +206,7 @@ class Config:
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     etcd: LocalEtcdConfig = field(default_factory=LocalEtcdConfig)
     servers: ServersConfig = field(default_factory=ServersConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     @property
     def managed_etcd(self) -> bool:
@@ -278,6 +302,7 @@ ENV_MAP = {
     "SERVERGROUP_ETCD_PEER_PORT": ("etcd", "peer_port"),
     "SERVERGROUP_EVACUATION_GRACE": ("servers", "evacuation_grace"),
     "SERVERGROUP_LAB_SCALE_AGENT": ("servers", "lab_scale_agent"),
+    "SERVERGROUP_CPU_POOL": ("scaling", "cpu_pool"),
 }
 
 
@@ -293,7 +318,13 @@ def load_config(
     settings; a value of None means "not given" and is ignored.
     """
     env = os.environ if env is None else env
-    layers: dict[str, dict[str, Any]] = {"": {}, "coordination": {}, "etcd": {}, "servers": {}}
+    layers: dict[str, dict[str, Any]] = {
+        "": {},
+        "coordination": {},
+        "etcd": {},
+        "servers": {},
+        "scaling": {},
+    }
     if path is None and env.get("SERVERGROUP_CONFIG"):
         path = Path(env["SERVERGROUP_CONFIG"])
     if path is None and SYSTEM_CONFIG.exists():
@@ -301,7 +332,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         for key, value in data.items():
-            if key in ("coordination", "etcd", "servers"):
+            if key in ("coordination", "etcd", "servers", "scaling"):
                 if not isinstance(value, dict):
                     raise ConfigError(f"[{key}] in {path} must be a table.")
                 layers[key].update(value)
@@ -327,6 +358,7 @@ def load_config(
         coordination=_section(CoordinationConfig, "coordination", layers["coordination"]),
         etcd=_section(LocalEtcdConfig, "etcd", layers["etcd"]),
         servers=_section(ServersConfig, "servers", layers["servers"]),
+        scaling=_section(ScalingConfig, "scaling", layers["scaling"]),
     )
 
 
@@ -336,6 +368,7 @@ __all__ = [
     "CoordinationConfig",
     "Endpoint",
     "LocalEtcdConfig",
+    "ScalingConfig",
     "ServersConfig",
     "default_state_dir",
     "load_config",

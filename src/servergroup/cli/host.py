@@ -1,20 +1,28 @@
-"""`servergroup host`: the daemon of one host (relay, group service, server manager)."""
+"""`servergroup host`: the daemon of one host; `host list|show`: live hosts, their CPU pools."""
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.coordination.connect import connect
 from servergroup.coordination.local_etcd import resolve_endpoints
 from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, DRIVERS, HostOptions, run_host
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
-from servergroup.servers.model import DriverKind
+from servergroup.scaling.cpus import format_cpu_list
+from servergroup.scaling.store import HOSTS as POOLS
+from servergroup.scaling.store import PoolRecord, decode_pool, pool_json
+from servergroup.servers.model import DriverKind, RecordError
+from servergroup.servers.registry import Registry, ServerNotFound
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option(
     "--name",
     default=None,
@@ -49,9 +57,11 @@ from servergroup.servers.model import DriverKind
     show_default=True,
     help="This host's IP address that a live migration of a qemu server connects to.",
 )
+@click.pass_context
 @pass_state
 def host(
     state: CliState,
+    ctx: click.Context,
     name: str | None,
     channel_dir: Path,
     address: str,
@@ -64,7 +74,12 @@ def host(
 
     Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.
+
+    `servergroup host list` and `servergroup host show NAME` show the live hosts
+    and each one's CPU pool (which host CPUs its servers' vCPUs have).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     config = state.config()
     endpoints = resolve_endpoints(config)
     options = HostOptions(
@@ -75,3 +90,103 @@ def host(
         migration_address=migration_address,
     )
     run_async(run_host(config, options, endpoints=endpoints))
+
+
+def _hosts(state: CliState) -> list[dict[str, Any]]:
+    """Each live host's record and CPU pool, by name."""
+    config = state.config()
+    coordinator = connect(config)
+
+    async def main() -> list[dict[str, Any]]:
+        async with coordinator:
+            hosts = await Registry(coordinator).list_hosts()
+            pools: dict[str, PoolRecord] = {}
+            for kv in (await coordinator.get_prefix(POOLS)).items:
+                try:
+                    record = decode_pool(kv.value)
+                except RecordError:
+                    continue
+                pools[record.host] = record
+        out = []
+        for h in hosts:
+            pool = pools.get(h.name)
+            out.append(
+                {
+                    "name": h.name,
+                    "pid": h.pid,
+                    "started_at": h.started_at,
+                    "channel_dir": h.channel_dir,
+                    "drivers": [d.value for d in h.drivers],
+                    "cpu_pool": pool_json(pool) if pool is not None else None,
+                }
+            )
+        return out
+
+    return run_async(main())
+
+
+def _cpus(pool: dict[str, Any] | None, key: str) -> str:
+    if pool is None:
+        return "-"
+    return format_cpu_list(pool[key]) or "none"
+
+
+@host.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def host_list(state: CliState, as_json: bool) -> None:
+    """List the live hosts with their CPU pools (all CPUs, and the free ones)."""
+    hosts = _hosts(state)
+    if as_json:
+        click.echo(json.dumps(hosts))
+        return
+    if not hosts:
+        click.echo("no host is running")
+        return
+    rows = [
+        [
+            h["name"],
+            ",".join(h["drivers"]),
+            _cpus(h["cpu_pool"], "cpus"),
+            _cpus(h["cpu_pool"], "used"),
+            _cpus(h["cpu_pool"], "free"),
+            str(h["pid"]),
+        ]
+        for h in hosts
+    ]
+    headers = ["NAME", "DRIVERS", "CPU POOL", "USED", "FREE", "PID"]
+    widths = [max(len(hd), *(len(r[i]) for r in rows)) for i, hd in enumerate(headers)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@host.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def host_show(state: CliState, name: str, as_json: bool) -> None:
+    """Show the live host NAME: its record, and which vCPU has which CPU of its pool."""
+    found = [h for h in _hosts(state) if h["name"] == name]
+    if not found:
+        raise ServerNotFound(f"host {name!r} is not running")
+    info = found[0]
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    pool = info["cpu_pool"]
+    for key in ("name", "pid", "started_at", "channel_dir"):
+        click.echo(f"{key + ':':<14}{info[key]}")
+    click.echo(f"{'drivers:':<14}{','.join(info['drivers'])}")
+    if pool is None:
+        click.echo(f"{'cpu pool:':<14}not published yet")
+        return
+    click.echo(f"{'cpu pool:':<14}{_cpus(pool, 'cpus')}")
+    click.echo(f"{'used:':<14}{_cpus(pool, 'used')}")
+    click.echo(f"{'free:':<14}{_cpus(pool, 'free')}")
+    for server, placed in sorted(pool["placed"].items()):
+        pins = ", ".join(f"vCPU {v} on CPU {c}" for v, c in placed.items())
+        click.echo(f"  {server}: {pins}")
+    for server, vcpus in sorted(pool["shared"].items()):
+        listed = format_cpu_list(vcpus)
+        click.echo(f"  {server}: vCPU(s) {listed} share the pool (no free CPU when it started)")
+    sys.stdout.flush()

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "election": ("election", "election"),
     "etcd": ("etcd", "etcd"),
     "lab": ("lab", "lab"),
+    "scale": ("scale", "scale"),
 }
 
 
@@ -99,8 +100,8 @@ def cli(
 
     Server groups of lab servers (network namespaces) and real VMs (QEMU) on
     hosts that share etcd: their lifecycle, group messaging between their
-    members, and multicast image distribution. With no etcd endpoint
-    configured, servergroup runs its own local etcd.
+    members, vCPU scaling, and multicast image distribution. With no etcd
+    endpoint configured, servergroup runs its own local etcd.
     """
     configure_logging(verbose, log_json)
     ctx.obj = CliState(

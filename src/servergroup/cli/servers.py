@@ -323,6 +323,39 @@ _lifecycle("stop", "is stopped", "Stop the server NAME: end every process of it.
 _lifecycle("start", "is active", "Start the stopped server NAME again.")
 _lifecycle("reboot", "has rebooted", "Reboot the server NAME (stop, then start).")
 _lifecycle("delete", "is deleted", "Delete the server NAME and everything it had.")
+_lifecycle(
+    "rebuild",
+    "is rebuilt",
+    "Rebuild the active server NAME from nothing on its host (its flavor and its online "
+    "vCPUs are kept).",
+)
+
+
+@server.command("resize")
+@click.argument("name")
+@click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), required=True, help="The new maximum.")
+@click.option(
+    "--min-vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=None,
+    help="The new minimum scaling may leave online [default: the old one, at most --vcpus].",
+)
+@timeout_option
+@pass_state
+def server_resize(
+    state: CliState, name: str, vcpus: int, min_vcpus: int | None, timeout: float | None
+) -> None:
+    """Give the server NAME a new number of vCPUs; a running server boots again.
+
+    As in seed 003, a resized server comes back with every vCPU of its new
+    flavor online, even if it was scaled down before.
+    """
+    done = _run(state, lambda ops: ops.resize(name, vcpus, min_vcpus, timeout=timeout))
+    online = len(done.status.online_cpus) if done.status is not None else 0
+    click.echo(
+        f"server {name} has {done.spec.vcpus} vCPU(s) (at least {done.spec.min_vcpus}), "
+        f"{online} online, on {done.host}"
+    )
 
 
 @server.command("migrate")

@@ -18,7 +18,9 @@ Theory of operation. The daemon is a list of components (the protocol of
   service** (`groups.service`: broadcast, status, notifications; it watches
   `broadcasts/<group>` of the groups with a server here) and the **server
   manager** (`servers.manager`: the lifecycle of the servers the registry
-  puts on this host, through the server drivers).
+  puts on this host, through the server drivers), the **evacuator** and the
+  **scaler** (`scaling.scaler`: `servergroup scale` requests for the servers
+  here, their vCPUs' places in the host's CPU pool, the guests' boot sync).
 
 Components start in that order and stop in the reverse order, one log line
 each; a component may use those before it. A capability that runs on a host
@@ -43,7 +45,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from servergroup.common.component import Component, ComponentHealth, HealthState
 from servergroup.common.errors import LocalError, ProcessFailed
@@ -61,9 +63,16 @@ from servergroup.coordination import (
 from servergroup.groups.service import GroupService
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.guestcomm.relay import ChannelRelay
+from servergroup.scaling.cpus import parse_cpu_list
+from servergroup.scaling.scaler import Scaler
 from servergroup.servers.drivers.base import ServerDriver
 from servergroup.servers.drivers.qemu.execbroker import ExecBrokers
-from servergroup.servers.drivers.registry import DriverContext, DriverKind, build_drivers
+from servergroup.servers.drivers.registry import (
+    Driver,
+    DriverContext,
+    DriverKind,
+    build_drivers,
+)
 from servergroup.servers.evacuator import Evacuator
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, check_name, decode_host, encode_record
@@ -258,6 +267,25 @@ def _evacuator(config: Config, options: HostOptions, shared: HostShared, built: 
     )
 
 
+def _scaler(config: Config, options: HostOptions, shared: HostShared, built: Built) -> Component:
+    manager = built.one(ServerManager)
+    pool = config.scaling.cpu_pool
+    cpus = parse_cpu_list(pool) if pool.strip() else tuple(sorted(os.sched_getaffinity(0)))
+    return Scaler(
+        coordinator=shared.coordinator,
+        registry=shared.registry,
+        cache=shared.cache,
+        relay=built.one(ChannelRelay),
+        # Every driver the registry builds is also a Hypervisor (`drivers.registry.Driver`).
+        hypervisors={kind: cast("Driver", d) for kind, d in manager.drivers.items()},
+        host=options.name,
+        cpus=cpus,
+        floating=tuple(sorted(os.sched_getaffinity(0))),
+        lease=lambda: shared.session.lease_id,
+        fence=shared.registration.guard,
+    )
+
+
 def make_drivers(
     config: Config, options: HostOptions, *, brokers: ExecBrokers | None
 ) -> list[ServerDriver]:
@@ -281,6 +309,7 @@ COMPONENTS: dict[str, ComponentFactory] = {
     GroupService.name: _groups,
     ServerManager.name: _servers,
     Evacuator.name: _evacuator,
+    Scaler.name: _scaler,
 }
 
 

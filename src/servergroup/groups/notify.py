@@ -9,8 +9,8 @@ to the *other* members of the server's group (spec section 4: `event_type`,
 We decide on what the host **observed** (`ServerStatus`: state, host,
 reboot count, online CPUs), never on what the operator asked (`ServerSpec`):
 a `server pause` that has not happened yet is no news to the other members.
-The only spec field read is `vcpus`, the flavor's maximum, whose change is a
-resize the host has carried out by the time the status shows it.
+A resize is news once the host has carried it out: its status then records
+the new flavor's `vcpus` (asked, it is only a spec change).
 
 One change gives at most one event; when a status shows several things at
 once, the first row of this table that matches wins:
@@ -27,8 +27,9 @@ once, the first row of this table that matches wins:
 | active or paused -> stopped                             | compute.instance.power_off.end      |
 | stopped -> active                                       | compute.instance.power_on.end       |
 | anything -> error                                       | compute.instance.error (ERROR)      |
+| active, status.vcpus changed (the flavor, by a resize)  | compute.instance.resize.end         |
+| active, rebuild_count grew                              | compute.instance.rebuild.end        |
 | active, reboot_count grew                               | compute.instance.reboot.end         |
-| active, spec.vcpus changed                              | compute.instance.resize.end         |
 | active, online_cpus changed                             | compute.instance.scale.end          |
 
 Host records (liveness, from each host daemon's session lease): when
@@ -106,11 +107,12 @@ def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None
         return (what, INFO) if what is not None else None
     if new.state is not VmState.ACTIVE:
         return None
+    if old.vcpus and new.vcpus != old.vcpus:
+        return "resize.end", INFO
+    if new.rebuild_count > old.rebuild_count:
+        return "rebuild.end", INFO
     if new.reboot_count > old.reboot_count:
         return "reboot.end", INFO
-    assert before is not None  # old is before.status
-    if after.spec.vcpus != before.spec.vcpus:
-        return "resize.end", INFO
     if new.online_cpus != old.online_cpus:
         return "scale.end", INFO
     return None

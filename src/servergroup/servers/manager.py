@@ -37,16 +37,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 
 from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, FencingError, Guard, RevisionConflict
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
 from servergroup.servers.model import (
+    DriverKind,
     IncomingRecord,
     RegistrySnapshot,
     Server,
@@ -113,6 +115,11 @@ class ServerManager:
         self._unfinished: set[str] = set()
         self._written: dict[str, int] = {}  # server -> revision of our latest write
         self._failed: dict[str, tuple[ServerSpec, float]] = {}  # server -> (spec, when)
+
+    @property
+    def drivers(self) -> Mapping[DriverKind, ServerDriver]:
+        """The drivers of this host, by kind (the scaler pins vCPUs through the same ones)."""
+        return MappingProxyType(self._drivers)
 
     # -- life cycle --------------------------------------------------------------------
 

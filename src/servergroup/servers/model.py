@@ -174,6 +174,8 @@ class ServerSpec:
     driver: DriverKind = DriverKind.LAB
     desired: Desired = Desired.ACTIVE
     reboot_count: int = 0
+    #: Rebuilds asked (`server rebuild`): the server is made again from nothing, same flavor.
+    rebuild_count: int = 0
     live_migration: bool = True  # how to move when `host` changes
     created_at: str = ""
     #: How many times the server was rebuilt on another host after its host died.
@@ -191,8 +193,16 @@ class ServerStatus:
     host: str
     state: VmState
     task_state: str | None = None
+    #: The vCPUs online in the guest, as the scaler last recorded them (a scale
+    #: down removes one, a scale up adds one); a boot keeps them (the guest's
+    #: boot sync takes the others offline again), a cold move or a resize makes
+    #: them every vCPU of the flavor again.
     online_cpus: tuple[int, ...] = ()
+    #: The flavor's vCPUs (`spec.vcpus`) this status was made for (0: unknown,
+    #: written by an older version); a different `spec.vcpus` is a resize.
+    vcpus: int = 0
     reboot_count: int = 0
+    rebuild_count: int = 0
     launched_at: str | None = None
     updated_at: str = ""
     error: str | None = None
@@ -334,6 +344,7 @@ class Server:
             st.host == self.spec.host
             and st.state is REACHED[self.spec.desired]
             and st.reboot_count >= self.spec.reboot_count
+            and st.rebuild_count >= self.spec.rebuild_count
         )
 
 

@@ -287,6 +287,56 @@ class Operations:
 
         return await self._change(name, "rebooted", timeout, change)
 
+    async def rebuild(self, name: str, *, timeout: float | None = None) -> Server:
+        """Make the active server again from nothing on its host (Nova's rebuild).
+
+        Seed 003: a scaled-down server stays scaled down (its record keeps
+        its online vCPUs; its guest takes the others offline at boot).
+        """
+
+        def change(server: Server) -> ServerSpec:
+            desired = server.spec.desired
+            if desired is not Desired.ACTIVE:
+                raise OperationError(
+                    f"server {name} is {desired.value}: only an active server can be rebuilt"
+                )
+            return replace(server.spec, rebuild_count=server.spec.rebuild_count + 1)
+
+        return await self._change(name, "rebuilt", timeout, change)
+
+    async def resize(
+        self,
+        name: str,
+        vcpus: int,
+        min_vcpus: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Server:
+        """Give the server a new flavor (`vcpus`, `min_vcpus`); a running one boots again.
+
+        Seed 003: a resized server comes back with every vCPU of its new
+        flavor, scaled down or not before. `min_vcpus` None keeps the old
+        minimum (lowered to `vcpus` if it is more).
+        """
+
+        def change(server: Server) -> ServerSpec:
+            spec = server.spec
+            least = min(spec.min_vcpus, vcpus) if min_vcpus is None else min_vcpus
+            if not 1 <= least <= vcpus <= MAX_VCPUS:
+                raise OperationError(
+                    f"vCPUs must satisfy 1 <= min_vcpus <= vcpus <= {MAX_VCPUS}; "
+                    f"got min_vcpus {least} and vcpus {vcpus}"
+                )
+            if spec.desired is Desired.PAUSED:
+                raise OperationError(f"server {name} is paused: unpause it before resizing it")
+            if (vcpus, least) == (spec.vcpus, spec.min_vcpus):
+                raise OperationError(f"server {name} already has {vcpus} vCPU(s), {least} at least")
+            # The reboot count makes the wait end once the host booted the new flavor.
+            reboots = spec.reboot_count + (1 if spec.desired is Desired.ACTIVE else 0)
+            return replace(spec, vcpus=vcpus, min_vcpus=least, reboot_count=reboots)
+
+        return await self._change(name, f"resized to {vcpus} vCPU(s)", timeout, change)
+
     async def delete(self, name: str, *, timeout: float | None = None) -> None:
         """Delete the server; returns once its host has removed it and its records."""
         await self._change(

@@ -44,7 +44,10 @@ Who acts (so that no two hosts act on one server at once):
   cold move left), and a channel link in its channel directory.
 
 Reaching the desired state is a table (`REACH`) from (desired, observed
-power) to actions, adjusted for: a reboot asked (`spec.reboot_count` above
+power) to actions, adjusted for: a rebuild asked (`spec.rebuild_count`
+above the status's: delete, create and start it), a resize (the flavor's `vcpus` differs from
+the one the status records: stopped and started again, so that a VM boots
+with its new vCPUs), a reboot asked (`spec.reboot_count` above
 the status's), a guest agent found dead while the server should run (it is
 started again, as the seed asks of a guest agent: "configured to respawn"),
 and the channel link (present in the owner's channel directory while the
@@ -304,6 +307,9 @@ def _hand_over(
     base = server.status or _status(
         server, me=me, state=VmState.BUILDING, booted=False, now_iso=now_iso
     )
+    if not live:
+        # Seed 003: a cold migration brings the server back with the flavor's every vCPU.
+        base = replace(base, online_cpus=tuple(range(spec.vcpus)), vcpus=spec.vcpus)
     status = replace(
         base,
         host=target,
@@ -377,7 +383,17 @@ def _reach(
     actions = list(REACH[desired, power])
     notes: list[str] = []
     previous_reboots = status.reboot_count if status is not None else 0
-    if (
+    resized = status is not None and status.vcpus != 0 and status.vcpus != spec.vcpus
+    rebuild = status is not None and spec.rebuild_count > status.rebuild_count
+    if desired is Desired.ACTIVE and rebuild and power is not Power.ABSENT:
+        # Made again from nothing (a lab server's namespace and cgroups, a VM's disk).
+        actions = [Action.DELETE, Action.CREATE, Action.START]
+        notes.append(f"rebuild {spec.rebuild_count} asked")
+    elif desired is Desired.ACTIVE and resized and power in (Power.RUNNING, Power.FROZEN):
+        # A new flavor needs a new boot of the whole server (a reset keeps a VM's vCPUs).
+        actions = [Action.STOP, Action.START]
+        notes.append(f"resized to {spec.vcpus} vCPU(s)")
+    elif (
         desired is Desired.ACTIVE
         and spec.reboot_count > previous_reboots
         and power in (Power.RUNNING, Power.FROZEN)
@@ -414,16 +430,35 @@ def _reach(
     return Decision(actions=tuple(actions), status=new if changed else None, sentence=sentence)
 
 
+def online_after(server: Server) -> tuple[int, ...]:
+    """The server's online vCPUs as its next status records them (seed 003's behaviour table).
+
+    What the status recorded stands (a boot, a pause, a live move or an
+    evacuation keeps a scaled-down server scaled down: its guest takes the
+    others offline again at boot), unless the flavor changed (a resize) or
+    the record makes no sense for it (vCPU 0 offline, a vCPU past the
+    flavor): then every vCPU of the flavor.
+    """
+    spec, old = server.spec, server.status
+    full = tuple(range(spec.vcpus))
+    if old is None or not old.online_cpus or (old.vcpus and old.vcpus != spec.vcpus):
+        return full
+    kept = tuple(sorted({c for c in old.online_cpus if 0 <= c < spec.vcpus}))
+    return kept if 0 in kept else full
+
+
 def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: str) -> ServerStatus:
     spec, old = server.spec, server.status
-    cpus = tuple(range(spec.vcpus))
+    cpus = online_after(server)
     if old is None:
         return ServerStatus(
             name=spec.name,
             host=me,
             state=state,
             online_cpus=cpus,
+            vcpus=spec.vcpus,
             reboot_count=spec.reboot_count,
+            rebuild_count=spec.rebuild_count,
             launched_at=now_iso if booted else None,
             updated_at=now_iso,
         )
@@ -432,9 +467,10 @@ def _status(server: Server, *, me: str, state: VmState, booted: bool, now_iso: s
         host=me,
         state=state,
         task_state=None,
-        # A fresh boot brings every vCPU online; otherwise the scaler's word stands.
-        online_cpus=cpus if booted or not old.online_cpus else old.online_cpus,
+        online_cpus=cpus,
+        vcpus=spec.vcpus,
         reboot_count=max(spec.reboot_count, old.reboot_count),
+        rebuild_count=max(spec.rebuild_count, old.rebuild_count),
         launched_at=now_iso if booted else old.launched_at,
         updated_at=now_iso,
         error=None,
@@ -471,5 +507,6 @@ __all__ = [
     "decide",
     "failed",
     "involves",
+    "online_after",
     "owner",
 ]

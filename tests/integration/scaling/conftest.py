@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from servergroup.scaling.sysfs import CPU_DIR, LabCpuSysfs
 from tests.fixtures.daemons import DaemonFactory
 from tests.fixtures.netns import NetnsFactory
 from tests.integration.guestcomm.conftest import GuestUnderTest, Host, short_dir, wait_until
+from tests.integration.scaling.agent import STARTED
 
 __all__ = ["short_dir"]
 
@@ -120,3 +122,12 @@ def scaled(netns: NetnsFactory, daemon: DaemonFactory, short_dir: Path) -> Scale
 
 
 __all__ += ["HOST_ADDR", "ScaleHost", "ScaledGuest", "wait_until"]
+
+
+@pytest.fixture(autouse=True)
+def scale_agents() -> Iterator[None]:
+    """Every scale agent a host-side test started (tests/integration/scaling/agent.py) is
+    stopped after it."""
+    yield
+    while STARTED:
+        STARTED.pop().stop()

@@ -36,7 +36,7 @@ def server(
     if state is None:
         return Server(spec=spec)
     status = ServerStatus(
-        name="vm-1", host=host, state=state, reboot_count=reboots, online_cpus=cpus
+        name="vm-1", host=host, state=state, reboot_count=reboots, online_cpus=cpus, vcpus=vcpus
     )
     return Server(spec=spec, status=status)
 
@@ -82,6 +82,19 @@ TABLE: list[tuple[str, Server | None, Server | None, str | None]] = [
     ("reboot", server(A), server(A, reboots=1), "reboot.end"),
     ("reboot seen while paused", server(P), server(P, reboots=1), None),
     ("resize", server(A), server(A, vcpus=4, cpus=(0, 1, 2, 3)), "resize.end"),
+    (
+        "rebuild",
+        server(A),
+        replace(server(A), status=replace(server(A).status, rebuild_count=1)),  # type: ignore[type-var]
+        "rebuild.end",
+    ),
+    ("resize with its reboot", server(A), server(A, vcpus=4, reboots=1), "resize.end"),
+    (
+        "resize asked, not done yet",
+        server(A),
+        replace(server(A), spec=replace(SPEC, vcpus=4)),
+        None,
+    ),
     ("scale down", server(A, cpus=(0, 1)), server(A, cpus=(0,)), "scale.end"),
     ("scale up", server(A, cpus=(0,)), server(A, cpus=(0, 1)), "scale.end"),
     ("status -> deleted", server(A), server(D), "delete.end"),

@@ -30,6 +30,7 @@ def status(state: VmState, **kw: object) -> ServerStatus:
         host="h0",
         state=state,
         online_cpus=(0, 1, 2),
+        vcpus=3,
         launched_at="earlier",
         updated_at="earlier",
     )
@@ -420,3 +421,92 @@ def test_copy_move_target_never_restarts_a_copy_the_stream_has_arrived_in() -> N
     # A running copy of another stream is not taken for it.
     other = replace(arrived, incoming_uri="tcp:198.18.0.3:1")
     assert run_copy(moving, other, me="h1").actions == (A.RECEIVE,)
+
+
+# -- seed 003's behaviour table: the online vCPUs a status keeps ---------------------------
+
+
+def _scaled_down(**kw: object) -> ServerStatus:
+    return status(VmState.ACTIVE, online_cpus=(0, 1), **kw)
+
+
+def test_a_scaled_down_server_stays_scaled_down_across_a_reboot() -> None:
+    spec = replace(SPEC, reboot_count=1)
+    d = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert A.REBOOT in d.actions
+    assert d.status is not None
+    assert d.status.online_cpus == (0, 1)
+
+
+def test_a_scaled_down_server_stays_scaled_down_across_stop_and_start() -> None:
+    stopped = run(
+        Server(spec=replace(SPEC, desired=Desired.STOPPED), status=_scaled_down()),
+        seen(Power.RUNNING),
+    )
+    assert stopped.status is not None
+    assert stopped.status.online_cpus == (0, 1)
+    started = run(Server(spec=SPEC, status=stopped.status), seen(Power.STOPPED, channel=None))
+    assert A.START in started.actions
+    assert started.status is not None
+    assert started.status.online_cpus == (0, 1)
+
+
+def test_a_scaled_down_server_stays_scaled_down_across_a_crash_restart() -> None:
+    observed = replace(seen(Power.STOPPED), crashed="its guest agent was killed")
+    crashed = run(Server(spec=SPEC, status=_scaled_down()), observed)
+    assert crashed.status is not None
+    assert (crashed.status.state, crashed.status.online_cpus) == (VmState.ERROR, (0, 1))
+    again = run(Server(spec=SPEC, status=crashed.status), seen(Power.STOPPED, channel=None))
+    assert A.START in again.actions
+    assert again.status is not None
+    assert again.status.online_cpus == (0, 1)
+
+
+def test_a_scaled_down_server_stays_scaled_down_across_a_live_migration() -> None:
+    spec = replace(SPEC, host="h1")
+    src = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert src.status is not None
+    assert src.status.online_cpus == (0, 1)
+    dst = run(Server(spec=spec, status=src.status), seen(Power.RUNNING, channel=None), me="h1")
+    assert dst.status is not None
+    assert dst.status.online_cpus == (0, 1)
+
+
+def test_a_scaled_down_server_reverts_to_every_vcpu_on_a_cold_migration() -> None:
+    spec = replace(SPEC, host="h1", live_migration=False)
+    src = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert src.status is not None
+    assert src.status.online_cpus == (0, 1, 2)
+    dst = run(Server(spec=spec, status=src.status), seen(Power.STOPPED, channel=None), me="h1")
+    assert dst.status is not None
+    assert dst.status.online_cpus == (0, 1, 2)
+
+
+def test_a_resized_server_comes_back_with_every_vcpu_of_its_new_flavor() -> None:
+    spec = replace(SPEC, vcpus=4, reboot_count=1)
+    d = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert d.actions == (A.STOP, A.START, A.ATTACH)
+    assert "resized to 4 vCPU(s)" in d.sentence
+    assert d.status is not None
+    assert (d.status.online_cpus, d.status.vcpus) == ((0, 1, 2, 3), 4)
+
+
+def test_a_record_that_makes_no_sense_is_every_vcpu() -> None:
+    for online in [(1, 2), (0, 7), ()]:
+        d = run(
+            Server(spec=SPEC, status=status(VmState.ACTIVE, online_cpus=online)),
+            seen(Power.RUNNING),
+        )
+        assert d.status is not None
+        assert d.status.online_cpus == ((0,) if online == (0, 7) else (0, 1, 2))
+
+
+def test_a_rebuild_makes_the_server_again_and_keeps_it_scaled_down() -> None:
+    spec = replace(SPEC, rebuild_count=1)
+    d = run(Server(spec=spec, status=_scaled_down()), seen(Power.RUNNING))
+    assert d.actions == (A.DELETE, A.CREATE, A.START, A.ATTACH)
+    assert d.status is not None
+    assert (d.status.online_cpus, d.status.rebuild_count) == ((0, 1), 1)
+    assert "rebuild 1 asked" in d.sentence
+    assert Server(spec=spec, status=d.status).settled()
+    assert not Server(spec=spec, status=_scaled_down()).settled()
