@@ -186,6 +186,8 @@ async def series(
 
 async def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     say(f"servergroup up: lab {bench.lab}, state {bench.state_dir}")
+    # The C guest agent binds cgcs.scale itself: lab servers run without ours.
+    bench.env["SERVERGROUP_LAB_SCALE_AGENT"] = "off"
     await bench.cli("up", "--hosts", "1")
     state = json.loads((bench.state_dir / "up" / "state.json").read_text())
     bench.netns = next(str(h["netns"]) for h in state["hosts"] if h["name"] == "h1")
