@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,10 @@ class CPrograms:
     host_tool: Path
 
 
-@pytest.fixture(scope="session")
-def c_programs(tmp_path_factory: pytest.TempPathFactory) -> CPrograms:
-    """`tests/compat/*.c` compiled with `gcc -Wall -Werror -O2`, once per session."""
+def build_c_programs(
+    tmp_path_factory: pytest.TempPathFactory, names: Sequence[str]
+) -> dict[str, Path]:
+    """`tests/compat/<name>.c` for each name, compiled with `gcc -Wall -Werror -O2`."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.fail(
@@ -74,7 +75,7 @@ def c_programs(tmp_path_factory: pytest.TempPathFactory) -> CPrograms:
         )
     out_dir = tmp_path_factory.mktemp("compat-c")
     built: dict[str, Path] = {}
-    for name in PROGRAMS:
+    for name in names:
         target = out_dir / name
         done = subprocess.run(
             [gcc, *CFLAGS, "-o", str(target), str(COMPAT_DIR / f"{name}.c")],
@@ -86,7 +87,13 @@ def c_programs(tmp_path_factory: pytest.TempPathFactory) -> CPrograms:
         if done.returncode != 0:
             pytest.fail(f"gcc could not build {name}.c:\n{done.stderr}", pytrace=False)
         built[name] = target
-    return CPrograms(**built)
+    return built
+
+
+@pytest.fixture(scope="session")
+def c_programs(tmp_path_factory: pytest.TempPathFactory) -> CPrograms:
+    """`tests/compat/*.c` compiled once per session."""
+    return CPrograms(**build_c_programs(tmp_path_factory, PROGRAMS))
 
 
 # -- running them ----------------------------------------------------------------------

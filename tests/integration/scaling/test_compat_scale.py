@@ -19,8 +19,6 @@ the machine's /sys.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +32,8 @@ from servergroup.scaling.protocol import Direction, Result, ScaleNack, ScaleRepl
 from servergroup.scaling.sysfs import CPU_DIR
 from tests.fixtures.setup import Setup, SetupFactory
 from tests.integration.test_compat_c import (
-    CFLAGS,
-    COMPAT_DIR,
     CProcess,
+    build_c_programs,
     create_server,
     host_netns,
     in_server,
@@ -60,25 +57,11 @@ class ScalePrograms:
 
 @pytest.fixture(scope="session")
 def scale_programs(tmp_path_factory: pytest.TempPathFactory) -> ScalePrograms:
-    """`tests/compat/scale_*.c` compiled with `gcc -Wall -Werror -O2`, once per session."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.fail("gcc is not installed: install gcc and libc6-dev", pytrace=False)
-    out_dir = tmp_path_factory.mktemp("compat-scale")
-    built: dict[str, Path] = {}
-    for field, name in (("host_helper", "scale_host_helper"), ("guest_agent", "scale_guest_agent")):
-        target = out_dir / name
-        done = subprocess.run(
-            [gcc, *CFLAGS, "-o", str(target), str(COMPAT_DIR / f"{name}.c")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"gcc could not build {name}.c:\n{done.stderr}", pytrace=False)
-        built[field] = target
-    return ScalePrograms(**built)
+    """`tests/compat/scale_*.c` compiled once per session."""
+    built = build_c_programs(tmp_path_factory, ("scale_host_helper", "scale_guest_agent"))
+    return ScalePrograms(
+        host_helper=built["scale_host_helper"], guest_agent=built["scale_guest_agent"]
+    )
 
 
 @pytest.fixture
