@@ -178,7 +178,15 @@ class _Adopt:
     """Place the server's vCPUs (or release them) as its records say now."""
 
 
-_Job = ScaleOrder | _Adopt
+@dataclass(frozen=True, slots=True)
+class _Sync:
+    """Answer a guest's boot sync, after whatever scale of its server came first."""
+
+    instance: str
+    reply_to: str
+
+
+_Job = ScaleOrder | _Adopt | _Sync
 
 
 class Scaler:
@@ -398,6 +406,8 @@ class Scaler:
                 try:
                     if isinstance(job, ScaleOrder):
                         await self._carry_out(job)
+                    elif isinstance(job, _Sync):
+                        await self._answer_sync(name, job)
                     else:
                         self._pending.discard(name)
                         await self._adopt(name)
@@ -743,11 +753,27 @@ class Scaler:
         if not isinstance(message, SyncRequest):
             log.info("ignoring a %s from %s to the host", type(message).__name__, instance)
             return
+        reply_to = envelope.source_addr or SCALE_ADDR
         server = self._cache.snapshot.by_instance(instance)
+        if server is None:
+            self._send_sync(instance, reply_to, None)
+            return
+        # In the server's queue: a scale in flight ends first, and the answer is read
+        # after it (answered at once, it could undo in the guest what the scale did).
+        self._queue(server.name).put_nowait(_Sync(instance=instance, reply_to=reply_to))
+
+    async def _answer_sync(self, name: str, job: _Sync) -> None:
+        try:
+            server = await self._registry.get_server(name)
+        except CoordinationError:
+            server = self._cache.snapshot.servers.get(name)
+        self._send_sync(job.instance, job.reply_to, server)
+
+    def _send_sync(self, instance: str, reply_to: str, server: Server | None) -> None:
         offline = offline_vcpus(server)
         reply = Envelope(
             data=encode_message(SyncReply(offline_cpus=offline)),
-            dest_addr=envelope.source_addr or SCALE_ADDR,
+            dest_addr=reply_to,
             source_addr=SCALE_ADDR,
         )
         log.info(
