@@ -16,9 +16,12 @@ first, so every component starts after and stops before what it uses.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class HealthState(enum.Enum):
@@ -53,4 +56,14 @@ class Component(Protocol):
     def health(self) -> ComponentHealth: ...
 
 
-__all__ = ["Component", "ComponentHealth", "HealthState"]
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel every one of `tasks`, then wait for each to end (what a component's `stop` does)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+__all__ = ["Component", "ComponentHealth", "HealthState", "cancel_and_wait"]

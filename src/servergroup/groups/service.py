@@ -88,7 +88,7 @@ from datetime import UTC, datetime
 
 from servergroup.common.backoff import Backoff
 from servergroup.common.clock import Clock, SystemClock
-from servergroup.common.component import ComponentHealth, HealthState
+from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.errors import ConfigError
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
@@ -710,11 +710,7 @@ class GroupService:
         reason = f"the group service of host {self.host} stopped before storing it"
         await asyncio.gather(*(b.close(reason) for b in batchers))
         tasks = [*self._tasks, *self._followers.values(), *self._retiring, *workers]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self._tasks = []
         self._followers.clear()
         self._retiring.clear()

@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from servergroup.common.component import ComponentHealth, HealthState
+from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.errors import RemoteError
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
@@ -269,11 +269,7 @@ class Scaler:
             self._unroute()
             self._unroute = None
         tasks = self._tasks + list(self._workers.values()) + list(self._checks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self._tasks = []
         self._workers.clear()
         if self._changes is not None:

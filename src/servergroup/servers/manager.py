@@ -34,7 +34,6 @@ out the actions, write the status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from servergroup.common.component import ComponentHealth, HealthState
+from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, FencingError, Guard, RevisionConflict
 from servergroup.servers.drivers.base import DriverError, Observed, ServerDriver
@@ -151,11 +150,7 @@ class ServerManager:
     async def stop(self) -> None:
         """Stop reconciling; the servers keep running."""
         tasks = self._tasks + list(self._workers.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self._tasks = []
         self._workers.clear()
         if self._queue is not None:
