@@ -34,7 +34,7 @@ demo: system-deps venv guest-image
 	$(BIN)/servergroup demo
 
 test: system-deps venv guest-image
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 lint: venv
 	$(BIN)/ruff check src tests bench
