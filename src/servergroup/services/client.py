@@ -442,6 +442,13 @@ async def set_enabled(coordinator: Coordinator, name: str, enabled: bool) -> boo
             for kv in read.under(f"{RELOCATIONS}{name}/"):
                 compares.append(Compare.unchanged(kv.key, kv.mod_revision))
                 ops.append(Delete(key=kv.key))
+            # A relocation written after this read must fail this write too: compare
+            # every instance's relocation key, absent ones included.
+            read_keys = {c.key for c in compares}
+            for index in range(service.instances):
+                key = relocation_key(InstanceId(service=name, index=index))
+                if key not in read_keys:
+                    compares.append(read.unchanged(key))
         return compares, ops, was_disabled != (not enabled)
 
     return await _retrying(coordinator, f"service {'enable' if enabled else 'disable'}", attempt)
@@ -515,8 +522,8 @@ async def relocate(
             domain = listing.domains.get(service.domain) if service.domain else None
             if _outside_restricted(domain, to):
                 raise ServiceRefused(
-                    f"node {to!r} is outside service {name!r}'s restricted domain "
-                    f"{service.domain!r}."
+                    f"node {to!r} is outside the restricted domain {service.domain!r} "
+                    f"of service {name!r}."
                 )
             compares.append(Compare.created_at(node_key(to), node.create_revision))
         record = RelocationRecord(from_node=held.record.node, to_node=to, at=time.time())
