@@ -158,7 +158,7 @@ def service() -> None:
 
 
 @service.command("validate")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @skip_agents_option
 @ocf_root_option
 def validate_cmd(file: Path, skip_agents: bool, ocf_root: Path) -> None:
@@ -201,7 +201,7 @@ def validate_cmd(file: Path, skip_agents: bool, ocf_root: Path) -> None:
 
 
 @service.command("add")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @skip_agents_option
 @ocf_root_option
 @pass_state
@@ -264,7 +264,7 @@ def list_cmd(state: CliState, as_json: bool) -> None:
 def _print_status(status: ServiceStatus) -> None:
     s = status.service
     line = f"service {s.name}: {status.state.value}"
-    if status.reason:
+    if status.reason and (status.disabled or status.fatal):
         line += f" ({status.reason})"
     click.echo(line)
     kind = "promotable, " if s.promotable else ""
