@@ -36,10 +36,12 @@ def kv(key: str, value: bytes, *, create: int = 5) -> KeyValue:
     return KeyValue(key=key, value=value, create_revision=create, mod_revision=create, version=1)
 
 
-def owner(index: int, node: str, create: int, **flags: bool) -> KeyValue:
+def owner(
+    index: int, node: str, create: int, *, master: bool = False, failed: bool = False
+) -> KeyValue:
     return kv(
         store.owner_key(InstanceId(service="web", index=index)),
-        store.encode_owner(store.OwnerRecord(node=node, **flags)),
+        store.encode_owner(store.OwnerRecord(node=node, master=master, failed=failed)),
         create=create,
     )
 
