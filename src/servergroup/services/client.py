@@ -252,7 +252,12 @@ async def watch_master(
         if _sameness(event) != last:
             last = _sameness(event)
             yield event
-        watch = await coordinator.watch(key, start_revision=revision + 1)
+        try:
+            watch = await coordinator.watch(key, start_revision=revision + 1)
+        except CoordinationError as exc:
+            log.warning("cannot watch where %s's master is (%s); retrying", name, exc)
+            await asyncio.sleep(retry_interval)
+            continue
         try:
             async for change in watch:
                 if change.key != key:  # the watch is on a prefix: skip longer names
