@@ -1,0 +1,1 @@
+"""Checkpoint replication (seed 004): Remus-style protection of a stateful Python service."""
