@@ -28,6 +28,7 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -233,7 +234,7 @@ class Primary:
                 for message in epoch_messages(
                     EpochBegin(generation=g, epoch=n, full=full), self.captured.pop(n)
                 ):
-                    world.send("stream>", lambda m=message: self.backup.on_stream(m))
+                    world.send("stream>", partial(self.backup.on_stream, message))
             case pm.ReleaseOutput(epoch=n):
                 if self.machine.mode is pm.Mode.PROTECTED:
                     assert self.backup.applied_max >= n, "released an epoch the backup lacks"
@@ -245,7 +246,7 @@ class Primary:
                 self.dead = True
             case pm.SendHeartbeat(generation=g, epoch=n):
                 beat = Heartbeat(generation=g, epoch=n)
-                world.send("beat>", lambda: self.backup.on_heartbeat(beat))
+                world.send("beat>", partial(self.backup.on_heartbeat, beat))
             case pm.ClaimActive(previous=previous, generation=g):
                 if world.cas(previous, g):
                     self.backup.watch_later(g)
@@ -311,7 +312,7 @@ class Backup:
             match action:
                 case bm.SendWelcome(generation=g):
                     welcome = Welcome(generation=g)
-                    world.send("stream<", lambda: primary.on_reply(welcome))
+                    world.send("stream<", partial(primary.on_reply, welcome))
                 case bm.ApplyCheckpoint(epoch=n, runs=runs):
                     for run in runs:
                         self.memory[run.first * PAGE : run.first * PAGE + len(run.data)] = run.data
@@ -319,10 +320,10 @@ class Backup:
                     self.applied_max = max(self.applied_max, n)
                 case bm.SendAck(generation=g, epoch=n):
                     ack = Ack(generation=g, epoch=n)
-                    world.send("stream<", lambda: primary.on_reply(ack))
+                    world.send("stream<", partial(primary.on_reply, ack))
                 case bm.SendHeartbeat(generation=g, epoch=n):
                     beat = Heartbeat(generation=g, epoch=n)
-                    world.send("beat<", lambda: primary.on_heartbeat(beat))
+                    world.send("beat<", partial(primary.on_heartbeat, beat))
                 case bm.ClaimActive(previous=previous, generation=g):
                     if world.cas(previous, g):
                         primary.watch_later(g)
