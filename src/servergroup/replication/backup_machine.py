@@ -6,7 +6,7 @@ Theory of operation. The backup follows one primary of one service at one
 - answers a `Hello` with `Welcome` only when the service, the page size,
   the region layout and the disk size are the ones it was started for and
   the generation is no older than any it has seen; otherwise `Refuse`.
-- stages each epoch in memory as it arrives (`EpochBegin`, `PageRun`,
+- stages each epoch in memory as it arrives (`EpochBegin`, `Pages`,
   `DiskWrite`) and checks it at `EpochEnd`: same epoch, the counts and the
   digest of what it holds (`protocol.EpochDigest`), and for a full epoch
   every page of every region. Only then does it emit `ApplyCheckpoint`
@@ -50,7 +50,7 @@ from servergroup.replication.protocol import (
     Heartbeat,
     Hello,
     Message,
-    PageRun,
+    Pages,
     Refuse,
     Welcome,
 )
@@ -114,7 +114,7 @@ class ApplyCheckpoint:
 
     epoch: int
     full: bool
-    runs: tuple[PageRun, ...]
+    pages: tuple[Pages, ...]
     writes: tuple[DiskWrite, ...]
 
 
@@ -199,9 +199,10 @@ class BackupStatus:
 class _Staging:
     begin: EpochBegin
     digest: EpochDigest = field(default_factory=EpochDigest)
-    runs: list[PageRun] = field(default_factory=list)
+    pages: list[Pages] = field(default_factory=list)
     writes: list[DiskWrite] = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)
+    #: Pages received per region (a full epoch must cover each region).
+    covered: list[int] = field(default_factory=list)
     size: int = 0
 
 
@@ -231,7 +232,7 @@ class BackupMachine:
                 return self.heartbeat(message, now)
             case EpochBegin():
                 return self._begin(message, now)
-            case PageRun() | DiskWrite():
+            case Pages() | DiskWrite():
                 return self._stage(message, now)
             case EpochEnd():
                 return self._end(message, now)
@@ -292,28 +293,33 @@ class BackupMachine:
         if begin.full and begin.epoch <= self.applied:
             return self._reject(f"full epoch {begin.epoch} is not newer than {self.applied}", now)
         self.phase = BackupPhase.RECEIVING
-        self._staging = _Staging(begin=begin, pages=[0] * len(self._pages))
+        self._staging = _Staging(begin=begin, covered=[0] * len(self._pages))
         return []
 
-    def _stage(self, message: PageRun | DiskWrite, now: float) -> list[BackupAction]:
+    def _stage(self, message: Pages | DiskWrite, now: float) -> list[BackupAction]:
         staging = self._staging
         if self.phase is not BackupPhase.RECEIVING or staging is None:
             return self._reject("data arrived outside an epoch", now)
         size = len(message.data)
-        if isinstance(message, PageRun):
+        if isinstance(message, Pages):
             if message.region >= len(self._pages):
                 return self._reject(f"region number {message.region} does not exist", now)
-            if size == 0 or size % self._config.page_size:
-                return self._reject(f"a page run of {size} bytes is not whole pages", now)
-            count = size // self._config.page_size
-            if message.first + count > self._pages[message.region]:
+            limit = self._pages[message.region]
+            count = 0
+            for first, length in message.runs:
+                if length <= 0 or first + length > limit:
+                    return self._reject(
+                        f"pages {first}..{first + length} are not inside region number"
+                        f" {message.region}",
+                        now,
+                    )
+                count += length
+            if count == 0 or size != count * self._config.page_size:
                 return self._reject(
-                    f"pages {message.first}..{message.first + count} overrun region number"
-                    f" {message.region}",
-                    now,
+                    f"{size} bytes of data are not the {count} pages the runs name", now
                 )
-            staging.runs.append(message)
-            staging.pages[message.region] += count
+            staging.pages.append(message)
+            staging.covered[message.region] += count
         else:
             if message.offset + size > self._config.disk_size:
                 return self._reject(f"a disk write at {message.offset} overruns the disk", now)
@@ -335,7 +341,7 @@ class BackupMachine:
                 " changed data)",
                 now,
             )
-        if begin.full and staging.pages != self._pages:
+        if begin.full and staging.covered != self._pages:
             return self._reject(f"full epoch {end.epoch} does not cover every page", now)
         self._staging = None
         self.phase = BackupPhase.FOLLOWING
@@ -345,7 +351,7 @@ class BackupMachine:
             ApplyCheckpoint(
                 epoch=end.epoch,
                 full=begin.full,
-                runs=tuple(staging.runs),
+                pages=tuple(staging.pages),
                 writes=tuple(staging.writes),
             ),
             SendAck(generation=self.generation, epoch=end.epoch),

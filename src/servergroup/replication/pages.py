@@ -84,6 +84,32 @@ def split_runs(runs: Iterable[tuple[int, int]], max_pages: int) -> list[tuple[in
     return out
 
 
+def batch_runs(runs: Iterable[tuple[int, int]], max_pages: int, max_runs: int) -> list[PageRuns]:
+    """Runs grouped into batches of at most `max_pages` pages and `max_runs` runs, in order.
+
+    A run that does not fit the rest of a batch is cut; batches keep the page order.
+    """
+    if max_pages <= 0 or max_runs <= 0:
+        raise ValueError("batches need room for at least one page and one run")
+    batches: list[PageRuns] = []
+    batch: list[tuple[int, int]] = []
+    room = max_pages
+    for first, count in runs:
+        while count > 0:
+            take = min(count, room)
+            batch.append((first, take))
+            first += take
+            count -= take
+            room -= take
+            if room == 0 or len(batch) == max_runs:
+                batches.append(tuple(batch))
+                batch = []
+                room = max_pages
+    if batch:
+        batches.append(tuple(batch))
+    return batches
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DirtyPages:
     """The pages of one region written since its tracker was last collected."""

@@ -12,11 +12,11 @@ message kind below.
 An epoch on the stream::
 
     EpochBegin(generation, epoch, full)
-    PageRun(region, first, data) ...      pages [first, first + len(data)/page) of a region
+    Pages(region, runs, data) ...         the pages of some runs of a region, in run order
     DiskWrite(offset, data) ...           this epoch's writes to the replicated disk, in order
     EpochEnd(epoch, runs, writes, digest)
 
-`digest` is the xxh3-64 of the bodies of the epoch's PageRun and DiskWrite
+`digest` is the xxh3-64 of the bodies of the epoch's Pages and DiskWrite
 frames, in order (`EpochDigest`): with the counts it proves that the backup
 holds the whole epoch, nothing missing, repeated or reordered, before it
 applies anything. A *full* epoch carries every page of every region (the
@@ -57,12 +57,16 @@ from servergroup.common.framing import (
     encode_frame,
     frame_header,
 )
+from servergroup.replication.pages import PageRuns
 
 MAGIC = b"SGRP"
 VERSION = 1
 #: The largest frame body: a page run of this many bytes plus its header.
-MAX_RUN_BYTES = 1024 * 1024
-MAX_BODY = MAX_RUN_BYTES + 64
+#: The most data bytes one Pages or DiskWrite message carries.
+MAX_DATA_BYTES = 1024 * 1024
+#: The most runs one Pages message lists.
+MAX_RUNS = 4096
+MAX_BODY = MAX_DATA_BYTES + 8 * MAX_RUNS + 64
 #: Names and reasons longer than this are refused (names) or cut (reasons).
 MAX_TEXT = 1024
 MAX_REGIONS = 1024
@@ -76,7 +80,7 @@ class Kind(IntEnum):
     WELCOME = 2
     REFUSE = 3
     EPOCH_BEGIN = 4
-    PAGE_RUN = 5
+    PAGES = 5
     DISK_WRITE = 6
     EPOCH_END = 7
     ACK = 8
@@ -117,11 +121,14 @@ class EpochBegin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PageRun:
-    """Whole pages of region number `region` (its index in the hello's layout) from `first`."""
+class Pages:
+    """Pages of region number `region` (its index in the hello's layout).
+
+    `data` holds the pages of `runs` one after the other, in run order.
+    """
 
     region: int
-    first: int
+    runs: PageRuns
     data: bytes | memoryview
 
 
@@ -151,12 +158,13 @@ class Heartbeat:
     epoch: int
 
 
-Message = Hello | Welcome | Refuse | EpochBegin | PageRun | DiskWrite | EpochEnd | Ack | Heartbeat
+Message = Hello | Welcome | Refuse | EpochBegin | Pages | DiskWrite | EpochEnd | Ack | Heartbeat
 
 _Q = struct.Struct("!Q")
 _QQ = struct.Struct("!QQ")
 _QQB = struct.Struct("!QQB")
-_RUN = struct.Struct("!HI")
+_PAGES = struct.Struct("!HI")
+_RUN = struct.Struct("!II")
 _END = struct.Struct("!QIIQ")
 _HELLO = struct.Struct("!QIQH")
 _H = struct.Struct("!H")
@@ -210,14 +218,19 @@ def _fields(message: Message) -> tuple[Kind, list[bytes | memoryview]]:
         case EpochBegin():
             _check_u64(message.generation, message.epoch)
             return Kind.EPOCH_BEGIN, [_QQB.pack(message.generation, message.epoch, message.full)]
-        case PageRun():
-            if len(message.data) > MAX_RUN_BYTES:
-                raise UsageError(f"a page run carries at most {MAX_RUN_BYTES} bytes.")
-            return Kind.PAGE_RUN, [_RUN.pack(message.region, message.first), message.data]
+        case Pages():
+            if len(message.data) > MAX_DATA_BYTES:
+                raise UsageError(f"a Pages message carries at most {MAX_DATA_BYTES} bytes.")
+            if len(message.runs) > MAX_RUNS:
+                raise UsageError(f"a Pages message lists at most {MAX_RUNS} runs.")
+            head = _PAGES.pack(message.region, len(message.runs)) + b"".join(
+                _RUN.pack(first, count) for first, count in message.runs
+            )
+            return Kind.PAGES, [head, message.data]
         case DiskWrite():
             _check_u64(message.offset)
-            if len(message.data) > MAX_RUN_BYTES:
-                raise UsageError(f"a disk write carries at most {MAX_RUN_BYTES} bytes.")
+            if len(message.data) > MAX_DATA_BYTES:
+                raise UsageError(f"a disk write carries at most {MAX_DATA_BYTES} bytes.")
             return Kind.DISK_WRITE, [_Q.pack(message.offset), message.data]
         case EpochEnd():
             _check_u64(message.epoch, message.digest)
@@ -314,15 +327,20 @@ def decode_message(frame: Frame) -> Message:
             if full not in (0, 1):
                 raise ReplicationProtocolError("an epoch's full flag is neither 0 nor 1.")
             message = EpochBegin(generation=generation, epoch=epoch, full=bool(full))
-        case Kind.PAGE_RUN:
-            region, first = read.take(_RUN)
-            message = PageRun(region=region, first=first, data=read.rest())
+        case Kind.PAGES:
+            region, count = read.take(_PAGES)
+            if count > MAX_RUNS:
+                raise ReplicationProtocolError(f"a Pages message lists {count} runs.")
+            runs = tuple(
+                (first, length) for first, length in (read.take(_RUN) for _ in range(count))
+            )
+            message = Pages(region=region, runs=runs, data=read.rest())
         case Kind.DISK_WRITE:
             (offset,) = read.take(_Q)
             message = DiskWrite(offset=offset, data=read.rest())
         case Kind.EPOCH_END:
-            epoch, runs, writes, digest = read.take(_END)
-            message = EpochEnd(epoch=epoch, runs=runs, writes=writes, digest=digest)
+            epoch, run_count, writes, digest = read.take(_END)
+            message = EpochEnd(epoch=epoch, runs=run_count, writes=writes, digest=digest)
         case Kind.ACK:
             generation, epoch = read.take(_QQ)
             message = Ack(generation=generation, epoch=epoch)
@@ -367,10 +385,10 @@ class EpochDigest:
         self.runs = 0
         self.writes = 0
 
-    def add(self, message: PageRun | DiskWrite) -> None:
+    def add(self, message: Pages | DiskWrite) -> None:
         for part in _body(message)[1]:
             self._hash.update(part)
-        if isinstance(message, PageRun):
+        if isinstance(message, Pages):
             self.runs += 1
         else:
             self.writes += 1
@@ -384,7 +402,7 @@ class EpochDigest:
         return int(self._hash.intdigest())
 
 
-def epoch_messages(begin: EpochBegin, payload: Sequence[PageRun | DiskWrite]) -> list[Message]:
+def epoch_messages(begin: EpochBegin, payload: Sequence[Pages | DiskWrite]) -> list[Message]:
     """An epoch as it goes on the stream: begin, runs and writes, and the end that seals them."""
     digest = EpochDigest()
     for message in payload:

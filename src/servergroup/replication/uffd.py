@@ -189,10 +189,13 @@ class KernelTracker:
         return _merge_touching(np.concatenate(firsts), np.concatenate(stops))
 
     def close(self) -> None:
+        if self._uffd < 0:
+            return
         for region in list(self._regions.values()):
             self.untrack(region)
         os.close(self._pagemap)
         os.close(self._uffd)
+        self._uffd = self._pagemap = -1
 
 
 def _merge_touching(firsts: npt.NDArray[np.uint64], stops: npt.NDArray[np.uint64]) -> PageRuns:

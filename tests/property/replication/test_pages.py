@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from servergroup.replication.pages import (
+    batch_runs,
     canonical_runs,
     from_runs,
     merge_runs,
@@ -49,3 +50,16 @@ def test_bad_runs_are_refused() -> None:
         merge_runs([(3, 0)])
     assert not canonical_runs(((0, 2), (2, 1)), 10)  # touching runs are not canonical
     assert not canonical_runs(((5, 6),), 10)  # past the end
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.integers(1, 30)), max_size=20),
+    st.integers(1, 40),
+    st.integers(1, 5),
+)
+def test_batches_are_bounded_and_keep_every_page_in_order(
+    runs: list[tuple[int, int]], most_pages: int, most_runs: int
+) -> None:
+    batches = batch_runs(runs, most_pages, most_runs)
+    assert all(0 < page_count(b) <= most_pages and len(b) <= most_runs for b in batches)
+    assert [p for b in batches for p in from_runs(b)] == from_runs(runs)

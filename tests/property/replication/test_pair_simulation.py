@@ -44,7 +44,7 @@ from servergroup.replication.protocol import (
     Heartbeat,
     Hello,
     Message,
-    PageRun,
+    Pages,
     Welcome,
     epoch_messages,
 )
@@ -150,7 +150,7 @@ class Primary:
         self.output = OutputBuffer(limit=1 << 20)
         self.memory = bytearray(PAGE * PAGES)
         self.dirty: set[int] = set()
-        self.captured: dict[int, list[PageRun]] = {}
+        self.captured: dict[int, list[Pages]] = {}
         self.snapshots: dict[int, bytes] = {}
         self.dispatching = True
         self.dead = False
@@ -222,7 +222,11 @@ class Primary:
             case pm.Capture(epoch=n, full=full):
                 pages = range(PAGES) if full else sorted(self.dirty)
                 self.captured[n] = [
-                    PageRun(region=0, first=p, data=bytes(self.memory[p * PAGE : (p + 1) * PAGE]))
+                    Pages(
+                        region=0,
+                        runs=((p, 1),),
+                        data=bytes(self.memory[p * PAGE : (p + 1) * PAGE]),
+                    )
                     for p in pages
                 ]
                 self.snapshots[n] = bytes(self.memory)
@@ -313,9 +317,10 @@ class Backup:
                 case bm.SendWelcome(generation=g):
                     welcome = Welcome(generation=g)
                     world.send("stream<", partial(primary.on_reply, welcome))
-                case bm.ApplyCheckpoint(epoch=n, runs=runs):
-                    for run in runs:
-                        self.memory[run.first * PAGE : run.first * PAGE + len(run.data)] = run.data
+                case bm.ApplyCheckpoint(epoch=n, pages=pages):
+                    for message in pages:
+                        ((first, _),) = message.runs
+                        self.memory[first * PAGE : (first + 1) * PAGE] = message.data
                     assert bytes(self.memory) == primary.snapshots[n], "applied a partial epoch"
                     self.applied_max = max(self.applied_max, n)
                 case bm.SendAck(generation=g, epoch=n):

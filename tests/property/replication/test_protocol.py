@@ -10,7 +10,8 @@ from servergroup.common.errors import UsageError
 from servergroup.common.framing import Frame, encode_frame
 from servergroup.replication.protocol import (
     FORMAT,
-    MAX_RUN_BYTES,
+    MAX_DATA_BYTES,
+    MAX_RUNS,
     Ack,
     DiskWrite,
     EpochBegin,
@@ -21,7 +22,7 @@ from servergroup.replication.protocol import (
     Kind,
     Message,
     MessageDecoder,
-    PageRun,
+    Pages,
     Refuse,
     ReplicationProtocolError,
     Welcome,
@@ -37,6 +38,7 @@ u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)
 names = st.text(min_size=1, max_size=20)
 data = st.binary(max_size=600)
+runs = st.lists(st.tuples(u32, u32), max_size=5).map(tuple)
 
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
@@ -50,7 +52,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Welcome, generation=u64),
     st.builds(Refuse, reason=st.text(max_size=50)),
     st.builds(EpochBegin, generation=u64, epoch=u64, full=st.booleans()),
-    st.builds(PageRun, region=st.integers(0, 2**16 - 1), first=u32, data=data),
+    st.builds(Pages, region=st.integers(0, 2**16 - 1), runs=runs, data=data),
     st.builds(DiskWrite, offset=u64, data=data),
     st.builds(EpochEnd, epoch=u64, runs=u32, writes=u32, digest=u64),
     st.builds(Ack, generation=u64, epoch=u64),
@@ -100,7 +102,7 @@ def test_arbitrary_bodies_in_valid_frames_raise_only_the_protocol_error(
 @given(
     st.lists(
         st.one_of(
-            st.builds(PageRun, region=st.integers(0, 3), first=u32, data=data),
+            st.builds(Pages, region=st.integers(0, 3), runs=runs, data=data),
             st.builds(DiskWrite, offset=u64, data=data),
         ),
         min_size=1,
@@ -109,7 +111,7 @@ def test_arbitrary_bodies_in_valid_frames_raise_only_the_protocol_error(
     st.data(),
 )
 def test_the_digest_catches_a_dropped_repeated_or_changed_part(
-    payload: list[PageRun | DiskWrite], draw: st.DataObject
+    payload: list[Pages | DiskWrite], draw: st.DataObject
 ) -> None:
     sealed = epoch_messages(EpochBegin(generation=1, epoch=5, full=False), payload)
     end = sealed[-1]
@@ -130,7 +132,9 @@ def test_the_digest_catches_a_dropped_repeated_or_changed_part(
 
 def test_the_encoder_refuses_what_the_wire_cannot_carry() -> None:
     with pytest.raises(UsageError):
-        encode_message(PageRun(region=0, first=0, data=b"x" * (MAX_RUN_BYTES + 1)))
+        encode_message(Pages(region=0, runs=(), data=b"x" * (MAX_DATA_BYTES + 1)))
+    with pytest.raises(UsageError):
+        encode_message(Pages(region=0, runs=((0, 1),) * (MAX_RUNS + 1), data=b""))
     with pytest.raises(UsageError):
         encode_message(Ack(generation=-1, epoch=0))
     with pytest.raises(UsageError):
@@ -141,6 +145,8 @@ def test_the_encoder_refuses_what_the_wire_cannot_carry() -> None:
 
 def test_fields_out_of_range_are_refused_in_one_error() -> None:
     with pytest.raises(UsageError):
-        encode_message(PageRun(region=70000, first=0, data=b""))
+        encode_message(Pages(region=70000, runs=(), data=b""))
+    with pytest.raises(UsageError):
+        encode_message(Pages(region=0, runs=((2**32, 1),), data=b""))
     with pytest.raises(UsageError):
         encode_message(EpochEnd(epoch=1, runs=-1, writes=0, digest=0))

@@ -30,7 +30,7 @@ from servergroup.replication.protocol import (
     Heartbeat,
     Hello,
     Message,
-    PageRun,
+    Pages,
     epoch_messages,
 )
 
@@ -52,8 +52,8 @@ def full_epoch(epoch: int, generation: int = 2, fill: int = 1) -> list[Message]:
     return epoch_messages(
         EpochBegin(generation=generation, epoch=epoch, full=True),
         [
-            PageRun(region=0, first=0, data=bytes([fill]) * 4 * PAGE),
-            PageRun(region=1, first=0, data=bytes([fill]) * 2 * PAGE),
+            Pages(region=0, runs=((0, 4),), data=bytes([fill]) * 4 * PAGE),
+            Pages(region=1, runs=((0, 1), (1, 1)), data=bytes([fill]) * 2 * PAGE),
             DiskWrite(offset=10, data=b"disk"),
         ],
     )
@@ -62,7 +62,7 @@ def full_epoch(epoch: int, generation: int = 2, fill: int = 1) -> list[Message]:
 def incremental(epoch: int, generation: int = 2) -> list[Message]:
     return epoch_messages(
         EpochBegin(generation=generation, epoch=epoch, full=False),
-        [PageRun(region=0, first=2, data=b"\x07" * PAGE)],
+        [Pages(region=0, runs=((2, 1),), data=b"\x07" * PAGE)],
     )
 
 
@@ -92,7 +92,7 @@ def test_a_complete_epoch_is_applied_then_acknowledged() -> None:
     assert len(actions) == 2
     apply, ack = actions
     assert isinstance(apply, ApplyCheckpoint)
-    assert (apply.epoch, apply.full, len(apply.runs), len(apply.writes)) == (1, True, 2, 1)
+    assert (apply.epoch, apply.full, len(apply.pages), len(apply.writes)) == (1, True, 2, 1)
     assert ack == SendAck(generation=2, epoch=1)
     assert feed(machine, incremental(2), 0.2)[-1] == SendAck(generation=2, epoch=2)
     assert machine.applied == 2
@@ -131,7 +131,7 @@ def test_a_full_epoch_must_cover_every_page() -> None:
     machine = following()
     messages = epoch_messages(
         EpochBegin(generation=2, epoch=1, full=True),
-        [PageRun(region=0, first=0, data=b"\x01" * 4 * PAGE)],
+        [Pages(region=0, runs=((0, 4),), data=b"\x01" * 4 * PAGE)],
     )
     assert "does not cover every page" in rejected(feed(machine, messages, 0.1))
 
@@ -139,10 +139,11 @@ def test_a_full_epoch_must_cover_every_page() -> None:
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        (PageRun(region=2, first=0, data=b"x" * PAGE), "does not exist"),
-        (PageRun(region=1, first=1, data=b"x" * 2 * PAGE), "overrun"),
-        (PageRun(region=0, first=0, data=b"x" * (PAGE + 1)), "not whole pages"),
-        (PageRun(region=0, first=0, data=b""), "not whole pages"),
+        (Pages(region=2, runs=((0, 1),), data=b"x" * PAGE), "does not exist"),
+        (Pages(region=1, runs=((1, 2),), data=b"x" * 2 * PAGE), "not inside region"),
+        (Pages(region=1, runs=((0, 0),), data=b""), "not inside region"),
+        (Pages(region=0, runs=((0, 1),), data=b"x" * (PAGE + 1)), "not the 1 pages"),
+        (Pages(region=0, runs=(), data=b""), "not the 0 pages"),
         (DiskWrite(offset=98, data=b"xyz"), "overruns the disk"),
         (Ack(generation=2, epoch=1), "does not send Ack"),
     ],

@@ -202,3 +202,9 @@ def test_open_tracker_falls_back_to_hashing_with_a_log_line(
     with pytest.raises(UsageError, match="PAGEMAP_SCAN is missing"):
         open_tracker(TrackerKind.KERNEL)
     assert open_tracker(TrackerKind.HASH).kind is TrackerKind.HASH
+
+
+def test_close_is_idempotent(tracker: DirtyTracker, regions: RegionSet) -> None:
+    tracker.track(regions.allocate("a", PAGE_SIZE))
+    tracker.close()
+    tracker.close()
