@@ -7,11 +7,13 @@ order, takeover and fencing decisions), `output` (client output held per
 epoch). Then the memory side: `regions` (memfd-backed tracked regions),
 `tracking` (the `DirtyTracker` protocol and the hashing tracker), `uffd`
 (the kernel tracker on userfaultfd and PAGEMAP_SCAN), `checkpoint`
-(capture on the primary, apply on the backup). The daemons (`protect`,
+(capture on the primary, apply on the backup), `disk` (the replicated
+disk), `channel` (the stream and heartbeat connections). The daemons (`protect`,
 `backup`) are still to come: see docs/design/replication.md.
 """
 
 from servergroup.replication.backup_machine import BackupConfig, BackupMachine, BackupPhase
+from servergroup.replication.channel import Channel, ChannelClosed, MemoryChannel, TcpChannel
 from servergroup.replication.checkpoint import Captured, Capturer, apply
 from servergroup.replication.disk import ReplicatedDisk
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
@@ -39,10 +41,13 @@ __all__ = [
     "BackupPhase",
     "Captured",
     "Capturer",
+    "Channel",
+    "ChannelClosed",
     "DirtyPages",
     "DirtyTracker",
     "FailurePoint",
     "HashTracker",
+    "MemoryChannel",
     "MessageDecoder",
     "Mode",
     "OnBackupLoss",
@@ -56,6 +61,7 @@ __all__ = [
     "ReplicatedDisk",
     "ReplicationProtocolError",
     "Send",
+    "TcpChannel",
     "TrackerKind",
     "apply",
     "open_tracker",
