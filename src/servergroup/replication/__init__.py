@@ -19,6 +19,7 @@ from servergroup.replication.disk import ReplicatedDisk
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
 from servergroup.replication.output import OutputBuffer, OutputOverflow, Send
 from servergroup.replication.pages import DirtyPages, PageRuns
+from servergroup.replication.pair import PairKey, PairRecord
 from servergroup.replication.primary_machine import (
     Mode,
     OnBackupLoss,
@@ -54,6 +55,8 @@ __all__ = [
     "OutputBuffer",
     "OutputOverflow",
     "PageRuns",
+    "PairKey",
+    "PairRecord",
     "PrimaryConfig",
     "PrimaryMachine",
     "Region",
