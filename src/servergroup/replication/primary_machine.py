@@ -340,6 +340,10 @@ class PrimaryMachine:
             return []
         if generation < self.generation:
             raise UsageError("a backup attaches with a generation no older than the primary's.")
+        if self.mode is Mode.CLAIMING:
+            # Both would compare-and-set the pair's key from one generation: the
+            # driver must let the claim finish first.
+            raise UsageError("a backup cannot attach while the primary claims the pair.")
         was = self.mode
         self.generation = generation
         self.mode = Mode.PROTECTED

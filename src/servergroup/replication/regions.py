@@ -132,13 +132,14 @@ class Region:
         """Unmap and close; raises `UsageError` while exported views are alive."""
         if self._closed:
             return
-        if self._view is not None:
-            self._view.release()
-            self._view = None
         try:
+            if self._view is not None:
+                self._view.release()
+                self._view = None
             self._map.close()
         except BufferError as exc:
-            self._view = memoryview(self._map)
+            if self._view is None:
+                self._view = memoryview(self._map)
             raise UsageError(
                 f"region {self.name!r} still has views or arrays in use; drop them first."
             ) from exc

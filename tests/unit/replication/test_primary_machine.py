@@ -248,3 +248,11 @@ def test_unsafe_timings_are_refused() -> None:
         PrimaryConfig(heartbeat_interval=0.5, backup_timeout=1.0)
     with pytest.raises(UsageError, match="positive"):
         PrimaryConfig(interval=0)
+
+
+def test_a_backup_cannot_attach_during_a_claim() -> None:
+    machine = PrimaryMachine(CONFIG, generation=1, now=0.0)
+    machine.tick(1.5)
+    assert machine.mode is Mode.CLAIMING
+    with pytest.raises(UsageError, match="while the primary claims"):
+        machine.backup_attached(1, 1.6)
