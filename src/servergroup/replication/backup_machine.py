@@ -9,9 +9,9 @@ Theory of operation. The backup follows one primary of one service at one
 - stages each epoch in memory as it arrives (`EpochBegin`, `Pages`,
   `DiskWrite`) and checks it at `EpochEnd`: same epoch, the counts and the
   digest of what it holds (`protocol.EpochDigest`), and for a full epoch
-  every page of every region. Only then does it emit `ApplyCheckpoint`
-  followed by `SendAck`: the driver applies the pages and makes the disk
-  writes durable, then acknowledges. **Nothing of an incomplete or
+  every page of every region, once and in order. Only then does it emit
+  `ApplyCheckpoint` followed by `SendAck`: the driver applies the pages and
+  makes the disk writes durable, then acknowledges. **Nothing of an incomplete or
   invalid epoch is ever applied.** An invalid one is dropped with its
   stream (`DropStream`), and the next epoch accepted must be full.
 - the first epoch after a hello must be full (re-protection: a new backup
@@ -201,7 +201,7 @@ class _Staging:
     digest: EpochDigest = field(default_factory=EpochDigest)
     pages: list[Pages] = field(default_factory=list)
     writes: list[DiskWrite] = field(default_factory=list)
-    #: Pages received per region (a full epoch must cover each region).
+    #: Per region, the page a full epoch's next run must start at (it must end at the last).
     covered: list[int] = field(default_factory=list)
     size: int = 0
 
@@ -313,13 +313,21 @@ class BackupMachine:
                         f" {message.region}",
                         now,
                     )
+                if staging.begin.full:
+                    # A full epoch sends each region's pages once, in order.
+                    if first != staging.covered[message.region]:
+                        return self._reject(
+                            f"full epoch {staging.begin.epoch} skips or repeats pages of region"
+                            f" number {message.region}",
+                            now,
+                        )
+                    staging.covered[message.region] = first + length
                 count += length
             if count == 0 or size != count * self._config.page_size:
                 return self._reject(
                     f"{size} bytes of data are not the {count} pages the runs name", now
                 )
             staging.pages.append(message)
-            staging.covered[message.region] += count
         else:
             if message.offset + size > self._config.disk_size:
                 return self._reject(f"a disk write at {message.offset} overruns the disk", now)

@@ -110,7 +110,7 @@ def test_nothing_is_applied_before_the_end() -> None:
     ("change", "reason"),
     [
         (lambda m: m[:2] + m[3:], "not what its end describes"),  # a run lost
-        (lambda m: m[:2] + m[1:], "not what its end describes"),  # a run repeated
+        (lambda m: m[:2] + m[1:], "skips or repeats pages"),  # a run repeated
         (
             lambda m: [*m[:3], DiskWrite(offset=10, data=b"DISK"), m[-1]],
             "not what its end describes",
@@ -260,3 +260,15 @@ def test_an_active_backup_refuses_hellos() -> None:
     actions = machine.received(HELLO, 1.3)
     assert isinstance(actions[1], SendRefuse)
     assert "active" in actions[1].reason
+
+
+def test_a_full_epoch_that_repeats_pages_is_rejected() -> None:
+    machine = following()
+    messages = epoch_messages(
+        EpochBegin(generation=2, epoch=1, full=True),
+        [
+            Pages(region=0, runs=((0, 2), (0, 2)), data=b"\x01" * 4 * PAGE),
+            Pages(region=1, runs=((0, 2),), data=b"\x01" * 2 * PAGE),
+        ],
+    )
+    assert "skips or repeats pages" in rejected(feed(machine, messages, 0.1))
