@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from servergroup.common.errors import ServergroupError
 from servergroup.scaling.policy import Decision, Policy, decode_policy, encode_policy
+from servergroup.scaling.protocol import Direction
 from servergroup.servers.model import (
     Desired,
     DriverKind,
@@ -164,6 +165,17 @@ def target_for(record: PolicyRecord | None, server: Server | None, host: str) ->
     )
 
 
+def held_at_limit(policy: Policy, decision: Decision) -> Direction | None:
+    """The way the load pushes when `decision` does nothing only because of a limit."""
+    if decision.direction is not None or decision.busy_percent is None:
+        return None
+    if decision.busy_percent > policy.up_above:
+        return Direction.UP
+    if decision.busy_percent < policy.down_below:
+        return Direction.DOWN
+    return None
+
+
 def online_of(server: Server | None) -> tuple[int, ...]:
     """The server's online vCPUs as its record says (every vCPU when it says none)."""
     if server is None:
@@ -219,6 +231,7 @@ __all__ = [
     "autoscale_event",
     "decode_policy_record",
     "encode_policy_record",
+    "held_at_limit",
     "online_of",
     "parse_policy_key",
     "policy_json",

@@ -15,7 +15,9 @@ Theory of operation (docs/design/scaling-host.md, "Automatic scaling").
   server's online vCPUs with a `busy.BusyMeter` (their host threads' CPU
   time), feeds the sample to the pure policy (`policy.observe`) and asks it
   (`policy.decide`) with the online vCPUs of the server's record and the
-  flavor's limits. A decision to do nothing is logged at debug level; a
+  flavor's limits. A decision to do nothing is logged at debug level (at
+  info level when the load starts pressing on a limit: "... but it is at its
+  maximum of 4 vCPUs: nothing to do"); a
   decision to scale is carried out, then logged at info level as one
   sentence (the decision's, with what came of it), and recorded as a
   `ServerEvent` at `registry/servers/<name>/event`, which every host's group
@@ -63,6 +65,7 @@ from servergroup.scaling.autoscale import (
     Target,
     autoscale_event,
     decode_policy_record,
+    held_at_limit,
     online_of,
     parse_policy_key,
     policy_key,
@@ -321,6 +324,7 @@ class Autoscaler:
             interval,
         )
         unseen = False
+        last_held: Direction | None = None
         while True:
             try:
                 online = online_of(self._cache.snapshot.servers.get(name))
@@ -336,13 +340,27 @@ class Autoscaler:
                 if sample is not None:
                     state = observe(policy, state, sample)
                 decision, state = decide(
-                    policy, state, online=len(online), limits=limits, now=now, server=name
+                    policy,
+                    state,
+                    online=len(online),
+                    limits=limits,
+                    now=now,
+                    server=f"server {name}",
                 )
                 if decision.direction is None:
-                    log.debug("%s", decision.sentence)
+                    held = held_at_limit(policy, decision)
+                    # Held at a limit is worth one line each time it starts, not each sample.
+                    log.log(
+                        logging.INFO if held not in (None, last_held) else logging.DEBUG,
+                        "%s",
+                        decision.sentence,
+                    )
+                    if decision.busy_percent is not None:
+                        last_held = held
                 else:
                     await self._act(target, decision, len(online))
                     meter.reset()
+                    last_held = None
             except asyncio.CancelledError:
                 raise
             except Exception:
