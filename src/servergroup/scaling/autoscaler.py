@@ -310,7 +310,8 @@ class Autoscaler:
             )
             return
         server = self._cache.snapshot.servers.get(name)
-        assert server is not None
+        if server is None:
+            return  # gone before its loop began: its change cancels this target anyway
         meter = BusyMeter(hypervisor, server.spec, clock=self._clock)
         limits = VcpuLimits(min_vcpus=target.min_vcpus, max_vcpus=target.vcpus)
         interval = sample_interval(policy)

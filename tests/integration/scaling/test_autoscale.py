@@ -115,6 +115,11 @@ def test_a_busy_server_is_scaled_up_an_idle_one_down_and_off_stops_it(
     # Idle: scaled down to its minimum, and no further.
     wait_until(lambda: recorded(setup, "s") == [0], "idle s is scaled down")
     assert guest_online(setup, "s") == (0,)
+    wait_until(
+        lambda: "but it is at its minimum of 1 vCPUs" in host_log(setup),
+        "the policy judges s at its minimum",
+    )
+    assert recorded(setup, "s") == [0]
     event = app.wait_for(notification("s", "compute.instance.autoscale"), timeout=20)["event"]
     details = event["payload"]["details"]
     assert (details["direction"], details["from_vcpus"], details["to_vcpus"]) == ("down", 2, 1)
