@@ -107,7 +107,11 @@ def decode_policy_record(raw: bytes) -> PolicyRecord:
     try:
         policy = decode_policy(obj.get("policy"))
     except ServergroupError as exc:
-        raise RecordError(f"{what} record is not valid: {str(exc).rstrip('.')}") from None
+        why = str(exc).rstrip(".")
+        inner = "a scaling policy record"  # what `decode_policy` calls the object it reads
+        if why.startswith(inner):
+            raise RecordError(f"{what} record's policy{why[len(inner) :]}") from None
+        raise RecordError(f"{what} record is not valid: {why}") from None
     return PolicyRecord(server=obj["server"], uuid=obj["uuid"], policy=policy, set_at=set_at)
 
 

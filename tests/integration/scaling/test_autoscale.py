@@ -216,8 +216,10 @@ def test_a_malformed_policy_a_manual_scale_racing_the_policy_a_move_and_a_delete
     ]
     for proc in manual:
         _, err = proc.communicate(timeout=30)
-        # Either done or refused at the maximum in one sentence; never a fault.
-        assert proc.returncode == 0 or "its maximum" in err, err
+        # Done, or refused in one sentence (at the maximum, or the 2-CPU pool is in use
+        # by the vCPUs online); never a fault.
+        assert proc.returncode == 0 or "its maximum" in err or "no free physical CPU" in err, err
+        assert len(err.strip().splitlines()) <= 1, err
     wait_until(lambda: recorded(setup, "s") == [0], "s is scaled down to its minimum", timeout=40)
     assert guest_online(setup, "s") == (0,)
     text = host_log(setup)
