@@ -29,7 +29,7 @@ def test_a_busy_vm_is_scaled_up_and_an_idle_one_down(servergroup_up: SetupFactor
     setup.run("group", "create", "g")
     setup.run("server", "create", "v", "--group", "g", "--vcpus", "2", "--driver", "qemu")
     setup.run(
-        "scale", "policy", "v", "--up-above", "30", "--down-below", "10", "--window", "3",
+        "scale", "policy", "v", "--up-above", "20", "--down-below", "8", "--window", "3",
         "--cooldown", "1",
     )  # fmt: skip
     wait_until(lambda: recorded(setup, "v") == [0], "the idle VM is scaled down", timeout=60)
