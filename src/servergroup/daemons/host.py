@@ -20,7 +20,9 @@ Theory of operation. The daemon is a list of components (the protocol of
   manager** (`servers.manager`: the lifecycle of the servers the registry
   puts on this host, through the server drivers), the **evacuator** and the
   **scaler** (`scaling.scaler`: `servergroup scale` requests for the servers
-  here, their vCPUs' places in the host's CPU pool, the guests' boot sync).
+  here, their vCPUs' places in the host's CPU pool, the guests' boot sync),
+  and the **autoscaler** (`scaling.autoscaler`: the scaling policies of the
+  servers here, carried out through the scaler).
 
 Components start in that order and stop in the reverse order, one log line
 each; a component may use those before it. A capability that runs on a host
@@ -63,6 +65,7 @@ from servergroup.coordination import (
 from servergroup.groups.service import GroupService
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.guestcomm.relay import ChannelRelay
+from servergroup.scaling.autoscaler import Autoscaler
 from servergroup.scaling.cpus import parse_cpu_list
 from servergroup.scaling.scaler import Scaler
 from servergroup.servers.drivers.base import ServerDriver
@@ -286,6 +289,21 @@ def _scaler(config: Config, options: HostOptions, shared: HostShared, built: Bui
     )
 
 
+def _autoscaler(
+    config: Config, options: HostOptions, shared: HostShared, built: Built
+) -> Component:
+    built.one(Scaler)  # its scales are the scaler's to carry out
+    manager = built.one(ServerManager)
+    return Autoscaler(
+        coordinator=shared.coordinator,
+        registry=shared.registry,
+        cache=shared.cache,
+        hypervisors={kind: cast("Driver", d) for kind, d in manager.drivers.items()},
+        host=options.name,
+        fence=shared.registration.guard,
+    )
+
+
 def make_drivers(
     config: Config, options: HostOptions, *, brokers: ExecBrokers | None
 ) -> list[ServerDriver]:
@@ -310,6 +328,7 @@ COMPONENTS: dict[str, ComponentFactory] = {
     ServerManager.name: _servers,
     Evacuator.name: _evacuator,
     Scaler.name: _scaler,
+    Autoscaler.name: _autoscaler,
 }
 
 
