@@ -61,7 +61,8 @@ node may win a key. Keys are deleted afterwards if the store answers; a key
 of this node that the role holds no instance for (after a fence, or left by
 its previous run) is deleted on sight, and an instance whose key is gone
 (lease expired while frozen, cut off) is stopped: a node that comes back
-does not fight. A stop that fails while the store is unreachable cannot be
+does not fight. An instance of a service whose definition was removed is
+stopped by its owner. A stop that fails while the store is unreachable cannot be
 recorded as blocked: that is where a fence device would plug in.
 
 **Clean stop** (SIGTERM): every local instance is stopped and its keys
@@ -600,6 +601,8 @@ class NodeRole:
                     local.token,
                 )
                 self._spawn(local, self._stop(local, "its key is gone", keyless=True), "stop")
+            elif instance.service not in listing.services and local.task is None:
+                self._spawn(local, self._stop(local, "its service was removed"), "stop")
         for instance, relocation in listing.relocations.items():
             owner = listing.owners.get(instance)
             moved = owner is not None and owner.record.node != self.node

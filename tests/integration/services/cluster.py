@@ -81,6 +81,13 @@ def put(setup: Setup, key: str, value: bytes) -> None:
     on_store(setup, work)
 
 
+def delete(setup: Setup, key: str) -> None:
+    async def work(c: EtcdCoordinator) -> None:
+        await c.delete(key)
+
+    on_store(setup, work)
+
+
 def listing(setup: Setup) -> store.Listing:
     async def work(c: EtcdCoordinator) -> store.Listing:
         rng = await c.get_prefix(store.SERVICES)

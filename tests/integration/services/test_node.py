@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.services import store
+from servergroup.services.ledger import ledger_path
 from servergroup.services.model import (
     AgentRef,
     DomainMember,
@@ -117,6 +118,15 @@ def test_placed_on_the_best_node_restarted_in_place_then_moved(
     assert (tmp_path / "h1-dummy.state").exists()
     cluster.wait_for(setup, "h2 stopped it", lambda lst: not state.exists())
 
+    # A definition removed (as `service remove` will): its owner stops it and drops the keys.
+    cluster.delete(setup, store.def_key("dummy"))
+    cluster.wait_for(
+        setup,
+        "dummy stopped and gone",
+        lambda lst: instance not in lst.owners and "dummy" not in lst.masters,
+    )
+    assert not (tmp_path / "h1-dummy.state").exists()
+
 
 def test_kill_9_of_the_owners_daemon_fails_over_with_one_owner_at_a_time(
     servergroup_up: SetupFactory, tmp_path: Path
@@ -153,6 +163,61 @@ def test_kill_9_of_the_owners_daemon_fails_over_with_one_owner_at_a_time(
     ]
     assert cluster.violations(tmp_path / "journal") == []
 
+    # A clean stop of h2's daemon hands db over at once: stopped, keys deleted, ledger cleared.
+    os.kill(cluster.pid_of(setup, "h2"), signal.SIGTERM)
+    third = cluster.wait_for(setup, "db handed over to h3", cluster.owned_by(instance, "h3"))
+    assert third.token > second.token
+    assert not ledger_path(setup.state_dir, "h2").exists()
+    assert [(r.node, r.action, r.phase.value) for r in cluster.journal(tmp_path / "journal")][
+        -4:
+    ] == [
+        ("h2", "stop", "begin"),
+        ("h2", "stop", "end"),
+        ("h3", "start", "begin"),
+        ("h3", "start", "end"),
+    ]
+    assert cluster.violations(tmp_path / "journal") == []
+
+
+def test_a_cut_off_owner_stops_before_its_lease_can_expire(
+    servergroup_up: SetupFactory, tmp_path: Path
+) -> None:
+    setup = servergroup_up(3, env=cluster.env(cluster.ocf_root(tmp_path)))
+    service = journal_service("db", tmp_path, domain="lab")
+    domain = ordered("lab", "h1", "h2", "h3", nofailback=True)
+    cluster.define(setup, services=[service], domains=[domain])
+    instance = InstanceId(service="db", index=0)
+    first = cluster.wait_for(setup, "db placed", cluster.owner_of(instance))
+    assert first.record.node == "h1"
+
+    setup.run("lab", "cut", "h1")  # h1 runs on, without etcd
+    second = cluster.wait_for(setup, "db failed over", cluster.owned_by(instance, "h2"))
+    assert second.token > first.token
+    # h1 stopped its copy on its own, before the store let h2 win the key: no overlap.
+    assert cluster.violations(tmp_path / "journal") == []
+    records = cluster.journal(tmp_path / "journal")
+    h1_stop = next(r for r in records if (r.node, r.action, r.phase.value) == ("h1", "stop", "end"))
+    h2_start = next(r for r in records if (r.node, r.action) == ("h2", "start"))
+    assert h1_stop.at < h2_start.at
+
+    healed_at = time.time()
+    setup.run("lab", "heal", "h1")
+    cluster.wait_for(
+        setup,
+        "h1 rejoined",
+        lambda lst: (n := lst.nodes.get("h1")) is not None and n.joined_at > healed_at,
+    )
+    time.sleep(2.0)  # a node that fought would start again now
+    after = cluster.listing(setup).owners[instance]
+    assert (after.record.node, after.token) == ("h2", second.token)
+    assert [r.action for r in cluster.journal(tmp_path / "journal") if r.node == "h1"] == [
+        "start",
+        "start",
+        "stop",
+        "stop",
+    ]
+    assert cluster.violations(tmp_path / "journal") == []
+
 
 def test_a_frozen_owner_stops_itself_on_thaw_and_does_not_fight(
     servergroup_up: SetupFactory, tmp_path: Path
@@ -176,7 +241,9 @@ def test_a_frozen_owner_stops_itself_on_thaw_and_does_not_fight(
     thawed_at = time.time()
     setup.run("lab", "thaw", "h1")
     cluster.wait_for(
-        setup, "h1 rejoined", lambda lst: (n := lst.nodes.get("h1")) and n.joined_at > thawed_at
+        setup,
+        "h1 rejoined",
+        lambda lst: (n := lst.nodes.get("h1")) is not None and n.joined_at > thawed_at,
     )
 
     def h1_stopped() -> bool:
