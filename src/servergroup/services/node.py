@@ -16,22 +16,23 @@ action in flight, in a task of its own, so a slow agent delays nobody else.
 Nothing is decided or started while the session may not act.
 
 **Ownership.** A start creates `owners/<s>/<i>` on the session's lease only
-if it is absent (losing the race means another node owns it: nothing is
-done). The key's create revision is the **fencing token**, handed to every
-action of the agent as `OCF_RESKEY_fencing_token` and recorded in the
-history. The local ledger (`services.ledger`) lists the instance before its
-`start` or `promote` runs and forgets it only after its `stop` (or `demote`)
-ended, so the supervisor that outlives a dead daemon knows what to stop. A
-stop demotes first if master, runs `stop`, then deletes the key with a
-compare on its create revision. A stop that fails or times out (the runner
-killed the agent's process group) writes `blocked/<s>/<i>` in the same
-transaction that drops the key, so the instance is started nowhere until an
-operator clears it. A restart in place runs the agent's `recover` when it
-has one, else stop and start under the same key. A promote creates
-`master/<s>` first (the master key is the exclusion: of two nodes asked to
-promote, one wins it), then runs `promote`, then publishes the address; a
-demote runs `demote`, then deletes the master key. A plain service publishes
-its instance 0 in `master/<s>` as well, which is what discovery reads.
+if it is absent and the instance is not blocked, in one transaction (losing
+the race means another node owns it: nothing is done). The key's create
+revision is the **fencing token**, handed to every action of the agent as
+`OCF_RESKEY_fencing_token` and recorded in the history. The local ledger
+(`services.ledger`) lists the instance before its `start` or `promote` runs
+and forgets it only after its `stop` (or `demote`) ended, so the supervisor
+that outlives a dead daemon knows what to stop. A stop demotes first if
+master, runs `stop`, then deletes the key with a compare on its create
+revision. A stop that fails or times out (the runner killed the agent's
+process group) writes `blocked/<s>/<i>` in the same transaction that drops
+the key, so the instance is started nowhere until an operator clears it. A
+restart in place runs the agent's `recover` when it has one, else stop and
+start under the same key. A promote creates `master/<s>` first (the master
+key is the exclusion: of two nodes asked to promote, one wins it), then runs
+`promote`, then publishes the address; a demote runs `demote`, then deletes
+the master key. A plain service publishes its instance 0 in `master/<s>` as
+well, which is what discovery reads.
 
 **Monitors** run per depth on their intervals while no action is in flight;
 a result other than the one expected (running, or running as master) is a
@@ -76,6 +77,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -133,6 +135,8 @@ REFUSED: Final = "refused: "
 RMW_ATTEMPTS: Final = 5
 #: The longest the loop sleeps with nothing to do (it re-decides then anyway).
 IDLE_INTERVAL: Final = 5.0
+#: A revision the watch never reaches.
+NEVER: Final = sys.maxsize
 
 #: Builds the agent of one instance of a (resolved, rendered) service.
 AgentFactory = Callable[[Service, InstanceId], Agent]
@@ -165,6 +169,16 @@ class _Resolved:
     info: AgentInfo | None = None
     refusal: str = ""  # the definition is refused everywhere
     unusable: str = ""  # this node cannot run it (agent missing, meta-data failing)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Stuck:
+    """An instance whose stop failed here: it may still run until an operator clears it."""
+
+    reason: str
+    #: The store revision of its block record; until the watch passed it, the record's
+    #: absence means nothing (NEVER: it could not be written, it stays until a restart).
+    revision: int = NEVER
 
 
 @dataclass(slots=True, kw_only=True)
@@ -236,7 +250,7 @@ class NodeRole:
         self._resolved: dict[tuple[str, int], _Resolved] = {}
         self._local: dict[InstanceId, _Local] = {}
         self._starting: set[InstanceId] = set()
-        self._stuck: dict[InstanceId, str] = {}  # a stop failed here: may still run
+        self._stuck: dict[InstanceId, _Stuck] = {}  # a stop failed here: may still run
         self._ledger = Ledger(
             node=node, lease=0, pid=os.getpid(), ocf_root=str(ocf_root), entries=()
         )
@@ -302,7 +316,7 @@ class NodeRole:
         problems = []
         if self._fencing:
             problems.append("fencing itself: the lease is not renewed in time")
-        problems += [f"{i} may still run: {why}" for i, why in sorted(self._stuck.items())]
+        problems += [f"{i} may still run: {st.reason}" for i, st in sorted(self._stuck.items())]
         problems += [f"{s} refused: {why}" for s, why in sorted(self._refused.items())]
         sentence = f"running {local or 'no instance'}; {self._last_sentence or 'no decision yet'}"
         if problems:
@@ -603,6 +617,11 @@ class NodeRole:
                 self._spawn(local, self._stop(local, "its key is gone", keyless=True), "stop")
             elif instance.service not in listing.services and local.task is None:
                 self._spawn(local, self._stop(local, "its service was removed"), "stop")
+        for instance, stuck in list(self._stuck.items()):
+            if self._revision >= stuck.revision and instance not in listing.blocked:
+                log.info("services on %s: %s was cleared by an operator", self.node, instance)
+                del self._stuck[instance]
+                self._ledger_drop(instance)
         for instance, relocation in listing.relocations.items():
             owner = listing.owners.get(instance)
             moved = owner is not None and owner.record.node != self.node
@@ -698,11 +717,16 @@ class NodeRole:
                 return
             began = self._wall()
             record = store.OwnerRecord(node=self.node, busy=True, action="start", started_at=began)
-            token = await self._c.create(
-                store.owner_key(instance), store.encode_owner(record), lease=lease
+            key = store.owner_key(instance)
+            # Created only if absent and not blocked, in one step: a view that lags behind
+            # a failed stop elsewhere can never start the instance beside it.
+            created = await self._c.txn(
+                [Compare.absent(key), Compare.absent(store.blocked_key(instance))],
+                [Put(key=key, value=store.encode_owner(record), lease=lease)],
             )
-            if token is None:
-                return  # another node won the key
+            if not created.succeeded:
+                return  # another node won the key, or the instance is blocked
+            token = created.revision  # the key's create revision: the fencing token
             local = _Local(
                 instance=instance,
                 service=service,
@@ -774,7 +798,7 @@ class NodeRole:
 
     async def _block(self, local: _Local, reason: str) -> None:
         """A stop failed: block the instance while the key is still held, then drop the key."""
-        self._stuck[local.instance] = reason
+        stuck = self._stuck[local.instance] = _Stuck(reason=reason)
         self._local.pop(local.instance, None)
         log.error(
             "services on %s: %s may still run (%s): blocked, started nowhere until cleared",
@@ -785,7 +809,10 @@ class NodeRole:
         block = store.BlockRecord(node=self.node, token=local.token, reason=reason, at=self._wall())
         key = store.owner_key(local.instance)
         put = Put(key=store.blocked_key(local.instance), value=store.encode_block(block))
-        await self._c.txn([Compare.created_at(key, local.token)], [put, Delete(key=key)], [put])
+        written = await self._c.txn(
+            [Compare.created_at(key, local.token)], [put, Delete(key=key)], [put]
+        )
+        stuck.revision = written.revision
         await self._history_entry(local, "stop", f"failed, blocked: {reason}")
 
     async def _restart(self, local: _Local) -> None:
@@ -1165,7 +1192,7 @@ class NodeRole:
                 async with asyncio.timeout(self._coordination.request_timeout):
                     await self._delete_owner(local.instance, local.token)
             return True
-        self._stuck[local.instance] = reason
+        self._stuck[local.instance] = _Stuck(reason=reason)
         log.error(
             "services on %s: %s may still run after a failed stop (%s) and the store may be "
             "unreachable: only a fence device could make it safe now",

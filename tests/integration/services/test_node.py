@@ -330,3 +330,11 @@ def test_a_stop_that_hangs_blocks_the_instance_everywhere(
     assert instance in lst.blocked
     starts = [r for r in cluster.journal(tmp_path / "journal") if r.action == "start"]
     assert {r.node for r in starts} == {"h1"}
+
+    # An operator who made sure it is down clears the block (as `service clear` will):
+    # the pending relocation then starts it on h2, and h1 drops the relocation.
+    (tmp_path / "h1-0.state.hang-stop").unlink()
+    cluster.delete(setup, store.blocked_key(instance))
+    moved = cluster.wait_for(setup, "db started on h2", cluster.owned_by(instance, "h2"))
+    assert moved.token > first.token
+    cluster.wait_for(setup, "relocation done", lambda lst: instance not in lst.relocations)
