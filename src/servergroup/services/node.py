@@ -233,9 +233,13 @@ class NodeRole:
         group_changes: Callable[[], asyncio.Queue[Any]] | None = None,
         agents: AgentFactory | None = None,
         wall: Callable[[], float] = time.time,
+        own_session: bool = False,
     ) -> None:
+        """`own_session`: the role starts and closes `session` itself (a lease of its own,
+        `[services] lease_ttl`, rather than the host's)."""
         self._c = coordinator
         self._session = session
+        self._own_session = own_session
         self.node = node
         self.node_ip = node_ip
         self.ocf_root = ocf_root
@@ -265,6 +269,8 @@ class NodeRole:
     # -- component ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._own_session:
+            await self._session.start(timeout=self._coordination.operation_timeout)
         await self._stop_leftovers()
         self._write_ledger()
         await self._ensure_node_key()
@@ -305,6 +311,10 @@ class NodeRole:
                 self.node,
                 len(self._ledger.entries),
             )
+        if self._own_session:
+            # Revoked, the lease takes the owner keys with it at once (failover does not
+            # wait for its expiry); not when a stop failed and the instance may still run.
+            await self._session.close(revoke=not self._stuck)
 
     def health(self) -> ComponentHealth:
         if not self._running:
