@@ -106,7 +106,7 @@ from servergroup.services.metadata import AgentInfo, MetadataError
 from servergroup.services.model import (
     DefinitionError,
     Service,
-    check_stop_fits,
+    check_lease_fits,
     resolve,
     stop_budget,
 )
@@ -503,16 +503,7 @@ class NodeRole:
             return _Resolved(unusable=str(exc).rstrip("."))
         try:
             resolved = resolve(service, info)
-            timings = self._coordination
-            check_stop_fits(
-                resolved,
-                lease_ttl=timings.lease_ttl,
-                renew_interval=timings.renew_interval,
-                renew_timeout=timings.renew_timeout,
-                fence_margin=timings.fence_margin,
-                kill_grace=KILL_GRACE,
-                demote_timeout=(resolved.stop_timeout or 0.0) + KILL_GRACE,
-            )
+            check_lease_fits(resolved, self._coordination, kill_grace=KILL_GRACE)
         except DefinitionError as exc:
             return _Resolved(refusal=str(exc).rstrip("."))
         return _Resolved(service=resolved, info=info)
