@@ -11,7 +11,7 @@ from servergroup.coordination.connect import connect
 from servergroup.scaling.client import DEFAULT_TIMEOUT, scale_cpu
 from servergroup.scaling.cpus import format_cpu_list
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
-from servergroup.scaling.store import ScaleOutcome
+from servergroup.scaling.store import ScaleOutcome, timings_json
 from servergroup.servers.registry import Registry
 
 
@@ -66,6 +66,8 @@ def cpu(state: CliState, direction: str, server: str, timeout: float, as_json: b
                     "cpu": outcome.cpu,
                     "online_cpus": list(outcome.online_cpus),
                     "host_cpu": outcome.host_cpu,
+                    # Seconds per phase on the host (docs/design/scaling-host.md).
+                    "timings": timings_json(outcome.timings) if outcome.timings else None,
                 }
             )
         )
