@@ -83,7 +83,7 @@ class _App:
 
     @classmethod
     async def start(cls, config: Config, server: Server, *args: str) -> _App:
-        argv = _exec_argv(
+        argv = exec_argv(
             config, server, [sys.executable, "-m", "servergroup", "app", "--json", *args]
         )
         proc = await asyncio.create_subprocess_exec(
@@ -121,7 +121,7 @@ class _App:
         self._reader.cancel()
 
 
-def _exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
+def exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
     """The command line that runs `argv` inside `server`, whatever its driver."""
     driver = build_driver(
         server.spec.driver, DriverContext(state_dir=config.state_dir, host=server.host)
@@ -215,4 +215,4 @@ async def _script(
     )
 
 
-__all__ = ["MessagingResult", "choose_driver", "run_messaging_demo"]
+__all__ = ["MessagingResult", "choose_driver", "exec_argv", "run_messaging_demo"]
