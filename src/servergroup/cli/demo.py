@@ -20,9 +20,12 @@ from servergroup.demo import (
     run_messaging_demo,
     run_scaling_demo,
 )
-from servergroup.demo.messaging import choose_driver
+from servergroup.demo.messaging import choose_driver, remove_messaging_demo
 from servergroup.scaling.cpus import format_cpu_list
 from servergroup.servers.drivers.registry import driver_info
+
+#: The messaging part's server of 2 vCPUs, which the scaling part scales.
+SCALED_SERVER = "demo-1"
 
 
 def _say(text: str) -> None:
@@ -90,17 +93,21 @@ def _messaging_and_scaling(config: Config) -> None:
     driver, why = choose_driver()
     _say(f"Using {driver.value} servers ({driver_info(driver).description}): {why}.")
     try:
+        endpoint = Endpoint.parse(status.etcd)
         result = run_async(
-            run_messaging_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)
+            run_messaging_demo(config, endpoint, _say, driver=driver, keep_servers=True)
         )
         _say(
             f"Broadcast reached {', '.join(result.broadcast_receivers)} (never the sender); "
             f"the pause was notified to {', '.join(result.pause_notified)}."
         )
         _step(4, "A server's vCPUs scaled down and up")
-        scaled = run_async(
-            run_scaling_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)
-        )
+        try:
+            scaled = run_async(
+                run_scaling_demo(config, endpoint, _say, driver=driver, server=SCALED_SERVER)
+            )
+        finally:
+            run_async(remove_messaging_demo(config, endpoint))
         if not (
             len(scaled.after_down) == len(scaled.before) - 1 and scaled.after_up == scaled.before
         ):

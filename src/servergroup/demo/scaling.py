@@ -1,14 +1,15 @@
 """Demo part: one server scaled down and up, and what it sees of its own CPUs.
 
 A server of 2 vCPUs (a real VM with the qemu driver when this machine can
-run them, else a lab server) is created on the set-up of `servergroup up`.
-Its own view of its CPUs is read from inside it (`server exec ... cat`):
-a VM's kernel, `/sys/devices/system/cpu/online`; a lab server's CPU tree,
-which its scale agent keeps with the kernel's layout (lab servers share this
+run them, else a lab server) on the set-up of `servergroup up`: the
+messaging part's demo-1 when it is given (`server`: no VM to boot), else
+one made for the part and removed at its end, whatever happened. Its own
+view of its CPUs is read from inside it (`server exec ... cat`): a VM's
+kernel, `/sys/devices/system/cpu/online`; a lab server's CPU tree, which
+its scale agent keeps with the kernel's layout (lab servers share this
 machine's CPUs, so they never touch its `/sys`). Then `scale_cpu`, what
 `servergroup scale cpu` runs, takes vCPU 1 offline and brings it back, the
 view printed after each, with the host's record and how long each took.
-The server is removed at the end, whatever happened.
 """
 
 from __future__ import annotations
@@ -109,17 +110,31 @@ async def _agent_ready(config: Config, server: Server) -> None:
 
 
 async def run_scaling_demo(
-    config: Config, endpoint: Endpoint, say: Say, *, driver: DriverKind = DriverKind.LAB
+    config: Config,
+    endpoint: Endpoint,
+    say: Say,
+    *,
+    driver: DriverKind = DriverKind.LAB,
+    server: str | None = None,
 ) -> ScalingResult:
-    """Run the scaling part against the set-up of `servergroup up`; narrate with `say`."""
+    """Run the scaling part against the set-up of `servergroup up`; narrate with `say`.
+
+    `server`: scale that running server (of at least 2 vCPUs), left as it was
+    found; None: make one of `VCPUS` with `driver`, removed at the end.
+    """
     async with connect(config, endpoints=(endpoint,)) as coordinator:
         registry = Registry(coordinator)
+        if server is not None:
+            found = await registry.get_server(server)
+            if found is None:
+                raise ScalingDemoError(f"server {server} is not there to be scaled")
+            return await _script(config, registry, found, say)
         ops = Operations(registry, timeout=config.coordination.operation_timeout)
         await _remove(ops)
         try:
             await ops.create_group(GROUP)
-            server = await ops.create_server(SERVER, GROUP, vcpus=VCPUS, min_vcpus=1, driver=driver)
-            return await _script(config, registry, server, say)
+            made = await ops.create_server(SERVER, GROUP, vcpus=VCPUS, min_vcpus=1, driver=driver)
+            return await _script(config, registry, made, say)
         finally:
             await _remove(ops)
 
@@ -135,8 +150,8 @@ async def _script(config: Config, registry: Registry, server: Server, say: Say) 
     name = server.name
     where = "its kernel's" if server.spec.driver is DriverKind.QEMU else "its own CPU tree's"
     say(
-        f"Server {name}: {VCPUS} vCPUs (at least 1) on host {server.host}; it reads "
-        f"{where} {online_file(config, server)}."
+        f"Server {name}: {server.spec.vcpus} vCPUs (at least {server.spec.min_vcpus}) on host "
+        f"{server.host}; it reads {where} {online_file(config, server)}."
     )
     await _agent_ready(config, server)
     before = await own_view(config, server)
