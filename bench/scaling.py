@@ -357,6 +357,9 @@ async def vm_series(
         "server", "create", VM, "--group", GROUP, "--vcpus", str(SCALED_VCPUS),
         "--driver", "qemu", "--host", "h2", timeout=300,
     )  # fmt: skip
+    from servergroup.servers.drivers.qemu import image
+
+    results["qemu_accel"] = image.probe_accel(image.ensure_image())  # cached: one small read
     # The guest's boot sync is over once its kernel says both vCPUs are online and the
     # agent answers: a first scale down and up (not counted) shows it.
     for direction in (Direction.DOWN, Direction.UP):
@@ -469,6 +472,28 @@ def phase_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def notes(results: dict[str, Any]) -> str:
+    """What the figures need beside them to be read right."""
+    lines = [
+        f"- p99 of {results['ops']} operations is their slowest but one at most "
+        "(the quantile is the nearest sample): read it as a tail, not as a bound.",
+        "- Each lab host accounts for its own pool (CPUs 0-1); the lab server is on h1, "
+        "the VM on h2. A scale down pins the vCPU onto vCPU 0's CPU and frees its own; "
+        "the scale up after it takes that CPU back.",
+    ]
+    accel = results.get("qemu_accel")
+    if accel is not None:
+        how = (
+            "KVM"
+            if accel == "kvm"
+            else "TCG, software emulation (KVM cannot run the guest on this machine): "
+            "every guest step, its kernel's CPU hotplug and the helper's fork and exec "
+            "included, runs emulated"
+        )
+        lines.append(f"- The qemu server runs under {how}.")
+    return "\n".join(lines)
+
+
 def write(results: dict[str, Any], load_at_start: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -496,6 +521,7 @@ def write(results: dict[str, Any], load_at_start: float) -> None:
         "list); the CLI row is the wall time of a `servergroup scale cpu ... --json` "
         "process, Python's start-up and imports included. The C tools' row is the host "
         "helper's own clock, send to reply, with no scaler, pinning or record.\n\n"
+        f"{notes(results)}\n\n"
         "## Where the time goes (p50 / p99, ms)\n\n"
         "Measured by the owning host's scaler and returned in the result "
         "(`ScaleOutcome.timings`, `--json`): *queued* (the order's arrival at the host "
