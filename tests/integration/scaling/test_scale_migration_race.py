@@ -3,8 +3,9 @@
 Real host daemons (their scalers), real etcd, a lab server whose guest runs
 our real scale agent (`servergroup scale-agent`, started in the server with
 `server exec`) with an app helper that the test can hold: the helper touches
-a file as it starts, then sleeps, so the test moves the server to the other
-host exactly while its old host's scale is inside the guest. The old host
+a file as it starts, then waits for the test's word (a file), so the test
+moves the server to the other host exactly while its old host's scale is
+inside the guest. The old host
 cannot record what its guest did (the record is the new host's now); the new
 host settles the server when that order ends, pushing its record to the
 guest. Then free-running rounds: scale commands and a live migration started
@@ -38,7 +39,10 @@ pytestmark = pytest.mark.timeout(240)
 #: The guest's scale agent is the test's (with its helper): the lab's own is left out.
 ENV = {"SERVERGROUP_CPU_POOL": "0-1", "SERVERGROUP_LAB_SCALE_AGENT": "off"}
 VCPUS = 4
-HOLD = 0.8  # seconds the held helper sleeps: the migration happens meanwhile
+#: The held helper waits for the release file at most this long (in 0.05 s steps), well
+#: within the held scale's --timeout: the guest does the scale, it is not killed.
+HOLD_STEPS = 60
+HELD_TIMEOUT = "5"
 
 
 def guest_online(root: Path) -> tuple[int, ...] | None:
@@ -81,9 +85,9 @@ def start_agent(setup: Setup, root: Path, helper: Path) -> subprocess.Popen[byte
     return proc
 
 
-def start_scale(setup: Setup, direction: str = "down") -> subprocess.Popen[str]:
+def start_scale(setup: Setup, direction: str = "down", timeout: str = "2") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        setup.argv("scale", "cpu", direction, "s", "--json", "--timeout", "2"),
+        setup.argv("scale", "cpu", direction, "s", "--json", "--timeout", timeout),
         env=setup.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -124,15 +128,21 @@ def test_a_scale_racing_a_live_migration_leaves_the_guest_as_recorded(
     setup.run("server", "create", "s", "--group", "g", "--vcpus", str(VCPUS), "--host", "h1")
     root = setup.state_dir / "race-sysroot"
     started = setup.state_dir / "helper-started"
+    release = setup.state_dir / "helper-release"
     helper = setup.state_dir / "held-helper"
-    helper.write_text(f"#!/bin/sh\ntouch {started}\nsleep {HOLD}\nexit 0\n")
+    helper.write_text(
+        f"#!/bin/sh\ntouch {started}\ni=0\n"
+        f"while [ ! -e {release} ] && [ $i -lt {HOLD_STEPS} ]; do sleep 0.05; i=$((i+1)); done\n"
+        "exit 0\n"
+    )
     helper.chmod(0o755)
     agent = start_agent(setup, root, helper)
     try:
-        # 1. Held: h1's scale is inside the guest (its helper sleeps) when s moves to h2.
-        racer = start_scale(setup)
+        # 1. Held: h1's scale is inside the guest (its helper waits) when s moves to h2.
+        racer = start_scale(setup, timeout=HELD_TIMEOUT)
         wait_until(started.exists, "the guest's helper started", 30)
         setup.run("server", "migrate", "s", "--to", "h2", "--live")
+        release.touch()
         taken, failed = ended([racer])
         assert taken == set()  # h1 could not record it: failed, in one sentence
         assert "moved to h2 while being scaled" in failed[0], failed
