@@ -44,6 +44,10 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         assert "demo-3 received it from" in out
         assert "demo-1 was told: compute.instance.pause.end" in out
         assert "demo-2 was told: compute.instance.pause.end" in out
+        # A VM of 2 vCPUs scaled down and up: its kernel's own view after each.
+        assert "/sys/devices/system/cpu/online" in out
+        assert "demo-1 sees CPUs 0 online" in out
+        assert "demo-1 saw its online CPUs go 0-1 -> 0 -> 0-1" in out
         # The image went to three lab hosts; the sender's table lists three
         # finished clients, and each output is the image.
         image_lab = distribution_lab_name(lab)

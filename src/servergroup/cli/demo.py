@@ -18,9 +18,14 @@ from servergroup.demo import (
     run_distribution_demo,
     run_election_demo,
     run_messaging_demo,
+    run_scaling_demo,
 )
-from servergroup.demo.messaging import choose_driver
+from servergroup.demo.messaging import choose_driver, remove_messaging_demo
+from servergroup.scaling.cpus import format_cpu_list
 from servergroup.servers.drivers.registry import driver_info
+
+#: The messaging part's server of 2 vCPUs, which the scaling part scales.
+SCALED_SERVER = "demo-1"
 
 
 def _say(text: str) -> None:
@@ -42,7 +47,8 @@ def demo(state: CliState) -> None:
     takeover with a larger fencing token and how long it took. Then, on two
     lab hosts (`servergroup up`, reused when already up), three servers
     without IP networking broadcast, query status, and learn that one of them
-    was paused. Last, on a lab of four hosts with 1 Gbit/s links, one image
+    was paused; a server of 2 vCPUs is scaled down and up, and prints its own
+    view of its CPUs after each. Last, on a lab of four hosts with 1 Gbit/s links, one image
     goes from one host to the other three by multicast, and each receiver's
     SHA-256 is checked.
     """
@@ -61,10 +67,9 @@ def demo(state: CliState) -> None:
     _say(f"Takeover took {result.takeover_seconds:.2f} s ({verdict} the 1.5 s goal).")
 
     if config.managed_etcd:
-        _step(3, "Group messaging between servers with no IP networking")
-        _messaging(config)
+        _messaging_and_scaling(config)
 
-    _step(4 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
+    _step(5 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
     _distribution(config)
 
     click.echo()
@@ -75,7 +80,9 @@ def demo(state: CliState) -> None:
         )
 
 
-def _messaging(config: Config) -> None:
+def _messaging_and_scaling(config: Config) -> None:
+    """Steps 3 and 4, on the lab hosts of `servergroup up` (brought up for them if needed)."""
+    _step(3, "Group messaging between servers with no IP networking")
     previous = read_status(config)
     if previous is not None:
         _say("Using the set-up of `servergroup up` that is already running.")
@@ -86,12 +93,31 @@ def _messaging(config: Config) -> None:
     driver, why = choose_driver()
     _say(f"Using {driver.value} servers ({driver_info(driver).description}): {why}.")
     try:
+        endpoint = Endpoint.parse(status.etcd)
         result = run_async(
-            run_messaging_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)
+            run_messaging_demo(config, endpoint, _say, driver=driver, keep_servers=True)
         )
         _say(
             f"Broadcast reached {', '.join(result.broadcast_receivers)} (never the sender); "
             f"the pause was notified to {', '.join(result.pause_notified)}."
+        )
+        _step(4, "A server's vCPUs scaled down and up")
+        try:
+            scaled = run_async(
+                run_scaling_demo(config, endpoint, _say, driver=driver, server=SCALED_SERVER)
+            )
+        finally:
+            run_async(remove_messaging_demo(config, endpoint))
+        if not (
+            len(scaled.after_down) == len(scaled.before) - 1 and scaled.after_up == scaled.before
+        ):
+            raise RemoteError(
+                f"server {scaled.server} does not see what it was scaled to (see above)."
+            )
+        _say(
+            f"{scaled.server} saw its online CPUs go {format_cpu_list(scaled.before)} -> "
+            f"{format_cpu_list(scaled.after_down)} -> {format_cpu_list(scaled.after_up)}, "
+            "as its host recorded them."
         )
     finally:
         if previous is None:
