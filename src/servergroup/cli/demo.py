@@ -20,6 +20,7 @@ from servergroup.demo import (
     run_messaging_demo,
     run_scaling_demo,
 )
+from servergroup.demo.failover import SERVICE, run_failover_demo
 from servergroup.demo.messaging import choose_driver, remove_messaging_demo
 from servergroup.scaling.cpus import format_cpu_list
 from servergroup.servers.drivers.registry import driver_info
@@ -48,9 +49,11 @@ def demo(state: CliState) -> None:
     lab hosts (`servergroup up`, reused when already up), three servers
     without IP networking broadcast, query status, and learn that one of them
     was paused; a server of 2 vCPUs is scaled down and up, and prints its own
-    view of its CPUs after each. Last, on a lab of four hosts with 1 Gbit/s links, one image
-    goes from one host to the other three by multicast, and each receiver's
-    SHA-256 is checked.
+    view of its CPUs after each; on three lab hosts, an HA service run by the
+    Dummy OCF agent moves to the next host when its host freezes, with a
+    larger fencing token, and back when it thaws. Last, on a lab of four
+    hosts with 1 Gbit/s links, one image goes from one host to the other
+    three by multicast, and each receiver's SHA-256 is checked.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -69,7 +72,7 @@ def demo(state: CliState) -> None:
     if config.managed_etcd:
         _messaging_and_scaling(config)
 
-    _step(5 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
+    _step(6 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
     _distribution(config)
 
     click.echo()
@@ -81,7 +84,7 @@ def demo(state: CliState) -> None:
 
 
 def _messaging_and_scaling(config: Config) -> None:
-    """Steps 3 and 4, on the lab hosts of `servergroup up` (brought up for them if needed)."""
+    """Steps 3 to 5, on the lab hosts of `servergroup up` (brought up for them if needed)."""
     _step(3, "Group messaging between servers with no IP networking")
     previous = read_status(config)
     if previous is not None:
@@ -118,6 +121,18 @@ def _messaging_and_scaling(config: Config) -> None:
             f"{scaled.server} saw its online CPUs go {format_cpu_list(scaled.before)} -> "
             f"{format_cpu_list(scaled.after_down)} -> {format_cpu_list(scaled.after_up)}, "
             "as its host recorded them."
+        )
+        _step(5, "One HA service, exactly one instance, through a host freeze")
+        hosts = max(3, len(status.hosts))
+        _say(f"Bringing the lab to {hosts} hosts for it; each host daemon has the node role.")
+        status = bring_up(config, hosts=hosts, lab_name=status.lab)
+        names = [h.name for h in status.hosts][:3]
+        failover = run_async(run_failover_demo(config, endpoint, _say, lab=status.lab, hosts=names))
+        _say(
+            f"{SERVICE} ran on {failover.first.node}, then {failover.taken_over.node} "
+            f"({failover.takeover_seconds:.2f} s after the freeze), then "
+            f"{failover.back.node} again; tokens {failover.first.token} < "
+            f"{failover.taken_over.token} < {failover.back.token}."
         )
     finally:
         if previous is None:
