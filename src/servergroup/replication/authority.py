@@ -60,24 +60,26 @@ class Authority:
 
     def follow(
         self,
-        on_generation: Callable[[int], None],
+        on_record: Callable[[PairRecord], None],
         on_lost: Callable[[str], None],
         *,
         since: int,
     ) -> None:
-        """Call `on_generation` at each change of the pair's key, `on_lost` when the session fails.
+        """Call `on_record` at each change of the pair's key, `on_lost` when the session fails.
 
         `since` is the key's mod revision last read; changes after it are seen.
+        A record naming this node active is its own doing (a claim, a backup
+        attached): the daemons ignore those, or a claim would fence its maker.
         """
-        self._tasks.append(asyncio.create_task(self._watch(on_generation, since)))
+        self._tasks.append(asyncio.create_task(self._watch(on_record, since)))
         self._tasks.append(asyncio.create_task(self._session(on_lost)))
 
-    async def _watch(self, on_generation: Callable[[int], None], since: int) -> None:
+    async def _watch(self, on_record: Callable[[PairRecord], None], since: int) -> None:
         while True:
             try:
                 async for record in self.pair.changes(since + 1):
                     if record is not None:
-                        on_generation(record.generation)
+                        on_record(record)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: the session decides, we retry
@@ -86,7 +88,7 @@ class Authority:
                 with contextlib.suppress(Exception):
                     record, since = await self.pair.read()
                     if record is not None:
-                        on_generation(record.generation)
+                        on_record(record)
 
     async def _session(self, on_lost: Callable[[str], None]) -> None:
         queue = self.session.listen()

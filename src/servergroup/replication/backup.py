@@ -43,6 +43,7 @@ from servergroup.replication.authority import Authority
 from servergroup.replication.channel import ChannelClosed, TcpChannel, serve
 from servergroup.replication.checkpoint import apply
 from servergroup.replication.front import ClientFront
+from servergroup.replication.pair import PairRecord
 from servergroup.replication.primary import Built
 from servergroup.replication.protocol import (
     Ack,
@@ -241,8 +242,10 @@ class BackupDaemon:
         with contextlib.suppress(ChannelClosed):
             await channel.send([message])
 
-    def _on_generation(self, generation: int) -> None:
-        self._spawn(self._do(self.machine.fenced(generation, self._loop.time()), None))
+    def _on_generation(self, record: PairRecord) -> None:
+        if record.active == self.options.node:
+            return  # our own claim or attach
+        self._spawn(self._do(self.machine.fenced(record.generation, self._loop.time()), None))
 
     def _on_session_lost(self, reason: str) -> None:
         if self.machine.phase in (bm.BackupPhase.ACTIVE, bm.BackupPhase.CLAIMING):

@@ -60,6 +60,7 @@ from servergroup.replication.checkpoint import Captured, Capturer
 from servergroup.replication.front import ClientFront
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
 from servergroup.replication.output import OutputBuffer, OutputOverflow
+from servergroup.replication.pair import PairRecord
 from servergroup.replication.protocol import (
     Ack,
     DiskWrite,
@@ -365,8 +366,10 @@ class PrimaryDaemon:
             self.machine.request_checkpoint(self._loop.time())
             self._wake.set()
 
-    def _on_generation(self, generation: int) -> None:
-        self._do(self.machine.fenced(generation, self._loop.time()))
+    def _on_generation(self, record: PairRecord) -> None:
+        if record.active == self.options.node:
+            return  # our own claim or attach
+        self._do(self.machine.fenced(record.generation, self._loop.time()))
 
     async def _claim(self, previous: int) -> None:
         assert self._authority is not None
