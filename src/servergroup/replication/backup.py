@@ -31,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from servergroup.common.errors import RemoteError, ServergroupError
+from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator
 from servergroup.replication import backup_machine as bm
@@ -125,7 +126,8 @@ class BackupDaemon:
             self._server = await serve(*opts.listen, self._on_channel)
         except OSError as exc:
             host, port = opts.listen
-            raise RemoteError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UsageError(f"cannot listen on {host}:{port}: {why.lower()}") from None
         log.warning(
             "backup for %s listening for a primary on %s:%d (pair %s, generation %d)",
             built.name,

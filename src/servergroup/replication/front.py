@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from collections.abc import Callable
 
 from servergroup.common.errors import UsageError
@@ -74,7 +75,8 @@ class ClientFront:
                 self._client, host, port, reuse_address=True, limit=MAX_LINE
             )
         except OSError as exc:
-            raise UsageError(f"cannot serve clients on {host}:{port}: {exc.strerror}.") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UsageError(f"cannot serve clients on {host}:{port}: {why.lower()}.") from None
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 

@@ -177,6 +177,12 @@ class PrimaryDaemon:
     async def _run(self) -> None:
         opts = self.options
         built = self.built
+        # The client socket first: an address in use fails before etcd is touched.
+        # Requests wait at the closed gate until the pair is set up.
+        self.output = OutputBuffer(buffering=opts.net_buffer)
+        self.front = ClientFront(built.service.handle, self._on_reply, on_gone=self.output.drop)
+        self.front.pause()
+        host, port = await self.front.start(*opts.listen)
         self.tracker = open_tracker()
         for region in built.regions:
             self.tracker.track(region)
@@ -200,8 +206,6 @@ class PrimaryDaemon:
         )
         self.machine = pm.PrimaryMachine(config, generation=generation, now=now)
         self.machine.arm_failure(opts.fail_at)
-        self.output = OutputBuffer(buffering=opts.net_buffer)
-        self.front = ClientFront(built.service.handle, self._on_reply, on_gone=self.output.drop)
         if opts.backup is not None:
             try:
                 await self._attach()
@@ -212,7 +216,7 @@ class PrimaryDaemon:
             _, since = await self._authority.read()
             self._authority.follow(self._on_generation, self._stop, since=since)
             self._authority.publish(self.status)
-        host, port = await self.front.start(*opts.listen)
+        self.front.resume()
         mode = "protected" if opts.backup else "UNPROTECTED (--no-backup)"
         log.warning(
             "serving %s on %s:%d, %s, generation %d, interval %.0f ms%s",
