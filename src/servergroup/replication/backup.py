@@ -309,7 +309,23 @@ class BackupDaemon:
         else:
             log.warning("%s opened with %s: closing it", channel.peer, type(first).__name__)
 
+    def _unwelcome(self, hello: Hello) -> str | None:
+        """Why a hello may not replace the stream we follow (None: it may)."""
+        cfg = self.machine.status()
+        if hello.generation < cfg.generation:
+            return f"generation {hello.generation} is stale (this backup has seen {cfg.generation})"
+        if hello.service != self.built.name or hello.regions != self.built.regions.layout:
+            return f"this backup is for service {self.built.name!r} with another layout"
+        return None
+
     async def _follow_stream(self, channel: TcpChannel, hello: Hello) -> None:
+        if self._stream is not None:
+            # A stale or foreign hello must not break the stream we follow.
+            reason = self._unwelcome(hello)
+            if reason is not None:
+                log.warning("refused a hello from %s: %s", channel.peer, reason)
+                await self._reply(channel, Refuse(reason=reason))
+                return
         old, self._stream = self._stream, channel
         if old is not None:
             await old.close()

@@ -27,6 +27,18 @@ from typing import Any
 
 import pytest
 
+from servergroup.replication.examples.kv import KvService
+from servergroup.replication.protocol import (
+    EpochBegin,
+    Hello,
+    MessageDecoder,
+    Pages,
+    Refuse,
+    Welcome,
+    encode_message,
+)
+from servergroup.replication.regions import PAGE_SIZE
+from servergroup.replication.service import EXAMPLES
 from tests.fixtures.daemons import Daemon, DaemonFactory, show_log_on_failure
 
 SG = [sys.executable, "-m", "servergroup", "-v", "--log-text"]
@@ -240,9 +252,14 @@ def fail_over(pair: Pair, kill: Callable[[subprocess.Popen[bytes]], None]) -> di
     return held
 
 
+#: Rounds of each kill; raise it for a long run (SG_REPLICATION_ROUNDS=20 make test...).
+ROUNDS = int(os.environ.get("SG_REPLICATION_ROUNDS", "1"))
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
 @pytest.mark.parametrize("point", ["s", "s2", "r", "r2", "c", "c2"])
 def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
-    pair: Pair, point: str
+    pair: Pair, point: str, round_: int
 ) -> None:
     def arm(primary: subprocess.Popen[bytes]) -> None:
         pair.command(primary, point)
@@ -252,8 +269,9 @@ def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
     assert f"failure point {point}: killing this process" in log
 
 
+@pytest.mark.parametrize("round_", range(2 * ROUNDS))
 def test_no_acknowledged_put_is_lost_when_the_primary_is_killed_at_a_random_moment(
-    pair: Pair,
+    pair: Pair, round_: int
 ) -> None:
     def kill(primary: subprocess.Popen[bytes]) -> None:
         time.sleep(random.uniform(0, 0.4))
@@ -354,3 +372,104 @@ def test_the_primary_goes_unprotected_when_the_backup_dies_and_is_re_protected(
     primary.wait(10)
     second.wait_for_log("took over at generation")
     assert scan(pair.serve) == {"one": "1", "two": "2", "three": "3"}
+
+
+def status(pair: Pair) -> Any:
+    shown = subprocess.run(
+        [*SG, "replication", "status", "kv", "--json"],
+        env={**os.environ, **pair.env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(shown.stdout)
+
+
+def kv_hello(generation: int) -> Hello:
+    return Hello(
+        service=EXAMPLES["kv"],
+        generation=generation,
+        page_size=PAGE_SIZE,
+        disk_size=0,
+        regions=(("kv.slots", KvService.capacity * 512), ("kv.meta", PAGE_SIZE)),
+    )
+
+
+def exchange(address: tuple[str, int], data: bytes) -> list[Any]:
+    """Send `data` on a new connection, half-close, and decode what comes back."""
+    decoder = MessageDecoder()
+    got: list[Any] = []
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(65536):
+            got += decoder.feed(chunk)
+    return got
+
+
+def test_a_backup_for_another_service_is_refused(pair: Pair) -> None:
+    pair.start_backup("--pair", "kv").wait_for_log("listening")
+    backup = pair.backup
+    assert backup is not None
+    backup.stop()
+    other = pair._daemon(
+        [
+            *SG,
+            "backup",
+            "--service",
+            "counter",
+            "--pair",
+            "kv",
+            "--listen",
+            Pair.text(pair.listen),
+            "--serve",
+            Pair.text(pair.serve),
+        ],
+        env=pair.env,
+        name="counter-backup",
+        ready="listening for a primary",
+    )
+    primary = pair.start_primary(ready=False)
+    assert primary.wait(30) != 0
+    assert "refused us: this backup is for service" in primary.log_path.read_text()  # type: ignore[attr-defined]
+    other.wait_for_log("refused from the primary: this backup is for service")
+    assert "applied" not in other.log_text()
+
+
+def test_stale_corrupt_and_truncated_streams_are_refused_and_never_applied(pair: Pair) -> None:
+    backup = pair.start_backup()
+    primary = pair.start_primary()
+    backup.wait_for_log("applied full epoch")
+    assert ask(pair.client, {"op": "put", "key": "a", "value": "1"}) == {"ok": True}
+    generation = status(pair)["generation"]
+    # A hello from a stale generation: refused, the real stream untouched.
+    answer = exchange(pair.listen, encode_message(kv_hello(generation - 1)))
+    assert len(answer) == 1
+    assert isinstance(answer[0], Refuse)
+    assert "stale" in answer[0].reason
+    # Garbage and a flipped bit inside a valid frame.
+    assert exchange(pair.listen, b"GET / HTTP/1.0\r\n\r\n" * 4) == []
+    frame = bytearray(encode_message(kv_hello(generation)))
+    frame[-3] ^= 0x10
+    assert exchange(pair.listen, bytes(frame)) == []
+    # A truncated full epoch, at the current generation (it replaces the real stream):
+    # the `poison` page (a slot holding key "poison") must never reach the service's regions.
+    slot = bytes([1, 0, 6, 0, 1, 0, 0, 0]) + b"poison".ljust(64, b"\0") + b"x".ljust(440, b"\0")
+    poison = slot.ljust(PAGE_SIZE, b"\0")
+    epoch = encode_message(EpochBegin(generation=generation, epoch=1000, full=True))
+    pages = encode_message(Pages(region=0, runs=((0, 1),), data=poison))
+    answer = exchange(pair.listen, encode_message(kv_hello(generation)) + epoch + pages[:-7])
+    assert [type(m) for m in answer] == [Welcome]
+    backup.wait_for_log("inside a frame")
+    # The primary reattaches (a new generation, a full checkpoint) and goes on.
+    log_path: Path = primary.log_path  # type: ignore[attr-defined]
+    wait_until(lambda: log_path.read_text().count("attached at generation") >= 2, "reattaching")
+    assert ask(pair.client, {"op": "put", "key": "b", "value": "2"}) == {"ok": True}
+    primary.kill()
+    primary.wait(10)
+    backup.wait_for_log("took over at generation")
+    assert scan(pair.serve) == {"a": "1", "b": "2"}
+    assert "refused a hello" in backup.log_text()
+    assert "does not start frames" in backup.log_text()
+    assert "does not match its hash" in backup.log_text()
