@@ -103,7 +103,9 @@ def protect(
     writes) captured and resumed, the checkpoint streamed to the backup;
     client replies of an epoch are held until the backup acknowledges it.
     Clients send one request per line to --listen. While it runs, a line on
-    stdin naming a failure point (s s2 r r2 c c2) arms it, as --fail-at does.
+    stdin naming a failure point (s s2 r r2 c c2) arms it, as --fail-at does
+    (stdin read when it is a pipe, or the terminal with the command in the
+    foreground).
 
     \b
     Example (two terminals, etcd from the top-level options):
@@ -352,3 +354,24 @@ def status(state: CliState, name: str, as_json: bool) -> None:
         )
     else:
         click.echo("no node of this pair is running")
+
+
+@replication.command()
+@click.argument("name")
+@pass_state
+def remove(state: CliState, name: str) -> None:
+    """Forget pair NAME in etcd, once its nodes are stopped for good.
+
+    The pair's key remembers which node is active, so that an old primary
+    that comes back cannot act; removing it lets a new pair start at
+    generation 1. Running nodes of the pair are not stopped by this.
+    """
+    from servergroup.replication.pair import PairKey
+
+    async def work() -> bool:
+        async with connect(state.config()) as coordinator:
+            return await PairKey(coordinator, name).remove()
+
+    if not run_async(work()):
+        fail(f"no replication pair named {name!r}.")
+    click.echo(f"pair {name} removed")

@@ -44,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -105,6 +106,21 @@ class PrimaryOptions:
 def default_node(listen: tuple[str, int]) -> str:
     """This node's name in the pair's key: host and the client address."""
     return f"{socket.gethostname()}/{listen[0]}:{listen[1]}"
+
+
+def _commands_readable() -> bool:
+    """Whether stdin can carry commands: a pipe or socket, or the terminal we are in front of.
+
+    A background job reading its terminal would be stopped (SIGTTIN), and
+    /dev/null or a file cannot be watched by the event loop.
+    """
+    try:
+        mode = os.fstat(0).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            return True
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
 
 
 class Built:
@@ -513,6 +529,8 @@ class PrimaryDaemon:
     # -- the seed's control commands ---------------------------------------------------------
 
     async def _read_commands(self) -> None:
+        if not _commands_readable():
+            return
         reader = asyncio.StreamReader()
         try:
             await self._loop.connect_read_pipe(
