@@ -108,8 +108,8 @@ def cli(
     members, vCPU scaling, multicast image distribution, and an HA service
     manager (exactly-one services run by OCF agents, with failover and
     discovery), and Remus-style checkpoint replication of a Python service
-    to a backup that takes over when the primary dies. With no etcd endpoint configured, servergroup runs its own
-    local etcd.
+    to a backup that takes over when the primary dies. With no etcd endpoint
+    configured, servergroup runs its own local etcd.
     """
     configure_logging(verbose, log_json)
     ctx.obj = CliState(
