@@ -18,6 +18,7 @@ from servergroup.demo import (
     run_distribution_demo,
     run_election_demo,
     run_messaging_demo,
+    run_replication_demo,
 )
 from servergroup.demo.messaging import choose_driver
 from servergroup.servers.drivers.registry import driver_info
@@ -44,7 +45,9 @@ def demo(state: CliState) -> None:
     without IP networking broadcast, query status, and learn that one of them
     was paused. Last, on a lab of four hosts with 1 Gbit/s links, one image
     goes from one host to the other three by multicast, and each receiver's
-    SHA-256 is checked.
+    SHA-256 is checked. Finally the kv example service runs protected by a
+    backup (checkpoint replication), its primary is killed with SIGKILL,
+    and every put a client saw acknowledged is read back from the backup.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -66,6 +69,11 @@ def demo(state: CliState) -> None:
 
     _step(4 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
     _distribution(config)
+
+    _step(5 if config.managed_etcd else 4, "A replicated service survives kill -9 of its primary")
+    replicated = run_async(run_replication_demo(config, endpoints, _say))
+    if replicated.lost:
+        raise RemoteError(f"{replicated.lost} acknowledged puts were lost in the failover.")
 
     click.echo()
     if config.managed_etcd:
