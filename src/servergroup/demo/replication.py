@@ -47,9 +47,12 @@ async def _wait_log(
     deadline = time.monotonic() + timeout
     while text not in (said := await asyncio.to_thread(path.read_text, errors="replace")):
         if proc.returncode is not None:
-            raise RemoteError(f"a replication process exited early: {said[-300:]}")
+            raise RemoteError(f"the demo's {path.stem} exited early; its log ends: {said[-300:]}")
         if time.monotonic() > deadline:
-            raise RemoteError(f"a replication process did not say {text!r} in {timeout:g} s")
+            raise RemoteError(
+                f"the demo's {path.stem} did not say {text!r} in {timeout:g} s; its log ends:"
+                f" {said[-300:]}"
+            )
         await asyncio.sleep(0.05)
 
 

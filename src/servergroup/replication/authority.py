@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator, Session, SessionState
-from servergroup.replication.pair import PairKey, PairRecord
+from servergroup.replication.pair import PairKey, PairRecord, decode_pair
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Authority:
     ) -> None:
         """Call `on_record` at each change of the pair's key, `on_lost` when the session fails.
 
-        `since` is the key's mod revision last read; changes after it are seen.
+        `since` is the store revision of the last read (`snapshot`); changes after it are seen.
         A record naming this node active is its own doing (a claim, a backup
         attached): the daemons ignore those, or a claim would fence its maker.
         """
@@ -86,7 +86,7 @@ class Authority:
                 log.info("watching the pair's key failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
-                    record, since = await self.pair.read()
+                    record, since = await self.snapshot()
                     if record is not None:
                         on_record(record)
 
@@ -116,8 +116,16 @@ class Authority:
                 await self.coordinator.put(key, body, lease=self.session.lease_id)
             await asyncio.sleep(interval)
 
-    async def read(self) -> tuple[PairRecord | None, int]:
-        return await self.pair.read()
+    async def snapshot(self) -> tuple[PairRecord | None, int]:
+        """The pair's record (None when absent) and the store's revision of that read.
+
+        Watch from just after that revision (`follow(since=...)`): the key's
+        own mod revision would be 0 when it is absent, and a watch from there
+        would replay the history of an earlier pair of the same name.
+        """
+        found = await self.coordinator.get_prefix(self.pair.key)
+        item = next((kv for kv in found.items if kv.key == self.pair.key), None)
+        return (None if item is None else decode_pair(item.value)), found.revision
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -117,7 +117,7 @@ class BackupDaemon:
             primary_timeout=opts.primary_timeout,
         )
         await self._authority.start()
-        record, since = await self._authority.read()
+        record, since = await self._authority.snapshot()
         generation = 0 if record is None else record.generation
         self.machine = bm.BackupMachine(config, generation=generation, now=self._loop.time())
         self._authority.follow(self._on_generation, self._on_session_lost, since=since)

@@ -229,7 +229,7 @@ class PrimaryDaemon:
                 where = f"{opts.backup[0]}:{opts.backup[1]}"
                 raise RemoteError(f"the backup at {where} is unreachable: {exc}") from None
             assert self._authority is not None
-            _, since = await self._authority.read()
+            _, since = await self._authority.snapshot()
             self._authority.follow(self._on_generation, self._stop, since=since)
             self._authority.publish(self.status)
         self.front.resume()
