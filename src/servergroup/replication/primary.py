@@ -173,6 +173,8 @@ class PrimaryDaemon:
         self._captured: Captured | None = None
         self._writes: list[DiskWrite] = []
         self._attaching = False
+        #: Serialises this primary's changes of the pair's key (claims, attaches).
+        self._key_lock = asyncio.Lock()
         self._last_pause = 0.0
         self._last_size = 0
 
@@ -393,26 +395,34 @@ class PrimaryDaemon:
 
     async def _claim(self, previous: int) -> None:
         assert self._authority is not None
-        try:
-            record = await self._authority.pair.claim(previous, self.options.node)
-        except ServergroupError as exc:
-            self._stop(f"claiming the pair's key failed: {exc}")
-            return
-        now = self._loop.time()
+        async with self._key_lock:
+            if self.machine.mode is not pm.Mode.CLAIMING:
+                return  # an attach settled it meanwhile
+            try:
+                record = await self._authority.pair.claim(previous, self.options.node)
+            except ServergroupError as exc:
+                self._stop(f"claiming the pair's key failed: {exc}")
+                return
+            if record is not None:
+                self._do(self.machine.claim_won(record.generation, self._loop.time()))
         if record is None:
-            self._do(self.machine.claim_lost(now))
+            with contextlib.suppress(ServergroupError):
+                current, _ = await self._authority.pair.read()
+                log.warning("claim from generation %d lost; the pair is now %s", previous, current)
+            self._do(self.machine.claim_lost(self._loop.time()))
         else:
             await self._close_backup()
-            self._do(self.machine.claim_won(record.generation, now))
             self._spawn(self._reattach())
 
     # -- the backup's connections ----------------------------------------------------------
 
     async def _attach(self) -> None:
-        """Name the backup in the pair's key, open both connections, have the backup welcome us.
+        """Have the backup welcome us at the next generation, then write that generation.
 
-        The backup joins at a new generation (compare-and-set from ours), so
-        any older backup is stale from here; the machine's next checkpoint is full.
+        The backup joins at a new generation, so any older backup is stale
+        from then; the key is changed (compare-and-set from ours) only once
+        the backup welcomed us: a backup dying during the attach leaves the
+        key as it was. The machine's next checkpoint is full.
         """
         assert self.options.backup is not None
         assert self._authority is not None
@@ -420,12 +430,7 @@ class PrimaryDaemon:
         stream = await connect(host, port, timeout=CONNECT_TIMEOUT)
         beats: TcpChannel | None = None
         try:
-            record = await self._authority.pair.attach_backup(
-                self.machine.generation, self.options.node, f"{host}:{port}"
-            )
-            if record is None:
-                raise RemoteError("the pair's key moved past this primary's generation")
-            generation = record.generation
+            generation = self.machine.generation + 1
             await stream.send([self.built.hello(generation)])
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 answer = await stream.receive()
@@ -435,19 +440,35 @@ class PrimaryDaemon:
                 raise RemoteError(f"the backup at {host}:{port} answered {answer!r}")
             beats = await connect(host, port, timeout=CONNECT_TIMEOUT)
             await beats.send([Heartbeat(generation=generation, epoch=self.machine.committed)])
-            if self.machine.mode not in (pm.Mode.PROTECTED, pm.Mode.UNPROTECTED):
-                raise RemoteError(f"the primary became {self.machine.mode.value} meanwhile")
+            async with self._key_lock:
+                if self.machine.generation + 1 != generation or self.machine.mode not in (
+                    pm.Mode.PROTECTED,
+                    pm.Mode.UNPROTECTED,
+                ):
+                    raise RemoteError(f"the primary became {self.machine.mode.value} meanwhile")
+                record = await self._authority.pair.attach_backup(
+                    generation - 1, self.options.node, f"{host}:{port}"
+                )
+                if record is None or record.generation != generation:
+                    raise RemoteError("the pair's key moved past this primary's generation")
+                now = self._loop.time()
+                if self._mode() is pm.Mode.CLAIMING:  # changed during the await
+                    # The old backup fell silent meanwhile: the key now names us active
+                    # at a generation it cannot claim from, which is what its claim wanted.
+                    self._do(self.machine.claim_won(generation, now))
+                self._stream, self._beats = stream, beats
+                self._do(self.machine.backup_attached(generation, now))
         except BaseException:
             await stream.close()
             if beats is not None:
                 await beats.close()
             raise
-        self._stream, self._beats = stream, beats
-        now = self._loop.time()
-        self._do(self.machine.backup_attached(generation, now))
         self._spawn(self._read_stream(stream))
         self._spawn(self._read_beats(beats))
         log.warning("backup %s:%d attached at generation %d", host, port, generation)
+
+    def _mode(self) -> pm.Mode:
+        return self.machine.mode
 
     async def _close_backup(self) -> None:
         stream, beats = self._stream, self._beats
