@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from servergroup.cli.main import cli
 from tests.fixtures.daemons import DaemonFactory
 
 SG = [sys.executable, "-m", "servergroup"]
@@ -129,9 +131,16 @@ def test_a_failure_point_on_stdin_kills_the_primary(tmp_path: Path) -> None:
 
 
 def test_help_names_the_benchmark_options() -> None:
-    text = run(["protect", "--help"]).stdout
+    def help_of(*args: str) -> str:
+        result = CliRunner().invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    text = help_of("protect")
     assert text.count("Benchmark option") == 2
     for word in ("--fail-at", "--interval", "s2", "stdin"):
         assert word in text
-    assert "--serve" in run(["backup", "--help"]).stdout
-    assert "status" in run(["replication", "--help"]).stdout
+    assert "--serve" in help_of("backup")
+    assert "status" in help_of("replication")
+    assert "remove" in help_of("replication")
+    assert "Exits non-zero when no reply came" in help_of("kv")

@@ -269,7 +269,7 @@ def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
     assert f"failure point {point}: killing this process" in log
 
 
-@pytest.mark.parametrize("round_", range(2 * ROUNDS))
+@pytest.mark.parametrize("round_", range(ROUNDS))
 def test_no_acknowledged_put_is_lost_when_the_primary_is_killed_at_a_random_moment(
     pair: Pair, round_: int
 ) -> None:
