@@ -159,6 +159,12 @@ def protect(
     show_default=True,
     help="Seconds of heartbeat silence after which the backup takes over.",
 )
+@click.option(
+    "--next-backup",
+    metavar="HOST:PORT",
+    help="After a takeover, protect the service with a backup listening there (a new"
+    " `servergroup backup --listen HOST:PORT`), as soon as it answers; unprotected until then.",
+)
 @click.option("--pair", help="The pair's name in etcd [default: the service's short name].")
 @click.option("--node", help="This node's name in the pair's key [default: HOST/SERVE].")
 @pass_state
@@ -168,6 +174,7 @@ def backup(
     listen: str,
     serve: str,
     primary_timeout: float,
+    next_backup: str | None,
     pair: str | None,
     node: str | None,
 ) -> None:
@@ -176,7 +183,8 @@ def backup(
     Applies only complete, verified checkpoints. When the primary's
     heartbeats (on their own connection) stop for --primary-timeout, it
     takes the pair's key in etcd at a higher generation (the fencing token),
-    and serves the service from the last complete checkpoint on --serve.
+    and serves the service from the last complete checkpoint on --serve,
+    unprotected, or protected again by --next-backup once that answers.
     """
     from servergroup.replication.backup import BackupDaemon, BackupOptions
     from servergroup.replication.primary import default_node
@@ -190,6 +198,7 @@ def backup(
         pair=_pair_name(pair, service),
         node=node or default_node(serve_at),
         primary_timeout=primary_timeout,
+        next_backup=None if next_backup is None else _address(next_backup, "--next-backup"),
     )
     config = state.config()
 

@@ -43,9 +43,8 @@ from servergroup.replication import backup_machine as bm
 from servergroup.replication.authority import Authority
 from servergroup.replication.channel import ChannelClosed, TcpChannel, serve
 from servergroup.replication.checkpoint import apply
-from servergroup.replication.front import ClientFront
 from servergroup.replication.pair import PairRecord
-from servergroup.replication.primary import Built
+from servergroup.replication.primary import Built, PrimaryDaemon, PrimaryOptions
 from servergroup.replication.protocol import (
     Ack,
     Heartbeat,
@@ -69,6 +68,8 @@ class BackupOptions:
     node: str
     primary_timeout: float = 1.0
     heartbeat_interval: float = 0.1
+    #: After a takeover, protect the service with a backup at this address.
+    next_backup: tuple[str, int] | None = None
 
 
 class BackupDaemon:
@@ -81,8 +82,10 @@ class BackupDaemon:
         coordination: CoordinationConfig | None = None,
     ) -> None:
         self.options = options
+        self._coordinator = coordinator
+        self._coordination = coordination or CoordinationConfig()
         self._authority = Authority(
-            coordinator, coordination or CoordinationConfig(), pair=options.pair, node=options.node
+            coordinator, self._coordination, pair=options.pair, node=options.node
         )
         self._loop = asyncio.get_running_loop()
         self._stopped: asyncio.Future[str] = self._loop.create_future()
@@ -91,7 +94,7 @@ class BackupDaemon:
         self._beats: TcpChannel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
-        self.front: ClientFront | None = None
+        self._primary: PrimaryDaemon | None = None
         self._last_size = 0
 
     async def run(self) -> None:
@@ -149,8 +152,6 @@ class BackupDaemon:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.front is not None:
-            await self.front.close()
         await self._authority.close()
 
     def stop(self) -> None:
@@ -161,8 +162,8 @@ class BackupDaemon:
         if self._stopped.done():
             return
         log.error("stopping: %s", reason)
-        if self.front is not None:
-            self.front.pause()
+        if self._primary is not None:
+            self._primary.halt(reason)
         self._stopped.set_result(reason)
 
     def _spawn(self, coro: object) -> None:
@@ -268,31 +269,64 @@ class BackupDaemon:
             await self._do(self.machine.claim_lost(now), None)
 
     async def _activate(self, generation: int, epoch: int) -> None:
+        """Serve the service as it stands after `epoch`: as a primary, unprotected at first.
+
+        The primary driver runs on these regions under this node's name, so
+        the pair's key it changes (attaching `--next-backup`) is ours; this
+        daemon's watch and session go on fencing it.
+        """
+        if self._server is not None:
+            self._server.close()
         for channel in (self._stream, self._beats):
             if channel is not None:
                 await channel.close()
-        front = ClientFront(self.built.service.handle, self._send_now)
-        self.front = front
-        try:
-            host, port = await front.start(*self.options.serve)
-        except ServergroupError as exc:
-            self._stop(str(exc))
+        opts = self.options
+        primary = PrimaryDaemon(
+            PrimaryOptions(
+                service=opts.service,
+                listen=opts.serve,
+                backup=opts.next_backup,
+                pair=opts.pair,
+                node=opts.node,
+                heartbeat_interval=opts.heartbeat_interval,
+                stdin_commands=False,
+                start_unprotected=True,
+            ),
+            self._coordinator if opts.next_backup is not None else None,
+            self._coordination,
+            built=self.built,
+            may_act=self._authority.may_act,
+        )
+        self._primary = primary
+        running = asyncio.create_task(primary.run())
+        serving = asyncio.create_task(primary.serving.wait())
+        await asyncio.wait([running, serving], return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done():
+            serving.cancel()
+            exc = running.exception()
+            self._stop(str(exc) if exc else "the service stopped at once")
             return
+        self._tasks.add(running)
+        running.add_done_callback(self._primary_done)
+        host, port = opts.serve
         log.warning(
-            "took over at generation %d from epoch %d: serving %s on %s:%d, unprotected",
+            "took over at generation %d from epoch %d: serving %s on %s:%d%s",
             generation,
             epoch,
             self.built.name,
             host,
             port,
+            ", unprotected until a backup answers at {}:{}".format(*opts.next_backup)
+            if opts.next_backup
+            else ", unprotected",
         )
 
-    def _send_now(self, conn: int, data: bytes) -> None:
-        if not self._authority.may_act():
-            self._stop("the coordination session may not act: no more replies")
+    def _primary_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
             return
-        assert self.front is not None
-        self.front.send(conn, data)
+        exc = task.exception()
+        self._stop(str(exc) if exc else "")
 
     # -- connections from the primary -------------------------------------------------------
 
@@ -357,6 +391,8 @@ class BackupDaemon:
                 self._beats = None
 
     def status(self) -> dict[str, object]:
+        if self._primary is not None and self._primary.serving.is_set():
+            return {**self._primary.status(), "role": "primary (took over)"}
         st = self.machine.status()
         return {
             "role": "backup",

@@ -48,6 +48,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,8 @@ class PrimaryOptions:
     backup_timeout: float = 1.5
     heartbeat_interval: float = 0.1
     stdin_commands: bool = True
+    #: A backup that took over: start UNPROTECTED and attach `backup` when it answers.
+    start_unprotected: bool = False
 
 
 def default_node(listen: tuple[str, int]) -> str:
@@ -157,7 +160,14 @@ class PrimaryDaemon:
         options: PrimaryOptions,
         coordinator: Coordinator | None,
         coordination: CoordinationConfig | None = None,
+        *,
+        built: Built | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
+        """`built`: serve a service already built (a backup that took over) instead of a new one.
+
+        `may_act`: checked before each release when there is no pair (no `backup`).
+        """
         if options.backup is not None and coordinator is None:
             raise UsageError("a protected primary needs etcd for the pair's key.")
         self.options = options
@@ -177,11 +187,22 @@ class PrimaryDaemon:
         self._key_lock = asyncio.Lock()
         self._last_pause = 0.0
         self._last_size = 0
+        self._given = built
+        self._may_act = may_act
+        #: Set once clients are served.
+        self.serving = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until stopped; raises `RemoteError` with the reason when stopped by a fault."""
+        if self._given is not None:
+            self.built = self._given
+            try:
+                await self._run()
+            finally:
+                await self._shutdown()
+            return
         with tempfile.TemporaryDirectory(prefix="sg-protect-") as tmp:
             self.built = Built(self.options.service, Path(tmp))
             try:
@@ -220,22 +241,31 @@ class PrimaryDaemon:
             heartbeat_interval=opts.heartbeat_interval,
             backup_timeout=opts.backup_timeout,
             on_backup_loss=opts.on_backup_loss,
-            no_backup=opts.backup is None,
+            no_backup=opts.backup is None or opts.start_unprotected,
         )
         self.machine = pm.PrimaryMachine(config, generation=generation, now=now)
         self.machine.arm_failure(opts.fail_at)
-        if opts.backup is not None:
+        if opts.backup is not None and opts.start_unprotected:
+            self._spawn(self._reattach())
+        elif opts.backup is not None:
             try:
                 await self._attach()
             except (ServergroupError, TimeoutError, ReplicationProtocolError) as exc:
                 where = f"{opts.backup[0]}:{opts.backup[1]}"
                 raise RemoteError(f"the backup at {where} is unreachable: {exc}") from None
-            assert self._authority is not None
+        if self._authority is not None:
             _, since = await self._authority.snapshot()
             self._authority.follow(self._on_generation, self._stop, since=since)
             self._authority.publish(self.status)
         self.front.resume()
-        mode = "protected" if opts.backup else "UNPROTECTED (--no-backup)"
+        self.serving.set()
+        mode = (
+            "UNPROTECTED (no backup)"
+            if opts.backup is None
+            else "UNPROTECTED until the backup answers"
+            if opts.start_unprotected
+            else "protected"
+        )
         log.warning(
             "serving %s on %s:%d, %s, generation %d, interval %.0f ms%s",
             built.name,
@@ -272,12 +302,17 @@ class PrimaryDaemon:
         if not self._stopped.done():
             self._stopped.set_result("")
 
+    def halt(self, reason: str) -> None:
+        """Stop at once, releasing nothing more (the backup daemon driving us was fenced)."""
+        self._stop(reason)
+
     def _stop(self, reason: str) -> None:
         if self._stopped.done():
             return
         log.error("stopping: %s", reason)
-        self.front.pause()
-        self.output.discard()
+        with contextlib.suppress(AttributeError):  # not built yet: nothing to hold back
+            self.front.pause()
+            self.output.discard()
         self._stopped.set_result(reason)
 
     def _spawn(self, coro: object) -> None:
@@ -337,7 +372,8 @@ class PrimaryDaemon:
                     if disk is not None:
                         disk.commit()
                 case pm.ReleaseOutput(epoch=epoch):
-                    if self._authority is not None and not self._authority.may_act():
+                    may_act = self._authority.may_act if self._authority else self._may_act
+                    if may_act is not None and not may_act():
                         self._stop("the coordination session may not act: output held")
                         return
                     for send in self.output.release(epoch):

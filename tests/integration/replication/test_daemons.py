@@ -473,3 +473,40 @@ def test_stale_corrupt_and_truncated_streams_are_refused_and_never_applied(pair:
     assert "refused a hello" in backup.log_text()
     assert "does not start frames" in backup.log_text()
     assert "does not match its hash" in backup.log_text()
+
+
+def test_the_backup_that_took_over_is_protected_by_a_new_backup(pair: Pair) -> None:
+    """Re-protection of the new primary: a full copy, then increments, then it may die too."""
+    second_listen, second_serve = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    backup = pair.start_backup("--next-backup", Pair.text(second_listen))
+    primary = pair.start_primary()
+    backup.wait_for_log("applied full epoch")
+    assert ask(pair.client, {"op": "put", "key": "one", "value": "1"}) == {"ok": True}
+    primary.kill()
+    primary.wait(10)
+    backup.wait_for_log("took over at generation")
+    assert ask(pair.serve, {"op": "put", "key": "two", "value": "2"}) == {"ok": True}
+    second = pair._daemon(
+        [
+            *SG,
+            "backup",
+            "--service",
+            "kv",
+            "--listen",
+            Pair.text(second_listen),
+            "--serve",
+            Pair.text(second_serve),
+        ],
+        env=pair.env,
+        name="second-backup",
+        ready="listening for a primary",
+    )
+    second.wait_for_log("applied full epoch")
+    backup.wait_for_log("protected again at generation")
+    assert ask(pair.serve, {"op": "put", "key": "three", "value": "3"}) == {"ok": True}
+    shown = status(pair)
+    assert shown["active"].endswith(Pair.text(pair.serve))
+    assert shown["backup"] == Pair.text(second_listen)
+    backup.kill()
+    second.wait_for_log("took over at generation")
+    assert scan(second_serve) == {"one": "1", "two": "2", "three": "3"}
