@@ -188,6 +188,8 @@ class PrimaryDaemon:
         self._last_pause = 0.0
         self._last_size = 0
         self._given = built
+        #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
+        self._pass_unprotected = options.backup is not None or built is not None
         self._may_act = may_act
         #: Set once clients are served.
         self.serving = asyncio.Event()
@@ -372,9 +374,7 @@ class PrimaryDaemon:
                     if disk is not None:
                         disk.commit()
                 case pm.ReleaseOutput(epoch=epoch):
-                    may_act = self._authority.may_act if self._authority else self._may_act
-                    if may_act is not None and not may_act():
-                        self._stop("the coordination session may not act: output held")
+                    if not self._release_allowed():
                         return
                     for send in self.output.release(epoch):
                         self.front.send(send.conn, send.data)
@@ -410,7 +410,25 @@ class PrimaryDaemon:
                     log.info("ignored the ack of epoch %d: %s", epoch, reason)
         self._wake.set()
 
+    def _release_allowed(self) -> bool:
+        """Whether output may leave now; if not, the primary stops (self-fencing)."""
+        may_act = self._authority.may_act if self._authority else self._may_act
+        if may_act is not None and not may_act():
+            self._stop("the coordination session may not act: output held")
+            return False
+        return True
+
     def _on_reply(self, conn: int, data: bytes) -> None:
+        if (
+            self._pass_unprotected
+            and self.machine.mode is pm.Mode.UNPROTECTED
+            and not self.output.pending_bytes
+        ):
+            # No backup, and the pair's key is ours past any old backup's generation:
+            # holding this reply would protect nothing. (Held replies go first.)
+            if self._release_allowed():
+                self.front.send(conn, data)
+            return
         try:
             sends = self.output.write(conn, data)
         except OutputOverflow as exc:
