@@ -64,6 +64,8 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         assert out.count("matches the image") == 3, out
         assert "DIFFERS" not in out
         assert "Every receiver has the image" in out
+        assert "Killing the primary with SIGKILL" in out
+        assert "acknowledged puts read back from it: 0 lost" in out
         # The lab hosts the demo brought up are gone again; so are its servers,
         # and the image part's lab and files.
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -18,6 +18,7 @@ from servergroup.demo import (
     run_distribution_demo,
     run_election_demo,
     run_messaging_demo,
+    run_replication_demo,
     run_scaling_demo,
 )
 from servergroup.demo.failover import SERVICE, run_failover_demo
@@ -51,9 +52,12 @@ def demo(state: CliState) -> None:
     was paused; a server of 2 vCPUs is scaled down and up, and prints its own
     view of its CPUs after each; on three lab hosts, an HA service run by the
     Dummy OCF agent moves to the next host when its host freezes, with a
-    larger fencing token, and back when it thaws. Last, on a lab of four
+    larger fencing token, and back when it thaws. Then, on a lab of four
     hosts with 1 Gbit/s links, one image goes from one host to the other
-    three by multicast, and each receiver's SHA-256 is checked.
+    three by multicast, and each receiver's SHA-256 is checked. Last, the kv
+    example service runs protected by a backup (checkpoint replication), its
+    primary is killed with SIGKILL, and every put a client saw acknowledged
+    is read back from the backup.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -74,6 +78,11 @@ def demo(state: CliState) -> None:
 
     _step(6 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
     _distribution(config)
+
+    _step(7 if config.managed_etcd else 4, "A replicated service survives kill -9 of its primary")
+    replicated = run_async(run_replication_demo(config, endpoints, _say))
+    if replicated.lost:
+        raise RemoteError(f"{replicated.lost} acknowledged puts were lost in the failover.")
 
     click.echo()
     if config.managed_etcd:
