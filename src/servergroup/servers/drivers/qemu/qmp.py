@@ -18,11 +18,17 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 from qemu.qmp.message import Message
+from qemu.qmp.protocol import ConnectError
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from servergroup.servers.drivers.base import DriverError
 
 #: How long one conversation (connect and commands) may take.
 QMP_TIMEOUT = 10.0
+#: The pause before a failed QMP handshake is tried again (see `Monitor._connect`).
+HANDSHAKE_RETRY_INTERVAL = 0.1
+#: How long one attempt at the handshake may take before it is tried again.
+ATTEMPT_TIMEOUT = 3.0
 
 # qemu.qmp logs every connection at INFO and every failure with a traceback.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
@@ -41,22 +47,46 @@ class Monitor:
     async def session(self) -> AsyncIterator[QMPClient]:
         """A connected client for a few commands; disconnected afterwards."""
         async with self._lock:
-            client = QMPClient(self.label)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await client.connect(str(self.socket_path))
-            except (OSError, QMPError, TimeoutError) as exc:
-                with contextlib.suppress(Exception):
-                    await client.disconnect()
-                raise DriverError(
-                    f"cannot talk to the QEMU monitor of {self.label} at {self.socket_path}: "
-                    f"{_why(exc)}"
-                ) from None
+            client = await self._connect()
             try:
                 yield client
             finally:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
+
+    async def _connect(self) -> QMPClient:
+        """A client past the greeting and `qmp_capabilities`, within `timeout`.
+
+        A handshake that fails or hangs (not a refused connection) is tried
+        again until the timeout: QEMU can answer the capabilities negotiation
+        with something else than its reply while an incoming migration
+        completes, which the client library takes for a failed negotiation.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            client = QMPClient(self.label)
+            try:
+                # One attempt may hang after a failed negotiation (the client library
+                # waits on the peer): bound it, and try again while time is left.
+                async with asyncio.timeout_at(min(deadline, loop.time() + ATTEMPT_TIMEOUT)):
+                    await client.connect(str(self.socket_path))
+                return client
+            except (OSError, EOFError, QMPError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+                # Connected, then the greeting or negotiation failed: worth another try;
+                # no socket, or nobody listening: QEMU is not there, say so at once.
+                cause = exc.exc if isinstance(exc, ConnectError) else exc
+                handshake = isinstance(
+                    cause, (GreetingError, NegotiationError, EOFError, TimeoutError)
+                )
+                if not handshake or loop.time() + HANDSHAKE_RETRY_INTERVAL >= deadline:
+                    raise DriverError(
+                        f"cannot talk to the QEMU monitor of {self.label} at "
+                        f"{self.socket_path}: {_why(exc)}"
+                    ) from None
+            await asyncio.sleep(HANDSHAKE_RETRY_INTERVAL)
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
         """Run one command; its `return` value."""
