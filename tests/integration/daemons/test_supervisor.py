@@ -1,0 +1,340 @@
+"""The host daemon's supervisor (`servergroup host --supervised`) and `servergroup host cleanup`.
+
+Real things throughout: a real etcd, a real `servergroup host` under its
+supervisor, a real `ocf:heartbeat:Dummy` instance and the journaling test
+agent started by the test, a lease of the test's own with a key on it (its
+TTL long, so that the key going fast proves a revoke, not an expiry), and a
+ledger the test writes as the node role would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from servergroup.config import CoordinationConfig
+from servergroup.coordination import Coordinator, connect
+from servergroup.coordination.etcd_process import EtcdCluster
+from servergroup.servers.model import decode_host
+from servergroup.servers.registry import host_key
+from servergroup.services.ledger import Ledger, LedgerEntry, ledger_path, read_ledger, write_ledger
+from servergroup.services.model import AgentRef, Service
+from servergroup.services.ocf import OcfAgent
+from servergroup.services.placement import InstanceId
+from servergroup.services.store import blocked_key, decode_block, owner_key
+from tests.fixtures.daemons import Daemon, DaemonFactory
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
+
+SYSTEM_OCF = Path("/usr/lib/ocf")
+TEST_OCF = Path(__file__).resolve().parents[2] / "fixtures" / "ocf"
+DUMMY = AgentRef(provider="heartbeat", type="Dummy")
+JOURNAL = AgentRef(provider="sgtest", type="journal")
+LONG_TTL = 60  # seconds: a key of this lease that goes within the waits below was revoked
+NODE = "n1"
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.05)
+
+
+async def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        await asyncio.sleep(0.05)
+
+
+class Host:
+    """One supervised host daemon of the test's own."""
+
+    def __init__(self, daemon: Daemon, state_dir: Path) -> None:
+        self.supervisor = daemon
+        self.state_dir = state_dir
+
+    def child(self) -> int | None:
+        try:
+            kids = psutil.Process(self.supervisor.pid).children()
+        except psutil.Error:
+            return None
+        found = [p.pid for p in kids if "host" in p.cmdline() and "--supervised" not in p.cmdline()]
+        return found[0] if found else None
+
+    @property
+    def ledger(self) -> Path:
+        return ledger_path(self.state_dir, NODE)
+
+
+def host_argv(state_dir: Path, endpoints: str, prefix: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "servergroup",
+        *extra,
+        "--state-dir",
+        str(state_dir),
+        "--endpoints",
+        endpoints,
+        "--prefix",
+        prefix,
+        "--log-json",
+        "-v",
+        "host",
+        "--supervised",
+        "--name",
+        NODE,
+        "--channel-dir",
+        str(state_dir / "channels"),
+        "--driver",
+        "lab",
+    ]
+
+
+async def registered_pid(coordinator: Coordinator) -> int | None:
+    kv = await coordinator.get(host_key(NODE))
+    return decode_host(kv.value).pid if kv is not None else None
+
+
+async def start_host(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    coordinator: Coordinator,
+    endpoints: str,
+    prefix: str,
+    *extra: str,
+) -> Host:
+    state_dir = tmp_path / "state"
+    (state_dir / "channels").mkdir(parents=True, exist_ok=True)
+    handle = daemon(host_argv(state_dir, endpoints, prefix, *extra), name="supervisor")
+    host = Host(handle, state_dir)
+
+    async def up() -> bool:
+        child = host.child()
+        return child is not None and await registered_pid(coordinator) == child
+
+    await wait_for(up, "the supervised host daemon registered")
+    return host
+
+
+def dummy_entry(tmp_path: Path, token: int, index: int = 0) -> tuple[LedgerEntry, OcfAgent]:
+    params = {"state": str(tmp_path / f"dummy-{index}.state")}
+    service = Service(name="web", agent=DUMMY, parameters=params, stop_timeout=5.0)
+    agent = OcfAgent(DUMMY, instance=f"web:{index}", parameters=params, ocf_root=SYSTEM_OCF)
+    entry = LedgerEntry(
+        instance=InstanceId(service="web", index=index), token=token, service=service
+    )
+    return entry, agent
+
+
+@pytest.fixture
+async def store(etcd_server: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Coordinator]:
+    coordinator = connect(CoordinationConfig(), endpoints=etcd_server.endpoints, prefix=etcd_prefix)
+    yield coordinator
+    await coordinator.delete_prefix("")
+    await coordinator.close()
+
+
+def endpoints_of(cluster: EtcdCluster) -> str:
+    return ",".join(str(e) for e in cluster.endpoints)
+
+
+async def test_a_killed_daemon_has_its_instance_stopped_and_its_lease_revoked_at_once(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    store: Coordinator,
+    etcd_server: EtcdCluster,
+    etcd_prefix: str,
+) -> None:
+    host = await start_host(daemon, tmp_path, store, endpoints_of(etcd_server), etcd_prefix)
+    first = host.child()
+    assert first is not None
+    lease = await store.grant(LONG_TTL)
+    token = await store.create(owner_key(InstanceId(service="web", index=0)), b"{}", lease=lease.id)
+    assert token is not None
+    entry, dummy = dummy_entry(tmp_path, token)
+    assert (await dummy.start(timeout=10)).ok
+    assert (await dummy.monitor(timeout=10)).ok
+    ledger = Ledger(
+        node=NODE, lease=lease.id, pid=first, ocf_root=str(SYSTEM_OCF), entries=(entry,)
+    )
+    write_ledger(host.ledger, ledger)
+
+    # `host cleanup` refuses the ledger of a daemon that still runs.
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "servergroup",
+            "--state-dir",
+            str(host.state_dir),
+            "--endpoints",
+            endpoints_of(etcd_server),
+            "--prefix",
+            etcd_prefix,
+            "host",
+            "cleanup",
+            "--name",
+            NODE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "still runs" in refused.stderr + refused.stdout
+    assert (await dummy.monitor(timeout=10)).ok
+
+    os.kill(first, signal.SIGKILL)
+    await wait_for(lambda: _gone(store, entry), "the owner key deleted by the revoke")
+    assert (await dummy.monitor(timeout=10)).code == 7  # not running
+    assert read_ledger(host.ledger) is None
+    # The supervisor started the daemon again.
+    await wait_for(
+        lambda: _registered_again(store, host, first), "the daemon restarted and registered"
+    )
+    assert host.supervisor.running
+    host.supervisor.wait_for_log(r"after the host daemon died: node n1: stopped web/0; revoked")
+
+
+async def _gone(store: Coordinator, entry: LedgerEntry) -> bool:
+    return await store.get(owner_key(entry.instance)) is None
+
+
+async def _registered_again(store: Coordinator, host: Host, old: int) -> bool:
+    child = host.child()
+    return child not in (None, old) and await registered_pid(store) == child
+
+
+async def test_a_failed_stop_is_blocked_and_the_lease_is_kept(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    store: Coordinator,
+    etcd_server: EtcdCluster,
+    etcd_prefix: str,
+) -> None:
+    host = await start_host(daemon, tmp_path, store, endpoints_of(etcd_server), etcd_prefix)
+    first = host.child()
+    assert first is not None
+    lease = await store.grant(LONG_TTL)
+    web = InstanceId(service="web", index=0)
+    db = InstanceId(service="db", index=0)
+    web_token = await store.create(owner_key(web), b"{}", lease=lease.id)
+    db_token = await store.create(owner_key(db), b"{}", lease=lease.id)
+    assert web_token is not None
+    assert db_token is not None
+    web_entry, dummy = dummy_entry(tmp_path, web_token)
+    params = {
+        "state": str(tmp_path / "db.state"),
+        "journal": str(tmp_path / "journal"),
+        "node": NODE,
+    }
+    db_service = Service(name="db", agent=JOURNAL, parameters=params, stop_timeout=0.5)
+    journal = OcfAgent(JOURNAL, instance="db:0", parameters=params, ocf_root=TEST_OCF)
+    assert (await dummy.start(timeout=10)).ok
+    assert (await journal.start(timeout=10, fencing_token=db_token)).ok
+    (tmp_path / "db.state.hang-stop").touch()  # its stop hangs: killed at the timeout
+    db_entry = LedgerEntry(instance=db, token=db_token, service=db_service)
+    # One OCF root for both agents, as a node role has it.
+    root = tmp_path / "ocf"
+    (root / "resource.d").mkdir(parents=True)
+    (root / "lib").symlink_to(SYSTEM_OCF / "lib")
+    (root / "resource.d" / "heartbeat").symlink_to(SYSTEM_OCF / "resource.d" / "heartbeat")
+    (root / "resource.d" / "sgtest").symlink_to(TEST_OCF / "resource.d" / "sgtest")
+    write_ledger(
+        host.ledger,
+        Ledger(
+            node=NODE, lease=lease.id, pid=first, ocf_root=str(root), entries=(db_entry, web_entry)
+        ),
+    )
+
+    os.kill(first, signal.SIGKILL)
+
+    async def blocked() -> bool:
+        return await store.get(blocked_key(db)) is not None
+
+    await wait_for(blocked, "the block record of the failed stop")
+    kv = await store.get(blocked_key(db))
+    assert kv is not None
+    record = decode_block(kv.value)
+    assert (record.node, record.token) == (NODE, db_token)
+    assert "stop timed out" in record.reason
+    host.supervisor.wait_for_log(r"after the host daemon died: .*blocked db/0")
+    # Not revoked: both owner keys are still there; the other instance was stopped.
+    assert await store.get(owner_key(db)) is not None
+    assert await store.get(owner_key(web)) is not None
+    assert (await dummy.monitor(timeout=10)).code == 7
+    assert read_ledger(host.ledger) is None  # the block holds what the ledger held
+    await store.revoke(lease.id)
+
+
+async def test_the_supervisor_survives_an_unreachable_store(
+    daemon: DaemonFactory, tmp_path: Path, etcd_single: EtcdCluster
+) -> None:
+    config = tmp_path / "servergroup.toml"
+    config.write_text("[coordination]\noperation_timeout = 2.0\n")
+    endpoints = endpoints_of(etcd_single)
+    coordinator = connect(CoordinationConfig(), endpoints=etcd_single.endpoints, prefix="/sv/")
+    try:
+        host = await start_host(
+            daemon, tmp_path, coordinator, endpoints, "/sv/", "--config", str(config)
+        )
+        first = host.child()
+        assert first is not None
+        entry, dummy = dummy_entry(tmp_path, token=1)
+        assert (await dummy.start(timeout=10)).ok
+        write_ledger(
+            host.ledger,
+            Ledger(node=NODE, lease=12345, pid=first, ocf_root=str(SYSTEM_OCF), entries=(entry,)),
+        )
+        member = etcd_single.members[0]
+        member.freeze()
+        try:
+            os.kill(first, signal.SIGKILL)
+            host.supervisor.wait_for_log(r"store unreachable", timeout=30)
+            assert (await dummy.monitor(timeout=10)).code == 7  # stopped all the same
+            assert host.supervisor.running
+        finally:
+            member.thaw()
+        await wait_for(
+            lambda: _registered_again(coordinator, host, first),
+            "the daemon restarted once the store was back",
+            timeout=60,
+        )
+    finally:
+        await coordinator.close()
+
+
+async def test_sigterm_ends_daemon_and_supervisor_without_restart(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    store: Coordinator,
+    etcd_server: EtcdCluster,
+    etcd_prefix: str,
+) -> None:
+    host = await start_host(daemon, tmp_path, store, endpoints_of(etcd_server), etcd_prefix)
+    child = host.child()
+    assert child is not None
+    host.supervisor.send_signal(signal.SIGTERM)
+    assert host.supervisor.wait(30) == 0
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert "restarting" not in host.supervisor.log_text()
