@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint bench system-deps venv guest-image clean help
+.PHONY: all demo test test-slow lint bench system-deps venv guest-image clean help
 
 help:
 	@echo "make demo   - set up and run the servergroup demo"
 	@echo "make test   - set up and run the test suite"
+	@echo "make test-slow - run the slow tests (the 100-round exactly-one fault runs)"
 	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
 	@echo "make bench  - run the benchmarks (results under bench/results/)"
 
@@ -35,6 +36,10 @@ demo: system-deps venv guest-image
 
 test: system-deps venv guest-image
 	$(BIN)/python -m pytest -q tests
+
+# Status 5 is pytest's "no test collected": none is marked slow yet.
+test-slow: system-deps venv guest-image
+	$(BIN)/python -m pytest -q -m slow tests || [ $$? -eq 5 ]
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -1,0 +1,161 @@
+"""The fault harness of the exactly-one proof (tests/fixtures/services.py), on real lab hosts.
+
+Three supervised host daemons in lab hosts on a 3-member etcd; each fault
+of issue 14's "Must hold" is applied and undone, and its effect checked from
+the outside (a registry record gone and back, a new daemon pid, the store
+still serving with a member down). The journal agent is run inside the lab
+hosts by hand, to check that each host journals under its own name, that its
+fail and hang switches hit one node only, and that the checker reads the
+journal the harness reads.
+
+The randomized rounds themselves (`FaultRounds`, a few here and at least
+100 in a test marked slow) need the node role in the daemons; they are added
+with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+from servergroup.servers.registry import host_key
+from servergroup.services.model import AgentRef
+from servergroup.services.ocf import OcfAgent
+from tests.fixtures.services import ServiceLab, ServiceLabFactory, until
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+JOURNAL = AgentRef(provider="sgtest", type="journal")
+
+
+async def run_agent(
+    lab: ServiceLab, node: str, action: str, *, instance: str, token: int, timeout: float = 5.0
+) -> int | None:
+    """Run the journal agent's `action` inside lab host `node`; its exit code (None: timed out)."""
+    agent = OcfAgent(
+        JOURNAL,
+        instance=instance,
+        parameters=lab.service_parameters(),
+        ocf_root=lab.ocf_root,
+    )
+    env = agent.environment(action, timeout=timeout, fencing_token=token)
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter",
+        f"--net=/run/netns/{lab.nodes[node].netns}",
+        str(agent.path),
+        action,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            return await proc.wait()
+    except TimeoutError:
+        os.killpg(proc.pid, 9)
+        await proc.wait()
+        return None
+
+
+async def record_gone(lab: ServiceLab, node: str) -> None:
+    coordinator = lab.coordinator()
+    try:
+
+        async def gone() -> bool:
+            return await coordinator.get(host_key(node)) is None
+
+        await until(gone, f"the record of {node} gone", lab.lease_ttl + 15.0)
+    finally:
+        await coordinator.close()
+
+
+async def test_each_fault_is_applied_and_undone_on_real_lab_hosts(
+    service_lab: ServiceLabFactory,
+) -> None:
+    lab = await service_lab(etcd_members=3)
+    pids = await lab.wait_registered()
+
+    # kill -9 of a daemon: its supervisor starts it again (and revoked its lease).
+    killed = lab.kill_daemon("h1")
+    after = await until(lambda: _registered_anew(lab, "h1", killed), "h1's daemon restarted", 30.0)
+    assert after
+    assert lab.supervisor_alive("h1")
+
+    # freeze past the TTL: the lease expires; thaw: the same daemon registers again.
+    lab.freeze("h2")
+    await record_gone(lab, "h2")
+    lab.thaw("h2")
+    assert (await lab.wait_registered(["h2"]))["h2"] == pids["h2"]
+
+    # cut: cut off from the store, the record expires; heal: it comes back.
+    lab.cut("h3")
+    await record_gone(lab, "h3")
+    lab.heal("h3")
+    assert (await lab.wait_registered(["h3"]))["h3"] == pids["h3"]
+
+    # lab crash: the supervisor dies with its daemon; restore starts the node again.
+    lab.crash("h2")
+    assert not lab.supervisor_alive("h2")
+    await record_gone(lab, "h2")
+    back = await lab.restore()
+    assert back["h2"] != pids["h2"]
+
+    # An etcd member killed: the store still serves (writes need a quorum).
+    lab.kill_etcd_member(1)
+    coordinator = lab.coordinator()
+    try:
+        await coordinator.put("probe", b"1")
+        kv = await coordinator.get("probe")
+        assert kv is not None
+    finally:
+        await coordinator.close()
+    await lab.restore()
+    assert not lab.dead_members
+
+    # All three nodes at once: every daemon is new.
+    before = await lab.wait_registered()
+    lab.restart_all()
+    again = await lab.wait_registered()
+    assert all(again[n] != before[n] for n in lab.nodes)
+
+
+async def _registered_anew(lab: ServiceLab, node: str, old: int) -> bool:
+    coordinator = lab.coordinator()
+    try:
+        found = await lab.registered(coordinator)
+    finally:
+        await coordinator.close()
+    return node in found and found[node] != old
+
+
+async def test_the_journal_agent_names_its_host_and_obeys_its_switches(
+    service_lab: ServiceLabFactory,
+) -> None:
+    lab = await service_lab(etcd_members=1)
+    instance = "svc:0"
+    # A clean handover from h1 to h2 checks clean, under the hosts' own names.
+    assert await run_agent(lab, "h1", "start", instance=instance, token=10) == 0
+    assert await run_agent(lab, "h1", "stop", instance=instance, token=10) == 0
+    assert await run_agent(lab, "h2", "start", instance=instance, token=12) == 0
+    records = lab.journal_records()
+    assert {lab.node_of_journal(r.node) for r in records} == {"h1", "h2"}
+    assert lab.violations() == []
+
+    # Switches hit one node: h3's start fails with 5, h1's does not.
+    lab.fail("start", 5, instance=instance, node="h3")
+    assert await run_agent(lab, "h3", "start", instance=instance, token=13) == 5
+    lab.hang("stop", instance=instance, node="h2")
+    assert await run_agent(lab, "h2", "stop", instance=instance, token=12, timeout=1.0) is None
+    # h2 never stopped, and both h2 and h3 (a failed start may leave it running) own it.
+    violations = lab.violations()
+    assert violations
+    assert all("svc:0" in v.sentence for v in violations)
+    lab.clear_switches()
+    assert await run_agent(lab, "h2", "stop", instance=instance, token=12) == 0
+    assert await run_agent(lab, "h3", "stop", instance=instance, token=13) == 0
+    assert await run_agent(lab, "h1", "start", instance=instance, token=9) == 0
+    assert any("token" in v.sentence for v in lab.violations())
