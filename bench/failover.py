@@ -1,0 +1,258 @@
+"""Failover: from a fault of the owner's node to the agent's `start` returning on the new owner.
+
+Three node daemons (`servergroup host --supervised` in three lab hosts, the
+harness of the fault tests: tests/fixtures/services.py) run one service of
+the journaling test agent (`ocf:sgtest:journal`, one instance). Each run
+finds the instance's owner, applies a fault to it, and takes the time from
+the fault (wall clock, the clock the agent journals with, shared by all
+nodes of the machine) to the end of the successful `start` on another node
+in the journal; then it undoes the fault and waits until the node is back.
+Two faults, each `--runs` times (30 by default), with the tuned single etcd
+(as the managed etcd is) and with a 3-member etcd:
+
+- **daemon**: the owner's host daemon is killed (kill -9) while its host
+  lives: its supervisor stops the instance and revokes the lease.
+  Goal: median <= 0.5 s.
+- **host**: the owner's whole host is gone (`lab crash`): only the lease can
+  tell. Goal: median <= 1.5 s, max <= 2.5 s.
+
+Every run's journal is checked (`services.journal.check`): the result gives
+the double-owner intervals and their total time, which must be zero.
+
+Peer: Pacemaker 2.1.5 + corosync 3.1.7 with three namespace nodes (the
+issue's anchor: 8.8 s median with the default token, 4.5 s with `token:
+1000`) is to run in the same benchmark when installed (Debian's `pacemaker`
+and `corosync`); its three-node namespace setup is not written yet, so the
+result says the peer was not run and why.
+
+Needs the node role in the host daemons (`services.node`): without it no
+node ever starts the service, and the run stops at its first wait with one
+sentence saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import RESULTS, run_meta, say, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the harness lives with the fault tests that check it
+
+from tests.fixtures.services import ServiceLab, service_lab_of  # noqa: E402
+
+from servergroup.lab import remove_stale_labs  # noqa: E402
+from servergroup.services.journal import Record, check, overlap_seconds  # noqa: E402
+from servergroup.services.model import AgentRef, Monitor, Service  # noqa: E402
+
+SERVICE = "bench"
+JOURNAL = AgentRef(provider="sgtest", type="journal")
+FAULTS = ("daemon", "host")
+GOALS = {
+    "daemon": "median <= 0.5 s (the supervisor revokes the lease)",
+    "host": "median <= 1.5 s, max <= 2.5 s (the lease expires)",
+}
+OWNER_TIMEOUT = 30.0
+FAILOVER_TIMEOUT = 30.0
+LAB_STATE = Path(tempfile.gettempdir()) / "servergroup-bench-labs"
+
+
+class NoNodeRole(RuntimeError):
+    """Nobody ever started the service: the host daemons have no node role."""
+
+
+def service(lab: ServiceLab) -> Service:
+    return Service(
+        name=SERVICE,
+        agent=JOURNAL,
+        parameters=lab.service_parameters(),
+        monitors=(Monitor(depth=0, interval=1.0, timeout=0.5),),
+        start_timeout=2.0,
+        stop_timeout=0.5,
+    )
+
+
+def started(records: list[Record], since: float, *, not_on: str | None = None) -> Record | None:
+    """The first successful end of a `start` after `since` (on a node other than `not_on`)."""
+    for r in records:
+        if (
+            r.action == "start"
+            and r.phase.value == "end"
+            and r.code == 0
+            and r.at >= since
+            and (not_on is None or r.node != not_on)
+        ):
+            return r
+    return None
+
+
+async def wait_owner(lab: ServiceLab, timeout: float = OWNER_TIMEOUT) -> str:
+    """The node that owns the instance once its agent's start has returned there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = await lab.owners(SERVICE)
+        ends = [
+            r
+            for r in lab.journal_records()
+            if r.action == "start" and r.phase.value == "end" and r.code == 0
+        ]
+        if 0 in owners and ends and ends[-1].node == lab.journal_node(owners[0]):
+            return owners[0]
+        await asyncio.sleep(0.05)
+    raise NoNodeRole(
+        f"no node started {SERVICE} within {timeout:g} s: the host daemons need the "
+        "service manager's node role"
+    )
+
+
+async def one_run(lab: ServiceLab, fault: str) -> dict[str, Any]:
+    owner = await wait_owner(lab)
+    journal_name = lab.journal_node(owner)
+    await asyncio.sleep(0.5)  # a steady state: the owner's monitors are running
+    fault_at = time.time()
+    if fault == "daemon":
+        lab.kill_daemon(owner)
+    else:
+        lab.crash(owner)
+    deadline = time.monotonic() + FAILOVER_TIMEOUT
+    while (done := started(lab.journal_records(), fault_at, not_on=journal_name)) is None:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{SERVICE} did not start elsewhere within {FAILOVER_TIMEOUT:g} s")
+        await asyncio.sleep(0.01)
+    row = {
+        "fault": fault,
+        "from": owner,
+        "to": lab.node_of_journal(done.node),
+        "failover_s": round(done.at - fault_at, 4),
+    }
+    await lab.restore()
+    return row
+
+
+async def series(etcd_members: int, args: argparse.Namespace) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="sgbf-", dir="/tmp"))
+    try:
+        async with service_lab_of(base, LAB_STATE, etcd_members=etcd_members) as lab:
+            await lab.define(service(lab))
+            await wait_owner(lab)
+            out: dict[str, Any] = {"etcd_members": etcd_members}
+            for fault in args.faults:
+                rows = []
+                for n in range(args.runs):
+                    row = await one_run(lab, fault)
+                    say(
+                        f"  etcd x{etcd_members} {fault} #{n + 1}: {row['from']} -> {row['to']} "
+                        f"in {row['failover_s']:.3f} s"
+                    )
+                    rows.append(row)
+                out[fault] = {
+                    "failover_s": summary([r["failover_s"] for r in rows]),
+                    "runs": rows,
+                }
+            violations = check(lab.journal_records())
+            out["double_owner_intervals"] = len(violations)
+            out["double_owner_s"] = round(overlap_seconds(violations), 4)
+            out["violations"] = [v.sentence for v in violations]
+            return out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pacemaker_peer() -> dict[str, Any]:
+    """Whether the Pacemaker peer ran; it is not written yet (see the module's docstring)."""
+    installed = all(shutil.which(b) for b in ("pacemakerd", "corosync"))
+    return {
+        "ran": False,
+        "why": (
+            "the three-node namespace setup of Pacemaker is not written yet"
+            if installed
+            else "Pacemaker and corosync are not installed (Debian: pacemaker, corosync)"
+        ),
+        "anchor": "Pacemaker 2.1.5 + corosync 3.1.7, 3 namespace nodes on this machine: "
+        "8.8 s median (default token), 4.5 s (token: 1000)",
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| etcd | fault | runs | median s | max s | double owners |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in results["series"]:
+        for fault in FAULTS:
+            if fault not in s:
+                continue
+            q = s[fault]["failover_s"]
+            lines.append(
+                f"| {s['etcd_members']} member(s) | {fault} | {q['n']} | {q['p50']:.3f} | "
+                f"{q['max']:.3f} | {s['double_owner_intervals']} ({s['double_owner_s']} s) |"
+            )
+    peer = results["pacemaker"]
+    lines.append("")
+    lines.append(f"Pacemaker: {'ran' if peer['ran'] else 'not run: ' + peer['why']}.")
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: float) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        **run_meta(
+            "failover",
+            "3 supervised host daemons in lab hosts, ocf:sgtest:journal (1 instance, "
+            "stop timeout 0.5 s), lease 2 s",
+            load_at_start,
+        ),
+        "goals": GOALS,
+    }
+    (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
+    text = table(results)
+    (RESULTS / f"{args.output}.md").write_text(
+        f"# failover benchmark\n\n`{meta['command']}` on {meta['date']}, {meta['machine']}.\n"
+        f"{meta['setup']}; 1-minute load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (machine shared with other work).\n\n"
+        f"Goals: daemon killed {GOALS['daemon']}; host gone {GOALS['host']}.\n\n{text}\n"
+    )
+    print(text)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = [await series(members, args) for members in args.etcd]
+    return {"series": out, "pacemaker": pacemaker_peer()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs of each fault")
+    parser.add_argument(
+        "--etcd", type=int, nargs="+", default=[1, 3], choices=[1, 3], help="etcd sizes"
+    )
+    parser.add_argument("--faults", nargs="+", default=list(FAULTS), choices=FAULTS)
+    parser.add_argument("--quick", action="store_true", help="3 runs of each")
+    parser.add_argument("--output", default="failover", help="result file stem")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs = 3
+    if os.geteuid() != 0:
+        sys.exit("bench/failover.py needs root (lab namespaces, cgroups)")
+    remove_stale_labs(LAB_STATE)
+    load_at_start = os.getloadavg()[0]
+    try:
+        results = asyncio.run(run(args))
+    except NoNodeRole as exc:
+        sys.exit(f"bench/failover.py: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    write(results, args, load_at_start)
+
+
+if __name__ == "__main__":
+    main()
