@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -70,7 +71,7 @@ from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, Coordinator, LocalEtcd, connect
 from servergroup.servers.model import RecordError, decode_host
 from servergroup.servers.registry import host_key
-from servergroup.services.cleanup import CleanupReport, clean_up, remaining
+from servergroup.services.cleanup import CleanupReport, remaining, settle, stop_all
 from servergroup.services.ledger import (
     Ledger,
     LedgerError,
@@ -184,24 +185,28 @@ async def after_death(config: Config, node: str, dead_pid: int | None) -> Cleanu
         return None
     if dead_pid is None and ledger is not None:
         dead_pid = ledger.pid
-    endpoints = store_endpoints(config)
+    work = ledger or Ledger(node=node, lease=0, pid=dead_pid or 0, ocf_root="/")
+    stops = await stop_all(work)  # first: the lease may expire any moment
+    endpoints = await asyncio.to_thread(store_endpoints, config)
     coordinator = connect(config, endpoints=endpoints) if endpoints else None
+    unreachable: str | None = None if endpoints else "no etcd endpoint and no local etcd"
     try:
         extra: tuple[int, ...] = ()
         if coordinator is not None:
             try:
                 lease = await _registry_lease(coordinator, node, dead_pid)
             except CoordinationError as exc:
-                log.info("cannot read the record of host %s: %s", node, exc)
+                unreachable = str(exc)
                 await coordinator.close()
                 coordinator = None
             else:
                 extra = (lease,) if lease else ()
-        work = ledger or Ledger(node=node, lease=0, pid=dead_pid or 0, ocf_root="/")
-        report = await clean_up(work, coordinator, extra_leases=extra)
+        report = await settle(work, stops, coordinator, extra_leases=extra)
     finally:
         if coordinator is not None:
             await coordinator.close()
+    if unreachable is not None:
+        report = dataclasses.replace(report, store_error=unreachable)
     if ledger is not None:
         rest = remaining(ledger, report)
         if rest.entries:

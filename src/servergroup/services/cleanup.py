@@ -11,7 +11,9 @@ coordinator)` then:
 
 1. **stops** every listed instance with its own agent, all at once, each
    within its service's stop timeout (the runner kills the agent's process
-   group when it overruns, and that counts as a failed stop);
+   group when it overruns, and that counts as a failed stop), before it
+   asks the store anything: the lease may expire any moment, and the stops
+   must be over by then (`stop_all`);
 2. for each stop that **failed**, writes `services/blocked/<s>/<i>`
    (`BlockRecord`: this node, the token, the failure in words): the
    instance may still run here, so it is started nowhere until an operator
@@ -19,7 +21,8 @@ coordinator)` then:
    it expires, and the block is there first;
 3. when every stop succeeded, **revokes** the ledger's lease (and any other
    lease the caller proved to be the dead daemon's, `extra_leases`), which
-   deletes its ownership keys at once: failover need not wait for the TTL.
+   deletes its ownership keys at once: failover need not wait for the TTL
+   (steps 2 and 3 are `settle`).
 
 The store may be unreachable (that may be why the daemon died): the stops
 happen anyway, since they need only this machine, and the report says in
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,20 +126,24 @@ async def stop_entry(entry: LedgerEntry, ocf_root: Path) -> StopOutcome:
     return StopOutcome(entry=entry, ok=result.ok, what=result.describe())
 
 
-async def clean_up(
+async def stop_all(ledger: Ledger) -> tuple[StopOutcome, ...]:
+    """Stop every instance `ledger` lists, all at once (this needs only this machine)."""
+    ocf_root = Path(ledger.ocf_root)
+    return tuple(await asyncio.gather(*(stop_entry(e, ocf_root) for e in ledger.entries)))
+
+
+async def settle(
     ledger: Ledger,
+    stops: Sequence[StopOutcome],
     coordinator: Coordinator | None,
     *,
     extra_leases: Iterable[int] = (),
     wall_clock: Callable[[], float] = time.time,
 ) -> CleanupReport:
-    """Stop what `ledger` lists, block the failed stops, else revoke the lease (see above).
+    """After `stops`: block the failed ones, else revoke the leases (see the module's docstring).
 
-    `coordinator` None means the store is known to be out of reach: only the
-    stops are done.
+    `coordinator` None means the store is known to be out of reach.
     """
-    ocf_root = Path(ledger.ocf_root)
-    stops = tuple(await asyncio.gather(*(stop_entry(e, ocf_root) for e in ledger.entries)))
     failed = [s for s in stops if not s.ok]
     blocked: list[InstanceId] = []
     unrecorded: list[InstanceId] = []
@@ -172,11 +179,25 @@ async def clean_up(
         unrecorded = [s.entry.instance for s in failed]
     return CleanupReport(
         node=ledger.node,
-        stops=stops,
+        stops=tuple(stops),
         blocked=tuple(blocked),
         unrecorded=tuple(unrecorded),
         revoked=tuple(revoked),
         store_error=store_error,
+    )
+
+
+async def clean_up(
+    ledger: Ledger,
+    coordinator: Coordinator | None,
+    *,
+    extra_leases: Iterable[int] = (),
+    wall_clock: Callable[[], float] = time.time,
+) -> CleanupReport:
+    """`stop_all`, then `settle`: the whole cleanup of the module's docstring."""
+    stops = await stop_all(ledger)
+    return await settle(
+        ledger, stops, coordinator, extra_leases=extra_leases, wall_clock=wall_clock
     )
 
 
@@ -199,5 +220,7 @@ __all__ = [
     "clean_up",
     "remaining",
     "resource_instance",
+    "settle",
+    "stop_all",
     "stop_entry",
 ]

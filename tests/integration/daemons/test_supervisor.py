@@ -22,9 +22,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from servergroup.common.process import group_members
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator, connect
 from servergroup.coordination.etcd_process import EtcdCluster
+from servergroup.daemons.supervisor import kill_agent_actions
 from servergroup.servers.model import decode_host
 from servergroup.servers.registry import host_key
 from servergroup.services.ledger import Ledger, LedgerEntry, ledger_path, read_ledger, write_ledger
@@ -288,7 +290,7 @@ async def test_a_failed_stop_is_blocked_and_the_lease_is_kept(
 
 
 async def test_the_supervisor_survives_an_unreachable_store(
-    daemon: DaemonFactory, tmp_path: Path, etcd_single: EtcdCluster
+    etcd_single: EtcdCluster, daemon: DaemonFactory, tmp_path: Path
 ) -> None:
     config = tmp_path / "servergroup.toml"
     config.write_text("[coordination]\noperation_timeout = 2.0\n")
@@ -338,3 +340,117 @@ async def test_sigterm_ends_daemon_and_supervisor_without_restart(
     assert host.supervisor.wait(30) == 0
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert "restarting" not in host.supervisor.log_text()
+
+
+async def test_host_cleanup_stops_and_revokes_after_a_dead_daemon(
+    tmp_path: Path, store: Coordinator, etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    """The systemd form: `servergroup host cleanup` as ExecStopPost= runs it."""
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    lease = await store.grant(LONG_TTL)
+    token = await store.create(owner_key(InstanceId(service="web", index=0)), b"{}", lease=lease.id)
+    assert token is not None
+    entry, dummy = dummy_entry(tmp_path, token)
+    assert (await dummy.start(timeout=10)).ok
+    state_dir = tmp_path / "state"
+    path = ledger_path(state_dir, NODE)
+    write_ledger(
+        path,
+        Ledger(node=NODE, lease=lease.id, pid=dead.pid, ocf_root=str(SYSTEM_OCF), entries=(entry,)),
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "servergroup",
+            "--state-dir",
+            str(state_dir),
+            "--endpoints",
+            endpoints_of(etcd_server),
+            "--prefix",
+            etcd_prefix,
+            "host",
+            "cleanup",
+            "--name",
+            NODE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("node n1: stopped web/0; revoked lease"), done.stdout
+    assert await store.get(owner_key(entry.instance)) is None
+    assert (await dummy.monitor(timeout=10)).code == 7
+    assert read_ledger(path) is None
+
+
+def test_agent_actions_left_running_are_killed_with_their_group() -> None:
+    action = subprocess.Popen(
+        ["sh", "-c", "sleep 100 & sleep 100"],
+        env={**os.environ, "OCF_RESOURCE_INSTANCE": "web:0"},
+        start_new_session=True,
+    )
+    other = subprocess.Popen(["sleep", "100"], start_new_session=True)
+    try:
+        wait_until(lambda: len(group_members(action.pid)) >= 2, "the action and its child")
+        assert kill_agent_actions([action.pid, other.pid]) == [action.pid]
+        assert action.wait(5) == -signal.SIGKILL
+        wait_until(lambda: not group_members(action.pid), "the action's group gone", 5)
+        assert other.poll() is None
+    finally:
+        for proc in (action, other):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+
+
+#: A supervisor of a stand-in daemon (argv[1:]), quick restarts, a cleanup that only says so.
+STAND_IN_SUPERVISOR = """
+import sys
+from servergroup.common.backoff import Backoff
+from servergroup.common.logsetup import setup_logging
+from servergroup.config import load_config
+from servergroup.daemons.supervisor import Supervisor
+
+setup_logging(json=False)
+supervisor = Supervisor(
+    sys.argv[1:],
+    config=load_config(),
+    node="n1",
+    backoff=Backoff(initial=0.05, max_delay=0.1),
+    cleanup=lambda _config, _node, pid: print("cleanup after", pid, flush=True),
+)
+sys.exit(supervisor.run())
+"""
+STAND_IN = "import sys; open(sys.argv[1], 'a').write('x'); sys.exit(int(sys.argv[2]))"
+
+
+def test_a_dying_daemon_is_cleaned_up_after_and_restarted_until_sigterm(
+    daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-c", STAND_IN_SUPERVISOR, sys.executable, "-c", STAND_IN]
+    supervisor = daemon(
+        [*argv, str(runs), "1"], env={"SERVERGROUP_STATE_DIR": str(tmp_path)}, name="supervisor"
+    )
+    wait_until(lambda: runs.exists() and len(runs.read_text()) >= 3, "three runs of the daemon")
+    supervisor.wait_for_log(r"cleanup after")
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(10) == 0
+
+
+def test_a_daemon_refusing_its_command_line_is_not_restarted(
+    daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-c", STAND_IN_SUPERVISOR, sys.executable, "-c", STAND_IN]
+    supervisor = daemon(
+        [*argv, str(runs), "2"], env={"SERVERGROUP_STATE_DIR": str(tmp_path)}, name="supervisor"
+    )
+    assert supervisor.wait(10) == 2
+    assert runs.read_text() == "x"
+    assert "refused its command line" in supervisor.log_text()
