@@ -18,7 +18,13 @@ from servergroup.common.process import die_with_parent
 from servergroup.coordination.connect import connect
 from servergroup.coordination.local_etcd import resolve_endpoints
 from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, DRIVERS, HostOptions, run_host
-from servergroup.daemons.supervisor import SUPERVISOR_ENV, after_death, supervise
+from servergroup.daemons.supervisor import (
+    SUPERVISOR_ENV,
+    after_death,
+    kill_agent_actions,
+    supervise,
+    unit_processes,
+)
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.scaling.cpus import format_cpu_list
 from servergroup.scaling.store import HOSTS as POOLS
@@ -146,10 +152,14 @@ def host_cleanup(state: CliState, name: str | None, pid: int | None) -> None:
 
     For systemd's ExecStopPost= (packaging/systemd/servergroup-host.service);
     `servergroup host --supervised` does the same by itself. Refuses to touch
-    the ledger of a daemon that still runs. Never starts the local etcd.
+    the ledger of a daemon that still runs. Never starts the local etcd. Run by
+    systemd, it first kills the agent actions the daemon left running in the
+    unit (a start must not finish after its stop).
     """
     config = state.config()
     node = name or socket.gethostname().split(".")[0]
+    if "INVOCATION_ID" in os.environ:  # run by systemd: the unit's cgroup is the daemon's
+        kill_agent_actions(unit_processes())
     report = run_async(after_death(config, node, pid))
     if report is None:
         raise ProcessFailed(f"nothing was cleaned up after host {node}; see the log above.")

@@ -243,6 +243,28 @@ def kill_agent_actions(pids: Iterable[int]) -> list[int]:
     return killed
 
 
+def unit_processes() -> list[int]:
+    """The other processes of this process's cgroup (v2): under systemd, the unit's.
+
+    What `servergroup host cleanup` looks through for agent actions when
+    systemd runs it as `ExecStopPost=` (with `KillMode=process`, systemd
+    signalled the daemon only). Empty when the cgroup cannot be read.
+    """
+    try:
+        line = next(
+            (x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::")),
+            None,
+        )
+        if line is None or not line[3:].strip("/"):
+            return []  # no cgroup v2, or its root: that is everyone's
+        procs = Path("/sys/fs/cgroup") / line[3:].lstrip("/") / "cgroup.procs"
+        pids = [int(x) for x in procs.read_text().split()]
+    except (OSError, ValueError):
+        return []
+    mine = {os.getpid(), os.getppid()}
+    return [pid for pid in pids if pid not in mine]
+
+
 def _other_children(child: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process().children() if p.pid != child]
@@ -417,4 +439,5 @@ __all__ = [
     "ledger_file",
     "store_endpoints",
     "supervise",
+    "unit_processes",
 ]
