@@ -454,3 +454,23 @@ def test_a_daemon_refusing_its_command_line_is_not_restarted(
     assert supervisor.wait(10) == 2
     assert runs.read_text() == "x"
     assert "refused its command line" in supervisor.log_text()
+
+
+async def test_a_killed_supervisor_takes_its_daemon_with_it(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    store: Coordinator,
+    etcd_server: EtcdCluster,
+    etcd_prefix: str,
+) -> None:
+    host = await start_host(daemon, tmp_path, store, endpoints_of(etcd_server), etcd_prefix)
+    child = host.child()
+    assert child is not None
+    host.supervisor.kill()
+    # The kernel tells the daemon (SIGTERM: it stops in order, and its record goes).
+    wait_until(lambda: not psutil.pid_exists(child), "the orphaned daemon gone", 20)
+
+    async def deregistered() -> bool:
+        return await registered_pid(store) is None
+
+    await wait_for(deregistered, "the daemon's record gone")
