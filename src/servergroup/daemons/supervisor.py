@@ -31,6 +31,10 @@ supervisor: a small synchronous loop that
   revoke the ledger's lease and the lease of the daemon's registry record
   (`registry/hosts/<name>` when its pid is the dead child's), then clear the
   ledger (keeping only failed stops it could not record);
+- at its own start, first cleans up after a daemon that died together with
+  its supervisor (`lab crash` of the host's processes, all nodes killed at
+  once), when that daemon's ledger is still there: its instances may run
+  while their keys expire, and they are stopped before the new daemon runs;
 - then restarts the child after a backoff (0.5 s doubling to 30 s, with
   jitter; back to 0.5 s once a child ran `STEADY_AFTER` seconds), unless it
   was asked to stop or the child refused its command line (exit status 2).
@@ -375,6 +379,27 @@ class Supervisor:
             log_bug(log, "the supervisor's cleanup")
         _reap_orphans(None)
 
+    def _after_previous(self) -> None:
+        """Clean up after a daemon that died with its supervisor (a ledger whose writer is gone).
+
+        Its instances may still run here while nobody holds their keys: they
+        are stopped before the new daemon starts, as if its supervisor had
+        lived (`after_death` leaves alone the ledger of a daemon that runs).
+        """
+        try:
+            ledger = read_ledger(ledger_file(self.config, self.node))
+        except LedgerError:
+            ledger = None  # after_death says so in one sentence below
+        else:
+            if ledger is None:
+                return
+        log.info("a ledger of an earlier host daemon %s is here: cleaning up after it", self.node)
+        cleanup = self._cleanup or (lambda c, n, p: asyncio.run(after_death(c, n, p)))
+        try:
+            cleanup(self.config, self.node, ledger.pid if ledger is not None else None)
+        except Exception:
+            log_bug(log, "the supervisor's cleanup")
+
     def run(self) -> int:
         """Supervise until asked to stop; returns the exit status for the supervisor."""
         if not become_subreaper():
@@ -383,6 +408,7 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         delays: Iterator[float] = self.backoff.delays()
         try:
+            self._after_previous()
             while not self.stop_requested:
                 started = time.monotonic()
                 child = subprocess.Popen(

@@ -474,3 +474,29 @@ async def test_a_killed_supervisor_takes_its_daemon_with_it(
         return await registered_pid(store) is None
 
     await wait_for(deregistered, "the daemon's record gone")
+
+
+async def test_a_new_supervisor_cleans_up_after_a_daemon_that_died_with_its_supervisor(
+    daemon: DaemonFactory,
+    tmp_path: Path,
+    store: Coordinator,
+    etcd_server: EtcdCluster,
+    etcd_prefix: str,
+) -> None:
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    lease = await store.grant(LONG_TTL)
+    token = await store.create(owner_key(InstanceId(service="web", index=0)), b"{}", lease=lease.id)
+    assert token is not None
+    entry, dummy = dummy_entry(tmp_path, token)
+    assert (await dummy.start(timeout=10)).ok
+    write_ledger(
+        ledger_path(tmp_path / "state", NODE),
+        Ledger(node=NODE, lease=lease.id, pid=dead.pid, ocf_root=str(SYSTEM_OCF), entries=(entry,)),
+    )
+    host = await start_host(daemon, tmp_path, store, endpoints_of(etcd_server), etcd_prefix)
+    assert await store.get(owner_key(entry.instance)) is None
+    assert (await dummy.monitor(timeout=10)).code == 7
+    assert read_ledger(host.ledger) is None
+    log = host.supervisor.log_text()
+    assert log.index("cleaning up after it") < log.index("supervising host daemon")
