@@ -19,15 +19,21 @@ Two faults, each `--runs` times (30 by default), with the tuned single etcd
 Every run's journal is checked (`services.journal.check`): the result gives
 the double-owner intervals and their total time, which must be zero.
 
-Peer: Pacemaker 2.1.5 + corosync 3.1.7 with three namespace nodes (the
-issue's anchor: 8.8 s median with the default token, 4.5 s with `token:
-1000`) is to run in the same benchmark when installed (Debian's `pacemaker`
-and `corosync`); its three-node namespace setup is not written yet, so the
-result says the peer was not run and why.
+Peer, in the same run: Pacemaker + corosync (Debian's 2.1.5 and 3.1.7)
+on three lab hosts (bench/_pacemaker.py), running the same journaling agent,
+for the **host** fault (`lab crash` of the node running the resource; there
+is no supervisor to compare with for the other), with corosync's default
+token and with `token: 1000` (the issue's anchor: 8.8 s and 4.5 s median).
+The result gives the ratio of Pacemaker's median to ours. Skipped, with the
+reason in the result, when Pacemaker is not installed.
 
-Needs the node role in the host daemons (`services.node`): without it no
-node ever starts the service, and the run stops at its first wait with one
-sentence saying so.
+Our series need the node role in the host daemons (`services.node`):
+without it no node ever starts the service, and each series says so in one
+sentence in the result instead of numbers (the peer still runs).
+
+A crashed host's resource dies with it: the journal agent's resource is a
+file, so the harness removes the crashed node's state and journals its stop
+at the crash (`end_resources`), for servergroup and Pacemaker alike.
 """
 
 from __future__ import annotations
@@ -44,14 +50,26 @@ from pathlib import Path
 from typing import Any
 
 from _harness import RESULTS, run_meta, say, summary
+from _pacemaker import PacemakerCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the harness lives with the fault tests that check it
 
-from tests.fixtures.services import ServiceLab, service_lab_of  # noqa: E402
+from tests.fixtures.lab import unique_lab_name  # noqa: E402
+from tests.fixtures.services import (  # noqa: E402
+    TEST_OCF,
+    ServiceLab,
+    end_resources,
+    service_lab_of,
+)
 
-from servergroup.lab import remove_stale_labs  # noqa: E402
-from servergroup.services.journal import Record, check, overlap_seconds  # noqa: E402
+from servergroup.lab import Lab, remove_stale_labs  # noqa: E402
+from servergroup.services.journal import (  # noqa: E402
+    Record,
+    check,
+    decode_record,
+    overlap_seconds,
+)
 from servergroup.services.model import AgentRef, Monitor, Service  # noqa: E402
 
 SERVICE = "bench"
@@ -167,39 +185,122 @@ async def series(etcd_members: int, args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def pacemaker_peer() -> dict[str, Any]:
-    """Whether the Pacemaker peer ran; it is not written yet (see the module's docstring)."""
-    installed = all(shutil.which(b) for b in ("pacemakerd", "corosync"))
-    return {
-        "ran": False,
-        "why": (
-            "the three-node namespace setup of Pacemaker is not written yet"
-            if installed
-            else "Pacemaker and corosync are not installed (Debian: pacemaker, corosync)"
-        ),
-        "anchor": "Pacemaker 2.1.5 + corosync 3.1.7, 3 namespace nodes on this machine: "
-        "8.8 s median (default token), 4.5 s (token: 1000)",
-    }
+def read_journal(path: Path) -> list[Record]:
+    try:
+        return [decode_record(x) for x in path.read_text().splitlines() if x.strip()]
+    except FileNotFoundError:
+        return []
+
+
+async def pacemaker_series(token_ms: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    """The host fault, `args.runs` times, on a Pacemaker cluster of three lab hosts."""
+    out: dict[str, Any] = {"token_ms": token_ms or "default (3000)"}
+    if not all(shutil.which(b) for b in ("pacemakerd", "corosync", "crm_mon")):
+        out["not_run"] = "Pacemaker and corosync are not installed (Debian: pacemaker, corosync)"
+        return out
+    base = Path(tempfile.mkdtemp(prefix="sgbp-", dir="/tmp"))
+    lab = Lab(unique_lab_name(), state_dir=LAB_STATE, owner_pid=os.getpid())
+    cluster: PacemakerCluster | None = None
+    journal, agents = base / "journal", base / "agents"
+    agents.mkdir()
+    try:
+        lab.up(3)
+        cluster = PacemakerCluster(lab, base, TEST_OCF / "resource.d" / "sgtest", token_ms=token_ms)
+        cluster.start()
+        await cluster.wait_online()
+        await cluster.configure(SERVICE, {"journal": str(journal), "state_dir": str(agents)})
+        netns = {h.name: h.netns for h in lab.hosts()}
+        rows = []
+        for n in range(args.runs):
+            owner = await until_value(lambda: cluster.locate(SERVICE), OWNER_TIMEOUT, "placed")
+            await asyncio.sleep(0.5)
+            fault_at = time.time()
+            cluster.crash(owner)
+            end_resources(journal, agents, netns[owner], fault_at)
+            deadline = time.monotonic() + 60.0
+            while (done := started(read_journal(journal), fault_at, not_on=netns[owner])) is None:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError("Pacemaker did not start the resource elsewhere in 60 s")
+                await asyncio.sleep(0.01)
+            to = next(h for h, ns in netns.items() if ns == done.node)
+            rows.append({"from": owner, "to": to, "failover_s": round(done.at - fault_at, 4)})
+            say(
+                f"  pacemaker token {out['token_ms']} host #{n + 1}: {owner} -> {to} "
+                f"in {done.at - fault_at:.3f} s"
+            )
+            cluster.start_node(owner)
+            await cluster.wait_online()
+        violations = check(read_journal(journal))
+        out["host"] = {"failover_s": summary([r["failover_s"] for r in rows]), "runs": rows}
+        out["double_owner_intervals"] = len(violations)
+        out["double_owner_s"] = round(overlap_seconds(violations), 4)
+        return out
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        lab.down()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def until_value(get: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while (value := await get()) is None:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"Pacemaker's resource not {what} within {timeout:g} s")
+        await asyncio.sleep(0.2)
+    return value
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| etcd | fault | runs | median s | max s | double owners |",
-        "|---|---|---|---|---|---|",
+        "| system | etcd / token | fault | runs | median s | max s | double owners |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in results["series"]:
-        for fault in FAULTS:
-            if fault not in s:
-                continue
-            q = s[fault]["failover_s"]
+        if "not_run" in s:
             lines.append(
-                f"| {s['etcd_members']} member(s) | {fault} | {q['n']} | {q['p50']:.3f} | "
-                f"{q['max']:.3f} | {s['double_owner_intervals']} ({s['double_owner_s']} s) |"
+                f"| servergroup | {s['etcd_members']} member(s) | - | not run: "
+                f"{s['not_run']} | | | |"
             )
-    peer = results["pacemaker"]
-    lines.append("")
-    lines.append(f"Pacemaker: {'ran' if peer['ran'] else 'not run: ' + peer['why']}.")
+            continue
+        for fault in FAULTS:
+            if fault in s:
+                q = s[fault]["failover_s"]
+                lines.append(
+                    f"| servergroup | {s['etcd_members']} member(s) | {fault} | {q['n']} | "
+                    f"{q['p50']:.3f} | {q['max']:.3f} | {s['double_owner_intervals']} "
+                    f"({s['double_owner_s']} s) |"
+                )
+    for p in results["pacemaker"]:
+        if "not_run" in p:
+            lines.append(
+                f"| Pacemaker | token {p['token_ms']} | host | not run: {p['not_run']} | | | |"
+            )
+            continue
+        q = p["host"]["failover_s"]
+        lines.append(
+            f"| Pacemaker | token {p['token_ms']} | host | {q['n']} | {q['p50']:.3f} | "
+            f"{q['max']:.3f} | {p['double_owner_intervals']} ({p['double_owner_s']} s) |"
+        )
+    ratios = results.get("ratios") or {}
+    if ratios:
+        lines.append("")
+        lines += [f"- {name}: {value}" for name, value in ratios.items()]
     return "\n".join(lines)
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """Pacemaker's median over ours, for the host fault, per etcd size and token."""
+    out = {}
+    for s in results["series"]:
+        if "host" not in s:
+            continue
+        ours = s["host"]["failover_s"]["p50"]
+        for p in results["pacemaker"]:
+            if "host" in p and ours:
+                name = f"Pacemaker (token {p['token_ms']}) / servergroup ({s['etcd_members']} etcd)"
+                out[name] = round(p["host"]["failover_s"]["p50"] / ours, 2)
+    return out
 
 
 def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: float) -> None:
@@ -208,7 +309,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: floa
         **run_meta(
             "failover",
             "3 supervised host daemons in lab hosts, ocf:sgtest:journal (1 instance, "
-            "stop timeout 0.5 s), lease 2 s",
+            "stop timeout 0.5 s), lease 2 s; Pacemaker + corosync (knet) on 3 lab hosts, "
+            "the same agent, fencing off, stickiness 100",
             load_at_start,
         ),
         "goals": GOALS,
@@ -225,8 +327,17 @@ def write(results: dict[str, Any], args: argparse.Namespace, load_at_start: floa
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = [await series(members, args) for members in args.etcd]
-    return {"series": out, "pacemaker": pacemaker_peer()}
+    out = []
+    for members in args.etcd:
+        try:
+            out.append(await series(members, args))
+        except NoNodeRole as exc:
+            say(f"  etcd x{members}: {exc}")
+            out.append({"etcd_members": members, "not_run": str(exc)})
+    peers = [await pacemaker_series(t, args) for t in args.pacemaker_tokens] if args.peer else []
+    results: dict[str, Any] = {"series": out, "pacemaker": peers}
+    results["ratios"] = ratios(results)
+    return results
 
 
 def main() -> None:
@@ -236,19 +347,26 @@ def main() -> None:
         "--etcd", type=int, nargs="+", default=[1, 3], choices=[1, 3], help="etcd sizes"
     )
     parser.add_argument("--faults", nargs="+", default=list(FAULTS), choices=FAULTS)
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip Pacemaker")
+    parser.add_argument(
+        "--pacemaker-tokens",
+        type=int,
+        nargs="+",
+        default=[0, 1000],
+        help="corosync token timeouts (ms) for the Pacemaker series; 0: corosync's default",
+    )
     parser.add_argument("--quick", action="store_true", help="3 runs of each")
     parser.add_argument("--output", default="failover", help="result file stem")
     args = parser.parse_args()
     if args.quick:
         args.runs = 3
+    args.pacemaker_tokens = [t or None for t in args.pacemaker_tokens]
     if os.geteuid() != 0:
         sys.exit("bench/failover.py needs root (lab namespaces, cgroups)")
     remove_stale_labs(LAB_STATE)
     load_at_start = os.getloadavg()[0]
     try:
         results = asyncio.run(run(args))
-    except NoNodeRole as exc:
-        sys.exit(f"bench/failover.py: {exc}")
     except KeyboardInterrupt:
         sys.exit(130)
     write(results, args, load_at_start)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -159,3 +160,10 @@ async def test_the_journal_agent_names_its_host_and_obeys_its_switches(
     assert await run_agent(lab, "h3", "stop", instance=instance, token=13) == 0
     assert await run_agent(lab, "h1", "start", instance=instance, token=9) == 0
     assert any("token" in v.sentence for v in lab.violations())
+
+    # A crashed machine's resource dies with it: the harness ends it in the journal.
+    assert await run_agent(lab, "h3", "start", instance="other:0", token=20) == 0
+    assert lab.machine_died("h3", time.time()) == ["other:0"]
+    last = lab.journal_records()[-1]
+    assert (lab.node_of_journal(last.node), last.action, last.code) == ("h3", "stop", 0)
+    assert not any(lab.agent_state_dir.glob(f"*{lab.journal_node('h3')}-other:0.state"))
