@@ -20,7 +20,8 @@ supervisor: a small synchronous loop that
   it `CHILD_STOP_TIMEOUT` before SIGKILL;
 - waits on the child's pidfd (and a signal wake-up pipe), so the death is
   seen the moment it happens;
-- is the **subreaper** of the child's descendants: an agent action the
+- is the **subreaper** of the child's descendants (and reaps them as they
+  exit, woken by SIGCHLD): an agent action the
   child had in flight (a `start` still running, in its own process group)
   becomes the supervisor's child when the daemon dies, and is killed, group
   and all, before the cleanup's `stop`, so that no start can finish after
@@ -338,6 +339,7 @@ class Supervisor:
         while not self.stop_requested and (left := deadline - time.monotonic()) > 0:
             select.select([self._wake_r], [], [], left)
             self._drain()
+            _reap_orphans(None)
 
     def _wait(self, child: subprocess.Popen[bytes]) -> int:
         """Wait for the child to exit; once asked to stop, SIGKILL it after the stop timeout."""
@@ -406,6 +408,9 @@ class Supervisor:
             log.warning("cannot become the subreaper of the host daemon's descendants")
         signal.set_wakeup_fd(self._wake_w)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Orphans we adopted (a daemonized QEMU, a resource) are reaped as they exit: the
+        # wake-up pipe ends the wait, which reaps them.
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda _s, _f: None)
         delays: Iterator[float] = self.backoff.delays()
         try:
             self._after_previous()

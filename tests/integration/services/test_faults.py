@@ -15,51 +15,19 @@ with it.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
 import time
 
 import pytest
 
 from servergroup.servers.registry import host_key
-from servergroup.services.model import AgentRef
-from servergroup.services.ocf import OcfAgent
+from servergroup.services.model import AgentRef, decode_service
+from servergroup.services.placement import InstanceId
+from servergroup.services.store import BlockRecord, blocked_key, def_key, encode_block
 from tests.fixtures.services import ServiceLab, ServiceLabFactory, until
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 JOURNAL = AgentRef(provider="sgtest", type="journal")
-
-
-async def run_agent(
-    lab: ServiceLab, node: str, action: str, *, instance: str, token: int, timeout: float = 5.0
-) -> int | None:
-    """Run the journal agent's `action` inside lab host `node`; its exit code (None: timed out)."""
-    agent = OcfAgent(
-        JOURNAL,
-        instance=instance,
-        parameters=lab.service_parameters(),
-        ocf_root=lab.ocf_root,
-    )
-    env = agent.environment(action, timeout=timeout, fencing_token=token)
-    proc = await asyncio.create_subprocess_exec(
-        "nsenter",
-        f"--net=/run/netns/{lab.nodes[node].netns}",
-        str(agent.path),
-        action,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            return await proc.wait()
-    except TimeoutError:
-        os.killpg(proc.pid, 9)
-        await proc.wait()
-        return None
 
 
 async def record_gone(lab: ServiceLab, node: str) -> None:
@@ -139,31 +107,48 @@ async def test_the_journal_agent_names_its_host_and_obeys_its_switches(
     lab = await service_lab(etcd_members=1)
     instance = "svc:0"
     # A clean handover from h1 to h2 checks clean, under the hosts' own names.
-    assert await run_agent(lab, "h1", "start", instance=instance, token=10) == 0
-    assert await run_agent(lab, "h1", "stop", instance=instance, token=10) == 0
-    assert await run_agent(lab, "h2", "start", instance=instance, token=12) == 0
+    assert await lab.run_agent("h1", "start", instance=instance, token=10) == 0
+    assert await lab.run_agent("h1", "stop", instance=instance, token=10) == 0
+    assert await lab.run_agent("h2", "start", instance=instance, token=12) == 0
     records = lab.journal_records()
     assert {lab.node_of_journal(r.node) for r in records} == {"h1", "h2"}
     assert lab.violations() == []
 
     # Switches hit one node: h3's start fails with 5, h1's does not.
     lab.fail("start", 5, instance=instance, node="h3")
-    assert await run_agent(lab, "h3", "start", instance=instance, token=13) == 5
+    assert await lab.run_agent("h3", "start", instance=instance, token=13) == 5
     lab.hang("stop", instance=instance, node="h2")
-    assert await run_agent(lab, "h2", "stop", instance=instance, token=12, timeout=1.0) is None
+    assert await lab.run_agent("h2", "stop", instance=instance, token=12, timeout=1.0) is None
     # h2 never stopped, and both h2 and h3 (a failed start may leave it running) own it.
     violations = lab.violations()
     assert violations
     assert all("svc:0" in v.sentence for v in violations)
     lab.clear_switches()
-    assert await run_agent(lab, "h2", "stop", instance=instance, token=12) == 0
-    assert await run_agent(lab, "h3", "stop", instance=instance, token=13) == 0
-    assert await run_agent(lab, "h1", "start", instance=instance, token=9) == 0
+    assert await lab.run_agent("h2", "stop", instance=instance, token=12) == 0
+    assert await lab.run_agent("h3", "stop", instance=instance, token=13) == 0
+    assert await lab.run_agent("h1", "start", instance=instance, token=9) == 0
     assert any("token" in v.sentence for v in lab.violations())
 
     # A crashed machine's resource dies with it: the harness ends it in the journal.
-    assert await run_agent(lab, "h3", "start", instance="other:0", token=20) == 0
+    assert await lab.run_agent("h3", "start", instance="other:0", token=20) == 0
     assert lab.machine_died("h3", time.time()) == ["other:0"]
     last = lab.journal_records()[-1]
     assert (lab.node_of_journal(last.node), last.action, last.code) == ("h3", "stop", 0)
     assert not any(lab.agent_state_dir.glob(f"*{lab.journal_node('h3')}-other:0.state"))
+
+    # The rounds' service is valid as stored; reset_service stops what a blocked stop left.
+    await lab.define(lab.journal_service("svc", instances=2, promotable=True))
+    coordinator = lab.coordinator()
+    try:
+        kv = await coordinator.get(def_key("svc"))
+        assert kv is not None
+        assert decode_service(kv.value).instances == 2
+        assert await lab.run_agent("h2", "start", instance="svc:1", token=30) == 0
+        block = BlockRecord(node="h2", token=30, reason="stop timed out", at=time.time())
+        await coordinator.put(blocked_key(InstanceId(service="svc", index=1)), encode_block(block))
+        await lab.reset_service("svc")
+        assert not (await coordinator.get_prefix("services/blocked/")).items
+    finally:
+        await coordinator.close()
+    last = lab.journal_records()[-1]
+    assert (lab.node_of_journal(last.node), last.instance, last.action) == ("h2", "svc:1", "stop")
