@@ -35,7 +35,7 @@ demo: system-deps venv guest-image
 	$(BIN)/servergroup demo
 
 test: system-deps venv guest-image
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # Status 5 is pytest's "no test collected": none is marked slow yet.
 test-slow: system-deps venv guest-image
@@ -55,6 +55,7 @@ bench: system-deps venv guest-image
 	$(BIN)/python bench/vm.py
 	$(BIN)/python bench/operations.py
 	$(BIN)/python bench/evacuation.py
+	$(BIN)/python bench/replication.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "etcd": ("etcd", "etcd"),
     "lab": ("lab", "lab"),
     "scale": ("scale", "scale"),
+    "service": ("service", "service"),
 }
 
 
@@ -100,8 +101,10 @@ def cli(
 
     Server groups of lab servers (network namespaces) and real VMs (QEMU) on
     hosts that share etcd: their lifecycle, group messaging between their
-    members, vCPU scaling, and multicast image distribution. With no etcd
-    endpoint configured, servergroup runs its own local etcd.
+    members, vCPU scaling, multicast image distribution, and an HA service
+    manager (exactly-one services run by OCF agents, with failover and
+    discovery). With no etcd endpoint configured, servergroup runs its own
+    local etcd.
     """
     configure_logging(verbose, log_json)
     ctx.obj = CliState(

@@ -6,12 +6,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from servergroup.cli.common import CliState, Size, fail, pass_state, run_async
+from servergroup.cli.common import CliState, Size, fail, pass_state, print_table, run_async
 from servergroup.common.errors import PermissionNeeded, UsageError
 from servergroup.common.units import MIB
 from servergroup.config import Config
@@ -54,22 +54,6 @@ def _run(state: CliState, work: Callable[[Operations], Awaitable[T]]) -> T:
             return await work(ops)
 
     return run_async(main())
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal, plain aligned columns otherwise."""
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*headers, box=None, header_style="bold")
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for row in [list(headers), *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _server_json(server: Server, hosts: set[str]) -> dict[str, Any]:
@@ -160,7 +144,7 @@ def group_list(state: CliState, as_json: bool) -> None:
     rows = [
         [g.name, g.policy.value, g.evacuate.value, ",".join(members[g.name]) or "-"] for g in groups
     ]
-    _table(["NAME", "POLICY", "EVACUATE", "MEMBERS"], rows)
+    print_table(["NAME", "POLICY", "EVACUATE", "MEMBERS"], rows)
 
 
 @group.command("delete")
@@ -283,7 +267,7 @@ def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
         ]
         for s in servers
     ]
-    _table(["NAME", "GROUP", "HOST", "STATE", "TASK", "VCPUS", "INSTANCE"], rows)
+    print_table(["NAME", "GROUP", "HOST", "STATE", "TASK", "VCPUS", "INSTANCE"], rows)
 
 
 @server.command("show")
@@ -531,7 +515,7 @@ def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: boo
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    _table(
+    print_table(
         ["VCPU", "THREADS", "HOST CPUS"],
         [
             [str(t.index), ",".join(map(str, t.thread_ids)), ",".join(map(str, t.affinity))]

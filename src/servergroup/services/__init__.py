@@ -4,10 +4,23 @@ Read top-down: `model` (definitions, pure), `metadata` and `ocf_codes`
 (what agents say, pure), `placement` (who runs what where, pure), then
 `ocf` (the agent runner) and `memory_agent` (the same protocol in memory,
 for tests of what uses agents), and `journal` (the exactly-one checker
-the fault tests and the failover benchmark read). The node role builds on these; the plan is in
+the fault tests and the failover benchmark read). `store` is the key space
+and its records; `status` the views `service list/status` print; `client`
+the library API: discovery (`where`, `watch_master`), reads and the
+operator's writes. The node role builds on these; the plan is in
 docs/design/services.md.
 """
 
+from servergroup.services.client import (
+    MasterEvent,
+    MasterGone,
+    MasterMoved,
+    MasterUnreadable,
+    ServiceRefused,
+    UnknownService,
+    watch_master,
+    where,
+)
 from servergroup.services.journal import JournalError, Record, Violation, check
 from servergroup.services.memory_agent import MemoryAgent, MemoryResource
 from servergroup.services.metadata import AgentInfo, MetadataError, parse_metadata
@@ -64,6 +77,10 @@ __all__ = [
     "Failure",
     "InstanceId",
     "JournalError",
+    "MasterEvent",
+    "MasterGone",
+    "MasterMoved",
+    "MasterUnreadable",
     "MemoryAgent",
     "MemoryResource",
     "MetadataError",
@@ -77,12 +94,14 @@ __all__ = [
     "Relocation",
     "Restart",
     "Service",
+    "ServiceRefused",
     "Severity",
     "Snapshot",
     "Start",
     "Stop",
     "StopReason",
     "StoredDefinitionError",
+    "UnknownService",
     "Violation",
     "check",
     "decide",
@@ -96,4 +115,6 @@ __all__ = [
     "resolve",
     "resolve_agent",
     "severity",
+    "watch_master",
+    "where",
 ]

@@ -419,7 +419,11 @@ def _domain(data: object, where: str) -> FailoverDomain:
     )
 
 
-def _check_together(services: tuple[Service, ...], domains: tuple[FailoverDomain, ...]) -> None:
+def _check_together(
+    services: tuple[Service, ...],
+    domains: tuple[FailoverDomain, ...],
+    outside: Mapping[str, FailoverDomain] | None = None,
+) -> None:
     for kind, names in (
         ("service", [s.name for s in services]),
         ("domain", [d.name for d in domains]),
@@ -432,6 +436,8 @@ def _check_together(services: tuple[Service, ...], domains: tuple[FailoverDomain
         if service.domain is None:
             continue
         domain = by_name.get(service.domain)
+        if domain is None and outside is not None:
+            domain = outside.get(service.domain)
         if domain is None:
             raise DefinitionError(
                 f"service {service.name!r}: domain {service.domain!r} is not defined."
@@ -450,8 +456,15 @@ def _items(data: dict[str, Any], key: str) -> list[object]:
     return items
 
 
-def parse_definitions(text: str) -> Definitions:
-    """Every service and domain in a definitions file's text; `DefinitionError` if any is bad."""
+def parse_definitions(
+    text: str, *, known_domains: Mapping[str, FailoverDomain] | None = None
+) -> Definitions:
+    """Every service and domain in a definitions file's text; `DefinitionError` if any is bad.
+
+    A service may name a domain of the file or, when given, one of
+    `known_domains` (those already stored: `service add` passes them); a
+    domain of the file takes the place of a known one of the same name.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -463,7 +476,7 @@ def parse_definitions(text: str) -> Definitions:
         )
     domains = tuple(_domain(d, f"domain {i + 1}") for i, d in enumerate(_items(data, "domain")))
     services = tuple(_service(s, f"service {i + 1}") for i, s in enumerate(_items(data, "service")))
-    _check_together(services, domains)
+    _check_together(services, domains, known_domains)
     return Definitions(services=services, domains=domains)
 
 

@@ -70,6 +70,7 @@ from servergroup.servers.registry import (
     group_key,
     host_key,
 )
+from tests.fixtures.etcd import compact
 from tests.fixtures.tcpproxy import TcpProxy
 
 WAIT = 10.0
@@ -570,21 +571,6 @@ async def test_subscriptions_are_forgotten_on_disconnect(world: World) -> None:
 
 
 # -- compaction ----------------------------------------------------------------------------
-
-
-async def compact(etcd: EtcdCluster, revision: int) -> None:
-    """`etcdctl compact`: the store forgets every revision before `revision`."""
-    proc = await asyncio.create_subprocess_exec(
-        "etcdctl",
-        f"--endpoints={','.join(f'http://{e.host}:{e.port}' for e in etcd.endpoints)}",
-        "compact",
-        str(revision),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(WAIT):
-        out, _ = await proc.communicate()
-    assert proc.returncode == 0, out.decode()
 
 
 async def test_a_host_behind_the_compaction_window_says_what_it_missed(

@@ -423,3 +423,53 @@ def test_the_original_host_helper_scales_our_scale_agent(
         assert reply["result"] == "success", reply
         assert reply["online_cpus"] == expected
         assert list(parse_cpu_list(big_online.read_text())) == expected
+
+
+def test_servergroup_scale_is_answered_by_the_original_guest_agent(
+    servergroup_up: SetupFactory,
+    scale_programs: ScalePrograms,
+    procs: list[CProcess],
+    tmp_path: Path,
+) -> None:
+    # The other way round from the test above: `servergroup scale cpu` (our CLI, the
+    # host's scaler) reaches the original guest scale agent, which does not copy our
+    # request `id` into its reply; the scaler still pairs them and records the result.
+    setup = servergroup_up(
+        1, env={"SERVERGROUP_LAB_SCALE_AGENT": "off", "SERVERGROUP_CPU_POOL": "0-1"}
+    )
+    group, (server,) = names(1)
+    setup.run("group", "create", group)
+    setup.run("server", "create", server, "--group", group, "--vcpus", "3", "--min-vcpus", "1")
+    channel_up(setup, server)
+    cpus = make_guest_cpus(tmp_path, 3)
+    cpus.helper_picks(1)
+    start_guest_agent(setup, server, scale_programs, cpus, procs)  # ready: bound
+
+    def scale_cli(direction: str) -> dict[str, Any]:
+        done = setup.run("scale", "cpu", direction, server, "--json")
+        out: dict[str, Any] = json.loads(done.stdout)
+        return out
+
+    # Down: the original agent runs the helper, which picks vCPU 1.
+    out = scale_cli("down")
+    assert (out["cpu"], out["online_cpus"]) == (1, [0, 2]), out
+    assert cpus.online() == (0, 2)
+    assert cpus.helper_calls()[-1].startswith("--cpu_del")
+    # Down again, no pick: the highest online vCPU; then the minimum is refused by the
+    # host before the guest is asked (its helper is not called again).
+    cpus.helper_picks(0)
+    out = scale_cli("down")
+    assert (out["cpu"], out["online_cpus"]) == (2, [0]), out
+    calls = len(cpus.helper_calls())
+    done = setup.run("scale", "cpu", "down", server, check=False)
+    assert done.returncode != 0
+    assert "minimum" in done.stderr
+    assert len(cpus.helper_calls()) == calls
+    # Up: the host names the lowest offline vCPU; the original agent onlines it and
+    # tells its helper with the new online list.
+    out = scale_cli("up")
+    assert (out["cpu"], out["online_cpus"]) == (1, [0, 1]), out
+    assert cpus.online() == (0, 1)
+    assert cpus.helper_calls()[-1] == "--cpu_add 1 [0,1]"
+    # What the host recorded is what the guest has.
+    assert setup.json("server", "show", server)["online_cpus"] == [0, 1]

@@ -1,0 +1,1 @@
+"""The example protected services: `counter` and `kv` (whole state in regions)."""
