@@ -15,6 +15,7 @@ with it.
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from servergroup.servers.registry import host_key
 from servergroup.services.model import AgentRef, decode_service
 from servergroup.services.placement import InstanceId
 from servergroup.services.store import BlockRecord, blocked_key, def_key, encode_block
-from tests.fixtures.services import ServiceLab, ServiceLabFactory, until
+from tests.fixtures.services import FAULTS, FaultRounds, ServiceLab, ServiceLabFactory, until
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -90,6 +91,25 @@ async def test_each_fault_is_applied_and_undone_on_real_lab_hosts(
     lab.restart_all()
     again = await lab.wait_registered()
     assert all(again[n] != before[n] for n in lab.nodes)
+
+    # The rounds' switch faults: the files land on the target only, and restore clears them.
+    rounds = FaultRounds(lab, "svc", rng=random.Random(14))
+    assert set(rounds.faults) == set(FAULTS)  # 3 members: the etcd fault is in
+    for fault in ("monitor_fails_0", "monitor_fails_10", "stop_hangs", "start_fails_hard"):
+        await rounds.apply(fault, "h3")
+    switches = sorted(
+        (lab.node_of_journal(p.name.split("-svc:0")[0].removeprefix("sgtest-journal-")), p.suffix)
+        for p in lab.agent_state_dir.glob("*.state.*")
+    )
+    assert switches == [
+        ("h1", ".fail-start"),  # the start elsewhere fails (the target's daemon was killed)
+        ("h2", ".fail-start"),
+        ("h3", ".fail-monitor-0"),
+        ("h3", ".fail-monitor-10"),
+        ("h3", ".hang-stop"),
+    ]
+    await lab.restore()
+    assert not list(lab.agent_state_dir.glob("*.state.*"))
 
 
 async def _registered_anew(lab: ServiceLab, node: str, old: int) -> bool:
