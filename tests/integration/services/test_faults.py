@@ -24,7 +24,14 @@ from servergroup.servers.registry import host_key
 from servergroup.services.model import AgentRef, decode_service
 from servergroup.services.placement import InstanceId
 from servergroup.services.store import BlockRecord, blocked_key, def_key, encode_block
-from tests.fixtures.services import FAULTS, FaultRounds, ServiceLab, ServiceLabFactory, until
+from tests.fixtures.services import (
+    FAULTS,
+    FaultRounds,
+    Freeze,
+    ServiceLab,
+    ServiceLabFactory,
+    until,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -172,3 +179,28 @@ async def test_the_journal_agent_names_its_host_and_obeys_its_switches(
         await coordinator.close()
     last = lab.journal_records()[-1]
     assert (lab.node_of_journal(last.node), last.instance, last.action) == ("h2", "svc:1", "stop")
+
+
+async def test_a_frozen_copy_is_judged_ended_at_the_freeze_and_must_stop_first_on_thaw(
+    service_lab: ServiceLabFactory,
+) -> None:
+    lab = await service_lab(etcd_members=1)
+    rounds = FaultRounds(lab, "fz", rng=random.Random(0))
+    h1 = lab.journal_node("h1")
+    assert await lab.run_agent("h1", "start", instance="fz:0", token=10) == 0
+    frozen_at = time.time()
+    assert await lab.run_agent("h2", "start", instance="fz:0", token=12) == 0
+    thawed_at = time.time()
+    rounds.freezes.append(Freeze(node=h1, frozen_at=frozen_at, thawed_at=thawed_at))
+    assert lab.violations()  # the raw journal: h1 held it until its stop
+    assert await lab.run_agent("h1", "stop", instance="fz:0", token=10) == 0
+    rounds.check()  # judged: h1's copy could not act while frozen, and stopped first
+    # A thawed node that starts again instead of stopping fights: that is reported.
+    assert await lab.run_agent("h2", "stop", instance="fz:0", token=12) == 0
+    assert await lab.run_agent("h3", "start", instance="fz:1", token=20) == 0
+    rounds.freezes.append(
+        Freeze(node=lab.journal_node("h3"), frozen_at=time.time(), thawed_at=time.time())
+    )
+    assert await lab.run_agent("h3", "promote", instance="fz:1", token=20) == 0
+    with pytest.raises(AssertionError, match="promote begin before a successful stop"):
+        rounds.check()
