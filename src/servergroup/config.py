@@ -19,6 +19,10 @@ Example file::
     [etcd]          # the managed local etcd, used when no endpoint is set
     client_port = 12379
     peer_port = 12380
+
+    [services]      # the service manager's node role
+    enabled = true
+    ocf_root = "/usr/lib/ocf"
 """
 
 from __future__ import annotations
@@ -186,6 +190,24 @@ class ScalingConfig:
         return self
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicesConfig:
+    """The service manager's node role on this host (docs/design/services.md)."""
+
+    #: Whether this host runs service instances (its host daemon has the node role).
+    enabled: bool = True
+    #: Where `ocf:<provider>:<type>` agents live (`$OCF_ROOT/resource.d/...`).
+    ocf_root: str = "/usr/lib/ocf"
+    #: This node's address for `{node_ip}` in address templates and parameters;
+    #: empty: the host daemon's `--migration-address` (a lab host's own address).
+    node_ip: str = ""
+
+    def validate(self) -> ServicesConfig:
+        if not self.ocf_root.startswith("/"):
+            raise ConfigError(f"services ocf_root {self.ocf_root!r} must be an absolute path.")
+        return self
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
     env = os.environ if env is None else env
@@ -207,6 +229,7 @@ class Config:
     etcd: LocalEtcdConfig = field(default_factory=LocalEtcdConfig)
     servers: ServersConfig = field(default_factory=ServersConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
 
     @property
     def managed_etcd(self) -> bool:
@@ -303,6 +326,8 @@ ENV_MAP = {
     "SERVERGROUP_EVACUATION_GRACE": ("servers", "evacuation_grace"),
     "SERVERGROUP_LAB_SCALE_AGENT": ("servers", "lab_scale_agent"),
     "SERVERGROUP_CPU_POOL": ("scaling", "cpu_pool"),
+    "SERVERGROUP_SERVICES": ("services", "enabled"),
+    "SERVERGROUP_OCF_ROOT": ("services", "ocf_root"),
 }
 
 
@@ -324,6 +349,7 @@ def load_config(
         "etcd": {},
         "servers": {},
         "scaling": {},
+        "services": {},
     }
     if path is None and env.get("SERVERGROUP_CONFIG"):
         path = Path(env["SERVERGROUP_CONFIG"])
@@ -332,7 +358,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         for key, value in data.items():
-            if key in ("coordination", "etcd", "servers", "scaling"):
+            if key in ("coordination", "etcd", "servers", "scaling", "services"):
                 if not isinstance(value, dict):
                     raise ConfigError(f"[{key}] in {path} must be a table.")
                 layers[key].update(value)
@@ -359,6 +385,7 @@ def load_config(
         etcd=_section(LocalEtcdConfig, "etcd", layers["etcd"]),
         servers=_section(ServersConfig, "servers", layers["servers"]),
         scaling=_section(ScalingConfig, "scaling", layers["scaling"]),
+        services=_section(ServicesConfig, "services", layers["services"]),
     )
 
 
@@ -370,6 +397,7 @@ __all__ = [
     "LocalEtcdConfig",
     "ScalingConfig",
     "ServersConfig",
+    "ServicesConfig",
     "default_state_dir",
     "load_config",
     "parse_endpoints",

@@ -231,3 +231,23 @@ def test_evacuation_grace_from_file_env_and_bounds(tmp_path: Path) -> None:
     assert load_config(path, env=env).servers.evacuation_grace == 2.5
     with pytest.raises(ConfigError, match="evacuation_grace must be between 0 and 86400"):
         load_config(env={"SERVERGROUP_EVACUATION_GRACE": "-1"})
+
+
+def test_the_services_section(tmp_path: Path) -> None:
+    default = load_config(env=NO_ENV).services
+    assert (default.enabled, default.ocf_root, default.node_ip) == (True, "/usr/lib/ocf", "")
+    path = write(
+        tmp_path / "sg.toml",
+        '[services]\nenabled = false\nocf_root = "/opt/ocf"\nnode_ip = "10.0.0.5"\n',
+    )
+    services = load_config(path, env=NO_ENV).services
+    assert (services.enabled, services.ocf_root, services.node_ip) == (
+        False,
+        "/opt/ocf",
+        "10.0.0.5",
+    )
+    env = {"SERVERGROUP_OCF_ROOT": "/srv/ocf", "SERVERGROUP_SERVICES": "off"}
+    from_env = load_config(env=env).services
+    assert (from_env.enabled, from_env.ocf_root) == (False, "/srv/ocf")
+    with pytest.raises(ConfigError, match="services ocf_root 'ocf' must be an absolute path"):
+        load_config(env={"SERVERGROUP_OCF_ROOT": "ocf"})

@@ -7,9 +7,17 @@ import json
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.common.errors import UsageError
 from servergroup.coordination.connect import connect
+from servergroup.scaling.autoscale import PolicyRecord, policy_json
 from servergroup.scaling.client import DEFAULT_TIMEOUT, scale_cpu
 from servergroup.scaling.cpus import format_cpu_list
+from servergroup.scaling.policy import (
+    DEFAULT_COOLDOWN_INTERVAL,
+    DEFAULT_WINDOW_INTERVAL,
+    Policy,
+)
+from servergroup.scaling.policyclient import get_policy, remove_policy, set_policy
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
 from servergroup.scaling.store import ScaleOutcome
 from servergroup.servers.registry import Registry
@@ -17,7 +25,7 @@ from servergroup.servers.registry import Registry
 
 @click.group()
 def scale() -> None:
-    """Scale a server's resources on request (its online vCPUs)."""
+    """Scale a server's resources (its online vCPUs), on request or by a policy."""
 
 
 @scale.command("cpu")
@@ -75,6 +83,109 @@ def cpu(state: CliState, direction: str, server: str, timeout: float, as_json: b
         f"server {outcome.server}: vCPU {outcome.cpu} {verb}; online vCPUs "
         f"{format_cpu_list(outcome.online_cpus)}"
     )
+
+
+@scale.command("policy")
+@click.argument("server")
+@click.option(
+    "--up-above",
+    type=float,
+    metavar="PCT",
+    help="Scale up one vCPU when the online vCPUs were busier than PCT % over the window.",
+)
+@click.option(
+    "--down-below",
+    type=float,
+    metavar="PCT",
+    help="Scale down one vCPU when they were less busy than PCT % (below --up-above).",
+)
+@click.option(
+    "--window",
+    type=float,
+    metavar="S",
+    default=DEFAULT_WINDOW_INTERVAL,
+    show_default=True,
+    help="Seconds of measurement the policy judges (a full window is needed before each decision).",
+)
+@click.option(
+    "--cooldown",
+    type=float,
+    metavar="S",
+    default=DEFAULT_COOLDOWN_INTERVAL,
+    show_default=True,
+    help="Seconds after a scale before the next one.",
+)
+@click.option("--off", is_flag=True, help="Remove the server's policy.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def policy(
+    state: CliState,
+    server: str,
+    up_above: float | None,
+    down_below: float | None,
+    window: float,
+    cooldown: float,
+    off: bool,
+    as_json: bool,
+) -> None:
+    """Scale SERVER automatically by how busy its vCPUs are, or show or remove its policy.
+
+    The host that runs SERVER measures its online vCPUs' busy time (the CPU
+    time of their host threads over wall time and online vCPUs) every
+    second or so. After a full --window, above --up-above % it scales one
+    vCPU up, below --down-below % one down (never past the flavor's limits),
+    then waits --cooldown seconds and a new window. Each decision to scale is
+    one sentence in the host's log and a compute.instance.autoscale
+    notification to the server's group. With no option, prints the policy.
+
+    Examples: servergroup scale policy vm1 --up-above 80 --down-below 20 --window 30;
+    servergroup scale policy vm1; servergroup scale policy vm1 --off
+    """
+    setting = up_above is not None or down_below is not None
+    if off and setting:
+        raise UsageError("give either --off or the thresholds, not both")
+    wanted: Policy | None = None
+    if setting:
+        if up_above is None or down_below is None:
+            raise UsageError("give both --up-above and --down-below (or --off to remove it)")
+        wanted = Policy(
+            up_above=up_above,
+            down_below=down_below,
+            window_interval=window,
+            cooldown_interval=cooldown,
+        )
+    coordinator = connect(state.config())
+
+    async def main() -> tuple[PolicyRecord | None, bool]:
+        async with coordinator:
+            registry = Registry(coordinator)
+            if off:
+                return None, await remove_policy(registry, server)
+            if wanted is not None:
+                return await set_policy(registry, server, wanted), True
+            return await get_policy(registry, server), False
+
+    record, changed = run_async(main())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"server": server, "policy": None}
+                if record is None
+                else {"server": server, "policy": policy_json(record)}
+            )
+        )
+        return
+    if off:
+        click.echo(
+            f"server {server}: scaling policy removed"
+            if changed
+            else f"server {server} had no scaling policy"
+        )
+    elif record is None:
+        click.echo(f"server {server} has no scaling policy")
+    else:
+        verb = "set" if changed else "is"
+        click.echo(f"server {server}: scaling policy {verb}: {record.policy.describe()}")
 
 
 __all__ = ["scale"]

@@ -20,7 +20,11 @@ Theory of operation. The daemon is a list of components (the protocol of
   manager** (`servers.manager`: the lifecycle of the servers the registry
   puts on this host, through the server drivers), the **evacuator** and the
   **scaler** (`scaling.scaler`: `servergroup scale` requests for the servers
-  here, their vCPUs' places in the host's CPU pool, the guests' boot sync).
+  here, their vCPUs' places in the host's CPU pool, the guests' boot sync),
+  the **autoscaler** (`scaling.autoscaler`: the scaling policies of the
+  servers here, carried out through the scaler) and the service manager's
+  **node role** (`services.node`: the service instances placement gives this
+  host, run through their OCF agents; off with `[services] enabled = false`).
 
 Components start in that order and stop in the reverse order, one log line
 each; a component may use those before it. A capability that runs on a host
@@ -63,6 +67,7 @@ from servergroup.coordination import (
 from servergroup.groups.service import GroupService
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.guestcomm.relay import ChannelRelay
+from servergroup.scaling.autoscaler import Autoscaler
 from servergroup.scaling.cpus import parse_cpu_list
 from servergroup.scaling.scaler import Scaler
 from servergroup.servers.drivers.base import ServerDriver
@@ -77,6 +82,8 @@ from servergroup.servers.evacuator import Evacuator
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, check_name, decode_host, encode_record
 from servergroup.servers.registry import Registry, RegistryCache, host_key
+from servergroup.services.ledger import ledger_path
+from servergroup.services.node import NodeRole, registry_group_hosts
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +293,41 @@ def _scaler(config: Config, options: HostOptions, shared: HostShared, built: Bui
     )
 
 
+def _autoscaler(
+    config: Config, options: HostOptions, shared: HostShared, built: Built
+) -> Component:
+    built.one(Scaler)  # its scales are the scaler's to carry out
+    manager = built.one(ServerManager)
+    return Autoscaler(
+        coordinator=shared.coordinator,
+        registry=shared.registry,
+        cache=shared.cache,
+        hypervisors={kind: cast("Driver", d) for kind, d in manager.drivers.items()},
+        host=options.name,
+        fence=shared.registration.guard,
+    )
+
+
+def _services(
+    config: Config, options: HostOptions, shared: HostShared, built: Built
+) -> Component | None:
+    settings = config.services
+    if not settings.enabled:
+        return None
+    cache = shared.cache
+    return NodeRole(
+        coordinator=shared.coordinator,
+        session=shared.session,
+        node=options.name,
+        node_ip=settings.node_ip or options.migration_address,
+        ocf_root=Path(settings.ocf_root),
+        ledger_path=ledger_path(config.state_dir, options.name),
+        coordination=config.coordination,
+        group_hosts=lambda: registry_group_hosts(cache.snapshot),
+        group_changes=cache.subscribe,
+    )
+
+
 def make_drivers(
     config: Config, options: HostOptions, *, brokers: ExecBrokers | None
 ) -> list[ServerDriver]:
@@ -310,6 +352,8 @@ COMPONENTS: dict[str, ComponentFactory] = {
     ServerManager.name: _servers,
     Evacuator.name: _evacuator,
     Scaler.name: _scaler,
+    Autoscaler.name: _autoscaler,
+    NodeRole.name: _services,
 }
 
 

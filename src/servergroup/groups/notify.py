@@ -32,6 +32,13 @@ once, the first row of this table that matches wins:
 | active, reboot_count grew                               | compute.instance.reboot.end         |
 | active, online_cpus changed                             | compute.instance.scale.end          |
 
+A new `ServerEvent` (`registry/servers/<name>/event`, written by the host
+that runs the server, e.g. the autoscaler's decision) is news of its own:
+`compute.instance.<event.what>` (`compute.instance.autoscale`) with the
+event's priority, its payload the server's as below plus `details`: the
+event's `sentence`, `host`, `at` and its own details. It is looked at before
+the table (a change of the event record changes nothing else).
+
 Host records (liveness, from each host daemon's session lease): when
 `registry/hosts/<h>` disappears every server whose `status.host == h` (and is not
 deleted) is `compute.instance.lost` with priority ERROR; when it comes back,
@@ -82,6 +89,16 @@ def make_event(
     }
 
 
+def _news(before: Server | None, after: Server | None) -> JsonObject | None:
+    """The `details` of a new server event in this change, or None."""
+    if before is None or after is None or after.event is None or after.event == before.event:
+        return None
+    if before.spec != after.spec or before.status != after.status:
+        return None  # not the event record's own change (a re-read): the table decides
+    event = after.event
+    return {"sentence": event.sentence, "host": event.host, "at": event.at, **event.details}
+
+
 def _what(before: Server | None, after: Server | None) -> tuple[str, str] | None:
     """(what, priority) for a change of one server's records, or None: no news."""
     gone = after is None or after.state is VmState.DELETED
@@ -126,6 +143,19 @@ def notification_for(
     `host_alive` says whether the server's host is alive after the change (it
     goes into the payload).
     """
+    news = _news(before, after)
+    if news is not None and after is not None and after.event is not None:
+        event = make_event(
+            after.event.what,
+            after,
+            now_iso=now_iso,
+            host_alive=host_alive,
+            priority=after.event.priority,
+        )
+        payload = event["payload"]
+        assert isinstance(payload, dict)
+        payload["details"] = news
+        return event
     found = _what(before, after)
     if found is None:
         return None

@@ -14,7 +14,11 @@
   the vCPUs of the host's servers in its pool and answers the guests' boot sync;
   `client`: the library under `servergroup scale cpu`.
 - `policy` (pure) and `busy`: automatic scaling, decided from the busy time of
-  a server's vCPUs as the host measures it (their threads' CPU time).
+  a server's vCPUs as the host measures it (their threads' CPU time);
+  `autoscale` (pure: the policies' records, what a host runs, the decision's
+  event), `autoscaler` (the host daemon's component that measures, decides and
+  asks the scaler) and `policyclient` (the library under `servergroup scale
+  policy`).
 
 docs/design/scaling.md and scaling-host.md tell how they fit. Nothing is
 re-exported here: the guest imports only what it runs (a VM's boot pays for

@@ -15,6 +15,12 @@ Theory of operation (pure data; no I/O, no clock: times are passed in):
   a live migration whose driver copies the running server (QEMU): the
   address where the copy waits for the migration stream. The owner reads it
   and sends the server there.
+- A **server event** (`ServerEvent`, `registry/servers/<name>/event`) is news
+  about a server that is no change of its spec or status, written by the host
+  that runs it: the last decision a host component took about it (the
+  autoscaler's scale up or down, with its sentence). The group service turns
+  each new one into `compute.instance.<what>` for the other members; it goes
+  with the server's other records.
 - A **broadcast batch** (`BroadcastBatch`) is what one transaction of a
   host's group service wrote to `broadcasts/<group>`: the group's latest
   broadcasts, in order, item `i` numbered `first_seq + i`. It has its own
@@ -225,6 +231,24 @@ class IncomingRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerEvent:
+    """News about a server from the host that runs it: `compute.instance.<what>` to its group.
+
+    Each write is one notification (a rewrite with the same content is none);
+    `details` (a JSON object) goes into the notification's payload beside the
+    sentence.
+    """
+
+    name: str
+    what: str  # the event type after `compute.instance.`, e.g. "autoscale"
+    host: str
+    at: str  # wall time, ISO 8601 UTC; two events of one server differ in it
+    sentence: str
+    priority: str = "INFO"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostRecord:
     """A live host daemon (the record lives on the daemon's session lease)."""
 
@@ -317,6 +341,7 @@ class Server:
     spec: ServerSpec
     status: ServerStatus | None = None
     incoming: IncomingRecord | None = None  # a live migration's target, ready to receive
+    event: ServerEvent | None = None  # the last news about it (`ServerEvent`)
     spec_revision: int = 0
     status_revision: int = 0
 
@@ -348,8 +373,8 @@ class Server:
         )
 
 
-Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | IncomingRecord
-_R = TypeVar("_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, IncomingRecord)
+Record = GroupRecord | ServerSpec | ServerStatus | HostRecord | IncomingRecord | ServerEvent
+_R = TypeVar("_R", GroupRecord, ServerSpec, ServerStatus, HostRecord, IncomingRecord, ServerEvent)
 
 
 def _plain(value: Any) -> Any:
@@ -429,6 +454,8 @@ def _coerce(record: _R, what: str) -> _R:
                 raise ValueError(f"{f.name} must be a string")
         elif annotation == "str | None" and value is not None and not isinstance(value, str):
             raise ValueError(f"{f.name} must be a string or null")
+        elif annotation == "Mapping[str, Any]" and not isinstance(value, Mapping):
+            raise ValueError(f"{f.name} must be an object")
     if not changes:
         return record
     kwargs = {f.name: getattr(record, f.name) for f in fields(record)}
@@ -454,6 +481,10 @@ def decode_incoming(raw: bytes) -> IncomingRecord:
 
 def decode_host(raw: bytes) -> HostRecord:
     return _decode(HostRecord, raw, "host")
+
+
+def decode_event(raw: bytes) -> ServerEvent:
+    return _decode(ServerEvent, raw, "server event")
 
 
 def server_info(server: Server, *, host_alive: bool = True) -> dict[str, Any]:
@@ -534,11 +565,13 @@ __all__ = [
     "RecordError",
     "RegistrySnapshot",
     "Server",
+    "ServerEvent",
     "ServerSpec",
     "ServerStatus",
     "VmState",
     "check_name",
     "decode_batch",
+    "decode_event",
     "decode_group",
     "decode_host",
     "decode_incoming",

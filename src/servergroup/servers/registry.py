@@ -7,6 +7,7 @@ space of docs/design/messaging.md:
     registry/servers/<name>/spec       ServerSpec       durable, written by the operator
     registry/servers/<name>/status     ServerStatus     durable, written by the host running it
     registry/servers/<name>/incoming   IncomingRecord   durable, written by a migration's target
+    registry/servers/<name>/event      ServerEvent      durable, written by the host running it
     registry/hosts/<host>              HostRecord       on the host daemon's session lease
     broadcasts/<group>                 BroadcastBatch   durable; each put is one transaction's
                                                         batch, item i has seq first_seq + i
@@ -58,8 +59,10 @@ from servergroup.servers.model import (
     RecordError,
     RegistrySnapshot,
     Server,
+    ServerEvent,
     ServerSpec,
     ServerStatus,
+    decode_event,
     decode_group,
     decode_host,
     decode_incoming,
@@ -124,6 +127,10 @@ def status_key(name: str) -> str:
 
 def incoming_key(name: str) -> str:
     return f"{SERVERS}{name}/incoming"
+
+
+def event_key(name: str) -> str:
+    return f"{SERVERS}{name}/event"
 
 
 def host_key(name: str) -> str:
@@ -313,6 +320,32 @@ class Registry:
             why="the server's spec or status changed since it was read",
         )
 
+    async def put_event(
+        self, event: ServerEvent, *, spec_revision: int, guard: Guard | None = None
+    ) -> int:
+        """Write news about a server (`ServerEvent`); return the store revision of the write.
+
+        Compared on the revision of the spec it was decided on (a server
+        deleted or changed meanwhile: `RevisionConflict`, read again) and
+        under `guard` (`FencingError`), so that it never outlives its server.
+        """
+        key = event_key(event.name)
+        value = encode_record(event)
+        compares = [Compare.unchanged(spec_key(event.name), spec_revision)]
+        failure: list[TxnOp] = [Get(key=key)]
+        if guard is not None:
+            compares.append(Compare.held(guard))
+            failure.append(Get(key=guard.key))
+        result = await self._c.txn(compares, [Put(key=key, value=value)], failure)
+        return _written(
+            result,
+            key=key,
+            value=value,
+            guard=guard,
+            what=f"write to {key}",
+            why="the server's spec changed since it was read",
+        )
+
     async def put_incoming(self, incoming: IncomingRecord, *, guard: Guard | None = None) -> int:
         """Say where a live migration's target waits; return the store revision of the write."""
         return await self._c.put(incoming_key(incoming.name), encode_record(incoming), guard=guard)
@@ -335,6 +368,7 @@ class Registry:
             Delete(key=spec_key(name)),
             Delete(key=status_key(name)),
             Delete(key=incoming_key(name)),
+            Delete(key=event_key(name)),
         ]
         result = await self._c.txn(compares, ops, [Get(key=status_key(name))])
         if result.succeeded:
@@ -349,9 +383,9 @@ class Registry:
 
     async def get_server(self, name: str) -> Server | None:
         """The server's records, read at one revision (None: it has no spec)."""
-        keys = (spec_key(name), status_key(name), incoming_key(name))
+        keys = (spec_key(name), status_key(name), incoming_key(name), event_key(name))
         result = await self._c.txn([], [Get(key=k) for k in keys])
-        spec_kv, status_kv, incoming_kv = (result.reads[k] for k in keys)
+        spec_kv, status_kv, incoming_kv, event_kv = (result.reads[k] for k in keys)
         spec = _decoded(spec_kv, decode_spec)
         if spec is None or spec_kv is None:
             return None
@@ -360,6 +394,7 @@ class Registry:
             spec=spec,
             status=status,
             incoming=_decoded(incoming_kv, decode_incoming),
+            event=_decoded(event_kv, decode_event),
             spec_revision=spec_kv.mod_revision,
             status_revision=status_kv.mod_revision if status_kv is not None else 0,
         )
@@ -424,6 +459,7 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
     specs: dict[str, tuple[ServerSpec, int]] = {}
     statuses: dict[str, tuple[ServerStatus, int]] = {}
     incomings: dict[str, IncomingRecord] = {}
+    events: dict[str, ServerEvent] = {}
     hosts: dict[str, HostRecord] = {}
     for kv in items:
         kind, name, part = _classify(kv.key)
@@ -449,6 +485,10 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
             inc = _decoded(kv, decode_incoming)
             if inc is not None:
                 incomings[name] = inc
+        elif part == "event":
+            ev = _decoded(kv, decode_event)
+            if ev is not None:
+                events[name] = ev
     servers: dict[str, Server] = {}
     for n, (sp, spec_revision) in specs.items():
         st, status_revision = statuses.get(n, (None, 0))
@@ -456,6 +496,7 @@ def build_snapshot(items: list[KeyValue], revision: int) -> RegistrySnapshot:
             spec=sp,
             status=st,
             incoming=incomings.get(n),
+            event=events.get(n),
             spec_revision=spec_revision,
             status_revision=status_revision,
         )
@@ -475,7 +516,7 @@ def _classify(key: str) -> tuple[ChangeKind | None, str, str]:
         return ChangeKind.HOST, key[len(HOSTS) :], ""
     if key.startswith(SERVERS):
         name, _, part = key[len(SERVERS) :].partition("/")
-        if part in ("spec", "status", "incoming"):
+        if part in ("spec", "status", "incoming", "event"):
             return ChangeKind.SERVER, name, part
     return None, "", ""
 
@@ -657,6 +698,9 @@ class RegistryCache:
                     status=status,
                     status_revision=event.revision if status is not None else 0,
                 )
+            elif old_server is not None and part == "event":
+                news = None if deleted else _decoded(_kv(event), decode_event)
+                after = replace(old_server, event=news)
             elif old_server is not None:
                 incoming = None if deleted else _decoded(_kv(event), decode_incoming)
                 after = replace(old_server, incoming=incoming)
@@ -712,6 +756,7 @@ __all__ = [
     "broadcast_key",
     "build_snapshot",
     "diff",
+    "event_key",
     "group_key",
     "host_key",
     "incoming_key",

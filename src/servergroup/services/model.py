@@ -165,6 +165,21 @@ class Service:
     domain: str | None = None
     address: str | None = None
 
+    def render_parameters(self, *, node: str, node_ip: str, instance: int) -> Service:
+        """This service with `{node}`, `{node_ip}` and `{instance}` replaced in its parameters.
+
+        Only those three literal fields are replaced (any other brace is the
+        agent's business), so that nodes sharing one filesystem, as lab hosts
+        do, can give each copy a state file of its own.
+        """
+        fields = {"{node}": node, "{node_ip}": node_ip, "{instance}": str(instance)}
+        rendered = {}
+        for name, value in self.parameters.items():
+            for field_text, replacement in fields.items():
+                value = value.replace(field_text, replacement)
+            rendered[name] = value
+        return replace(self, parameters=rendered)
+
     def render_address(self, *, node: str, node_ip: str, instance: int, token: int) -> str | None:
         """The published address for an instance on `node`, None without a template."""
         if self.address is None:

@@ -54,8 +54,9 @@ would refuse:
 - **Disabled** services are stopped everywhere; an instance whose index is
   at or above `instances` (the count was lowered) is stopped (SURPLUS).
 - **Promotable** services: when no healthy master runs, the best-ranked
-  healthy slave is promoted; of two masters (which the master key should
-  prevent) all but the best-ranked are demoted.
+  healthy slave is promoted, unless a copy being started (busy, or started
+  this cycle) ranks better: then the promotion waits for it; of two masters
+  (which the master key should prevent) all but the best-ranked are demoted.
 - An instance whose owner is **busy** (an action in flight) gets no action.
 
 Actions come in the order stop, demote, disable, restart, start, promote;
@@ -440,9 +441,22 @@ class _Planner:
                 ((i, o) for i, o in owners.items() if not (o.failed or o.busy or i in stopping)),
                 key=order,
             )
-            if slaves:
-                instance, owner = slaves[0]
-                self.actions.append(Promote(instance=instance, node=owner.node))
+            if not slaves:
+                return
+            instance, owner = slaves[0]
+            # A copy on its way to a better-ranked node (starting now, or proposed this
+            # cycle) is waited for: the master goes where the domain prefers it, and
+            # does not move once there.
+            best = self.rank(service, owner.node) or (9, 0)
+            coming = [o.node for o in owners.values() if o.busy and not o.master] + [
+                a.node
+                for a in self.actions
+                if isinstance(a, Start) and a.instance.service == service.name
+            ]
+            if any((self.rank(service, node) or (9, 0)) < best for node in coming):
+                self.notes.append(f"{service.name} promotes once its better-placed copy runs")
+                return
+            self.actions.append(Promote(instance=instance, node=owner.node))
             return
         for instance, owner in masters[1:]:
             if not owner.busy and instance not in stopping:

@@ -140,7 +140,16 @@ async def test_components_start_in_order_and_stop_in_reverse(
         etcd_server, etcd_prefix, tmp_path, drivers=(DriverKind.LAB, DriverKind.QEMU)
     ) as run:
         names = [c.name for c in run.daemon.components]
-        assert names == ["exec brokers", "relay", "groups", "servers", "evacuator", "scaler"]
+        assert names == [
+            "exec brokers",
+            "relay",
+            "groups",
+            "servers",
+            "evacuator",
+            "scaler",
+            "autoscaler",
+            "services",
+        ]
         assert lines(caplog, r": (.+) started \(") == names
         health = run.daemon.health()
         assert list(health) == ["session", *names]
@@ -166,7 +175,15 @@ async def test_lab_only_host_has_no_exec_brokers(
 ) -> None:
     async with running(etcd_server, etcd_prefix, tmp_path, drivers=(DriverKind.LAB,)) as run:
         names = [c.name for c in run.daemon.components]
-        assert names == ["relay", "groups", "servers", "evacuator", "scaler"]
+        assert names == [
+            "relay",
+            "groups",
+            "servers",
+            "evacuator",
+            "scaler",
+            "autoscaler",
+            "services",
+        ]
 
 
 async def test_one_more_component_is_one_more_factory(
@@ -192,7 +209,7 @@ async def test_one_more_component_is_one_more_factory(
         caplog.clear()
         os.kill(os.getpid(), signal.SIGUSR1)
         async with asyncio.timeout(WAIT):
-            while len(lines(caplog, r"health: (\S+) ")) < 7:  # noqa: ASYNC110
+            while len(lines(caplog, r"health: (\S+) ")) < 9:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert lines(caplog, r"health: (\S+) ") == [
             "session",
@@ -201,6 +218,8 @@ async def test_one_more_component_is_one_more_factory(
             "servers",
             "evacuator",
             "scaler",
+            "autoscaler",
+            "services",
             "probe",
         ]
     assert probes[0].events == ["start", "stop"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from servergroup.services.model import parse_definitions, resolve
-from servergroup.services.ocf import OcfAgent
+from servergroup.config import CoordinationConfig
+from servergroup.services.model import DefinitionError, check_stop_fits, parse_definitions, resolve
+from servergroup.services.ocf import KILL_GRACE, OcfAgent
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,3 +38,28 @@ def test_the_examples_say_what_the_readme_promises() -> None:
     assert csnap is not None
     assert csnap.promotable
     assert csnap.instances == 3
+
+
+@pytest.mark.parametrize("name", ["dummy.toml", "promotable.toml"])
+async def test_an_example_fits_a_two_second_lease_not_the_default(name: str) -> None:
+    """What the comments of the examples say: their stops fit lease_ttl = 2, not the defaults."""
+    for service in parse_definitions((EXAMPLES / name).read_text()).services:
+        agent = OcfAgent(service.agent, instance=f"{service.name}:0")
+        resolved = resolve(service, await agent.metadata())
+        for ttl, fits in ((2, True), (1, False)):
+            timings = CoordinationConfig(lease_ttl=ttl)
+            check = partial(
+                check_stop_fits,
+                resolved,
+                lease_ttl=timings.lease_ttl,
+                renew_interval=timings.renew_interval,
+                renew_timeout=timings.renew_timeout,
+                fence_margin=timings.fence_margin,
+                kill_grace=KILL_GRACE,
+                demote_timeout=(resolved.stop_timeout or 0.0) + KILL_GRACE,
+            )
+            if fits:
+                check()
+            else:
+                with pytest.raises(DefinitionError, match="stop_timeout"):
+                    check()

@@ -179,3 +179,44 @@ def test_host_table(
         assert e.event["event_type"] == f"compute.instance.{what}"
         assert e.event["priority"] == ("ERROR" if what == "lost" else "INFO")
         assert e.event["payload"] == server_info(e.server, host_alive=alive_after)
+
+
+def test_a_new_server_event_is_its_own_notification() -> None:
+    """A `ServerEvent` written by the host (the autoscaler's decision) is
+    `compute.instance.<what>`, its sentence and details in the payload; the same one
+    again, or one that goes, is no news."""
+    from servergroup.servers.model import ServerEvent
+
+    before = server(A, cpus=(0, 1), vcpus=2)
+    news = ServerEvent(
+        name="vm-1",
+        what="autoscale",
+        host="h1",
+        at="2026-11-21T15:00:01Z",
+        sentence="server vm-1 was 0.0% busy ...",
+        details={"direction": "down"},
+    )
+    after = replace(before, event=news)
+    event = notification_for(before, after, now_iso=NOW)
+    assert event is not None
+    assert (event["event_type"], event["priority"]) == ("compute.instance.autoscale", "INFO")
+    payload = event["payload"]
+    assert isinstance(payload, dict)
+    assert payload["details"] == {
+        "sentence": "server vm-1 was 0.0% busy ...",
+        "host": "h1",
+        "at": "2026-11-21T15:00:01Z",
+        "direction": "down",
+    }
+    assert payload["name"] == "vm-1"
+    assert notification_for(after, after, now_iso=NOW) is None
+    assert notification_for(after, before, now_iso=NOW) is None
+    # A later one is news again; a status change beside it is decided by the table.
+    later = replace(after, event=replace(news, at="2026-11-21T15:00:09Z"))
+    again = notification_for(after, later, now_iso=NOW)
+    assert again is not None
+    assert again["event_type"] == "compute.instance.autoscale"
+    scaled = replace(later, status=replace(before.status, online_cpus=(0,)))  # type: ignore[type-var]
+    table = notification_for(after, scaled, now_iso=NOW)
+    assert table is not None
+    assert table["event_type"] == "compute.instance.scale.end"

@@ -14,6 +14,7 @@ from servergroup.services.model import (
     DomainMember,
     Monitor,
     Recovery,
+    Service,
     StoredDefinitionError,
     check_stop_fits,
     decode_domain,
@@ -248,3 +249,18 @@ def test_a_stop_that_cannot_end_before_the_lease_may_expire_is_refused() -> None
     with pytest.raises(DefinitionError, match=r"with demote and kill grace 7\.2 s"):
         check_stop_fits(csnap, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
     check_stop_fits(quick, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
+
+
+def test_parameters_may_name_the_node_its_address_and_the_instance() -> None:
+    service = Service(
+        name="db",
+        agent=AgentRef(provider="sgtest", type="journal"),
+        parameters={"state": "/run/{node}-{instance}.state", "peer": "{node_ip}", "raw": "{x} {}"},
+    )
+    rendered = service.render_parameters(node="h2", node_ip="198.18.0.12", instance=1)
+    assert rendered.parameters == {
+        "state": "/run/h2-1.state",
+        "peer": "198.18.0.12",
+        "raw": "{x} {}",  # other braces are the agent's business
+    }
+    assert service.parameters["state"] == "/run/{node}-{instance}.state"

@@ -294,3 +294,31 @@ def test_a_relocation_that_cannot_be_done_leaves_the_instance_running() -> None:
     assert "web/0 cannot move to h4: it is not an allowed free node" in decision.sentence
     alone = snap(owners=running, nodes="h1", relocations={i(): Relocation(from_node="h1")})
     assert "web/0 cannot move: no other allowed node is free" in decide(alone, NOW).sentence
+
+
+def test_a_promotion_waits_for_a_better_ranked_copy_being_started() -> None:
+    svc = service("csnap", instances=3, promotable=True)
+    JOINED = dict.fromkeys(("h1", "h2", "h3"), 0.0)  # before the copies started: no failback
+    # h3's copy runs, h1's is starting: h1 ranks better, so nobody is promoted yet.
+    starting = {
+        i("csnap", 0): Owner(node="h1", token=4, busy=True, started_at=NOW),
+        i("csnap", 1): Owner(node="h3", token=5, started_at=NOW),
+    }
+    decision = decide(
+        snap(services=(svc,), owners=starting, nodes="h1 h2 h3", joined_at=JOINED), NOW
+    )
+    assert acts(decision) == [Start(instance=i("csnap", 2), node="h2")]
+    assert "csnap promotes once its better-placed copy runs" in decision.sentence
+    # A copy proposed this cycle on a better node is waited for the same way.
+    one = {i("csnap", 1): Owner(node="h3", token=5, started_at=NOW)}
+    assert not any(
+        isinstance(a, Promote)
+        for a in decide(
+            snap(services=(svc,), owners=one, nodes="h1 h3", joined_at=JOINED), NOW
+        ).actions
+    )
+    # Once it runs, the best-ranked is promoted; a worse-ranked start does not delay it.
+    running = {**starting, i("csnap", 0): Owner(node="h1", token=4, started_at=NOW)}
+    assert Promote(instance=i("csnap", 0), node="h1") in acts(
+        decide(snap(services=(svc,), owners=running, nodes="h1 h2 h3", joined_at=JOINED), NOW)
+    )
