@@ -70,10 +70,8 @@ from servergroup.services.journal import (  # noqa: E402
     decode_record,
     overlap_seconds,
 )
-from servergroup.services.model import AgentRef, Monitor, Service  # noqa: E402
 
 SERVICE = "bench"
-JOURNAL = AgentRef(provider="sgtest", type="journal")
 FAULTS = ("daemon", "host")
 GOALS = {
     "daemon": "median <= 0.5 s (the supervisor revokes the lease)",
@@ -86,17 +84,6 @@ LAB_STATE = Path(tempfile.gettempdir()) / "servergroup-bench-labs"
 
 class NoNodeRole(RuntimeError):
     """Nobody ever started the service: the host daemons have no node role."""
-
-
-def service(lab: ServiceLab) -> Service:
-    return Service(
-        name=SERVICE,
-        agent=JOURNAL,
-        parameters=lab.service_parameters(),
-        monitors=(Monitor(depth=0, interval=1.0, timeout=0.5),),
-        start_timeout=2.0,
-        stop_timeout=0.5,
-    )
 
 
 def started(records: list[Record], since: float, *, not_on: str | None = None) -> Record | None:
@@ -160,7 +147,7 @@ async def series(etcd_members: int, args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="sgbf-", dir="/tmp"))
     try:
         async with service_lab_of(base, LAB_STATE, etcd_members=etcd_members) as lab:
-            await lab.define(service(lab))
+            await lab.define(lab.journal_service(SERVICE))
             await wait_owner(lab)
             out: dict[str, Any] = {"etcd_members": etcd_members}
             for fault in args.faults:

@@ -9,8 +9,9 @@ ledger (`services.ledger`) lists every instance whose agent may still be
 running here, with its token and resolved definition. `clean_up(ledger,
 coordinator)` then:
 
-1. **stops** every listed instance with its own agent, all at once, each
-   within its service's stop timeout (the runner kills the agent's process
+1. **stops** every listed instance with its own agent (a master demoted
+   first, its result not counted), all at once, each within its service's
+   stop timeout (the runner kills the agent's process
    group when it overruns, and that counts as a failed stop), before it
    asks the store anything: the lease may expire any moment, and the stops
    must be over by then (`stop_all`);
@@ -122,6 +123,9 @@ async def stop_entry(entry: LedgerEntry, ocf_root: Path) -> StopOutcome:
         agent = agent_for(entry, ocf_root)
     except AgentNotFound as exc:
         return StopOutcome(entry=entry, ok=False, what=str(exc))
+    if entry.master:
+        # Demoted first, as Pacemaker does; what counts is the stop that follows.
+        await agent.demote(timeout=timeout, fencing_token=entry.token)
     result: AgentResult = await agent.stop(timeout=timeout, fencing_token=entry.token)
     return StopOutcome(entry=entry, ok=result.ok, what=result.describe())
 

@@ -4,7 +4,10 @@ Real things throughout: a real etcd, a real `servergroup host` under its
 supervisor, a real `ocf:heartbeat:Dummy` instance and the journaling test
 agent started by the test, a lease of the test's own with a key on it (its
 TTL long, so that the key going fast proves a revoke, not an expiry), and a
-ledger the test writes as the node role would.
+ledger the test writes as the node role would (the daemons run without
+their node role, `SERVERGROUP_SERVICES=false`, so the ledger stays the
+test's; the supervisor with the node role is exercised by the exactly-one
+rounds in tests/integration/services).
 """
 
 from __future__ import annotations
@@ -125,7 +128,12 @@ async def start_host(
 ) -> Host:
     state_dir = tmp_path / "state"
     (state_dir / "channels").mkdir(parents=True, exist_ok=True)
-    handle = daemon(host_argv(state_dir, endpoints, prefix, *extra), name="supervisor")
+    # Without the node role: the ledger is the test's, written as a node role would.
+    handle = daemon(
+        host_argv(state_dir, endpoints, prefix, *extra),
+        name="supervisor",
+        env={"SERVERGROUP_SERVICES": "false"},
+    )
     host = Host(handle, state_dir)
 
     async def up() -> bool:
