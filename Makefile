@@ -56,6 +56,7 @@ bench: system-deps venv guest-image
 	$(BIN)/python bench/operations.py
 	$(BIN)/python bench/evacuation.py
 	$(BIN)/python bench/replication.py
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

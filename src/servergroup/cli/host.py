@@ -22,6 +22,7 @@ from servergroup.daemons.supervisor import (
     SUPERVISOR_ENV,
     after_death,
     kill_agent_actions,
+    looks_like_host_daemon,
     supervise,
     unit_processes,
 )
@@ -159,7 +160,8 @@ def host_cleanup(state: CliState, name: str | None, pid: int | None) -> None:
     config = state.config()
     node = name or socket.gethostname().split(".")[0]
     if "INVOCATION_ID" in os.environ:  # run by systemd: the unit's cgroup is the daemon's
-        kill_agent_actions(unit_processes())
+        # The daemon is dead: a `servergroup host` left in its unit is a fork of it.
+        kill_agent_actions(unit_processes(), is_daemon_fork=looks_like_host_daemon)
     report = run_async(after_death(config, node, pid))
     if report is None:
         raise ProcessFailed(f"nothing was cleaned up after host {node}; see the log above.")

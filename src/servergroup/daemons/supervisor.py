@@ -25,7 +25,8 @@ supervisor: a small synchronous loop that
   child had in flight (a `start` still running, in its own process group)
   becomes the supervisor's child when the daemon dies, and is killed, group
   and all, before the cleanup's `stop`, so that no start can finish after
-  its stop (`kill_agent_actions`: every orphan in an agent's environment);
+  its stop (`kill_agent_actions`: every orphan in an agent's environment,
+  and a fork of the daemon caught before it became the agent);
 - after the child ended, unless it ended cleanly when asked to and left no
   ledger, runs `after_death`: read the ledger, stop what it lists, write a
   block record for a stop that failed (and then revoke nothing), else
@@ -102,6 +103,8 @@ STEADY_AFTER = 30.0
 USAGE_EXIT = 2
 #: Exit status of the daemon ended by SIGINT/SIGTERM (`cli.common.run_async`).
 INTERRUPTED_EXIT = 130
+#: The second look for agent actions left running (see `Supervisor._after`).
+AGAIN_AFTER = 0.02
 #: In the environment of every agent action (and of what an action started).
 AGENT_ENV = "OCF_RESOURCE_INSTANCE"
 
@@ -142,13 +145,18 @@ def store_endpoints(config: Config) -> tuple[Endpoint, ...]:
     return (status.endpoint,) if status.running else ()
 
 
+def looks_like_host_daemon(argv: list[str]) -> bool:
+    """True for the command line of `servergroup ... host ...` (not `host cleanup`)."""
+    return (
+        any(os.path.basename(w) == "servergroup" for w in argv)
+        and "host" in argv
+        and "cleanup" not in argv
+    )
+
+
 def is_host_daemon(pid: int) -> bool:
     """True when `pid` runs `servergroup ... host` (a live daemon: its ledger is its own)."""
-
-    def looks_like_host(words: list[str]) -> bool:
-        return any(os.path.basename(w) == "servergroup" for w in words) and "host" in words
-
-    return ProcessIdentity.of(pid, argv_check=looks_like_host) is not None
+    return ProcessIdentity.of(pid, argv_check=looks_like_host_daemon) is not None
 
 
 def ledger_file(config: Config, node: str) -> Path:
@@ -222,22 +230,29 @@ async def after_death(config: Config, node: str, dead_pid: int | None) -> Cleanu
     return report
 
 
-def kill_agent_actions(pids: Iterable[int]) -> list[int]:
-    """SIGKILL the processes among `pids` that run in an agent's environment, group and all.
+def kill_agent_actions(
+    pids: Iterable[int], *, is_daemon_fork: Callable[[list[str]], bool] | None = None
+) -> list[int]:
+    """SIGKILL the processes among `pids` that are, or are about to be, agent actions.
 
     An action the daemon had in flight (a `start` still running: the runner
     gives it a session of its own) must not go on after the cleanup's `stop`,
     or the instance would run with nobody owning it; a process a `start`
     left behind is about to be stopped anyway. They are told by
-    `OCF_RESOURCE_INSTANCE` in their environment. Returns the pids killed.
+    `OCF_RESOURCE_INSTANCE` in their environment, and a fork of the daemon
+    that had not yet become the agent when the daemon died by its command
+    line being the daemon's own (`is_daemon_fork`). Each is killed with its
+    process group when it leads one. Returns the pids killed.
     """
     killed = []
     for pid in pids:
         try:
-            env = psutil.Process(pid).environ()
+            process = psutil.Process(pid)
+            env = process.environ()
+            argv = process.cmdline()
         except psutil.Error:
             continue
-        if AGENT_ENV not in env:
+        if AGENT_ENV not in env and not (is_daemon_fork is not None and is_daemon_fork(argv)):
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if os.getpgid(pid) == pid:
@@ -368,7 +383,14 @@ class Supervisor:
 
     def _after(self, death: Death) -> None:
         """Kill leftover agent actions, then clean up unless the child ended cleanly."""
-        killed = kill_agent_actions(_other_children(death.pid))
+        def is_fork(argv: list[str]) -> bool:
+            return argv == self.argv
+
+        killed = kill_agent_actions(_other_children(death.pid), is_daemon_fork=is_fork)
+        # Once more a moment later: a process caught in the middle of its exec (its
+        # environment not yet readable) shows what it is now.
+        time.sleep(AGAIN_AFTER)
+        killed += kill_agent_actions(_other_children(death.pid), is_daemon_fork=is_fork)
         if killed:
             log.info("killed %d agent action(s) the host daemon left running", len(killed))
         path = ledger_file(self.config, self.node)

@@ -403,14 +403,20 @@ def test_agent_actions_left_running_are_killed_with_their_group() -> None:
         start_new_session=True,
     )
     other = subprocess.Popen(["sleep", "100"], start_new_session=True)
+    # A fork of the daemon caught before it became the agent: the daemon's own argv.
+    fork = subprocess.Popen(["sleep", "101"], start_new_session=True)
     try:
         wait_until(lambda: len(group_members(action.pid)) >= 2, "the action and its child")
-        assert kill_agent_actions([action.pid, other.pid]) == [action.pid]
+        killed = kill_agent_actions(
+            [action.pid, other.pid, fork.pid], is_daemon_fork=lambda argv: argv[1:] == ["101"]
+        )
+        assert killed == [action.pid, fork.pid]
         assert action.wait(5) == -signal.SIGKILL
+        assert fork.wait(5) == -signal.SIGKILL
         wait_until(lambda: not group_members(action.pid), "the action's group gone", 5)
         assert other.poll() is None
     finally:
-        for proc in (action, other):
+        for proc in (action, other, fork):
             if proc.poll() is None:
                 proc.kill()
             proc.wait(5)
