@@ -23,6 +23,7 @@ Example file::
     [services]      # the service manager's node role
     enabled = true
     ocf_root = "/usr/lib/ocf"
+    lease_ttl = 2   # the lease its instances are held on (stops must fit in it)
 """
 
 from __future__ import annotations
@@ -201,10 +202,21 @@ class ServicesConfig:
     #: This node's address for `{node_ip}` in address templates and parameters;
     #: empty: the host daemon's `--migration-address` (a lab host's own address).
     node_ip: str = ""
+    #: The lease (whole seconds) the node role holds its instances on: a session
+    #: of its own, renewed like the host's (`[coordination]`'s intervals) but
+    #: longer than the host's 1 s, because a node that cannot renew must have
+    #: stopped its instances before the lease can expire (self-fencing), so every
+    #: stop must fit in it (docs/design/services.md, "Self-fencing"). Longer buys
+    #: slower stops and costs failover time when a whole host is lost.
+    lease_ttl: int = 2
 
     def validate(self) -> ServicesConfig:
         if not self.ocf_root.startswith("/"):
             raise ConfigError(f"services ocf_root {self.ocf_root!r} must be an absolute path.")
+        if self.lease_ttl < 1:
+            raise ConfigError(
+                f"services lease_ttl is {self.lease_ttl}s; etcd's smallest lease is 1 s."
+            )
         return self
 
 
@@ -230,6 +242,17 @@ class Config:
     servers: ServersConfig = field(default_factory=ServersConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            self.services_coordination  # noqa: B018 (validated at load)
+        except ConfigError as exc:
+            raise ConfigError(f"[services] lease_ttl: {exc}") from None
+
+    @property
+    def services_coordination(self) -> CoordinationConfig:
+        """The coordination timings of the node role's own session: `[services] lease_ttl`."""
+        return dataclasses.replace(self.coordination, lease_ttl=self.services.lease_ttl).validate()
 
     @property
     def managed_etcd(self) -> bool:
@@ -328,6 +351,7 @@ ENV_MAP = {
     "SERVERGROUP_CPU_POOL": ("scaling", "cpu_pool"),
     "SERVERGROUP_SERVICES": ("services", "enabled"),
     "SERVERGROUP_OCF_ROOT": ("services", "ocf_root"),
+    "SERVERGROUP_SERVICES_LEASE_TTL": ("services", "lease_ttl"),
 }
 
 

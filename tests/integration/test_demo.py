@@ -44,6 +44,18 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         assert "demo-3 received it from" in out
         assert "demo-1 was told: compute.instance.pause.end" in out
         assert "demo-2 was told: compute.instance.pause.end" in out
+        # A VM of 2 vCPUs scaled down and up: its kernel's own view after each.
+        assert "/sys/devices/system/cpu/online" in out
+        assert "demo-1 sees CPUs 0 online" in out
+        assert "demo-1 saw its online CPUs go 0-1 -> 0 -> 0-1" in out
+        # The HA service: on h1, on h2 once h1 froze, back on h1 after the thaw, each
+        # move with a larger fencing token; removed at the end.
+        assert "event: demo-ha runs on h1" in out
+        assert "event: demo-ha runs on h2" in out
+        assert "h2 took demo-ha over" in out
+        assert "demo-ha failed back to h1" in out
+        assert "demo-ha ran on h1, then h2 (" in out
+        assert "Service demo-ha removed; h1 runs again" in out
         # The image went to three lab hosts; the sender's table lists three
         # finished clients, and each output is the image.
         image_lab = distribution_lab_name(lab)
@@ -52,6 +64,8 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         assert out.count("matches the image") == 3, out
         assert "DIFFERS" not in out
         assert "Every receiver has the image" in out
+        assert "Killing the primary with SIGKILL" in out
+        assert "acknowledged puts read back from it: 0 lost" in out
         # The lab hosts the demo brought up are gone again; so are its servers,
         # and the image part's lab and files.
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

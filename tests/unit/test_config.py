@@ -251,3 +251,26 @@ def test_the_services_section(tmp_path: Path) -> None:
     assert (from_env.enabled, from_env.ocf_root) == (False, "/srv/ocf")
     with pytest.raises(ConfigError, match="services ocf_root 'ocf' must be an absolute path"):
         load_config(env={"SERVERGROUP_OCF_ROOT": "ocf"})
+
+
+def test_the_services_have_a_lease_of_their_own(tmp_path: Path) -> None:
+    # The host keeps its 1 s lease; the node role's session is 2 s by default, the
+    # rest of its timings the coordination section's.
+    config = load_config(env=NO_ENV)
+    assert (config.coordination.lease_ttl, config.services.lease_ttl) == (1, 2)
+    services = config.services_coordination
+    assert services.lease_ttl == 2
+    assert services.renew_interval == config.coordination.renew_interval
+    assert (
+        load_config(env={"SERVERGROUP_SERVICES_LEASE_TTL": "3"}).services_coordination.lease_ttl
+        == 3
+    )
+    with pytest.raises(ConfigError, match="services lease_ttl is 0s"):
+        load_config(env={"SERVERGROUP_SERVICES_LEASE_TTL": "0"})
+    # Timings that fit the host's lease may not fit a shorter services lease.
+    path = write(
+        tmp_path / "sg.toml",
+        "[coordination]\nlease_ttl = 3\nrenew_interval = 1\n[services]\nlease_ttl = 1\n",
+    )
+    with pytest.raises(ConfigError, match=r"\[services\] lease_ttl: unsafe timings"):
+        load_config(path, env=NO_ENV)

@@ -18,9 +18,16 @@ from servergroup.demo import (
     run_distribution_demo,
     run_election_demo,
     run_messaging_demo,
+    run_replication_demo,
+    run_scaling_demo,
 )
-from servergroup.demo.messaging import choose_driver
+from servergroup.demo.failover import SERVICE, run_failover_demo
+from servergroup.demo.messaging import choose_driver, remove_messaging_demo
+from servergroup.scaling.cpus import format_cpu_list
 from servergroup.servers.drivers.registry import driver_info
+
+#: The messaging part's server of 2 vCPUs, which the scaling part scales.
+SCALED_SERVER = "demo-1"
 
 
 def _say(text: str) -> None:
@@ -42,9 +49,15 @@ def demo(state: CliState) -> None:
     takeover with a larger fencing token and how long it took. Then, on two
     lab hosts (`servergroup up`, reused when already up), three servers
     without IP networking broadcast, query status, and learn that one of them
-    was paused. Last, on a lab of four hosts with 1 Gbit/s links, one image
-    goes from one host to the other three by multicast, and each receiver's
-    SHA-256 is checked.
+    was paused; a server of 2 vCPUs is scaled down and up, and prints its own
+    view of its CPUs after each; on three lab hosts, an HA service run by the
+    Dummy OCF agent moves to the next host when its host freezes, with a
+    larger fencing token, and back when it thaws. Then, on a lab of four
+    hosts with 1 Gbit/s links, one image goes from one host to the other
+    three by multicast, and each receiver's SHA-256 is checked. Last, the kv
+    example service runs protected by a backup (checkpoint replication), its
+    primary is killed with SIGKILL, and every put a client saw acknowledged
+    is read back from the backup.
     """
     config = state.config()
     _step(1, "The shared store")
@@ -61,11 +74,15 @@ def demo(state: CliState) -> None:
     _say(f"Takeover took {result.takeover_seconds:.2f} s ({verdict} the 1.5 s goal).")
 
     if config.managed_etcd:
-        _step(3, "Group messaging between servers with no IP networking")
-        _messaging(config)
+        _messaging_and_scaling(config)
 
-    _step(4 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
+    _step(6 if config.managed_etcd else 3, "One image to many lab hosts by multicast")
     _distribution(config)
+
+    _step(7 if config.managed_etcd else 4, "A replicated service survives kill -9 of its primary")
+    replicated = run_async(run_replication_demo(config, endpoints, _say))
+    if replicated.lost:
+        raise RemoteError(f"{replicated.lost} acknowledged puts were lost in the failover.")
 
     click.echo()
     if config.managed_etcd:
@@ -75,7 +92,9 @@ def demo(state: CliState) -> None:
         )
 
 
-def _messaging(config: Config) -> None:
+def _messaging_and_scaling(config: Config) -> None:
+    """Steps 3 to 5, on the lab hosts of `servergroup up` (brought up for them if needed)."""
+    _step(3, "Group messaging between servers with no IP networking")
     previous = read_status(config)
     if previous is not None:
         _say("Using the set-up of `servergroup up` that is already running.")
@@ -86,12 +105,43 @@ def _messaging(config: Config) -> None:
     driver, why = choose_driver()
     _say(f"Using {driver.value} servers ({driver_info(driver).description}): {why}.")
     try:
+        endpoint = Endpoint.parse(status.etcd)
         result = run_async(
-            run_messaging_demo(config, Endpoint.parse(status.etcd), _say, driver=driver)
+            run_messaging_demo(config, endpoint, _say, driver=driver, keep_servers=True)
         )
         _say(
             f"Broadcast reached {', '.join(result.broadcast_receivers)} (never the sender); "
             f"the pause was notified to {', '.join(result.pause_notified)}."
+        )
+        _step(4, "A server's vCPUs scaled down and up")
+        try:
+            scaled = run_async(
+                run_scaling_demo(config, endpoint, _say, driver=driver, server=SCALED_SERVER)
+            )
+        finally:
+            run_async(remove_messaging_demo(config, endpoint))
+        if not (
+            len(scaled.after_down) == len(scaled.before) - 1 and scaled.after_up == scaled.before
+        ):
+            raise RemoteError(
+                f"server {scaled.server} does not see what it was scaled to (see above)."
+            )
+        _say(
+            f"{scaled.server} saw its online CPUs go {format_cpu_list(scaled.before)} -> "
+            f"{format_cpu_list(scaled.after_down)} -> {format_cpu_list(scaled.after_up)}, "
+            "as its host recorded them."
+        )
+        _step(5, "One HA service, exactly one instance, through a host freeze")
+        hosts = max(3, len(status.hosts))
+        _say(f"Bringing the lab to {hosts} hosts for it; each host daemon has the node role.")
+        status = bring_up(config, hosts=hosts, lab_name=status.lab)
+        names = [h.name for h in status.hosts][:3]
+        failover = run_async(run_failover_demo(config, endpoint, _say, lab=status.lab, hosts=names))
+        _say(
+            f"{SERVICE} ran on {failover.first.node}, then {failover.taken_over.node} "
+            f"({failover.takeover_seconds:.2f} s after the freeze), then "
+            f"{failover.back.node} again; tokens {failover.first.token} < "
+            f"{failover.taken_over.token} < {failover.back.token}."
         )
     finally:
         if previous is None:

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("lab", "lab"),
     "scale": ("scale", "scale"),
     "service": ("service", "service"),
+    "protect": ("replication", "protect"),
+    "backup": ("replication", "backup"),
+    "kv": ("replication", "kv"),
+    "replication": ("replication", "replication"),
 }
 
 
@@ -103,8 +107,9 @@ def cli(
     hosts that share etcd: their lifecycle, group messaging between their
     members, vCPU scaling, multicast image distribution, and an HA service
     manager (exactly-one services run by OCF agents, with failover and
-    discovery). With no etcd endpoint configured, servergroup runs its own
-    local etcd.
+    discovery), and Remus-style checkpoint replication of a Python service
+    to a backup that takes over when the primary dies. With no etcd endpoint
+    configured, servergroup runs its own local etcd.
     """
     configure_logging(verbose, log_json)
     ctx.obj = CliState(

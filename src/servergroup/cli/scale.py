@@ -19,7 +19,7 @@ from servergroup.scaling.policy import (
 )
 from servergroup.scaling.policyclient import get_policy, remove_policy, set_policy
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
-from servergroup.scaling.store import ScaleOutcome
+from servergroup.scaling.store import ScaleOutcome, timings_json
 from servergroup.servers.registry import Registry
 
 
@@ -74,6 +74,8 @@ def cpu(state: CliState, direction: str, server: str, timeout: float, as_json: b
                     "cpu": outcome.cpu,
                     "online_cpus": list(outcome.online_cpus),
                     "host_cpu": outcome.host_cpu,
+                    # Seconds per phase on the host (docs/design/scaling-host.md).
+                    "timings": timings_json(outcome.timings) if outcome.timings else None,
                 }
             )
         )

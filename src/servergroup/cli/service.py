@@ -33,7 +33,8 @@ from servergroup.services.client import (
     watch_master,
     where,
 )
-from servergroup.services.ocf import DEFAULT_OCF_ROOT
+from servergroup.services.model import LeaseTimings, check_lease_fits
+from servergroup.services.ocf import DEFAULT_OCF_ROOT, KILL_GRACE
 from servergroup.services.status import (
     ServiceStatus,
     master_json,
@@ -65,12 +66,18 @@ def _read_file(path: Path) -> str:
 
 
 def _check(
-    text: str, *, skip_agents: bool, ocf_root: Path
+    text: str, *, skip_agents: bool, ocf_root: Path, timings: LeaseTimings
 ) -> tuple[ParsedFile, tuple[Checked, ...]]:
+    """Parse, resolve against the agents here (unless skipped), and check each stop fits
+    the node roles' lease (`[services] lease_ttl`), as every node will."""
     parsed = parse_file(text)
     if skip_agents:
         return parsed, unchecked(parsed.definitions)
-    return parsed, run_async(check_agents(parsed.definitions, ocf_root=ocf_root))
+    checked = run_async(check_agents(parsed.definitions, ocf_root=ocf_root))
+    for item in checked:
+        if item.resolved is not None:
+            check_lease_fits(item.resolved, timings, kill_grace=KILL_GRACE)
+    return parsed, checked
 
 
 def _when(at: float | None) -> str:
@@ -161,18 +168,23 @@ def service() -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @skip_agents_option
 @ocf_root_option
-def validate_cmd(file: Path, skip_agents: bool, ocf_root: Path) -> None:
+@pass_state
+def validate_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path) -> None:
     """Check the definitions in FILE without the store.
 
     Checks every table and field, then each service against its agent's
     meta-data here: the agent is installed, takes the parameters given,
-    allows that many instances, can promote if promotable. Prints each
+    allows that many instances, can promote if promotable, and its demote
+    and stop fit in the node roles' lease (`[services] lease_ttl`). Prints each
     service as it would run (the agent's default timeouts and monitors
     filled in); a bad file gets one sentence naming the table and field.
 
     Example: servergroup service validate examples/services/dummy.toml
     """
-    parsed, checked = _check(_read_file(file), skip_agents=skip_agents, ocf_root=ocf_root)
+    timings = state.config().services_coordination
+    parsed, checked = _check(
+        _read_file(file), skip_agents=skip_agents, ocf_root=ocf_root, timings=timings
+    )
     for item in checked:
         s = item.resolved or item.service
         monitors = ", ".join(f"depth {m.depth} every {m.interval:g}s" for m in s.monitors)
@@ -216,7 +228,8 @@ def add_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path) -> N
     Example: servergroup service add examples/services/dummy.toml
     """
     text = _read_file(file)
-    _check(text, skip_agents=skip_agents, ocf_root=ocf_root)
+    timings = state.config().services_coordination
+    _check(text, skip_agents=skip_agents, ocf_root=ocf_root, timings=timings)
     added = _run(state, lambda c: add_definitions(c, text))
     parts = [f"service {n} {what}" for n, what in added.services.items()]
     parts += [f"domain {n} {what}" for n, what in added.domains.items()]

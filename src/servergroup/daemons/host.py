@@ -315,14 +315,18 @@ def _services(
     if not settings.enabled:
         return None
     cache = shared.cache
+    # A session of its own: the host's lease stays short (fast evacuation and `lost`
+    # notifications) while the services' lease leaves time for their stops.
+    coordination = config.services_coordination
     return NodeRole(
         coordinator=shared.coordinator,
-        session=shared.session,
+        session=Session(shared.coordinator, coordination, name=f"services {options.name}"),
+        own_session=True,
         node=options.name,
         node_ip=settings.node_ip or options.migration_address,
         ocf_root=Path(settings.ocf_root),
         ledger_path=ledger_path(config.state_dir, options.name),
-        coordination=config.coordination,
+        coordination=coordination,
         group_hosts=lambda: registry_group_hosts(cache.snapshot),
         group_changes=cache.subscribe,
     )

@@ -34,6 +34,8 @@ Say = Callable[[str], None]
 
 GROUP = "demo"
 SERVERS = ("demo-1", "demo-2", "demo-3")
+#: demo-1 has 2 vCPUs (at least 1): the scaling part scales it, with no server to boot.
+VCPUS = {"demo-1": 2}
 #: How long an app may take to show an event (apps in emulated VMs start slowly).
 EVENT_TIMEOUT = {DriverKind.LAB: 15.0, DriverKind.QEMU: 90.0}
 #: How the demo tells of each kind of server.
@@ -83,7 +85,7 @@ class _App:
 
     @classmethod
     async def start(cls, config: Config, server: Server, *args: str) -> _App:
-        argv = _exec_argv(
+        argv = exec_argv(
             config, server, [sys.executable, "-m", "servergroup", "app", "--json", *args]
         )
         proc = await asyncio.create_subprocess_exec(
@@ -121,7 +123,7 @@ class _App:
         self._reader.cancel()
 
 
-def _exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
+def exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]:
     """The command line that runs `argv` inside `server`, whatever its driver."""
     driver = build_driver(
         server.spec.driver, DriverContext(state_dir=config.state_dir, host=server.host)
@@ -130,22 +132,44 @@ def _exec_argv(config: Config, server: Server, argv: Sequence[str]) -> list[str]
 
 
 async def run_messaging_demo(
-    config: Config, endpoint: Endpoint, say: Say, *, driver: DriverKind = DriverKind.LAB
+    config: Config,
+    endpoint: Endpoint,
+    say: Say,
+    *,
+    driver: DriverKind = DriverKind.LAB,
+    keep_servers: bool = False,
 ) -> MessagingResult:
-    """Run the messaging part against the set-up of `servergroup up`; narrate with `say`."""
+    """Run the messaging part against the set-up of `servergroup up`; narrate with `say`.
+
+    `keep_servers`: when it went well, leave its servers running for a later
+    part (`remove_messaging_demo` removes them); on a failure they go at once.
+    """
     coordination = config.coordination
     async with connect(config, endpoints=(endpoint,)) as coordinator:
         ops = Operations(Registry(coordinator), timeout=coordination.operation_timeout)
         await _remove_earlier_demo(ops)
         apps: list[_App] = []
+        done = False
         try:
-            return await _script(ops, config, driver, apps, say)
+            result = await _script(ops, config, driver, apps, say)
+            done = True
+            return result
         finally:
             # Servers first: deleting one thaws and ends every process in it
-            # (a frozen app could not even be killed).
-            await _remove_earlier_demo(ops)
+            # (a frozen app could not even be killed). Kept, none is paused any more.
+            if not (done and keep_servers):
+                await _remove_earlier_demo(ops)
             for app in apps:
                 await app.stop()
+
+
+async def remove_messaging_demo(config: Config, endpoint: Endpoint) -> None:
+    """Remove the servers and the group of the messaging part (kept by `keep_servers`)."""
+    async with connect(config, endpoints=(endpoint,)) as coordinator:
+        registry = Registry(coordinator)
+        await _remove_earlier_demo(
+            Operations(registry, timeout=config.coordination.operation_timeout)
+        )
 
 
 async def _remove_earlier_demo(ops: Operations) -> None:
@@ -162,7 +186,9 @@ async def _script(
     say(f"Group '{GROUP}' (soft-anti-affinity: spread over the hosts when possible).")
     servers: dict[str, Server] = {}
     for name in SERVERS:
-        servers[name] = await ops.create_server(name, GROUP, driver=driver)
+        servers[name] = await ops.create_server(
+            name, GROUP, vcpus=VCPUS.get(name, 1), driver=driver
+        )
         s = servers[name]
         what = NO_NETWORK[driver]
         say(f"  server {name}: {s.spec.instance} on host {s.host}, {what}")
@@ -215,4 +241,10 @@ async def _script(
     )
 
 
-__all__ = ["MessagingResult", "choose_driver", "run_messaging_demo"]
+__all__ = [
+    "MessagingResult",
+    "choose_driver",
+    "exec_argv",
+    "remove_messaging_demo",
+    "run_messaging_demo",
+]

@@ -8,8 +8,10 @@ epoch). Then the memory side: `regions` (memfd-backed tracked regions),
 `tracking` (the `DirtyTracker` protocol and the hashing tracker), `uffd`
 (the kernel tracker on userfaultfd and PAGEMAP_SCAN), `checkpoint`
 (capture on the primary, apply on the backup), `disk` (the replicated
-disk), `channel` (the stream and heartbeat connections). The daemons (`protect`,
-`backup`) are still to come: see docs/design/replication.md.
+disk), `channel` (the stream and heartbeat connections). Then the daemons:
+`authority` (session lease and the pair's key), `front` (the client
+socket), `primary` (`servergroup protect`) and `backup` (`servergroup
+backup`). See docs/design/replication.md.
 """
 
 from servergroup.replication.backup_machine import BackupConfig, BackupMachine, BackupPhase

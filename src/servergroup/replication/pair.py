@@ -97,7 +97,10 @@ class PairKey:
         if current is not None and current.active == node:
             return current
         holder = "nobody" if current is None else current.active
-        raise UsageError(f"pair {self.name!r} is active on {holder}, not on {node}.")
+        raise UsageError(
+            f"pair {self.name!r} is active on {holder}, not on {node} (if {holder} is gone"
+            f" for good, `servergroup replication remove {self.name}` forgets the pair)."
+        )
 
     async def claim(self, previous: int, node: str) -> PairRecord | None:
         """Move the pair from generation `previous` to the next with `node` the only active."""
@@ -124,6 +127,10 @@ class PairKey:
             except RevisionConflict:
                 continue
             return record
+
+    async def remove(self) -> bool:
+        """Forget the pair (an operator's act: its generations start again); False if absent."""
+        return bool(await self._coordinator.delete(self.key))
 
     async def changes(self, start_revision: int) -> AsyncGenerator[PairRecord | None, None]:
         """The record at each change from `start_revision` on; None when it is deleted."""

@@ -5,7 +5,7 @@ once (one sentence, `ScaleRefused`) what the owning host would refuse too:
 an unknown server, one that is not running, whose host is down, or a scale
 past the flavor's limits. Then it takes a lease of its own, writes a
 `ScaleOrder` at `scaling/requests/<server>/<id>` on it, and follows
-`scaling/results/<server>/<id>` with a watch from the revision of that
+`scaling/results/<server>/<id>` with a watch from the revision after that
 write until the owning host's `ScaleOutcome` arrives or the time is up.
 It revokes the lease at the end, which removes the request and the result;
 a command killed before that leaves them to the lease's expiry. The host
@@ -125,7 +125,11 @@ async def _outcome(
     c = registry.coordinator
     key = result_key(name, ident)
     async with asyncio.timeout(budget):
-        watch = await c.watch(key, start_revision=written)
+        # From the revision after the request's: the host writes the result later, so nothing
+        # is missed, and etcd counts a watch that starts past its current revision as
+        # synced. One that starts at a revision it has (the request's own) waits for its
+        # sync loop, up to 100 ms, to get its first events: most of a scale's round trip.
+        watch = await c.watch(key, start_revision=written + 1)
         try:
             async for event in watch:
                 if event.key != key or event.kind is not EventKind.PUT:

@@ -35,6 +35,19 @@ Theory of operation (docs/design/scaling-host.md has the whole path).
 - **Boot sync.** The relay routes `cgcs.scale` to us: a guest's
   `scale_sync_request` gets a `scale_sync` with the vCPUs its server's
   record says are offline (none when it has no record, or after a resize).
+- **Settling a server that changed hands.** A scale carried out by the
+  previous owner while the server moved can change the guest and fail to
+  change the record (the record is the new owner's now). So the owner
+  *settles* a server, in its worker (after any scale of its own, on a fresh
+  read): it pins its vCPUs as placed here again and pushes an unsolicited
+  `scale_sync` with the record, which the guest obeys. It settles a server
+  as it starts running here (arrived, booted), when its guest's channel
+  connects here, and when a scale order of the server that another host
+  took ends (its request key is deleted: the other host's guest exchange,
+  its pinning and its result are over by then). The record always wins;
+  a scale is reported done only once the record says so.
+- **Timings.** Each order's phases (queued, check, guest, hypervisor,
+  record) are measured and go into its `ScaleOutcome.timings`.
 
 Nothing a guest sends stops the scaler: garbage fails the one order it
 answers, with a sentence naming it.
@@ -81,9 +94,11 @@ from servergroup.scaling.protocol import (
 )
 from servergroup.scaling.store import (
     REQUESTS,
+    TIMING_PHASES,
     PoolRecord,
     ScaleOrder,
     ScaleOutcome,
+    ScaleTimings,
     decode_order,
     encode_outcome,
     encode_pool,
@@ -186,7 +201,32 @@ class _Sync:
     reply_to: str
 
 
-_Job = ScaleOrder | _Adopt | _Sync
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """Bring the server's guest and pins to its record (it may have changed hands)."""
+
+    why: str
+
+
+_Job = ScaleOrder | _Adopt | _Sync | _Settle
+
+
+class _Phases:
+    """The phases of one order, measured as it goes (`ScaleTimings` at the end)."""
+
+    def __init__(self, queued: float) -> None:
+        self.spent = dict.fromkeys(TIMING_PHASES, 0.0)
+        self.spent["queued"] = max(queued, 0.0)
+        self._at = time.monotonic()
+
+    def end(self, phase: str) -> None:
+        """The time since the previous phase ended is `phase`'s."""
+        now = time.monotonic()
+        self.spent[phase] += now - self._at
+        self._at = now
+
+    def timings(self) -> ScaleTimings:
+        return ScaleTimings(**self.spent)
 
 
 class Scaler:
@@ -230,13 +270,16 @@ class Scaler:
         self._adopted: dict[str, _Run] = {}
         self._online: dict[str, tuple[int, ...]] = {}  # server -> its online vCPUs, as we know them
         self._seen_orders: set[str] = set()
+        self._arrived: dict[str, float] = {}  # order id -> when queued here (monotonic)
         self._pending: set[str] = set()  # servers with an _Adopt queued
+        self._settling: set[str] = set()  # servers with a _Settle queued
         self._failed_at: dict[str, float] = {}  # servers whose vCPUs could not be placed: when
         self._checks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._unroute: Callable[[], None] | None = None
+        self._unwatch_channels: Callable[[], None] | None = None
         self._changes: asyncio.Queue[RegistryChange] | None = None
         self._dirty = asyncio.Event()
         self._publishing = asyncio.Lock()
@@ -248,6 +291,7 @@ class Scaler:
 
     async def start(self) -> None:
         self._unroute = self._relay.route(SCALE_ADDR, self._on_sync)
+        self._unwatch_channels = self._relay.on_change(self._on_channel)
         self._changes = self._cache.subscribe()
         rng = await self._c.get_prefix(REQUESTS)
         for kv in rng.items:
@@ -268,6 +312,9 @@ class Scaler:
         if self._unroute is not None:
             self._unroute()
             self._unroute = None
+        if self._unwatch_channels is not None:
+            self._unwatch_channels()
+            self._unwatch_channels = None
         tasks = self._tasks + list(self._workers.values()) + list(self._checks)
         await cancel_and_wait(tasks)
         self._tasks = []
@@ -313,7 +360,7 @@ class Scaler:
             return
         self._seen_orders.add(order.id)
         if self._ours(name):
-            self._queue(name).put_nowait(order)
+            self._take(order)
             return
         # Our cache may lag behind the records the command read: read them.
         task = asyncio.create_task(self._check_order(order), name=f"scaler-check-{name}")
@@ -327,7 +374,35 @@ class Scaler:
             log.info("cannot read server %s for scale request %s: %s", order.server, order.id, exc)
             return
         if server is not None and server.status is not None and server.status.host == self.host:
-            self._queue(order.server).put_nowait(order)
+            self._take(order)
+
+    def _take(self, order: ScaleOrder) -> None:
+        self._arrived[order.id] = time.monotonic()
+        self._queue(order.server).put_nowait(order)
+
+    def _order_ended(self, key: str) -> None:
+        """A request key was deleted: its command ended (or gave up). An order of one of
+        our servers that another host took may have changed the guest: settle it."""
+        found = parse_request_key(key)
+        if found is None:
+            return
+        name, ident = found
+        self._seen_orders.discard(ident)
+        if self._arrived.pop(ident, None) is None and self._ours(name):
+            self._settle(name, f"scale request {ident} taken by another host ended")
+
+    def _on_channel(self, instance: str, connected: bool) -> None:
+        """A guest's channel connected here: settle its server if it is ours."""
+        if not connected or self._stopping:
+            return
+        server = self._cache.snapshot.by_instance(instance)
+        if server is not None and self._ours(server.name):
+            self._settle(server.name, "its channel connected here")
+
+    def _settle(self, name: str, why: str) -> None:
+        if name not in self._settling:
+            self._settling.add(name)
+            self._queue(name).put_nowait(_Settle(why))
 
     def _kick(self, name: str) -> None:
         want = self._wanted(name, self._cache.snapshot.servers.get(name))
@@ -355,8 +430,7 @@ class Scaler:
                         if event.kind is EventKind.PUT:
                             self._order(event.key, event.value)
                         else:
-                            _, ident = parse_request_key(event.key) or ("", "")
-                            self._seen_orders.discard(ident)
+                            self._order_ended(event.key)
                 finally:
                     await watch.close()
             except asyncio.CancelledError:
@@ -404,9 +478,15 @@ class Scaler:
                         await self._carry_out(job)
                     elif isinstance(job, _Sync):
                         await self._answer_sync(name, job)
+                    elif isinstance(job, _Settle):
+                        self._settling.discard(name)
+                        await self._settle_now(name, job.why)
                     else:
                         self._pending.discard(name)
+                        was = self._adopted.get(name)
                         await self._adopt(name)
+                        if was is None and name in self._adopted:
+                            await self._settle_now(name, "it runs here now", repin=False)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -427,9 +507,13 @@ class Scaler:
         placed = force or _scaled(server) or self._adopted.get(name) == _Run(run, True)
         return _Run(run, placed)
 
-    async def _adopt(self, name: str, server: Server | None = None, *, force: bool = False) -> None:
+    async def _adopt(
+        self, name: str, server: Server | None = None, *, force: bool = False, repin: bool = False
+    ) -> None:
         """Place and pin the vCPUs of `name` if it takes part in the pool here; let them float
-        if it runs here without taking part; free its CPUs if it does not run here."""
+        if it runs here without taking part; free its CPUs if it does not run here.
+        `repin`: check every vCPU's pin even when nothing changed here (another host may
+        have pinned it meanwhile)."""
         if server is None:
             server = self._cache.snapshot.servers.get(name)
         want = self._wanted(name, server, force=force)
@@ -441,7 +525,7 @@ class Scaler:
                 self._dirty.set()
                 log.info("server %s no longer runs here: its CPUs are free again", name)
             return
-        if self._adopted.get(name) == want:
+        if self._adopted.get(name) == want and not repin:
             return
         hypervisor = self._hypervisors.get(server.spec.driver)
         if hypervisor is None:
@@ -480,10 +564,25 @@ class Scaler:
             f"; vCPU(s) {format_cpu_list(shared)} share the pool (no free CPU)" if shared else "",
         )
 
+    async def _settle_now(self, name: str, why: str, *, repin: bool = True) -> None:
+        """Pin the server's vCPUs as placed here (`repin`) and push its record to its guest."""
+        try:
+            server = await self._registry.get_server(name)
+        except CoordinationError as exc:
+            log.info("cannot read server %s to settle it: %s", name, exc)
+            return
+        if server is None or _incarnation(server, self.host) is None:
+            return
+        if repin:
+            await self._adopt(name, server, repin=True)
+        if server.spec.instance in self._relay.connected():
+            self._send_sync(server.spec.instance, SCALE_ADDR, server, why=why)
+
     async def _carry_out(self, order: ScaleOrder) -> None:
         started = time.monotonic()
+        phases = _Phases(started - self._arrived.get(order.id, started))
         try:
-            outcome = await self._scale(order)
+            outcome = await self._scale(order, phases)
             self.done += 1
             log.info(
                 "server %s scaled %s: vCPU %s %s, online now %s (%.3f s)",
@@ -509,6 +608,9 @@ class Scaler:
             # The pool first: whoever reads the result then sees the pool it made.
             with contextlib.suppress(CoordinationError):
                 await self._publish_now()
+            if outcome.ok:  # a failed order's time after its last phase is nobody's
+                phases.end("record")
+            outcome = replace(outcome, timings=phases.timings())
             await self._c.put(
                 result_key(order.server, order.id), encode_outcome(outcome), lease=order.lease
             )
@@ -518,7 +620,7 @@ class Scaler:
 
     # -- a scale -------------------------------------------------------------------------
 
-    async def _scale(self, order: ScaleOrder) -> ScaleOutcome:
+    async def _scale(self, order: ScaleOrder, phases: _Phases) -> ScaleOutcome:
         name, direction = order.server, order.direction
         server = await self._registry.get_server(name)
         status = server.status if server is not None else None
@@ -543,7 +645,9 @@ class Scaler:
                     limit_sentence(name, len(online), spec.min_vcpus, spec.vcpus, direction)
                 )
             request = ScaleRequest(direction=direction, timeout_ms=order.timeout_ms, id=ident)
+            phases.end("check")
             reply = await self._ask(server, request)
+            phases.end("guest")
             cpu = reply.cpu
             assert cpu is not None
             if cpu == 0 or cpu >= spec.vcpus:
@@ -582,8 +686,10 @@ class Scaler:
                 online_cpus=tuple(wanted),
                 id=ident,
             )
+            phases.end("check")
             try:
                 reply = await self._ask(server, request)
+                phases.end("guest")
                 if reply.cpu != cpu:
                     raise ScaleFailed(
                         f"the guest of server {name} brought vCPU {reply.cpu} online, not vCPU "
@@ -595,8 +701,10 @@ class Scaler:
                 raise
             new_online = _guest_online(name, reply, spec.vcpus) | {cpu}
             pinned = await self._pin(hypervisor, server, cpu, (host_cpu,))
+        phases.end("hypervisor")
         self._dirty.set()
         written = await self._record(name, tuple(sorted(new_online)))
+        phases.end("record")
         self._online[name] = written
         if pinned is not None:
             raise pinned  # the guest and the record agree; the pin is what failed
@@ -672,6 +780,13 @@ class Scaler:
             async with asyncio.timeout(wait):
                 reply = await answer
         except TimeoutError:
+            moved = await self._moved_to(name)
+            if moved is not None:
+                raise ScaleFailed(
+                    f"server {name} moved to {moved} while being scaled, and its guest's answer "
+                    f"did not come back here; {moved} brings the guest back to its record: "
+                    "scale it again"
+                ) from None
             raise ScaleFailed(
                 f"the guest of server {name} did not answer within {wait:g} s: "
                 "is its scale agent running?"
@@ -689,6 +804,15 @@ class Scaler:
             )
         return reply
 
+    async def _moved_to(self, name: str) -> str | None:
+        """The host `name` runs on now when that is not this host (None: here, or unknown)."""
+        try:
+            server = await self._registry.get_server(name)
+        except CoordinationError:
+            return None
+        status = server.status if server is not None else None
+        return status.host if status is not None and status.host != self.host else None
+
     async def _record(self, name: str, online: tuple[int, ...]) -> tuple[int, ...]:
         """Write the server's online vCPUs into its status (read, compare, write again)."""
         for _ in range(50):
@@ -700,9 +824,9 @@ class Scaler:
                 )
             if status.host != self.host:
                 raise ScaleFailed(
-                    f"server {name} moved to {status.host} while being scaled: its guest has "
-                    f"vCPU(s) {format_cpu_list(online)} online, which its record may not say; "
-                    "scale it again"
+                    f"server {name} moved to {status.host} while being scaled: its guest had "
+                    f"vCPU(s) {format_cpu_list(online)} online, which its record does not say; "
+                    f"{status.host} brings the guest back to its record: scale it again"
                 )
             guard = self._fence() if self._fence is not None else None
             if self._fence is not None and guard is None:
@@ -765,7 +889,9 @@ class Scaler:
             server = self._cache.snapshot.servers.get(name)
         self._send_sync(job.instance, job.reply_to, server)
 
-    def _send_sync(self, instance: str, reply_to: str, server: Server | None) -> None:
+    def _send_sync(
+        self, instance: str, reply_to: str, server: Server | None, *, why: str = ""
+    ) -> None:
         offline = offline_vcpus(server)
         reply = Envelope(
             data=encode_message(SyncReply(offline_cpus=offline)),
@@ -773,7 +899,8 @@ class Scaler:
             source_addr=SCALE_ADDR,
         )
         log.info(
-            "boot sync of %s (%s): vCPU(s) %s offline",
+            "%s of %s (%s): vCPU(s) %s offline",
+            f"scale sync pushed ({why})" if why else "boot sync",
             instance,
             server.name if server is not None else "no record",
             format_cpu_list(offline) or "none",

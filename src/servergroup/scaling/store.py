@@ -66,6 +66,34 @@ class ScaleOrder:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScaleTimings:
+    """Where the owning host's time went on one order, in seconds (the benchmark, `--json`).
+
+    The phases follow one another: `queued` (the order's arrival at the host
+    to its server's worker taking it), `check` (the fresh read of the
+    server's records, the checks, a first placement in the pool), `guest`
+    (the channel round trip to the guest's scale agent, its helper
+    included), `hypervisor` (pinning the vCPU's thread), `record` (the etcd
+    writes before the result: the server's status, then the pool). A phase
+    an order did not reach is 0.
+    """
+
+    queued: float = 0.0
+    check: float = 0.0
+    guest: float = 0.0
+    hypervisor: float = 0.0
+    record: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.queued + self.check + self.guest + self.hypervisor + self.record
+
+
+#: The phases of `ScaleTimings`, in order (also its JSON keys).
+TIMING_PHASES: Final = ("queued", "check", "guest", "hypervisor", "record")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScaleOutcome:
     """What the owning host did with a `ScaleOrder`."""
 
@@ -79,6 +107,8 @@ class ScaleOutcome:
     #: The host CPU the vCPU now runs on (up) or gave back to the pool (down), when any.
     host_cpu: int | None = None
     error: str | None = None  # one sentence, when not ok
+    #: Where the host's time went (None from a host that does not measure it).
+    timings: ScaleTimings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,8 +213,29 @@ def encode_outcome(outcome: ScaleOutcome) -> bytes:
             "online_cpus": list(outcome.online_cpus),
             "host_cpu": outcome.host_cpu,
             "error": outcome.error,
+            **({"timings": timings_json(outcome.timings)} if outcome.timings else {}),
         }
     )
+
+
+def timings_json(timings: ScaleTimings) -> dict[str, float]:
+    """The phases in seconds, rounded to the microsecond (as the result and `--json` hold them)."""
+    return {phase: round(getattr(timings, phase), 6) for phase in TIMING_PHASES}
+
+
+def _timings(value: Any, what: str) -> ScaleTimings | None:
+    """`timings` of a result, optional (a host from before it was measured has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RecordError(f"{what} record has 'timings' that is not an object")
+    found: dict[str, float] = {}
+    for phase in TIMING_PHASES:
+        seconds = value.get(phase, 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise RecordError(f"{what} record has timing {phase!r} that is not a duration")
+        found[phase] = float(seconds)
+    return ScaleTimings(**found)
 
 
 def decode_outcome(raw: bytes) -> ScaleOutcome:
@@ -203,6 +254,7 @@ def decode_outcome(raw: bytes) -> ScaleOutcome:
         online_cpus=_ints(obj.get("online_cpus", []), "online_cpus", what),
         host_cpu=_int(obj, "host_cpu", what, optional=True),
         error=_str(obj, "error", what, optional=True),
+        timings=_timings(obj.get("timings"), what),
     )
 
 
@@ -263,9 +315,11 @@ __all__ = [
     "REQUESTS",
     "RESULTS",
     "SCALING",
+    "TIMING_PHASES",
     "PoolRecord",
     "ScaleOrder",
     "ScaleOutcome",
+    "ScaleTimings",
     "decode_order",
     "decode_outcome",
     "decode_pool",
@@ -277,4 +331,5 @@ __all__ = [
     "pool_key",
     "request_key",
     "result_key",
+    "timings_json",
 ]

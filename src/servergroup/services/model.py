@@ -72,7 +72,7 @@ import string
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from servergroup.common.errors import ConfigError, RemoteError
 from servergroup.services.metadata import AgentInfo
@@ -598,6 +598,38 @@ def check_stop_fits(
         )
 
 
+class LeaseTimings(Protocol):
+    """The session timings of a node role's instances (`Config.services_coordination`)."""
+
+    @property
+    def lease_ttl(self) -> int: ...
+    @property
+    def renew_interval(self) -> float: ...
+    @property
+    def renew_timeout(self) -> float: ...
+    @property
+    def fence_margin(self) -> float: ...
+
+
+def check_lease_fits(service: Service, timings: LeaseTimings, *, kill_grace: float) -> None:
+    """`check_stop_fits` for a resolved service under `timings`, as the node role checks it.
+
+    A promote runs within the start timeout and a demote within the stop
+    timeout (a `Service` has no demote timeout of its own), each with the
+    kill grace after it. `service add` and `validate` check the same, so a
+    definition that every node would refuse is refused at once.
+    """
+    check_stop_fits(
+        service,
+        lease_ttl=timings.lease_ttl,
+        renew_interval=timings.renew_interval,
+        renew_timeout=timings.renew_timeout,
+        fence_margin=timings.fence_margin,
+        kill_grace=kill_grace,
+        demote_timeout=(service.stop_timeout or 0.0) + kill_grace,
+    )
+
+
 # --- JSON for the store -------------------------------------------------------------------
 
 
@@ -684,11 +716,13 @@ __all__ = [
     "Definitions",
     "DomainMember",
     "FailoverDomain",
+    "LeaseTimings",
     "Monitor",
     "Recovery",
     "Service",
     "StoredDefinitionError",
     "check_domain_reference",
+    "check_lease_fits",
     "check_stop_fits",
     "decode_domain",
     "decode_service",

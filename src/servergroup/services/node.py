@@ -106,7 +106,7 @@ from servergroup.services.metadata import AgentInfo, MetadataError
 from servergroup.services.model import (
     DefinitionError,
     Service,
-    check_stop_fits,
+    check_lease_fits,
     resolve,
     stop_budget,
 )
@@ -233,9 +233,13 @@ class NodeRole:
         group_changes: Callable[[], asyncio.Queue[Any]] | None = None,
         agents: AgentFactory | None = None,
         wall: Callable[[], float] = time.time,
+        own_session: bool = False,
     ) -> None:
+        """`own_session`: the role starts and closes `session` itself (a lease of its own,
+        `[services] lease_ttl`, rather than the host's)."""
         self._c = coordinator
         self._session = session
+        self._own_session = own_session
         self.node = node
         self.node_ip = node_ip
         self.ocf_root = ocf_root
@@ -265,6 +269,8 @@ class NodeRole:
     # -- component ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._own_session:
+            await self._session.start(timeout=self._coordination.operation_timeout)
         await self._stop_leftovers()
         self._write_ledger()
         await self._ensure_node_key()
@@ -305,6 +311,10 @@ class NodeRole:
                 self.node,
                 len(self._ledger.entries),
             )
+        if self._own_session:
+            # Revoked, the lease takes the owner keys with it at once (failover does not
+            # wait for its expiry); not when a stop failed and the instance may still run.
+            await self._session.close(revoke=not self._stuck)
 
     def health(self) -> ComponentHealth:
         if not self._running:
@@ -493,16 +503,7 @@ class NodeRole:
             return _Resolved(unusable=str(exc).rstrip("."))
         try:
             resolved = resolve(service, info)
-            timings = self._coordination
-            check_stop_fits(
-                resolved,
-                lease_ttl=timings.lease_ttl,
-                renew_interval=timings.renew_interval,
-                renew_timeout=timings.renew_timeout,
-                fence_margin=timings.fence_margin,
-                kill_grace=KILL_GRACE,
-                demote_timeout=(resolved.stop_timeout or 0.0) + KILL_GRACE,
-            )
+            check_lease_fits(resolved, self._coordination, kill_grace=KILL_GRACE)
         except DefinitionError as exc:
             return _Resolved(refusal=str(exc).rstrip("."))
         return _Resolved(service=resolved, info=info)

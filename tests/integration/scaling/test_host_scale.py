@@ -80,6 +80,10 @@ def test_down_down_refused_up_refused_and_the_pool(servergroup_up: SetupFactory)
     out = scale(setup, "down", "s1")
     assert (out["cpu"], out["online_cpus"], out["host"]) == (2, [0, 1], "h1")
     assert agent.online() == (0, 1)
+    # Where the host's time went, phase by phase (seconds; the guest's part is not 0).
+    assert set(out["timings"]) == {"queued", "check", "guest", "hypervisor", "record"}
+    assert out["timings"]["guest"] > 0
+    assert min(out["timings"].values()) >= 0
     placed = pool(setup, "h1")
     assert (placed["placed"], placed["shared"], placed["free"]) == (
         {"s1": {"0": 0, "1": 1}},

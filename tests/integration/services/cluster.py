@@ -31,8 +31,9 @@ from tests.fixtures.setup import Setup
 FIXTURE_OCF = Path(__file__).resolve().parents[2] / "fixtures" / "ocf"
 SYSTEM_OCF = Path("/usr/lib/ocf")
 
-#: The coordination timings of these tests: a 3 s lease leaves 2.15 s for a stop (see
-#: docs/design/services.md); the journal agent's promotable service needs 2 x 0.5 s + kills.
+#: The node roles' lease in these tests (`[services] lease_ttl`; the hosts keep their own
+#: 1 s lease): 3 s leaves 2.15 s for a stop (see docs/design/services.md); the journal
+#: agent's promotable service needs 2 x 0.5 s + kills.
 LEASE_TTL = 3
 CONFIG = CoordinationConfig(lease_ttl=LEASE_TTL)
 
@@ -52,7 +53,7 @@ def ocf_root(base: Path) -> Path:
 
 def env(root: Path) -> dict[str, str]:
     """What the host daemons of the test's `servergroup up` get."""
-    return {"SERVERGROUP_OCF_ROOT": str(root), "SERVERGROUP_LEASE_TTL": str(LEASE_TTL)}
+    return {"SERVERGROUP_OCF_ROOT": str(root), "SERVERGROUP_SERVICES_LEASE_TTL": str(LEASE_TTL)}
 
 
 def on_store(setup: Setup, work: Callable[[EtcdCoordinator], Any]) -> Any:

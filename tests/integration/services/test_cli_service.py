@@ -137,6 +137,9 @@ SERVICE = '[[service]]\nname = "a"\nagent = "ocf:heartbeat:Dummy"\n'
         (f'{SERVICE}[service.parameters]\nstat = "/x"\n', "parameters.stat is not a parameter"),
         (f"{SERVICE}promotable = true\ninstances = 2\n", "cannot promote"),
         ("[[service]]\nname = ", "not valid TOML"),
+        # Dummy's own hint is a 20 s stop: more than the node roles' 2 s lease leaves.
+        (SERVICE, "stop_timeout 20 s (with demote and kill grace"),
+        (f"{SERVICE}stop_timeout = 1.5\n", "lower stop_timeout or raise lease_ttl"),
     ],
 )
 def test_validate_refuses_a_bad_file_in_one_sentence(tmp_path: Path, text: str, says: str) -> None:
@@ -148,6 +151,19 @@ def test_validate_refuses_a_bad_file_in_one_sentence(tmp_path: Path, text: str, 
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("servergroup: ")
     assert says in result.stderr
+
+
+def test_validate_takes_the_lease_of_the_configuration(tmp_path: Path) -> None:
+    # What is refused under the default 2 s lease fits a 4 s one.
+    path = tmp_path / "slow.toml"
+    path.write_text(f"{SERVICE}stop_timeout = 1.5\n")
+    result = CliRunner().invoke(
+        cli,
+        ["service", "validate", str(path)],
+        env={"SERVERGROUP_SERVICES_LEASE_TTL": "4"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "stop 1.5s" in result.stdout
 
 
 def test_validate_names_a_missing_file_and_an_outside_domain(tmp_path: Path) -> None:
@@ -178,7 +194,10 @@ def test_an_unreachable_store_is_one_sentence(tmp_path: Path) -> None:
 async def test_every_command(env: dict[str, str], admin: Coordinator, tmp_path: Path) -> None:
     assert ok(["service", "add", str(DUMMY)], env) == "service dummy added; domain lab added\n"
     outside = tmp_path / "outside.toml"
-    outside.write_text('[[service]]\nname = "b"\nagent = "ocf:heartbeat:Dummy"\ndomain = "gone"\n')
+    outside.write_text(
+        '[[service]]\nname = "b"\nagent = "ocf:heartbeat:Dummy"\ndomain = "gone"\n'
+        "stop_timeout = 0.5\n"
+    )
     one_sentence(run(["service", "add", str(outside)], env), "domain 'gone' is not defined")
     listed = json.loads(ok(["service", "list", "--json"], env))
     assert listed["errors"] == []
@@ -303,6 +322,7 @@ async def test_two_cli_adds_racing_both_land(
         path.write_text(
             f'[[domain]]\nname = "d-{name}"\nnodes = ["h1"]\n'
             f'[[service]]\nname = "{name}"\nagent = "ocf:heartbeat:Dummy"\ndomain = "d-{name}"\n'
+            "stop_timeout = 0.5\n"
         )
         files.append(path)
     procs = [

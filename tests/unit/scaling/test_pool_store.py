@@ -15,6 +15,7 @@ from servergroup.scaling.store import (
     PoolRecord,
     ScaleOrder,
     ScaleOutcome,
+    ScaleTimings,
     decode_order,
     decode_outcome,
     decode_pool,
@@ -58,6 +59,37 @@ def test_outcomes_round_trip(ok: bool, cpu: int | None, online: tuple[int, ...])
     assert decode_outcome(encode_outcome(outcome)) == outcome
 
 
+durations = st.floats(0, 60, allow_nan=False).map(lambda s: round(s, 6))
+
+
+@given(phases=st.tuples(durations, durations, durations, durations, durations))
+def test_outcomes_with_timings_round_trip(
+    phases: tuple[float, float, float, float, float],
+) -> None:
+    queued, check, guest, hypervisor, record = phases
+    timings = ScaleTimings(
+        queued=queued, check=check, guest=guest, hypervisor=hypervisor, record=record
+    )
+    outcome = ScaleOutcome(
+        id="x", server="s1", host="h1", direction=Direction.DOWN, ok=True, timings=timings
+    )
+    assert decode_outcome(encode_outcome(outcome)) == outcome
+    assert outcome.timings is not None
+    assert outcome.timings.total == pytest.approx(sum(phases))
+
+
+def test_outcomes_without_timings_decode_as_before() -> None:
+    """A result written by a host from before the timings (no key) still decodes."""
+    old = b'{"direction":"down","error":null,"host":"h1","id":"x","ok":true,"server":"s1"}'
+    assert decode_outcome(old).timings is None
+    # A host that measures only some phases: the others are 0.
+    some = json.loads(old) | {"timings": {"guest": 0.002}}
+    assert decode_outcome(json.dumps(some).encode()).timings == ScaleTimings(guest=0.002)
+    for bad in ([1], {"guest": -1}, {"record": "1"}, {"check": True}):
+        with pytest.raises(RecordError, match="timing"):
+            decode_outcome(json.dumps(json.loads(old) | {"timings": bad}).encode())
+
+
 def test_pool_records_round_trip() -> None:
     record = PoolRecord(
         host="h1", cpus=(0, 1, 2), free=(2,), placed={"a": {0: 0, 1: 1}}, shared={"b": (0,)}
@@ -86,6 +118,7 @@ keys = st.sampled_from(
         "online_cpus",
         "timeout_ms",
         "cpu",
+        "timings",
     ]
 )
 

@@ -1,0 +1,152 @@
+"""The client front: the listening socket a protected service is served on.
+
+Theory of operation. The framework, not the service, owns the socket
+(issue 15): a client connects over TCP and sends one request per line; the
+front reads lines and hands each to the service's `handle`, and passes the
+reply to `on_reply(conn, line)`. The driver decides where the reply goes:
+on a protected primary into the output buffer (released when its epoch is
+committed, `send`), on an activated backup or an unprotected primary
+straight to the client.
+
+Dispatch is gated: `pause()` stops it (the primary's suspend), `resume()`
+restarts it. `handle` is synchronous and runs on the event loop, so no
+handler is ever half-way through when the gate closes: the gate is checked
+and `handle` called with no await in between, and a suspend is a plain
+callback on the same loop. Requests that wait at a closed gate stay in the
+socket buffers (backpressure on the clients).
+
+Each client is numbered (`conn`); replies to a client that has gone are
+dropped (`on_gone(conn)` tells the driver). A request line longer than
+`MAX_LINE` closes that client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable
+
+from servergroup.common.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+#: The longest request line accepted.
+MAX_LINE = 64 * 1024
+
+
+def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
+    """`HOST:PORT` (or `[V6]:PORT`) as (host, port); a bad one is a one-sentence `UsageError`."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"{what} {text!r} is not HOST:PORT.")
+    return host, int(port_text)
+
+
+class ClientFront:
+    """Accepts clients and dispatches their request lines to `handle` (see the module doc)."""
+
+    def __init__(
+        self,
+        handle: Callable[[bytes], bytes],
+        on_reply: Callable[[int, bytes], None],
+        *,
+        on_gone: Callable[[int], object] | None = None,
+    ) -> None:
+        self._handle = handle
+        self._on_reply = on_reply
+        self._on_gone = on_gone
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests handled so far.
+        self.handled = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on `host:port`; returns the address bound. Address in use: `UsageError`."""
+        try:
+            self._server = await asyncio.start_server(
+                self._client, host, port, reuse_address=True, limit=MAX_LINE
+            )
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UsageError(f"cannot serve clients on {host}:{port}: {why.lower()}.") from None
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    def pause(self) -> None:
+        """Stop dispatching requests (a handler never runs across this call)."""
+        self._gate.clear()
+
+    def resume(self) -> None:
+        self._gate.set()
+
+    @property
+    def clients(self) -> int:
+        return len(self._writers)
+
+    def send(self, conn: int, data: bytes) -> None:
+        """Write `data` to client `conn` now (dropped if it has gone)."""
+        writer = self._writers.get(conn)
+        if writer is not None and not writer.is_closing():
+            writer.write(data)
+
+    def close_client(self, conn: int) -> None:
+        writer = self._writers.pop(conn, None)
+        if writer is not None:
+            writer.close()
+            if self._on_gone is not None:
+                self._on_gone(conn)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = next(self._ids)
+        self._writers[conn] = writer
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    log.info("client %d sent a line over %d bytes: closing it", conn, MAX_LINE)
+                    break
+                except (ConnectionError, OSError):
+                    break
+                if not line:
+                    break
+                while not self._gate.is_set():
+                    await self._gate.wait()
+                if conn not in self._writers:
+                    break
+                # No await from the gate check to the reply: a suspend cannot split them.
+                try:
+                    reply = self._handle(line.rstrip(b"\r\n"))
+                except Exception:
+                    log.exception("the service failed on a request from client %d", conn)
+                    break
+                self.handled += 1
+                self._on_reply(conn, reply.rstrip(b"\n") + b"\n")
+        finally:
+            self.close_client(conn)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening and close every client (their unsent output is lost)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._writers):
+            self.close_client(conn)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
