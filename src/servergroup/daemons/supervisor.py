@@ -383,6 +383,7 @@ class Supervisor:
 
     def _after(self, death: Death) -> None:
         """Kill leftover agent actions, then clean up unless the child ended cleanly."""
+
         def is_fork(argv: list[str]) -> bool:
             return argv == self.argv
 
