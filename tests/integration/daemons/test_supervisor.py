@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servergroup.common.process import group_members
+from servergroup.common.process import command_line, group_members
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator, connect
 from servergroup.coordination.etcd_process import EtcdCluster
@@ -407,6 +407,8 @@ def test_agent_actions_left_running_are_killed_with_their_group() -> None:
     fork = subprocess.Popen(["sleep", "101"], start_new_session=True)
     try:
         wait_until(lambda: len(group_members(action.pid)) >= 2, "the action and its child")
+        wait_until(lambda: command_line(fork.pid) == ["sleep", "101"], "the stand-in fork")
+        wait_until(lambda: command_line(other.pid) == ["sleep", "100"], "the other process")
         killed = kill_agent_actions(
             [action.pid, other.pid, fork.pid], is_daemon_fork=lambda argv: argv[1:] == ["101"]
         )
