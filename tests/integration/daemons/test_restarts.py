@@ -36,6 +36,21 @@ def host_pid(setup: Setup, host: str) -> int:
     return next(int(h["pid"]) for h in up_state(setup)["hosts"] if h["name"] == host)
 
 
+def kill_host_daemon(setup: Setup, host: str) -> int:
+    """kill -9 of `host`'s daemon and its supervisor, so that nobody cleans up or restarts.
+
+    The supervisor is stopped first: it can neither see the death nor pass
+    its own on to the daemon. Returns the daemon's pid.
+    """
+    supervisor = host_pid(setup, host)
+    pid = daemon_pid(setup, host)
+    assert pid is not None, f"host {host} has no daemon running"
+    os.kill(supervisor, signal.SIGSTOP)
+    os.kill(pid, signal.SIGKILL)
+    os.kill(supervisor, signal.SIGKILL)
+    return pid
+
+
 def daemon_pid(setup: Setup, host: str) -> int | None:
     """The pid of the host daemon itself: its supervisor's child."""
     try:
