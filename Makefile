@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint bench system-deps venv guest-image clean help
+.PHONY: all demo test test-slow lint bench system-deps venv guest-image clean help
 
 help:
 	@echo "make demo   - set up and run the servergroup demo"
 	@echo "make test   - set up and run the test suite"
+	@echo "make test-slow - run the slow tests (the 100-round exactly-one fault runs)"
 	@echo "make lint   - ruff, mypy --strict, import-linter contracts"
 	@echo "make bench  - run the benchmarks (results under bench/results/)"
 
@@ -36,6 +37,10 @@ demo: system-deps venv guest-image
 test: system-deps venv guest-image
 	$(BIN)/python -m pytest -q --durations=25 tests
 
+# Status 5 is pytest's "no test collected": none is marked slow yet.
+test-slow: system-deps venv guest-image
+	$(BIN)/python -m pytest -q -m slow tests || [ $$? -eq 5 ]
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -51,6 +56,7 @@ bench: system-deps venv guest-image
 	$(BIN)/python bench/operations.py
 	$(BIN)/python bench/evacuation.py
 	$(BIN)/python bench/replication.py
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -583,7 +583,14 @@ async def measure_host_loss(bench: Bench, runs: int, lease_ttl: float) -> dict[s
         pid = bench.host_pid(victim)
         bench.check_own_daemon(victim, pid)
         await asyncio.sleep(0.5)
+        # The host daemon and its supervisor die together, so that only the lease can
+        # tell (killed alone, the daemon would have its lease revoked by the supervisor):
+        # the supervisor is stopped first, so it can neither react nor pass on its death.
+        os.kill(pid, signal.SIGSTOP)
+        daemons = psutil.Process(pid).children()
         killed_at = time.monotonic()
+        for child in daemons:
+            os.kill(child.pid, signal.SIGKILL)
         os.kill(pid, signal.SIGKILL)
         lost_type = EVENT + "lost"
         await bench.until(

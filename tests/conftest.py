@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.lab",
     "tests.fixtures.netns",
     "tests.fixtures.setup",
+    "tests.fixtures.services",
 ]
 
 settings.register_profile(

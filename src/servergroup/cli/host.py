@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -11,9 +13,19 @@ from typing import Any
 import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.common.errors import ProcessFailed
+from servergroup.common.process import die_with_parent
 from servergroup.coordination.connect import connect
 from servergroup.coordination.local_etcd import resolve_endpoints
 from servergroup.daemons.host import DEFAULT_CHANNEL_DIR, DRIVERS, HostOptions, run_host
+from servergroup.daemons.supervisor import (
+    SUPERVISOR_ENV,
+    after_death,
+    kill_agent_actions,
+    looks_like_host_daemon,
+    supervise,
+    unit_processes,
+)
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
 from servergroup.scaling.cpus import format_cpu_list
 from servergroup.scaling.store import HOSTS as POOLS
@@ -57,6 +69,12 @@ from servergroup.servers.registry import Registry, ServerNotFound
     show_default=True,
     help="This host's IP address that a live migration of a qemu server connects to.",
 )
+@click.option(
+    "--supervised",
+    is_flag=True,
+    help="Run the daemon under a supervisor (this process) that, when the daemon dies, "
+    "stops its service instances, revokes its lease at once and restarts it.",
+)
 @click.pass_context
 @pass_state
 def host(
@@ -67,6 +85,7 @@ def host(
     address: str,
     drivers: tuple[str, ...],
     migration_address: str,
+    supervised: bool,
 ) -> None:
     """Serve this host until interrupted: relay guests' channels, run the group
     service on etcd (broadcast, status, notifications) and carry out the
@@ -75,21 +94,80 @@ def host(
     Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.
 
+    With --supervised (what `servergroup up` runs) this process stays the
+    daemon's parent: when the daemon dies by anything but a clean stop, it
+    stops the service instances the daemon ran, revokes the daemon's lease so
+    that failover need not wait for it to expire, and starts the daemon again.
+    Under systemd, use `servergroup host cleanup` as ExecStopPost= instead.
+
     `servergroup host list` and `servergroup host show NAME` show the live hosts
     and each one's CPU pool (which host CPUs its servers' vCPUs have).
     """
     if ctx.invoked_subcommand is not None:
         return
     config = state.config()
+    node = name or socket.gethostname().split(".")[0]
+    if supervised:
+        sys.exit(supervise(config, node, sys.argv[1:]))
+    _die_with_supervisor()
     endpoints = resolve_endpoints(config)
     options = HostOptions(
-        name=name or socket.gethostname().split(".")[0],
+        name=node,
         channel_dir=channel_dir,
         address=address,
         drivers=tuple(dict.fromkeys(DriverKind(d) for d in drivers)),
         migration_address=migration_address,
     )
     run_async(run_host(config, options, endpoints=endpoints))
+
+
+def _die_with_supervisor() -> None:
+    """Under a supervisor: have SIGTERM when it dies; exit at once if it is already gone."""
+    parent = os.environ.pop(SUPERVISOR_ENV, None)
+    if (
+        parent is not None
+        and parent.isdigit()
+        and not die_with_parent(signal.SIGTERM, parent=int(parent))
+    ):
+        raise ProcessFailed("the host daemon's supervisor is gone; not starting.")
+
+
+@host.command("cleanup")
+@click.option(
+    "--name",
+    default=None,
+    envvar="SERVERGROUP_HOST_NAME",
+    help="The host whose daemon died [env SERVERGROUP_HOST_NAME; default: hostname].",
+)
+@click.option(
+    "--pid",
+    type=int,
+    default=None,
+    help="The dead daemon's pid, if known (default: the one its ledger names).",
+)
+@pass_state
+def host_cleanup(state: CliState, name: str | None, pid: int | None) -> None:
+    """Clean up after this host's daemon died: stop the service instances its
+    ledger lists, then revoke its lease so that they fail over at once (or, if
+    a stop failed, mark the instance blocked and leave the lease to expire).
+
+    For systemd's ExecStopPost= (packaging/systemd/servergroup-host.service);
+    `servergroup host --supervised` does the same by itself. Refuses to touch
+    the ledger of a daemon that still runs. Never starts the local etcd. Run by
+    systemd, it first kills the agent actions the daemon left running in the
+    unit (a start must not finish after its stop).
+    """
+    config = state.config()
+    node = name or socket.gethostname().split(".")[0]
+    if "INVOCATION_ID" in os.environ:  # run by systemd: the unit's cgroup is the daemon's
+        # The daemon is dead: a `servergroup host` left in its unit is a fork of it.
+        kill_agent_actions(unit_processes(), is_daemon_fork=looks_like_host_daemon)
+    report = run_async(after_death(config, node, pid))
+    if report is None:
+        raise ProcessFailed(f"nothing was cleaned up after host {node}; see the log above.")
+    click.echo(report.describe())
+    if report.failed:
+        sys.exit(1)
 
 
 def _hosts(state: CliState) -> list[dict[str, Any]]:

@@ -32,12 +32,20 @@ would otherwise report a wrong exit status).
 round (everything in a network namespace, a cgroup, or a process group,
 `group_members`), so that a process forked during the stop is ended too;
 it raises `ProcessFailed` (one sentence) if anything outlives SIGKILL.
+
+`die_with_parent` and `become_subreaper` are the two `prctl(2)` settings a
+supervisor and its child use: the child gets a signal when its supervisor
+dies (so that no daemon outlives the process that would clean up after
+it), and the supervisor inherits the orphans of its child's descendants (so
+that what the child started and left running is found among its own
+children, not among init's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -420,12 +428,44 @@ def stop_group(pgid: int, *, term_timeout: float, kill_timeout: float = 5.0) -> 
     )
 
 
+# --- prctl settings of a supervisor and its child ------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False  # not Linux, or no prctl: the caller carries on without it
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM, *, parent: int | None = None) -> bool:
+    """Have the kernel send `sig` to this process when its parent dies.
+
+    Returns False when that cannot be set, or when `parent` is given and is
+    no longer this process's parent (it died before the setting took hold).
+    """
+    if not _prctl(_PR_SET_PDEATHSIG, int(sig)):
+        return False
+    return parent is None or os.getppid() == parent
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (False if unsupported)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
 __all__ = [
     "Ended",
     "ProcessIdentity",
     "ThreadTimes",
     "alive",
+    "become_subreaper",
     "command_line",
+    "die_with_parent",
     "group_members",
     "is_stopped",
     "process_start_time",

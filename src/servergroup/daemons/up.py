@@ -5,16 +5,20 @@
 1. a lab of N hosts (`servergroup.lab`): network namespaces `<lab>-h<i>` on a
    bridge whose root-side address lab hosts use to reach etcd;
 2. the managed local etcd, serving loopback and that bridge address;
-3. one `servergroup host` daemon per lab host, started detached inside the
-   host's namespace, channel directory `<state>/up/hosts/h<i>/channels`, log
-   `<state>/up/hosts/h<i>/host.log`; it is ready when its record
-   `registry/hosts/h<i>` appears in etcd (seen on a watch).
+3. one `servergroup host --supervised` per lab host, started detached inside
+   the host's namespace, channel directory `<state>/up/hosts/h<i>/channels`,
+   log `<state>/up/hosts/h<i>/host.log`: a supervisor (`daemons.supervisor`)
+   whose child is the host daemon, and which, when that daemon dies, stops
+   its service instances, revokes its lease and starts it again; it is ready
+   when its daemon's record `registry/hosts/h<i>` appears in etcd (seen on a
+   watch) with the pid of a child of the supervisor.
 
 Calling it again with the same N changes nothing; with another N it adds or
 removes hosts. What it made is written to `<state>/up/state.json`, so that
 `down(config)` can remove every server, host daemon and namespace of it, and
 stop the etcd if `up` started it. Processes are recognised by their command
-line before they are signalled: we only ever end our own.
+line before they are signalled: we only ever end our own. `down` signals
+the supervisor, which forwards the SIGTERM to its daemon and waits for it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from servergroup.common.errors import LocalError, ProcessFailed, ServergroupError
 from servergroup.common.process import ProcessIdentity, alive, stop_process
 from servergroup.config import Config, Endpoint
@@ -47,12 +53,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LAB = "sg"
 HOST_READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
+#: A supervisor gives its daemon up to CHILD_STOP_TIMEOUT, then cleans up after it.
+STOP_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpHost:
-    """One lab host and its host daemon."""
+    """One lab host and its host daemon (`pid`: its supervisor)."""
 
     name: str
     netns: str
@@ -133,6 +140,7 @@ def _host_argv(
         "--log-json",
         "-v",
         "host",
+        "--supervised",
         "--name",
         name,
         "--channel-dir",
@@ -261,6 +269,13 @@ def up(
     return status
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
+
+
 async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> None:
     """Wait until every host daemon has registered itself in etcd (or died).
 
@@ -274,7 +289,7 @@ async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> N
 
     def registered(snap: RegistrySnapshot, h: UpHost) -> bool:
         record = snap.hosts.get(h.name)
-        return record is not None and record.pid == h.pid
+        return record is not None and _parent(record.pid) == h.pid
 
     try:
         try:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from servergroup.common.process import process_state
@@ -31,7 +32,32 @@ def up_state(setup: Setup) -> dict[str, Any]:
 
 
 def host_pid(setup: Setup, host: str) -> int:
+    """The pid of `host`'s supervisor (`servergroup host --supervised`)."""
     return next(int(h["pid"]) for h in up_state(setup)["hosts"] if h["name"] == host)
+
+
+def kill_host_daemon(setup: Setup, host: str) -> int:
+    """kill -9 of `host`'s daemon and its supervisor, so that nobody cleans up or restarts.
+
+    The supervisor is stopped first: it can neither see the death nor pass
+    its own on to the daemon. Returns the daemon's pid.
+    """
+    supervisor = host_pid(setup, host)
+    pid = daemon_pid(setup, host)
+    assert pid is not None, f"host {host} has no daemon running"
+    os.kill(supervisor, signal.SIGSTOP)
+    os.kill(pid, signal.SIGKILL)
+    os.kill(supervisor, signal.SIGKILL)
+    return pid
+
+
+def daemon_pid(setup: Setup, host: str) -> int | None:
+    """The pid of the host daemon itself: its supervisor's child."""
+    try:
+        children = psutil.Process(host_pid(setup, host)).children()
+    except psutil.Error:
+        return None
+    return children[0].pid if children else None
 
 
 def guest_pid(setup: Setup, server: str) -> int:
@@ -103,20 +129,24 @@ def test_host_daemon_killed_then_restarted(servergroup_up: SetupFactory) -> None
     app_b = setup.app("b")
     app_b.wait_for(status_of({"a", "b"}))
 
-    pid = host_pid(setup, "h2")
+    supervisor = host_pid(setup, "h2")
+    pid = daemon_pid(setup, "h2")
+    assert pid is not None
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     killed_at = time.monotonic()
     app_a.wait_for(notification("b", "compute.instance.lost"), timeout=10)
     lost_after = time.monotonic() - killed_at
-    # TTL 1 s + etcd's 0.5 s reaping + our reaction, with room for a busy machine.
+    # The supervisor revokes the dead daemon's lease at once; the TTL would be 1.5 s.
     assert lost_after < 5.0
     listed = {s["name"]: s for s in setup.json("server", "list")}
     assert listed["b"]["vm_state"] == "error"
     assert listed["b"]["task_state"] == "lost"
 
-    setup.run("up", "--hosts", "2")  # idempotent: starts only the missing daemon
-    assert host_pid(setup, "h2") != pid
+    # The supervisor starts the daemon again by itself; `up` finds nothing to do.
+    setup.run("up", "--hosts", "2")
+    assert host_pid(setup, "h2") == supervisor
+    assert daemon_pid(setup, "h2") not in (None, pid)
     app_a.wait_for(notification("b", "compute.instance.recovered"), timeout=15)
     listed = {s["name"]: s for s in setup.json("server", "list")}
     assert {n: s["vm_state"] for n, s in listed.items()} == {"a": "active", "b": "active"}

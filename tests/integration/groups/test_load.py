@@ -41,7 +41,7 @@ from typing import Protocol
 import pytest
 
 from tests.fixtures.setup import Setup, SetupFactory
-from tests.integration.daemons.test_restarts import host_pid, wait_gone
+from tests.integration.daemons.test_restarts import daemon_pid, kill_host_daemon, wait_gone
 from tests.integration.groups.load import (
     AppLog,
     Load,
@@ -189,8 +189,7 @@ def test_sending_host_killed_mid_burst_loses_nothing_acknowledged(
     while load.received(["b"], "burst")["b"] < 1000:
         assert time.monotonic() < deadline, "the burst did not start"
         time.sleep(0.05)
-    pid = host_pid(setup, "h1")
-    os.kill(pid, signal.SIGKILL)
+    pid = kill_host_daemon(setup, "h1")  # with its supervisor: nobody restarts it
     wait_gone(pid)
 
     done = load.wait_sent(["a"], SEND_TIMEOUT)
@@ -301,7 +300,8 @@ def test_frozen_host_daemon_mid_burst_loses_nothing_silently(
     # 2 s into the burst (it takes 10 s and more here). (Asking an app what it got
     # would wait for its burst to end.)
     time.sleep(max(0.0, start_at + 2.0 - time.monotonic()))
-    pid = host_pid(setup, "h1")
+    pid = daemon_pid(setup, "h1")  # the daemon itself, not its supervisor
+    assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(2.5)  # over the 1 s lease: h1 loses its session

@@ -24,6 +24,7 @@ from servergroup.servers.drivers.lab import LabDriver
 from tests.fixtures.setup import Setup, SetupFactory
 from tests.integration.daemons.test_qemu_lifecycle import qemu_pid
 from tests.integration.daemons.test_restarts import (
+    daemon_pid,
     guest_pid,
     host_pid,
     notification,
@@ -171,8 +172,10 @@ def test_a_qemu_server_freezes_and_dies_with_its_host(servergroup_up: SetupFacto
     setup.run("server", "create", "v", "--group", "g", "--host", "h1", "--driver", "qemu")
     setup.run("server", "create", "b", "--group", "g", "--host", "h2")
     vm = qemu_pid(setup, "h1", "v")
-    daemon = host_pid(setup, "h1")
-    assert psutil.Process(vm).ppid() != daemon  # daemonized: not the host daemon's child
+    daemon = daemon_pid(setup, "h1")
+    assert daemon is not None
+    # Daemonized: not the host daemon's child (its supervisor, the subreaper, adopted it).
+    assert psutil.Process(vm).ppid() == host_pid(setup, "h1")
 
     host_cgroup = find_freezer().host_cgroup(netns_of(setup, "h1"))
     setup.run("lab", "freeze", "h1")

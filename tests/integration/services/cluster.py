@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import psutil
 
 from servergroup.config import DEFAULT_PREFIX, CoordinationConfig, Endpoint
 from servergroup.coordination import EtcdCoordinator
@@ -153,9 +157,26 @@ def violations(path: Path) -> list[Violation]:
 
 
 def pid_of(setup: Setup, host: str) -> int:
-    """The pid of `host`'s daemon, as `servergroup up` recorded it."""
+    """The pid of `host`'s daemon's supervisor, as `servergroup up` recorded it.
+
+    SIGTERM to it is a clean stop of the daemon (it forwards the signal).
+    """
     status = json.loads((setup.state_dir / "up" / "state.json").read_text())
     return int(next(h["pid"] for h in status["hosts"] if h["name"] == host))
+
+
+def kill_unsupervised(setup: Setup, host: str) -> None:
+    """kill -9 of `host`'s daemon with nobody to clean up after it: its supervisor dies too.
+
+    The supervisor is stopped first, so that it neither sees the death nor
+    passes its own on to the daemon (which would then stop in order). The
+    supervisor's own cleanup is tested with it (tests/integration/daemons).
+    """
+    supervisor = pid_of(setup, host)
+    os.kill(supervisor, signal.SIGSTOP)
+    for child in psutil.Process(supervisor).children():
+        os.kill(child.pid, signal.SIGKILL)
+    os.kill(supervisor, signal.SIGKILL)
 
 
 def act_as_supervisor(setup: Setup, host: str) -> int:

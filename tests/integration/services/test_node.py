@@ -138,7 +138,7 @@ def test_kill_9_of_the_owners_daemon_fails_over_with_one_owner_at_a_time(
     first = cluster.wait_for(setup, "db placed", cluster.owner_of(instance))
     assert first.record.node == "h1"
 
-    os.kill(cluster.pid_of(setup, "h1"), signal.SIGKILL)
+    cluster.kill_unsupervised(setup, "h1")
     assert cluster.act_as_supervisor(setup, "h1") == 1  # the ledger listed db/0
     second = cluster.wait_for(
         setup,
@@ -293,7 +293,7 @@ def test_one_master_and_a_slave_promoted_when_the_master_goes(
     assert master.node == "h1"
     assert {h.record.node for h in cluster.listing(setup).owners.values()} == {"h1", "h2", "h3"}
 
-    os.kill(cluster.pid_of(setup, "h1"), signal.SIGKILL)
+    cluster.kill_unsupervised(setup, "h1")
     assert cluster.act_as_supervisor(setup, "h1") == 1
     promoted = cluster.wait_for(
         setup,
