@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,4 +66,51 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
             await task
 
 
-__all__ = ["Component", "ComponentHealth", "HealthState", "cancel_and_wait"]
+class Background:
+    """The background tasks of one daemon: kept while they run, a failure reported once.
+
+    asyncio keeps only weak references to tasks, so a daemon that starts tasks
+    and forgets them may lose them; `spawn` keeps each until it ends. A task
+    that ends with an exception calls `on_failure(exc)` (the daemon logs it and
+    stops); a cancelled one does not. `adopt` keeps a task started elsewhere,
+    with its own `on_done` instead. `cancel` ends them all (`cancel_and_wait`).
+    """
+
+    def __init__(self, on_failure: Callable[[BaseException], None]) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_failure = on_failure
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Start `coro` as a task and keep it until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def adopt(self, task: asyncio.Task[Any], on_done: Callable[[asyncio.Task[Any]], None]) -> None:
+        """Keep `task` until it ends, then call `on_done(task)` (not `on_failure`)."""
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            on_done(t)
+
+        task.add_done_callback(done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._on_failure(exc)
+
+    async def cancel(self) -> None:
+        """Cancel every task kept, then wait for each to end."""
+        await cancel_and_wait(list(self._tasks))
+
+
+__all__ = ["Background", "Component", "ComponentHealth", "HealthState", "cancel_and_wait"]

@@ -33,9 +33,12 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from servergroup.common.component import Background
 from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator
@@ -92,7 +95,7 @@ class BackupDaemon:
         self._wake = asyncio.Event()
         self._stream: TcpChannel | None = None
         self._beats: TcpChannel | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background(self._task_failed)
         self._server: asyncio.Server | None = None
         self._primary: PrimaryDaemon | None = None
         self._last_size = 0
@@ -149,9 +152,7 @@ class BackupDaemon:
         for channel in (self._stream, self._beats):
             if channel is not None:
                 await channel.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await self._authority.close()
 
     def stop(self) -> None:
@@ -166,19 +167,12 @@ class BackupDaemon:
             self._primary.halt(reason)
         self._stopped.set_result(reason)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("a backup task failed: %r", exc, exc_info=exc)
-            self._stop(f"internal failure: {exc}")
+    def _task_failed(self, exc: BaseException) -> None:
+        log.error("a backup task failed: %r", exc, exc_info=exc)
+        self._stop(f"internal failure: {exc}")
 
     # -- the machine ---------------------------------------------------------------------
 
@@ -306,8 +300,7 @@ class BackupDaemon:
             exc = running.exception()
             self._stop(str(exc) if exc else "the service stopped at once")
             return
-        self._tasks.add(running)
-        running.add_done_callback(self._primary_done)
+        self._tasks.adopt(running, self._primary_done)
         host, port = opts.serve
         log.warning(
             "took over at generation %d from epoch %d: serving %s on %s:%d%s",
@@ -321,8 +314,7 @@ class BackupDaemon:
             else ", unprotected",
         )
 
-    def _primary_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _primary_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             return
         exc = task.exception()

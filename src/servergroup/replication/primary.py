@@ -48,10 +48,12 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from servergroup.common.component import Background
 from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator
@@ -179,7 +181,7 @@ class PrimaryDaemon:
         self._wake = asyncio.Event()
         self._stream: TcpChannel | None = None
         self._beats: TcpChannel | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background(self._task_failed)
         self._captured: Captured | None = None
         self._writes: list[DiskWrite] = []
         self._attaching = False
@@ -288,9 +290,7 @@ class PrimaryDaemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(AttributeError):
             self.output.discard()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         with contextlib.suppress(AttributeError):
             await self.front.close()
         await self._close_backup()
@@ -317,19 +317,12 @@ class PrimaryDaemon:
             self.output.discard()
         self._stopped.set_result(reason)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("a primary task failed: %r", exc, exc_info=exc)
-            self._stop(f"internal failure: {exc}")
+    def _task_failed(self, exc: BaseException) -> None:
+        log.error("a primary task failed: %r", exc, exc_info=exc)
+        self._stop(f"internal failure: {exc}")
 
     # -- the machine's clock and actions ---------------------------------------------------
 
