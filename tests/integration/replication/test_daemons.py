@@ -252,15 +252,14 @@ def fail_over(pair: Pair, kill: Callable[[subprocess.Popen[bytes]], None]) -> di
     return held
 
 
-#: Rounds of each kill; raise it for a long run (SG_REPLICATION_ROUNDS=20 make test...).
-ROUNDS = int(os.environ.get("SG_REPLICATION_ROUNDS", "1"))
+#: Rounds of each kill in the slow-marked long run (`make test-slow`); one by default.
+SLOW_ROUNDS = 15
+POINTS = ["s", "s2", "r", "r2", "c", "c2"]
 
 
-@pytest.mark.parametrize("round_", range(ROUNDS))
-@pytest.mark.parametrize("point", ["s", "s2", "r", "r2", "c", "c2"])
-def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
-    pair: Pair, point: str, round_: int
-) -> None:
+def die_at(pair: Pair, point: str) -> None:
+    """One round: the primary dies at failure `point`; no acknowledged put is lost."""
+
     def arm(primary: subprocess.Popen[bytes]) -> None:
         pair.command(primary, point)
 
@@ -269,15 +268,39 @@ def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
     assert f"failure point {point}: killing this process" in log
 
 
-@pytest.mark.parametrize("round_", range(ROUNDS))
-def test_no_acknowledged_put_is_lost_when_the_primary_is_killed_at_a_random_moment(
-    pair: Pair, round_: int
-) -> None:
+def killed_at_random(pair: Pair) -> None:
+    """One round: the primary is killed at a random moment; no acknowledged put is lost."""
+
     def kill(primary: subprocess.Popen[bytes]) -> None:
         time.sleep(random.uniform(0, 0.4))
         primary.kill()
 
     fail_over(pair, kill)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_no_acknowledged_put_is_lost_when_the_primary_dies_at_a_failure_point(
+    pair: Pair, point: str
+) -> None:
+    die_at(pair, point)
+
+
+def test_no_acknowledged_put_is_lost_when_the_primary_is_killed_at_a_random_moment(
+    pair: Pair,
+) -> None:
+    killed_at_random(pair)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(SLOW_ROUNDS))
+@pytest.mark.parametrize("point", [*POINTS, "random"])
+def test_many_rounds_of_primary_deaths_lose_no_acknowledged_put(
+    pair: Pair, point: str, round_: int
+) -> None:
+    if point == "random":
+        killed_at_random(pair)
+    else:
+        die_at(pair, point)
 
 
 def test_the_check_catches_lost_output_when_replies_are_not_buffered(pair: Pair) -> None:
