@@ -62,6 +62,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ USAGE_EXIT = 2
 INTERRUPTED_EXIT = 130
 #: The second look for agent actions left running (see `Supervisor._after`).
 AGAIN_AFTER = 0.02
+#: How often orphans are reaped while a cleanup runs (see `_reaping`).
+REAP_INTERVAL = 0.05
 #: In the environment of every agent action (and of what an action started).
 AGENT_ENV = "OCF_RESOURCE_INSTANCE"
 
@@ -307,6 +310,30 @@ def _reap_orphans(child: int | None) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+@contextlib.contextmanager
+def _reaping() -> Iterator[None]:
+    """Reap orphans every `REAP_INTERVAL` while the body runs (the cleanup's agent stops).
+
+    As subreaper this process inherits what the dead daemon's agents started
+    (a web server of `ocf:heartbeat:anything`). An agent's `stop` kills it
+    and then asks `kill -0 PID` until it is gone: a zombie nobody reaps
+    answers as alive, so the stop would time out and the instance be blocked.
+    """
+    done = threading.Event()
+
+    def reap() -> None:
+        while not done.wait(REAP_INTERVAL):
+            _reap_orphans(None)
+
+    reaper = threading.Thread(target=reap, name="orphan reaper", daemon=True)
+    reaper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reaper.join()
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 
@@ -399,7 +426,8 @@ class Supervisor:
             return
         cleanup = self._cleanup or (lambda c, n, p: asyncio.run(after_death(c, n, p)))
         try:
-            cleanup(self.config, self.node, death.pid)
+            with _reaping():
+                cleanup(self.config, self.node, death.pid)
         except Exception:
             log_bug(log, "the supervisor's cleanup")
         _reap_orphans(None)
@@ -421,7 +449,8 @@ class Supervisor:
         log.info("a ledger of an earlier host daemon %s is here: cleaning up after it", self.node)
         cleanup = self._cleanup or (lambda c, n, p: asyncio.run(after_death(c, n, p)))
         try:
-            cleanup(self.config, self.node, ledger.pid if ledger is not None else None)
+            with _reaping():
+                cleanup(self.config, self.node, ledger.pid if ledger is not None else None)
         except Exception:
             log_bug(log, "the supervisor's cleanup")
 
