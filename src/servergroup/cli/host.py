@@ -88,8 +88,10 @@ def host(
     supervised: bool,
 ) -> None:
     """Serve this host until interrupted: relay guests' channels, run the group
-    service on etcd (broadcast, status, notifications) and carry out the
-    lifecycle of the servers placed on this host.
+    service on etcd (broadcast, status, notifications), carry out the
+    lifecycle of the servers placed on this host, scale their vCPUs (on
+    request and by policy) and run the service instances the service
+    manager places here.
 
     Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.

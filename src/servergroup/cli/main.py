@@ -105,9 +105,9 @@ def cli(
 
     Server groups of lab servers (network namespaces) and real VMs (QEMU) on
     hosts that share etcd: their lifecycle, group messaging between their
-    members, vCPU scaling, multicast image distribution, and an HA service
+    members, vCPU scaling, multicast image distribution, an HA service
     manager (exactly-one services run by OCF agents, with failover and
-    discovery), and Remus-style checkpoint replication of a Python service
+    discovery) and Remus-style checkpoint replication of a Python service
     to a backup that takes over when the primary dies. With no etcd endpoint
     configured, servergroup runs its own local etcd.
     """

@@ -32,10 +32,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from servergroup.common.component import Background
@@ -101,15 +99,12 @@ class BackupDaemon:
         self._last_size = 0
 
     async def run(self) -> None:
-        with tempfile.TemporaryDirectory(prefix="sg-backup-") as tmp:
-            self.built = Built(self.options.service, Path(tmp))
+        with Built.temporary(self.options.service, prefix="sg-backup-") as built:
+            self.built = built
             try:
                 await self._run()
             finally:
                 await self._shutdown()
-                del self.built.service
-                with contextlib.suppress(ServergroupError):
-                    self.built.regions.close()
 
     async def _run(self) -> None:
         opts = self.options

@@ -48,7 +48,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,19 @@ class Built:
         if not len(self.regions):
             raise UsageError(f"service {self.name!r} allocated no region: nothing to protect.")
 
+    @classmethod
+    @contextlib.contextmanager
+    def temporary(cls, spec: str, *, prefix: str) -> Iterator[Built]:
+        """`spec` built with its disk in a temporary directory; freed, regions closed, after."""
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            built = cls(spec, Path(tmp))
+            try:
+                yield built
+            finally:
+                del built.service
+                with contextlib.suppress(ServergroupError):
+                    built.regions.close()
+
     def hello(self, generation: int) -> Hello:
         return Hello(
             service=self.name,
@@ -207,15 +220,12 @@ class PrimaryDaemon:
             finally:
                 await self._shutdown()
             return
-        with tempfile.TemporaryDirectory(prefix="sg-protect-") as tmp:
-            self.built = Built(self.options.service, Path(tmp))
+        with Built.temporary(self.options.service, prefix="sg-protect-") as built:
+            self.built = built
             try:
                 await self._run()
             finally:
                 await self._shutdown()
-                del self.built.service
-                with contextlib.suppress(ServergroupError):
-                    self.built.regions.close()
 
     async def _run(self) -> None:
         opts = self.options
