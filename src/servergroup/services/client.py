@@ -112,12 +112,12 @@ from servergroup.services.store import (
     domain_key,
     encode_relocation,
     encode_state,
-    history_key,
     master_key,
     node_key,
     owner_key,
     read_listing,
     relocation_key,
+    service_keys,
     state_key,
 )
 
@@ -593,9 +593,9 @@ async def remove(coordinator: Coordinator, name: str) -> int:
     def attempt(read: _Read) -> tuple[list[Compare], list[TxnOp], int]:
         if def_key(name) not in read.items:
             raise UnknownService(f"no service {name!r} is defined.")
-        keys = [def_key(name), state_key(name), history_key(name)]
-        for prefix in (FAILURES, BANS, BLOCKED, RELOCATIONS):
-            keys += [kv.key for kv in read.under(f"{prefix}{name}/")]
+        keys: list[str] = []
+        for key in service_keys(name):  # prefixes end with "/"
+            keys += [kv.key for kv in read.under(key)] if key.endswith("/") else [key]
         keys = [k for k in keys if k in read.items]
         compares = [read.unchanged(k) for k in keys]
         return compares, [Delete(key=k) for k in keys], len(keys)

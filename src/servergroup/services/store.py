@@ -96,10 +96,6 @@ def owner_key(instance: InstanceId) -> str:
     return f"{OWNERS}{instance.service}/{instance.index}"
 
 
-def owners_prefix(service: str) -> str:
-    return f"{OWNERS}{service}/"
-
-
 def master_key(service: str) -> str:
     return f"{MASTERS}{service}"
 
@@ -755,7 +751,6 @@ __all__ = [
     "master_key",
     "node_key",
     "owner_key",
-    "owners_prefix",
     "read_listing",
     "relocation_key",
     "service_keys",
