@@ -34,11 +34,19 @@ guest-image: system-deps venv
 demo: system-deps venv guest-image
 	$(BIN)/servergroup demo
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (tests booting QEMU guests
+# share one: see tests/conftest.py). Its temporary directories live under a short
+# base of their own, removed afterwards: unix socket paths must stay under 108 bytes.
+TEST_WORKERS ?= 3
+PYTEST_RUN = base=$$(mktemp -d /tmp/sgt.XXXXXX) && \
+	{ $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --basetemp=$$base $(1); \
+	rc=$$?; rm -rf $$base; exit $$rc; }
+
 test: system-deps venv guest-image
-	$(BIN)/python -m pytest -q --durations=25 tests
+	@$(call PYTEST_RUN,--durations=25 tests)
 
 test-slow: system-deps venv guest-image
-	$(BIN)/python -m pytest -q -m slow tests
+	@$(call PYTEST_RUN,-m slow tests)
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -1,4 +1,9 @@
-"""Leave a stale lab behind: a process makes a lab it owns, then dies by SIGKILL."""
+"""Leave a stale lab behind: a process makes a lab it owns, then dies by SIGKILL.
+
+Any `lab up` on the machine removes stale labs, so under pytest-xdist another
+worker may remove one of these before the test's own cleanup call does: the
+tests accept that, and check that the lab is gone either way (`lab_objects`).
+"""
 
 from __future__ import annotations
 
@@ -30,3 +35,18 @@ def leave_stale_lab(name: str, state_dir: Path) -> None:
     finally:
         creator.send_signal(signal.SIGKILL)
         creator.wait(timeout=10)
+
+
+def lab_objects(name: str) -> tuple[list[str], list[str]]:
+    """Namespaces and root-namespace links whose names belong to lab `name`."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    prefix = f"{name}-"
+    return (
+        [line.split()[0] for line in namespaces.splitlines() if line.startswith(prefix)],
+        [
+            ifname
+            for ifname in (line.split(": ")[1].split("@")[0] for line in links.splitlines())
+            if ifname.startswith(prefix)
+        ],
+    )
