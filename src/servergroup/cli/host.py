@@ -27,10 +27,10 @@ from servergroup.daemons.supervisor import (
     unit_processes,
 )
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
+from servergroup.scaling.client import read_pools
 from servergroup.scaling.cpus import format_cpu_list
-from servergroup.scaling.store import HOSTS as POOLS
-from servergroup.scaling.store import PoolRecord, decode_pool, pool_json
-from servergroup.servers.model import DriverKind, RecordError
+from servergroup.scaling.store import pool_json
+from servergroup.servers.model import DriverKind
 from servergroup.servers.registry import Registry, ServerNotFound
 
 
@@ -180,13 +180,7 @@ def _hosts(state: CliState) -> list[dict[str, Any]]:
     async def main() -> list[dict[str, Any]]:
         async with coordinator:
             hosts = await Registry(coordinator).list_hosts()
-            pools: dict[str, PoolRecord] = {}
-            for kv in (await coordinator.get_prefix(POOLS)).items:
-                try:
-                    record = decode_pool(kv.value)
-                except RecordError:
-                    continue
-                pools[record.host] = record
+            pools = await read_pools(coordinator)
         out = []
         for h in hosts:
             pool = pools.get(h.name)

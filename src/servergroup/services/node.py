@@ -84,6 +84,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.logsetup import log_bug
 from servergroup.config import CoordinationConfig
@@ -1126,6 +1127,7 @@ class NodeRole:
             return
 
     async def _monitor_failed(self, local: _Local, depth: int, result: AgentResult) -> None:
+        metrics.MONITOR_FAILURES.inc()
         await self._history(local, f"monitor {depth}", result)
         await self._failed(local, result)
 
