@@ -12,7 +12,7 @@ reaches `accept` wait in the socket's backlog.
 A port another process holds (two host daemons on one machine, a test's
 daemon beside a real one) does not stop the host: the host's capabilities
 matter more than its API. The component reports DEGRADED with the reason,
-logs it once, and tries to bind again every `RETRY_INTERVAL` seconds.
+logs it once, and tries to bind again every `retry_interval` seconds.
 
 `stop()` asks uvicorn to exit (it closes the listener, lets requests in
 flight finish for up to `STOP_TIMEOUT` seconds), then cancels what is left.
@@ -69,8 +69,10 @@ class ApiServer:
         host: str,
         health: Callable[[], Mapping[str, ComponentHealth]],
         operation_timeout: float,
+        retry_interval: float = RETRY_INTERVAL,
     ) -> None:
         self.settings = settings
+        self.retry_interval = retry_interval
         self._coordinator = coordinator
         self._host = host
         self._health = health
@@ -127,7 +129,7 @@ class ApiServer:
                         self._host,
                         settings.bind,
                         settings.port,
-                        RETRY_INTERVAL,
+                        self.retry_interval,
                     )
                 self._waiting = f"port {settings.port} on {settings.bind} is in use; retrying"
                 return None
@@ -139,7 +141,7 @@ class ApiServer:
 
     async def _bind_later(self) -> None:
         while True:
-            await asyncio.sleep(RETRY_INTERVAL)
+            await asyncio.sleep(self.retry_interval)
             try:
                 sock = self._bind()
             except ConfigError as exc:

@@ -136,6 +136,7 @@ def api_host(
     ]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SERVERGROUP_")},
+        "SERVERGROUP_CPU_POOL": "0-1",  # this machine has 2 CPUs
         "SERVERGROUP_API_PORT": str(port),
         "SERVERGROUP_API_TOKEN_FILE": str(token_file),
         "PYTHONUNBUFFERED": "1",
