@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # The `_created` series (each metric's creation time) double the exposition and
 # say nothing an operator uses: the process's start time is there already.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Buckets for operations an operator waits on (a lifecycle operation, a scale, a failover).
 OPERATION_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
