@@ -105,8 +105,7 @@ MONITOR_FAILURES: Final = Counter(
 
 TRANSFER_BYTES: Final = Counter(
     "servergroup_transfer_bytes",
-    "Image bytes sent or received, by path (multicast or repair).",
-    ["path"],
+    "Image bytes the sender has delivered to every client (buffers completed).",
 )
 TRANSFER_RATE: Final = Gauge(
     "servergroup_transfer_rate_bytes_per_second",
@@ -114,7 +113,7 @@ TRANSFER_RATE: Final = Gauge(
 )
 TRANSFER_REPAIRS: Final = Counter(
     "servergroup_transfer_repairs",
-    "Blocks sent again over a client's TCP repair connection.",
+    "Packets the sender sent again over a client's TCP repair connection.",
 )
 
 # -- checkpoint replication (its own process: `servergroup protect|backup`) ---------------
