@@ -89,7 +89,7 @@ SCALE_LATENCY: Final = Histogram(
 
 SERVICE_FAILOVERS: Final = Counter(
     "servergroup_service_failovers",
-    "Service instances this host started after another node had held them.",
+    "Service instances this host started that another node held last (failover or relocation).",
 )
 SERVICE_FAILOVER_DURATION: Final = Histogram(
     "servergroup_service_failover_duration_seconds",
