@@ -403,25 +403,14 @@ def build_app(context: ApiContext) -> FastAPI:
     async def relocate_service(name: ServiceName, body: RelocateRequest) -> Done:
         """`servergroup service relocate`: move a running instance off its node."""
         done = await relocate(c, name, to=body.to, index=body.instance)
-        return Done(
-            done=f"relocation of {done.instance} asked: from {done.from_node} to "
-            f"{done.to_node or 'the best other node'}"
-        )
+        return Done(done=done.describe())
 
     @app.post(
         "/services/{name}/clear", dependencies=act, responses=_ACTION_ERRORS, tags=["services"]
     )
     async def clear_service(name: ServiceName) -> Done:
         """`servergroup service clear`: forget failures, bans, blocks and a fatal error."""
-        done = await clear(c, name)
-        parts = [
-            f"{len(done.failures)} failure record(s)",
-            f"{len(done.bans)} ban(s)",
-            f"{len(done.blocks)} block(s)",
-        ]
-        if done.fatal:
-            parts.append("the fatal error")
-        return Done(done=f"service {name}: cleared " + ", ".join(parts))
+        return Done(done=(await clear(c, name)).describe(name))
 
     # -- replication -------------------------------------------------------------------------
 

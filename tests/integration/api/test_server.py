@@ -80,3 +80,26 @@ async def test_stop_ends_a_request_in_flight_and_returns() -> None:
         await server.stop()
     writer.close()
     assert server.health().state is HealthState.STOPPED
+
+
+async def test_off_loopback_every_read_needs_the_token(tmp_path: Path) -> None:
+    """Bound to every address (not loopback): reads need the token too; the schema does not."""
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-" + "x" * 20 + "\n")
+    server = api_server(ApiConfig(bind="0.0.0.0", port=0, token_file=str(token_file)))
+    await server.start()
+    try:
+        assert server.address is not None
+        url = f"http://127.0.0.1:{server.address[1]}"
+        async with httpx.AsyncClient(base_url=url) as client:
+            for path in ("/health", "/metrics", "/hosts"):
+                answer = await client.get(path)
+                assert answer.status_code == 401, (path, answer.text)
+            assert (await client.get("/openapi.json")).status_code == 200
+            good = {"Authorization": "Bearer tok-" + "x" * 20}
+            answer = await client.get("/metrics", headers=good)
+            assert answer.status_code == 200
+            assert "servergroup_nacks_total" in answer.text
+        assert "reads and actions need the bearer token" in server.health().sentence
+    finally:
+        await server.stop()
