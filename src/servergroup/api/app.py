@@ -65,7 +65,7 @@ from servergroup.coordination import CoordinationError, Coordinator
 from servergroup.replication.status import pair_names, read_pair
 from servergroup.scaling.client import read_pools, scale_cpu
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
-from servergroup.servers.model import MAX_VCPUS, Server
+from servergroup.servers.model import MAX_VCPUS, NAME_PATTERN, Server
 from servergroup.servers.operations import Operations, OperationTimeout
 from servergroup.servers.registry import GroupNotFound, Registry, ServerNotFound
 from servergroup.services.client import (
@@ -143,7 +143,7 @@ _ACTION_ERRORS: dict[int | str, dict[str, object]] = {
     502: {"model": Problem, "description": "Something outside the API failed."},
 }
 
-ServerName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")]
+ServerName = Annotated[str, Path(pattern=NAME_PATTERN.pattern)]
 GroupName = ServerName
 ServiceName = Annotated[str, Path(min_length=1, max_length=128)]
 Timeout = Annotated[

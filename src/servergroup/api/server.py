@@ -102,7 +102,10 @@ class ApiServer:
         )
         config = uvicorn.Config(
             build_app(context),
-            log_config=None,
+            log_config=None,  # the daemon's logging, configured at its entry point
+            # uvicorn's own info lines ("Started server process") name no host: the
+            # component logs where it serves; uvicorn's warnings still show.
+            log_level=logging.WARNING,
             access_log=False,
             server_header=False,
             lifespan="off",
