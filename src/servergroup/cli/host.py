@@ -96,6 +96,11 @@ def host(
     Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.
 
+    Serves an HTTP API and Prometheus metrics on 127.0.0.1:8470 ([api] in the
+    config; SERVERGROUP_API_BIND, SERVERGROUP_API_PORT, SERVERGROUP_API_TOKEN_FILE):
+    the cluster's state, the CLI's actions (with the bearer token), /metrics,
+    /openapi.json.
+
     With --supervised (what `servergroup up` runs) this process stays the
     daemon's parent: when the daemon dies by anything but a clean stop, it
     stops the service instances the daemon ran, revokes the daemon's lease so
