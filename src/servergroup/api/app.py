@@ -13,7 +13,8 @@ host reports it done (or its timeout passes: 504).
 Errors are one sentence in `{"detail": ...}`: 401 for a missing or wrong
 token (checked before the handler, so nothing changed), 422 for a body or
 parameter that does not fit its model, 404 for an unknown group, server or
-service, 409 for a request the cluster's state refuses, 503 when etcd does
+service, 409 for a request the cluster's state refuses (or that another
+request on the same server overtook), 503 when etcd does
 not answer, 504 when the owning host did not carry it out in time, 502 for
 another failure outside us. An unexpected exception is a BUG log line and a
 500 that says nothing more.
@@ -66,7 +67,7 @@ from servergroup.replication.status import pair_names, read_pair
 from servergroup.scaling.client import read_pools, scale_cpu
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
 from servergroup.servers.model import MAX_VCPUS, NAME_PATTERN, Server
-from servergroup.servers.operations import Operations, OperationTimeout
+from servergroup.servers.operations import Operations, OperationSuperseded, OperationTimeout
 from servergroup.servers.registry import GroupNotFound, Registry, ServerNotFound
 from servergroup.services.client import (
     UnknownService,
@@ -113,6 +114,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (GroupNotFound, 404),
     (ServerNotFound, 404),
     (UnknownService, 404),
+    (OperationSuperseded, 409),  # another operator's request won: a conflict, not a failure
     (OperationTimeout, 504),
     (CoordinationError, 503),
     (LocalError, 409),

@@ -212,6 +212,22 @@ def test_group_and_server_lifecycle(api_host: ApiHost) -> None:
         assert refused.status_code == 409, refused.text
         assert client.post(f"/servers/{name}/scale/up").json()["online_cpus"] == [0, 1]
 
+        # Two operators at once: each request lands or is refused (409), never a 5xx,
+        # and the server ends in the state of one that landed.
+        def race(action: str) -> httpx.Response:
+            with api_host.client(token=True) as other:
+                return other.post(f"/servers/{name}/{action}")
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(race, ["pause", "stop"]))
+        assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+        landed = {a.json()["vm_state"] for a in answers if a.status_code == 200}
+        assert landed
+        assert client.get(f"/servers/{name}").json()["vm_state"] in landed
+        for action in ("unpause", "start"):  # back to active, whichever landed last
+            client.post(f"/servers/{name}/{action}")
+        assert client.get(f"/servers/{name}").json()["vm_state"] == "active"
+
         # Refused by the cluster's state: one sentence, 409.
         busy = client.delete(f"/groups/{group}")
         assert busy.status_code == 409, busy.text
