@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import pytest
 
 from servergroup.replication.authority import STATUS_PREFIX
 from servergroup.replication.pair import PairKey
+from servergroup.servers.model import Evacuate, ServerSpec
+from servergroup.servers.operations import Operations
+from servergroup.servers.registry import Registry
 from servergroup.services.client import add_definitions
 from tests.integration.api.conftest import ApiHost
 
@@ -417,3 +421,39 @@ def test_schemathesis_finds_no_server_error(api_host: ApiHost, tmp_path: Path) -
 def test_schemathesis_every_phase(api_host: ApiHost, tmp_path: Path) -> None:
     """The same with schemathesis's coverage phase (boundary values of every parameter)."""
     run_schemathesis(api_host, tmp_path, phases="examples,coverage,fuzzing", examples=30)
+
+
+async def test_a_dead_host_that_servers_are_still_on(api_host: ApiHost) -> None:
+    """A host no daemon serves any more, named by a server's records: listed, alive false."""
+    group, dead = f"g{secrets.token_hex(3)}", f"gone{secrets.token_hex(3)}"
+    async with api_host.coordinator() as c:
+        registry = Registry(c)
+        # Manual evacuation: this module's host must not rebuild the server.
+        await Operations(registry).create_group(group, evacuate=Evacuate.MANUAL)
+        spec = ServerSpec(
+            name=f"t{secrets.token_hex(4)}",
+            instance=f"instance-{secrets.token_hex(4)}",
+            uuid=str(uuid.uuid4()),
+            group=group,
+            host=dead,
+        )
+        await registry.create_server(spec)
+        try:
+            async with httpx.AsyncClient(base_url=api_host.url) as client:
+                (host,) = [h for h in (await client.get("/hosts")).json() if h["name"] == dead]
+                assert host == {
+                    "name": dead,
+                    "alive": False,
+                    "pid": None,
+                    "started_at": None,
+                    "drivers": [],
+                    "cpus": None,
+                    "free_cpus": None,
+                    "servers": [spec.name],
+                }
+                server = (await client.get(f"/servers/{spec.name}")).json()
+                assert (server["host"], server["host_alive"]) == (dead, False)
+                assert (server["vm_state"], server["task_state"]) == ("error", "lost")
+        finally:
+            await registry.remove_server(spec.name)
+            await registry.delete_group(group)
