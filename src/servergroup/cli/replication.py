@@ -336,13 +336,13 @@ def status(state: CliState, name: str, as_json: bool) -> None:
         f"pair {name}: generation {record.generation}, active {record.active},"
         f" backup {record.backup or 'none'}"
     )
+
+    def text(value: object) -> str:
+        return "" if value is None else str(value)
+
     rows = []
     for node in pair.nodes:
         is_primary = node.role.startswith("primary")
-
-        def text(value: object) -> str:
-            return "" if value is None else str(value)
-
         rows.append(
             [
                 node.node,
