@@ -24,11 +24,18 @@ Example file::
     enabled = true
     ocf_root = "/usr/lib/ocf"
     lease_ttl = 2   # the lease its instances are held on (stops must fit in it)
+
+    [api]           # the host daemon's HTTP API and /metrics (docs/design/api.md)
+    enabled = true
+    bind = "127.0.0.1"
+    port = 8470
+    token_file = "/etc/servergroup/api-token"   # required when bind is not loopback
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -220,6 +227,44 @@ class ServicesConfig:
         return self
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig:
+    """The host daemon's HTTP API (docs/design/api.md)."""
+
+    #: Whether the host daemon serves the API (and `/metrics`).
+    enabled: bool = True
+    #: The address it listens on; anything but loopback needs `token_file`.
+    bind: str = "127.0.0.1"
+    #: Its TCP port; 0: one the kernel chooses (the log line says which).
+    port: int = 8470
+    #: A file whose first line is the bearer token; actions always need it, and
+    #: reads too when `bind` is not loopback. Empty: no token (actions refused).
+    token_file: str = ""
+
+    def validate(self) -> ApiConfig:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"api port {self.port} is not a TCP port (0 to 65535).")
+        try:
+            address = ipaddress.ip_address(self.bind)
+        except ValueError:
+            raise ConfigError(
+                f"api bind {self.bind!r} is not an IP address such as 127.0.0.1."
+            ) from None
+        if self.token_file and not self.token_file.startswith("/"):
+            raise ConfigError(f"api token_file {self.token_file!r} must be an absolute path.")
+        if self.enabled and not address.is_loopback and not self.token_file:
+            raise ConfigError(
+                f"api bind {self.bind} is not loopback, so it needs a bearer token: "
+                "set [api] token_file to a file holding one."
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the API listens on loopback only."""
+        return ipaddress.ip_address(self.bind).is_loopback
+
+
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """`$XDG_STATE_HOME/servergroup`, else `/var/lib/servergroup` as root, else ~/.local/state."""
     env = os.environ if env is None else env
@@ -242,6 +287,7 @@ class Config:
     servers: ServersConfig = field(default_factory=ServersConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -352,6 +398,10 @@ ENV_MAP = {
     "SERVERGROUP_SERVICES": ("services", "enabled"),
     "SERVERGROUP_OCF_ROOT": ("services", "ocf_root"),
     "SERVERGROUP_SERVICES_LEASE_TTL": ("services", "lease_ttl"),
+    "SERVERGROUP_API": ("api", "enabled"),
+    "SERVERGROUP_API_BIND": ("api", "bind"),
+    "SERVERGROUP_API_PORT": ("api", "port"),
+    "SERVERGROUP_API_TOKEN_FILE": ("api", "token_file"),
 }
 
 
@@ -374,6 +424,7 @@ def load_config(
         "servers": {},
         "scaling": {},
         "services": {},
+        "api": {},
     }
     if path is None and env.get("SERVERGROUP_CONFIG"):
         path = Path(env["SERVERGROUP_CONFIG"])
@@ -382,7 +433,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         for key, value in data.items():
-            if key in ("coordination", "etcd", "servers", "scaling", "services"):
+            if key in ("coordination", "etcd", "servers", "scaling", "services", "api"):
                 if not isinstance(value, dict):
                     raise ConfigError(f"[{key}] in {path} must be a table.")
                 layers[key].update(value)
@@ -410,11 +461,13 @@ def load_config(
         servers=_section(ServersConfig, "servers", layers["servers"]),
         scaling=_section(ScalingConfig, "scaling", layers["scaling"]),
         services=_section(ServicesConfig, "services", layers["services"]),
+        api=_section(ApiConfig, "api", layers["api"]),
     )
 
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "ApiConfig",
     "Config",
     "CoordinationConfig",
     "Endpoint",

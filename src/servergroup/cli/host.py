@@ -27,10 +27,10 @@ from servergroup.daemons.supervisor import (
     unit_processes,
 )
 from servergroup.guestcomm.protocol import MESSAGING_ADDR
+from servergroup.scaling.client import read_pools
 from servergroup.scaling.cpus import format_cpu_list
-from servergroup.scaling.store import HOSTS as POOLS
-from servergroup.scaling.store import PoolRecord, decode_pool, pool_json
-from servergroup.servers.model import DriverKind, RecordError
+from servergroup.scaling.store import pool_json
+from servergroup.servers.model import DriverKind
 from servergroup.servers.registry import Registry, ServerNotFound
 
 
@@ -95,6 +95,11 @@ def host(
 
     Registers itself as registry/hosts/NAME on its etcd session: when it dies, the
     other hosts tell the members of its servers' groups that those are lost.
+
+    Serves an HTTP API and Prometheus metrics on 127.0.0.1:8470 ([api] in the
+    config; SERVERGROUP_API_BIND, SERVERGROUP_API_PORT, SERVERGROUP_API_TOKEN_FILE):
+    the cluster's state, the CLI's actions (with the bearer token), /metrics,
+    /openapi.json.
 
     With --supervised (what `servergroup up` runs) this process stays the
     daemon's parent: when the daemon dies by anything but a clean stop, it
@@ -180,13 +185,7 @@ def _hosts(state: CliState) -> list[dict[str, Any]]:
     async def main() -> list[dict[str, Any]]:
         async with coordinator:
             hosts = await Registry(coordinator).list_hosts()
-            pools: dict[str, PoolRecord] = {}
-            for kv in (await coordinator.get_prefix(POOLS)).items:
-                try:
-                    record = decode_pool(kv.value)
-                except RecordError:
-                    continue
-                pools[record.host] = record
+            pools = await read_pools(coordinator)
         out = []
         for h in hosts:
             pool = pools.get(h.name)

@@ -7,6 +7,7 @@ pair's key, and runs them until interrupted or stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from typing import Any
@@ -310,31 +311,24 @@ def replication() -> None:
 @pass_state
 def status(state: CliState, name: str, as_json: bool) -> None:
     """Show pair NAME: generation, active, backup, and each live node's epoch, lag, sizes."""
-    from servergroup.replication.authority import STATUS_PREFIX
-    from servergroup.replication.pair import PairKey
+    from servergroup.replication.status import PairStatus, read_pair
 
-    async def read() -> tuple[Any, list[dict[str, Any]]]:
+    async def read() -> PairStatus | None:
         async with connect(state.config()) as coordinator:
-            record, _ = await PairKey(coordinator, name).read()
-            found = await coordinator.get_prefix(f"{STATUS_PREFIX}{name}/")
-        nodes = []
-        for item in found.items:
-            try:
-                nodes.append(json.loads(item.value))
-            except ValueError:
-                continue
-        return record, nodes
+            return await read_pair(coordinator, name)
 
-    record, nodes = run_async(read())
-    if record is None:
+    pair = run_async(read())
+    if pair is None:
         fail(f"no replication pair named {name!r}.")
+        return
+    record = pair.record
     if as_json:
         body = {
             "pair": name,
             "generation": record.generation,
             "active": record.active,
             "backup": record.backup,
-            "nodes": nodes,
+            "nodes": [dataclasses.asdict(node) for node in pair.nodes],
         }
         click.echo(json.dumps(body, sort_keys=True))
         return
@@ -342,19 +336,23 @@ def status(state: CliState, name: str, as_json: bool) -> None:
         f"pair {name}: generation {record.generation}, active {record.active},"
         f" backup {record.backup or 'none'}"
     )
+
+    def text(value: object) -> str:
+        return "" if value is None else str(value)
+
     rows = []
-    for node in nodes:
-        is_primary = node.get("role") == "primary"
+    for node in pair.nodes:
+        is_primary = node.role.startswith("primary")
         rows.append(
             [
-                str(node.get("node", "?")),
-                str(node.get("role", "?")),
-                str(node.get("mode") or node.get("phase") or "?"),
-                str(node.get("generation", "?")),
-                str(node.get("committed") if is_primary else node.get("applied")),
-                str(node.get("lag", "")) if is_primary else "",
-                str(node.get("last_checkpoint_bytes", "")),
-                str(node.get("last_pause_ms", "")) if is_primary else "",
+                node.node,
+                node.role or "?",
+                node.state or "?",
+                text(node.generation),
+                text(node.committed if is_primary else node.applied),
+                text(node.lag) if is_primary else "",
+                text(node.last_checkpoint_bytes),
+                text(node.last_pause_ms) if is_primary else "",
             ]
         )
     if rows:

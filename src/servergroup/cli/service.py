@@ -382,10 +382,7 @@ def relocate_cmd(state: CliState, name: str, to: str | None, index: int | None) 
     Example: servergroup service relocate dummy --to h2
     """
     done = _run(state, lambda c: relocate(c, name, to=to, index=index))
-    click.echo(
-        f"relocation of {done.instance} asked: from {done.from_node} to "
-        f"{done.to_node or 'the best other node'}"
-    )
+    click.echo(done.describe())
 
 
 @service.command("clear")
@@ -399,14 +396,7 @@ def clear_cmd(state: CliState, name: str) -> None:
     resource checked by hand).
     """
     done = _run(state, lambda c: clear(c, name))
-    parts = [
-        f"{len(done.failures)} failure record(s)",
-        f"{len(done.bans)} ban(s)",
-        f"{len(done.blocks)} block(s)",
-    ]
-    if done.fatal:
-        parts.append("the fatal error")
-    click.echo(f"service {name}: cleared " + ", ".join(parts))
+    click.echo(done.describe(name))
 
 
 @service.command("remove")

@@ -24,7 +24,10 @@ Theory of operation. The daemon is a list of components (the protocol of
   the **autoscaler** (`scaling.autoscaler`: the scaling policies of the
   servers here, carried out through the scaler) and the service manager's
   **node role** (`services.node`: the service instances placement gives this
-  host, run through their OCF agents; off with `[services] enabled = false`).
+  host, run through their OCF agents; off with `[services] enabled = false`),
+  and last the **HTTP API** (`api.server`: the cluster's state, the CLI's
+  actions and `/metrics`, on `[api] bind`:`port`; off with `[api] enabled =
+  false`).
 
 Components start in that order and stop in the reverse order, one log line
 each; a component may use those before it. A capability that runs on a host
@@ -51,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar, cast
 
+from servergroup.api.server import ApiServer
 from servergroup.common.component import Component, ComponentHealth, HealthState
 from servergroup.common.errors import LocalError, ProcessFailed
 from servergroup.common.logsetup import log_bug
@@ -332,6 +336,21 @@ def _services(
     )
 
 
+def _api(
+    config: Config, options: HostOptions, shared: HostShared, built: Built
+) -> Component | None:
+    if not config.api.enabled:
+        return None
+    components = built.components  # the list grows: the API's own entry is added after this
+    return ApiServer(
+        config.api,
+        coordinator=shared.coordinator,
+        host=options.name,
+        health=lambda: host_health(shared, components),
+        operation_timeout=config.coordination.operation_timeout,
+    )
+
+
 def make_drivers(
     config: Config, options: HostOptions, *, brokers: ExecBrokers | None
 ) -> list[ServerDriver]:
@@ -358,6 +377,7 @@ COMPONENTS: dict[str, ComponentFactory] = {
     Scaler.name: _scaler,
     Autoscaler.name: _autoscaler,
     NodeRole.name: _services,
+    ApiServer.name: _api,
 }
 
 
@@ -396,6 +416,30 @@ _SESSION_HEALTH = {
 }
 
 
+def host_health(
+    shared: HostShared | None, components: Sequence[Component]
+) -> dict[str, ComponentHealth]:
+    """The session's health, then each component's, by name."""
+    out: dict[str, ComponentHealth] = {}
+    if shared is None:
+        out["session"] = ComponentHealth(state=HealthState.STARTING, sentence="no session yet")
+    else:
+        state = shared.session.state
+        out["session"] = ComponentHealth(
+            state=_SESSION_HEALTH[state],
+            sentence=f"session {state.value} on lease {shared.session.lease_id:x}",
+        )
+    for component in components:
+        try:
+            out[component.name] = component.health()
+        except Exception:
+            log_bug(log, f"the health of component {component.name}")
+            out[component.name] = ComponentHealth(
+                state=HealthState.DEGRADED, sentence="its health view failed (BUG)"
+            )
+    return out
+
+
 class HostDaemon:
     """`servergroup host`: the shared context and the components, run until cancelled."""
 
@@ -419,26 +463,8 @@ class HostDaemon:
         return tuple(self._components)
 
     def health(self) -> dict[str, ComponentHealth]:
-        """The session's health, then each component's, by name (what the API will serve)."""
-        out: dict[str, ComponentHealth] = {}
-        shared = self._shared
-        if shared is None:
-            out["session"] = ComponentHealth(state=HealthState.STARTING, sentence="no session yet")
-        else:
-            state = shared.session.state
-            out["session"] = ComponentHealth(
-                state=_SESSION_HEALTH[state],
-                sentence=f"session {state.value} on lease {shared.session.lease_id:x}",
-            )
-        for component in self._components:
-            try:
-                out[component.name] = component.health()
-            except Exception:
-                log_bug(log, f"the health of component {component.name}")
-                out[component.name] = ComponentHealth(
-                    state=HealthState.DEGRADED, sentence="its health view failed (BUG)"
-                )
-        return out
+        """The session's health, then each component's, by name (what the API serves)."""
+        return host_health(self._shared, self._components)
 
     def log_health(self) -> None:
         """One log line per component: its state and sentence."""
@@ -602,6 +628,7 @@ __all__ = [
     "HostOptions",
     "HostShared",
     "build_components",
+    "host_health",
     "host_shared",
     "make_drivers",
     "run_host",

@@ -86,6 +86,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
+from servergroup.common import metrics
 from servergroup.common.backoff import Backoff
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
@@ -993,6 +994,7 @@ class GroupService:
         )
         if self._send(instance, reply_to, Nack(orig_msg_type=orig, log_msg=reason, id=ident)):
             self.counters.nacks += 1
+            metrics.NACKS.inc()
 
     # -- sending -----------------------------------------------------------------------
 
@@ -1265,7 +1267,9 @@ class GroupService:
             subject.name,
             len(recipients),
         )
-        self.counters.notifications += self._send_group(recipients, msg)
+        sent = self._send_group(recipients, msg)
+        self.counters.notifications += sent
+        metrics.NOTIFICATIONS.inc(sent)
 
 
 __all__ = [

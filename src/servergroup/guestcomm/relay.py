@@ -56,6 +56,7 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import BUG_MARKER, log_bug
@@ -435,6 +436,7 @@ class ChannelRelay:
             link.write_joined(frames[start:taken])
             room = link.room(self.queue_limit)
         self.counters.to_channel += taken
+        metrics.RELAYED_TO_GUEST.inc(taken)
         left = len(frames) - taken
         if left:
             reason = Reason.GUEST_NOT_CONNECTED if room is None else Reason.CHANNEL_QUEUE_FULL
@@ -520,6 +522,7 @@ class ChannelRelay:
                 self._drops.drop(item.reason, f"from {instance}: {item.detail}")
                 continue
             self.counters.from_channel += 1
+            metrics.RELAYED_FROM_GUEST.inc()
             if item.dest_addr is None:
                 self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {instance}")
                 continue

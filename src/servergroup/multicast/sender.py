@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO
 
+from servergroup.common import metrics
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.errors import UsageError
 from servergroup.common.logsetup import log_bug
@@ -249,6 +250,9 @@ class _Sender:
                     log.warning("client %s dropped: %s", name, reason)
                 case tx.BufferCompleted():
                     self.completed_bytes += action.byte_length
+                    metrics.TRANSFER_BYTES.inc(action.byte_length)
+                    metrics.TRANSFER_REPAIRS.inc(action.repaired)
+                    metrics.TRANSFER_RATE.set(action.rate / 8)  # the machine's rate is in bit/s
                     log.info(
                         "buffer %d done: %d bytes, %d pass(es), %d packet(s) repaired over TCP, "
                         "next rate %.0f Mbit/s, %d client(s)",

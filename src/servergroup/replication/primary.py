@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from servergroup.common import metrics
 from servergroup.common.component import Background
 from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
@@ -364,6 +365,7 @@ class PrimaryDaemon:
                     pass
                 case pm.ResumeDispatch():
                     self._last_pause = time.perf_counter() - self._pause_started
+                    metrics.CHECKPOINT_PAUSE.observe(self._last_pause)
                     if not self.output.full:
                         self.front.resume()
                 case pm.SendCheckpoint(generation=generation, epoch=epoch, full=full):
@@ -371,6 +373,7 @@ class PrimaryDaemon:
                     begin = EpochBegin(generation=generation, epoch=epoch, full=full)
                     payload: list[Pages | DiskWrite] = [*self._captured.messages(), *self._writes]
                     self._last_size = self._captured.size + sum(len(w.data) for w in self._writes)
+                    metrics.CHECKPOINT_SIZE.observe(self._last_size)
                     self._spawn(self._send_checkpoint(epoch_messages(begin, payload)))
                 case pm.CommitDisk():
                     disk = self.built.space.replicated_disk
@@ -383,6 +386,9 @@ class PrimaryDaemon:
                         self.front.send(send.conn, send.data)
                     if not self.output.full:
                         self.front.resume()
+                    metrics.CHECKPOINT_EPOCHS.inc()
+                    progress = self.machine.status()
+                    metrics.CHECKPOINT_LAG.set(progress.captured - progress.committed)
                     log.debug("epoch %d committed and released", epoch)
                 case pm.InjectFailure(point=point):
                     log.warning("failure point %s: killing this process", point.value)

@@ -22,13 +22,16 @@ import uuid
 from datetime import UTC, datetime
 
 from servergroup.common.errors import LocalError, RemoteError
-from servergroup.coordination import CoordinationError, EventKind
+from servergroup.coordination import CoordinationError, Coordinator, EventKind
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
 from servergroup.scaling.scaler import limit_sentence
+from servergroup.scaling.store import HOSTS as POOLS
 from servergroup.scaling.store import (
+    PoolRecord,
     ScaleOrder,
     ScaleOutcome,
     decode_outcome,
+    decode_pool,
     encode_order,
     request_key,
     result_key,
@@ -148,4 +151,23 @@ async def _outcome(
     raise TimeoutError  # the watch ended: treated as no answer
 
 
-__all__ = ["DEFAULT_TIMEOUT", "HOST_GRACE", "ScaleError", "ScaleRefused", "scale_cpu"]
+async def read_pools(coordinator: Coordinator) -> dict[str, PoolRecord]:
+    """Each host's published CPU pool, by host (a record that does not decode is left out)."""
+    pools: dict[str, PoolRecord] = {}
+    for kv in (await coordinator.get_prefix(POOLS)).items:
+        try:
+            record = decode_pool(kv.value)
+        except RecordError:
+            continue
+        pools[record.host] = record
+    return pools
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HOST_GRACE",
+    "ScaleError",
+    "ScaleRefused",
+    "read_pools",
+    "scale_cpu",
+]

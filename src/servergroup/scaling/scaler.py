@@ -64,6 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.errors import RemoteError
 from servergroup.common.logsetup import log_bug
@@ -584,6 +585,7 @@ class Scaler:
         try:
             outcome = await self._scale(order, phases)
             self.done += 1
+            metrics.SCALE_OPERATIONS.labels(direction=order.direction.value, result="ok").inc()
             log.info(
                 "server %s scaled %s: vCPU %s %s, online now %s (%.3f s)",
                 order.server,
@@ -595,6 +597,7 @@ class Scaler:
             )
         except ScaleFailed as exc:
             self.failed += 1
+            metrics.SCALE_OPERATIONS.labels(direction=order.direction.value, result="failed").inc()
             log.info("server %s not scaled %s: %s", order.server, order.direction.value, exc)
             outcome = ScaleOutcome(
                 id=order.id,
@@ -611,6 +614,10 @@ class Scaler:
             if outcome.ok:  # a failed order's time after its last phase is nobody's
                 phases.end("record")
             outcome = replace(outcome, timings=phases.timings())
+            if outcome.timings is not None:
+                metrics.SCALE_LATENCY.labels(direction=order.direction.value).observe(
+                    outcome.timings.total
+                )
             await self._c.put(
                 result_key(order.server, order.id), encode_outcome(outcome), lease=order.lease
             )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
@@ -163,6 +164,7 @@ class Evacuator:
                 guard=self._ownership.guard(),
             )
             self.rebuilt += 1
+            metrics.EVACUATIONS.inc()
             log.info(
                 "evacuator on %s: server %s of dead host %s is rebuilt on %s",
                 self.host,

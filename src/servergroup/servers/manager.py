@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, FencingError, Guard, RevisionConflict
@@ -295,11 +296,15 @@ class ServerManager:
         # its servers taken over) touches no server, not only writes nothing.
         self._guard()
         log.info("%s", decision.sentence)
+        doing = Action.FORGET
         try:
             for action in decision.actions:
                 if action is not Action.FORGET:
+                    doing = action
                     await self._carry_out(driver, action, server, observed)
+                    metrics.LIFECYCLE_OPERATIONS.labels(operation=action.value, result="ok").inc()
         except DriverError as exc:
+            metrics.LIFECYCLE_OPERATIONS.labels(operation=doing.value, result="failed").inc()
             log.warning("server %s: %s", name, exc)
             await self._fail(server, str(exc))
             return

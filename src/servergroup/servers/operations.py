@@ -113,6 +113,10 @@ class OperationFailed(RemoteError):
         self.written_revision = written_revision
 
 
+class OperationSuperseded(OperationFailed):
+    """Another request changed or deleted the server before its host carried ours out."""
+
+
 #: The spec of a server as a request changes it; raises OperationError when it makes no sense.
 Change = Callable[[Server], ServerSpec]
 
@@ -651,7 +655,7 @@ class _View:
         if self.spec is None or self.spec.uuid != ours.uuid:
             if ours.desired is Desired.DELETED:
                 return Server(spec=ours, status=None)
-            raise OperationFailed(
+            raise OperationSuperseded(
                 f"server {name} did not become {self.what}: it was deleted meanwhile",
                 written_revision=self.written_at,
             )
@@ -671,7 +675,7 @@ class _View:
             return Server(spec=self.spec, status=status)
         superseded = replace(self.spec, change_id="") != replace(ours, change_id="")
         if superseded and Server(spec=self.spec, status=status).settled():
-            raise OperationFailed(
+            raise OperationSuperseded(
                 f"server {name} did not become {self.what}: another request changed it first",
                 written_revision=self.written_at,
             )
@@ -694,6 +698,7 @@ __all__ = [
     "NoHostRunning",
     "OperationError",
     "OperationFailed",
+    "OperationSuperseded",
     "OperationTimeout",
     "Operations",
 ]

@@ -467,6 +467,13 @@ class Relocated:
     from_node: str
     to_node: str | None
 
+    def describe(self) -> str:
+        """One sentence (what `service relocate` prints)."""
+        return (
+            f"relocation of {self.instance} asked: from {self.from_node} to "
+            f"{self.to_node or 'the best other node'}"
+        )
+
 
 def _instance_to_move(read: _Read, service: Service, index: int | None) -> InstanceId:
     listing = read.listing
@@ -552,6 +559,17 @@ class Cleared:
     bans: tuple[str, ...]
     blocks: tuple[InstanceId, ...]
     fatal: bool
+
+    def describe(self, service: str) -> str:
+        """One sentence (what `service clear` prints)."""
+        parts = [
+            f"{len(self.failures)} failure record(s)",
+            f"{len(self.bans)} ban(s)",
+            f"{len(self.blocks)} block(s)",
+        ]
+        if self.fatal:
+            parts.append("the fatal error")
+        return f"service {service}: cleared " + ", ".join(parts)
 
 
 async def clear(coordinator: Coordinator, name: str) -> Cleared:

@@ -84,6 +84,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.logsetup import log_bug
 from servergroup.config import CoordinationConfig
@@ -1061,6 +1062,8 @@ class NodeRole:
                         store.encode_history(history.appended(entry)),
                         if_mod_revision=kv.mod_revision if kv is not None else 0,
                     )
+                    if action == "start" and result == "ok" and _took_over(history, entry):
+                        metrics.SERVICE_FAILOVERS.inc()
                     return
                 except RevisionConflict:
                     continue
@@ -1126,6 +1129,7 @@ class NodeRole:
             return
 
     async def _monitor_failed(self, local: _Local, depth: int, result: AgentResult) -> None:
+        metrics.MONITOR_FAILURES.inc()
         await self._history(local, f"monitor {depth}", result)
         await self._failed(local, result)
 
@@ -1285,6 +1289,14 @@ def registry_group_hosts(snapshot: RegistrySnapshot) -> Mapping[str, frozenset[s
     """The hosts of each server group's servers (what a server-group domain means)."""
     groups = {server.spec.group for server in snapshot.servers.values()}
     return {g: frozenset(server.host for server in snapshot.members(g)) for g in groups}
+
+
+def _took_over(history: store.HistoryRecord, entry: store.HistoryEntry) -> bool:
+    """Whether the instance of `entry` was last recorded on another node (a failover or move)."""
+    for earlier in reversed(history.entries):
+        if earlier.index == entry.index:
+            return earlier.node != entry.node
+    return False
 
 
 __all__ = [

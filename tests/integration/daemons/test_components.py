@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.common.component import Component, ComponentHealth, HealthState
-from servergroup.config import Config, CoordinationConfig
+from servergroup.config import ApiConfig, Config, CoordinationConfig
 from servergroup.coordination import EtcdCoordinator
 from servergroup.coordination.etcd_process import EtcdCluster
 from servergroup.daemons.host import (
@@ -93,7 +93,8 @@ async def running(
     factories: dict[str, ComponentFactory] | None = None,
 ) -> AsyncIterator[Running]:
     coordination = CoordinationConfig(endpoints=etcd.endpoints, prefix=prefix)
-    config = Config(state_dir=tmp_path / "state", coordination=coordination)
+    # The API on a port the kernel chooses: 8470 may be another daemon's on this machine.
+    config = Config(state_dir=tmp_path / "state", coordination=coordination, api=ApiConfig(port=0))
     daemon = HostDaemon(
         config,
         options(tmp_path, drivers),
@@ -149,6 +150,7 @@ async def test_components_start_in_order_and_stop_in_reverse(
             "scaler",
             "autoscaler",
             "services",
+            "api",
         ]
         assert lines(caplog, r": (.+) started \(") == names
         health = run.daemon.health()
@@ -183,6 +185,7 @@ async def test_lab_only_host_has_no_exec_brokers(
             "scaler",
             "autoscaler",
             "services",
+            "api",
         ]
 
 
@@ -209,7 +212,7 @@ async def test_one_more_component_is_one_more_factory(
         caplog.clear()
         os.kill(os.getpid(), signal.SIGUSR1)
         async with asyncio.timeout(WAIT):
-            while len(lines(caplog, r"health: (\S+) ")) < 9:  # noqa: ASYNC110
+            while len(lines(caplog, r"health: (\S+) ")) < 10:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         assert lines(caplog, r"health: (\S+) ") == [
             "session",
@@ -220,6 +223,7 @@ async def test_one_more_component_is_one_more_factory(
             "scaler",
             "autoscaler",
             "services",
+            "api",
             "probe",
         ]
     assert probes[0].events == ["start", "stop"]
