@@ -129,6 +129,9 @@ def api_host(
         "host",
         "--name",
         name,
+        # Its own host address: the root namespace is shared with parallel tests.
+        "--address",
+        f"sgt{secrets.token_hex(5)}",
         "--channel-dir",
         str(state_dir / "channels"),
         "--driver",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def host_argv(state_dir: Path, endpoints: str, prefix: str, *extra: str) -> list
         "--supervised",
         "--name",
         NODE,
+        # Its own host address: the root namespace is shared with parallel tests.
+        "--address",
+        f"sgt{secrets.token_hex(5)}",
         "--channel-dir",
         str(state_dir / "channels"),
         "--driver",
