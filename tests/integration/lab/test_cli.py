@@ -67,6 +67,14 @@ def test_up_list_exec_down(lab_state_dir: Path, lab_name: str) -> None:
         lab_state_dir, "lab", "exec", "--name", lab_name, "h1", "--", "sh", "-c", "exit 7"
     )
     assert failed.returncode == 7
+    # The network namespace only: /sys and its cgroups are the machine's (a host
+    # daemon places its lab servers there), where `ip netns exec` would remount /sys.
+    cgroups = servergroup(
+        lab_state_dir, "lab", "exec", "--name", lab_name, "h1", "--", "ls", "/sys/fs/cgroup"
+    )
+    assert cgroups.returncode == 0, cgroups.stderr
+    assert cgroups.stdout.split()  # a fresh /sys shows an empty /sys/fs/cgroup
+    assert sorted(cgroups.stdout.split()) == sorted(os.listdir("/sys/fs/cgroup"))
 
     down = servergroup(lab_state_dir, "lab", "down", "--name", lab_name)
     assert (down.returncode, down.stdout) == (0, f"lab {lab_name} is down.\n")
