@@ -18,7 +18,7 @@ def configured(tmp_path: Path, endpoints: str, **tls: str) -> Config:
 
 
 def test_a_cluster_on_loopback_is_refused_lab_hosts_cannot_reach_it(tmp_path: Path) -> None:
-    with pytest.raises(LocalError, match=r"http://127.0.0.1:2379 is on loopback, which the lab"):
+    with pytest.raises(LocalError, match=r"http://127\.0\.0\.1:2379 is on loopback, which the lab"):
         up(configured(tmp_path, "http://127.0.0.1:2379"))
     assert not (tmp_path / "up").exists()
 
@@ -37,7 +37,7 @@ def test_another_etcd_than_the_one_up_runs_on_is_refused(tmp_path: Path) -> None
     (tmp_path / "up" / "state.json").write_text(json.dumps(status.as_dict()))
     assert read_status(configured(tmp_path, "")) == status
     assert status.cluster is None
-    with pytest.raises(LocalError, match="already up on etcd http://198.18.0.1:12379"):
+    with pytest.raises(LocalError, match=r"already up on etcd http://198\.18\.0\.1:12379"):
         up(configured(tmp_path, "https://10.0.0.1:2379"))
 
 
