@@ -217,8 +217,8 @@ def test_missing_tools_are_named(lab_state_dir: Path, lab_name: str, tmp_path: P
     done = servergroup(lab_state_dir, "lab", "up", "-n", "1", "--name", lab_name, env=env)
     assert done.returncode == 5
     assert done.stderr == (
-        "servergroup: the lab needs tc and nft, which are not installed; install the "
-        "Debian packages iproute2 and nftables.\n"
+        "servergroup: the lab needs tc and nft and nsenter, which are not installed; install "
+        "the Debian packages iproute2 and nftables and util-linux.\n"
     )
 
 
