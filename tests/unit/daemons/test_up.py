@@ -12,8 +12,15 @@ from servergroup.config import Config, CoordinationConfig, parse_endpoints
 from servergroup.daemons.up import UpStatus, _host_env, read_status, up
 
 
-def configured(tmp_path: Path, endpoints: str, **tls: str) -> Config:
-    coordination = CoordinationConfig(endpoints=parse_endpoints(endpoints), **tls).validate()
+def configured(
+    tmp_path: Path, endpoints: str, ca_file: str = "", cert_file: str = "", key_file: str = ""
+) -> Config:
+    coordination = CoordinationConfig(
+        endpoints=parse_endpoints(endpoints),
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    ).validate()
     return Config(state_dir=tmp_path, coordination=coordination)
 
 
