@@ -15,13 +15,13 @@ standing in for three machines:
 4. a group with a server on h1 and one on h2 (messaging between them), and
    the `ocf:heartbeat:Dummy` service of examples/services/dummy.toml, which
    runs on h1;
-5. the members of the group message each other across hosts (in the
-   default run);
+5. the members of the group message each other across hosts;
 6. `servergroup lab crash h1` ends everything on h1: its host daemon, its
    servers' guest agents and its etcd member. The two members left keep a
    quorum; the server of h1 is rebuilt on h3, the service fails over to h2,
-   and the members of the group message each other again (marked slow:
-   `make test-slow`).
+   and the members of the group message each other again.
+
+One test, in the default run: 60 to 100 s on a loaded machine (load 13 to 17).
 """
 
 from __future__ import annotations
@@ -175,23 +175,15 @@ def bring_up_a_group_and_a_service(setup: Setup) -> AppProcess:
     return watcher
 
 
-def test_three_hosts_with_their_own_etcd_members_message_each_other(
-    deployment: tuple[Setup, EtcdCluster],
-) -> None:
-    setup, cluster = deployment
-    bring_up_a_group_and_a_service(setup)
-    listener = setup.app("a")
-    listener.wait_for(status_of({"a", "b"}))
-    send_until_received(setup, "b", listener, "from h2 to h1 over the TLS cluster")
-    assert all(m.running for m in cluster.members)
-
-
-@pytest.mark.slow
 def test_three_hosts_with_their_own_etcd_members_survive_a_crash(
     deployment: tuple[Setup, EtcdCluster],
 ) -> None:
     setup, cluster = deployment
     watcher = bring_up_a_group_and_a_service(setup)
+    listener = setup.app("a")
+    listener.wait_for(status_of({"a", "b"}))
+    send_until_received(setup, "b", listener, "from h2 to h1 over the TLS cluster")
+    listener.stop()
     setup.run("lab", "crash", "h1")  # its host daemon, guest agents and etcd member
     watcher.wait_for(notification("a", "compute.instance.lost"), timeout=60)
     watcher.wait_for(notification("a", "compute.instance.evacuate.end"), timeout=120)
