@@ -153,12 +153,15 @@ def exec_(state: CliState, lab_name: str, host: str, command: tuple[str, ...]) -
 
     The command joins the host's network namespace only (nsenter --net):
     mounts, /sys and its cgroups, /proc and /etc stay this machine's, so a
-    host daemon or an etcd member runs there as on a host of its own. Put --
-    before the command so that its options are not taken for ours:
+    host daemon or an etcd member runs there as on a host of its own
+    (`servergroup up` starts its host daemons this way; one started by hand
+    needs etcd endpoints the lab host reaches: the host's loopback is its
+    own). Put -- before the command so that its options are not taken for
+    ours:
 
     \b
         servergroup lab exec h1 -- ip -br addr
-        servergroup lab exec h1 -- servergroup host --name h1 --driver lab
+        servergroup lab exec h1 -- servergroup --config FILE host --name h1
     """
     if command[:1] == ("--",):  # after HOST, click passes the separator through
         command = command[1:]

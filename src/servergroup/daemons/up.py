@@ -284,21 +284,18 @@ def up(
         else:
             say(f"starting host daemon {lab_host.name}")
             with open(log_path, "ab") as out:
-                # nsenter, not `ip netns exec`: that remounts /sys for the
-                # namespace, and the lab driver needs the host's cgroup mounts.
+                # As `servergroup lab exec` runs it: the host's network namespace
+                # only, so the lab driver finds the machine's cgroup mounts.
+                argv = _host_argv(
+                    config,
+                    lab_host.name,
+                    host_endpoints,
+                    channel_dir,
+                    str(lab_host.address),
+                    config_path,
+                )
                 proc = subprocess.Popen(
-                    [
-                        "nsenter",
-                        f"--net=/run/netns/{lab_host.netns}",
-                        *_host_argv(
-                            config,
-                            lab_host.name,
-                            host_endpoints,
-                            channel_dir,
-                            str(lab_host.address),
-                            config_path,
-                        ),
-                    ],
+                    lab.command(lab_host, argv),
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
