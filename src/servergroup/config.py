@@ -10,11 +10,17 @@ Example file::
 
     state_dir = "/var/lib/servergroup"
 
-    [coordination]
-    endpoints = ["http://198.18.0.1:2379", "http://198.18.0.2:2379"]
+    [coordination]  # an etcd cluster of your own (none: the managed local etcd)
+    endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+    ca_file = "/etc/servergroup/etcd/ca.crt"          # trusts the members' certificates
+    cert_file = "/etc/servergroup/etcd/client.crt"    # our client certificate ...
+    key_file = "/etc/servergroup/etcd/client.key"     # ... and its key
     prefix = "/servergroup/v1/"
     lease_ttl = 2
     renew_interval = 0.25
+
+A plain `http://` endpoint that is not on loopback is refused (anyone on
+the network could read and write the store) unless `insecure = true`.
 
     [etcd]          # the managed local etcd, used when no endpoint is set
     client_port = 12379
@@ -53,23 +59,25 @@ SYSTEM_CONFIG = Path("/etc/servergroup/servergroup.toml")
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One etcd client URL, parsed."""
+    """One etcd client URL, parsed; `secure`: `https://` (TLS), else plain `http://`."""
 
     host: str
     port: int
+    secure: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """Parse `http://host:port`, `host:port` or `host` (port 2379)."""
+        """Parse `http://host:port`, `https://host:port`, `host:port` or `host` (port 2379)."""
         raw = text.strip()
         if not raw:
-            raise ConfigError("an etcd endpoint is empty; give host:port or http://host:port.")
+            raise ConfigError("an etcd endpoint is empty; give host:port or https://host:port.")
         if "://" not in raw:
             raw = "http://" + raw
         parts = urlsplit(raw)
-        if parts.scheme != "http":
+        if parts.scheme not in ("http", "https"):
             raise ConfigError(
-                f"etcd endpoint {text!r} uses {parts.scheme}://, but only http:// is supported."
+                f"etcd endpoint {text!r} uses {parts.scheme}://, but only http:// and "
+                "https:// are supported."
             )
         try:
             port = parts.port if parts.port is not None else 2379
@@ -79,11 +87,21 @@ class Endpoint:
             raise ConfigError(f"etcd endpoint {text!r} has an invalid port.")
         if not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(f"etcd endpoint {text!r} is not of the form host:port.")
-        return cls(host=parts.hostname, port=port)
+        return cls(host=parts.hostname, port=port, secure=parts.scheme == "https")
+
+    @property
+    def loopback(self) -> bool:
+        """True when the host is `localhost` or a loopback address (127.0.0.0/8, ::1)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve anywhere
+            return False
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,8 +123,22 @@ class CoordinationConfig:
     renew_timeout: float = 0.25  # one lease renewal attempt
     request_timeout: float = 1.0  # one attempt of any other request at one member
     operation_timeout: float = 10.0  # all attempts of one operation, over all members
+    #: TLS with `https://` endpoints: the CA that signed the members' certificates
+    #: (empty: the CAs gRPC trusts by default), and our client certificate and key
+    #: (both or neither; needed when the members run with `--client-cert-auth`).
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    #: Allow plain `http://` endpoints that are not on loopback.
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """True when the endpoints speak TLS (`https://`)."""
+        return any(e.secure for e in self.endpoints)
 
     def validate(self) -> CoordinationConfig:
+        self._validate_tls()
         if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
             raise ConfigError(f"coordination prefix {self.prefix!r} must start and end with '/'.")
         if self.lease_ttl < 1:
@@ -131,6 +163,37 @@ class CoordinationConfig:
         if self.fence_margin < 0.05:
             raise ConfigError("fence_margin must be at least 0.05 s to cover scheduling delays.")
         return self
+
+    def _validate_tls(self) -> None:
+        if len({e.secure for e in self.endpoints}) > 1:
+            raise ConfigError(
+                "coordination endpoints mix http:// and https://; give every member's "
+                "URL with the same scheme."
+            )
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path and not os.path.isabs(path):
+                raise ConfigError(f"coordination {name} {path!r} must be an absolute path.")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(
+                "coordination cert_file and key_file go together: give both or neither."
+            )
+        files = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n)]
+        if files and self.endpoints and not self.tls:
+            raise ConfigError(
+                f"coordination {files[0]} is set but the endpoints are plain http://; "
+                "use https:// endpoints for TLS, or drop the certificate settings."
+            )
+        if self.insecure:
+            return
+        for endpoint in self.endpoints:
+            if not endpoint.secure and not endpoint.loopback:
+                raise ConfigError(
+                    f"etcd endpoint {endpoint} is plain http on a non-loopback address, "
+                    "where anyone on the network could read and write the store; use "
+                    "https:// with coordination ca_file, cert_file and key_file, or set "
+                    "coordination insecure = true (SERVERGROUP_ETCD_INSECURE=1) to allow it."
+                )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -390,6 +453,10 @@ ENV_MAP = {
     "SERVERGROUP_ETCD_ENDPOINTS": ("coordination", "endpoints"),
     "SERVERGROUP_PREFIX": ("coordination", "prefix"),
     "SERVERGROUP_LEASE_TTL": ("coordination", "lease_ttl"),
+    "SERVERGROUP_ETCD_CA": ("coordination", "ca_file"),
+    "SERVERGROUP_ETCD_CERT": ("coordination", "cert_file"),
+    "SERVERGROUP_ETCD_KEY": ("coordination", "key_file"),
+    "SERVERGROUP_ETCD_INSECURE": ("coordination", "insecure"),
     "SERVERGROUP_ETCD_PORT": ("etcd", "client_port"),
     "SERVERGROUP_ETCD_PEER_PORT": ("etcd", "peer_port"),
     "SERVERGROUP_EVACUATION_GRACE": ("servers", "evacuation_grace"),

@@ -39,15 +39,78 @@ def test_endpoint_parse(text: str, host: str, port: int) -> None:
 
 
 def test_endpoint_str_round_trips() -> None:
-    for text in ("http://10.0.0.1:2379", "http://[::1]:2379", "http://h:1"):
+    for text in ("http://10.0.0.1:2379", "http://[::1]:2379", "http://h:1", "https://h:2"):
         assert str(Endpoint.parse(text)) == text
+
+
+def test_https_endpoints_are_secure() -> None:
+    assert Endpoint.parse("https://10.0.0.1:2379") == Endpoint("10.0.0.1", 2379, secure=True)
+    assert not Endpoint.parse("10.0.0.1").secure
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("10.0.0.1", False),
+        ("198.18.0.1", False),
+        ("etcd.example", False),
+    ],
+)
+def test_endpoint_loopback(host: str, loopback: bool) -> None:
+    assert Endpoint(host, 2379).loopback is loopback
+
+
+def test_plain_http_off_loopback_needs_insecure() -> None:
+    remote = (Endpoint.parse("http://10.0.0.1:2379"),)
+    with pytest.raises(ConfigError, match=r"http://10.0.0.1:2379 is plain http .* insecure = true"):
+        CoordinationConfig(endpoints=remote).validate()
+    assert CoordinationConfig(endpoints=remote, insecure=True).validate().endpoints == remote
+    local = (Endpoint.parse("http://127.0.0.1:2379"), Endpoint.parse("localhost:1"))
+    assert CoordinationConfig(endpoints=local).validate().endpoints == local
+    secure = (Endpoint.parse("https://10.0.0.1:2379"),)
+    assert CoordinationConfig(endpoints=secure).validate().tls
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"endpoints": ["https://a:1", "http://127.0.0.1:2"]}, "mix http:// and https://"),
+        ({"endpoints": ["https://a:1"], "ca_file": "ca.crt"}, "ca_file 'ca.crt' must be an abs"),
+        ({"endpoints": ["https://a:1"], "cert_file": "/c"}, "cert_file and key_file go together"),
+        ({"endpoints": ["127.0.0.1:1"], "ca_file": "/ca"}, "ca_file is set but the endpoints"),
+        ({"endpoints": ["h:1"], "insecure": "maybe"}, "insecure = 'maybe' is not a valid"),
+    ],
+)
+def test_tls_settings_are_checked(settings: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_config(overrides={"coordination": settings}, env=NO_ENV)
+
+
+def test_tls_settings_from_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[coordination]\nendpoints = ["https://10.0.0.1:2379"]\nca_file = "/etc/sg/ca.crt"\n'
+    )
+    env = {"SERVERGROUP_ETCD_CERT": "/etc/sg/c.crt", "SERVERGROUP_ETCD_KEY": "/etc/sg/c.key"}
+    coordination = load_config(path, env=env).coordination
+    assert (coordination.ca_file, coordination.cert_file, coordination.key_file) == (
+        "/etc/sg/ca.crt",
+        "/etc/sg/c.crt",
+        "/etc/sg/c.key",
+    )
+    env = {"SERVERGROUP_ETCD_ENDPOINTS": "http://10.0.0.9:1", "SERVERGROUP_ETCD_INSECURE": "1"}
+    assert load_config(env=env).coordination.insecure
 
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
         ("", "empty"),
-        ("https://h:2379", "https"),
+        ("unix://h:2379", "only http:// and https://"),
         ("http://h:notaport", "invalid port"),
         ("http://h:99999", "invalid port"),
         ("http://h:0", "invalid port"),
@@ -101,6 +164,7 @@ def test_file_then_environment_then_options(tmp_path: Path) -> None:
         'state_dir = "/from/file"\n'
         "[coordination]\n"
         'endpoints = ["http://f1:2379", "f2:2379"]\n'
+        "insecure = true\n"
         'prefix = "/file/"\n'
         "lease_ttl = 3\n"
         "[etcd]\n"
@@ -171,7 +235,8 @@ def test_config_file_from_environment_variable(tmp_path: Path) -> None:
         ("[coordination]\nrenew_interval = 0.45\n", "unsafe timings"),
         ("[coordination]\nrenew_interval = -1\n", "positive"),
         ("[coordination]\nfence_margin = 0.01\n", "fence_margin"),
-        ("[coordination]\nendpoints = ['https://h']\n", "only http"),
+        ("[coordination]\nendpoints = ['ftp://h']\n", "only http:// and https://"),
+        ("[coordination]\nendpoints = ['http://h']\n", "http://h:2379 is plain http"),
         # Values of the wrong kind are refused, not silently converted.
         ("[coordination]\nlease_ttl = 1.5\n", "coordination.lease_ttl"),
         ("[coordination]\nlease_ttl = true\n", "coordination.lease_ttl"),

@@ -158,7 +158,7 @@ def host_cleanup(state: CliState, name: str | None, pid: int | None) -> None:
     ledger lists, then revoke its lease so that they fail over at once (or, if
     a stop failed, mark the instance blocked and leave the lease to expire).
 
-    For systemd's ExecStopPost= (packaging/systemd/servergroup-host.service);
+    For systemd's ExecStopPost= (servergroup-host.service, see `install-units`);
     `servergroup host --supervised` does the same by itself. Refuses to touch
     the ledger of a daemon that still runs. Never starts the local etcd. Run by
     systemd, it first kills the agent actions the daemon left running in the
@@ -175,6 +175,54 @@ def host_cleanup(state: CliState, name: str | None, pid: int | None) -> None:
     click.echo(report.describe())
     if report.failed:
         sys.exit(1)
+
+
+@host.command("install-units")
+@click.option(
+    "--role",
+    type=click.Choice(["host", "guest"]),
+    default="host",
+    show_default=True,
+    help="host: servergroup-host.service and servergroup-etcd.service; guest (inside a "
+    "VM): guest-agent.service and servergroup-scale-agent.service.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/etc/systemd/system"),
+    show_default=True,
+    help="Where to write the units.",
+)
+@click.option(
+    "--print",
+    "show",
+    metavar="UNIT",
+    default=None,
+    help="Instead, print the shipped unit UNIT (e.g. servergroup-host.service).",
+)
+def host_install_units(role: str, directory: Path, show: str | None) -> None:
+    """Install the systemd units this package ships, for a host or a guest.
+
+    They run this installation's `servergroup` by its full path (a virtual
+    environment is not on systemd's search path). Files already the same are
+    left alone. Then, on a host:
+
+    \b
+        systemctl daemon-reload
+        systemctl enable --now servergroup-host.service
+
+    and servergroup-etcd.service too when the host uses the managed local
+    etcd rather than a cluster configured in /etc/servergroup/servergroup.toml.
+    """
+    from servergroup.daemons.units import Role, install_units, unit_text
+
+    if show is not None:
+        click.echo(unit_text(show), nl=False)
+        return
+    for unit in install_units(Role(role), directory):
+        click.echo(f"{'wrote' if unit.changed else 'unchanged'} {unit.path}")
+    click.echo("then: systemctl daemon-reload, and systemctl enable --now the units you use")
 
 
 def _hosts(state: CliState) -> list[dict[str, Any]]:

@@ -151,16 +151,24 @@ def list_(state: CliState, lab_name: str, as_json: bool) -> None:
 def exec_(state: CliState, lab_name: str, host: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside lab host HOST (h1, h2, ...); exit with its status.
 
-    Put -- before the command so that its options are not taken for ours:
+    The command joins the host's network namespace only (nsenter --net):
+    mounts, /sys and its cgroups, /proc and /etc stay this machine's, so a
+    host daemon or an etcd member runs there as on a host of its own
+    (`servergroup up` starts its host daemons this way; one started by hand
+    needs etcd endpoints the lab host reaches: the host's loopback is its
+    own). Put -- before the command so that its options are not taken for
+    ours:
 
+    \b
         servergroup lab exec h1 -- ip -br addr
+        servergroup lab exec h1 -- servergroup --config FILE host --name h1
     """
     if command[:1] == ("--",):  # after HOST, click passes the separator through
         command = command[1:]
     argv = _lab(state, lab_name).command(host, command)
     sys.stdout.flush()
     sys.stderr.flush()
-    # Become the command (through `ip netns exec`): its exit status, signals and
+    # Become the command (through `nsenter`): its exit status, signals and
     # terminal are the caller's, with no Python process in between.
     os.execvp(argv[0], argv)
 

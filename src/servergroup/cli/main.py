@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,4 +120,7 @@ def cli(
 
 def main() -> None:
     """Console-script entry point."""
+    # gRPC's C core would print its own lines (a failed TLS handshake, for one) on
+    # stderr; our errors already carry its details, in one sentence.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     cli(prog_name="servergroup")

@@ -33,13 +33,20 @@ def up(state: CliState, hosts: int, lab_name: str | None, as_json: bool) -> None
     """Bring up servergroup on this machine, in the background: the managed
     etcd, and HOSTS lab hosts (network namespaces) each running a host daemon.
 
+    With etcd endpoints configured (--endpoints, or [coordination] endpoints
+    in the config file, with ca_file, cert_file and key_file for https://),
+    the host daemons use that cluster instead and no local etcd is started;
+    its members must be reachable from the lab hosts (not on loopback).
+
     Idempotent: running it again changes nothing, or only the number of hosts.
-    Every `servergroup group|server|app` command then works without options.
-    Undo it with `servergroup down`.
+    Every `servergroup group|server|app` command then works without options
+    (with the same configuration). Undo it with `servergroup down`.
     """
     config = state.config()
     say = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
-    status = bring_up(config, hosts=hosts, lab_name=lab_name, progress=say)
+    status = bring_up(
+        config, hosts=hosts, lab_name=lab_name, progress=say, config_path=state.config_path
+    )
     if as_json:
         click.echo(json.dumps(status.as_dict(), indent=2))
         return
@@ -52,7 +59,8 @@ def up(state: CliState, hosts: int, lab_name: str | None, as_json: bool) -> None
 @pass_state
 def down(state: CliState) -> None:
     """Stop what `servergroup up` started: delete every server, stop the host
-    daemons, remove the lab's namespaces, and stop the etcd if `up` started it.
+    daemons, remove the lab's namespaces, and stop the etcd if `up` started it
+    (a configured cluster is left running, its servergroup keys cleaned).
     """
     config = state.config()
     report = take_down(

@@ -132,6 +132,10 @@ class ContenderProcess:
             "SERVERGROUP_ETCD_ENDPOINTS": ",".join(str(e) for e in endpoints),
             "SERVERGROUP_PREFIX": config.prefix,
             "SERVERGROUP_LEASE_TTL": str(config.lease_ttl),
+            "SERVERGROUP_ETCD_CA": config.ca_file,
+            "SERVERGROUP_ETCD_CERT": config.cert_file,
+            "SERVERGROUP_ETCD_KEY": config.key_file,
+            "SERVERGROUP_ETCD_INSECURE": "1" if config.insecure else "0",
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -51,6 +51,7 @@ from servergroup.coordination.errors import (
     StoreUnavailable,
     WatchCompacted,
 )
+from servergroup.coordination.tls import TlsClient, load_credentials
 from servergroup.coordination.types import (
     Compare,
     CompareTarget,
@@ -91,6 +92,11 @@ _COMPARE_FIELDS = {
     CompareTarget.MOD: (rpc.Compare.MOD, "mod_revision"),
     CompareTarget.VERSION: (rpc.Compare.VERSION, "version"),
 }
+
+
+# What gRPC's error details say when a TLS handshake failed (a certificate that is
+# not trusted, or none where the member demands one).
+_TLS_FAILURES = ("TSI_", "SSL", "ssl", "handshake", "Handshake", "certificate")
 
 
 class _TransportError(Exception):
@@ -188,6 +194,10 @@ class EtcdCoordinator:
         self._endpoints = tuple(endpoints)
         self._prefix = prefix
         self._config = config or CoordinationConfig()
+        # https:// endpoints: the config's CA and client certificate, read once, now.
+        self._credentials = (
+            load_credentials(self._config) if any(e.secure for e in self._endpoints) else None
+        )
         self._clock: Clock = clock or SystemClock()
         self._index = random.randrange(len(self._endpoints))
         self._client: aetcd.Client | None = None
@@ -219,7 +229,12 @@ class EtcdCoordinator:
         if self._client is None:
             ep = self._endpoints[self._index]
             # Our own deadlines bound every call; aetcd's timeout stays unset.
-            self._client = aetcd.Client(host=ep.host, port=ep.port, timeout=None)
+            if ep.secure and self._credentials is not None:
+                self._client = TlsClient(
+                    host=ep.host, port=ep.port, credentials=self._credentials, timeout=None
+                )
+            else:
+                self._client = aetcd.Client(host=ep.host, port=ep.port, timeout=None)
         return self._client
 
     async def _ensure_client(self) -> aetcd.Client:
@@ -282,9 +297,14 @@ class EtcdCoordinator:
         where = ", ".join(str(e) for e in self._endpoints)
         reason = type(last).__name__ if last is not None else "timeout"
         detail = str(last).strip().splitlines()[0] if last is not None and str(last) else ""
+        if isinstance(last, grpc.aio.AioRpcError) and last.details():
+            detail = str(last.details()).strip()  # e.g. why a TLS handshake failed
+        hint = ""
+        if self._credentials is not None and any(m in detail for m in _TLS_FAILURES):
+            hint = "; the TLS handshake failed: check coordination ca_file, cert_file and key_file"
         raise StoreUnavailable(
             f"etcd at {where} did not answer {what} within {total:g} s "
-            f"({reason}{': ' + detail if detail else ''})."
+            f"({reason}{': ' + detail if detail else ''}){hint}."
         )
 
     def _full(self, what: str) -> StoreFull:

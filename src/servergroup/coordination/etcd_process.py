@@ -15,6 +15,13 @@ helpers (`kill`, `freeze`, `thaw`, `restart`) exist for the fault tests:
 SIGKILL for a crash, SIGSTOP for a member that hangs (as Patroni's feature
 tests do), restart from the same data directory to rejoin.
 
+With `tls` in the spec, the member serves clients and peers over TLS
+(`https://` URLs) and demands a certificate signed by the trusted CA from
+both (`--client-cert-auth`, `--peer-client-cert-auth`); the readiness and
+status probes then show the member's own certificate, which is valid for
+client authentication too (see `coordination.certs`). A `launcher` wraps the
+command line, e.g. to start the member inside a lab host's network namespace.
+
 Tuned timings (`--heartbeat-interval 50 --election-timeout 500`) make etcd's
 smallest lease 1 s (`ceil(1.5 * election timeout)`, see REFERENCE.md).
 """
@@ -29,12 +36,13 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -75,6 +83,21 @@ class Compaction:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MemberTls:
+    """A member's TLS: its certificate (for clients and peers alike) and the CA it trusts."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client context for probing the member: trusts the CA, shows the member's cert."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EtcdMemberSpec:
     """Everything about one etcd member; `initial_cluster` empty means a single member."""
 
@@ -96,11 +119,13 @@ class EtcdMemberSpec:
     #: Raise the NOSPACE alarm past this database size (`--quota-backend-bytes`);
     #: None: etcd's default (2 GiB).
     quota_backend_bytes: int | None = None
+    #: TLS for clients and peers, with client certificates required; None: plain http.
+    tls: MemberTls | None = None
 
     @property
     def endpoint(self) -> Endpoint:
         """Where clients reach this member."""
-        return Endpoint(host=self.host, port=self.client_port)
+        return Endpoint(host=self.host, port=self.client_port, secure=self.tls is not None)
 
     @property
     def client_url(self) -> str:
@@ -109,12 +134,20 @@ class EtcdMemberSpec:
     @property
     def client_urls(self) -> tuple[str, ...]:
         """Every URL clients reach this member at: `client_url` first."""
-        extra = (str(Endpoint(host=h, port=self.client_port)) for h in self.extra_client_hosts)
+        secure = self.tls is not None
+        extra = (
+            str(Endpoint(host=h, port=self.client_port, secure=secure))
+            for h in self.extra_client_hosts
+        )
         return (self.client_url, *extra)
 
     @property
     def peer_url(self) -> str:
-        return str(Endpoint(host=self.host, port=self.peer_port))
+        return str(Endpoint(host=self.host, port=self.peer_port, secure=self.tls is not None))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How to probe this member over TLS; None when it speaks plain http."""
+        return self.tls.context() if self.tls is not None else None
 
 
 def etcd_argv(spec: EtcdMemberSpec, binary: str | None = None) -> list[str]:
@@ -160,6 +193,24 @@ def etcd_argv(spec: EtcdMemberSpec, binary: str | None = None) -> list[str]:
         ]
     if spec.quota_backend_bytes is not None:
         argv += ["--quota-backend-bytes", str(spec.quota_backend_bytes)]
+    if spec.tls is not None:
+        tls = spec.tls
+        argv += [
+            "--cert-file",
+            str(tls.cert_file),
+            "--key-file",
+            str(tls.key_file),
+            "--trusted-ca-file",
+            str(tls.ca_file),
+            "--client-cert-auth",
+            "--peer-cert-file",
+            str(tls.cert_file),
+            "--peer-key-file",
+            str(tls.key_file),
+            "--peer-trusted-ca-file",
+            str(tls.ca_file),
+            "--peer-client-cert-auth",
+        ]
     return argv
 
 
@@ -203,19 +254,24 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _http_json(url: str, *, body: bytes | None, timeout: float) -> Any:
+def _http_json(
+    url: str, *, body: bytes | None, timeout: float, context: ssl.SSLContext | None = None
+) -> Any:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())
 
 
-def is_healthy(endpoint: Endpoint, timeout: float = _REQUEST_TIMEOUT) -> bool:
+def is_healthy(
+    endpoint: Endpoint, timeout: float = _REQUEST_TIMEOUT, context: ssl.SSLContext | None = None
+) -> bool:
     """True when the member at `endpoint` answers `/health` with `"health": "true"`.
 
     etcd says healthy only when the member sees a leader and has no alarm.
+    `context`: the TLS trust and client certificate for an `https://` member.
     """
     try:
-        answer = _http_json(f"{endpoint}/health", body=None, timeout=timeout)
+        answer = _http_json(f"{endpoint}/health", body=None, timeout=timeout, context=context)
     except (OSError, ValueError):  # refused, timed out, HTTP error, not JSON
         return False
     return isinstance(answer, dict) and answer.get("health") == "true"
@@ -235,10 +291,14 @@ class EtcdMemberStatus:
         return self.leader_id != 0 and self.leader_id == self.member_id
 
 
-def member_status(endpoint: Endpoint, timeout: float = _REQUEST_TIMEOUT) -> EtcdMemberStatus | None:
+def member_status(
+    endpoint: Endpoint, timeout: float = _REQUEST_TIMEOUT, context: ssl.SSLContext | None = None
+) -> EtcdMemberStatus | None:
     """Ask one member for its status through the JSON gateway; None when it does not answer."""
     try:
-        answer = _http_json(f"{endpoint}/v3/maintenance/status", body=b"{}", timeout=timeout)
+        answer = _http_json(
+            f"{endpoint}/v3/maintenance/status", body=b"{}", timeout=timeout, context=context
+        )
         return EtcdMemberStatus(
             member_id=int(answer["header"]["member_id"]),
             leader_id=int(answer.get("leader", 0)),
@@ -301,7 +361,8 @@ class EtcdProcess:
 
     Output goes to `log_path` (appended across restarts); with `echo`, each
     line is also copied to that stream (for `servergroup etcd` in the
-    foreground).
+    foreground). `launcher` turns etcd's command line into the one to run
+    (e.g. `Lab.command`, inside a lab host); it must exec etcd, not fork it.
     """
 
     def __init__(
@@ -311,8 +372,11 @@ class EtcdProcess:
         log_path: Path | None = None,
         echo: TextIO | None = None,
         label: str | None = None,
+        launcher: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.spec = spec
+        self._launcher = launcher
+        self._context = spec.ssl_context()
         #: How errors name this member, e.g. "the local etcd".
         self.label = label if label is not None else f"etcd member {spec.name}"
         self.log_path = log_path if log_path is not None else spec.data_dir.with_suffix(".log")
@@ -360,7 +424,7 @@ class EtcdProcess:
         """What the member says about itself; None when it is down, frozen or silent."""
         if not self.running or self._frozen:
             return None
-        status = member_status(self.endpoint, timeout)
+        status = member_status(self.endpoint, timeout, self._context)
         if status is not None:
             self._member_id = status.member_id
         return status
@@ -378,8 +442,9 @@ class EtcdProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             try:
+                argv = etcd_argv(self.spec, binary)
                 self._proc = subprocess.Popen(
-                    etcd_argv(self.spec, binary),
+                    self._launcher(argv) if self._launcher is not None else argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log if self._echo is None else subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -409,7 +474,7 @@ class EtcdProcess:
             returncode = self._proc.poll()
             if returncode is not None:
                 raise ProcessFailed(self._failure(f"{_describe_exit(returncode)} while starting"))
-            if not self._frozen and is_healthy(self.endpoint):
+            if not self._frozen and is_healthy(self.endpoint, context=self._context):
                 return
             if time.monotonic() >= deadline:
                 raise ProcessFailed(
@@ -653,6 +718,7 @@ __all__ = [
     "EtcdMemberSpec",
     "EtcdMemberStatus",
     "EtcdProcess",
+    "MemberTls",
     "cluster_specs",
     "etcd_argv",
     "find_etcd_binary",

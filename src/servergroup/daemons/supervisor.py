@@ -44,7 +44,7 @@ supervisor: a small synchronous loop that
 It restarts the daemon itself, rather than exiting for someone else to
 restart, because under `servergroup up` nobody else would; under systemd
 the unit restarts the daemon and runs the same cleanup as
-`servergroup host cleanup` (`ExecStopPost=`, packaging/systemd/), and no
+`servergroup host cleanup` (`ExecStopPost=`, servergroup/data/systemd/), and no
 supervisor process is needed. The supervisor survives the store being
 unreachable (the cleanup then stops the instances, logs one sentence and
 leaves the lease to expire) and any failure of its cleanup (logged as a

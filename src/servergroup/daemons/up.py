@@ -4,7 +4,10 @@
 
 1. a lab of N hosts (`servergroup.lab`): network namespaces `<lab>-h<i>` on a
    bridge whose root-side address lab hosts use to reach etcd;
-2. the managed local etcd, serving loopback and that bridge address;
+2. the managed local etcd, serving loopback and that bridge address; or,
+   when etcd endpoints are configured, nothing: the hosts use that cluster
+   (its members must be reachable from the lab hosts, so not on loopback;
+   TLS settings and the config file are handed down to the host daemons);
 3. one `servergroup host --supervised` per lab host, started detached inside
    the host's namespace, channel directory `<state>/up/hosts/h<i>/channels`,
    log `<state>/up/hosts/h<i>/host.log`: a supervisor (`daemons.supervisor`)
@@ -75,18 +78,28 @@ class UpStatus:
 
     lab: str
     state_dir: str
-    etcd: str  # the endpoint on the root namespace (loopback)
-    etcd_for_hosts: str  # the endpoint lab hosts use
+    etcd: str  # the endpoint(s) on the root namespace (the managed etcd's: loopback)
+    etcd_for_hosts: str  # the endpoint(s) lab hosts use (the same for a configured cluster)
     prefix: str
     started_etcd: bool
     hosts: tuple[UpHost, ...]
+
+    @property
+    def cluster(self) -> str | None:
+        """The configured cluster's endpoints the hosts use; None with the managed etcd."""
+        return self.etcd_for_hosts if self.etcd == self.etcd_for_hosts else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> list[str]:
+        where = (
+            f"the configured cluster {self.etcd}"
+            if self.cluster is not None
+            else f"{self.etcd} (lab hosts use {self.etcd_for_hosts})"
+        )
         lines = [
-            f"etcd: {self.etcd} (lab hosts use {self.etcd_for_hosts}), prefix {self.prefix}",
+            f"etcd: {where}, prefix {self.prefix}",
             f"lab: {self.lab} ({len(self.hosts)} host{'s' if len(self.hosts) != 1 else ''})",
         ]
         for h in self.hosts:
@@ -125,16 +138,23 @@ def _write_status(config: Config, status: UpStatus) -> None:
 
 
 def _host_argv(
-    config: Config, name: str, endpoint: Endpoint, channel_dir: Path, address: str
+    config: Config,
+    name: str,
+    endpoints: tuple[Endpoint, ...],
+    channel_dir: Path,
+    address: str,
+    config_path: Path | None = None,
 ) -> list[str]:
+    given = ["--config", os.path.abspath(config_path)] if config_path is not None else []
     return [
         sys.executable,
         "-m",
         "servergroup",
+        *given,
         "--state-dir",
         str(Path(os.path.abspath(config.state_dir))),
         "--endpoints",
-        str(endpoint),
+        ",".join(str(e) for e in endpoints),
         "--prefix",
         config.coordination.prefix,
         "--log-json",
@@ -148,6 +168,26 @@ def _host_argv(
         "--migration-address",
         address,
     ]
+
+
+def _host_env(config: Config) -> dict[str, str]:
+    """The host daemons' environment: ours, with the TLS settings of `config` made explicit.
+
+    The managed etcd speaks plain http on the lab bridge's root address, which
+    is not loopback but never leaves this machine, so it is allowed there.
+    """
+    coordination = config.coordination
+    env = {k: v for k, v in os.environ.items() if k != "SERVERGROUP_ETCD_ENDPOINTS"}
+    env["SERVERGROUP_ETCD_INSECURE"] = "1" if coordination.insecure or config.managed_etcd else "0"
+    for var, value in (
+        ("SERVERGROUP_ETCD_CA", coordination.ca_file),
+        ("SERVERGROUP_ETCD_CERT", coordination.cert_file),
+        ("SERVERGROUP_ETCD_KEY", coordination.key_file),
+    ):
+        env.pop(var, None)
+        if value:
+            env[var] = value
+    return env
 
 
 def _our_host_daemon(pid: int, config: Config, name: str) -> ProcessIdentity | None:
@@ -178,17 +218,30 @@ def up(
     hosts: int = 1,
     lab_name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    config_path: Path | None = None,
 ) -> UpStatus:
-    """Bring the single-machine setup to `hosts` lab hosts, each with a host daemon."""
+    """Bring the single-machine setup to `hosts` lab hosts, each with a host daemon.
+
+    With etcd endpoints configured, the host daemons use that cluster and no
+    local etcd is started; `config_path`, the file `config` was read from, is
+    handed to the host daemons too.
+    """
     say = progress or (lambda _msg: None)
     if hosts < 1:
         raise LocalError("servergroup up needs at least one host (--hosts 1 or more)")
-    if config.coordination.endpoints:
-        raise LocalError(
-            "servergroup up runs its own etcd on this machine; do not configure etcd "
-            "endpoints (--endpoints, SERVERGROUP_ETCD_ENDPOINTS) for it"
-        )
+    configured = config.coordination.endpoints
+    for endpoint in configured:
+        if endpoint.loopback:
+            raise LocalError(
+                f"etcd endpoint {endpoint} is on loopback, which the lab hosts cannot reach; "
+                "configure the addresses the cluster's members serve on the network"
+            )
     previous = read_status(config)
+    if previous is not None and previous.cluster != (_joined(configured) if configured else None):
+        raise LocalError(
+            f"servergroup up is already up on etcd {previous.etcd_for_hosts} from this state "
+            "directory; run `servergroup down` first to use another etcd"
+        )
     name = lab_name or (previous.lab if previous is not None else DEFAULT_LAB)
     if previous is not None and previous.lab != name:
         raise LocalError(
@@ -204,13 +257,20 @@ def up(
             _end(h.pid, config, h.name)
     say(f"lab {name}: {hosts} host(s)")
     lab_status = lab.up(hosts)
-    local = LocalEtcd(config)
-    was_running = local.status().running
-    root = str(lab_status.root_address)
-    endpoint = local.ensure_running(serve_also=(root,))
-    started_etcd = (previous.started_etcd if previous is not None else False) or not was_running
-    host_endpoint = Endpoint(host=root, port=endpoint.port)
-    say(f"etcd: {endpoint} (lab hosts use {host_endpoint})")
+    if configured:
+        endpoints = host_endpoints = configured
+        started_etcd = False
+        say(f"etcd: the configured cluster {_joined(configured)}")
+    else:
+        local = LocalEtcd(config)
+        was_running = local.status().running
+        root = str(lab_status.root_address)
+        endpoint = local.ensure_running(serve_also=(root,))
+        started_etcd = (previous.started_etcd if previous is not None else False) or not was_running
+        endpoints = (endpoint,)
+        host_endpoints = (Endpoint(host=root, port=endpoint.port),)
+        say(f"etcd: {endpoint} (lab hosts use {host_endpoints[0]})")
+    env = _host_env(config)
     known = {h.name: h for h in previous.hosts} if previous is not None else {}
     result: list[UpHost] = []
     for lab_host in lab_status.hosts:
@@ -224,20 +284,19 @@ def up(
         else:
             say(f"starting host daemon {lab_host.name}")
             with open(log_path, "ab") as out:
-                # nsenter, not `ip netns exec`: that remounts /sys for the
-                # namespace, and the lab driver needs the host's cgroup mounts.
+                # As `servergroup lab exec` runs it: the host's network namespace
+                # only, so the lab driver finds the machine's cgroup mounts.
+                argv = _host_argv(
+                    config,
+                    lab_host.name,
+                    host_endpoints,
+                    channel_dir,
+                    str(lab_host.address),
+                    config_path,
+                )
                 proc = subprocess.Popen(
-                    [
-                        "nsenter",
-                        f"--net=/run/netns/{lab_host.netns}",
-                        *_host_argv(
-                            config,
-                            lab_host.name,
-                            host_endpoint,
-                            channel_dir,
-                            str(lab_host.address),
-                        ),
-                    ],
+                    lab.command(lab_host, argv),
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -258,15 +317,19 @@ def up(
     status = UpStatus(
         lab=name,
         state_dir=str(Path(os.path.abspath(config.state_dir))),
-        etcd=str(endpoint),
-        etcd_for_hosts=str(host_endpoint),
+        etcd=_joined(endpoints),
+        etcd_for_hosts=_joined(host_endpoints),
         prefix=config.coordination.prefix,
         started_etcd=started_etcd,
         hosts=tuple(result),
     )
     _write_status(config, status)
-    asyncio.run(_wait_hosts(config, endpoint, status))
+    asyncio.run(_wait_hosts(config, endpoints, status))
     return status
+
+
+def _joined(endpoints: tuple[Endpoint, ...]) -> str:
+    return ",".join(str(e) for e in endpoints)
 
 
 def _parent(pid: int) -> int | None:
@@ -276,13 +339,13 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> None:
+async def _wait_hosts(config: Config, endpoints: tuple[Endpoint, ...], status: UpStatus) -> None:
     """Wait until every host daemon has registered itself in etcd (or died).
 
     The registrations come from a watch of the registry; the daemons'
     processes are checked locally every tenth of a second meanwhile.
     """
-    coordinator = connect(config, endpoints=(endpoint,))
+    coordinator = connect(config, endpoints=endpoints)
     cache = RegistryCache(coordinator)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HOST_READY_TIMEOUT
@@ -296,7 +359,7 @@ async def _wait_hosts(config: Config, endpoint: Endpoint, status: UpStatus) -> N
             await cache.start()
         except CoordinationError as exc:
             raise ProcessFailed(
-                f"cannot read the registry from etcd at {endpoint}: {exc}"
+                f"cannot read the registry from etcd at {_joined(endpoints)}: {exc}"
             ) from None
         while True:
             waiting = [h for h in status.hosts if not registered(cache.snapshot, h)]
@@ -397,11 +460,14 @@ def _dead_hosts(config: Config, status: UpStatus | None) -> set[str]:
 
 async def _clean_servers(config: Config, status: UpStatus | None) -> int:
     driver = LabDriver(config.state_dir)
-    local = LocalEtcd(config).status()
     count = 0
-    if local.running:
+    endpoints: tuple[Endpoint, ...] = config.coordination.endpoints
+    if not endpoints:
+        local = LocalEtcd(config).status()
+        endpoints = (local.endpoint,) if local.running else ()
+    if endpoints:
         coordination = config.coordination
-        coordinator = connect(config, endpoints=(local.endpoint,))
+        coordinator = connect(config, endpoints=endpoints)
         try:
             registry = Registry(coordinator)
             servers = await registry.list_servers()

@@ -274,8 +274,9 @@ class Lab:
     def command(self, host: HostRef, argv: Sequence[str]) -> list[str]:
         """The command line that runs `argv` in `host`, e.g. for asyncio subprocesses.
 
-        The process is exec'd in place (`ip netns exec`), so its PID is the
-        PID of `argv`, and signals reach it directly.
+        The process is exec'd in place (`nsenter --net`, the network namespace
+        only: `/sys` and its cgroups stay the machine's, so a host daemon runs
+        there), so its PID is the PID of `argv`, and signals reach it directly.
         """
         if not argv:
             raise UsageError("give a command to run in the lab host.")

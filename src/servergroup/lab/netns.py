@@ -83,7 +83,7 @@ R = TypeVar("R")
 #: Where `ip netns` (and pyroute2) keep named namespaces.
 NETNS_DIR = Path("/run/netns")
 #: Programs the lab runs, and the Debian package of each.
-TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables"}
+TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "nsenter": "util-linux"}
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 IFF_UP = 0x1
@@ -357,8 +357,16 @@ def render_tbf(netns: str | None, ifname: str, shaping: Shaping | None) -> list[
 
 
 def netns_command(netns: str, argv: Sequence[str]) -> list[str]:
-    """The command line that runs `argv` inside `netns` (`ip netns exec` execs it)."""
-    return _in_netns(netns, argv)
+    """The command line that runs `argv` in the network namespace `netns` only.
+
+    `nsenter --net` joins the namespace and execs `argv` (its PID is the
+    command's): the network is the lab host's, everything else (mounts, `/sys`
+    and its cgroups, `/proc`, `/etc`) the machine's, as on a host whose
+    network is its own. `ip netns exec` would also remount `/sys` for the
+    namespace, which hides the cgroup hierarchy a host daemon places its lab
+    servers in, so a host daemon could not run there.
+    """
+    return ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv]
 
 
 def _in_netns(netns: str, argv: Sequence[str]) -> list[str]:

@@ -67,6 +67,14 @@ def test_up_list_exec_down(lab_state_dir: Path, lab_name: str) -> None:
         lab_state_dir, "lab", "exec", "--name", lab_name, "h1", "--", "sh", "-c", "exit 7"
     )
     assert failed.returncode == 7
+    # The network namespace only: /sys and its cgroups are the machine's (a host
+    # daemon places its lab servers there), where `ip netns exec` would remount /sys.
+    cgroups = servergroup(
+        lab_state_dir, "lab", "exec", "--name", lab_name, "h1", "--", "ls", "/sys/fs/cgroup"
+    )
+    assert cgroups.returncode == 0, cgroups.stderr
+    assert cgroups.stdout.split()  # a fresh /sys shows an empty /sys/fs/cgroup
+    assert sorted(cgroups.stdout.split()) == sorted(os.listdir("/sys/fs/cgroup"))
 
     down = servergroup(lab_state_dir, "lab", "down", "--name", lab_name)
     assert (down.returncode, down.stdout) == (0, f"lab {lab_name} is down.\n")
@@ -209,8 +217,8 @@ def test_missing_tools_are_named(lab_state_dir: Path, lab_name: str, tmp_path: P
     done = servergroup(lab_state_dir, "lab", "up", "-n", "1", "--name", lab_name, env=env)
     assert done.returncode == 5
     assert done.stderr == (
-        "servergroup: the lab needs tc and nft, which are not installed; install the "
-        "Debian packages iproute2 and nftables.\n"
+        "servergroup: the lab needs tc and nft and nsenter, which are not installed; install "
+        "the Debian packages iproute2 and nftables and util-linux.\n"
     )
 
 
