@@ -74,7 +74,7 @@ def image() -> None:
 
     The sender reads the image on standard input and waits for CLIENTS
     receivers; each receiver writes it to standard output or --output. Every
-    receiver checks the SHA-256 of the whole image at the end.
+    receiver checks the BLAKE3 digest of the whole image at the end.
     """
 
 
@@ -172,7 +172,7 @@ def receive(
 ) -> None:
     """Receive an image from SERVER_IP on the interface with LOCAL_IP, to standard output.
 
-    Exit status: 0 only when the image arrived whole and its SHA-256
+    Exit status: 0 only when the image arrived whole and its BLAKE3 digest
     matched; 1 otherwise (nothing is left under --output then); 2 for bad input.
     """
     config = receive_config(
@@ -250,7 +250,7 @@ def sender_report_dict(report: SenderReport) -> dict[str, object]:
         "ok": report.ok,
         "reason": report.reason,
         "bytes": report.total_bytes,
-        "sha256": report.digest.hex(),
+        "blake3": report.digest.hex(),
         "buffers": report.buffers,
         "multicast_packets": report.multicast_packets,
         "final_rate_bps": round(report.final_rate),
@@ -301,7 +301,7 @@ def receiver_report_dict(report: ReceiverReport) -> dict[str, object]:
 
 def _print_table(report: SenderReport) -> None:
     console = Console(stderr=True)
-    table = Table(title=f"{report.total_bytes} bytes, sha256 {report.digest.hex()[:16]}…")
+    table = Table(title=f"{report.total_bytes} bytes, blake3 {report.digest.hex()[:16]}…")
     for column in ("client", "address", "status", "via", "loss", "repaired", "bad pkts", "why"):
         table.add_column(column)
     for row in report.clients:
