@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -245,7 +246,7 @@ class _Receiver:
                 )
             except (OSError, TimeoutError) as exc:
                 if self.clock.monotonic() >= deadline:
-                    why = describe_os_error(exc) if isinstance(exc, OSError) else "timed out"
+                    why = connect_failure(exc)
                     raise TransferError(
                         f"cannot reach the sender at {config.server_ip}:{config.port} "
                         f"within {config.timeout:g} s ({why})."
@@ -309,6 +310,24 @@ class _Receiver:
                     await asyncio.wait_for(asyncio.shield(self.write_tail), 5.0)
             self.sink.discard()
         self.disk.shutdown(wait=False, cancel_futures=True)
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection to the sender failed, in a few words (never empty)."""
+    if isinstance(exc, TimeoutError):  # asyncio's and the kernel's (ETIMEDOUT) alike
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused: nothing listens there"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return f"no route: {describe_os_error(exc)}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+_UNREACHABLE = frozenset(
+    (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL)
+)
 
 
 async def run_receiver(

@@ -44,8 +44,6 @@ from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
 
-from crc32c import crc32c
-
 from servergroup.multicast.protocol import (
     DATA_HEADER_SIZE,
     FLAG_AUTH,
@@ -70,6 +68,7 @@ from servergroup.multicast.protocol import (
     Sent,
     Welcome,
     check_data,
+    crc32c,
 )
 
 #: Buffers handed over but not yet written, beyond which `Ready` waits.

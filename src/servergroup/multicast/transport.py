@@ -127,6 +127,18 @@ def multicast_receiver_socket(
     return sock
 
 
+def interface_mtu(local_ip: IPv4Address) -> tuple[str, int]:
+    """(name, MTU) of the interface that holds `local_ip`; UsageError if none does."""
+    import psutil  # only the sender's start needs it
+
+    stats = psutil.net_if_stats()
+    for name, addresses in psutil.net_if_addrs().items():
+        holds = any(a.family == socket.AF_INET and a.address == str(local_ip) for a in addresses)
+        if holds and name in stats and stats[name].mtu > 0:
+            return name, stats[name].mtu
+    raise UsageError(f"LOCAL_IP {local_ip} is not an address of this host.")
+
+
 # --- the sender's buffers -------------------------------------------------------------
 
 
