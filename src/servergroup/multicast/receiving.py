@@ -20,9 +20,14 @@ the driver's to compute as it writes; the machine asks for the check
 (`Verify`) once the last buffer is written and turns the answer into the
 `Result` the sender waits for.
 
-Multicast datagrams take a fast path (`datagram_received`): the packet is
-checked where it lies and its payload copied once, into its place in the
-buffer; no packet object is made.
+Multicast datagrams take a fast path (`datagrams_received`, one call per
+receive, which may hold a run the kernel coalesced): a datagram of the buffer
+being filled is recognised by a few integer comparisons of its header, its
+CRC-32C (and tag, with a key) is checked where it lies and its payload
+copied once, into its place in the buffer; no packet object is made.
+Anything else goes the general way (`datagram_received`, through
+`check_data`), which names what is wrong; the two agree on every input (a
+property test holds them to it).
 
 Garbage never stops the receiver: a data packet that fails to decode, comes
 from another session, or belongs to no buffer being filled is counted and
@@ -222,7 +227,7 @@ class _Incoming:
         self.count = info.packet_count
         self.byte_length = info.byte_length
         # What the fast path compares: session and buffer id as one number (as
-        # `_FAST` reads them) and the flags of a datagram of this buffer.
+        # `_FAST_UNPACK` reads them) and the flags of a datagram of this buffer.
         self.key = session << 32 | info.buffer_id
         self.flags = FLAG_AUTH if auth else 0
         self.tag_size = TAG_SIZE if auth else 0
