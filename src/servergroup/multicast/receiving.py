@@ -276,6 +276,13 @@ class ReceiverMachine:
         return self._report
 
     @property
+    def datagram_size(self) -> int:
+        """Bytes of a whole data datagram of this session (0 before the welcome)."""
+        if self._session is None:
+            return 0
+        return DATA_HEADER_SIZE + self._payload_size + (TAG_SIZE if self._auth else 0)
+
+    @property
     def received_bytes(self) -> int:
         """Bytes of whole buffers so far (for progress displays)."""
         return self._delivered_bytes

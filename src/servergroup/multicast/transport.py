@@ -10,8 +10,9 @@ moves many datagrams per call where the kernel can: the sender hands up to
 64 equal-sized datagrams to one `sendmsg` with UDP segmentation offload
 (`UDP_SEGMENT`; the kernel or the NIC cuts them apart, each still a datagram
 of its own on the wire), and the receiver asks for UDP receive offload
-(`UDP_GRO`), getting runs of datagrams in one `recvmsg` with their size. Both
-fall back to one datagram per call where the kernel or the device says no.
+(`UDP_GRO`), getting runs of datagrams in one receive where the device
+coalesces them (GRO). Both fall back to one datagram per call where the
+kernel or the device says no.
 """
 
 from __future__ import annotations
