@@ -2,7 +2,10 @@
 
 Links, addresses, routes and namespaces go through netlink (pyroute2);
 qdiscs through `tc` and the loss rule through `nft`, whose command lines are
-shorter and clearer than their netlink encodings. This module decides
+shorter and clearer than their netlink encodings; the root-side ports get
+UDP segmentation offload turned off (ethtool through pyroute2), so a
+segmented send is cut into datagrams on the "wire" and the loss rule drops
+datagrams one by one. This module decides
 nothing: `observe` fills in an `ObservedLab`, `apply` does what
 `plan.diff` / `plan.teardown` returned, in order.
 
@@ -31,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
+from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from servergroup.common.errors import MissingDependency, PermissionNeeded, ProcessFailed
@@ -537,6 +541,7 @@ def _apply_one(sockets: _Sockets, action: Action) -> None:
                 mtu=mtu,
                 state="up" if up else "down",
             )
+            segment_on_the_wire(ifname)
         case ConfigureHostLink(netns=netns, ifname=ifname, mtu=mtu):
             ipr = sockets(netns)
             ipr.link("set", index=_index(ipr, "lo"), state="up")
@@ -559,6 +564,27 @@ def _apply_one(sockets: _Sockets, action: Action) -> None:
             _run(_in_netns(netns, ["nft", "-f", "-"]), stdin=render_nft_loss(HOST_IFNAME, None))
         case _:
             raise AssertionError(f"no driver for {action!r}")
+
+
+def segment_on_the_wire(ifname: str) -> None:
+    """Make a root-side port cut segmented UDP sends into datagrams as it forwards them.
+
+    A veth passes a sender's segmented send (`UDP_SEGMENT`: many datagrams
+    in one buffer) along whole, so the receiving host's loss rule would see,
+    and drop, a run of datagrams as one. A port without UDP segmentation
+    offload makes the kernel cut the run before it leaves the bridge: each
+    datagram then reaches the host, and its loss rule, on its own, as on a
+    real wire.
+    """
+    ethtool = Ethtool()
+    try:
+        features = ethtool.get_features(ifname)
+        feature = features.features.get("tx-udp-segmentation")
+        if feature is not None and feature.enable:
+            feature.enable = False
+            ethtool.set_features(ifname, features)
+    finally:
+        ethtool.close()
 
 
 def _delete_link(ipr: Any, ifname: str) -> None:

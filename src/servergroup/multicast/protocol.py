@@ -10,7 +10,7 @@ with the same 8-byte prefix ``magic "SG" | version | kind | session``:
   when that client needs a repair. Header (24 bytes)::
 
       magic(2) version(1) kind=DATA(1) session(4)
-      buffer_id(4) index(4) length(2) flags(2) crc32(4)
+      buffer_id(4) index(4) length(2) flags(2) crc32c(4)
 
   then `length` bytes of payload, then a 16-byte tag when `flags` has AUTH.
 
@@ -18,12 +18,17 @@ with the same 8-byte prefix ``magic "SG" | version | kind | session``:
   result, keepalive, abort) go over the client's TCP connection only.
   Header (20 bytes)::
 
-      magic(2) version(1) kind(1) session(4) length(4) flags(2) reserved(2) crc32(4)
+      magic(2) version(1) kind(1) session(4) length(4) flags(2) reserved(2) crc32c(4)
 
   then `length` bytes of body, then the tag when `flags` has AUTH.
 
-The crc32 (zlib's) covers the header up to the crc field and the payload or
-body: a flipped bit anywhere is caught. With a shared key, the tag is the
+The CRC-32C (Castagnoli; the `crc32c` library, which uses the CPU's CRC32
+instruction: ~9 GB/s here against ~3.5 GB/s for zlib's crc32, so checking a
+9 KB datagram costs ~1 us) covers the header up to the crc field and the
+payload or body: a flipped bit anywhere is caught, with the same strength as
+crc32 (and better for the burst errors of real links). Version 2 of the wire
+format is version 1 with crc32 replaced by CRC-32C (and the image digest in
+`BufferInfo` a BLAKE3 one); the two do not talk to each other. With a shared key, the tag is the
 first 16 bytes of HMAC-SHA256 over header (crc included) and payload or body,
 so a forged, altered or foreign packet is refused. The session id, drawn at
 random by the sender for each transfer, separates transfers that share a
@@ -42,9 +47,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.machinery
+import importlib.util
 import struct
-import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from ipaddress import IPv4Address
@@ -52,7 +58,7 @@ from ipaddress import IPv4Address
 from servergroup.common.errors import RemoteError
 
 MAGIC = b"SG"
-VERSION = 1
+VERSION = 2
 #: First 16 bytes of HMAC-SHA256.
 TAG_SIZE = 16
 FLAG_AUTH = 0x0001
@@ -65,6 +71,37 @@ MAX_BODY = 4 * 1024 * 1024 + 64
 MAX_TEXT = 512
 DIGEST_SIZE = 32
 U32 = 0xFFFFFFFF
+
+
+def _load_crc32c() -> Callable[..., int]:
+    """The `crc32c` library's C function, loaded without running its package's `__init__`.
+
+    That `__init__` reads the library's version from the installed metadata
+    and imports its command line: ~0.1 s of CPU at every start of every
+    receiver, as much as the faster checksum saves on 1 GiB. The extension
+    module alone has the function; if the layout ever differs, the ordinary
+    import is used.
+    """
+    spec = importlib.util.find_spec("crc32c")
+    for where in (spec.submodule_search_locations or []) if spec is not None else []:
+        finder = importlib.machinery.FileFinder(
+            where,
+            (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        )
+        found = finder.find_spec("crc32c._crc32c")
+        if found is not None and found.loader is not None:
+            module = importlib.util.module_from_spec(found)
+            found.loader.exec_module(module)
+            function: Callable[..., int] = module.crc32c
+            return function
+    import crc32c
+
+    return crc32c.crc32c
+
+
+#: CRC-32C of a buffer, continuing from a previous value (hardware-assisted).
+crc32c: Callable[..., int] = _load_crc32c()
+_crc32c = crc32c
 
 _PREFIX = struct.Struct("!2sBBI")
 _DATA = struct.Struct("!2sBBIIIHHI")
@@ -165,7 +202,7 @@ def data_header(
     fields = _DATA.pack(
         MAGIC, VERSION, Kind.DATA, session, buffer_id, index, len(payload), flags, 0
     )
-    crc = zlib.crc32(payload, zlib.crc32(fields[:-4]))
+    crc = _crc32c(payload, _crc32c(fields[:-4]))
     header = fields[:-4] + crc.to_bytes(4, "big")
     tag = auth.tag(header, payload) if auth is not None else b""
     return header, tag
@@ -180,7 +217,6 @@ def encode_data(packet: DataPacket, auth: Auth | None = None) -> bytes:
 _DATA_UNPACK = _DATA.unpack_from
 _DATA_CRC_AT = DATA_HEADER_SIZE - 4
 _KIND_DATA = int(Kind.DATA)
-_crc32 = zlib.crc32
 
 
 def decode_data(data: bytes | bytearray | memoryview, auth: Auth | None = None) -> DataPacket:
@@ -223,8 +259,8 @@ def check_data(
         )
     view = data if isinstance(data, memoryview) else memoryview(data)
     payload = view[DATA_HEADER_SIZE:end]
-    if _crc32(payload, _crc32(view[:_DATA_CRC_AT])) != crc:
-        raise ProtocolError(Fault.CORRUPT, "crc32 mismatch")
+    if _crc32c(payload, _crc32c(view[:_DATA_CRC_AT])) != crc:
+        raise ProtocolError(Fault.CORRUPT, "crc32c mismatch")
     if auth is not None and not auth.check(view[end:], view[:DATA_HEADER_SIZE], payload):
         raise ProtocolError(Fault.FORGED, "tag mismatch")
     return session, buffer_id, index, length
@@ -343,7 +379,7 @@ class Done:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
-    """Client → sender at the end: was the whole image written and its SHA-256 right."""
+    """Client → sender at the end: was the whole image written and its digest right."""
 
     ok: bool
     total_bytes: int
@@ -431,7 +467,7 @@ def encode_message(message: Message, session: int, auth: Auth | None = None) -> 
     kind, body = _body(message)
     flags = FLAG_AUTH if auth is not None else 0
     fields = _CONTROL.pack(MAGIC, VERSION, kind, session, len(body), flags, 0, 0)
-    crc = zlib.crc32(body, zlib.crc32(fields[:-4]))
+    crc = _crc32c(body, _crc32c(fields[:-4]))
     header = fields[:-4] + crc.to_bytes(4, "big")
     tag = auth.tag(header, body) if auth is not None else b""
     return header + body + tag
@@ -460,8 +496,8 @@ def decode_message(
     if len(view) != end + tag_size:
         raise ProtocolError(Fault.MALFORMED, f"{len(view)} bytes for a {length}-byte body")
     body = view[CONTROL_HEADER_SIZE:end]
-    if zlib.crc32(body, zlib.crc32(view[: CONTROL_HEADER_SIZE - 4])) != crc:
-        raise ProtocolError(Fault.CORRUPT, "crc32 mismatch")
+    if _crc32c(body, _crc32c(view[: CONTROL_HEADER_SIZE - 4])) != crc:
+        raise ProtocolError(Fault.CORRUPT, "crc32c mismatch")
     if auth is not None and not auth.check(view[end:], view[:CONTROL_HEADER_SIZE], body):
         raise ProtocolError(Fault.FORGED, "tag mismatch")
     try:

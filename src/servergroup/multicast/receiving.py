@@ -8,21 +8,26 @@ The receiver's half of the rounds of seed 001 (see `sending`)::
     BufferInfo ─► room for the buffer ─► Ready
     data packets (multicast, or repairs on the connection) fill the buffer
     Sent ─► Request(the missing ranges) ... until the buffer is whole ─► Done
-    BufferInfo with zero packets ─► every buffer written ─► SHA-256 checked ─► Result
+    BufferInfo with zero packets ─► every buffer written ─► BLAKE3 digest checked ─► Result
 
 A buffer is handed to the driver (`Deliver`) the moment it is whole, and
 `Done` goes out at once; the driver writes it in the background and says
 `delivered`. At most two buffers wait to be written: `Ready` for a new
 buffer waits while two are still being written. A written buffer's memory
 is kept and filled again by a later buffer (fresh memory would be zeroed
-and faulted in page by page, for every buffer). The SHA-256 of the whole image is
+and faulted in page by page, for every buffer). The digest of the whole image is
 the driver's to compute as it writes; the machine asks for the check
 (`Verify`) once the last buffer is written and turns the answer into the
 `Result` the sender waits for.
 
-Multicast datagrams take a fast path (`datagram_received`): the packet is
-checked where it lies and its payload copied once, into its place in the
-buffer; no packet object is made.
+Multicast datagrams take a fast path (`datagrams_received`, one call per
+receive, which may hold a run the kernel coalesced): a datagram of the buffer
+being filled is recognised by a few integer comparisons of its header, its
+CRC-32C (and tag, with a key) is checked where it lies and its payload
+copied once, into its place in the buffer; no packet object is made.
+Anything else goes the general way (`datagram_received`, through
+`check_data`), which names what is wrong; the two agree on every input (a
+property test holds them to it).
 
 Garbage never stops the receiver: a data packet that fails to decode, comes
 from another session, or belongs to no buffer being filled is counted and
@@ -38,6 +43,7 @@ once, and only whole; exactly one `Close` ends the machine.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -45,6 +51,10 @@ from ipaddress import IPv4Address
 
 from servergroup.multicast.protocol import (
     DATA_HEADER_SIZE,
+    FLAG_AUTH,
+    MAGIC,
+    TAG_SIZE,
+    VERSION,
     Abort,
     Auth,
     BufferInfo,
@@ -54,6 +64,7 @@ from servergroup.multicast.protocol import (
     Fault,
     Hello,
     Keepalive,
+    Kind,
     Message,
     ProtocolError,
     Ready,
@@ -62,10 +73,18 @@ from servergroup.multicast.protocol import (
     Sent,
     Welcome,
     check_data,
+    crc32c,
 )
 
 #: Buffers handed over but not yet written, beyond which `Ready` waits.
 MAX_UNWRITTEN = 2
+
+#: A data packet's header as the fast path reads it: magic, version and kind
+#: as one number, session and buffer id as one, index, length, flags, crc.
+_FAST_UNPACK = struct.Struct("!IQIHHI").unpack_from
+_FIRST = int.from_bytes(MAGIC + bytes((VERSION, Kind.DATA)), "big")
+_DATA_CRC_AT = DATA_HEADER_SIZE - 4
+_crc32c = crc32c
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +123,7 @@ class Deliver:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verify:
-    """Everything is written: compare length and SHA-256; then `verified`."""
+    """Everything is written: compare length and digest; then `verified`."""
 
     total_bytes: int
     digest: bytes
@@ -185,12 +204,35 @@ class _Tally:
 
 
 class _Incoming:
-    __slots__ = ("byte_length", "count", "data", "have", "have_count", "id", "ready", "tally")
+    __slots__ = (
+        "byte_length",
+        "count",
+        "data",
+        "flags",
+        "full_size",
+        "have",
+        "have_count",
+        "id",
+        "key",
+        "last_length",
+        "ready",
+        "tag_size",
+        "tally",
+    )
 
-    def __init__(self, info: BufferInfo, data: bytearray) -> None:
+    def __init__(
+        self, info: BufferInfo, data: bytearray, session: int, payload_size: int, auth: bool
+    ) -> None:
         self.id = info.buffer_id
         self.count = info.packet_count
         self.byte_length = info.byte_length
+        # What the fast path compares: session and buffer id as one number (as
+        # `_FAST_UNPACK` reads them) and the flags of a datagram of this buffer.
+        self.key = session << 32 | info.buffer_id
+        self.flags = FLAG_AUTH if auth else 0
+        self.tag_size = TAG_SIZE if auth else 0
+        self.full_size = DATA_HEADER_SIZE + payload_size + self.tag_size
+        self.last_length = info.byte_length - (info.packet_count - 1) * payload_size
         # At least byte_length long: reused memory may be longer.
         self.data = data
         self.have = bytearray(info.packet_count)
@@ -232,6 +274,13 @@ class ReceiverMachine:
     @property
     def report(self) -> ReceiverReport | None:
         return self._report
+
+    @property
+    def datagram_size(self) -> int:
+        """Bytes of a whole data datagram of this session (0 before the welcome)."""
+        if self._session is None:
+            return 0
+        return DATA_HEADER_SIZE + self._payload_size + (TAG_SIZE if self._auth else 0)
 
     @property
     def received_bytes(self) -> int:
@@ -283,19 +332,110 @@ class ReceiverMachine:
     def datagram_received(
         self, data: bytes | bytearray | memoryview, now: float
     ) -> Sequence[Output]:
-        """A datagram from the multicast socket (anything may arrive there).
+        """One datagram from the multicast socket (anything may arrive there).
 
-        The hot path: give it a memoryview of the receive buffer; the packet is
-        checked in place and its payload copied straight into the buffer.
+        The general path, which `datagrams_received` (the driver's) must agree
+        with: the packet is checked in place by `check_data` and its payload
+        copied into the buffer.
         """
-        try:
-            session, buffer_id, index, length = check_data(data, self._auth)
-        except ProtocolError as exc:
-            self._count_fault(exc.fault)
-            return _NOTHING
         view = data if isinstance(data, memoryview) else memoryview(data)
-        payload = view[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
-        return self._take(session, buffer_id, index, payload, now, True)
+        return self._datagrams_slowly(view, len(view), now)
+
+    def datagrams_received(self, data: memoryview, segment: int, now: float) -> Sequence[Output]:
+        """One receive from the multicast socket: datagrams of `segment` bytes back to back.
+
+        The hot path of the receiver. A receive holds one datagram, or a run
+        the kernel coalesced (UDP receive offload): all `segment` long but the
+        last. A datagram of the buffer being filled, of the expected size, is
+        checked with a few integer comparisons, its CRC-32C (and tag, with a
+        key) and copied into its place; anything else takes the general path
+        of `check_data`, which says what is wrong with it.
+        """
+        b = self._incoming
+        size = len(data)
+        if b is None or size == 0:
+            return self._datagrams_slowly(data, segment, now)
+        payload_size = self._payload_size
+        auth = self._auth
+        full = b.full_size
+        key = b.key
+        flags = b.flags
+        last_index = b.count - 1
+        last_length = b.last_length
+        have = b.have
+        memory = b.data
+        taken = 0
+        heard = False
+        out: Sequence[Output] = _NOTHING
+        start = 0
+        while start < size:
+            end = min(start + segment, size)
+            d = data[start:end]
+            start = end
+            fields = _FAST_UNPACK(d) if len(d) >= DATA_HEADER_SIZE else None
+            if fields is None or fields[0] != _FIRST or fields[1] != key or fields[4] != flags:
+                b.tally.multicast += taken
+                taken = 0
+                out = _join(out, self._datagrams_slowly(d, len(d), now))
+                if self._incoming is not b:
+                    out = _join(out, self._datagrams_slowly(data[start:], segment, now))
+                    break
+                continue
+            _, _, index, length, _, crc = fields
+            payload_end = DATA_HEADER_SIZE + length
+            if (
+                index > last_index
+                or length != (payload_size if index < last_index else last_length)
+                or len(d) != (full if index < last_index else payload_end + b.tag_size)
+            ):
+                b.tally.multicast += taken
+                taken = 0
+                out = _join(out, self._datagrams_slowly(d, len(d), now))
+                if self._incoming is not b:
+                    out = _join(out, self._datagrams_slowly(data[start:], segment, now))
+                    break
+                continue
+            payload = d[DATA_HEADER_SIZE:payload_end]
+            if _crc32c(payload, _crc32c(d[:_DATA_CRC_AT])) != crc:
+                b.tally.corrupt += 1
+                continue
+            if auth is not None and not auth.check(d[payload_end:], d[:DATA_HEADER_SIZE], payload):
+                b.tally.forged += 1
+                continue
+            heard = True
+            if have[index]:
+                b.tally.duplicate += 1
+                continue
+            at = index * payload_size
+            memory[at : at + length] = payload
+            have[index] = 1
+            taken += 1
+            b.have_count += 1
+            if b.have_count == b.count:
+                b.tally.multicast += taken
+                taken = 0
+                out = _join(out, self._complete(b))
+                out = _join(out, self._datagrams_slowly(data[start:], segment, now))
+                break
+        b.tally.multicast += taken
+        if heard:
+            self._heard_at = now
+        return out
+
+    def _datagrams_slowly(self, data: memoryview, segment: int, now: float) -> Sequence[Output]:
+        """The general path, one datagram at a time: whatever arrived, counted right."""
+        out: Sequence[Output] = _NOTHING
+        size = len(data)
+        for start in range(0, size, segment) if size else ():
+            d = data[start : min(start + segment, size)]
+            try:
+                session, buffer_id, index, length = check_data(d, self._auth)
+            except ProtocolError as exc:
+                self._count_fault(exc.fault)
+                continue
+            payload = d[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
+            out = _join(out, self._take(session, buffer_id, index, payload, now, True))
+        return out
 
     def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
         """A data packet that came on the connection (already decoded and checked)."""
@@ -396,7 +536,10 @@ class ReceiverMachine:
         if not (m.packet_count - 1) * size < m.byte_length <= m.packet_count * size:
             self._fail(f"buffer {m.buffer_id}'s length does not fit its packets", out, tell=True)
             return
-        b = _Incoming(m, self._memory(m.packet_count * size))
+        assert self._session is not None  # welcomed: IDLE comes after the welcome
+        b = _Incoming(
+            m, self._memory(m.packet_count * size), self._session, size, self._auth is not None
+        )
         self._incoming = b
         self._phase = Phase.RECEIVING
         if len(self._unwritten) < MAX_UNWRITTEN:
@@ -535,6 +678,14 @@ def _add(tally: _Tally, counters: Counters) -> _Tally:
     tally.forged += counters.forged
     tally.stale += counters.stale
     return tally
+
+
+def _join(first: Sequence[Output], more: Sequence[Output]) -> Sequence[Output]:
+    if not more:
+        return first
+    if not first:
+        return more
+    return [*first, *more]
 
 
 def _missing_ranges(have: bytearray) -> tuple[tuple[int, int], ...]:

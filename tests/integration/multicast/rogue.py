@@ -1,4 +1,4 @@
-"""Bad actors the integration tests run inside lab hosts (a plain script, no project imports).
+"""Bad actors the integration tests run inside lab hosts (a plain script: no project imports).
 
 rogue.py datagrams GROUP PORT SECONDS
     Multicasts, for SECONDS, a mix of: random bytes; packets that look like
@@ -17,14 +17,15 @@ import socket
 import struct
 import sys
 import time
-import zlib
+
+import crc32c
 
 HEADER = struct.Struct("!2sBBIIIHHI")
 
 
 def packet(session: int, buffer_id: int, index: int, payload: bytes, flags: int = 0) -> bytes:
-    fields = HEADER.pack(b"SG", 1, 1, session, buffer_id, index, len(payload), flags, 0)
-    crc = zlib.crc32(payload, zlib.crc32(fields[:-4]))
+    fields = HEADER.pack(b"SG", 2, 1, session, buffer_id, index, len(payload), flags, 0)
+    crc = crc32c.crc32c(payload, crc32c.crc32c(fields[:-4]))
     return fields[:-4] + crc.to_bytes(4, "big") + payload
 
 

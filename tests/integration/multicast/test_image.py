@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.multicast.conftest import PORT, TransferFactory
+from tests.fixtures.lab import LabFactory
+from tests.integration.multicast.conftest import PORT, SG, TransferFactory
 
 pytestmark = pytest.mark.root
 
@@ -34,11 +35,15 @@ def test_every_receiver_gets_the_identical_image(
     transfer: TransferFactory, image: Path, receivers: int, mtu: int, loss: float
 ) -> None:
     t = transfer(receivers + 1, mtu=mtu, loss=loss)
-    sender = t.sender(receivers, image, "--mtu", str(mtu), *SMALL_BUFFER)
+    # Without --mtu, the sender takes the MTU of the interface with LOCAL_IP.
+    given = [] if (receivers, mtu) == (8, 9000) else ["--mtu", str(mtu)]
+    sender = t.sender(receivers, image, *given, *SMALL_BUFFER)
     procs = t.receivers()
     assert sender.wait(60) == 0, sender.stderr()
     report = sender.stdout_json()
     assert report["ok"]
+    assert report["mtu"] == mtu
+    assert report["mtu_from"] == ("eth0's MTU" if not given else "--mtu")
     assert report["bytes"] == image.stat().st_size
     assert len(report["clients"]) == receivers
     for proc in procs.values():
@@ -311,3 +316,26 @@ def test_a_full_disk_fails_that_receiver_clearly_and_the_others_finish(
         assert list(full.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(full)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_a_receiver_says_why_it_cannot_reach_the_sender(lab: LabFactory) -> None:
+    """Refused, no route and timed out each name themselves (the brackets were empty)."""
+    net = lab(2)
+    sender, receiver = net.hosts()
+    absent = sender.address + 200  # on the lab's subnet, but nobody answers its ARP
+    cases = [
+        (str(sender.address), "(refused: nothing listens there)"),
+        ("203.0.113.9", "(no route: "),  # the lab hosts have no route off their subnet
+        (str(absent), "(timed out)"),  # the SYN waits for an ARP answer that never comes
+    ]
+    for server, words in cases:
+        result = net.exec(
+            receiver.name,
+            [*SG, "image", "receive", str(receiver.address), server, "--timeout", "1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1, result.stderr
+        assert f"cannot reach the sender at {server}:18383 within 1 s {words}" in result.stderr

@@ -11,11 +11,12 @@ client that dies, stalls, or never gets multicast.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+
+from blake3 import blake3
 
 from servergroup.multicast import receiving as rx
 from servergroup.multicast import sending as tx
@@ -100,7 +101,7 @@ class Sim:
         }
         self.buffers: dict[int, bytes] = {}
         self.offset = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = blake3()
         self.events: list[object] = []
         self.multicasts: list[tx.Multicast] = []
         self.repairs: list[tx.SendRepairs] = []
@@ -283,7 +284,7 @@ class Sim:
                     c.output += data
                     self.pending_writes.append((i, b, len(data)))
                 case rx.Verify(total_bytes=total, digest=digest):
-                    ok = len(c.output) == total and hashlib.sha256(c.output).digest() == digest
+                    ok = len(c.output) == total and blake3(c.output).digest() == digest
                     self._client(i, c.machine.verified(ok, "" if ok else "bad digest", self.now))
                 case rx.Close(report=report):
                     c.report = report
