@@ -695,6 +695,7 @@ class Throughput:
         self.seconds = float(args.step_seconds)
         self.burst = int(args.burst)
         self.repeat = int(args.repeat)
+        self.profile: Path | None = args.profile
         self._tags = itertools.count()
 
     async def step(
@@ -710,6 +711,11 @@ class Throughput:
         per_sender = rate / senders if rate else 0.0
         before = {n: self.load.apps[n].log.stats for n in who}
         cpu_before = cpu_by_role(self.bench.state_dir)
+        profilers = (
+            start_profilers(self.bench.state_dir, self.profile, f"{senders}s-{tag}")
+            if self.profile is not None and rate is None
+            else []
+        )
         await asyncio.to_thread(self.load.burst, who, tag, count, rate=per_sender)
         sending = count / per_sender if per_sender else 0.0
         done: dict[str, BurstDone] = await asyncio.to_thread(
@@ -720,6 +726,7 @@ class Throughput:
             functools.partial(self.load.wait_delivered, expected, tag, quiet=3.0, timeout=120.0)
         )
         cpu = cpu_used(cpu_before, cpu_by_role(self.bench.state_dir))
+        await asyncio.to_thread(stop_profilers, profilers)
         logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
         return {
             **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
@@ -793,6 +800,57 @@ def cpu_by_role(state_dir: Path) -> dict[str, float]:
     seconds["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
     seconds["wall"] = time.monotonic()
     return dict(seconds)
+
+
+#: What `--profile` samples: (file name, role word, a word the command line must also hold,
+#: a word it must not). The sender m0 and its agent are on h1; m1 on h2 only receives.
+PROFILED = (
+    ("daemon-h1", "host", "h1", "--supervised"),
+    ("daemon-h2", "host", "h2", "--supervised"),
+    ("agent-m0", "guest", "m0/channel.sock", ""),
+    ("agent-m1", "guest", "m1/channel.sock", ""),
+    ("app-m0", "tests.integration.groups.load", "m0", ""),
+    ("app-m1", "tests.integration.groups.load", "m1", ""),
+)
+
+
+def start_profilers(state_dir: Path, out: Path, label: str) -> list[subprocess.Popen[bytes]]:
+    """`py-spy record` (collapsed stacks) on one process of each kind in `PROFILED`."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = str(state_dir)
+    started: list[subprocess.Popen[bytes]] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if not any(marker in word for word in argv):
+            continue
+        for name, role, must, must_not in PROFILED:
+            if (
+                role in argv
+                and any(w == must or w.endswith(must) for w in argv)
+                and (not must_not or must_not not in argv)
+            ):
+                started.append(
+                    subprocess.Popen(
+                        ["py-spy", "record", "-p", str(proc.info["pid"]), "-r", "200", "-f",
+                         "raw", "-o", str(out / f"{label}-{name}.txt")],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+    return started
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop each `py-spy record` we started (SIGINT: it writes its file and ends)."""
+    for p in profilers:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in profilers:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -928,7 +986,7 @@ async def measure_throughput(
     load = await asyncio.to_thread(Load.start, bench, placement, bench.state_dir / "load")
     try:
         part = Throughput(bench, load, list(placement), args)
-        sweeps = {f"{n}_senders": await part.sweep(n) for n in SENDER_COUNTS}
+        sweeps = {f"{n}_senders": await part.sweep(n) for n in args.senders}
     finally:
         await asyncio.to_thread(load.close)
     return {
@@ -1058,7 +1116,7 @@ def throughput_table(t: dict[str, Any]) -> str:
     """The summary against the goals, then every step."""
     ceiling = t["etcd_ceiling"]
     one = ceiling["1_clients"]["messages_per_s"]
-    sweeps = [t[f"{n}_senders"] for n in SENDER_COUNTS]
+    sweeps = [t[f"{n}_senders"] for n in SENDER_COUNTS if f"{n}_senders" in t]
     lines = [
         "| throughput (broadcasts/s per group, 10 members) | "
         + " | ".join(f"{s['senders']} sender(s)" for s in sweeps)
@@ -1138,7 +1196,7 @@ def throughput_table(t: dict[str, Any]) -> str:
 
 
 def throughput_notes(t: dict[str, Any]) -> str:
-    problems = [p for n in SENDER_COUNTS for p in t[f"{n}_senders"]["problems"]]
+    problems = [p for n in SENDER_COUNTS for p in t.get(f"{n}_senders", {}).get("problems", [])]
     text = (
         "Throughput: one load app per server (tests/integration/groups/load.py, the client "
         "library's blocking `broadcast()`), senders m0 (h1), then m0..m3 (h1, h2, h3, h1), each "
@@ -1226,10 +1284,24 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, help="bursts and etcd ceiling runs (default 3)")
     parser.add_argument("--output", default="messaging", help="result file stem")
+    parser.add_argument(
+        "--senders",
+        default=",".join(map(str, SENDER_COUNTS)),
+        help="throughput sweeps to run, by number of senders (default 1,4)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: run `py-spy record` (on PATH, not a dependency) on the host daemons "
+        "of h1 and h2, the agents and apps of m0 and m1 during each as-fast-as-allowed burst",
+    )
     args = parser.parse_args()
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts or not args.parts <= set(PARTS):
         parser.error(f"--parts takes some of {', '.join(PARTS)}")
+    args.senders = tuple(int(n) for n in args.senders.split(",") if n.strip())
+    if not args.senders or not set(args.senders) <= set(SENDER_COUNTS):
+        parser.error(f"--senders takes some of {', '.join(map(str, SENDER_COUNTS))}")
     args.step_seconds = args.step_seconds or (1.0 if args.quick else STEP_SECONDS_DEFAULT)
     args.burst = args.burst or (5000 if args.quick else 20000)
     args.repeat = args.repeat or (1 if args.quick else 3)
