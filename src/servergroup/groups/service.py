@@ -85,6 +85,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 
 from servergroup.common.backoff import Backoff
 from servergroup.common.clock import Clock, SystemClock
@@ -288,8 +289,18 @@ def _state_of(kv: KeyValue | None) -> _KeyState | None:
 
 
 def _item_size(item: BroadcastItem) -> int:
-    """The bytes `item` takes in an encoded batch (the same encoder as `encode_batch`)."""
-    return len(json.dumps([item.sender, item.sender_instance, item.text])) + 1
+    """The bytes `item` takes in an encoded batch: `["a","b","c"]` and a comma.
+
+    `encode_batch` writes each string as `json.dumps` does (ASCII, escaped);
+    its C string encoder alone is a fraction of the cost of `json.dumps` of
+    the list (unit-tested equal).
+    """
+    return (
+        len(encode_basestring_ascii(item.sender))
+        + len(encode_basestring_ascii(item.sender_instance))
+        + len(encode_basestring_ascii(item.text))
+        + 5
+    )
 
 
 @dataclass(frozen=True, slots=True)
