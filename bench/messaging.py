@@ -725,12 +725,15 @@ class Throughput:
         await asyncio.to_thread(
             functools.partial(self.load.wait_delivered, expected, tag, quiet=3.0, timeout=120.0)
         )
-        cpu = cpu_used(cpu_before, cpu_by_role(self.bench.state_dir))
+        cpu_after = cpu_by_role(self.bench.state_dir)
+        cpu = cpu_used(cpu_before, cpu_after)
+        cpu_us = cpu_per_broadcast(cpu_before, cpu_after, count * senders)
         await asyncio.to_thread(stop_profilers, profilers)
         logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
         return {
             **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
             "cpu_cores": cpu,
+            "cpu_us_per_broadcast": cpu_us,
         }
 
     async def sweep(self, senders: int) -> dict[str, Any]:
@@ -831,7 +834,7 @@ def start_profilers(state_dir: Path, out: Path, label: str) -> list[subprocess.P
             ):
                 started.append(
                     subprocess.Popen(
-                        ["py-spy", "record", "-p", str(proc.info["pid"]), "-r", "200", "-f",
+                        ["py-spy", "record", "--nonblocking", "-p", str(proc.info["pid"]), "-r", "200", "-f",
                          "raw", "-o", str(out / f"{label}-{name}.txt")],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -861,6 +864,24 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
         for role in after
         if role != "wall"
     }
+
+
+def cpu_per_broadcast(
+    before: dict[str, float], after: dict[str, float], broadcasts: int
+) -> dict[str, float]:
+    """CPU microseconds per broadcast sent (and delivered to the 9 others) by role.
+
+    What the path costs, whatever else the machine runs: a busy machine gives
+    this run's processes fewer cores, and so fewer broadcasts per second, but
+    about the same CPU time per broadcast.
+    """
+    roles = [r for r, _ in ROLES]
+    out = {
+        role: round((after.get(role, 0.0) - before.get(role, 0.0)) * 1e6 / max(1, broadcasts), 1)
+        for role in roles
+    }
+    out["total"] = round(sum(out.values()), 1)
+    return out
 
 
 def median(values: Sequence[float]) -> float:
@@ -1161,6 +1182,20 @@ def throughput_table(t: dict[str, Any]) -> str:
         return f"machine {machine:.2f} of {os.cpu_count()}: {parts}"
 
     row("CPU cores busy as fast as allowed (median)", [cores(s) for s in sweeps])
+
+    def per_broadcast(s: dict[str, Any]) -> str:
+        bursts = [b for b in s["as_fast_as_allowed"] if "cpu_us_per_broadcast" in b]
+        if not bursts:
+            return ""
+        roles = list(bursts[0]["cpu_us_per_broadcast"])
+        used = {r: median([b["cpu_us_per_broadcast"][r] for b in bursts]) for r in roles}
+        total = used.pop("total")
+        return f"{total:.0f} µs: " + ", ".join(f"{r} {v:.0f}" for r, v in used.items())
+
+    row(
+        "CPU per broadcast as fast as allowed (median; whole path, 9 deliveries each)",
+        [per_broadcast(s) for s in sweeps],
+    )
     row("refused (blocking API)", [str(s["refused_total"]) for s in sweeps], "0")
     row("unconfirmed", [str(s["unconfirmed_total"]) for s in sweeps], "0")
     row(

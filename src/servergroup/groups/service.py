@@ -270,22 +270,52 @@ class _KeyState:
     next_seq: int
 
 
-def _last_seq(kv: KeyValue) -> int:
+class _Decoded:
+    """Batches decoded (or encoded) here lately, by their bytes: each decoded once per host.
+
+    The batcher puts the batch it is about to store, and the one a conflict
+    made it read; the watch then takes the same bytes back without decoding
+    them again (a batch's value is JSON of up to `MAX_BATCH_BYTES`, and on
+    the sending host decoding it was a good part of the work per broadcast).
+    Bounded: what the watch never asks for (a transaction that failed) falls out.
+    """
+
+    LIMIT = 32
+
+    def __init__(self) -> None:
+        self._batches: dict[bytes, BroadcastBatch] = {}
+
+    def put(self, value: bytes, batch: BroadcastBatch) -> None:
+        self._batches[value] = batch
+        while len(self._batches) > self.LIMIT:
+            del self._batches[next(iter(self._batches))]
+
+    def decode(self, value: bytes) -> BroadcastBatch:
+        """The batch in `value` (taken from what was put, else decoded); `RecordError`."""
+        batch = self._batches.pop(value, None)
+        return batch if batch is not None else decode_batch(value)
+
+
+def _last_seq(kv: KeyValue, decoded: _Decoded | None = None) -> int:
     """The seq of the last broadcast in the key's value.
 
     A value that is not a batch (a record of an older version, garbage) is
     counted on from the key's version, as older versions numbered them.
+    With `decoded`, the batch is kept there for the watch to take.
     """
     try:
-        return decode_batch(kv.value).last_seq
+        batch = decode_batch(kv.value)
     except RecordError:
         return kv.version
+    if decoded is not None:
+        decoded.put(kv.value, batch)
+    return batch.last_seq
 
 
-def _state_of(kv: KeyValue | None) -> _KeyState | None:
+def _state_of(kv: KeyValue | None, decoded: _Decoded | None = None) -> _KeyState | None:
     if kv is None:
         return None
-    return _KeyState(mod_revision=kv.mod_revision, next_seq=_last_seq(kv) + 1)
+    return _KeyState(mod_revision=kv.mod_revision, next_seq=_last_seq(kv, decoded) + 1)
 
 
 def _item_size(item: BroadcastItem) -> int:
@@ -465,6 +495,7 @@ class _Batcher:
                     items=tuple(p.item for p in items),
                 )
                 value = encode_batch(batch)
+                s._decoded.put(value, batch)
                 compares = [
                     Compare.unchanged(self.key, known.mod_revision)
                     if known is not None
@@ -508,7 +539,7 @@ class _Batcher:
             doubt_since = None
             conflicts += 1
             s.counters.txn_conflicts += 1
-            self.known = _state_of(current)
+            self.known = _state_of(current, s._decoded)
             # The batch is made again for the next attempt: what arrived meanwhile
             # rides along (fewer, larger transactions when hosts contend).
             self._top_up(items)
@@ -658,6 +689,7 @@ class GroupService:
         self._known_at_start: dict[str, _KeyState] = {}
         #: group -> (create revision, last seq delivered): no seq twice.
         self._seen = SeqTracker()
+        self._decoded = _Decoded()
         self._watch_trouble: dict[str, str] = {}  # group -> why its broadcast watch is down
 
     # -- lifecycle -----------------------------------------------------------------
@@ -1166,7 +1198,7 @@ class GroupService:
             self._seen.forget(group)  # the group was deleted: numbered from 1 again
             return
         try:
-            batch = decode_batch(event.value)
+            batch = self._decoded.decode(event.value)
         except RecordError as exc:
             self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
             return
