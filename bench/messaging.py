@@ -73,6 +73,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -711,6 +712,7 @@ class Throughput:
         per_sender = rate / senders if rate else 0.0
         before = {n: self.load.apps[n].log.stats for n in who}
         cpu_before = cpu_by_role(self.bench.state_dir)
+        fsync_before = await asyncio.to_thread(etcd_fsyncs, str(self.bench.up["etcd"]))
         profilers = (
             start_profilers(self.bench.state_dir, self.profile, f"{senders}s-{tag}")
             if self.profile is not None and rate is None
@@ -728,12 +730,14 @@ class Throughput:
         cpu_after = cpu_by_role(self.bench.state_dir)
         cpu = cpu_used(cpu_before, cpu_after)
         cpu_us = cpu_per_broadcast(cpu_before, cpu_after, count * senders)
+        fsync_after = await asyncio.to_thread(etcd_fsyncs, str(self.bench.up["etcd"]))
         await asyncio.to_thread(stop_profilers, profilers)
         logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
         return {
             **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
             "cpu_cores": cpu,
             "cpu_us_per_broadcast": cpu_us,
+            "etcd_fsync": fsync_summary(fsync_before, fsync_after),
         }
 
     async def sweep(self, senders: int) -> dict[str, Any]:
@@ -834,8 +838,8 @@ def start_profilers(state_dir: Path, out: Path, label: str) -> list[subprocess.P
             ):
                 started.append(
                     subprocess.Popen(
-                        ["py-spy", "record", "--nonblocking", "-p", str(proc.info["pid"]), "-r", "200", "-f",
-                         "raw", "-o", str(out / f"{label}-{name}.txt")],
+                        ["py-spy", "record", "--nonblocking", "-p", str(proc.info["pid"]),
+                         "-r", "200", "-f", "raw", "-o", str(out / f"{label}-{name}.txt")],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -864,6 +868,42 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
         for role in after
         if role != "wall"
     }
+
+
+def etcd_fsyncs(endpoints: str) -> dict[float, int]:
+    """etcd's WAL fsync histogram (upper bound in s -> count so far), from its /metrics."""
+    first = parse_endpoints(endpoints)[0]
+    url = f"http://{first.host}:{first.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[float, int] = {}
+    for line in text.splitlines():
+        if line.startswith("etcd_disk_wal_fsync_duration_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def fsync_summary(before: dict[float, int], after: dict[float, int]) -> dict[str, Any]:
+    """The fsyncs of one step: how many, and the bucket bounds of their p50 and p99 (ms).
+
+    What a transaction waits for on the disk, to tell the disk's share of the
+    latency tail from the CPU's.
+    """
+    if not before or not after:
+        return {}
+    counts = sorted((bound, after[bound] - before.get(bound, 0)) for bound in after)
+    total = counts[-1][1]
+    if total <= 0:
+        return {"count": 0}
+
+    def bound_of(share: float) -> float:
+        return next(b for b, c in counts if c >= share * total) * 1000.0
+
+    return {"count": total, "p50_ms_at_most": bound_of(0.5), "p99_ms_at_most": bound_of(0.99)}
 
 
 def cpu_per_broadcast(
@@ -1192,6 +1232,16 @@ def throughput_table(t: dict[str, Any]) -> str:
         total = used.pop("total")
         return f"{total:.0f} µs: " + ", ".join(f"{r} {v:.0f}" for r, v in used.items())
 
+    def fsync(s: dict[str, Any]) -> str:
+        f = s["at_share_of_max"]["50%"].get("etcd_fsync") or {}
+        if not f.get("count"):
+            return ""
+        return (
+            f"{f['count']} fsyncs, p50 <= {f['p50_ms_at_most']:g} ms, "
+            f"p99 <= {f['p99_ms_at_most']:g} ms"
+        )
+
+    row("etcd WAL fsync at 50% of the max (histogram buckets)", [fsync(s) for s in sweeps])
     row(
         "CPU per broadcast as fast as allowed (median; whole path, 9 deliveries each)",
         [per_broadcast(s) for s in sweeps],
