@@ -18,7 +18,12 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   (one per group on this host, made on demand), in arrival order, without
   waiting for the store: the worker waits only while the batcher holds
   `batch_pending` broadcasts (that is what fills the guest's queue and
-  pauses its channel). The batcher runs one transaction at a time:
+  pauses its channel). When the last transaction held more than one
+  broadcast (they arrive faster than one per round trip), the batcher lets
+  more gather for `batch_linger` (2 ms) before the next one, unless 100
+  wait already: a transaction costs about the same CPU on every host
+  whatever its size, and on a busy machine that, not etcd, bounds the
+  group. The batcher runs one transaction at a time:
   `broadcasts/<group>` compared on the mod revision it last knew (or
   absent), a put of one `BroadcastBatch` of up to `MAX_BATCH_ITEMS`
   broadcasts and `MAX_BATCH_BYTES` of value, under the host's registration
@@ -172,6 +177,10 @@ MAX_BATCH_ITEMS = 1000
 MAX_BATCH_BYTES = 512 * 1024
 #: Broadcasts that may wait per group for their transaction before senders wait.
 DEFAULT_BATCH_PENDING = 2 * MAX_BATCH_ITEMS
+#: How long the batcher lets broadcasts gather before a transaction, when the last one
+#: held more than one (so more are coming) and fewer than `_LINGER_FILL` wait.
+DEFAULT_BATCH_LINGER = 0.002
+_LINGER_FILL = 100
 #: Pause before a broadcast watch that ended is opened again.
 _REWATCH_INTERVAL = 0.5
 #: A guest's requests handled in a row before the loop runs other work: `queue.get()`
@@ -366,6 +375,7 @@ class _Batcher:
         self.known = known
         self._pending: deque[_Pending] = deque()
         self._in_flight: list[_Pending] = []
+        self._last_size = 0  # broadcasts in the last transaction taken
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -450,7 +460,14 @@ class _Batcher:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+            linger = self._s._batch_linger
+            if linger > 0 and self._last_size > 1 and len(self._pending) < _LINGER_FILL:
+                # Broadcasts arrive faster than one per transaction: let a few more
+                # gather (each transaction costs about as much CPU on every host
+                # whatever its size; see docs/design/messaging.md, "Batching").
+                await asyncio.sleep(linger)
             self._in_flight = self._take()
+            self._last_size = len(self._in_flight)
             try:
                 await self._commit(self._in_flight)
             except asyncio.CancelledError:
@@ -648,6 +665,7 @@ class GroupService:
         batch_pending: int = DEFAULT_BATCH_PENDING,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         in_doubt_timeout: float = DEFAULT_IN_DOUBT_TIMEOUT,
+        batch_linger: float = DEFAULT_BATCH_LINGER,
         fence: Callable[[], Guard | None] | None = None,
     ) -> None:
         if not 0 <= low_water < high_water < hard_cap:
@@ -657,6 +675,9 @@ class GroupService:
             )
         if batch_pending < 1:
             raise ConfigError("the group service's batch_pending must be at least 1.")
+        if not 0 <= batch_linger <= 1:
+            raise ConfigError("the group service's batch_linger must be 0 to 1 s.")
+        self._batch_linger = batch_linger
         self._c = coordinator
         #: The guard of this host's registration for every broadcast it writes;
         #: None from it: the host may not write now (its session is not connected).
@@ -1312,6 +1333,7 @@ class GroupService:
 
 
 __all__ = [
+    "DEFAULT_BATCH_LINGER",
     "DEFAULT_BATCH_PENDING",
     "DEFAULT_HARD_CAP",
     "DEFAULT_HIGH_WATER",
