@@ -744,6 +744,20 @@ class Throughput:
             "batches": batch_summary(batches_before, batches_after),
         }
 
+    async def fixed(self, senders: int, rate: float) -> dict[str, Any]:
+        """One step at `rate` (after a warm-up): what the path costs at a load it carries.
+
+        For comparing two versions on a busy machine: at a rate both carry, the
+        CPU per broadcast does not depend on how much CPU the machine leaves
+        the run (as the maximum does).
+        """
+        say(f"fixed rate, {senders} sender(s): warm-up, then {rate:g}/s for {self.seconds:g} s")
+        await self.step(senders, LOW_RATE, seconds=0.5)
+        figures = await self.step(senders, rate, seconds=self.seconds)
+        say(f"  {rate:g}/s: {line_of(figures)}; CPU per broadcast {figures['cpu_us_per_broadcast']}"
+            f"; batches {figures['batches']}")  # fmt: skip
+        return figures
+
     async def sweep(self, senders: int) -> dict[str, Any]:
         say(f"throughput, {senders} sender(s): warm-up, low load {LOW_RATE:g}/s")
         await self.step(senders, LOW_RATE, seconds=0.5)
@@ -1115,6 +1129,9 @@ async def measure_throughput(
     load = await asyncio.to_thread(Load.start, bench, placement, bench.state_dir / "load")
     try:
         part = Throughput(bench, load, list(placement), args)
+        if args.fixed_rate:
+            fixed = {f"{n}_senders": await part.fixed(n, args.fixed_rate) for n in args.senders}
+            return {"etcd_ceiling": ceiling, "fixed_rate": fixed, "rate": args.fixed_rate}
         sweeps = {f"{n}_senders": await part.sweep(n) for n in args.senders}
     finally:
         await asyncio.to_thread(load.close)
@@ -1363,6 +1380,28 @@ def throughput_table(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fixed_rate_table(t: dict[str, Any]) -> str:
+    """`--fixed-rate`: one step per sender count, what it cost and how late it was."""
+    lines = [
+        f"Fixed rate {t['rate']:g}/s per group (`--fixed-rate`): CPU microseconds per broadcast "
+        "by kind of process (whole path, 9 deliveries each), broadcasts per transaction.",
+        "",
+        "| senders | delivered /s | p50 / p99 | CPU per broadcast | per transaction |",
+        "|---|---|---|---|---|",
+    ]
+    for key, f in t["fixed_rate"].items():
+        lat = f["latency_ms"]
+        cpu = f["cpu_us_per_broadcast"]
+        batches = "; ".join(f"{h} {v['mean']:g}" for h, v in (f.get("batches") or {}).items())
+        lines.append(
+            f"| {key.split('_')[0]} | {f['delivered_per_s']:.0f} | {lat.get('p50', 0):g} / "
+            f"{lat.get('p99', 0):g} ms | {cpu['total']:.0f} µs: "
+            + ", ".join(f"{r} {v:.0f}" for r, v in cpu.items() if r != "total")
+            + f" | {batches} |"
+        )
+    return "\n".join(lines)
+
+
 def throughput_notes(t: dict[str, Any]) -> str:
     problems = [p for n in SENDER_COUNTS for p in t.get(f"{n}_senders", {}).get("problems", [])]
     text = (
@@ -1405,7 +1444,9 @@ def write(
     }
     (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
     sections: list[str] = []
-    if "throughput" in results:
+    if "throughput" in results and "fixed_rate" in results["throughput"]:
+        sections.append(fixed_rate_table(results["throughput"]))
+    elif "throughput" in results:
         sections += [
             throughput_table(results["throughput"]),
             throughput_notes(results["throughput"]),
@@ -1456,6 +1497,12 @@ def main() -> None:
         "--senders",
         default=",".join(map(str, SENDER_COUNTS)),
         help="throughput sweeps to run, by number of senders (default 1,4)",
+    )
+    parser.add_argument(
+        "--fixed-rate",
+        type=float,
+        help="instead of the sweep: one step at this offered rate per group (for comparing "
+        "the CPU per broadcast of two versions on a busy machine); prints, writes JSON only",
     )
     parser.add_argument(
         "--profile",

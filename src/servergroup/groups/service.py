@@ -18,8 +18,8 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   (one per group on this host, made on demand), in arrival order, without
   waiting for the store: the worker waits only while the batcher holds
   `batch_pending` broadcasts (that is what fills the guest's queue and
-  pauses its channel). When the last transaction held more than one
-  broadcast (they arrive faster than one per round trip), the batcher lets
+  pauses its channel). When the last transaction held 4 broadcasts or
+  more (they arrive much faster than one per round trip), the batcher lets
   more gather for `batch_linger` (2 ms) before the next one, unless 100
   wait already: a transaction costs about the same CPU on every host
   whatever its size, and on a busy machine that, not etcd, bounds the
@@ -178,8 +178,10 @@ MAX_BATCH_BYTES = 512 * 1024
 #: Broadcasts that may wait per group for their transaction before senders wait.
 DEFAULT_BATCH_PENDING = 2 * MAX_BATCH_ITEMS
 #: How long the batcher lets broadcasts gather before a transaction, when the last one
-#: held more than one (so more are coming) and fewer than `_LINGER_FILL` wait.
+#: held `_LINGER_AFTER` or more (so more are coming) and fewer than `_LINGER_FILL` wait.
+#: At low load (a broadcast or two per round trip) it never waits: no latency added.
 DEFAULT_BATCH_LINGER = 0.002
+_LINGER_AFTER = 4
 _LINGER_FILL = 100
 #: Pause before a broadcast watch that ended is opened again.
 _REWATCH_INTERVAL = 0.5
@@ -461,7 +463,11 @@ class _Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             linger = self._s._batch_linger
-            if linger > 0 and self._last_size > 1 and len(self._pending) < _LINGER_FILL:
+            if (
+                linger > 0
+                and self._last_size >= _LINGER_AFTER
+                and len(self._pending) < _LINGER_FILL
+            ):
                 # Broadcasts arrive faster than one per transaction: let a few more
                 # gather (each transaction costs about as much CPU on every host
                 # whatever its size; see docs/design/messaging.md, "Batching").
