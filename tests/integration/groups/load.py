@@ -279,8 +279,8 @@ class _App:
                         words = text.split(" ", 4)
                         seq_ = -1 if seq is None else seq
                         if len(words) >= 4 and words[2].isdigit():
-                            tag, sender, index, sent_at = words[:4]
-                            write(f"r {seq_} {tag} {sender} {index} {sent_at} {at:.6f} {source}\n")
+                            tag, sender, idx, stamp = words[:4]
+                            write(f"r {seq_} {tag} {sender} {idx} {stamp} {at:.6f} {source}\n")
                         else:
                             write(f"x {seq_} {at:.6f} {source}\n")
                     case NackReceived(reason=reason, id=ident) if ident is not None:
@@ -291,8 +291,8 @@ class _App:
                         pass
         self._held.clear()
         self._counted = 0
-        for tag, index, ident, sent_at in self._sent:
-            write(f"s {tag} {index} {ident} {sent_at:.6f}\n")
+        for sent_tag, index, ident, sent_at in self._sent:
+            write(f"s {sent_tag} {index} {ident} {sent_at:.6f}\n")
         self._sent.clear()
         self.log.flush()
 
