@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from servergroup.groups.service import _BATCH_OVERHEAD, _Decoded, _item_size
-from servergroup.servers.model import BroadcastBatch, BroadcastItem, decode_batch, encode_batch
+from servergroup.servers.model import (
+    NAME_PATTERN,
+    BroadcastBatch,
+    BroadcastItem,
+    decode_batch,
+    encode_batch,
+)
 
 _items = st.builds(
     BroadcastItem,
@@ -25,12 +31,19 @@ def test_an_items_size_is_its_compact_json_list_and_a_comma(item: BroadcastItem)
     assert _item_size(item) == len(compact) + 1
 
 
-@given(st.lists(_items, min_size=1, max_size=20), st.text(max_size=60))
+@given(
+    st.lists(_items, min_size=1, max_size=20),
+    st.from_regex(NAME_PATTERN, fullmatch=True),
+    st.integers(min_value=1, max_value=2**63),
+)
 def test_a_batch_is_never_larger_than_its_items_sizes_and_the_overhead(
-    items: list[BroadcastItem], group: str
+    items: list[BroadcastItem], group: str, first_seq: int
 ) -> None:
     batch = BroadcastBatch(
-        group=group[:40], first_seq=1, sent_at="2026-12-06T14:00:00.000+00:00", items=tuple(items)
+        group=group,
+        first_seq=first_seq,
+        sent_at="2026-12-06T14:00:00.000+00:00",
+        items=tuple(items),
     )
     assert len(encode_batch(batch)) <= _BATCH_OVERHEAD + sum(_item_size(i) for i in items)
 
