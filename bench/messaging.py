@@ -69,10 +69,12 @@ import functools
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -695,6 +697,7 @@ class Throughput:
         self.seconds = float(args.step_seconds)
         self.burst = int(args.burst)
         self.repeat = int(args.repeat)
+        self.profile: Path | None = args.profile
         self._tags = itertools.count()
 
     async def step(
@@ -709,7 +712,14 @@ class Throughput:
         count = max(1, total // senders)
         per_sender = rate / senders if rate else 0.0
         before = {n: self.load.apps[n].log.stats for n in who}
+        batches_before = await group_counters(self.bench.state_dir)
         cpu_before = cpu_by_role(self.bench.state_dir)
+        fsync_before = await asyncio.to_thread(etcd_fsyncs, str(self.bench.up["etcd"]))
+        profilers = (
+            start_profilers(self.bench.state_dir, self.profile, f"{senders}s-{tag}")
+            if self.profile is not None and rate is None
+            else []
+        )
         await asyncio.to_thread(self.load.burst, who, tag, count, rate=per_sender)
         sending = count / per_sender if per_sender else 0.0
         done: dict[str, BurstDone] = await asyncio.to_thread(
@@ -719,12 +729,34 @@ class Throughput:
         await asyncio.to_thread(
             functools.partial(self.load.wait_delivered, expected, tag, quiet=3.0, timeout=120.0)
         )
-        cpu = cpu_used(cpu_before, cpu_by_role(self.bench.state_dir))
+        cpu_after = cpu_by_role(self.bench.state_dir)
+        cpu = cpu_used(cpu_before, cpu_after)
+        cpu_us = cpu_per_broadcast(cpu_before, cpu_after, count * senders)
+        fsync_after = await asyncio.to_thread(etcd_fsyncs, str(self.bench.up["etcd"]))
+        batches_after = await group_counters(self.bench.state_dir)
+        await asyncio.to_thread(stop_profilers, profilers)
         logs: dict[str, AppLog] = await asyncio.to_thread(self.load.collect)
         return {
             **step_figures(logs, done, before, tag, rate, senders, len(self.names)),
             "cpu_cores": cpu,
+            "cpu_us_per_broadcast": cpu_us,
+            "etcd_fsync": fsync_summary(fsync_before, fsync_after),
+            "batches": batch_summary(batches_before, batches_after),
         }
+
+    async def fixed(self, senders: int, rate: float) -> dict[str, Any]:
+        """One step at `rate` (after a warm-up): what the path costs at a load it carries.
+
+        For comparing two versions on a busy machine: at a rate both carry, the
+        CPU per broadcast does not depend on how much CPU the machine leaves
+        the run (as the maximum does).
+        """
+        say(f"fixed rate, {senders} sender(s): warm-up, then {rate:g}/s for {self.seconds:g} s")
+        await self.step(senders, LOW_RATE, seconds=0.5)
+        figures = await self.step(senders, rate, seconds=self.seconds)
+        say(f"  {rate:g}/s: {line_of(figures)}; CPU per broadcast {figures['cpu_us_per_broadcast']}"
+            f"; batches {figures['batches']}")  # fmt: skip
+        return figures
 
     async def sweep(self, senders: int) -> dict[str, Any]:
         say(f"throughput, {senders} sender(s): warm-up, low load {LOW_RATE:g}/s")
@@ -795,6 +827,57 @@ def cpu_by_role(state_dir: Path) -> dict[str, float]:
     return dict(seconds)
 
 
+#: What `--profile` samples: (file name, role word, a word the command line must also hold,
+#: a word it must not). The sender m0 and its agent are on h1; m1 on h2 only receives.
+PROFILED = (
+    ("daemon-h1", "host", "h1", "--supervised"),
+    ("daemon-h2", "host", "h2", "--supervised"),
+    ("agent-m0", "guest", "m0/channel.sock", ""),
+    ("agent-m1", "guest", "m1/channel.sock", ""),
+    ("app-m0", "tests.integration.groups.load", "m0", ""),
+    ("app-m1", "tests.integration.groups.load", "m1", ""),
+)
+
+
+def start_profilers(state_dir: Path, out: Path, label: str) -> list[subprocess.Popen[bytes]]:
+    """`py-spy record` (collapsed stacks) on one process of each kind in `PROFILED`."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = str(state_dir)
+    started: list[subprocess.Popen[bytes]] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if not any(marker in word for word in argv):
+            continue
+        for name, role, must, must_not in PROFILED:
+            if (
+                role in argv
+                and any(w == must or w.endswith(must) for w in argv)
+                and (not must_not or must_not not in argv)
+            ):
+                started.append(
+                    subprocess.Popen(
+                        ["py-spy", "record", "--nonblocking", "-p", str(proc.info["pid"]),
+                         "-r", "200", "-f", "raw", "-o", str(out / f"{label}-{name}.txt")],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+    return started
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop each `py-spy record` we started (SIGINT: it writes its file and ends)."""
+    for p in profilers:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in profilers:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Cores used between two `cpu_by_role` readings, by role."""
     wall = max(after["wall"] - before["wall"], 1e-6)
@@ -803,6 +886,124 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
         for role in after
         if role != "wall"
     }
+
+
+_GROUP_HEALTH = re.compile(
+    r"host (?P<host>\S+) health: groups \S+: .*?(?P<stored>\d+) broadcast\(s\) stored in "
+    r"(?P<batches>\d+) batch\(es\).*?(?P<conflicts>\d+) conflict\(s\)"
+)
+
+
+def host_daemons(state_dir: Path) -> dict[str, int]:
+    """host name -> PID of this run's host daemons (the daemons, not their supervisors)."""
+    marker = str(state_dir)
+    out: dict[str, int] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if "host" in argv and "--supervised" not in argv and any(marker in w for w in argv):
+            for a, b in itertools.pairwise(argv):
+                if a == "--name":
+                    out[b] = int(proc.info["pid"])
+    return out
+
+
+async def group_counters(state_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """host -> (broadcasts stored, batches, conflicts) of its group service so far.
+
+    Asks each daemon to log its health (SIGUSR1) and reads the line back.
+    """
+    pids = host_daemons(state_dir)
+    marks = {}
+    for host, pid in pids.items():
+        path = state_dir / "up" / "hosts" / host / "host.log"
+        with contextlib.suppress(OSError):
+            marks[host] = path.stat().st_size
+            os.kill(pid, signal.SIGUSR1)
+    out: dict[str, tuple[int, int, int]] = {}
+    deadline = time.monotonic() + 5.0
+    while len(out) < len(marks) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        for host, mark in marks.items():
+            path = state_dir / "up" / "hosts" / host / "host.log"
+            with contextlib.suppress(OSError), path.open("rb") as f:
+                f.seek(mark)
+                for line in f.read().decode(errors="replace").splitlines():
+                    m = _GROUP_HEALTH.search(line)
+                    if m is not None and m["host"] == host:
+                        out[host] = (int(m["stored"]), int(m["batches"]), int(m["conflicts"]))
+    return out
+
+
+def batch_summary(
+    before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
+) -> dict[str, dict[str, float]]:
+    """Per host, in one step: broadcasts stored, transactions that stored them, their
+    mean size, and the transactions refused by a conflict (another host wrote first)."""
+    out: dict[str, dict[str, float]] = {}
+    for host, (stored, batches, conflicts) in sorted(after.items()):
+        s0, b0, c0 = before.get(host, (0, 0, 0))
+        if stored - s0 or conflicts - c0:
+            out[host] = {
+                "stored": stored - s0,
+                "batches": batches - b0,
+                "mean": round((stored - s0) / max(1, batches - b0), 1),
+                "conflicts": conflicts - c0,
+            }
+    return out
+
+
+def etcd_fsyncs(endpoints: str) -> dict[float, int]:
+    """etcd's WAL fsync histogram (upper bound in s -> count so far), from its /metrics."""
+    first = parse_endpoints(endpoints)[0]
+    url = f"http://{first.host}:{first.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out: dict[float, int] = {}
+    for line in text.splitlines():
+        if line.startswith("etcd_disk_wal_fsync_duration_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def fsync_summary(before: dict[float, int], after: dict[float, int]) -> dict[str, Any]:
+    """The fsyncs of one step: how many, and the bucket bounds of their p50 and p99 (ms).
+
+    What a transaction waits for on the disk, to tell the disk's share of the
+    latency tail from the CPU's.
+    """
+    if not before or not after:
+        return {}
+    counts = sorted((bound, after[bound] - before.get(bound, 0)) for bound in after)
+    total = counts[-1][1]
+    if total <= 0:
+        return {"count": 0}
+
+    def bound_of(share: float) -> float:
+        return next(b for b, c in counts if c >= share * total) * 1000.0
+
+    return {"count": total, "p50_ms_at_most": bound_of(0.5), "p99_ms_at_most": bound_of(0.99)}
+
+
+def cpu_per_broadcast(
+    before: dict[str, float], after: dict[str, float], broadcasts: int
+) -> dict[str, float]:
+    """CPU microseconds per broadcast sent (and delivered to the 9 others) by role.
+
+    What the path costs, whatever else the machine runs: a busy machine gives
+    this run's processes fewer cores, and so fewer broadcasts per second, but
+    about the same CPU time per broadcast.
+    """
+    roles = [r for r, _ in ROLES]
+    out = {
+        role: round((after.get(role, 0.0) - before.get(role, 0.0)) * 1e6 / max(1, broadcasts), 1)
+        for role in roles
+    }
+    out["total"] = round(sum(out.values()), 1)
+    return out
 
 
 def median(values: Sequence[float]) -> float:
@@ -928,7 +1129,10 @@ async def measure_throughput(
     load = await asyncio.to_thread(Load.start, bench, placement, bench.state_dir / "load")
     try:
         part = Throughput(bench, load, list(placement), args)
-        sweeps = {f"{n}_senders": await part.sweep(n) for n in SENDER_COUNTS}
+        if args.fixed_rate:
+            fixed = {f"{n}_senders": await part.fixed(n, args.fixed_rate) for n in args.senders}
+            return {"etcd_ceiling": ceiling, "fixed_rate": fixed, "rate": args.fixed_rate}
+        sweeps = {f"{n}_senders": await part.sweep(n) for n in args.senders}
     finally:
         await asyncio.to_thread(load.close)
     return {
@@ -1058,7 +1262,7 @@ def throughput_table(t: dict[str, Any]) -> str:
     """The summary against the goals, then every step."""
     ceiling = t["etcd_ceiling"]
     one = ceiling["1_clients"]["messages_per_s"]
-    sweeps = [t[f"{n}_senders"] for n in SENDER_COUNTS]
+    sweeps = [t[f"{n}_senders"] for n in SENDER_COUNTS if f"{n}_senders" in t]
     lines = [
         "| throughput (broadcasts/s per group, 10 members) | "
         + " | ".join(f"{s['senders']} sender(s)" for s in sweeps)
@@ -1103,6 +1307,45 @@ def throughput_table(t: dict[str, Any]) -> str:
         return f"machine {machine:.2f} of {os.cpu_count()}: {parts}"
 
     row("CPU cores busy as fast as allowed (median)", [cores(s) for s in sweeps])
+
+    def per_broadcast(s: dict[str, Any]) -> str:
+        bursts = [b for b in s["as_fast_as_allowed"] if "cpu_us_per_broadcast" in b]
+        if not bursts:
+            return ""
+        roles = list(bursts[0]["cpu_us_per_broadcast"])
+        used = {r: median([b["cpu_us_per_broadcast"][r] for b in bursts]) for r in roles}
+        total = used.pop("total")
+        return f"{total:.0f} µs: " + ", ".join(f"{r} {v:.0f}" for r, v in used.items())
+
+    def fsync(s: dict[str, Any]) -> str:
+        f = s["at_share_of_max"]["50%"].get("etcd_fsync") or {}
+        if not f.get("count"):
+            return ""
+        return (
+            f"{f['count']} fsyncs, p50 <= {f['p50_ms_at_most']:g} ms, "
+            f"p99 <= {f['p99_ms_at_most']:g} ms"
+        )
+
+    row("etcd WAL fsync at 50% of the max (histogram buckets)", [fsync(s) for s in sweeps])
+
+    def batching(f: dict[str, Any]) -> str:
+        b = f.get("batches") or {}
+        return "; ".join(
+            f"{h} {v['mean']:g} per txn, {v['conflicts']:.0f} conflicts" for h, v in b.items()
+        )
+
+    row(
+        "broadcasts per transaction, as fast as allowed (by sending host)",
+        [batching(s["as_fast_as_allowed"][0]) for s in sweeps],
+    )
+    row(
+        "broadcasts per transaction at 50% of the max",
+        [batching(s["at_share_of_max"]["50%"]) for s in sweeps],
+    )
+    row(
+        "CPU per broadcast as fast as allowed (median; whole path, 9 deliveries each)",
+        [per_broadcast(s) for s in sweeps],
+    )
     row("refused (blocking API)", [str(s["refused_total"]) for s in sweeps], "0")
     row("unconfirmed", [str(s["unconfirmed_total"]) for s in sweeps], "0")
     row(
@@ -1137,8 +1380,30 @@ def throughput_table(t: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fixed_rate_table(t: dict[str, Any]) -> str:
+    """`--fixed-rate`: one step per sender count, what it cost and how late it was."""
+    lines = [
+        f"Fixed rate {t['rate']:g}/s per group (`--fixed-rate`): CPU microseconds per broadcast "
+        "by kind of process (whole path, 9 deliveries each), broadcasts per transaction.",
+        "",
+        "| senders | delivered /s | p50 / p99 | CPU per broadcast | per transaction |",
+        "|---|---|---|---|---|",
+    ]
+    for key, f in t["fixed_rate"].items():
+        lat = f["latency_ms"]
+        cpu = f["cpu_us_per_broadcast"]
+        batches = "; ".join(f"{h} {v['mean']:g}" for h, v in (f.get("batches") or {}).items())
+        lines.append(
+            f"| {key.split('_')[0]} | {f['delivered_per_s']:.0f} | {lat.get('p50', 0):g} / "
+            f"{lat.get('p99', 0):g} ms | {cpu['total']:.0f} µs: "
+            + ", ".join(f"{r} {v:.0f}" for r, v in cpu.items() if r != "total")
+            + f" | {batches} |"
+        )
+    return "\n".join(lines)
+
+
 def throughput_notes(t: dict[str, Any]) -> str:
-    problems = [p for n in SENDER_COUNTS for p in t[f"{n}_senders"]["problems"]]
+    problems = [p for n in SENDER_COUNTS for p in t.get(f"{n}_senders", {}).get("problems", [])]
     text = (
         "Throughput: one load app per server (tests/integration/groups/load.py, the client "
         "library's blocking `broadcast()`), senders m0 (h1), then m0..m3 (h1, h2, h3, h1), each "
@@ -1179,7 +1444,9 @@ def write(
     }
     (RESULTS / f"{args.output}.json").write_text(json.dumps({**meta, **results}, indent=2) + "\n")
     sections: list[str] = []
-    if "throughput" in results:
+    if "throughput" in results and "fixed_rate" in results["throughput"]:
+        sections.append(fixed_rate_table(results["throughput"]))
+    elif "throughput" in results:
         sections += [
             throughput_table(results["throughput"]),
             throughput_notes(results["throughput"]),
@@ -1226,10 +1493,30 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, help="bursts and etcd ceiling runs (default 3)")
     parser.add_argument("--output", default="messaging", help="result file stem")
+    parser.add_argument(
+        "--senders",
+        default=",".join(map(str, SENDER_COUNTS)),
+        help="throughput sweeps to run, by number of senders (default 1,4)",
+    )
+    parser.add_argument(
+        "--fixed-rate",
+        type=float,
+        help="instead of the sweep: one step at this offered rate per group (for comparing "
+        "the CPU per broadcast of two versions on a busy machine); prints, writes JSON only",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: run `py-spy record` (on PATH, not a dependency) on the host daemons "
+        "of h1 and h2, the agents and apps of m0 and m1 during each as-fast-as-allowed burst",
+    )
     args = parser.parse_args()
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts or not args.parts <= set(PARTS):
         parser.error(f"--parts takes some of {', '.join(PARTS)}")
+    args.senders = tuple(int(n) for n in args.senders.split(",") if n.strip())
+    if not args.senders or not set(args.senders) <= set(SENDER_COUNTS):
+        parser.error(f"--senders takes some of {', '.join(map(str, SENDER_COUNTS))}")
     args.step_seconds = args.step_seconds or (1.0 if args.quick else STEP_SECONDS_DEFAULT)
     args.burst = args.burst or (5000 if args.quick else 20000)
     args.repeat = args.repeat or (1 if args.quick else 3)

@@ -51,6 +51,7 @@ from servergroup.guestcomm.protocol import (
     JsonObject,
     ProtocolError,
     encode_envelope,
+    json_string,
 )
 
 #: The longest broadcast text, in bytes of UTF-8 (seed 000: "up to 3050 bytes").
@@ -313,9 +314,9 @@ def encode_broadcast_json(text: str, source_instance: str, seq: int) -> bytes | 
         return b"".join(
             (
                 b'{"version":2,"msg_type":"broadcast","data":',
-                json.dumps(text, ensure_ascii=False).encode("utf-8"),
+                json_string(text).encode("utf-8"),
                 b',"source_instance":',
-                json.dumps(source_instance, ensure_ascii=False).encode("utf-8"),
+                json_string(source_instance).encode("utf-8"),
                 b',"seq":',
                 str(seq).encode("ascii"),
                 b"}",

@@ -29,6 +29,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import encode_basestring as _encode_basestring
 from typing import TypeAlias
 
 from servergroup.common.errors import RemoteError, UsageError
@@ -67,6 +68,15 @@ _ADDRESS_LIMITS = {
 }
 #: Field order on the wire: version first, data last, as the spec shows them.
 _FIELD_ORDER = ("dest_addr", "dest_instance", "source_addr", "source_instance")
+#: One encoder of each kind for every message (`json.dumps` with an option builds one
+#: per call, a good part of the cost of a small message).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ENCODER_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def json_string(text: str) -> str:
+    """`json.dumps(text, ensure_ascii=False)`: a JSON string, non-ASCII kept (the C encoder)."""
+    return _encode_basestring(text)
 
 
 class ProtocolError(RemoteError):
@@ -122,13 +132,12 @@ def encode_envelope(env: Envelope) -> bytes:
             obj[field] = value
     obj["data"] = env.data
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(obj)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate (JSON allows "\ud800"; UTF-8 does not): relay it escaped.
-            escaped = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-            return escaped.encode("ascii")
+            return _ENCODER_ASCII.encode(obj).encode("ascii")
     except (TypeError, ValueError, RecursionError) as exc:
         raise UsageError(f"the envelope's data cannot be encoded as JSON: {exc}.") from None
 
@@ -266,9 +275,9 @@ def host_frame_with(dest_addr: str, source_addr: str, data_json: bytes) -> bytes
     return b"".join(
         (
             b'{"version":2,"dest_addr":',
-            json.dumps(dest_addr, ensure_ascii=False).encode("utf-8"),
+            json_string(dest_addr).encode("utf-8"),
             b',"source_addr":',
-            json.dumps(source_addr, ensure_ascii=False).encode("utf-8"),
+            json_string(source_addr).encode("utf-8"),
             b',"data":',
             data_json,
             b"}\n",

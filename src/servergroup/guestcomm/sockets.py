@@ -26,8 +26,8 @@ its own and must not pay for asyncio's import at each VM boot.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: Receive buffer: one byte more than the largest datagram accepted, so a
 #: datagram of exactly MAX_APP_DATAGRAM + 1 bytes shows as too big without MSG_TRUNC.
 RECEIVE_SIZE = MAX_APP_DATAGRAM + 1
+#: A plain int: `socket.MSG_TRUNC` is an enum member, and `&` with it builds an enum each time.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 #: Kernel receive buffer asked for, so that bursts wait in the kernel.
 RECEIVE_BUFFER = 1 << 20
 #: Where the kernel keeps the datagram queue length of this network namespace.
@@ -100,14 +102,26 @@ class Datagram:
     truncated: bool
 
 
+@functools.lru_cache(maxsize=1024)
 def abstract_address(name: str) -> bytes:
-    """The socket address of abstract `name`: NUL, the name, no trailing NUL."""
+    """The socket address of abstract `name`: NUL, the name, no trailing NUL.
+
+    Cached: a process sends to few names, once per datagram.
+    """
     return b"\0" + name.encode("utf-8")
 
 
 def sender_name(address: object) -> str | None:
     """The abstract name in a `recvfrom` address, or None if the sender is not abstract."""
-    if isinstance(address, bytes) and address.startswith(b"\0") and len(address) > 1:
+    if isinstance(address, bytes):
+        return _abstract_name(address)
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _abstract_name(address: bytes) -> str | None:
+    # Cached: a process hears from few senders, once per datagram.
+    if address.startswith(b"\0") and len(address) > 1:
         try:
             return address[1:].decode("utf-8")
         except UnicodeDecodeError:
@@ -167,7 +181,7 @@ class AbstractSocket:
             data, _, flags, address = self._sock.recvmsg(RECEIVE_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
-        truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_APP_DATAGRAM
+        truncated = bool(flags & _MSG_TRUNC) or len(data) > MAX_APP_DATAGRAM
         return Datagram(data=data, sender=sender_name(address), truncated=truncated)
 
     async def receive(self) -> Datagram:
@@ -285,7 +299,13 @@ def app_envelope(datagram: Datagram, drops: DropLog) -> Envelope | None:
     if envelope.dest_addr is None:
         drops.drop(Reason.NO_DEST_ADDR, f"a message from {datagram.sender!r}")
         return None
-    return dataclasses.replace(envelope, source_addr=datagram.sender, source_instance=None)
+    # Not dataclasses.replace: this runs once per message, and that is slow.
+    return Envelope(
+        data=envelope.data,
+        dest_addr=envelope.dest_addr,
+        source_addr=datagram.sender,
+        dest_instance=envelope.dest_instance,
+    )
 
 
 #: Datagrams handled between two yields to the event loop during a burst.

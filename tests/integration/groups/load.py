@@ -20,13 +20,17 @@ commands, one JSON object per line on stdin:
   SENT_AT` padded with dots to N bytes (SENT_AT: `time.monotonic()` just
   before the call); then `flush(F)`; prints `{"kind": "sent", ...}` with the
   client's `stats` and whether the flush finished.
-- `{"cmd": "sync"}`: writes out its log; prints `{"kind": "synced",
-  "received": {tag: count}, "stats": {...}}`.
+- `{"cmd": "sync", "write": W}`: writes out its log (unless W is false);
+  prints `{"kind": "synced", "received": {tag: count}, "stats": {...}}`.
 - `{"cmd": "quit"}` (or end of input): the same as `sync`, as `{"kind":
   "bye"}`, then ends.
 
-Between commands and between sends it receives: every broadcast becomes a
-log line stamped with `time.monotonic()` on arrival. CLOCK_MONOTONIC is one
+Between commands and between sends it receives: every broadcast is stamped
+with `time.monotonic()` on arrival and kept as the client library gave it;
+the log lines are written after a send command and on `sync`, not while
+broadcasts arrive, so that the app's receive costs what a real app's does and
+the benchmark measures servergroup, not this harness (`sync` with `"write":
+false` only counts what arrived). CLOCK_MONOTONIC is one
 clock for every namespace of the machine, so stamps taken in different
 servers compare (latency = receive stamp - the sender's stamp). The log
 lines (space separated, the last field may hold spaces):
@@ -88,6 +92,7 @@ from typing import Any, Final, Protocol, TextIO
 from servergroup.common.errors import ServergroupError
 from servergroup.groups.client import (
     BroadcastReceived,
+    ClientEvent,
     NackReceived,
     ServerGroupClient,
     StatusReceived,
@@ -226,6 +231,11 @@ class _App:
         self.expect = expect
         self.client = ServerGroupClient(max_held_events=MAX_HELD_EVENTS)
         self.received: Counter[str] = Counter()
+        #: Events not written out yet, each list with the time it was received at.
+        self._held: list[tuple[float, list[ClientEvent]]] = []
+        self._counted = 0  # of `_held`, the lists counted in `received`
+        #: Broadcasts sent and not written out yet: (tag, index, id, sent_at).
+        self._sent: list[tuple[str, int, int, float]] = []
         self.listed: frozenset[str] = frozenset()
         self._stdin = sys.stdin.fileno()
         os.set_blocking(self._stdin, False)
@@ -238,28 +248,53 @@ class _App:
         sys.stdout.flush()
 
     def drain(self) -> None:
-        """Log every event the client has now (received meanwhile, or waiting on the socket)."""
+        """Keep every event the client has now (received meanwhile, or waiting on the socket).
+
+        Only the client's list and one stamp are kept: turning events into log lines
+        is left to `write_out`, outside the measured path (the harness's own cost per
+        receipt would otherwise count against the path it measures).
+        """
         events = self.client.receive()
-        at = time.monotonic()
-        for event in events:
-            match event:
-                case BroadcastReceived(text=text, source_instance=source, seq=seq):
-                    words = text.split(" ", 4)
-                    seq_ = -1 if seq is None else seq
+        if events:
+            self._held.append((time.monotonic(), events))
+
+    def count(self) -> None:
+        """Count the broadcasts received per tag (cheap: no log line yet)."""
+        for at_events in itertools.islice(self._held, self._counted, None):
+            for event in at_events[1]:
+                if isinstance(event, BroadcastReceived):
+                    words = event.text.split(" ", 3)
                     if len(words) >= 4 and words[2].isdigit():
-                        tag, sender, index, sent_at = words[:4]
-                        self.received[tag] += 1
-                        self.log.write(
-                            f"r {seq_} {tag} {sender} {index} {sent_at} {at:.6f} {source}\n"
-                        )
-                    else:
-                        self.log.write(f"x {seq_} {at:.6f} {source}\n")
-                case NackReceived(reason=reason, id=ident) if ident is not None:
-                    self.log.write(f"n {ident} {reason}\n")
-                case StatusReceived(servers=servers):
-                    self.listed = frozenset(str(s.get("name")) for s in servers)
-                case _:
-                    pass
+                        self.received[words[0]] += 1
+        self._counted = len(self._held)
+
+    def write_out(self) -> None:
+        """Write what was received and sent since the last call to the log, then flush it."""
+        self.count()
+        write = self.log.write
+        for at, events in self._held:
+            for event in events:
+                match event:
+                    case BroadcastReceived(text=text, source_instance=source, seq=seq):
+                        words = text.split(" ", 4)
+                        seq_ = -1 if seq is None else seq
+                        if len(words) >= 4 and words[2].isdigit():
+                            tag, sender, idx, stamp = words[:4]
+                            write(f"r {seq_} {tag} {sender} {idx} {stamp} {at:.6f} {source}\n")
+                        else:
+                            write(f"x {seq_} {at:.6f} {source}\n")
+                    case NackReceived(reason=reason, id=ident) if ident is not None:
+                        write(f"n {ident} {reason}\n")
+                    case StatusReceived(servers=servers):
+                        self.listed = frozenset(str(s.get("name")) for s in servers)
+                    case _:
+                        pass
+        self._held.clear()
+        self._counted = 0
+        for sent_tag, index, ident, sent_at in self._sent:
+            write(f"s {sent_tag} {index} {ident} {sent_at:.6f}\n")
+        self._sent.clear()
+        self.log.flush()
 
     def wait(self, timeout: float) -> None:
         """Until the client's socket or stdin is readable, or `timeout`; then drain both."""
@@ -287,6 +322,7 @@ class _App:
                 self.client.request_status()
                 asked_at = time.monotonic()
             self.wait(0.05)
+            self.write_out()
         self.emit("ready", members=sorted(self.listed))
 
     def send(self, cmd: Mapping[str, Any]) -> None:
@@ -302,12 +338,12 @@ class _App:
                     self.wait(left)
             sent_at = time.monotonic()
             ident = self.client.broadcast(broadcast_text(tag, self.name, index, sent_at, size))
-            self.log.write(f"s {tag} {index} {ident} {sent_at:.6f}\n")
+            self._sent.append((tag, index, ident, sent_at))
             self.drain()
         last_at = time.monotonic()
         flushed = self.client.flush(float(cmd.get("flush_timeout", 30.0)))
         self.drain()
-        self.log.flush()
+        self.write_out()
         self.emit(
             "sent",
             tag=tag,
@@ -318,9 +354,12 @@ class _App:
             stats=_stats_json(self.client.stats),
         )
 
-    def sync(self, kind: str) -> None:
+    def sync(self, kind: str, *, write: bool = True) -> None:
         self.drain()
-        self.log.flush()
+        if write:
+            self.write_out()
+        else:
+            self.count()
         self.emit(kind, received=dict(self.received), stats=_stats_json(self.client.stats))
 
     def run(self) -> None:
@@ -332,7 +371,7 @@ class _App:
                 if what == "send":
                     self.send(cmd)
                 elif what == "sync":
-                    self.sync("synced")
+                    self.sync("synced", write=bool(cmd.get("write", True)))
                 elif what == "quit":
                     self.sync("bye")
                     return
@@ -443,8 +482,9 @@ class AppHandle:
             if line.get("kind") == "error":
                 raise AppFailed(f"load app {self.name}: {line.get('message')}")
 
-    def sync(self, timeout: float = 30.0) -> dict[str, Any]:
-        self.command(cmd="sync")
+    def sync(self, timeout: float = 30.0, *, write: bool = True) -> dict[str, Any]:
+        """Ask for the app's counts and stats; with `write`, its log is written out first."""
+        self.command(cmd="sync", write=write)
         reply = self.expect("synced", timeout)
         self.log.stats = Stats.from_json(reply["stats"])
         return reply
@@ -565,7 +605,7 @@ class Load:
 
     def received(self, names: Iterable[str], tag: str) -> dict[str, int]:
         """How many broadcasts of `tag` each app has received (asks them: `sync`)."""
-        return {n: int(self.apps[n].sync()["received"].get(tag, 0)) for n in names}
+        return {n: int(self.apps[n].sync(write=False)["received"].get(tag, 0)) for n in names}
 
     def wait_delivered(
         self,
