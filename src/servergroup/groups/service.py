@@ -38,7 +38,13 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   before any later batch is tried, so before any ack that passes them.
   A transaction that got no answer is in doubt: it is sent again exactly as
   it was until the key (or, when another host wrote after it, the watch)
-  shows whether it landed, and nacked only after `in_doubt_timeout`.
+  shows whether it landed, and nacked only after `in_doubt_timeout`. A
+  batch in doubt is never made again with other items: when the watch
+  cannot tell (it does not catch up in time, or it skipped revisions past
+  a compaction since the batch was first sent) the batch is nacked, and
+  counted as `nacked_but_stored` should it show up after all. Every batch
+  is known to the watch from before its first send, so a watch event that
+  comes before a lost answer still counts.
   Broadcasts without an id (old applications) get no ack.
 - **Broadcast, receiving.** The service watches `broadcasts/<group>` of each
   group with a server on this host (from the registry change that placed the
@@ -274,6 +280,10 @@ def iso_time(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
 
 
+class _InDoubt(Exception):
+    """A batch's answer was lost and nothing can tell whether it was stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class _KeyState:
     """What a batcher knows of `broadcasts/<group>`: the compare and the next seq."""
@@ -383,9 +393,13 @@ class _Batcher:
         self._room = asyncio.Event()
         self._room.set()
         self._closed: str | None = None  # why, once closed
-        #: Values of batches whose answer was lost, and where the watch saw them.
+        #: Values of batches sent and not yet settled (the answer may yet be lost),
+        #: and where the watch saw them: a value is in `_doubt` from before its
+        #: first send, so a watch event that beats a lost answer is not missed.
         self._doubt: set[bytes] = set()
         self._watched: dict[bytes, int] = {}
+        #: How many times the watch skipped revisions (it resumed past a compaction).
+        self._blind = 0
         #: Values nacked (or retried) without knowing whether they were stored.
         self._unresolved: deque[bytes] = deque(maxlen=16)
         #: The revision of the latest write of the key the watch delivered.
@@ -496,6 +510,7 @@ class _Batcher:
         batch: BroadcastBatch | None = None
         compares: list[Compare] = []
         doubt_since: float | None = None  # an attempt's answer was lost: it may have landed
+        blind_at_send = self._blind
         while True:
             guard: Guard | None = None
             if s._fence is not None:
@@ -520,6 +535,8 @@ class _Batcher:
                 )
                 value = encode_batch(batch)
                 s._decoded.put(value, batch)
+                self._doubt.add(value)
+                blind_at_send = self._blind
                 compares = [
                     Compare.unchanged(self.key, known.mod_revision)
                     if known is not None
@@ -548,7 +565,21 @@ class _Batcher:
                 s._refuse(items, self.group, f"etcd refused the broadcasts: {exc}")
                 return
             current = result.reads.get(self.key)
-            landed = await self._landed(result, value, current, compares, doubt_since)
+            try:
+                landed = await self._landed(
+                    result, value, current, compares, doubt_since, blind_at_send
+                )
+            except _InDoubt:
+                # Sending it again could store it twice: the sender is told it was not
+                # stored, and should the watch see it later, that is counted.
+                if not self._give_up(batch, items, value):
+                    s._refuse(
+                        items,
+                        self.group,
+                        "etcd's answer was lost and this host cannot tell whether "
+                        "the broadcasts were stored",
+                    )
+                return
             self._doubt.discard(value)
             self._watched.pop(value, None)
             if landed is not None:
@@ -602,32 +633,42 @@ class _Batcher:
         current: KeyValue | None,
         compares: list[Compare],
         doubt_since: float | None,
+        blind_at_send: int,
     ) -> int | None:
         """The revision at which `value` was stored, or None when it was not.
 
         Stored now (the transaction succeeded), or by an earlier attempt whose
         answer was lost: the key still holds it, or, when another host wrote
-        after it, this host's watch of the key saw it go by.
+        after it, this host's watch of the key saw it go by. Raises `_InDoubt`
+        when nothing can tell: the watch did not catch up in time, or it
+        skipped revisions (a compaction) since the first send.
         """
         if result.succeeded:
             return result.revision
         if current is not None and current.value == value:
             return current.mod_revision
+        if value in self._watched:
+            return self._watched[value]
         if doubt_since is None or current is None:
-            return None
+            return None  # every attempt was answered, and refused
         if compares[0].holds(current):
             return None  # the key is as it was before our attempts: none of them landed
-        if await self._watched_up_to(current.mod_revision):
+        left = self._s._in_doubt_timeout - (self._s._clock.monotonic() - doubt_since)
+        caught_up = await self._watched_up_to(
+            current.mod_revision, max(left, _WATCH_CATCH_UP_TIMEOUT)
+        )
+        if caught_up and self._blind == blind_at_send:
             return self._watched.get(value)
-        # The watch cannot tell (it is down or was compacted past): refusing it would
-        # be a guess as well, so it is counted as stored only if the watch says so later.
-        self._unresolved.append(value)
-        return None
+        raise _InDoubt
 
-    async def _watched_up_to(self, revision: int) -> bool:
-        """Wait (a little) until the watch has delivered the key's writes up to `revision`."""
+    def skipped(self) -> None:
+        """The watch resumed past revisions it never delivered (a compaction)."""
+        self._blind += 1
+
+    async def _watched_up_to(self, revision: int, timeout: float) -> bool:
+        """Wait (at most `timeout`) until the watch delivered the key's writes up to `revision`."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_WATCH_CATCH_UP_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 while self.watched_revision < revision:
                     self._watch_moved.clear()
                     await self._watch_moved.wait()
@@ -1171,6 +1212,8 @@ class GroupService:
                 raise
             except WatchCompacted as exc:
                 self._watch_trouble[group] = "history compacted"
+                if (batcher := self._batchers.get(group)) is not None:
+                    batcher.skipped()
                 log.warning(
                     "the broadcasts of group %s from revision %d were compacted (up to %d); "
                     "reading them again",

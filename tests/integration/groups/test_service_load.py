@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ import pytest
 
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import EtcdCoordinator
+from servergroup.coordination.errors import StoreUnavailable
 from servergroup.coordination.etcd_process import EtcdCluster
+from servergroup.coordination.types import Compare, Put, TxnOp, TxnResult
 from servergroup.groups.protocol import (
     Broadcast,
     BroadcastAck,
@@ -35,8 +37,15 @@ from servergroup.groups.service import GroupService
 from servergroup.guestcomm.drops import Reason
 from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Envelope, encode_guest_frame
 from servergroup.guestcomm.relay import ChannelRelay
-from servergroup.servers.model import GroupRecord, Policy
-from servergroup.servers.registry import Registry, RegistryCache, broadcast_key
+from servergroup.servers.model import (
+    BroadcastBatch,
+    BroadcastItem,
+    GroupRecord,
+    Policy,
+    decode_batch,
+    encode_batch,
+)
+from servergroup.servers.registry import BROADCASTS, Registry, RegistryCache, broadcast_key
 from tests.fixtures.tcpproxy import TcpProxy
 from tests.integration.groups.conftest import GuestFactory
 from tests.integration.groups.test_service import (
@@ -282,6 +291,7 @@ class OneHost:
     """One host h1 (group g: a, b) on its own etcd client, optionally through a proxy."""
 
     admin: EtcdCoordinator
+    coordinator: EtcdCoordinator  # the service's
     service: GroupService
     relay: ChannelRelay
     guests: dict[str, TestGuest]
@@ -296,6 +306,7 @@ async def one_host(
     *,
     proxied: bool = False,
     config: CoordinationConfig = CONFIG,
+    coordinator_type: type[EtcdCoordinator] = EtcdCoordinator,
     **service_options: Any,
 ) -> AsyncIterator[OneHost]:
     salt = secrets.token_hex(3)
@@ -316,7 +327,7 @@ async def one_host(
         if proxied:
             proxy = await stack.enter_async_context(TcpProxy(etcd.endpoints[0]))
             endpoints = (proxy.endpoint,)
-        coordinator = EtcdCoordinator(endpoints, prefix=prefix, config=config)
+        coordinator = coordinator_type(endpoints, prefix=prefix, config=config)
         stack.push_async_callback(coordinator.close)
         cache = RegistryCache(coordinator)
         await cache.start()
@@ -340,7 +351,7 @@ async def one_host(
             "both guests connected",
         )
         await cache.wait_for(lambda snap: len(snap.servers) == 2, WAIT)
-        yield OneHost(admin, service, relay, guests, proxy)
+        yield OneHost(admin, coordinator, service, relay, guests, proxy)
         await admin.delete_prefix("")
 
 
@@ -404,6 +415,82 @@ async def test_etcd_down_mid_burst_every_broadcast_is_acked_or_nacked(
         assert [m.text for m in got if int(m.text.split()[1]) not in nacked] == [
             texts[i] for i in stored
         ]
+
+
+class LosesOneAnswer(EtcdCoordinator):
+    """A real etcd client, but the first broadcast transaction after `arm` lands and
+    then loses its answer: `meanwhile` runs (while the sender waits), then the call
+    raises `StoreUnavailable`, as when a reply is lost on a busy machine."""
+
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    def arm(self, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self.meanwhile = meanwhile
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+    ) -> TxnResult:
+        result = await super().txn(compares, success, failure)
+        meanwhile, writes_broadcasts = (
+            self.meanwhile,
+            any(isinstance(op, Put) and op.key.startswith(BROADCASTS) for op in success),
+        )
+        if meanwhile is not None and writes_broadcasts and result.succeeded:
+            self.meanwhile = None
+            await meanwhile()
+            raise StoreUnavailable("the answer was lost (test)")
+        return result
+
+
+async def test_a_lost_answer_after_another_host_wrote_is_acked_once_never_stored_twice(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """A batch lands, its answer is lost, the watch delivers it, and another host
+    writes the group's key before the batch is sent again: the resend meets a
+    conflict, and the batch must count as stored (the watch saw it), not be made
+    again with its items (a broadcast stored twice, delivered twice)."""
+    async with one_host(
+        etcd_server, etcd_prefix, tmp_path, coordinator_type=LosesOneAnswer
+    ) as host:
+        coordinator = host.coordinator
+        assert isinstance(coordinator, LosesOneAnswer)
+        key = broadcast_key("g")
+        async with watching(host.guests) as seen:
+            b = seen["b"]
+
+            async def other_host_writes() -> None:
+                await until(b, lambda: len(b.broadcasts) >= 1, "b to get the landed batch")
+                kv = await host.admin.get(key)
+                assert kv is not None
+                landed = decode_batch(kv.value)
+                other = BroadcastBatch(
+                    group="g",
+                    first_seq=landed.last_seq + 1,
+                    sent_at="",
+                    items=(BroadcastItem("x", "instance-x", "from another host"),),
+                )
+                done = await host.admin.txn(
+                    [Compare.unchanged(key, kv.mod_revision)],
+                    [Put(key=key, value=encode_batch(other))],
+                )
+                assert done.succeeded
+
+            coordinator.arm(other_host_writes)
+            n = 50
+            texts = [f"d {i:02d}" for i in range(n)]
+            host.guests["a"].send_raw(burst(texts))
+            a = seen["a"]
+            await until(a, a.all_answered(n), "every id answered")
+            await until(b, b.has(n + 1), "b to get every broadcast")
+            await asyncio.sleep(0.3)  # a second copy would show up now
+        assert coordinator.meanwhile is None, "no answer was lost: the test tested nothing"
+        assert a.nacked == {}
+        assert a.acked_up_to == n - 1
+        got = b.broadcasts
+        assert sorted(m.text for m in got) == sorted([*texts, "from another host"])
+        assert [m.seq for m in got] == list(range(1, n + 2))
+        assert [m.text for m in got if m.text != "from another host"] == texts
+        assert host.service.counters.nacked_but_stored == 0
 
 
 async def test_beyond_the_hard_cap_a_request_is_nacked_busy_never_dropped(
