@@ -15,8 +15,14 @@ emits them (`_do`):
   this loop, so no handler is in flight and `suspended` is answered at once.
 - `Capture` copies the dirty pages (`checkpoint.Capturer`), takes the disk's
   epoch log and seals the output buffer; `ResumeDispatch` opens the gate.
-- `SendCheckpoint` streams the captured epoch (`protocol.epoch_messages`)
-  in a task; the backup's `Ack` comes back on the same stream (`acked`).
+  While the epoch runs, pre-copy rounds (`Capturer.precopy`, in a worker
+  thread) copy the pages written so far, so that the capture copies only
+  what was written since the last round; a round never overlaps a suspend
+  (the timer waits for it) and runs only when the suspend is not due yet.
+- `SendCheckpoint` gathers the captured pages and builds the epoch's
+  messages (`protocol.epoch_messages`) in a worker thread, then streams
+  them in a task; the backup's `Ack` comes back on the same stream
+  (`acked`).
 - `CommitDisk` syncs the disk; `ReleaseOutput` hands the epoch's replies to
   the clients, only while the session may act (else the daemon stops).
 - `InjectFailure` kills this process with SIGKILL on the spot (the seed's
@@ -88,6 +94,12 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 3.0
 #: Seconds between attempts to reach a backup that went away.
 RECONNECT_INTERVAL = 0.5
+#: Pre-copy rounds run while the last checkpoint had at least this many pages
+#: (below it the copy inside the pause is well under a millisecond).
+PRECOPY_MIN_PAGES = 256
+#: Rounds per interval, and the least time between two rounds (seconds).
+PRECOPY_ROUNDS = 4
+PRECOPY_MIN_SPACING = 0.004
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +214,11 @@ class PrimaryDaemon:
         self._key_lock = asyncio.Lock()
         self._last_pause = 0.0
         self._last_size = 0
+        self._last_pages = 0
+        #: Set while no pre-copy round runs (the timer waits for it before a suspend).
+        self._precopy_idle = asyncio.Event()
+        self._precopy_idle.set()
+        self._precopy_cost = 0.0
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
         self._pass_unprotected = options.backup is not None or built is not None
@@ -293,6 +310,8 @@ class PrimaryDaemon:
         if opts.stdin_commands:
             self._spawn(self._read_commands())
         self._spawn(self._timer())
+        if self.capturer.can_precopy:
+            self._spawn(self._precopy())
         reason = await self._stopped
         if reason:
             raise RemoteError(f"the primary stopped: {reason}.")
@@ -338,12 +357,35 @@ class PrimaryDaemon:
 
     async def _timer(self) -> None:
         while not self._stopped.done():
+            await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
             self._do(self.machine.tick(self._loop.time()))
             delay = self.machine.next_timer() - self._loop.time()
             self._wake.clear()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
+
+    async def _precopy(self) -> None:
+        """Pre-copy rounds while the epoch runs (see `checkpoint`): the pause copies less."""
+        interval = self.options.interval
+        spacing = max(PRECOPY_MIN_SPACING, interval / PRECOPY_ROUNDS)
+        while not self._stopped.done():
+            await asyncio.sleep(spacing)
+            due = self.machine.status().last_suspend_at + interval
+            if (
+                self._last_pages < PRECOPY_MIN_PAGES
+                or not self.capturer.precopy_ready
+                or self.machine.mode is pm.Mode.STOPPED
+                or due - self._loop.time() < 2 * self._precopy_cost + PRECOPY_MIN_SPACING
+            ):
+                continue
+            started = time.perf_counter()
+            self._precopy_idle.clear()
+            try:
+                await asyncio.to_thread(self.capturer.precopy)
+            finally:
+                self._precopy_idle.set()
+            self._precopy_cost = time.perf_counter() - started
 
     def _do(self, actions: list[pm.PrimaryAction]) -> None:
         for action in actions:
@@ -357,6 +399,7 @@ class PrimaryDaemon:
                     self._do(self.machine.suspended(self._loop.time()))
                 case pm.Capture(epoch=epoch, full=full):
                     self._captured = self.capturer.capture(full=full)
+                    self._last_pages = self._captured.pages
                     disk = self.built.space.replicated_disk
                     self._writes = disk.capture() if disk is not None else []
                     self.output.seal(epoch)
@@ -369,9 +412,8 @@ class PrimaryDaemon:
                 case pm.SendCheckpoint(generation=generation, epoch=epoch, full=full):
                     assert self._captured is not None
                     begin = EpochBegin(generation=generation, epoch=epoch, full=full)
-                    payload: list[Pages | DiskWrite] = [*self._captured.messages(), *self._writes]
                     self._last_size = self._captured.size + sum(len(w.data) for w in self._writes)
-                    self._spawn(self._send_checkpoint(epoch_messages(begin, payload)))
+                    self._spawn(self._send_checkpoint(begin, self._captured, self._writes))
                 case pm.CommitDisk():
                     disk = self.built.space.replicated_disk
                     if disk is not None:
@@ -561,7 +603,19 @@ class PrimaryDaemon:
         finally:
             self._attaching = False
 
-    async def _send_checkpoint(self, messages: list[Message]) -> None:
+    async def _send_checkpoint(
+        self, begin: EpochBegin, captured: Captured, writes: list[DiskWrite]
+    ) -> None:
+        def build() -> list[Message]:
+            payload: list[Pages | DiskWrite] = [*captured.messages(), *writes]
+            return epoch_messages(begin, payload)
+
+        try:
+            # The gather and the digest take milliseconds for a big epoch: off the loop.
+            messages = await asyncio.to_thread(build)
+        except UsageError:
+            log.info("epoch %d was superseded by a later capture before it was sent", begin.epoch)
+            return
         stream = self._stream
         if stream is None:
             # No stream now: the epoch is lost to the backup; the next one is full.
