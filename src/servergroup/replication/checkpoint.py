@@ -64,6 +64,7 @@ from servergroup.replication.pages import PageRuns, batch_runs, page_count
 from servergroup.replication.protocol import MAX_DATA_BYTES, MAX_RUNS, Pages
 from servergroup.replication.regions import PAGE_SIZE, Region, RegionSet
 from servergroup.replication.tracking import DirtyTracker, TrackerKind, runs_of
+from servergroup.replication.uffd import KernelTracker
 
 #: Most iovecs one process_vm_readv call takes (IOV_MAX).
 IOV_MAX = 1024
@@ -74,7 +75,11 @@ def page_index(runs: PageRuns) -> npt.NDArray[np.int64]:
     if not runs:
         return np.empty(0, dtype=np.int64)
     table = np.array(runs, dtype=np.int64)
-    starts, counts = table[:, 0], table[:, 1]
+    return _expand(table[:, 0], table[:, 1])
+
+
+def _expand(starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Every page index of the runs (starts[i], counts[i]), in order."""
     offsets = np.cumsum(counts) - counts
     index: npt.NDArray[np.int64] = np.arange(int(counts.sum()), dtype=np.int64)
     index += np.repeat(starts - offsets, counts)
@@ -252,23 +257,32 @@ class Capturer:
             self._held = captured
             return captured
 
+    def _collect(self) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+        """The tracker's collect as run starts and counts per region."""
+        if isinstance(self._tracker, KernelTracker):  # no Python object per run
+            return {name: (s, c) for name, s, c in self._tracker.collect_arrays() if len(s)}
+        out = {}
+        for dirty in self._tracker.collect():
+            if dirty.runs:
+                table = np.array(dirty.runs, dtype=np.int64)
+                out[dirty.region] = (table[:, 0], table[:, 1])
+        return out
+
     def _copy_dirty(self) -> int:
         """Collect the tracker and copy what it reports into the shadows (lock held)."""
         copied = 0
-        found = {d.region: d.runs for d in self._tracker.collect()}
+        found = self._collect()
         for region in self._regions:
-            runs = found.get(region.name, ())
-            if not runs:
+            if region.name not in found:
                 continue
-            table = np.array(runs, dtype=np.int64)
-            starts, counts = table[:, 0], table[:, 1]
+            starts, counts = found[region.name]
             shadow = self._shadows[region.name]
             if not self._reader.copy(region.address, shadow.ctypes.data, starts, counts):
                 source = _pages_of(region)
-                for first, count in runs:
+                for first, count in zip(starts.tolist(), counts.tolist(), strict=True):
                     shadow[first : first + count] = source[first : first + count]
                 del source
-            self._copied[region.name][page_index(runs)] = True
+            self._copied[region.name][_expand(starts, counts)] = True
             copied += int(counts.sum())
         return copied
 
