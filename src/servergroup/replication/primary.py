@@ -325,6 +325,10 @@ class PrimaryDaemon:
         await self._close_backup()
         if self._authority is not None:
             await self._authority.close()
+        # A pre-copy round still in its thread reads the regions and the tracker's
+        # descriptors: let it end before they are closed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._precopy_idle.wait(), 5.0)
         with contextlib.suppress(AttributeError):
             self.tracker.close()
 
@@ -381,9 +385,12 @@ class PrimaryDaemon:
                 continue
             started = time.perf_counter()
             self._precopy_idle.clear()
+            done = self._loop.run_in_executor(None, self.capturer.precopy)
             try:
-                await asyncio.to_thread(self.capturer.precopy)
+                await asyncio.shield(done)
             finally:
+                if not done.done():  # cancelled: the thread goes on; idle only when it ends
+                    await asyncio.wait({done})
                 self._precopy_idle.set()
             self._precopy_cost = time.perf_counter() - started
 
