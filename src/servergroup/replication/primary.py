@@ -219,6 +219,7 @@ class PrimaryDaemon:
         self._precopy_idle = asyncio.Event()
         self._precopy_idle.set()
         self._precopy_cost = 0.0
+        self._precopied = 0
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
         self._pass_unprotected = options.backup is not None or built is not None
@@ -393,6 +394,7 @@ class PrimaryDaemon:
                     await asyncio.wait({done})
                 self._precopy_idle.set()
             self._precopy_cost = time.perf_counter() - started
+            self._precopied += done.result()
 
     def _do(self, actions: list[pm.PrimaryAction]) -> None:
         for action in actions:
@@ -706,6 +708,7 @@ class PrimaryDaemon:
             "lag": st.captured - st.committed,
             "last_checkpoint_bytes": self._last_size,
             "last_pause_ms": round(self._last_pause * 1000, 3),
+            "precopied_pages": self._precopied,
             "held_output_bytes": self.output.pending_bytes,
             "clients": self.front.clients,
         }
