@@ -320,7 +320,11 @@ async def service_setup(
                 "--pair", pair, *extra,
             )  # fmt: skip
         await _wait_serving(client, server, log, 60)
-        result = await load(client, args.clients, args.window, args.seconds, args.warmup)
+        try:
+            result = await load(client, args.clients, args.window, args.seconds, args.warmup)
+        except (RuntimeError, OSError) as exc:
+            tail = await asyncio.to_thread(_tail, log)
+            raise RuntimeError(f"{setup['name']}: {exc}; {tail}") from None
     say(
         f"service {setup['name']:32s} {result['throughput_per_s']:9.1f}/s"
         f"  p50 {result['latency_ms']['p50']} ms  p99 {result['latency_ms']['p99']} ms"
@@ -348,7 +352,11 @@ async def service_part(
     rows = []
     with tempfile.TemporaryDirectory(prefix="sg-bench-repl-") as tmp:
         for setup in service_setups(args.quick):
-            rows.append(await service_setup(setup, sg, Path(tmp), args))
+            try:
+                rows.append(await service_setup(setup, sg, Path(tmp), args))
+            except RuntimeError as exc:  # a row that failed is reported, the rest still run
+                say(f"service {setup['name']} FAILED: {exc}")
+                rows.append({**setup, "error": str(exc)[:300]})
     return rows
 
 
@@ -417,7 +425,7 @@ def report(result: dict[str, Any]) -> list[str]:
     ]
     if "service" in result:
         rows = result["service"]
-        base = next(r for r in rows if r["interval_ms"] is None)["throughput_per_s"]
+        base = next(r for r in rows if r["interval_ms"] is None).get("throughput_per_s", 0.0)
         lines += [
             "",
             "## The kv service under load (the Remus paper's table)",
@@ -426,6 +434,9 @@ def report(result: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|",
         ]
         for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['name']} | failed: {r['error'][:120]} | | | |")
+                continue
             share = r["throughput_per_s"] / base if base else 0.0
             lines.append(
                 f"| {r['name']} | {r['throughput_per_s']:.0f}/s | {share:.2f}"

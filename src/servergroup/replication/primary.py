@@ -362,7 +362,8 @@ class PrimaryDaemon:
 
     async def _timer(self) -> None:
         while not self._stopped.done():
-            await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
+            if not self._precopy_idle.is_set() and self._epoch_due():
+                await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
             self._do(self.machine.tick(self._loop.time()))
             delay = self.machine.next_timer() - self._loop.time()
             self._wake.clear()
@@ -370,18 +371,22 @@ class PrimaryDaemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
 
+    def _epoch_due(self, within: float = 0.0) -> bool:
+        """Whether the epoch's interval is over (or will be within `within` seconds)."""
+        due = self.machine.status().last_suspend_at + self.options.interval
+        return due - self._loop.time() <= within
+
     async def _precopy(self) -> None:
         """Pre-copy rounds while the epoch runs (see `checkpoint`): the pause copies less."""
         interval = self.options.interval
         spacing = max(PRECOPY_MIN_SPACING, interval / PRECOPY_ROUNDS)
         while not self._stopped.done():
             await asyncio.sleep(spacing)
-            due = self.machine.status().last_suspend_at + interval
             if (
                 self._last_pages < PRECOPY_MIN_PAGES
                 or not self.capturer.precopy_ready
                 or self.machine.mode is pm.Mode.STOPPED
-                or due - self._loop.time() < 2 * self._precopy_cost + PRECOPY_MIN_SPACING
+                or self._epoch_due(within=2 * self._precopy_cost + PRECOPY_MIN_SPACING)
             ):
                 continue
             started = time.perf_counter()
