@@ -60,7 +60,12 @@ from _harness import RESULTS, quantile, run_meta, say, summary
 from servergroup.config import load_config
 from servergroup.coordination.etcd_process import free_ports, start_cluster
 from servergroup.demo import run_replication_demo
-from servergroup.replication.checkpoint import Capturer
+from servergroup.replication.checkpoint import Captured, Capturer
+from servergroup.replication.primary import (
+    PRECOPY_LAST_ROUNDS,
+    PRECOPY_MIN_PAGES,
+    PRECOPY_ROUNDS,
+)
 from servergroup.replication.regions import PAGE_SIZE, RegionSet
 from servergroup.replication.tracking import DirtyTracker, HashTracker
 from servergroup.replication.uffd import KernelTracker
@@ -72,9 +77,8 @@ GOAL_FAILOVER_MEDIAN_S = 1.5
 INTERVALS_MS = (25, 50, 100, 200)
 #: The epoch the "spread" pause series writes its pages over (seconds).
 SPREAD_INTERVAL = 0.1
-#: Slices the "spread" writer cuts its pages into; pre-copy rounds per interval.
+#: How often (per interval) the "spread" writer wakes.
 SPREAD_SLICES = 10
-PRECOPY_ROUNDS = 4
 KEYS = 4096
 
 
@@ -86,10 +90,64 @@ def _dirty(view: np.ndarray[Any, Any], pages: list[int]) -> None:
     view[index] += 1
 
 
-def _rounds_beside(capturer: Capturer, stop: threading.Event) -> None:
-    """Pre-copy rounds every interval / PRECOPY_ROUNDS until `stop`, as the daemon runs them."""
-    while not stop.wait(SPREAD_INTERVAL / PRECOPY_ROUNDS):
-        capturer.precopy()
+def _writer(
+    view: np.ndarray[Any, Any], pages: int, count: int, rng: random.Random
+) -> tuple[threading.Thread, threading.Event, set[int]]:
+    """A thread storing into distinct random pages at `count` per interval, until set.
+
+    It wakes every interval / SPREAD_SLICES and catches up on the time it
+    was kept from running, so a loaded machine slows the pages down but
+    does not thin them out.
+    """
+    stop = threading.Event()
+    written: set[int] = set()
+    order = rng.sample(range(pages), min(pages, 2 * count))
+    began = time.monotonic()
+
+    def run() -> None:
+        done = 0
+        while True:
+            due = int(count * (time.monotonic() - began) / SPREAD_INTERVAL)
+            target = min(len(order), max(done, due))
+            _dirty(view, order[done:target])
+            written.update(order[done:target])
+            done = target
+            if stop.wait(SPREAD_INTERVAL / SPREAD_SLICES):
+                return
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, stop, written
+
+
+def spread_epoch(
+    capturer: Capturer, view: np.ndarray[Any, Any], pages: int, count: int, rng: random.Random
+) -> tuple[float, Captured, int]:
+    """One epoch as the daemon runs it: (pause seconds, the capture, pages written).
+
+    A writer stores `count` pages over the interval and goes on until the
+    suspend; pre-copy rounds run every interval / PRECOPY_ROUNDS, the last
+    ones when the interval is over and `count` pages were written, with the
+    writer still going (the daemon's last rounds: until one copies under
+    PRECOPY_MIN_PAGES); then the writer stops (the suspend) and the
+    capture is timed.
+    """
+    began = time.monotonic()
+    writer, stop, written = _writer(view, pages, count, rng)
+    for k in range(1, PRECOPY_ROUNDS + 1):
+        time.sleep(max(0.0, began + k * SPREAD_INTERVAL / PRECOPY_ROUNDS - time.monotonic()))
+        while k == PRECOPY_ROUNDS and len(written) < count and writer.is_alive():
+            time.sleep(SPREAD_INTERVAL / SPREAD_SLICES)  # a starved writer: the epoch waits
+        copied = capturer.precopy()
+    for _ in range(PRECOPY_LAST_ROUNDS - 1):  # as the daemon: until a round copies little
+        if copied < PRECOPY_MIN_PAGES:
+            break
+        copied = capturer.precopy()
+    stop.set()
+    writer.join()
+    started = time.perf_counter()
+    captured = capturer.capture(full=False)
+    return time.perf_counter() - started, captured, len(written)
 
 
 def pause_series(
@@ -100,38 +158,33 @@ def pause_series(
     rng: random.Random,
     *,
     spread: bool,
-) -> list[float]:
-    """Capture times (seconds) for `rounds` epochs that each write `share` of the pages."""
+) -> tuple[list[float], float]:
+    """Capture times (s) of `rounds` epochs writing `share` of the pages; the share written."""
     region = next(iter(regions))
     capturer = Capturer(regions, tracker)
     capturer.capture(full=True).messages()
     count = max(1, int(region.pages * share))
     view = region.array(np.uint8)
     samples: list[float] = []
+    written_pages = 0
     try:
         for _ in range(rounds):
-            pages = rng.sample(range(region.pages), count)
             if spread:
-                stop = threading.Event()
-                copier = threading.Thread(target=_rounds_beside, args=(capturer, stop))
-                copier.start()
-                step = -(-count // SPREAD_SLICES)
-                for at in range(0, count, step):
-                    _dirty(view, pages[at : at + step])
-                    time.sleep(SPREAD_INTERVAL / SPREAD_SLICES)
-                stop.set()
-                copier.join()  # the daemon's timer waits for a round before a suspend
+                pause, captured, written = spread_epoch(capturer, view, region.pages, count, rng)
             else:
-                _dirty(view, pages)
-            started = time.perf_counter()
-            captured = capturer.capture(full=False)
-            samples.append(time.perf_counter() - started)
-            if captured.pages != count:
-                raise SystemExit(f"captured {captured.pages} pages, {count} were written")
+                _dirty(view, rng.sample(range(region.pages), count))
+                started = time.perf_counter()
+                captured = capturer.capture(full=False)
+                pause = time.perf_counter() - started
+                written = count
+            if captured.pages != written:
+                raise SystemExit(f"captured {captured.pages} pages, {written} were written")
+            samples.append(pause)
+            written_pages += written
             captured.messages()  # after resume: frees the shadows for the next pre-copy
     finally:
         del view
-    return samples
+    return samples, written_pages / rounds / region.pages
 
 
 def pause_part(mib: int, rounds: int) -> list[dict[str, Any]]:
@@ -150,13 +203,23 @@ def pause_part(mib: int, rounds: int) -> list[dict[str, Any]]:
                 tracker = make()
                 try:
                     tracker.track(next(iter(regions)))
-                    samples = pause_series(tracker, regions, share, rounds, rng, spread=spread)
+                    samples, written = pause_series(
+                        tracker, regions, share, rounds, rng, spread=spread
+                    )
                 finally:
                     tracker.close()
                 mode = "spread" if spread else "burst"
                 pause = summary(samples, 1000, 2)
-                say(f"pause {name:6s} {mode:6s} {share:4.0%} dirty: {pause}")
-                rows.append({"tracker": name, "writes": mode, "dirty": share, "pause_ms": pause})
+                say(f"pause {name:6s} {mode:6s} {share:4.0%} ({written:.1%}) dirty: {pause}")
+                rows.append(
+                    {
+                        "tracker": name,
+                        "writes": mode,
+                        "dirty": share,
+                        "dirty_written": round(written, 4),
+                        "pause_ms": pause,
+                    }
+                )
     finally:
         regions.close()
     return rows
@@ -453,7 +516,8 @@ def report(result: dict[str, Any]) -> list[str]:
         for row in result["pause"]:
             ms = row["pause_ms"]
             lines.append(
-                f"| {row['tracker']} | {row['writes']} | {row['dirty']:.0%} | {ms['n']}"
+                f"| {row['tracker']} | {row['writes']} | {row['dirty']:.0%}"
+                f" ({row.get('dirty_written', row['dirty']):.1%} written) | {ms['n']}"
                 f" | {ms['p50']} ms | {ms['p99']} ms | {ms['max']} ms |"
             )
     if "failover" in result:

@@ -18,7 +18,10 @@ emits them (`_do`):
   While the epoch runs, pre-copy rounds (`Capturer.precopy`, in a worker
   thread) copy the pages written so far, so that the capture copies only
   what was written since the last round; a round never overlaps a suspend
-  (the timer waits for it) and runs only when the suspend is not due yet.
+  (the timer waits for it) and runs only when the suspend is not due yet;
+  when it is due, last rounds run first while the service goes on (as a
+  live migration's last iterations: up to 3, until one copies under 256
+  pages), so that the pause copies only what was written during the last.
 - `SendCheckpoint` gathers the captured pages and builds the epoch's
   messages (`protocol.epoch_messages`) in a worker thread, then streams
   them in a task; the backup's `Ack` comes back on the same stream
@@ -100,6 +103,8 @@ PRECOPY_MIN_PAGES = 256
 #: Rounds per interval, and the least time between two rounds (seconds).
 PRECOPY_ROUNDS = 4
 PRECOPY_MIN_SPACING = 0.004
+#: Rounds at most when the epoch is due, until one copies under PRECOPY_MIN_PAGES.
+PRECOPY_LAST_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,6 +225,7 @@ class PrimaryDaemon:
         self._precopy_idle.set()
         self._precopy_cost = 0.0
         self._precopied = 0
+        self._final_round_done = False
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
         self._pass_unprotected = options.backup is not None or built is not None
@@ -362,8 +368,17 @@ class PrimaryDaemon:
 
     async def _timer(self) -> None:
         while not self._stopped.done():
-            if not self._precopy_idle.is_set() and self._epoch_due():
-                await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
+            if self._epoch_due():
+                if not self._precopy_idle.is_set():
+                    await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
+                if not self._final_round_done and self._precopy_wanted():
+                    # Migration's last iterations: rounds while the service runs until
+                    # one copies little, so that the pause copies only what is written
+                    # during that one.
+                    self._final_round_done = True
+                    for _ in range(PRECOPY_LAST_ROUNDS):
+                        if await self._precopy_round() < PRECOPY_MIN_PAGES:
+                            break
             self._do(self.machine.tick(self._loop.time()))
             delay = self.machine.next_timer() - self._loop.time()
             self._wake.clear()
@@ -376,30 +391,38 @@ class PrimaryDaemon:
         due = self.machine.status().last_suspend_at + self.options.interval
         return due - self._loop.time() <= within
 
+    def _precopy_wanted(self) -> bool:
+        return (
+            self.capturer.can_precopy
+            and self._last_pages >= PRECOPY_MIN_PAGES
+            and self.capturer.precopy_ready
+            and self.machine.mode is not pm.Mode.STOPPED
+        )
+
     async def _precopy(self) -> None:
         """Pre-copy rounds while the epoch runs (see `checkpoint`): the pause copies less."""
-        interval = self.options.interval
-        spacing = max(PRECOPY_MIN_SPACING, interval / PRECOPY_ROUNDS)
+        spacing = max(PRECOPY_MIN_SPACING, self.options.interval / PRECOPY_ROUNDS)
         while not self._stopped.done():
             await asyncio.sleep(spacing)
-            if (
-                self._last_pages < PRECOPY_MIN_PAGES
-                or not self.capturer.precopy_ready
-                or self.machine.mode is pm.Mode.STOPPED
-                or self._epoch_due(within=2 * self._precopy_cost + PRECOPY_MIN_SPACING)
-            ):
-                continue
-            started = time.perf_counter()
-            self._precopy_idle.clear()
-            done = self._loop.run_in_executor(None, self.capturer.precopy)
-            try:
-                await asyncio.shield(done)
-            finally:
-                if not done.done():  # cancelled: the thread goes on; idle only when it ends
-                    await asyncio.wait({done})
-                self._precopy_idle.set()
-            self._precopy_cost = time.perf_counter() - started
-            self._precopied += done.result()
+            soon = 2 * self._precopy_cost + PRECOPY_MIN_SPACING
+            if self._precopy_wanted() and not self._epoch_due(within=soon):
+                await self._precopy_round()
+
+    async def _precopy_round(self) -> int:
+        """One pre-copy round in a worker thread; `_precopy_idle` is clear while it runs."""
+        started = time.perf_counter()
+        self._precopy_idle.clear()
+        done = self._loop.run_in_executor(None, self.capturer.precopy)
+        try:
+            await asyncio.shield(done)
+        finally:
+            if not done.done():  # cancelled: the thread goes on; idle only when it ends
+                await asyncio.wait({done})
+            self._precopy_idle.set()
+        self._precopy_cost = time.perf_counter() - started
+        copied = done.result()
+        self._precopied += copied
+        return copied
 
     def _do(self, actions: list[pm.PrimaryAction]) -> None:
         for action in actions:
@@ -414,6 +437,7 @@ class PrimaryDaemon:
                 case pm.Capture(epoch=epoch, full=full):
                     self._captured = self.capturer.capture(full=full)
                     self._last_pages = self._captured.pages
+                    self._final_round_done = False
                     disk = self.built.space.replicated_disk
                     self._writes = disk.capture() if disk is not None else []
                     self.output.seal(epoch)
