@@ -298,7 +298,12 @@ async def load(
 
 
 def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-400:]
+    """Why a server stopped (its last "stopping:" line), else the end of its log."""
+    text = log.read_text(errors="replace")
+    stops = [line for line in text.splitlines() if "stopping:" in line]
+    if stops:
+        return stops[-1].split("stopping:", 1)[1].strip().strip('"}').strip()
+    return text[-400:]
 
 
 async def _wait_serving(
