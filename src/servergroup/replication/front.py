@@ -18,6 +18,13 @@ socket buffers (backpressure on the clients).
 Each client is numbered (`conn`); replies to a client that has gone are
 dropped (`on_gone(conn)` tells the driver). A request line longer than
 `MAX_LINE` closes that client.
+
+A client whose requests are already buffered would be served without the
+loop ever running anything else (reading a buffered line does not yield):
+pipelining clients whose replies come at once (`--no-net-buffer`, or
+unprotected) starved the heartbeats and the session's lease renewal until
+the primary fenced itself. So each client yields to the loop every
+`YIELD_EVERY` requests, between a reply and the next gate check.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The longest request line accepted.
 MAX_LINE = 64 * 1024
+#: Requests a client is served in a row before the loop runs other work.
+YIELD_EVERY = 16
 
 
 def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
@@ -110,6 +119,7 @@ class ClientFront:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        served = 0
         try:
             while True:
                 try:
@@ -133,6 +143,9 @@ class ClientFront:
                     break
                 self.handled += 1
                 self._on_reply(conn, reply.rstrip(b"\n") + b"\n")
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let heartbeats and the lease renewal run
         finally:
             self.close_client(conn)
             if task is not None:

@@ -15,8 +15,17 @@ emits them (`_do`):
   this loop, so no handler is in flight and `suspended` is answered at once.
 - `Capture` copies the dirty pages (`checkpoint.Capturer`), takes the disk's
   epoch log and seals the output buffer; `ResumeDispatch` opens the gate.
-- `SendCheckpoint` streams the captured epoch (`protocol.epoch_messages`)
-  in a task; the backup's `Ack` comes back on the same stream (`acked`).
+  While the epoch runs, pre-copy rounds (`Capturer.precopy`, in a worker
+  thread) copy the pages written so far, so that the capture copies only
+  what was written since the last round; a round never overlaps a suspend
+  (the timer waits for it) and runs only when the suspend is not due yet;
+  when it is due, last rounds run first while the service goes on (as a
+  live migration's last iterations: up to 3, until one copies under 256
+  pages), so that the pause copies only what was written during the last.
+- `SendCheckpoint` gathers the captured pages and builds the epoch's
+  messages (`protocol.epoch_messages`) in a worker thread, then streams
+  them in a task; the backup's `Ack` comes back on the same stream
+  (`acked`).
 - `CommitDisk` syncs the disk; `ReleaseOutput` hands the epoch's replies to
   the clients, only while the session may act (else the daemon stops).
 - `InjectFailure` kills this process with SIGKILL on the spot (the seed's
@@ -89,6 +98,14 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 3.0
 #: Seconds between attempts to reach a backup that went away.
 RECONNECT_INTERVAL = 0.5
+#: Pre-copy rounds run while the last checkpoint had at least this many pages
+#: (below it the copy inside the pause is well under a millisecond).
+PRECOPY_MIN_PAGES = 256
+#: Rounds per interval, and the least time between two rounds (seconds).
+PRECOPY_ROUNDS = 4
+PRECOPY_MIN_SPACING = 0.004
+#: Rounds at most when the epoch is due, until one copies under PRECOPY_MIN_PAGES.
+PRECOPY_LAST_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +220,13 @@ class PrimaryDaemon:
         self._key_lock = asyncio.Lock()
         self._last_pause = 0.0
         self._last_size = 0
+        self._last_pages = 0
+        #: Set while no pre-copy round runs (the timer waits for it before a suspend).
+        self._precopy_idle = asyncio.Event()
+        self._precopy_idle.set()
+        self._precopy_cost = 0.0
+        self._precopied = 0
+        self._final_round_done = False
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
         self._pass_unprotected = options.backup is not None or built is not None
@@ -294,6 +318,8 @@ class PrimaryDaemon:
         if opts.stdin_commands:
             self._spawn(self._read_commands())
         self._spawn(self._timer())
+        if self.capturer.can_precopy:
+            self._spawn(self._precopy())
         reason = await self._stopped
         if reason:
             raise RemoteError(f"the primary stopped: {reason}.")
@@ -307,6 +333,10 @@ class PrimaryDaemon:
         await self._close_backup()
         if self._authority is not None:
             await self._authority.close()
+        # A pre-copy round still in its thread reads the regions and the tracker's
+        # descriptors: let it end before they are closed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._precopy_idle.wait(), 5.0)
         with contextlib.suppress(AttributeError):
             self.tracker.close()
 
@@ -339,12 +369,61 @@ class PrimaryDaemon:
 
     async def _timer(self) -> None:
         while not self._stopped.done():
+            if self._epoch_due():
+                if not self._precopy_idle.is_set():
+                    await self._precopy_idle.wait()  # a suspend never overlaps a pre-copy round
+                if not self._final_round_done and self._precopy_wanted():
+                    # Migration's last iterations: rounds while the service runs until
+                    # one copies little, so that the pause copies only what is written
+                    # during that one.
+                    self._final_round_done = True
+                    for _ in range(PRECOPY_LAST_ROUNDS):
+                        if await self._precopy_round() < PRECOPY_MIN_PAGES:
+                            break
             self._do(self.machine.tick(self._loop.time()))
             delay = self.machine.next_timer() - self._loop.time()
             self._wake.clear()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(delay, 1.0))
+
+    def _epoch_due(self, within: float = 0.0) -> bool:
+        """Whether the epoch's interval is over (or will be within `within` seconds)."""
+        due = self.machine.status().last_suspend_at + self.options.interval
+        return due - self._loop.time() <= within
+
+    def _precopy_wanted(self) -> bool:
+        return (
+            self.capturer.can_precopy
+            and self._last_pages >= PRECOPY_MIN_PAGES
+            and self.capturer.precopy_ready
+            and self.machine.mode is not pm.Mode.STOPPED
+        )
+
+    async def _precopy(self) -> None:
+        """Pre-copy rounds while the epoch runs (see `checkpoint`): the pause copies less."""
+        spacing = max(PRECOPY_MIN_SPACING, self.options.interval / PRECOPY_ROUNDS)
+        while not self._stopped.done():
+            await asyncio.sleep(spacing)
+            soon = 2 * self._precopy_cost + PRECOPY_MIN_SPACING
+            if self._precopy_wanted() and not self._epoch_due(within=soon):
+                await self._precopy_round()
+
+    async def _precopy_round(self) -> int:
+        """One pre-copy round in a worker thread; `_precopy_idle` is clear while it runs."""
+        started = time.perf_counter()
+        self._precopy_idle.clear()
+        done = self._loop.run_in_executor(None, self.capturer.precopy)
+        try:
+            await asyncio.shield(done)
+        finally:
+            if not done.done():  # cancelled: the thread goes on; idle only when it ends
+                await asyncio.wait({done})
+            self._precopy_idle.set()
+        self._precopy_cost = time.perf_counter() - started
+        copied = done.result()
+        self._precopied += copied
+        return copied
 
     def _do(self, actions: list[pm.PrimaryAction]) -> None:
         for action in actions:
@@ -358,6 +437,8 @@ class PrimaryDaemon:
                     self._do(self.machine.suspended(self._loop.time()))
                 case pm.Capture(epoch=epoch, full=full):
                     self._captured = self.capturer.capture(full=full)
+                    self._last_pages = self._captured.pages
+                    self._final_round_done = False
                     disk = self.built.space.replicated_disk
                     self._writes = disk.capture() if disk is not None else []
                     self.output.seal(epoch)
@@ -371,10 +452,9 @@ class PrimaryDaemon:
                 case pm.SendCheckpoint(generation=generation, epoch=epoch, full=full):
                     assert self._captured is not None
                     begin = EpochBegin(generation=generation, epoch=epoch, full=full)
-                    payload: list[Pages | DiskWrite] = [*self._captured.messages(), *self._writes]
                     self._last_size = self._captured.size + sum(len(w.data) for w in self._writes)
                     metrics.CHECKPOINT_SIZE.observe(self._last_size)
-                    self._spawn(self._send_checkpoint(epoch_messages(begin, payload)))
+                    self._spawn(self._send_checkpoint(begin, self._captured, self._writes))
                 case pm.CommitDisk():
                     disk = self.built.space.replicated_disk
                     if disk is not None:
@@ -567,7 +647,19 @@ class PrimaryDaemon:
         finally:
             self._attaching = False
 
-    async def _send_checkpoint(self, messages: list[Message]) -> None:
+    async def _send_checkpoint(
+        self, begin: EpochBegin, captured: Captured, writes: list[DiskWrite]
+    ) -> None:
+        def build() -> list[Message]:
+            payload: list[Pages | DiskWrite] = [*captured.messages(), *writes]
+            return epoch_messages(begin, payload)
+
+        try:
+            # The gather and the digest take milliseconds for a big epoch: off the loop.
+            messages = await asyncio.to_thread(build)
+        except UsageError:
+            log.info("epoch %d was superseded by a later capture before it was sent", begin.epoch)
+            return
         stream = self._stream
         if stream is None:
             # No stream now: the epoch is lost to the backup; the next one is full.
@@ -651,6 +743,7 @@ class PrimaryDaemon:
             "lag": st.captured - st.committed,
             "last_checkpoint_bytes": self._last_size,
             "last_pause_ms": round(self._last_pause * 1000, 3),
+            "precopied_pages": self._precopied,
             "held_output_bytes": self.output.pending_bytes,
             "clients": self.front.clients,
         }

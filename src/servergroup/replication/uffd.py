@@ -160,8 +160,17 @@ class KernelTracker:
         for region in self._regions.values():
             self._scan(region)
 
+    def collect_arrays(self) -> list[tuple[str, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+        """`collect` as (region, first pages, counts) arrays: no Python object per run."""
+        return [(name, *self._scan_arrays(region)) for name, region in self._regions.items()]
+
     def _scan(self, region: Region) -> PageRuns:
         """The written pages of `region`, protecting them again (atomically, per page)."""
+        starts, counts = self._scan_arrays(region)
+        return tuple(zip(starts.tolist(), counts.tolist(), strict=True))
+
+    def _scan_arrays(self, region: Region) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """`_scan` as arrays of run starts and counts."""
         base = region.address
         end = base + region.size
         start = base
@@ -185,7 +194,8 @@ class KernelTracker:
                 break  # the kernel made no progress; never spin
             start = walk_end
         if not firsts:
-            return ()
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
         return _merge_touching(np.concatenate(firsts), np.concatenate(stops))
 
     def close(self) -> None:
@@ -198,8 +208,10 @@ class KernelTracker:
         self._uffd = self._pagemap = -1
 
 
-def _merge_touching(firsts: npt.NDArray[np.uint64], stops: npt.NDArray[np.uint64]) -> PageRuns:
-    """Sorted [first, stop) ranges as runs, joining a range that starts where the last stops.
+def _merge_touching(
+    firsts: npt.NDArray[np.uint64], stops: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Sorted [first, stop) ranges as run starts and counts, joining touching ranges.
 
     The kernel merges neighbouring pages itself, but not across two calls of a scan.
     """
@@ -207,9 +219,9 @@ def _merge_touching(firsts: npt.NDArray[np.uint64], stops: npt.NDArray[np.uint64
     keep[1:] = firsts[1:] != stops[:-1]
     heads = np.flatnonzero(keep)
     tails = np.append(heads[1:] - 1, len(firsts) - 1)
-    starts = firsts[heads]
-    counts = stops[tails] - starts
-    return tuple(zip(starts.tolist(), counts.tolist(), strict=True))
+    starts = firsts[heads].astype(np.int64)
+    counts = stops[tails].astype(np.int64) - starts
+    return starts, counts
 
 
 @functools.cache

@@ -7,6 +7,7 @@ backup's regions must equal the primary's at each capture.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from servergroup.replication.backup_machine import (
     BackupMachine,
     SendAck,
 )
-from servergroup.replication.checkpoint import Capturer, apply, page_index
+from servergroup.replication.checkpoint import Captured, Capturer, apply, page_index
 from servergroup.replication.protocol import (
     EpochBegin,
     EpochDigest,
@@ -75,10 +76,12 @@ def test_epochs_shipped_over_the_wire_rebuild_the_primary_exactly(tracker: Dirty
         rng = random.Random(5)
         decoder = MessageDecoder()
         for epoch in range(1, 8):
-            for _ in range(rng.randrange(0, 300)):
+            for step in range(rng.randrange(0, 300)):
                 region = primary[rng.choice(sorted(LAYOUT))]
                 at = rng.randrange(region.size)
                 region.view[at] = (region.view[at] + 1 + rng.randrange(255)) % 256
+                if capturer.can_precopy and step % 50 == 49:
+                    capturer.precopy()  # some pages copied early, some written again after
             if epoch == 4:  # a burst: whole stretches of a region
                 primary["table"].array(np.uint32)[1000:200000] += 7
             captured = capturer.capture(full=epoch == 1)
@@ -117,4 +120,126 @@ def test_apply_refuses_pages_that_do_not_fit() -> None:
         with pytest.raises(UsageError, match="not the pages"):
             apply(regions, [Pages(region=0, runs=((0, 1),), data=b"x")])
     finally:
+        regions.close()
+
+
+def _apply_epoch(machine: BackupMachine, backup: RegionSet, captured: Captured, epoch: int) -> None:
+    """`captured` through the wire and the backup machine into `backup`."""
+    begin = EpochBegin(generation=1, epoch=epoch, full=captured.full)
+    digest = EpochDigest()
+    stream: list[Message] = [begin, *captured.messages()]
+    for message in stream:
+        if isinstance(message, Pages):
+            digest.add(message)
+    stream.append(digest.end(epoch))
+    actions = [a for m in stream for a in machine.received(m, float(epoch))]
+    assert isinstance(actions[0], ApplyCheckpoint)
+    assert actions[1] == SendAck(generation=1, epoch=epoch)
+    apply(backup, actions[0].pages)
+
+
+def test_stores_racing_the_copies_never_reach_the_checkpoint() -> None:
+    """A thread stores into the pages while they are pre-copied and while they are gathered.
+
+    The pre-copy rounds run beside a writer (the epoch running); the
+    writer stops (the suspend) and the capture is taken; then the writer
+    runs again (the next epoch, resumed) while the pages are gathered out
+    of the shadows and a pre-copy round tries to start. The backup must get
+    exactly the regions as they were at the suspend, epoch after epoch.
+    """
+    primary, backup = make_regions(), make_regions()
+    tracker = KernelTracker()
+    try:
+        for region in primary:
+            tracker.track(region)
+        capturer = Capturer(primary, tracker)
+        machine = BackupMachine(
+            BackupConfig(service="t", page_size=PAGE_SIZE, regions=backup.layout),
+            generation=0,
+            now=0.0,
+        )
+        machine.received(
+            Hello(service="t", generation=1, page_size=PAGE_SIZE, disk_size=0,
+                  regions=primary.layout),
+            0.0,
+        )  # fmt: skip
+        arrays = [primary["table"].array(np.uint64), primary["small"].array(np.uint64)]
+        rng = np.random.default_rng(15)
+
+        wrote = threading.Event()
+
+        def write(stop: threading.Event) -> None:
+            while not stop.is_set():
+                for array, stores in zip(arrays, (64, 4), strict=True):
+                    array[rng.integers(0, len(array), stores)] += np.uint64(1)
+                wrote.set()
+
+        def precopy_after_a_write() -> int:
+            wrote.clear()
+            assert wrote.wait(timeout=30)
+            return capturer.precopy()
+
+        def running(stop: threading.Event) -> threading.Thread:
+            thread = threading.Thread(target=write, args=(stop,), daemon=True)
+            thread.start()
+            return thread
+
+        _apply_epoch(machine, backup, capturer.capture(full=True), 1)
+        for epoch in range(2, 12):
+            stop = threading.Event()
+            writer = running(stop)
+            copied = sum(precopy_after_a_write() for _ in range(5))
+            stop.set()
+            writer.join(timeout=30)  # suspended
+            captured = capturer.capture(full=False)
+            expected = {r.name: bytes(r.view) for r in primary}
+            stop = threading.Event()
+            writer = running(stop)  # resumed: the next epoch writes the same pages
+            assert capturer.precopy() == 0  # the shadows still hold this epoch
+            gathered = threading.Thread(target=captured.messages)
+            gathered.start()
+            gathered.join(timeout=30)
+            stop.set()
+            writer.join(timeout=30)
+            _apply_epoch(machine, backup, captured, epoch)
+            assert {r.name: bytes(r.view) for r in backup} == expected
+            assert copied > 0  # the rounds did copy pages that were then written again
+        arrays.clear()  # the regions close only without views
+    finally:
+        tracker.close()
+        primary.close()
+        backup.close()
+
+
+def test_precopy_is_refused_with_the_hashing_tracker() -> None:
+    regions = make_regions()
+    tracker = HashTracker()
+    try:
+        for region in regions:
+            tracker.track(region)
+        capturer = Capturer(regions, tracker)
+        assert not capturer.can_precopy
+        with pytest.raises(UsageError, match="every store"):
+            capturer.precopy()
+    finally:
+        tracker.close()
+        regions.close()
+
+
+def test_a_capture_is_gathered_only_before_the_next_one() -> None:
+    regions = make_regions()
+    tracker = KernelTracker()
+    try:
+        for region in regions:
+            tracker.track(region)
+        capturer = Capturer(regions, tracker)
+        first = capturer.capture(full=True)
+        regions["small"].view[0] = 1
+        second = capturer.capture(full=False)
+        with pytest.raises(UsageError, match="before the next capture"):
+            first.messages()
+        assert [m.runs for m in second.messages()] == [((0, 1),)]
+        assert second.messages()[0].data[0] == 1  # gathered once, cut again
+    finally:
+        tracker.close()
         regions.close()

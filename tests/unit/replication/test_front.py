@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from servergroup.common.errors import UsageError
-from servergroup.replication.front import ClientFront, parse_address
+from servergroup.replication.front import YIELD_EVERY, ClientFront, parse_address
 
 
 def test_addresses() -> None:
@@ -54,5 +54,53 @@ def test_a_closed_gate_holds_requests_and_concurrent_clients_get_their_own_repli
                 await blocker.start("127.0.0.1", taken)
         finally:
             server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_a_client_with_many_buffered_requests_lets_the_loop_run_other_work() -> None:
+    """Pipelined requests already read are served in bursts of YIELD_EVERY, not all at once.
+
+    A ticker task on the same loop counts its turns; the handler notes the
+    count at each request. Without the yield, every request buffered at
+    resume was handled with the ticker never running (heartbeats and the
+    lease renewal starved the same way).
+    """
+
+    async def main() -> None:
+        ticks = 0
+        seen: list[int] = []
+        front: ClientFront
+
+        def handle(request: bytes) -> bytes:
+            seen.append(ticks)
+            return b"ok"
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        front = ClientFront(handle, lambda conn, data: front.send(conn, data))
+        host, port = await front.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            front.pause()  # the requests pile up in the front's buffer
+            writer.write(b"r\n" * (4 * YIELD_EVERY))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            task = asyncio.create_task(ticker())
+            front.resume()
+            for _ in range(4 * YIELD_EVERY):
+                assert await reader.readline() == b"ok\n"
+            task.cancel()
+            bursts = [seen[at : at + YIELD_EVERY] for at in range(0, len(seen), YIELD_EVERY)]
+            assert all(len(set(burst)) == 1 for burst in bursts)  # a burst runs alone
+            assert len({burst[0] for burst in bursts}) == len(bursts)  # the ticker ran between
+        finally:
+            writer.close()
+            await front.close()
 
     asyncio.run(main())

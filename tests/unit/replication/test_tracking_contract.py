@@ -208,3 +208,27 @@ def test_close_is_idempotent(tracker: DirtyTracker, regions: RegionSet) -> None:
     tracker.track(regions.allocate("a", PAGE_SIZE))
     tracker.close()
     tracker.close()
+
+
+def test_the_kernel_scan_as_arrays_agrees_with_hashing(regions: RegionSet) -> None:
+    """`collect_arrays` (what the capture uses) against the hashing tracker on the same stores."""
+    kernel, hashing = KernelTracker(), HashTracker()
+    try:
+        sizes = {"a": 3, "b": 300, "c": 5000}
+        for name, pages in sizes.items():
+            region = regions.allocate(name, pages * PAGE_SIZE)
+            kernel.track(region)
+            hashing.track(region)
+        rng = np.random.default_rng(7)
+        for _ in range(6):
+            for name, pages in sizes.items():
+                for page in rng.integers(0, pages, int(rng.integers(0, pages // 2 + 2))):
+                    touch(regions[name], int(page), int(rng.integers(0, PAGE_SIZE)))
+            arrays = {
+                name: [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+                for name, starts, counts in kernel.collect_arrays()
+            }
+            assert arrays == pages_of(hashing.collect())
+    finally:
+        kernel.close()
+        hashing.close()
