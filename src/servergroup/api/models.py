@@ -358,6 +358,9 @@ class NodeView(_Frozen):
     last_pause_ms: float | None
     held_output_bytes: int | None
     clients: int | None
+    precopied_pages: int | None = Field(
+        description="Pages the primary copied in pre-copy rounds, while its service ran."
+    )
 
 
 class PairView(_Frozen):

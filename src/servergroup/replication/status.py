@@ -39,6 +39,7 @@ class NodeStatus:
     last_pause_ms: float | None = None
     held_output_bytes: int | None = None
     clients: int | None = None
+    precopied_pages: int | None = None  # the primary's pages copied by pre-copy rounds, all told
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +79,7 @@ def decode_node_status(raw: bytes) -> NodeStatus | None:
         last_pause_ms=float(pause) if isinstance(pause, int | float) else None,
         held_output_bytes=_int(obj, "held_output_bytes"),
         clients=_int(obj, "clients"),
+        precopied_pages=_int(obj, "precopied_pages"),
     )
 
 
