@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from servergroup.services.fencing import (
     FenceRequest,
     KillLeftovers,
 )
+from servergroup.services.journal import Record, decode_record
 from servergroup.services.model import Monitor, Service, encode_service
 from servergroup.services.node import NodeRole
 from servergroup.services.placement import InstanceId
@@ -47,6 +49,7 @@ from tests.fixtures.services import JOURNAL_AGENT, make_ocf_root, until
 pytestmark = pytest.mark.timeout(60)
 
 COPY = InstanceId(service="svc", index=0)
+TIMINGS = Config().services_coordination  # the product's: 1 s lease, renewed every 0.1 s
 REQUEST = FenceRequest(node="n1", instance=COPY, token=7, reason="stop returned 1")
 
 
@@ -140,23 +143,23 @@ async def admin(etcd_server: EtcdCluster, etcd_prefix: str) -> AsyncIterator[Coo
 @contextlib.asynccontextmanager
 async def node_role(
     etcd_server: EtcdCluster, etcd_prefix: str, base: Path, fencer: Fencer
-) -> AsyncIterator[NodeRole]:
-    timings = Config().services_coordination  # the product's: 1 s lease, renewed every 0.1 s
-    c = connect(timings, endpoints=etcd_server.endpoints, prefix=etcd_prefix)
+) -> AsyncIterator[tuple[NodeRole, Session]]:
+    c = connect(TIMINGS, endpoints=etcd_server.endpoints, prefix=etcd_prefix)
+    session = Session(c, TIMINGS, name="services n1")
     role = NodeRole(
         coordinator=c,
-        session=Session(c, timings, name="services n1"),
+        session=session,
         own_session=True,
         node="n1",
         node_ip="127.0.0.1",
         ocf_root=make_ocf_root(base / "ocf"),
         ledger_path=base / "ledger.json",
-        coordination=timings,
+        coordination=TIMINGS,
         fencer=fencer,
     )
     await role.start()
     try:
-        yield role
+        yield role, session
     finally:
         await role.stop()
         await c.close()
@@ -218,9 +221,14 @@ async def test_a_copy_a_device_fenced_counts_as_stopped(
         await until(gone, "svc:0's key deleted", 20.0)
         assert (tmp_path / "fenced").read_text().strip() == str(token)
         assert await admin.get(store.blocked_key(COPY)) is None
-        history = await until(lambda: admin.get(store.history_key("svc")), "the history", 5.0)
-        assert isinstance(history, KeyValue)
-        last = store.decode_history(history.value).entries[-1]
+
+        async def stop_recorded() -> store.HistoryEntry | None:
+            kv = await admin.get(store.history_key("svc"))  # written after the key went
+            entries = store.decode_history(kv.value).entries if kv is not None else ()
+            return entries[-1] if entries and entries[-1].action == "stop" else None
+
+        last = await until(stop_recorded, "the stop in the history", 10.0)
+        assert isinstance(last, store.HistoryEntry)
         assert (last.action, last.token) == ("stop", token)
         assert last.result.startswith("failed (stop returned 1")
         assert "fenced by" in last.result
@@ -252,7 +260,7 @@ async def test_a_definition_whose_stop_does_not_fit_is_refused_until_one_fits(
     # 0.5 s + the kill grace is more than the 0.55 s a 1 s lease renewed every 0.1 s leaves
     # (a node whose lease is shorter than the operator's sees it so: nothing checked it).
     slow = replace(journal_service(tmp_path), stop_timeout=0.5)
-    async with node_role(etcd_server, etcd_prefix, tmp_path, KillLeftovers()) as role:
+    async with node_role(etcd_server, etcd_prefix, tmp_path, KillLeftovers()) as (role, _):
         await admin.put(store.def_key("svc"), encode_service(slow))
 
         async def refused() -> store.StateRecord | None:
@@ -280,3 +288,42 @@ async def test_a_definition_whose_stop_does_not_fit_is_refused_until_one_fits(
         assert await refused() is None
         status = await cli(etcd_server, etcd_prefix, "status", "svc")
         assert status.splitlines()[0] in ("service svc: running", "service svc: stopped")
+
+
+# -- self-fencing -------------------------------------------------------------------------
+
+
+async def test_a_node_that_cannot_renew_has_stopped_before_its_lease_can_expire(
+    etcd_single: EtcdCluster, tmp_path: Path
+) -> None:
+    """The invariant of self-fencing, with the product's 1 s lease: the store is frozen
+    (SIGSTOP: no renewal answered), and the copy's stop has ended before `valid_until`,
+    the earliest moment the store could expire the lease (the send time of the last
+    renewal it answered, plus the TTL)."""
+    prefix = "/sgtest/fence/"
+    admin = connect(TIMINGS, endpoints=etcd_single.endpoints, prefix=prefix)
+    member = etcd_single.members[0]
+    try:
+        async with node_role(etcd_single, prefix, tmp_path, KillLeftovers()) as (_, session):
+            await admin.put(store.def_key("svc"), encode_service(journal_service(tmp_path)))
+            state = tmp_path / "sgtest-journal-n1-svc:0.state"
+            await until(lambda: state.exists(), "svc:0 started", 20.0)
+            member.freeze()
+            await until(lambda: not state.exists(), "svc:0 stopped by its node", 10.0)
+            # Nothing answered a renewal since the freeze: fence_at is final.
+            valid_until = session.fence_at + TIMINGS.fence_margin
+            offset = time.time() - time.monotonic()
+            stops = [
+                r
+                for r in read_journal(tmp_path / "journal")
+                if r.action == "stop" and r.phase.value == "end" and r.code == 0
+            ]
+            assert len(stops) == 1
+            assert stops[0].at - offset < valid_until
+    finally:
+        member.thaw()
+        await admin.close()
+
+
+def read_journal(path: Path) -> list[Record]:
+    return [decode_record(line) for line in path.read_text().splitlines() if line.strip()]
