@@ -29,7 +29,8 @@ the network could read and write the store) unless `insecure = true`.
     [services]      # the service manager's node role
     enabled = true
     ocf_root = "/usr/lib/ocf"
-    lease_ttl = 2   # the lease its instances are held on (stops must fit in it)
+    lease_ttl = 1   # the lease its instances are held on (stops must fit in it)
+    renew_interval = 0.1
 
     [api]           # the host daemon's HTTP API and /metrics (docs/design/api.md)
     enabled = true
@@ -273,12 +274,19 @@ class ServicesConfig:
     #: empty: the host daemon's `--migration-address` (a lab host's own address).
     node_ip: str = ""
     #: The lease (whole seconds) the node role holds its instances on: a session
-    #: of its own, renewed like the host's (`[coordination]`'s intervals) but
-    #: longer than the host's 1 s, because a node that cannot renew must have
-    #: stopped its instances before the lease can expire (self-fencing), so every
-    #: stop must fit in it (docs/design/services.md, "Self-fencing"). Longer buys
-    #: slower stops and costs failover time when a whole host is lost.
-    lease_ttl: int = 2
+    #: of its own, with renewal timings of its own, because a node that cannot
+    #: renew must have stopped its instances before the lease can expire
+    #: (self-fencing), so every stop must fit in what the lease leaves
+    #: (docs/design/services.md, "Self-fencing"). Longer buys slower stops and
+    #: costs failover time when a whole host is lost (it is what that failover
+    #: waits for).
+    lease_ttl: int = 1
+    #: How often the node role renews that lease, how long one renewal may take,
+    #: and how long before the lease's proven end it stops acting: renewals ten
+    #: times a second leave a 1 s lease room for stops of up to 0.45 s.
+    renew_interval: float = 0.1
+    renew_timeout: float = 0.15
+    fence_margin: float = 0.1
 
     def validate(self) -> ServicesConfig:
         if not self.ocf_root.startswith("/"):
@@ -356,12 +364,18 @@ class Config:
         try:
             self.services_coordination  # noqa: B018 (validated at load)
         except ConfigError as exc:
-            raise ConfigError(f"[services] lease_ttl: {exc}") from None
+            raise ConfigError(f"[services]: {exc}") from None
 
     @property
     def services_coordination(self) -> CoordinationConfig:
-        """The coordination timings of the node role's own session: `[services] lease_ttl`."""
-        return dataclasses.replace(self.coordination, lease_ttl=self.services.lease_ttl).validate()
+        """The coordination timings of the node role's own session (`[services]`'s lease)."""
+        return dataclasses.replace(
+            self.coordination,
+            lease_ttl=self.services.lease_ttl,
+            renew_interval=self.services.renew_interval,
+            renew_timeout=self.services.renew_timeout,
+            fence_margin=self.services.fence_margin,
+        ).validate()
 
     @property
     def managed_etcd(self) -> bool:

@@ -319,23 +319,28 @@ def test_the_services_section(tmp_path: Path) -> None:
 
 
 def test_the_services_have_a_lease_of_their_own(tmp_path: Path) -> None:
-    # The host keeps its 1 s lease; the node role's session is 2 s by default, the
-    # rest of its timings the coordination section's.
+    # The host keeps its 1 s lease renewed every 0.2 s; the node role's session has
+    # timings of its own: 1 s renewed every 0.1 s (room for stops, fast failover).
     config = load_config(env=NO_ENV)
-    assert (config.coordination.lease_ttl, config.services.lease_ttl) == (1, 2)
+    assert (config.coordination.lease_ttl, config.services.lease_ttl) == (1, 1)
     services = config.services_coordination
-    assert services.lease_ttl == 2
-    assert services.renew_interval == config.coordination.renew_interval
+    assert (
+        services.lease_ttl,
+        services.renew_interval,
+        services.renew_timeout,
+        services.fence_margin,
+    ) == (1, 0.1, 0.15, 0.1)
+    assert services.endpoints == config.coordination.endpoints
+    assert config.coordination.renew_interval == 0.2
     assert (
         load_config(env={"SERVERGROUP_SERVICES_LEASE_TTL": "3"}).services_coordination.lease_ttl
         == 3
     )
     with pytest.raises(ConfigError, match="services lease_ttl is 0s"):
         load_config(env={"SERVERGROUP_SERVICES_LEASE_TTL": "0"})
-    # Timings that fit the host's lease may not fit a shorter services lease.
-    path = write(
-        tmp_path / "sg.toml",
-        "[coordination]\nlease_ttl = 3\nrenew_interval = 1\n[services]\nlease_ttl = 1\n",
-    )
-    with pytest.raises(ConfigError, match=r"\[services\] lease_ttl: unsafe timings"):
+    # The services' renewals must leave room in their lease, as the host's must in its.
+    path = write(tmp_path / "sg.toml", "[services]\nlease_ttl = 1\nrenew_interval = 0.4\n")
+    with pytest.raises(ConfigError, match=r"\[services\]: unsafe timings"):
         load_config(path, env=NO_ENV)
+    path = write(tmp_path / "sg.toml", "[services]\nlease_ttl = 2\nrenew_interval = 0.4\n")
+    assert load_config(path, env=NO_ENV).services_coordination.renew_interval == 0.4

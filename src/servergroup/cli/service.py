@@ -36,13 +36,14 @@ from servergroup.services.client import (
 from servergroup.services.model import LeaseTimings, check_lease_fits
 from servergroup.services.ocf import DEFAULT_OCF_ROOT, KILL_GRACE
 from servergroup.services.status import (
+    ServiceState,
     ServiceStatus,
     master_json,
     status_json,
     summaries,
     summary_json,
 )
-from servergroup.services.store import MasterRecord
+from servergroup.services.store import REFUSED, MasterRecord
 
 T = TypeVar("T")
 
@@ -277,7 +278,12 @@ def list_cmd(state: CliState, as_json: bool) -> None:
 def _print_status(status: ServiceStatus) -> None:
     s = status.service
     line = f"service {s.name}: {status.state.value}"
-    if status.reason and (status.disabled or status.fatal):
+    if status.state is ServiceState.REFUSED:
+        line += (
+            f": {status.reason.removeprefix(REFUSED)} (the node roles run nothing of it until "
+            "`servergroup service add` gives a definition that fits)"
+        )
+    elif status.reason and (status.disabled or status.fatal):
         line += f" ({status.reason})"
     click.echo(line)
     kind = "promotable, " if s.promotable else ""
@@ -306,8 +312,9 @@ def _print_status(status: ServiceStatus) -> None:
             click.echo(f"    relocation pending: from {i.relocation.from_node} to {to}")
         if i.block is not None:
             click.echo(
-                f"    BLOCKED: stop failed on {i.block.node} (token {i.block.token}): "
-                f"{i.block.reason}; fence it, then `servergroup service clear {s.name}`"
+                f"    FAILED-STOP on {i.block.node} (token {i.block.token}): {i.block.reason}; "
+                f"it may still run there and is started nowhere until you make sure it is "
+                f"stopped (fence {i.block.node}) and run `servergroup service clear {s.name}`"
             )
     for node, failure in status.failures.items():
         click.echo(
@@ -391,9 +398,10 @@ def relocate_cmd(state: CliState, name: str, to: str | None, index: int | None) 
 def clear_cmd(state: CliState, name: str) -> None:
     """Forget service NAME's failures, bans, blocks and fatal error.
 
-    A block means a stop failed and the instance may still run on its old
-    node: clear it only once that node is fenced (powered off, or the
-    resource checked by hand).
+    A block (a failed-stop instance) means a stop failed and the instance
+    may still run on its old node: clear it only once that node is fenced
+    (powered off, or the resource checked by hand). A refused definition
+    stays refused: add one that fits.
     """
     done = _run(state, lambda c: clear(c, name))
     click.echo(done.describe(name))

@@ -100,6 +100,7 @@ from servergroup.services.store import (
     BANS,
     BLOCKED,
     FAILURES,
+    REFUSED,
     RELOCATIONS,
     SERVICES,
     Listing,
@@ -553,15 +554,17 @@ def _outside_restricted(domain: FailoverDomain | None, node: str) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cleared:
-    """What `clear` forgot: failure records, bans and blocks (by node), and a fatal flag."""
+    """What `clear` forgot: failure records, bans and blocks (by node), and a fatal flag;
+    and the refusal of the definition it left (`refused`: the reason, or "")."""
 
     failures: tuple[str, ...]
     bans: tuple[str, ...]
     blocks: tuple[InstanceId, ...]
     fatal: bool
+    refused: str = ""
 
     def describe(self, service: str) -> str:
-        """One sentence (what `service clear` prints)."""
+        """What `service clear` prints: one sentence, and one more if a refusal stays."""
         parts = [
             f"{len(self.failures)} failure record(s)",
             f"{len(self.bans)} ban(s)",
@@ -569,11 +572,19 @@ class Cleared:
         ]
         if self.fatal:
             parts.append("the fatal error")
-        return f"service {service}: cleared " + ", ".join(parts)
+        text = f"service {service}: cleared " + ", ".join(parts)
+        if self.refused:
+            text += f"\nservice {service}: still refused (a definition that fits lifts it): "
+            text += self.refused
+        return text
 
 
 async def clear(coordinator: Coordinator, name: str) -> Cleared:
-    """Forget service `name`'s failures, bans, blocks and fatal flag."""
+    """Forget service `name`'s failures, bans, blocks and fatal flag.
+
+    A refused definition stays refused: no failure caused it, and the node
+    roles would refuse it again; a definition that fits (`add`) lifts it.
+    """
 
     def attempt(read: _Read) -> tuple[list[Compare], list[TxnOp], Cleared]:
         read.service(name)
@@ -585,7 +596,8 @@ async def clear(coordinator: Coordinator, name: str) -> Cleared:
                 ops.append(Delete(key=kv.key))
         listing = read.listing
         state = _state_of(read, name)
-        fatal = state is not None and state.fatal
+        refused = state is not None and state.refused
+        fatal = state is not None and state.fatal and not refused
         if state is not None and fatal:
             compares.append(read.unchanged(state_key(name)))
             record = StateRecord(disabled=state.disabled, fatal=False, reason="", at=time.time())
@@ -595,6 +607,7 @@ async def clear(coordinator: Coordinator, name: str) -> Cleared:
             bans=tuple(sorted(n for s, n in listing.bans if s == name)),
             blocks=tuple(sorted(i for i in listing.blocked if i.service == name)),
             fatal=fatal,
+            refused=state.reason.removeprefix(REFUSED) if state is not None and refused else "",
         )
         return compares, ops, cleared
 

@@ -63,8 +63,15 @@ of this node that the role holds no instance for (after a fence, or left by
 its previous run) is deleted on sight, and an instance whose key is gone
 (lease expired while frozen, cut off) is stopped: a node that comes back
 does not fight. An instance of a service whose definition was removed is
-stopped by its owner. A stop that fails while the store is unreachable cannot be
-recorded as blocked: that is where a fence device would plug in.
+stopped by its owner.
+
+**Fencing.** A stop that fails or times out hands the copy to the role's
+`Fencer` (`services.fencing`; the default kills what the copy's agents left
+running and claims nothing) before anything else: when the fencer is
+certain the copy is fenced (a real device said so), the instance counts as
+stopped and may run elsewhere at once; otherwise it is marked failed-stop
+(`blocked/<s>/<i>`, written while the key is still ours), started nowhere
+until an operator clears it.
 
 **Clean stop** (SIGTERM): every local instance is stopped and its keys
 deleted, the node key is deleted, and the ledger is cleared when nothing is
@@ -102,6 +109,7 @@ from servergroup.coordination.protocol import Watch
 from servergroup.coordination.types import Compare, Delete, Guard, KeyValue, Put, WatchEvent
 from servergroup.servers.model import RegistrySnapshot
 from servergroup.services import store
+from servergroup.services.fencing import FENCE_TIMEOUT, Fencer, FenceRequest, KillLeftovers
 from servergroup.services.ledger import Ledger, LedgerEntry, clear_ledger, read_ledger, write_ledger
 from servergroup.services.metadata import AgentInfo, MetadataError
 from servergroup.services.model import (
@@ -131,7 +139,7 @@ from servergroup.services.placement import (
 log = logging.getLogger(__name__)
 
 #: How a state record says a definition was refused at load (a later one that fits lifts it).
-REFUSED: Final = "refused: "
+REFUSED: Final = store.REFUSED
 #: Attempts of a read-modify-write (failures, history) against concurrent writers.
 RMW_ATTEMPTS: Final = 5
 #: The longest the loop sleeps with nothing to do (it re-decides then anyway).
@@ -235,9 +243,11 @@ class NodeRole:
         agents: AgentFactory | None = None,
         wall: Callable[[], float] = time.time,
         own_session: bool = False,
+        fencer: Fencer | None = None,
     ) -> None:
         """`own_session`: the role starts and closes `session` itself (a lease of its own,
-        `[services] lease_ttl`, rather than the host's)."""
+        `[services] lease_ttl`, rather than the host's). `fencer`: what a stop that failed
+        is handed to (`services.fencing`; default `KillLeftovers`)."""
         self._c = coordinator
         self._session = session
         self._own_session = own_session
@@ -250,6 +260,7 @@ class NodeRole:
         self._group_changes = group_changes
         self._agents = agents or ocf_agents(ocf_root)
         self._wall = wall
+        self.fencer: Fencer = fencer or KillLeftovers()
         self._items: dict[str, KeyValue] = {}
         self._revision = 0
         self._resolved: dict[tuple[str, int], _Resolved] = {}
@@ -766,8 +777,12 @@ class NodeRole:
         await self._stop_monitors(local)
         ok, reason = await self._agent_down(local)
         if not ok:
-            await self._block(local, reason)
+            await self._stop_failed(local, reason, keyless=keyless)
             return
+        await self._stopped(local, why, "ok", keyless=keyless)
+
+    async def _stopped(self, local: _Local, why: str, result: str, *, keyless: bool) -> None:
+        """The copy is down (or fenced): drop its key, forget it, write the history."""
         log.info("services on %s: %s stopped (%s)", self.node, local.instance, why)
         try:
             if not keyless:
@@ -775,7 +790,45 @@ class NodeRole:
         finally:
             self._local.pop(local.instance, None)
             self._ledger_drop(local.instance)
-        await self._history_entry(local, "stop", "ok")
+        await self._history_entry(local, "stop", result)
+
+    async def _stop_failed(self, local: _Local, reason: str, *, keyless: bool = False) -> None:
+        """A stop failed: stopped if the fencer is certain it fenced the copy, else blocked."""
+        if await self._fence_copy(local, reason):
+            fenced = f"failed ({reason}), fenced by {self.fencer.name}"
+            await self._stopped(local, f"stop {fenced}", fenced, keyless=keyless)
+            return
+        await self._block(local, reason)
+
+    async def _fence_copy(self, local: _Local, reason: str) -> bool:
+        """Hand the copy to the fencer, within FENCE_TIMEOUT; whether it is certainly fenced."""
+        request = FenceRequest(
+            node=self.node, instance=local.instance, token=local.token, reason=reason
+        )
+        try:
+            async with asyncio.timeout(FENCE_TIMEOUT):
+                fenced = await self.fencer.fence(request)
+        except TimeoutError:
+            log.error(
+                "services on %s: %s did not fence %s within %g s",
+                self.node,
+                self.fencer.name,
+                local.instance,
+                FENCE_TIMEOUT,
+            )
+            return False
+        except Exception:
+            log_bug(log, f"{self.fencer.name} fencing {local.instance} on {self.node}")
+            return False
+        if fenced:
+            log.warning(
+                "services on %s: %s fenced by %s after its stop failed (%s)",
+                self.node,
+                local.instance,
+                self.fencer.name,
+                reason,
+            )
+        return bool(fenced)
 
     async def _agent_down(self, local: _Local) -> tuple[bool, str]:
         """Demote (if master) and stop the agent; whether it stopped, and why not."""
@@ -799,7 +852,8 @@ class NodeRole:
         return result.ok, result.describe()
 
     async def _block(self, local: _Local, reason: str) -> None:
-        """A stop failed: block the instance while the key is still held, then drop the key."""
+        """A stop failed and the copy is not certainly fenced: mark it failed-stop (a block
+        written while the key is still held, the key dropped in the same step)."""
         stuck = self._stuck[local.instance] = _Stuck(reason=reason)
         self._local.pop(local.instance, None)
         log.error(
@@ -832,7 +886,7 @@ class NodeRole:
                 return
         ok, reason = await self._agent_down(local)
         if not ok:
-            await self._block(local, reason)
+            await self._stop_failed(local, reason)
             return
         await self._history_entry(local, "stop", "ok (restart)")
         await self._run_start(local)
@@ -853,7 +907,7 @@ class NodeRole:
         await self._stop_monitors(local)
         ok, reason = await self._agent_down(local)
         if not ok:
-            await self._block(local, reason)
+            await self._stop_failed(local, reason)
             return
         local.service, local.agent, local.info = new, agent, info
         await self._run_start(local)
@@ -1190,6 +1244,8 @@ class NodeRole:
             ok, reason = await self._agent_down_offline(local)
         finally:
             self._local.pop(local.instance, None)
+        if not ok and await self._fence_copy(local, reason):
+            ok = True
         if ok:
             self._ledger_drop(local.instance)
             # The keys go with the lease; if the store answers, they go now.
@@ -1199,8 +1255,8 @@ class NodeRole:
             return True
         self._stuck[local.instance] = _Stuck(reason=reason)
         log.error(
-            "services on %s: %s may still run after a failed stop (%s) and the store may be "
-            "unreachable: only a fence device could make it safe now",
+            "services on %s: %s may still run after a failed stop (%s) that its fencer did "
+            "not make safe, and the store may be unreachable",
             self.node,
             local.instance,
             reason,
@@ -1271,7 +1327,7 @@ class NodeRole:
                 master=entry.master,
             )
             ok, reason = await self._agent_down_offline(local)
-            if ok:
+            if ok or await self._fence_copy(local, reason):
                 await self._delete_owner(entry.instance, entry.token)
             else:
                 kept.append(entry)

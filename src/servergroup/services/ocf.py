@@ -63,8 +63,9 @@ OUTPUT_LIMIT: Final = 64 * 1024
 #: Timeout of `meta-data` (it only prints text).
 METADATA_TIMEOUT: Final = 10.0
 #: How long an agent's process group gets between SIGTERM and SIGKILL after a timeout
-#: (short: the agent already overran, and a self-fencing node counts this time).
-KILL_GRACE: Final = 0.2
+#: (short: the agent already overran, and a self-fencing node counts this time twice for
+#: a master, after its demote and after its stop, within a 1 s lease by default).
+KILL_GRACE: Final = 0.1
 _EXIT_REASON: Final = "ocf-exit-reason:"
 
 

@@ -51,8 +51,11 @@ class ServiceState(enum.Enum):
     """One word for a service, the first thing to look at winning."""
 
     UNREADABLE = "unreadable"  # its definition in the store does not decode
+    REFUSED = "refused"  # the node roles refuse its definition: add one that fits
     FATAL = "fatal"  # a fatal error stopped it everywhere: `service clear`
-    BLOCKED = "blocked"  # a stop failed: an instance may still run; `service clear` once fenced
+    #: A stop failed and no fence device made it safe: an instance may still run where it
+    #: was, and is started nowhere until `service clear` (once it is made sure it stopped).
+    BLOCKED = "failed-stop"
     DISABLED = "disabled"  # an operator (or the definition) disabled it
     FAILED = "failed"  # an owner reports its instance failed; recovery is under way
     RUNNING = "running"  # every wanted instance has an owner
@@ -165,6 +168,8 @@ def _instances(listing: Listing, service: Service) -> tuple[InstanceStatus, ...]
 def _state(
     listing: Listing, service: Service, instances: tuple[InstanceStatus, ...]
 ) -> ServiceState:
+    if listing.refused(service.name):
+        return ServiceState.REFUSED
     if listing.fatal(service.name):
         return ServiceState.FATAL
     if any(i.block is not None for i in instances):

@@ -54,6 +54,8 @@ from servergroup.services.model import (
 )
 from servergroup.services.placement import Failure, InstanceId, Owner, Relocation, Snapshot
 
+#: How a state record says the node roles refuse a definition (a later one that fits lifts it).
+REFUSED: Final = "refused: "
 SERVICES: Final = "services/"
 DEFS: Final = f"{SERVICES}defs/"
 DOMAINS: Final = f"{SERVICES}domains/"
@@ -227,12 +229,21 @@ class BanRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateRecord:
-    """An operator's disable (or enable), or a fatal error; overrides the definition's `enabled`."""
+    """An operator's disable (or enable), or a fatal error; overrides the definition's `enabled`.
+
+    A definition the node roles refuse (it does not resolve against its agent,
+    or its stop does not fit their lease) is a fatal state whose reason starts
+    with `REFUSED`: `refused` tells it apart.
+    """
 
     disabled: bool = False
     fatal: bool = False
     reason: str = ""
     at: float
+
+    @property
+    def refused(self) -> bool:
+        return self.fatal and self.reason.startswith(REFUSED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -582,6 +593,11 @@ class Listing:
         state = self.states.get(service)
         return state is not None and state.fatal
 
+    def refused(self, service: str) -> bool:
+        """Whether the node roles refuse the service's definition (a fatal state of its own)."""
+        state = self.states.get(service)
+        return state is not None and state.refused
+
 
 def read_listing(items: Iterable[KeyValue], *, revision: int = 0) -> Listing:
     """Decode every key of a prefix read of `services/` (keys relative to the prefix)."""
@@ -707,6 +723,7 @@ __all__ = [
     "MASTERS",
     "NODES",
     "OWNERS",
+    "REFUSED",
     "RELOCATIONS",
     "SERVICES",
     "STATES",

@@ -116,7 +116,7 @@ def validate(*args: str) -> Any:
     return CliRunner().invoke(cli, ["service", "validate", *args])
 
 
-@pytest.mark.parametrize(("name", "stop"), [("dummy.toml", "0.9s"), ("promotable.toml", "0.35s")])
+@pytest.mark.parametrize(("name", "stop"), [("dummy.toml", "0.4s"), ("promotable.toml", "0.15s")])
 def test_validate_the_examples_against_their_agents(name: str, stop: str) -> None:
     result = validate(str(EXAMPLES / name))
     assert result.exit_code == 0, result.output
@@ -137,7 +137,7 @@ SERVICE = '[[service]]\nname = "a"\nagent = "ocf:heartbeat:Dummy"\n'
         (f'{SERVICE}[service.parameters]\nstat = "/x"\n', "parameters.stat is not a parameter"),
         (f"{SERVICE}promotable = true\ninstances = 2\n", "cannot promote"),
         ("[[service]]\nname = ", "not valid TOML"),
-        # Dummy's own hint is a 20 s stop: more than the node roles' 2 s lease leaves.
+        # Dummy's own hint is a 20 s stop: more than the node roles' 1 s lease leaves.
         (SERVICE, "stop_timeout 20 s (with demote and kill grace"),
         (f"{SERVICE}stop_timeout = 1.5\n", "lower stop_timeout or raise lease_ttl"),
     ],
@@ -154,7 +154,7 @@ def test_validate_refuses_a_bad_file_in_one_sentence(tmp_path: Path, text: str, 
 
 
 def test_validate_takes_the_lease_of_the_configuration(tmp_path: Path) -> None:
-    # What is refused under the default 2 s lease fits a 4 s one.
+    # What is refused under the default 1 s lease fits a 4 s one.
     path = tmp_path / "slow.toml"
     path.write_text(f"{SERVICE}stop_timeout = 1.5\n")
     result = CliRunner().invoke(
@@ -196,7 +196,7 @@ async def test_every_command(env: dict[str, str], admin: Coordinator, tmp_path: 
     outside = tmp_path / "outside.toml"
     outside.write_text(
         '[[service]]\nname = "b"\nagent = "ocf:heartbeat:Dummy"\ndomain = "gone"\n'
-        "stop_timeout = 0.5\n"
+        "stop_timeout = 0.3\n"
     )
     one_sentence(run(["service", "add", str(outside)], env), "domain 'gone' is not defined")
     listed = json.loads(ok(["service", "list", "--json"], env))
@@ -270,12 +270,12 @@ async def test_every_command(env: dict[str, str], admin: Coordinator, tmp_path: 
         store.history_key("dummy"), store.encode_history(store.HistoryRecord(entries=(entry,)))
     )
     text = ok(["service", "status", "dummy"], env)
-    assert text.splitlines()[0] == "service dummy: blocked"
+    assert text.splitlines()[0] == "service dummy: failed-stop"
     for fragment in (
         "failures on h1: 2",
         "monitor: rc 7",
         "banned from h3",
-        "BLOCKED: stop failed on h2 (token 3): stop hung",
+        "FAILED-STOP on h2 (token 3): stop hung; it may still run there",
         f"h1 instance 0 token {token}: start ok",
     ):
         assert fragment in text
@@ -322,7 +322,7 @@ async def test_two_cli_adds_racing_both_land(
         path.write_text(
             f'[[domain]]\nname = "d-{name}"\nnodes = ["h1"]\n'
             f'[[service]]\nname = "{name}"\nagent = "ocf:heartbeat:Dummy"\ndomain = "d-{name}"\n'
-            "stop_timeout = 0.5\n"
+            "stop_timeout = 0.3\n"
         )
         files.append(path)
     procs = [

@@ -88,6 +88,23 @@ def listing(*items: KeyValue) -> store.Listing:
             ),
             ServiceState.FATAL,
         ),
+        (
+            (
+                kv(
+                    store.state_key("web"),
+                    store.encode_state(
+                        store.StateRecord(
+                            fatal=True, reason=f"{store.REFUSED}stop_timeout 9 s", at=1.0
+                        )
+                    ),
+                ),
+                kv(
+                    store.blocked_key(InstanceId(service="web", index=1)),
+                    store.encode_block(store.BlockRecord(node="h2", token=3, reason="x", at=1.0)),
+                ),
+            ),
+            ServiceState.REFUSED,
+        ),
     ],
 )
 def test_the_state_word_names_what_to_look_at_first(
@@ -97,6 +114,15 @@ def test_the_state_word_names_what_to_look_at_first(
     status = service_status(listing(*items), "web")
     assert status is not None
     assert status.state is state
+
+
+def test_the_words_of_a_refusal_and_of_a_failed_stop() -> None:
+    assert ServiceState.BLOCKED.value == "failed-stop"
+    assert ServiceState.REFUSED.value == "refused"
+    refused = store.StateRecord(fatal=True, reason=f"{store.REFUSED}x", at=1.0)
+    assert refused.refused
+    assert not store.StateRecord(fatal=True, reason="rc 6", at=1.0).refused
+    assert not store.StateRecord(fatal=False, reason=f"{store.REFUSED}x", at=1.0).refused
 
 
 def test_status_gathers_one_service_and_nothing_of_another() -> None:
