@@ -45,7 +45,7 @@ Say = Callable[[str], None]
 
 SERVICE = "demo-ha"
 DOMAIN = "demo-ha-hosts"
-#: Time allowed for each move: a lease (2 s by default) to end, then the start.
+#: Time allowed for each move: a lease (1 s by default) to end, then the start.
 MOVE_TIMEOUT = 30.0
 
 
@@ -69,7 +69,7 @@ def definition(hosts: Sequence[str], state_dir: str) -> str:
     return (
         f'[[domain]]\nname = "{DOMAIN}"\nordered = true\nrestricted = true\nnodes = [{nodes}]\n\n'
         f'[[service]]\nname = "{SERVICE}"\nagent = "ocf:heartbeat:Dummy"\ndomain = "{DOMAIN}"\n'
-        'address = "{node_ip}:7000"\nstart_timeout = 20\nstop_timeout = 0.9\n'
+        'address = "{node_ip}:7000"\nstart_timeout = 20\nstop_timeout = 0.4\n'
         f'[service.parameters]\nstate = "{state_dir}/{{node}}-demo-ha.state"\n'
         "[[service.monitor]]\ndepth = 0\ninterval = 2\ntimeout = 1\n"
     )

@@ -275,7 +275,7 @@ nodes = ["{node}"]
 name = "{name}"
 agent = "ocf:heartbeat:Dummy"
 domain = "{domain}"
-stop_timeout = 0.9
+stop_timeout = 0.4
 address = "{{node_ip}}:7000"
 
 [service.parameters]
