@@ -44,7 +44,7 @@ from servergroup.api.models import (
 )
 from servergroup.common.component import cancel_and_wait
 from servergroup.common.errors import ServergroupError
-from servergroup.coordination import CoordinationError, Coordinator, WatchCompacted
+from servergroup.coordination import CoordinationError, Coordinator, Watch, WatchCompacted
 from servergroup.replication.status import pair_names, read_pair
 from servergroup.scaling.client import read_pools
 from servergroup.servers.operations import Operations
@@ -215,7 +215,7 @@ class Feed:
                 self._failed("the dashboard feed failed (BUG: see the host's log); retrying")
                 await asyncio.sleep(self.retry)
 
-    async def _follow(self, watch: AsyncIterator[Any] | Any) -> None:
+    async def _follow(self, watch: Watch) -> None:
         """Read a snapshot again after each burst of changes, until the watch ends."""
         dirty = asyncio.Event()
 
