@@ -7,7 +7,8 @@ replication pairs) into one JSON object. A `Feed` keeps the latest snapshot
 for every `/events` client of one API:
 
 - it runs only while someone listens: the first `stream()` starts its task,
-  the last one leaving stops it;
+  the last one leaving stops it and forgets the snapshot (the next client
+  waits for a fresh read rather than see a stale one);
 - the task reads the store's revision, reads a snapshot, then watches every
   key of the namespace from the next revision, so no change between the read
   and the watch is missed; a change marks the snapshot stale, and after
@@ -173,6 +174,8 @@ class Feed:
             if self._listeners == 0 and self._task is not None:
                 task, self._task = self._task, None
                 task.cancel()
+                # Nobody follows the store now: the next client waits for a fresh read.
+                self._data = self._last = None
 
     def _publish(self, snapshot: dict[str, Any]) -> None:
         data = json.dumps(snapshot, separators=(",", ":"), sort_keys=True).encode()
