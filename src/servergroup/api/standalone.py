@@ -1,37 +1,49 @@
-"""The API and its dashboard served from a thread of their own (for `servergroup demo`).
+"""The API and its dashboard served by a process of their own (for `servergroup demo`).
 
 Theory of operation. The host daemons of `servergroup up` run inside lab
 hosts, each in its own network namespace, so each one's API listens on that
 lab host's own loopback and a browser in the root namespace reaches none of
 them. `Dashboard` serves the very component they run (`api.server.ApiServer`,
-the same application and `/events` feed) in the calling process instead: a
-thread with its own event loop and its own etcd client, on the same etcd and
-prefix, so the page shows the cluster of the demo while the demo's steps run
-on the main thread's loops.
+the same application and `/events` feed) on the root namespace instead, on
+the same etcd and prefix, so the page shows the demo's cluster while its
+steps run.
+
+It is a child process (multiprocessing's `spawn`: a fresh interpreter), not
+a thread: the etcd client is gRPC, which does not survive a `fork` while
+its channel is busy, and the demo forks (pyroute2 enters a lab host's
+namespace through a forked child); a thread with an open dashboard made that
+child crash. The child reports its URL, or why it cannot serve, through a
+pipe; SIGTERM (or the SIGINT of a Ctrl-C in the demo's terminal) stops it in
+order: the event streams end, then uvicorn, then the etcd client. The kernel
+sends it SIGTERM when the demo dies (`die_with_parent`), so even a demo
+killed with SIGKILL leaves no dashboard holding the port.
 
 It listens where `[api]` says (`127.0.0.1:8470` by default) when that port
 is free, else on a port the kernel chooses (a host daemon of this machine
 may hold 8470); `start()` returns the URL to print. Reads need nothing on
 loopback; actions need the token of `[api] token_file`, and without one the
-page is read-only (the API refuses actions, 401). `stop()` ends the streams,
-the server and the etcd client, and joins the thread.
+page is read-only (the API refuses actions, 401).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import multiprocessing
+import os
+import signal
 import socket
-import threading
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 
 from servergroup.api.server import ApiServer
 from servergroup.common.errors import ConfigError
+from servergroup.common.process import die_with_parent
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import connect
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
@@ -44,6 +56,49 @@ def _port_free(bind: str, port: int) -> bool:
         return False
 
 
+async def _serve(
+    config: Config, endpoints: tuple[Endpoint, ...], name: str, report: Connection
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    settings = config.api
+    if not _port_free(settings.bind, settings.port):
+        settings = dataclasses.replace(settings, port=0)
+    coordinator = connect(config, endpoints=endpoints)
+    try:
+        server = ApiServer(
+            settings,
+            coordinator=coordinator,
+            host=name,
+            health=lambda: {},
+            operation_timeout=config.coordination.operation_timeout,
+        )
+        await server.start()
+        try:
+            if server.address is None:  # taken between the check and the bind
+                raise ConfigError(f"port {settings.port} on {settings.bind} is in use.")
+            report.send(("url", server.url))
+            await stop.wait()
+        finally:
+            await server.stop()
+    finally:
+        await coordinator.close()
+
+
+def _child(
+    config: Config, endpoints: tuple[Endpoint, ...], name: str, report: Connection, parent: int
+) -> None:
+    """The child process: serve until SIGTERM; any failure goes to the parent in one line."""
+    if not die_with_parent(parent=parent):  # a demo killed with SIGKILL leaves no dashboard
+        return
+    try:
+        asyncio.run(_serve(config, endpoints, name, report))
+    except Exception as exc:
+        report.send(("error", str(exc) or type(exc).__name__))
+
+
 class Dashboard:
     """The API of no host daemon, for a process that shows a cluster (see the module docstring)."""
 
@@ -51,68 +106,54 @@ class Dashboard:
         self._config = config
         self._endpoints = tuple(endpoints)
         self._name = name
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
+        self._proc: SpawnProcess | None = None
         self.url: str | None = None
 
     def start(self) -> str:
-        """Serve; return the dashboard's URL. ConfigError when it cannot listen."""
-        self._thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT):
-            raise ConfigError(f"the dashboard did not start within {START_TIMEOUT:g} s.")
-        if self._failure is not None:
-            raise ConfigError(f"the dashboard cannot run: {self._failure}") from None
-        assert self.url is not None
+        """Serve; return the dashboard's URL. ConfigError when it cannot."""
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        self._proc = context.Process(
+            target=_child,
+            args=(self._config, self._endpoints, self._name, send, os.getpid()),
+            name="servergroup-dashboard",
+            daemon=True,  # ended with the demo, whatever happens to it
+        )
+        self._proc.start()
+        send.close()
+        try:
+            if not receive.poll(START_TIMEOUT):
+                raise ConfigError(f"the dashboard did not start within {START_TIMEOUT:g} s.")
+            kind, value = receive.recv()
+        except EOFError:
+            kind, value = "error", f"its process exited ({self._proc.exitcode})"
+        except ConfigError:
+            self.stop()
+            raise
+        finally:
+            receive.close()
+        if kind != "url":
+            self.stop()
+            raise ConfigError(f"the dashboard cannot run: {str(value).rstrip('.')}.")
+        self.url = str(value)
         return self.url + "/"
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # told to the caller of start(), or ended with the process
-            self._failure = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        settings = self._config.api
-        if not _port_free(settings.bind, settings.port):
-            settings = dataclasses.replace(settings, port=0)
-        coordinator = connect(self._config, endpoints=self._endpoints)
-        try:
-            server = ApiServer(
-                settings,
-                coordinator=coordinator,
-                host=self._name,
-                health=lambda: {},
-                operation_timeout=self._config.coordination.operation_timeout,
-            )
-            await server.start()
-            try:
-                if server.address is None:  # taken between the check and the bind
-                    raise ConfigError(f"port {settings.port} on {settings.bind} is in use.")
-                self.url = server.url
-                self._ready.set()
-                await self._stop.wait()
-            finally:
-                await server.stop()
-        finally:
-            await coordinator.close()
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
-        """Stop serving and join the thread (a no-op when it does not run)."""
-        loop, stop, thread = self._loop, self._stop, self._thread
-        if thread is None:
+        """Stop serving and wait for the process (a no-op when it does not run)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
-        if loop is not None and stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended in between
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(STOP_TIMEOUT)
-        self._thread = None
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(STOP_TIMEOUT)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(STOP_TIMEOUT)
+        proc.close()
 
 
 __all__ = ["Dashboard"]

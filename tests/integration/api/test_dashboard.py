@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
@@ -256,7 +257,7 @@ async def test_dashboard_follows_a_lab_cluster(
 def test_the_demo_dashboard_serves_the_page_and_its_events_beside_a_taken_port(
     etcd_server: EtcdCluster,
 ) -> None:
-    """`servergroup demo`'s dashboard thread: on its port when free, else another; then gone."""
+    """`servergroup demo`'s dashboard process: on its port when free, else another; then gone."""
     prefix = f"/sgtest/dash-{secrets.token_hex(4)}/"
     (port,) = free_ports(1)
     config = Config(
@@ -266,6 +267,8 @@ def test_the_demo_dashboard_serves_the_page_and_its_events_beside_a_taken_port(
     with socket.create_server(("127.0.0.1", port)):  # another process's API holds the port
         dashboard = Dashboard(config, etcd_server.endpoints)
         url = dashboard.start()
+        pid = dashboard.pid
+        assert pid is not None
         try:
             assert url.startswith("http://127.0.0.1:")
             assert not url.startswith(f"http://127.0.0.1:{port}/")
@@ -283,5 +286,6 @@ def test_the_demo_dashboard_serves_the_page_and_its_events_beside_a_taken_port(
             assert snapshot["error"] is None
         finally:
             dashboard.stop()
+    assert not psutil.pid_exists(pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=5.0)
