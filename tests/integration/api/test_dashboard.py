@@ -254,7 +254,7 @@ async def test_dashboard_follows_a_lab_cluster(
 
 
 @pytest.mark.timeout(60)
-def test_the_demo_dashboard_serves_the_page_and_its_events_beside_a_taken_port(
+def test_the_standalone_dashboard_serves_the_page_and_its_events_beside_a_taken_port(
     etcd_server: EtcdCluster,
 ) -> None:
     """`servergroup demo`'s dashboard process: on its port when free, else another; then gone."""
