@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from servergroup.api.models import (
@@ -150,7 +150,7 @@ class Feed:
     def listeners(self) -> int:
         return self._listeners
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self) -> AsyncGenerator[bytes, None]:
         """The event stream of one client: the newest snapshot whenever it changes."""
         self._listeners += 1
         if self._task is None or self._task.done():
