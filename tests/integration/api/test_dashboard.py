@@ -194,9 +194,22 @@ async def test_dashboard_follows_a_lab_cluster(
                 await expect(page.locator("#groups")).to_contain_text(server)
                 await shots("server-appeared")
 
+                # A wrong token: the API refuses, the page says so and forgets it.
+                dialog = page.get_by_role("dialog")
+                await page.get_by_role("button", name="Set token").click()
+                await dialog.get_by_label("API bearer token").fill("not-the-token")
+                await dialog.get_by_role("button", name="Confirm").click()
+                await row.get_by_role("button", name=f"Pause server {server}").click()
+                await expect(dialog.get_by_label("API bearer token")).to_be_hidden()
+                await dialog.get_by_role("button", name="Confirm").click()
+                await expect(page.locator("#message")).to_contain_text(
+                    "the bearer token is not this API's"
+                )
+                with api.client() as client:
+                    assert client.get(f"/servers/{server}").json()["vm_state"] == "active"
+
                 # Paused from the page: the dialog asks to confirm, and for the token.
                 await row.get_by_role("button", name=f"Pause server {server}").click()
-                dialog = page.get_by_role("dialog")
                 await expect(dialog).to_contain_text(f"Pause server {server}?")
                 await dialog.get_by_label("API bearer token").fill(api.token)
                 await shots("confirm")
