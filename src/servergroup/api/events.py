@@ -45,6 +45,7 @@ from servergroup.api.models import (
 )
 from servergroup.common.component import cancel_and_wait
 from servergroup.common.errors import ServergroupError
+from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, Coordinator, Watch, WatchCompacted
 from servergroup.replication.status import pair_names, read_pair
 from servergroup.scaling.client import read_pools
@@ -214,7 +215,7 @@ class Feed:
                 self._failed(f"etcd did not answer ({exc}); retrying")
                 await asyncio.sleep(self.retry)
             except Exception:
-                log.exception("BUG: the dashboard feed failed; starting it over")
+                log_bug(log, "the dashboard's feed (starting it over)")
                 self._failed("the dashboard feed failed (BUG: see the host's log); retrying")
                 await asyncio.sleep(self.retry)
 
