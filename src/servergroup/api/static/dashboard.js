@@ -213,12 +213,12 @@ async function follow() {
 
 // -- actions ----------------------------------------------------------------------------------
 
-function confirmDialog(text) {
+function confirmDialog(text, askToken = !token()) {
   const dialog = $("confirm");
   $("confirm-text").textContent = text;
   const field = $("confirm-token");
   field.value = "";
-  $("confirm-token-row").hidden = Boolean(token());
+  $("confirm-token-row").hidden = !askToken;
   dialog.returnValue = "";
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => {
@@ -229,7 +229,7 @@ function confirmDialog(text) {
       resolve(dialog.returnValue === "ok");
     }, { once: true });
     dialog.showModal();
-    (token() ? $("confirm-ok") : field).focus();
+    (askToken ? field : $("confirm-ok")).focus();
   });
 }
 
@@ -267,8 +267,7 @@ document.addEventListener("click", (event) => {
 });
 
 $("token-button").addEventListener("click", async () => {
-  sessionStorage.removeItem(TOKEN_KEY);
-  if (await confirmDialog("Set the API bearer token for this tab.")) {
+  if (await confirmDialog("Set the API bearer token for this tab.", true)) {
     say(token() ? "Token kept for this tab." : "No token set.", !token());
   }
 });
