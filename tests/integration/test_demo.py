@@ -37,6 +37,8 @@ def test_demo_runs_every_part_and_leaves_no_lab() -> None:
         )
         assert done.returncode == 0, done.stderr
         out = done.stdout
+        # The live dashboard is served in the root namespace while the demo runs.
+        assert "Live dashboard: http://127.0.0.1:" in out, out
         assert "took over with token" in out
         # This machine runs QEMU (make test installs it): the servers are real VMs.
         assert "Using qemu servers (real VMs)" in out, out

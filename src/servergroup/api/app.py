@@ -19,6 +19,16 @@ not answer, 504 when the owning host did not carry it out in time, 502 for
 another failure outside us. An unexpected exception is a BUG log line and a
 500 that says nothing more.
 
+The dashboard: `/` is one static page (`api/static/`, package data, no
+build step, nothing fetched from outside the machine) that follows
+`/events`, a server-sent event stream of cluster snapshots fed by one etcd
+watch (`api.events.Feed`, one per application, kept in `app.state.feed`).
+Neither is in the OpenAPI document: the page is not JSON, and the stream
+never ends, which a schema-driven client cannot call. `/events` is a read
+(the token when reads need it); the page and its assets are open: they hold
+no state and no secret (the page asks the operator for the token and keeps
+it in the tab's sessionStorage).
+
 `/openapi.json` is the OpenAPI document; there is no `/docs` page because
 FastAPI's would load its script from outside the machine. `/metrics` is the
 Prometheus text of this process's registry (`common.metrics`).
@@ -29,13 +39,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from servergroup.api.auth import Access
+from servergroup.api.events import Feed, read_snapshot
 from servergroup.api.models import (
     Done,
     GroupCreate,
@@ -82,6 +95,19 @@ from servergroup.services.status import status_json, summaries, summary_json
 log = logging.getLogger(__name__)
 
 VERSION = "1"
+
+#: The dashboard's files (package data).
+STATIC = FilePath(__file__).with_name("static")
+#: The page loads only its own files, and talks only to this API.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,6 +208,8 @@ def build_app(context: ApiContext) -> FastAPI:
 
     read = [Depends(may_read)]
     act = [Depends(may_act)]
+    feed = Feed(c, lambda: read_snapshot(c, context.host))
+    app.state.feed = feed
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
@@ -201,6 +229,23 @@ def build_app(context: ApiContext) -> FastAPI:
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log_bug(log, f"API {request.method} {request.url.path}")
         return JSONResponse({"detail": "internal error (BUG): see the host's log"}, 500)
+
+    # -- the dashboard -------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+    @app.get("/events", dependencies=read, include_in_schema=False)
+    async def events() -> StreamingResponse:
+        """Server-sent events: a snapshot of the cluster now, then each time it changes."""
+        return StreamingResponse(
+            feed.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # -- the daemon --------------------------------------------------------------------------
 
@@ -436,4 +481,4 @@ def build_app(context: ApiContext) -> FastAPI:
     return app
 
 
-__all__ = ["VERSION", "ApiContext", "NotFound", "Refused", "build_app", "status_of"]
+__all__ = ["STATIC", "VERSION", "ApiContext", "NotFound", "Refused", "build_app", "status_of"]

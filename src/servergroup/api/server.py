@@ -14,8 +14,9 @@ daemon beside a real one) does not stop the host: the host's capabilities
 matter more than its API. The component reports DEGRADED with the reason,
 logs it once, and tries to bind again every `retry_interval` seconds.
 
-`stop()` asks uvicorn to exit (it closes the listener, lets requests in
-flight finish for up to `STOP_TIMEOUT` seconds), then cancels what is left.
+`stop()` ends the dashboard's event streams (`api.events.Feed.close`), asks
+uvicorn to exit (it closes the listener, lets requests in flight finish for
+up to `STOP_TIMEOUT` seconds), then cancels what is left.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import uvicorn
 
 from servergroup.api.app import ApiContext, build_app
 from servergroup.api.auth import Access, read_token
+from servergroup.api.events import Feed
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
 from servergroup.common.errors import ConfigError
 from servergroup.config import ApiConfig
@@ -78,6 +80,7 @@ class ApiServer:
         self._health = health
         self._operation_timeout = operation_timeout
         self._server: _Server | None = None
+        self._feed: Feed | None = None
         self._task: asyncio.Task[None] | None = None
         self._retry: asyncio.Task[None] | None = None
         self._waiting = ""  # why it does not serve yet (a port in use)
@@ -100,8 +103,10 @@ class ApiServer:
             health=self._health,
             operation_timeout=self._operation_timeout,
         )
+        app = build_app(context)
+        self._feed = app.state.feed
         config = uvicorn.Config(
-            build_app(context),
+            app,
             log_config=None,  # the daemon's logging, configured at its entry point
             # uvicorn's own info lines ("Started server process") name no host: the
             # component logs where it serves; uvicorn's warnings still show.
@@ -188,6 +193,8 @@ class ApiServer:
         if self._retry is not None:
             await cancel_and_wait([self._retry])
             self._retry = None
+        if self._feed is not None:
+            await self._feed.close()  # ends the dashboards' event streams
         task, server = self._task, self._server
         self._task = None
         if task is None or server is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import click
 
+from servergroup.api.standalone import Dashboard
 from servergroup.cli.common import CliState, pass_state, run_async
-from servergroup.common.errors import RemoteError
+from servergroup.common.errors import ConfigError, RemoteError
 from servergroup.config import Config, Endpoint
 from servergroup.coordination.local_etcd import LocalEtcd, resolve_endpoints
 from servergroup.daemons.up import clean_servers, read_status
@@ -68,6 +70,34 @@ def demo(state: CliState) -> None:
     else:
         _say(f"Using etcd at {', '.join(str(e) for e in endpoints)}.")
 
+    dashboard = _dashboard(config, endpoints)
+    try:
+        _steps(config, endpoints)
+    finally:
+        dashboard.stop()
+
+
+def _dashboard(config: Config, endpoints: Sequence[Endpoint]) -> Dashboard:
+    """Serve the live dashboard on this machine's loopback for the demo's length; say where."""
+    dashboard = Dashboard(config, endpoints)
+    if not config.api.enabled:
+        _say("No live dashboard: [api] enabled is off.")
+        return dashboard
+    try:
+        url = dashboard.start()
+    except ConfigError as exc:
+        _say(f"No live dashboard: {exc}")
+        return dashboard
+    access = (
+        "its buttons need the token of [api] token_file"
+        if config.api.token_file
+        else "read-only: set [api] token_file for its buttons"
+    )
+    _say(f"Live dashboard: {url} (open it in a browser on this machine; {access}).")
+    return dashboard
+
+
+def _steps(config: Config, endpoints: Sequence[Endpoint]) -> None:
     _step(2, "Ownership with fencing tokens, and takeover after kill -9")
     result = run_async(run_election_demo(config, endpoints, _say))
     verdict = "within" if result.takeover_seconds <= 1.5 else "over"
