@@ -46,10 +46,10 @@ def test_bad_endpoint_is_one_sentence(tmp_path: Path) -> None:
 
 def test_malformed_endpoint_is_a_config_error(tmp_path: Path) -> None:
     result = run(
-        ["--endpoints", "https://127.0.0.1:2379", "election", "show", "svc"],
+        ["--endpoints", "ftp://127.0.0.1:2379", "election", "show", "svc"],
         {"SERVERGROUP_STATE_DIR": str(tmp_path / "state")},
     )
-    assert_one_sentence(result, "https://")
+    assert_one_sentence(result, "ftp://", "only http:// and https://")
     assert result.returncode == 2
 
 
