@@ -99,20 +99,25 @@ async def api_prefix(etcd_server: EtcdCluster) -> AsyncIterator[str]:
         await c.delete_prefix("")
 
 
-@pytest.fixture(scope="module")
-def api_host(
-    etcd_server: EtcdCluster, api_prefix: str, request: pytest.FixtureRequest
+@contextlib.contextmanager
+def root_host_daemon(
+    request: pytest.FixtureRequest,
+    *,
+    endpoints: str,
+    prefix: str,
+    name_prefix: str = "a",
+    env: dict[str, str] | None = None,
 ) -> Iterator[ApiHost]:
-    state_dir = Path(tempfile.mkdtemp(prefix="sga", dir="/tmp"))  # short: socket paths
+    """`servergroup host` in the root namespace (lab driver), its API on a free
+    loopback port with a token file; its servers deleted and it stopped after."""
+    state_dir = Path(tempfile.mkdtemp(prefix=f"sg{name_prefix}", dir="/tmp"))  # short paths
     (state_dir / "channels").mkdir()
     token = secrets.token_urlsafe(24)
     token_file = state_dir / "api-token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     (port,) = free_ports(1)
-    name = f"a{secrets.token_hex(3)}"
-    prefix = api_prefix
-    endpoints = ",".join(str(e) for e in etcd_server.endpoints)
+    name = f"{name_prefix}{secrets.token_hex(3)}"
     log_path = state_dir / "host.log"
     argv = [
         sys.executable,
@@ -137,16 +142,17 @@ def api_host(
         "--driver",
         "lab",
     ]
-    env = {
+    daemon_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SERVERGROUP_")},
         "SERVERGROUP_CPU_POOL": "0-1",  # this machine has 2 CPUs
         "SERVERGROUP_API_PORT": str(port),
         "SERVERGROUP_API_TOKEN_FILE": str(token_file),
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=daemon_env
         )
     host = ApiHost(
         name=name,
@@ -173,3 +179,12 @@ def api_host(
         bugs = bug_lines(host.log_text())
         shutil.rmtree(state_dir, ignore_errors=True)
         assert not bugs, f"BUG lines in the host daemon's log: {bugs}"
+
+
+@pytest.fixture(scope="module")
+def api_host(
+    etcd_server: EtcdCluster, api_prefix: str, request: pytest.FixtureRequest
+) -> Iterator[ApiHost]:
+    endpoints = ",".join(str(e) for e in etcd_server.endpoints)
+    with root_host_daemon(request, endpoints=endpoints, prefix=api_prefix) as host:
+        yield host

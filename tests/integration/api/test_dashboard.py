@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,12 +34,10 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from servergroup.api.standalone import Dashboard
-from servergroup.common.process import stop_process
 from servergroup.config import ApiConfig, Config, CoordinationConfig
 from servergroup.coordination.etcd_process import EtcdCluster, free_ports
-from tests.fixtures.daemons import bug_lines, show_log_on_failure
 from tests.fixtures.services import ServiceLab, ServiceLabFactory
-from tests.integration.api.conftest import ApiHost, _wait_healthy
+from tests.integration.api.conftest import ApiHost, root_host_daemon
 
 #: How long the page may take to show a change (a host's lease expiring, a failover).
 SHOW_TIMEOUT_MS = 45_000
@@ -68,75 +62,12 @@ def chromium_path() -> str:
 @contextlib.contextmanager
 def root_daemon(lab: ServiceLab, request: pytest.FixtureRequest) -> Iterator[ApiHost]:
     """A host daemon in the root namespace on the lab's etcd and prefix; its API for the page."""
-    state_dir = Path(tempfile.mkdtemp(prefix="sgd", dir="/tmp"))  # short: socket paths
-    (state_dir / "channels").mkdir()
-    token = secrets.token_urlsafe(24)
-    token_file = state_dir / "api-token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    (port,) = free_ports(1)
-    name = f"d{secrets.token_hex(3)}"
     endpoints = ",".join(str(e) for e in lab.etcd.endpoints)
-    log_path = state_dir / "host.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "servergroup",
-        "--state-dir",
-        str(state_dir),
-        "--endpoints",
-        endpoints,
-        "--prefix",
-        lab.prefix,
-        "--log-text",
-        "-v",
-        "host",
-        "--name",
-        name,
-        "--address",
-        f"sgt{secrets.token_hex(5)}",
-        "--channel-dir",
-        str(state_dir / "channels"),
-        "--driver",
-        "lab",
-    ]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SERVERGROUP_")},
-        "SERVERGROUP_CPU_POOL": "0-1",
-        "SERVERGROUP_SERVICES": "0",  # the service runs in the lab hosts only
-        "SERVERGROUP_API_PORT": str(port),
-        "SERVERGROUP_API_TOKEN_FILE": str(token_file),
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    host = ApiHost(
-        name=name,
-        url=f"http://127.0.0.1:{port}",
-        token=token,
-        prefix=lab.prefix,
-        endpoints=endpoints,
-        state_dir=state_dir,
-        log_path=log_path,
-        proc=proc,
-    )
-    show_log_on_failure(request.node, f"root host daemon {name}", log_path)
-    try:
-        _wait_healthy(host)
+    env = {"SERVERGROUP_SERVICES": "0"}  # the service runs in the lab hosts only
+    with root_host_daemon(
+        request, endpoints=endpoints, prefix=lab.prefix, name_prefix="d", env=env
+    ) as host:
         yield host
-    finally:
-        with host.client(token=True) as client:
-            for server in host.servers:
-                with contextlib.suppress(httpx.HTTPError):
-                    client.delete(f"/servers/{server}")
-        if proc.poll() is None:
-            stop_process(proc.pid, term_timeout=10.0)
-        proc.wait(5)
-        bugs = bug_lines(host.log_text())
-        shutil.rmtree(state_dir, ignore_errors=True)
-        assert not bugs, f"BUG lines in the root host daemon's log: {bugs}"
 
 
 class Shots:
