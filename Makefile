@@ -37,7 +37,7 @@ demo: system-deps venv guest-image
 # The suite runs on TEST_WORKERS pytest-xdist workers (tests booting QEMU guests
 # share one: see tests/conftest.py). Its temporary directories live under a short
 # base of their own, removed afterwards: unix socket paths must stay under 108 bytes.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 PYTEST_RUN = base=$$(mktemp -d /tmp/sgt.XXXXXX) && \
 	{ $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --basetemp=$$base $(1); \
 	rc=$$?; rm -rf $$base; exit $$rc; }

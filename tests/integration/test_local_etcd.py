@@ -215,7 +215,7 @@ def test_resolve_endpoints_prefers_configured_ones(config: Config) -> None:
     configured = Config(
         state_dir=config.state_dir,
         etcd=config.etcd,
-        coordination=CoordinationConfig(endpoints=parse_endpoints("10.1.2.3:2379")),
+        coordination=CoordinationConfig(endpoints=parse_endpoints("10.1.2.3:2379"), insecure=True),
     )
     assert resolve_endpoints(configured) == (Endpoint(host="10.1.2.3", port=2379),)
     assert not LocalEtcd(config).status().running  # nothing was started

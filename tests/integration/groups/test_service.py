@@ -274,8 +274,9 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
             guests[name] = hosts[host].guests[name] = g
 
         def all_connected() -> bool:
+            # The relay connected, and the guest's side has accepted the connection.
             return all(
-                g.instance in hosts[h].relay.connected()
+                g.instance in hosts[h].relay.connected() and g.connected.is_set()
                 for h, host_ in hosts.items()
                 for g in host_.guests.values()
             )

@@ -350,6 +350,8 @@ async def one_host(
             lambda: set(relay.connected()) == {g.instance for g in guests.values()},
             "both guests connected",
         )
+        for g in guests.values():  # the relay connected; the guest's side has accepted too
+            await asyncio.wait_for(g.connected.wait(), WAIT)
         await cache.wait_for(lambda snap: len(snap.servers) == 2, WAIT)
         yield OneHost(admin, coordinator, service, relay, guests, proxy)
         await admin.delete_prefix("")
