@@ -85,6 +85,7 @@ from servergroup.servers.registry import GroupNotFound, Registry, ServerNotFound
 from servergroup.services.client import (
     UnknownService,
     clear,
+    enabled_sentence,
     get_status,
     read_services,
     relocate,
@@ -430,9 +431,7 @@ def build_app(context: ApiContext) -> FastAPI:
     async def enable_service(name: ServiceName) -> Done:
         """`servergroup service enable`."""
         changed = await set_enabled(c, name, True)
-        return Done(
-            done=f"service {name} enabled" + ("" if changed else " (it was)"), changed=changed
-        )
+        return Done(done=enabled_sentence(name, True, changed), changed=changed)
 
     @app.post(
         "/services/{name}/disable", dependencies=act, responses=_ACTION_ERRORS, tags=["services"]
@@ -440,9 +439,7 @@ def build_app(context: ApiContext) -> FastAPI:
     async def disable_service(name: ServiceName) -> Done:
         """`servergroup service disable`: stop it everywhere until enabled."""
         changed = await set_enabled(c, name, False)
-        return Done(
-            done=f"service {name} disabled" + ("" if changed else " (it was)"), changed=changed
-        )
+        return Done(done=enabled_sentence(name, False, changed), changed=changed)
 
     @app.post(
         "/services/{name}/relocate", dependencies=act, responses=_ACTION_ERRORS, tags=["services"]

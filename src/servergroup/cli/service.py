@@ -23,6 +23,7 @@ from servergroup.services.client import (
     add_definitions,
     check_agents,
     clear,
+    enabled_sentence,
     get_status,
     parse_file,
     read_services,
@@ -356,7 +357,7 @@ def status_cmd(state: CliState, name: str, as_json: bool) -> None:
 def enable_cmd(state: CliState, name: str) -> None:
     """Let the node roles run service NAME (overrides the definition's `enabled`)."""
     changed = _run(state, lambda c: set_enabled(c, name, True))
-    click.echo(f"service {name} enabled" + ("" if changed else " (it was)"))
+    click.echo(enabled_sentence(name, True, changed))
 
 
 @service.command("disable")
@@ -365,7 +366,7 @@ def enable_cmd(state: CliState, name: str) -> None:
 def disable_cmd(state: CliState, name: str) -> None:
     """Stop service NAME everywhere and keep it stopped until `enable`."""
     changed = _run(state, lambda c: set_enabled(c, name, False))
-    click.echo(f"service {name} disabled" + ("" if changed else " (it was)"))
+    click.echo(enabled_sentence(name, False, changed))
 
 
 @service.command("relocate")

@@ -424,6 +424,13 @@ def _state_of(read: _Read, name: str) -> StateRecord | None:
     return read.listing.states.get(name)
 
 
+def enabled_sentence(name: str, enabled: bool, changed: bool) -> str:
+    """What `service enable|disable` prints (the CLI and the API alike)."""
+    return f"service {name} {'enabled' if enabled else 'disabled'}" + (
+        "" if changed else " (it was)"
+    )
+
+
 async def set_enabled(coordinator: Coordinator, name: str, enabled: bool) -> bool:
     """Enable or disable service `name`; return whether that changed anything.
 
@@ -724,6 +731,7 @@ __all__ = [
     "add_definitions",
     "check_agents",
     "clear",
+    "enabled_sentence",
     "get_status",
     "parse_file",
     "read_services",

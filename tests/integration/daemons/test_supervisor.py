@@ -117,6 +117,17 @@ def host_argv(state_dir: Path, endpoints: str, prefix: str, *extra: str) -> list
     ]
 
 
+async def host_cleanup(
+    state_dir: Path, endpoints: str, prefix: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`servergroup host cleanup --name n1` on `state_dir`, its output captured."""
+    argv = [sys.executable, "-m", "servergroup", "--state-dir", str(state_dir)]
+    argv += ["--endpoints", endpoints, "--prefix", prefix, "host", "cleanup", "--name", NODE]
+    return await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 async def registered_pid(coordinator: Coordinator) -> int | None:
     kv = await coordinator.get(host_key(NODE))
     return decode_host(kv.value).pid if kv is not None else None
@@ -192,28 +203,7 @@ async def test_a_killed_daemon_has_its_instance_stopped_and_its_lease_revoked_at
     write_ledger(host.ledger, ledger)
 
     # `host cleanup` refuses the ledger of a daemon that still runs.
-    refused = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "servergroup",
-            "--state-dir",
-            str(host.state_dir),
-            "--endpoints",
-            endpoints_of(etcd_server),
-            "--prefix",
-            etcd_prefix,
-            "host",
-            "cleanup",
-            "--name",
-            NODE,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    refused = await host_cleanup(host.state_dir, endpoints_of(etcd_server), etcd_prefix, 30)
     assert refused.returncode != 0
     assert "still runs" in refused.stderr + refused.stdout
     assert (await dummy.monitor(timeout=10)).ok
@@ -371,28 +361,7 @@ async def test_host_cleanup_stops_and_revokes_after_a_dead_daemon(
         path,
         Ledger(node=NODE, lease=lease.id, pid=dead.pid, ocf_root=str(SYSTEM_OCF), entries=(entry,)),
     )
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "servergroup",
-            "--state-dir",
-            str(state_dir),
-            "--endpoints",
-            endpoints_of(etcd_server),
-            "--prefix",
-            etcd_prefix,
-            "host",
-            "cleanup",
-            "--name",
-            NODE,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = await host_cleanup(state_dir, endpoints_of(etcd_server), etcd_prefix, 60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("node n1: stopped web/0; revoked lease"), done.stdout
     assert await store.get(owner_key(entry.instance)) is None
