@@ -2,7 +2,7 @@
 
 A node must have demoted and stopped its instances before its lease may
 expire (docs/design/services.md, "Self-fencing"), so a service's
-`stop_timeout` must fit in what the coordination timings leave
+`stop_timeout` must fit in what the services' lease timings leave
 (`model.check_stop_fits`). This measures what the agents need: for each of
 `ocf:heartbeat:Dummy`, `ocf:pacemaker:Stateful` and the test agent
 `ocf:sgtest:journal`, `--runs` rounds of start (promote), then the timed
@@ -26,8 +26,8 @@ from typing import Any
 
 from _harness import RESULTS, machine, summary, utc_now
 
-from servergroup.config import CoordinationConfig
-from servergroup.services.model import AgentRef
+from servergroup.config import ServicesConfig
+from servergroup.services.model import AgentRef, LeaseTimings
 from servergroup.services.ocf import KILL_GRACE, OcfAgent
 
 FIXTURE_OCF = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ocf"
@@ -39,13 +39,21 @@ AGENTS = {
     "ocf:sgtest:journal": (AgentRef(provider="sgtest", type="journal"), FIXTURE_OCF, True),
 }
 
-TIMINGS = {
-    "defaults (ttl 1, renew 0.2, timeout 0.25, margin 0.2)": CoordinationConfig(),
-    "ttl 1, renew 0.1, timeout 0.15, margin 0.05": CoordinationConfig(
-        renew_interval=0.1, renew_timeout=0.15, fence_margin=0.05
-    ),
-    "ttl 2 (other defaults)": CoordinationConfig(lease_ttl=2),
-    "ttl 3 (other defaults)": CoordinationConfig(lease_ttl=3),
+
+def _label(timings: LeaseTimings, what: str) -> str:
+    return (
+        f"{what} (ttl {timings.lease_ttl}, renew {timings.renew_interval:g}, "
+        f"timeout {timings.renew_timeout:g}, margin {timings.fence_margin:g})"
+    )
+
+
+# The services' own lease ([services] in the config), which check_lease_fits
+# holds every service's stop to: its defaults, then the longer leases a site
+# may choose (docs/design/services.md).
+TIMINGS: dict[str, LeaseTimings] = {
+    _label(ServicesConfig(), "services defaults"): ServicesConfig(),
+    _label(ServicesConfig(lease_ttl=2), "lease_ttl = 2"): ServicesConfig(lease_ttl=2),
+    _label(ServicesConfig(lease_ttl=3), "lease_ttl = 3"): ServicesConfig(lease_ttl=3),
 }
 
 
@@ -74,7 +82,7 @@ async def measure(name: str, runs: int, work: Path) -> dict[str, list[float]]:
     return {"stop": stops, "demote": demotes}
 
 
-def limits(config: CoordinationConfig) -> dict[str, float]:
+def limits(config: LeaseTimings) -> dict[str, float]:
     """The largest stop_timeout of a plain and of a promotable service (check_stop_fits)."""
     spare = (
         config.lease_ttl - 2 * config.renew_interval - config.renew_timeout - config.fence_margin
