@@ -43,7 +43,9 @@ from prometheus_client import REGISTRY
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import cancel_and_wait
+from servergroup.common.errors import ConfigError
 from servergroup.common.logsetup import log_bug
+from servergroup.common.process import command_line
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, Coordinator, LeaseNotFound, LocalEtcd
 from servergroup.multicast import (
@@ -74,14 +76,43 @@ _RATE = "servergroup_transfer_rate_bytes_per_second"
 
 
 def recording_endpoints(config: Config) -> tuple[Endpoint, ...]:
-    """The etcd to record transfers in: configured, else a running local etcd, else none."""
+    """The etcd to record transfers in: configured, else a running local etcd, else none.
+
+    The managed local etcd listens on loopback, and with `servergroup up` also
+    on the lab bridge's root address: from a lab host (another network
+    namespace than the etcd's), that address is the one that reaches it.
+    """
     if config.coordination.endpoints:
         return config.coordination.endpoints
     try:
         status = LocalEtcd(config).status()
     except Exception:  # an unreadable state directory: nothing to record in
         return ()
-    return (status.endpoint,) if status.running else ()
+    if not status.running or status.pid is None:
+        return ()
+    if _same_netns(status.pid):
+        return (status.endpoint,)
+    others = [e for e in _client_endpoints(status.pid) if not e.loopback]
+    return tuple(others[:1])
+
+
+def _same_netns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return True
+
+
+def _client_endpoints(pid: int) -> list[Endpoint]:
+    argv = command_line(pid) or []
+    urls = next((a.split("=", 1)[1] for a in argv if a.startswith("--listen-client-urls=")), "")
+    if not urls and "--listen-client-urls" in argv[:-1]:
+        urls = argv[argv.index("--listen-client-urls") + 1]
+    found = []
+    for url in urls.split(","):
+        with contextlib.suppress(ConfigError):
+            found.append(Endpoint.parse(url))
+    return found
 
 
 class RecordWriter:
