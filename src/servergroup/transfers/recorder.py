@@ -43,7 +43,7 @@ from prometheus_client import REGISTRY
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import cancel_and_wait
-from servergroup.common.errors import ConfigError
+from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import log_bug
 from servergroup.common.process import command_line
 from servergroup.config import Config, Endpoint
@@ -70,6 +70,10 @@ WRITE_TIMEOUT: Final = 2.0
 FINAL_TIMEOUT: Final = 2.0
 #: ... or this long when the write before it failed.
 FAILING_FINAL_TIMEOUT: Final = 0.5
+#: The sender's first write waits this long: by then it holds its port (or has
+#: failed to), so a second sender started by mistake on a busy port never
+#: overwrites the running transfer's record.
+START_DELAY: Final = 0.3
 
 _REPAIRS = "servergroup_transfer_repairs_total"
 _RATE = "servergroup_transfer_rate_bytes_per_second"
@@ -128,6 +132,7 @@ class RecordWriter:
         retention: int = rec.RETENTION_INTERVAL,
         after_first: Callable[[Coordinator, int], Awaitable[None]] | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        start_delay: float = 0.0,
     ) -> None:
         self._c = coordinator
         self.key = key
@@ -136,6 +141,7 @@ class RecordWriter:
         self._retention = retention
         self._after_first = after_first
         self._write_timeout = write_timeout
+        self._start_delay = start_delay
         self._pacer = rec.WritePacer()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -152,18 +158,23 @@ class RecordWriter:
         self._pacer.changed()
         self._wake.set()
 
-    async def finish(self, timeout: float = FINAL_TIMEOUT) -> bool:
-        """Write the final record (bounded), stop, close the client; whether it was written."""
+    async def finish(self, timeout: float = FINAL_TIMEOUT, *, write: bool = True) -> bool:
+        """Write the final record (bounded), stop, close the client; whether it was written.
+
+        With `write` false nothing more is written (a transfer that never began).
+        """
         if self._task is not None:
             await cancel_and_wait([self._task])
         if self.failing:
             timeout = min(timeout, FAILING_FINAL_TIMEOUT)
-        written = await self._attempt(timeout, renew=True)
+        written = write and await self._attempt(timeout, renew=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._c.close(), 1.0)
         return written
 
     async def _run(self) -> None:
+        if self._start_delay > 0:
+            await asyncio.sleep(self._start_delay)
         while True:
             now = self._clock.monotonic()
             if self._pacer.due(now):
@@ -298,7 +309,12 @@ async def run_recorded_sender(
             await c.delete(key)
 
     writer = RecordWriter(
-        coordinator(), rec.sender_key(ep), render, clock=clock, after_first=clean_up
+        coordinator(),
+        rec.sender_key(ep),
+        render,
+        clock=clock,
+        after_first=clean_up,
+        start_delay=START_DELAY,
     )
     writer.start()
 
@@ -306,18 +322,19 @@ async def run_recorded_sender(
         current[0] = replace(current[0], done_bytes=done, size=total or current[0].size)
         writer.changed()
 
-    final: rec.SenderRecord
     try:
         report = await run_sender(config, source, progress=_tee(on_progress, progress))
     except BaseException as exc:
-        final = replace(
+        current[0] = replace(
             current[0],
             state=rec.TransferState.FAILED,
             ended_at=clock.wall(),
             result=_sentence(exc),
         )
-        current[0] = final
-        await asyncio.shield(writer.finish())
+        # Bad input (a busy port, an address not ours) is refused before anything
+        # began: if nothing was written yet, there is no transfer to record.
+        began = writer.writes > 0 or not isinstance(exc, UsageError)
+        await asyncio.shield(writer.finish(write=began))
         raise
     current[0] = sender_final(
         current[0], report, ended_at=clock.wall(), repairs_at_start=repairs_at_start
@@ -444,6 +461,7 @@ async def read_transfers(coordinator: Coordinator) -> list[rec.Transfer]:
 __all__ = [
     "FAILING_FINAL_TIMEOUT",
     "FINAL_TIMEOUT",
+    "START_DELAY",
     "WRITE_TIMEOUT",
     "RecordWriter",
     "read_transfers",
