@@ -133,6 +133,7 @@ class RecordWriter:
         after_first: Callable[[Coordinator, int], Awaitable[None]] | None = None,
         write_timeout: float = WRITE_TIMEOUT,
         start_delay: float = 0.0,
+        pacer: rec.WritePacer | None = None,
     ) -> None:
         self._c = coordinator
         self.key = key
@@ -142,12 +143,14 @@ class RecordWriter:
         self._after_first = after_first
         self._write_timeout = write_timeout
         self._start_delay = start_delay
-        self._pacer = rec.WritePacer()
+        self._pacer = pacer or rec.WritePacer()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lease: int | None = None
         self._renewed_at = 0.0
         self.failing = False
+        #: Writes tried, and written.
+        self.attempts = 0
         self.writes = 0
 
     def start(self) -> None:
@@ -189,6 +192,7 @@ class RecordWriter:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _attempt(self, timeout: float, *, renew: bool) -> bool:
+        self.attempts += 1
         try:
             await asyncio.wait_for(self._write(renew=renew), timeout)
         except (CoordinationError, TimeoutError, OSError) as exc:
