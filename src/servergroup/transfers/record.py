@@ -12,9 +12,10 @@ can show it, each of them also writes a small JSON record under the
 also every receiver's SERVER_IP and PORT), so a receiver can name the
 transfer it joins without a word from the sender. Only one sender can hold
 an endpoint at a time (its TCP port), so the endpoint is the transfer's
-slot: a new transfer from the same endpoint replaces the last one's record
-(its receivers' finished records are deleted by the new sender, see
-`stale_receivers`). Records sit on a lease of `RETENTION_INTERVAL` that
+slot: a new transfer from the same endpoint replaces the last one's record,
+and its sender deletes the finished receiver records the last one left
+(`stale_receivers`: at its start, those that ended before it began; at its
+end, those not among its clients). Records sit on a lease of `RETENTION_INTERVAL` that
 their writer renews while it runs, so a finished or abandoned transfer
 disappears that long after its last write: the prefix never grows without
 bound.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -48,6 +49,8 @@ WRITE_INTERVAL: Final = 0.5
 HEARTBEAT_INTERVAL: Final = 10.0
 #: A running record not written for this long: its writer is gone or cut off from etcd.
 STALE_AFTER: Final = 3 * HEARTBEAT_INTERVAL
+#: How far apart two hosts' clocks may be when a sender tells old receivers' records apart.
+CLOCK_SLACK: Final = 1.0
 #: How long a record outlives its writer's last renewal (seconds).
 RETENTION_INTERVAL: Final = 3600
 
@@ -286,25 +289,39 @@ def join(items: Iterable[tuple[str, bytes]]) -> list[Transfer]:
 
 
 def stale_receivers(
-    items: Iterable[tuple[str, bytes, int]], endpoint: str, before_revision: int
+    items: Iterable[tuple[str, bytes]],
+    endpoint: str,
+    *,
+    started_at: float | None = None,
+    clients: Collection[str] | None = None,
 ) -> list[str]:
-    """Receiver keys of `endpoint` left by an earlier transfer from it.
+    """Receiver keys of `endpoint` that an earlier transfer from it left.
 
-    `items` are `(key, value, mod_revision)`; a receiver record is stale when
-    it is final and was written before `before_revision` (the revision of the
-    new sender's first record): a receiver of the new transfer cannot have
-    finished before the new sender started.
+    `items` are `(key, value)` under the endpoint. Only final records are
+    stale, and only those that are:
+
+    - `started_at` (the new sender's start, wall clock): ended more than
+      `CLOCK_SLACK` before it. A receiver of the new transfer cannot have
+      ended before its sender started; the slack covers clocks that differ
+      between hosts. What it leaves, the end removes:
+    - `clients` (the names in the new sender's final report): not one of them.
+
+    A record that does not decode is stale too: nobody can read it.
     """
     prefix = receivers_prefix(endpoint)
     stale = []
-    for key, value, revision in items:
-        if not key.startswith(prefix) or revision >= before_revision:
+    for key, value in items:
+        if not key.startswith(prefix):
             continue
         try:
-            final = decode_receiver(value).state.final
+            r = decode_receiver(value)
         except RecordError:
-            final = True  # garbage from whoever: nobody reads it
-        if final:
+            stale.append(key)
+            continue
+        ended_at = r.ended_at or r.updated_at
+        before = started_at is not None and ended_at < started_at - CLOCK_SLACK
+        foreign = clients is not None and r.name not in clients
+        if r.state.final and (before or foreign):
             stale.append(key)
     return stale
 
@@ -346,6 +363,7 @@ class WritePacer:
 
 
 __all__ = [
+    "CLOCK_SLACK",
     "HEARTBEAT_INTERVAL",
     "RECEIVERS",
     "RETENTION_INTERVAL",

@@ -20,7 +20,9 @@ puts the record to etcd in a background task of the same event loop:
   a second or two and the transfer nothing.
 
 The sender's first write also deletes the finished receiver records an
-earlier transfer from the same endpoint left (`record.stale_receivers`).
+earlier transfer from the same endpoint left, those that ended before it
+started; its final write those that are not among its report's clients
+(`record.stale_receivers`).
 
 Which etcd: `recording_endpoints(config)`: the configured endpoints, else the
 managed local etcd only if it is already running (a transfer never starts
@@ -89,14 +91,15 @@ def recording_endpoints(config: Config) -> tuple[Endpoint, ...]:
     if config.coordination.endpoints:
         return config.coordination.endpoints
     try:
-        status = LocalEtcd(config).status()
+        found = LocalEtcd(config).running()  # no health check: it may hang
     except Exception:  # an unreadable state directory: nothing to record in
         return ()
-    if not status.running or status.pid is None:
+    if found is None:
         return ()
-    if _same_netns(status.pid):
-        return (status.endpoint,)
-    others = [e for e in _client_endpoints(status.pid) if not e.loopback]
+    pid, endpoint = found
+    if _same_netns(pid):
+        return (endpoint,)
+    others = [e for e in _client_endpoints(pid) if not e.loopback]
     return tuple(others[:1])
 
 
@@ -130,7 +133,8 @@ class RecordWriter:
         *,
         clock: Clock,
         retention: int = rec.RETENTION_INTERVAL,
-        after_first: Callable[[Coordinator, int], Awaitable[None]] | None = None,
+        after_first: Callable[[Coordinator], Awaitable[None]] | None = None,
+        after_last: Callable[[Coordinator], Awaitable[None]] | None = None,
         write_timeout: float = WRITE_TIMEOUT,
         start_delay: float = 0.0,
         pacer: rec.WritePacer | None = None,
@@ -141,6 +145,7 @@ class RecordWriter:
         self._clock = clock
         self._retention = retention
         self._after_first = after_first
+        self._after_last = after_last
         self._write_timeout = write_timeout
         self._start_delay = start_delay
         self._pacer = pacer or rec.WritePacer()
@@ -170,7 +175,7 @@ class RecordWriter:
             await cancel_and_wait([self._task])
         if self.failing:
             timeout = min(timeout, FAILING_FINAL_TIMEOUT)
-        written = write and await self._attempt(timeout, renew=True)
+        written = write and await self._attempt(timeout, renew=True, last=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._c.close(), 1.0)
         return written
@@ -191,10 +196,10 @@ class RecordWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _attempt(self, timeout: float, *, renew: bool) -> bool:
+    async def _attempt(self, timeout: float, *, renew: bool, last: bool = False) -> bool:
         self.attempts += 1
         try:
-            await asyncio.wait_for(self._write(renew=renew), timeout)
+            await asyncio.wait_for(self._write(renew=renew, last=last), timeout)
         except (CoordinationError, TimeoutError, OSError) as exc:
             if not self.failing:
                 log.warning(
@@ -214,7 +219,7 @@ class RecordWriter:
         self.writes += 1
         return True
 
-    async def _write(self, *, renew: bool) -> None:
+    async def _write(self, *, renew: bool, last: bool) -> None:
         c = self._c
         now = self._clock.monotonic()
         if self._lease is None:
@@ -226,14 +231,16 @@ class RecordWriter:
             except LeaseNotFound:
                 self._lease = (await c.grant(self._retention)).id
             self._renewed_at = now
-        revision = await c.put(self.key, self._render(), lease=self._lease)
+        await c.put(self.key, self._render(), lease=self._lease)
         if self._after_first is not None:
             after, self._after_first = self._after_first, None
             try:
-                await after(c, revision)
+                await after(c)
             except BaseException:
                 self._after_first = after
                 raise
+        if last and self._after_last is not None:
+            await self._after_last(c)
 
 
 def _size_of(source: BinaryIO) -> int | None:
@@ -306,11 +313,20 @@ async def run_recorded_sender(
         current[0] = s
         return rec.encode_sender(s)
 
-    async def clean_up(c: Coordinator, revision: int) -> None:
+    async def clean_up(c: Coordinator, *, at_end: bool = False) -> None:
         rng = await c.get_prefix(rec.receivers_prefix(ep))
-        items = [(kv.key, kv.value, kv.mod_revision) for kv in rng.items]
-        for key in rec.stale_receivers(items, ep, revision):
+        items = [(kv.key, kv.value) for kv in rng.items]
+        s = current[0]
+        if at_end and s.state.final:
+            stale = rec.stale_receivers(items, ep, clients={row.name for row in s.clients})
+        else:
+            stale = rec.stale_receivers(items, ep, started_at=s.started_at)
+        for key in stale:
             await c.delete(key)
+
+    async def clean_up_at_end(c: Coordinator) -> None:
+        if current[0].clients:  # the report names this transfer's clients
+            await clean_up(c, at_end=True)
 
     writer = RecordWriter(
         coordinator(),
@@ -318,6 +334,7 @@ async def run_recorded_sender(
         render,
         clock=clock,
         after_first=clean_up,
+        after_last=clean_up_at_end,
         start_delay=START_DELAY,
     )
     writer.start()

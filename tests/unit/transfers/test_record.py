@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from servergroup.transfers import record as rec
@@ -80,29 +82,38 @@ def test_a_running_sender_not_written_for_a_while_is_stale() -> None:
     assert not done.stale(1e9)
 
 
-def test_only_final_receivers_written_before_the_new_sender_are_stale() -> None:
+def test_stale_receivers_are_final_and_ended_before_the_sender_or_not_its_clients() -> None:
     ep = "10.0.0.1:1"
+
+    def item(name: str, state: TransferState, ended_at: float | None) -> tuple[str, bytes]:
+        r = dataclasses.replace(receiver(name, state), ended_at=ended_at)
+        return rec.receiver_key(ep, name), rec.encode_receiver(r)
+
     items = [
-        (
-            rec.receiver_key(ep, "old"),
-            rec.encode_receiver(receiver("old", TransferState.FINISHED)),
-            5,
-        ),
-        (rec.receiver_key(ep, "joining"), rec.encode_receiver(receiver("joining")), 6),
-        (
-            rec.receiver_key(ep, "late"),
-            rec.encode_receiver(receiver("late", TransferState.FAILED)),
-            12,
-        ),
-        (rec.receiver_key(ep, "junk"), b"junk", 7),
+        item("old", TransferState.FINISHED, 50.0),  # ended long before the new sender
+        item("joining", TransferState.RUNNING, None),
+        item("fast", TransferState.FINISHED, 99.5),  # within the clock slack: kept at the start
+        item("failed-old", TransferState.FAILED, 10.0),
+        (rec.receiver_key(ep, "junk"), b"junk"),
         (
             rec.receiver_key("10.0.0.9:1", "other"),
             rec.encode_receiver(receiver("o", TransferState.FINISHED)),
-            1,
         ),
     ]
-    assert rec.stale_receivers(items, ep, 10) == [
+    assert rec.stale_receivers(items, ep, started_at=100.0) == [
         rec.receiver_key(ep, "old"),
+        rec.receiver_key(ep, "failed-old"),
+        rec.receiver_key(ep, "junk"),
+    ]
+    # At the end, the sender's report names its clients: the others go.
+    assert rec.stale_receivers(items, ep, clients={"fast", "joining"}) == [
+        rec.receiver_key(ep, "old"),
+        rec.receiver_key(ep, "failed-old"),
+        rec.receiver_key(ep, "junk"),
+    ]
+    assert rec.stale_receivers(items, ep, clients={"old"}) == [
+        rec.receiver_key(ep, "fast"),
+        rec.receiver_key(ep, "failed-old"),
         rec.receiver_key(ep, "junk"),
     ]
 
