@@ -251,6 +251,11 @@ def _size_of(source: BinaryIO) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+def _host_name() -> str:
+    """This host's name as its host daemon has it (`SERVERGROUP_HOST_NAME`), else the hostname."""
+    return os.environ.get("SERVERGROUP_HOST_NAME") or socket.gethostname()
+
+
 def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -285,7 +290,7 @@ async def run_recorded_sender(
     wall = clock.wall()
     state = rec.SenderRecord(
         transfer_id=os.urandom(8).hex(),
-        host=socket.gethostname(),
+        host=_host_name(),
         address=str(config.local_ip),
         port=config.port,
         group=str(config.group),
@@ -419,7 +424,7 @@ async def run_recorded_receiver(
     current = [
         rec.ReceiverRecord(
             name=name,
-            host=socket.gethostname(),
+            host=_host_name(),
             address=str(config.local_ip),
             state=rec.TransferState.RUNNING,
             started_at=wall,
