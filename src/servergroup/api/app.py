@@ -4,7 +4,9 @@ Theory of operation. `build_app(context)` returns an ASGI application whose
 every route is a thin call into the same library the CLI calls (no second
 implementation): `servers.operations.Operations` for groups and servers,
 `scaling.client` for scaling and CPU pools, `services.client` and
-`services.status` for the service manager, `replication.status` for pairs.
+`services.status` for the service manager, `replication.status` for pairs,
+`transfers.read_transfers` for image transfers (the records `image
+send|receive` write to etcd).
 Reads go to etcd on each request (what the CLI's `list`/`show` do), so a
 read after an action's answer sees what the action did. An action answers
 when the CLI's command would print: a lifecycle operation once the owning
@@ -37,6 +39,7 @@ Prometheus text of this process's registry (`common.metrics`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path as FilePath
@@ -65,12 +68,14 @@ from servergroup.api.models import (
     ServerView,
     ServicesView,
     ServiceView,
+    TransferView,
     group_view,
     health_view,
     host_views,
     pair_view,
     scale_view,
     server_view,
+    transfer_view,
 )
 from servergroup.common.component import ComponentHealth
 from servergroup.common.errors import LocalError, RemoteError, ServergroupError
@@ -92,6 +97,7 @@ from servergroup.services.client import (
     set_enabled,
 )
 from servergroup.services.status import status_json, summaries, summary_json
+from servergroup.transfers import read_transfers
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ class Refused(Exception):
 
 
 class NotFound(LocalError):
-    """No host or replication pair of that name (404)."""
+    """No host, replication pair or transfer of that name (404)."""
 
 
 #: (exception class, HTTP status): the first that matches wins.
@@ -175,6 +181,7 @@ _ACTION_ERRORS: dict[int | str, dict[str, object]] = {
 ServerName = Annotated[str, Path(pattern=NAME_PATTERN.pattern)]
 GroupName = ServerName
 ServiceName = Annotated[str, Path(min_length=1, max_length=128)]
+Endpoint = Annotated[str, Path(pattern=r"^[0-9.]{7,15}:[0-9]{1,5}$", description="ADDRESS:PORT")]
 Timeout = Annotated[
     float | None,
     Query(gt=0, le=3600, description="Seconds to wait [default: operation_timeout]."),
@@ -474,6 +481,22 @@ def build_app(context: ApiContext) -> FastAPI:
         if pair is None:
             raise NotFound(f"no replication pair named {name!r}")
         return pair_view(pair)
+
+    # -- image transfers ---------------------------------------------------------------------
+
+    @app.get("/transfers", dependencies=read, responses=_ERRORS, tags=["transfers"])
+    async def list_transfers() -> list[TransferView]:
+        """Image transfers recorded by `servergroup image send|receive`, newest first."""
+        now = time.time()
+        return [transfer_view(t, now) for t in await read_transfers(c)]
+
+    @app.get("/transfers/{endpoint}", dependencies=read, responses=_ERRORS, tags=["transfers"])
+    async def show_transfer(endpoint: Endpoint) -> TransferView:
+        """The last transfer from the sender at ADDRESS:PORT."""
+        for t in await read_transfers(c):
+            if t.endpoint == endpoint:
+                return transfer_view(t, time.time())
+        raise NotFound(f"no transfer recorded from {endpoint}")
 
     return app
 

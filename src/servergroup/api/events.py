@@ -3,7 +3,7 @@
 Theory of operation. `read_snapshot(coordinator, host)` reads the whole
 cluster the way the API's routes do (the same library calls, the same view
 models: hosts, groups, servers, each service's status with its history,
-replication pairs) into one JSON object. A `Feed` keeps the latest snapshot
+replication pairs, image transfers) into one JSON object. A `Feed` keeps the latest snapshot
 for every `/events` client of one API:
 
 - it runs only while someone listens: the first `stream()` starts its task,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ from servergroup.api.models import (
     host_views,
     pair_view,
     server_view,
+    transfer_view,
 )
 from servergroup.common.component import cancel_and_wait
 from servergroup.common.errors import ServergroupError
@@ -53,6 +55,7 @@ from servergroup.servers.operations import Operations
 from servergroup.servers.registry import Registry
 from servergroup.services.client import get_status, read_services
 from servergroup.services.status import status_json, summaries, summary_json
+from servergroup.transfers import read_transfers
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,6 @@ RETRY = 1.0
 REFRESH = 30.0
 #: History entries of a service sent to the page (its failover timeline).
 HISTORY = 20
-
-TRANSFERS_NOTE = (
-    "Image transfers are not recorded in etcd yet: `servergroup image send` "
-    "talks only to its receivers, so no host daemon can show them."
-)
 
 
 async def read_snapshot(coordinator: Coordinator, host: str) -> dict[str, Any]:
@@ -99,6 +97,7 @@ async def read_snapshot(coordinator: Coordinator, host: str) -> dict[str, Any]:
             status.pop("definition", None)
             entry["status"] = status
         services.append(entry)
+    transfers = await read_transfers(c)
     pairs = []
     for name in await pair_names(c):
         pair = await read_pair(c, name)
@@ -111,8 +110,7 @@ async def read_snapshot(coordinator: Coordinator, host: str) -> dict[str, Any]:
         "servers": [server_view(s, live).model_dump(mode="json") for s in servers],
         "services": services,
         "replication": pairs,
-        "transfers": None,
-        "transfers_note": TRANSFERS_NOTE,
+        "transfers": [transfer_view(t, time.time()).model_dump(mode="json") for t in transfers],
         "error": None,
     }
 
@@ -254,4 +252,4 @@ class Feed:
             await cancel_and_wait([task])
 
 
-__all__ = ["KEEPALIVE", "TRANSFERS_NOTE", "Feed", "read_snapshot", "sse"]
+__all__ = ["KEEPALIVE", "Feed", "read_snapshot", "sse"]

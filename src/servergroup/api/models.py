@@ -35,6 +35,13 @@ from servergroup.servers.model import (
     VmState,
     server_info,
 )
+from servergroup.transfers.record import (
+    ClientRow,
+    ReceiverRecord,
+    SenderRecord,
+    Transfer,
+    TransferState,
+)
 
 #: A group, server or host name (`servers.model.check_name`).
 Name = Annotated[
@@ -385,6 +392,104 @@ def pair_view(pair: PairStatus) -> PairView:
     )
 
 
+# -- image transfers -----------------------------------------------------------------------
+
+
+class ClientRowView(_Frozen):
+    """One client as the sender's final report has it."""
+
+    name: str
+    address: str
+    status: str = Field(description="finished, failed, dropped or missing")
+    reason: str
+    tcp_only: bool
+    loss: float = Field(description="Fraction of multicast packets it missed.")
+    repaired: int = Field(description="Packets it had repaired over TCP.")
+
+
+class SenderView(_Frozen):
+    transfer_id: str
+    host: str = Field(description="The sender's host name.")
+    address: str
+    port: int
+    group: str = Field(description="The multicast group.")
+    mtu: int
+    expected_clients: int
+    state: TransferState
+    started_at: float = Field(description="Wall-clock seconds (Unix time).")
+    updated_at: float
+    ended_at: float | None
+    size: int | None = Field(description="Image bytes (None: not known before the end).")
+    done_bytes: int = Field(description="Bytes every client has.")
+    rate: float = Field(description="The sending rate the rate control chose last (bytes/s).")
+    repairs: int = Field(description="Packets sent again over TCP.")
+    result: str
+    clients: list[ClientRowView] = Field(description="Filled in at the end, from the report.")
+
+
+class ReceiverView(_Frozen):
+    name: str
+    host: str
+    address: str
+    state: TransferState
+    started_at: float
+    updated_at: float
+    ended_at: float | None
+    received_bytes: int
+    throughput: float = Field(description="Bytes/s from its start to its last record.")
+    repaired: int
+    tcp_only: bool
+    size: int | None
+    result: str
+
+
+class TransferView(_Frozen):
+    """One transfer: its sender's record and each receiver's, as they wrote them to etcd."""
+
+    endpoint: str = Field(description="The sender's ADDRESS:PORT: the transfer's key.")
+    state: TransferState = Field(description="The sender's state (running without one).")
+    stale: bool = Field(
+        description="Running, but its sender's record was not written for 30 s: the sender "
+        "died or lost etcd."
+    )
+    progress: float | None = Field(description="Fraction of the image every client has.")
+    sender: SenderView | None
+    receivers: list[ReceiverView]
+    problems: list[str] = Field(description="Records under this endpoint that did not decode.")
+
+
+def _row(row: ClientRow) -> ClientRowView:
+    return ClientRowView(**asdict(row))
+
+
+def sender_view(s: SenderRecord) -> SenderView:
+    data = asdict(s)
+    data["clients"] = [_row(r) for r in s.clients]
+    return SenderView(**data)
+
+
+def receiver_view(r: ReceiverRecord) -> ReceiverView:
+    return ReceiverView(**asdict(r))
+
+
+def transfer_view(t: Transfer, now: float) -> TransferView:
+    s = t.sender
+    progress = None
+    if s is not None and s.size:
+        progress = min(1.0, s.done_bytes / s.size)
+    elif s is not None and s.state is TransferState.FINISHED:
+        progress = 1.0
+    return TransferView(
+        endpoint=t.endpoint,
+        state=s.state if s is not None else TransferState.RUNNING,
+        stale=t.stale(now),
+        progress=progress,
+        sender=None if s is None else sender_view(s),
+        receivers=[receiver_view(r) for r in t.receivers],
+        problems=list(t.problems),
+    )
+
+
 class Problem(_Frozen):
     """An error: one sentence."""
 
@@ -392,6 +497,7 @@ class Problem(_Frozen):
 
 
 __all__ = [
+    "ClientRowView",
     "ComponentView",
     "Done",
     "GroupCreate",
@@ -403,17 +509,21 @@ __all__ = [
     "Name",
     "PairView",
     "Problem",
+    "ReceiverView",
     "RelocateRequest",
     "ScaleView",
+    "SenderView",
     "ServerCreate",
     "ServerView",
     "ServiceSummaryView",
     "ServiceView",
     "ServicesView",
+    "TransferView",
     "group_view",
     "health_view",
     "host_views",
     "pair_view",
     "scale_view",
     "server_view",
+    "transfer_view",
 ]

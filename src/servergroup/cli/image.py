@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,8 +12,11 @@ from typing import Any, TypeVar
 
 import click
 
-from servergroup.cli.common import run_async
+from servergroup.cli.common import CliState, pass_state, run_async
 from servergroup.common.errors import UsageError
+from servergroup.common.exporter import serve_metrics, write_metrics_file
+from servergroup.coordination import Coordinator
+from servergroup.coordination.connect import connect
 from servergroup.multicast.config import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
@@ -22,11 +26,10 @@ from servergroup.multicast.config import (
     receive_config,
     send_config,
 )
-from servergroup.multicast.receiver import run_receiver
 from servergroup.multicast.receiving import ReceiverReport
-from servergroup.multicast.sender import run_sender
 from servergroup.multicast.sending import ClientStatus, SenderReport
 from servergroup.multicast.transport import FileSink, Sink, StreamSink, interface_mtu
+from servergroup.transfers import recording_endpoints, run_recorded_receiver, run_recorded_sender
 
 #: Exit statuses: 0 every expected client has the verified image (send) / this
 #: receiver has it (receive); 1 the transfer failed; 2 bad input; 3 (send only)
@@ -48,6 +51,14 @@ def _common(func: F) -> F:
         envvar="SERVERGROUP_IMAGE_KEY_FILE",
         help="Shared secret: every packet is authenticated with it; forged or foreign "
         "packets are dropped and counted [env SERVERGROUP_IMAGE_KEY_FILE].",
+    )(func)
+    func = click.option(
+        "--record/--no-record",
+        default=True,
+        show_default=True,
+        help="Record the transfer's progress in etcd (the configured cluster, or the local "
+        "etcd if it runs; none is started) for the hosts' API and dashboard. An etcd that "
+        "does not answer never stops or slows the transfer.",
     )(func)
     func = click.option(
         "--timeout",
@@ -92,8 +103,23 @@ def image() -> None:
     show_default=True,
     help="Seconds to wait for the CLIENTS receivers to connect; then start with those there.",
 )
+@click.option(
+    "--metrics",
+    "metrics_at",
+    metavar="HOST:PORT",
+    help="Serve this process's Prometheus metrics at http://HOST:PORT/metrics while it runs "
+    "(:PORT for every address; no token: counters only).",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="At the end, write the transfer's metrics to this file (atomically), for "
+    "node_exporter's textfile collector.",
+)
 @_common
+@pass_state
 def send(
+    state: CliState,
     local_ip: str,
     clients: int,
     port: int,
@@ -102,7 +128,10 @@ def send(
     rate: str | None,
     buffer_packets: int | None,
     wait: float,
+    metrics_at: str | None,
+    metrics_file: Path | None,
     timeout: float,
+    record: bool,
     key_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -131,8 +160,18 @@ def send(
     )
     if sys.stdin.isatty():
         raise UsageError("the image comes on standard input; redirect it from a file or a pipe.")
+    if metrics_at is not None:
+        logging.getLogger(__name__).info("metrics at %s", serve_metrics(metrics_at))
+    store = _recording(state, record)
     with _progress("sending") as progress:
-        report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
+        report = run_async(
+            run_recorded_sender(config, sys.stdin.buffer, coordinator=store, progress=progress)
+        )
+    if metrics_file is not None:
+        try:
+            write_metrics_file(str(metrics_file))
+        except UsageError as exc:
+            click.echo(f"servergroup: {exc}", err=True)
     if as_json:
         click.echo(json.dumps({**sender_report_dict(report), "mtu": mtu, "mtu_from": mtu_from}))
     else:
@@ -156,12 +195,15 @@ def send(
     help="Write the image here (under a temporary name until it is whole and verified).",
 )
 @_common
+@pass_state
 def receive(
+    state: CliState,
     local_ip: str,
     server_ip: str,
     port: int,
     output: Path | None,
     timeout: float,
+    record: bool,
     key_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -188,9 +230,12 @@ def receive(
         if output.is_dir():
             raise UsageError(f"--output {output} is a directory; give a file name.")
         sink = FileSink(output)
+    store = _recording(state, record)
     try:
         with _progress("receiving") as progress:
-            report = run_async(run_receiver(config, sink, progress=progress))
+            report = run_async(
+                run_recorded_receiver(config, sink, coordinator=store, progress=progress)
+            )
     except BaseException:
         sink.discard()
         raise
@@ -204,6 +249,17 @@ def receive(
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _recording(state: CliState, record: bool) -> Callable[[], Coordinator] | None:
+    """How to reach the etcd that records the transfer, or None (not recorded)."""
+    if not record:
+        return None
+    config = state.config()
+    endpoints = recording_endpoints(config)
+    if not endpoints:
+        return None
+    return lambda: connect(config, endpoints=endpoints)
 
 
 def _read_key(path: Path | None) -> bytes | None:

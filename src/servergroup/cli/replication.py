@@ -16,6 +16,7 @@ import click
 
 from servergroup.cli.common import CliState, fail, pass_state, print_table, run_async
 from servergroup.common.errors import RemoteError, UsageError
+from servergroup.common.exporter import serve_metrics
 from servergroup.coordination.connect import connect
 from servergroup.replication.front import parse_address
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
@@ -84,6 +85,13 @@ def _pair_name(pair: str | None, service: str) -> str:
 )
 @click.option("--pair", help="The pair's name in etcd [default: the service's short name].")
 @click.option("--node", help="This node's name in the pair's key [default: HOST/LISTEN].")
+@click.option(
+    "--metrics",
+    "metrics_at",
+    metavar="HOST:PORT",
+    help="Serve the checkpoint metrics (epochs, sizes, pauses, lag) for Prometheus at "
+    "http://HOST:PORT/metrics (:PORT for every address; no token: counters only).",
+)
 @pass_state
 def protect(
     state: CliState,
@@ -97,6 +105,7 @@ def protect(
     on_backup_loss: str,
     pair: str | None,
     node: str | None,
+    metrics_at: str | None,
 ) -> None:
     """Serve a service as the protected primary, checkpointed to a backup every interval.
 
@@ -132,6 +141,8 @@ def protect(
         fail_at=None if fail_at is None else parse_failure_point(fail_at),
         on_backup_loss=OnBackupLoss(on_backup_loss),
     )
+    if metrics_at is not None:
+        click.echo(f"metrics at {serve_metrics(metrics_at)}", err=True)
 
     async def main() -> None:
         if no_backup:

@@ -16,8 +16,8 @@ however many servers come and go.
 
 A process that is not the host daemon (`servergroup image send`,
 `servergroup protect`) increments the same objects; its numbers are its own
-(prometheus-client keeps them per process) and nobody scrapes them yet
-(docs/design/api.md, "Metrics").
+(prometheus-client keeps them per process), served by its `--metrics ADDR`
+or written by `--metrics-file PATH` (`common.exporter`).
 
 Labelled children used on hot paths are bound once here (`RELAYED_FROM_GUEST`,
 ...), so an increment is one locked add.
@@ -93,7 +93,8 @@ SERVICE_FAILOVERS: Final = Counter(
 )
 SERVICE_FAILOVER_DURATION: Final = Histogram(
     "servergroup_service_failover_duration_seconds",
-    "Seconds from an instance's previous owner's last record to its start here.",
+    "Seconds from the moment this host saw a service instance's owner key go (its owner's "
+    "lease expired, or it was stopped) to the instance started here, for a failover or move.",
     buckets=OPERATION_BUCKETS,
 )
 MONITOR_FAILURES: Final = Counter(

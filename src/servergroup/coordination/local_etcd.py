@@ -167,6 +167,17 @@ class LocalEtcd:
             started_at=started_at,
         )
 
+    def running(self) -> tuple[int, Endpoint] | None:
+        """The pid and client endpoint of the running local etcd, or None; no health check.
+
+        For callers that must not wait on an etcd that hangs (`image send`
+        choosing where to record a transfer): `status()` asks it for its health.
+        """
+        pid = self._find_pid()
+        if pid is None:
+            return None
+        return pid, _running_endpoint(pid) or self.endpoint
+
     def ensure_running(self, *, serve_also: tuple[str, ...] = ()) -> Endpoint:
         """Reuse the local etcd if it runs, else start it detached; return its endpoint.
 

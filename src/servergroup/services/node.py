@@ -144,6 +144,8 @@ REFUSED: Final = store.REFUSED
 RMW_ATTEMPTS: Final = 5
 #: The longest the loop sleeps with nothing to do (it re-decides then anyway).
 IDLE_INTERVAL: Final = 5.0
+#: Owner keys whose loss a node remembers (those it did not restart itself are dropped).
+LOST_REMEMBERED: Final = 4096
 #: A revision the watch never reaches.
 NEVER: Final = sys.maxsize
 
@@ -208,6 +210,8 @@ class _Local:
     monitors: dict[int, store.MonitorResult] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     monitor_task: asyncio.Task[None] | None = None
+    #: When this node saw the instance's previous owner key go (monotonic), if it did.
+    lost_at: float | None = None
 
     @property
     def publishes(self) -> bool:
@@ -266,6 +270,9 @@ class NodeRole:
         self._resolved: dict[tuple[str, int], _Resolved] = {}
         self._local: dict[InstanceId, _Local] = {}
         self._starting: set[InstanceId] = set()
+        #: Owner keys whose DELETE this node's watch saw, and when (monotonic): the
+        #: moment the cluster knew the instance was lost, for the failover's duration.
+        self._lost_at: dict[str, float] = {}
         self._stuck: dict[InstanceId, _Stuck] = {}  # a stop failed here: may still run
         self._ledger = Ledger(
             node=node, lease=0, pid=os.getpid(), ocf_root=str(ocf_root), entries=()
@@ -394,6 +401,8 @@ class NodeRole:
         self._revision = max(self._revision, event.revision)
         if event.kind is EventKind.DELETE:
             self._items.pop(event.key, None)
+            if event.key.startswith(store.OWNERS):
+                self._note_lost(event.key)
             return
         self._items[event.key] = KeyValue(
             key=event.key,
@@ -403,6 +412,13 @@ class NodeRole:
             version=event.version,
             lease=event.lease,
         )
+
+    def _note_lost(self, key: str) -> None:
+        now = time.monotonic()
+        self._lost_at[key] = now
+        if len(self._lost_at) > LOST_REMEMBERED:  # instances others took over: forget the oldest
+            for old in sorted(self._lost_at, key=self._lost_at.__getitem__)[: LOST_REMEMBERED // 2]:
+                del self._lost_at[old]
 
     async def _follow_session(self) -> None:
         changes = self._session.listen()
@@ -741,6 +757,7 @@ class NodeRole:
                 return  # another node won the key, or the instance is blocked
             token = created.revision  # the key's create revision: the fencing token
             local = _Local(
+                lost_at=self._lost_at.pop(key, None),
                 instance=instance,
                 service=service,
                 info=info,
@@ -1118,6 +1135,9 @@ class NodeRole:
                     )
                     if action == "start" and result == "ok" and _took_over(history, entry):
                         metrics.SERVICE_FAILOVERS.inc()
+                        if local.lost_at is not None:
+                            lost = time.monotonic() - local.lost_at
+                            metrics.SERVICE_FAILOVER_DURATION.observe(lost)
                     return
                 except RevisionConflict:
                     continue

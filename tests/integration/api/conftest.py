@@ -79,7 +79,7 @@ def _wait_healthy(host: ApiHost) -> None:
         if host.proc.poll() is not None:
             pytest.fail(f"the host daemon exited {host.proc.returncode}: {host.log_text()[-3000:]}")
         try:
-            answer = httpx.get(f"{host.url}/health", timeout=2.0)
+            answer = httpx.get(f"{host.url}/health", timeout=2.0, headers=host.auth)
             if answer.status_code == 200:
                 return
             last = answer.text
@@ -107,16 +107,18 @@ def root_host_daemon(
     prefix: str,
     name_prefix: str = "a",
     env: dict[str, str] | None = None,
+    bind: str = "127.0.0.1",
 ) -> Iterator[ApiHost]:
     """`servergroup host` in the root namespace (lab driver), its API on a free
-    loopback port with a token file; its servers deleted and it stopped after."""
+    port of `bind` (loopback by default) with a token file; its servers deleted
+    and it stopped after."""
     state_dir = Path(tempfile.mkdtemp(prefix=f"sg{name_prefix}", dir="/tmp"))  # short paths
     (state_dir / "channels").mkdir()
     token = secrets.token_urlsafe(24)
     token_file = state_dir / "api-token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    (port,) = free_ports(1)
+    (port,) = free_ports(1, bind)
     name = f"{name_prefix}{secrets.token_hex(3)}"
     log_path = state_dir / "host.log"
     argv = [
@@ -145,6 +147,7 @@ def root_host_daemon(
     daemon_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SERVERGROUP_")},
         "SERVERGROUP_CPU_POOL": "0-1",  # this machine has 2 CPUs
+        "SERVERGROUP_API_BIND": bind,
         "SERVERGROUP_API_PORT": str(port),
         "SERVERGROUP_API_TOKEN_FILE": str(token_file),
         "PYTHONUNBUFFERED": "1",
@@ -156,7 +159,7 @@ def root_host_daemon(
         )
     host = ApiHost(
         name=name,
-        url=f"http://127.0.0.1:{port}",
+        url=f"http://{bind}:{port}",
         token=token,
         prefix=prefix,
         endpoints=endpoints,

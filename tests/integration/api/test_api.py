@@ -85,8 +85,21 @@ def test_openapi_document_lists_every_route(api_host: ApiHost) -> None:
         "/services/{name}/clear",
         "/replication",
         "/replication/{name}",
+        "/transfers",
+        "/transfers/{endpoint}",
     }
     assert "ServerView" in doc["components"]["schemas"]
+    assert "TransferView" in doc["components"]["schemas"]
+
+
+def test_transfers_read_what_is_recorded(api_host: ApiHost) -> None:
+    # Recorded transfers: tests/integration/api/test_transfers.py runs real ones.
+    with api_host.client() as client:
+        assert client.get("/transfers").json() == []  # the module's prefix has none
+        missing = client.get("/transfers/198.18.0.9:18383")
+        assert missing.status_code == 404
+        assert missing.json()["detail"] == "no transfer recorded from 198.18.0.9:18383."
+        assert client.get("/transfers/not-an-endpoint").status_code == 422
 
 
 def test_health_lists_the_components(api_host: ApiHost) -> None:
@@ -413,7 +426,7 @@ def test_schemathesis_finds_no_server_error(api_host: ApiHost, tmp_path: Path) -
     none gets a 500 (the 502-504 that say etcd or a host failed would be real answers, but
     none comes here). A short run; the test below runs every phase, marked slow."""
     out = run_schemathesis(api_host, tmp_path, phases="fuzzing", examples=5)
-    assert "Tested: 23" in out
+    assert "Tested: 25" in out
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ The test opens the page and, without ever reloading it: sees a lab server
 appear when it is created through the API, pauses it from the page (the
 confirmation dialog asks for the token) and sees it paused; defines a
 service, sees its owner, crashes that owner's lab host (`lab crash`) and
-sees the service on another host, with the move in its failover timeline.
+sees the service on another host, with the move in its failover timeline,
+and the new owner's daemon's failover-duration histogram counting it.
 It also checks that the page fetched nothing from outside the daemon and
 shows the token nowhere. Screenshots of each step go to the test's tmp dir;
 a failure names that directory.
@@ -25,6 +26,8 @@ import json
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import httpx
 import psutil
 import pytest
 from playwright.async_api import Page, async_playwright, expect
+from prometheus_client.parser import text_string_to_metric_families
 
 from servergroup.api.standalone import Dashboard
 from servergroup.config import ApiConfig, Config, CoordinationConfig
@@ -57,6 +61,24 @@ def chromium_path() -> str:
     if path is None:
         pytest.fail("no chromium on PATH: `make test` installs it (scripts/install-system-deps)")
     return path
+
+
+def failover_durations(lab: ServiceLab, node: str) -> tuple[float, float] | None:
+    """(count, sum) of the failover-duration histogram of `node`'s host daemon."""
+    fetch = (
+        "import urllib.request; "
+        "print(urllib.request.urlopen('http://127.0.0.1:8470/metrics', timeout=10).read().decode())"
+    )
+    proc = lab.lab.popen(node, [sys.executable, "-c", fetch], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(out.decode())
+        for sample in family.samples
+    }
+    count = samples.get("servergroup_service_failover_duration_seconds_count")
+    total = samples.get("servergroup_service_failover_duration_seconds_sum")
+    return None if count is None or total is None else (count, total)
 
 
 @contextlib.contextmanager
@@ -183,6 +205,13 @@ async def test_dashboard_follows_a_lab_cluster(
                     f"{first} → {second}", timeout=SHOW_TIMEOUT_MS
                 )
                 await shots("service-moved")
+
+                # The new owner's daemon timed the failover (its /metrics, in its lab host).
+                duration = failover_durations(lab, second)
+                assert duration is not None, "no servergroup_service_failover_duration_seconds"
+                count, total = duration
+                assert count >= 1
+                assert total > 0
 
                 assert api.token not in await page.content()
                 outside = [u for u in requested if not u.startswith(api.url)]

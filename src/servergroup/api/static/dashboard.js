@@ -160,7 +160,57 @@ function render(snap) {
       `<td>${esc(p.backup || "none")}</td><td>${esc(active.lag ?? "")}</td>` +
       `<td>${active.last_pause_ms != null ? esc(active.last_pause_ms.toFixed(2)) + " ms" : ""}</td></tr>`;
   }, "No replication pairs.", 6);
-  $("transfers").textContent = snap.transfers_note || "";
+  rows($("transfers").tBodies[0], snap.transfers || [], transferRow,
+    "No image transfers recorded (servergroup image send records them in etcd).", 6);
+}
+
+function bytes(n) {
+  if (n == null) return "?";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function rate(bytesPerSecond) {
+  return bytesPerSecond ? `${(bytesPerSecond * 8 / 1e6).toFixed(1)} Mbit/s` : "";
+}
+
+function progressBar(fraction, label) {
+  if (fraction == null) return `<span class="num">${esc(label)}</span>`;
+  const pct = Math.round(fraction * 100);
+  return `<progress max="100" value="${pct}" aria-label="${esc(label)}">${pct}%</progress>` +
+    ` <span class="num">${pct}% <small>${esc(label)}</small></span>`;
+}
+
+function transferRow(t) {
+  const s = t.sender;
+  const state = t.stale ? "stale" : t.state;
+  const done = s ? `${bytes(s.done_bytes)} of ${bytes(s.size)}` : "";
+  const finals = new Map((s ? s.clients : []).map((c) => [c.address.split(":")[0], c]));
+  const clients = t.receivers.map((r) => {
+    const row = finals.get(r.address);
+    const frac = r.size ? r.received_bytes / r.size : (s && s.size ? r.received_bytes / s.size : null);
+    const pct = frac == null ? bytes(r.received_bytes) : `${Math.min(100, Math.round(frac * 100))}%`;
+    return `<li data-receiver="${esc(r.name)}"><span class="state ${esc(r.state)}">${esc(r.state)}</span> ` +
+      `${esc(r.name)} <small>${esc(pct)}, ${esc(rate(r.throughput))}` +
+      `${row ? `, loss ${esc((row.loss * 100).toFixed(1))}%` : ""}` +
+      `${r.result && r.state !== "finished" ? `: ${esc(r.result)}` : ""}</small></li>`;
+  });
+  const named = new Set(t.receivers.map((r) => r.address));
+  for (const c of s ? s.clients : []) {
+    if (named.has(c.address.split(":")[0])) continue;
+    clients.push(`<li><span class="state ${esc(c.status)}">${esc(c.status)}</span> ${esc(c.name || c.address)}` +
+      `${c.reason ? ` <small>${esc(c.reason)}</small>` : ""}</li>`);
+  }
+  const expected = s ? ` <small>${t.receivers.length || s.clients.length} of ${s.expected_clients}</small>` : "";
+  return `<tr data-transfer="${esc(t.endpoint)}"><th scope="row">${esc(s ? s.host : "?")}` +
+    ` <small>${esc(t.endpoint)}${s ? `, since ${when(s.started_at)}` : ""}</small></th>` +
+    `<td><span class="state ${esc(state)}" data-state="${esc(state)}">${esc(state)}</span>` +
+    `${s && s.result && s.state !== "finished" ? ` <small>${esc(s.result)}</small>` : ""}</td>` +
+    `<td>${progressBar(t.progress, done)}</td><td>${esc(s ? rate(s.rate) : "")}</td>` +
+    `<td>${esc(s ? s.repairs : "")}</td>` +
+    `<td>${expected}<ul class="clients">${clients.join("")}</ul></td></tr>`;
 }
 
 // -- the event stream -------------------------------------------------------------------------
