@@ -744,6 +744,7 @@ class PrimaryDaemon:
             "last_checkpoint_bytes": self._last_size,
             "last_pause_ms": round(self._last_pause * 1000, 3),
             "precopied_pages": self._precopied,
+            "pause_realtime": self.capturer.last_realtime,
             "held_output_bytes": self.output.pending_bytes,
             "clients": self.front.clients,
         }

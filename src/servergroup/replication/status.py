@@ -40,6 +40,7 @@ class NodeStatus:
     held_output_bytes: int | None = None
     clients: int | None = None
     precopied_pages: int | None = None  # the primary's pages copied by pre-copy rounds, all told
+    pause_realtime: bool | None = None  # the primary's last pause ran at real-time priority
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +81,9 @@ def decode_node_status(raw: bytes) -> NodeStatus | None:
         held_output_bytes=_int(obj, "held_output_bytes"),
         clients=_int(obj, "clients"),
         precopied_pages=_int(obj, "precopied_pages"),
+        pause_realtime=realtime
+        if isinstance(realtime := obj.get("pause_realtime"), bool)
+        else None,
     )
 
 

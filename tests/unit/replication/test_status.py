@@ -20,6 +20,7 @@ def test_a_primary_and_a_backup_status() -> None:
         "last_pause_ms": 0.5,
         "held_output_bytes": 12,
         "clients": 1,
+        "pause_realtime": True,
     }
     assert decode_node_status(json.dumps(primary).encode()) == NodeStatus(
         node="h1/127.0.0.1:7001",
@@ -33,6 +34,7 @@ def test_a_primary_and_a_backup_status() -> None:
         last_pause_ms=0.5,
         held_output_bytes=12,
         clients=1,
+        pause_realtime=True,
     )
     backup = {"role": "backup", "node": "h2", "phase": "receiving", "generation": 3, "applied": 39}
     decoded = decode_node_status(json.dumps(backup).encode())
@@ -43,6 +45,13 @@ def test_a_primary_and_a_backup_status() -> None:
 def test_garbage_is_left_out_and_wrong_types_are_none() -> None:
     for raw in (b"not json", b"[1, 2]", b'{"role": "primary"}', b'{"node": 7}', b"\xff"):
         assert decode_node_status(raw) is None, raw
-    odd = {"node": "h1", "role": "primary", "epoch": "40", "lag": True, "last_pause_ms": "x"}
+    odd = {
+        "node": "h1",
+        "role": "primary",
+        "epoch": "40",
+        "lag": True,
+        "last_pause_ms": "x",
+        "pause_realtime": 1,
+    }
     decoded = decode_node_status(json.dumps(odd).encode())
     assert decoded == NodeStatus(node="h1", role="primary")
