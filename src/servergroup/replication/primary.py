@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -165,15 +166,25 @@ class Built:
     @classmethod
     @contextlib.contextmanager
     def temporary(cls, spec: str, *, prefix: str) -> Iterator[Built]:
-        """`spec` built with its disk in a temporary directory; freed, regions closed, after."""
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        """`spec` built with its disk in a temporary file; regions closed after.
+
+        The file is unlinked, and its directory removed, as soon as the service
+        is constructed (it keeps the disk open): a daemon killed with SIGKILL
+        leaves nothing behind in the temporary directory.
+        """
+        tmp = tempfile.mkdtemp(prefix=prefix)
+        try:
             built = cls(spec, Path(tmp))
-            try:
-                yield built
-            finally:
-                del built.service
-                with contextlib.suppress(ServergroupError):
-                    built.regions.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # A service allocates its disk in its constructor; the place is gone now.
+        built.space.seal()
+        try:
+            yield built
+        finally:
+            del built.service
+            with contextlib.suppress(ServergroupError):
+                built.regions.close()
 
     def hello(self, generation: int) -> Hello:
         return Hello(
