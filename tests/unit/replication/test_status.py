@@ -36,10 +36,18 @@ def test_a_primary_and_a_backup_status() -> None:
         clients=1,
         pause_realtime=True,
     )
-    backup = {"role": "backup", "node": "h2", "phase": "receiving", "generation": 3, "applied": 39}
+    backup = {
+        "role": "backup",
+        "node": "h2",
+        "phase": "receiving",
+        "generation": 3,
+        "applied": 39,
+        "listen": "10.0.0.2:7002",
+    }
     decoded = decode_node_status(json.dumps(backup).encode())
     assert decoded is not None
     assert (decoded.state, decoded.applied, decoded.lag) == ("receiving", 39, None)
+    assert decoded.listen == "10.0.0.2:7002"
 
 
 def test_garbage_is_left_out_and_wrong_types_are_none() -> None:
@@ -52,6 +60,7 @@ def test_garbage_is_left_out_and_wrong_types_are_none() -> None:
         "lag": True,
         "last_pause_ms": "x",
         "pause_realtime": 1,
+        "listen": 7002,
     }
     decoded = decode_node_status(json.dumps(odd).encode())
     assert decoded == NodeStatus(node="h1", role="primary")
