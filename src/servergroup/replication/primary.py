@@ -451,8 +451,15 @@ class PrimaryDaemon:
                     # handle() is synchronous on this loop: nothing is in flight.
                     self._do(self.machine.suspended(self._loop.time()))
                 case pm.Capture(epoch=epoch, full=full):
-                    self._captured = self.capturer.capture(full=full)
-                    self._last_pages = self._captured.pages
+                    if full and self._stream is None and self.options.backup is not None:
+                        # No backup connected: nothing could be sent, and the checkpoint
+                        # after an attach is full anyway. Copying every region in this
+                        # pause (each epoch while unprotected) would protect nothing.
+                        self._captured = None
+                        self._last_pages = 0
+                    else:
+                        self._captured = self.capturer.capture(full=full)
+                        self._last_pages = self._captured.pages
                     self._final_round_done = False
                     disk = self.built.space.replicated_disk
                     self._writes = disk.capture() if disk is not None else []
@@ -465,7 +472,9 @@ class PrimaryDaemon:
                     if not self.output.full:
                         self.front.resume()
                 case pm.SendCheckpoint(generation=generation, epoch=epoch, full=full):
-                    assert self._captured is not None
+                    if self._captured is None:  # not captured: lost to the backup, as
+                        self.machine.stream_reset(self._loop.time())  # without a stream
+                        continue
                     begin = EpochBegin(generation=generation, epoch=epoch, full=full)
                     self._last_size = self._captured.size + sum(len(w.data) for w in self._writes)
                     metrics.CHECKPOINT_SIZE.observe(self._last_size)
