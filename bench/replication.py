@@ -39,10 +39,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
 import json
+import mmap
 import os
 import random
+import select
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -60,13 +66,14 @@ from _harness import RESULTS, quantile, run_meta, say, summary
 from servergroup.config import load_config
 from servergroup.coordination.etcd_process import free_ports, start_cluster
 from servergroup.demo import run_replication_demo
+from servergroup.replication import uffd
 from servergroup.replication.checkpoint import Captured, Capturer
 from servergroup.replication.primary import (
     PRECOPY_LAST_ROUNDS,
     PRECOPY_MIN_PAGES,
     PRECOPY_ROUNDS,
 )
-from servergroup.replication.regions import PAGE_SIZE, RegionSet
+from servergroup.replication.regions import PAGE_SIZE, Region, RegionSet
 from servergroup.replication.tracking import DirtyTracker, HashTracker
 from servergroup.replication.uffd import KernelTracker
 
@@ -75,10 +82,13 @@ GOAL_PAUSE_P99_MS = 5.0
 GOAL_THROUGHPUT_SHARE = 0.5
 GOAL_FAILOVER_MEDIAN_S = 1.5
 INTERVALS_MS = (25, 50, 100, 200)
+PARTS = ("service", "pause", "arming", "failover")
 #: The epoch the "spread" pause series writes its pages over (seconds).
 SPREAD_INTERVAL = 0.1
 #: How often (per interval) the "spread" writer wakes.
 SPREAD_SLICES = 10
+#: Stores timed right after each capture (the next epoch's first stores).
+STORES_PER_EPOCH = 2000
 KEYS = 4096
 
 
@@ -150,6 +160,18 @@ def spread_epoch(
     return time.perf_counter() - started, captured, len(written)
 
 
+def store_latencies(view: np.ndarray[Any, Any], pages: list[int]) -> list[float]:
+    """Seconds each single-byte store into `pages` took (the first store to each, this epoch)."""
+    out: list[float] = []
+    clock = time.perf_counter_ns
+    for page in pages:
+        at = page * PAGE_SIZE
+        started = clock()
+        view[at] += 1
+        out.append((clock() - started) / 1e9)
+    return out
+
+
 def pause_series(
     tracker: DirtyTracker,
     regions: RegionSet,
@@ -158,14 +180,19 @@ def pause_series(
     rng: random.Random,
     *,
     spread: bool,
-) -> tuple[list[float], float]:
-    """Capture times (s) of `rounds` epochs writing `share` of the pages; the share written."""
+    realtime: bool = True,
+) -> tuple[list[float], float, list[float]]:
+    """`rounds` epochs writing `share` of the pages: capture times (s), the share written,
+    and the latency of stores made right after each capture while its pages are gathered
+    (the service's first stores of the next epoch).
+    """
     region = next(iter(regions))
-    capturer = Capturer(regions, tracker)
+    capturer = Capturer(regions, tracker, realtime=realtime)
     capturer.capture(full=True).messages()
     count = max(1, int(region.pages * share))
     view = region.array(np.uint8)
     samples: list[float] = []
+    stores: list[float] = []
     written_pages = 0
     try:
         for _ in range(rounds):
@@ -181,10 +208,16 @@ def pause_series(
                 raise SystemExit(f"captured {captured.pages} pages, {written} were written")
             samples.append(pause)
             written_pages += written
-            captured.messages()  # after resume: frees the shadows for the next pre-copy
+            # After resume: the gather (a worker thread in the daemon) beside the service's
+            # first stores of the next epoch, each a write-protect fault the kernel resolves.
+            gather = threading.Thread(target=captured.messages)
+            gather.start()
+            stores += store_latencies(view, rng.sample(range(region.pages), STORES_PER_EPOCH))
+            gather.join()
+            tracker.reset()  # those stores are not the next epoch's series
     finally:
         del view
-    return samples, written_pages / rounds / region.pages
+    return samples, written_pages / rounds / region.pages, stores
 
 
 def pause_part(mib: int, rounds: int) -> list[dict[str, Any]]:
@@ -193,36 +226,236 @@ def pause_part(mib: int, rounds: int) -> list[dict[str, Any]]:
     regions = RegionSet()
     try:
         regions.allocate("state", mib * 1024 * 1024)
-        series: list[tuple[str, Callable[[], DirtyTracker], bool]] = [
-            ("kernel", KernelTracker, True),
-            ("kernel", KernelTracker, False),
-            ("hash", HashTracker, False),
+        # (tracker, make, spread, realtime): the daemon's pause is real-time where allowed;
+        # the ordinary-priority rows show what that buys on a busy machine.
+        series: list[tuple[str, Callable[[], DirtyTracker], bool, bool]] = [
+            ("kernel", KernelTracker, True, True),
+            ("kernel", KernelTracker, False, True),
+            ("kernel", KernelTracker, True, False),
+            ("kernel", KernelTracker, False, False),
+            ("hash", HashTracker, False, False),
         ]
-        for name, make, spread in series:
+        for name, make, spread, realtime in series:
             for share in (0.01, 0.10):
                 tracker = make()
                 try:
                     tracker.track(next(iter(regions)))
-                    samples, written = pause_series(
-                        tracker, regions, share, rounds, rng, spread=spread
+                    samples, written, stores = pause_series(
+                        tracker, regions, share, rounds, rng, spread=spread, realtime=realtime
                     )
                 finally:
                     tracker.close()
                 mode = "spread" if spread else "burst"
+                priority = "real-time" if realtime else "ordinary"
                 pause = summary(samples, 1000, 2)
-                say(f"pause {name:6s} {mode:6s} {share:4.0%} ({written:.1%}) dirty: {pause}")
+                store = summary(stores, 1e6, 1)
+                say(
+                    f"pause {name:6s} {mode:6s} {priority:9s} {share:4.0%} ({written:.1%}) dirty:"
+                    f" {pause}; stores after resume (us): {store}"
+                )
                 rows.append(
                     {
                         "tracker": name,
                         "writes": mode,
+                        "priority": priority,
                         "dirty": share,
                         "dirty_written": round(written, 4),
                         "pause_ms": pause,
+                        "store_after_resume_us": store,
                     }
                 )
     finally:
         regions.close()
     return rows
+
+
+# -- copy-on-write: what arming the epoch's pages would cost ----------------------------------
+#
+# Copy-on-write would leave the copy out of the pause: the pause arms the epoch's pages so
+# that a later store reaches a handler (another process: the thread that faults holds the
+# GIL), which copies the page first. These are the ways to arm them here, each timed for
+# the pages of a burst (`share` of the region, random), beside the copy they would save.
+
+UFFD_FEATURE_MINOR_SHMEM = 1 << 10
+UFFDIO_REGISTER_MODE_MINOR = 4
+UFFDIO_CONTINUE = 0xC020AA07
+UFFDIO_WAKE = 0x8010AA02
+UFFDIO_CONTINUE_MODE_WP = 2
+UFFD_EVENT_PAGEFAULT = 0x12
+UFFD_PAGEFAULT_FLAG_WRITE = 1
+SYSCALL_PROCESS_MADVISE = 440  # x86_64 and aarch64 (the generic table)
+MADV_DONTNEED = 4
+
+
+def _new_uffd(features: int) -> int:
+    fd = uffd._open_userfaultfd()
+    fcntl.ioctl(fd, uffd.UFFDIO_API, bytearray(uffd._API.pack(uffd.UFFD_API, features, 0)))
+    return fd
+
+
+def _register(fd: int, address: int, size: int, mode: int) -> None:
+    fcntl.ioctl(fd, uffd.UFFDIO_REGISTER, bytearray(uffd._REGISTER.pack(address, size, mode, 0)))
+
+
+def _write_protect(fd: int, address: int, size: int, on: bool) -> None:
+    arg = uffd._WRITEPROTECT.pack(address, size, uffd.UFFDIO_WRITEPROTECT_MODE_WP if on else 0)
+    fcntl.ioctl(fd, uffd.UFFDIO_WRITEPROTECT, bytearray(arg))
+
+
+def _fault_handler(fd: int) -> tuple[int, int]:
+    """A child process resolving minor faults on `fd` (UFFDIO_CONTINUE); (its pid, a pipe
+    whose closing ends it). It never copies: the round trip is what is measured."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(read_end)
+        return pid, write_end
+    os.close(write_end)
+    try:
+        while True:
+            ready, _, _ = select.select([fd, read_end], [], [])
+            if read_end in ready:
+                os._exit(0)
+            try:
+                data = os.read(fd, 32 * 64)
+            except BlockingIOError:
+                continue
+            for at in range(0, len(data), 32):
+                event = data[at]
+                flags, address = struct.unpack_from("=QQ", data, at + 8)
+                if event != UFFD_EVENT_PAGEFAULT:
+                    continue
+                page = address & ~(PAGE_SIZE - 1)
+                mode = 0 if flags & UFFD_PAGEFAULT_FLAG_WRITE else UFFDIO_CONTINUE_MODE_WP
+                try:
+                    arg = struct.pack("=QQQq", page, PAGE_SIZE, mode, 0)
+                    fcntl.ioctl(fd, UFFDIO_CONTINUE, bytearray(arg))
+                except OSError:
+                    fcntl.ioctl(fd, UFFDIO_WAKE, bytearray(struct.pack("=QQ", page, PAGE_SIZE)))
+    finally:
+        os._exit(1)
+
+
+def _runs(pages: list[int]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    index = np.sort(np.asarray(pages, dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    starts = index[np.r_[0, breaks]]
+    counts = np.diff(np.r_[0, breaks, len(index)])
+    return starts, counts
+
+
+def _zap(pidfd: int, address: int, starts: Any, counts: Any) -> None:
+    """MADV_DONTNEED over the runs with process_madvise, up to IOV_MAX runs a call."""
+    call = ctypes.CDLL(None, use_errno=True).syscall
+    iov = np.empty((len(starts), 2), dtype=np.uint64)
+    iov[:, 0] = starts.astype(np.uint64) * PAGE_SIZE + np.uint64(address)
+    iov[:, 1] = counts.astype(np.uint64) * PAGE_SIZE
+    for at in range(0, len(starts), 1024):
+        n = min(1024, len(starts) - at)
+        pointer = ctypes.c_void_p(iov.ctypes.data + 16 * at)
+        if call(SYSCALL_PROCESS_MADVISE, pidfd, pointer, n, MADV_DONTNEED, 0) < 0:
+            raise OSError(ctypes.get_errno(), "process_madvise(MADV_DONTNEED)")
+
+
+def arming_part(mib: int, rounds: int, share: float = 0.10) -> dict[str, Any]:
+    """Per epoch of a burst at `share` dirty: the copy saved, and the ways to arm instead."""
+    rng = random.Random(16)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, started: float) -> None:
+        times.setdefault(name, []).append(time.perf_counter() - started)
+
+    region = Region("arming", mib * 1024 * 1024)
+    pages = region.array(np.uint8).reshape(region.pages, PAGE_SIZE)
+    count = int(region.pages * share)
+    block = np.ones(count * PAGE_SIZE, dtype=np.uint8)
+    copy = np.zeros_like(block)
+    notes: dict[str, Any] = {}
+    scanner = KernelTracker()  # its scan only: the region is registered on our own userfaultfd
+    fd = _new_uffd(uffd.FEATURES | UFFD_FEATURE_MINOR_SHMEM)
+    handler, stop = _fault_handler(fd)
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        pages[:, 0] = 1
+        mode = uffd.UFFDIO_REGISTER_MODE_WP | UFFDIO_REGISTER_MODE_MINOR
+        _register(fd, region.address, region.size, mode)
+        _write_protect(fd, region.address, region.size, True)
+        flat = region.array(np.uint8)
+        for _ in range(rounds):
+            dirty = rng.sample(range(region.pages), count)
+            started = time.perf_counter()
+            np.copyto(copy, block)
+            timed("memcpy of the dirty bytes (the floor of any copy in the pause)", started)
+            _dirty(flat, dirty)
+            started = time.perf_counter()
+            starts, counts = scanner._scan_arrays(region)
+            timed("scan: PAGEMAP_SCAN, list and re-protect (async)", started)
+            started = time.perf_counter()
+            _zap(pidfd, region.address, starts, counts)
+            timed("zap the dirty runs (process_madvise DONTNEED)", started)
+            # The service's next stores: each a minor fault to the handler process.
+            order = rng.sample(dirty, min(len(dirty), STORES_PER_EPOCH))
+            faults = store_latencies(flat, order)
+            times.setdefault("store faulting to a handler process", []).extend(faults)
+            for page in set(dirty) - set(order):  # the rest back, as a copier would
+                arg = struct.pack("=QQQq", region.address + page * PAGE_SIZE, PAGE_SIZE, 2, 0)
+                fcntl.ioctl(fd, UFFDIO_CONTINUE, bytearray(arg))
+            scanner._scan_arrays(region)
+        notes["runs per epoch"] = len(starts)
+        del flat
+    finally:
+        os.close(stop)
+        os.waitpid(handler, 0)
+        os.close(pidfd)
+        os.close(fd)
+        scanner.close()
+        del pages
+        region.close()
+
+    # Synchronous write-protect (faults reach a handler): PAGEMAP_SCAN will not re-protect
+    # on it, so the pause would have to protect the whole region again.
+    region = Region("arming-sync", mib * 1024 * 1024)
+    region.array(np.uint8).reshape(region.pages, PAGE_SIZE)[:, 0] = 1
+    fd = _new_uffd(uffd.UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uffd.UFFD_FEATURE_WP_UNPOPULATED)
+    scanner = KernelTracker()
+    try:
+        _register(fd, region.address, region.size, uffd.UFFDIO_REGISTER_MODE_WP)
+        try:
+            scanner._scan_arrays(region)
+            notes["PAGEMAP_SCAN re-protect on a synchronous userfaultfd"] = "accepted"
+        except OSError as exc:
+            notes["PAGEMAP_SCAN re-protect on a synchronous userfaultfd"] = (
+                f"refused ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+            )
+        for _ in range(rounds):
+            started = time.perf_counter()
+            _write_protect(fd, region.address, region.size, True)
+            timed("write-protect the whole region (synchronous userfaultfd)", started)
+            _write_protect(fd, region.address, region.size, False)
+    finally:
+        os.close(fd)
+        scanner.close()
+        region.close()
+
+    # fork(): the child holds a copy-on-write snapshot (private memory; ours is shared).
+    private = mmap.mmap(-1, mib * 1024 * 1024, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    anonymous = np.frombuffer(private, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+    anonymous[:, 0] = 1
+    for _ in range(rounds):
+        started = time.perf_counter()
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        timed("fork with the region private (a copy-on-write snapshot)", started)
+        os.waitpid(child, 0)
+    del anonymous
+    private.close()
+    return {
+        "share": share,
+        "mib": mib,
+        "notes": notes,
+        "ms": {name: summary(samples, 1000, 3) for name, samples in times.items()},
+    }
 
 
 # -- the service under load -------------------------------------------------------------------
@@ -515,16 +748,40 @@ def report(result: dict[str, Any]) -> list[str]:
             "",
             "## The pause per epoch",
             "",
-            "| tracker | writes | dirty | rounds | p50 | p99 | max |",
-            "|---|---|---|---|---|---|---|",
+            "Pause = `Capturer.capture` (the collect and the copy of what is left). Stores:"
+            f" {STORES_PER_EPOCH} single-byte stores to random pages right after each capture,"
+            " while its pages are gathered (the next epoch's first stores: each a write-protect"
+            " fault the kernel resolves, or a page hashing will read).",
+            "",
+            "| tracker | writes | priority | dirty | rounds | pause p50 | pause p99 | pause max"
+            " | store p50 | store p99 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["pause"]:
             ms = row["pause_ms"]
+            us = row.get("store_after_resume_us", {})
             lines.append(
-                f"| {row['tracker']} | {row['writes']} | {row['dirty']:.0%}"
-                f" ({row.get('dirty_written', row['dirty']):.1%} written) | {ms['n']}"
-                f" | {ms['p50']} ms | {ms['p99']} ms | {ms['max']} ms |"
+                f"| {row['tracker']} | {row['writes']} | {row.get('priority', 'ordinary')}"
+                f" | {row['dirty']:.0%} ({row.get('dirty_written', row['dirty']):.1%} written)"
+                f" | {ms['n']} | {ms['p50']} ms | {ms['p99']} ms | {ms['max']} ms"
+                f" | {us.get('p50', '-')} us | {us.get('p99', '-')} us |"
             )
+    if "arming" in result:
+        a = result["arming"]
+        lines += [
+            "",
+            "## Copy-on-write instead: arming the epoch's pages in the pause",
+            "",
+            f"A burst of {a['share']:.0%} random pages of {a['mib']} MiB per epoch. Copy-on-write"
+            " would take the copy out of the pause but must arm the pages there so that a later"
+            " store reaches a handler process; the pause would be the scan plus the arming.",
+            "",
+            "| step | p50 | p99 | max |",
+            "|---|---|---|---|",
+        ]
+        for name, ms in a["ms"].items():
+            lines.append(f"| {name} | {ms['p50']} ms | {ms['p99']} ms | {ms['max']} ms |")
+        lines += ["", *(f"- {k}: {v}" for k, v in a["notes"].items())]
     if "failover" in result:
         f = result["failover"]
         s = f["failover_s"]
@@ -542,7 +799,7 @@ def report(result: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Short runs: check that it works.")
-    parser.add_argument("--parts", default="service,pause,failover")
+    parser.add_argument("--parts", default=",".join(PARTS), help="Of: %(default)s.")
     parser.add_argument("--mib", type=int, default=256, help="Pause: the region's size.")
     parser.add_argument("--rounds", type=int, help="Pause: epochs per series [30; quick 8].")
     parser.add_argument("--clients", type=int, default=8)
@@ -570,6 +827,8 @@ def main() -> None:
     }
     if "pause" in parts:
         result["pause"] = pause_part(args.mib, args.rounds)
+    if "arming" in parts:
+        result["arming"] = arming_part(args.mib, args.rounds)
     if parts & {"service", "failover"}:
         with tempfile.TemporaryDirectory(prefix="sg-bench-etcd-") as tmp:
             cluster = start_cluster(Path(tmp) / "etcd", 1)
@@ -596,7 +855,7 @@ def main() -> None:
     )
     result = {**run_meta("replication", setup, load_at_start), **result}
     lines = report(result)
-    if not args.quick and parts == {"service", "pause", "failover"}:
+    if not args.quick and parts == set(PARTS):
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "replication.json").write_text(json.dumps(result, indent=2) + "\n")
         (RESULTS / "replication.md").write_text("\n".join(lines) + "\n")

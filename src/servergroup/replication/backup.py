@@ -388,4 +388,6 @@ class BackupDaemon:
             "generation": st.generation,
             "applied": st.applied,
             "last_checkpoint_bytes": self._last_size,
+            # Where a primary of this pair finds us (re-protection at another address).
+            "listen": "{}:{}".format(*self.options.listen),
         }

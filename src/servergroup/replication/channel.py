@@ -6,8 +6,10 @@ decides anything here (the machines do). Two implementations, one contract
 suite (tests/integration/replication/test_channel_contract.py):
 
 - `TcpChannel`: asyncio streams. `send` writes each message's frame parts
-  with `writelines` (page data is not copied into a joined buffer) and waits
-  for the transport to drain, so a slow peer pushes back on the sender.
+  with `writelines` (on CPython 3.11 the transport joins them into one
+  buffer per frame, a copy of the page data; 3.12 sends the list as it is)
+  and waits for the transport to drain, so a slow peer pushes back on the
+  sender.
   `receive` reads chunks into a `MessageDecoder`. Sends are serialised by a
   lock: the messages of one `send` stay together on the wire, which keeps an
   epoch's frames contiguous when heartbeats or acks share a connection.

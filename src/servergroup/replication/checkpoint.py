@@ -34,6 +34,23 @@ Copies go region -> shadow with `process_vm_readv` on this process, up to
 1024 runs a call and without the GIL, so a pre-copy round runs beside the
 event loop (a slice assignment per run where the call is refused).
 
+The capture runs at real-time priority (`SCHED_FIFO` 1, for the calling
+thread, restored after) where the process may raise it: on a machine busy
+with other work, an ordinary thread is preempted in the middle of a pause
+for whole time slices, which made the tail of the pause several times its
+median (bench/replication.py measures both). Only an incremental capture
+with the kernel tracker does it: the section is then bounded (one collect
+and the copy of what is left), and the kernel's real-time
+throttling keeps it from starving the machine. `realtime=False` turns it
+off; where the call is refused (no `CAP_SYS_NICE`, no `RLIMIT_RTPRIO`) the
+capture runs at the thread's own priority.
+
+Why not copy-on-write instead (measured by bench/replication.py's
+`arming` part, in docs/design/replication.md): the pause would have to
+arm the epoch's pages so that a later store reaches a handler, and every
+way to do that here costs about as much as the copy it saves for a burst
+of scattered pages.
+
 After resume `Captured.messages` gathers the epoch's pages out of the
 shadow into one reused staging buffer (one NumPy take per region) and cuts
 them into `Pages` messages. The rules that keep this exact, enforced here:
@@ -51,10 +68,12 @@ name regions by their index in the layout the hello carried
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -66,8 +85,44 @@ from servergroup.replication.regions import PAGE_SIZE, Region, RegionSet
 from servergroup.replication.tracking import DirtyTracker, TrackerKind, runs_of
 from servergroup.replication.uffd import KernelTracker
 
+log = logging.getLogger(__name__)
+
 #: Most iovecs one process_vm_readv call takes (IOV_MAX).
 IOV_MAX = 1024
+#: The SCHED_FIFO priority of a capture (the lowest: above every ordinary thread).
+CAPTURE_PRIORITY = 1
+_REALTIME_REFUSED_LOGGED = False
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[bool]:
+    """Run the block at real-time priority on this thread where allowed; yields whether it does.
+
+    A thread already real-time keeps its own policy. The policy and
+    priority (and so the nice value) the thread had are restored after.
+    """
+    global _REALTIME_REFUSED_LOGGED
+    try:
+        policy = os.sched_getscheduler(0)
+        param = os.sched_getparam(0)
+    except OSError:
+        yield False
+        return
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        yield True
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(CAPTURE_PRIORITY))
+    except OSError as exc:
+        if not _REALTIME_REFUSED_LOGGED:
+            _REALTIME_REFUSED_LOGGED = True
+            log.info("the checkpoint pause runs at ordinary priority: %s", exc.strerror or exc)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 def page_index(runs: PageRuns) -> npt.NDArray[np.int64]:
@@ -196,9 +251,12 @@ class Captured:
 class Capturer:
     """Copies each epoch's pages out of `regions` into shadows; see the module docstring."""
 
-    def __init__(self, regions: RegionSet, tracker: DirtyTracker) -> None:
+    def __init__(self, regions: RegionSet, tracker: DirtyTracker, *, realtime: bool = True) -> None:
         self._regions = regions
         self._tracker = tracker
+        self._realtime = realtime
+        #: Whether the last capture ran at real-time priority.
+        self.last_realtime = False
         self._lock = threading.Lock()
         self._reader = _VmReader()
         self._shadows: dict[str, npt.NDArray[np.uint8]] = {}
@@ -236,8 +294,17 @@ class Capturer:
             return self._copy_dirty()
 
     def capture(self, *, full: bool) -> Captured:
-        """This epoch's pages as they are now (call it suspended); restarts the tracker."""
-        with self._lock:
+        """This epoch's pages as they are now (call it suspended); restarts the tracker.
+
+        An incremental capture runs at real-time priority where allowed (see
+        the module docstring).
+        """
+        # Not for a full capture (everything: long, and rare) nor with hashing (it reads
+        # every page each epoch): only a pause bounded by what was written lately.
+        urgent_ok = self._realtime and not full and self.can_precopy
+        priority = urgent() if urgent_ok else contextlib.nullcontext(False)
+        with priority as realtime, self._lock:
+            self.last_realtime = realtime
             regions = list(self._regions)
             out: list[CapturedRegion] = []
             if full:

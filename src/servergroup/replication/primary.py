@@ -38,8 +38,11 @@ not a failure: both connections are reopened (`stream_reset`, and the next
 checkpoint is full); a backup that stays away is detected by heartbeat
 silence, which makes the machine claim the key and go UNPROTECTED (or stop,
 with `--on-backup-loss stop`). While unprotected the daemon keeps trying to
-reach a backup at `--backup`; one that answers is named in the key at a new
-generation and gets a full checkpoint, then increments (re-protection).
+reach a backup at `--backup`, then at every address a running backup of
+the pair advertises in its status (`listen`), so a new backup started at
+another address re-protects it too; one that answers is named in the key at
+a new generation and gets a full checkpoint, then increments
+(re-protection).
 
 Failure points come from `--fail-at` (armed at start) and from stdin, one
 command per line (`s s2 r r2 c c2`, as in the seed).
@@ -51,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -68,10 +72,10 @@ from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator
 from servergroup.replication import primary_machine as pm
-from servergroup.replication.authority import Authority
+from servergroup.replication.authority import STATUS_PREFIX, Authority
 from servergroup.replication.channel import ChannelClosed, TcpChannel, connect
 from servergroup.replication.checkpoint import Captured, Capturer
-from servergroup.replication.front import ClientFront
+from servergroup.replication.front import ClientFront, parse_address
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
 from servergroup.replication.output import OutputBuffer, OutputOverflow
 from servergroup.replication.pair import PairRecord
@@ -90,6 +94,7 @@ from servergroup.replication.protocol import (
 )
 from servergroup.replication.regions import PAGE_SIZE, RegionSet
 from servergroup.replication.service import ProtectedService, ServiceSpace, load_service
+from servergroup.replication.status import decode_node_status
 from servergroup.replication.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -165,15 +170,25 @@ class Built:
     @classmethod
     @contextlib.contextmanager
     def temporary(cls, spec: str, *, prefix: str) -> Iterator[Built]:
-        """`spec` built with its disk in a temporary directory; freed, regions closed, after."""
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        """`spec` built with its disk in a temporary file; regions closed after.
+
+        The file is unlinked, and its directory removed, as soon as the service
+        is constructed (it keeps the disk open): a daemon killed with SIGKILL
+        leaves nothing behind in the temporary directory.
+        """
+        tmp = tempfile.mkdtemp(prefix=prefix)
+        try:
             built = cls(spec, Path(tmp))
-            try:
-                yield built
-            finally:
-                del built.service
-                with contextlib.suppress(ServergroupError):
-                    built.regions.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # A service allocates its disk in its constructor; the place is gone now.
+        built.space.seal()
+        try:
+            yield built
+        finally:
+            del built.service
+            with contextlib.suppress(ServergroupError):
+                built.regions.close()
 
     def hello(self, generation: int) -> Hello:
         return Hello(
@@ -288,7 +303,7 @@ class PrimaryDaemon:
             self._spawn(self._reattach())
         elif opts.backup is not None:
             try:
-                await self._attach()
+                await self._attach(opts.backup)
             except (ServergroupError, TimeoutError, ReplicationProtocolError) as exc:
                 where = f"{opts.backup[0]}:{opts.backup[1]}"
                 raise RemoteError(f"the backup at {where} is unreachable: {exc}") from None
@@ -436,8 +451,15 @@ class PrimaryDaemon:
                     # handle() is synchronous on this loop: nothing is in flight.
                     self._do(self.machine.suspended(self._loop.time()))
                 case pm.Capture(epoch=epoch, full=full):
-                    self._captured = self.capturer.capture(full=full)
-                    self._last_pages = self._captured.pages
+                    if full and self._stream is None and self.options.backup is not None:
+                        # No backup connected: nothing could be sent, and the checkpoint
+                        # after an attach is full anyway. Copying every region in this
+                        # pause (each epoch while unprotected) would protect nothing.
+                        self._captured = None
+                        self._last_pages = 0
+                    else:
+                        self._captured = self.capturer.capture(full=full)
+                        self._last_pages = self._captured.pages
                     self._final_round_done = False
                     disk = self.built.space.replicated_disk
                     self._writes = disk.capture() if disk is not None else []
@@ -450,7 +472,9 @@ class PrimaryDaemon:
                     if not self.output.full:
                         self.front.resume()
                 case pm.SendCheckpoint(generation=generation, epoch=epoch, full=full):
-                    assert self._captured is not None
+                    if self._captured is None:  # not captured: lost to the backup, as
+                        self.machine.stream_reset(self._loop.time())  # without a stream
+                        continue
                     begin = EpochBegin(generation=generation, epoch=epoch, full=full)
                     self._last_size = self._captured.size + sum(len(w.data) for w in self._writes)
                     metrics.CHECKPOINT_SIZE.observe(self._last_size)
@@ -559,17 +583,16 @@ class PrimaryDaemon:
 
     # -- the backup's connections ----------------------------------------------------------
 
-    async def _attach(self) -> None:
-        """Have the backup welcome us at the next generation, then write that generation.
+    async def _attach(self, address: tuple[str, int]) -> None:
+        """Have the backup at `address` welcome us at the next generation, then write it.
 
         The backup joins at a new generation, so any older backup is stale
         from then; the key is changed (compare-and-set from ours) only once
         the backup welcomed us: a backup dying during the attach leaves the
         key as it was. The machine's next checkpoint is full.
         """
-        assert self.options.backup is not None
         assert self._authority is not None
-        host, port = self.options.backup
+        host, port = address
         stream = await connect(host, port, timeout=CONNECT_TIMEOUT)
         beats: TcpChannel | None = None
         try:
@@ -610,6 +633,35 @@ class PrimaryDaemon:
         self._spawn(self._read_beats(beats))
         log.warning("backup %s:%d attached at generation %d", host, port, generation)
 
+    async def _backup_addresses(self) -> list[tuple[str, int]]:
+        """Where to look for a backup: `--backup` first, then the pair's advertised backups.
+
+        A running `servergroup backup` of this pair publishes its stream
+        address in its status (on its session lease), so a backup started at
+        another address than `--backup` re-protects the primary too. A
+        failed read only leaves `--backup`.
+        """
+        assert self.options.backup is not None
+        addresses = [self.options.backup]
+        if self._coordinator is None:
+            return addresses
+        try:
+            found = await self._coordinator.get_prefix(f"{STATUS_PREFIX}{self.options.pair}/")
+        except (ServergroupError, TimeoutError) as exc:
+            log.debug("cannot read the pair's advertised backups: %s", exc)
+            return addresses
+        for item in found.items:
+            node = decode_node_status(item.value)
+            if node is None or node.role != "backup" or node.listen is None:
+                continue
+            try:
+                address = parse_address(node.listen)
+            except UsageError:
+                continue
+            if address not in addresses:
+                addresses.append(address)
+        return addresses
+
     def _mode(self) -> pm.Mode:
         return self.machine.mode
 
@@ -635,14 +687,16 @@ class PrimaryDaemon:
         self._attaching = True
         try:
             while not self._stopped.done() and self._stream is None:
-                if self.machine.mode in (pm.Mode.PROTECTED, pm.Mode.UNPROTECTED):
+                for address in await self._backup_addresses():
+                    if self.machine.mode not in (pm.Mode.PROTECTED, pm.Mode.UNPROTECTED):
+                        break
                     try:
-                        await self._attach()
+                        await self._attach(address)
                         return
                     except ServergroupError as exc:
-                        log.debug("backup not reachable yet: %s", exc)
+                        log.debug("backup %s:%d not reachable yet: %s", *address, exc)
                     except (TimeoutError, ReplicationProtocolError) as exc:
-                        log.debug("backup did not answer: %s", exc)
+                        log.debug("backup %s:%d did not answer: %s", *address, exc)
                 await asyncio.sleep(RECONNECT_INTERVAL)
         finally:
             self._attaching = False
@@ -744,6 +798,7 @@ class PrimaryDaemon:
             "last_checkpoint_bytes": self._last_size,
             "last_pause_ms": round(self._last_pause * 1000, 3),
             "precopied_pages": self._precopied,
+            "pause_realtime": self.capturer.last_realtime,
             "held_output_bytes": self.output.pending_bytes,
             "clients": self.front.clients,
         }

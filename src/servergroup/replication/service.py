@@ -42,7 +42,12 @@ class ServiceSpace:
     def __init__(self, regions: RegionSet, disk_path: Path | None = None) -> None:
         self.regions = regions
         self._disk_path = disk_path
+        self._sealed = False
         self.replicated_disk: ReplicatedDisk | None = None
+
+    def seal(self) -> None:
+        """The service is constructed: no disk may be allocated from now on."""
+        self._sealed = True
 
     def region(self, name: str, size: int) -> Region:
         """A new zero-filled region (size rounded up to whole pages)."""
@@ -50,6 +55,8 @@ class ServiceSpace:
 
     def disk(self, size: int) -> ReplicatedDisk:
         """The service's replicated disk of `size` bytes (one per service)."""
+        if self._sealed:
+            raise UsageError("a service allocates its replicated disk in its constructor.")
         if self.replicated_disk is not None:
             raise UsageError("a service has at most one replicated disk.")
         if self._disk_path is None:

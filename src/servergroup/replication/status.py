@@ -40,6 +40,8 @@ class NodeStatus:
     held_output_bytes: int | None = None
     clients: int | None = None
     precopied_pages: int | None = None  # the primary's pages copied by pre-copy rounds, all told
+    pause_realtime: bool | None = None  # the primary's last pause ran at real-time priority
+    listen: str | None = None  # a backup's stream address (HOST:PORT), where a primary finds it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +68,8 @@ def decode_node_status(raw: bytes) -> NodeStatus | None:
         return None
     state = obj.get("mode", obj.get("phase"))
     pause = obj.get("last_pause_ms")
+    realtime = obj.get("pause_realtime")
+    listen = obj.get("listen")
     return NodeStatus(
         node=obj["node"],
         role=str(obj.get("role", "")),
@@ -80,6 +84,8 @@ def decode_node_status(raw: bytes) -> NodeStatus | None:
         held_output_bytes=_int(obj, "held_output_bytes"),
         clients=_int(obj, "clients"),
         precopied_pages=_int(obj, "precopied_pages"),
+        pause_realtime=realtime if isinstance(realtime, bool) else None,
+        listen=listen if isinstance(listen, str) else None,
     )
 
 

@@ -383,6 +383,7 @@ def test_a_frozen_primary_thawed_after_the_takeover_releases_nothing(pair: Pair)
 def test_the_primary_goes_unprotected_when_the_backup_dies_and_is_re_protected(
     pair: Pair,
 ) -> None:
+    """Re-protection by a backup started at another address than the primary's `--backup`."""
     backup = pair.start_backup()
     primary = pair.start_primary()
     backup.wait_for_log("applied full epoch")
@@ -391,10 +392,15 @@ def test_the_primary_goes_unprotected_when_the_backup_dies_and_is_re_protected(
     log_path: Path = primary.log_path  # type: ignore[attr-defined]
     wait_until(lambda: "running UNPROTECTED" in log_path.read_text(), "going unprotected")
     assert ask(pair.client, {"op": "put", "key": "two", "value": "2"}) == {"ok": True}
-    # A new backup at the same address: a full copy, then increments.
+    # A new backup at another address than the primary's --backup: the primary
+    # finds it in the pair's statuses; a full copy, then increments.
+    old_listen = pair.listen
+    pair.listen, pair.serve = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
     second = pair.start_backup()
     second.wait_for_log("applied full epoch")
     wait_until(lambda: "protected again" in log_path.read_text(), "re-protection")
+    assert f"backup {pair.text(pair.listen)} attached" in log_path.read_text()
+    assert pair.text(old_listen) != pair.text(pair.listen)
     assert ask(pair.client, {"op": "put", "key": "three", "value": "3"}) == {"ok": True}
     primary.kill()
     primary.wait(10)

@@ -6,6 +6,7 @@ backup's regions must equal the primary's at each capture.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from servergroup.replication.backup_machine import (
     SendAck,
 )
 from servergroup.replication.checkpoint import Captured, Capturer, apply, page_index
+from servergroup.replication.pages import DirtyPages
 from servergroup.replication.protocol import (
     EpochBegin,
     EpochDigest,
@@ -30,8 +32,8 @@ from servergroup.replication.protocol import (
     Pages,
     encode_parts,
 )
-from servergroup.replication.regions import PAGE_SIZE, RegionSet
-from servergroup.replication.tracking import DirtyTracker, HashTracker
+from servergroup.replication.regions import PAGE_SIZE, Region, RegionSet
+from servergroup.replication.tracking import DirtyTracker, HashTracker, TrackerKind
 from servergroup.replication.uffd import KernelTracker
 
 pytestmark = pytest.mark.timeout(60)
@@ -243,3 +245,61 @@ def test_a_capture_is_gathered_only_before_the_next_one() -> None:
     finally:
         tracker.close()
         regions.close()
+
+
+class _PolicyRecorder:
+    """The real kernel tracker, noting this thread's scheduling policy at each collect."""
+
+    def __init__(self, inner: KernelTracker) -> None:
+        self.inner = inner
+        self.policies: list[int] = []
+
+    @property
+    def kind(self) -> TrackerKind:
+        return self.inner.kind
+
+    def track(self, region: Region) -> None:
+        self.inner.track(region)
+
+    def untrack(self, region: Region) -> None:
+        self.inner.untrack(region)
+
+    def collect(self) -> list[DirtyPages]:
+        self.policies.append(os.sched_getscheduler(0))
+        return self.inner.collect()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_an_incremental_capture_runs_at_real_time_priority_and_restores_the_thread(
+    realtime: bool,
+) -> None:
+    """Where the process may raise it (root here), the pause is not preempted by ordinary work."""
+    regions = make_regions()
+    recorder = _PolicyRecorder(KernelTracker())
+    before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        for region in regions:
+            recorder.track(region)
+        capturer = Capturer(regions, recorder, realtime=realtime)
+        capturer.capture(full=True).messages()
+        assert capturer.last_realtime is False  # a full capture is long: never at real time
+        regions["table"].view[5 * PAGE_SIZE] = 1
+        captured = capturer.capture(full=False)
+        assert [r.runs for r in captured.regions] == [((5, 1),)]
+        captured.messages()
+        expected = os.SCHED_FIFO if realtime and os.geteuid() == 0 else os.SCHED_BATCH
+        assert recorder.policies[-1] == expected
+        assert capturer.last_realtime is (expected == os.SCHED_FIFO)
+        assert os.sched_getscheduler(0) == os.SCHED_BATCH  # given back as it was
+    finally:
+        os.sched_setscheduler(0, before[0], os.sched_param(0))
+        recorder.close()
+        regions.close()
+    assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == before
