@@ -146,6 +146,25 @@ class Close:
     report: ReceiverReport
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Landing:
+    """Where the driver should have the kernel put the next datagrams (`landing`).
+
+    Datagram j of the next receive lands in three pieces, as one scatter
+    receive puts it: its first DATA_HEADER_SIZE bytes at `j *
+    DATA_HEADER_SIZE` of the driver's header area, the next `slot_size`
+    bytes straight into `memory` at `slots[j] * slot_size` (where its
+    payload belongs if it is the packet expected there), the rest in the
+    driver's tail area at `j * tail_size`. Hand the result to
+    `datagrams_landed` before anything else is fed to the machine.
+    """
+
+    memory: bytearray
+    slots: Sequence[int]
+    slot_size: int
+    buffer: object  # the buffer being filled, as the machine knows it
+
+
 # --- what the driver logs -------------------------------------------------------------
 
 
@@ -207,6 +226,7 @@ class _Incoming:
     __slots__ = (
         "byte_length",
         "count",
+        "cursor",
         "data",
         "flags",
         "full_size",
@@ -237,6 +257,8 @@ class _Incoming:
         self.data = data
         self.have = bytearray(info.packet_count)
         self.have_count = 0
+        # Where the next multicast datagram is expected: after the last one taken.
+        self.cursor = 0
         self.ready = False
         self.tally = _Tally()
 
@@ -409,6 +431,7 @@ class ReceiverMachine:
             at = index * payload_size
             memory[at : at + length] = payload
             have[index] = 1
+            b.cursor = index + 1
             taken += 1
             b.have_count += 1
             if b.have_count == b.count:
@@ -435,6 +458,157 @@ class ReceiverMachine:
                 continue
             payload = d[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
             out = _join(out, self._take(session, buffer_id, index, payload, now, True))
+        return out
+
+    # --- datagrams received in place --------------------------------------------------
+
+    def landing(self, limit: int) -> Landing | None:
+        """Where the next (at most `limit`) datagrams should land; None: no buffer is being filled.
+
+        The slots are missing packets of the buffer being filled, from the one
+        after the last datagram taken (wrapping to the start): where the next
+        datagrams belong if they come in order, as they do unless one is lost.
+        A slot never holds a packet already taken, so a datagram that lands in
+        the wrong one costs a copy, never data.
+        """
+        b = self._incoming
+        if b is None or limit <= 0:
+            return None
+        have = b.have
+        n = min(limit, b.count - b.have_count)
+        c = b.cursor
+        slots: Sequence[int]
+        if c + n <= b.count and have.find(1, c, c + n) < 0:
+            slots = range(c, c + n)
+        else:
+            found: list[int] = []
+            for start, stop in ((c, b.count), (0, c)):
+                at = have.find(0, start, stop)
+                while at >= 0 and len(found) < n:
+                    found.append(at)
+                    at = have.find(0, at + 1, stop)
+            slots = found
+        return Landing(memory=b.data, slots=slots, slot_size=self._payload_size, buffer=b)
+
+    def datagrams_landed(
+        self,
+        landing: Landing,
+        lengths: Sequence[int],
+        headers: bytes | bytearray | memoryview,
+        tails: bytes | bytearray | memoryview,
+        tail_size: int,
+        now: float,
+    ) -> Sequence[Output]:
+        """`len(lengths)` datagrams received where `landing` said, each `lengths[j]` bytes long.
+
+        The hot path of the receiver: a datagram of the buffer being filled is
+        checked where it landed (CRC-32C, and its tag with a key) and, if it
+        landed in its own slot, costs nothing more; one that landed in
+        another packet's slot (after a loss) is moved to its own. Anything
+        else is put together and takes the general path. Each datagram's room
+        (header, slot and `tail_size`) must hold any datagram whole, and
+        there are at most as many datagrams as the landing has slots.
+        """
+        b = self._incoming
+        count = len(lengths)
+        if count == 0:
+            return _NOTHING
+        head = DATA_HEADER_SIZE
+        size = landing.slot_size
+        memory = memoryview(landing.memory)
+        headers = memoryview(headers)
+        tails = memoryview(tails)
+        slots = landing.slots
+
+        def whole(j: int) -> bytes:
+            n = lengths[j]
+            at = slots[j] * size
+            return b"".join(
+                (
+                    headers[j * head : j * head + min(n, head)],
+                    memory[at : at + min(max(n - head, 0), size)],
+                    tails[j * tail_size : j * tail_size + max(n - head - size, 0)],
+                )
+            )
+
+        if b is not landing.buffer or b is None or max(lengths) > b.full_size:
+            # The buffer changed under the landing, or the kernel coalesced runs
+            # (UDP receive offload): put every datagram together, then one by one.
+            pieces = [whole(j) for j in range(count)]
+            out: Sequence[Output] = _NOTHING
+            for piece in pieces:
+                view = memoryview(piece)
+                full = self.datagram_size
+                out = _join(out, self.datagrams_received(view, full if full else len(view), now))
+            return out
+        auth = self._auth
+        key = b.key
+        flags = b.flags
+        full = b.full_size
+        last_index = b.count - 1
+        last_length = b.last_length
+        tag_size = b.tag_size
+        have = b.have
+        tally = b.tally
+        taken = 0
+        heard = False
+        moves: list[tuple[int, int, int]] = []  # (from slot, to index, length)
+        out = _NOTHING
+        for j in range(count):
+            n = lengths[j]
+            s = slots[j]
+            fields = _FAST_UNPACK(headers, j * head) if n >= head else None
+            if (
+                fields is None
+                or fields[0] != _FIRST
+                or fields[1] != key
+                or fields[4] != flags
+                or fields[2] > last_index
+                or fields[3] != (size if fields[2] < last_index else last_length)
+                or n != (full if fields[2] < last_index else head + last_length + tag_size)
+            ):
+                # Not a packet of this buffer: counted where the general path counts it
+                # (it never takes one, so the slots stay as they are).
+                out = _join(out, self._datagrams_slowly(memoryview(whole(j)), n, now))
+                continue
+            index, length, crc = fields[2], fields[3], fields[5]
+            at = s * size
+            payload = memory[at : at + length]
+            header = headers[j * head : (j + 1) * head]
+            if _crc32c(payload, _crc32c(header[:_DATA_CRC_AT])) != crc:
+                tally.corrupt += 1
+                continue
+            if auth is not None:
+                if length == size:
+                    tag: bytes | memoryview = tails[j * tail_size : j * tail_size + TAG_SIZE]
+                else:
+                    tag = bytes(memory[at + length : at + min(size, length + TAG_SIZE)]) + bytes(
+                        tails[j * tail_size : j * tail_size + max(0, length + TAG_SIZE - size)]
+                    )
+                if not auth.check(tag, header, payload):
+                    tally.forged += 1
+                    continue
+            heard = True
+            if have[index]:
+                tally.duplicate += 1
+                continue
+            have[index] = 1
+            b.have_count += 1
+            b.cursor = index + 1
+            taken += 1
+            if index != s:
+                moves.append((s, index, length))
+            if b.have_count == b.count:
+                # Whole. This was the last datagram of the receive: each one fills
+                # at most one of the slots, and there are no more slots than missing
+                # packets.
+                break
+        _move(memory, size, moves)
+        tally.multicast += taken
+        if heard:
+            self._heard_at = now
+        if b.have_count == b.count:
+            out = _join(out, self._complete(b))
         return out
 
     def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
@@ -606,6 +780,7 @@ class ReceiverMachine:
         b.have_count += 1
         if multicast:
             b.tally.multicast += 1
+            b.cursor = index + 1
         else:
             b.tally.repaired += 1
         if b.have_count < b.count:
@@ -686,6 +861,25 @@ def _join(first: Sequence[Output], more: Sequence[Output]) -> Sequence[Output]:
     if not first:
         return more
     return [*first, *more]
+
+
+def _move(memory: memoryview, size: int, moves: list[tuple[int, int, int]]) -> None:
+    """Copy each (from slot, to index, length) payload to its own slot.
+
+    A destination may be another move's source (a loss shifts every later
+    datagram of a receive by one slot): when every move goes up, the highest
+    goes first and no source is overwritten before it is read; otherwise
+    (reordering) the sources are copied out first.
+    """
+    if not moves:
+        return
+    if all(s < to for s, to, _ in moves):
+        for s, to, length in sorted(moves, key=lambda m: -m[1]):
+            memory[to * size : to * size + length] = memory[s * size : s * size + length]
+        return
+    saved = [bytes(memory[s * size : s * size + length]) for s, _, length in moves]
+    for (_, to, length), payload in zip(moves, saved, strict=True):
+        memory[to * size : to * size + length] = payload
 
 
 def _missing_ranges(have: bytearray) -> tuple[tuple[int, int], ...]:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from servergroup.multicast import receiving as rx
 from servergroup.multicast.protocol import (
+    DATA_HEADER_SIZE,
     Auth,
     BufferInfo,
     DataPacket,
@@ -113,3 +114,101 @@ def test_runs_and_single_datagrams_agree(keyed: bool, arrivals: list[tuple[str, 
     assert fast.counters() == slow.counters()
     assert fast.next_timer() == slow.next_timer()
     assert fast.phase is slow.phase
+
+
+# --- datagrams received in place (the driver's scatter receive) ----------------------
+
+TAIL = 65536
+
+
+def land(m: rx.ReceiverMachine, messages: list[bytes], limit: int, now: float) -> list[rx.Output]:
+    """Receive `messages` as the driver does: at most `limit` per scatter receive."""
+    head = DATA_HEADER_SIZE
+    out: list[rx.Output] = []
+    i = 0
+    while i < len(messages):
+        plan = m.landing(limit)
+        if plan is None:
+            size = m.datagram_size or len(messages[i])
+            out += m.datagrams_received(memoryview(messages[i]), size, now)
+            i += 1
+            continue
+        batch = messages[i : i + len(plan.slots)]
+        i += len(batch)
+        headers = bytearray(head * len(batch))
+        tails = bytearray(TAIL * len(batch))
+        for j, d in enumerate(batch):
+            # What the kernel does with one message of a scatter receive.
+            headers[j * head : j * head + min(len(d), head)] = d[:head]
+            piece = d[head : head + plan.slot_size]
+            at = plan.slots[j] * plan.slot_size
+            plan.memory[at : at + len(piece)] = piece
+            rest = d[head + plan.slot_size :]
+            tails[j * TAIL : j * TAIL + len(rest)] = rest
+        out += m.datagrams_landed(plan, [len(d) for d in batch], headers, tails, TAIL, now)
+    return out
+
+
+#: In order with some lost, repeated or swapped (what a network does), or anything.
+IN_ORDER = st.lists(
+    st.tuples(st.sampled_from(["good"] * 12 + ["lost", "again", "swap", "corrupt", "stale"])),
+    min_size=PACKETS,
+    max_size=2 * PACKETS + 4,
+).map(lambda marks: [m[0] for m in marks])
+
+
+def in_order(marks: list[str], auth: Auth | None) -> list[list[bytes]]:
+    """Messages (each one datagram, or a run of them) for the marks, in order with faults."""
+    messages: list[list[bytes]] = []
+    for i, mark in enumerate(marks):
+        index = i % PACKETS
+        if mark == "lost":
+            continue
+        kind = mark if mark in ("corrupt", "stale") else "good"
+        messages.append([datagram(kind, index, auth)])
+        if mark == "again":
+            messages.append([datagram("good", index, auth)])
+        elif mark == "swap" and len(messages) >= 2:
+            messages[-1], messages[-2] = messages[-2], messages[-1]
+    return messages
+
+
+def anything(arrivals: list[tuple[str, int, int]], auth: Auth | None) -> list[list[bytes]]:
+    messages: list[list[bytes]] = []
+    for kind, index, run in arrivals:
+        if run == 6 and kind == "good" and index + 2 < PACKETS:
+            # A run the kernel coalesced (receive offload): one message, two datagrams.
+            messages.append([datagram("good", index, auth), datagram("good", index + 1, auth)])
+        else:
+            messages.append([datagram(kind, index, auth)])
+    return messages
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+@settings(max_examples=80, deadline=None)
+@given(
+    marks=IN_ORDER,
+    arrivals=ARRIVALS,
+    ordered=st.booleans(),
+    limit=st.integers(1, 8),
+)
+def test_in_place_receives_and_single_datagrams_agree(
+    keyed: bool, marks: list[str], arrivals: list[tuple[str, int, int]], ordered: bool, limit: int
+) -> None:
+    auth = Auth(b"the key") if keyed else None
+    messages = in_order(marks, auth) if ordered else anything(arrivals, auth)
+    placed, slow = machine(auth), machine(auth)
+    placed_out: list[rx.Output] = []
+    slow_out: list[rx.Output] = []
+    now = 1.0
+    for start in range(0, len(messages), 2 * limit):
+        now += 1.0
+        chunk = messages[start : start + 2 * limit]
+        placed_out += land(placed, [b"".join(parts) for parts in chunk], limit, now)
+        for parts in chunk:
+            for p in parts:
+                slow_out += slow.datagram_received(memoryview(p), now)
+    assert summary(placed_out) == summary(slow_out)
+    assert placed.counters() == slow.counters()
+    assert placed.next_timer() == slow.next_timer()
+    assert placed.phase is slow.phase
