@@ -24,7 +24,6 @@ from servergroup.multicast.config import (
 )
 from servergroup.multicast.receiver import run_receiver
 from servergroup.multicast.receiving import ReceiverReport
-from servergroup.multicast.sender import run_sender
 from servergroup.multicast.sending import ClientStatus, SenderReport
 from servergroup.multicast.transport import FileSink, Sink, StreamSink, interface_mtu
 
@@ -131,6 +130,9 @@ def send(
     )
     if sys.stdin.isatty():
         raise UsageError("the image comes on standard input; redirect it from a file or a pipe.")
+    # Here, not at the top: a receiver does without the sender's modules.
+    from servergroup.multicast.sender import run_sender
+
     with _progress("sending") as progress:
         report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
     if as_json:
