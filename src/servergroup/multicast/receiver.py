@@ -55,7 +55,10 @@ DATAGRAM_BATCH = 256
 #: 0.35 CPU-s less (a third of the receiver's CPU).
 COALESCE_BELOW = 48
 COALESCE_DELAY = 0.004
-CONNECT_RETRY_INTERVAL = 0.2
+#: A receiver started before its sender tries again this often: the transfer
+#: starts at most this long after the sender listens (a refused attempt costs
+#: a few system calls).
+CONNECT_RETRY_INTERVAL = 0.05
 
 Progress = Callable[[int, int | None], None]
 
