@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,8 +24,10 @@ from servergroup.multicast.config import (
 )
 from servergroup.multicast.receiver import run_receiver
 from servergroup.multicast.receiving import ReceiverReport
-from servergroup.multicast.sending import ClientStatus, SenderReport
 from servergroup.multicast.transport import FileSink, Sink, StreamSink, interface_mtu
+
+if TYPE_CHECKING:
+    from servergroup.multicast.sending import SenderReport
 
 #: Exit statuses: 0 every expected client has the verified image (send) / this
 #: receiver has it (receive); 1 the transfer failed; 2 bad input; 3 (send only)
@@ -132,6 +134,7 @@ def send(
         raise UsageError("the image comes on standard input; redirect it from a file or a pipe.")
     # Here, not at the top: a receiver does without the sender's modules.
     from servergroup.multicast.sender import run_sender
+    from servergroup.multicast.sending import ClientStatus
 
     with _progress("sending") as progress:
         report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
