@@ -9,10 +9,12 @@ The data path costs CPU per system call more than per byte, so on Linux it
 moves many datagrams per call where the kernel can: the sender hands up to
 64 equal-sized datagrams to one `sendmsg` with UDP segmentation offload
 (`UDP_SEGMENT`; the kernel or the NIC cuts them apart, each still a datagram
-of its own on the wire), and the receiver asks for UDP receive offload
-(`UDP_GRO`), getting runs of datagrams in one receive where the device
-coalesces them (GRO). Both fall back to one datagram per call where the
-kernel or the device says no.
+of its own on the wire), and the receiver takes up to 128 datagrams per
+`recvmmsg`, each scattered straight into the slot of the buffer it belongs
+to (`ScatterReceiver`); it also asks for UDP receive offload (`UDP_GRO`),
+getting runs of datagrams in one receive where the device coalesces them
+(GRO). Each falls back to one datagram per call where the kernel or the
+device says no.
 """
 
 from __future__ import annotations
@@ -340,7 +342,7 @@ class ScatterReceiver:
     call takes what a wake-up finds. The ctypes call releases the GIL.
     """
 
-    VLEN = 64
+    VLEN = 128
     #: A tail holds the rest of any datagram (a UDP payload is at most 65507 bytes).
     TAIL = 65536
     _MSG = 64  # sizeof(struct mmsghdr) on 64-bit Linux
