@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -136,6 +137,7 @@ def send(
     from servergroup.multicast.sender import run_sender
     from servergroup.multicast.sending import ClientStatus
 
+    _freeze_start_up()
     with _progress("sending") as progress:
         report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
     if as_json:
@@ -194,6 +196,7 @@ def receive(
             raise UsageError(f"--output {output} is a directory; give a file name.")
         sink = FileSink(output)
     try:
+        _freeze_start_up()
         with _progress("receiving") as progress:
             report = run_async(run_receiver(config, sink, progress=progress))
     except BaseException:
@@ -254,6 +257,17 @@ def _progress(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _freeze_start_up() -> None:
+    """Keep what start-up made (modules, classes) out of the garbage collector's walks.
+
+    It lives as long as this process anyway; a transfer makes many young
+    objects, and every collection would walk all of it again (~3 % of the
+    sender's CPU). For this command's process only: library callers keep
+    their collector as it is.
+    """
+    gc.freeze()
 
 
 def sender_report_dict(report: SenderReport) -> dict[str, object]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -368,8 +367,4 @@ async def run_receiver(
     for a local address that is not this host's.
     """
     receiver = _Receiver(config, sink, clock or SystemClock(), progress)
-    # Everything made so far (modules, classes) lives as long as the process:
-    # out of the collector's sight, the young objects of the datagram loop
-    # are collected without walking them again and again.
-    gc.freeze()
     return await receiver.run()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import os
 import secrets
@@ -393,7 +392,4 @@ async def run_sender(
     is not an exception, it is a row of the report.
     """
     sender = _Sender(config, source, clock or SystemClock(), progress)
-    # As in the receiver: what exists now lives as long as the process; the
-    # collector need not walk it again and again during the transfer.
-    gc.freeze()
     return await sender.run()
