@@ -5,18 +5,27 @@ Theory of operation
 The receiver's half of the rounds of seed 001 (see `sending`)::
 
     connect ─► Hello ─► Welcome (group, port, packet size): join the group
-    BufferInfo ─► room for the buffer ─► Ready
+    BufferInfo ─► room for the buffer ─► Ready   (the next one may come early)
     data packets (multicast, or repairs on the connection) fill the buffer
     Sent ─► Request(the missing ranges) ... until the buffer is whole ─► Done
     BufferInfo with zero packets ─► every buffer written ─► BLAKE3 digest checked ─► Result
 
-A buffer is handed to the driver (`Deliver`) the moment it is whole, and
-`Done` goes out at once; the driver writes it in the background and says
-`delivered`. At most two buffers wait to be written: `Ready` for a new
-buffer waits while two are still being written. A written buffer's memory
-is kept and filled again by a later buffer (fresh memory would be zeroed
-and faulted in page by page, for every buffer). The digest of the whole image is
-the driver's to compute as it writes; the machine asks for the check
+Rounds overlap: the sender announces the next buffer while this one is
+still being received (its pass under way, or its repairs), and multicasts it
+as soon as this one's pass is out. So two buffers may be open at once: the
+older gets its repairs (and any shared re-send) while multicast fills the
+newer. Either may be whole first; `Done` goes out for each the moment it is
+whole, but buffers are delivered in order (a newer one whole first waits for
+the older). Never more than two are open, and the end (an empty buffer) is
+announced only when none is.
+
+A buffer is handed to the driver (`Deliver`) the moment it is whole and
+every buffer before it was, and `Done` goes out at once; the driver writes
+it in the background and says `delivered`. At most two buffers wait to be
+written: `Ready` for a new buffer waits while two are still being written.
+A written buffer's memory is kept and filled again by a later buffer (fresh
+memory would be zeroed and faulted in page by page, for every buffer). The
+digest of the whole image is the driver's to compute as it writes; the machine asks for the check
 (`Verify`) once the last buffer is written and turns the answer into the
 `Result` the sender waits for.
 
@@ -27,7 +36,11 @@ CRC-32C (and tag, with a key) is checked where it lies and its payload
 copied once, into its place in the buffer; no packet object is made.
 Anything else goes the general way (`datagram_received`, through
 `check_data`), which names what is wrong; the two agree on every input (a
-property test holds them to it).
+property test holds them to it). The driver's usual path goes further:
+`landing` says where the next datagrams belong, the driver has the kernel
+put each payload straight there, and `datagrams_landed` checks them where
+they landed (moving the few that landed one slot off after a loss); it too
+agrees with the general path on every input.
 
 Garbage never stops the receiver: a data packet that fails to decode, comes
 from another session, or belongs to no buffer being filled is counted and
@@ -276,7 +289,11 @@ class ReceiverMachine:
         self._session: int | None = None
         self._payload_size = 0
         self._heard_at = 0.0
+        # The oldest buffer not yet whole, and the next one when the sender
+        # announced it early (overlapping rounds): multicast fills the newest
+        # while the older one gets its repairs.
         self._incoming: _Incoming | None = None
+        self._ahead: _Incoming | None = None
         self._next_id = 0
         # Handed over, not yet written: (buffer id, its memory), oldest first.
         self._unwritten: list[tuple[int, bytearray]] = []
@@ -312,8 +329,8 @@ class ReceiverMachine:
     def counters(self) -> Counters:
         """Everything counted so far, the current buffer included."""
         total = self._total.freeze()
-        if self._incoming is not None:
-            total = total.plus(self._incoming.tally.freeze())
+        for b in self._open():
+            total = total.plus(b.tally.freeze())
         return total
 
     def next_timer(self) -> float | None:
@@ -373,7 +390,7 @@ class ReceiverMachine:
         key) and copied into its place; anything else takes the general path
         of `check_data`, which says what is wrong with it.
         """
-        b = self._incoming
+        b = self._target()
         size = len(data)
         if b is None or size == 0:
             return self._datagrams_slowly(data, segment, now)
@@ -399,7 +416,7 @@ class ReceiverMachine:
                 b.tally.multicast += taken
                 taken = 0
                 out = _join(out, self._datagrams_slowly(d, len(d), now))
-                if self._incoming is not b:
+                if self._target() is not b:
                     out = _join(out, self._datagrams_slowly(data[start:], segment, now))
                     break
                 continue
@@ -413,7 +430,7 @@ class ReceiverMachine:
                 b.tally.multicast += taken
                 taken = 0
                 out = _join(out, self._datagrams_slowly(d, len(d), now))
-                if self._incoming is not b:
+                if self._target() is not b:
                     out = _join(out, self._datagrams_slowly(data[start:], segment, now))
                     break
                 continue
@@ -471,7 +488,7 @@ class ReceiverMachine:
         A slot never holds a packet already taken, so a datagram that lands in
         the wrong one costs a copy, never data.
         """
-        b = self._incoming
+        b = self._target()
         if b is None or limit <= 0:
             return None
         have = b.have
@@ -509,7 +526,7 @@ class ReceiverMachine:
         (header, slot and `tail_size`) must hold any datagram whole, and
         there are at most as many datagrams as the landing has slots.
         """
-        b = self._incoming
+        b = self._target()
         count = len(lengths)
         if count == 0:
             return _NOTHING
@@ -654,10 +671,10 @@ class ReceiverMachine:
             self._spare.append(memory)
         self._delivered_bytes += byte_length
         out: list[Output] = []
-        b = self._incoming
-        if b is not None and not b.ready and len(self._unwritten) < MAX_UNWRITTEN:
-            b.ready = True
-            out.append(Send(message=Ready(buffer_id=b.id)))
+        for b in (self._incoming, self._ahead):
+            if b is not None and not b.ready and len(self._unwritten) < MAX_UNWRITTEN:
+                b.ready = True
+                out.append(Send(message=Ready(buffer_id=b.id)))
         self._maybe_verify(out)
         return out
 
@@ -697,7 +714,10 @@ class ReceiverMachine:
         out.append(Joined(session=session, group=m.group, port=m.port))
 
     def _on_buffer_info(self, m: BufferInfo, out: list[Output]) -> None:
-        if self._phase is not Phase.IDLE or m.buffer_id != self._next_id:
+        # The next buffer may be announced while one is still being received
+        # (overlapping rounds), never a third, nor the end before all are whole.
+        early = self._phase is Phase.RECEIVING and self._ahead is None and not m.final
+        if (self._phase is not Phase.IDLE and not early) or m.buffer_id != self._next_id:
             self._fail(f"the sender announced buffer {m.buffer_id} out of turn", out, tell=True)
             return
         self._next_id += 1
@@ -714,17 +734,22 @@ class ReceiverMachine:
         b = _Incoming(
             m, self._memory(m.packet_count * size), self._session, size, self._auth is not None
         )
-        self._incoming = b
+        if early:
+            self._ahead = b
+            ready = self._incoming is None or self._incoming.ready
+        else:
+            self._incoming = b
+            ready = True
         self._phase = Phase.RECEIVING
-        if len(self._unwritten) < MAX_UNWRITTEN:
+        if ready and len(self._unwritten) < MAX_UNWRITTEN:
             b.ready = True
             out.append(Send(message=Ready(buffer_id=b.id)))
 
     def _on_sent(self, buffer_id: int, pass_number: int, out: list[Output]) -> None:
-        b = self._incoming
-        if self._phase is Phase.IDLE and buffer_id == self._next_id - 1:
+        b = self._find(buffer_id)
+        if b is None and buffer_id < self._next_id and self._phase is not Phase.VERIFYING:
             return  # whole before the sender's pass ended: our Done is on its way
-        if self._phase is not Phase.RECEIVING or b is None or b.id != buffer_id:
+        if b is None:
             self._fail(f"the sender ended a pass of buffer {buffer_id} out of turn", out, True)
             return
         missing = _missing_ranges(b.have)
@@ -762,8 +787,8 @@ class ReceiverMachine:
             self._current_tally().foreign += 1
             return _NOTHING
         self._heard_at = now
-        b = self._incoming
-        if b is None or buffer_id != b.id:
+        b = self._find(buffer_id)
+        if b is None:
             self._current_tally().stale += 1
             return _NOTHING
         size = self._payload_size
@@ -788,20 +813,58 @@ class ReceiverMachine:
         return self._complete(b)
 
     def _complete(self, b: _Incoming) -> list[Output]:
+        """`b` is whole: Done at once; delivered now, or after the buffer before it."""
         counters = b.tally.freeze()
         self._total = _add(self._total, counters)
-        self._incoming = None
-        self._phase = Phase.IDLE
-        self._unwritten.append((b.id, b.data))
         self._buffers += 1
-        return [
-            Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length]),
+        done: list[Output] = [
             Send(message=Done(buffer_id=b.id, counters=counters)),
             BufferReceived(buffer_id=b.id, byte_length=b.byte_length, counters=counters),
         ]
+        if b is self._ahead:
+            return done  # the buffer before it still waits for repairs
+        out: list[Output] = [self._deliver(b), *done]
+        self._incoming = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead.have_count == ahead.count:
+                out.append(self._deliver(ahead))
+            else:
+                self._incoming = ahead
+        self._phase = Phase.RECEIVING if self._incoming is not None else Phase.IDLE
+        return out
+
+    def _deliver(self, b: _Incoming) -> Deliver:
+        self._unwritten.append((b.id, b.data))
+        return Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length])
+
+    def _open(self) -> list[_Incoming]:
+        """The buffers being received (not yet whole), oldest first."""
+        return [
+            b for b in (self._incoming, self._ahead) if b is not None and b.have_count < b.count
+        ]
+
+    def _find(self, buffer_id: int) -> _Incoming | None:
+        """The buffer being received with this id, if any."""
+        for b in (self._incoming, self._ahead):
+            if b is not None and b.id == buffer_id and b.have_count < b.count:
+                return b
+        return None
+
+    def _target(self) -> _Incoming | None:
+        """The buffer multicast is filling: the next one once any of it came, else the older.
+
+        The next buffer is announced while the older one's pass is still
+        under way; its datagrams follow that pass.
+        """
+        ahead = self._ahead
+        if ahead is not None and 0 < ahead.have_count < ahead.count:
+            return ahead
+        return self._incoming
 
     def _current_tally(self) -> _Tally:
-        return self._incoming.tally if self._incoming is not None else self._total
+        b = self._target()
+        return b.tally if b is not None else self._total
 
     def _count_fault(self, fault: Fault) -> None:
         tally = self._current_tally()
@@ -841,6 +904,7 @@ class ReceiverMachine:
         )
         self._phase = Phase.CLOSED
         self._incoming = None
+        self._ahead = None
         out.append(Close(report=self._report))
 
 

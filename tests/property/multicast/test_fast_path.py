@@ -1,10 +1,13 @@
-"""The receiver's fast path (`datagrams_received`) does exactly what one datagram at a time does.
+"""The receiver's fast paths do exactly what one datagram at a time does.
 
 Two machines in the same state get the same datagrams: one in runs (as
 the kernel coalesces them, whatever lies in the run), the other one by one
 through `datagram_received`. Their outputs, counters and delivered bytes must
 agree, whatever mix of good, duplicate, corrupt, foreign, stale, forged and
-truncated datagrams arrives, with and without a key.
+truncated datagrams arrives, with and without a key, and with the next
+buffer announced early (overlapping rounds: datagrams of both buffers).
+The same holds for datagrams received in place (`landing` and
+`datagrams_landed`, as the driver's scatter receives put them).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ PACKETS = 9
 DATA = os.urandom(PAYLOAD * (PACKETS - 1) + 17)  # the last packet is short
 
 
-def machine(auth: Auth | None) -> rx.ReceiverMachine:
+def machine(auth: Auth | None, ahead: bool = False) -> rx.ReceiverMachine:
+    """A receiver filling buffer 0; with `ahead`, buffer 1 announced early too (overlap)."""
     m = rx.ReceiverMachine(rx.ReceiverSettings(name="r", auth=auth))
     m.connected(0.0)
     welcome = Welcome(
@@ -45,6 +49,9 @@ def machine(auth: Auth | None) -> rx.ReceiverMachine:
     m.message_received(SESSION, welcome, 0.0)
     info = BufferInfo(buffer_id=0, packet_count=PACKETS, byte_length=len(DATA))
     m.message_received(SESSION, info, 0.0)
+    if ahead:
+        info = BufferInfo(buffer_id=1, packet_count=PACKETS, byte_length=len(DATA))
+        assert m.message_received(SESSION, info, 0.0)  # Ready
     return m
 
 
@@ -55,6 +62,8 @@ def datagram(kind: str, index: int, auth: Auth | None) -> bytes:
         session = SESSION + 1
     elif kind == "stale":
         buffer_id = 7
+    elif kind == "next":
+        buffer_id = 1
     signer = Auth(b"another key") if kind == "forged" and auth is not None else auth
     raw = bytearray(
         encode_data(
@@ -71,7 +80,10 @@ def datagram(kind: str, index: int, auth: Auth | None) -> bytes:
 
 
 KINDS = st.sampled_from(
-    ["good", "good", "good", "good", "foreign", "stale", "forged", "corrupt", "truncated", "noise"]
+    [
+        *("good", "good", "good", "next", "next"),
+        *("foreign", "stale", "forged", "corrupt", "truncated", "noise"),
+    ]
 )
 ARRIVALS = st.lists(
     st.tuples(KINDS, st.integers(0, PACKETS - 1), st.integers(1, 6)), min_size=1, max_size=40
@@ -90,12 +102,15 @@ def summary(outputs: list[rx.Output]) -> list[tuple[str, object]]:
     return shown
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("keyed", [False, True])
 @settings(max_examples=60, deadline=None)
 @given(arrivals=ARRIVALS)
-def test_runs_and_single_datagrams_agree(keyed: bool, arrivals: list[tuple[str, int, int]]) -> None:
+def test_runs_and_single_datagrams_agree(
+    keyed: bool, ahead: bool, arrivals: list[tuple[str, int, int]]
+) -> None:
     auth = Auth(b"the key") if keyed else None
-    fast, slow = machine(auth), machine(auth)
+    fast, slow = machine(auth, ahead), machine(auth, ahead)
     fast_out: list[rx.Output] = []
     slow_out: list[rx.Output] = []
     now = 1.0
@@ -151,7 +166,9 @@ def land(m: rx.ReceiverMachine, messages: list[bytes], limit: int, now: float) -
 
 #: In order with some lost, repeated or swapped (what a network does), or anything.
 IN_ORDER = st.lists(
-    st.tuples(st.sampled_from(["good"] * 12 + ["lost", "again", "swap", "corrupt", "stale"])),
+    st.tuples(
+        st.sampled_from(["good"] * 12 + ["lost", "again", "swap", "corrupt", "stale", "next"])
+    ),
     min_size=PACKETS,
     max_size=2 * PACKETS + 4,
 ).map(lambda marks: [m[0] for m in marks])
@@ -164,7 +181,7 @@ def in_order(marks: list[str], auth: Auth | None) -> list[list[bytes]]:
         index = i % PACKETS
         if mark == "lost":
             continue
-        kind = mark if mark in ("corrupt", "stale") else "good"
+        kind = mark if mark in ("corrupt", "stale", "next") else "good"
         messages.append([datagram(kind, index, auth)])
         if mark == "again":
             messages.append([datagram("good", index, auth)])
@@ -184,6 +201,7 @@ def anything(arrivals: list[tuple[str, int, int]], auth: Auth | None) -> list[li
     return messages
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("keyed", [False, True])
 @settings(max_examples=80, deadline=None)
 @given(
@@ -193,11 +211,16 @@ def anything(arrivals: list[tuple[str, int, int]], auth: Auth | None) -> list[li
     limit=st.integers(1, 8),
 )
 def test_in_place_receives_and_single_datagrams_agree(
-    keyed: bool, marks: list[str], arrivals: list[tuple[str, int, int]], ordered: bool, limit: int
+    keyed: bool,
+    ahead: bool,
+    marks: list[str],
+    arrivals: list[tuple[str, int, int]],
+    ordered: bool,
+    limit: int,
 ) -> None:
     auth = Auth(b"the key") if keyed else None
     messages = in_order(marks, auth) if ordered else anything(arrivals, auth)
-    placed, slow = machine(auth), machine(auth)
+    placed, slow = machine(auth, ahead), machine(auth, ahead)
     placed_out: list[rx.Output] = []
     slow_out: list[rx.Output] = []
     now = 1.0
