@@ -571,28 +571,30 @@ class ReceiverMachine:
         heard = False
         moves: list[tuple[int, int, int]] = []  # (from slot, to index, length)
         out = _NOTHING
-        for j in range(count):
-            n = lengths[j]
-            s = slots[j]
-            fields = _FAST_UNPACK(headers, j * head) if n >= head else None
-            if (
-                fields is None
-                or fields[0] != _FIRST
-                or fields[1] != key
-                or fields[4] != flags
-                or fields[2] > last_index
-                or fields[3] != (size if fields[2] < last_index else last_length)
-                or n != (full if fields[2] < last_index else head + last_length + tag_size)
-            ):
+        last_full = head + last_length + tag_size
+        for j, (n, s) in enumerate(zip(lengths, slots, strict=False)):
+            o = j * head
+            if n >= head:
+                first, k, index, length, fl, crc = _FAST_UNPACK(headers, o)
+                ours = (
+                    first == _FIRST
+                    and k == key
+                    and fl == flags
+                    and (
+                        (index < last_index and length == size and n == full)
+                        or (index == last_index and length == last_length and n == last_full)
+                    )
+                )
+            else:
+                ours = False
+            if not ours:
                 # Not a packet of this buffer: counted where the general path counts it
                 # (it never takes one, so the slots stay as they are).
                 out = _join(out, self._datagrams_slowly(memoryview(whole(j)), n, now))
                 continue
-            index, length, crc = fields[2], fields[3], fields[5]
             at = s * size
             payload = memory[at : at + length]
-            header = headers[j * head : (j + 1) * head]
-            if _crc32c(payload, _crc32c(header[:_DATA_CRC_AT])) != crc:
+            if _crc32c(payload, _crc32c(headers[o : o + _DATA_CRC_AT])) != crc:
                 tally.corrupt += 1
                 continue
             if auth is not None:
@@ -602,7 +604,7 @@ class ReceiverMachine:
                     tag = bytes(memory[at + length : at + min(size, length + TAG_SIZE)]) + bytes(
                         tails[j * tail_size : j * tail_size + max(0, length + TAG_SIZE - size)]
                     )
-                if not auth.check(tag, header, payload):
+                if not auth.check(tag, headers[o : o + head], payload):
                     tally.forged += 1
                     continue
             heard = True
