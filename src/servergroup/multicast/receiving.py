@@ -572,6 +572,11 @@ class ReceiverMachine:
         moves: list[tuple[int, int, int]] = []  # (from slot, to index, length)
         out = _NOTHING
         last_full = head + last_length + tag_size
+        # Counted here and added to the buffer at the end (no other path takes
+        # a packet of this buffer meanwhile: what is not one of its packets,
+        # the general path only counts).
+        remaining = b.count - b.have_count
+        cursor = b.cursor
         for j, (n, s) in enumerate(zip(lengths, slots, strict=False)):
             o = j * head
             if n >= head:
@@ -612,18 +617,19 @@ class ReceiverMachine:
                 tally.duplicate += 1
                 continue
             have[index] = 1
-            b.have_count += 1
-            b.cursor = index + 1
+            cursor = index + 1
             taken += 1
             if index != s:
                 moves.append((s, index, length))
-            if b.have_count == b.count:
+            if taken == remaining:
                 # Whole. This was the last datagram of the receive: each one fills
                 # at most one of the slots, and there are no more slots than missing
                 # packets.
                 break
         _move(memory, size, moves)
         tally.multicast += taken
+        b.have_count += taken
+        b.cursor = cursor
         if heard:
             self._heard_at = now
         if b.have_count == b.count:
