@@ -235,3 +235,45 @@ def test_in_place_receives_and_single_datagrams_agree(
     assert placed.counters() == slow.counters()
     assert placed.next_timer() == slow.next_timer()
     assert placed.phase is slow.phase
+
+
+@pytest.mark.parametrize("last", [PAYLOAD - 5, PAYLOAD - 16, PAYLOAD])
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_last_packets_tag_across_its_slot_and_the_tail_is_checked(
+    last: int, forged: bool
+) -> None:
+    # With a key the tag follows the payload: for a last packet shorter than a
+    # slot by less than a tag, it lands partly in the slot, partly in the tail.
+    data = os.urandom(PAYLOAD * 2 + last)
+    auth = Auth(b"the key")
+    signer = Auth(b"another key") if forged else auth
+    m = rx.ReceiverMachine(rx.ReceiverSettings(name="r", auth=auth))
+    m.connected(0.0)
+    welcome = Welcome(
+        group=IPv4Address("239.1.2.3"),
+        port=9,
+        payload_size=PAYLOAD,
+        buffer_packets=3,
+        keepalive_interval=1.0,
+    )
+    m.message_received(SESSION, welcome, 0.0)
+    m.message_received(SESSION, BufferInfo(buffer_id=0, packet_count=3, byte_length=len(data)), 0.0)
+    packets = [
+        encode_data(
+            DataPacket(
+                session=SESSION,
+                buffer_id=0,
+                index=i,
+                payload=data[i * PAYLOAD : (i + 1) * PAYLOAD],
+            ),
+            signer if i == 2 else auth,
+        )
+        for i in range(3)
+    ]
+    out = land(m, packets, 3, 1.0)
+    if forged:
+        assert m.counters().forged == 1
+        assert not any(isinstance(o, rx.Deliver) for o in out)
+    else:
+        delivered = [bytes(o.data) for o in out if isinstance(o, rx.Deliver)]
+        assert delivered == [data]
