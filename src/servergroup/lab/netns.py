@@ -310,17 +310,24 @@ def parse_nft_loss(text: str) -> tuple[bool, Loss | None]:
         if not rule or rule.get("table") != NFT_TABLE or rule.get("chain") != NFT_CHAIN:
             continue
         threshold = None
+        drawn = False
+        drops = False
         scope = LossScope.ALL
         for expr in rule.get("expr", []):
+            drops = drops or "drop" in expr
             match = expr.get("match") or {}
             left = match.get("left") or {}
             numgen = left.get("numgen") if isinstance(left, dict) else None
-            if numgen and numgen.get("mode") == "random" and numgen.get("mod") == LOSS_MODULUS:
-                threshold = match.get("right")
+            if numgen:
+                drawn = True
+                if numgen.get("mode") == "random" and numgen.get("mod") == LOSS_MODULUS:
+                    threshold = match.get("right")
             meta = left.get("meta") if isinstance(left, dict) else None
             if meta and meta.get("key") == "l4proto" and match.get("right") == "udp":
                 scope = LossScope.UDP
-        if isinstance(threshold, int) and 0 < threshold <= LOSS_MODULUS:
+        if drops and not drawn:
+            threshold = LOSS_MODULUS  # no draw: everything is dropped (100 %)
+        if drops and isinstance(threshold, int) and 0 < threshold <= LOSS_MODULUS:
             return present, Loss(per10000=threshold, scope=scope)
     return present, None
 
@@ -332,13 +339,19 @@ def render_nft_loss(ifname: str, loss: Loss | None) -> str:
     if loss is None:
         return script
     protocol = "meta l4proto udp " if loss.scope is LossScope.UDP else ""
+    # nft refuses a comparison with a value numgen never reaches: a loss of
+    # 100 % drops everything, with no draw.
+    draw = (
+        f"numgen random mod {LOSS_MODULUS} < {loss.per10000} "
+        if loss.per10000 < LOSS_MODULUS
+        else ""
+    )
     # priority -300: before conntrack, so a dropped datagram leaves no trace.
     return script + (
         f"table ip {NFT_TABLE} {{\n"
         f"  chain {NFT_CHAIN} {{\n"
         "    type filter hook prerouting priority -300; policy accept;\n"
-        f'    iifname "{ifname}" {protocol}'
-        f"numgen random mod {LOSS_MODULUS} < {loss.per10000} drop\n"
+        f'    iifname "{ifname}" {protocol}{draw}drop\n'
         "  }\n"
         "}\n"
     )

@@ -7,20 +7,59 @@ and `receiver` run one transfer each (`run_sender`, `run_receiver`), which is
 also the library API.
 """
 
-from servergroup.multicast.config import (
-    DEFAULT_GROUP,
-    DEFAULT_PORT,
-    ReceiveConfig,
-    SendConfig,
-    receive_config,
-    send_config,
-)
-from servergroup.multicast.protocol import Auth, Counters, ProtocolError
-from servergroup.multicast.receiver import run_receiver
-from servergroup.multicast.receiving import ReceiverReport
-from servergroup.multicast.sender import run_sender
-from servergroup.multicast.sending import ClientReport, ClientStatus, SenderReport
-from servergroup.multicast.transport import FileSink, Sink, StreamSink, TransferError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from servergroup.multicast.config import (
+        DEFAULT_GROUP,
+        DEFAULT_PORT,
+        ReceiveConfig,
+        SendConfig,
+        receive_config,
+        send_config,
+    )
+    from servergroup.multicast.protocol import Auth, Counters, ProtocolError
+    from servergroup.multicast.receiver import run_receiver
+    from servergroup.multicast.receiving import ReceiverReport
+    from servergroup.multicast.sender import run_sender
+    from servergroup.multicast.sending import ClientReport, ClientStatus, SenderReport
+    from servergroup.multicast.transport import FileSink, Sink, StreamSink, TransferError
+
+#: Where each name of the API lives. Loaded when first used: a receiver
+#: never loads the sender (nor the metrics it pulls in), ~0.1 CPU-s less at
+#: every start.
+_WHERE = {
+    "DEFAULT_GROUP": "config",
+    "DEFAULT_PORT": "config",
+    "ReceiveConfig": "config",
+    "SendConfig": "config",
+    "receive_config": "config",
+    "send_config": "config",
+    "Auth": "protocol",
+    "Counters": "protocol",
+    "ProtocolError": "protocol",
+    "run_receiver": "receiver",
+    "ReceiverReport": "receiving",
+    "run_sender": "sender",
+    "ClientReport": "sending",
+    "ClientStatus": "sending",
+    "SenderReport": "sending",
+    "FileSink": "transport",
+    "Sink": "transport",
+    "StreamSink": "transport",
+    "TransferError": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{where}"), name)
+
 
 __all__ = [
     "DEFAULT_GROUP",

@@ -58,7 +58,9 @@ from ipaddress import IPv4Address
 from servergroup.common.errors import RemoteError
 
 MAGIC = b"SG"
-VERSION = 2
+#: 3: the next buffer may be announced before the one before it is whole
+#: (overlapping rounds); a version-2 receiver would take that for a fault.
+VERSION = 3
 #: First 16 bytes of HMAC-SHA256.
 TAG_SIZE = 16
 FLAG_AUTH = 0x0001

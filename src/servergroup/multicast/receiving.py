@@ -5,18 +5,27 @@ Theory of operation
 The receiver's half of the rounds of seed 001 (see `sending`)::
 
     connect ─► Hello ─► Welcome (group, port, packet size): join the group
-    BufferInfo ─► room for the buffer ─► Ready
+    BufferInfo ─► room for the buffer ─► Ready   (the next one may come early)
     data packets (multicast, or repairs on the connection) fill the buffer
     Sent ─► Request(the missing ranges) ... until the buffer is whole ─► Done
     BufferInfo with zero packets ─► every buffer written ─► BLAKE3 digest checked ─► Result
 
-A buffer is handed to the driver (`Deliver`) the moment it is whole, and
-`Done` goes out at once; the driver writes it in the background and says
-`delivered`. At most two buffers wait to be written: `Ready` for a new
-buffer waits while two are still being written. A written buffer's memory
-is kept and filled again by a later buffer (fresh memory would be zeroed
-and faulted in page by page, for every buffer). The digest of the whole image is
-the driver's to compute as it writes; the machine asks for the check
+Rounds overlap: the sender announces the next buffer while this one is
+still being received (its pass under way, or its repairs), and multicasts it
+as soon as this one's pass is out. So two buffers may be open at once: the
+older gets its repairs (and any shared re-send) while multicast fills the
+newer. Either may be whole first; `Done` goes out for each the moment it is
+whole, but buffers are delivered in order (a newer one whole first waits for
+the older). Never more than two are open, and the end (an empty buffer) is
+announced only when none is.
+
+A buffer is handed to the driver (`Deliver`) the moment it is whole and
+every buffer before it was, and `Done` goes out at once; the driver writes
+it in the background and says `delivered`. At most two buffers wait to be
+written: `Ready` for a new buffer waits while two are still being written.
+A written buffer's memory is kept and filled again by a later buffer (fresh
+memory would be zeroed and faulted in page by page, for every buffer). The
+digest of the whole image is the driver's to compute as it writes; the machine asks for the check
 (`Verify`) once the last buffer is written and turns the answer into the
 `Result` the sender waits for.
 
@@ -27,7 +36,11 @@ CRC-32C (and tag, with a key) is checked where it lies and its payload
 copied once, into its place in the buffer; no packet object is made.
 Anything else goes the general way (`datagram_received`, through
 `check_data`), which names what is wrong; the two agree on every input (a
-property test holds them to it).
+property test holds them to it). The driver's usual path goes further:
+`landing` says where the next datagrams belong, the driver has the kernel
+put each payload straight there, and `datagrams_landed` checks them where
+they landed (moving the few that landed one slot off after a loss); it too
+agrees with the general path on every input.
 
 Garbage never stops the receiver: a data packet that fails to decode, comes
 from another session, or belongs to no buffer being filled is counted and
@@ -146,6 +159,25 @@ class Close:
     report: ReceiverReport
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Landing:
+    """Where the driver should have the kernel put the next datagrams (`landing`).
+
+    Datagram j of the next receive lands in three pieces, as one scatter
+    receive puts it: its first DATA_HEADER_SIZE bytes at `j *
+    DATA_HEADER_SIZE` of the driver's header area, the next `slot_size`
+    bytes straight into `memory` at `slots[j] * slot_size` (where its
+    payload belongs if it is the packet expected there), the rest in the
+    driver's tail area at `j * tail_size`. Hand the result to
+    `datagrams_landed` before anything else is fed to the machine.
+    """
+
+    memory: bytearray
+    slots: Sequence[int]
+    slot_size: int
+    buffer: object  # the buffer being filled, as the machine knows it
+
+
 # --- what the driver logs -------------------------------------------------------------
 
 
@@ -207,6 +239,7 @@ class _Incoming:
     __slots__ = (
         "byte_length",
         "count",
+        "cursor",
         "data",
         "flags",
         "full_size",
@@ -237,6 +270,8 @@ class _Incoming:
         self.data = data
         self.have = bytearray(info.packet_count)
         self.have_count = 0
+        # Where the next multicast datagram is expected: after the last one taken.
+        self.cursor = 0
         self.ready = False
         self.tally = _Tally()
 
@@ -254,7 +289,11 @@ class ReceiverMachine:
         self._session: int | None = None
         self._payload_size = 0
         self._heard_at = 0.0
+        # The oldest buffer not yet whole, and the next one when the sender
+        # announced it early (overlapping rounds): multicast fills the newest
+        # while the older one gets its repairs.
         self._incoming: _Incoming | None = None
+        self._ahead: _Incoming | None = None
         self._next_id = 0
         # Handed over, not yet written: (buffer id, its memory), oldest first.
         self._unwritten: list[tuple[int, bytearray]] = []
@@ -290,8 +329,8 @@ class ReceiverMachine:
     def counters(self) -> Counters:
         """Everything counted so far, the current buffer included."""
         total = self._total.freeze()
-        if self._incoming is not None:
-            total = total.plus(self._incoming.tally.freeze())
+        for b in self._open():
+            total = total.plus(b.tally.freeze())
         return total
 
     def next_timer(self) -> float | None:
@@ -351,7 +390,7 @@ class ReceiverMachine:
         key) and copied into its place; anything else takes the general path
         of `check_data`, which says what is wrong with it.
         """
-        b = self._incoming
+        b = self._target()
         size = len(data)
         if b is None or size == 0:
             return self._datagrams_slowly(data, segment, now)
@@ -377,7 +416,7 @@ class ReceiverMachine:
                 b.tally.multicast += taken
                 taken = 0
                 out = _join(out, self._datagrams_slowly(d, len(d), now))
-                if self._incoming is not b:
+                if self._target() is not b:
                     out = _join(out, self._datagrams_slowly(data[start:], segment, now))
                     break
                 continue
@@ -391,7 +430,7 @@ class ReceiverMachine:
                 b.tally.multicast += taken
                 taken = 0
                 out = _join(out, self._datagrams_slowly(d, len(d), now))
-                if self._incoming is not b:
+                if self._target() is not b:
                     out = _join(out, self._datagrams_slowly(data[start:], segment, now))
                     break
                 continue
@@ -409,6 +448,7 @@ class ReceiverMachine:
             at = index * payload_size
             memory[at : at + length] = payload
             have[index] = 1
+            b.cursor = index + 1
             taken += 1
             b.have_count += 1
             if b.have_count == b.count:
@@ -435,6 +475,165 @@ class ReceiverMachine:
                 continue
             payload = d[DATA_HEADER_SIZE : DATA_HEADER_SIZE + length]
             out = _join(out, self._take(session, buffer_id, index, payload, now, True))
+        return out
+
+    # --- datagrams received in place --------------------------------------------------
+
+    def landing(self, limit: int) -> Landing | None:
+        """Where the next (at most `limit`) datagrams should land; None: no buffer is being filled.
+
+        The slots are missing packets of the buffer being filled, from the one
+        after the last datagram taken (wrapping to the start): where the next
+        datagrams belong if they come in order, as they do unless one is lost.
+        A slot never holds a packet already taken, so a datagram that lands in
+        the wrong one costs a copy, never data.
+        """
+        b = self._target()
+        if b is None or limit <= 0:
+            return None
+        have = b.have
+        n = min(limit, b.count - b.have_count)
+        c = b.cursor
+        slots: Sequence[int]
+        if c + n <= b.count and have.find(1, c, c + n) < 0:
+            slots = range(c, c + n)
+        else:
+            found: list[int] = []
+            for start, stop in ((c, b.count), (0, c)):
+                at = have.find(0, start, stop)
+                while at >= 0 and len(found) < n:
+                    found.append(at)
+                    at = have.find(0, at + 1, stop)
+            slots = found
+        return Landing(memory=b.data, slots=slots, slot_size=self._payload_size, buffer=b)
+
+    def datagrams_landed(
+        self,
+        landing: Landing,
+        lengths: Sequence[int],
+        headers: bytes | bytearray | memoryview,
+        tails: bytes | bytearray | memoryview,
+        tail_size: int,
+        now: float,
+    ) -> Sequence[Output]:
+        """`len(lengths)` datagrams received where `landing` said, each `lengths[j]` bytes long.
+
+        The hot path of the receiver: a datagram of the buffer being filled is
+        checked where it landed (CRC-32C, and its tag with a key) and, if it
+        landed in its own slot, costs nothing more; one that landed in
+        another packet's slot (after a loss) is moved to its own. Anything
+        else is put together and takes the general path. Each datagram's room
+        (header, slot and `tail_size`) must hold any datagram whole, and
+        there are at most as many datagrams as the landing has slots.
+        """
+        b = self._target()
+        count = len(lengths)
+        if count == 0:
+            return _NOTHING
+        head = DATA_HEADER_SIZE
+        size = landing.slot_size
+        memory = memoryview(landing.memory)
+        headers = memoryview(headers)
+        tails = memoryview(tails)
+        slots = landing.slots
+
+        def whole(j: int) -> bytes:
+            n = lengths[j]
+            at = slots[j] * size
+            return b"".join(
+                (
+                    headers[j * head : j * head + min(n, head)],
+                    memory[at : at + min(max(n - head, 0), size)],
+                    tails[j * tail_size : j * tail_size + max(n - head - size, 0)],
+                )
+            )
+
+        if b is not landing.buffer or b is None or max(lengths) > b.full_size:
+            # The buffer changed under the landing, or the kernel coalesced runs
+            # (UDP receive offload): put every datagram together, then one by one.
+            pieces = [whole(j) for j in range(count)]
+            out: Sequence[Output] = _NOTHING
+            for piece in pieces:
+                view = memoryview(piece)
+                full = self.datagram_size
+                out = _join(out, self.datagrams_received(view, full if full else len(view), now))
+            return out
+        auth = self._auth
+        key = b.key
+        flags = b.flags
+        full = b.full_size
+        last_index = b.count - 1
+        last_length = b.last_length
+        tag_size = b.tag_size
+        have = b.have
+        tally = b.tally
+        taken = 0
+        heard = False
+        moves: list[tuple[int, int, int]] = []  # (from slot, to index, length)
+        out = _NOTHING
+        last_full = head + last_length + tag_size
+        # Counted here and added to the buffer at the end (no other path takes
+        # a packet of this buffer meanwhile: what is not one of its packets,
+        # the general path only counts).
+        remaining = b.count - b.have_count
+        cursor = b.cursor
+        for j, (n, s) in enumerate(zip(lengths, slots, strict=False)):
+            o = j * head
+            if n >= head:
+                first, k, index, length, fl, crc = _FAST_UNPACK(headers, o)
+                ours = (
+                    first == _FIRST
+                    and k == key
+                    and fl == flags
+                    and (
+                        (index < last_index and length == size and n == full)
+                        or (index == last_index and length == last_length and n == last_full)
+                    )
+                )
+            else:
+                ours = False
+            if not ours:
+                # Not a packet of this buffer: counted where the general path counts it
+                # (it never takes one, so the slots stay as they are).
+                out = _join(out, self._datagrams_slowly(memoryview(whole(j)), n, now))
+                continue
+            at = s * size
+            payload = memory[at : at + length]
+            if _crc32c(payload, _crc32c(headers[o : o + _DATA_CRC_AT])) != crc:
+                tally.corrupt += 1
+                continue
+            if auth is not None:
+                if length == size:
+                    tag: bytes | memoryview = tails[j * tail_size : j * tail_size + TAG_SIZE]
+                else:
+                    tag = bytes(memory[at + length : at + min(size, length + TAG_SIZE)]) + bytes(
+                        tails[j * tail_size : j * tail_size + max(0, length + TAG_SIZE - size)]
+                    )
+                if not auth.check(tag, headers[o : o + head], payload):
+                    tally.forged += 1
+                    continue
+            heard = True
+            if have[index]:
+                tally.duplicate += 1
+                continue
+            have[index] = 1
+            cursor = index + 1
+            taken += 1
+            if index != s:
+                moves.append((s, index, length))
+            if taken == remaining:
+                # Whole. This was the last datagram of the receive: each one fills
+                # at most one of the slots, and there are no more slots than missing
+                # packets.
+                break
+        _move(memory, size, moves)
+        tally.multicast += taken
+        b.have_count += taken
+        b.cursor = cursor
+        if heard:
+            self._heard_at = now
+        if b.have_count == b.count:
+            out = _join(out, self._complete(b))
         return out
 
     def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
@@ -480,10 +679,10 @@ class ReceiverMachine:
             self._spare.append(memory)
         self._delivered_bytes += byte_length
         out: list[Output] = []
-        b = self._incoming
-        if b is not None and not b.ready and len(self._unwritten) < MAX_UNWRITTEN:
-            b.ready = True
-            out.append(Send(message=Ready(buffer_id=b.id)))
+        for b in (self._incoming, self._ahead):
+            if b is not None and not b.ready and len(self._unwritten) < MAX_UNWRITTEN:
+                b.ready = True
+                out.append(Send(message=Ready(buffer_id=b.id)))
         self._maybe_verify(out)
         return out
 
@@ -523,7 +722,10 @@ class ReceiverMachine:
         out.append(Joined(session=session, group=m.group, port=m.port))
 
     def _on_buffer_info(self, m: BufferInfo, out: list[Output]) -> None:
-        if self._phase is not Phase.IDLE or m.buffer_id != self._next_id:
+        # The next buffer may be announced while one is still being received
+        # (overlapping rounds), never a third, nor the end before all are whole.
+        early = self._phase is Phase.RECEIVING and self._ahead is None and not m.final
+        if (self._phase is not Phase.IDLE and not early) or m.buffer_id != self._next_id:
             self._fail(f"the sender announced buffer {m.buffer_id} out of turn", out, tell=True)
             return
         self._next_id += 1
@@ -540,17 +742,22 @@ class ReceiverMachine:
         b = _Incoming(
             m, self._memory(m.packet_count * size), self._session, size, self._auth is not None
         )
-        self._incoming = b
+        if early:
+            self._ahead = b
+            ready = self._incoming is None or self._incoming.ready
+        else:
+            self._incoming = b
+            ready = True
         self._phase = Phase.RECEIVING
-        if len(self._unwritten) < MAX_UNWRITTEN:
+        if ready and len(self._unwritten) < MAX_UNWRITTEN:
             b.ready = True
             out.append(Send(message=Ready(buffer_id=b.id)))
 
     def _on_sent(self, buffer_id: int, pass_number: int, out: list[Output]) -> None:
-        b = self._incoming
-        if self._phase is Phase.IDLE and buffer_id == self._next_id - 1:
+        b = self._find(buffer_id)
+        if b is None and buffer_id < self._next_id and self._phase is not Phase.VERIFYING:
             return  # whole before the sender's pass ended: our Done is on its way
-        if self._phase is not Phase.RECEIVING or b is None or b.id != buffer_id:
+        if b is None:
             self._fail(f"the sender ended a pass of buffer {buffer_id} out of turn", out, True)
             return
         missing = _missing_ranges(b.have)
@@ -588,8 +795,8 @@ class ReceiverMachine:
             self._current_tally().foreign += 1
             return _NOTHING
         self._heard_at = now
-        b = self._incoming
-        if b is None or buffer_id != b.id:
+        b = self._find(buffer_id)
+        if b is None:
             self._current_tally().stale += 1
             return _NOTHING
         size = self._payload_size
@@ -606,6 +813,7 @@ class ReceiverMachine:
         b.have_count += 1
         if multicast:
             b.tally.multicast += 1
+            b.cursor = index + 1
         else:
             b.tally.repaired += 1
         if b.have_count < b.count:
@@ -613,20 +821,58 @@ class ReceiverMachine:
         return self._complete(b)
 
     def _complete(self, b: _Incoming) -> list[Output]:
+        """`b` is whole: Done at once; delivered now, or after the buffer before it."""
         counters = b.tally.freeze()
         self._total = _add(self._total, counters)
-        self._incoming = None
-        self._phase = Phase.IDLE
-        self._unwritten.append((b.id, b.data))
         self._buffers += 1
-        return [
-            Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length]),
+        done: list[Output] = [
             Send(message=Done(buffer_id=b.id, counters=counters)),
             BufferReceived(buffer_id=b.id, byte_length=b.byte_length, counters=counters),
         ]
+        if b is self._ahead:
+            return done  # the buffer before it still waits for repairs
+        out: list[Output] = [self._deliver(b), *done]
+        self._incoming = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead.have_count == ahead.count:
+                out.append(self._deliver(ahead))
+            else:
+                self._incoming = ahead
+        self._phase = Phase.RECEIVING if self._incoming is not None else Phase.IDLE
+        return out
+
+    def _deliver(self, b: _Incoming) -> Deliver:
+        self._unwritten.append((b.id, b.data))
+        return Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length])
+
+    def _open(self) -> list[_Incoming]:
+        """The buffers being received (not yet whole), oldest first."""
+        return [
+            b for b in (self._incoming, self._ahead) if b is not None and b.have_count < b.count
+        ]
+
+    def _find(self, buffer_id: int) -> _Incoming | None:
+        """The buffer being received with this id, if any."""
+        for b in (self._incoming, self._ahead):
+            if b is not None and b.id == buffer_id and b.have_count < b.count:
+                return b
+        return None
+
+    def _target(self) -> _Incoming | None:
+        """The buffer multicast is filling: the next one once any of it came, else the older.
+
+        The next buffer is announced while the older one's pass is still
+        under way; its datagrams follow that pass.
+        """
+        ahead = self._ahead
+        if ahead is not None and 0 < ahead.have_count < ahead.count:
+            return ahead
+        return self._incoming
 
     def _current_tally(self) -> _Tally:
-        return self._incoming.tally if self._incoming is not None else self._total
+        b = self._target()
+        return b.tally if b is not None else self._total
 
     def _count_fault(self, fault: Fault) -> None:
         tally = self._current_tally()
@@ -666,6 +912,7 @@ class ReceiverMachine:
         )
         self._phase = Phase.CLOSED
         self._incoming = None
+        self._ahead = None
         out.append(Close(report=self._report))
 
 
@@ -686,6 +933,25 @@ def _join(first: Sequence[Output], more: Sequence[Output]) -> Sequence[Output]:
     if not first:
         return more
     return [*first, *more]
+
+
+def _move(memory: memoryview, size: int, moves: list[tuple[int, int, int]]) -> None:
+    """Copy each (from slot, to index, length) payload to its own slot.
+
+    A destination may be another move's source (a loss shifts every later
+    datagram of a receive by one slot): when every move goes up, the highest
+    goes first and no source is overwritten before it is read; otherwise
+    (reordering) the sources are copied out first.
+    """
+    if not moves:
+        return
+    if all(s < to for s, to, _ in moves):
+        for s, to, length in sorted(moves, key=lambda m: -m[1]):
+            memory[to * size : to * size + length] = memory[s * size : s * size + length]
+        return
+    saved = [bytes(memory[s * size : s * size + length]) for s, _, length in moves]
+    for (_, to, length), payload in zip(moves, saved, strict=True):
+        memory[to * size : to * size + length] = payload
 
 
 def _missing_ranges(have: bytearray) -> tuple[tuple[int, int], ...]:

@@ -12,7 +12,12 @@ each buffer is one round::
     the rest: per-client repair over its TCP connection ──► Done
     next buffer ... a buffer of zero packets ends the image ──► Result
 
-and fixes what its implementation got wrong:
+and fixes what its implementation got wrong (and, with `overlap`, the
+default, keeps the link busy between rounds: the next buffer is announced as
+soon as a buffer's first pass begins and multicast right after that pass,
+while the buffer before it is confirmed and repaired; its Sent and the rest
+of its round wait for their turn; one multicast pass at a time, so shared
+re-sends of the older buffer follow the newer one's pass):
 
 - every wait on a client has a deadline (`timeout`); a client that stays
   silent past it, closes its connection or sends garbage is dropped and
@@ -79,6 +84,9 @@ class SenderSettings:
     rate: RateSettings = field(default_factory=RateSettings)
     repair_passes: int = 2
     shared_miss: int = 2
+    #: Overlapping rounds: announce the next buffer once a buffer's first pass
+    #: is out, and multicast it while that buffer is confirmed and repaired.
+    overlap: bool = True
 
     @property
     def keepalive_interval(self) -> float:
@@ -271,6 +279,10 @@ class _Client:
     tcp_only: bool = False
     got_multicast: bool = False
     pass0_losses: list[float] = field(default_factory=list)
+    # The round announced early (overlapping rounds): its Ready, and its Done
+    # when it came before the current round's.
+    ahead_ready: bool = False
+    ahead_done: Counters | None = None
     tcp_packets: int = 0
     buffers: int = 0
     reason: str = ""
@@ -288,6 +300,9 @@ class _Round:
     worst_loss: float = 0.0
     achieved: float = 0.0
     observed: bool = False
+    first_pass_over: bool = False
+    started: bool = False
+    deferred: tuple[int, ...] = ()
 
 
 class SenderMachine:
@@ -300,6 +315,10 @@ class SenderMachine:
         self._phase = Phase.JOINING
         self._join_deadline: float | None = None
         self._round: _Round | None = None
+        # The next round, announced while this one is confirmed and repaired.
+        self._ahead: _Round | None = None
+        # The buffer whose multicast pass is under way (one at a time).
+        self._passing: int | None = None
         self._loaded: dict[int, LoadedBuffer] = {}
         self._loading: int | None = None
         self._next_buffer = 0
@@ -413,20 +432,35 @@ class SenderMachine:
     def multicast_sent(
         self, buffer_id: int, pass_number: int, elapsed: float, now: float
     ) -> list[Output]:
-        r = self._round
-        if self._phase is not Phase.SENDING or r is None or r.info.buffer_id != buffer_id:
+        if self._phase is Phase.FINISHED:
             return []
-        if pass_number == 0 and elapsed > 0:
-            r.achieved = r.info.byte_length * 8 / elapsed
+        if self._passing == buffer_id:
+            self._passing = None
         out: list[Output] = []
+        a = self._ahead
+        r = self._round
+        if a is not None and a.info.buffer_id == buffer_id:
+            # The next round's first pass is out; its Sent waits for its turn.
+            a.first_pass_over = True
+            if elapsed > 0:
+                a.achieved = a.info.byte_length * 8 / elapsed
+        elif self._phase is Phase.SENDING and r is not None and r.info.buffer_id == buffer_id:
+            if pass_number == 0:
+                r.first_pass_over = True
+                if elapsed > 0:
+                    r.achieved = r.info.byte_length * 8 / elapsed
+            self._pass_over(r, now, out)
+        self._advance(now, out)
+        return out
+
+    def _pass_over(self, r: _Round, now: float, out: list[Output]) -> None:
+        """A pass of the current round is out: tell every client not done yet."""
         self._phase = Phase.COLLECTING
         for c in self._active():
             c.replied = c.done
             if not c.done:
-                self._send(c, Sent(buffer_id=buffer_id, pass_number=r.pass_number), now, out)
+                self._send(c, Sent(buffer_id=r.info.buffer_id, pass_number=r.pass_number), now, out)
                 self._wait(c, _Waiting.REPLY, now)
-        self._advance(now, out)
-        return out
 
     def repairs_written(self, client: ClientId, buffer_id: int, now: float) -> list[Output]:
         c = self._clients.get(client)
@@ -502,6 +536,10 @@ class SenderMachine:
 
     def _on_ready(self, c: _Client, buffer_id: int, now: float, out: list[Output]) -> None:
         r = self._round
+        a = self._ahead
+        if a is not None and buffer_id == a.info.buffer_id and not c.ahead_ready:
+            c.ahead_ready = True
+            return
         if self._phase is not Phase.READYING or c.waiting is not _Waiting.READY:
             self._unexpected(c, "ready", out)
         elif r is None or buffer_id != r.info.buffer_id:
@@ -543,6 +581,13 @@ class SenderMachine:
         self, c: _Client, buffer_id: int, counters: Counters, now: float, out: list[Output]
     ) -> None:
         r = self._round
+        a = self._ahead
+        if a is not None and buffer_id == a.info.buffer_id and a.started and c.ahead_ready:
+            if c.ahead_done is not None:
+                self._unexpected(c, f"done for buffer {buffer_id} twice", out)
+            else:
+                c.ahead_done = counters  # counted when its round's turn comes
+            return
         if (
             self._phase not in (Phase.SENDING, Phase.COLLECTING, Phase.REPAIRING)
             or r is None
@@ -551,6 +596,10 @@ class SenderMachine:
         ):
             self._unexpected(c, f"done for buffer {buffer_id}", out)
             return
+        self._count_done(c, counters)
+        self._wait(c, _Waiting.NOTHING, now)
+
+    def _count_done(self, c: _Client, counters: Counters) -> None:
         if not c.requested:
             # Done before any request: pass 0 brought it everything.
             c.got_multicast = True
@@ -561,7 +610,6 @@ class SenderMachine:
         c.missing = frozenset()
         c.buffers += 1
         c.counters = c.counters.plus(counters)
-        self._wait(c, _Waiting.NOTHING, now)
 
     def _on_result(
         self, c: _Client, ok: bool, total: int, reason: str, now: float, out: list[Output]
@@ -613,31 +661,67 @@ class SenderMachine:
                 if info is not None:
                     self._start_round(info, now, out)
             case Phase.READYING:
-                if r is not None and all(c.replied for c in active):
+                if r is not None and self._passing is None and all(c.replied for c in active):
                     self._phase = Phase.SENDING
+                    r.started = True
                     self._multicast(r, range(r.info.packet_count), out)
             case Phase.COLLECTING:
                 if r is not None and all(c.done for c in active):
-                    self._complete_round(r, out)
+                    self._complete_round(r, now, out)
                 elif r is not None and all(c.replied for c in active):
                     self._plan_repairs(r, now, out)
             case Phase.REPAIRING | Phase.SENDING:
                 if r is not None and all(c.done for c in active):
-                    self._complete_round(r, out)
+                    self._complete_round(r, now, out)
+                elif r is not None and r.deferred and self._passing is None:
+                    indices, r.deferred = r.deferred, ()
+                    self._multicast(r, indices, out)
             case Phase.ENDING:
                 if all(c.waiting is not _Waiting.RESULT for c in active):
                     self._finish("", out)
+        if self._phase in (Phase.SENDING, Phase.COLLECTING, Phase.REPAIRING):
+            self._overlap(now, out)
+
+    def _overlap(self, now: float, out: list[Output]) -> None:
+        """Announce the next buffer early, and multicast it once every client is ready.
+
+        The next buffer is announced as soon as the current one's first pass
+        begins, so every Ready is in hand when that pass is out; the next pass
+        then follows at once (the kernel's queue still keeps the link busy),
+        while the current buffer is confirmed and repaired. One pass at a
+        time: the current buffer's shared re-sends follow it. Its Sent waits
+        until it is the current round.
+        """
+        r = self._round
+        if not self._settings.overlap or r is None or not r.started:
+            return
+        a = self._ahead
+        if a is None:
+            info = self._loaded.get(r.info.buffer_id + 1)
+            if info is None or info.packet_count == 0:
+                return
+            del self._loaded[info.buffer_id]
+            a = self._ahead = _Round(info=info)
+            self._next_buffer = info.buffer_id + 1
+            message = _buffer_info(info)
+            for c in self._active():
+                c.ahead_ready = False
+                c.ahead_done = None
+                self._send(c, message, now, out)
+            out.extend(self._load_next())
+        if (
+            not a.started
+            and self._passing is None
+            and self._phase is not Phase.SENDING
+            and all(c.ahead_ready for c in self._active())
+        ):
+            a.started = True
+            self._multicast(a, range(a.info.packet_count), out)
 
     def _start_round(self, info: LoadedBuffer, now: float, out: list[Output]) -> None:
         self._round = _Round(info=info)
         self._next_buffer = info.buffer_id + 1
-        message = BufferInfo(
-            buffer_id=info.buffer_id,
-            packet_count=info.packet_count,
-            byte_length=info.byte_length,
-            total_bytes=info.total_bytes,
-            digest=info.digest,
-        )
+        message = _buffer_info(info)
         final = info.packet_count == 0
         self._phase = Phase.ENDING if final else Phase.READYING
         for c in self._active():
@@ -651,13 +735,15 @@ class SenderMachine:
             out.extend(self._load_next())
 
     def _load_next(self) -> list[Output]:
-        wanted = self._next_buffer if self._round is None else self._round.info.buffer_id + 1
+        newest = self._ahead or self._round
+        wanted = self._next_buffer if newest is None else newest.info.buffer_id + 1
         if self._loading is not None or wanted in self._loaded:
             return []
         self._loading = wanted
         return [LoadBuffer(buffer_id=wanted)]
 
     def _multicast(self, r: _Round, indices: range | tuple[int, ...], out: list[Output]) -> None:
+        self._passing = r.info.buffer_id
         self._multicast_packets += len(indices)
         self._multicast_bytes += len(indices) * self._settings.payload_size
         out.append(
@@ -699,11 +785,16 @@ class SenderMachine:
         if again:
             r.pass_number += 1
             self._phase = Phase.SENDING
-            self._multicast(r, tuple(sorted(shared)), out)
+            if self._passing is None:
+                self._multicast(r, tuple(sorted(shared)), out)
+            else:
+                # The next buffer's first pass is under way: this one follows it
+                # (one pass at a time).
+                r.deferred = tuple(sorted(shared))
         else:
             self._phase = Phase.REPAIRING
 
-    def _complete_round(self, r: _Round, out: list[Output]) -> None:
+    def _complete_round(self, r: _Round, now: float, out: list[Output]) -> None:
         self._observe_rate(r)
         out.append(ReleaseBuffer(buffer_id=r.info.buffer_id))
         out.append(
@@ -718,7 +809,32 @@ class SenderMachine:
         )
         self._round = None
         self._phase = Phase.WAITING_FOR_DATA
+        a, self._ahead = self._ahead, None
+        if a is not None:
+            self._promote(a, now, out)
         out.extend(self._load_next())
+
+    def _promote(self, a: _Round, now: float, out: list[Output]) -> None:
+        """The round announced early becomes the current one, where its clients left it."""
+        self._round = a
+        for c in self._active():
+            c.done = False
+            c.replied = c.ahead_ready
+            c.requested = False
+            c.missing = frozenset()
+            if c.ahead_done is not None:
+                self._count_done(c, c.ahead_done)
+            c.ahead_ready = False
+            c.ahead_done = None
+        if not a.started:
+            self._phase = Phase.READYING
+            for c in self._active():
+                if not c.replied:
+                    self._wait(c, _Waiting.READY, now)
+        elif not a.first_pass_over:
+            self._phase = Phase.SENDING  # multicast_sent moves it on
+        else:
+            self._pass_over(a, now, out)
 
     # --- clients ----------------------------------------------------------------------
 
@@ -816,3 +932,13 @@ class SenderMachine:
             tcp_packets=c.tcp_packets,
             buffers=c.buffers,
         )
+
+
+def _buffer_info(info: LoadedBuffer) -> BufferInfo:
+    return BufferInfo(
+        buffer_id=info.buffer_id,
+        packet_count=info.packet_count,
+        byte_length=info.byte_length,
+        total_bytes=info.total_bytes,
+        digest=info.digest,
+    )

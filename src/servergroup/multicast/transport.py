@@ -9,15 +9,19 @@ The data path costs CPU per system call more than per byte, so on Linux it
 moves many datagrams per call where the kernel can: the sender hands up to
 64 equal-sized datagrams to one `sendmsg` with UDP segmentation offload
 (`UDP_SEGMENT`; the kernel or the NIC cuts them apart, each still a datagram
-of its own on the wire), and the receiver asks for UDP receive offload
-(`UDP_GRO`), getting runs of datagrams in one receive where the device
-coalesces them (GRO). Both fall back to one datagram per call where the
-kernel or the device says no.
+of its own on the wire), and the receiver takes up to 128 datagrams per
+`recvmmsg`, each scattered straight into the slot of the buffer it belongs
+to (`ScatterReceiver`); it also asks for UDP receive offload (`UDP_GRO`),
+getting runs of datagrams in one receive where the device coalesces them
+(GRO). Each falls back to one datagram per call where the kernel or the
+device says no.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import ctypes
 import errno
 import glob
 import logging
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -324,6 +328,109 @@ class Multicaster:
                 if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
                     raise
                 time.sleep(0.0005)  # a full queue: wait for it to drain
+
+
+class ScatterReceiver:
+    """Many datagrams per system call, each received straight into the buffer it belongs to.
+
+    `recvmmsg(2)` through ctypes (Python has no binding): up to `VLEN`
+    datagrams per call, each scattered over three pieces (`receiving.Landing`
+    says where): its header into `headers`, the next `slot_size` bytes (the
+    payload, when it is the packet expected there) into the slot of the
+    buffer's memory it is expected in, the rest (a tag, or a longer datagram
+    whole) into `tails`. The payload is never copied by the process, and one
+    call takes what a wake-up finds. The ctypes call releases the GIL.
+    """
+
+    VLEN = 128
+    #: A tail holds the rest of any datagram (a UDP payload is at most 65507 bytes).
+    TAIL = 65536
+    _MSG = 64  # sizeof(struct mmsghdr) on 64-bit Linux
+    _IOV = 3
+
+    def __init__(self, sock: socket.socket, header_size: int) -> None:
+        vlen = self.VLEN
+        self._fd = sock.fileno()
+        self.header_size = header_size
+        self.headers = bytearray(header_size * vlen)
+        self.tails = bytearray(self.TAIL * vlen)
+        # Each struct iovec is (base, length); a datagram has three.
+        self._iov = array.array("Q", bytes(16 * self._IOV * vlen))
+        self._messages = bytearray(self._MSG * vlen)
+        self._pins = [ctypes.c_char.from_buffer(b) for b in (self.headers, self.tails)]
+        headers, tails = (ctypes.addressof(p) for p in self._pins)
+        iov_at = self._iov.buffer_info()[0]
+        messages = memoryview(self._messages).cast("Q")
+        for j in range(vlen):
+            first = j * 2 * self._IOV
+            self._iov[first : first + 6] = array.array(
+                "Q",
+                (headers + j * header_size, header_size, 0, 0, tails + j * self.TAIL, self.TAIL),
+            )
+            # struct msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+            messages[j * 8 + 2] = iov_at + j * 16 * self._IOV
+            messages[j * 8 + 3] = self._IOV
+        messages.release()
+        self._lengths = memoryview(self._messages).cast("I")[14 :: self._MSG // 4]
+        self._messages_pin = ctypes.c_char.from_buffer(self._messages)
+        self._messages_at = ctypes.addressof(self._messages_pin)
+        self._slot_size = 0
+
+    def receive(self, memory: bytearray, slots: Sequence[int], slot_size: int) -> list[int]:
+        """Receive up to len(slots) datagrams without waiting; their lengths ([] if none)."""
+        count = min(len(slots), self.VLEN)
+        if count == 0:
+            return []
+        pin = ctypes.c_char.from_buffer(memory)
+        base = ctypes.addressof(pin)
+        iov = self._iov
+        if isinstance(slots, range):
+            first = base + slots.start * slot_size
+            iov[2 : 6 * count : 6] = array.array(
+                "Q", range(first, first + count * slot_size, slot_size)
+            )
+        else:
+            iov[2 : 6 * count : 6] = array.array("Q", [base + s * slot_size for s in slots[:count]])
+        if slot_size != self._slot_size:
+            iov[3::6] = array.array("Q", (slot_size,) * self.VLEN)
+            self._slot_size = slot_size
+        assert _recvmmsg is not None  # made only where there is one
+        got = _recvmmsg(self._fd, self._messages_at, count, MSG_DONTWAIT, None)
+        del pin
+        if got < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        return self._lengths[:got].tolist()
+
+
+def _load_recvmmsg() -> Callable[..., int] | None:
+    if sys.platform != "linux" or struct.calcsize("P") != 8:
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).recvmmsg
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    function.restype = ctypes.c_int
+    recvmmsg: Callable[..., int] = function
+    return recvmmsg
+
+
+MSG_DONTWAIT = 0x40
+_recvmmsg = _load_recvmmsg()
+
+
+def scatter_receiver(sock: socket.socket, header_size: int) -> ScatterReceiver | None:
+    """A `ScatterReceiver` on `sock`, or None where the system has no recvmmsg."""
+    return ScatterReceiver(sock, header_size) if _recvmmsg is not None else None
 
 
 def _send_error(exc: OSError) -> TransferError:

@@ -39,9 +39,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import BinaryIO, Final
-
-from prometheus_client import REGISTRY
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import cancel_and_wait
@@ -50,17 +48,19 @@ from servergroup.common.logsetup import log_bug
 from servergroup.common.process import command_line
 from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, Coordinator, LeaseNotFound, LocalEtcd
-from servergroup.multicast import (
-    ClientStatus,
-    ReceiveConfig,
-    ReceiverReport,
-    SendConfig,
-    SenderReport,
-    Sink,
-    run_receiver,
-    run_sender,
-)
 from servergroup.transfers import record as rec
+
+if TYPE_CHECKING:
+    # The sender's modules (and prometheus_client) are loaded by the functions
+    # that need them: `image receive` does without them (less start-up CPU at
+    # every receiver; docs/design/multicast.md).
+    from servergroup.multicast import (
+        ReceiveConfig,
+        ReceiverReport,
+        SendConfig,
+        SenderReport,
+        Sink,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ def _host_name() -> str:
 
 
 def _sample(name: str) -> float:
+    from prometheus_client import REGISTRY
+
     return REGISTRY.get_sample_value(name) or 0.0
 
 
@@ -282,6 +284,8 @@ async def run_recorded_sender(
     With `coordinator` None nothing is recorded. Recording never changes the
     transfer's outcome: the report (or the exception) is the sender's.
     """
+    from servergroup.multicast import run_sender
+
     if coordinator is None:
         return await run_sender(config, source, progress=progress)
     clock = clock or SystemClock()
@@ -373,6 +377,8 @@ def sender_final(
     s: rec.SenderRecord, report: SenderReport, *, ended_at: float, repairs_at_start: float = 0.0
 ) -> rec.SenderRecord:
     """The sender's record once `report` is in."""
+    from servergroup.multicast import ClientStatus
+
     finished = sum(1 for row in report.clients if row.status is ClientStatus.FINISHED)
     state = (
         rec.TransferState.FINISHED
@@ -414,6 +420,8 @@ async def run_recorded_receiver(
     clock: Clock | None = None,
 ) -> ReceiverReport:
     """`multicast.run_receiver`, this receiver's progress and outcome recorded."""
+    from servergroup.multicast import run_receiver
+
     if coordinator is None:
         return await run_receiver(config, sink, progress=progress)
     clock = clock or SystemClock()

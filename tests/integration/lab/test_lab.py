@@ -201,6 +201,17 @@ def test_loss_drops_about_that_share_of_udp_only(lab: LabFactory) -> None:
     assert result_of(receiver)["received"] == 500
 
 
+def test_a_loss_of_100_percent_drops_every_datagram(lab: LabFactory) -> None:
+    sg = lab(2, loss=100)  # nft refused the rule this once rendered
+    h2 = sg.host("h2")
+    assert h2.loss == 100.0
+    receiver = start_receiver(sg, "h2", "--wait", "3")  # nothing comes: it waits that long
+    probe(sg, "h1", "send", str(h2.address), "--port", str(PORT), "--count", "200")
+    assert result_of(receiver)["received"] == 0
+    assert ping(sg, "h1", h2, count=3) == 3  # UDP only
+    assert sg.up(2, loss=100).hosts[1].loss == 100.0  # read back as it is: nothing to change
+
+
 def test_loss_of_all_protocols(lab: LabFactory) -> None:
     sg = lab(2)
     h2 = sg.set_loss("h2", 50, LossScope.ALL)

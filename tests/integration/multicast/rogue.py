@@ -21,10 +21,12 @@ import time
 import crc32c
 
 HEADER = struct.Struct("!2sBBIIIHHI")
+#: The protocol's version (servergroup.multicast.protocol.VERSION; no project imports here).
+VERSION = 3
 
 
 def packet(session: int, buffer_id: int, index: int, payload: bytes, flags: int = 0) -> bytes:
-    fields = HEADER.pack(b"SG", 2, 1, session, buffer_id, index, len(payload), flags, 0)
+    fields = HEADER.pack(b"SG", VERSION, 1, session, buffer_id, index, len(payload), flags, 0)
     crc = crc32c.crc32c(payload, crc32c.crc32c(fields[:-4]))
     return fields[:-4] + crc.to_bytes(4, "big") + payload
 

@@ -1,10 +1,13 @@
-"""The receiver's fast path (`datagrams_received`) does exactly what one datagram at a time does.
+"""The receiver's fast paths do exactly what one datagram at a time does.
 
 Two machines in the same state get the same datagrams: one in runs (as
 the kernel coalesces them, whatever lies in the run), the other one by one
 through `datagram_received`. Their outputs, counters and delivered bytes must
 agree, whatever mix of good, duplicate, corrupt, foreign, stale, forged and
-truncated datagrams arrives, with and without a key.
+truncated datagrams arrives, with and without a key, and with the next
+buffer announced early (overlapping rounds: datagrams of both buffers).
+The same holds for datagrams received in place (`landing` and
+`datagrams_landed`, as the driver's scatter receives put them).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 
 from servergroup.multicast import receiving as rx
 from servergroup.multicast.protocol import (
+    DATA_HEADER_SIZE,
     Auth,
     BufferInfo,
     DataPacket,
@@ -31,7 +35,8 @@ PACKETS = 9
 DATA = os.urandom(PAYLOAD * (PACKETS - 1) + 17)  # the last packet is short
 
 
-def machine(auth: Auth | None) -> rx.ReceiverMachine:
+def machine(auth: Auth | None, ahead: bool = False) -> rx.ReceiverMachine:
+    """A receiver filling buffer 0; with `ahead`, buffer 1 announced early too (overlap)."""
     m = rx.ReceiverMachine(rx.ReceiverSettings(name="r", auth=auth))
     m.connected(0.0)
     welcome = Welcome(
@@ -44,6 +49,9 @@ def machine(auth: Auth | None) -> rx.ReceiverMachine:
     m.message_received(SESSION, welcome, 0.0)
     info = BufferInfo(buffer_id=0, packet_count=PACKETS, byte_length=len(DATA))
     m.message_received(SESSION, info, 0.0)
+    if ahead:
+        info = BufferInfo(buffer_id=1, packet_count=PACKETS, byte_length=len(DATA))
+        assert m.message_received(SESSION, info, 0.0)  # Ready
     return m
 
 
@@ -54,6 +62,8 @@ def datagram(kind: str, index: int, auth: Auth | None) -> bytes:
         session = SESSION + 1
     elif kind == "stale":
         buffer_id = 7
+    elif kind == "next":
+        buffer_id = 1
     signer = Auth(b"another key") if kind == "forged" and auth is not None else auth
     raw = bytearray(
         encode_data(
@@ -70,7 +80,10 @@ def datagram(kind: str, index: int, auth: Auth | None) -> bytes:
 
 
 KINDS = st.sampled_from(
-    ["good", "good", "good", "good", "foreign", "stale", "forged", "corrupt", "truncated", "noise"]
+    [
+        *("good", "good", "good", "next", "next"),
+        *("foreign", "stale", "forged", "corrupt", "truncated", "noise"),
+    ]
 )
 ARRIVALS = st.lists(
     st.tuples(KINDS, st.integers(0, PACKETS - 1), st.integers(1, 6)), min_size=1, max_size=40
@@ -89,12 +102,15 @@ def summary(outputs: list[rx.Output]) -> list[tuple[str, object]]:
     return shown
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("keyed", [False, True])
 @settings(max_examples=60, deadline=None)
 @given(arrivals=ARRIVALS)
-def test_runs_and_single_datagrams_agree(keyed: bool, arrivals: list[tuple[str, int, int]]) -> None:
+def test_runs_and_single_datagrams_agree(
+    keyed: bool, ahead: bool, arrivals: list[tuple[str, int, int]]
+) -> None:
     auth = Auth(b"the key") if keyed else None
-    fast, slow = machine(auth), machine(auth)
+    fast, slow = machine(auth, ahead), machine(auth, ahead)
     fast_out: list[rx.Output] = []
     slow_out: list[rx.Output] = []
     now = 1.0
@@ -113,3 +129,151 @@ def test_runs_and_single_datagrams_agree(keyed: bool, arrivals: list[tuple[str, 
     assert fast.counters() == slow.counters()
     assert fast.next_timer() == slow.next_timer()
     assert fast.phase is slow.phase
+
+
+# --- datagrams received in place (the driver's scatter receive) ----------------------
+
+TAIL = 65536
+
+
+def land(m: rx.ReceiverMachine, messages: list[bytes], limit: int, now: float) -> list[rx.Output]:
+    """Receive `messages` as the driver does: at most `limit` per scatter receive."""
+    head = DATA_HEADER_SIZE
+    out: list[rx.Output] = []
+    i = 0
+    while i < len(messages):
+        plan = m.landing(limit)
+        if plan is None:
+            size = m.datagram_size or len(messages[i])
+            out += m.datagrams_received(memoryview(messages[i]), size, now)
+            i += 1
+            continue
+        batch = messages[i : i + len(plan.slots)]
+        i += len(batch)
+        headers = bytearray(head * len(batch))
+        tails = bytearray(TAIL * len(batch))
+        for j, d in enumerate(batch):
+            # What the kernel does with one message of a scatter receive.
+            headers[j * head : j * head + min(len(d), head)] = d[:head]
+            piece = d[head : head + plan.slot_size]
+            at = plan.slots[j] * plan.slot_size
+            plan.memory[at : at + len(piece)] = piece
+            rest = d[head + plan.slot_size :]
+            tails[j * TAIL : j * TAIL + len(rest)] = rest
+        out += m.datagrams_landed(plan, [len(d) for d in batch], headers, tails, TAIL, now)
+    return out
+
+
+#: In order with some lost, repeated or swapped (what a network does), or anything.
+IN_ORDER = st.lists(
+    st.tuples(
+        st.sampled_from(["good"] * 12 + ["lost", "again", "swap", "corrupt", "stale", "next"])
+    ),
+    min_size=PACKETS,
+    max_size=2 * PACKETS + 4,
+).map(lambda marks: [m[0] for m in marks])
+
+
+def in_order(marks: list[str], auth: Auth | None) -> list[list[bytes]]:
+    """Messages (each one datagram, or a run of them) for the marks, in order with faults."""
+    messages: list[list[bytes]] = []
+    for i, mark in enumerate(marks):
+        index = i % PACKETS
+        if mark == "lost":
+            continue
+        kind = mark if mark in ("corrupt", "stale", "next") else "good"
+        messages.append([datagram(kind, index, auth)])
+        if mark == "again":
+            messages.append([datagram("good", index, auth)])
+        elif mark == "swap" and len(messages) >= 2:
+            messages[-1], messages[-2] = messages[-2], messages[-1]
+    return messages
+
+
+def anything(arrivals: list[tuple[str, int, int]], auth: Auth | None) -> list[list[bytes]]:
+    messages: list[list[bytes]] = []
+    for kind, index, run in arrivals:
+        if run == 6 and kind == "good" and index + 2 < PACKETS:
+            # A run the kernel coalesced (receive offload): one message, two datagrams.
+            messages.append([datagram("good", index, auth), datagram("good", index + 1, auth)])
+        else:
+            messages.append([datagram(kind, index, auth)])
+    return messages
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize("keyed", [False, True])
+@settings(max_examples=80, deadline=None)
+@given(
+    marks=IN_ORDER,
+    arrivals=ARRIVALS,
+    ordered=st.booleans(),
+    limit=st.integers(1, 8),
+)
+def test_in_place_receives_and_single_datagrams_agree(
+    keyed: bool,
+    ahead: bool,
+    marks: list[str],
+    arrivals: list[tuple[str, int, int]],
+    ordered: bool,
+    limit: int,
+) -> None:
+    auth = Auth(b"the key") if keyed else None
+    messages = in_order(marks, auth) if ordered else anything(arrivals, auth)
+    placed, slow = machine(auth, ahead), machine(auth, ahead)
+    placed_out: list[rx.Output] = []
+    slow_out: list[rx.Output] = []
+    now = 1.0
+    for start in range(0, len(messages), 2 * limit):
+        now += 1.0
+        chunk = messages[start : start + 2 * limit]
+        placed_out += land(placed, [b"".join(parts) for parts in chunk], limit, now)
+        for parts in chunk:
+            for p in parts:
+                slow_out += slow.datagram_received(memoryview(p), now)
+    assert summary(placed_out) == summary(slow_out)
+    assert placed.counters() == slow.counters()
+    assert placed.next_timer() == slow.next_timer()
+    assert placed.phase is slow.phase
+
+
+@pytest.mark.parametrize("last", [PAYLOAD - 5, PAYLOAD - 16, PAYLOAD])
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_last_packets_tag_across_its_slot_and_the_tail_is_checked(
+    last: int, forged: bool
+) -> None:
+    # With a key the tag follows the payload: for a last packet shorter than a
+    # slot by less than a tag, it lands partly in the slot, partly in the tail.
+    data = os.urandom(PAYLOAD * 2 + last)
+    auth = Auth(b"the key")
+    signer = Auth(b"another key") if forged else auth
+    m = rx.ReceiverMachine(rx.ReceiverSettings(name="r", auth=auth))
+    m.connected(0.0)
+    welcome = Welcome(
+        group=IPv4Address("239.1.2.3"),
+        port=9,
+        payload_size=PAYLOAD,
+        buffer_packets=3,
+        keepalive_interval=1.0,
+    )
+    m.message_received(SESSION, welcome, 0.0)
+    m.message_received(SESSION, BufferInfo(buffer_id=0, packet_count=3, byte_length=len(data)), 0.0)
+    packets = [
+        encode_data(
+            DataPacket(
+                session=SESSION,
+                buffer_id=0,
+                index=i,
+                payload=data[i * PAYLOAD : (i + 1) * PAYLOAD],
+            ),
+            signer if i == 2 else auth,
+        )
+        for i in range(3)
+    ]
+    out = land(m, packets, 3, 1.0)
+    if forged:
+        assert m.counters().forged == 1
+        assert not any(isinstance(o, rx.Deliver) for o in out)
+    else:
+        delivered = [bytes(o.data) for o in out if isinstance(o, rx.Deliver)]
+        assert delivered == [data]

@@ -106,6 +106,12 @@ def test_parse_nft_loss() -> None:
     foreign = _ruleset([IIF, _numgen(50, mod=100), {"drop": None}])
     assert parse_nft_loss(foreign) == (True, None)  # not our modulus: replace it
     assert parse_nft_loss('{"nftables": []}') == (False, None)
+    # 100 %: a drop with no draw (nft refuses `< 10000` with `mod 10000`).
+    assert parse_nft_loss(_ruleset([IIF, UDP, {"drop": None}])) == (
+        True,
+        Loss(per10000=10000, scope=LossScope.UDP),
+    )
+    assert parse_nft_loss(_ruleset([IIF, UDP, {"accept": None}])) == (True, None)
 
 
 def test_render_nft_loss() -> None:
@@ -115,6 +121,9 @@ def test_render_nft_loss() -> None:
     assert "priority -300" in script
     everything = render_nft_loss("eth0", Loss(per10000=150, scope=LossScope.ALL))
     assert "l4proto" not in everything
+    whole = render_nft_loss("eth0", Loss(per10000=10000, scope=LossScope.UDP))
+    assert 'iifname "eth0" meta l4proto udp drop' in whole
+    assert "numgen" not in whole
     assert render_nft_loss("eth0", None) == (
         "table ip servergroup_lab {}\ndelete table ip servergroup_lab\n"
     )

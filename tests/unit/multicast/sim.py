@@ -68,6 +68,7 @@ class Sim:
         split: int = 7,
         rate: RateSettings | None = None,
         repair_passes: int = 2,
+        overlap: bool = True,
     ) -> None:
         self.image = image
         self.now = 100.0
@@ -87,6 +88,7 @@ class Sim:
             join_timeout=join_timeout,
             rate=rate or RateSettings(initial=1e8),
             repair_passes=repair_passes,
+            overlap=overlap,
         )
         self.sender = tx.SenderMachine(self.settings)
         self.clients = {
@@ -104,6 +106,8 @@ class Sim:
         self.hasher = blake3()
         self.events: list[object] = []
         self.multicasts: list[tx.Multicast] = []
+        #: For each multicast pass: the buffers completed (every client Done) before it began.
+        self.completed_before: list[list[int]] = []
         self.repairs: list[tx.SendRepairs] = []
         self.report: tx.SenderReport | None = None
         self.to_sender: deque[tuple[int, bytes]] = deque()
@@ -203,6 +207,9 @@ class Sim:
                     self._sender(self.sender.repairs_written(i, b, self.now))
                 case tx.Multicast():
                     self.multicasts.append(action)
+                    self.completed_before.append(
+                        [e.buffer_id for e in self.events if isinstance(e, tx.BufferCompleted)]
+                    )
                     self._multicast(action)
                 case tx.Disconnect(client=i):
                     if i in self.clients and i not in self.closed_by_sender:

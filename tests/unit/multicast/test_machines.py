@@ -63,10 +63,48 @@ def test_repeated_shared_loss_falls_back_to_repairs_after_the_last_pass() -> Non
     assert sorted((r.client, r.indices) for r in sim.repairs) == [(0, (7,)), (1, (7,))]
 
 
+def test_the_next_buffer_is_multicast_while_one_is_repaired() -> None:
+    # Client 2 loses packet 5 of buffer 0: buffer 0 waits for its repair over
+    # TCP while buffer 1, announced early, is multicast (overlapping rounds).
+    # (The sim serves clients in order: the last one's repair comes last.)
+    sim = Sim(IMAGE, clients=3, loss=lambda c, b, i, p: (c, b, i, p) == (2, 0, 5, 0))
+    sim.start()
+    assert sim.run().ok
+    outputs_match(sim, IMAGE)  # in order, although buffer 1 was whole first at client 1
+    first = [
+        (m.buffer_id, done) for m, done in zip(sim.multicasts, sim.completed_before, strict=True)
+    ]
+    assert first[1] == (1, [])  # buffer 1's pass began before buffer 0 was done everywhere
+    assert [(r.client, r.buffer_id, r.indices) for r in sim.repairs] == [(2, 0, (5,))]
+    assert [m.pass_number for m in sim.multicasts] == [0, 0, 0, 0]
+
+
+def test_without_overlap_a_buffer_is_multicast_only_after_the_one_before_is_done() -> None:
+    sim = Sim(IMAGE, clients=3, overlap=False, loss=lambda c, b, i, p: (c, b, i) == (2, 0, 5))
+    sim.start()
+    assert sim.run().ok
+    outputs_match(sim, IMAGE)
+    assert sim.completed_before[1:] == [[0], [0, 1], [0, 1, 2]]
+
+
+def test_a_shared_resend_waits_for_the_next_buffers_pass_and_repairs_still_come() -> None:
+    # Two of three clients lose packets 3 and 4 of buffer 0 in every pass:
+    # re-sends of buffer 0 go after buffer 1's pass, then TCP repairs.
+    sim = Sim(IMAGE, clients=3, loss=lambda c, b, i, p: b == 0 and i in (3, 4) and c > 0)
+    sim.start()
+    assert sim.run().ok
+    outputs_match(sim, IMAGE)
+    assert [m.pass_number for m in sim.multicasts if m.buffer_id == 0] == [0, 1, 2]
+    assert sorted((r.client, r.indices) for r in sim.repairs) == [(1, (3, 4)), (2, (3, 4))]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
 @pytest.mark.parametrize("percent", [2, 10, 40])
-def test_random_loss_still_delivers_every_byte(percent: int) -> None:
+def test_random_loss_still_delivers_every_byte(percent: int, overlap: bool) -> None:
     rng = random.Random(percent)
-    sim = Sim(IMAGE, clients=4, loss=lambda c, b, i, p: rng.random() < percent / 100)
+    sim = Sim(
+        IMAGE, clients=4, overlap=overlap, loss=lambda c, b, i, p: rng.random() < percent / 100
+    )
     sim.start()
     report = sim.run()
     assert report.ok
