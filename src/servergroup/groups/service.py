@@ -23,43 +23,50 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   more gather for `batch_linger` (2 ms) before the next one, unless 100
   wait already: a transaction costs about the same CPU on every host
   whatever its size, and on a busy machine that, not etcd, bounds the
-  group. The batcher runs one transaction at a time:
-  `broadcasts/<group>` compared on the mod revision it last knew (or
-  absent), a put of one `BroadcastBatch` of up to `MAX_BATCH_ITEMS`
-  broadcasts and `MAX_BATCH_BYTES` of value, under the host's registration
-  guard; the failure branch reads the key, and a conflict (another host
-  wrote) is retried at once with the `first_seq` learnt from what was read
-  (with a jittered pause only after several conflicts in a row). One
-  transaction in flight per group per host keeps each sender's order. After
-  the commit each (guest, address) that sent ids in the batch gets one
+  group. Each host writes its batches of a group to its own key
+  `broadcasts/<group>/<host>`, which no other host writes, so hosts never
+  compete for a key. The batcher runs one transaction at a time: its key
+  compared on the mod revision it last wrote (or absent), a put of one
+  `BroadcastBatch` of up to `MAX_BATCH_ITEMS` broadcasts and
+  `MAX_BATCH_BYTES` of value carrying `host_total` (this host's broadcasts
+  of the group so far, this batch's included), under the host's
+  registration guard; the failure branch reads its own key (and the
+  guard's) only. It starts from this host's key as the group's first read
+  found it, and sends nothing before that read. One transaction in flight
+  per group per host keeps each sender's order. Once the group's watch
+  has numbered a stored batch (`GroupFeed`: it needs every host's totals up
+  to that revision), each (guest, address) that sent ids in it gets one
   cumulative `broadcast_ack` (its highest id, that broadcast's seq). A
   batch that cannot be stored (etcd unreachable, this host fenced) is
   nacked, each broadcast with its id and one sentence; those nacks go out
   before any later batch is tried, so before any ack that passes them.
   A transaction that got no answer is in doubt: it is sent again exactly as
-  it was until the key (or, when another host wrote after it, the watch)
-  shows whether it landed, and nacked only after `in_doubt_timeout`. A
-  batch in doubt is never made again with other items: when the watch
-  cannot tell (it does not catch up in time, or it skipped revisions past
-  a compaction since the batch was first sent) the batch is nacked, and
-  counted as `nacked_but_stored` should it show up after all. Every batch
-  is known to the watch from before its first send, so a watch event that
-  comes before a lost answer still counts.
+  it was, and the first answer settles it: success (the earlier attempt
+  did not land), or a failed compare whose read of this host's key finds
+  the batch's own bytes (it landed: acked once, never stored twice), or
+  other bytes (the key moved on without it, so it never can land: made
+  again on what the key holds). Etcd unreachable for `in_doubt_timeout`,
+  the batch is nacked unless the watch saw it stored, and counted as
+  `nacked_but_stored` should it show up later.
   Broadcasts without an id (old applications) get no ack.
-- **Broadcast, receiving.** The service watches `broadcasts/<group>` of each
-  group with a server on this host (from the registry change that placed the
-  first one here) and nothing else. Each batch's items are delivered in
-  order, item i with seq `first_seq + i`, to the LOCAL connected members of
-  the group except that item's sender (and to their subscribed addresses);
-  each delivered envelope is encoded once and the same bytes go to every
-  member (`relay.send_to_guests`). One total order per group across all
-  hosts, numbered 1, 2, 3... A host remembers per group the key's create
-  revision and the last seq it delivered: seqs already delivered are
-  skipped (a re-read delivers only what is new), a batch starting past the
-  next seq is a gap (counted in `broadcasts_missed`, logged once), a new
-  create revision (the group was deleted and made again) numbers from 1.
-  A host that fell behind the store's compaction reads the key again, which
-  holds the whole latest batch, and delivers what it has not.
+- **Broadcast, receiving.** The service watches the prefix
+  `broadcasts/<group>/` of each group with a server on this host (from a
+  read of the group's keys, when the registry change that placed the first
+  one here is handled) and nothing else. The group's order is the store's
+  order of those writes; each write of n items by host h is numbered from
+  the sum of every host's latest `host_total` (h's included): its items
+  are sum - n + 1 ... sum (`groups.sequencing.GroupFeed`, started from the
+  totals the read found). Each batch's items are delivered in order to the
+  LOCAL connected members of the group except that item's sender (and to
+  their subscribed addresses); each delivered envelope is encoded once and
+  the same bytes go to every member (`relay.send_to_guests`). One total
+  order per group across all hosts, numbered 1, 2, 3... Seqs already
+  delivered are skipped, a batch starting past the next seq is a gap
+  (counted in `broadcasts_missed`, logged once), and once the group's keys
+  are all deleted (the group was deleted) it numbers from 1 again. A host
+  that fell behind the store's compaction reads the group's keys again:
+  their totals say how many seqs it missed, and the key written last holds
+  the group's latest batch, whose new items it delivers.
   A text that is too long, has a NUL or a newline, or comes from a server
   whose group does not exist is refused with a `nack` that says why.
 - **Status.** A `status_query` gets one `status_response` per member of the
@@ -205,10 +212,9 @@ _REWATCH_INTERVAL = 0.5
 #: lost its session under a burst).
 _HANDLED_BEFORE_YIELD = 64
 #: Conflicts in a row retried at once; the next ones after a short jittered pause.
-#: A conflict means another host's batch was stored (the group made progress), and
-#: the failed transaction's read says what to compare on next, so an immediate retry
-#: is the right answer; the pause only breaks a lockstep, and is kept short because
-#: every millisecond of it is latency for the broadcasts waiting behind it.
+#: Only this host writes its key, so a conflict means the key is not what this host
+#: last wrote (the group deleted and made again, the service restarted, a batch nacked
+#: in doubt stored after all); the failed transaction's read says what to compare on.
 _CONFLICTS_AT_ONCE = 8
 _CONFLICT_BACKOFF = Backoff(initial=0.001, max_delay=0.01)
 #: A batch that meets a conflict at every attempt for this long is refused.
