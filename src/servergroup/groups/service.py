@@ -1331,6 +1331,11 @@ class GroupService:
             return None
         latest = read.latest
         numbered = feed.reread(read.totals, len(latest[1].items) if latest is not None else 0)
+        # This host's batches the compaction hid are acked first, in their order (exact
+        # for the one written last of all).
+        for batcher in (self._batchers.get(group), self._closing.get(group)):
+            if batcher is not None:
+                batcher.hidden(read.revision, feed.total, read.own.total)
         if latest is not None:
             kv, batch = latest
             if kv.key == broadcast_key(group, self.host):
@@ -1338,9 +1343,6 @@ class GroupService:
             self._deliver_items(group, batch, numbered)
         elif numbered.gap:
             self._missed(group, numbered)
-        for batcher in (self._batchers.get(group), self._closing.get(group)):
-            if batcher is not None:
-                batcher.hidden(read.revision, feed.total, read.own.total)
         return read.revision
 
     def _numbered_own(self, group: str, revision: int, first: int, value: bytes) -> None:
