@@ -513,6 +513,37 @@ async def test_a_lost_answer_after_another_host_wrote_is_acked_once_never_stored
         assert host.service.counters.nacked_but_stored == 0
 
 
+async def test_a_restarted_service_numbers_on_from_its_hosts_key(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The service of the only sending host stops and starts again (as its daemon
+    would): it reads its own key's total back, so its next batches number on, and
+    neither its members nor its acks see a seq twice or a gap."""
+    async with one_host(etcd_server, etcd_prefix, tmp_path) as host:
+        n = 100
+        first = [f"before {i:03d}" for i in range(n)]
+        then = [f"after {i:03d}" for i in range(n)]
+        async with watching(host.guests) as seen:
+            a, b = seen["a"], seen["b"]
+            host.guests["a"].send_raw(burst(first))
+            await until(a, a.all_answered(n), "the first burst answered")
+            await until(b, b.has(n), "b to get the first burst")
+            await host.service.stop()
+            await host.service.start()
+            host.guests["a"].send_raw(burst(then, first_id=n))
+            await until(a, a.all_answered(2 * n), "the second burst answered")
+            await until(b, b.has(2 * n), "b to get the second burst")
+            await asyncio.sleep(0.2)  # anything extra would show up now
+        assert a.nacked == {}
+        got = b.broadcasts
+        assert [m.text for m in got] == [*first, *then]
+        assert [m.seq for m in got] == list(range(1, 2 * n + 1))
+        assert all(
+            answer.seq == answer.id + 1 for answer in a.answers if isinstance(answer, BroadcastAck)
+        )
+        assert host.service.counters.txn_conflicts == 0  # it knew its key: no failed compare
+
+
 async def test_beyond_the_hard_cap_a_request_is_nacked_busy_never_dropped(
     etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
 ) -> None:
