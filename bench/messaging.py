@@ -1073,18 +1073,24 @@ async def etcd_ceiling(bench: Bench, clients: int, seconds: float) -> dict[str, 
     sizes: list[int] = []
 
     async def writer(coordinator: Any, key: str) -> int:
-        revision, seq, txns = 0, 1, 0
+        revision, total, txns = 0, CEILING_ITEMS, 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             value = encode_batch(
-                BroadcastBatch(group=key, first_seq=seq, sent_at="", items=(item,) * CEILING_ITEMS)
+                BroadcastBatch(
+                    group="ceiling",
+                    host=key,
+                    host_total=total,
+                    sent_at="",
+                    items=(item,) * CEILING_ITEMS,
+                )
             )
             sizes.append(len(value))
             result = await coordinator.txn(
                 [Compare.unchanged(key, revision)], [Put(key=key, value=value)], [Get(key=key)]
             )
             if result.succeeded:
-                revision, seq, txns = result.revision, seq + CEILING_ITEMS, txns + 1
+                revision, total, txns = result.revision, total + CEILING_ITEMS, txns + 1
             else:
                 kv = result.reads.get(key)
                 revision = kv.mod_revision if kv is not None else 0

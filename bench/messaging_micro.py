@@ -48,8 +48,8 @@ def cases() -> dict[str, Callable[[], object]]:
     drops = DropLog(logging.getLogger("bench"), Counters())
     datagram = sockets.Datagram(data=app_datagram, sender="sgc-1234-abcd", truncated=False)
     value = encode_batch(
-        BroadcastBatch(group="bench", first_seq=100, sent_at="2026-12-06T14:00:00.000+00:00",
-                       items=(item,) * 10)
+        BroadcastBatch(group="bench", host="h1", host_total=100,
+                       sent_at="2026-12-06T14:00:00.000+00:00", items=(item,) * 10)
     )  # fmt: skip
     trunc = getattr(sockets, "_MSG_TRUNC", socket.MSG_TRUNC)
 

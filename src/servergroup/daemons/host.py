@@ -16,7 +16,7 @@ Theory of operation. The daemon is a list of components (the protocol of
   (`guestcomm.relay`: one stream per guest found in the channel directory,
   and the host's abstract `cgcs.messaging` for host tools), the **group
   service** (`groups.service`: broadcast, status, notifications; it watches
-  `broadcasts/<group>` of the groups with a server here) and the **server
+  `broadcasts/<group>/` of the groups with a server here) and the **server
   manager** (`servers.manager`: the lifecycle of the servers the registry
   puts on this host, through the server drivers), the **evacuator** and the
   **scaler** (`scaling.scaler`: `servergroup scale` requests for the servers

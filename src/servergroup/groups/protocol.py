@@ -12,9 +12,9 @@ Departures from the original, all listed in spec section 6 or the issue:
 - A relayed broadcast carries `"version": 2` as an integer, not the string
   `"version"`.
 - `status_response_done` carries no `data`.
-- A relayed broadcast may carry `seq`, the group's sequence number (the
-  version of the key `broadcasts/<group>` that carried it); old clients
-  ignore the extra key.
+- A relayed broadcast may carry `seq`, the group's sequence number (its
+  place in the group's one order; `groups.sequencing`); old clients ignore
+  the extra key.
 - `subscribe` / `unsubscribe` (no other keys) are ours: an app bound at an
   address other than `cgcs.server_grp` asks the host to send it the group's
   traffic (broadcasts and notifications) too.

@@ -1,9 +1,14 @@
 """The bookkeeping of batched broadcasts, pure: what to write next, to deliver, to acknowledge.
 
 Theory of operation (docs/design/messaging.md, "Broadcast order and sequence
-number"): each write to `broadcasts/<group>` is one batch, item i numbered
-`first_seq + i`. The group service keeps three small decisions apart from its
-I/O so that they can be tested on their own:
+number"): each host writes its batches of group G to its own key
+`broadcasts/<G>/<host>`, and every batch carries its writer's `host_total`
+(the host's broadcasts of G stored so far, this batch's included). The
+group's order is the store's order of those writes; its seq is agreed by
+every host without any compare between hosts: once a batch of n items is
+written, the group has sum(latest host_total of every host) broadcasts, so
+its items are that sum - n + 1 ... that sum. The group service keeps these
+decisions apart from its I/O so that they can be tested on their own:
 
 - `take_batch(sizes, ...)`: how many of the waiting broadcasts, in order, go
   into the next transaction: at least one, at most `max_items`, and no more
@@ -11,21 +16,24 @@ I/O so that they can be tested on their own:
 - `cumulative_acks(first_seq, senders)`: for a stored batch, one
   acknowledgement per sender (its highest id, with that broadcast's seq);
   broadcasts without an id get none.
-- `SeqTracker.admit(group, create_revision, first_seq, count)`: for a batch
-  seen by a receiving host, which of its items are new. Invariant, for any
-  sequence of batches: the seqs a host delivers for one key (one create
-  revision) are strictly increasing, so never one twice nor out of order;
-  every seq skipped over between two delivered ones is counted once as
-  missed. A new create revision (the group deleted and made again) starts
-  the numbering again; the first batch after a group gets a server here is
-  taken as it is (there is nothing to compare it with).
+- `GroupFeed`: one receiving host's view of one group: each host's latest
+  total (and its key's create revision), their sum, and the last seq
+  delivered. `put` numbers a batch seen by the watch and says which of its
+  items are new; `delete` forgets a host's key (when the group's keys are
+  all gone, it numbers from 1 again); `reread` takes the totals read after
+  a compaction and numbers the latest batch. Invariants, for any sequence
+  of writes by any hosts and any compactions: every item a host delivers
+  has the seq the writes' order gives it (so every host numbers alike), the
+  seqs delivered are strictly increasing (never one twice nor out of
+  order), and every seq skipped between two delivered ones is counted once
+  as missed.
 
 No I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,59 +80,122 @@ def cumulative_acks(first_seq: int, senders: Sequence[tuple[K, int | None]]) -> 
     return acks
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Admitted:
-    """What to do with a batch: deliver its items from `skip` on; `missed` seqs came before."""
+@dataclass(frozen=True, slots=True)
+class HostTotal:
+    """A host's key of a group: its create revision, and the `host_total` it holds."""
 
+    create_revision: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Numbered:
+    """A batch of `count` items numbered `first_seq` on: deliver from item `skip` on.
+
+    `missed` seqs came before it that this host never delivered (a gap).
+    """
+
+    first_seq: int
+    count: int
     skip: int
     missed: int
+
+    @property
+    def fresh(self) -> bool:
+        """Whether any item of the batch is new here."""
+        return self.skip < self.count
 
     @property
     def gap(self) -> bool:
         return self.missed > 0
 
 
-class SeqTracker:
-    """Per group: the key's create revision and the last seq delivered."""
+def first_seq(group_total: int, count: int) -> int:
+    """The seq of the first of `count` items whose write brought the group to `group_total`."""
+    return group_total - count + 1
 
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, int]] = {}
 
-    def start_at(self, group: str, create_revision: int, last_seq: int) -> None:
-        """Take `last_seq` as delivered already (what the key held when following began)."""
-        self._last[group] = (create_revision, last_seq)
+class GroupFeed:
+    """One group as a receiving host follows it: hosts' totals, their sum, the last delivered.
 
-    def forget(self, group: str) -> None:
-        """The group's key was deleted, or the group is no longer followed."""
-        self._last.pop(group, None)
+    Made from the totals read at the revision the watch starts after; what
+    that read counted is taken as delivered already.
+    """
 
-    def last(self, group: str) -> tuple[int, int] | None:
-        """(create revision, last seq delivered) of `group`, or None."""
-        return self._last.get(group)
+    __slots__ = ("_last", "_sum", "_totals")
 
-    def clear(self) -> None:
-        self._last.clear()
+    def __init__(self, totals: Mapping[str, HostTotal] | None = None) -> None:
+        self._totals: dict[str, HostTotal] = dict(totals or {})
+        self._sum = sum(t.total for t in self._totals.values())
+        self._last = self._sum
 
-    def admit(
-        self, group: str, create_revision: int, first_seq: int, count: int
-    ) -> Admitted | None:
-        """The part of a batch (seqs `first_seq` .. `first_seq + count - 1`) to deliver.
+    @property
+    def total(self) -> int:
+        """The group's broadcasts so far: the sum of every host's latest total."""
+        return self._sum
 
-        None when every item was delivered already. Records the batch's last
-        seq as delivered.
+    @property
+    def last(self) -> int:
+        """The last seq delivered (or taken as delivered)."""
+        return self._last
+
+    def totals(self) -> dict[str, HostTotal]:
+        return dict(self._totals)
+
+    def put(self, host: str, create_revision: int, host_total: int, count: int) -> Numbered:
+        """`host` wrote a batch of `count` items bringing its total to `host_total`."""
+        old = self._totals.get(host)
+        self._sum += host_total - (old.total if old is not None else 0)
+        self._totals[host] = HostTotal(create_revision, host_total)
+        return self._admit(first_seq(self._sum, count), count)
+
+    def delete(self, host: str) -> None:
+        """`host`'s key was deleted: with the group's last key gone, it numbers from 1 again."""
+        old = self._totals.pop(host, None)
+        if old is not None:
+            self._sum -= old.total
+        if not self._totals:
+            self._sum = self._last = 0
+
+    def reread(self, totals: Mapping[str, HostTotal], latest_count: int) -> Numbered:
+        """The group's keys as read again (after a compaction), and the latest batch numbered.
+
+        `latest_count` is the item count of the batch written last (the key
+        with the highest mod revision), 0 when there is none to deliver; its
+        items are the group's last. A key known before that is gone or made
+        again means the group was deleted meanwhile: it numbers from 1 again.
+        What lies between the last delivered and that batch is missed.
         """
-        seen = self._last.get(group)
-        if seen is None:
-            last = first_seq - 1  # the first since the group has a server here
-        elif seen[0] != create_revision:
-            last = 0  # the group was deleted and created again: numbered from 1
-        else:
-            last = seen[1]
-        last_seq = first_seq + count - 1
-        if last_seq <= last:
-            return None
-        self._last[group] = (create_revision, last_seq)
-        return Admitted(skip=max(0, last + 1 - first_seq), missed=max(0, first_seq - last - 1))
+        restarted = any(
+            (now := totals.get(host)) is None or now.create_revision != old.create_revision
+            for host, old in self._totals.items()
+        )
+        self._totals = dict(totals)
+        self._sum = sum(t.total for t in self._totals.values())
+        if restarted or not self._totals:
+            self._last = 0
+        return self._admit(first_seq(self._sum, latest_count), latest_count)
+
+    def _admit(self, first: int, count: int) -> Numbered:
+        last = self._last
+        end = first + count - 1
+        if end <= last:
+            return Numbered(first_seq=first, count=count, skip=count, missed=0)
+        self._last = end
+        return Numbered(
+            first_seq=first,
+            count=count,
+            skip=max(0, last + 1 - first),
+            missed=max(0, first - last - 1),
+        )
 
 
-__all__ = ["Ack", "Admitted", "SeqTracker", "cumulative_acks", "take_batch"]
+__all__ = [
+    "Ack",
+    "GroupFeed",
+    "HostTotal",
+    "Numbered",
+    "cumulative_acks",
+    "first_seq",
+    "take_batch",
+]

@@ -23,43 +23,50 @@ Theory of operation (docs/design/messaging.md, spec section 4):
   more gather for `batch_linger` (2 ms) before the next one, unless 100
   wait already: a transaction costs about the same CPU on every host
   whatever its size, and on a busy machine that, not etcd, bounds the
-  group. The batcher runs one transaction at a time:
-  `broadcasts/<group>` compared on the mod revision it last knew (or
-  absent), a put of one `BroadcastBatch` of up to `MAX_BATCH_ITEMS`
-  broadcasts and `MAX_BATCH_BYTES` of value, under the host's registration
-  guard; the failure branch reads the key, and a conflict (another host
-  wrote) is retried at once with the `first_seq` learnt from what was read
-  (with a jittered pause only after several conflicts in a row). One
-  transaction in flight per group per host keeps each sender's order. After
-  the commit each (guest, address) that sent ids in the batch gets one
+  group. Each host writes its batches of a group to its own key
+  `broadcasts/<group>/<host>`, which no other host writes, so hosts never
+  compete for a key. The batcher runs one transaction at a time: its key
+  compared on the mod revision it last wrote (or absent), a put of one
+  `BroadcastBatch` of up to `MAX_BATCH_ITEMS` broadcasts and
+  `MAX_BATCH_BYTES` of value carrying `host_total` (this host's broadcasts
+  of the group so far, this batch's included), under the host's
+  registration guard; the failure branch reads its own key (and the
+  guard's) only. It starts from this host's key as the group's first read
+  found it, and sends nothing before that read. One transaction in flight
+  per group per host keeps each sender's order. Once the group's watch
+  has numbered a stored batch (`GroupFeed`: it needs every host's totals up
+  to that revision), each (guest, address) that sent ids in it gets one
   cumulative `broadcast_ack` (its highest id, that broadcast's seq). A
   batch that cannot be stored (etcd unreachable, this host fenced) is
   nacked, each broadcast with its id and one sentence; those nacks go out
   before any later batch is tried, so before any ack that passes them.
   A transaction that got no answer is in doubt: it is sent again exactly as
-  it was until the key (or, when another host wrote after it, the watch)
-  shows whether it landed, and nacked only after `in_doubt_timeout`. A
-  batch in doubt is never made again with other items: when the watch
-  cannot tell (it does not catch up in time, or it skipped revisions past
-  a compaction since the batch was first sent) the batch is nacked, and
-  counted as `nacked_but_stored` should it show up after all. Every batch
-  is known to the watch from before its first send, so a watch event that
-  comes before a lost answer still counts.
+  it was, and the first answer settles it: success (the earlier attempt
+  did not land), or a failed compare whose read of this host's key finds
+  the batch's own bytes (it landed: acked once, never stored twice), or
+  other bytes (the key moved on without it, so it never can land: made
+  again on what the key holds). Etcd unreachable for `in_doubt_timeout`,
+  the batch is nacked unless the watch saw it stored, and counted as
+  `nacked_but_stored` should it show up later.
   Broadcasts without an id (old applications) get no ack.
-- **Broadcast, receiving.** The service watches `broadcasts/<group>` of each
-  group with a server on this host (from the registry change that placed the
-  first one here) and nothing else. Each batch's items are delivered in
-  order, item i with seq `first_seq + i`, to the LOCAL connected members of
-  the group except that item's sender (and to their subscribed addresses);
-  each delivered envelope is encoded once and the same bytes go to every
-  member (`relay.send_to_guests`). One total order per group across all
-  hosts, numbered 1, 2, 3... A host remembers per group the key's create
-  revision and the last seq it delivered: seqs already delivered are
-  skipped (a re-read delivers only what is new), a batch starting past the
-  next seq is a gap (counted in `broadcasts_missed`, logged once), a new
-  create revision (the group was deleted and made again) numbers from 1.
-  A host that fell behind the store's compaction reads the key again, which
-  holds the whole latest batch, and delivers what it has not.
+- **Broadcast, receiving.** The service watches the prefix
+  `broadcasts/<group>/` of each group with a server on this host (from a
+  read of the group's keys, when the registry change that placed the first
+  one here is handled) and nothing else. The group's order is the store's
+  order of those writes; each write of n items by host h is numbered from
+  the sum of every host's latest `host_total` (h's included): its items
+  are sum - n + 1 ... sum (`groups.sequencing.GroupFeed`, started from the
+  totals the read found). Each batch's items are delivered in order to the
+  LOCAL connected members of the group except that item's sender (and to
+  their subscribed addresses); each delivered envelope is encoded once and
+  the same bytes go to every member (`relay.send_to_guests`). One total
+  order per group across all hosts, numbered 1, 2, 3... Seqs already
+  delivered are skipped, a batch starting past the next seq is a gap
+  (counted in `broadcasts_missed`, logged once), and once the group's keys
+  are all deleted (the group was deleted) it numbers from 1 again. A host
+  that fell behind the store's compaction reads the group's keys again:
+  their totals say how many seqs it missed, and the key written last holds
+  the group's latest batch, whose new items it delivers.
   A text that is too long, has a NUL or a newline, or comes from a server
   whose group does not exist is refused with a `nack` that says why.
 - **Status.** A `status_query` gets one `status_response` per member of the
@@ -115,7 +122,6 @@ from servergroup.coordination import (
     Put,
     StoreUnavailable,
     TxnOp,
-    TxnResult,
     WatchCompacted,
     WatchEvent,
 )
@@ -139,7 +145,13 @@ from servergroup.groups.protocol import (
     encode_group_message,
     msg_type_of,
 )
-from servergroup.groups.sequencing import SeqTracker, cumulative_acks, take_batch
+from servergroup.groups.sequencing import (
+    GroupFeed,
+    HostTotal,
+    Numbered,
+    cumulative_acks,
+    take_batch,
+)
 from servergroup.guestcomm.drops import Counters, DropLog
 from servergroup.guestcomm.protocol import (
     MAX_DATAGRAM,
@@ -166,6 +178,8 @@ from servergroup.servers.registry import (
     RegistryCache,
     RegistryChange,
     broadcast_key,
+    broadcast_prefix,
+    parse_broadcast_key,
 )
 
 log = logging.getLogger(__name__)
@@ -198,10 +212,9 @@ _REWATCH_INTERVAL = 0.5
 #: lost its session under a burst).
 _HANDLED_BEFORE_YIELD = 64
 #: Conflicts in a row retried at once; the next ones after a short jittered pause.
-#: A conflict means another host's batch was stored (the group made progress), and
-#: the failed transaction's read says what to compare on next, so an immediate retry
-#: is the right answer; the pause only breaks a lockstep, and is kept short because
-#: every millisecond of it is latency for the broadcasts waiting behind it.
+#: Only this host writes its key, so a conflict means the key is not what this host
+#: last wrote (the group deleted and made again, the service restarted, a batch nacked
+#: in doubt stored after all); the failed transaction's read says what to compare on.
 _CONFLICTS_AT_ONCE = 8
 _CONFLICT_BACKOFF = Backoff(initial=0.001, max_delay=0.01)
 #: A batch that meets a conflict at every attempt for this long is refused.
@@ -210,11 +223,11 @@ _CONFLICT_TIMEOUT = 10.0
 #: it is nacked; the default of the service's `in_doubt_timeout`.
 DEFAULT_IN_DOUBT_TIMEOUT = 15.0
 _IN_DOUBT_RETRY_INTERVAL = 0.2
-#: How long to wait for the watch to show whether a batch in doubt was stored.
-_WATCH_CATCH_UP_TIMEOUT = 5.0
+#: This host's writes the watch numbered before their transaction's answer came, kept.
+_NUMBERED_KEPT = 64
 #: How long `stop` lets a transaction in flight finish before it gives up on it.
 _STOP_TIMEOUT = 2.0
-#: The bytes of a batch's value besides its items (group, first_seq, sent_at, brackets).
+#: The bytes of a batch's value besides its items (group, host, host_total, sent_at, brackets).
 _BATCH_OVERHEAD = 256
 
 #: What a guest may send; the others are the host's to send.
@@ -229,11 +242,12 @@ class ServiceCounters:
     broadcasts_accepted: int = 0  # broadcasts this host stored in batches
     batches: int = 0  # transactions that stored a batch
     batch_max: int = 0  # the most broadcasts stored in one batch
-    txn_conflicts: int = 0  # transactions refused because another host wrote first
+    txn_conflicts: int = 0  # transactions whose compare failed: this host's key had moved
     acks: int = 0  # broadcast_ack messages sent
     busy_nacks: int = 0  # requests refused because their guest's queue was at the hard cap
     throttles: int = 0  # times a guest's channel was paused
     nacked_but_stored: int = 0  # nacked when etcd did not answer, yet the attempt had landed
+    unacked_stored: int = 0  # stored, but the group was left before its watch numbered them
     broadcasts_delivered: int = 0  # deliveries to guests (one per member and address)
     broadcasts_missed: int = 0  # gaps in seq: never seen by this host
     status_queries: int = 0
@@ -280,26 +294,33 @@ def iso_time(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
 
 
-class _InDoubt(Exception):
-    """A batch's answer was lost and nothing can tell whether it was stored."""
+@dataclass(frozen=True, slots=True)
+class _OwnKey:
+    """What a batcher knows of its host's key of the group: the compare, and the total."""
+
+    mod_revision: int  # 0: the key does not exist
+    total: int  # this host's broadcasts of the group stored so far
 
 
 @dataclass(frozen=True, slots=True)
-class _KeyState:
-    """What a batcher knows of `broadcasts/<group>`: the compare and the next seq."""
+class _GroupRead:
+    """A group's keys as read at `revision`: each host's total, this host's key, the latest."""
 
-    mod_revision: int
-    next_seq: int
+    revision: int
+    totals: dict[str, HostTotal]
+    own: _OwnKey
+    #: The batch written last (highest mod revision) and its key, if any decodes.
+    latest: tuple[KeyValue, BroadcastBatch] | None
 
 
 class _Decoded:
     """Batches decoded (or encoded) here lately, by their bytes: each decoded once per host.
 
-    The batcher puts the batch it is about to store, and the one a conflict
-    made it read; the watch then takes the same bytes back without decoding
-    them again (a batch's value is JSON of up to `MAX_BATCH_BYTES`, and on
-    the sending host decoding it was a good part of the work per broadcast).
-    Bounded: what the watch never asks for (a transaction that failed) falls out.
+    The batcher puts the batch it is about to store; the watch then takes
+    the same bytes back without decoding them again (a batch's value is
+    JSON of up to `MAX_BATCH_BYTES`, and on the sending host decoding it was
+    a good part of the work per broadcast). Bounded: what the watch never
+    asks for (a transaction that failed) falls out.
     """
 
     LIMIT = 32
@@ -316,28 +337,6 @@ class _Decoded:
         """The batch in `value` (taken from what was put, else decoded); `RecordError`."""
         batch = self._batches.pop(value, None)
         return batch if batch is not None else decode_batch(value)
-
-
-def _last_seq(kv: KeyValue, decoded: _Decoded | None = None) -> int:
-    """The seq of the last broadcast in the key's value.
-
-    A value that is not a batch (a record of an older version, garbage) is
-    counted on from the key's version, as older versions numbered them.
-    With `decoded`, the batch is kept there for the watch to take.
-    """
-    try:
-        batch = decode_batch(kv.value)
-    except RecordError:
-        return kv.version
-    if decoded is not None:
-        decoded.put(kv.value, batch)
-    return batch.last_seq
-
-
-def _state_of(kv: KeyValue | None, decoded: _Decoded | None = None) -> _KeyState | None:
-    if kv is None:
-        return None
-    return _KeyState(mod_revision=kv.mod_revision, next_seq=_last_seq(kv, decoded) + 1)
 
 
 def _item_size(item: BroadcastItem) -> int:
@@ -379,13 +378,17 @@ class _Guest:
 
 
 class _Batcher:
-    """Writes one group's broadcasts, in arrival order, one transaction at a time."""
+    """Writes this host's broadcasts of one group to its own key, one transaction at a time.
 
-    def __init__(self, service: GroupService, group: str, known: _KeyState | None) -> None:
+    Each batch is acknowledged once the group's watch has numbered it.
+    """
+
+    def __init__(self, service: GroupService, group: str) -> None:
         self._s = service
         self.group = group
-        self.key = broadcast_key(group)
-        self.known = known
+        self.key = broadcast_key(group, service.host)
+        #: This host's key as last written; from the group's first read, before the first send.
+        self.known: _OwnKey | None = None
         self._pending: deque[_Pending] = deque()
         self._in_flight: list[_Pending] = []
         self._last_size = 0  # broadcasts in the last transaction taken
@@ -393,18 +396,15 @@ class _Batcher:
         self._room = asyncio.Event()
         self._room.set()
         self._closed: str | None = None  # why, once closed
-        #: Values of batches sent and not yet settled (the answer may yet be lost),
-        #: and where the watch saw them: a value is in `_doubt` from before its
-        #: first send, so a watch event that beats a lost answer is not missed.
-        self._doubt: set[bytes] = set()
-        self._watched: dict[bytes, int] = {}
-        #: How many times the watch skipped revisions (it resumed past a compaction).
-        self._blind = 0
-        #: Values nacked (or retried) without knowing whether they were stored.
+        #: Batches stored and not numbered by the watch yet (revision -> batch, items), and
+        #: this host's writes the watch numbered before the batcher knew (revision ->
+        #: first seq, value): the answer of a transaction and the watch event race.
+        self._awaiting: dict[int, tuple[BroadcastBatch, list[_Pending]]] = {}
+        self._numbered: dict[int, tuple[int, bytes]] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
+        #: Values nacked without knowing whether they were stored (etcd did not answer).
         self._unresolved: deque[bytes] = deque(maxlen=16)
-        #: The revision of the latest write of the key the watch delivered.
-        self.watched_revision = 0
-        self._watch_moved = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"group-batch-{group}")
 
     async def append(self, pending: _Pending) -> None:
@@ -419,7 +419,8 @@ class _Batcher:
         self._wake.set()
 
     async def close(self, reason: str, *, timeout: float = _STOP_TIMEOUT) -> None:
-        """Take no more; let the transaction in flight finish within `timeout`; refuse the rest."""
+        """Take no more; let the transaction in flight finish and the watch number what was
+        stored, within `timeout`; refuse the rest."""
         if self._closed is None:
             self._closed = reason
         self._wake.set()
@@ -428,6 +429,7 @@ class _Batcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await asyncio.wait({self._task})
+                    await self._drained.wait()
         finally:
             self.abort(reason)
 
@@ -442,6 +444,18 @@ class _Batcher:
         self._pending.clear()
         if left:
             self._s._refuse(left, self.group, reason)
+        if self._awaiting:
+            count = sum(len(items) for _, items in self._awaiting.values())
+            self._s.counters.unacked_stored += count
+            log.warning(
+                "host %s stored %d broadcast(s) of group %s but stopped following the group "
+                "before its watch numbered them: their senders get no ack",
+                self._s.host,
+                count,
+                self.group,
+            )
+            self._awaiting.clear()
+            self._drained.set()
 
     def _take(self) -> list[_Pending]:
         count = take_batch(
@@ -490,7 +504,17 @@ class _Batcher:
             self._in_flight = self._take()
             self._last_size = len(self._in_flight)
             try:
-                await self._commit(self._in_flight)
+                if self.known is None:
+                    self.known = await self._s._own_key(self.group)
+                if self.known is None:
+                    self._s._refuse(
+                        self._in_flight,
+                        self.group,
+                        f"host {self._s.host} cannot read the broadcasts of group "
+                        f"{self.group} from etcd",
+                    )
+                else:
+                    await self._commit(self._in_flight)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -501,16 +525,15 @@ class _Batcher:
             self._in_flight = []
 
     async def _commit(self, items: list[_Pending]) -> None:
-        """Store `items` as one batch, then ack them; or nack them, saying why."""
+        """Store `items` as one batch (acked once numbered); or nack them, saying why."""
         s = self._s
         backoff: Iterator[float] | None = None
         conflicts = 0
         deadline = s._clock.monotonic() + _CONFLICT_TIMEOUT
         value = b""
         batch: BroadcastBatch | None = None
-        compares: list[Compare] = []
+        compare = Compare.absent(self.key)
         doubt_since: float | None = None  # an attempt's answer was lost: it may have landed
-        blind_at_send = self._blind
         while True:
             guard: Guard | None = None
             if s._fence is not None:
@@ -527,22 +550,22 @@ class _Batcher:
             if doubt_since is None or batch is None:
                 # A batch in doubt is sent again exactly as it was: same compare, same bytes.
                 known = self.known
+                assert known is not None
                 batch = BroadcastBatch(
                     group=self.group,
-                    first_seq=known.next_seq if known is not None else 1,
+                    host=s.host,
+                    host_total=known.total + len(items),
                     sent_at=iso_time(s._clock.wall()),
                     items=tuple(p.item for p in items),
                 )
                 value = encode_batch(batch)
                 s._decoded.put(value, batch)
-                self._doubt.add(value)
-                blind_at_send = self._blind
-                compares = [
+                compare = (
                     Compare.unchanged(self.key, known.mod_revision)
-                    if known is not None
+                    if known.mod_revision
                     else Compare.absent(self.key)
-                ]
-            attempt = list(compares)
+                )
+            attempt = [compare]
             failure: list[TxnOp] = [Get(key=self.key)]
             if guard is not None:
                 attempt.append(Compare.held(guard))
@@ -553,7 +576,6 @@ class _Batcher:
                 now = s._clock.monotonic()
                 if doubt_since is None:
                     doubt_since = now
-                    self._doubt.add(value)
                 if now - doubt_since >= s._in_doubt_timeout:
                     if not self._give_up(batch, items, value):
                         s._refuse(items, self.group, f"the host cannot reach etcd: {exc}")
@@ -561,49 +583,37 @@ class _Batcher:
                 await s._clock.sleep(_IN_DOUBT_RETRY_INTERVAL)
                 continue
             except CoordinationError as exc:
-                self._doubt.discard(value)
                 s._refuse(items, self.group, f"etcd refused the broadcasts: {exc}")
                 return
             current = result.reads.get(self.key)
-            try:
-                landed = await self._landed(
-                    result, value, current, compares, doubt_since, blind_at_send
-                )
-            except _InDoubt:
-                # Sending it again could store it twice: the sender is told it was not
-                # stored, and should the watch see it later, that is counted.
-                if not self._give_up(batch, items, value):
-                    s._refuse(
-                        items,
-                        self.group,
-                        "etcd's answer was lost and this host cannot tell whether "
-                        "the broadcasts were stored",
-                    )
+            if result.succeeded:
+                self._stored(result.revision, batch, items)
                 return
-            self._doubt.discard(value)
-            self._watched.pop(value, None)
-            if landed is not None:
-                self._advance(landed, batch.last_seq + 1)
-                s._stored(batch, items)
+            if current is not None and current.value == value:
+                # An attempt whose answer was lost had landed: only this host writes the
+                # key, so it still holds it. Stored once, acked once.
+                self._stored(current.mod_revision, batch, items)
                 return
             if guard is not None:
                 held = result.reads.get(guard.key)
                 if held is None or held.create_revision != guard.create_revision:
                     s._refuse(items, self.group, s._fenced())
                     return
+            # The key is not what this host last wrote: the group was deleted (and made
+            # again), this host's service started anew, or a batch nacked while etcd did
+            # not answer was stored after all. No attempt of this batch landed, and none
+            # can any more (the key moved past the compare): make it again on what is there.
             doubt_since = None
             conflicts += 1
             s.counters.txn_conflicts += 1
-            self.known = _state_of(current, s._decoded)
-            # The batch is made again for the next attempt: what arrived meanwhile
-            # rides along (fewer, larger transactions when hosts contend).
+            self.known = self._learn(current)
             self._top_up(items)
             if s._clock.monotonic() > deadline:
                 s._refuse(
                     items,
                     self.group,
-                    f"the broadcasts of group {self.group} changed under each of {conflicts} "
-                    f"attempts in {_CONFLICT_TIMEOUT:g} s (too many hosts writing at once)",
+                    f"host {s.host}'s key of group {self.group} changed under each of "
+                    f"{conflicts} attempts in {_CONFLICT_TIMEOUT:g} s",
                 )
                 return
             if conflicts >= _CONFLICTS_AT_ONCE:
@@ -611,84 +621,87 @@ class _Batcher:
                     backoff = _CONFLICT_BACKOFF.delays()
                 await s._clock.sleep(next(backoff))
 
+    def _learn(self, current: KeyValue | None) -> _OwnKey:
+        """This host's key as a failed transaction read it."""
+        if current is None:
+            return _OwnKey(mod_revision=0, total=0)
+        if current.value in self._unresolved:
+            self._unresolved.remove(current.value)
+            self._s._stored_after_all(self.group, current.value)
+        return _OwnKey(mod_revision=current.mod_revision, total=_total_of(current))
+
+    def _stored(self, revision: int, batch: BroadcastBatch, items: list[_Pending]) -> None:
+        """`batch` is in the store at `revision`: count it; ack it once the watch numbered it."""
+        self.known = _OwnKey(mod_revision=revision, total=batch.host_total)
+        self._s._count_stored(items)
+        numbered = self._numbered.pop(revision, None)
+        for old in [r for r in self._numbered if r < revision]:
+            del self._numbered[old]  # writes before this one: nothing will claim them
+        if numbered is not None:
+            self._s._ack(numbered[0], items)
+        else:
+            self._awaiting[revision] = (batch, items)
+            self._drained.clear()
+
     def _give_up(self, batch: BroadcastBatch | None, items: list[_Pending], value: bytes) -> bool:
         """Stop trying a batch in doubt: True if the watch saw it stored (then it is acked).
 
-        Otherwise the caller nacks it; should the watch see it later, it is counted
-        (`nacked_but_stored`).
+        Otherwise the caller nacks it; should it show up stored later, it is
+        counted (`nacked_but_stored`).
         """
-        self._doubt.discard(value)
-        revision = self._watched.pop(value, None)
-        if revision is not None and batch is not None:
-            self._advance(revision, batch.last_seq + 1)
-            self._s._stored(batch, items)
+        landed = next((r for r, (_, seen) in self._numbered.items() if seen == value), None)
+        if landed is not None and batch is not None:
+            self._stored(landed, batch, items)
             return True
         self._unresolved.append(value)
         return False
 
-    async def _landed(
-        self,
-        result: TxnResult,
-        value: bytes,
-        current: KeyValue | None,
-        compares: list[Compare],
-        doubt_since: float | None,
-        blind_at_send: int,
-    ) -> int | None:
-        """The revision at which `value` was stored, or None when it was not.
-
-        Stored now (the transaction succeeded), or by an earlier attempt whose
-        answer was lost: the key still holds it, or, when another host wrote
-        after it, this host's watch of the key saw it go by. Raises `_InDoubt`
-        when nothing can tell: the watch did not catch up in time, or it
-        skipped revisions (a compaction) since the first send.
-        """
-        if result.succeeded:
-            return result.revision
-        if current is not None and current.value == value:
-            return current.mod_revision
-        if value in self._watched:
-            return self._watched[value]
-        if doubt_since is None or current is None:
-            return None  # every attempt was answered, and refused
-        if compares[0].holds(current):
-            return None  # the key is as it was before our attempts: none of them landed
-        left = self._s._in_doubt_timeout - (self._s._clock.monotonic() - doubt_since)
-        caught_up = await self._watched_up_to(
-            current.mod_revision, max(left, _WATCH_CATCH_UP_TIMEOUT)
-        )
-        if caught_up and self._blind == blind_at_send:
-            return self._watched.get(value)
-        raise _InDoubt
-
-    def skipped(self) -> None:
-        """The watch resumed past revisions it never delivered (a compaction)."""
-        self._blind += 1
-
-    async def _watched_up_to(self, revision: int, timeout: float) -> bool:
-        """Wait (at most `timeout`) until the watch delivered the key's writes up to `revision`."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.watched_revision < revision:
-                    self._watch_moved.clear()
-                    await self._watch_moved.wait()
-        return self.watched_revision >= revision
-
-    def learn(self, revision: int, last_seq: int, value: bytes) -> None:
-        """The watch saw the key written at `revision` up to `last_seq`: compare on that next."""
-        if value in self._doubt:
-            self._watched[value] = revision
-        elif value in self._unresolved:
+    def numbered(self, revision: int, first: int, value: bytes) -> None:
+        """The watch numbered this host's write at `revision` from seq `first` on."""
+        entry = self._awaiting.pop(revision, None)
+        if entry is not None:
+            self._s._ack(first, entry[1])
+            if not self._awaiting:
+                self._drained.set()
+            return
+        if value in self._unresolved:
+            self._unresolved.remove(value)
             self._s._stored_after_all(self.group, value)
-        if revision > self.watched_revision:
-            self.watched_revision = revision
-            self._watch_moved.set()
-        self._advance(revision, last_seq + 1)
+        self._numbered[revision] = (first, value)
+        while len(self._numbered) > _NUMBERED_KEPT:
+            del self._numbered[next(iter(self._numbered))]
 
-    def _advance(self, revision: int, next_seq: int) -> None:
-        """Compare on `revision` next, unless a later write is known already."""
-        if self.known is None or revision > self.known.mod_revision:
-            self.known = _KeyState(mod_revision=revision, next_seq=next_seq)
+    def hidden(self, revision: int, group_total: int, own_total: int) -> None:
+        """The watch skipped this host's writes up to `revision` (a compaction).
+
+        Each batch stored there and not numbered yet is acked with the
+        highest seq its items can have: the group's total at the read, less
+        what this host wrote after it.
+        """
+        hidden = [r for r in self._awaiting if r <= revision]
+        for r in hidden:
+            batch, items = self._awaiting.pop(r)
+            upper = group_total - (own_total - batch.host_total)
+            self._s._ack(upper - len(batch.items) + 1, items)
+        if hidden:
+            log.warning(
+                "host %s acked %d batch(es) of group %s that a compaction hid from its "
+                "watch: their seqs are upper bounds",
+                self._s.host,
+                len(hidden),
+                self.group,
+            )
+        if not self._awaiting:
+            self._drained.set()
+
+
+def _total_of(kv: KeyValue) -> int:
+    """The host total a key's batch holds (0 if it does not decode: logged)."""
+    try:
+        return decode_batch(kv.value).host_total
+    except RecordError as exc:
+        log.warning("ignoring the broadcast key %s: %s", kv.key, exc)
+        return 0
 
 
 class GroupService:
@@ -752,12 +765,14 @@ class GroupService:
         #: group -> the watch of its broadcasts, for each group with a server on this host.
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        #: group -> its batcher, made by the first broadcast a local member sends.
+        #: group -> its batcher, made by the first broadcast a local member sends; and
+        #: those closing (their stored batches still get acked as the watch numbers them).
         self._batchers: dict[str, _Batcher] = {}
-        #: group -> what the start read of `broadcasts/` found (a batcher's first compare).
-        self._known_at_start: dict[str, _KeyState] = {}
-        #: group -> (create revision, last seq delivered): no seq twice.
-        self._seen = SeqTracker()
+        self._closing: dict[str, _Batcher] = {}
+        #: group -> this host's key as its follower's first read found it (a batcher's
+        #: first compare), set once that read is done: nothing is sent before it.
+        self._own: dict[str, _OwnKey] = {}
+        self._ready: dict[str, asyncio.Event] = {}
         self._decoded = _Decoded()
         self._watch_trouble: dict[str, str] = {}  # group -> why its broadcast watch is down
 
@@ -774,15 +789,21 @@ class GroupService:
         snap = self._cache.snapshot
         rng = await self._c.get_prefix(BROADCASTS)
         local = self._local_groups(snap)
-        self._known_at_start = {}
-        self._seen.clear()
+        by_group: dict[str, list[KeyValue]] = {group: [] for group in local}
+        legacy = 0
         for kv in rng.items:
-            group = kv.key[len(BROADCASTS) :]
-            state = _state_of(kv)
-            assert state is not None
-            self._known_at_start[group] = state
-            if group in local:
-                self._seen.start_at(group, kv.create_revision, state.next_seq - 1)
+            parsed = parse_broadcast_key(kv.key)
+            if parsed is None:
+                legacy += 1
+            elif parsed[0] in by_group:
+                by_group[parsed[0]].append(kv)
+        if legacy:
+            log.warning(
+                "ignoring %d broadcast key(s) of the previous layout (one key per group): "
+                "hosts with members of one group are upgraded together",
+                legacy,
+            )
+        reads = {g: self._group_read(g, kvs, rng.revision) for g, kvs in by_group.items()}
         self._undo = [
             self._relay.route(SERVER_GROUP_ADDR, self._on_message),
             self._relay.on_change(self._on_channel_change),
@@ -790,7 +811,7 @@ class GroupService:
         self._tasks = [
             asyncio.create_task(self._follow_registry(self._changes), name="group-notify"),
         ]
-        self._follow_groups(snap, rng.revision + 1)
+        self._follow_groups(snap, reads)
         self._started = True
         log.info(
             "group service of host %s ready (broadcasts of %d local group(s) from revision %d)",
@@ -817,17 +838,18 @@ class GroupService:
         workers = [g.worker for g in self._guests.values() if g.worker is not None]
         for task in workers:
             task.cancel()
-        batchers = list(self._batchers.values())
-        self._batchers.clear()
+        # The followers run on meanwhile: they number what the batchers store, for the acks.
         reason = f"the group service of host {self.host} stopped before storing it"
-        await asyncio.gather(*(b.close(reason) for b in batchers))
+        await asyncio.gather(*(b.close(reason) for b in self._batchers.values()))
+        self._batchers.clear()
         tasks = [*self._tasks, *self._followers.values(), *self._retiring, *workers]
         await cancel_and_wait(tasks)
         self._tasks = []
         self._followers.clear()
         self._retiring.clear()
-        self._seen.clear()
-        self._known_at_start.clear()
+        self._closing.clear()
+        self._own.clear()
+        self._ready.clear()
         self._watch_trouble.clear()
         self._guests.clear()
         self._subscriptions.clear()
@@ -1013,8 +1035,19 @@ class GroupService:
         pending = _Pending(item=item, reply_to=reply_to, id=ident, size=_item_size(item))
         batcher = self._batchers.get(group)
         if batcher is None:
-            batcher = self._batchers[group] = _Batcher(self, group, self._known_at_start.get(group))
+            if group not in self._followers:  # the registry change is not handled yet
+                self._follow(group, None)
+            batcher = self._batchers[group] = _Batcher(self, group)
         await batcher.append(pending)
+
+    async def _own_key(self, group: str) -> _OwnKey | None:
+        """This host's key of `group` as its follower first read it; None if that read
+        does not come within `in_doubt_timeout` (etcd unreachable)."""
+        ready = self._ready.setdefault(group, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._in_doubt_timeout):
+                await ready.wait()
+        return self._own.get(group) if ready.is_set() else None
 
     def _not_connected(self) -> str:
         return f"host {self.host} is not connected to etcd now (its session is not live)"
@@ -1025,13 +1058,17 @@ class GroupService:
             "no broadcast until it has registered again"
         )
 
-    def _stored(self, batch: BroadcastBatch, items: list[_Pending]) -> None:
-        """A batch is in the store: count it and acknowledge each sender's highest id."""
+    def _count_stored(self, items: list[_Pending]) -> None:
+        """A batch is in the store: count it."""
         c = self.counters
         c.batches += 1
         c.broadcasts_accepted += len(items)
         c.batch_max = max(c.batch_max, len(items))
-        acks = cumulative_acks(batch.first_seq, [((p.instance, p.reply_to), p.id) for p in items])
+
+    def _ack(self, first: int, items: list[_Pending]) -> None:
+        """A stored batch numbered from seq `first`: acknowledge each sender's highest id."""
+        c = self.counters
+        acks = cumulative_acks(first, [((p.instance, p.reply_to), p.id) for p in items])
         for (instance, address), ack in acks.items():
             if self._send(instance, address, BroadcastAck(id=ack.id, seq=ack.seq)):
                 c.acks += 1
@@ -1161,59 +1198,110 @@ class GroupService:
         """The groups with a server on this host (or on its way here)."""
         return {s.spec.group for s in snap.servers.values() if self.host in (s.host, s.spec.host)}
 
-    def _follow_groups(self, snap: RegistrySnapshot, start_revision: int) -> None:
-        """Watch the broadcasts of each local group from `start_revision`; drop the others."""
+    def _follow_groups(self, snap: RegistrySnapshot, reads: dict[str, _GroupRead] | None) -> None:
+        """Follow the broadcasts of each local group (from `reads` if given); drop the others."""
         wanted = self._local_groups(snap)
         for group in sorted(wanted - set(self._followers)):
-            self._followers[group] = asyncio.create_task(
-                self._follow_group(group, start_revision), name=f"group-bcast-{group}"
-            )
+            self._follow(group, reads.get(group) if reads is not None else None)
         for group in sorted(set(self._followers) - wanted):
-            task = self._followers.pop(group)
-            task.cancel()
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-            self._seen.forget(group)
+            follower = self._followers.pop(group)
             self._watch_trouble.pop(group, None)
-            batcher = self._batchers.pop(group, None)
-            if batcher is not None:
-                # Its transaction in flight may finish (and be acked); the rest is nacked.
-                closing = asyncio.create_task(
-                    batcher.close(f"group {group} has no server on host {self.host} any more"),
-                    name=f"group-batch-close-{group}",
-                )
-                self._retiring.add(closing)
-                closing.add_done_callback(self._retiring.discard)
+            self._own.pop(group, None)
+            self._ready.pop(group, None)
+            retiring = asyncio.create_task(
+                self._retire(group, follower, self._batchers.pop(group, None)),
+                name=f"group-retire-{group}",
+            )
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
 
-    async def _follow_group(self, group: str, start_revision: int) -> None:
-        """Deliver every broadcast of `group` put from `start_revision` on, surviving compaction.
+    def _follow(self, group: str, read: _GroupRead | None) -> None:
+        self._followers[group] = asyncio.create_task(
+            self._follow_group(group, read), name=f"group-bcast-{group}"
+        )
 
-        When the store compacted the revisions this host had not seen yet
-        (it fell behind: cut off, frozen, slow), the watch cannot resume:
-        the group's key is read again and what its batch holds that was not
-        delivered yet is delivered, after a log line saying how many were
-        missed. Receivers see the gap in `seq`; never a seq twice or out of
-        order.
+    async def _retire(
+        self, group: str, follower: asyncio.Task[None], batcher: _Batcher | None
+    ) -> None:
+        """The group has no server here any more: close its batcher, then stop following.
+
+        The batcher's transaction in flight may finish, and what it stored is
+        acked as the follower (no longer delivering) numbers it; the rest is nacked.
         """
-        key = broadcast_key(group)
-        next_revision = start_revision
+        try:
+            if batcher is not None:
+                self._closing[group] = batcher
+                await batcher.close(f"group {group} has no server on host {self.host} any more")
+        finally:
+            if batcher is not None and self._closing.get(group) is batcher:
+                del self._closing[group]
+            await cancel_and_wait([follower])
+
+    def _group_read(self, group: str, kvs: list[KeyValue], revision: int) -> _GroupRead:
+        """The totals of a group's keys `kvs` read at `revision` (undecodable ones dropped)."""
+        totals: dict[str, HostTotal] = {}
+        own = _OwnKey(mod_revision=0, total=0)
+        latest: tuple[KeyValue, BroadcastBatch] | None = None
+        for kv in kvs:
+            parsed = parse_broadcast_key(kv.key)
+            if parsed is None or parsed[0] != group:
+                continue
+            try:
+                batch = decode_batch(kv.value)
+            except RecordError as exc:
+                self._drops.drop(_Drop.BAD_RECORD, f"{kv.key}: {exc}")
+                continue
+            totals[parsed[1]] = HostTotal(kv.create_revision, batch.host_total)
+            if parsed[1] == self.host:
+                own = _OwnKey(mod_revision=kv.mod_revision, total=batch.host_total)
+            if latest is None or kv.mod_revision > latest[0].mod_revision:
+                latest = (kv, batch)
+        return _GroupRead(revision=revision, totals=totals, own=own, latest=latest)
+
+    async def _read_group(self, group: str) -> _GroupRead | None:
+        """One read of the group's keys; None if the store cannot be read (the caller retries)."""
+        try:
+            rng = await self._c.get_prefix(broadcast_prefix(group))
+        except CoordinationError as exc:
+            log.warning("cannot read the broadcasts of group %s (%s); retrying", group, exc)
+            return None
+        return self._group_read(group, list(rng.items), rng.revision)
+
+    async def _follow_group(self, group: str, read: _GroupRead | None) -> None:
+        """Deliver every broadcast of `group` written after `read`, surviving compaction.
+
+        Without `read`, the group's keys are read first. Each host's total
+        there starts the group's `GroupFeed`; each watch event numbers a batch.
+        When the store compacted the revisions this host had not seen yet
+        (it fell behind: cut off, frozen, slow), the watch cannot resume: the
+        group's keys are read again, the latest batch's new items are
+        delivered, after a log line saying how many were missed. Receivers
+        see the gap in `seq`; never a seq twice or out of order.
+        """
+        while read is None:
+            read = await self._read_group(group)
+            if read is None:
+                await self._clock.sleep(_REWATCH_INTERVAL)
+        feed = GroupFeed(read.totals)
+        if self._followers.get(group) is asyncio.current_task():
+            self._own[group] = read.own
+            self._ready.setdefault(group, asyncio.Event()).set()
+        prefix = broadcast_prefix(group)
+        next_revision = read.revision + 1
         while True:
             try:
-                watch = await self._c.watch(key, start_revision=next_revision)
+                watch = await self._c.watch(prefix, start_revision=next_revision)
                 try:
                     self._watch_trouble.pop(group, None)
                     async for event in watch:
                         next_revision = event.revision + 1
-                        if event.key == key:  # not another group whose name extends this one
-                            self._deliver_batch(event)
+                        self._deliver_batch(group, feed, event)
                 finally:
                     await watch.close()
             except asyncio.CancelledError:
                 raise
             except WatchCompacted as exc:
                 self._watch_trouble[group] = "history compacted"
-                if (batcher := self._batchers.get(group)) is not None:
-                    batcher.skipped()
                 log.warning(
                     "the broadcasts of group %s from revision %d were compacted (up to %d); "
                     "reading them again",
@@ -1221,7 +1309,7 @@ class GroupService:
                     next_revision,
                     exc.compact_revision,
                 )
-                revision = await self._catch_up(group)
+                revision = await self._catch_up(group, feed)
                 if revision is not None:
                     next_revision = revision + 1
                     continue
@@ -1235,62 +1323,72 @@ class GroupService:
                 log_bug(log, f"the broadcast watch of group {group}")
             await self._clock.sleep(_REWATCH_INTERVAL)
 
-    async def _catch_up(self, group: str) -> int | None:
-        """Deliver what the group's latest batch holds that this host has not; the revision read.
-
-        None if the store cannot be read (the caller retries).
-        """
-        key = broadcast_key(group)
-        try:
-            rng = await self._c.get_prefix(key)
-        except CoordinationError as exc:
-            log.warning("cannot read the broadcasts of group %s (%s); retrying", group, exc)
+    async def _catch_up(self, group: str, feed: GroupFeed) -> int | None:
+        """Read the group's keys again; deliver what its latest batch holds that this host has
+        not. The revision read, or None if the store cannot be read (the caller retries)."""
+        read = await self._read_group(group)
+        if read is None:
             return None
-        kv = next((kv for kv in rng.items if kv.key == key), None)
-        if kv is None:
-            self._seen.forget(group)  # deleted while we were away: numbered from 1 again
-        else:
-            self._deliver_batch(
-                WatchEvent(
-                    kind=EventKind.PUT,
-                    key=kv.key,
-                    value=kv.value,
-                    revision=kv.mod_revision,
-                    create_revision=kv.create_revision,
-                    version=kv.version,
-                    lease=kv.lease,
-                )
-            )
-        return rng.revision
+        latest = read.latest
+        numbered = feed.reread(read.totals, len(latest[1].items) if latest is not None else 0)
+        # This host's batches the compaction hid are acked first, in their order (exact
+        # for the one written last of all).
+        for batcher in (self._batchers.get(group), self._closing.get(group)):
+            if batcher is not None:
+                batcher.hidden(read.revision, feed.total, read.own.total)
+        if latest is not None:
+            kv, batch = latest
+            if kv.key == broadcast_key(group, self.host):
+                self._numbered_own(group, kv.mod_revision, numbered.first_seq, kv.value)
+            self._deliver_items(group, batch, numbered)
+        elif numbered.gap:
+            self._missed(group, numbered)
+        return read.revision
 
-    def _deliver_batch(self, event: WatchEvent) -> None:
-        """Deliver the broadcasts of one batch this host has not delivered yet, in order."""
-        group = event.key[len(BROADCASTS) :]
+    def _numbered_own(self, group: str, revision: int, first: int, value: bytes) -> None:
+        """Tell the batchers of `group` that this host's write at `revision` starts at `first`."""
+        for batcher in (self._batchers.get(group), self._closing.get(group)):
+            if batcher is not None:
+                batcher.numbered(revision, first, value)
+
+    def _deliver_batch(self, group: str, feed: GroupFeed, event: WatchEvent) -> None:
+        """Number one write of the group's keys, then deliver its items this host has not."""
+        parsed = parse_broadcast_key(event.key)
+        if parsed is None or parsed[0] != group:
+            return
+        host = parsed[1]
         if event.kind is not EventKind.PUT:
-            self._seen.forget(group)  # the group was deleted: numbered from 1 again
+            feed.delete(host)  # the group was deleted: with its last key, numbered from 1 again
             return
         try:
             batch = self._decoded.decode(event.value)
         except RecordError as exc:
             self._drops.drop(_Drop.BAD_RECORD, f"{event.key}: {exc}")
             return
-        batcher = self._batchers.get(group)
-        if batcher is not None:
-            batcher.learn(event.revision, batch.last_seq, event.value)
-        admitted = self._seen.admit(group, event.create_revision, batch.first_seq, len(batch.items))
-        if admitted is None:
+        numbered = feed.put(host, event.create_revision, batch.host_total, len(batch.items))
+        if host == self.host:
+            self._numbered_own(group, event.revision, numbered.first_seq, event.value)
+        if self._followers.get(group) is asyncio.current_task():  # not one retiring
+            self._deliver_items(group, batch, numbered)
+
+    def _missed(self, group: str, numbered: Numbered) -> None:
+        self.counters.broadcasts_missed += numbered.missed
+        log.warning(
+            "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
+            "compacted them before this host read them; members see the gap",
+            self.host,
+            numbered.missed,
+            group,
+            numbered.first_seq - numbered.missed,
+            numbered.first_seq - 1,
+        )
+
+    def _deliver_items(self, group: str, batch: BroadcastBatch, numbered: Numbered) -> None:
+        """Deliver the items of `batch` from `numbered.skip` on, in order, to the local members."""
+        if not numbered.fresh:
             return  # delivered already (a re-read after compaction): never a seq twice
-        if admitted.gap:
-            self.counters.broadcasts_missed += admitted.missed
-            log.warning(
-                "host %s missed %d broadcast(s) of group %s (seq %d to %d): the store "
-                "compacted them before this host read them; members see the gap",
-                self.host,
-                admitted.missed,
-                group,
-                batch.first_seq - admitted.missed,
-                batch.first_seq - 1,
-            )
+        if numbered.gap:
+            self._missed(group, numbered)
         members = self._local_members(self._cache.snapshot, group, besides="")
         if not members:
             return
@@ -1299,8 +1397,8 @@ class GroupService:
         subscribed = {m: sorted(self._subscriptions.get(m, ())) for m in members}
         addresses = sorted({a for subs in subscribed.values() for a in subs})
         frames: dict[str, list[bytes]] = {m: [] for m in members}
-        skip = admitted.skip
-        for i, item in enumerate(batch.items[skip:], start=batch.first_seq + skip):
+        skip = numbered.skip
+        for i, item in enumerate(batch.items[skip:], start=numbered.first_seq + skip):
             data = encode_broadcast_json(item.text, item.sender_instance, i)
             if data is None:  # a lone surrogate: the envelope encoder escapes it all
                 data = json.dumps(
@@ -1335,7 +1433,7 @@ class GroupService:
             change = await changes.get()
             try:
                 if change.kind is ChangeKind.SERVER:
-                    self._follow_groups(change.snapshot, change.revision + 1)
+                    self._follow_groups(change.snapshot, None)
                 self._notify(change)
             except asyncio.CancelledError:
                 raise

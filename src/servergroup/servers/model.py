@@ -22,9 +22,12 @@ Theory of operation (pure data; no I/O, no clock: times are passed in):
   each new one into `compute.instance.<what>` for the other members; it goes
   with the server's other records.
 - A **broadcast batch** (`BroadcastBatch`) is what one transaction of a
-  host's group service wrote to `broadcasts/<group>`: the group's latest
-  broadcasts, in order, item `i` numbered `first_seq + i`. It has its own
-  compact codec (`encode_batch` / `decode_batch`), not `encode_record`.
+  host's group service wrote to `broadcasts/<group>/<host>`, the key only
+  that host writes: the group's broadcasts from that host, in order, and
+  `host_total`, how many broadcasts of the group that host has written in
+  all up to this batch. Receivers number the items from the totals of every
+  host (`groups.sequencing.GroupFeed`). It has its own compact codec
+  (`encode_batch` / `decode_batch`), not `encode_record`.
 
 Every record encodes to compact JSON with sorted keys (`encode_record`) and
 decodes with a `decode_*` function that raises `RecordError` with one sentence
@@ -274,28 +277,29 @@ class BroadcastItem(NamedTuple):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BroadcastBatch:
-    """Broadcasts of one group written in one transaction, in their order.
+    """Broadcasts of one group written by one host in one transaction, in their order.
 
-    `items[i]` has the group sequence number `first_seq + i`; the next batch
-    of the group starts at `last_seq + 1` (the writer compares the key's mod
-    revision, so two batches never share a number).
+    `host_total` counts every broadcast of the group the writing host has
+    stored, this batch's included: the host's previous batch had
+    `host_total - len(items)`. A batch carries no group sequence number:
+    the order of the group is the store's order of the writes of all its
+    hosts' keys, and item i of a batch gets seq (the sum of every host's
+    latest `host_total` once this batch is written) - len(items) + 1 + i.
     """
 
     group: str
-    first_seq: int
+    host: str
+    host_total: int
     sent_at: str
     items: tuple[BroadcastItem, ...]
-
-    @property
-    def last_seq(self) -> int:
-        return self.first_seq + len(self.items) - 1
 
 
 def encode_batch(batch: BroadcastBatch) -> bytes:
     """Compact JSON; each item is `[sender, sender_instance, text]`."""
     plain = {
-        "first_seq": batch.first_seq,
         "group": batch.group,
+        "host": batch.host,
+        "host_total": batch.host_total,
         "items": batch.items,  # each a named tuple: a JSON list
         "sent_at": batch.sent_at,
     }
@@ -310,13 +314,15 @@ def decode_batch(raw: bytes) -> BroadcastBatch:
         raise RecordError(f"broadcast batch is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RecordError("broadcast batch is not a JSON object")
-    group, first, sent_at, items = (obj.get(k) for k in ("group", "first_seq", "sent_at", "items"))
-    if not isinstance(group, str) or not isinstance(sent_at, str):
-        raise RecordError("broadcast batch has no group or sent_at string")
-    if not isinstance(first, int) or isinstance(first, bool) or first < 1:
-        raise RecordError("broadcast batch has no positive first_seq")
+    group, host, total, sent_at, items = (
+        obj.get(k) for k in ("group", "host", "host_total", "sent_at", "items")
+    )
+    if not isinstance(group, str) or not isinstance(host, str) or not isinstance(sent_at, str):
+        raise RecordError("broadcast batch has no group, host or sent_at string")
     if not isinstance(items, list) or not items:
         raise RecordError("broadcast batch has no items")
+    if not isinstance(total, int) or isinstance(total, bool) or total < len(items):
+        raise RecordError("broadcast batch has no host_total of at least its items")
     try:
         out = tuple(BroadcastItem._make(item) for item in items)
     except TypeError:  # not a sequence of three
@@ -326,7 +332,7 @@ def decode_batch(raw: bytes) -> BroadcastBatch:
         for item, (a, b, c) in zip(items, out, strict=True)
     ):
         raise RecordError("broadcast batch has an item that is not [sender, instance, text]")
-    return BroadcastBatch(group=group, first_seq=first, sent_at=sent_at, items=out)
+    return BroadcastBatch(group=group, host=host, host_total=total, sent_at=sent_at, items=out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

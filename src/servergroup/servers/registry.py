@@ -9,8 +9,10 @@ space of docs/design/messaging.md:
     registry/servers/<name>/incoming   IncomingRecord   durable, written by a migration's target
     registry/servers/<name>/event      ServerEvent      durable, written by the host running it
     registry/hosts/<host>              HostRecord       on the host daemon's session lease
-    broadcasts/<group>                 BroadcastBatch   durable; each put is one transaction's
-                                                        batch, item i has seq first_seq + i
+    broadcasts/<group>/<host>          BroadcastBatch   durable; written by that host only, each
+                                                        put one transaction's batch; the
+                                                        group's order is the store's order
+                                                        of the writes under broadcasts/<group>/
 
 The registry has a prefix of its own (`REGISTRY`) so that following it
 brings no broadcast, election or other capability's key.
@@ -78,7 +80,8 @@ REGISTRY = "registry/"
 GROUPS = f"{REGISTRY}groups/"
 SERVERS = f"{REGISTRY}servers/"
 HOSTS = f"{REGISTRY}hosts/"
-#: Each group's latest broadcast: the group service follows it, not the registry cache.
+#: Each group's latest broadcasts, one key per sending host: the group service follows
+#: them, not the registry cache.
 BROADCASTS = "broadcasts/"
 
 
@@ -137,8 +140,29 @@ def host_key(name: str) -> str:
     return f"{HOSTS}{name}"
 
 
-def broadcast_key(group: str) -> str:
+def broadcast_prefix(group: str) -> str:
+    """The prefix of every broadcast key of `group` (and of no other group's)."""
+    return f"{BROADCASTS}{group}/"
+
+
+def broadcast_key(group: str, host: str) -> str:
+    """The key where `host` writes its batches of `group` (no other host writes it)."""
+    return f"{BROADCASTS}{group}/{host}"
+
+
+def legacy_broadcast_key(group: str) -> str:
+    """The one key of a group's broadcasts before one key per host (not under the prefix)."""
     return f"{BROADCASTS}{group}"
+
+
+def parse_broadcast_key(key: str) -> tuple[str, str] | None:
+    """(group, host) of a key `broadcast_key` made; None for any other key (a legacy one)."""
+    if not key.startswith(BROADCASTS):
+        return None
+    group, sep, host = key[len(BROADCASTS) :].partition("/")
+    if not sep or not group or not host or "/" in host:
+        return None
+    return group, host
 
 
 _T = TypeVar("_T")
@@ -194,7 +218,9 @@ class Registry:
                 await self._c.delete(group_key(name), if_mod_revision=kv.mod_revision)
             except RevisionConflict:
                 continue
-            await self._c.delete(broadcast_key(name))
+            # Its broadcasts go with it: made again, the group numbers from 1.
+            await self._c.delete_prefix(broadcast_prefix(name))
+            await self._c.delete(legacy_broadcast_key(name))
             return
 
     # -- servers -------------------------------------------------------------
@@ -754,12 +780,15 @@ __all__ = [
     "ServerExists",
     "ServerNotFound",
     "broadcast_key",
+    "broadcast_prefix",
     "build_snapshot",
     "diff",
     "event_key",
     "group_key",
     "host_key",
     "incoming_key",
+    "legacy_broadcast_key",
+    "parse_broadcast_key",
     "server_prefix",
     "spec_key",
     "status_key",

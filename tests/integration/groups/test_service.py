@@ -199,12 +199,14 @@ def host_record(name: str) -> HostRecord:
     return HostRecord(name=name, channel_dir="/x", pid=1, started_at="2026-11-21T00:00:00Z")
 
 
-def batch_of(group: str, first_seq: int, *texts: str) -> bytes:
-    """A batch as another host would write it, from a server elsewhere."""
+def batch_of(group: str, host_total: int, *texts: str, host: str = "hx") -> bytes:
+    """A batch as another host (`host`, its total so far `host_total`) would write it."""
     items = tuple(
         BroadcastItem(sender="x", sender_instance="instance-elsewhere", text=t) for t in texts
     )
-    return encode_batch(BroadcastBatch(group=group, first_seq=first_seq, sent_at="", items=items))
+    return encode_batch(
+        BroadcastBatch(group=group, host=host, host_total=host_total, sent_at="", items=items)
+    )
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -598,7 +600,7 @@ async def test_a_host_behind_the_compaction_window_says_what_it_missed(
         seqs = iter(range(1, 100))
 
         async def broadcast(text: str) -> int:
-            return await admin.put(broadcast_key("g"), batch_of("g", next(seqs), text))
+            return await admin.put(broadcast_key("g", "hx"), batch_of("g", next(seqs), text))
 
         proxy = await stack.enter_async_context(TcpProxy(etcd_single.endpoints[0]))
         coordinator = EtcdCoordinator((proxy.endpoint,), prefix=etcd_prefix, config=CONFIG)
@@ -668,7 +670,7 @@ async def test_a_host_watches_the_broadcasts_of_its_local_groups_only(world: Wor
     await f.start()
     try:
         await wait_for(lambda: f.instance in world.hosts["h2"].relay.connected(), "f connected")
-        await world.registry.coordinator.put(broadcast_key("late"), batch_of("late", 1, "hi"))
+        await world.registry.coordinator.put(broadcast_key("late", "hx"), batch_of("late", 1, "hi"))
         assert await f.next_of(Broadcast) == Broadcast(
             text="hi", source_instance="instance-elsewhere", seq=1
         )

@@ -26,7 +26,9 @@ from servergroup.servers.registry import (
     RegistryCache,
     RegistryChange,
     ServerExists,
+    broadcast_key,
     host_key,
+    legacy_broadcast_key,
     spec_key,
 )
 from tests.fixtures.coordinators import CoordinatorFactory
@@ -67,6 +69,25 @@ async def test_records_round_trip_through_the_store(make_coordinator: Coordinato
     assert await registry.get_server("vm1") is None
     await registry.delete_group("g1")
     assert await registry.list_groups() == []
+
+
+async def test_deleting_a_group_deletes_its_broadcast_keys_only(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    """Every host's key of the group and a key of the previous layout go; a group whose
+    name extends this one's keeps its keys (made again, the group numbers from 1)."""
+    coordinator = make_coordinator()
+    registry = Registry(coordinator)
+    await registry.create_group(GROUP)
+    mine = [broadcast_key("g1", "h1"), broadcast_key("g1", "h2"), legacy_broadcast_key("g1")]
+    other = [broadcast_key("g12", "h1"), legacy_broadcast_key("g12")]
+    for key in [*mine, *other]:
+        await coordinator.put(key, b"batch")
+    await registry.delete_group("g1")
+    for key in mine:
+        assert await coordinator.get(key) is None, key
+    for key in other:
+        assert await coordinator.get(key) is not None, key
 
 
 async def test_bad_record_is_ignored_not_fatal(make_coordinator: CoordinatorFactory) -> None:

@@ -34,14 +34,16 @@ def test_an_items_size_is_its_compact_json_list_and_a_comma(item: BroadcastItem)
 @given(
     st.lists(_items, min_size=1, max_size=20),
     st.from_regex(NAME_PATTERN, fullmatch=True),
-    st.integers(min_value=1, max_value=2**63),
+    st.from_regex(NAME_PATTERN, fullmatch=True),
+    st.integers(min_value=20, max_value=2**63),
 )
 def test_a_batch_is_never_larger_than_its_items_sizes_and_the_overhead(
-    items: list[BroadcastItem], group: str, first_seq: int
+    items: list[BroadcastItem], group: str, host: str, host_total: int
 ) -> None:
     batch = BroadcastBatch(
         group=group,
-        first_seq=first_seq,
+        host=host,
+        host_total=host_total,
         sent_at="2026-12-06T14:00:00.000+00:00",
         items=tuple(items),
     )
@@ -51,7 +53,8 @@ def test_a_batch_is_never_larger_than_its_items_sizes_and_the_overhead(
 _batches = st.builds(
     BroadcastBatch,
     group=st.text(max_size=20),
-    first_seq=st.integers(min_value=1, max_value=2**62),
+    host=st.text(max_size=20),
+    host_total=st.integers(min_value=10, max_value=2**62),
     sent_at=st.text(max_size=30),
     items=st.lists(_items, min_size=1, max_size=10).map(tuple),
 )
@@ -69,7 +72,9 @@ def test_a_batch_kept_by_its_bytes_is_what_they_decode_to(batch: BroadcastBatch)
 def test_kept_batches_are_bounded_oldest_first() -> None:
     decoded = _Decoded()
     batches = [
-        BroadcastBatch(group="g", first_seq=n, sent_at="t", items=(BroadcastItem("a", "b", "c"),))
+        BroadcastBatch(
+            group="g", host="h", host_total=n, sent_at="t", items=(BroadcastItem("a", "b", "c"),)
+        )
         for n in range(1, _Decoded.LIMIT + 3)
     ]
     for b in batches:

@@ -1,11 +1,20 @@
-"""The pure bookkeeping of batched broadcasts: batch sizes, cumulative acks, seqs delivered."""
+"""The pure bookkeeping of batched broadcasts: batch sizes, cumulative acks, seqs from totals."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servergroup.groups.sequencing import Ack, Admitted, SeqTracker, cumulative_acks, take_batch
+from servergroup.groups.sequencing import (
+    Ack,
+    GroupFeed,
+    HostTotal,
+    Numbered,
+    cumulative_acks,
+    take_batch,
+)
 
 # -- take_batch ------------------------------------------------------------------------------
 
@@ -67,47 +76,134 @@ def test_acks_name_the_highest_id_of_each_sender(
         assert senders[ack.seq - first_seq] == (who, ack.id)
 
 
-# -- SeqTracker ------------------------------------------------------------------------------
+# -- GroupFeed: seqs from the hosts' totals -------------------------------------------------
 
 
-def test_overlap_gap_and_a_new_key() -> None:
-    t = SeqTracker()
-    assert t.admit("g", 7, 1, 3) == Admitted(skip=0, missed=0)
-    assert t.admit("g", 7, 2, 4) == Admitted(skip=2, missed=0)  # only 4 and 5 are new
-    assert t.admit("g", 7, 1, 5) is None  # all delivered
-    assert t.admit("g", 7, 8, 2) == Admitted(skip=0, missed=2)  # 6 and 7 never seen
-    assert t.admit("g", 9, 1, 1) == Admitted(skip=0, missed=0)  # deleted, made again
-    assert t.admit("g", 9, 3, 1) == Admitted(skip=0, missed=1)
-    assert t.last("g") == (9, 3)
-    t.forget("g")
-    assert t.admit("g", 9, 40, 2) == Admitted(skip=0, missed=0)  # nothing to compare with
-    t.start_at("h", 5, 10)
-    assert t.admit("h", 5, 10, 1) is None
-    assert t.admit("h", 5, 11, 1) == Admitted(skip=0, missed=0)
+def test_seqs_from_totals_overlap_gap_and_a_new_group() -> None:
+    feed = GroupFeed({"h1": HostTotal(5, 3), "h2": HostTotal(6, 2)})  # 5 stored before
+    assert (feed.total, feed.last) == (5, 5)
+    assert feed.put("h2", 6, 4, 2) == Numbered(first_seq=6, count=2, skip=0, missed=0)
+    assert feed.put("h3", 9, 1, 1) == Numbered(first_seq=8, count=1, skip=0, missed=0)
+    assert feed.put("h1", 5, 6, 3) == Numbered(first_seq=9, count=3, skip=0, missed=0)
+    # A compaction: h1 wrote 4 more in two batches, h2 one more; h1's last batch is latest.
+    read = {"h1": HostTotal(5, 10), "h2": HostTotal(6, 5), "h3": HostTotal(9, 1)}
+    assert feed.reread(read, 3) == Numbered(first_seq=14, count=3, skip=0, missed=2)
+    assert feed.reread(read, 3) == Numbered(first_seq=14, count=3, skip=3, missed=0)
+    for host in ("h1", "h2", "h3"):  # the group deleted: its keys go one by one
+        feed.delete(host)
+    assert (feed.total, feed.last) == (0, 0)
+    assert feed.put("h2", 20, 2, 2) == Numbered(first_seq=1, count=2, skip=0, missed=0)
+    # Deleted and made again while this host was away: a known key was made again.
+    assert feed.reread({"h2": HostTotal(30, 4)}, 1) == Numbered(
+        first_seq=4, count=1, skip=0, missed=3
+    )
 
 
-batches = st.lists(
-    st.tuples(st.integers(min_value=1, max_value=60), st.integers(min_value=1, max_value=10)),
-    max_size=30,
+@dataclass
+class _Receiver:
+    """A host following the group: what it delivered, per life of the group, and missed."""
+
+    feed: GroupFeed
+    life: int
+    base: dict[int, int]  # life -> the seq taken as delivered when following began
+    delivered: list[tuple[int, int]] = field(default_factory=list)  # (life, seq) in order
+    missed: dict[int, int] = field(default_factory=dict)
+    behind: bool = False  # its watch skipped writes: it reads the keys again before the next
+
+
+_ops = st.lists(
+    st.one_of(
+        # (host, items, whether the receiver's watch sees it or a compaction skips it)
+        st.tuples(st.sampled_from(["h1", "h2", "h3"]), st.integers(1, 5), st.booleans()),
+        st.tuples(st.just("delete"), st.just(0), st.booleans()),
+    ),
+    max_size=40,
 )
 
 
-@given(batches)
-def test_delivered_seqs_only_increase_and_every_hole_is_counted_once(
-    seen: list[tuple[int, int]],
+@given(_ops, st.integers(min_value=0, max_value=40), st.booleans())
+def test_every_host_numbers_each_write_as_the_store_ordered_it(
+    ops: list[tuple[str, int, bool]], start: int, all_seen: bool
 ) -> None:
-    """Any batches of one key, in any order (re-reads, overlaps, gaps): what is
-    delivered is strictly increasing, and delivered + missed covers every seq from
-    the first delivered to the last, exactly once."""
-    t = SeqTracker()
-    delivered: list[int] = []
-    missed = 0
-    for first, count in seen:
-        admitted = t.admit("g", 1, first, count)
-        if admitted is None:
+    """Hosts write batches to their own keys in any interleaving; the group is
+    deleted and made again; a receiver starts anywhere and its watch skips some
+    writes (compaction), after which it reads the keys again. Every item it
+    delivers has the seq of the writes' order (every host agrees), the seqs of
+    one life of the group only increase, and delivered + missed covers every
+    seq from its start to the last it delivered, each once. Seeing every write,
+    it misses nothing."""
+    store: dict[str, HostTotal] = {}
+    revision = 0
+    life = 0
+    group_total = 0  # the truth: the seq of the last item written in this life
+    latest = 0  # items of the last write (the latest batch) in this life
+    receiver: _Receiver | None = None
+
+    def follow() -> _Receiver:
+        return _Receiver(feed=GroupFeed(store), life=life, base={life: group_total})
+
+    def deliver(r: _Receiver, numbered: Numbered, truth_first: int) -> None:
+        assert numbered.first_seq == truth_first
+        if numbered.missed:
+            r.missed[r.life] = r.missed.get(r.life, 0) + numbered.missed
+        r.delivered += [
+            (r.life, numbered.first_seq + i) for i in range(numbered.skip, numbered.count)
+        ]
+
+    for i, (host, count, seen) in enumerate(ops):
+        if i == start:
+            receiver = follow()
+        seen = seen or all_seen
+        r = receiver
+        if r is not None and seen and r.behind:
+            # The watch resumed past a compaction: the keys as they are now, the latest batch.
+            r.life = life
+            r.base.setdefault(life, 0)
+            numbered = r.feed.reread(store, latest if store else 0)
+            deliver(r, numbered, group_total - (latest if store else 0) + 1)
+            r.behind = False
+        if host == "delete":
+            lost = list(store)
+            store.clear()
+            revision += 1
+            life += 1
+            group_total = latest = 0
+            if r is not None:
+                if seen and not r.behind:
+                    for h in lost:
+                        r.feed.delete(h)
+                    r.life = life
+                    r.base.setdefault(life, 0)
+                else:
+                    r.behind = True
             continue
-        missed += admitted.missed
-        delivered += range(first + admitted.skip, first + count)
-    assert delivered == sorted(set(delivered))
-    if delivered:
-        assert len(delivered) + missed == delivered[-1] - delivered[0] + 1
+        revision += 1
+        old = store.get(host)
+        store[host] = HostTotal(
+            old.create_revision if old is not None else revision,
+            (old.total if old is not None else 0) + count,
+        )
+        truth_first = group_total + 1
+        group_total += count
+        latest = count
+        if r is not None:
+            if seen and not r.behind:
+                deliver(
+                    r,
+                    r.feed.put(host, store[host].create_revision, store[host].total, count),
+                    truth_first,
+                )
+            else:
+                r.behind = True
+
+    if receiver is None:
+        return
+    seqs = receiver.delivered
+    assert len(seqs) == len(set(seqs))
+    for life_of in {lf for lf, _ in seqs}:
+        mine = [seq for lf, seq in seqs if lf == life_of]
+        assert mine == sorted(mine)
+        base = receiver.base[life_of]
+        assert len(mine) + receiver.missed.get(life_of, 0) == mine[-1] - base
+    if all_seen:
+        assert receiver.missed == {}
