@@ -159,9 +159,10 @@ from servergroup.groups.protocol import (
     StatusResponseDone,
     Subscribe,
     Unsubscribe,
+    broadcast_request_datagram,
     check_broadcast_text,
-    decode_delivered_broadcast,
     decode_group_message,
+    delivered_broadcast_fields,
     encode_group_message,
 )
 from servergroup.guestcomm.protocol import (
@@ -174,7 +175,13 @@ from servergroup.guestcomm.protocol import (
     decode_envelope,
     encode_envelope,
 )
-from servergroup.guestcomm.sockets import AbstractSocket, Datagram, SendResult, abstract_address
+from servergroup.guestcomm.sockets import (
+    AbstractSocket,
+    Datagram,
+    SendResult,
+    abstract_address,
+    builder3,
+)
 from servergroup.guestcomm.sockets import AddressInUse as _SocketAddressInUse
 
 log = logging.getLogger(__name__)
@@ -304,6 +311,8 @@ class BroadcastUnconfirmed(NackReceived):
 
 
 ClientEvent = BroadcastReceived | NotificationReceived | StatusReceived | NackReceived
+#: `BroadcastReceived(text, source_instance, seq)`, made once per receipt.
+_broadcast_received = builder3(BroadcastReceived)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -528,7 +537,11 @@ class ClientCore:
         """
         if not checked:
             check_text(text)
-        return self._next_id, self.datagram(Broadcast(text=text, id=self._next_id))
+        ident = self._next_id
+        datagram = broadcast_request_datagram(text, ident)
+        if datagram is None:  # a lone surrogate (refused by check_text unless `checked`)
+            datagram = self.datagram(Broadcast(text=text, id=ident))
+        return ident, datagram
 
     def broadcast_sent(self, ident: int, text: str, now: float) -> None:
         """The agent took broadcast `ident` (from `broadcast`) at `now`: it is pending."""
@@ -602,25 +615,25 @@ class ClientCore:
         if datagram.truncated or datagram.sender != self.agent:
             self.dropped += 1
             return None
-        msg: GroupMessage | None = decode_delivered_broadcast(datagram.data)  # the common case
-        if msg is None:
-            try:
-                env = decode_envelope(datagram.data)
-                if env.source_addr != SERVER_GROUP_ADDR:
-                    raise ProtocolError(f"source_addr is {env.source_addr!r}")
-                msg = decode_group_message(env.data)
-            except ProtocolError as exc:
-                self.dropped += 1
-                log.debug("dropped a datagram from the agent: %s", exc)
-                return None
+        fields = delivered_broadcast_fields(datagram.data)  # the common case
+        if fields is not None:
+            text, source, seq = fields
+            if seq is not None:
+                self._received_seq(seq)
+            return _broadcast_received(text, source, seq)
+        try:
+            env = decode_envelope(datagram.data)
+            if env.source_addr != SERVER_GROUP_ADDR:
+                raise ProtocolError(f"source_addr is {env.source_addr!r}")
+            msg = decode_group_message(env.data)
+        except ProtocolError as exc:
+            self.dropped += 1
+            log.debug("dropped a datagram from the agent: %s", exc)
+            return None
         match msg:
             case Broadcast(text=text, source_instance=source, seq=seq):
                 if seq is not None:
-                    if not self._gaps.received(seq):
-                        # Numbered again: the floors of what is pending are stale.
-                        for entry in self._pending.values():
-                            entry.floor = 0
-                    self._settle()
+                    self._received_seq(seq)
                 return BroadcastReceived(text=text, source_instance=source, seq=seq)
             case BroadcastAck(id=ident, seq=seq):
                 self._ack(ident, seq)
@@ -649,6 +662,13 @@ class ClientCore:
             case StatusQuery() | Subscribe() | Unsubscribe():
                 self.dropped += 1
                 return None
+
+    def _received_seq(self, seq: int) -> None:
+        if not self._gaps.received(seq):
+            # Numbered again: the floors of what is pending are stale.
+            for entry in self._pending.values():
+                entry.floor = 0
+        self._settle()
 
     def _ack(self, ident: int, seq: int) -> None:
         acked = 0
