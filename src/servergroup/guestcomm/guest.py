@@ -136,6 +136,7 @@ from servergroup.guestcomm.protocol import (
     decode_line,
     delivery_of_frame,
     encode_guest_frame,
+    guest_frame_of_datagram,
 )
 from servergroup.guestcomm.sockets import (
     BATCH,
@@ -954,30 +955,44 @@ class GuestAgent:
         self._loop.call_later(_RECEIVE_ERROR_PAUSE, resume)
 
     def _from_app(self, datagram: Datagram) -> None:
+        channel = self._channel
+        assert channel is not None
+        sender = datagram.sender
+        if channel.connected and sender is not None and not datagram.truncated:
+            # What the client library sends is stamped without being parsed and encoded again.
+            frame = guest_frame_of_datagram(datagram.data, sender)
+            if frame is not None and self._to_channel(channel, frame, sender):
+                return
         envelope = app_envelope(datagram, self._drops)
         if envelope is None:
             return
-        assert self._channel is not None
-        result = self._channel.write(encode_guest_frame(envelope))
+        assert envelope.source_addr is not None  # stamped by app_envelope
+        if not self._to_channel(channel, encode_guest_frame(envelope), envelope.source_addr):
+            self._no_host(envelope)
+
+    def _to_channel(self, channel: _Channel, frame: bytes, sender: str) -> bool:
+        """Queue `frame` toward the host; False when no host is connected (nothing done)."""
+        result = channel.write(frame)
         if result is WriteResult.QUEUED:
             self.counters.to_channel += 1
-            if self._channel.pending > self.config.channel_high_water and not self._backpressure:
+            if channel.pending > self.config.channel_high_water and not self._backpressure:
                 self._backpressure = True
                 self.counters.apps_paused += 1
                 self._update_apps_reader()
                 self._drops.note(
                     "backpressure",
-                    f"{self._channel.pending} bytes wait toward the host: applications "
+                    f"{channel.pending} bytes wait toward the host: applications "
                     "are not read until it takes them",
                     level=logging.INFO,
                 )
         elif result is WriteResult.NOT_CONNECTED:
-            self._no_host(envelope)
+            return False
         else:
             self._drops.drop(
                 Reason.CHANNEL_QUEUE_FULL,
-                f"a message from {envelope.source_addr!r}: the host is not reading the channel",
+                f"a message from {sender!r}: the host is not reading the channel",
             )
+        return True
 
     def _no_host(self, envelope: Envelope) -> None:
         """No host to send `envelope` to: a nack for the server-group service, else a drop."""

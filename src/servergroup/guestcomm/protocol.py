@@ -398,6 +398,61 @@ def delivery_of_frame(line: bytes) -> tuple[str, bytes] | None:
     return dest.decode("ascii"), b'{"version":2' + line[close + 1 :]
 
 
+#: How a datagram this project's client library writes starts (and what follows its destination).
+_APP_HEAD = b'{"version":2,"dest_addr":"'
+_APP_NEXT = b'","data":{'
+
+
+def guest_frame_of_datagram(raw: bytes, source_addr: str) -> bytes | None:
+    """The guest frame for an application's datagram in the form this project writes; else None.
+
+    A datagram `{"version":2,"dest_addr":"D","data":{...}}` (D a plain
+    address; exactly those three keys, checked by a full parse with every
+    rule of `decode_envelope`; no raw newline) becomes the frame of its
+    envelope with `source_addr` added, its `data` kept as the application
+    wrote it rather than parsed and encoded again. For what the client
+    library sends these are the bytes `encode_guest_frame` would make; for
+    another writer's spacing or escapes, the same JSON. Anything else returns
+    None: take the general path (`decode_envelope`, then `encode_guest_frame`).
+    """
+    head = len(_APP_HEAD)
+    if not raw.startswith(_APP_HEAD):
+        return None
+    close = raw.find(b'"', head)
+    if close < 0 or not raw.startswith(_APP_NEXT, close) or b"\n" in raw:
+        return None
+    dest = raw[head:close]
+    if _PLAIN_ADDR.fullmatch(dest) is None:
+        return None
+    try:
+        value = parse_json(raw)
+    except ProtocolError:
+        return None
+    if (
+        type(value) is not dict
+        or len(value) != 3
+        or type(value.get("version")) is not int
+        or value["version"] != VERSION
+        or value.get("dest_addr") != dest.decode("ascii")
+        or type(value.get("data")) is not dict
+    ):
+        return None
+    try:
+        source = json_string(source_addr).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return b"".join(
+        (
+            b"\n",
+            raw[: close + 1],
+            b',"source_addr":',
+            source,
+            raw[close + 1 :],
+            b"\n",
+        )
+    )
+
+
 def _too_long(size: int, limit: int) -> Dropped:
     return Dropped(
         reason=DropReason.LINE_TOO_LONG,
