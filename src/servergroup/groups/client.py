@@ -174,13 +174,14 @@ from servergroup.guestcomm.protocol import (
     ProtocolError,
     decode_envelope,
     encode_envelope,
+    record_builder,
 )
 from servergroup.guestcomm.sockets import (
     AbstractSocket,
+    BurstReader,
     Datagram,
     SendResult,
     abstract_address,
-    builder3,
 )
 from servergroup.guestcomm.sockets import AddressInUse as _SocketAddressInUse
 
@@ -312,7 +313,7 @@ class BroadcastUnconfirmed(NackReceived):
 
 ClientEvent = BroadcastReceived | NotificationReceived | StatusReceived | NackReceived
 #: `BroadcastReceived(text, source_instance, seq)`, made once per receipt.
-_broadcast_received = builder3(BroadcastReceived)
+_broadcast_received = record_builder(BroadcastReceived)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -868,6 +869,7 @@ class ServerGroupClient:
         self._max_held = max_held_events
         self._subscribed_at: float | None = None
         self._held: deque[ClientEvent] = deque()
+        self._bursts = BurstReader()
         self._sock: _AgentSocket | None = _bind(address)
         self._poll = select.poll()
         if self._core.subscribes:
@@ -1053,13 +1055,16 @@ class ServerGroupClient:
     def _read(self) -> None:
         """Read every datagram waiting; keep their events."""
         sock = self._socket()
-        while True:
-            datagram = sock.receive_nowait()
-            if datagram is None:
-                return
-            event = self._core.receive(datagram)
+        datagram = sock.receive_nowait()
+        if datagram is None:
+            return
+        self._bursts.woken()  # in a busy stream, let the agent finish its burst first
+        receive = self._core.receive
+        while datagram is not None:
+            event = receive(datagram)
             if event is not None:
                 self._hold(event)
+            datagram = sock.receive_nowait()
 
     def _hold(self, event: ClientEvent) -> None:
         if isinstance(event, BroadcastReceived) and len(self._held) >= self._max_held:
@@ -1171,6 +1176,7 @@ class AsyncServerGroupClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._held: deque[ClientEvent] = deque()
+        self._bursts = BurstReader()
         #: Woken when an event is kept, the window frees room, or the client closes.
         self._changed: asyncio.Event | None = None
         self._send_lock: asyncio.Lock | None = None
@@ -1392,10 +1398,12 @@ class AsyncServerGroupClient:
         kept = False
         freed = self._core.pending
         # A bounded batch per wake-up, so a flood cannot starve the loop.
-        for _ in range(256):
+        for count in range(256):
             datagram = sock.receive_nowait()
             if datagram is None:
                 break
+            if count == 0:
+                self._bursts.woken()  # in a busy stream, let the agent finish its burst first
             event = self._core.receive(datagram)
             if event is not None:
                 kept = self._hold(event) or kept

@@ -144,6 +144,7 @@ from servergroup.guestcomm.sockets import (
     MIN_DGRAM_QLEN,
     NO_HOST_LOG_MSG,
     AbstractSocket,
+    BurstReader,
     Datagram,
     SendResult,
     app_envelope,
@@ -845,6 +846,7 @@ class GuestAgent:
         # Datagrams waiting for applications, by destination address (only non-empty queues).
         self._waiting: dict[str, _AppQueue] = {}
         self._retry_timer: _Timer | None = None
+        self._bursts = BurstReader()
 
     @property
     def connected(self) -> bool:
@@ -926,7 +928,11 @@ class GuestAgent:
     def _apps_readable(self) -> None:
         """Take up to `BATCH` queued datagrams, then let other work run."""
         assert self._sock is not None
-        for _ in range(BATCH):
+        for count in range(BATCH):
+            if count == 1:
+                # In a busy stream, let the sending app go on before reading more (one
+                # wake-up and one write toward the host for its burst, not one per datagram).
+                self._bursts.woken()
             if not self._reading_apps:  # the channel filled up: leave the rest in the kernel
                 return
             try:

@@ -129,7 +129,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, link: _GuestLink) -> None:
         self._link = link
-        self._decoder = ChannelDecoder()
+        # Envelopes come out stamped with the guest's instance name (spec section 3).
+        self._decoder = ChannelDecoder(source_instance=link.instance)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -516,27 +517,27 @@ class ChannelRelay:
                 log_bug(log, "a channel relay on_change callback")
 
     def _from_guest(self, instance: str, items: list[Envelope | Dropped]) -> None:
+        """Route what one read of a guest's channel held (envelopes stamped with `instance`)."""
+        relayed = 0
+        routes = self._routes
         for item in items:
-            if isinstance(item, Dropped):
+            if item.__class__ is Dropped:
+                assert isinstance(item, Dropped)
                 self._drops.drop(item.reason, f"from {instance}: {item.detail}")
                 continue
-            self.counters.from_channel += 1
-            metrics.RELAYED_FROM_GUEST.inc()
+            assert isinstance(item, Envelope)
+            relayed += 1
             if item.dest_addr is None:
                 self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {instance}")
                 continue
-            envelope = Envelope(
-                data=item.data,
-                dest_addr=item.dest_addr,
-                source_addr=item.source_addr,
-                dest_instance=item.dest_instance,
-                source_instance=instance,
-            )  # not dataclasses.replace: this runs once per message, and that is slow
-            handler = self._routes.get(item.dest_addr)
+            handler = routes.get(item.dest_addr)
             if handler is not None:
-                self._call(handler, instance, envelope)
+                self._call(handler, instance, item)
             else:
-                self._deliver(envelope)
+                self._deliver(item)
+        if relayed:
+            self.counters.from_channel += relayed
+            metrics.RELAYED_FROM_GUEST.inc(relayed)
 
     def _call(self, handler: Handler, instance: str, envelope: Envelope) -> None:
         try:
