@@ -76,6 +76,17 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
   application of the server wait in their queues (and overflow them) until
   it reads or closes its socket.
 
+Per message, cheaply: a datagram in the client library's form is stamped
+with its sender's name without being encoded again
+(`protocol.guest_frame_of_datagram`; a full parse still checks it; any
+other form is decoded and encoded as before), and a host frame in this
+project's form is cut into the datagram delivered, not parsed
+(`protocol.delivery_of_frame`). Reading applications, a wake-up that comes
+less than 1 ms after the previous one (a busy sender) yields the CPU once
+before reading on (`sockets.BurstReader`), so that a sending application's
+burst is read in one wake-up and written toward the host in one `writev`
+rather than one datagram per wake-up.
+
 Nothing a peer sends stops the agent; only cancellation or `stop` does. Its
 `Counters` are logged when it stops.
 
