@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from json.encoder import encode_basestring as _encode_basestring
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from servergroup.common.errors import RemoteError, UsageError
 
@@ -60,12 +61,6 @@ MAX_DEPTH = 32
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 JsonObject: TypeAlias = "dict[str, Json]"
 
-_ADDRESS_LIMITS = {
-    "dest_addr": MAX_ADDR_LENGTH,
-    "source_addr": MAX_ADDR_LENGTH,
-    "dest_instance": MAX_INSTANCE_LENGTH,
-    "source_instance": MAX_INSTANCE_LENGTH,
-}
 #: Field order on the wire: version first, data last, as the spec shows them.
 _FIELD_ORDER = ("dest_addr", "dest_instance", "source_addr", "source_instance")
 #: One encoder of each kind for every message (`json.dumps` with an option builds one
@@ -109,6 +104,52 @@ class Dropped:
     reason: str
     size: int
     detail: str = ""
+
+
+# --- records made once per message ----------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def record_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A function making an instance of `cls`, a frozen slotted dataclass of 3 or 5 fields.
+
+    It takes every field positionally, in their order, and sets each through
+    its slot, unchecked: a third of the time of the class's own `__init__`,
+    which sets each field by `object.__setattr__` (what the records made
+    once per message pay: envelopes, datagrams, received broadcasts). The
+    instance is the same as the class's own (equal, same hash, same repr).
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if len(names) not in (3, 5) or hasattr(cls, "__post_init__") or "__slots__" not in vars(cls):
+        raise UsageError(
+            f"record_builder takes a slotted dataclass of 3 or 5 fields, not {cls.__name__}."
+        )
+    setters = [vars(cls)[name].__set__ for name in names]
+    new = object.__new__
+    if len(names) == 3:
+        set_a, set_b, set_c = setters
+
+        def build3(a: object, b: object, c: object) -> _T:
+            obj = new(cls)
+            set_a(obj, a)
+            set_b(obj, b)
+            set_c(obj, c)
+            return obj
+
+        return build3
+    set_a, set_b, set_c, set_d, set_e = setters
+
+    def build5(a: object, b: object, c: object, d: object, e: object) -> _T:
+        obj = new(cls)
+        set_a(obj, a)
+        set_b(obj, b)
+        set_c(obj, c)
+        set_d(obj, d)
+        set_e(obj, e)
+        return obj
+
+    return build5
 
 
 # --- envelopes ----------------------------------------------------------------------
@@ -166,8 +207,12 @@ def parse_json(raw: bytes) -> Json:
     return value
 
 
-def envelope_from_json(value: Json) -> Envelope:
-    """Check a parsed message against the envelope rules of spec section 3."""
+def envelope_from_json(value: Json, source_instance: str | None = None) -> Envelope:
+    """Check a parsed message against the envelope rules of spec section 3.
+
+    `source_instance`, when given, replaces the message's own (which must
+    still be valid): the relay stamps what comes from a guest with its name.
+    """
     if not isinstance(value, dict):
         raise ProtocolError(f"the message is a JSON {_kind(value)}, not an object.")
     version = value.get("version")
@@ -177,10 +222,21 @@ def envelope_from_json(value: Json) -> Envelope:
     if not isinstance(data, dict):
         what = "no data" if "data" not in value else f"data that is a JSON {_kind(data)}"
         raise ProtocolError(f"the message has {what}, not an object.")
-    addresses: dict[str, str | None] = {}
-    for field, limit in _ADDRESS_LIMITS.items():
-        addresses[field] = _address(value, field, limit)
-    return Envelope(data=data, **addresses)
+    dest_addr = _address(value, "dest_addr", MAX_ADDR_LENGTH)
+    source_addr = _address(value, "source_addr", MAX_ADDR_LENGTH)
+    dest_instance = _address(value, "dest_instance", MAX_INSTANCE_LENGTH)
+    own_instance = _address(value, "source_instance", MAX_INSTANCE_LENGTH)
+    return _envelope(
+        data,
+        dest_addr,
+        source_addr,
+        dest_instance,
+        own_instance if source_instance is None else source_instance,
+    )
+
+
+#: `Envelope(data, dest_addr, source_addr, dest_instance, source_instance)`, made per message.
+_envelope = record_builder(Envelope)
 
 
 def _address(value: JsonObject, field: str, limit: int) -> str | None:
@@ -288,10 +344,12 @@ def host_frame_with(dest_addr: str, source_addr: str, data_json: bytes) -> bytes
 class ChannelDecoder:
     """Splits a channel byte stream into envelopes and drops; see the module docstring."""
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    def __init__(self, max_line: int = MAX_LINE, *, source_instance: str | None = None) -> None:
+        """`source_instance`: when given, every envelope decoded carries it (`decode_line`)."""
         if max_line < 1:
             raise UsageError("max_line must be at least 1.")
         self._max_line = max_line
+        self._source_instance = source_instance
         self._partial = bytearray()
         # While discarding an over-long line: how many bytes it has had so far.
         self._discarded: int | None = None
@@ -354,17 +412,20 @@ class ChannelDecoder:
             self._partial += data[start:]
 
     def _line(self, line: bytes, out: list[Envelope | Dropped]) -> None:
-        out.append(decode_line(line))
+        out.append(decode_line(line, self._source_instance))
 
 
-def decode_line(line: bytes) -> Envelope | Dropped:
-    """The envelope on one channel line, or why it is dropped (garbage, a bad envelope)."""
+def decode_line(line: bytes, source_instance: str | None = None) -> Envelope | Dropped:
+    """The envelope on one channel line, or why it is dropped (garbage, a bad envelope).
+
+    `source_instance`, when given, replaces the envelope's own (`envelope_from_json`).
+    """
     try:
         value = parse_json(line)
     except ProtocolError as exc:
         return Dropped(reason=DropReason.GARBAGE, size=len(line), detail=str(exc))
     try:
-        return envelope_from_json(value)
+        return envelope_from_json(value, source_instance)
     except ProtocolError as exc:
         return Dropped(reason=DropReason.BAD_ENVELOPE, size=len(line), detail=str(exc))
 
@@ -396,6 +457,61 @@ def delivery_of_frame(line: bytes) -> tuple[str, bytes] | None:
     if _PLAIN_ADDR.fullmatch(dest) is None:
         return None
     return dest.decode("ascii"), b'{"version":2' + line[close + 1 :]
+
+
+#: How a datagram this project's client library writes starts (and what follows its destination).
+_APP_HEAD = b'{"version":2,"dest_addr":"'
+_APP_NEXT = b'","data":{'
+
+
+def guest_frame_of_datagram(raw: bytes, source_addr: str) -> bytes | None:
+    """The guest frame for an application's datagram in the form this project writes; else None.
+
+    A datagram `{"version":2,"dest_addr":"D","data":{...}}` (D a plain
+    address; exactly those three keys, checked by a full parse with every
+    rule of `decode_envelope`; no raw newline) becomes the frame of its
+    envelope with `source_addr` added, its `data` kept as the application
+    wrote it rather than parsed and encoded again. For what the client
+    library sends these are the bytes `encode_guest_frame` would make; for
+    another writer's spacing or escapes, the same JSON. Anything else returns
+    None: take the general path (`decode_envelope`, then `encode_guest_frame`).
+    """
+    head = len(_APP_HEAD)
+    if not raw.startswith(_APP_HEAD):
+        return None
+    close = raw.find(b'"', head)
+    if close < 0 or not raw.startswith(_APP_NEXT, close) or b"\n" in raw:
+        return None
+    dest = raw[head:close]
+    if _PLAIN_ADDR.fullmatch(dest) is None:
+        return None
+    try:
+        value = parse_json(raw)
+    except ProtocolError:
+        return None
+    if (
+        type(value) is not dict
+        or len(value) != 3
+        or type(value.get("version")) is not int
+        or value["version"] != VERSION
+        or value.get("dest_addr") != dest.decode("ascii")
+        or type(value.get("data")) is not dict
+    ):
+        return None
+    try:
+        source = json_string(source_addr).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return b"".join(
+        (
+            b"\n",
+            raw[: close + 1],
+            b',"source_addr":',
+            source,
+            raw[close + 1 :],
+            b"\n",
+        )
+    )
 
 
 def _too_long(size: int, limit: int) -> Dropped:

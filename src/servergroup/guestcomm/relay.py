@@ -10,7 +10,8 @@ that goes away (deleted, or moved out by a live migration) closes that
 guest's link.
 
 Envelopes from a guest get `source_instance` set to the guest's instance
-name and go to an in-process route registered for their `dest_addr` (the
+name (by the connection's decoder, as it decodes them: one envelope made
+per line) and go to an in-process route registered for their `dest_addr` (the
 group service routes `cgcs.server_grp`), or else as a datagram to the host
 application bound at that abstract name. Host applications send datagrams
 to the relay's own abstract `address`, naming the guest in `dest_instance`.
@@ -34,7 +35,9 @@ Flow control, both ways (docs/design/messaging.md, "Flow control"):
   guests are written to as before, never slowed, and the host holds at most
   `queue_limit` bytes per guest. `send_to_guests` encodes an envelope once
   and writes the same bytes to every guest it names (a broadcast's fan-out),
-  returning the guests it could not write to.
+  returning the guests it could not write to. What is written to one guest
+  in one round of the event loop goes out in one write at the end of the
+  round (see `_Connection`); it counts toward `queue_limit` meanwhile.
 
 Nothing a guest or an application sends stops the relay; a handler's
 exception is logged as a BUG and the relay carries on.
@@ -124,18 +127,76 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task})
 
 
+#: Bytes queued for one guest in one loop round beyond which they are written at once.
+FLUSH_AT = 64 << 10
+
+
 class _Connection(asyncio.Protocol):
-    """One connection to a guest's channel socket."""
+    """One connection to a guest's channel socket.
+
+    What is written to the guest during one round of the event loop (the
+    frames of several batches a watch response held, acks, replies) is
+    queued and handed to the transport in one write once the round's
+    callbacks have run (`call_soon`), or at once past `FLUSH_AT` bytes: one
+    system call and one wake-up of the guest's agent per round, not one per
+    writer. Queued bytes count toward the guest's bound like the transport's
+    buffer; they are lost with the connection, as that buffer is.
+    """
 
     def __init__(self, link: _GuestLink) -> None:
         self._link = link
-        self._decoder = ChannelDecoder()
+        # Envelopes come out stamped with the guest's instance name (spec section 3).
+        self._decoder = ChannelDecoder(source_instance=link.instance)
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    @property
+    def writable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued this round, not yet handed to the transport."""
+        return self._pending_size
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be written: queued this round, and in the transport's buffer."""
+        buffered = 0 if self.transport is None else self.transport.get_write_buffer_size()
+        return buffered + self._pending_size
+
+    def queue(self, frames: Sequence[bytes]) -> None:
+        """Write `frames` at the end of this loop round, after what was queued before."""
+        self._pending.extend(frames)
+        self._pending_size += sum(map(len, frames))
+        if self._pending_size >= FLUSH_AT:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand what is queued to the transport now."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_size = 0
+        if self.writable:
+            assert self.transport is not None
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -146,6 +207,8 @@ class _Connection(asyncio.Protocol):
         self._link.relay._from_guest(self._link.instance, items)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._pending.clear()
+        self._pending_size = 0
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -240,31 +303,42 @@ class _GuestLink:
     def buffered(self) -> int:
         """Bytes waiting to be written to the guest (0 when not connected)."""
         conn = self.connection
-        if conn is None or conn.transport is None:
-            return 0
-        return conn.transport.get_write_buffer_size()
+        return 0 if conn is None else conn.queued
 
     def room(self, limit: int) -> int | None:
         """Bytes that may still be buffered for this guest; None when it is not connected."""
         conn = self.connection
-        if conn is None or conn.transport is None or conn.transport.is_closing():
+        if conn is None or not conn.writable:
             return None
-        return max(0, limit - conn.transport.get_write_buffer_size())
+        return max(0, limit - conn.queued)
 
     def write_joined(self, frames: Sequence[bytes]) -> None:
-        """Write `frames` in one go (the caller checked `room`)."""
+        """Write `frames` with this round's other writes (the caller checked `room`)."""
         conn = self.connection
         assert conn is not None
-        assert conn.transport is not None
-        conn.transport.write(b"".join(frames))
+        conn.queue(frames)
+
+    def pending(self) -> int:
+        """Bytes queued for the end of this loop round (not yet handed to the transport)."""
+        conn = self.connection
+        return 0 if conn is None else conn.pending
+
+    def flush(self) -> None:
+        """Hand what waits for the end of the round to the transport now (which hands
+        the kernel what its socket buffer takes): the room is then what it really is."""
+        conn = self.connection
+        if conn is not None:
+            conn.flush()
 
     def write(self, frame: bytes, limit: int) -> Reason | None:
         conn = self.connection
-        if conn is None or conn.transport is None or conn.transport.is_closing():
+        if conn is None or not conn.writable:
             return Reason.GUEST_NOT_CONNECTED
-        if conn.transport.get_write_buffer_size() + len(frame) > limit:
-            return Reason.CHANNEL_QUEUE_FULL
-        conn.transport.write(frame)
+        if conn.queued + len(frame) > limit:
+            conn.flush()
+            if conn.queued + len(frame) > limit:
+                return Reason.CHANNEL_QUEUE_FULL
+        conn.queue((frame,))
         return None
 
 
@@ -409,7 +483,7 @@ class ChannelRelay:
         return failed
 
     def write_frames(self, instance: str, frames: Sequence[bytes]) -> int:
-        """Write host frames (`encode_host_frame`) to one guest in one write; how many went.
+        """Write host frames (`encode_host_frame`) to one guest (one write); how many went.
 
         The frames that would take the guest's write buffer past `queue_limit`
         (the last ones), or all of them when it is not connected, are dropped
@@ -422,8 +496,8 @@ class ChannelRelay:
         room = link.room(self.queue_limit) if link is not None else None
         taken = 0
         while link is not None and room is not None and taken < len(frames):
-            # Each write hands the kernel what its socket buffer takes at once, so
-            # the room is looked at again after it.
+            # Handing queued frames to the transport gives the kernel what its socket
+            # buffer takes at once, so the room is looked at again after it.
             start, size = taken, 0
             for frame in frames[start:]:
                 if size + len(frame) > room or len(frame) > MAX_LINE:
@@ -431,7 +505,12 @@ class ChannelRelay:
                 size += len(frame)
                 taken += 1
             if taken == start:
-                break
+                if len(frames[start]) > MAX_LINE or not link.pending():
+                    break
+                # Full of what waits for the end of the round: hand it on now.
+                link.flush()
+                room = link.room(self.queue_limit)
+                continue
             link.write_joined(frames[start:taken])
             room = link.room(self.queue_limit)
         self.counters.to_channel += taken
@@ -516,27 +595,27 @@ class ChannelRelay:
                 log_bug(log, "a channel relay on_change callback")
 
     def _from_guest(self, instance: str, items: list[Envelope | Dropped]) -> None:
+        """Route what one read of a guest's channel held (envelopes stamped with `instance`)."""
+        relayed = 0
+        routes = self._routes
         for item in items:
-            if isinstance(item, Dropped):
+            if item.__class__ is Dropped:
+                assert isinstance(item, Dropped)
                 self._drops.drop(item.reason, f"from {instance}: {item.detail}")
                 continue
-            self.counters.from_channel += 1
-            metrics.RELAYED_FROM_GUEST.inc()
+            assert isinstance(item, Envelope)
+            relayed += 1
             if item.dest_addr is None:
                 self._drops.drop(Reason.NO_DEST_ADDR, f"a message from {instance}")
                 continue
-            envelope = Envelope(
-                data=item.data,
-                dest_addr=item.dest_addr,
-                source_addr=item.source_addr,
-                dest_instance=item.dest_instance,
-                source_instance=instance,
-            )  # not dataclasses.replace: this runs once per message, and that is slow
-            handler = self._routes.get(item.dest_addr)
+            handler = routes.get(item.dest_addr)
             if handler is not None:
-                self._call(handler, instance, envelope)
+                self._call(handler, instance, item)
             else:
-                self._deliver(envelope)
+                self._deliver(item)
+        if relayed:
+            self.counters.from_channel += relayed
+            metrics.RELAYED_FROM_GUEST.inc(relayed)
 
     def _call(self, handler: Handler, instance: str, envelope: Envelope) -> None:
         try:

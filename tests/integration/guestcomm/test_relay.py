@@ -494,6 +494,34 @@ async def test_write_frames_writes_a_guest_its_frames_in_order_up_to_its_bound(
         assert relay.write_frames("instance-0000003a", []) == 0
 
 
+async def test_what_one_loop_round_writes_to_a_guest_goes_out_at_its_end_in_order(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY, queue_limit=16 * 1024)
+    async with relay:
+        guest = await guests(channel_dir / channel_name("instance-0000003r"))
+        await eventually(lambda: relay.connected() == {"instance-0000003r"}, "the guest")
+        frames = [
+            encode_host_frame(Envelope(dest_addr="x", data={"n": n, "pad": "p" * 1000}))
+            for n in range(30)
+        ]
+        reply = Envelope(dest_addr="x", data={})
+        # One round (no await in between): a batch, a reply, another batch.
+        assert relay.write_frames("instance-0000003r", frames[:5]) == 5
+        assert await relay.send_to_guest("instance-0000003r", reply)
+        assert relay.write_frames("instance-0000003r", frames[5:10]) == 5
+        # Held for the round's end, and counted toward the guest's bound meanwhile.
+        held = sum(map(len, frames[:10])) + len(encode_host_frame(reply))
+        assert relay.buffered("instance-0000003r") == held
+        # Past the bound, what is held is handed to the kernel at once, and the rest fits.
+        assert relay.write_frames("instance-0000003r", frames[10:]) == 20
+        assert relay.buffered("instance-0000003r") < 16 * 1024
+        await eventually(lambda: len(guest.received) == 31, "every frame")
+        assert [env.data.get("n") for env in guest.received] == [*range(5), None, *range(5, 30)]
+        await eventually(lambda: relay.buffered("instance-0000003r") == 0, "an empty queue")
+        assert relay.counters.dropped == {}
+
+
 async def test_throttle_stops_reading_a_guest_and_resumes(
     channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
 ) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Callable
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from servergroup.guestcomm.drops import Counters, DropLog
 from servergroup.guestcomm.protocol import (
     MAX_ADDR_LENGTH,
     MAX_INSTANCE_LENGTH,
@@ -24,9 +26,10 @@ from servergroup.guestcomm.protocol import (
     encode_envelope,
     encode_guest_frame,
     encode_host_frame,
+    guest_frame_of_datagram,
     host_frame_with,
 )
-from servergroup.guestcomm.sockets import encode_delivery
+from servergroup.guestcomm.sockets import Datagram, app_envelope, encode_delivery
 
 _scalars = (
     st.none()
@@ -201,3 +204,66 @@ def test_a_frame_built_around_encoded_data_is_the_frame_of_the_envelope(
     except UnicodeEncodeError:
         return  # a lone surrogate: the encoder escapes the whole envelope instead
     assert host_frame_with(dest, source, data_json) == encode_host_frame(env)
+
+
+def _general_frame(raw: bytes, sender: str) -> bytes | None:
+    """What the agent writes for an application's datagram by the general path (None: dropped)."""
+    drops = DropLog(logging.getLogger("test"), Counters())
+    env = app_envelope(Datagram(data=raw, sender=sender, truncated=False), drops)
+    return None if env is None else encode_guest_frame(env)
+
+
+_senders = st.sampled_from(["sgc-1234-abcd", "cgcs.server_grp", "ap\u00e9p", 'q"\\'])
+
+
+@given(json_objects, st.sampled_from(["cgcs.server_grp", "app-2", "x" * MAX_ADDR_LENGTH]), _senders)
+def test_an_app_datagram_of_the_client_library_is_stamped_to_the_same_bytes(
+    data: JsonObject, dest: str, sender: str
+) -> None:
+    raw = encode_envelope(Envelope(dest_addr=dest, data=data))
+    fast = guest_frame_of_datagram(raw, sender)
+    if "\\ud" in raw.decode("utf-8"):
+        assert fast is None or decode_envelope(fast.strip()) == decode_envelope(
+            (_general_frame(raw, sender) or b"").strip()
+        )
+        return  # a lone surrogate: the encoder escaped the whole message
+    assert fast is not None
+    assert fast == _general_frame(raw, sender)
+
+
+#: What a byte of an application's datagram may be replaced with, to spoil its form.
+_SPOIL_BYTES = st.sampled_from([*b'"\\}{,:[]0 \n\x01u', 0xFF, 0xC3])
+
+
+@given(
+    json_objects,
+    _senders,
+    st.booleans(),
+    st.lists(st.tuples(st.integers(min_value=0), _SPOIL_BYTES | st.none()), max_size=3),
+)
+def test_an_app_datagram_is_never_stamped_otherwise_than_by_the_general_path(
+    data: JsonObject, sender: str, spaced: bool, edits: list[tuple[int, int | None]]
+) -> None:
+    obj = {"version": 2, "dest_addr": "cgcs.server_grp", "data": data}
+    raw = bytearray(
+        json.dumps(
+            obj, separators=(", ", ": ") if spaced else (",", ":"), ensure_ascii=spaced
+        ).encode("utf-8", "surrogatepass")
+    )
+    for where, byte in edits:  # a byte replaced, or (None) the datagram cut there
+        if not raw:
+            break
+        where %= len(raw)
+        if byte is None:
+            del raw[where:]
+        else:
+            raw[where] = byte
+    fast = guest_frame_of_datagram(bytes(raw), sender)
+    if fast is None:
+        return  # the agent takes the general path
+    general = _general_frame(bytes(raw), sender)
+    assert general is not None
+    assert fast.startswith(b"\n")
+    assert fast.endswith(b"\n")
+    assert b"\n" not in fast[1:-1]
+    assert decode_envelope(fast[1:-1]) == decode_envelope(general[1:-1])

@@ -22,9 +22,11 @@ from servergroup.groups.protocol import (
     Subscribe,
     UnknownMessageType,
     Unsubscribe,
+    broadcast_request_datagram,
     check_broadcast_text,
     decode_delivered_broadcast,
     decode_group_message,
+    delivered_broadcast_fields,
     delivered_broadcast_size,
     encode_broadcast_json,
     encode_group_message,
@@ -312,6 +314,19 @@ def test_a_broadcast_built_from_its_pieces_is_what_the_encoder_writes(
     assert built == expected
 
 
+@given(st.text(), st.integers(min_value=0, max_value=2**64))
+def test_a_broadcast_request_built_from_its_pieces_is_what_the_encoder_writes(
+    text: str, ident: int
+) -> None:
+    built = broadcast_request_datagram(text, ident)
+    data = encode_group_message(Broadcast(text=text, id=ident))
+    expected = encode_envelope(Envelope(dest_addr=SERVER_GROUP_ADDR, data=data))
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        assert built is None  # the encoder escapes the whole message; the caller does too
+    else:
+        assert built == expected
+
+
 _valid_inner = st.fixed_dictionaries(
     {"version": st.just(2), "msg_type": st.just("broadcast"), "data": st.text(max_size=50)},
     optional={
@@ -361,6 +376,54 @@ def test_the_broadcast_fast_path_never_differs_from_the_general_decoding(
         assert _general(raw) == fast
     elif not spoilers and "\ud800" not in raw.decode("utf-8", "replace"):
         assert isinstance(_general(raw), Broadcast)
+
+
+@given(_valid_inner, st.lists(_spoilers, max_size=2), st.booleans())
+def test_the_compact_fast_path_never_differs_from_the_general_decoding(
+    inner: JsonObject, spoilers: list[tuple[str, str, Json]], ascii: bool
+) -> None:
+    # Compact, as the host writes it: the form that the string scan (not a JSON parse) reads.
+    obj = _spoiled(inner, spoilers)
+    compact = json.dumps(obj, ensure_ascii=ascii, separators=(",", ":"))
+    raw = compact.encode("utf-8", "surrogatepass")
+    fields = delivered_broadcast_fields(raw)
+    if fields is not None:
+        text, source, seq = fields
+        assert _general(raw) == Broadcast(text=text, source_instance=source, seq=seq)
+    else:  # the general decoding has the last word; only a spoiled one may need it
+        assert spoilers or b"\\ud" in raw or b"\xed" in raw  # a surrogate, escaped or not
+
+
+#: What a byte of a delivered datagram may be replaced with, to spoil its form.
+_BYTES = st.sampled_from([*list(b'"\\}{,:0-9 \x01u'), 255, 195])
+
+
+@given(
+    st.text(max_size=30),
+    st.text(max_size=20),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.lists(st.tuples(st.integers(min_value=0), _BYTES | st.none()), min_size=1, max_size=3),
+)
+def test_a_spoiled_datagram_is_never_read_otherwise_than_by_the_general_decoding(
+    text: str, source: str, seq: int, edits: list[tuple[int, int | None]]
+) -> None:
+    msg = Broadcast(text=text, source_instance=source, seq=seq)
+    raw = bytearray(
+        encode_envelope(Envelope(source_addr=SERVER_GROUP_ADDR, data=encode_group_message(msg)))
+    )
+    for where, byte in edits:  # a byte replaced, or (None) the datagram cut there
+        where %= len(raw)
+        if byte is None:
+            del raw[where:]
+            if not raw:
+                break
+        else:
+            raw[where] = byte
+    fields = delivered_broadcast_fields(bytes(raw))
+    general = _general(bytes(raw))
+    if fields is not None:  # None: the caller decodes it the general way
+        got_text, got_source, got_seq = fields
+        assert general == Broadcast(text=got_text, source_instance=got_source, seq=got_seq)
 
 
 @given(st.text(max_size=100), st.text(max_size=20), st.none() | st.integers(min_value=1))
