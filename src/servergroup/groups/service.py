@@ -1147,9 +1147,14 @@ class GroupService:
     # -- sending -----------------------------------------------------------------------
 
     def _send(self, instance: str, address: str, msg: GroupMessage) -> bool:
-        return self._send_many([instance], address, msg) == 1
+        # A broadcast's ack or nack is an answer its sender counts on (the relay
+        # never drops one while it may keep it; see ChannelRelay.send_to_guests).
+        answer = isinstance(msg, BroadcastAck | Nack)
+        return self._send_many([instance], address, msg, answer=answer) == 1
 
-    def _send_many(self, instances: list[str], address: str, msg: GroupMessage) -> int:
+    def _send_many(
+        self, instances: list[str], address: str, msg: GroupMessage, *, answer: bool = False
+    ) -> int:
         """Send `msg` to `address` in each of `instances`, encoded once; how many were written."""
         if not instances:
             return 0
@@ -1164,7 +1169,7 @@ class GroupService:
                     f"a {msg_type_of(msg).value} for {instance} would be a {size}-byte datagram",
                 )
             return 0
-        failed = self._relay.send_to_guests(instances, envelope)
+        failed = self._relay.send_to_guests(instances, envelope, answer=answer)
         self.counters.send_failures += len(failed)
         return len(instances) - len(failed)
 

@@ -186,6 +186,10 @@ class Reason(StrEnum):
     #: Over the hard bound of the channel's write buffer (the guest agent's safety net:
     #: its high-water mark stops reading applications long before).
     CHANNEL_QUEUE_FULL = "channel queue full"
+    #: An answer to an application's own request (an ack or a nack of its broadcasts)
+    #: past every bound; later answers to it are dropped too, so that its pending
+    #: broadcasts end unconfirmed rather than wrongly acknowledged.
+    ANSWER_LOST = "answer lost"
     APP_NOT_BOUND = "app not bound"
     APP_NOT_READING = "app not reading"
     SEND_FAILED = "send failed"

@@ -49,7 +49,16 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
   in one queue a datagram is dropped and counted (`app not reading`): the
   application sees the gap. An address where nothing is bound is dropped at
   once (`app not bound`), and so is what waits for an application that has
-  gone away. An empty queue is forgotten. The channel is never paused for a
+  gone away. An empty queue is forgotten.
+- Answers: an ack or nack of an application's broadcasts is not dropped at
+  those bounds, since a cumulative ack that reached it after a dropped nack
+  would acknowledge a refused broadcast: it waits in the same queue, in
+  order, up to `APP_ANSWER_ALLOWANCE` more datagrams (and
+  `APP_ANSWER_ALLOWANCE_BYTES`); an application using the client library
+  has at most its window of broadcasts (1024) awaiting answers. Past that
+  the answer is dropped (`answer lost`, an error), and so is every later
+  answer for that address while the agent runs: its pending broadcasts
+  end unconfirmed at the client, never wrongly acknowledged. The channel is never paused for a
   slow application: one application that does not read never slows the
   others.
 - Receivers first: while more than `app_behind_high` datagrams wait for an
@@ -113,6 +122,7 @@ import argparse
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import os
 import select
@@ -179,6 +189,10 @@ DEFAULT_CHANNEL_LOW_WATER = 64 << 10
 DEFAULT_APP_QUEUE_LIMIT = 4096
 #: ... and bytes.
 DEFAULT_APP_QUEUE_BYTES = 4 << 20
+#: Datagrams (and bytes) beyond those bounds that answers to an application's own
+#: requests (its broadcasts' acks and nacks) may still take; past them an answer is lost.
+APP_ANSWER_ALLOWANCE = 4096
+APP_ANSWER_ALLOWANCE_BYTES = 1 << 20
 #: How often datagrams waiting for an application are tried again.
 DEFAULT_APP_RETRY_INTERVAL = 0.002
 #: Above this many datagrams waiting for an application that reads, the agent stops
@@ -793,6 +807,16 @@ class _DeviceChannel:
 # --- the agent --------------------------------------------------------------------------
 
 
+def _is_answer(datagram: bytes) -> bool:
+    """Whether a datagram for an application is an ack or a nack (parsed: rare path)."""
+    try:
+        data = json.loads(datagram)
+    except ValueError:
+        return False
+    inner = data.get("data") if isinstance(data, dict) else None
+    return isinstance(inner, dict) and inner.get("msg_type") in ("nack", "broadcast_ack")
+
+
 class _AppQueue:
     """Datagrams waiting, in order, for one application whose kernel queue was full."""
 
@@ -856,6 +880,8 @@ class GuestAgent:
         self._resting = False
         # Datagrams waiting for applications, by destination address (only non-empty queues).
         self._waiting: dict[str, _AppQueue] = {}
+        # Applications an answer was lost for: later answers to them are dropped too.
+        self._answers_lost: set[str] = set()
         self._retry_timer: _Timer | None = None
         self._bursts = BurstReader()
 
@@ -1088,6 +1114,9 @@ class GuestAgent:
                 Reason.TOO_BIG, f"a message for {dest!r} would be a datagram over 4095 bytes"
             )
             return
+        if dest in self._answers_lost and _is_answer(datagram):
+            self._lose_answer(dest, 0)
+            return
         waiting = self._waiting.get(dest)
         if waiting is None:
             result = self._send(dest, datagram)
@@ -1100,16 +1129,34 @@ class GuestAgent:
             len(waiting.datagrams) >= config.app_queue_limit
             or waiting.size + len(datagram) > config.app_queue_bytes
         ):
-            self._drops.drop(
-                Reason.APP_NOT_READING,
-                f"{dest!r} does not read its messages: {len(waiting.datagrams)} datagrams "
-                f"({waiting.size} bytes) already wait for it",
-            )
-            return
+            if not _is_answer(datagram):
+                self._drops.drop(
+                    Reason.APP_NOT_READING,
+                    f"{dest!r} does not read its messages: {len(waiting.datagrams)} datagrams "
+                    f"({waiting.size} bytes) already wait for it",
+                )
+                return
+            bytes_bound = config.app_queue_bytes + APP_ANSWER_ALLOWANCE_BYTES
+            if (
+                len(waiting.datagrams) >= config.app_queue_limit + APP_ANSWER_ALLOWANCE
+                or waiting.size + len(datagram) > bytes_bound
+            ):
+                self._answers_lost.add(dest)
+                self._lose_answer(dest, len(waiting.datagrams))
+                return
         waiting.append(datagram)
         self.counters.delivery_queued += 1
         if len(waiting.datagrams) > config.app_behind_high and not self._yielding:
             self._update_yielding()
+
+    def _lose_answer(self, dest: str, waiting: int) -> None:
+        """Drop an ack or nack for `dest` (see "Answers" in the module's docstring)."""
+        self._drops.drop(
+            Reason.ANSWER_LOST,
+            f"an ack or nack for {dest!r}, which does not read its messages "
+            f"({waiting} datagrams wait for it); its pending broadcasts will end unconfirmed",
+            level=logging.ERROR,
+        )
 
     def _send(
         self, dest: str, datagram: bytes, *, count_not_bound: bool = True

@@ -38,6 +38,10 @@ Flow control, both ways (docs/design/messaging.md, "Flow control"):
   returning the guests it could not write to. What is written to one guest
   in one round of the event loop goes out in one write at the end of the
   round (see `_Connection`); it counts toward `queue_limit` meanwhile.
+  Answers to a guest's own requests (its broadcasts' acks and nacks) are
+  not dropped at `queue_limit`: they may take `answer_allowance` more
+  (`send_to_guests(..., answer=True)`), since a dropped nack followed by a
+  cumulative ack would acknowledge a refused broadcast.
 
 Nothing a guest or an application sends stops the relay; a handler's
 exception is logged as a BUG and the relay carries on.
@@ -88,6 +92,9 @@ log = logging.getLogger(__name__)
 CHANNEL_FILE = re.compile(r"cgcs\.messaging\.(?P<instance>.+)\.sock")
 #: Bytes that may wait to be written to one guest before its messages are dropped.
 DEFAULT_QUEUE_LIMIT = 1 << 20
+#: Bytes beyond `queue_limit` that answers to a guest's own requests (acks and nacks
+#: of its broadcasts) may still take: an answer is dropped only past both.
+DEFAULT_ANSWER_ALLOWANCE = 1 << 20
 #: How long one connection attempt may take (a full listen backlog makes it wait).
 CONNECT_TIMEOUT = 5.0
 #: Connection errors that mean "the guest agent is not listening (yet)": retried quietly.
@@ -151,6 +158,9 @@ class _Connection(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._flush_scheduled = False
+        #: An answer was dropped on this connection: later ones are dropped too (see
+        #: `ChannelRelay.send_to_guests`); a new connection starts afresh.
+        self.answers_lost = False
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
@@ -330,14 +340,24 @@ class _GuestLink:
         if conn is not None:
             conn.flush()
 
-    def write(self, frame: bytes, limit: int) -> Reason | None:
+    def write(self, frame: bytes, limit: int, *, answer_limit: int | None = None) -> Reason | None:
+        """Queue `frame`, or say why not. With `answer_limit` the frame is an answer
+        to the guest's own request, which may take the buffer up to that bound, and
+        is refused (with every later answer on this connection) only past it."""
         conn = self.connection
         if conn is None or not conn.writable:
             return Reason.GUEST_NOT_CONNECTED
+        if answer_limit is not None:
+            if conn.answers_lost:
+                return Reason.ANSWER_LOST
+            limit = answer_limit
         if conn.queued + len(frame) > limit:
             conn.flush()
             if conn.queued + len(frame) > limit:
-                return Reason.CHANNEL_QUEUE_FULL
+                if answer_limit is None:
+                    return Reason.CHANNEL_QUEUE_FULL
+                conn.answers_lost = True
+                return Reason.ANSWER_LOST
         conn.queue((frame,))
         return None
 
@@ -357,6 +377,7 @@ class ChannelRelay:
         address: str = MESSAGING_ADDR,
         retry_interval: float = 1.0,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        answer_allowance: int = DEFAULT_ANSWER_ALLOWANCE,
     ) -> None:
         if retry_interval <= 0:
             raise ConfigError("the relay's retry interval must be positive.")
@@ -364,6 +385,7 @@ class ChannelRelay:
         self.address = address
         self.retry_interval = retry_interval
         self.queue_limit = queue_limit
+        self.answer_allowance = answer_allowance
         self.counters = Counters()
         self._drops = DropLog(log, self.counters)
         self._routes: dict[str, Handler] = {}
@@ -462,21 +484,36 @@ class ChannelRelay:
         self._drops.drop(reason, f"a message for {instance} to {envelope.dest_addr!r}", level=level)
         return False
 
-    def send_to_guests(self, instances: Iterable[str], envelope: Envelope) -> list[str]:
+    def send_to_guests(
+        self, instances: Iterable[str], envelope: Envelope, *, answer: bool = False
+    ) -> list[str]:
         """Write `envelope` to each guest's channel, encoded once; the guests not written to.
 
         A guest is not written to when it is not connected or when the frame
         would take its write buffer past `queue_limit`; each such message is
         dropped and counted, as by `send_to_guest`.
+
+        `answer`: the envelope answers the guest's own request (a broadcast's
+        ack or nack), which its application counts on: a cumulative ack that
+        reached it after a dropped nack would acknowledge a refused broadcast.
+        An answer may take the buffer `answer_allowance` bytes past
+        `queue_limit` (an application's answers are bounded by its window of
+        pending broadcasts); past that it is dropped, and so is every later
+        answer on that connection (`answer lost`, logged as an error), so its
+        applications' pending broadcasts end unconfirmed, never wrongly
+        acknowledged. A new connection starts afresh.
         """
         frame = encode_host_frame(envelope)
+        answer_limit = self.queue_limit + self.answer_allowance if answer else None
         failed: list[str] = []
         for instance in instances:
-            reason = self._write_frame(instance, frame)
+            reason = self._write_frame(instance, frame, answer_limit)
             if reason is None:
                 continue
             failed.append(instance)
             level = logging.DEBUG if reason is Reason.GUEST_NOT_CONNECTED else logging.WARNING
+            if reason is Reason.ANSWER_LOST:
+                level = logging.ERROR
             self._drops.drop(
                 reason, f"a message for {instance} to {envelope.dest_addr!r}", level=level
             )
@@ -571,13 +608,15 @@ class ChannelRelay:
     def _write(self, instance: str, envelope: Envelope) -> Reason | None:
         return self._write_frame(instance, encode_host_frame(envelope))
 
-    def _write_frame(self, instance: str, frame: bytes) -> Reason | None:
+    def _write_frame(
+        self, instance: str, frame: bytes, answer_limit: int | None = None
+    ) -> Reason | None:
         link = self._links.get(instance)
         if link is None:
             return Reason.GUEST_NOT_CONNECTED
         if len(frame) > MAX_LINE:
             return Reason.TOO_BIG
-        reason = link.write(frame, self.queue_limit)
+        reason = link.write(frame, self.queue_limit, answer_limit=answer_limit)
         if reason is None:
             self.counters.to_channel += 1
         return reason

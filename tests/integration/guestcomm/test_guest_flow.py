@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from servergroup.guestcomm.guest import (
+    APP_ANSWER_ALLOWANCE,
     DEFAULT_APP_BEHIND_HIGH,
     DEFAULT_APP_QUEUE_LIMIT,
     DEFAULT_APP_STALL_AFTER,
@@ -307,6 +308,47 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {"app not reading": to_stopped - len(got)}
     assert counters["to_apps"] == to_reader + 1 + len(got) + 1
+
+
+def test_acks_and_nacks_for_an_app_that_does_not_read_pass_its_bound_then_none_goes(
+    long_queue_guest: GuestUnderTest,
+) -> None:
+    """Deliveries stop at the app's bound (it sees the gap); its answers (acks and
+    nacks of its broadcasts) do not, since a cumulative ack after a dropped nack would
+    acknowledge a refused broadcast. Past their allowance one is lost, and so is every
+    later one: its pending broadcasts end unconfirmed, never wrongly acknowledged."""
+    guest = long_queue_guest
+    host = guest.host()
+    stopped = guest.app("stopped.app")
+    deliveries, answers = 6000, APP_ANSWER_ALLOWANCE + 900
+    host.send(b"".join(frame_to("stopped.app", {"n": n}) for n in range(deliveries)))
+    host.send(
+        b"".join(
+            frame_to(
+                "stopped.app",
+                {"version": 2, "msg_type": "nack", "log_msg": "busy", "id": i, "n": -1 - i},
+            )
+            for i in range(answers)
+        )
+    )
+    host.send(frame_to("stopped.app", {"version": 2, "msg_type": "broadcast_ack", "id": answers}))
+    got = receive_all(stopped)
+    kernel_queue = GUEST_DGRAM_QLEN + 1
+    delivered = [n for n in got if n >= 0]
+    nacked = [-1 - n for n in got if n < 0]
+    assert DEFAULT_APP_QUEUE_LIMIT <= len(delivered) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
+    assert delivered == list(range(len(delivered)))
+    # Every answer the allowance holds, in order, after the deliveries; then nothing
+    # (not the ack, which would pass the lost nacks).
+    assert got == delivered + [-1 - i for i in nacked]
+    assert nacked == list(range(len(nacked)))
+    queued_deliveries = len(delivered) - kernel_queue
+    assert len(nacked) == DEFAULT_APP_QUEUE_LIMIT + APP_ANSWER_ALLOWANCE - queued_deliveries
+    counters = final_counters(guest.daemon)
+    assert counters["dropped"] == {
+        "app not reading": deliveries - len(delivered),
+        "answer lost": answers - len(nacked) + 1,
+    }
 
 
 def test_an_app_far_behind_holds_back_the_sends_of_its_server_until_it_catches_up(

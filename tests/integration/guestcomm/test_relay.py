@@ -544,3 +544,44 @@ async def test_throttle_stops_reading_a_guest_and_resumes(
         await eventually(lambda: len(seen) == 2, "the message sent while paused")
         assert seen[1] == {"n": 1}
         relay.throttle("instance-00000404", True)  # not connected: nothing to do
+
+
+async def test_answers_pass_a_full_queue_up_to_their_allowance_then_none_goes(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    """A guest's acks and nacks are not dropped with its deliveries at `queue_limit`
+    (a cumulative ack after a dropped nack would acknowledge a refused broadcast);
+    past their allowance one is lost, and then every later one, however small."""
+    relay = ChannelRelay(
+        channel_dir,
+        address=unique(),
+        retry_interval=RETRY,
+        queue_limit=64 * 1024,
+        answer_allowance=16 * 1024,
+    )
+    async with relay:
+        stuck = await guests(channel_dir / channel_name("instance-0000005s"), read=False)
+        await eventually(lambda: bool(stuck.writers), "the stuck guest's connection")
+        guest = ["instance-0000005s"]
+        big = Envelope(dest_addr="x", data={"pad": "p" * 3000})
+        sent = 0
+        while not relay.send_to_guests(guest, big):  # up to its bound, then dropped
+            sent += 1
+            assert sent < 1000
+        assert relay.counters.dropped["channel queue full"] == 1
+        nack = Envelope(
+            dest_addr="x",
+            data={"version": 2, "msg_type": "nack", "log_msg": "busy", "id": 1, "pad": "n" * 400},
+        )
+        kept = 0
+        while not relay.send_to_guests(guest, nack, answer=True):
+            kept += 1
+        # Past the deliveries' bound, within the answers' allowance.
+        assert kept >= 16 * 1024 // 600
+        assert relay.queue_limit < relay.buffered(guest[0]) <= 80 * 1024
+        assert relay.counters.dropped["answer lost"] == 1
+        # A delivery still stops at queue_limit; a small answer now goes nowhere either.
+        assert relay.send_to_guests(guest, big) == guest
+        ack = Envelope(dest_addr="x", data={"version": 2, "msg_type": "broadcast_ack", "id": 9})
+        assert relay.send_to_guests(guest, ack, answer=True) == guest
+        assert relay.counters.dropped["answer lost"] == 2
