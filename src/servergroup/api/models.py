@@ -368,6 +368,12 @@ class NodeView(_Frozen):
     precopied_pages: int | None = Field(
         description="Pages the primary copied in pre-copy rounds, while its service ran."
     )
+    pause_realtime: bool | None = Field(
+        description="The primary's last pause ran at real-time priority."
+    )
+    listen: str | None = Field(
+        description="A backup's checkpoint stream address (HOST:PORT), where a primary finds it."
+    )
 
 
 class PairView(_Frozen):
