@@ -191,7 +191,7 @@ class _Sender:
         self.sock = multicast_sender_socket(config.local_ip)
         self.multicaster = Multicaster(self.sock, (str(config.group), config.port))
         self.completed_bytes = 0
-        self.size_hint = _size_of(source)
+        self.size_hint = source_size(source)
 
     # --- feeding the machine ----------------------------------------------------------
 
@@ -370,7 +370,8 @@ class _Sender:
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
-def _size_of(source: BinaryIO) -> int | None:
+def source_size(source: BinaryIO) -> int | None:
+    """The size of `source` when it is a regular file (known before it is read), else None."""
     try:
         info = os.fstat(source.fileno())
     except (OSError, ValueError, AttributeError):

@@ -36,7 +36,6 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -243,14 +242,6 @@ class RecordWriter:
             await self._after_last(c)
 
 
-def _size_of(source: BinaryIO) -> int | None:
-    try:
-        info = os.fstat(source.fileno())
-    except (OSError, ValueError, AttributeError):
-        return None
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
-
-
 def _host_name() -> str:
     """This host's name as its host daemon has it (`SERVERGROUP_HOST_NAME`), else the hostname."""
     return os.environ.get("SERVERGROUP_HOST_NAME") or socket.gethostname()
@@ -285,6 +276,7 @@ async def run_recorded_sender(
     transfer's outcome: the report (or the exception) is the sender's.
     """
     from servergroup.multicast import run_sender
+    from servergroup.multicast.sender import source_size
 
     if coordinator is None:
         return await run_sender(config, source, progress=progress)
@@ -303,7 +295,7 @@ async def run_recorded_sender(
         state=rec.TransferState.RUNNING,
         started_at=wall,
         updated_at=wall,
-        size=_size_of(source),
+        size=source_size(source),
     )
     current = [state]
 
