@@ -81,8 +81,14 @@ class Host:
             kids = psutil.Process(self.supervisor.pid).children()
         except psutil.Error:
             return None
-        found = [p.pid for p in kids if "host" in p.cmdline() and "--supervised" not in p.cmdline()]
-        return found[0] if found else None
+        for kid in kids:
+            try:
+                argv = kid.cmdline()
+            except psutil.Error:  # gone, or a zombie not yet reaped (a short-lived child)
+                continue
+            if "host" in argv and "--supervised" not in argv:
+                return kid.pid
+        return None
 
     @property
     def ledger(self) -> Path:
