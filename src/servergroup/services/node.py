@@ -125,6 +125,7 @@ from servergroup.services.placement import (
     Action,
     Demote,
     Disable,
+    Failure,
     InstanceId,
     Owner,
     Promote,
@@ -274,6 +275,10 @@ class NodeRole:
         #: moment the cluster knew the instance was lost, for the failover's duration.
         self._lost_at: dict[str, float] = {}
         self._stuck: dict[InstanceId, _Stuck] = {}  # a stop failed here: may still run
+        # The failure times this node last wrote, by service, with the write's revision:
+        # the watch may not have brought them back when the next cycle plans the
+        # recovery (see _overlay).
+        self._written_failures: dict[str, tuple[int, tuple[float, ...]]] = {}
         self._ledger = Ledger(
             node=node, lease=0, pid=os.getpid(), ocf_root=str(ocf_root), entries=()
         )
@@ -487,7 +492,30 @@ class NodeRole:
             owners.setdefault(instance, Owner(node=self.node, token=0, busy=True))
         for instance in self._stuck:
             owners.setdefault(instance, Owner(node=self.node, token=0, busy=True))
-        return replace(snap, owners=owners)
+        # A failure this node wrote counts at once: an instance seen failed here with its
+        # failure not yet back through the watch was restarted in place while the other
+        # nodes, which had it, stopped it for a relocation (seen under load in CI).
+        # Until the watch has passed the write, this node's own record of the service
+        # is the one it wrote.
+        for service, (revision, _) in list(self._written_failures.items()):
+            if self._revision >= revision:
+                del self._written_failures[service]
+        failures = snap.failures
+        if self._written_failures:
+            mine = {(service, self.node) for service in self._written_failures}
+            failures = tuple(
+                sorted(
+                    (
+                        *(f for f in snap.failures if (f.service, f.node) not in mine),
+                        *(
+                            Failure(service=service, node=self.node, at=at)
+                            for service, (_, times) in self._written_failures.items()
+                            for at in times
+                        ),
+                    )
+                )
+            )
+        return replace(snap, owners=owners, failures=failures)
 
     async def _ensure_node_key(self) -> None:
         lease = self._session.lease_id
@@ -1098,11 +1126,12 @@ class NodeRole:
                     times = store.decode_failure(kv.value).times
             record = store.FailureRecord(times=(*times, self._wall()), reason=reason)
             try:
-                await self._c.put(
+                revision = await self._c.put(
                     key,
                     store.encode_failure(record),
                     if_mod_revision=kv.mod_revision if kv is not None else 0,
                 )
+                self._written_failures[service] = (revision, record.times[-store.FAILURE_LIMIT :])
                 return
             except RevisionConflict:
                 continue
