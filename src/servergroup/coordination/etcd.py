@@ -290,6 +290,12 @@ class EtcdCoordinator:
             except Exception as exc:
                 if _store_full(exc):  # RESOURCE_EXHAUSTED, but no other member can help
                     raise self._full(what) from None
+                if isinstance(exc, AttributeError) and self._generation != generation:
+                    # Another task rotated meanwhile and closed this client under us
+                    # (aetcd's close drops its stubs: "'NoneType' object has no
+                    # attribute 'Txn'"): try again on the new one.
+                    last = exc
+                    continue
                 if not _is_transport(exc):
                     raise
                 last = exc
