@@ -563,15 +563,19 @@ class EtcdCoordinator:
         await w.start()
         return w
 
-    async def _open_watch(self, key: bytes, start_revision: int) -> tuple[Any, int]:
-        """Create an aetcd watch on the current member; return it and the generation."""
+    async def _open_watch(self, key: bytes, start_revision: int) -> tuple[Any, int, asyncio.Event]:
+        """Create an aetcd watch on the current member; return it, the generation it was
+        made on and that generation's `rotated` event (set once the client moves on:
+        already set if it moved while the watch was being made, so that a watch made on
+        a client closed meanwhile is left at once, not waited on for ever)."""
         generation = self._generation
+        rotated = self._rotated
         client = await _bounded(self._ensure_client(), self._config.request_timeout)
         w = await _bounded(
             client.watch(key, range_end=_range_end(key), start_revision=start_revision),
             self._config.request_timeout,
         )
-        return w, generation
+        return w, generation, rotated
 
     @property
     def rotated(self) -> asyncio.Event:
@@ -643,8 +647,12 @@ class _EtcdWatch:
             )
         )
 
-    def _ends_watch(self, exc: BaseException) -> bool:
-        """Hand `exc` to the consumer if reconnecting cannot cure it; True if the watch ends."""
+    def _ends_watch(self, exc: BaseException, generation: int) -> bool:
+        """Hand `exc` to the consumer if reconnecting cannot cure it; True if the watch ends.
+
+        Whatever failed on a client the coordinator has since moved away from (and
+        closed: "Channel is closed") is cured by the next one.
+        """
         if isinstance(exc, aetcd.RevisionCompactedError):
             self._queue.put_nowait(
                 WatchCompacted(
@@ -654,7 +662,7 @@ class _EtcdWatch:
                 )
             )
             return True
-        if not _is_transport(exc):
+        if not _is_transport(exc) and generation == self._owner.generation:
             self._queue.put_nowait(CoordinationError(f"watch failed: {exc}"))
             return True
         return False
@@ -665,14 +673,16 @@ class _EtcdWatch:
         while not self._closed:
             generation = self._owner.generation
             try:
-                w, generation = await self._owner._open_watch(self._key, self._resume_revision())
+                w, generation, rotated = await self._owner._open_watch(
+                    self._key, self._resume_revision()
+                )
             except asyncio.CancelledError:
                 if not _cancelled_by_channel_close():
                     raise
                 await asyncio.sleep(RETRY_BACKOFF.draw(base))
                 continue
             except Exception as exc:
-                if self._ends_watch(exc):
+                if self._ends_watch(exc, generation):
                     return
                 self._owner.rotate(generation)
                 await asyncio.sleep(RETRY_BACKOFF.draw(base))
@@ -681,12 +691,12 @@ class _EtcdWatch:
             bases = RETRY_BACKOFF.bases()
             base = next(bases)
             try:
-                await self._pump(w, self._owner.rotated)
+                await self._pump(w, rotated)
             except asyncio.CancelledError:
                 if not _cancelled_by_channel_close():
                     raise
             except Exception as exc:
-                if self._ends_watch(exc):
+                if self._ends_watch(exc, generation):
                     return
                 # The stream broke: rotate so the next attempt tries another member.
                 self._owner.rotate(generation)
