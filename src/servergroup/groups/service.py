@@ -86,7 +86,10 @@ Theory of operation (docs/design/messaging.md, spec section 4):
 - **Size.** Every datagram a guest's agent will deliver is checked to stay
   under 4096 bytes before it is written; a larger one is dropped and counted.
   What the relay cannot write (the guest's 1 MiB write buffer is full, or
-  it is not connected) is dropped and counted there and in `send_failures`.
+  it is not connected) is dropped and counted there and in `send_failures`,
+  except a batch's last broadcast to a member, which the relay holds until
+  the member's guest has room (`ChannelRelay.write_frames`, `newest`): its
+  applications then see the gap even when nothing follows it.
 
 Garbage from a guest is logged (rate-limited) and dropped; an unknown
 `msg_type` gets a nack. Every outcome is counted in `counters`.
@@ -1427,7 +1430,11 @@ class GroupService:
                     ):
                         frames[member].append(frame)
         for member, queued in frames.items():
-            written = self._relay.write_frames(member, queued)
+            # Each item goes to the member's group address and each address it subscribed:
+            # those frames of the last item are its newest message, kept should frames be
+            # lost (so that its applications see the gap even if nothing follows).
+            newest = min(len(queued), 1 + len(subscribed[member]))
+            written = self._relay.write_frames(member, queued, newest=newest)
             self.counters.broadcasts_delivered += written
             self.counters.send_failures += len(queued) - written
 

@@ -47,9 +47,12 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
   A datagram for a destination whose queue is not empty is appended, never
   sent ahead. Beyond `app_queue_limit` datagrams or `app_queue_bytes` bytes
   in one queue a datagram is dropped and counted (`app not reading`): the
-  application sees the gap. An address where nothing is bound is dropped at
-  once (`app not bound`), and so is what waits for an application that has
-  gone away. An empty queue is forgotten.
+  application sees the gap. The newest one that found the queue full is
+  kept aside instead (the one kept before it is then dropped) and queued
+  once there is room, so that the gap shows even when nothing follows it.
+  An address where nothing is bound is dropped at once (`app not bound`),
+  and so is what waits for an application that has gone away. An empty
+  queue is forgotten.
 - Answers: an ack or nack of an application's broadcasts is not dropped at
   those bounds, since a cumulative ack that reached it after a dropped nack
   would acknowledge a refused broadcast: it waits in the same queue, in
@@ -820,13 +823,16 @@ def _is_answer(datagram: bytes) -> bool:
 class _AppQueue:
     """Datagrams waiting, in order, for one application whose kernel queue was full."""
 
-    __slots__ = ("datagrams", "size", "took_at")
+    __slots__ = ("datagrams", "held", "size", "took_at")
 
     def __init__(self, now: float) -> None:
         self.datagrams: deque[bytes] = deque()
         self.size = 0
         #: When the application last took a datagram from this queue (or it was made).
         self.took_at = now
+        #: The newest datagram that found the queue full: it goes once there is room
+        #: (after those waiting, before any later one), so that the gap is seen.
+        self.held: bytes | None = None
 
     def append(self, datagram: bytes) -> None:
         self.datagrams.append(datagram)
@@ -940,7 +946,7 @@ class GuestAgent:
                     config.ready_file.unlink()
             self._channel.close()
             self._sock.close()
-            waiting = sum(len(q.datagrams) for q in self._waiting.values())
+            waiting = sum(len(q.datagrams) + (q.held is not None) for q in self._waiting.values())
             if waiting:
                 self.counters.drop(Reason.APP_NOT_READING, waiting)
             self._waiting.clear()
@@ -1125,16 +1131,18 @@ class GuestAgent:
             waiting = self._waiting[dest] = _AppQueue(time.monotonic())
             self._arm_retry()
         config = self.config
-        if (
-            len(waiting.datagrams) >= config.app_queue_limit
-            or waiting.size + len(datagram) > config.app_queue_bytes
-        ):
+        self._release_held(waiting)
+        if not self._has_room(waiting, datagram):
             if not _is_answer(datagram):
-                self._drops.drop(
-                    Reason.APP_NOT_READING,
-                    f"{dest!r} does not read its messages: {len(waiting.datagrams)} datagrams "
-                    f"({waiting.size} bytes) already wait for it",
-                )
+                # The newest is kept (held), the one held before it dropped: the
+                # application gets the oldest, then the newest, and sees the gap.
+                if waiting.held is not None:
+                    self._drops.drop(
+                        Reason.APP_NOT_READING,
+                        f"{dest!r} does not read its messages: {len(waiting.datagrams)} "
+                        f"datagrams ({waiting.size} bytes) already wait for it",
+                    )
+                waiting.held = datagram
                 return
             bytes_bound = config.app_queue_bytes + APP_ANSWER_ALLOWANCE_BYTES
             if (
@@ -1148,6 +1156,21 @@ class GuestAgent:
         self.counters.delivery_queued += 1
         if len(waiting.datagrams) > config.app_behind_high and not self._yielding:
             self._update_yielding()
+
+    def _has_room(self, waiting: _AppQueue, datagram: bytes) -> bool:
+        config = self.config
+        return (
+            len(waiting.datagrams) < config.app_queue_limit
+            and waiting.size + len(datagram) <= config.app_queue_bytes
+        )
+
+    def _release_held(self, waiting: _AppQueue) -> None:
+        """Queue the datagram held for lack of room once there is room for it."""
+        held = waiting.held
+        if held is not None and self._has_room(waiting, held):
+            waiting.held = None
+            waiting.append(held)
+            self.counters.delivery_queued += 1
 
     def _lose_answer(self, dest: str, waiting: int) -> None:
         """Drop an ack or nack for `dest` (see "Answers" in the module's docstring)."""
@@ -1232,14 +1255,16 @@ class GuestAgent:
                         f"{len(waiting.datagrams)} message(s) waited for {dest!r}, "
                         "which has gone away",
                         level=logging.INFO,
-                        count=len(waiting.datagrams),
+                        count=len(waiting.datagrams) + (waiting.held is not None),
                     )
                     waiting.datagrams.clear()
                     waiting.size = 0
+                    waiting.held = None
                     break
                 waiting.popleft()
             if len(waiting.datagrams) < before:
                 waiting.took_at = now
+            self._release_held(waiting)  # sent at the next retry
             if not waiting.datagrams:
                 del self._waiting[dest]
         if self._yielding or self._waiting:

@@ -33,7 +33,14 @@ Flow control, both ways (docs/design/messaging.md, "Flow control"):
   broadcasts' `seq`. A guest that does not read (its server paused or
   frozen, its agent stopped) so loses its own messages only: the other
   guests are written to as before, never slowed, and the host holds at most
-  `queue_limit` bytes per guest. `send_to_guests` encodes an envelope once
+  `queue_limit` bytes per guest. So that the gap is seen even when nothing
+  follows it (a burst whose end did not fit), `write_frames` keeps the
+  newest message of a write that lost frames aside (the last `newest`
+  frames, replacing what it kept before, which is then dropped) and writes
+  it once the guest has drained its buffer (`resume_writing`) or before
+  anything written to it later: the guest gets the oldest messages, the
+  gap, then the newest; never out of order, and at most one message more
+  per guest. `send_to_guests` encodes an envelope once
   and writes the same bytes to every guest it names (a broadcast's fan-out),
   returning the guests it could not write to. What is written to one guest
   in one round of the event loop goes out in one write at the end of the
@@ -136,6 +143,8 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 #: Bytes queued for one guest in one loop round beyond which they are written at once.
 FLUSH_AT = 64 << 10
+#: The transport's high-water mark (asyncio's default), or a quarter of a smaller bound.
+_RESUME_HIGH = 64 << 10
 
 
 class _Connection(asyncio.Protocol):
@@ -161,12 +170,18 @@ class _Connection(asyncio.Protocol):
         #: An answer was dropped on this connection: later ones are dropped too (see
         #: `ChannelRelay.send_to_guests`); a new connection starts afresh.
         self.answers_lost = False
+        #: The newest message of a `write_frames` that lost frames, written once the
+        #: guest has drained its buffer (or before what is written to it next).
+        self.held: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # A message is held only when the buffer is near `queue_limit`: above this
+        # high-water mark, so that `resume_writing` comes once it has drained.
+        transport.set_write_buffer_limits(high=min(_RESUME_HIGH, self._link.relay.queue_limit // 4))
 
     @property
     def writable(self) -> bool:
@@ -208,6 +223,13 @@ class _Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    def resume_writing(self) -> None:
+        # The transport's buffer went below its low-water mark (it was above its
+        # high-water mark, as it is whenever a message had to be held): room again.
+        if self.held and self.writable:
+            held, self.held = self.held, []
+            self.queue(held)
+
     def data_received(self, data: bytes) -> None:
         try:
             items = self._decoder.feed(data)
@@ -219,6 +241,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._pending.clear()
         self._pending_size = 0
+        self.held = []
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -519,18 +542,28 @@ class ChannelRelay:
             )
         return failed
 
-    def write_frames(self, instance: str, frames: Sequence[bytes]) -> int:
-        """Write host frames (`encode_host_frame`) to one guest (one write); how many went.
+    def write_frames(self, instance: str, frames: Sequence[bytes], *, newest: int = 0) -> int:
+        """Write host frames (`encode_host_frame`) to one guest (one write); how many
+        went (a held frame counts as gone; the call that drops it later counts it).
 
         The frames that would take the guest's write buffer past `queue_limit`
         (the last ones), or all of them when it is not connected, are dropped
-        and counted, as by `send_to_guest`. One write for many frames is what
-        keeps the fan-out of a batch of broadcasts cheap.
+        and counted, as by `send_to_guest`, except the last `newest` frames
+        (the newest message, one frame per address it goes to): when frames
+        are lost they are held and written once the guest has room, so that
+        its applications see the gap even if nothing follows. One write for
+        many frames is what keeps the fan-out of a batch of broadcasts cheap.
         """
         if not frames:
             return 0
+        given = len(frames)
         link = self._links.get(instance)
         room = link.room(self.queue_limit) if link is not None else None
+        conn = link.connection if link is not None and room is not None else None
+        if conn is not None and conn.held:
+            # Held from an earlier call: older than these, so written before them.
+            frames = [*conn.held, *frames]
+            conn.held = []
         taken = 0
         while link is not None and room is not None and taken < len(frames):
             # Handing queued frames to the transport gives the kernel what its socket
@@ -553,11 +586,14 @@ class ChannelRelay:
         self.counters.to_channel += taken
         metrics.RELAYED_TO_GUEST.inc(taken)
         left = len(frames) - taken
+        if left and conn is not None and newest > 0:
+            conn.held = list(frames[max(taken, len(frames) - min(newest, given)) :])
+            left -= len(conn.held)
         if left:
             reason = Reason.GUEST_NOT_CONNECTED if room is None else Reason.CHANNEL_QUEUE_FULL
             level = logging.DEBUG if reason is Reason.GUEST_NOT_CONNECTED else logging.WARNING
             self._drops.drop(reason, f"{left} message(s) for {instance}", level=level, count=left)
-        return taken
+        return max(0, given - left)
 
     def throttle(self, instance: str, paused: bool) -> None:
         """Stop (`paused`) or resume reading the channel of `instance`.

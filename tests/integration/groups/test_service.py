@@ -90,6 +90,16 @@ class TestGuest:
         self._writer: asyncio.StreamWriter | None = None
         self._server: asyncio.Server | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._reading = asyncio.Event()
+        self._reading.set()
+
+    def hold(self) -> None:
+        """Stop reading the channel (as a frozen guest): what the host writes waits."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        """Read the channel again."""
+        self._reading.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._accept, str(self.path))
@@ -106,7 +116,7 @@ class TestGuest:
         self._writer = writer
         self.connected.set()
         decoder = ChannelDecoder()
-        while data := await reader.read(65536):
+        while (await self._reading.wait()) and (data := await reader.read(65536)):
             for item in decoder.feed(data):
                 if isinstance(item, Envelope):
                     self.received.put_nowait(item)

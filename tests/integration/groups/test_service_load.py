@@ -294,6 +294,41 @@ async def test_a_frozen_guest_loses_its_own_messages_only(
     agent.agent.thaw()
 
 
+async def test_a_member_that_lost_the_end_of_a_burst_gets_the_newest_and_sees_the_gap(
+    world: World,
+) -> None:
+    """A member that does not read loses what does not fit its bound, but not the
+    newest broadcast: once it reads again it gets the oldest, then the newest, so that
+    its applications see the gap though nothing follows the burst (the end of a
+    backlog that overflowed two members was lost without a trace: their clients had no
+    later seq to see the gap by)."""
+    h1 = world.hosts["h1"]
+    a, b = world.guests["a"], world.guests["b"]  # both on h1
+    b.hold()
+    n = 5_000
+    texts = [f"big {i:04d} " + "y" * 600 for i in range(n)]
+    dropped_before = h1.relay.counters.dropped.get(Reason.CHANNEL_QUEUE_FULL, 0)
+    receivers = {name: world.guests[name] for name in ("b", "c", "d")}
+    async with watching({"a": a, **receivers}) as seen:
+        a.send_raw(burst(texts))
+        await until(seen["a"], lambda: seen["a"].answered(range(n)), "every id answered")
+        for name in ("c", "d"):
+            await until(seen[name], seen[name].has(n), name)
+        check_acks_only(seen["a"], n)
+        assert h1.relay.counters.dropped.get(Reason.CHANNEL_QUEUE_FULL, 0) > dropped_before
+        b.resume()
+        await until(
+            seen["b"],
+            lambda: n in (m.seq for m in seen["b"].broadcasts[-1:]),
+            "the newest",
+            timeout=30.0,
+        )
+        got = [m.seq for m in seen["b"].broadcasts]
+        assert len(got) < n
+        assert got == [*range(1, len(got)), n]  # the oldest, the gap, the newest
+        assert seen["b"].broadcasts[-1].text == texts[-1]
+
+
 @dataclass
 class OneHost:
     """One host h1 (group g: a, b) on its own etcd client, optionally through a proxy."""

@@ -297,11 +297,13 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     host.send(stream + frame_to("reading.app", {"n": -1}))
     thread.join(60)
     assert got_by_reader == [*range(to_reader), -1]  # while the stopped app read nothing
-    # The stopped app wakes up: what it gets is the start of the stream, in order.
+    # The stopped app wakes up: what it gets is the start of the stream, in order, then
+    # the newest (held while its queue was full), so that it sees the gap.
     got = receive_all(stopped)
     kernel_queue = GUEST_DGRAM_QLEN + 1  # the kernel lets one more in than its limit
-    assert DEFAULT_APP_QUEUE_LIMIT <= len(got) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
-    assert got == list(range(len(got)))
+    head = got[:-1]
+    assert DEFAULT_APP_QUEUE_LIMIT <= len(head) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
+    assert got == [*range(len(head)), to_stopped - 1]
     # It reads from now on: what comes next arrives, after the gap.
     host.send(frame_to("stopped.app", {"n": to_stopped}))
     assert json.loads(stopped.receive())["data"]["n"] == to_stopped
@@ -336,13 +338,15 @@ def test_acks_and_nacks_for_an_app_that_does_not_read_pass_its_bound_then_none_g
     kernel_queue = GUEST_DGRAM_QLEN + 1
     delivered = [n for n in got if n >= 0]
     nacked = [-1 - n for n in got if n < 0]
-    assert DEFAULT_APP_QUEUE_LIMIT <= len(delivered) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
-    assert delivered == list(range(len(delivered)))
-    # Every answer the allowance holds, in order, after the deliveries; then nothing
-    # (not the ack, which would pass the lost nacks).
-    assert got == delivered + [-1 - i for i in nacked]
+    head = delivered[:-1]  # the last is the newest delivery, held while the queue was full
+    assert DEFAULT_APP_QUEUE_LIMIT <= len(head) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
+    assert delivered == [*range(len(head)), deliveries - 1]
+    # Every answer the allowance holds, in order, after the deliveries; then the held
+    # delivery once there is room; then nothing (not the ack, which would pass the lost
+    # nacks).
+    assert got == head + [-1 - i for i in nacked] + [deliveries - 1]
     assert nacked == list(range(len(nacked)))
-    queued_deliveries = len(delivered) - kernel_queue
+    queued_deliveries = len(head) - kernel_queue
     assert len(nacked) == DEFAULT_APP_QUEUE_LIMIT + APP_ANSWER_ALLOWANCE - queued_deliveries
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {

@@ -54,6 +54,9 @@ class FakeGuest:
         self.server: asyncio.AbstractServer | None = None
         #: Connections the relay has closed (EOF seen).
         self.ended = 0
+        self._reading = asyncio.Event()
+        if read:
+            self._reading.set()
 
     async def listen(self) -> FakeGuest:
         self.server = await asyncio.start_unix_server(self._serve, str(self.path))
@@ -62,14 +65,17 @@ class FakeGuest:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
         decoder = ChannelDecoder()
-        if not self.read:
-            await asyncio.sleep(3600)
+        await self._reading.wait()
         while chunk := await reader.read(65536):
             self.raw += chunk
             for item in decoder.feed(chunk):
                 assert not isinstance(item, Dropped), item
                 self.received.append(item)
         self.ended += 1
+
+    def thaw(self) -> None:
+        """Start reading (a guest made with `read=False`)."""
+        self._reading.set()
 
     @property
     def writer(self) -> asyncio.StreamWriter:
@@ -492,6 +498,41 @@ async def test_write_frames_writes_a_guest_its_frames_in_order_up_to_its_bound(
         assert relay.write_frames("instance-00000404", frames) == 0
         assert relay.counters.dropped["guest not connected"] == 100
         assert relay.write_frames("instance-0000003a", []) == 0
+
+
+async def test_a_guest_that_lost_frames_gets_the_newest_after_the_gap_then_the_rest(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    """A burst whose end did not fit: the guest gets the oldest frames, then the newest
+    (held until it had room), so that its applications see the gap though nothing follows."""
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY, queue_limit=64 * 1024)
+    async with relay:
+        stuck = await guests(channel_dir / channel_name("instance-0000006s"), read=False)
+        await eventually(lambda: bool(stuck.writers), "the stuck guest's connection")
+        frames = [
+            encode_host_frame(Envelope(dest_addr="x", data={"n": n, "pad": "p" * 1000}))
+            for n in range(1000)
+        ]
+        went = sum(
+            relay.write_frames("instance-0000006s", frames[start : start + 50], newest=1)
+            for start in range(0, 900, 50)
+        )
+        dropped = relay.counters.dropped["channel queue full"]
+        assert dropped > 0
+        assert went + dropped == 900
+        assert relay.buffered("instance-0000006s") <= relay.queue_limit
+        stuck.thaw()
+        await eventually(
+            lambda: [e.data["n"] for e in stuck.received[-1:]] == [899], "the newest, held"
+        )
+        got = [e.data["n"] for e in stuck.received]
+        assert got == [*range(len(got) - 1), 899]  # the oldest, the gap, the newest
+        assert len(got) == went
+        # What comes later follows it, in order.
+        assert relay.write_frames("instance-0000006s", frames[900:], newest=1) == 100
+        await eventually(lambda: len(stuck.received) == went + 100, "the rest")
+        assert [e.data["n"] for e in stuck.received[-101:]] == list(range(899, 1000))
+        assert relay.counters.dropped["channel queue full"] == dropped
 
 
 async def test_what_one_loop_round_writes_to_a_guest_goes_out_at_its_end_in_order(
