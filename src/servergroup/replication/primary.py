@@ -527,7 +527,12 @@ class PrimaryDaemon:
         """Whether output may leave now; if not, the primary stops (self-fencing)."""
         may_act = self._authority.may_act if self._authority else self._may_act
         if may_act is not None and not may_act():
-            self._stop("the coordination session may not act: output held")
+            why = ""
+            if self._authority is not None:
+                session = self._authority.session
+                late = session.clock.monotonic() - session.fence_at
+                why = f" ({session.state.value}, {late:.3f} s past its fencing deadline)"
+            self._stop(f"the coordination session may not act{why}: output held")
             return False
         return True
 
