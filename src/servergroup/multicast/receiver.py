@@ -36,6 +36,7 @@ from servergroup.multicast.transport import (
     ScatterReceiver,
     Sink,
     TransferError,
+    buffer_memory,
     describe_os_error,
     multicast_receiver_socket,
     scatter_receiver,
@@ -70,7 +71,9 @@ class _Receiver:
         self.progress = progress
         self.auth = Auth(config.key) if config.key is not None else None
         self.machine = rx.ReceiverMachine(
-            rx.ReceiverSettings(name=config.name, timeout=config.timeout, auth=self.auth)
+            rx.ReceiverSettings(
+                name=config.name, timeout=config.timeout, auth=self.auth, memory=buffer_memory
+            )
         )
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[rx.ReceiverReport] = self.loop.create_future()
