@@ -377,6 +377,12 @@ class ScatterReceiver:
             messages[j * 8 + 3] = self._IOV
         messages.release()
         self._lengths = memoryview(self._messages).cast("I")[14 :: self._MSG // 4]
+        # The slots' addresses go into the iovecs as one big integer, one 64-bit
+        # lane per datagram (`_addresses`): Python's int arithmetic does in one
+        # step what a loop over the slots would do per slot (~25 us per call).
+        self._bases = memoryview(self._iov)[2 :: 2 * self._IOV]
+        self._ones = array.array("Q", [1] * vlen).tobytes()
+        self._ramp = array.array("Q", range(vlen)).tobytes()
         self._messages_pin = ctypes.c_char.from_buffer(self._messages)
         self._messages_at = ctypes.addressof(self._messages_pin)
         self._slot_size = 0
@@ -391,13 +397,7 @@ class ScatterReceiver:
         pin = ctypes.c_char.from_buffer(memory)
         base = ctypes.addressof(pin)
         iov = self._iov
-        if isinstance(slots, range):
-            first = base + slots.start * slot_size
-            iov[2 : 6 * count : 6] = array.array(
-                "Q", range(first, first + count * slot_size, slot_size)
-            )
-        else:
-            iov[2 : 6 * count : 6] = array.array("Q", [base + s * slot_size for s in slots[:count]])
+        self._bases[:count] = self._addresses(base, slots, count, slot_size)
         if slot_size != self._slot_size:
             iov[3::6] = array.array("Q", (slot_size,) * self.VLEN)
             self._slot_size = slot_size
@@ -410,6 +410,25 @@ class ScatterReceiver:
                 return []
             raise OSError(code, os.strerror(code))
         return self._lengths[:got].tolist()
+
+    def _addresses(self, base: int, slots: Sequence[int], count: int, size: int) -> memoryview:
+        """base + slots[j] * size for j < count, as native 64-bit words.
+
+        Each lane of the big integers below holds one datagram's number: an
+        address (below 2**64) never carries into the next lane, so adding or
+        multiplying the whole integers adds or multiplies every lane at once.
+        """
+        order = sys.byteorder
+        width = 8 * count
+        ones = int.from_bytes(self._ones[:width], order)
+        if isinstance(slots, range) and slots.step == 1:
+            lanes = (base + slots.start * size) * ones + size * int.from_bytes(
+                self._ramp[:width], order
+            )
+        else:
+            indices = array.array("Q", slots[:count]).tobytes()
+            lanes = base * ones + size * int.from_bytes(indices, order)
+        return memoryview(lanes.to_bytes(width, order)).cast("Q")
 
 
 def _load_recvmmsg() -> Callable[..., int] | None:
