@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from servergroup.multicast import receiving as rx
@@ -211,6 +211,11 @@ def anything(arrivals: list[tuple[str, int, int]], auth: Auth | None) -> list[li
     ordered=st.booleans(),
     limit=st.integers(1, 8),
 )
+# Found in CI: the next buffer's first datagram and a corrupt one of this
+# buffer land in one receive. The first makes the next buffer the one being
+# filled, so the corrupt one counts there, as one datagram at a time counts it
+# (the in-place path counted it on this buffer).
+@example(marks=["next", "corrupt", *["good"] * 9], arrivals=[("good", 0, 1)], ordered=True, limit=2)
 def test_in_place_receives_and_single_datagrams_agree(
     keyed: bool,
     ahead: bool,
