@@ -358,7 +358,9 @@ class ScatterReceiver:
         self.headers = bytearray(header_size * vlen)
         # Anonymous pages, faulted in only where something lands (a tag, a
         # rare long datagram): a bytearray would clear all 16 MiB at start.
-        self.tails = memoryview(mmap.mmap(-1, self.TAIL * vlen))
+        self.tails = memoryview(
+            mmap.mmap(-1, self.TAIL * vlen, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        )
         # Each struct iovec is (base, length); a datagram has three.
         self._iov = array.array("Q", bytes(16 * self._IOV * vlen))
         self._messages = bytearray(self._MSG * vlen)
