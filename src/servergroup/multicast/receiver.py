@@ -36,6 +36,7 @@ from servergroup.multicast.transport import (
     ScatterReceiver,
     Sink,
     TransferError,
+    buffer_memory,
     describe_os_error,
     multicast_receiver_socket,
     scatter_receiver,
@@ -45,15 +46,16 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
 #: Datagrams per wake-up before the loop looks at the connection again.
-DATAGRAM_BATCH = 256
+DATAGRAM_BATCH = 512
 #: A wake-up that found fewer datagrams than this waits COALESCE_DELAY before
 #: the next: ~14 datagrams of 9000 bytes arrive per millisecond at 1 Gbit/s,
-#: so a wake-up then finds ~110, most of one scatter receive (128); the
-#: socket's buffer holds far more than 8 ms of any link. Measured, 512 MiB at
-#: 1 Gbit/s: 1 ms gave 4600 wake-ups of 13 datagrams, 4 ms 1600 of 37 and
-#: 0.35 CPU-s less (a third of the receiver's CPU); 8 ms another ~0.08 less.
-COALESCE_BELOW = 96
-COALESCE_DELAY = 0.008
+#: so a wake-up then finds ~220, most of one scatter receive (256); the
+#: socket's buffer (64 MiB) holds far more than 16 ms of any link. Measured,
+#: 512 MiB at 1 Gbit/s: 1 ms gave 4600 wake-ups of 13 datagrams, 4 ms 1600 of
+#: 37 and 0.35 CPU-s less (a third of the receiver's CPU); 8 ms another ~0.08
+#: less; 16 ms (with 256 per call) halves the wake-ups again.
+COALESCE_BELOW = 192
+COALESCE_DELAY = 0.016
 #: A receiver started before its sender tries again this often: the transfer
 #: starts at most this long after the sender listens (a refused attempt costs
 #: a few system calls).
@@ -70,7 +72,9 @@ class _Receiver:
         self.progress = progress
         self.auth = Auth(config.key) if config.key is not None else None
         self.machine = rx.ReceiverMachine(
-            rx.ReceiverSettings(name=config.name, timeout=config.timeout, auth=self.auth)
+            rx.ReceiverSettings(
+                name=config.name, timeout=config.timeout, auth=self.auth, memory=buffer_memory
+            )
         )
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[rx.ReceiverReport] = self.loop.create_future()

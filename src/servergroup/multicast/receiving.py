@@ -57,7 +57,9 @@ once, and only whole; exactly one `Close` ends the machine.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
@@ -98,6 +100,29 @@ _FAST_UNPACK = struct.Struct("!IQIHHI").unpack_from
 _FIRST = int.from_bytes(MAGIC + bytes((VERSION, Kind.DATA)), "big")
 _DATA_CRC_AT = DATA_HEADER_SIZE - 4
 _crc32c = crc32c
+#: A data header as six 32-bit words: magic, version and kind; session; buffer
+#: id; index; length and flags; crc. The bulk path compares them column by column.
+_WORDS = DATA_HEADER_SIZE // 4
+_SWAP = sys.byteorder == "little"  # the words are big-endian on the wire
+
+
+def _word(value: int, size: int = 4) -> bytes:
+    return value.to_bytes(size, "big")
+
+
+def _bulk_header_views(headers: memoryview, count: int) -> list[memoryview]:
+    """The part of each header in `headers` its CRC-32C covers (all but the crc field)."""
+    head = DATA_HEADER_SIZE
+    return [headers[j * head : j * head + _DATA_CRC_AT] for j in range(count)]
+
+
+#: Allocates `n` bytes of writable memory for a buffer (the driver's choice of pages).
+Allocate = Callable[[int], memoryview]
+
+
+def zeroed(size: int) -> memoryview:
+    """The default buffer memory: a zeroed bytearray."""
+    return memoryview(bytearray(size))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +130,8 @@ class ReceiverSettings:
     name: str
     timeout: float = 10.0
     auth: Auth | None = None
+    #: Where buffers live; the machine keeps and refills the few it allocates.
+    memory: Allocate = zeroed
 
 
 # --- what the driver does -------------------------------------------------------------
@@ -172,7 +199,7 @@ class Landing:
     `datagrams_landed` before anything else is fed to the machine.
     """
 
-    memory: bytearray
+    memory: memoryview
     slots: Sequence[int]
     slot_size: int
     buffer: object  # the buffer being filled, as the machine knows it
@@ -242,19 +269,28 @@ class _Incoming:
         "cursor",
         "data",
         "flags",
+        "full_count",
         "full_size",
         "have",
         "have_count",
         "id",
+        "indices",
         "key",
         "last_length",
         "ready",
+        "slot_views",
         "tag_size",
         "tally",
+        "words",
     )
 
     def __init__(
-        self, info: BufferInfo, data: bytearray, session: int, payload_size: int, auth: bool
+        self,
+        info: BufferInfo,
+        memory: tuple[memoryview, list[memoryview]],
+        session: int,
+        payload_size: int,
+        auth: bool,
     ) -> None:
         self.id = info.buffer_id
         self.count = info.packet_count
@@ -267,7 +303,20 @@ class _Incoming:
         self.full_size = DATA_HEADER_SIZE + payload_size + self.tag_size
         self.last_length = info.byte_length - (info.packet_count - 1) * payload_size
         # At least byte_length long: reused memory may be longer.
-        self.data = data
+        self.data, self.slot_views = memory
+        # For the bulk path: the packets that fill their slot (all but a short
+        # last one), the header words every datagram of the buffer shares
+        # (magic, version and kind; session; buffer id; length and flags of a
+        # whole packet), and the packets' indices as big-endian words (made
+        # when first needed).
+        self.full_count = info.packet_count - (self.last_length != payload_size)
+        self.words = (
+            MAGIC + bytes((VERSION, Kind.DATA)),
+            _word(session),
+            _word(info.buffer_id),
+            _word(payload_size, 2) + _word(self.flags, 2),
+        )
+        self.indices = b""
         self.have = bytearray(info.packet_count)
         self.have_count = 0
         # Where the next multicast datagram is expected: after the last one taken.
@@ -296,9 +345,14 @@ class ReceiverMachine:
         self._ahead: _Incoming | None = None
         self._next_id = 0
         # Handed over, not yet written: (buffer id, its memory), oldest first.
-        self._unwritten: list[tuple[int, bytearray]] = []
+        # A buffer's memory goes with the views of its slots (made when first
+        # needed, then kept as long as the memory).
+        self._unwritten: list[tuple[int, tuple[memoryview, list[memoryview]]]] = []
         # Written buffers' memory, to be filled again.
-        self._spare: list[bytearray] = []
+        self._spare: list[tuple[memoryview, list[memoryview]]] = []
+        # The driver's header area as the bulk path reads it (see `_bulk_header_views`).
+        self._header_area: object = None
+        self._header_views: list[memoryview] = []
         self._delivered_bytes = 0
         self._final: BufferInfo | None = None
         self._verifying = False
@@ -532,7 +586,8 @@ class ReceiverMachine:
             return _NOTHING
         head = DATA_HEADER_SIZE
         size = landing.slot_size
-        memory = memoryview(landing.memory)
+        memory = landing.memory
+        header_area = headers
         headers = memoryview(headers)
         tails = memoryview(tails)
         slots = landing.slots
@@ -559,6 +614,10 @@ class ReceiverMachine:
                 out = _join(out, self.datagrams_received(view, full if full else len(view), now))
             return out
         auth = self._auth
+        if auth is None and lengths.count(b.full_size) == count:
+            bulk = self._landed_in_bulk(b, slots, count, headers, header_area, now)
+            if bulk is not None:
+                return bulk
         key = b.key
         flags = b.flags
         full = b.full_size
@@ -570,6 +629,7 @@ class ReceiverMachine:
         taken = 0
         heard = False
         moves: list[tuple[int, int, int]] = []  # (from slot, to index, length)
+        rest: list[bytes] = []  # put together, for the general path
         out = _NOTHING
         last_full = head + last_length + tag_size
         # Counted here and added to the buffer at the end (no other path takes
@@ -596,6 +656,11 @@ class ReceiverMachine:
                 # Not a packet of this buffer: counted where the general path counts it
                 # (it never takes one, so the slots stay as they are).
                 out = _join(out, self._datagrams_slowly(memoryview(whole(j)), n, now))
+                if self._target() is not b:
+                    # It was the first of the next buffer, which multicast now fills:
+                    # the rest count where the general path counts them (as there).
+                    rest = [whole(k) for k in range(j + 1, count)]
+                    break
                 continue
             at = s * size
             payload = memory[at : at + length]
@@ -634,7 +699,106 @@ class ReceiverMachine:
             self._heard_at = now
         if b.have_count == b.count:
             out = _join(out, self._complete(b))
+        for piece in rest:
+            out = _join(out, self._datagrams_slowly(memoryview(piece), len(piece), now))
         return out
+
+    def _landed_in_bulk(
+        self,
+        b: _Incoming,
+        slots: Sequence[int],
+        count: int,
+        headers: memoryview,
+        header_area: object,
+        now: float,
+    ) -> Sequence[Output] | None:
+        """Take `count` whole datagrams of `b` at once, if each is new and intact; else None.
+
+        The common case of `datagrams_landed` (no key, whole packets of the
+        buffer being filled, in increasing order): the same checks as one
+        datagram at a time, column by column over the header area. Each of
+        the header's words but the index and crc must be the buffer's, every
+        index a missing packet that fills its slot, and each datagram's
+        CRC-32C (over its header and its payload where it landed) the one it
+        carries. The checks read the memory only: anything else (a foreign,
+        stale, corrupt or repeated datagram, the short last packet, indices
+        out of order) returns None with nothing changed, and the caller takes
+        the datagrams one by one. After a loss the datagrams that landed one
+        slot off are moved to their own, as there.
+        """
+        words = headers[: count * DATA_HEADER_SIZE].cast("I")
+        magic, session, buffer_id, length_flags = b.words
+        if (
+            words[0::_WORDS].tobytes() != magic * count
+            or words[1::_WORDS].tobytes() != session * count
+            or words[2::_WORDS].tobytes() != buffer_id * count
+            or words[4::_WORDS].tobytes() != length_flags * count
+        ):
+            return None
+        if not b.indices:
+            indices = array("I", range(b.count))
+            if _SWAP:
+                indices.byteswap()
+            b.indices = indices.tobytes()
+        index_words = words[3::_WORDS].tobytes()
+        have = b.have
+        first = slots[0]
+        in_place = (
+            isinstance(slots, range)
+            and index_words == b.indices[4 * first : 4 * (first + count)]
+            and first + count <= b.full_count
+        )
+        if in_place:
+            # Each in the slot it belongs to: the common case.
+            if have.find(1, first, first + count) >= 0:
+                return None
+            last = first + count - 1
+        else:
+            found = struct.unpack(f">{count}I", index_words)
+            last = found[-1]
+            if (
+                last >= b.full_count
+                or (count > 1 and not all(map(int.__lt__, found, found[1:])))
+                or any(map(have.__getitem__, found))
+            ):
+                return None
+        views = b.slot_views
+        if not views:
+            size = self._payload_size
+            memory = b.data
+            views.extend(memory[at : at + size] for at in range(0, len(memory) - size + 1, size))
+        if header_area is not self._header_area or len(self._header_views) < count:
+            self._header_area = header_area
+            self._header_views = _bulk_header_views(
+                headers, max(count, len(headers) // DATA_HEADER_SIZE)
+            )
+        payloads = (
+            views[first : first + count]
+            if in_place
+            else list(map(views.__getitem__, slots[:count]))
+        )
+        sums = array("I", map(_crc32c, payloads, map(_crc32c, self._header_views[:count])))
+        if _SWAP:
+            sums.byteswap()
+        if sums.tobytes() != words[5::_WORDS].tobytes():
+            return None
+        # Every one is taken.
+        if in_place:
+            have[first : last + 1] = b"\x01" * count
+        else:
+            for index in found:
+                have[index] = 1
+            size = self._payload_size
+            _move(
+                b.data, size, [(s, i, size) for s, i in zip(slots, found, strict=False) if s != i]
+            )
+        b.have_count += count
+        b.tally.multicast += count
+        b.cursor = last + 1
+        self._heard_at = now
+        if b.have_count == b.count:
+            return self._complete(b)
+        return _NOTHING
 
     def repair_received(self, packet: DataPacket, now: float) -> Sequence[Output]:
         """A data packet that came on the connection (already decoded and checked)."""
@@ -774,13 +938,13 @@ class ReceiverMachine:
 
     # --- data -------------------------------------------------------------------------
 
-    def _memory(self, size: int) -> bytearray:
+    def _memory(self, size: int) -> tuple[memoryview, list[memoryview]]:
         """Memory for a buffer of `size` bytes: a written buffer's if one is large enough."""
         while self._spare:
             memory = self._spare.pop()
-            if len(memory) >= size:
+            if len(memory[0]) >= size:
                 return memory
-        return bytearray(size)
+        return self._settings.memory(size), []
 
     def _take(
         self,
@@ -843,8 +1007,8 @@ class ReceiverMachine:
         return out
 
     def _deliver(self, b: _Incoming) -> Deliver:
-        self._unwritten.append((b.id, b.data))
-        return Deliver(buffer_id=b.id, data=memoryview(b.data)[: b.byte_length])
+        self._unwritten.append((b.id, (b.data, b.slot_views)))
+        return Deliver(buffer_id=b.id, data=b.data[: b.byte_length])
 
     def _open(self) -> list[_Incoming]:
         """The buffers being received (not yet whole), oldest first."""
