@@ -15,8 +15,6 @@ import click
 
 from servergroup.cli.common import CliState, pass_state, run_async
 from servergroup.common.errors import UsageError
-from servergroup.coordination import Coordinator
-from servergroup.coordination.connect import connect
 from servergroup.multicast.config import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
@@ -31,6 +29,7 @@ from servergroup.multicast.transport import FileSink, Sink, StreamSink, interfac
 from servergroup.transfers import recording_endpoints, run_recorded_receiver, run_recorded_sender
 
 if TYPE_CHECKING:
+    from servergroup.coordination import Coordinator
     from servergroup.multicast.sending import SenderReport
 
 #: Exit statuses: 0 every expected client has the verified image (send) / this
@@ -268,6 +267,8 @@ def _recording(state: CliState, record: bool) -> Callable[[], Coordinator] | Non
     endpoints = recording_endpoints(config)
     if not endpoints:
         return None
+    from servergroup.coordination import connect
+
     return lambda: connect(config, endpoints=endpoints)
 
 

@@ -6,9 +6,17 @@ etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
 - `Ownership` (election with fencing tokens and self-fencing),
 - `resolve_endpoints(config)`: the configured etcd, or the managed local one
   (`LocalEtcd`) started on demand.
+
+The etcd client (`connect`, `EtcdCoordinator`: aetcd and gRPC, ~0.1 s of
+start-up) is imported on first use, so a command that may not need etcd
+(`image receive` without a store to record in) starts without it.
 """
 
-from servergroup.coordination.connect import connect
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from servergroup.coordination.election import (
     NotOwner,
     Ownership,
@@ -25,7 +33,6 @@ from servergroup.coordination.errors import (
     StoreUnavailable,
     WatchCompacted,
 )
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.etcd_process import EtcdCluster, EtcdProcess, start_cluster
 from servergroup.coordination.keeper import Session
 from servergroup.coordination.local_etcd import LocalEtcd, LocalEtcdStatus, resolve_endpoints
@@ -48,6 +55,26 @@ from servergroup.coordination.types import (
     TxnResult,
     WatchEvent,
 )
+
+if TYPE_CHECKING:
+    from servergroup.coordination.connect import connect
+    from servergroup.coordination.etcd import EtcdCoordinator
+
+#: What imports the etcd client, by name: loaded by `__getattr__` on first use.
+_LAZY = {
+    "connect": "servergroup.coordination.connect",
+    "EtcdCoordinator": "servergroup.coordination.etcd",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Compare",
