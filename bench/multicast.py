@@ -635,6 +635,11 @@ def write_results(rows: list[Row], stem: str, size: int, link: int, load: tuple[
             f"{'' if r.link_bps else ', veth'}: {r.note}"
             for r in notes
         ]
+    lines += [
+        "",
+        "Why a row misses its goal, measured, and what would close it: docs/design/multicast.md,",
+        '"Left" (receiver start-up and CPU per GiB, the N = 1 gap, N = 8 on two CPUs).',
+    ]
     text = "\n".join(lines) + "\n"
     (RESULTS / f"{stem}.md").write_text(text)
     print(text)
