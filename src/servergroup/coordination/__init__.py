@@ -14,9 +14,9 @@ start-up) is imported on first use, so a command that may not need etcd
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from servergroup.common.lazy import lazy_names
 from servergroup.coordination.election import (
     NotOwner,
     Ownership,
@@ -60,20 +60,15 @@ if TYPE_CHECKING:
     from servergroup.coordination.connect import connect
     from servergroup.coordination.etcd import EtcdCoordinator
 
-#: What imports the etcd client, by name: loaded by `__getattr__` on first use.
-_LAZY = {
-    "connect": "servergroup.coordination.connect",
-    "EtcdCoordinator": "servergroup.coordination.etcd",
-}
+#: What imports the etcd client, by name: loaded on first use.
+_load = lazy_names(
+    __name__,
+    {"connect": ".connect", "EtcdCoordinator": ".etcd"},
+)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _load(name)
 
 
 __all__ = [

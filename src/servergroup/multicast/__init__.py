@@ -9,8 +9,9 @@ also the library API.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from servergroup.common.lazy import lazy_names
 
 if TYPE_CHECKING:
     from servergroup.multicast.config import (
@@ -54,11 +55,11 @@ _WHERE = {
 }
 
 
+_load = lazy_names(__name__, {name: f".{module}" for name, module in _WHERE.items()})
+
+
 def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    return _load(name)
 
 
 __all__ = [

@@ -5,8 +5,9 @@ import `servergroup.servers.drivers.qemu.*`, and must not pay for the
 registry's etcd client at every start of a VM.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from servergroup.common.lazy import lazy_names
 
 if TYPE_CHECKING:
     from servergroup.servers.model import (
@@ -66,11 +67,11 @@ _WHERE = {
 }
 
 
+_load = lazy_names(__name__, _WHERE)
+
+
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return _load(name)
 
 
 __all__ = [

@@ -22,17 +22,15 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
 from servergroup.common.component import HealthState
 from servergroup.config import CoordinationConfig
-from servergroup.coordination import Coordinator, EtcdCoordinator, Guard
+from servergroup.coordination import EtcdCoordinator, Guard
 from servergroup.coordination.etcd_process import EtcdCluster
 from servergroup.groups.protocol import (
     Broadcast,
-    BroadcastAck,
     GroupMessage,
     Nack,
     Notification,
@@ -66,7 +64,6 @@ from servergroup.servers.model import (
     encode_batch,
 )
 from servergroup.servers.registry import (
-    BROADCASTS,
     Registry,
     RegistryCache,
     broadcast_key,
@@ -660,86 +657,6 @@ async def test_a_host_behind_the_compaction_window_says_what_it_missed(
         )
         assert await b.quiet(0.5) == []
         assert service.counters.broadcasts_missed == 4
-        await admin.delete_prefix("")
-
-
-class GatedWatches:
-    """A real coordinator whose broadcast watches open only once `gate` is set; all else
-    goes straight through: a host whose watch falls behind while its writes go on."""
-
-    def __init__(self, inner: EtcdCoordinator) -> None:
-        self._inner = inner
-        self.gate = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def watch(self, prefix: str, *, start_revision: int) -> Any:
-        if prefix.startswith(BROADCASTS):
-            await self.gate.wait()
-        return await self._inner.watch(prefix, start_revision=start_revision)
-
-
-async def test_a_batch_a_compaction_hid_from_the_watch_is_acked_with_an_upper_bound(
-    etcd_single: EtcdCluster, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A host stored its member's batch, but its watch had not numbered it when the
-    store compacted past it: the one ack whose seq is not exact. It is acked with the
-    highest seq it can have (what other hosts wrote after it included), never lower,
-    and exactly once."""
-    salt = secrets.token_hex(3)
-    admin = EtcdCoordinator(etcd_single.endpoints, prefix=etcd_prefix, config=CONFIG)
-    registry = Registry(admin)
-    stack = contextlib.AsyncExitStack()
-    async with stack:
-        stack.push_async_callback(admin.close)
-        await registry.create_group(
-            GroupRecord(name="g", policy=Policy.AFFINITY, uuid="u1", created_at="")
-        )
-        await registry.create_server(spec("a", "h1", "g", salt))
-        await registry.put_status(status("a", "h1"))
-        await registry.register_host(host_record("h1"), lease=(await admin.grant(60)).id)
-        coordinator = EtcdCoordinator(etcd_single.endpoints, prefix=etcd_prefix, config=CONFIG)
-        stack.push_async_callback(coordinator.close)
-        gated = GatedWatches(coordinator)
-        cache = RegistryCache(coordinator)
-        await cache.start()
-        stack.push_async_callback(cache.stop)
-        relay = ChannelRelay(tmp_path, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1)
-        service = GroupService(
-            coordinator=cast(Coordinator, gated), cache=cache, relay=relay, host="h1"
-        )
-        await service.start()
-        stack.push_async_callback(service.stop)
-        await relay.start()
-        stack.push_async_callback(relay.stop)
-        a = TestGuest(instance_of("a", salt), tmp_path)
-        await a.start()
-        stack.push_async_callback(a.stop)
-        await wait_for(lambda: a.instance in relay.connected(), "a connected")
-
-        for i in range(3):  # seqs 1..3, stored in one batch or more; not numbered yet
-            a.send(Broadcast(text=f"mine {i}", id=i))
-        await wait_for(lambda: service.counters.broadcasts_accepted == 3, "a's batch stored")
-        assert service.counters.acks == 0  # the watch has numbered nothing
-        # Another host writes after it (seq 4); then the store compacts it all.
-        revision = await admin.put(broadcast_key("g", "hx"), batch_of("g", 1, "theirs"))
-        await compact(etcd_single, revision)
-        caplog.set_level(logging.WARNING, logger="servergroup.groups.service")
-        gated.gate.set()
-        acks: list[GroupMessage] = []
-        while not acks or acks[-1] != BroadcastAck(id=2, seq=4):
-            acks.append(await a.next_of(BroadcastAck, timeout=20))
-            assert len(acks) <= 3, acks
-        # The last of a's got seq 3; what hx wrote after it makes the bound 4. (Stored in
-        # more than one batch, each is acked with its own bound: never below its seq.)
-        assert all(isinstance(x, BroadcastAck) and x.seq > x.id for x in acks), acks
-        assert any("upper bounds" in r.getMessage() for r in caplog.records)
-        # Following again: the next one is numbered exactly, after hx's.
-        a.send(Broadcast(text="mine 3", id=3))
-        assert await a.next_of(BroadcastAck) == BroadcastAck(id=3, seq=5)
-        assert service.counters.acks == len(acks) + 1
-        assert await a.quiet(0.3) == []
         await admin.delete_prefix("")
 
 

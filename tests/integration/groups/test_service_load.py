@@ -29,6 +29,7 @@ from servergroup.coordination.types import Compare, Put, TxnOp, TxnResult
 from servergroup.groups.protocol import (
     Broadcast,
     BroadcastAck,
+    GroupMessage,
     Nack,
     decode_group_message,
     encode_group_message,
@@ -52,6 +53,7 @@ from servergroup.servers.registry import (
     broadcast_key,
     broadcast_prefix,
 )
+from tests.fixtures.etcd import compact
 from tests.fixtures.tcpproxy import TcpProxy
 from tests.integration.groups.conftest import GuestFactory
 from tests.integration.groups.test_service import (
@@ -485,6 +487,57 @@ class LosesOneAnswer(EtcdCoordinator):
             await meanwhile()
             raise StoreUnavailable("the answer was lost (test)")
         return result
+
+
+class LateBroadcastWatches(EtcdCoordinator):
+    """A real etcd client whose broadcast watches open only once `gate` is set: a host
+    whose watch falls behind while its transactions go on."""
+
+    gate: asyncio.Event | None = None
+
+    async def watch(self, prefix: str, *, start_revision: int) -> Any:
+        if prefix.startswith(BROADCASTS):
+            if self.gate is None:
+                self.gate = asyncio.Event()
+            await self.gate.wait()
+        return await super().watch(prefix, start_revision=start_revision)
+
+
+async def test_a_batch_a_compaction_hid_from_the_watch_is_acked_with_an_upper_bound(
+    etcd_single: EtcdCluster, etcd_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host stored its member's batch, but its watch had not numbered it when the
+    store compacted past it: the one ack whose seq is not exact. It is acked with the
+    highest seq it can have (what other hosts wrote after it included), never lower,
+    and exactly once."""
+    async with one_host(
+        etcd_single, etcd_prefix, tmp_path, coordinator_type=LateBroadcastWatches
+    ) as host:
+        coordinator = host.coordinator
+        assert isinstance(coordinator, LateBroadcastWatches)
+        service, a = host.service, host.guests["a"]
+        for i in range(3):  # seqs 1..3, stored in one batch or more; not numbered yet
+            a.send(Broadcast(text=f"mine {i}", id=i))
+        await wait_for(lambda: service.counters.broadcasts_accepted == 3, "a's batch stored")
+        assert service.counters.acks == 0  # the watch has numbered nothing
+        # Another host writes after it (seq 4); then the store compacts it all.
+        revision = await host.admin.put(broadcast_key("g", "hx"), batch_of("g", 1, "theirs"))
+        await compact(etcd_single, revision)
+        caplog.set_level(logging.WARNING, logger="servergroup.groups.service")
+        assert coordinator.gate is not None
+        coordinator.gate.set()
+        acks: list[GroupMessage] = []
+        while not acks or acks[-1] != BroadcastAck(id=2, seq=4):
+            acks.append(await a.next_of(BroadcastAck, timeout=20))
+            assert len(acks) <= 3, acks
+        # The last of a's got seq 3; what hx wrote after it makes the bound 4. (Stored in
+        # more than one batch, each is acked with its own bound: never below its seq.)
+        assert all(isinstance(x, BroadcastAck) and x.seq > x.id for x in acks), acks
+        assert any("upper bounds" in r.getMessage() for r in caplog.records)
+        # Following again: the next one is numbered exactly, after hx's.
+        a.send(Broadcast(text="mine 3", id=3))
+        assert await a.next_of(BroadcastAck) == BroadcastAck(id=3, seq=5)
+        assert service.counters.acks == len(acks) + 1
 
 
 async def test_a_lost_answer_after_another_host_wrote_is_acked_once_never_stored_twice(
