@@ -4,9 +4,11 @@ A package whose modules are costly to import (the etcd client, the sender
 of an image) lists where each name of its API lives and answers a name's
 first use from there: a process that never uses a name never loads its
 module. The package keeps the names under `TYPE_CHECKING` imports too, so
-that type checkers see them as ever:
+that type checkers see them as ever. A name must not also be the name of one
+of the package's modules: importing that module sets the package's
+attribute to the module, and the name is then never looked up here.
 
-    _load = lazy_names(__name__, {"connect": "servergroup.coordination.connect"})
+    _load = lazy_names(__name__, {"EtcdCoordinator": ".etcd"})
 
     def __getattr__(name: str) -> Any:
         return _load(name)

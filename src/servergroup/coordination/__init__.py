@@ -7,9 +7,11 @@ etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
 - `resolve_endpoints(config)`: the configured etcd, or the managed local one
   (`LocalEtcd`) started on demand.
 
-The etcd client (`connect`, `EtcdCoordinator`: aetcd and gRPC, ~0.1 s of
-start-up) is imported on first use, so a command that may not need etcd
-(`image receive` without a store to record in) starts without it.
+The etcd client (`EtcdCoordinator`: aetcd and gRPC, ~0.1 s of start-up) is
+imported on first use (`connect` imports it when it makes one), so a
+command that may not need etcd (`image receive` without a store to record
+in) starts without it. (`connect` is imported at once: it is also the name
+of its module, which would otherwise replace it here when first imported.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from servergroup.common.lazy import lazy_names
+from servergroup.coordination.connect import connect
 from servergroup.coordination.election import (
     NotOwner,
     Ownership,
@@ -57,14 +60,10 @@ from servergroup.coordination.types import (
 )
 
 if TYPE_CHECKING:
-    from servergroup.coordination.connect import connect
     from servergroup.coordination.etcd import EtcdCoordinator
 
 #: What imports the etcd client, by name: loaded on first use.
-_load = lazy_names(
-    __name__,
-    {"connect": ".connect", "EtcdCoordinator": ".etcd"},
-)
+_load = lazy_names(__name__, {"EtcdCoordinator": ".etcd"})
 
 
 def __getattr__(name: str) -> Any:

@@ -24,12 +24,15 @@ coordinator is an async context manager that closes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from servergroup.common.clock import Clock
 from servergroup.common.errors import UsageError
 from servergroup.config import Config, CoordinationConfig, Endpoint
-from servergroup.coordination.etcd import EtcdCoordinator
 from servergroup.coordination.local_etcd import resolve_endpoints
+
+if TYPE_CHECKING:
+    from servergroup.coordination.etcd import EtcdCoordinator
 
 
 def connect(
@@ -51,6 +54,9 @@ def connect(
                 "no etcd endpoint to connect to: configure one, or pass the whole "
                 "configuration so the managed local etcd can be used."
             )
+    # Here, not at the top: the etcd client (aetcd, gRPC) loads only when one is made.
+    from servergroup.coordination.etcd import EtcdCoordinator
+
     return EtcdCoordinator(
         found,
         prefix=coordination.prefix if prefix is None else prefix,
