@@ -38,7 +38,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final, TypeVar
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import cancel_and_wait
@@ -347,12 +347,7 @@ async def run_recorded_sender(
     try:
         report = await run_sender(config, source, progress=_tee(on_progress, progress))
     except BaseException as exc:
-        current[0] = replace(
-            current[0],
-            state=rec.TransferState.FAILED,
-            ended_at=clock.wall(),
-            result=_sentence(exc),
-        )
+        current[0] = _failed(current[0], exc, clock.wall())
         # Bad input (a busy port, an address not ours) is refused before anything
         # began: if nothing was written yet, there is no transfer to record.
         began = writer.writes > 0 or not isinstance(exc, UsageError)
@@ -448,12 +443,7 @@ async def run_recorded_receiver(
     try:
         report = await run_receiver(config, sink, progress=_tee(on_progress, progress))
     except BaseException as exc:
-        current[0] = replace(
-            current[0],
-            state=rec.TransferState.FAILED,
-            ended_at=clock.wall(),
-            result=_sentence(exc),
-        )
+        current[0] = _failed(current[0], exc, clock.wall())
         await asyncio.shield(writer.finish())
         raise
     elapsed = max(clock.monotonic() - started, 1e-6)
@@ -472,10 +462,16 @@ async def run_recorded_receiver(
     return report
 
 
-def _sentence(exc: BaseException) -> str:
+_Record = TypeVar("_Record", rec.SenderRecord, rec.ReceiverRecord)
+
+
+def _failed(record: _Record, exc: BaseException, now: float) -> _Record:
+    """`record` ended by `exc` at `now`."""
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-        return "interrupted"
-    return str(exc) or type(exc).__name__
+        result = "interrupted"
+    else:
+        result = str(exc) or type(exc).__name__
+    return replace(record, state=rec.TransferState.FAILED, ended_at=now, result=result)
 
 
 async def read_transfers(coordinator: Coordinator) -> list[rec.Transfer]:

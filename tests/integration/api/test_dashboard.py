@@ -103,6 +103,13 @@ class Shots:
         path = self.where / f"{self.n:02d}-{what}.png"
         await self.page.screenshot(path=str(path), full_page=True)
 
+    async def failed(self, exc: BaseException) -> None:
+        """A last screenshot of the page as the test failed; `exc` says where they are."""
+        try:
+            await self("failure")
+        finally:
+            exc.add_note(f"screenshots of the dashboard: {self.where}")
+
 
 @pytest.mark.timeout(240)
 async def test_dashboard_follows_a_lab_cluster(
@@ -217,10 +224,7 @@ async def test_dashboard_follows_a_lab_cluster(
                 outside = [u for u in requested if not u.startswith(api.url)]
                 assert not outside, f"the page fetched from outside the daemon: {outside}"
             except BaseException as exc:
-                try:
-                    await shots("failure")
-                finally:
-                    exc.add_note(f"screenshots of the dashboard: {shots_dir}")
+                await shots.failed(exc)
                 raise
             finally:
                 await browser.close()

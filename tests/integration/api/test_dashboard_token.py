@@ -135,10 +135,7 @@ async def test_the_page_asks_for_the_token_and_then_shows_the_cluster(
                         await shots("with-token")
                         assert api.token not in await page.content()
                     except BaseException as exc:
-                        try:
-                            await shots("failure")
-                        finally:
-                            exc.add_note(f"screenshots of the dashboard: {shots_dir}")
+                        await shots.failed(exc)
                         raise
                     finally:
                         await browser.close()

@@ -103,6 +103,19 @@ def summary(outputs: list[rx.Output]) -> list[tuple[str, object]]:
     return shown
 
 
+def assert_agree(
+    a: rx.ReceiverMachine,
+    a_out: list[rx.Output],
+    b: rx.ReceiverMachine,
+    b_out: list[rx.Output],
+) -> None:
+    """Two machines fed the same datagrams two ways said and hold the same."""
+    assert summary(a_out) == summary(b_out)
+    assert a.counters() == b.counters()
+    assert a.next_timer() == b.next_timer()
+    assert a.phase is b.phase
+
+
 @pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("keyed", [False, True])
 @settings(max_examples=60, deadline=None)
@@ -126,10 +139,7 @@ def test_runs_and_single_datagrams_agree(
         fast_out += fast.datagrams_received(memoryview(b"".join(parts)), size, now)
         for p in parts:
             slow_out += slow.datagram_received(memoryview(p), now)
-    assert summary(fast_out) == summary(slow_out)
-    assert fast.counters() == slow.counters()
-    assert fast.next_timer() == slow.next_timer()
-    assert fast.phase is slow.phase
+    assert_agree(fast, fast_out, slow, slow_out)
 
 
 # --- datagrams received in place (the driver's scatter receive) ----------------------
@@ -237,10 +247,7 @@ def test_in_place_receives_and_single_datagrams_agree(
         for parts in chunk:
             for p in parts:
                 slow_out += slow.datagram_received(memoryview(p), now)
-    assert summary(placed_out) == summary(slow_out)
-    assert placed.counters() == slow.counters()
-    assert placed.next_timer() == slow.next_timer()
-    assert placed.phase is slow.phase
+    assert_agree(placed, placed_out, slow, slow_out)
 
 
 @pytest.mark.parametrize("last", [PAYLOAD - 5, PAYLOAD - 16, PAYLOAD])
@@ -317,9 +324,6 @@ def test_receives_checked_in_bulk_agree_with_single_datagrams(
         slow_out: list[rx.Output] = []
         for m in messages:
             slow_out += slow.datagram_received(memoryview(m), 2.0)
-    assert summary(placed_out) == summary(slow_out)
-    assert placed.counters() == slow.counters()
-    assert placed.next_timer() == slow.next_timer()
-    assert placed.phase is slow.phase
+    assert_agree(placed, placed_out, slow, slow_out)
     if marks[:limit] == ["good"] * limit:
         assert taken  # the first receive is whole packets in their slots
