@@ -20,6 +20,7 @@ from servergroup.config import (
     load_config,
     parse_endpoints,
 )
+from servergroup.guestcomm import relay
 
 NO_ENV: dict[str, str] = {}
 
@@ -296,6 +297,20 @@ def test_evacuation_grace_from_file_env_and_bounds(tmp_path: Path) -> None:
     assert load_config(path, env=env).servers.evacuation_grace == 2.5
     with pytest.raises(ConfigError, match="evacuation_grace must be between 0 and 86400"):
         load_config(env={"SERVERGROUP_EVACUATION_GRACE": "-1"})
+
+
+def test_channel_queue_limit_from_file_env_and_bounds(tmp_path: Path) -> None:
+    assert load_config(env={}).servers.channel_queue_limit == 4 << 20 == relay.DEFAULT_QUEUE_LIMIT
+    path = tmp_path / "c.toml"
+    path.write_text("[servers]\nchannel_queue_limit = 65536\n")
+    assert load_config(path, env={}).servers.channel_queue_limit == 65536
+    env = {"SERVERGROUP_CHANNEL_QUEUE_LIMIT": str(16 << 20)}
+    assert load_config(path, env=env).servers.channel_queue_limit == 16 << 20
+    for bad in ("65535", str((1 << 30) + 1)):
+        with pytest.raises(ConfigError, match="channel_queue_limit must be between 65536 and"):
+            load_config(env={"SERVERGROUP_CHANNEL_QUEUE_LIMIT": bad})
+    with pytest.raises(ConfigError, match="channel_queue_limit"):
+        load_config(env={"SERVERGROUP_CHANNEL_QUEUE_LIMIT": "4M"})
 
 
 def test_the_services_section(tmp_path: Path) -> None:

@@ -243,7 +243,11 @@ def _relay(config: Config, options: HostOptions, shared: HostShared, built: Buil
     # Started before the group service: a message a guest sends in the few
     # milliseconds between is dropped as if the host were not up yet (it is
     # not: `serving` is logged once every component started).
-    return ChannelRelay(options.channel_dir, address=options.address)
+    return ChannelRelay(
+        options.channel_dir,
+        address=options.address,
+        queue_limit=config.servers.channel_queue_limit,
+    )
 
 
 def _groups(config: Config, options: HostOptions, shared: HostShared, built: Built) -> Component:

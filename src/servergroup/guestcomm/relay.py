@@ -27,7 +27,8 @@ Flow control, both ways (docs/design/messaging.md, "Flow control"):
   reconnected channel starts unpaused (the service forgets the guest's queue
   on the disconnect, which `on_change` reports).
 - **Toward a guest.** What waits to be written to one guest is bounded by
-  `queue_limit` bytes (1 MiB by default), in the transport's write buffer.
+  `queue_limit` bytes (4 MiB by default, `servers.channel_queue_limit` in the
+  host daemon), in the transport's write buffer.
   A message that would take a guest's buffer past it is dropped for that
   guest and counted (`channel queue full`); its apps see the gap in the
   broadcasts' `seq`. A guest that does not read (its server paused or
@@ -97,8 +98,9 @@ log = logging.getLogger(__name__)
 
 #: Channel socket names in the channel directory (spec section 2).
 CHANNEL_FILE = re.compile(r"cgcs\.messaging\.(?P<instance>.+)\.sock")
-#: Bytes that may wait to be written to one guest before its messages are dropped.
-DEFAULT_QUEUE_LIMIT = 1 << 20
+#: Bytes that may wait to be written to one guest before its messages are dropped (the
+#: host daemon takes it from `servers.channel_queue_limit`, the same by default).
+DEFAULT_QUEUE_LIMIT = 4 << 20
 #: Bytes beyond `queue_limit` that answers to a guest's own requests (acks and nacks
 #: of its broadcasts) may still take: an answer is dropped only past both.
 DEFAULT_ANSWER_ALLOWANCE = 1 << 20

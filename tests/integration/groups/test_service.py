@@ -75,6 +75,9 @@ from tests.fixtures.tcpproxy import TcpProxy
 
 WAIT = 10.0
 CONFIG = CoordinationConfig()
+#: The relays' bound per guest in `world`: 1 MiB, not the default 4 MiB, so that the
+#: tests of what happens at the bound overflow it with a burst of a few megabytes.
+WORLD_QUEUE_LIMIT = 1 << 20
 
 
 class TestGuest:
@@ -265,7 +268,10 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
             channel_dir = tmp_path / host
             channel_dir.mkdir()
             relay = ChannelRelay(
-                channel_dir, address=f"sgt{secrets.token_hex(5)}", retry_interval=0.1
+                channel_dir,
+                address=f"sgt{secrets.token_hex(5)}",
+                retry_interval=0.1,
+                queue_limit=WORLD_QUEUE_LIMIT,
             )
             service = GroupService(
                 coordinator=coordinator,
