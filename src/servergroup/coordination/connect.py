@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 from servergroup.common.clock import Clock
 from servergroup.common.errors import UsageError
 from servergroup.config import Config, CoordinationConfig, Endpoint
-from servergroup.coordination.local_etcd import resolve_endpoints
 
 if TYPE_CHECKING:
     from servergroup.coordination.etcd import EtcdCoordinator
@@ -44,6 +43,9 @@ def connect(
 ) -> EtcdCoordinator:
     """The etcd coordinator `config` describes; `endpoints` and `prefix` override it."""
     if isinstance(config, Config):
+        # Here, not at the top: the managed etcd's code (and urllib) loads only when used.
+        from servergroup.coordination.local_etcd import resolve_endpoints
+
         coordination = config.coordination
         found = tuple(endpoints) if endpoints else resolve_endpoints(config)
     else:

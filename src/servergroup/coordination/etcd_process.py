@@ -40,8 +40,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -257,6 +255,9 @@ def port_in_use(host: str, port: int) -> bool:
 def _http_json(
     url: str, *, body: bytes | None, timeout: float, context: ssl.SSLContext | None = None
 ) -> Any:
+    # Here, not at the top: urllib (and http, email) loads only when a member is asked.
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())

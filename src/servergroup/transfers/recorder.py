@@ -46,7 +46,7 @@ from servergroup.common.errors import ConfigError, UsageError
 from servergroup.common.logsetup import log_bug
 from servergroup.common.process import command_line
 from servergroup.config import Config, Endpoint
-from servergroup.coordination import CoordinationError, Coordinator, LeaseNotFound, LocalEtcd
+from servergroup.coordination import CoordinationError, Coordinator, LeaseNotFound
 from servergroup.transfers import record as rec
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ def recording_endpoints(config: Config) -> tuple[Endpoint, ...]:
     """
     if config.coordination.endpoints:
         return config.coordination.endpoints
+    # Here, not at the top: the managed etcd's code loads only when it is looked for.
+    from servergroup.coordination import LocalEtcd
+
     try:
         found = LocalEtcd(config).running()  # no health check: it may hang
     except Exception:  # an unreadable state directory: nothing to record in

@@ -1,0 +1,81 @@
+"""`servergroup.coordination` loads its costly parts on first use, and they are the same.
+
+A command that may not talk to etcd (`image receive` with nothing to record
+in) imports the package for its types and errors only; the etcd client, the
+etcd processes (and urllib), the session driver, the election recipe and the
+memory store load when a name of theirs is first used.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import servergroup.coordination as coordination
+from servergroup.coordination import election, etcd, etcd_process, keeper, local_etcd, memory
+
+#: Modules that must not load with the image commands' imports.
+LATER = (
+    "aetcd",
+    "grpc",
+    "urllib.request",
+    "servergroup.coordination.etcd",
+    "servergroup.coordination.etcd_process",
+    "servergroup.coordination.local_etcd",
+    "servergroup.coordination.election",
+    "servergroup.coordination.keeper",
+    "servergroup.coordination.memory",
+)
+
+
+def loaded_after(statement: str) -> list[str]:
+    probe = (
+        f"import json, sys; {statement}; "
+        f"print(json.dumps([m for m in {list(LATER)!r} if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
+
+
+def test_the_image_commands_start_without_the_etcd_side() -> None:
+    assert loaded_after("import servergroup.cli.main, servergroup.transfers.recorder") == []
+
+
+def test_a_lazy_name_loads_its_module() -> None:
+    assert loaded_after("from servergroup.coordination import Session") == [
+        "servergroup.coordination.keeper"
+    ]
+    # connect() is there at once, and loads the managed etcd's code only when called.
+    assert loaded_after("from servergroup.coordination import connect") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("EtcdCoordinator", etcd),
+        ("Ownership", election),
+        ("OwnershipLost", election),
+        ("NotOwner", election),
+        ("EtcdCluster", etcd_process),
+        ("start_cluster", etcd_process),
+        ("Session", keeper),
+        ("LocalEtcd", local_etcd),
+        ("resolve_endpoints", local_etcd),
+        ("MemoryCoordinator", memory),
+        ("MemoryStore", memory),
+    ],
+)
+def test_a_lazy_name_is_its_module_s_object(name: str, module: object) -> None:
+    assert getattr(coordination, name) is getattr(module, name)
+    assert name in coordination.__all__
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
+        _ = coordination.Nothing
