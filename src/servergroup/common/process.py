@@ -54,16 +54,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from servergroup.common.errors import ProcessFailed
+
+if TYPE_CHECKING:
+    import psutil
 
 #: How often waits without a pidfd (a process group, a listed set) look again.
 POLL_INTERVAL = 0.02
 
-_GONE_STATES = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
-_STOPPED_STATES = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, *_GONE_STATES})
+#: psutil's `STATUS_ZOMBIE`, `STATUS_DEAD`, `STATUS_STOPPED` and `STATUS_TRACING_STOP`
+#: (strings, as psutil documents them; a test checks they still are): psutil itself
+#: (~10 ms of start-up) is imported by the functions that use it, on first use.
+_GONE_STATES = frozenset({"zombie", "dead"})
+_STOPPED_STATES = frozenset({"stopped", "tracing-stop", *_GONE_STATES})
 
 
 def _stat_fields(pid: int, path: str | None = None) -> list[str] | None:
@@ -119,6 +124,8 @@ def thread_times(tid: int) -> ThreadTimes | None:
 
 def command_line(pid: int) -> list[str] | None:
     """The argv of a running process, or None (gone, a zombie, or not ours to read)."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if proc.status() in _GONE_STATES:
@@ -169,11 +176,15 @@ def alive(target: ProcessIdentity | int) -> bool:
         return True
     if Path("/proc/self/stat").exists():
         return False
+    import psutil
+
     return psutil.pid_exists(target)  # no /proc to read: the best the system can tell
 
 
 def is_stopped(pid: int) -> bool:
     """True when `pid` is stopped (SIGSTOP, a debugger) or gone."""
+    import psutil
+
     try:
         return psutil.Process(pid).status() in _STOPPED_STATES
     except psutil.Error:
@@ -217,6 +228,8 @@ class _Handle:
         except ProcessLookupError:
             return None
         except (AttributeError, OSError):
+            import psutil
+
             try:
                 proc = psutil.Process(pid)
             except psutil.Error:
@@ -229,10 +242,13 @@ class _Handle:
         return cls(pidfd, proc)
 
     def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
-            if self.pidfd is not None:
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
-            elif self.proc is not None:
+        elif self.proc is not None:
+            import psutil
+
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
                 self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> bool:
@@ -275,6 +291,8 @@ class _Handle:
         return True
 
     def _running(self) -> bool:
+        import psutil
+
         assert self.proc is not None
         try:
             return self.proc.is_running() and self.proc.status() not in _GONE_STATES
@@ -342,6 +360,8 @@ async def stop_process_async(
 
 def group_members(pgid: int) -> list[int]:
     """The live processes (zombies excluded) of process group `pgid`."""
+    import psutil
+
     members = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
