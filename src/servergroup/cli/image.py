@@ -26,7 +26,7 @@ from servergroup.multicast.config import (
 )
 from servergroup.multicast.receiving import ReceiverReport
 from servergroup.multicast.transport import FileSink, Sink, StreamSink, interface_mtu
-from servergroup.transfers import recording_endpoints, run_recorded_receiver, run_recorded_sender
+from servergroup.transfers.where import recording_endpoints
 
 if TYPE_CHECKING:
     from servergroup.coordination import Coordinator
@@ -171,9 +171,16 @@ def send(
     store = _recording(state, record)
     _freeze_start_up()
     with _progress("sending") as progress:
-        report = run_async(
-            run_recorded_sender(config, sys.stdin.buffer, coordinator=store, progress=progress)
-        )
+        if store is None:  # nothing to record in: the records' modules are not loaded
+            from servergroup.multicast import run_sender
+
+            report = run_async(run_sender(config, sys.stdin.buffer, progress=progress))
+        else:
+            from servergroup.transfers import run_recorded_sender
+
+            report = run_async(
+                run_recorded_sender(config, sys.stdin.buffer, coordinator=store, progress=progress)
+            )
     if metrics_file is not None:
         try:
             write_metrics_file(str(metrics_file))
@@ -241,9 +248,16 @@ def receive(
     try:
         _freeze_start_up()
         with _progress("receiving") as progress:
-            report = run_async(
-                run_recorded_receiver(config, sink, coordinator=store, progress=progress)
-            )
+            if store is None:  # nothing to record in: the records' modules are not loaded
+                from servergroup.multicast import run_receiver
+
+                report = run_async(run_receiver(config, sink, progress=progress))
+            else:
+                from servergroup.transfers import run_recorded_receiver
+
+                report = run_async(
+                    run_recorded_receiver(config, sink, coordinator=store, progress=progress)
+                )
     except BaseException:
         sink.discard()
         raise

@@ -24,9 +24,10 @@ earlier transfer from the same endpoint left, those that ended before it
 started; its final write those that are not among its report's clients
 (`record.stale_receivers`).
 
-Which etcd: `recording_endpoints(config)`: the configured endpoints, else the
-managed local etcd only if it is already running (a transfer never starts
-one), else none, and then nothing is recorded.
+Which etcd: `where.recording_endpoints(config)`: the configured endpoints,
+else the managed local etcd only if it is already running (a transfer never
+starts one), else none, and then nothing is recorded (and the commands call
+the multicast package directly, without loading this module).
 """
 
 from __future__ import annotations
@@ -42,10 +43,8 @@ from typing import TYPE_CHECKING, BinaryIO, Final, TypeVar
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import cancel_and_wait
-from servergroup.common.errors import ConfigError, UsageError
+from servergroup.common.errors import UsageError
 from servergroup.common.logsetup import log_bug
-from servergroup.common.process import command_line
-from servergroup.config import Config, Endpoint
 from servergroup.coordination import CoordinationError, Coordinator, LeaseNotFound
 from servergroup.transfers import record as rec
 
@@ -78,50 +77,6 @@ START_DELAY: Final = 0.3
 
 _REPAIRS = "servergroup_transfer_repairs_total"
 _RATE = "servergroup_transfer_rate_bytes_per_second"
-
-
-def recording_endpoints(config: Config) -> tuple[Endpoint, ...]:
-    """The etcd to record transfers in: configured, else a running local etcd, else none.
-
-    The managed local etcd listens on loopback, and with `servergroup up` also
-    on the lab bridge's root address: from a lab host (another network
-    namespace than the etcd's), that address is the one that reaches it.
-    """
-    if config.coordination.endpoints:
-        return config.coordination.endpoints
-    # Here, not at the top: the managed etcd's code loads only when it is looked for.
-    from servergroup.coordination import LocalEtcd
-
-    try:
-        found = LocalEtcd(config).running()  # no health check: it may hang
-    except Exception:  # an unreadable state directory: nothing to record in
-        return ()
-    if found is None:
-        return ()
-    pid, endpoint = found
-    if _same_netns(pid):
-        return (endpoint,)
-    others = [e for e in _client_endpoints(pid) if not e.loopback]
-    return tuple(others[:1])
-
-
-def _same_netns(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return True
-
-
-def _client_endpoints(pid: int) -> list[Endpoint]:
-    argv = command_line(pid) or []
-    urls = next((a.split("=", 1)[1] for a in argv if a.startswith("--listen-client-urls=")), "")
-    if not urls and "--listen-client-urls" in argv[:-1]:
-        urls = argv[argv.index("--listen-client-urls") + 1]
-    found = []
-    for url in urls.split(","):
-        with contextlib.suppress(ConfigError):
-            found.append(Endpoint.parse(url))
-    return found
 
 
 class RecordWriter:
@@ -490,7 +445,6 @@ __all__ = [
     "WRITE_TIMEOUT",
     "RecordWriter",
     "read_transfers",
-    "recording_endpoints",
     "run_recorded_receiver",
     "run_recorded_sender",
     "sender_final",

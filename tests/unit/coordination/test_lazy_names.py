@@ -3,7 +3,8 @@
 A command that may not talk to etcd (`image receive` with nothing to record
 in) imports the package for its types and errors only; the etcd client, the
 etcd processes (and urllib), the session driver, the election recipe and the
-memory store load when a name of theirs is first used.
+memory store load when a name of theirs is first used. So do the transfer
+records and their recorder (`servergroup.transfers`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LATER = (
     "servergroup.coordination.election",
     "servergroup.coordination.keeper",
     "servergroup.coordination.memory",
+    "servergroup.transfers.record",
+    "servergroup.transfers.recorder",
 )
 
 
@@ -44,12 +47,27 @@ def loaded_after(statement: str) -> list[str]:
 
 
 def test_the_image_commands_start_without_the_etcd_side() -> None:
-    assert loaded_after("import servergroup.cli.main, servergroup.transfers.recorder") == []
+    assert loaded_after("import servergroup.cli.main, servergroup.cli.image") == []
+    # Nothing to record in (no etcd configured, none running): still nothing of it.
+    nowhere = (
+        "from servergroup.config import Config, load_config; "
+        "from servergroup.transfers import recording_endpoints; "
+        "import tempfile, dataclasses; "
+        "config = dataclasses.replace(load_config(env={}), state_dir=tempfile.mkdtemp()); "
+        "assert recording_endpoints(config) == ()"
+    )
+    assert loaded_after(nowhere) == [
+        "servergroup.coordination.etcd_process",
+        "servergroup.coordination.local_etcd",
+    ]
 
 
 def test_a_lazy_name_loads_its_module() -> None:
     assert loaded_after("from servergroup.coordination import Session") == [
         "servergroup.coordination.keeper"
+    ]
+    assert loaded_after("from servergroup.transfers import Transfer") == [
+        "servergroup.transfers.record"
     ]
     # connect() is there at once, and loads the managed etcd's code only when called.
     assert loaded_after("from servergroup.coordination import connect") == []
