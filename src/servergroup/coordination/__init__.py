@@ -10,7 +10,7 @@ etcd is the only shared state (ARCHITECTURE.md). Capabilities use:
 The etcd client (`EtcdCoordinator`: aetcd and gRPC, ~0.1 s of start-up) is
 imported on first use (`connect` imports it when it makes one), and so are
 the session driver, the election recipe, the etcd processes and the memory
-store (~40 ms more): a command that may not need etcd (`image receive`
+store (some 25 ms more): a command that may not need etcd (`image receive`
 without a store to record in) starts with the types, the errors and the
 protocol only. (`connect` is imported at once: it is also the name of its
 module, which would otherwise replace it here when first imported; its

@@ -50,10 +50,10 @@ def test_the_image_commands_start_without_the_etcd_side() -> None:
     assert loaded_after("import servergroup.cli.main, servergroup.cli.image") == []
     # Nothing to record in (no etcd configured, none running): still nothing of it.
     nowhere = (
-        "from servergroup.config import Config, load_config; "
+        "import pathlib, tempfile; "
+        "from servergroup.config import Config; "
         "from servergroup.transfers import recording_endpoints; "
-        "import tempfile, dataclasses; "
-        "config = dataclasses.replace(load_config(env={}), state_dir=tempfile.mkdtemp()); "
+        "config = Config(state_dir=pathlib.Path(tempfile.mkdtemp())); "
         "assert recording_endpoints(config) == ()"
     )
     assert loaded_after(nowhere) == [
