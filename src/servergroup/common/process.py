@@ -87,6 +87,24 @@ def process_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
+def uninterruptible_threads(pid: int) -> list[int]:
+    """The threads of `pid` in an uninterruptible wait (state D, see proc(5)), by tid.
+
+    Such a thread cannot be frozen or killed until the wait ends (a disk write
+    held back under heavy writeback, for one); empty when there is none or the
+    process is gone.
+    """
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        return []
+    return [
+        tid
+        for tid in tids
+        if (fields := _stat_fields(tid, f"/proc/{pid}/task/{tid}/stat")) and fields[0] == "D"
+    ]
+
+
 def process_start_time(pid: int) -> int | None:
     """When `pid` started (clock ticks after boot), None if no such process is running.
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import psutil
 
+from servergroup.common.process import uninterruptible_threads
 from servergroup.lab.errors import LabError
 from servergroup.lab.netns import NETNS_DIR, namespace_pids
 from servergroup.lab.plan import LabHost, LabStatus
@@ -157,16 +158,39 @@ def cgroup_pids(cgroup: Path) -> list[int]:
 
 
 def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> None:
+    """Wait until each of `cgroups` is frozen (or thawed), as asked.
+
+    A cgroup whose request someone else changed meanwhile is not waited for:
+    a lab server's cgroup is named by the server, not the host, and when the
+    frozen host's lease runs out its server is rebuilt on another host, whose
+    driver thaws the cgroup to end the stale processes and start afresh (seen
+    in CI: a freeze slowed by load still waited when the rebuild came).
+    """
     pending = list(cgroups)
     deadline = time.monotonic() + timeout
     while pending:
         pending = [c for c in pending if c.is_dir() and is_frozen(c) is not frozen]
+        moved_on = [c for c in pending if wants_frozen(c) is not frozen]
+        for c in moved_on:
+            log.info(
+                "cgroup %s was %s meanwhile: not waited for", c, "thawed" if frozen else "frozen"
+            )
+        pending = [c for c in pending if c not in moved_on]
         if not pending:
             return
         if time.monotonic() > deadline:
+            waiting = [
+                tid for pid in cgroup_pids(pending[0]) for tid in uninterruptible_threads(pid)
+            ]
+            why = (
+                f" (threads {', '.join(map(str, waiting[:8]))} are in an uninterruptible wait, "
+                "state D: a slow disk or a hung mount holds them)"
+                if waiting
+                else ""
+            )
             raise LabError(
                 f"cgroup {pending[0]} did not {'freeze' if frozen else 'thaw'} within "
-                f"{timeout:g} s."
+                f"{timeout:g} s{why}."
             )
         time.sleep(_POLL_INTERVAL)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import subprocess
 import sys
@@ -14,7 +16,14 @@ import pytest
 
 from servergroup.common.errors import UsageError
 from servergroup.lab import Lab
-from servergroup.lab.faults import find_freezer, host_pids
+from servergroup.lab.faults import (
+    CGROUP_PARENT,
+    _wait_frozen,
+    find_freezer,
+    host_pids,
+    is_frozen,
+    set_frozen,
+)
 from tests.fixtures.lab import LabFactory
 from tests.integration.lab.test_lab import ping
 
@@ -232,3 +241,43 @@ def test_faults_of_an_unknown_host_or_lab_are_refused(lab: LabFactory) -> None:
     gone = Lab("nolab", state_dir=Path("/nonexistent"))
     with pytest.raises(UsageError, match=r"lab nolab is not up"):
         gone.crash("h1")
+
+
+def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
+    started: list[subprocess.Popen[str]],
+) -> None:
+    """A lab server's cgroup is named by the server: when its frozen host's server is
+    rebuilt on another host, that host's driver thaws it (to end the stale processes)
+    while `lab freeze` may still wait for it. The wait ends; it does not time out."""
+    cgroup = find_freezer().root / f"{CGROUP_PARENT}-test-{os.getpid()}"
+    cgroup.mkdir(parents=True)
+    try:
+        ticker = start(started, None, "", TICKER)
+        (cgroup / "cgroup.procs").write_text(str(ticker.pid))
+        set_frozen(cgroup, True)
+        set_frozen(cgroup, False)  # the other host's driver, before the lab looks
+        began = time.monotonic()
+        _wait_frozen([cgroup], True, timeout=5.0)
+        assert time.monotonic() - began < 2.0
+        assert next_line(ticker, 5) is not None  # left running, as the other host wants
+        # Still frozen as asked: waited for, as before.
+        set_frozen(cgroup, True)
+        _wait_frozen([cgroup], True, timeout=10.0)
+        assert is_frozen(cgroup) is True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            set_frozen(cgroup, False)
+        for proc in started:
+            proc.kill()
+            proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                cgroup.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # busy for a moment after its last process exits
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
