@@ -17,9 +17,9 @@ import pytest
 from servergroup.common.errors import UsageError
 from servergroup.lab import Lab
 from servergroup.lab.faults import (
-    CGROUP_PARENT,
     _wait_frozen,
     find_freezer,
+    forget,
     host_pids,
     is_frozen,
     set_frozen,
@@ -249,7 +249,8 @@ def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
     """A lab server's cgroup is named by the server: when its frozen host's server is
     rebuilt on another host, that host's driver thaws it (to end the stale processes)
     while `lab freeze` may still wait for it. The wait ends; it does not time out."""
-    cgroup = find_freezer().root / f"{CGROUP_PARENT}-test-{os.getpid()}"
+    name = f"sgtest-{os.getpid()}"  # a host cgroup of its own, removed as the lab's are
+    cgroup = find_freezer().host_cgroup(name)
     cgroup.mkdir(parents=True)
     try:
         ticker = start(started, None, "", TICKER)
@@ -270,14 +271,4 @@ def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
         for proc in started:
             proc.kill()
             proc.wait(10)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                cgroup.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:  # busy for a moment after its last process exits
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        forget([name])
