@@ -224,20 +224,19 @@ async def run_recorded_sender(
     config: SendConfig,
     source: BinaryIO,
     *,
-    coordinator: Callable[[], Coordinator] | None,
+    coordinator: Callable[[], Coordinator],
     progress: Progress | None = None,
     clock: Clock | None = None,
 ) -> SenderReport:
     """`multicast.run_sender`, its progress and outcome recorded under `transfers/`.
 
-    With `coordinator` None nothing is recorded. Recording never changes the
-    transfer's outcome: the report (or the exception) is the sender's.
+    Recording never changes the transfer's outcome: the report (or the
+    exception) is the sender's. (With nothing to record in, the commands call
+    `run_sender` themselves: see `where`.)
     """
     from servergroup.multicast import run_sender
     from servergroup.multicast.sender import source_size
 
-    if coordinator is None:
-        return await run_sender(config, source, progress=progress)
     clock = clock or SystemClock()
     ep = rec.endpoint(config.local_ip, config.port)
     repairs_at_start = _sample(_REPAIRS)
@@ -360,15 +359,13 @@ async def run_recorded_receiver(
     config: ReceiveConfig,
     sink: Sink,
     *,
-    coordinator: Callable[[], Coordinator] | None,
+    coordinator: Callable[[], Coordinator],
     progress: Progress | None = None,
     clock: Clock | None = None,
 ) -> ReceiverReport:
     """`multicast.run_receiver`, this receiver's progress and outcome recorded."""
     from servergroup.multicast import run_receiver
 
-    if coordinator is None:
-        return await run_receiver(config, sink, progress=progress)
     clock = clock or SystemClock()
     ep = rec.endpoint(config.server_ip, config.port)
     started = clock.monotonic()
