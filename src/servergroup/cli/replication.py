@@ -174,8 +174,8 @@ def protect(
 @click.option(
     "--next-backup",
     metavar="HOST:PORT",
-    help="After a takeover, protect the service with a backup listening there (a new"
-    " `servergroup backup --listen HOST:PORT`), as soon as it answers; unprotected until then.",
+    help="After a takeover, look for a backup there first (a new `servergroup backup --listen"
+    " HOST:PORT`); any backup of the pair started later is found without it.",
 )
 @click.option("--pair", help="The pair's name in etcd [default: the service's short name].")
 @click.option("--node", help="This node's name in the pair's key [default: HOST/SERVE].")
@@ -196,7 +196,8 @@ def backup(
     heartbeats (on their own connection) stop for --primary-timeout, it
     takes the pair's key in etcd at a higher generation (the fencing token),
     and serves the service from the last complete checkpoint on --serve,
-    unprotected, or protected again by --next-backup once that answers.
+    unprotected until a backup answers: --next-backup, or any backup of the
+    pair started later (a full copy, then increments).
     """
     from servergroup.replication.backup import BackupDaemon, BackupOptions
     from servergroup.replication.primary import default_node

@@ -21,7 +21,10 @@ compare-and-set of the pair's key to the next generation naming this node
 the only active. etcd decides; won (and the session may still act):
 `Activate`, and the daemon serves the service, as it stands after the last
 applied epoch, on `--serve`, unprotected (replies leave at once: there is
-no backup to wait for). Lost: it stands down and waits for a new hello.
+no backup to wait for) until a backup answers: `--next-backup` when given,
+else any `servergroup backup` of the pair started later (it advertises its
+address in its status); that one gets a full copy, then increments. Lost:
+it stands down and waits for a new hello.
 While active, the pair's key moving past its generation or its session
 turning SUSPENDED stops it (`authority`).
 """
@@ -261,8 +264,9 @@ class BackupDaemon:
         """Serve the service as it stands after `epoch`: as a primary, unprotected at first.
 
         The primary driver runs on these regions under this node's name, so
-        the pair's key it changes (attaching `--next-backup`) is ours; this
-        daemon's watch and session go on fencing it.
+        the pair's key it changes (attaching `--next-backup` or any backup the
+        pair advertises later) is ours; this daemon's watch and session go on
+        fencing it.
         """
         if self._server is not None:
             self._server.close()
@@ -281,7 +285,7 @@ class BackupDaemon:
                 stdin_commands=False,
                 start_unprotected=True,
             ),
-            self._coordinator if opts.next_backup is not None else None,
+            self._coordinator,
             self._coordination,
             built=self.built,
             may_act=self._authority.may_act,
@@ -304,9 +308,11 @@ class BackupDaemon:
             self.built.name,
             host,
             port,
-            ", unprotected until a backup answers at {}:{}".format(*opts.next_backup)
+            ", unprotected until a backup answers (at {}:{}, or any the pair advertises)".format(
+                *opts.next_backup
+            )
             if opts.next_backup
-            else ", unprotected",
+            else ", unprotected until a backup of the pair answers",
         )
 
     def _primary_done(self, task: asyncio.Task[Any]) -> None:

@@ -127,8 +127,14 @@ class PrimaryOptions:
     backup_timeout: float = 1.5
     heartbeat_interval: float = 0.1
     stdin_commands: bool = True
-    #: A backup that took over: start UNPROTECTED and attach `backup` when it answers.
+    #: A backup that took over: start UNPROTECTED in the pair and attach a backup when one
+    #: answers (`backup` first when given, then the pair's advertised backups).
     start_unprotected: bool = False
+
+    @property
+    def paired(self) -> bool:
+        """Whether this primary is one of a pair in etcd (not `--no-backup`)."""
+        return self.backup is not None or self.start_unprotected
 
 
 def default_node(listen: tuple[str, int]) -> str:
@@ -214,9 +220,9 @@ class PrimaryDaemon:
     ) -> None:
         """`built`: serve a service already built (a backup that took over) instead of a new one.
 
-        `may_act`: checked before each release when there is no pair (no `backup`).
+        `may_act`: checked before each release when there is no pair (`--no-backup`).
         """
-        if options.backup is not None and coordinator is None:
+        if options.paired and coordinator is None:
             raise UsageError("a protected primary needs etcd for the pair's key.")
         self.options = options
         self._coordinator = coordinator
@@ -244,7 +250,7 @@ class PrimaryDaemon:
         self._final_round_done = False
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
-        self._pass_unprotected = options.backup is not None or built is not None
+        self._pass_unprotected = options.paired or built is not None
         self._may_act = may_act
         #: Set once clients are served.
         self.serving = asyncio.Event()
@@ -282,7 +288,7 @@ class PrimaryDaemon:
         self.capturer = Capturer(built.regions, self.tracker)
         now = self._loop.time()
         generation = 0
-        if opts.backup is not None:
+        if opts.paired:
             assert self._coordinator is not None
             self._authority = Authority(
                 self._coordinator, self._coordination, pair=opts.pair, node=opts.node
@@ -299,7 +305,7 @@ class PrimaryDaemon:
         )
         self.machine = pm.PrimaryMachine(config, generation=generation, now=now)
         self.machine.arm_failure(opts.fail_at)
-        if opts.backup is not None and opts.start_unprotected:
+        if opts.start_unprotected:
             self._spawn(self._reattach())
         elif opts.backup is not None:
             try:
@@ -310,14 +316,15 @@ class PrimaryDaemon:
         if self._authority is not None:
             _, since = await self._authority.snapshot()
             self._authority.follow(self._on_generation, self._stop, since=since)
-            self._authority.publish(self.status)
+            if self._given is None:  # else the backup daemon that took over publishes ours
+                self._authority.publish(self.status)
         self.front.resume()
         self.serving.set()
         mode = (
-            "UNPROTECTED (no backup)"
-            if opts.backup is None
-            else "UNPROTECTED until the backup answers"
+            "UNPROTECTED until a backup answers"
             if opts.start_unprotected
+            else "UNPROTECTED (no backup)"
+            if opts.backup is None
             else "protected"
         )
         log.warning(
@@ -451,7 +458,7 @@ class PrimaryDaemon:
                     # handle() is synchronous on this loop: nothing is in flight.
                     self._do(self.machine.suspended(self._loop.time()))
                 case pm.Capture(epoch=epoch, full=full):
-                    if full and self._stream is None and self.options.backup is not None:
+                    if full and self._stream is None and self.options.paired:
                         # No backup connected: nothing could be sent, and the checkpoint
                         # after an attach is full anyway. Copying every region in this
                         # pause (each epoch while unprotected) would protect nothing.
@@ -643,11 +650,11 @@ class PrimaryDaemon:
 
         A running `servergroup backup` of this pair publishes its stream
         address in its status (on its session lease), so a backup started at
-        another address than `--backup` re-protects the primary too. A
-        failed read only leaves `--backup`.
+        another address than `--backup` re-protects the primary too, and a
+        backup that took over without `--next-backup` is re-protected by any
+        backup of the pair started later. A failed read only leaves `--backup`.
         """
-        assert self.options.backup is not None
-        addresses = [self.options.backup]
+        addresses = [] if self.options.backup is None else [self.options.backup]
         if self._coordinator is None:
             return addresses
         try:

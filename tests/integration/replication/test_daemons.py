@@ -533,10 +533,15 @@ def test_stale_corrupt_and_truncated_streams_are_refused_and_never_applied(pair:
     assert "does not match its hash" in backup.log_text()
 
 
-def test_the_backup_that_took_over_is_protected_by_a_new_backup(pair: Pair) -> None:
-    """Re-protection of the new primary: a full copy, then increments, then it may die too."""
+@pytest.mark.parametrize("named", [True, False], ids=["next-backup", "advertised"])
+def test_the_backup_that_took_over_is_protected_by_a_new_backup(pair: Pair, named: bool) -> None:
+    """Re-protection of the new primary: a full copy, then increments, then it may die too.
+
+    The new backup is found at `--next-backup`, or without it through the
+    address it advertises in the pair's status.
+    """
     second_listen, second_serve = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-    backup = pair.start_backup("--next-backup", Pair.text(second_listen))
+    backup = pair.start_backup(*(["--next-backup", Pair.text(second_listen)] if named else []))
     primary = pair.start_primary()
     backup.wait_for_log("applied full epoch")
     assert ask(pair.client, {"op": "put", "key": "one", "value": "1"}) == {"ok": True}
