@@ -7,8 +7,17 @@ from pathlib import Path
 import click
 
 from servergroup.cli.scale_agent import scale_config, scale_options
-from servergroup.guestcomm.guest import DEFAULT_CHANNEL_DEVICE, Companion, guest_config, run_guest
-from servergroup.guestcomm.protocol import MESSAGING_ADDR
+from servergroup.guestcomm.guest import (
+    DEFAULT_APP_QUEUE_BYTES,
+    DEFAULT_APP_QUEUE_LIMIT,
+    DEFAULT_CHANNEL_DEVICE,
+    MAX_APP_QUEUE_BYTES,
+    MAX_APP_QUEUE_LIMIT,
+    Companion,
+    guest_config,
+    run_guest,
+)
+from servergroup.guestcomm.protocol import MAX_DATAGRAM, MESSAGING_ADDR
 from servergroup.scaling.agent import ScaleAgent
 
 
@@ -45,6 +54,25 @@ from servergroup.scaling.agent import ScaleAgent
     "things in order; removed when the agent stops.",
 )
 @click.option(
+    "--app-queue-limit",
+    type=click.IntRange(1, MAX_APP_QUEUE_LIMIT),
+    default=DEFAULT_APP_QUEUE_LIMIT,
+    show_default=True,
+    envvar="SERVERGROUP_GUEST_APP_QUEUE_LIMIT",
+    metavar="N",
+    help="Datagrams that may wait for one application that does not read before more are "
+    "dropped (it sees the gap) [env SERVERGROUP_GUEST_APP_QUEUE_LIMIT].",
+)
+@click.option(
+    "--app-queue-bytes",
+    type=click.IntRange(MAX_DATAGRAM, MAX_APP_QUEUE_BYTES),
+    default=DEFAULT_APP_QUEUE_BYTES,
+    show_default=True,
+    envvar="SERVERGROUP_GUEST_APP_QUEUE_BYTES",
+    metavar="BYTES",
+    help="The same bound in bytes [env SERVERGROUP_GUEST_APP_QUEUE_BYTES].",
+)
+@click.option(
     "--scale-agent/--no-scale-agent",
     default=True,
     show_default=True,
@@ -58,6 +86,8 @@ def guest(
     channel_listen: Path | None,
     address: str,
     ready_file: Path | None,
+    app_queue_limit: int,
+    app_queue_bytes: int,
     scale_agent: bool,
     sysfs_root: Path,
     lab_cpus: int | None,
@@ -82,7 +112,14 @@ def guest(
     `python -m servergroup.guestcomm` takes the same options without this
     CLI's start-up cost; a qemu server's /init starts the agent that way.
     """
-    config = guest_config(channel, channel_listen, address, ready_file)
+    config = guest_config(
+        channel,
+        channel_listen,
+        address,
+        ready_file,
+        app_queue_limit=app_queue_limit,
+        app_queue_bytes=app_queue_bytes,
+    )
     companions: list[Companion] = []
     if scale_agent:
         companions.append(

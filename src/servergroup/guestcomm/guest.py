@@ -189,9 +189,14 @@ DEFAULT_CHANNEL_HIGH_WATER = 256 << 10
 #: ... and at or below this many it reads them again.
 DEFAULT_CHANNEL_LOW_WATER = 64 << 10
 #: Datagrams that may wait in the agent for one application before more are dropped...
-DEFAULT_APP_QUEUE_LIMIT = 4096
+#: (about two seconds of a group at full speed with short texts, as the host's bound, so
+#: that an application starved of CPU for a moment loses nothing)
+DEFAULT_APP_QUEUE_LIMIT = 16384
 #: ... and bytes.
 DEFAULT_APP_QUEUE_BYTES = 4 << 20
+#: The widest bounds `--app-queue-limit` and `--app-queue-bytes` accept.
+MAX_APP_QUEUE_LIMIT = 1 << 20
+MAX_APP_QUEUE_BYTES = 1 << 30
 #: Datagrams (and bytes) beyond those bounds that answers to an application's own
 #: requests (its broadcasts' acks and nacks) may still take; past them an answer is lost.
 APP_ANSWER_ALLOWANCE = 4096
@@ -272,12 +277,17 @@ class GuestConfig:
                 f"the channel queue limit must be at least the high-water mark plus {MAX_LINE} "
                 f"bytes (the longest line), {self.channel_high_water + MAX_LINE} bytes here."
             )
-        if self.app_queue_limit < 1:
-            raise ConfigError("the queue for an application must hold at least 1 datagram.")
-        if self.app_queue_bytes < MAX_DATAGRAM:
+        if not 1 <= self.app_queue_limit <= MAX_APP_QUEUE_LIMIT:
             raise ConfigError(
-                f"the queue for an application must hold at least {MAX_DATAGRAM} bytes "
-                "(the largest datagram)."
+                "the queue for an application (--app-queue-limit) must hold at least 1 datagram "
+                f"and at most "
+                f"{MAX_APP_QUEUE_LIMIT} (got {self.app_queue_limit})."
+            )
+        if not MAX_DATAGRAM <= self.app_queue_bytes <= MAX_APP_QUEUE_BYTES:
+            raise ConfigError(
+                f"the queue for an application (--app-queue-bytes) must hold at least "
+                f"{MAX_DATAGRAM} bytes (the largest datagram) and at most {MAX_APP_QUEUE_BYTES} "
+                f"(got {self.app_queue_bytes})."
             )
         if not 0 <= self.app_behind_low < self.app_behind_high:
             raise ConfigError(
@@ -306,6 +316,9 @@ def guest_config(
     channel_listen: Path | None,
     address: str = MESSAGING_ADDR,
     ready_file: Path | None = None,
+    *,
+    app_queue_limit: int = DEFAULT_APP_QUEUE_LIMIT,
+    app_queue_bytes: int = DEFAULT_APP_QUEUE_BYTES,
 ) -> GuestConfig:
     """The agent's configuration from its command-line options, as both entry points take them.
 
@@ -321,7 +334,12 @@ def guest_config(
             )
         channel = DEFAULT_CHANNEL_DEVICE
     return GuestConfig(
-        channel=channel, channel_listen=channel_listen, address=address, ready_file=ready_file
+        channel=channel,
+        channel_listen=channel_listen,
+        address=address,
+        ready_file=ready_file,
+        app_queue_limit=app_queue_limit,
+        app_queue_bytes=app_queue_bytes,
     )
 
 
@@ -1374,6 +1392,14 @@ class GuestExtension(Protocol):
         ...
 
 
+def _whole_number(text: str) -> int:
+    """An argparse type: a whole number (its default from the environment is text too)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def main(argv: Sequence[str] | None = None, *, extensions: Sequence[GuestExtension] = ()) -> int:
     """`python -m servergroup.guestcomm`: the guest agent without the CLI framework."""
     parser = argparse.ArgumentParser(
@@ -1406,6 +1432,22 @@ def main(argv: Sequence[str] | None = None, *, extensions: Sequence[GuestExtensi
         help="write PATH (the agent's PID) once it serves; removed when it stops",
     )
     parser.add_argument(
+        "--app-queue-limit",
+        type=_whole_number,
+        default=os.environ.get("SERVERGROUP_GUEST_APP_QUEUE_LIMIT", DEFAULT_APP_QUEUE_LIMIT),
+        metavar="N",
+        help="datagrams that may wait for one application before more are dropped (it sees "
+        f"the gap) [env SERVERGROUP_GUEST_APP_QUEUE_LIMIT; default {DEFAULT_APP_QUEUE_LIMIT}]",
+    )
+    parser.add_argument(
+        "--app-queue-bytes",
+        type=_whole_number,
+        default=os.environ.get("SERVERGROUP_GUEST_APP_QUEUE_BYTES", DEFAULT_APP_QUEUE_BYTES),
+        metavar="BYTES",
+        help="the same bound in bytes [env SERVERGROUP_GUEST_APP_QUEUE_BYTES; default "
+        f"{DEFAULT_APP_QUEUE_BYTES}]",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     parser.add_argument(
@@ -1425,7 +1467,14 @@ def main(argv: Sequence[str] | None = None, *, extensions: Sequence[GuestExtensi
         json=args.log_json,
     )
     try:
-        config = guest_config(args.channel, args.channel_listen, args.address, args.ready_file)
+        config = guest_config(
+            args.channel,
+            args.channel_listen,
+            args.address,
+            args.ready_file,
+            app_queue_limit=args.app_queue_limit,
+            app_queue_bytes=args.app_queue_bytes,
+        )
         companions = [c for extension in extensions for c in extension.companions(args)]
         run_guest(config, companions)
     except ServergroupError as exc:

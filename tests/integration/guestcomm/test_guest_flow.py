@@ -52,6 +52,11 @@ from tests.integration.guestcomm.conftest import (
     wait_log_count,
 )
 
+#: The agent's bound for one application in the tests that reach it (`--app-queue-limit`):
+#: below the default, so that a few thousand datagrams overflow it.
+APP_QUEUE_LIMIT = 4096
+assert APP_QUEUE_LIMIT < DEFAULT_APP_QUEUE_LIMIT
+
 LOW_QLEN_WARNING = "applications will be slowed: raise net.unix.max_dgram_qlen"
 PAUSED = "backpressure: .* applications are not read"
 YIELDED = "receivers first: 'behind.app' is behind on reading"
@@ -263,10 +268,13 @@ def test_a_slow_app_gets_a_burst_of_thousands_in_order(guest: GuestUnderTest) ->
 
 @pytest.fixture
 def long_queue_guest(guest: GuestUnderTest) -> GuestUnderTest:
-    """`guest`, restarted in a namespace whose sockets hold 1024 datagrams, as a server's do."""
+    """`guest`, restarted in a namespace whose sockets hold 1024 datagrams, as a server's do.
+
+    Its bound per application is `APP_QUEUE_LIMIT` datagrams.
+    """
     assert guest.daemon.stop() == 0
     set_qlen(guest.ns, GUEST_DGRAM_QLEN)
-    guest.start()
+    guest.start("--app-queue-limit", str(APP_QUEUE_LIMIT))
     return guest
 
 
@@ -302,7 +310,7 @@ def test_an_app_that_does_not_read_gets_at_most_the_bound_and_does_not_hold_up_o
     got = receive_all(stopped)
     kernel_queue = GUEST_DGRAM_QLEN + 1  # the kernel lets one more in than its limit
     head = got[:-1]
-    assert DEFAULT_APP_QUEUE_LIMIT <= len(head) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
+    assert APP_QUEUE_LIMIT <= len(head) <= APP_QUEUE_LIMIT + kernel_queue
     assert got == [*range(len(head)), to_stopped - 1]
     # It reads from now on: what comes next arrives, after the gap.
     host.send(frame_to("stopped.app", {"n": to_stopped}))
@@ -339,7 +347,7 @@ def test_acks_and_nacks_for_an_app_that_does_not_read_pass_its_bound_then_none_g
     delivered = [n for n in got if n >= 0]
     nacked = [-1 - n for n in got if n < 0]
     head = delivered[:-1]  # the last is the newest delivery, held while the queue was full
-    assert DEFAULT_APP_QUEUE_LIMIT <= len(head) <= DEFAULT_APP_QUEUE_LIMIT + kernel_queue
+    assert APP_QUEUE_LIMIT <= len(head) <= APP_QUEUE_LIMIT + kernel_queue
     assert delivered == [*range(len(head)), deliveries - 1]
     # Every answer the allowance holds, in order, after the deliveries; then the held
     # delivery once there is room; then nothing (not the ack, which would pass the lost
@@ -347,7 +355,7 @@ def test_acks_and_nacks_for_an_app_that_does_not_read_pass_its_bound_then_none_g
     assert got == head + [-1 - i for i in nacked] + [deliveries - 1]
     assert nacked == list(range(len(nacked)))
     queued_deliveries = len(head) - kernel_queue
-    assert len(nacked) == DEFAULT_APP_QUEUE_LIMIT + APP_ANSWER_ALLOWANCE - queued_deliveries
+    assert len(nacked) == APP_QUEUE_LIMIT + APP_ANSWER_ALLOWANCE - queued_deliveries
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {
         "app not reading": deliveries - len(delivered),

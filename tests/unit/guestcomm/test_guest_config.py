@@ -15,6 +15,8 @@ from servergroup.guestcomm.guest import (
     DEFAULT_CHANNEL_HIGH_WATER,
     DEFAULT_CHANNEL_LOW_WATER,
     DEFAULT_QUEUE_LIMIT,
+    MAX_APP_QUEUE_BYTES,
+    MAX_APP_QUEUE_LIMIT,
     GuestConfig,
     no_host_nack,
 )
@@ -35,7 +37,7 @@ def test_the_defaults_hold_together() -> None:
     assert config.channel_high_water == DEFAULT_CHANNEL_HIGH_WATER == 256 * 1024
     assert config.channel_low_water == DEFAULT_CHANNEL_LOW_WATER == 64 * 1024
     assert config.queue_limit == DEFAULT_QUEUE_LIMIT >= DEFAULT_CHANNEL_HIGH_WATER + MAX_LINE
-    assert config.app_queue_limit == DEFAULT_APP_QUEUE_LIMIT == 4096
+    assert config.app_queue_limit == DEFAULT_APP_QUEUE_LIMIT == 16384
     assert config.app_queue_bytes == DEFAULT_APP_QUEUE_BYTES == 4 * 1024 * 1024
 
 
@@ -46,7 +48,9 @@ def test_the_defaults_hold_together() -> None:
         ({"channel_low_water": -1}, "low-water mark"),
         ({"channel_high_water": 1 << 20, "queue_limit": 1 << 20}, "high-water mark plus"),
         ({"app_queue_limit": 0}, "at least 1 datagram"),
+        ({"app_queue_limit": MAX_APP_QUEUE_LIMIT + 1}, "--app-queue-limit"),
         ({"app_queue_bytes": MAX_DATAGRAM - 1}, "largest datagram"),
+        ({"app_queue_bytes": MAX_APP_QUEUE_BYTES + 1}, "--app-queue-bytes"),
         ({"app_retry_interval": 0.0}, "retry interval"),
         ({"app_retry_interval": 2.0}, "retry interval"),
     ],
