@@ -28,8 +28,10 @@ child forked meanwhile is caught too. Each satellite's own cgroup is frozen
 where it is (a lab server's processes must stay in its cgroup, where its
 driver looks for them); one that was already frozen (a paused server) is
 left alone, and the satellites this freeze froze are written to
-`<state_dir>/lab/faults/<namespace>.json`, so that `thaw` thaws exactly
-those and never unpauses a paused server.
+`<state_dir>/lab/faults/<namespace>.json` with the processes each held
+once frozen, so that `thaw` thaws exactly those and never unpauses a paused
+server, nor one that was rebuilt on another host since (its cgroup, named
+by the server, then holds processes it did not hold).
 
 The caller and its ancestors are never signalled, moved or frozen, even when
 the caller runs inside the host (`servergroup lab exec h1 -- ...`).
@@ -46,7 +48,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -157,8 +159,8 @@ def cgroup_pids(cgroup: Path) -> list[int]:
     return [pid for pid in map(int, text.split()) if _alive(pid)]
 
 
-def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> None:
-    """Wait until each of `cgroups` is frozen (or thawed), as asked.
+def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> list[Path]:
+    """Wait until each of `cgroups` is frozen (or thawed), as asked; those not waited for.
 
     A cgroup whose request someone else changed meanwhile is not waited for:
     a lab server's cgroup is named by the server, not the host, and when the
@@ -167,6 +169,7 @@ def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> None:
     in CI: a freeze slowed by load still waited when the rebuild came).
     """
     pending = list(cgroups)
+    others: list[Path] = []
     deadline = time.monotonic() + timeout
     while pending:
         pending = [c for c in pending if c.is_dir() and is_frozen(c) is not frozen]
@@ -175,9 +178,10 @@ def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> None:
             log.info(
                 "cgroup %s was %s meanwhile: not waited for", c, "thawed" if frozen else "frozen"
             )
+        others += moved_on
         pending = [c for c in pending if c not in moved_on]
         if not pending:
-            return
+            return others
         if time.monotonic() > deadline:
             waiting = [
                 tid for pid in cgroup_pids(pending[0]) for tid in uninterruptible_threads(pid)
@@ -193,6 +197,7 @@ def _wait_frozen(cgroups: Iterable[Path], frozen: bool, timeout: float) -> None:
                 f"{timeout:g} s{why}."
             )
         time.sleep(_POLL_INTERVAL)
+    return others
 
 
 # --- processes -----------------------------------------------------------------------
@@ -250,25 +255,61 @@ def record_path(state_dir: Path, netns: str) -> Path:
     return state_dir / "lab" / "faults" / f"{netns}.json"
 
 
-def record_frozen(state_dir: Path, netns: str, cgroups: Sequence[Path]) -> None:
-    """Note that a freeze of the host in `netns` froze these satellite cgroups."""
+def record_frozen(
+    state_dir: Path,
+    netns: str,
+    cgroups: Sequence[Path],
+    pids: Mapping[Path, Iterable[int]] | None = None,
+) -> None:
+    """Note that a freeze of the host in `netns` froze these satellite cgroups.
+
+    `pids`: the processes each held once frozen (known after the freeze),
+    by which `recorded_frozen` tells a cgroup another host took over since.
+    """
     path = record_path(state_dir, netns)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"frozen_cgroups": [str(c) for c in cgroups]}) + "\n")
+    held = {str(c): sorted(p) for c, p in (pids or {}).items()}
+    tmp.write_text(json.dumps({"frozen_cgroups": [str(c) for c in cgroups], "pids": held}) + "\n")
     tmp.replace(path)
 
 
 def recorded_frozen(state_dir: Path, netns: str) -> list[Path]:
-    """The satellite cgroups a freeze of the host in `netns` froze ([] if none or unreadable)."""
+    """The satellite cgroups a freeze of the host in `netns` froze and that are still its own.
+
+    [] if none or the record is unreadable. A lab server's cgroup is named
+    by the server, not the host: once the frozen host's lease runs out the
+    server is rebuilt on another host, in the same cgroup, whose driver
+    thaws it and starts new processes there. A cgroup that holds a process
+    it did not hold when this freeze froze it belongs to that host now, and
+    is left out, so that `thaw` does not unpause it there nor `crash` kill
+    it. (A record without the processes, from a freeze cut short, keeps
+    every cgroup.)
+    """
     try:
         data = json.loads(record_path(state_dir, netns).read_text())
-        return [Path(c) for c in data["frozen_cgroups"]]
+        cgroups = [Path(c) for c in data["frozen_cgroups"]]
+        held = {Path(c): frozenset(map(int, p)) for c, p in data.get("pids", {}).items()}
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring the unreadable fault record of %s: %s", netns, exc)
         return []
+    ours = []
+    for cgroup in cgroups:
+        frozen_with = held.get(cgroup)
+        newcomers = set(cgroup_pids(cgroup)) - frozen_with if frozen_with is not None else set()
+        if newcomers:
+            log.info(
+                "cgroup %s holds processes %s it did not hold when frozen with %s: another host"
+                " took it over, left as it is",
+                cgroup,
+                sorted(newcomers)[:8],
+                netns,
+            )
+        else:
+            ours.append(cgroup)
+    return ours
 
 
 # --- the faults ----------------------------------------------------------------------
@@ -347,8 +388,11 @@ def freeze(host: LabHost, *, finder: SatelliteFinder | None, state_dir: Path) ->
             )
         for pid in outside:
             _move(pid, cgroup)
-    _wait_frozen([cgroup, *mine], True, FREEZE_TIMEOUT)
-    count = len(cgroup_pids(cgroup)) + sum(len(cgroup_pids(c)) for c in mine)
+    others = _wait_frozen([cgroup, *mine], True, FREEZE_TIMEOUT)
+    mine = [c for c in mine if c not in others]
+    held = {c: cgroup_pids(c) for c in mine}
+    record_frozen(state_dir, host.netns, mine, held)
+    count = len(cgroup_pids(cgroup)) + sum(len(p) for p in held.values())
     log.info("lab host %s frozen: %d process(es)", host.name, count)
     return count
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from servergroup.common.errors import UsageError
-from servergroup.lab import Lab
+from servergroup.lab import Lab, Satellite
 from servergroup.lab.faults import (
     _wait_frozen,
     find_freezer,
@@ -265,6 +265,57 @@ def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
         set_frozen(cgroup, True)
         _wait_frozen([cgroup], True, timeout=10.0)
         assert is_frozen(cgroup) is True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            set_frozen(cgroup, False)
+        for proc in started:
+            proc.kill()
+            proc.wait(10)
+        forget([name])
+
+
+@pytest.mark.parametrize("fault", ["thaw", "crash"])
+def test_a_satellite_rebuilt_on_another_host_since_the_freeze_is_left_to_that_host(
+    started: list[subprocess.Popen[str]], lab: LabFactory, lab_state_dir: Path, fault: str
+) -> None:
+    """h1 is frozen with its lab server b; b is rebuilt on h3, in the same cgroup (named by
+    the server), and paused there. `lab thaw h1` must not unpause it, nor `lab crash h1`
+    kill its new process: the cgroup holds a process it did not hold when h1 froze it."""
+    sg = lab(1)
+    name = f"sgtest-{os.getpid()}-b"  # a cgroup of its own, removed as the lab's are
+    cgroup = find_freezer().host_cgroup(name)
+    cgroup.mkdir(parents=True)
+    owner = ["h1"]
+
+    def finder(host: object, pids: object) -> list[Satellite]:
+        return [Satellite(name="lab server b", cgroup=cgroup)] if owner == ["h1"] else []
+
+    faulty = Lab(sg.name, state_dir=lab_state_dir, satellites=finder)
+    try:
+        stale = start(started, None, "", TICKER)
+        (cgroup / "cgroup.procs").write_text(str(stale.pid))
+        assert next_line(stale, 5) is not None
+        faulty.freeze("h1")
+        assert is_frozen(cgroup) is True
+        # h3's driver rebuilds b: thaws its cgroup, ends the stale process, starts anew.
+        owner[0] = "h3"
+        set_frozen(cgroup, False)
+        stale.kill()
+        stale.wait(10)
+        rebuilt = start(started, None, "", TICKER)
+        (cgroup / "cgroup.procs").write_text(str(rebuilt.pid))
+        assert next_line(rebuilt, 5) is not None
+        if fault == "thaw":
+            set_frozen(cgroup, True)  # b paused on h3
+            _wait_frozen([cgroup], True, timeout=10.0)
+            assert faulty.thaw("h1")
+            assert is_frozen(cgroup) is True
+            set_frozen(cgroup, False)
+        else:
+            faulty.crash("h1")
+        time.sleep(0.5)  # a SIGKILL would have ended it by now
+        assert rebuilt.poll() is None
+        assert next_line(rebuilt, 5)  # running, as h3 wants it (not EOF)
     finally:
         with contextlib.suppress(FileNotFoundError):
             set_frozen(cgroup, False)
