@@ -141,16 +141,45 @@ def thread_times(tid: int) -> ThreadTimes | None:
 
 
 def command_line(pid: int) -> list[str] | None:
-    """The argv of a running process, or None (gone, a zombie, or not ours to read)."""
+    """The argv of a running process, or None (gone, a zombie, or not ours to read).
+
+    A process in the middle of an exec reads, for a moment, as having no
+    arguments at all: the new image is mapped before its arguments are
+    placed in it. Taken at its word, that moment made a lab server's guest
+    agent, started through two execs, look absent to a check (seen in CI).
+    So an empty command line of a process that is not a kernel thread is
+    read again, for up to `EXEC_WAIT` seconds.
+    """
     import psutil
 
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() in _GONE_STATES:
+    deadline = None
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() in _GONE_STATES:
+                return None
+            argv = proc.cmdline()
+        except psutil.Error:
             return None
-        return proc.cmdline()
-    except psutil.Error:
-        return None
+        if argv or _kernel_thread(pid):
+            return argv
+        now = time.monotonic()
+        deadline = deadline or now + EXEC_WAIT
+        if now > deadline:
+            return argv  # exec'd with no arguments at all (rare, but allowed)
+        time.sleep(_EXEC_POLL)
+
+
+#: How long `command_line` waits for the arguments of a process in an exec.
+EXEC_WAIT = 0.25
+_EXEC_POLL = 0.001
+#: PF_KTHREAD in the flags of /proc/PID/stat (a kernel thread has no command line).
+_PF_KTHREAD = 0x00200000
+
+
+def _kernel_thread(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and len(fields) > 6 and int(fields[6]) & _PF_KTHREAD != 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
