@@ -24,12 +24,12 @@ from servergroup.multicast.config import (
     receive_config,
     send_config,
 )
-from servergroup.multicast.receiving import ReceiverReport
 from servergroup.multicast.transport import FileSink, Sink, StreamSink, interface_mtu
 from servergroup.transfers.where import recording_endpoints
 
 if TYPE_CHECKING:
     from servergroup.coordination import Coordinator
+    from servergroup.multicast.receiving import ReceiverReport
     from servergroup.multicast.sending import SenderReport
 
 #: Exit statuses: 0 every expected client has the verified image (send) / this
