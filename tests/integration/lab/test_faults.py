@@ -249,10 +249,7 @@ def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
     """A lab server's cgroup is named by the server: when its frozen host's server is
     rebuilt on another host, that host's driver thaws it (to end the stale processes)
     while `lab freeze` may still wait for it. The wait ends; it does not time out."""
-    name = f"sgtest-{os.getpid()}"  # a host cgroup of its own, removed as the lab's are
-    cgroup = find_freezer().host_cgroup(name)
-    cgroup.mkdir(parents=True)
-    try:
+    with satellite_cgroup(started) as cgroup:
         ticker = start(started, None, "", TICKER)
         (cgroup / "cgroup.procs").write_text(str(ticker.pid))
         set_frozen(cgroup, True)
@@ -265,6 +262,17 @@ def test_a_satellite_thawed_by_someone_else_is_not_waited_for(
         set_frozen(cgroup, True)
         _wait_frozen([cgroup], True, timeout=10.0)
         assert is_frozen(cgroup) is True
+
+
+@contextlib.contextmanager
+def satellite_cgroup(started: list[subprocess.Popen[str]]) -> Iterator[Path]:
+    """A freezer cgroup of its own, made where the lab makes a host's; at the end it is
+    thawed, the `started` processes are ended, and it is removed as the lab's are."""
+    name = f"sgtest-{os.getpid()}"
+    cgroup = find_freezer().host_cgroup(name)
+    cgroup.mkdir(parents=True)
+    try:
+        yield cgroup
     finally:
         with contextlib.suppress(FileNotFoundError):
             set_frozen(cgroup, False)
@@ -282,16 +290,13 @@ def test_a_satellite_rebuilt_on_another_host_since_the_freeze_is_left_to_that_ho
     the server), and paused there. `lab thaw h1` must not unpause it, nor `lab crash h1`
     kill its new process: the cgroup holds a process it did not hold when h1 froze it."""
     sg = lab(1)
-    name = f"sgtest-{os.getpid()}-b"  # a cgroup of its own, removed as the lab's are
-    cgroup = find_freezer().host_cgroup(name)
-    cgroup.mkdir(parents=True)
     owner = ["h1"]
+    with satellite_cgroup(started) as cgroup:
 
-    def finder(host: object, pids: object) -> list[Satellite]:
-        return [Satellite(name="lab server b", cgroup=cgroup)] if owner == ["h1"] else []
+        def finder(host: object, pids: object) -> list[Satellite]:
+            return [Satellite(name="lab server b", cgroup=cgroup)] if owner == ["h1"] else []
 
-    faulty = Lab(sg.name, state_dir=lab_state_dir, satellites=finder)
-    try:
+        faulty = Lab(sg.name, state_dir=lab_state_dir, satellites=finder)
         stale = start(started, None, "", TICKER)
         (cgroup / "cgroup.procs").write_text(str(stale.pid))
         assert next_line(stale, 5) is not None
@@ -316,10 +321,3 @@ def test_a_satellite_rebuilt_on_another_host_since_the_freeze_is_left_to_that_ho
         time.sleep(0.5)  # a SIGKILL would have ended it by now
         assert rebuilt.poll() is None
         assert next_line(rebuilt, 5)  # running, as h3 wants it (not EOF)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            set_frozen(cgroup, False)
-        for proc in started:
-            proc.kill()
-            proc.wait(10)
-        forget([name])

@@ -9,14 +9,11 @@ records and their recorder (`servergroup.transfers`).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 import servergroup.coordination as coordination
 from servergroup.coordination import election, etcd, etcd_process, keeper, local_etcd, memory
+from tests.fixtures.imports import loaded_after as modules_loaded_after
 
 #: Modules that must not load with the image commands' imports.
 LATER = (
@@ -35,15 +32,7 @@ LATER = (
 
 
 def loaded_after(statement: str) -> list[str]:
-    probe = (
-        f"import json, sys; {statement}; "
-        f"print(json.dumps([m for m in {list(LATER)!r} if m in sys.modules]))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    loaded: list[str] = json.loads(done.stdout)
-    return loaded
+    return modules_loaded_after(statement, LATER)
 
 
 def test_the_image_commands_start_without_the_etcd_side() -> None:

@@ -8,9 +8,7 @@ receiver without the sender's (and prometheus_client's).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+from tests.fixtures.imports import loaded_after as modules_loaded_after
 
 SIDES = (
     "servergroup.multicast.receiving",
@@ -22,15 +20,7 @@ SIDES = (
 
 
 def loaded_after(statement: str) -> list[str]:
-    probe = (
-        f"import json, sys; {statement}; "
-        f"print(json.dumps([m for m in {list(SIDES)!r} if m in sys.modules]))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    loaded: list[str] = json.loads(done.stdout)
-    return loaded
+    return modules_loaded_after(statement, SIDES)
 
 
 def test_the_image_command_module_loads_neither_side() -> None:
