@@ -280,8 +280,7 @@ class GuestConfig:
         if not 1 <= self.app_queue_limit <= MAX_APP_QUEUE_LIMIT:
             raise ConfigError(
                 "the queue for an application (--app-queue-limit) must hold at least 1 datagram "
-                f"and at most "
-                f"{MAX_APP_QUEUE_LIMIT} (got {self.app_queue_limit})."
+                f"and at most {MAX_APP_QUEUE_LIMIT} (got {self.app_queue_limit})."
             )
         if not MAX_DATAGRAM <= self.app_queue_bytes <= MAX_APP_QUEUE_BYTES:
             raise ConfigError(
