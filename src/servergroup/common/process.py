@@ -140,6 +140,13 @@ def thread_times(tid: int) -> ThreadTimes | None:
     )
 
 
+#: How long `command_line` waits for the arguments of a process in an exec.
+EXEC_WAIT = 0.25
+_EXEC_POLL = 0.001
+#: PF_KTHREAD in the flags of /proc/PID/stat (a kernel thread has no command line).
+_PF_KTHREAD = 0x00200000
+
+
 def command_line(pid: int) -> list[str] | None:
     """The argv of a running process, or None (gone, a zombie, or not ours to read).
 
@@ -168,13 +175,6 @@ def command_line(pid: int) -> list[str] | None:
         if now > deadline:
             return argv  # exec'd with no arguments at all (rare, but allowed)
         time.sleep(_EXEC_POLL)
-
-
-#: How long `command_line` waits for the arguments of a process in an exec.
-EXEC_WAIT = 0.25
-_EXEC_POLL = 0.001
-#: PF_KTHREAD in the flags of /proc/PID/stat (a kernel thread has no command line).
-_PF_KTHREAD = 0x00200000
 
 
 def _kernel_thread(pid: int) -> bool:

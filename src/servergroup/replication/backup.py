@@ -288,7 +288,6 @@ class BackupDaemon:
             self._coordinator,
             self._coordination,
             built=self.built,
-            may_act=self._authority.may_act,
         )
         self._primary = primary
         running = asyncio.create_task(primary.run())

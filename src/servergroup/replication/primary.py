@@ -61,7 +61,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,12 +216,8 @@ class PrimaryDaemon:
         coordination: CoordinationConfig | None = None,
         *,
         built: Built | None = None,
-        may_act: Callable[[], bool] | None = None,
     ) -> None:
-        """`built`: serve a service already built (a backup that took over) instead of a new one.
-
-        `may_act`: checked before each release when there is no pair (`--no-backup`).
-        """
+        """`built`: serve a service already built (a backup that took over) instead of a new one."""
         if options.paired and coordinator is None:
             raise UsageError("a protected primary needs etcd for the pair's key.")
         self.options = options
@@ -250,8 +246,7 @@ class PrimaryDaemon:
         self._final_round_done = False
         self._given = built
         #: Send replies at once while UNPROTECTED (not with --no-backup: a benchmark of buffering).
-        self._pass_unprotected = options.paired or built is not None
-        self._may_act = may_act
+        self._pass_unprotected = options.paired
         #: Set once clients are served.
         self.serving = asyncio.Event()
 
@@ -532,16 +527,13 @@ class PrimaryDaemon:
 
     def _release_allowed(self) -> bool:
         """Whether output may leave now; if not, the primary stops (self-fencing)."""
-        may_act = self._authority.may_act if self._authority else self._may_act
-        if may_act is not None and not may_act():
-            why = ""
-            if self._authority is not None:
-                session = self._authority.session
-                late = session.clock.monotonic() - session.fence_at
-                why = f" ({session.state.value}, {late:.3f} s past its fencing deadline)"
-            self._stop(f"the coordination session may not act{why}: output held")
-            return False
-        return True
+        if self._authority is None or self._authority.may_act():
+            return True  # no pair (--no-backup), or a session that may act
+        session = self._authority.session
+        late = session.clock.monotonic() - session.fence_at
+        why = f"{session.state.value}, {late:.3f} s past its fencing deadline"
+        self._stop(f"the coordination session may not act ({why}): output held")
+        return False
 
     def _on_reply(self, conn: int, data: bytes) -> None:
         if (
