@@ -365,8 +365,10 @@ class BackupDaemon:
         except (ChannelClosed, ReplicationProtocolError) as exc:
             if self._stream is channel:
                 self._stream = None
-                log.info("the checkpoint stream ended: %s", exc)
+                log.info("the checkpoint stream from %s ended: %s", channel.peer, exc)
                 await self._do(self.machine.stream_closed(self._loop.time()), None)
+            else:
+                log.info("the replaced checkpoint stream from %s ended: %s", channel.peer, exc)
 
     async def _follow_beats(self, channel: TcpChannel, first: Heartbeat) -> None:
         old, self._beats = self._beats, channel

@@ -64,7 +64,11 @@ class Channel(Protocol):
         """Write `messages` in order, together; returns once the transport took them."""
 
     async def receive(self) -> Message:
-        """The next message; raises `ChannelClosed` or `ReplicationProtocolError`."""
+        """The next message; raises `ChannelClosed` or `ReplicationProtocolError`.
+
+        Once the channel is closed (here, by the peer, or by a failure), nothing
+        more is delivered, not even what was already read.
+        """
 
     async def close(self) -> None:
         """Close; idempotent."""
@@ -101,9 +105,13 @@ class TcpChannel:
                 raise failure from exc
 
     async def receive(self) -> Message:
-        while not self._ready:
+        while True:
+            # Closed is closed: what was read but not yet taken is not delivered either
+            # (a stream replaced while its reader waited must feed nothing more).
             if self._closed is not None:
                 raise self._closed
+            if self._ready:
+                return self._ready.pop(0)
             try:
                 chunk = await self._reader.read(READ_SIZE)
             except (ConnectionError, OSError) as exc:
@@ -119,7 +127,6 @@ class TcpChannel:
             except ReplicationProtocolError as exc:
                 await self._fail(ChannelClosed(f"{self._peer} sent garbage: {exc}"))
                 raise
-        return self._ready.pop(0)
 
     async def _fail(self, reason: ChannelClosed) -> None:
         if self._closed is None:
@@ -204,9 +211,11 @@ class MemoryChannel:
         self._inbox.put_nowait(data)
 
     async def receive(self) -> Message:
-        while not self._ready:
+        while True:
             if self._closed is not None:
                 raise self._closed
+            if self._ready:
+                return self._ready.pop(0)
             chunk = await self._inbox.get()
             if chunk is None:
                 cut = self._decoder.pending > 0
@@ -217,7 +226,6 @@ class MemoryChannel:
             except ReplicationProtocolError as exc:
                 await self._fail(ChannelClosed(f"{self.peer} sent garbage: {exc}"))
                 raise
-        return self._ready.pop(0)
 
     async def _fail(self, reason: ChannelClosed) -> None:
         if self._closed is None:

@@ -134,6 +134,34 @@ async def test_a_closed_end_is_seen_by_the_other(ends: tuple[Channel, Channel]) 
         await send_until_refused(b)
 
 
+async def test_nothing_more_is_delivered_once_closed_here(ends: tuple[Channel, Channel]) -> None:
+    """A reader whose channel another task closed gets no message it had read but not taken."""
+    a, b = ends
+    beats: list[Message] = [Heartbeat(generation=1, epoch=n) for n in range(50)]
+    await a.send(beats)
+    assert await receive_n(b, 1) == beats[:1]
+    # Give the rest time to arrive, then let one more be read and close the channel
+    # while the reader holds what it read.
+    await asyncio.sleep(0.05)
+    assert await receive_n(b, 1) == beats[1:2]
+    await b.close()
+    with pytest.raises(ChannelClosed, match="closed here"):
+        await receive_n(b, 1)
+
+
+async def test_a_reader_waiting_when_its_channel_is_closed_gets_nothing(
+    ends: tuple[Channel, Channel],
+) -> None:
+    """Closed while waiting to read: what arrives next is not delivered."""
+    a, b = ends
+    reading = asyncio.create_task(b.receive())
+    await asyncio.sleep(0.05)
+    await a.send([Heartbeat(generation=1, epoch=0)])
+    await b.close()
+    with pytest.raises(ChannelClosed, match="closed here"):
+        await asyncio.wait_for(reading, WAIT)
+
+
 async def send_until_refused(channel: Channel) -> None:
     """Send until the channel refuses (a TCP send may be buffered before the reset shows)."""
     async with asyncio.timeout(WAIT):
