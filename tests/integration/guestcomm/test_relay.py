@@ -535,6 +535,32 @@ async def test_a_guest_that_lost_frames_gets_the_newest_after_the_gap_then_the_r
         assert relay.counters.dropped["channel queue full"] == dropped
 
 
+async def test_what_is_written_to_a_guest_after_a_held_message_follows_it(
+    channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
+) -> None:
+    """An answer (which may pass the bound) written while the newest message of a burst
+    is held comes after it, never before."""
+    relay = ChannelRelay(channel_dir, address=unique(), retry_interval=RETRY, queue_limit=64 * 1024)
+    async with relay:
+        stuck = await guests(channel_dir / channel_name("instance-0000007s"), read=False)
+        await eventually(lambda: bool(stuck.writers), "the stuck guest's connection")
+        frames = [
+            encode_host_frame(Envelope(dest_addr="x", data={"n": n, "pad": "p" * 1000}))
+            for n in range(300)
+        ]
+        went = sum(
+            relay.write_frames("instance-0000007s", frames[start : start + 50], newest=1)
+            for start in range(0, 300, 50)
+        )
+        assert relay.counters.dropped["channel queue full"] == 300 - went
+        answer = Envelope(dest_addr="x", data={"n": "answer"})
+        assert relay.send_to_guests(["instance-0000007s"], answer, answer=True) == []
+        stuck.thaw()
+        await eventually(lambda: len(stuck.received) == went + 1, "the answer")
+        got = [e.data["n"] for e in stuck.received]
+        assert got == [*range(went - 1), 299, "answer"]
+
+
 async def test_what_one_loop_round_writes_to_a_guest_goes_out_at_its_end_in_order(
     channel_dir: Path, guests: Callable[..., Awaitable[FakeGuest]]
 ) -> None:
