@@ -25,6 +25,7 @@ from tests.fixtures.lab import LabFactory
 SG = [sys.executable, "-m", "servergroup"]
 PORT = 18383
 ROGUE = str(Path(__file__).with_name("rogue.py"))
+MODULES_AT_EXIT = str(Path(__file__).with_name("modules_at_exit.py"))
 
 
 class Process:
@@ -85,9 +86,17 @@ class Transfer:
         return process
 
     def sender(
-        self, clients: int, source: Path | IO[bytes] | int, *args: str, port: int = PORT
+        self,
+        clients: int,
+        source: Path | IO[bytes] | int,
+        *args: str,
+        port: int = PORT,
+        modules_to: Path | None = None,
     ) -> Process:
-        argv = [*SG, "-v", "image", "send", self.server, str(clients), str(port), "--json", *args]
+        """`image send`; with `modules_to`, the modules it loaded are written there at exit."""
+        python = SG if modules_to is None else [sys.executable, MODULES_AT_EXIT, str(modules_to)]
+        argv = [*python, "-v", "image", "send", self.server, str(clients), str(port), "--json"]
+        argv += args
         if isinstance(source, Path):
             with source.open("rb") as f:
                 return self._start("sender", "h1", argv, f)

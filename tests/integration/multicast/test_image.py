@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,36 @@ def test_every_receiver_gets_the_identical_image(
         assert report["multicast_packets"] > packets or repaired > 0
     assert_all_received(t, list(procs), image.read_bytes())
     assert not list(t.tmp_path.glob(".*.part"))
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["no-metrics", "metrics-file"])
+def test_the_sender_counts_metrics_only_when_asked(
+    transfer: TransferFactory, image: Path, tmp_path: Path, counted: bool
+) -> None:
+    """Without `--metrics` or `--metrics-file` the sender never loads prometheus_client
+    (its start is on every transfer's clock); with `--metrics-file` the file counts
+    every byte delivered."""
+    t = transfer(2)
+    modules, prom = tmp_path / "modules.json", tmp_path / "send.prom"
+    args = ["--metrics-file", str(prom)] if counted else []
+    sender = t.sender(1, image, *SMALL_BUFFER, *args, modules_to=modules)
+    procs = t.receivers()
+    assert sender.wait(60) == 0, sender.stderr()
+    for proc in procs.values():
+        assert proc.wait(10) == 0, proc.stderr()
+    assert_all_received(t, list(procs), image.read_bytes())
+    loaded = json.loads(modules.read_text())
+    assert "servergroup.multicast.sender" in loaded
+    assert ("prometheus_client" in loaded) is counted
+    if counted:
+        (sent,) = [
+            float(line.split()[1])
+            for line in prom.read_text().splitlines()
+            if line.startswith("servergroup_transfer_bytes_total ")
+        ]
+        assert sent == image.stat().st_size
+    else:
+        assert not prom.exists()
 
 
 def test_an_empty_image(transfer: TransferFactory, tmp_path: Path) -> None:

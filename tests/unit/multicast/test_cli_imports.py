@@ -3,7 +3,8 @@
 Every import is paid at each start of `image send` and `image receive`,
 and the sender's start is on the clock of every transfer (issue 16's N = 1
 row): the sender does without the receiver's state machine and the
-receiver without the sender's (and prometheus_client's).
+receiver without the sender's, and neither loads prometheus_client unless
+metrics are asked for.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def test_each_side_loads_its_own_modules_only() -> None:
     assert "servergroup.multicast.sender" in sender
     assert "servergroup.multicast.receiving" not in sender
     assert "servergroup.multicast.receiver" not in sender
+    assert "prometheus_client" not in sender  # loaded only when metrics are asked for
     receiver = loaded_after("from servergroup.multicast import run_receiver")
     assert "servergroup.multicast.receiver" in receiver
     assert "servergroup.multicast.sending" not in receiver
