@@ -49,7 +49,9 @@ Flow control (what holds under load; nothing is ever reordered or repeated):
   in one queue a datagram is dropped and counted (`app not reading`): the
   application sees the gap. The newest one that found the queue full is
   kept aside instead (the one kept before it is then dropped) and queued
-  once there is room, so that the gap shows even when nothing follows it.
+  once there is room, so that the gap shows even when nothing follows it;
+  nothing overtakes it (a later delivery is kept aside in its place, a
+  later answer takes it along).
   An address where nothing is bound is dropped at once (`app not bound`),
   and so is what waits for an application that has gone away. An empty
   queue is forgotten.
@@ -1149,7 +1151,8 @@ class GuestAgent:
             self._arm_retry()
         config = self.config
         self._release_held(waiting)
-        if not self._has_room(waiting, datagram):
+        # A datagram held for lack of room is older than this one: nothing overtakes it.
+        if waiting.held is not None or not self._has_room(waiting, datagram):
             if not _is_answer(datagram):
                 # The newest is kept (held), the one held before it dropped: the
                 # application gets the oldest, then the newest, and sees the gap.
@@ -1169,6 +1172,11 @@ class GuestAgent:
                 self._answers_lost.add(dest)
                 self._lose_answer(dest, len(waiting.datagrams))
                 return
+            if waiting.held is not None:
+                # The answer goes, and the held delivery before it (one datagram more).
+                waiting.append(waiting.held)
+                waiting.held = None
+                self.counters.delivery_queued += 1
         waiting.append(datagram)
         self.counters.delivery_queued += 1
         if len(waiting.datagrams) > config.app_behind_high and not self._yielding:

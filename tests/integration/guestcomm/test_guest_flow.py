@@ -349,12 +349,12 @@ def test_acks_and_nacks_for_an_app_that_does_not_read_pass_its_bound_then_none_g
     head = delivered[:-1]  # the last is the newest delivery, held while the queue was full
     assert APP_QUEUE_LIMIT <= len(head) <= APP_QUEUE_LIMIT + kernel_queue
     assert delivered == [*range(len(head)), deliveries - 1]
-    # Every answer the allowance holds, in order, after the deliveries; then the held
-    # delivery once there is room; then nothing (not the ack, which would pass the lost
-    # nacks).
-    assert got == head + [-1 - i for i in nacked] + [deliveries - 1]
+    # The deliveries, the held one among them (nothing overtakes it: the first answer
+    # takes it along); then every answer the allowance holds, in order; then nothing (not
+    # the ack, which would pass the lost nacks).
+    assert got == [*delivered, *(-1 - i for i in nacked)]
     assert nacked == list(range(len(nacked)))
-    queued_deliveries = len(head) - kernel_queue
+    queued_deliveries = len(delivered) - kernel_queue
     assert len(nacked) == APP_QUEUE_LIMIT + APP_ANSWER_ALLOWANCE - queued_deliveries
     counters = final_counters(guest.daemon)
     assert counters["dropped"] == {
