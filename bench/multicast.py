@@ -17,8 +17,11 @@ and SHA-256 of three 1 MiB samples). For every process it also takes the CPU tim
 delivered, for the sender and (the mean) per receiver. Rows without tbf (`--veth`,
 default N 1 and 4 at the first MTU, no loss) show the throughput at veth speed.
 The lab's loss drops single datagrams even of a segmented send (see the lab's
-`segment_on_the_wire`). Writes a table on stdout and bench/results/multicast.{md,json},
-with the load average before and after (the numbers are only as quiet as the machine).
+`segment_on_the_wire`). Before each run, as many bytes as the run will write
+are written to tmpfs and deleted, so that no tool pays for first touches of
+memory that another run left warm (`warm_memory`). Writes a table on stdout
+and bench/results/multicast.{md,json}, with the load average before and after
+(the numbers are only as quiet as the machine).
 
     .venv/bin/python bench/multicast.py          # 512 MiB, N 1/4/8, loss 0/1/5, MTU 9000 (+1500)
     .venv/bin/python bench/multicast.py --quick  # 64 MiB, N 1/4, loss 0/5, MTU 9000
@@ -404,6 +407,28 @@ def run_tool(
     return run_tcp(lab, image, work, n)
 
 
+#: Touched before each run beyond the receivers' outputs: their buffers and socket queues.
+WARM_MARGIN = 256 << 20
+
+
+def warm_memory(base: Path, size: int) -> None:
+    """Write `size` bytes to a file in `base` (tmpfs) and delete it: fresh pages for the run.
+
+    On this VM a page first touched after its host took it back (free page
+    reporting) costs far more: a tool writing its receivers' outputs into
+    such pages used several times the system CPU per GiB of the same tool
+    writing into pages used a moment before, so whichever tool ran first in
+    a row of four or eight receivers was the slower (perf: the kernel's copy
+    into the page cache and page clearing). Every run now starts alike.
+    """
+    chunk = bytes(4 << 20)
+    path = base / "warm.bin"
+    with path.open("wb") as f:
+        for _ in range(-(-size // len(chunk))):
+            f.write(chunk)
+    path.unlink()
+
+
 def measure(
     lab: Lab, image: Path, base: Path, tools: list[str], key: tuple[int, int, float, int | None]
 ) -> list[Row]:
@@ -415,6 +440,7 @@ def measure(
     for tool in tools:
         work = base / "work"
         work.mkdir()
+        warm_memory(base, n * size + WARM_MARGIN)
         try:
             seconds, outs, note, cpu = run_tool(tool, lab, image, work, n, mtu, link)
             ok = seconds is not None and check_outputs(outs, size, want)
