@@ -14,7 +14,11 @@ congestion:
 
 - excess loss above `tolerance`: the rate drops to what the worst receiver
   actually took in (achieved rate times its delivery share), less a margin;
-- otherwise the rate grows by `increase` per round, up to the cap.
+- otherwise the rate grows, up to the cap: by `start_increase` (doubles)
+  per round until the first such cut, as TCP's slow start, so that a fast
+  network is found in a few rounds (512 MiB to one host of the lab without
+  shaping: 1.98 -> 1.58 s, no change at 1 Gbit/s); by `increase` after it,
+  since the link's rate is then near.
 
 Before the first sample the baseline is taken as zero: a first round with
 heavy random loss costs one slower round, after which the baseline has
@@ -35,12 +39,15 @@ MAX_RATE = 100_000_000_000.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateSettings:
-    """`cap`: never faster (bits/s; None: no cap); `initial`: the first pass's rate."""
+    """`cap`: never faster (bits/s; None: no cap); `initial`: the first pass's rate;
+    `start_increase` per clean round until congestion first cuts the rate, `increase`
+    after that."""
 
     cap: float | None = None
     initial: float = 1_000_000_000.0
     tolerance: float = 0.03
     increase: float = 1.25
+    start_increase: float = 2.0
     margin: float = 0.9
     window: int = 6
 
@@ -62,6 +69,7 @@ class RateController:
         start = settings.initial if settings.cap is None else min(settings.cap, settings.initial)
         self._rate = max(MIN_RATE, start)
         self._losses: deque[float] = deque(maxlen=settings.window)
+        self._cut = False
 
     @property
     def rate(self) -> float:
@@ -82,8 +90,9 @@ class RateController:
         if excess > s.tolerance:
             taken = min(sample.rate, sample.achieved) * (1.0 - excess)
             self._rate = taken * s.margin
+            self._cut = True
         else:
-            self._rate = self._rate * s.increase
+            self._rate = self._rate * (s.increase if self._cut else s.start_increase)
         ceiling = s.cap if s.cap is not None else MAX_RATE
         self._rate = min(ceiling, max(MIN_RATE, self._rate))
         return self._rate

@@ -7,13 +7,31 @@ from servergroup.multicast.rate import MIN_RATE, RateController, RateSample, Rat
 GBIT = 1e9
 
 
-def test_no_loss_grows_up_to_the_cap() -> None:
-    rate = RateController(RateSettings(cap=2 * GBIT, initial=GBIT))
-    seen = [
-        rate.observe(RateSample(rate=rate.rate, achieved=rate.rate, loss=0.0)) for _ in range(6)
+def clean_rounds(rate: RateController, rounds: int) -> list[float]:
+    return [
+        rate.observe(RateSample(rate=rate.rate, achieved=rate.rate, loss=0.0))
+        for _ in range(rounds)
     ]
-    assert seen[0] == 1.25 * GBIT
-    assert seen[-1] == 2 * GBIT
+
+
+def test_no_loss_grows_up_to_the_cap() -> None:
+    rate = RateController(RateSettings(cap=3 * GBIT, initial=GBIT))
+    assert clean_rounds(rate, 3) == [2 * GBIT, 3 * GBIT, 3 * GBIT]
+
+
+def test_the_rate_doubles_until_the_first_cut_then_grows_by_a_quarter() -> None:
+    """Slow start: a fast network is found in a few rounds; once congestion has cut the
+    rate, it grows by `increase` only (the link's rate is near)."""
+    rate = RateController(RateSettings(initial=GBIT))
+    assert clean_rounds(rate, 3) == [2 * GBIT, 4 * GBIT, 8 * GBIT]
+    cut = rate.observe(RateSample(rate=8 * GBIT, achieved=8 * GBIT, loss=0.5))
+    assert cut == 8 * GBIT * 0.5 * 0.9
+    assert clean_rounds(rate, 2) == [cut * 1.25, cut * 1.25 * 1.25]
+
+
+def test_random_loss_within_the_tolerance_does_not_end_the_start() -> None:
+    rate = RateController(RateSettings(initial=GBIT))
+    assert rate.observe(RateSample(rate=GBIT, achieved=GBIT, loss=0.02)) == 2 * GBIT
 
 
 def test_the_initial_rate_never_exceeds_the_cap() -> None:
