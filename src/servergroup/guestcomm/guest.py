@@ -1172,11 +1172,8 @@ class GuestAgent:
                 self._answers_lost.add(dest)
                 self._lose_answer(dest, len(waiting.datagrams))
                 return
-            if waiting.held is not None:
-                # The answer goes, and the held delivery before it (one datagram more).
-                waiting.append(waiting.held)
-                waiting.held = None
-                self.counters.delivery_queued += 1
+            # The answer goes, and the held delivery, if any, before it (one datagram more).
+            self._queue_held(waiting)
         waiting.append(datagram)
         self.counters.delivery_queued += 1
         if len(waiting.datagrams) > config.app_behind_high and not self._yielding:
@@ -1191,8 +1188,13 @@ class GuestAgent:
 
     def _release_held(self, waiting: _AppQueue) -> None:
         """Queue the datagram held for lack of room once there is room for it."""
+        if waiting.held is not None and self._has_room(waiting, waiting.held):
+            self._queue_held(waiting)
+
+    def _queue_held(self, waiting: _AppQueue) -> None:
+        """Queue the datagram held for lack of room (if any), whatever the room."""
         held = waiting.held
-        if held is not None and self._has_room(waiting, held):
+        if held is not None:
             waiting.held = None
             waiting.append(held)
             self.counters.delivery_queued += 1

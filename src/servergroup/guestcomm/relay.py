@@ -383,13 +383,10 @@ class _GuestLink:
                     return Reason.CHANNEL_QUEUE_FULL
                 conn.answers_lost = True
                 return Reason.ANSWER_LOST
-        if conn.held:
-            # The newest message of an earlier `write_frames` that lost frames is older
-            # than this one, so it goes first (it is the "one message more" of the bound).
-            frames, conn.held = [*conn.held, frame], []
-            conn.queue(frames)
-        else:
-            conn.queue((frame,))
+        # The newest message of an earlier `write_frames` that lost frames, if any, is
+        # older than this one, so it goes first (it is the "one message more" of the bound).
+        frames, conn.held = (*conn.held, frame), []
+        conn.queue(frames)
         return None
 
 
