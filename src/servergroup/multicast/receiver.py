@@ -235,7 +235,7 @@ class _Receiver:
             try:
                 await self.loop.run_in_executor(self.disk, self.sink.write, data)
             except TransferError as exc:
-                self.feed(partial(self.machine.delivery_failed, str(exc)))
+                self.feed(partial(self.machine.delivery_failed, phrase(exc)))
                 return
             if self.progress is not None:
                 self.progress(self.sink.written, None)
@@ -254,7 +254,7 @@ class _Receiver:
                 try:
                     await self.loop.run_in_executor(self.disk, self.sink.commit)
                 except TransferError as exc:
-                    problem = str(exc)
+                    problem = phrase(exc)
             self.feed(partial(self.machine.verified, not problem, problem))
 
         self.write_tail = asyncio.ensure_future(verify())
@@ -338,6 +338,11 @@ class _Receiver:
                     await asyncio.wait_for(asyncio.shield(self.write_tail), 5.0)
             self.sink.discard()
         self.disk.shutdown(wait=False, cancel_futures=True)
+
+
+def phrase(exc: TransferError) -> str:
+    """The error's sentence as a reason (no closing period: reasons are quoted inside sentences)."""
+    return str(exc).rstrip(".")
 
 
 def connect_failure(exc: BaseException) -> str:

@@ -339,7 +339,9 @@ def test_a_full_disk_fails_that_receiver_clearly_and_the_others_finish(
         small = t.receiver("h2", output=full / "image.img")
         big = t.receiver("h3")
         assert small.wait(60) == 1
-        assert "the disk is full writing" in small.stderr()
+        assert f"the image did not arrive: the disk is full writing {full / 'image.img'}.\n" in (
+            small.stderr()
+        )
         assert "Traceback" not in small.stderr()
         assert sender.wait(60) == 3
         assert big.wait(10) == 0
