@@ -74,7 +74,10 @@ class Endpoint:
             raise ConfigError("an etcd endpoint is empty; give host:port or https://host:port.")
         if "://" not in raw:
             raw = "http://" + raw
-        parts = urlsplit(raw)
+        try:
+            parts = urlsplit(raw)
+        except ValueError:  # an unclosed [ of an IPv6 address, and the like
+            raise ConfigError(f"etcd endpoint {text!r} is not of the form host:port.") from None
         if parts.scheme not in ("http", "https"):
             raise ConfigError(
                 f"etcd endpoint {text!r} uses {parts.scheme}://, but only http:// and "
