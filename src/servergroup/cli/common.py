@@ -79,9 +79,15 @@ class Size(click.ParamType[int]):
         return size // self.unit
 
 
+def sentence(message: str) -> str:
+    """`message` as a sentence: a closing period added where it has none."""
+    message = message.rstrip()
+    return message if message.endswith((".", "!", "?")) else f"{message}."
+
+
 def fail(message: str, status: int = 1) -> None:
     """Print one sentence on stderr and exit with `status`."""
-    click.echo(f"servergroup: {message}", err=True)
+    click.echo(f"servergroup: {sentence(message)}", err=True)
     sys.exit(status)
 
 

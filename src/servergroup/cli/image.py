@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.cli.common import CliState, pass_state, run_async, sentence
 from servergroup.common.errors import UsageError
 from servergroup.multicast.config import (
     DEFAULT_PORT,
@@ -191,7 +191,7 @@ def send(
         try:
             write_metrics_file(str(metrics_file))
         except UsageError as exc:
-            click.echo(f"servergroup: {exc}", err=True)
+            click.echo(f"servergroup: {sentence(str(exc))}", err=True)
     if as_json:
         click.echo(json.dumps({**sender_report_dict(report), "mtu": mtu, "mtu_from": mtu_from}))
     else:
@@ -200,7 +200,7 @@ def send(
         sys.exit(EXIT_OK)
     if any(row.status is ClientStatus.FINISHED for row in report.clients):
         sys.exit(EXIT_PARTIAL)
-    click.echo(f"servergroup: {report.reason}.", err=True)
+    click.echo(f"servergroup: {sentence(report.reason)}", err=True)
     sys.exit(EXIT_FAILED)
 
 
@@ -271,7 +271,7 @@ def receive(
         text = json.dumps(receiver_report_dict(report))
         click.echo(text, err=output is None)
     if not report.ok:
-        click.echo(f"servergroup: the image did not arrive: {report.reason}.", err=True)
+        click.echo(f"servergroup: the image did not arrive: {sentence(report.reason)}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_OK)
 

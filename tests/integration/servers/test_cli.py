@@ -60,7 +60,7 @@ async def test_groups_and_servers_from_the_command_line(
     status, _, err = await cli("server", "create", name, "--group", "g")
     assert (status, err) == (
         3,
-        "servergroup: no host is running: start one with `servergroup up`\n",
+        "servergroup: no host is running: start one with `servergroup up`.\n",
     )
 
     await hosts("h0")
@@ -111,10 +111,10 @@ async def test_groups_and_servers_from_the_command_line(
     assert status == 2
     assert err == (
         f"servergroup: server {name} is stopped, not paused: "
-        f"use `servergroup server start {name}`\n"
+        f"use `servergroup server start {name}`.\n"
     )
     status, _, err = await cli("server", "migrate", name, "--to", "h0")
-    assert (status, err) == (2, f"servergroup: server {name} already runs on h0\n")
+    assert (status, err) == (2, f"servergroup: server {name} already runs on h0.\n")
     status, out, _ = await cli("server", "delete", name)
     assert (status, out) == (0, f"server {name} is deleted\n")
     assert await cli("group", "delete", "g") == (0, "group g deleted\n", "")
