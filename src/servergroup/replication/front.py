@@ -19,6 +19,13 @@ Each client is numbered (`conn`); replies to a client that has gone are
 dropped (`on_gone(conn)` tells the driver). A request line longer than
 `MAX_LINE` closes that client.
 
+A client that ends its side (a half-close: `printf '...' | nc -N`, or a
+script that shuts down writing after its last request) still gets the
+replies to every request it sent: the front stops reading it, and closes
+it once the replies it owes have all been passed to `send` (counted in
+bytes, so a driver may hold them for their epoch and release them in any
+cut). Until then it counts among `clients`.
+
 A client whose requests are already buffered would be served without the
 loop ever running anything else (reading a buffered line does not yield):
 pipelining clients whose replies come at once (`--no-net-buffer`, or
@@ -71,6 +78,10 @@ class ClientFront:
         self._gate = asyncio.Event()
         self._gate.set()
         self._writers: dict[int, asyncio.StreamWriter] = {}
+        #: Bytes of replies handed to `on_reply` but not yet to `send`, per client.
+        self._owed: dict[int, int] = {}
+        #: Clients that ended their side: closed once they are owed nothing.
+        self._finishing: set[int] = set()
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,8 +116,15 @@ class ClientFront:
         writer = self._writers.get(conn)
         if writer is not None and not writer.is_closing():
             writer.write(data)
+        owed = self._owed.get(conn)
+        if owed is not None:
+            self._owed[conn] = owed = owed - len(data)
+            if owed <= 0 and conn in self._finishing:
+                self.close_client(conn)  # its last reply is out (close flushes it)
 
     def close_client(self, conn: int) -> None:
+        self._owed.pop(conn, None)
+        self._finishing.discard(conn)
         writer = self._writers.pop(conn, None)
         if writer is not None:
             writer.close()
@@ -116,10 +134,12 @@ class ClientFront:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = next(self._ids)
         self._writers[conn] = writer
+        self._owed[conn] = 0
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         served = 0
+        ended = False
         try:
             while True:
                 try:
@@ -130,6 +150,7 @@ class ClientFront:
                 except (ConnectionError, OSError):
                     break
                 if not line:
+                    ended = True
                     break
                 while not self._gate.is_set():
                     await self._gate.wait()
@@ -142,12 +163,18 @@ class ClientFront:
                     log.exception("the service failed on a request from client %d", conn)
                     break
                 self.handled += 1
-                self._on_reply(conn, reply.rstrip(b"\n") + b"\n")
+                data = reply.rstrip(b"\n") + b"\n"
+                if conn in self._owed:
+                    self._owed[conn] += len(data)
+                self._on_reply(conn, data)
                 served += 1
                 if served % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let heartbeats and the lease renewal run
         finally:
-            self.close_client(conn)
+            if ended and self._owed.get(conn, 0) > 0:
+                self._finishing.add(conn)  # closed by `send` once its replies are out
+            else:
+                self.close_client(conn)
             if task is not None:
                 self._tasks.discard(task)
 

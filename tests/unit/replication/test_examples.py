@@ -57,7 +57,9 @@ def test_kv_answers_get_put_delete_scan(space: ServiceSpace) -> None:
 def test_kv_refuses_bad_requests_in_one_reply(space: ServiceSpace) -> None:
     kv = TinyKv(space)
     assert kv.handle(b"not json") == b'{"ok":false,"error":"the request is not JSON"}'
-    assert not ask(kv, op="frobnicate", key="a")["ok"]
+    unknown = "unknown op 'frobnicate'; use get, put, delete or scan"
+    assert ask(kv, op="frobnicate", key="a") == {"ok": False, "error": unknown}
+    assert ask(kv, op="frobnicate") == {"ok": False, "error": unknown}
     assert "over 64 bytes" in ask(kv, op="put", key="k" * 65, value="v")["error"]
     assert "over 440 bytes" in ask(kv, op="put", key="k", value="v" * 441)["error"]
     assert '"key" must be a string' in ask(kv, op="get", key=5)["error"]

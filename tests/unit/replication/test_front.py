@@ -104,3 +104,47 @@ def test_a_client_with_many_buffered_requests_lets_the_loop_run_other_work() -> 
             await front.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("held", [False, True])
+def test_a_client_that_ends_its_side_still_gets_every_reply_then_the_end(held: bool) -> None:
+    """A half-close (`printf ... | nc -N`) after the requests: all replies come, then EOF.
+
+    `held`: the driver holds the replies, as a protected primary holds an
+    epoch's output, and releases them later in one piece; else it sends
+    each at once, as an unprotected primary does.
+    """
+
+    async def main() -> None:
+        front: ClientFront
+        waiting: list[tuple[int, bytes]] = []
+
+        def on_reply(conn: int, data: bytes) -> None:
+            if held:
+                waiting.append((conn, data))
+            else:
+                front.send(conn, data)
+
+        front = ClientFront(lambda request: b"re:" + request, on_reply)
+        host, port = await front.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"a\nb\nc\n")
+            writer.write_eof()
+            if held:
+                while len(waiting) < 3:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                assert front.clients == 1  # still owed its replies: not closed
+                conn = waiting[0][0]
+                front.send(conn, b"".join(data for _, data in waiting))  # the epoch commits
+            replies = await asyncio.wait_for(reader.read(), 5)
+            assert replies == b"re:a\nre:b\nre:c\n"  # then the end of the stream
+            writer.close()
+            while front.clients:
+                await asyncio.sleep(0.01)
+        finally:
+            await front.close()
+
+    asyncio.run(main())

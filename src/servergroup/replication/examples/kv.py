@@ -93,6 +93,8 @@ class KvService:
                 for at in used
             )
             return reply(keys=keys)
+        if op not in ("get", "put", "delete"):
+            raise BadRequest(f"unknown op {op!r}; use get, put, delete or scan")
         key = text(body, "key", KEY_BYTES)
         found, room = self._find(key)
         if op == "get":
@@ -120,4 +122,4 @@ class KvService:
             slots["state"][found] = GONE
             self._count[0] -= np.uint64(1)
             return reply(deleted=True)
-        raise BadRequest(f"unknown op {op!r}; use get, put, delete or scan")
+        raise AssertionError(f"op {op!r} was checked above")
