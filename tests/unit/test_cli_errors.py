@@ -23,7 +23,9 @@ def test_a_message_becomes_one_sentence(message: str, printed: str) -> None:
     assert sentence(message) == printed
 
 
-def test_an_error_without_its_period_is_printed_with_one(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_error_without_its_period_is_printed_with_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     def broken() -> None:
         raise UsageError("server 'vm-1' does not exist")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from servergroup.common import units
-from servergroup.common.errors import ServergroupError
+from servergroup.common.errors import Interrupted, ServergroupError
 from servergroup.common.logsetup import setup_logging
 from servergroup.config import Config, load_config
 
@@ -97,17 +98,17 @@ def report_errors(func: Callable[[], T]) -> T:
         return func()
     except ServergroupError as exc:
         fail(str(exc), exc.exit_status)
-    except KeyboardInterrupt:
-        click.echo("servergroup: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # before a command runs (its own are `Interrupted`)
+        fail(str(Interrupted()), Interrupted.exit_status)
     raise AssertionError("unreachable")
 
 
 def run_async(main: Coroutine[Any, Any, T], *, shutdown_timeout: float = 10.0) -> T:
     """Run `main` on a new event loop with uvicorn-style signal handling.
 
-    The first SIGINT/SIGTERM cancels `main` so it can shut down in order; a
-    second one exits at once.
+    The first SIGINT/SIGTERM cancels `main` so it can shut down in order,
+    then `Interrupted` is raised (exit status 130; a daemon run by `run_daemon`
+    exits 0 instead); a second one exits at once.
     """
 
     async def runner() -> T:
@@ -130,10 +131,20 @@ def run_async(main: Coroutine[Any, Any, T], *, shutdown_timeout: float = 10.0) -
             return await main
         except asyncio.CancelledError:
             if signals_seen:
-                raise KeyboardInterrupt from None
+                raise Interrupted() from None
             raise
 
     return asyncio.run(runner())
+
+
+def run_daemon(main: Coroutine[Any, Any, None]) -> None:
+    """Run a daemon's `main` until it ends or is stopped by SIGINT/SIGTERM.
+
+    Stopped by a signal, it has shut down in order: the command exits 0, as
+    a daemon asked to stop does (a supervisor and systemd count it clean).
+    """
+    with contextlib.suppress(Interrupted):
+        run_async(main)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

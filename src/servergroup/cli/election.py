@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.cli.common import CliState, pass_state, run_async, run_daemon
 from servergroup.coordination.connect import connect
 from servergroup.coordination.contender import OWNER_PREFIX, run_contender
 from servergroup.coordination.local_etcd import resolve_endpoints
@@ -48,7 +48,7 @@ def contend(
     """
     config = state.config(lease_ttl=ttl)
     endpoints = resolve_endpoints(config)
-    run_async(
+    run_daemon(
         run_contender(
             endpoints=endpoints,
             config=config.coordination,

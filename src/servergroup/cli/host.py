@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.cli.common import CliState, pass_state, run_async, run_daemon
 from servergroup.common.errors import ProcessFailed
 from servergroup.common.process import die_with_parent
 from servergroup.coordination.connect import connect
@@ -125,7 +125,7 @@ def host(
         drivers=tuple(dict.fromkeys(DriverKind(d) for d in drivers)),
         migration_address=migration_address,
     )
-    run_async(run_host(config, options, endpoints=endpoints))
+    run_daemon(run_host(config, options, endpoints=endpoints))
 
 
 def _die_with_supervisor() -> None:

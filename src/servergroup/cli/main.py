@@ -12,6 +12,7 @@ import click
 
 from servergroup import __version__
 from servergroup.cli.common import CliState, configure_logging, report_errors
+from servergroup.common.errors import Interrupted
 
 #: Every command: name -> (module under servergroup.cli, attribute). Modules are
 #: imported only when their command runs (or `--help` lists them), so a command
@@ -48,6 +49,13 @@ class Main(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         return report_errors(lambda: super(Main, self).main(*args, **kwargs))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ours, not click's "Aborted!" with status 1: one sentence, status 130.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         # A command whose module is not part of this installation is not listed.

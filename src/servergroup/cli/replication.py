@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from servergroup.cli.common import CliState, fail, pass_state, print_table, run_async
+from servergroup.cli.common import CliState, fail, pass_state, print_table, run_async, run_daemon
 from servergroup.common.errors import RemoteError, UsageError
 from servergroup.common.exporter import serve_metrics
 from servergroup.coordination.connect import connect
@@ -152,7 +152,7 @@ def protect(
         async with connect(config) as coordinator:
             await PrimaryDaemon(options, coordinator, config.coordination).run()
 
-    run_async(main())
+    run_daemon(main())
 
 
 @click.command()
@@ -219,7 +219,7 @@ def backup(
         async with connect(config) as coordinator:
             await BackupDaemon(options, coordinator, config.coordination).run()
 
-    run_async(main())
+    run_daemon(main())
 
 
 @click.group()

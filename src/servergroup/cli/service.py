@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from servergroup.cli.common import CliState, pass_state, print_table, run_async
-from servergroup.common.errors import ConfigError
+from servergroup.common.errors import ConfigError, Interrupted
 from servergroup.coordination import Coordinator
 from servergroup.coordination.connect import connect
 from servergroup.services.client import (
@@ -450,7 +450,7 @@ def where_cmd(state: CliState, name: str, watch: bool, as_json: bool) -> None:
 
     try:
         _run(state, follow)
-    except KeyboardInterrupt:
+    except Interrupted:
         return  # Ctrl-C is how a watch ends
 
 

@@ -52,6 +52,19 @@ class MissingDependency(LocalError):
     exit_status = 5
 
 
+class Interrupted(ServergroupError):
+    """The command was stopped by SIGINT or SIGTERM before it finished.
+
+    A daemon (`cli.common.run_daemon`) takes this as the way it ends and exits 0;
+    any other command exits 130, the shell's status for an interrupt.
+    """
+
+    exit_status = 130
+
+    def __init__(self, message: str = "interrupted") -> None:
+        super().__init__(message)
+
+
 class ProcessFailed(RemoteError):
     """A program servergroup started (etcd, an agent, a helper) failed to start or died."""
 

@@ -307,6 +307,12 @@ class _Receiver:
         self.feed(partial(self.machine.connection_closed, reason))
 
     async def run(self) -> rx.ReceiverReport:
+        log.info(
+            "connecting to the sender at %s:%d (for up to %g s)",
+            self.config.server_ip,
+            self.config.port,
+            self.config.timeout,
+        )
         reader, self.writer = await self._connect()
         log.info("connected to the sender at %s:%d", self.config.server_ip, self.config.port)
         read_task = asyncio.create_task(self._read_loop(reader))

@@ -122,7 +122,7 @@ def test_a_qemu_server_through_its_whole_life(servergroup_up: SetupFactory) -> N
     # Errors are one sentence.
     bad = setup.run("server", "vcpus", "a", "--pin", "1=0", check=False)
     assert bad.returncode == 1
-    assert bad.stderr.strip().endswith("has no vCPU 1 (it has 1)"), bad.stderr
+    assert bad.stderr.strip().endswith("has no vCPU 1 (it has 1)."), bad.stderr
 
     # Pause stops the guest: its counter stops; unpause resumes it.
     setup.run("server", "exec", "v", "--", "sh", "-c", START_COUNTER)

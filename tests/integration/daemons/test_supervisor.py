@@ -348,6 +348,9 @@ async def test_sigterm_ends_daemon_and_supervisor_without_restart(
     assert host.supervisor.wait(30) == 0
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert "restarting" not in host.supervisor.log_text()
+    # The daemon stopped as asked: status 0, a clean end, no cleanup after it.
+    assert f"host daemon pid {child} exited with status 0" in host.supervisor.log_text()
+    assert "after the host daemon died" not in host.supervisor.log_text()
 
 
 async def test_host_cleanup_stops_and_revokes_after_a_dead_daemon(

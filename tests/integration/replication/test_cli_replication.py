@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,45 @@ def test_the_kv_client_against_an_unprotected_primary(daemon: DaemonFactory) -> 
     assert run([*kv, "delete", "colour"]).stdout == "deleted\n"
     assert_one_sentence(run([*kv, "get", "colour"]), "'colour' is not in the store")
     assert_one_sentence(run([*kv, "put", "k" * 100, "v"]), "the service refused")
+
+
+def test_a_daemon_asked_to_stop_exits_0_and_a_half_closed_client_gets_its_replies(
+    daemon: DaemonFactory,
+) -> None:
+    """`printf REQUESTS | nc -N`: the replies of an epoch come after the client ended its side."""
+    port = free_port()
+    primary = daemon(
+        [*SG, "-v", "protect", "--service", "kv", "--listen", f"127.0.0.1:{port}", "--no-backup"],
+        name="primary",
+        ready="serving",
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(
+            b'{"op":"put","key":"k","value":"v"}\n{"op":"zzz"}\n{"op":"get","key":"k"}\n'
+        )
+        client.shutdown(socket.SHUT_WR)
+        replies = b""
+        while chunk := client.recv(65536):
+            replies += chunk
+    assert replies.splitlines() == [
+        b'{"ok":true}',
+        b'{"ok":false,"error":"unknown op \'zzz\'; use get, put, delete or scan"}',
+        b'{"ok":true,"found":true,"value":"v"}',
+    ]
+    assert primary.stop() == 0  # SIGTERM: a clean stop, not click's "Aborted!" and status 1
+    assert "Aborted" not in primary.log_text()
+
+
+def test_a_command_interrupted_says_so_in_one_sentence_with_status_130(
+    daemon: DaemonFactory,
+) -> None:
+    receive = ["image", "receive", "127.0.0.1", "127.0.0.1", str(free_port()), "--timeout", "60"]
+    waiting = daemon(  # retrying to reach a sender that is not there
+        [*SG, "-v", "--log-text", *receive], name="receiver", ready="connecting to the sender"
+    )
+    waiting.send_signal(signal.SIGINT)
+    assert waiting.wait(10) == 130
+    assert waiting.log_text().strip().splitlines()[-1] == "servergroup: interrupted."
 
 
 def test_the_kv_client_exits_non_zero_without_a_reply() -> None:
