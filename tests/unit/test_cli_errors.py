@@ -39,4 +39,5 @@ def test_a_command_error_ends_with_one_period() -> None:
     result = CliRunner().invoke(cli, ["--endpoints", "http://[", "group", "list"])
     assert result.exit_code == 2
     assert result.output.startswith("servergroup: ")
-    assert result.output.endswith(".\n") and not result.output.endswith("..\n")
+    assert result.output.endswith(".\n")
+    assert not result.output.endswith("..\n")

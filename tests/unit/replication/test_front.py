@@ -119,10 +119,13 @@ def test_a_client_that_ends_its_side_still_gets_every_reply_then_the_end(held: b
     async def main() -> None:
         front: ClientFront
         waiting: list[tuple[int, bytes]] = []
+        all_handled = asyncio.Event()
 
         def on_reply(conn: int, data: bytes) -> None:
             if held:
                 waiting.append((conn, data))
+                if len(waiting) == 3:
+                    all_handled.set()
             else:
                 front.send(conn, data)
 
@@ -133,17 +136,15 @@ def test_a_client_that_ends_its_side_still_gets_every_reply_then_the_end(held: b
             writer.write(b"a\nb\nc\n")
             writer.write_eof()
             if held:
-                while len(waiting) < 3:
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0.1)
-                assert front.clients == 1  # still owed its replies: not closed
+                await asyncio.wait_for(all_handled.wait(), 5)
+                await asyncio.sleep(0.1)  # time to read the end of its stream: it must stay open
+                assert front.clients == 1  # still owed its replies
                 conn = waiting[0][0]
                 front.send(conn, b"".join(data for _, data in waiting))  # the epoch commits
             replies = await asyncio.wait_for(reader.read(), 5)
             assert replies == b"re:a\nre:b\nre:c\n"  # then the end of the stream
+            assert front.clients == 0
             writer.close()
-            while front.clients:
-                await asyncio.sleep(0.01)
         finally:
             await front.close()
 
