@@ -304,6 +304,8 @@ class Lab:
         else:
             name = host_netns(self._name, parse_host(self._name, host))
         if not netns.namespace_exists(name):
+            if not netns.namespace_exists(host_netns(self._name, 1)):  # every lab has h1
+                raise UsageError(f"lab {self._name} is not up.")
             shown = host.name if isinstance(host, LabHost) else host
             raise UsageError(f"lab {self._name} has no host {shown}.")
         return name

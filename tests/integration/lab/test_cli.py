@@ -162,7 +162,7 @@ def test_concurrent_ups_get_different_subnets(lab_state_dir: Path, lab_name: str
         (("up", "-n", "1", "--rate", "fast"), 2, "rate 'fast' is not a rate"),
         (("up", "-n", "1", "--loss", "120"), 2, "loss '120' is out of range"),
         (("up", "-n", "1", "--name", "Bad-Name"), 2, "lab name 'Bad-Name' is not valid"),
-        (("exec", "h1", "--", "true"), 2, "has no host h1"),
+        (("exec", "h1", "--", "true"), 2, "is not up"),
         (("exec", "x1", "--", "true"), 2, "'x1' is not a host name"),
         (("crash", "h1"), 2, "is not up"),
         (("freeze", "h1"), 2, "is not up"),
