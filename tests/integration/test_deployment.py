@@ -30,10 +30,8 @@ import functools
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,6 +41,7 @@ from servergroup.coordination.etcd_process import (
     EtcdProcess,
     MemberTls,
 )
+from tests.fixtures import wait
 from tests.fixtures.daemons import show_log_on_failure
 from tests.fixtures.lab import unique_lab_name
 from tests.fixtures.setup import AppProcess, Setup
@@ -57,16 +56,8 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(400)]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "services"
 CLIENT_PORT, PEER_PORT = 2379, 2380
 HOSTS = ("h1", "h2", "h3")
-
-
-def wait_until(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.2)
+#: Every 0.2 s: a check runs the CLI, which reads etcd.
+wait_until = functools.partial(wait.wait_until, timeout=60.0, interval=0.2)
 
 
 def in_host(lab_exec: list[str], host: str, argv: list[str]) -> list[str]:
@@ -171,7 +162,7 @@ def bring_up_a_group_and_a_service(setup: Setup) -> AppProcess:
     watcher = setup.app("b")
     watcher.wait_for(status_of({"a", "b"}))
     setup.run("service", "add", str(EXAMPLES / "dummy.toml"))
-    assert wait_until("dummy runs on h1", lambda: service_nodes(setup) == ["h1"])
+    assert wait_until(lambda: service_nodes(setup) == ["h1"], "dummy runs on h1")
     return watcher
 
 
@@ -190,7 +181,7 @@ def test_three_hosts_with_their_own_etcd_members_survive_a_crash(
     assert not cluster.member("h1").running
     shown = setup.json("server", "show", "a")
     assert (shown["host"], shown["vm_state"]) == ("h3", "active")  # anti-affinity: b is on h2
-    assert wait_until("dummy failed over to h2", lambda: service_nodes(setup) == ["h2"])
+    assert wait_until(lambda: service_nodes(setup) == ["h2"], "dummy failed over to h2")
     listener = setup.app("a")
     listener.wait_for(status_of({"a", "b"}))
     send_until_received(setup, "b", listener, "across the hosts after h1 crashed")

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from servergroup.config import CoordinationConfig
@@ -19,15 +18,9 @@ from servergroup.coordination import (
     Session,
     SessionState,
 )
+from tests.fixtures.wait import eventually
 
 CONFIG = CoordinationConfig()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_operations_continue_when_members_die(etcd_cluster: Any, etcd_prefix: str) -> None:
@@ -222,25 +215,25 @@ async def test_frozen_owner_loses_to_higher_token_and_never_acts_stale(
     def acquired(h: Any) -> list[int]:
         return [e["token"] for e in events_of(h) if e["event"] == "acquired"]
 
-    await wait_until(lambda: bool(acquired(a) or acquired(b)), 10.0, "a first owner")
+    await eventually(lambda: bool(acquired(a) or acquired(b)), "a first owner", 10.0)
     owner, other = (a, b) if acquired(a) else (b, a)
     stale = acquired(owner)[0]
-    await wait_until(
-        lambda: any(e["event"] == "acted" for e in events_of(owner)), 5.0, "the owner to act"
+    await eventually(
+        lambda: any(e["event"] == "acted" for e in events_of(owner)), "the owner acting", 5.0
     )
     owner.freeze()
     try:
-        await wait_until(lambda: bool(acquired(other)), 10.0, "the takeover")
+        await eventually(lambda: bool(acquired(other)), "the takeover", 10.0)
         await asyncio.sleep(0.5)
         before_thaw = len(events_of(owner))
     finally:
         owner.thaw()
     new = acquired(other)[0]
     assert new > stale
-    await wait_until(
+    await eventually(
         lambda: any(e["event"] == "lost" for e in events_of(owner)[before_thaw:]),
+        "the thawed owner learning it lost",
         5.0,
-        "the thawed owner to learn it lost",
     )
     await asyncio.sleep(0.5)
     after = events_of(owner)[before_thaw:]

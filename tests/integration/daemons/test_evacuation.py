@@ -12,6 +12,7 @@ destroys its stale copy without touching the new one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from servergroup.config import DEFAULT_PREFIX, CoordinationConfig, Endpoint
 from servergroup.coordination import EtcdCoordinator
 from servergroup.servers.drivers.base import channel_name
 from servergroup.servers.registry import HOSTS
+from tests.fixtures import wait
 from tests.fixtures.setup import AppProcess, Setup, SetupFactory
 from tests.integration.daemons.test_restarts import (
     gone,
@@ -37,18 +39,13 @@ CONFIG = CoordinationConfig()
 
 #: A short grace keeps the tests quick; the default (5 s) is checked in the unit tests.
 GRACE = {"SERVERGROUP_EVACUATION_GRACE": "1"}
+#: Every 0.1 s: a check of the hosts alive connects to etcd.
+wait_until = functools.partial(wait.wait_until, timeout=60.0, interval=0.1)
 
 
 def shown(setup: Setup, name: str) -> dict[str, Any]:
     data: dict[str, Any] = setup.json("server", "show", name)
     return data
-
-
-def wait_until(what: str, check: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.1)
 
 
 def hosts_alive(setup: Setup) -> set[str]:
@@ -94,7 +91,7 @@ def test_lab_servers_of_a_dead_host_are_rebuilt(servergroup_up: SetupFactory, fa
     assert server["host"] == "h3"  # anti-affinity: h1 runs a
     fresh = guest_pid(setup, "b")
     assert fresh != stale
-    wait_until("the stale guest agent ended", lambda: gone(stale), timeout=10)
+    wait_until(lambda: gone(stale), "the stale guest agent ended", timeout=10)
     assert channel_link(setup, "h3", instance).is_symlink()
     assert not channel_link(setup, "h2", instance).is_symlink()
     listener = setup.app("b")
@@ -105,7 +102,7 @@ def test_lab_servers_of_a_dead_host_are_rebuilt(servergroup_up: SetupFactory, fa
         return
     setup.run("lab", "thaw" if fault == "freeze" else "heal", "h2")
     # h2 comes back, registers again, and leaves b where it is now.
-    wait_until("h2 registered again", lambda: "h2" in hosts_alive(setup))
+    wait_until(lambda: "h2" in hosts_alive(setup), "h2 registered again")
     time.sleep(2.0)  # a returning host that acted on stale state would do so now
     again = shown(setup, "b")
     assert (again["host"], again["vm_state"]) == ("h3", "active")
@@ -160,8 +157,8 @@ def test_a_qemu_server_of_a_dead_host_is_booted_elsewhere(
         return
     setup.run("lab", "thaw" if fault == "freeze" else "heal", "h2")
     # h2 comes back and ends its stale copy; the new VM keeps running on h3.
-    wait_until("h2 registered again", lambda: "h2" in hosts_alive(setup))
-    wait_until("the stale QEMU on h2 ended", lambda: gone(stale), timeout=30)
+    wait_until(lambda: "h2" in hosts_alive(setup), "h2 registered again")
+    wait_until(lambda: gone(stale), "the stale QEMU on h2 ended", timeout=30)
     again = shown(setup, "v")
     assert (again["host"], again["vm_state"]) == ("h3", "active")
     send_until_received(setup, "a", listener, f"after the {fault}ed host came back")

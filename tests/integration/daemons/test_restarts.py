@@ -22,6 +22,7 @@ import pytest
 
 from servergroup.common.process import process_state
 from tests.fixtures.setup import AppProcess, Setup, SetupFactory
+from tests.fixtures.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,10 +70,7 @@ def gone(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not gone(pid):
-        assert time.monotonic() < deadline, f"pid {pid} still runs"
-        time.sleep(0.02)
+    wait_until(lambda: gone(pid), f"the end of pid {pid}", timeout)
 
 
 def notification(name: str, event_type: str) -> Any:

@@ -13,14 +13,13 @@ rounds in tests/integration/services).
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -38,6 +37,7 @@ from servergroup.services.model import AgentRef, Service
 from servergroup.services.ocf import OcfAgent
 from servergroup.services.placement import InstanceId
 from servergroup.services.store import blocked_key, decode_block, owner_key
+from tests.fixtures import wait
 from tests.fixtures.daemons import Daemon, DaemonFactory
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
@@ -48,25 +48,9 @@ DUMMY = AgentRef(provider="heartbeat", type="Dummy")
 JOURNAL = AgentRef(provider="sgtest", type="journal")
 LONG_TTL = 60  # seconds: a key of this lease that goes within the waits below was revoked
 NODE = "n1"
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
-        time.sleep(0.05)
-
-
-async def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
-        await asyncio.sleep(0.05)
+WAIT = 20.0
+wait_until = functools.partial(wait.wait_until, timeout=WAIT)
+eventually = functools.partial(wait.eventually, timeout=WAIT)
 
 
 class Host:
@@ -161,7 +145,7 @@ async def start_host(
         child = host.child()
         return child is not None and await registered_pid(coordinator) == child
 
-    await wait_for(up, "the supervised host daemon registered")
+    await eventually(up, "the supervised host daemon registered")
     return host
 
 
@@ -215,11 +199,11 @@ async def test_a_killed_daemon_has_its_instance_stopped_and_its_lease_revoked_at
     assert (await dummy.monitor(timeout=10)).ok
 
     os.kill(first, signal.SIGKILL)
-    await wait_for(lambda: _gone(store, entry), "the owner key deleted by the revoke")
+    await eventually(lambda: _gone(store, entry), "the owner key deleted by the revoke")
     assert (await dummy.monitor(timeout=10)).code == 7  # not running
     assert read_ledger(host.ledger) is None
     # The supervisor started the daemon again.
-    await wait_for(
+    await eventually(
         lambda: _registered_again(store, host, first), "the daemon restarted and registered"
     )
     assert host.supervisor.running
@@ -282,7 +266,7 @@ async def test_a_failed_stop_is_blocked_and_the_lease_is_kept(
     async def blocked() -> bool:
         return await store.get(blocked_key(db)) is not None
 
-    await wait_for(blocked, "the block record of the failed stop")
+    await eventually(blocked, "the block record of the failed stop")
     kv = await store.get(blocked_key(db))
     assert kv is not None
     record = decode_block(kv.value)
@@ -325,7 +309,7 @@ async def test_the_supervisor_survives_an_unreachable_store(
             assert host.supervisor.running
         finally:
             member.thaw()
-        await wait_for(
+        await eventually(
             lambda: _registered_again(coordinator, host, first),
             "the daemon restarted once the store was back",
             timeout=60,
@@ -397,7 +381,7 @@ def test_agent_actions_left_running_are_killed_with_their_group() -> None:
         assert killed == [action.pid, fork.pid]
         assert action.wait(5) == -signal.SIGKILL
         assert fork.wait(5) == -signal.SIGKILL
-        wait_until(lambda: not group_members(action.pid), "the action's group gone", 5)
+        wait_until(lambda: not group_members(action.pid), "the action's group gone", timeout=5)
         assert other.poll() is None
     finally:
         for proc in (action, other, fork):
@@ -466,12 +450,12 @@ async def test_a_killed_supervisor_takes_its_daemon_with_it(
     assert child is not None
     host.supervisor.kill()
     # The kernel tells the daemon (SIGTERM: it stops in order, and its record goes).
-    wait_until(lambda: not psutil.pid_exists(child), "the orphaned daemon gone", 20)
+    wait_until(lambda: not psutil.pid_exists(child), "the orphaned daemon gone", timeout=20)
 
     async def deregistered() -> bool:
         return await registered_pid(store) is None
 
-    await wait_for(deregistered, "the daemon's record gone")
+    await eventually(deregistered, "the daemon's record gone")
 
 
 async def test_a_new_supervisor_cleans_up_after_a_daemon_that_died_with_its_supervisor(

@@ -160,11 +160,3 @@ class HostEnd:
             return False
         ready, _, _ = select.select([self.sock], [], [], timeout)
         return not ready
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ from servergroup.servers.registry import (
     group_key,
     host_key,
 )
+from tests.fixtures import wait
 from tests.fixtures.etcd import compact
 from tests.fixtures.tcpproxy import TcpProxy
 
@@ -222,14 +224,8 @@ def batch_of(group: str, host_total: int, *texts: str, host: str = "hx") -> byte
     )
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll `predicate` (state spread over relays and services has no one event to await)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
+#: Polls of state spread over relays and services, which has no one event to await.
+eventually = functools.partial(wait.eventually, timeout=WAIT)
 
 
 @pytest.fixture
@@ -299,7 +295,7 @@ async def world(etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> A
                 for g in host_.guests.values()
             )
 
-        await wait_for(all_connected, "every guest connected")
+        await eventually(all_connected, "every guest connected")
         for host_ in hosts.values():
             await host_.cache.wait_for(lambda s: len(s.hosts) == 2 and len(s.servers) == 5, WAIT)
         yield World(
@@ -481,7 +477,7 @@ async def test_status_change_notifies_the_other_members_only(world: World) -> No
 async def test_subscribed_app_gets_notifications_too(world: World) -> None:
     a = world.guests["a"]
     a.send(Subscribe(), source="app2")
-    await wait_for(
+    await eventually(
         lambda: world.hosts["h1"].service.subscriptions(a.instance) == {"app2"}, "subscribed"
     )
     await world.registry.put_status(status("b", "h1", VmState.STOPPED))
@@ -547,12 +543,12 @@ async def test_bad_input_is_dropped_or_nacked_and_service_continues(world: World
     assert await b.next_of(StatusResponseDone) == StatusResponseDone(seq=99)
     await a.drain()
     # 5 routed before, 10 000 in the burst, b's query: all reached the service.
-    await wait_for(lambda: counters.received >= 10_006, "the burst to be routed")
+    await eventually(lambda: counters.received >= 10_006, "the burst routed")
     assert counters.throttles > 0
     assert counters.busy_nacks == 0
     assert counters.dropped == {"garbage": 2, "not a request": 1}
     # Every one was answered (a nack), or counted where a's channel could not take it.
-    await wait_for(lambda: counters.nacks + counters.send_failures >= 10_002, "every answer")
+    await eventually(lambda: counters.nacks + counters.send_failures >= 10_002, "every answer")
     # a itself is served again once its queue has drained.
     a.send(StatusQuery(seq=5))
     assert await a.next_of(StatusResponseDone, timeout=30) == StatusResponseDone(seq=5)
@@ -563,10 +559,10 @@ async def test_unknown_guest_is_dropped(world: World) -> None:
     stranger = TestGuest("instance-ffffffff", host.channel_dir)
     await stranger.start()
     try:
-        await wait_for(lambda: stranger.instance in host.relay.connected(), "stranger connected")
+        await eventually(lambda: stranger.instance in host.relay.connected(), "stranger connected")
         stranger.send(StatusQuery(seq=1))
         stranger.send(Broadcast(text="hello?"))
-        await wait_for(
+        await eventually(
             lambda: host.service.counters.dropped.get("unknown sender", 0) == 2, "two drops"
         )
         assert await stranger.quiet(0.2) == []
@@ -585,7 +581,7 @@ async def test_subscriptions_are_forgotten_on_disconnect(world: World) -> None:
     assert msg.orig_msg_type == "subscribe"
     assert len(service.subscriptions(a.instance)) == 8
     await a.stop()
-    await wait_for(lambda: not service.subscriptions(a.instance), "subscriptions forgotten")
+    await eventually(lambda: not service.subscriptions(a.instance), "subscriptions forgotten")
     assert service.counters.subscriptions == 0
 
 
@@ -633,7 +629,7 @@ async def test_a_host_behind_the_compaction_window_says_what_it_missed(
         b = TestGuest(instance_of("b", salt), tmp_path)
         await b.start()
         stack.push_async_callback(b.stop)
-        await wait_for(lambda: b.instance in relay.connected(), "b connected")
+        await eventually(lambda: b.instance in relay.connected(), "b connected")
 
         await broadcast("one")
         assert await b.next_of(Broadcast) == Broadcast(
@@ -681,11 +677,11 @@ async def test_a_host_watches_the_broadcasts_of_its_local_groups_only(world: Wor
     salt = secrets.token_hex(3)
     await world.registry.create_server(spec("f", "h2", "late", salt))
     await world.registry.put_status(status("f", "h2"))
-    await wait_for(lambda: local_groups(h2) == "serving 2 local group(s)", "h2 to follow late")
+    await eventually(lambda: local_groups(h2) == "serving 2 local group(s)", "h2 following late")
     f = TestGuest(instance_of("f", salt), world.hosts["h2"].channel_dir)
     await f.start()
     try:
-        await wait_for(lambda: f.instance in world.hosts["h2"].relay.connected(), "f connected")
+        await eventually(lambda: f.instance in world.hosts["h2"].relay.connected(), "f connected")
         await world.registry.coordinator.put(broadcast_key("late", "hx"), batch_of("late", 1, "hi"))
         assert await f.next_of(Broadcast) == Broadcast(
             text="hi", source_instance="instance-elsewhere", seq=1
@@ -696,4 +692,4 @@ async def test_a_host_watches_the_broadcasts_of_its_local_groups_only(world: Wor
         await f.stop()
     # The last server of `other` on h1 goes: h1 stops following it.
     await world.registry.remove_server("e")
-    await wait_for(lambda: local_groups(h1) == "serving 1 local group(s)", "h1 to drop other")
+    await eventually(lambda: local_groups(h1) == "serving 1 local group(s)", "h1 dropping other")

@@ -62,10 +62,10 @@ from tests.integration.groups.test_service import (
     TestGuest,
     World,
     batch_of,
+    eventually,
     host_record,
     spec,
     status,
-    wait_for,
     world,
 )
 
@@ -256,7 +256,7 @@ async def test_a_frozen_guest_loses_its_own_messages_only(
     assert agent.agent is not None
     link = h1.channel_dir / f"cgcs.messaging.{frozen_spec.instance}.sock"
     link.symlink_to(agent.channel)
-    await wait_for(lambda: frozen_spec.instance in h1.relay.connected(), "the agent connected")
+    await eventually(lambda: frozen_spec.instance in h1.relay.connected(), "the agent connected")
     await h1.cache.wait_for(lambda snap: "s" in snap.servers, WAIT)
     agent.agent.freeze()
 
@@ -391,7 +391,7 @@ async def one_host(
             await g.start()
             stack.push_async_callback(g.stop)
             guests[name] = g
-        await wait_for(
+        await eventually(
             lambda: set(relay.connected()) == {g.instance for g in guests.values()},
             "both guests connected",
         )
@@ -518,7 +518,7 @@ async def test_a_batch_a_compaction_hid_from_the_watch_is_acked_with_an_upper_bo
         service, a = host.service, host.guests["a"]
         for i in range(3):  # seqs 1..3, stored in one batch or more; not numbered yet
             a.send(Broadcast(text=f"mine {i}", id=i))
-        await wait_for(lambda: service.counters.broadcasts_accepted == 3, "a's batch stored")
+        await eventually(lambda: service.counters.broadcasts_accepted == 3, "a's batch stored")
         assert service.counters.acks == 0  # the watch has numbered nothing
         # Another host writes after it (seq 4); then the store compacts it all.
         revision = await host.admin.put(broadcast_key("g", "hx"), batch_of("g", 1, "theirs"))

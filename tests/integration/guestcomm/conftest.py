@@ -9,14 +9,14 @@ plays applications with datagram sockets created in the namespace (`App`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 import socket
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,14 @@ from typing import Any
 import pytest
 
 from servergroup.guestcomm.protocol import ChannelDecoder, Dropped, Envelope, JsonObject
+from tests.fixtures import wait
 from tests.fixtures.daemons import Daemon, DaemonFactory
 from tests.fixtures.netns import NetnsFactory
 
 CLI = [sys.executable, "-m", "servergroup", "-v"]
 READY = r"guest agent ready"
 WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+wait_until = functools.partial(wait.wait_until, timeout=WAIT)
 
 
 def log_count(daemon: Daemon, pattern: str) -> int:
@@ -49,7 +43,7 @@ def wait_log_count(daemon: Daemon, pattern: str, count: int, timeout: float = WA
     wait_until(
         lambda: log_count(daemon, pattern) >= count,
         f"{count} log line(s) /{pattern}/ from {daemon.name}",
-        timeout,
+        timeout=timeout,
     )
 
 

@@ -4,29 +4,23 @@ them: the channel directory holds a symlink to the guest's channel socket."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from servergroup.guestcomm.protocol import SERVER_GROUP_ADDR, Envelope, JsonObject
 from servergroup.guestcomm.relay import ChannelRelay
+from tests.fixtures import wait
 from tests.integration.guestcomm.conftest import GuestUnderTest, log_count
 
 WAIT = 10.0
 INSTANCE = "instance-0000e2e0"
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+eventually = functools.partial(wait.eventually, timeout=WAIT)
 
 
 @pytest.fixture

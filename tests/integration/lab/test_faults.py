@@ -25,6 +25,7 @@ from servergroup.lab.faults import (
     set_frozen,
 )
 from tests.fixtures.lab import LabFactory
+from tests.fixtures.wait import wait_until
 from tests.integration.lab.test_lab import ping
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
@@ -93,10 +94,7 @@ def alive(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still runs"
-        time.sleep(0.02)
+    wait_until(lambda: not alive(pid), f"the end of process {pid}", timeout)
 
 
 def freezer_state(host_netns: str) -> str:

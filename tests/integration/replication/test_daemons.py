@@ -41,9 +41,9 @@ from servergroup.replication.protocol import (
 from servergroup.replication.regions import PAGE_SIZE
 from servergroup.replication.service import EXAMPLES
 from tests.fixtures.daemons import Daemon, DaemonFactory, show_log_on_failure
+from tests.fixtures.wait import wait_until
 
 SG = [sys.executable, "-m", "servergroup", "-v", "--log-text"]
-WAIT = 30.0
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,14 +52,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.02)
 
 
 def ask(address: tuple[str, int], request: dict[str, Any], timeout: float = 5.0) -> Any:

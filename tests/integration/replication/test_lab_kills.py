@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pytest
 
 from servergroup.lab import Lab
 from tests.fixtures.daemons import show_log_on_failure
+from tests.fixtures.wait import wait_until
 
 pytestmark = [pytest.mark.root]
 
@@ -42,14 +42,6 @@ def ask(address: tuple[str, int], request: dict[str, Any]) -> Any:
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(json.dumps(request).encode() + b"\n")
         return json.loads(sock.makefile("rb").readline())
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
 
 
 class Rounds:

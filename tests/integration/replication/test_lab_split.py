@@ -17,13 +17,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.daemons import show_log_on_failure
+from tests.fixtures.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -36,14 +36,6 @@ def ask(address: tuple[str, int], request: dict[str, Any]) -> Any:
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(json.dumps(request).encode() + b"\n")
         return json.loads(sock.makefile("rb").readline())
-
-
-def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def test_a_cut_primary_releases_nothing_and_the_backup_serves_every_acked_put(

@@ -7,16 +7,16 @@ is given by configuration (`SERVERGROUP_CPU_POOL`): the machine's CPUs 0-1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.fixtures import wait
 from tests.fixtures.setup import Setup, SetupFactory
 from tests.integration.daemons.test_restarts import guest_pid, notification, status_of
 from tests.integration.scaling.agent import start_scale_agent
@@ -27,6 +27,9 @@ pytestmark = pytest.mark.timeout(240)
 #: that the stand-in of agent.py (which can misbehave on purpose) binds `cgcs.scale`
 #: (test_scale_real_agent.py and test_host_qemu.py run the real one).
 POOL = {"SERVERGROUP_CPU_POOL": "0-1", "SERVERGROUP_LAB_SCALE_AGENT": "off"}
+#: The waits of the scaling tests (also of the modules that import it): every 0.1 s, as
+#: most checks run the CLI or read etcd.
+wait_until = functools.partial(wait.wait_until, timeout=15.0, interval=0.1)
 
 
 def scale(setup: Setup, direction: str, server: str, *extra: str) -> dict[str, Any]:
@@ -146,14 +149,6 @@ def scaling_keys(setup: Setup, prefix: str) -> list[str]:
             return [kv.key for kv in (await c.get_prefix(f"scaling/{prefix}")).items]
 
     return asyncio.run(read())
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.1)
 
 
 def test_bad_requests_each_get_one_sentence_and_change_nothing(

@@ -80,7 +80,9 @@ def start_agent(setup: Setup, root: Path, helper: Path) -> subprocess.Popen[byte
         start_new_session=True,
     )  # fmt: skip
     err.close()
-    wait_until(lambda: ready.exists() or proc.poll() is not None, "the scale agent is ready", 30)
+    wait_until(
+        lambda: ready.exists() or proc.poll() is not None, "the scale agent is ready", timeout=30
+    )
     assert proc.poll() is None, (setup.state_dir / "scale-agent.err").read_text()[-2000:]
     return proc
 
@@ -140,7 +142,7 @@ def test_a_scale_racing_a_live_migration_leaves_the_guest_as_recorded(
     try:
         # 1. Held: h1's scale is inside the guest (its helper waits) when s moves to h2.
         racer = start_scale(setup, timeout=HELD_TIMEOUT)
-        wait_until(started.exists, "the guest's helper started", 30)
+        wait_until(started.exists, "the guest's helper started", timeout=30)
         setup.run("server", "migrate", "s", "--to", "h2", "--live")
         release.touch()
         taken, failed = ended([racer])

@@ -11,6 +11,7 @@ client as `python -m ...execbroker --socket S -- CMD`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import selectors
@@ -35,12 +36,14 @@ from servergroup.servers.drivers.qemu.execproto import (
     FrameType,
     encode_frame,
 )
+from tests.fixtures import wait
 from tests.fixtures.daemons import Daemon, DaemonFactory
 
 pytestmark = pytest.mark.timeout(60)
 
 CLIENT = [sys.executable, "-m", "servergroup.servers.drivers.qemu.execbroker"]
 AGENT = [sys.executable, "-m", "servergroup.servers.drivers.qemu.execagent"]
+wait_until = functools.partial(wait.wait_until, timeout=10.0)
 
 
 class PortStandIn:
@@ -213,14 +216,6 @@ def start(sock: Path, *argv: str) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_exit_status_and_separate_streams(broker_socket: Path) -> None:
     done = run(broker_socket, "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
@@ -294,7 +289,7 @@ def test_a_killed_client_hangs_up_its_command(broker_socket: Path, exec_dir: Pat
         assert client.stdout.readline() == b"ready\n"
         client.kill()
         client.wait()
-        wait_for(marker.exists)
+        wait_until(marker.exists, "the command's HUP trap")
         assert marker.read_text() == "hup\n"
     finally:
         client.kill()
@@ -353,7 +348,7 @@ def test_the_port_going_away_ends_sessions_with_an_error(
         "servergroup server exec: the server went away (its exec port closed)."
     ]
     # The broker connects again by itself and serves new sessions.
-    wait_for(lambda: standin.connections >= 2)
+    wait_until(lambda: standin.connections >= 2, "the broker connecting again")
     assert run(broker_socket, "echo", "back").stdout == b"back\n"
 
 

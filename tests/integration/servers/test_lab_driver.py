@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -24,9 +25,12 @@ from servergroup.servers.drivers.lab import (
     detect_cgroups,
 )
 from servergroup.servers.model import ServerSpec
+from tests.fixtures import wait
 from tests.integration.servers.conftest import NameFactory, all_freezers
 
 pytestmark = pytest.mark.root
+
+wait_until = functools.partial(wait.wait_until, timeout=10.0)
 
 
 class Sync:
@@ -84,14 +88,6 @@ def freezer(request: pytest.FixtureRequest) -> Cgroups:
     return v2[0]
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def counter(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes started in servers by a test, reaped at the end."""
@@ -108,7 +104,10 @@ def start_counter(
 ) -> None:
     loop = f"i=0; while :; do i=$((i+1)); echo $i > {path}; sleep 0.01; done"
     procs.append(subprocess.Popen(driver.exec_command(spec, ["sh", "-c", loop])))
-    wait_until(lambda: path.exists() and path.read_text().strip() not in ("", "0"))
+    wait_until(
+        lambda: path.exists() and path.read_text().strip() not in ("", "0"),
+        "the counter's first count",
+    )
 
 
 def count(path: Path) -> int:
@@ -161,7 +160,7 @@ def test_pause_freezes_and_unpause_resumes(
     assert count(tmp_path / "count") == frozen_at
     driver.unpause(spec)
     assert (driver.observe(spec)).power is Power.RUNNING
-    wait_until(lambda: count(tmp_path / "count") > frozen_at + 5)
+    wait_until(lambda: count(tmp_path / "count") > frozen_at + 5, "the counter counting again")
 
 
 def test_stop_ends_every_process_and_start_relaunches(
@@ -181,7 +180,10 @@ def test_stop_ends_every_process_and_start_relaunches(
     # Something that ignores SIGTERM, and children of its own.
     stubborn = "trap '' TERM; sleep 1000 & sleep 1000 & while :; do sleep 0.1; done"
     counter.append(subprocess.Popen(driver.exec_command(spec, ["sh", "-c", stubborn])))
-    wait_until(lambda: len(driver.cgroups.procs(spec.name)) >= 4)
+    wait_until(
+        lambda: len(driver.cgroups.procs(spec.name)) >= 4,
+        "the stubborn process and its children in the server's cgroup",
+    )
     driver.pause(spec)  # stopping a paused server works too
     driver.stop(spec)
     observed = driver.observe(spec)

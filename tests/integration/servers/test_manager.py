@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from servergroup.servers.operations import (
     OperationTimeout,
 )
 from servergroup.servers.registry import status_key
+from tests.fixtures.wait import eventually
 from tests.integration.servers.conftest import Host, HostFactory, NameFactory
 
 pytestmark = pytest.mark.root
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.root
 
 async def observe(host: Host, server: Server) -> Observed:
     return await host.driver.observe(server.spec)
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 - polls processes: nothing to await
-            await asyncio.sleep(0.05)
 
 
 async def test_lifecycle_and_migrations_on_two_hosts(
@@ -135,7 +129,7 @@ async def test_dead_guest_agent_is_restarted_and_a_restarted_manager_adopts(
         pid = (await observe(h0, vm)).guest_pid
         return pid is not None and pid != first
 
-    await wait_for(respawned)
+    await eventually(respawned, "the guest agent restarted", 15.0)
     again = (await observe(h0, vm)).guest_pid
 
     # A host daemon restart: a new manager adopts the running server as it is.
