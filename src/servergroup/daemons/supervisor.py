@@ -102,9 +102,9 @@ RESTART_BACKOFF = Backoff(initial=0.5, max_delay=30.0, jitter=(0.8, 1.2))
 STEADY_AFTER = 30.0
 #: Exit status of a command line the child refused (click's usage error): no restart.
 USAGE_EXIT = 2
-#: Exit status of a command stopped by SIGINT/SIGTERM (`common.errors.Interrupted`): the
-#: daemon's, when a signal came before it was serving (once serving it exits 0,
-#: `cli.common.run_daemon`).
+#: Exit status of a command stopped by SIGINT/SIGTERM (`common.errors.Interrupted`). The
+#: daemon exits 0 once its event loop runs (`cli.common.run_daemon`); 130 only for a
+#: SIGINT before that.
 INTERRUPTED_EXIT = 130
 #: The second look for agent actions left running (see `Supervisor._after`).
 AGAIN_AFTER = 0.02
