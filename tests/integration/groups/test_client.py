@@ -323,7 +323,7 @@ def test_app_command_without_agent(guest: GuestFactory) -> None:
     assert out == ""
     assert err.strip() == (
         "servergroup: no guest agent at cgcs.messaging in this network namespace: "
-        "start `servergroup guest`"
+        "start `servergroup guest`."
     )
 
 
