@@ -13,7 +13,9 @@ when the CLI's command would print: a lifecycle operation once the owning
 host reports it done (or its timeout passes: 504).
 
 Errors are one sentence in `{"detail": ...}`: 401 for a missing or wrong
-token (checked before the handler, so nothing changed), 422 for a body or
+token (checked before the body is read, `api.guard`, and again before the
+handler, so nothing changed), 413 for a body over 1 MiB and 411 for one
+sent without a length, 422 for a body or
 parameter that does not fit its model, 404 for an unknown group, server or
 service, 409 for a request the cluster's state refuses (or that another
 request on the same server overtook), 503 when etcd does
@@ -52,6 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from servergroup.api.auth import Access
 from servergroup.api.events import Feed, read_snapshot
+from servergroup.api.guard import ActionGuard
 from servergroup.api.models import (
     Done,
     GroupCreate,
@@ -200,6 +203,7 @@ def build_app(context: ApiContext) -> FastAPI:
     )
     access = context.access
     c = context.coordinator
+    app.add_middleware(ActionGuard, access=access)
 
     def ops(timeout: float | None = None) -> Operations:
         return Operations(Registry(c), timeout=timeout or context.operation_timeout)

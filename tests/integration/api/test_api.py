@@ -17,13 +17,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from servergroup.api.guard import MAX_BODY
 from servergroup.replication.authority import STATUS_PREFIX
 from servergroup.replication.pair import PairKey
 from servergroup.servers.model import Evacuate, ServerSpec
@@ -133,6 +134,34 @@ def test_every_action_without_the_token_gets_401_and_changes_nothing(api_host: A
         # Nothing was made: the group does not exist.
         assert client.get(f"/groups/{group}").status_code == 404
     assert api_host.token not in api_host.log_text()
+
+
+def test_an_action_is_refused_before_its_body_is_read(api_host: ApiHost) -> None:
+    """No token: 401 whatever the body (malformed, huge); with it, a body is bounded."""
+    group = f"g{secrets.token_hex(3)}"
+    huge = b"{" + b" " * (MAX_BODY + 1) + b"}"
+    with api_host.client() as client:
+        for body in (b"{not json", huge):
+            answer = client.post(
+                "/groups", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 401, answer.text
+            assert answer.headers["www-authenticate"] == "Bearer"
+    with api_host.client(token=True) as client:
+        answer = client.post("/groups", content=huge, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["detail"] == f"a request body is at most {MAX_BODY} bytes."
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"name": '
+            yield f'"{group}"}}'.encode()
+
+        answer = client.post(
+            "/groups", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 411, answer.text
+        assert client.post("/groups", content=b"{not json").status_code == 422
+        assert client.get(f"/groups/{group}").status_code == 404  # it was not made
 
 
 def test_validation_errors_and_unknown_names(api_host: ApiHost) -> None:
