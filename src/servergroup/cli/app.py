@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -38,13 +40,22 @@ def app(
 
     Run inside a server, next to its guest agent (`servergroup guest`). Prints
     every broadcast, notification, status answer and nack with its kind until
-    Ctrl-C, --count messages or --timeout seconds.
+    Ctrl-C (or SIGTERM), --count messages or --timeout seconds; then its
+    counters on stderr, and exits 0.
     """
-    run_app(
-        message,
-        count=count,
-        timeout=timeout,
-        json_lines=json_lines,
-        address=address,
-        out=sys.stdout,
-    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # ends it as Ctrl-C does
+    try:
+        run_app(
+            message,
+            count=count,
+            timeout=timeout,
+            json_lines=json_lines,
+            address=address,
+            out=sys.stdout,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import select
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -310,6 +311,32 @@ def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
     assert [json.loads(line) for line in out.splitlines()] == [
         {"kind": "nack", "orig_msg_type": "status_query", "reason": "busy"}
     ]
+    assert err.splitlines()[-1] == (
+        "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
+    )
+
+
+def test_app_command_ends_on_sigterm_as_on_ctrl_c(guest: GuestFactory) -> None:
+    """Under a supervisor or `timeout`: what it printed, then its counters, status 0."""
+    g = guest()
+    host = connected(g)
+    proc = run_app_in(g, "--address", "app-term")
+    try:
+        assert decode_group_message(host.receive().data) == Subscribe()
+        host.receive()  # renewed with the status query
+        query = decode_group_message(host.receive().data)
+        assert isinstance(query, StatusQuery)
+        host.send(to_app(StatusResponseDone(seq=query.seq), dest="app-term"))
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "status: 0 servers: \n"  # it runs its loop now
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == ""
     assert err.splitlines()[-1] == (
         "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
     )
