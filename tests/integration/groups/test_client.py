@@ -7,13 +7,14 @@ library sends through the agent, and every byte it gets back, is checked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -262,11 +263,28 @@ def run_app_in(g: Guest, *args: str, timeout: float = 30.0) -> subprocess.Popen[
     )
 
 
+@contextlib.contextmanager
+def app_in(g: Guest, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`servergroup app ARGS` in the guest's namespace; killed at the end if still running."""
+    proc = run_app_in(g, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+#: The app's counters line after a run that sent nothing.
+SENT_NOTHING = (
+    "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
+)
+
+
 def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
     g = guest()
     host = connected(g)
-    proc = run_app_in(g, "this is a test", "--count", "2", "--timeout", "20")
-    try:
+    with app_in(g, "this is a test", "--count", "2", "--timeout", "20") as proc:
         assert decode_group_message(host.receive().data) == Broadcast(text="this is a test", id=1)
         query = decode_group_message(host.receive().data)
         assert isinstance(query, StatusQuery)
@@ -275,10 +293,6 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
         host.send(to_app(StatusResponseDone(seq=query.seq)))
         host.send(to_app(Broadcast(text="final test", source_instance="instance-0000000b", seq=2)))
         out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert out.splitlines() == [
         "status: 1 servers: instance-0000000a (a, active on ?)",
@@ -293,8 +307,7 @@ def test_app_command_prints_status_and_exits(guest: GuestFactory) -> None:
 def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
     g = guest()
     host = connected(g)
-    proc = run_app_in(g, "--json", "--timeout", "1.5", "--address", "app-json")
-    try:
+    with app_in(g, "--json", "--timeout", "1.5", "--address", "app-json") as proc:
         assert decode_group_message(host.receive().data) == Subscribe()
         host.receive()  # renewed with the status query
         query = decode_group_message(host.receive().data)
@@ -302,26 +315,19 @@ def test_app_command_json_lines_and_timeout(guest: GuestFactory) -> None:
         host.send(to_app(Nack(orig_msg_type="status_query", log_msg="busy"), dest="app-json"))
         started = time.monotonic()
         out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert time.monotonic() - started < 3.0
     assert [json.loads(line) for line in out.splitlines()] == [
         {"kind": "nack", "orig_msg_type": "status_query", "reason": "busy"}
     ]
-    assert err.splitlines()[-1] == (
-        "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
-    )
+    assert err.splitlines()[-1] == SENT_NOTHING
 
 
 def test_app_command_ends_on_sigterm_as_on_ctrl_c(guest: GuestFactory) -> None:
     """Under a supervisor or `timeout`: what it printed, then its counters, status 0."""
     g = guest()
     host = connected(g)
-    proc = run_app_in(g, "--address", "app-term")
-    try:
+    with app_in(g, "--address", "app-term") as proc:
         assert decode_group_message(host.receive().data) == Subscribe()
         host.receive()  # renewed with the status query
         query = decode_group_message(host.receive().data)
@@ -331,15 +337,9 @@ def test_app_command_ends_on_sigterm_as_on_ctrl_c(guest: GuestFactory) -> None:
         assert proc.stdout.readline() == "status: 0 servers: \n"  # it runs its loop now
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert out == ""
-    assert err.splitlines()[-1] == (
-        "app: broadcasts sent 0, acknowledged 0, refused 0, unconfirmed 0, missed 0, pending 0"
-    )
+    assert err.splitlines()[-1] == SENT_NOTHING
 
 
 def test_app_command_without_agent(guest: GuestFactory) -> None:
@@ -367,8 +367,7 @@ def test_app_asks_again_when_its_first_status_query_was_lost(guest: GuestFactory
     """Right after a boot the host's relay may not be connected yet (it retries
     every second): the first query is dropped by the agent; the app asks again."""
     g = guest()
-    proc = run_app_in(g, "--json", "--count", "1", "--timeout", "20")
-    try:
+    with app_in(g, "--json", "--count", "1", "--timeout", "20") as proc:
         time.sleep(1.3)  # the first query went while no host was connected
         host = connected(g)
         while not isinstance(query := decode_group_message(host.receive().data), StatusQuery):
@@ -376,10 +375,6 @@ def test_app_asks_again_when_its_first_status_query_was_lost(guest: GuestFactory
         host.send(to_app(StatusResponse(seq=query.seq, server=SERVER_A)))
         host.send(to_app(StatusResponseDone(seq=query.seq)))
         out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     [line] = [json.loads(text) for text in out.splitlines()]
     assert line["kind"] == "status"
