@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from servergroup.cli.common import report_errors, sentence
+from servergroup.cli.common import report_errors
 from servergroup.cli.main import cli
-from servergroup.common.errors import UsageError
+from servergroup.common.errors import UsageError, sentence
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from servergroup.api.auth import Access
 from servergroup.api.events import Feed, read_snapshot
-from servergroup.api.guard import ActionGuard
+from servergroup.api.guard import ActionGuard, unauthorized
 from servergroup.api.models import (
     Done,
     GroupCreate,
@@ -81,7 +81,7 @@ from servergroup.api.models import (
     transfer_view,
 )
 from servergroup.common.component import ComponentHealth
-from servergroup.common.errors import LocalError, RemoteError, ServergroupError
+from servergroup.common.errors import LocalError, RemoteError, ServergroupError, sentence
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, Coordinator
 from servergroup.replication.status import pair_names, read_pair
@@ -225,9 +225,7 @@ def build_app(context: ApiContext) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse(
-            {"detail": exc.reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-        )
+        return unauthorized(exc.reason)
 
     @app.exception_handler(ServergroupError)
     async def failed(request: Request, exc: ServergroupError) -> JSONResponse:
@@ -235,7 +233,7 @@ def build_app(context: ApiContext) -> FastAPI:
         if code == 500:
             log_bug(log, f"API {request.method} {request.url.path}")
             return JSONResponse({"detail": "internal error (BUG): see the host's log"}, 500)
-        return JSONResponse({"detail": str(exc).rstrip(".") + "."}, status_code=code)
+        return JSONResponse({"detail": sentence(str(exc))}, status_code=code)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

@@ -27,6 +27,11 @@ MAX_BODY = 1024 * 1024
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def unauthorized(reason: str) -> JSONResponse:
+    """The 401 answer: `reason` as the detail, and the scheme to use."""
+    return JSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 class ActionGuard:
     """ASGI middleware: see the module docstring."""
 
@@ -45,10 +50,7 @@ class ActionGuard:
             None if authorization is None else authorization.decode("latin-1"), action=True
         )
         if reason is not None:
-            refused = JSONResponse(
-                {"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-            )
-            await refused(scope, receive, send)
+            await unauthorized(reason)(scope, receive, send)
             return
         length = headers.get(b"content-length")
         if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
@@ -64,4 +66,4 @@ class ActionGuard:
         await self.app(scope, receive, send)
 
 
-__all__ = ["MAX_BODY", "ActionGuard"]
+__all__ = ["MAX_BODY", "ActionGuard", "unauthorized"]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from servergroup.common import units
-from servergroup.common.errors import Interrupted, ServergroupError
+from servergroup.common.errors import Interrupted, ServergroupError, sentence
 from servergroup.common.logsetup import setup_logging
 from servergroup.config import Config, load_config
 
@@ -78,12 +78,6 @@ class Size(click.ParamType[int]):
                 ctx,
             )
         return size // self.unit
-
-
-def sentence(message: str) -> str:
-    """`message` as a sentence: a closing period added where it has none."""
-    message = message.rstrip()
-    return message if message.endswith((".", "!", "?")) else f"{message}."
 
 
 def fail(message: str, status: int = 1) -> None:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from servergroup.cli.common import CliState, pass_state, run_async, sentence
-from servergroup.common.errors import UsageError
+from servergroup.cli.common import CliState, pass_state, run_async
+from servergroup.common.errors import UsageError, sentence
 from servergroup.multicast.config import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,

@@ -13,6 +13,17 @@ operator asked for something impossible: `ConfigError`, `UsageError`) and
 from __future__ import annotations
 
 
+def sentence(message: str) -> str:
+    """`message` as a sentence for the user: a closing period added where it has none."""
+    message = message.rstrip()
+    return message if message.endswith((".", "!", "?")) else f"{message}."
+
+
+def phrase(message: object) -> str:
+    """An error's sentence as a phrase to quote inside another (its closing period dropped)."""
+    return str(message).rstrip(".")
+
+
 class ServergroupError(Exception):
     """Root of every error servergroup raises on purpose."""
 

@@ -19,6 +19,7 @@ from functools import partial
 from ipaddress import IPv4Address
 
 from servergroup.common.clock import Clock, SystemClock
+from servergroup.common.errors import phrase
 from servergroup.common.logsetup import log_bug
 from servergroup.multicast import receiving as rx
 from servergroup.multicast.config import ReceiveConfig
@@ -344,11 +345,6 @@ class _Receiver:
                     await asyncio.wait_for(asyncio.shield(self.write_tail), 5.0)
             self.sink.discard()
         self.disk.shutdown(wait=False, cancel_futures=True)
-
-
-def phrase(exc: TransferError) -> str:
-    """The error's sentence as a reason (no closing period: reasons are quoted inside sentences)."""
-    return str(exc).rstrip(".")
 
 
 def connect_failure(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from servergroup.common.errors import ServergroupError
+from servergroup.common.errors import ServergroupError, phrase
 from servergroup.scaling.policy import Decision, Policy, decode_policy, encode_policy
 from servergroup.scaling.protocol import Direction
 from servergroup.servers.model import (
@@ -107,7 +107,7 @@ def decode_policy_record(raw: bytes) -> PolicyRecord:
     try:
         policy = decode_policy(obj.get("policy"))
     except ServergroupError as exc:
-        why = str(exc).rstrip(".")
+        why = phrase(exc)
         inner = "a scaling policy record"  # what `decode_policy` calls the object it reads
         if why.startswith(inner):
             raise RecordError(f"{what} record's policy{why[len(inner) :]}") from None

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 
 from servergroup.common.clock import Clock, SystemClock
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
-from servergroup.common.errors import ServergroupError
+from servergroup.common.errors import ServergroupError, phrase
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import (
     CoordinationError,
@@ -379,7 +379,7 @@ class Autoscaler:
         try:
             outcome = await self._scale(self._registry, name, direction)
         except ServergroupError as exc:
-            error = str(exc).rstrip(".")
+            error = phrase(exc)
             sentence = f"{decision.sentence}, which failed: {error}"
             log.info("%s", sentence)
         else:

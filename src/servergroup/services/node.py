@@ -93,6 +93,7 @@ from typing import Any, Final
 
 from servergroup.common import metrics
 from servergroup.common.component import ComponentHealth, HealthState, cancel_and_wait
+from servergroup.common.errors import phrase
 from servergroup.common.logsetup import log_bug
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import (
@@ -556,12 +557,12 @@ class NodeRole:
             agent = self._agents(rendered, InstanceId(service=service.name, index=0))
             info = await agent.metadata()
         except (AgentNotFound, MetadataError) as exc:
-            return _Resolved(unusable=str(exc).rstrip("."))
+            return _Resolved(unusable=phrase(exc))
         try:
             resolved = resolve(service, info)
             check_lease_fits(resolved, self._coordination, kill_grace=KILL_GRACE)
         except DefinitionError as exc:
-            return _Resolved(refusal=str(exc).rstrip("."))
+            return _Resolved(refusal=phrase(exc))
         return _Resolved(service=resolved, info=info)
 
     async def _record_resolution(
