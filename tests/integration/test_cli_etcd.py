@@ -96,6 +96,43 @@ def test_status_start_json_stop(env: dict[str, str]) -> None:
     assert sg(env, "--stop").stdout.strip() == "the local etcd was not running."
 
 
+READS = [
+    ["group", "list"],
+    ["server", "list"],
+    ["server", "show", "vm1"],
+    ["host", "list"],
+    ["host", "show", "h1"],
+    ["service", "list"],
+    ["service", "status", "web"],
+    ["service", "where", "web"],
+    ["replication", "status", "pair"],
+    ["election", "show", "key"],
+    ["scale", "policy", "vm1"],
+]
+
+
+def test_a_command_that_only_looks_does_not_start_the_local_etcd(env: dict[str, str]) -> None:
+    """Reads say the store is not running and leave no daemon; a write starts it."""
+    for args in READS:
+        done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=30)
+        line = assert_one_sentence_error(done, 1)
+        assert "the local etcd is not running" in line, args
+        assert "servergroup etcd --start" in line
+    assert LocalEtcd(load_config(env=env)).running() is None
+    assert sg(env, "--status").returncode == 3
+
+    done = subprocess.run(
+        [*CLI, "group", "create", "web"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert LocalEtcd(load_config(env=env)).running() is not None
+    done = subprocess.run(
+        [*CLI, "group", "list"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "web" in done.stdout
+
+
 def test_port_options_override_the_environment(env: dict[str, str]) -> None:
     client, peer = free_ports(2)
     ports = ("--port", str(client), "--peer-port", str(peer))

@@ -66,7 +66,7 @@ def contend(
 @pass_state
 def show(state: CliState, key: str, as_json: bool) -> None:
     """Show who owns KEY and with which fencing token."""
-    coordinator = connect(state.config())
+    coordinator = connect(state.config(), start_local=False)
 
     async def read() -> tuple[str | None, int | None]:
         async with coordinator as coord:

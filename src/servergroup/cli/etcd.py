@@ -48,9 +48,10 @@ def etcd(
     """Run the managed local etcd, the store used when no endpoint is configured.
 
     Without an option, run it in the foreground (its log on stderr) until
-    Ctrl-C. Other servergroup commands start it in the background when they
-    need it and share it; --start does that, --status says where it is
-    (exit status 0 when it runs, 3 when not), --stop stops it.
+    Ctrl-C. Other servergroup commands that change something start it in
+    the background when it is not running and share it (commands that only
+    look do not); --start does that, --status says where it is (exit status
+    0 when it runs, 3 when not), --stop stops it.
 
     It is a single member on loopback with its data under the state
     directory (<state-dir>/etcd), tuned for a 1 s minimum lease. To use an

@@ -228,7 +228,7 @@ def host_install_units(role: str, directory: Path, show: str | None) -> None:
 def _hosts(state: CliState) -> list[dict[str, Any]]:
     """Each live host's record and CPU pool, by name."""
     config = state.config()
-    coordinator = connect(config)
+    coordinator = connect(config, start_local=False)
 
     async def main() -> list[dict[str, Any]]:
         async with coordinator:

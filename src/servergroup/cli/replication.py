@@ -326,7 +326,7 @@ def status(state: CliState, name: str, as_json: bool) -> None:
     from servergroup.replication.status import PairStatus, read_pair
 
     async def read() -> PairStatus | None:
-        async with connect(state.config()) as coordinator:
+        async with connect(state.config(), start_local=False) as coordinator:
             return await read_pair(coordinator, name)
 
     pair = run_async(read())

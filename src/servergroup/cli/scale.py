@@ -156,7 +156,7 @@ def policy(
             window_interval=window,
             cooldown_interval=cooldown,
         )
-    coordinator = connect(state.config())
+    coordinator = connect(state.config(), start_local=setting or off)
 
     async def main() -> tuple[PolicyRecord | None, bool]:
         async with coordinator:

@@ -43,10 +43,16 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _run(state: CliState, work: Callable[[Operations], Awaitable[T]]) -> T:
-    """Connect to the store, run `work` with the operations, close."""
+def _run(
+    state: CliState, work: Callable[[Operations], Awaitable[T]], *, reads_only: bool = False
+) -> T:
+    """Connect to the store, run `work` with the operations, close.
+
+    `reads_only`: `work` only looks, so a managed local etcd that is not
+    running is not started for it (the command says so instead).
+    """
     config = state.config()
-    coordinator = connect(config)
+    coordinator = connect(config, start_local=not reads_only)
 
     async def main() -> T:
         async with coordinator:
@@ -117,7 +123,7 @@ def group_list(state: CliState, as_json: bool) -> None:
     async def work(ops: Operations) -> tuple[list[GroupRecord], list[Server]]:
         return await ops.list_groups(), await ops.list_servers()
 
-    groups, servers = _run(state, work)
+    groups, servers = _run(state, work, reads_only=True)
     members = {
         g.name: [
             s.name for s in servers if s.spec.group == g.name and s.state is not VmState.DELETED
@@ -248,7 +254,7 @@ def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
     async def work(ops: Operations) -> tuple[list[Server], set[str]]:
         return await ops.list_servers(group_name), set(await ops.live_hosts())
 
-    servers, hosts = _run(state, work)
+    servers, hosts = _run(state, work, reads_only=True)
     if as_json:
         click.echo(json.dumps([_server_json(s, hosts) for s in servers]))
         return
@@ -280,7 +286,7 @@ def server_show(state: CliState, name: str, as_json: bool) -> None:
     async def work(ops: Operations) -> tuple[Server, set[str]]:
         return await ops.show_server(name), set(await ops.live_hosts())
 
-    found, hosts = _run(state, work)
+    found, hosts = _run(state, work, reads_only=True)
     info = _server_json(found, hosts)
     if as_json:
         click.echo(json.dumps(info))
@@ -410,7 +416,7 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         command = command[1:]
     if not command:
         raise UsageError("give the command to run after NAME --")
-    found = _run(state, lambda ops: ops.show_server(name))
+    found = _run(state, lambda ops: ops.show_server(name), reads_only=True)
     if found.spec.desired is Desired.DELETED:
         raise UsageError(f"server {name} is being deleted")
     if found.state in (VmState.PAUSED, VmState.STOPPED, VmState.DELETED):
@@ -445,7 +451,7 @@ def server_console(state: CliState, name: str, lines: int | None, follow: bool) 
     """Print the serial console of the qemu server NAME (kernel and init messages)."""
     from servergroup.servers.drivers.qemu.driver import QemuDriver
 
-    found = _run(state, lambda ops: ops.show_server(name))
+    found = _run(state, lambda ops: ops.show_server(name), reads_only=True)
     if found.spec.driver is not DriverKind.QEMU:
         raise UsageError(
             f"server {name} is a {found.spec.driver.value} server: only qemu servers have a console"
@@ -490,7 +496,7 @@ def server_vcpus(state: CliState, name: str, pins: tuple[str, ...], as_json: boo
     run on the CPUs of all its vCPUs (its cpuset), so pinning a vCPU changes
     where the whole server may run.
     """
-    found = _run(state, lambda ops: ops.show_server(name))
+    found = _run(state, lambda ops: ops.show_server(name), reads_only=True)
     driver = _driver(state.config(), found)
     wanted: list[tuple[int, list[int]]] = []
     for pin in pins:

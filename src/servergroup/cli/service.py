@@ -49,9 +49,11 @@ from servergroup.services.store import REFUSED, MasterRecord
 T = TypeVar("T")
 
 
-def _run(state: CliState, work: Callable[[Coordinator], Awaitable[T]]) -> T:
-    """Connect to the store, run `work`, close."""
-    coordinator = connect(state.config())
+def _run(
+    state: CliState, work: Callable[[Coordinator], Awaitable[T]], *, reads_only: bool = False
+) -> T:
+    """Connect to the store, run `work`, close (`reads_only`: as `cli.servers._run`)."""
+    coordinator = connect(state.config(), start_local=not reads_only)
 
     async def main() -> T:
         async with coordinator:
@@ -247,7 +249,7 @@ def list_cmd(state: CliState, as_json: bool) -> None:
     A record in the store that does not decode is named on stderr (with
     --json, in "errors") and hides nothing else.
     """
-    listing = _run(state, read_services)
+    listing = _run(state, read_services, reads_only=True)
     found = summaries(listing)
     if as_json:
         click.echo(
@@ -344,7 +346,7 @@ def status_cmd(state: CliState, name: str, as_json: bool) -> None:
 
     Example: servergroup service status dummy --json
     """
-    status = _run(state, lambda c: get_status(c, name))
+    status = _run(state, lambda c: get_status(c, name), reads_only=True)
     if as_json:
         click.echo(json.dumps(status_json(status)))
     else:
@@ -436,7 +438,7 @@ def where_cmd(state: CliState, name: str, watch: bool, as_json: bool) -> None:
       servergroup service where csnap --watch --json
     """
     if not watch:
-        master = _run(state, lambda c: where(c, name))
+        master = _run(state, lambda c: where(c, name), reads_only=True)
         if as_json:
             click.echo(json.dumps({"service": name, "master": master_json(master)}))
         else:
@@ -449,7 +451,7 @@ def where_cmd(state: CliState, name: str, watch: bool, as_json: bool) -> None:
             click.echo(json.dumps(_event_json(event)) if as_json else _event_text(event))
 
     try:
-        _run(state, follow)
+        _run(state, follow, reads_only=True)
     except Interrupted:
         return  # Ctrl-C is how a watch ends
 

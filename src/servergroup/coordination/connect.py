@@ -9,7 +9,9 @@ timings the same way:
 - endpoints: the ones passed in (a caller that already knows where etcd
   runs, such as `servergroup up` with its managed etcd), else the
   configured ones, else, given a whole `Config`, the managed local etcd's
-  (started on demand, see `local_etcd.resolve_endpoints`). A bare
+  (started on demand, see `local_etcd.resolve_endpoints`; a command that
+  only reads passes `start_local=False` and is told when it is not
+  running, so that looking leaves no daemon behind). A bare
   `CoordinationConfig` with no endpoint anywhere is a usage error: without
   a state directory there is no local etcd to fall back on.
 - prefix: the configured one, unless the caller names another (tests and
@@ -40,14 +42,19 @@ def connect(
     endpoints: Sequence[Endpoint] | None = None,
     prefix: str | None = None,
     clock: Clock | None = None,
+    start_local: bool = True,
 ) -> EtcdCoordinator:
-    """The etcd coordinator `config` describes; `endpoints` and `prefix` override it."""
+    """The etcd coordinator `config` describes; `endpoints` and `prefix` override it.
+
+    With `start_local` false, a managed local etcd that is not running is
+    not started: `LocalEtcdNotRunning` is raised instead.
+    """
     if isinstance(config, Config):
         # Here, not at the top: the managed etcd's code (and urllib) loads only when used.
         from servergroup.coordination.local_etcd import resolve_endpoints
 
         coordination = config.coordination
-        found = tuple(endpoints) if endpoints else resolve_endpoints(config)
+        found = tuple(endpoints) if endpoints else resolve_endpoints(config, start=start_local)
     else:
         coordination = config
         found = tuple(endpoints) if endpoints else coordination.endpoints

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from servergroup.common.errors import ConfigError, ProcessFailed, UsageError
+from servergroup.common.errors import ConfigError, LocalError, ProcessFailed, UsageError
 from servergroup.common.process import ProcessIdentity, command_line, stop_process
 from servergroup.config import Config, Endpoint
 from servergroup.coordination.etcd_process import (
@@ -418,11 +418,29 @@ class LocalEtcd:
             self.state_path.unlink()
 
 
-def resolve_endpoints(config: Config) -> tuple[Endpoint, ...]:
-    """The etcd endpoints to use: the configured ones, else the (started) local etcd's."""
+class LocalEtcdNotRunning(LocalError):
+    """A read found no etcd: none configured, and the managed local one is not running."""
+
+
+def resolve_endpoints(config: Config, *, start: bool = True) -> tuple[Endpoint, ...]:
+    """The etcd endpoints to use: the configured ones, else the local etcd's.
+
+    The local etcd is started if needed, unless `start` is false (a command
+    that only reads): then `LocalEtcdNotRunning` says how to start it, so
+    that looking does not leave a daemon running behind.
+    """
     if config.coordination.endpoints:
         return config.coordination.endpoints
-    return (LocalEtcd(config).ensure_running(),)
+    local = LocalEtcd(config)
+    if start:
+        return (local.ensure_running(),)
+    found = local.running()
+    if found is None:
+        raise LocalEtcdNotRunning(
+            "the local etcd is not running and no etcd endpoint is configured: start it with "
+            "`servergroup up` (or `servergroup etcd --start`), or configure your etcd's endpoints"
+        )
+    return (found[1],)
 
 
 # -- /proc helpers -----------------------------------------------------------
@@ -502,4 +520,10 @@ def _terminate(pid: int, data_dir: Path, timeout: float) -> None:
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child after all
 
 
-__all__ = ["LOCAL_MEMBER_NAME", "LocalEtcd", "LocalEtcdStatus", "resolve_endpoints"]
+__all__ = [
+    "LOCAL_MEMBER_NAME",
+    "LocalEtcd",
+    "LocalEtcdNotRunning",
+    "LocalEtcdStatus",
+    "resolve_endpoints",
+]
