@@ -17,7 +17,10 @@ socket buffers (backpressure on the clients).
 
 Each client is numbered (`conn`); replies to a client that has gone are
 dropped (`on_gone(conn)` tells the driver). A request line longer than
-`MAX_LINE` closes that client.
+`MAX_LINE` is not handed to the service: when the service has a
+`too_long(limit)` method, its answer is the reply to that line (in order,
+through the gate like any reply) and the client is served on; otherwise
+the client is closed.
 
 A client that ends its side (a half-close: `printf '...' | nc -N`, or a
 script that shuts down writing after its last request) still gets the
@@ -62,6 +65,18 @@ def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:
     return host, int(port_text)
 
 
+async def _skip_line(reader: asyncio.StreamReader) -> None:
+    """Read past the end of a line longer than the reader's limit (or to the stream's end)."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)  # what is buffered of it, newline excluded
+        except asyncio.IncompleteReadError:
+            return
+
+
 class ClientFront:
     """Accepts clients and dispatches their request lines to `handle` (see the module doc)."""
 
@@ -71,8 +86,10 @@ class ClientFront:
         on_reply: Callable[[int, bytes], None],
         *,
         on_gone: Callable[[int], object] | None = None,
+        too_long: Callable[[int], bytes] | None = None,
     ) -> None:
         self._handle = handle
+        self._too_long = too_long
         self._on_reply = on_reply
         self._on_gone = on_gone
         self._gate = asyncio.Event()
@@ -142,13 +159,25 @@ class ClientFront:
         ended = False
         try:
             while True:
+                oversized = False
                 try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    log.info("client %d sent a line over %d bytes: closing it", conn, MAX_LINE)
-                    break
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    line = exc.partial  # the last line, without its newline
+                except asyncio.LimitOverrunError:
+                    oversized = True
+                    line = b"\n"  # answered, also when the stream ends inside it
                 except (ConnectionError, OSError):
                     break
+                if oversized:
+                    if self._too_long is None:
+                        log.info("client %d sent a line over %d bytes: closing it", conn, MAX_LINE)
+                        break
+                    log.info("client %d sent a line over %d bytes: refused", conn, MAX_LINE)
+                    try:
+                        await _skip_line(reader)
+                    except (ConnectionError, OSError):
+                        break
                 if not line:
                     ended = True
                     break
@@ -158,7 +187,11 @@ class ClientFront:
                     break
                 # No await from the gate check to the reply: a suspend cannot split them.
                 try:
-                    reply = self._handle(line.rstrip(b"\r\n"))
+                    if oversized:
+                        assert self._too_long is not None
+                        reply = self._too_long(MAX_LINE)
+                    else:
+                        reply = self._handle(line.rstrip(b"\r\n"))
                 except Exception:
                     log.exception("the service failed on a request from client %d", conn)
                     break

@@ -274,7 +274,12 @@ class PrimaryDaemon:
         # The client socket first: an address in use fails before etcd is touched.
         # Requests wait at the closed gate until the pair is set up.
         self.output = OutputBuffer(buffering=opts.net_buffer)
-        self.front = ClientFront(built.service.handle, self._on_reply, on_gone=self.output.drop)
+        self.front = ClientFront(
+            built.service.handle,
+            self._on_reply,
+            on_gone=self.output.drop,
+            too_long=getattr(built.service, "too_long", None),
+        )
         self.front.pause()
         host, port = await self.front.start(*opts.listen)
         self.tracker = open_tracker()

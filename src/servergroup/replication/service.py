@@ -21,7 +21,9 @@ socket, reads request lines, calls `handle` between epochs' suspends, and
 holds every reply in the output buffer until the epoch that produced it is
 committed. `handle` must change state only through regions and the disk
 (a Python attribute set in `handle` is lost on failover) and must not
-block: it runs on the event loop.
+block: it runs on the event loop. A request line over the front's limit
+(64 KiB) never reaches `handle`: a service may define `too_long(limit) ->
+reply` to answer it (the client is served on), else that client is closed.
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ def test_the_kv_client_against_an_unprotected_primary(daemon: DaemonFactory) -> 
     assert run([*kv, "delete", "colour"]).stdout == "deleted\n"
     assert_one_sentence(run([*kv, "get", "colour"]), "'colour' is not in the store")
     assert_one_sentence(run([*kv, "put", "k" * 100, "v"]), "the service refused")
+    too_long = run([*kv, "put", "big", "v" * 70_000])  # over the front's 64 KiB line
+    assert_one_sentence(too_long, "the service refused: the request is over 65536 bytes")
+    assert run([*kv, "get", "shape"]).stdout == "round\n"  # and the service serves on
 
 
 def test_a_daemon_asked_to_stop_exits_0_and_a_half_closed_client_gets_its_replies(

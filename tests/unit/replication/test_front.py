@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from servergroup.common.errors import UsageError
-from servergroup.replication.front import YIELD_EVERY, ClientFront, parse_address
+from servergroup.replication.front import MAX_LINE, YIELD_EVERY, ClientFront, parse_address
 
 
 def test_addresses() -> None:
@@ -144,6 +144,79 @@ def test_a_client_that_ends_its_side_still_gets_every_reply_then_the_end(held: b
             replies = await asyncio.wait_for(reader.read(), 5)
             assert replies == b"re:a\nre:b\nre:c\n"  # then the end of the stream
             assert front.clients == 0
+            writer.close()
+        finally:
+            await front.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("held", [False, True])
+def test_a_line_over_the_limit_is_answered_by_the_service_and_the_client_served_on(
+    held: bool,
+) -> None:
+    """Over `MAX_LINE`: `too_long`'s reply, in order among the others; never `handle`.
+
+    The long lines are written in pieces (one exactly at the limit's edge, one
+    several times the reader's buffer) and the last has no newline before the
+    client ends its side: it is answered too. `held` as above.
+    """
+
+    async def main() -> None:
+        front: ClientFront
+        handled: list[bytes] = []
+        waiting: list[tuple[int, bytes]] = []
+
+        def handle(request: bytes) -> bytes:
+            handled.append(request)
+            return b"re:" + request
+
+        def on_reply(conn: int, data: bytes) -> None:
+            if held:
+                waiting.append((conn, data))
+                if len(waiting) == 6:
+                    front.send(conn, b"".join(data for _, data in waiting))
+            else:
+                front.send(conn, data)
+
+        front = ClientFront(
+            handle, on_reply, too_long=lambda limit: f"too long: over {limit}".encode()
+        )
+        host, port = await front.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"a\n")
+            writer.write(b"x" * (MAX_LINE + 1) + b"\n")  # one byte over
+            writer.write(b"b\n")
+            for _ in range(5):  # 5 * MAX_LINE in pieces, then its newline
+                writer.write(b"y" * MAX_LINE)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"\nc\n")
+            writer.write(b"z" * (3 * MAX_LINE))  # the last line: no newline, then the end
+            writer.write_eof()
+            replies = await asyncio.wait_for(reader.read(), 10)
+            over = f"too long: over {MAX_LINE}\n".encode()
+            assert replies == b"re:a\n" + over + b"re:b\n" + over + b"re:c\n" + over
+            assert handled == [b"a", b"b", b"c"]
+            writer.close()
+        finally:
+            await front.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_a_line_over_the_limit_closes_the_client_of_a_service_without_too_long() -> None:
+    async def main() -> None:
+        front: ClientFront
+        front = ClientFront(lambda request: b"re:" + request, lambda c, d: front.send(c, d))
+        host, port = await front.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"a\n" + b"x" * (MAX_LINE + 1) + b"\nb\n")
+            assert await asyncio.wait_for(reader.read(), 5) == b"re:a\n"
             writer.close()
         finally:
             await front.close()

@@ -27,3 +27,7 @@ class CounterService:
         except BadRequest as exc:
             return refuse(str(exc))
         return reply(value=int(self._value[0]))
+
+    def too_long(self, limit: int) -> bytes:
+        """The reply to a request line over the front's `limit`, which `handle` never sees."""
+        return refuse(f"the request is over {limit} bytes")

@@ -82,6 +82,10 @@ class KvService:
         except BadRequest as exc:
             return refuse(str(exc))
 
+    def too_long(self, limit: int) -> bytes:
+        """The reply to a request line over the front's `limit`, which `handle` never sees."""
+        return refuse(f"the request is over {limit} bytes")
+
     def _do(self, op: str, body: dict[str, Any]) -> bytes:
         slots = self._slots
         if op == "scan":
