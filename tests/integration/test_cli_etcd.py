@@ -97,6 +97,7 @@ def test_status_start_json_stop(env: dict[str, str]) -> None:
 
 
 READS = [
+    ["status"],
     ["group", "list"],
     ["server", "list"],
     ["server", "show", "vm1"],

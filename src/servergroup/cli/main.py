@@ -20,6 +20,7 @@ from servergroup.common.errors import Interrupted
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("up", "up"),
     "down": ("up", "down"),
+    "status": ("status", "status"),
     "group": ("servers", "group"),
     "server": ("servers", "server"),
     "app": ("app", "app"),

@@ -214,6 +214,11 @@ class EtcdCoordinator:
         return self._prefix
 
     @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every member this client may talk to."""
+        return self._endpoints
+
+    @property
     def endpoint(self) -> Endpoint:
         """The member this client is talking to now."""
         return self._endpoints[self._index]
