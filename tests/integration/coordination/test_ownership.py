@@ -20,6 +20,7 @@ from servergroup.coordination import (
     SessionState,
 )
 from tests.fixtures.coordinators import CoordinatorFactory
+from tests.fixtures.wait import eventually
 
 CONFIG = CoordinationConfig()
 
@@ -32,15 +33,20 @@ async def contender(make: CoordinatorFactory, name: str) -> tuple[Session, Owner
     return session, ownership
 
 
-async def one_owner(contenders: list[tuple[Session, Ownership]], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+async def one_owner(
+    contenders: list[tuple[Session, Ownership]], timeout: float = 5.0
+) -> tuple[Session, Ownership]:
+    """The contender that becomes owner, checking at every look that no two own at once."""
+
+    def owner() -> tuple[Session, Ownership] | None:
         owners = [c for c in contenders if c[1].is_owner()]
         assert len(owners) <= 1, "two owners at once"
-        if owners:
-            return owners[0]
-        assert time.monotonic() < deadline, "nobody became owner"
-        await asyncio.sleep(0.01)
+        return owners[0] if owners else None
+
+    found: tuple[Session, Ownership] = await eventually(
+        owner, "a contender becoming owner", timeout, interval=0.01
+    )
+    return found
 
 
 async def test_exactly_one_owner_and_takeover_after_death(

@@ -162,16 +162,15 @@ def test_guest_agent_killed_is_respawned(servergroup_up: SetupFactory) -> None:
     old = guest_pid(setup, "a")
     os.kill(old, signal.SIGKILL)
     wait_gone(old)
-    deadline = time.monotonic() + 15
-    while True:
+
+    def respawned() -> bool:
         try:
             new = guest_pid(setup, "a")
         except (OSError, ValueError):
-            new = old
-        if new != old and not gone(new):
-            break
-        assert time.monotonic() < deadline, "the guest agent was not respawned"
-        time.sleep(0.1)
+            return False
+        return new != old and not gone(new)
+
+    wait_until(respawned, "the guest agent's respawn", timeout=15, interval=0.1)
     # The app kept its socket; the new agent reaches it, and the host reaches the agent.
     send_until_received(setup, "b", app_a, "to the new agent")
     listed = {s["name"]: s["vm_state"] for s in setup.json("server", "list")}
@@ -209,12 +208,18 @@ def test_etcd_killed_and_restarted_loses_nothing(servergroup_up: SetupFactory) -
     # The host daemons lived through it and registered again.
     assert {h: host_pid(setup, h) for h in ("h1", "h2")} == hosts
     assert all(not gone(p) for p in hosts.values())
-    deadline = time.monotonic() + 15
-    while {h["name"] for h in setup.json("group", "list")} != {"g"} or len(
-        [s for s in setup.json("server", "list") if s["host_alive"]]
-    ) != 2:
-        assert time.monotonic() < deadline, "host daemons did not come back"
-        time.sleep(0.2)
+
+    def back() -> bool:
+        return {h["name"] for h in setup.json("group", "list")} == {"g"} and len(
+            [s for s in setup.json("server", "list") if s["host_alive"]]
+        ) == 2
+
+    wait_until(
+        back,
+        "the host daemons' return (group g listed, both servers' hosts alive)",
+        timeout=15,
+        interval=0.2,
+    )
     send_until_received(setup, "a", app_b, "after etcd restart")
 
 

@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.lab import LabFactory
-from tests.integration.multicast.conftest import PORT, SG, TransferFactory
+from tests.fixtures.wait import wait_until
+from tests.integration.multicast.conftest import PORT, SG, Process, TransferFactory
 
 pytestmark = pytest.mark.root
 
 SMALL_BUFFER = ["--buffer-packets", "256"]  # several rounds even for a small image
+
+
+def wait_for_buffer(sender: Process, buffer: int) -> None:
+    """Until the sender logs `buffer N done`: the transfer is under way."""
+    line = f"buffer {buffer} done"
+    wait_until(lambda: line in sender.stderr(), f"the sender logging {line!r}", timeout=20)
 
 
 def assert_all_received(t: object, names: list[str], image: bytes) -> None:
@@ -165,9 +172,7 @@ def test_a_killed_receiver_is_reported_and_the_others_finish(
     # 25 Mbit/s: the 3 MiB image takes about a second, so the kill lands mid-transfer.
     sender = t.sender(3, image, "--rate", "25m", *SMALL_BUFFER, "--timeout", "3")
     procs = t.receivers()
-    deadline = time.monotonic() + 20
-    while "buffer 1 done" not in sender.stderr() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_buffer(sender, 1)
     procs["h3"].proc.kill()
     assert sender.wait(60) == 3, sender.stderr()
     rows = {row["name"]: row for row in sender.stdout_json()["clients"]}
@@ -195,9 +200,7 @@ def test_a_killed_sender_fails_every_receiver_within_the_timeout(
     t = transfer(3)
     sender = t.sender(2, image, "--rate", "20m", *SMALL_BUFFER)
     procs = t.receivers("--timeout", "3")
-    deadline = time.monotonic() + 20
-    while "buffer 0 done" not in sender.stderr() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_buffer(sender, 0)
     sender.proc.kill()
     killed_at = time.monotonic()
     for proc in procs.values():
@@ -215,9 +218,7 @@ def test_a_frozen_sender_fails_every_receiver_after_the_timeout(
     t = transfer(2)
     sender = t.sender(1, image, "--rate", "20m", *SMALL_BUFFER)
     proc = t.receiver("h2", "--timeout", "2")
-    deadline = time.monotonic() + 20
-    while "buffer 0 done" not in sender.stderr() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_buffer(sender, 0)
     os.kill(sender.proc.pid, signal.SIGSTOP)
     try:
         frozen_at = time.monotonic()
@@ -235,9 +236,7 @@ def test_a_silent_receiver_is_dropped_after_the_timeout(
     t = transfer(4)
     sender = t.sender(3, image, "--rate", "30m", *SMALL_BUFFER, "--timeout", "2")
     procs = t.receivers("--timeout", "30")
-    deadline = time.monotonic() + 20
-    while "buffer 0 done" not in sender.stderr() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_buffer(sender, 0)
     os.kill(procs["h2"].proc.pid, signal.SIGSTOP)
     try:
         assert sender.wait(60) == 3, sender.stderr()
