@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from servergroup.cli import complete
 from servergroup.cli.common import CliState, pass_state, run_async, run_daemon
 from servergroup.common.errors import ProcessFailed
 from servergroup.common.process import die_with_parent
@@ -288,7 +289,7 @@ def host_list(state: CliState, as_json: bool) -> None:
 
 
 @host.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.hosts)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def host_show(state: CliState, name: str, as_json: bool) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from servergroup.cli import complete
 from servergroup.cli.common import CliState, fail, pass_state, print_table, run_async, run_daemon
 from servergroup.common.errors import RemoteError, UsageError
 from servergroup.common.exporter import serve_metrics
@@ -318,7 +319,7 @@ def replication() -> None:
 
 
 @replication.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.pairs)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: CliState, name: str, as_json: bool) -> None:
@@ -376,7 +377,7 @@ def status(state: CliState, name: str, as_json: bool) -> None:
 
 
 @replication.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.pairs)
 @pass_state
 def remove(state: CliState, name: str) -> None:
     """Forget pair NAME in etcd, once its nodes are stopped for good.

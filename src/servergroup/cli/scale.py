@@ -6,6 +6,7 @@ import json
 
 import click
 
+from servergroup.cli import complete
 from servergroup.cli.common import CliState, pass_state, run_async
 from servergroup.common.errors import UsageError
 from servergroup.coordination.connect import connect
@@ -30,7 +31,7 @@ def scale() -> None:
 
 @scale.command("cpu")
 @click.argument("direction", type=click.Choice([d.value for d in Direction]))
-@click.argument("server")
+@click.argument("server", shell_complete=complete.servers)
 @click.option(
     "--timeout",
     type=click.FloatRange(0.001, MAX_TIMEOUT_MS / 1000),
@@ -88,7 +89,7 @@ def cpu(state: CliState, direction: str, server: str, timeout: float, as_json: b
 
 
 @scale.command("policy")
-@click.argument("server")
+@click.argument("server", shell_complete=complete.servers)
 @click.option(
     "--up-above",
     type=float,

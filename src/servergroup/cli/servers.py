@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from servergroup.cli import complete
 from servergroup.cli.common import CliState, Size, fail, pass_state, print_table, run_async
 from servergroup.common.errors import PermissionNeeded, UsageError
 from servergroup.common.units import MIB
@@ -154,7 +155,7 @@ def group_list(state: CliState, as_json: bool) -> None:
 
 
 @group.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.groups)
 @pass_state
 def group_delete(state: CliState, name: str) -> None:
     """Delete the server group NAME (it must have no servers)."""
@@ -180,7 +181,13 @@ timeout_option = click.option(
 
 @server.command("create")
 @click.argument("name")
-@click.option("--group", "group_name", required=True, help="The server group to join.")
+@click.option(
+    "--group",
+    "group_name",
+    required=True,
+    shell_complete=complete.groups,
+    help="The server group to join.",
+)
 @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
 @click.option(
     "--min-vcpus",
@@ -189,7 +196,12 @@ timeout_option = click.option(
     show_default=True,
     help="The fewest vCPUs scaling may leave online.",
 )
-@click.option("--host", default=None, help="Run it on this host [default: the group's policy].")
+@click.option(
+    "--host",
+    default=None,
+    shell_complete=complete.hosts,
+    help="Run it on this host [default: the group's policy].",
+)
 @click.option(
     "--driver",
     type=click.Choice([kind.value for kind in DRIVERS]),
@@ -245,7 +257,13 @@ def server_create(
 
 
 @server.command("list")
-@click.option("--group", "group_name", default=None, help="Only the servers of this group.")
+@click.option(
+    "--group",
+    "group_name",
+    default=None,
+    shell_complete=complete.groups,
+    help="Only the servers of this group.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
@@ -277,7 +295,7 @@ def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
 
 
 @server.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.servers)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def server_show(state: CliState, name: str, as_json: bool) -> None:
@@ -298,7 +316,7 @@ def server_show(state: CliState, name: str, as_json: bool) -> None:
 
 def _lifecycle(verb: str, done: str, doc: str) -> None:
     @server.command(verb, help=doc)
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete.servers)
     @timeout_option
     @pass_state
     def command(state: CliState, name: str, timeout: float | None) -> None:
@@ -322,7 +340,7 @@ _lifecycle(
 
 
 @server.command("resize")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.servers)
 @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), required=True, help="The new maximum.")
 @click.option(
     "--min-vcpus",
@@ -349,8 +367,10 @@ def server_resize(
 
 
 @server.command("migrate")
-@click.argument("name")
-@click.option("--to", "to", required=True, help="The host to move it to.")
+@click.argument("name", shell_complete=complete.servers)
+@click.option(
+    "--to", "to", required=True, shell_complete=complete.hosts, help="The host to move it to."
+)
 @click.option(
     "--live/--cold",
     default=True,
@@ -376,9 +396,21 @@ def server_migrate(
 
 
 @server.command("evacuate")
-@click.argument("name", required=False)
-@click.option("--host", "host", default=None, help="Evacuate every server of this dead host.")
-@click.option("--to", "to", default=None, help="Rebuild it there [default: the group's policy].")
+@click.argument("name", required=False, shell_complete=complete.servers)
+@click.option(
+    "--host",
+    "host",
+    default=None,
+    shell_complete=complete.hosts,
+    help="Evacuate every server of this dead host.",
+)
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    shell_complete=complete.hosts,
+    help="Rebuild it there [default: the group's policy].",
+)
 @timeout_option
 @pass_state
 def server_evacuate(
@@ -400,7 +432,7 @@ def server_evacuate(
 @server.command(
     "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
 )
-@click.argument("name")
+@click.argument("name", shell_complete=complete.servers)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_state
 def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
@@ -443,7 +475,7 @@ def _driver(config: Config, found: Server) -> Driver:
 
 
 @server.command("console")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.servers)
 @click.option("--lines", "-n", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing what the console writes.")
 @pass_state
@@ -478,7 +510,7 @@ def server_console(state: CliState, name: str, lines: int | None, follow: bool) 
 
 
 @server.command("vcpus")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.servers)
 @click.option(
     "--pin",
     "pins",

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from servergroup.cli import complete
 from servergroup.cli.common import CliState, pass_state, print_table, run_async
 from servergroup.common.errors import ConfigError, Interrupted
 from servergroup.coordination import Coordinator
@@ -338,7 +339,7 @@ def _print_status(status: ServiceStatus) -> None:
 
 
 @service.command("status")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @json_option
 @pass_state
 def status_cmd(state: CliState, name: str, as_json: bool) -> None:
@@ -354,7 +355,7 @@ def status_cmd(state: CliState, name: str, as_json: bool) -> None:
 
 
 @service.command("enable")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @pass_state
 def enable_cmd(state: CliState, name: str) -> None:
     """Let the node roles run service NAME (overrides the definition's `enabled`)."""
@@ -363,7 +364,7 @@ def enable_cmd(state: CliState, name: str) -> None:
 
 
 @service.command("disable")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @pass_state
 def disable_cmd(state: CliState, name: str) -> None:
     """Stop service NAME everywhere and keep it stopped until `enable`."""
@@ -372,9 +373,13 @@ def disable_cmd(state: CliState, name: str) -> None:
 
 
 @service.command("relocate")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @click.option(
-    "--to", "to", metavar="NODE", help="A live node to move it to [default: the best other node]."
+    "--to",
+    "to",
+    metavar="NODE",
+    shell_complete=complete.hosts,
+    help="A live node to move it to [default: the best other node].",
 )
 @click.option(
     "--instance",
@@ -396,7 +401,7 @@ def relocate_cmd(state: CliState, name: str, to: str | None, index: int | None) 
 
 
 @service.command("clear")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @pass_state
 def clear_cmd(state: CliState, name: str) -> None:
     """Forget service NAME's failures, bans, blocks and fatal error.
@@ -411,7 +416,7 @@ def clear_cmd(state: CliState, name: str) -> None:
 
 
 @service.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @pass_state
 def remove_cmd(state: CliState, name: str) -> None:
     """Remove service NAME: its definition and records; the node roles stop its instances."""
@@ -420,7 +425,7 @@ def remove_cmd(state: CliState, name: str) -> None:
 
 
 @service.command("where")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.services)
 @click.option("--watch", is_flag=True, help="Print one line per change until Ctrl-C.")
 @json_option
 @pass_state
