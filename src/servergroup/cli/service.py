@@ -81,7 +81,12 @@ def _check(
     checked = run_async(check_agents(parsed.definitions, ocf_root=ocf_root))
     for item in checked:
         if item.resolved is not None:
-            check_lease_fits(item.resolved, timings, kill_grace=KILL_GRACE)
+            check_lease_fits(
+                item.resolved,
+                timings,
+                kill_grace=KILL_GRACE,
+                agent_default=item.service.stop_timeout is None,
+            )
     return parsed, checked
 
 
@@ -138,11 +143,18 @@ skip_agents_option = click.option(
 ocf_root_option = click.option(
     "--ocf-root",
     type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_OCF_ROOT,
-    show_default=True,
+    default=None,
     envvar="OCF_ROOT",
-    help="Where the OCF agents are installed [env OCF_ROOT].",
+    help="Where the OCF agents are installed [env OCF_ROOT; default: the node roles' "
+    f"[services] ocf_root, {DEFAULT_OCF_ROOT} unless configured].",
 )
+
+
+def _ocf_root(state: CliState, given: Path | None) -> Path:
+    """`--ocf-root`, else the root the node roles of this configuration use."""
+    return given if given is not None else Path(state.config().services.ocf_root)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -174,7 +186,7 @@ def service() -> None:
 @skip_agents_option
 @ocf_root_option
 @pass_state
-def validate_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path) -> None:
+def validate_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path | None) -> None:
     """Check the definitions in FILE without the store.
 
     Checks every table and field, then each service against its agent's
@@ -188,7 +200,10 @@ def validate_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path)
     """
     timings = state.config().services_coordination
     parsed, checked = _check(
-        _read_file(file), skip_agents=skip_agents, ocf_root=ocf_root, timings=timings
+        _read_file(file),
+        skip_agents=skip_agents,
+        ocf_root=_ocf_root(state, ocf_root),
+        timings=timings,
     )
     for item in checked:
         s = item.resolved or item.service
@@ -222,7 +237,7 @@ def validate_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path)
 @skip_agents_option
 @ocf_root_option
 @pass_state
-def add_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path) -> None:
+def add_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path | None) -> None:
     """Load the services and domains of FILE, or update them, all at once.
 
     The file is checked as `validate` does, and its services may name a
@@ -234,7 +249,7 @@ def add_cmd(state: CliState, file: Path, skip_agents: bool, ocf_root: Path) -> N
     """
     text = _read_file(file)
     timings = state.config().services_coordination
-    _check(text, skip_agents=skip_agents, ocf_root=ocf_root, timings=timings)
+    _check(text, skip_agents=skip_agents, ocf_root=_ocf_root(state, ocf_root), timings=timings)
     added = _run(state, lambda c: add_definitions(c, text))
     parts = [f"service {n} {what}" for n, what in added.services.items()]
     parts += [f"domain {n} {what}" for n, what in added.domains.items()]

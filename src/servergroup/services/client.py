@@ -700,11 +700,11 @@ async def check_agents(
                     service.agent, instance=f"{service.name}-validate", ocf_root=ocf_root
                 )
             except AgentNotFound as exc:
-                raise DefinitionError(f"{where}: agent = {exc}") from None
+                raise DefinitionError(f"{where}: {exc}") from None  # "agent X is not installed"
             try:
                 infos[ref] = await agent.metadata()
             except MetadataError as exc:
-                raise DefinitionError(f"{where}: agent = {ref}: {exc}") from None
+                raise DefinitionError(f"{where}: {exc}") from None  # "agent X: ..."
         out.append(Checked(service=service, resolved=resolve(service, infos[ref])))
     return tuple(out)
 

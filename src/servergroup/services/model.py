@@ -579,22 +579,28 @@ def check_stop_fits(
     fence_margin: float,
     kill_grace: float,
     demote_timeout: float = 0.0,
+    agent_default: bool = False,
 ) -> None:
     """Refuse a service whose stop cannot be over before its node's lease may expire.
 
     A node must have stopped its instances by the time the store may expire
     its lease (docs/design/services.md, self-fencing); what the TTL leaves
     for that, after two renewal intervals, a renewal's timeout and the fence
-    margin, must hold `stop_budget`.
+    margin, must hold `stop_budget`. `agent_default`: the definition gives
+    no `stop_timeout` and the agent's hint was filled in (the sentence says
+    so: the operator never wrote that number).
     """
     spare = lease_ttl - 2 * renew_interval - renew_timeout - fence_margin
     budget = stop_budget(service, kill_grace=kill_grace, demote_timeout=demote_timeout)
     if budget > spare:
         stop = service.stop_timeout or FALLBACK_TIMEOUT
+        source = "the agent's default; " if agent_default else ""
+        added = "demote and kill grace" if service.promotable else "kill grace"
+        remedy = "set a lower stop_timeout" if agent_default else "lower stop_timeout"
         raise DefinitionError(
             f"service {service.name!r}: stop_timeout {stop:g} s "
-            f"(with demote and kill grace {budget:g} s) does not fit in the {spare:g} s a "
-            f"{lease_ttl:g} s lease leaves for stopping; lower stop_timeout or raise lease_ttl."
+            f"({source}with {added} {budget:g} s) does not fit in the {spare:g} s a "
+            f"{lease_ttl:g} s lease leaves for stopping; {remedy} or raise lease_ttl."
         )
 
 
@@ -611,13 +617,16 @@ class LeaseTimings(Protocol):
     def fence_margin(self) -> float: ...
 
 
-def check_lease_fits(service: Service, timings: LeaseTimings, *, kill_grace: float) -> None:
+def check_lease_fits(
+    service: Service, timings: LeaseTimings, *, kill_grace: float, agent_default: bool = False
+) -> None:
     """`check_stop_fits` for a resolved service under `timings`, as the node role checks it.
 
     A promote runs within the start timeout and a demote within the stop
     timeout (a `Service` has no demote timeout of its own), each with the
     kill grace after it. `service add` and `validate` check the same, so a
     definition that every node would refuse is refused at once.
+    `agent_default`: the stop timeout is the agent's hint, not the file's.
     """
     check_stop_fits(
         service,
@@ -627,6 +636,7 @@ def check_lease_fits(service: Service, timings: LeaseTimings, *, kill_grace: flo
         fence_margin=timings.fence_margin,
         kill_grace=kill_grace,
         demote_timeout=(service.stop_timeout or 0.0) + kill_grace,
+        agent_default=agent_default,
     )
 
 

@@ -560,7 +560,12 @@ class NodeRole:
             return _Resolved(unusable=phrase(exc))
         try:
             resolved = resolve(service, info)
-            check_lease_fits(resolved, self._coordination, kill_grace=KILL_GRACE)
+            check_lease_fits(
+                resolved,
+                self._coordination,
+                kill_grace=KILL_GRACE,
+                agent_default=service.stop_timeout is None,
+            )
         except DefinitionError as exc:
             return _Resolved(refusal=phrase(exc))
         return _Resolved(service=resolved, info=info)
@@ -1234,7 +1239,9 @@ class NodeRole:
 
     async def _monitor_failed(self, local: _Local, depth: int, result: AgentResult) -> None:
         metrics.MONITOR_FAILURES.inc()
-        await self._history(local, f"monitor {depth}", result)
+        # Not `_history`: a monitor's "not running" (7) is a valid answer (`result.ok`), but
+        # here it is not the one expected, so the entry must not say "ok".
+        await self._history_entry(local, f"monitor {depth}", f"failed: {result.describe()}")
         await self._failed(local, result)
 
     # -- self-fencing ---------------------------------------------------------------------

@@ -251,8 +251,12 @@ class OcfAgent:
         """The agent's parsed `meta-data`; `MetadataError` when it gives none."""
         result = await self.run("meta-data", timeout=METADATA_TIMEOUT)
         if not result.ok:
-            raise MetadataError(f"agent {self.ref} meta-data {result.describe()}.")
-        return parse_metadata(result.stdout)
+            # describe() names the action: "meta-data returned 3 (ERR_UNIMPLEMENTED)".
+            raise MetadataError(f"agent {self.ref}: {result.describe()}.")
+        try:
+            return parse_metadata(result.stdout)
+        except MetadataError as exc:
+            raise MetadataError(f"agent {self.ref}: {exc}") from None
 
     # The actions by name, for readers of the node role.
 

@@ -133,12 +133,17 @@ SERVICE = '[[service]]\nname = "a"\nagent = "ocf:heartbeat:Dummy"\n'
     ("text", "says"),
     [
         (f'{SERVICE}instances = "x"\n', "instances"),
-        (SERVICE.replace("Dummy", "Nope"), "agent = agent ocf:heartbeat:Nope is not installed"),
+        (
+            SERVICE.replace("Dummy", "Nope"),
+            "service 'a': agent ocf:heartbeat:Nope is not installed: no executable",
+        ),
         (f'{SERVICE}[service.parameters]\nstat = "/x"\n', "parameters.stat is not a parameter"),
         (f"{SERVICE}promotable = true\ninstances = 2\n", "cannot promote"),
         ("[[service]]\nname = ", "not valid TOML"),
-        # Dummy's own hint is a 20 s stop: more than the node roles' 1 s lease leaves.
-        (SERVICE, "stop_timeout 20 s (with demote and kill grace"),
+        # Dummy's own hint is a 20 s stop: more than the node roles' 1 s lease leaves. The
+        # file sets none, so the sentence says whose number it is.
+        (SERVICE, "stop_timeout 20 s (the agent's default; with kill grace 20.1 s)"),
+        (SERVICE, "; set a lower stop_timeout or raise lease_ttl."),
         (f"{SERVICE}stop_timeout = 1.5\n", "lower stop_timeout or raise lease_ttl"),
     ],
 )
@@ -164,6 +169,36 @@ def test_validate_takes_the_lease_of_the_configuration(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "stop 1.5s" in result.stdout
+
+
+def test_validate_looks_for_agents_where_the_node_roles_do(tmp_path: Path) -> None:
+    # `[services] ocf_root` (SERVERGROUP_OCF_ROOT) is where the node roles run agents
+    # from: validate checks there too, unless --ocf-root (or OCF_ROOT) says otherwise.
+    path = tmp_path / "dummy.toml"
+    path.write_text(f"{SERVICE}stop_timeout = 0.3\n")
+    empty = tmp_path / "ocf"
+    (empty / "resource.d").mkdir(parents=True)
+    environ = {"SERVERGROUP_OCF_ROOT": str(empty), "OCF_ROOT": None}
+    result = CliRunner().invoke(cli, ["service", "validate", str(path)], env=environ)
+    assert result.exit_code == 2, result.output
+    assert f"no executable {empty}/resource.d/heartbeat/Dummy" in result.stderr
+    result = CliRunner().invoke(
+        cli, ["service", "validate", "--ocf-root", "/usr/lib/ocf", str(path)], env=environ
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_names_the_agent_whose_meta_data_fails_once(tmp_path: Path) -> None:
+    agent = tmp_path / "agent"
+    agent.write_text("#!/bin/sh\nexit 3\n")
+    agent.chmod(0o755)
+    path = tmp_path / "mine.toml"
+    path.write_text(f'[[service]]\nname = "a"\nagent = "{agent}"\nstop_timeout = 0.3\n')
+    result = validate(str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"servergroup: service 'a': agent {agent}: meta-data returned 3 (ERR_UNIMPLEMENTED).\n"
+    )
 
 
 def test_validate_names_a_missing_file_and_an_outside_domain(tmp_path: Path) -> None:

@@ -104,8 +104,13 @@ def test_placed_on_the_best_node_restarted_in_place_then_moved(
     again = cluster.wait_for(setup, "dummy running again", cluster.owner_of(instance))
     assert (again.record.node, again.token) == ("h2", held.token)
     assert state.exists()
-    failures = cluster.listing(setup).failures[("dummy", "h2")]
+    listing = cluster.listing(setup)
+    failures = listing.failures[("dummy", "h2")]
     assert len(failures.times) == 1
+    # The history says the monitor failed: its 7 (not running) is no "ok" here.
+    monitors = [e for e in listing.history["dummy"].entries if e.action == "monitor 0"]
+    assert len(monitors) == 1
+    assert monitors[0].result.startswith("failed: monitor returned 7 (NOT_RUNNING)")
 
     # A second failure within restart_expire_time is past max_restarts = 1: it moves.
     state.unlink()

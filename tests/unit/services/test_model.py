@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -236,19 +237,29 @@ def test_resolve_checks_the_parameters_against_the_agent() -> None:
 def test_a_stop_that_cannot_end_before_the_lease_may_expire_is_refused() -> None:
     dummy = parse_definitions(GOOD).service("dummy")
     assert dummy is not None
-    timings = {"renew_interval": 1.0, "renew_timeout": 1.0, "fence_margin": 0.5}
+    fits = partial(
+        check_stop_fits, renew_interval=1.0, renew_timeout=1.0, fence_margin=0.5, kill_grace=0.2
+    )
     quick = replace(dummy, stop_timeout=2.0)
-    check_stop_fits(quick, lease_ttl=10, kill_grace=0.2, **timings)  # 2.2 s of 6.5 s
+    fits(quick, lease_ttl=10)  # 2.2 s of 6.5 s
     with pytest.raises(DefinitionError) as caught:
-        check_stop_fits(quick, lease_ttl=5, kill_grace=0.2, **timings)  # of 1.5 s
+        fits(quick, lease_ttl=5)  # of 1.5 s
     assert str(caught.value) == (
-        "service 'dummy': stop_timeout 2 s (with demote and kill grace 2.2 s) does not fit in "
+        "service 'dummy': stop_timeout 2 s (with kill grace 2.2 s) does not fit in "
         "the 1.5 s a 5 s lease leaves for stopping; lower stop_timeout or raise lease_ttl."
+    )
+    # The agent's hint filled in for a file without stop_timeout: the sentence says so.
+    with pytest.raises(DefinitionError) as caught:
+        fits(quick, lease_ttl=5, agent_default=True)
+    assert str(caught.value) == (
+        "service 'dummy': stop_timeout 2 s (the agent's default; with kill grace 2.2 s) does "
+        "not fit in the 1.5 s a 5 s lease leaves for stopping; set a lower stop_timeout or "
+        "raise lease_ttl."
     )
     csnap = replace(dummy, promotable=True, instances=2, stop_timeout=2.0)
     with pytest.raises(DefinitionError, match=r"with demote and kill grace 7\.2 s"):
-        check_stop_fits(csnap, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
-    check_stop_fits(quick, lease_ttl=10, kill_grace=0.2, demote_timeout=5.0, **timings)
+        fits(csnap, lease_ttl=10, demote_timeout=5.0)
+    fits(quick, lease_ttl=10, demote_timeout=5.0)
 
 
 def test_parameters_may_name_the_node_its_address_and_the_instance() -> None:
