@@ -181,16 +181,22 @@ def exec_(state: CliState, lab_name: str, host: str, command: tuple[str, ...]) -
     help="Instead, remove every lab on this machine whose owning process has exited "
     "(labs left behind by killed test runs).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Remove it even if it was made from another state directory (one that is gone).",
+)
 @pass_state
-def down(state: CliState, lab_name: str, stale: bool) -> None:
+def down(state: CliState, lab_name: str, stale: bool, force: bool) -> None:
     """Remove the lab: end what runs in its hosts, delete them, its links and bridge.
 
-    Taking down a lab that is not up is not an error.
+    Taking down a lab that is not up is not an error. A lab made from
+    another state directory is left alone unless --force.
     """
     if stale:
         removed = remove_stale_labs(state.config().state_dir)
         click.echo(f"removed stale labs: {', '.join(removed)}." if removed else "no stale labs.")
-    elif _lab(state, lab_name).down():
+    elif _lab(state, lab_name).down(force=force):
         click.echo(f"lab {lab_name} is down.")
     else:
         click.echo(f"lab {lab_name} was not up.")

@@ -194,7 +194,7 @@ class LocalEtcd:
                 serve_also = tuple(sorted(served | set(serve_also)))
                 _terminate(pid, self.data_dir, 10.0)
                 self._remove_state()
-            self._check_can_start()
+            self.check_can_start()
             spec = replace(
                 self.spec, extra_client_hosts=tuple(h for h in serve_also if h != self.spec.host)
             )
@@ -252,7 +252,7 @@ class LocalEtcd:
                         f"{_running_endpoint(pid) or self.endpoint}; stop it first with "
                         "'servergroup etcd --stop'."
                     )
-                self._check_can_start()
+                self.check_can_start()
                 try:
                     self._start(proc)
                 except ProcessFailed:
@@ -316,7 +316,8 @@ class LocalEtcd:
 
     # -- starting ----------------------------------------------------------
 
-    def _check_can_start(self) -> None:
+    def check_can_start(self) -> None:
+        """Raise what would stop it from starting (no binary, a port taken by another program)."""
         find_etcd_binary(self._settings.binary)
         for port, setting, env in (
             (self._settings.client_port, "client_port", "SERVERGROUP_ETCD_PORT"),

@@ -255,14 +255,16 @@ def up(
         for h in previous.hosts[hosts:]:
             say(f"stopping host daemon {h.name} (pid {h.pid})")
             _end(h.pid, config, h.name)
+    local = None if configured else LocalEtcd(config)
+    if local is not None and local.running() is None:
+        local.check_can_start()  # a port in use fails here, before the lab is touched
     say(f"lab {name}: {hosts} host(s)")
     lab_status = lab.up(hosts)
-    if configured:
+    if local is None:
         endpoints = host_endpoints = configured
         started_etcd = False
         say(f"etcd: the configured cluster {_joined(configured)}")
     else:
-        local = LocalEtcd(config)
         was_running = local.status().running
         root = str(lab_status.root_address)
         endpoint = local.ensure_running(serve_also=(root,))
@@ -409,8 +411,8 @@ def down(
     status = read_status(config)
     lab_name = status.lab if status is not None else DEFAULT_LAB
     lab = Lab(lab_name, state_dir=Path(os.path.abspath(config.state_dir)))
-    if status is None and not lab.exists():
-        return None
+    if status is None and (not lab.exists() or lab.foreign()):
+        return None  # nothing of ours: another state directory's lab is left alone
     for h in status.hosts if status is not None else ():
         # A frozen host (`lab freeze`) could neither delete its servers nor exit.
         with contextlib.suppress(ServergroupError):

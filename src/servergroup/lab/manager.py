@@ -9,11 +9,20 @@ killed process is repaired by the next `up` or removed by `down`.
 A lab made with `owner_pid` lives only as long as that process:
 `remove_stale_labs` (called by every `up`, by the test fixtures and by
 `servergroup lab down --stale`) removes the labs whose owner has exited.
+
+Namespaces are machine-wide, so two state directories could name the same
+lab. The bridge's marker keeps a digest of the state directory that made
+the lab (`home`); `up` and `down` from any other state directory refuse to
+reshape or remove it (`down(force=True)` does remove it: the explicit clean-up
+of a lab whose state directory is gone). Labs whose marker has no home
+(made before it was kept) are anyone's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -35,8 +44,10 @@ from servergroup.lab.plan import (
     LabPlan,
     LabStatus,
     LossScope,
+    ObservedLab,
     Owner,
     choose_network,
+    decode_marker,
     describe,
     diff,
     format_rate,
@@ -99,6 +110,7 @@ class Lab:
         self._satellites = satellites
         self._name = validate_name(name)
         self._state_dir = state_dir if state_dir is not None else default_state_dir()
+        self._home = state_home(self._state_dir)
         self._owner_pid = owner_pid
         self._lock_timeout = lock_timeout
 
@@ -145,10 +157,12 @@ class Lab:
             loss=loss,
             loss_scope=loss_scope,
             owner=owner,
+            home=self._home,
         )
         with self._locked():
             _remove_stale(self._state_dir)
             observed = netns.observe(self._name)
+            self._check_home(observed, "reshape")
             network = lab_network_of(observed.bridge.addresses) if observed.bridge else None
             if network is None:
                 network = choose_network(netns.root_addresses())
@@ -188,14 +202,17 @@ class Lab:
         return self._change_host(host, lambda spec: replace(spec, loss=value))
 
     @netns.off_event_loop
-    def down(self) -> bool:
+    def down(self, *, force: bool = False) -> bool:
         """Remove everything of the lab (ending processes still in its hosts).
 
         True if there was anything to remove; taking down a lab that is not
-        up is not an error.
+        up is not an error. A lab made from another state directory is
+        refused (`LabError`) unless `force`.
         """
         _require()
         with self._locked():
+            if not force:
+                self._check_home(netns.observe(self._name), "remove")
             removed = _take_down(self._name, self._state_dir)
         if removed:
             log.info("lab %s is down", self._name)
@@ -210,6 +227,26 @@ class Lab:
         with self._locked():
             status = summarize(netns.observe(self._name))
         return faults.with_faults(status) if status is not None else None
+
+    @netns.off_event_loop
+    def foreign(self) -> bool:
+        """True if the lab exists and was made from another state directory."""
+        _require()
+        with self._locked():
+            return self._foreign(netns.observe(self._name))
+
+    def _foreign(self, observed: ObservedLab) -> bool:
+        marker = decode_marker(observed.bridge.marker) if observed.bridge is not None else None
+        return marker is not None and marker.home is not None and marker.home != self._home
+
+    def _check_home(self, observed: ObservedLab, verb: str) -> None:
+        if self._foreign(observed):
+            raise LabError(
+                f"lab {self._name} was made from another state directory, so this one does "
+                f"not {verb} it: give this one another lab name (--lab, or SERVERGROUP_LAB), "
+                f"or take lab {self._name} down from its own state directory "
+                "(`servergroup lab down --force` if that directory is gone)."
+            )
 
     @netns.off_event_loop
     def exists(self) -> bool:
@@ -402,3 +439,8 @@ def remove_stale_labs(state_dir: Path | None = None, *, lock_timeout: float = 30
     _require()
     with machine_lock().hold(lock_timeout):
         return _remove_stale(state_dir if state_dir is not None else default_state_dir())
+
+
+def state_home(state_dir: Path) -> str:
+    """The digest of a state directory that a lab's marker keeps (16 hex digits)."""
+    return hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]

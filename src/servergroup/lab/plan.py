@@ -83,6 +83,7 @@ TBF_LATENCY_US = 50_000
 ETH_HEADER = 14
 
 _NAME_RE = re.compile(rf"[a-z][a-z0-9]{{0,{MAX_NAME_LENGTH - 1}}}")
+_HOME_RE = re.compile(r"[0-9a-f]{1,64}")
 
 
 class LossScope(Enum):
@@ -106,6 +107,8 @@ class Marker:
 
     name: str
     owner: Owner | None
+    #: A digest of the state directory that made the lab (None: made before markers had it).
+    home: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +149,7 @@ class LabSpec:
     mtu: int
     hosts: tuple[HostSpec, ...]
     owner: Owner | None = None
+    home: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -549,10 +553,12 @@ def _slot_of(address: IPv4Address) -> int:
 
 
 def encode_marker(marker: Marker) -> str:
-    """The bridge alias for a lab: `servergroup-lab name=sg [owner=PID:START]`."""
+    """The bridge alias for a lab: `servergroup-lab name=sg [owner=PID:START] [home=HEX]`."""
     text = f"{MARKER_PREFIX} name={marker.name}"
     if marker.owner is not None:
         text += f" owner={marker.owner.pid}:{marker.owner.start_time}"
+    if marker.home is not None:
+        text += f" home={marker.home}"
     return text
 
 
@@ -573,7 +579,10 @@ def decode_marker(text: str | None) -> Marker | None:
         if not (pid.isdigit() and start.isdigit()):
             return None
         owner = Owner(pid=int(pid), start_time=int(start))
-    return Marker(name=name, owner=owner)
+    home = fields.get("home")
+    if home is not None and not _HOME_RE.fullmatch(home):
+        return None
+    return Marker(name=name, owner=owner, home=home)
 
 
 # --- rates and loss --------------------------------------------------------------------
@@ -668,15 +677,19 @@ def make_spec(
     loss: float | str | None = None,
     loss_scope: LossScope = LossScope.UDP,
     owner: Owner | None = None,
+    home: str | None = None,
 ) -> LabSpec:
-    """A validated spec with the same link settings on every host, all links up."""
+    """A validated spec with the same link settings on every host, all links up.
+
+    `home`: the digest of the state directory making it, kept in its marker.
+    """
     validate_name(name)
     if isinstance(hosts, bool) or not isinstance(hosts, int) or not 1 <= hosts <= MAX_HOSTS:
         raise UsageError(f"a lab has 1 to {MAX_HOSTS} hosts, not {hosts!r}.")
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
         raise UsageError(f"MTU {mtu!r} is out of range; give {MIN_MTU} to {MAX_MTU}.")
     host = HostSpec(rate=parse_rate(rate), loss=parse_loss(loss, loss_scope), link_up=True)
-    return LabSpec(name=name, mtu=mtu, hosts=(host,) * hosts, owner=owner)
+    return LabSpec(name=name, mtu=mtu, hosts=(host,) * hosts, owner=owner, home=home)
 
 
 def with_host(spec: LabSpec, index: int, host: HostSpec) -> LabSpec:
@@ -697,7 +710,7 @@ def plan_lab(spec: LabSpec, network: IPv4Network) -> LabPlan:
         ifname=bridge_name(spec.name),
         mtu=spec.mtu,
         address=IPv4Interface((base + ROOT_OFFSET, network.prefixlen)),
-        marker=encode_marker(Marker(name=spec.name, owner=spec.owner)),
+        marker=encode_marker(Marker(name=spec.name, owner=spec.owner, home=spec.home)),
     )
     hosts = tuple(
         HostPlan(
@@ -927,7 +940,11 @@ def spec_of(observed: ObservedLab) -> LabSpec | None:
         for host in status.hosts
     )
     return LabSpec(
-        name=status.name, mtu=status.mtu, hosts=hosts, owner=marker.owner if marker else None
+        name=status.name,
+        mtu=status.mtu,
+        hosts=hosts,
+        owner=marker.owner if marker else None,
+        home=marker.home if marker else None,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from servergroup.coordination.etcd_process import free_ports
 from servergroup.lab import Lab
 from tests.fixtures.lab import unique_lab_name
 from tests.integration.lab.stale import lab_objects, leave_stale_lab
@@ -248,3 +249,47 @@ def test_every_command_explains_itself(lab_state_dir: Path, command: tuple[str, 
     assert done.returncode == 0
     assert "Usage: " in done.stdout
     assert len(done.stdout.splitlines()) > 6
+
+
+def test_a_lab_made_from_another_state_directory_is_left_alone(
+    lab_state_dir: Path, lab_name: str, tmp_path: Path
+) -> None:
+    """Namespaces are machine-wide: another state directory's up/down must not touch them."""
+    assert (
+        servergroup(lab_state_dir, "lab", "up", "--hosts", "2", "--name", lab_name).returncode == 0
+    )
+    other = tmp_path / "other"
+    client, peer = free_ports(2)
+    env = {
+        **os.environ,
+        "SERVERGROUP_LAB": lab_name,
+        "SERVERGROUP_ETCD_PORT": str(client),
+        "SERVERGROUP_ETCD_PEER_PORT": str(peer),
+    }
+    env.pop("SERVERGROUP_ETCD_ENDPOINTS", None)
+
+    def still_two_hosts() -> None:
+        assert [h["name"] for h in listed(lab_state_dir, lab_name)["hosts"]] == ["h1", "h2"]
+
+    for args in (["lab", "up", "--hosts", "1", "--name", lab_name], ["up", "--hosts", "1"]):
+        refused = servergroup(other, *args, env=env)
+        assert refused.returncode != 0, args
+        last = refused.stderr.strip().splitlines()[-1]
+        assert "was made from another state directory" in last, refused.stderr
+        assert "Traceback" not in refused.stderr
+        still_two_hosts()
+    assert not (other / "etcd" / "data").exists()  # `up` stopped before starting an etcd
+
+    refused = servergroup(other, "lab", "down", "--name", lab_name)
+    assert refused.returncode != 0
+    assert "--force" in refused.stderr
+    still_two_hosts()
+    done = servergroup(other, "down", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "nothing is up"
+    still_two_hosts()
+
+    forced = servergroup(other, "lab", "down", "--name", lab_name, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.strip() == f"lab {lab_name} is down."
+    assert not Lab(lab_name, state_dir=lab_state_dir).exists()

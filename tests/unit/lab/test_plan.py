@@ -157,6 +157,8 @@ def test_marker_round_trip() -> None:
     for marker in (
         Marker(name="sg", owner=None),
         Marker(name="t1", owner=Owner(pid=4321, start_time=987654)),
+        Marker(name="t2", owner=Owner(pid=1, start_time=2), home="0123456789abcdef"),
+        Marker(name="t3", owner=None, home="fe"),
     ):
         assert decode_marker(encode_marker(marker)) == marker
 
@@ -170,6 +172,7 @@ def test_marker_round_trip() -> None:
         "servergroup-lab",
         "servergroup-lab name=Bad",
         "servergroup-lab name=sg owner=x:1",
+        "servergroup-lab name=sg home=NOTHEX",
     ],
 )
 def test_foreign_aliases_are_not_markers(alias: str | None) -> None:
