@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +99,19 @@ def report_errors(func: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+#: Seconds after a stop signal in which the same signal again is the same stop.
+REPEAT_WINDOW = 0.5
+
+
 def run_async(main: Coroutine[Any, Any, T], *, shutdown_timeout: float = 10.0) -> T:
     """Run `main` on a new event loop with uvicorn-style signal handling.
 
     The first SIGINT/SIGTERM cancels `main` so it can shut down in order,
     then `Interrupted` is raised (exit status 130; a daemon run by `run_daemon`
-    exits 0 instead); a second one exits at once.
+    exits 0 instead); a second one exits at once (status 128 + its number).
+    A repeat within `REPEAT_WINDOW` of the first is the same request, not a
+    second one: `timeout` (and anything that signals a process and then its
+    group) delivers one stop twice.
     """
 
     async def runner() -> T:
@@ -110,13 +119,20 @@ def run_async(main: Coroutine[Any, Any, T], *, shutdown_timeout: float = 10.0) -
         task = asyncio.current_task()
         assert task is not None
         signals_seen = 0
+        first_at = 0.0
 
         def on_signal(signum: int) -> None:
-            nonlocal signals_seen
+            nonlocal signals_seen, first_at
+            now = time.monotonic()
+            if signals_seen == 1 and now - first_at < REPEAT_WINDOW:
+                return
             signals_seen += 1
             if signals_seen > 1:
                 click.echo("servergroup: forced exit", err=True)
-                sys.exit(128 + signum)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + signum)  # at once: no shutdown left to wait for
+            first_at = now
             task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
