@@ -406,7 +406,9 @@ def _print_table(report: SenderReport, mtu: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    # Not on a terminal rich assumes 80 columns and cuts addresses and reasons short; a
+    # pipe or a log has room for the whole row.
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     table = Table(title=f"{report.total_bytes} bytes, blake3 {report.digest.hex()[:16]}…, {mtu}")
     for column in ("client", "address", "status", "via", "loss", "repaired", "bad pkts", "why"):
         table.add_column(column)

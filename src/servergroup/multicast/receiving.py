@@ -869,8 +869,12 @@ class ReceiverMachine:
         if self._phase is Phase.CLOSED or now < self._heard_at + self._settings.timeout:
             return []
         out: list[Output] = []
-        what = "the welcome" if self._phase is Phase.JOINING else "anything"
-        self._fail(f"the sender sent {what} for {self._settings.timeout:g} s", out, tell=True)
+        timeout = self._settings.timeout
+        if self._phase is Phase.JOINING:
+            reason = f"the sender sent no welcome within {timeout:g} s"
+        else:
+            reason = f"the sender sent nothing for {timeout:g} s"
+        self._fail(reason, out, tell=True)
         return out
 
     # --- messages ---------------------------------------------------------------------

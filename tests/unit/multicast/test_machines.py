@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from ipaddress import IPv4Address
 
 import pytest
 
 from servergroup.multicast import receiving as rx
 from servergroup.multicast import sending as tx
-from servergroup.multicast.protocol import Auth, Kind
+from servergroup.multicast.protocol import Auth, Kind, Welcome
 from tests.unit.multicast.sim import SESSION, Sim
 
 IMAGE = random.Random(1).randbytes(100 * 16 * 3 + 37)  # three buffers and a bit
@@ -267,7 +268,22 @@ def test_a_silent_sender_ends_the_receiver_after_its_timeout() -> None:
     assert machine.handle_timer(13.9) == []
     (close,) = [a for a in machine.handle_timer(14.0) if isinstance(a, rx.Close)]
     assert not close.report.ok
-    assert "for 4 s" in close.report.reason
+    assert close.report.reason == "the sender sent no welcome within 4 s"
+
+    # Welcomed, then nothing more: the reason says so (it read "sent anything").
+    machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r", timeout=4.0))
+    machine.connected(10.0)
+    welcome = Welcome(
+        group=IPv4Address("239.192.83.71"),
+        port=18383,
+        payload_size=1400,
+        buffer_packets=16,
+        keepalive_interval=1.0,
+    )
+    machine.message_received(SESSION, welcome, 11.0)
+    assert machine.handle_timer(14.9) == []
+    (close,) = [a for a in machine.handle_timer(15.0) if isinstance(a, rx.Close)]
+    assert close.report.reason == "the sender sent nothing for 4 s"
 
 
 def test_a_receiver_that_cannot_write_fails_and_tells_the_sender() -> None:
