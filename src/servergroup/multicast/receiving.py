@@ -338,6 +338,10 @@ class ReceiverMachine:
         self._session: int | None = None
         self._payload_size = 0
         self._heard_at = 0.0
+        #: How long the sender may be silent: our timeout, but at least two of the
+        #: keepalive intervals its welcome announces (a receiver given a shorter
+        #: --timeout than the sender's would give up while the sender waits for others).
+        self._silence = settings.timeout
         # The oldest buffer not yet whole, and the next one when the sender
         # announced it early (overlapping rounds): multicast fills the newest
         # while the older one gets its repairs.
@@ -390,7 +394,7 @@ class ReceiverMachine:
     def next_timer(self) -> float | None:
         if self._phase is Phase.CLOSED:
             return None
-        return self._heard_at + self._settings.timeout
+        return self._heard_at + self._silence
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -866,10 +870,10 @@ class ReceiverMachine:
         return out
 
     def handle_timer(self, now: float) -> list[Output]:
-        if self._phase is Phase.CLOSED or now < self._heard_at + self._settings.timeout:
+        if self._phase is Phase.CLOSED or now < self._heard_at + self._silence:
             return []
         out: list[Output] = []
-        timeout = self._settings.timeout
+        timeout = self._silence
         if self._phase is Phase.JOINING:
             reason = f"the sender sent no welcome within {timeout:g} s"
         else:
@@ -885,6 +889,7 @@ class ReceiverMachine:
             return
         self._session = session
         self._payload_size = m.payload_size
+        self._silence = max(self._settings.timeout, 2 * m.keepalive_interval)
         self._phase = Phase.IDLE
         out.append(JoinGroup(group=m.group, port=m.port))
         out.append(Joined(session=session, group=m.group, port=m.port))

@@ -286,6 +286,29 @@ def test_a_silent_sender_ends_the_receiver_after_its_timeout() -> None:
     assert close.report.reason == "the sender sent nothing for 4 s"
 
 
+def test_a_receiver_with_a_short_timeout_waits_for_two_of_the_senders_keepalives() -> None:
+    """--timeout 2 at a receiver, the sender's default 10 s (a keepalive each 2.5 s).
+
+    While the sender waits for its other clients it only keeps alive: a
+    receiver that gave up after its own 2 s failed a transfer that was fine.
+    """
+    machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r", timeout=2.0))
+    machine.connected(10.0)
+    assert machine.next_timer() == 12.0  # before the welcome: its own timeout
+    welcome = Welcome(
+        group=IPv4Address("239.192.83.71"),
+        port=18383,
+        payload_size=1400,
+        buffer_packets=16,
+        keepalive_interval=2.5,
+    )
+    machine.message_received(SESSION, welcome, 11.0)
+    assert machine.next_timer() == 16.0
+    assert machine.handle_timer(13.5) == []  # a keepalive is due at 13.5, not missed yet
+    (close,) = [a for a in machine.handle_timer(16.0) if isinstance(a, rx.Close)]
+    assert close.report.reason == "the sender sent nothing for 5 s"
+
+
 def test_a_receiver_that_cannot_write_fails_and_tells_the_sender() -> None:
     sim = Sim(IMAGE, clients=2)
     sim.start()
