@@ -27,7 +27,7 @@ def run(args: list[str], stdin: bytes = b"x") -> subprocess.CompletedProcess[str
         (["send", "127.0.0.1", "2", "--rate", "fast"], "is not a rate"),
         (["send", "127.0.0.1", "2", "70000"], "port 70000 is out of range"),
         (["send", "127.0.0.1", "2", "--key-file", "/nonexistent/key"], "cannot read the key file"),
-        (["send", "198.51.100.7", "1", "--wait", "1"], "not an address of this host"),
+        (["send", "198.19.255.7", "1", "--wait", "1"], "not an address of this host"),
         (["receive", "127.0.0.1", "nowhere"], "SERVER_IP 'nowhere' is not an IPv4 address"),
         (
             ["receive", "127.0.0.1", "127.0.0.1", "--output", "/nonexistent/dir/out"],

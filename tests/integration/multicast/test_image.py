@@ -216,7 +216,9 @@ def test_a_frozen_sender_fails_every_receiver_after_the_timeout(
     transfer: TransferFactory, image: Path
 ) -> None:
     t = transfer(2)
-    sender = t.sender(1, image, "--rate", "20m", *SMALL_BUFFER)
+    # The sender's --timeout 2 keeps alive every 0.5 s, so the receiver's own 2 s is what
+    # applies (it waits at least two keepalive intervals: 5 s with the sender's default).
+    sender = t.sender(1, image, "--rate", "20m", *SMALL_BUFFER, "--timeout", "2")
     proc = t.receiver("h2", "--timeout", "2")
     wait_for_buffer(sender, 0)
     os.kill(sender.proc.pid, signal.SIGSTOP)
@@ -358,7 +360,7 @@ def test_a_receiver_says_why_it_cannot_reach_the_sender(lab: LabFactory) -> None
     absent = sender.address + 200  # on the lab's subnet, but nobody answers its ARP
     cases = [
         (str(sender.address), "(refused: nothing listens there)"),
-        ("203.0.113.9", "(no route: "),  # the lab hosts have no route off their subnet
+        ("198.19.255.9", "(no route: "),  # the lab hosts have no route off their own /24
         (str(absent), "(timed out)"),  # the SYN waits for an ARP answer that never comes
     ]
     for server, words in cases:
