@@ -327,8 +327,10 @@ def _print_status(status: ServiceStatus) -> None:
             result = "ok" if m.ok else f"failed (code {m.code}): {m.reason or '-'}"
             click.echo(f"    monitor depth {m.depth} at {_when(m.at)}: {result}")
         if i.relocation is not None:
-            to = i.relocation.to_node or "anywhere allowed"
-            click.echo(f"    relocation pending: from {i.relocation.from_node} to {to}")
+            r = i.relocation
+            what = "move of the master" if r.master else "relocation"
+            line = f"    {what} pending: from {r.from_node} to {r.to_node or 'anywhere allowed'}"
+            click.echo(line + (f"; waiting: {r.waiting}" if r.waiting else ""))
         if i.block is not None:
             click.echo(
                 f"    FAILED-STOP on {i.block.node} (token {i.block.token}): {i.block.reason}; "
@@ -406,10 +408,19 @@ def disable_cmd(state: CliState, name: str) -> None:
 def relocate_cmd(state: CliState, name: str, to: str | None, index: int | None) -> None:
     """Move a running instance of service NAME off its node.
 
-    Its node stops it once the target is free and allowed, and the target
-    starts it (a promotable service's slave is promoted meanwhile).
+    An instance moves to a node that runs no copy of the service: its
+    node stops it, the target starts it. For a promotable service the
+    master moves (as `pcs resource move` does): when the target runs a
+    copy, the master is demoted where it is (it stays there as a slave)
+    and the target's copy is promoted; when the target runs none, the
+    master's instance is stopped, started there and promoted there. Until
+    it is done `service status` shows it pending, and why it waits if it
+    cannot go on (the target down, banned, its copy failed).
 
-    Example: servergroup service relocate dummy --to h2
+    \b
+    Examples:
+      servergroup service relocate dummy --to h2
+      servergroup service relocate csnap --to h2    # h2's slave becomes the master
     """
     done = _run(state, lambda c: relocate(c, name, to=to, index=index))
     click.echo(done.describe())

@@ -47,7 +47,10 @@ never shown to the caller unless the store keeps changing for
   is dropped) or sees the service disabled and is refused.
 - `relocate`: a relocation record for a running instance, compared on the
   owner key (same token), the state record and, with a target, the
-  target's node key (alive now).
+  target's node key (alive now). For a promotable service's master the
+  record says `master` (compared on the master key too): the node roles
+  move the master role, demoting it and promoting the target's copy. A
+  target that already runs another copy of a plain instance is refused.
 - `clear`: deletes failures, bans and blocks and the fatal flag.
 - `remove`: the definition and every durable record of the service; the
   node roles stop its instances and drop their owner and master keys.
@@ -446,7 +449,9 @@ async def set_enabled(coordinator: Coordinator, name: str, enabled: bool) -> boo
         record = StateRecord(
             disabled=not enabled,
             fatal=state.fatal if state is not None else False,
-            reason=state.reason if state is not None and state.fatal else "operator",
+            reason=state.reason
+            if state is not None and state.fatal
+            else ("" if enabled else "operator"),
             at=time.time(),
         )
         compares = [read.unchanged(def_key(name)), read.unchanged(state_key(name))]
@@ -469,18 +474,21 @@ async def set_enabled(coordinator: Coordinator, name: str, enabled: bool) -> boo
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Relocated:
-    """The relocation asked: `instance` off `from_node`, to `to_node` (None: anywhere allowed)."""
+    """The relocation asked: `instance` off `from_node`, to `to_node` (None: anywhere allowed).
+
+    `master`: the instance is a promotable service's master, and the master role moves.
+    """
 
     instance: InstanceId
     from_node: str
     to_node: str | None
+    master: bool = False
 
     def describe(self) -> str:
         """One sentence (what `service relocate` prints)."""
-        return (
-            f"relocation of {self.instance} asked: from {self.from_node} to "
-            f"{self.to_node or 'the best other node'}"
-        )
+        what = f"move of the master of {self.instance.service}" if self.master else None
+        what = what or f"relocation of {self.instance}"
+        return f"{what} asked: from {self.from_node} to {self.to_node or 'the best other node'}"
 
 
 def _instance_to_move(read: _Read, service: Service, index: int | None) -> InstanceId:
@@ -526,29 +534,59 @@ async def relocate(
         held = listing.owners.get(instance)
         if held is None:
             raise ServiceRefused(f"instance {instance} is not running: there is nothing to move.")
+        master = listing.masters.get(name)
+        # The master of a promotable service: its role moves (to a copy already on the
+        # target, or with the instance to a free target), as `pcs resource move` does.
+        moves_master = (
+            service.promotable
+            and master is not None
+            and master.index == instance.index
+            and master.node == held.record.node
+        )
         compares = [
             read.unchanged(def_key(name)),
             read.unchanged(state_key(name)),
             Compare.created_at(owner_key(instance), held.token),
             read.unchanged(relocation_key(instance)),
         ]
+        if moves_master:
+            compares.append(read.unchanged(master_key(name)))
         if to is not None:
             node = read.items.get(node_key(to))
             if node is None:
                 alive = ", ".join(sorted(listing.nodes)) or "none"
                 raise ServiceRefused(f"node {to!r} is not a live node (live nodes: {alive}).")
             if to == held.record.node:
-                raise ServiceRefused(f"instance {instance} already runs on {to}.")
+                what = f"the master of {name!r}" if moves_master else f"instance {instance}"
+                raise ServiceRefused(f"{what} already runs on {to}.")
             domain = listing.domains.get(service.domain) if service.domain else None
             if _outside_restricted(domain, to):
                 raise ServiceRefused(
                     f"node {to!r} is outside the restricted domain {service.domain!r} "
                     f"of service {name!r}."
                 )
+            other = next(
+                (
+                    i
+                    for i, h in sorted(listing.owners.items())
+                    if i.service == name and i != instance and h.record.node == to
+                ),
+                None,
+            )
+            if other is not None and not moves_master:
+                raise ServiceRefused(
+                    f"{to} already runs instance {other} and copies of a service run on "
+                    f"distinct nodes; move {other} away first, or pick a node without a copy."
+                )
             compares.append(Compare.created_at(node_key(to), node.create_revision))
-        record = RelocationRecord(from_node=held.record.node, to_node=to, at=time.time())
+        record = RelocationRecord(
+            from_node=held.record.node, to_node=to, at=time.time(), master=moves_master
+        )
         ops: list[TxnOp] = [Put(key=relocation_key(instance), value=encode_relocation(record))]
-        return compares, ops, Relocated(instance=instance, from_node=held.record.node, to_node=to)
+        done = Relocated(
+            instance=instance, from_node=held.record.node, to_node=to, master=moves_master
+        )
+        return compares, ops, done
 
     return await _retrying(coordinator, "service relocate", attempt)
 

@@ -36,7 +36,9 @@ optional `address` template the master publishes.
   a monitor's timeout strictly below its interval (a check still running
   when the next one is due would pile checks on a sick agent).
 - `address` is a `str.format` template over `{node}`, `{node_ip}`,
-  `{instance}` and `{token}`; any other field is refused.
+  `{instance}` and `{token}`; any other field is refused. Parameter values
+  may hold `{node}`, `{node_ip}`, `{instance}` and `{state_dir}`, which the
+  node role fills in (`Service.render_parameters`); other braces are left.
 
 **A failover domain** (`FailoverDomain`) is either an ordered list of nodes
 with priorities (`nodes = ["a", "b"]`, priority = position, or
@@ -165,14 +167,23 @@ class Service:
     domain: str | None = None
     address: str | None = None
 
-    def render_parameters(self, *, node: str, node_ip: str, instance: int) -> Service:
-        """This service with `{node}`, `{node_ip}` and `{instance}` replaced in its parameters.
+    def render_parameters(
+        self, *, node: str, node_ip: str, instance: int, state_dir: str
+    ) -> Service:
+        """This service with `{node}`, `{node_ip}`, `{instance}` and `{state_dir}` replaced
+        in its parameters (`state_dir`: the node's daemon's state directory).
 
-        Only those three literal fields are replaced (any other brace is the
-        agent's business), so that nodes sharing one filesystem, as lab hosts
-        do, can give each copy a state file of its own.
+        Only those literal fields are replaced (any other brace is the agent's
+        business), so that nodes sharing one filesystem, as lab hosts do, can
+        give each copy a state file of its own, and labs (or clusters) sharing
+        one machine, each with its own state directory, one of their own.
         """
-        fields = {"{node}": node, "{node_ip}": node_ip, "{instance}": str(instance)}
+        fields = {
+            "{node}": node,
+            "{node_ip}": node_ip,
+            "{instance}": str(instance),
+            "{state_dir}": state_dir,
+        }
         rendered = {}
         for name, value in self.parameters.items():
             for field_text, replacement in fields.items():
@@ -327,6 +338,15 @@ def _address(table: _Table) -> str | None:
             "address", f"uses {{{bad[0]}}}; only {{node}}, {{node_ip}}, {{instance}}, {{token}}"
         )
     return template
+
+
+def _named(kind: str, position: int, data: object) -> str:
+    """How a table is named in a refusal: by its name when it has a valid one, else by
+    its position in the file (`service 2`)."""
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str) and NAME_PATTERN.match(name):
+        return f"{kind} {name!r}"
+    return f"{kind} {position}"
 
 
 def _service(data: object, where: str) -> Service:
@@ -489,8 +509,12 @@ def parse_definitions(
         raise DefinitionError(
             f"unknown top-level key {unknown[0]!r}; use [[service]] and [[domain]] tables."
         )
-    domains = tuple(_domain(d, f"domain {i + 1}") for i, d in enumerate(_items(data, "domain")))
-    services = tuple(_service(s, f"service {i + 1}") for i, s in enumerate(_items(data, "service")))
+    domains = tuple(
+        _domain(d, _named("domain", i + 1, d)) for i, d in enumerate(_items(data, "domain"))
+    )
+    services = tuple(
+        _service(s, _named("service", i + 1, s)) for i, s in enumerate(_items(data, "service"))
+    )
     _check_together(services, domains, known_domains)
     return Definitions(services=services, domains=domains)
 

@@ -13,7 +13,11 @@ it knows them, since the watch may lag behind its own writes), calls
 `placement.decide`, logs the decision's sentence when it changes, and
 carries out the actions that name this node. Each instance has at most one
 action in flight, in a task of its own, so a slow agent delays nobody else.
-Nothing is decided or started while the session may not act.
+Nothing is decided or started while the session may not act. An operator's
+relocation from this node that placement cannot carry out gets the reason
+written in its record (`waiting`, on a change), which `service status`
+shows; the record is deleted once what it moves runs elsewhere
+(`store.relocated_to`), by this node or the new holder.
 
 **Ownership.** A start creates `owners/<s>/<i>` on the session's lease only
 if it is absent and the instance is not blocked, in one transaction (losing
@@ -111,7 +115,14 @@ from servergroup.coordination.types import Compare, Delete, Guard, KeyValue, Put
 from servergroup.servers.model import RegistrySnapshot
 from servergroup.services import store
 from servergroup.services.fencing import FENCE_TIMEOUT, Fencer, FenceRequest, KillLeftovers
-from servergroup.services.ledger import Ledger, LedgerEntry, clear_ledger, read_ledger, write_ledger
+from servergroup.services.ledger import (
+    Ledger,
+    LedgerEntry,
+    clear_ledger,
+    read_ledger,
+    state_dir_of,
+    write_ledger,
+)
 from servergroup.services.metadata import AgentInfo, MetadataError
 from servergroup.services.model import (
     DefinitionError,
@@ -458,6 +469,7 @@ class NodeRole:
             self._last_sentence = decision.sentence
         for action in decision.actions:
             self._launch(action, listing)
+        await self._say_waiting(listing, decision.waiting)
         self._follow_definitions(listing)
         self._republish(listing)
         timer = next_timer(snap, now)
@@ -552,7 +564,7 @@ class NodeRole:
         return out
 
     async def _resolve(self, service: Service) -> _Resolved:
-        rendered = service.render_parameters(node=self.node, node_ip=self.node_ip, instance=0)
+        rendered = self._rendered(service, InstanceId(service=service.name, index=0))
         try:
             agent = self._agents(rendered, InstanceId(service=service.name, index=0))
             info = await agent.metadata()
@@ -621,7 +633,10 @@ class NodeRole:
 
     def _rendered(self, service: Service, instance: InstanceId) -> Service:
         return service.render_parameters(
-            node=self.node, node_ip=self.node_ip, instance=instance.index
+            node=self.node,
+            node_ip=self.node_ip,
+            instance=instance.index,
+            state_dir=str(state_dir_of(self.ledger_path).absolute()),
         )
 
     def _follow_definitions(self, listing: store.Listing) -> None:
@@ -686,15 +701,31 @@ class NodeRole:
                 del self._stuck[instance]
                 self._ledger_drop(instance)
         for instance, relocation in listing.relocations.items():
-            owner = listing.owners.get(instance)
-            moved = owner is not None and owner.record.node != self.node
+            holder = store.relocated_to(listing, instance, relocation)
             kv = self._items.get(store.relocation_key(instance))
-            if relocation.from_node == self.node and moved and kv is not None:
-                # Done: the instance runs elsewhere now.
+            if holder is not None and self.node in (relocation.from_node, holder) and kv:
+                # Done: the instance (or the master) runs elsewhere now. The new holder
+                # deletes it too, for a `from_node` that is gone.
                 with contextlib.suppress(CoordinationError):
                     await self._c.delete(
                         store.relocation_key(instance), if_mod_revision=kv.mod_revision
                     )
+
+    async def _say_waiting(self, listing: store.Listing, waiting: Mapping[InstanceId, str]) -> None:
+        """Write in each relocation from this node why it waits (or that it no longer does),
+        so that `service status` says it; only on a change."""
+        for instance, relocation in listing.relocations.items():
+            why = waiting.get(instance, "")
+            kv = self._items.get(store.relocation_key(instance))
+            if relocation.from_node != self.node or relocation.waiting == why or kv is None:
+                continue
+            record = replace(relocation, waiting=why)
+            with contextlib.suppress(CoordinationError):
+                await self._c.put(
+                    store.relocation_key(instance),
+                    store.encode_relocation(record),
+                    if_mod_revision=kv.mod_revision,
+                )
 
     async def _delete_owner(self, instance: InstanceId, token: int) -> None:
         with contextlib.suppress(CoordinationError):
@@ -998,6 +1029,7 @@ class NodeRole:
         await self._unpublish(local)
         local.master = False
         self._ledger_put(local)  # after demote
+        local.action = ""  # the record says it is done (others wait on a busy copy)
         await self._put_owner(local)
         self._restart_monitors(local)
 

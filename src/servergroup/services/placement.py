@@ -40,7 +40,18 @@ would refuse:
 - **Operator relocation** (`Relocation`, pending until the node role sees
   the instance off `from_node`): the instance is stopped (RELOCATE) when
   the target, `to_node` or any other allowed free node, exists, and then
-  started there; otherwise it stays and the sentence says why.
+  started there; otherwise it stays, and `Decision.waiting` and the
+  sentence say why.
+- **Moving a master** (a `Relocation` with `master`, of a promotable
+  service; pending until a master runs off `from_node`), as Pacemaker moves
+  a promotable resource's promoted role: when the target (`to_node`, or
+  the best other node) runs a healthy copy, the master is demoted in place
+  (`Demote`) and, once no owner claims master, the target's copy is
+  promoted (nobody else's, and nothing is promoted while the target's copy
+  is on its way); when the target runs no copy but is allowed and free,
+  the master's instance is stopped, started there, and promoted there. The
+  old master's copy stays as a slave. If the target cannot take it after
+  the demote (its copy failed meanwhile), the usual choice promotes.
 - **Recovery** of an instance its owner reports failed (a soft error of
   `monitor`, or a failed `start`): `restart` restarts it in place
   (`Restart`: the agent's `recover` if it has one, else stop and start,
@@ -54,9 +65,10 @@ would refuse:
 - **Disabled** services are stopped everywhere; an instance whose index is
   at or above `instances` (the count was lowered) is stopped (SURPLUS).
 - **Promotable** services: when no healthy master runs, the best-ranked
-  healthy slave is promoted, unless a copy being started (busy, or started
-  this cycle) ranks better: then the promotion waits for it; of two masters
-  (which the master key should prevent) all but the best-ranked are demoted.
+  healthy slave is promoted (the target's, for a master being moved),
+  unless a copy being started (busy, or started this cycle) ranks better:
+  then the promotion waits for it; of two masters (which the master key
+  should prevent) all but the best-ranked are demoted.
 - An instance whose owner is **busy** (an action in flight) gets no action.
 
 Actions come in the order stop, demote, disable, restart, start, promote;
@@ -104,10 +116,15 @@ class Owner:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Relocation:
-    """An operator's request to move an instance off `from_node`, to `to_node` or anywhere."""
+    """An operator's request to move an instance off `from_node`, to `to_node` or anywhere.
+
+    `master`: the instance was the master of a promotable service when asked, and
+    what moves is the master role (pending until a master runs off `from_node`).
+    """
 
     from_node: str
     to_node: str | None = None
+    master: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -210,6 +227,8 @@ _ORDER: Final[Mapping[type, int]] = {
 class Decision:
     actions: tuple[Action, ...]
     sentence: str
+    #: Why each pending relocation that cannot go ahead now waits (one phrase each).
+    waiting: Mapping[InstanceId, str] = field(default_factory=dict)
 
 
 def _recent(snapshot: Snapshot, service: Service, node: str, now: float) -> int:
@@ -239,6 +258,7 @@ class _Planner:
         self.now = now
         self.actions: list[Action] = []
         self.notes: list[str] = []
+        self.waiting: dict[InstanceId, str] = {}
         self.load: dict[str, int] = {node: 0 for node in snapshot.nodes}
         for owner in snapshot.owners.values():
             if owner.node in self.load:
@@ -319,7 +339,7 @@ class _Planner:
                 if self.recover(service, instance, owner, owners):
                     return  # the service is disabled: nothing more for it
                 continue
-            if self.relocate(service, instance, owner, {o.node for o in owners.values()}):
+            if self.relocate(service, instance, owner, owners):
                 continue
             kept[instance] = owner
         self.failback(service, kept, taken={o.node for o in owners.values()})
@@ -332,8 +352,11 @@ class _Planner:
                 continue
             choice = self.candidates(service, taken)
             asked = snap.relocations.get(instance)
+            moving = self.master_moving(service) if service.promotable else None
             if asked is not None and asked.to_node in choice:
                 choice = [asked.to_node]
+            elif asked is None and moving is not None and moving.to_node in choice:
+                choice = [moving.to_node]  # the copy the master is to move to
             elif asked is not None and len(choice) > 1 and asked.from_node in choice:
                 choice.remove(asked.from_node)
             if not choice:
@@ -374,23 +397,93 @@ class _Planner:
         return False
 
     def relocate(
-        self, service: Service, instance: InstanceId, owner: Owner, taken: set[str]
+        self, service: Service, instance: InstanceId, owner: Owner, owners: dict[InstanceId, Owner]
     ) -> bool:
-        """Stop `instance` for a pending relocation that can be done; True when stopped."""
+        """Carry out a pending relocation of `instance` where it can be; True when stopped."""
         asked = self.snapshot.relocations.get(instance)
         if asked is None or owner.busy or owner.node != asked.from_node:
             return False
-        free = self.candidates(service, taken)
+        if asked.master and service.promotable:
+            # Once demoted, the copy stays where it is: masters() promotes the target's.
+            return owner.master and self.move_master(service, instance, owner, asked, owners)
+        free = self.candidates(service, {o.node for o in owners.values()})
         if asked.to_node is not None and asked.to_node not in free:
-            self.notes.append(
-                f"{instance} cannot move to {asked.to_node}: it is not an allowed free node"
-            )
+            self.wait(instance, self.unfit(service, asked.to_node) or self.occupied(asked.to_node))
             return False
         if not free:
-            self.notes.append(f"{instance} cannot move: no other allowed node is free")
+            self.wait(instance, "no other allowed node is free")
             return False
         self.actions.append(Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE))
         return True
+
+    def move_master(
+        self,
+        service: Service,
+        instance: InstanceId,
+        owner: Owner,
+        asked: Relocation,
+        owners: dict[InstanceId, Owner],
+    ) -> bool:
+        """Move the master role off `owner.node`: demote it for a healthy copy on the target,
+        or stop it for a free target (it is started and promoted there); True when stopped."""
+        copies = {o.node: o for i, o in owners.items() if i != instance}
+        free = self.candidates(service, {o.node for o in owners.values()})
+        target = asked.to_node
+        if target is not None:
+            copy = copies.get(target)
+            why = self.unfit(service, target)
+            if why is None and copy is not None and copy.failed:
+                why = f"its copy on {target} has failed"
+            if why is None and copy is None and target not in free:
+                why = self.occupied(target)
+            if why is not None:
+                self.wait(instance, why)
+                return False
+            if copy is None and self.missing(service, owners):
+                return False  # a missing copy starts on the target first (place())
+            if copy is None:
+                self.actions.append(
+                    Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE)
+                )
+                return True
+            if not copy.busy:  # a copy being started or recovered: wait for it, quietly
+                self.actions.append(Demote(instance=instance, node=owner.node))
+            return False
+        if any(self.allowed(service, n) and not (o.failed or o.busy) for n, o in copies.items()):
+            self.actions.append(Demote(instance=instance, node=owner.node))
+            return False
+        if not free:
+            self.wait(instance, "no other allowed node runs a healthy copy or is free")
+            return False
+        self.actions.append(Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE))
+        return True
+
+    def missing(self, service: Service, owners: Mapping[InstanceId, Owner]) -> bool:
+        """Whether an instance of `service` has no owner and may be started."""
+        return any(
+            i not in owners and i not in self.snapshot.blocked
+            for i in (InstanceId(service=service.name, index=n) for n in range(service.instances))
+        )
+
+    def unfit(self, service: Service, node: str) -> str | None:
+        """Why `node` may run no copy of `service` now, None if it may."""
+        if node not in self.snapshot.nodes:
+            return f"{node} is not up"
+        if (service.name, node) in self.snapshot.bans:
+            return f"{service.name} is banned from {node}"
+        if self.rank(service, node) is None:
+            domain = self.domain_of(service)
+            name = domain.name if domain is not None else "-"
+            return f"{node} is outside the restricted domain {name!r}"
+        return None
+
+    def occupied(self, node: str) -> str:
+        return f"{node} already runs a copy of it (copies run on distinct nodes)"
+
+    def wait(self, instance: InstanceId, why: str) -> None:
+        """Say why the relocation of `instance` cannot go ahead this cycle."""
+        self.waiting[instance] = why
+        self.notes.append(f"the relocation of {instance} waits: {why}")
 
     def joined_since(self, node: str, owner: Owner) -> bool:
         joined = self.snapshot.joined_at.get(node)
@@ -400,9 +493,13 @@ class _Planner:
         domain = self.domain_of(service)
         if domain is None or domain.nofailback:
             return
+        moving = self.master_moving(service) if service.promotable else None
+        target = moving.to_node if moving is not None else None
         for instance, owner in kept.items():
             if owner.busy or owner.master or owner.node not in self.snapshot.nodes:
                 continue
+            if owner.node == target:
+                continue  # the copy the master is being moved to
             current = self.rank(service, owner.node)
             assert current is not None  # unwanted() stopped it otherwise
             better = []
@@ -441,6 +538,12 @@ class _Planner:
                 ((i, o) for i, o in owners.items() if not (o.failed or o.busy or i in stopping)),
                 key=order,
             )
+            moving = self.master_moving(service)
+            if moving is not None and self.promote_target(service, owners, slaves, moving):
+                return
+            if moving is not None and moving.to_node is None:
+                # Anywhere but there: the old master's node only when no other can.
+                slaves = sorted(slaves, key=lambda item: item[1].node == moving.from_node)
             if not slaves:
                 return
             instance, owner = slaves[0]
@@ -458,9 +561,43 @@ class _Planner:
                 return
             self.actions.append(Promote(instance=instance, node=owner.node))
             return
+        demoting = {a.instance for a in self.actions if isinstance(a, Demote)}
         for instance, owner in masters[1:]:
-            if not owner.busy and instance not in stopping:
+            if not owner.busy and instance not in stopping and instance not in demoting:
                 self.actions.append(Demote(instance=instance, node=owner.node))
+
+    def master_moving(self, service: Service) -> Relocation | None:
+        """The pending move of `service`'s master, if an operator asked one."""
+        moves = sorted(
+            (i, r)
+            for i, r in self.snapshot.relocations.items()
+            if i.service == service.name and r.master
+        )
+        return moves[0][1] if moves else None
+
+    def promote_target(
+        self,
+        service: Service,
+        owners: dict[InstanceId, Owner],
+        slaves: list[tuple[InstanceId, Owner]],
+        moving: Relocation,
+    ) -> bool:
+        """With no master and the master being moved to a node: promote the copy there, or
+        wait while one is on its way there; False when the target cannot take it."""
+        target = moving.to_node
+        if target is None:
+            return False
+        for instance, owner in slaves:
+            if owner.node == target:
+                self.actions.append(Promote(instance=instance, node=target))
+                return True
+        coming = any(o.busy and not o.failed and o.node == target for o in owners.values()) or any(
+            isinstance(a, Start) and a.instance.service == service.name and a.node == target
+            for a in self.actions
+        )
+        if coming:
+            self.notes.append(f"{service.name} promotes on {target} once its copy there runs")
+        return coming
 
     def why_nowhere(self, service: Service) -> str:
         domain = self.domain_of(service)
@@ -496,7 +633,7 @@ def decide(snapshot: Snapshot, now: float) -> Decision:
         sentence = f"{running} instance(s) of {len(snapshot.services)} service(s) placed"
     if planner.notes:
         sentence += "; " + "; ".join(planner.notes)
-    return Decision(actions=actions, sentence=sentence + ".")
+    return Decision(actions=actions, sentence=sentence + ".", waiting=dict(planner.waiting))
 
 
 def next_timer(snapshot: Snapshot, now: float) -> float | None:
@@ -519,6 +656,7 @@ __all__ = [
     "InstanceId",
     "Owner",
     "Promote",
+    "Relocation",
     "Restart",
     "Snapshot",
     "Start",

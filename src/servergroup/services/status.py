@@ -103,7 +103,7 @@ class ServiceStatus:
     state: ServiceState
     disabled: bool
     fatal: bool
-    reason: str  # the state record's reason ("" without one)
+    reason: str  # why it is disabled or fatal ("" when it is neither, or none was given)
     instances: tuple[InstanceStatus, ...]
     master: MasterRecord | None
     failures: Mapping[str, FailureRecord]  # by node
@@ -192,12 +192,14 @@ def service_status(listing: Listing, name: str) -> ServiceStatus | None:
     instances = _instances(listing, service)
     state = listing.states.get(name)
     history = listing.history.get(name)
+    disabled, fatal = listing.disabled(service), listing.fatal(name)
     return ServiceStatus(
         service=service,
         state=_state(listing, service, instances),
-        disabled=listing.disabled(service),
-        fatal=listing.fatal(name),
-        reason=state.reason if state is not None else "",
+        disabled=disabled,
+        fatal=fatal,
+        # Why it is disabled or stopped; a record's reason says nothing of a running service.
+        reason=state.reason if state is not None and (disabled or fatal) else "",
         instances=instances,
         master=listing.masters.get(name),
         failures={node: r for (s, node), r in sorted(listing.failures.items()) if s == name},

@@ -258,11 +258,18 @@ class BlockRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelocationRecord:
-    """`service relocate`: move the instance off `from_node`, to `to_node` or anywhere allowed."""
+    """`service relocate`: move the instance off `from_node`, to `to_node` or anywhere allowed.
+
+    `master`: the instance was a promotable service's master when asked, and the
+    master role is what moves (`placement.Relocation`). `waiting`: why the node
+    roles cannot carry it out now (written by `from_node`'s; empty while it goes on).
+    """
 
     from_node: str
     to_node: str | None = None
     at: float
+    master: bool = False
+    waiting: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -504,7 +511,15 @@ def decode_block(raw: bytes) -> BlockRecord:
 
 
 def encode_relocation(record: RelocationRecord) -> bytes:
-    return _dumps({"from_node": record.from_node, "to_node": record.to_node, "at": record.at})
+    return _dumps(
+        {
+            "from_node": record.from_node,
+            "to_node": record.to_node,
+            "at": record.at,
+            "master": record.master,
+            "waiting": record.waiting,
+        }
+    )
 
 
 def decode_relocation(raw: bytes) -> RelocationRecord:
@@ -514,7 +529,32 @@ def decode_relocation(raw: bytes) -> RelocationRecord:
         from_node=_str(obj, "from_node", what),
         to_node=_opt_str(obj, "to_node", what),
         at=_time(obj.get("at"), "at", what),
+        master=_bool(obj, "master", what),
+        waiting=_str(obj, "waiting", what, default=""),
     )
+
+
+def relocated_to(listing: Listing, instance: InstanceId, record: RelocationRecord) -> str | None:
+    """The node that holds what `record` moves, once that is off `from_node` (None: pending).
+
+    An instance has moved once another node owns it; a master once a master
+    other than `from_node`'s runs (not busy: its promote ended), wherever that
+    is (a failover can make the move moot).
+    """
+    if record.master:
+        for other, copy in sorted(listing.owners.items()):
+            if (
+                other.service == instance.service
+                and copy.record.master
+                and not copy.record.busy
+                and copy.record.node != record.from_node
+            ):
+                return copy.record.node
+        return None
+    held = listing.owners.get(instance)
+    if held is not None and held.record.node != record.from_node:
+        return held.record.node
+    return None
 
 
 def _entry_obj(entry: HistoryEntry) -> dict[str, Any]:
@@ -705,7 +745,7 @@ def snapshot(
         blocked=frozenset(listing.blocked),
         joined_at={name: record.joined_at for name, record in listing.nodes.items()},
         relocations={
-            instance: Relocation(from_node=r.from_node, to_node=r.to_node)
+            instance: Relocation(from_node=r.from_node, to_node=r.to_node, master=r.master)
             for instance, r in listing.relocations.items()
         },
     )
@@ -769,6 +809,7 @@ __all__ = [
     "node_key",
     "owner_key",
     "read_listing",
+    "relocated_to",
     "relocation_key",
     "service_keys",
     "snapshot",

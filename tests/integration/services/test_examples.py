@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,28 @@ async def test_an_example_fits_the_default_services_lease_not_the_hosts(name: st
         check_lease_fits(resolved, Config().services_coordination, kill_grace=KILL_GRACE)
         with pytest.raises(DefinitionError, match="stop_timeout"):
             check_lease_fits(resolved, CoordinationConfig(lease_ttl=1), kill_grace=KILL_GRACE)
+
+
+@pytest.mark.parametrize("name", ["dummy.toml", "promotable.toml"])
+async def test_an_examples_state_file_is_its_own_labs(name: str, tmp_path: Path) -> None:
+    """Two labs on one machine (each its own state directory, both with an h1) never share
+    an example's state file, and the real agent keeps its state where it is rendered."""
+    for service in parse_definitions((EXAMPLES / name).read_text()).services:
+        paths = {
+            lab: service.render_parameters(
+                node="h1", node_ip="198.18.0.11", instance=0, state_dir=str(tmp_path / lab)
+            ).parameters["state"]
+            for lab in ("a", "b")
+        }
+        assert paths["a"] != paths["b"]
+        assert paths["a"].startswith(f"{tmp_path / 'a'}/")
+        # The node role's directory there holds its ledger: it exists before any agent runs.
+        Path(paths["a"]).parent.mkdir(parents=True)
+        agent = OcfAgent(
+            service.agent, instance=f"{service.name}:0", parameters={"state": paths["a"]}
+        )
+        started = await agent.run("start", timeout=10)
+        assert started.ok, started.describe()
+        assert await asyncio.to_thread(Path(paths["a"]).exists)
+        stopped = await agent.run("stop", timeout=10)
+        assert stopped.ok, stopped.describe()

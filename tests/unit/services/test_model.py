@@ -168,6 +168,33 @@ def test_bad_definitions_are_refused_naming_the_field(text: str, message: str) -
     with pytest.raises(DefinitionError) as caught:
         parse_definitions(text)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[service]]\nname = "a"\nagent = "/x"\n[[service]]\nname = "web"\nagent = "/x"\n'
+            'colour = "red"\n',
+            "service 'web' has an unknown key 'colour'.",
+        ),
+        (
+            '[[domain]]\nname = "d"\nnodes = ["a"]\n[[domain]]\nname = "e"\nnodes = ["a"]\n'
+            "colour = 1\n",
+            "domain 'e' has an unknown key 'colour'.",
+        ),
+        # No usable name: the table's position in the file.
+        (
+            '[[service]]\nname = "a"\nagent = "/x"\n[[service]]\ncolour = 1\n',
+            "service 2 has an unknown key 'colour'.",
+        ),
+        ('[[service]]\nname = "a b"\ncolour = 1\n', "service 1 has an unknown key 'colour'."),
+    ],
+)
+def test_a_table_with_an_unknown_key_is_named_by_its_name(text: str, message: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        parse_definitions(text)
+    assert str(caught.value) == message
     assert isinstance(caught.value, ConfigError)
     assert "\n" not in str(caught.value)
 
@@ -262,16 +289,24 @@ def test_a_stop_that_cannot_end_before_the_lease_may_expire_is_refused() -> None
     fits(quick, lease_ttl=10, demote_timeout=5.0)
 
 
-def test_parameters_may_name_the_node_its_address_and_the_instance() -> None:
+def test_parameters_may_name_the_node_its_address_the_instance_and_the_state_dir() -> None:
     service = Service(
         name="db",
         agent=AgentRef(provider="sgtest", type="journal"),
-        parameters={"state": "/run/{node}-{instance}.state", "peer": "{node_ip}", "raw": "{x} {}"},
+        parameters={
+            "state": "/run/{node}-{instance}.state",
+            "peer": "{node_ip}",
+            "raw": "{x} {}",
+            "dir": "{state_dir}/services/db-{node}.state",
+        },
     )
-    rendered = service.render_parameters(node="h2", node_ip="198.18.0.12", instance=1)
+    rendered = service.render_parameters(
+        node="h2", node_ip="198.18.0.12", instance=1, state_dir="/tmp/lab-a"
+    )
     assert rendered.parameters == {
         "state": "/run/h2-1.state",
         "peer": "198.18.0.12",
         "raw": "{x} {}",  # other braces are the agent's business
+        "dir": "/tmp/lab-a/services/db-h2.state",
     }
     assert service.parameters["state"] == "/run/{node}-{instance}.state"

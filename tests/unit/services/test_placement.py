@@ -291,9 +291,136 @@ def test_a_relocation_that_cannot_be_done_leaves_the_instance_running() -> None:
     )
     decision = decide(outside, NOW)
     assert decision.actions == ()
-    assert "web/0 cannot move to h4: it is not an allowed free node" in decision.sentence
+    why = "h4 is outside the restricted domain 'lab'"
+    assert decision.waiting == {i(): why}
+    assert f"the relocation of web/0 waits: {why}" in decision.sentence
     alone = snap(owners=running, nodes="h1", relocations={i(): Relocation(from_node="h1")})
-    assert "web/0 cannot move: no other allowed node is free" in decide(alone, NOW).sentence
+    assert decide(alone, NOW).waiting == {i(): "no other allowed node is free"}
+    unrestricted = replace(outside, domains={"lab": lab(ordered=True)})
+    gone = replace(unrestricted, relocations={i(): Relocation(from_node="h1", to_node="h9")})
+    assert decide(gone, NOW).waiting == {i(): "h9 is not up"}
+    banned = replace(gone, relocations=outside.relocations, bans=frozenset({("web", "h4")}))
+    assert decide(banned, NOW).waiting == {i(): "web is banned from h4"}
+    # A copy of a service of two instances is there already.
+    two = service(instances=2)
+    taken = snap(
+        services=(two,),
+        owners={**running, i(index=1): Owner(node="h2", token=4)},
+        relocations={i(): Relocation(from_node="h1", to_node="h2")},
+    )
+    assert decide(taken, NOW).waiting == {
+        i(): "h2 already runs a copy of it (copies run on distinct nodes)"
+    }
+    # Going ahead: nothing waits.
+    assert decide(unrestricted, NOW).waiting == {}
+
+
+CSNAP = service("csnap", instances=3, promotable=True)
+
+
+def csnap_owners(master: str = "h1", **changes: Owner) -> dict[InstanceId, Owner]:
+    """csnap's three copies on h1, h2, h3 (instances 0, 1, 2), the master on `master`."""
+    owners = {
+        i("csnap", n): Owner(node=f"h{n + 1}", token=4 + n, master=f"h{n + 1}" == master)
+        for n in range(3)
+    }
+    for node, owner in changes.items():
+        owners[i("csnap", int(node[1:]) - 1)] = owner
+    return owners
+
+
+def test_moving_a_master_to_a_node_with_a_copy_demotes_it_then_promotes_that_copy() -> None:
+    asked = {i("csnap", 0): Relocation(from_node="h1", to_node="h2", master=True)}
+    first = snap(services=(CSNAP,), owners=csnap_owners(), relocations=asked)
+    decision = decide(first, NOW)
+    assert acts(decision) == [Demote(instance=i("csnap", 0), node="h1")]
+    assert decision.waiting == {}
+    # While the demote runs the old master still claims the role: nothing is promoted.
+    demoting = csnap_owners(h1=Owner(node="h1", token=4, master=True, busy=True))
+    assert decide(replace(first, owners=demoting), NOW).actions == ()
+    # Demoted: the target's copy is promoted, not the best-ranked one (h1's).
+    demoted = replace(first, owners=csnap_owners(master=""))
+    assert acts(decide(demoted, NOW)) == [Promote(instance=i("csnap", 1), node="h2")]
+    # Done (the node roles drop the request): the master stays on h2, h1's copy a slave.
+    done = replace(first, owners=csnap_owners(master="h2"), relocations={})
+    assert decide(done, NOW).actions == ()
+    # A master moved by an old-style request (no `master`): it stays, and says why.
+    old = {i("csnap", 0): Relocation(from_node="h1", to_node="h2")}
+    old_style = decide(replace(first, relocations=old), NOW)
+    assert old_style.actions == ()
+    assert "h2 already runs a copy" in old_style.waiting[i("csnap", 0)]
+
+
+def test_moving_a_master_anywhere_goes_to_the_best_other_copy() -> None:
+    asked = {i("csnap", 0): Relocation(from_node="h1", master=True)}
+    first = snap(services=(CSNAP,), owners=csnap_owners(), relocations=asked)
+    assert acts(decide(first, NOW)) == [Demote(instance=i("csnap", 0), node="h1")]
+    demoted = replace(first, owners=csnap_owners(master=""))
+    assert acts(decide(demoted, NOW)) == [Promote(instance=i("csnap", 1), node="h2")]
+
+
+def test_moving_a_master_to_a_free_node_starts_and_promotes_it_there() -> None:
+    two = service("csnap", instances=2, promotable=True)
+    owners = {
+        i("csnap", 0): Owner(node="h1", token=4, master=True),
+        i("csnap", 1): Owner(node="h2", token=5),
+    }
+    asked = {i("csnap", 0): Relocation(from_node="h1", to_node="h3", master=True)}
+    nofailback = lab(ordered=True, nofailback=True)
+    first = snap(services=(two,), owners=owners, relocations=asked, domain=nofailback)
+    assert acts(decide(first, NOW)) == [
+        Stop(instance=i("csnap", 0), node="h1", reason=StopReason.RELOCATE)
+    ]
+    # Stopped: started on h3, and h2's slave is not promoted meanwhile.
+    stopped = replace(first, owners={i("csnap", 1): owners[i("csnap", 1)]})
+    decision = decide(stopped, NOW)
+    assert acts(decision) == [Start(instance=i("csnap", 0), node="h3")]
+    assert "promotes on h3 once its copy there runs" in decision.sentence
+    starting = {**stopped.owners, i("csnap", 0): Owner(node="h3", token=9, busy=True)}
+    assert decide(replace(stopped, owners=starting), NOW).actions == ()
+    running = {**stopped.owners, i("csnap", 0): Owner(node="h3", token=9)}
+    assert acts(decide(replace(stopped, owners=running), NOW)) == [
+        Promote(instance=i("csnap", 0), node="h3")
+    ]
+
+
+def test_a_master_move_that_cannot_go_on_says_why_and_keeps_the_master() -> None:
+    asked = {i("csnap", 0): Relocation(from_node="h1", to_node="h2", master=True)}
+    failed = csnap_owners(h2=Owner(node="h2", token=5, failed=True))
+    decision = decide(snap(services=(CSNAP,), owners=failed, relocations=asked), NOW)
+    assert not any(isinstance(a, Demote | Stop) and a.node == "h1" for a in decision.actions)
+    assert decision.waiting == {i("csnap", 0): "its copy on h2 has failed"}
+    gone = decide(
+        snap(services=(CSNAP,), nodes="h1 h3", owners=csnap_owners(), relocations=asked), NOW
+    )
+    assert gone.waiting == {i("csnap", 0): "h2 is not up"}
+    assert not any(isinstance(a, Demote) for a in gone.actions)
+    # A copy on the target being started: the move waits for it, quietly.
+    busy = csnap_owners(h2=Owner(node="h2", token=5, busy=True))
+    quiet = decide(snap(services=(CSNAP,), owners=busy, relocations=asked), NOW)
+    assert (quiet.actions, quiet.waiting) == ((), {})
+    # The target's copy failed after the demote: the usual choice promotes (no master-less wait).
+    after = csnap_owners(master="", h2=Owner(node="h2", token=5, failed=True))
+    fallback = decide(
+        snap(
+            services=(CSNAP,),
+            owners=after,
+            relocations=asked,
+            failures=(Failure(service="csnap", node="h2", at=NOW),),
+        ),
+        NOW,
+    )
+    assert Promote(instance=i("csnap", 0), node="h1") in fallback.actions
+    # Anywhere, with every other copy failed and no free node.
+    anywhere = {i("csnap", 0): Relocation(from_node="h1", master=True)}
+    others_failed = csnap_owners(
+        h2=Owner(node="h2", token=5, failed=True), h3=Owner(node="h3", token=6, failed=True)
+    )
+    stuck = decide(
+        snap(services=(CSNAP,), nodes="h1 h2 h3", owners=others_failed, relocations=anywhere),
+        NOW,
+    )
+    assert stuck.waiting == {i("csnap", 0): "no other allowed node runs a healthy copy or is free"}
 
 
 def test_a_promotion_waits_for_a_better_ranked_copy_being_started() -> None:
@@ -322,3 +449,17 @@ def test_a_promotion_waits_for_a_better_ranked_copy_being_started() -> None:
     assert Promote(instance=i("csnap", 0), node="h1") in acts(
         decide(snap(services=(svc,), owners=running, nodes="h1 h2 h3", joined_at=JOINED), NOW)
     )
+
+
+def test_moving_a_master_to_a_free_node_with_a_copy_missing_starts_that_copy_there() -> None:
+    """A copy that is to start anyway starts on the target (and is not failed back from it),
+    and is promoted there: the master is not stopped and started for nothing."""
+    asked = {i("csnap", 1): Relocation(from_node="h2", to_node="h4", master=True)}
+    owners = csnap_owners(master="h2")
+    del owners[i("csnap", 2)]  # h3's copy stopped; h3 would be its best node
+    first = snap(services=(CSNAP,), nodes="h1 h2 h3 h4", owners=owners, relocations=asked)
+    assert acts(decide(first, NOW)) == [Start(instance=i("csnap", 2), node="h4")]
+    running = {**owners, i("csnap", 2): Owner(node="h4", token=9)}
+    assert acts(decide(replace(first, owners=running), NOW)) == [
+        Demote(instance=i("csnap", 1), node="h2")
+    ]

@@ -193,3 +193,24 @@ def test_a_file_may_name_a_stored_domain_but_not_an_unknown_one() -> None:
     # A domain of the file replaces a known one of the same name.
     mine = text + '[[domain]]\nname = "lab"\nnodes = ["h1"]\n'
     assert parse_definitions(mine, known_domains={"lab": one}).domains[0].restricted is False
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (store.StateRecord(disabled=False, reason="operator", at=1.0), None),  # enabled again
+        (store.StateRecord(disabled=True, reason="operator", at=1.0), "operator"),
+        (store.StateRecord(fatal=True, reason="rc 6", at=1.0), "rc 6"),
+        (None, None),
+    ],
+)
+def test_the_reason_is_shown_only_for_a_disabled_or_fatal_service(
+    state: store.StateRecord | None, reason: str | None
+) -> None:
+    items = [owner(0, "h1", 7)]
+    if state is not None:
+        items.append(kv(store.state_key("web"), store.encode_state(state)))
+    status = service_status(listing(*items), "web")
+    assert status is not None
+    assert (status.reason or None) == reason
+    assert status_json(status)["reason"] == reason

@@ -55,6 +55,13 @@ def test_records_round_trip() -> None:
     assert store.decode_block(store.encode_block(block)) == block
     relocation = store.RelocationRecord(from_node="h1", to_node=None, at=6.0)
     assert store.decode_relocation(store.encode_relocation(relocation)) == relocation
+    moving = store.RelocationRecord(
+        from_node="h1", to_node="h2", at=6.0, master=True, waiting="h2 is not up"
+    )
+    assert store.decode_relocation(store.encode_relocation(moving)) == moving
+    # A record written before `master` and `waiting` existed still decodes.
+    old = b'{"at":6.0,"from_node":"h1","to_node":null}'
+    assert store.decode_relocation(old) == relocation
     entry = store.HistoryEntry(at=1.0, node="h1", index=0, token=9, action="start", result="ok")
     history = store.HistoryRecord().appended(entry)
     assert store.decode_history(store.encode_history(history)) == history
@@ -148,3 +155,34 @@ def test_listing_and_snapshot() -> None:
 def test_key_helpers() -> None:
     assert store.owner_key(InstanceId(service="s", index=1)) == "services/owners/s/1"
     assert all(k.startswith("services/") for k in store.service_keys("s"))
+
+
+def test_a_relocation_is_over_once_what_it_moves_runs_elsewhere() -> None:
+    zero, one = InstanceId(service="db", index=0), InstanceId(service="db", index=1)
+
+    def owners(**nodes: tuple[str, bool, bool]) -> store.Listing:
+        items = [
+            kv(
+                store.owner_key(InstanceId(service="db", index=int(name[1:]))),
+                store.encode_owner(store.OwnerRecord(node=node, master=master, busy=busy)),
+                create=10 + int(name[1:]),
+            )
+            for name, (node, master, busy) in nodes.items()
+        ]
+        return store.read_listing(items)
+
+    plain = store.RelocationRecord(from_node="h1", to_node="h2", at=1.0)
+    assert store.relocated_to(owners(i0=("h1", False, False)), zero, plain) is None
+    assert store.relocated_to(owners(i0=("h2", False, True)), zero, plain) == "h2"
+    assert store.relocated_to(owners(), zero, plain) is None
+    master = store.RelocationRecord(from_node="h1", to_node="h2", at=1.0, master=True)
+    # Instance 0 stays on h1 (demoted): over once h2's copy is master, its promote done.
+    asked = owners(i0=("h1", True, False), i1=("h2", False, False))
+    assert store.relocated_to(asked, zero, master) is None
+    demoted = owners(i0=("h1", False, False), i1=("h2", False, False))
+    assert store.relocated_to(demoted, zero, master) is None
+    promoting = owners(i0=("h1", False, False), i1=("h2", True, True))
+    assert store.relocated_to(promoting, zero, master) is None
+    promoted = owners(i0=("h1", False, False), i1=("h2", True, False))
+    assert store.relocated_to(promoted, zero, master) == "h2"
+    assert store.relocated_to(promoted, one, master) == "h2"
