@@ -272,6 +272,12 @@ class RelocationView(_Frozen):
     from_node: str = Field(alias="from")
     to: str | None
     at: float | None = None
+    master: bool = Field(
+        default=False, description="What moves is a promotable service's master role."
+    )
+    waiting: str | None = Field(
+        default=None, description="Why it cannot go on now (None: it goes on)."
+    )
 
 
 class BlockView(_Frozen):

@@ -283,7 +283,13 @@ def _instance_json(instance: InstanceStatus) -> dict[str, Any]:
         "monitors": [_monitor_json(m) for m in instance.monitors],
         "relocation": None
         if relocation is None
-        else {"from": relocation.from_node, "to": relocation.to_node, "at": relocation.at},
+        else {
+            "from": relocation.from_node,
+            "to": relocation.to_node,
+            "at": relocation.at,
+            "master": relocation.master,
+            "waiting": relocation.waiting or None,
+        },
         "block": None
         if block is None
         else {"node": block.node, "token": block.token, "reason": block.reason, "at": block.at},

@@ -14,6 +14,7 @@ is cleared; a slave asked onto a node that runs a copy is refused at once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +179,10 @@ async def test_relocating_the_master_where_every_node_runs_a_copy_moves_the_role
     )
     shown = cli(lab, "status", "p", "--json")
     assert shown.returncode == 0, shown.stderr
+    moving = [i["relocation"] for i in json.loads(shown.stdout)["instances"] if i["relocation"]]
+    assert [(r["to"], r["master"], r["waiting"]) for r in moving] == [
+        ("h3", True, "p is banned from h3")
+    ]
     assert (await listing(lab)).masters["p"].node == "h2"  # meanwhile the master stays
     cleared = cli(lab, "clear", "p")
     assert cleared.returncode == 0, cleared.stderr

@@ -160,7 +160,13 @@ def test_status_gathers_one_service_and_nothing_of_another() -> None:
     assert shown["state"] == "partial"
     assert shown["master"]["token"] == 7
     assert shown["failures"]["h2"]["count"] == 2
-    assert shown["instances"][0]["relocation"] == {"from": "h1", "to": None, "at": 1.0}
+    assert shown["instances"][0]["relocation"] == {
+        "from": "h1",
+        "to": None,
+        "at": 1.0,
+        "master": False,
+        "waiting": None,
+    }
 
 
 def test_an_unreadable_definition_is_listed_where_the_service_would_be() -> None:
