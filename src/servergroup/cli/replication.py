@@ -225,7 +225,10 @@ def backup(
 
 @click.group()
 @click.option(
-    "--server", required=True, metavar="HOST:PORT", help="The kv service's client address."
+    # Not `required=True`: click would then refuse `kv put --help` for want of it.
+    "--server",
+    metavar="HOST:PORT",
+    help="The kv service's client address (required).",
 )
 @click.option(
     "--timeout",
@@ -235,20 +238,30 @@ def backup(
     help="Seconds to wait for the reply.",
 )
 @click.pass_context
-def kv(ctx: click.Context, server: str, timeout: float) -> None:
+def kv(ctx: click.Context, server: str | None, timeout: float) -> None:
     """A client of the kv example service: put, get, delete, scan.
 
     Exits non-zero when no reply came (the server is unreachable, closed
     the connection, or was silent for --timeout): a put that printed ok was
     acknowledged, so its epoch is on the backup.
     """
-    parse_address(server, what="--server")
+    if server is not None:
+        parse_address(server, what="--server")
     ctx.meta["kv"] = (server, timeout)
 
 
 def _ask_here(request: dict[str, Any]) -> dict[str, Any]:
     server, timeout = click.get_current_context().meta["kv"]
+    if server is None:
+        raise UsageError(
+            "give the service's client address: `servergroup kv --server HOST:PORT ...`."
+        )
     return _ask(server, request, timeout)
+
+
+def _not_kv() -> RemoteError:
+    server, _ = click.get_current_context().meta["kv"]
+    return RemoteError(f"{server} did not answer as the kv service: is --server its address?")
 
 
 def _ask(server: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -293,7 +306,9 @@ def kv_put(key: str, value: str) -> None:
 def kv_get(key: str) -> None:
     """Print KEY's value; exit status 1 when it is absent."""
     reply = _ask_here({"op": "get", "key": key})
-    if not reply.get("found"):
+    if not isinstance(reply.get("found"), bool):
+        raise _not_kv()
+    if not reply["found"]:
         fail(f"{key!r} is not in the store.")
     click.echo(reply["value"])
 
@@ -309,7 +324,10 @@ def kv_delete(key: str) -> None:
 @kv.command("scan")
 def kv_scan() -> None:
     """Print every key, sorted, one per line."""
-    for key in _ask_here({"op": "scan"})["keys"]:
+    keys = _ask_here({"op": "scan"}).get("keys")
+    if not isinstance(keys, list):
+        raise _not_kv()
+    for key in keys:
         click.echo(key)
 
 
@@ -384,14 +402,27 @@ def remove(state: CliState, name: str) -> None:
 
     The pair's key remembers which node is active, so that an old primary
     that comes back cannot act; removing it lets a new pair start at
-    generation 1. Running nodes of the pair are not stopped by this.
+    generation 1. While a node of the pair still runs it is refused (the
+    node would keep its generation and a new pair would serve beside it).
     """
     from servergroup.replication.pair import PairKey
+    from servergroup.replication.status import read_pair
 
-    async def work() -> bool:
+    async def work() -> tuple[bool, list[str]]:
         async with connect(state.config()) as coordinator:
-            return await PairKey(coordinator, name).remove()
+            found = await read_pair(coordinator, name)
+            if found is not None and found.nodes:
+                # A node that runs on would keep its generation, and a new pair
+                # would start below it at 1: two primaries would both serve.
+                return True, [node.node for node in found.nodes]
+            return await PairKey(coordinator, name).remove(), []
 
-    if not run_async(work()):
+    existed, running = run_async(work())
+    if running:
+        fail(
+            f"pair {name!r} still has running nodes ({', '.join(running)}): stop them first"
+            " (a killed node drops out within seconds), then remove it."
+        )
+    if not existed:
         fail(f"no replication pair named {name!r}.")
     click.echo(f"pair {name} removed")

@@ -44,7 +44,7 @@ from servergroup.common.errors import RemoteError, ServergroupError, UsageError
 from servergroup.config import CoordinationConfig
 from servergroup.coordination import Coordinator
 from servergroup.replication import backup_machine as bm
-from servergroup.replication.authority import Authority
+from servergroup.replication.authority import STATUS_PREFIX, Authority
 from servergroup.replication.channel import ChannelClosed, TcpChannel, serve
 from servergroup.replication.checkpoint import apply
 from servergroup.replication.pair import PairRecord
@@ -59,6 +59,7 @@ from servergroup.replication.protocol import (
     Welcome,
 )
 from servergroup.replication.regions import PAGE_SIZE
+from servergroup.replication.status import decode_node_status
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,17 @@ class BackupDaemon:
         )
         await self._authority.start()
         record, since = await self._authority.snapshot()
+        if record is not None and record.active == opts.node:
+            # The same name as the running active (the same --serve on its host): the two
+            # would share one status key, and this one would take the active's changes
+            # to the pair's key for its own.
+            found = await self._coordinator.get(f"{STATUS_PREFIX}{opts.pair}/{opts.node}")
+            running = None if found is None else decode_node_status(found.value)
+            if running is not None and running.role.startswith("primary"):
+                raise UsageError(
+                    f"{opts.node} is the name of pair {opts.pair}'s running active node:"
+                    " give this backup another --serve (or --node)."
+                )
         generation = 0 if record is None else record.generation
         self.machine = bm.BackupMachine(config, generation=generation, now=self._loop.time())
         self._authority.follow(self._on_generation, self._on_session_lost, since=since)

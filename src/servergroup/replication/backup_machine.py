@@ -27,7 +27,7 @@ asks its driver to claim the pair's fencing key at generation g + 1
 applied checkpoint and serve). Lost: the primary kept the pair (it went
 unprotected): the backup stands down and waits for a new hello. A pair key
 seen at a newer generation (`fenced`) stands a follower down and stops an
-active one.
+active one; a waiting backup only notes it.
 
 Invariants: applied epochs increase; `ApplyCheckpoint` is emitted only for
 an epoch whose end matched; `Activate` only after a won claim, and at most
@@ -441,6 +441,11 @@ class BackupMachine:
             self.phase = BackupPhase.STOPPED
             return [StopService(reason=f"the pair moved to generation {generation}, past ours")]
         if self.phase is BackupPhase.STOPPED:
+            return []
+        if self.phase is BackupPhase.WAITING:
+            # Following nobody, there is nothing to stand down from: this is the
+            # usual start, a new pair's primary making the key before it says hello.
+            self.generation = generation
             return []
         return self._stand_down(
             f"the pair moved to generation {generation}", now, generation=generation

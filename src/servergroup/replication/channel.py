@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -152,7 +153,9 @@ async def connect(host: str, port: int, *, timeout: float) -> TcpChannel:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
     except (TimeoutError, OSError) as exc:
-        raise ChannelClosed(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
+        # asyncio's text repeats the address ("Connect call failed (...)"): say the errno's.
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc) or "timed out"
+        raise ChannelClosed(f"cannot connect to {host}:{port}: {reason}") from None
     return TcpChannel(reader, writer)
 
 

@@ -310,9 +310,26 @@ class PrimaryDaemon:
         elif opts.backup is not None:
             try:
                 await self._attach(opts.backup)
-            except (ServergroupError, TimeoutError, ReplicationProtocolError) as exc:
+            except ChannelClosed as exc:
                 where = f"{opts.backup[0]}:{opts.backup[1]}"
-                raise RemoteError(f"the backup at {where} is unreachable: {exc}") from None
+                raise RemoteError(
+                    f"the backup is unreachable ({exc}): start"
+                    f" `servergroup backup --listen {where}` first, or correct --backup"
+                ) from None
+            except TimeoutError:
+                where = f"{opts.backup[0]}:{opts.backup[1]}"
+                raise RemoteError(
+                    f"{where} did not answer as a backup within {CONNECT_TIMEOUT:g} s: is"
+                    " --backup the backup's --listen address?"
+                ) from None
+            except ReplicationProtocolError as exc:
+                where = f"{opts.backup[0]}:{opts.backup[1]}"
+                raise RemoteError(
+                    f"{where} did not answer as a backup ({exc}): is --backup"
+                    " the backup's --listen address?"
+                ) from None
+            except ServergroupError as exc:
+                raise RemoteError(str(exc)) from None  # says which backup, and why
         if self._authority is not None:
             _, since = await self._authority.snapshot()
             self._authority.follow(self._on_generation, self._stop, since=since)

@@ -68,6 +68,18 @@ def test_the_kv_client_against_an_unprotected_primary(daemon: DaemonFactory) -> 
     assert run([*kv, "get", "shape"]).stdout == "round\n"  # and the service serves on
 
 
+def test_the_kv_client_against_another_service_says_so(daemon: DaemonFactory) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    daemon(
+        [*SG, "-v", "protect", "--service", "counter", "--listen", address, "--no-backup"],
+        name="primary",
+        ready="serving",
+    )
+    kv = ["kv", "--server", address]
+    assert_one_sentence(run([*kv, "get", "colour"]), "did not answer as the kv service")
+    assert_one_sentence(run([*kv, "put", "colour", "blue"]), "the service refused")
+
+
 def test_a_daemon_asked_to_stop_exits_0_and_a_half_closed_client_gets_its_replies(
     daemon: DaemonFactory,
 ) -> None:
@@ -127,6 +139,8 @@ def test_errors_are_one_sentence(tmp_path: Path, etcd_server: Any, etcd_prefix: 
     assert_one_sentence(
         run(["protect", "--service", "kv", "--listen", listen, "--backup", nobody], env),
         "unreachable",
+        "connection refused",
+        f"servergroup backup --listen {nobody}",
     )
     assert_one_sentence(
         run(["protect", "--service", "no.such:Thing", "--listen", listen, "--no-backup"]),
@@ -187,3 +201,8 @@ def test_help_names_the_benchmark_options() -> None:
     assert "status" in help_of("replication")
     assert "remove" in help_of("replication")
     assert "Exits non-zero when no reply came" in help_of("kv")
+    assert "Set KEY to VALUE" in help_of("kv", "put")  # without --server, as the error suggests
+
+
+def test_the_kv_client_without_a_server_says_so_in_one_sentence() -> None:
+    assert_one_sentence(run(["kv", "get", "x"]), "--server HOST:PORT")

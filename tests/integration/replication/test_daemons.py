@@ -347,6 +347,46 @@ def test_the_old_primary_coming_back_does_not_act(pair: Pair) -> None:
     shown = json.loads(status.stdout)
     assert shown["active"].endswith(Pair.text(pair.serve))
     assert shown["generation"] >= 3
+    # The guide's backup command run again: its default name is the active's.
+    listen = Pair.text(("127.0.0.1", free_port()))
+    same_name = subprocess.run(
+        [*SG, "backup", "--service", "kv", "--listen", listen, "--serve", Pair.text(pair.serve)],
+        env={**os.environ, **pair.env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert same_name.returncode == 2, same_name.stderr
+    assert "running active node: give this backup another --serve" in same_name.stderr
+
+
+def test_remove_refuses_a_pair_whose_nodes_run(pair: Pair) -> None:
+    """Forgetting a live pair would let a new primary start at generation 1 beside it."""
+
+    def remove() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SG, "replication", "remove", "kv"],
+            env={**os.environ, **pair.env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    backup = pair.start_backup()
+    primary = pair.start_primary()
+    backup.wait_for_log("applied full epoch")
+    refused = remove()
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.count("\n") == 1
+    assert "still has running nodes" in refused.stderr
+    assert Pair.text(pair.serve) in refused.stderr  # the backup's name
+    primary.kill()
+    primary.wait(10)
+    backup.wait_for_log("took over at generation")
+    assert backup.stop() == 0
+    wait_until(lambda: remove().returncode == 0, "the pair removed once its nodes stopped")
 
 
 def test_a_frozen_primary_thawed_after_the_takeover_releases_nothing(pair: Pair) -> None:

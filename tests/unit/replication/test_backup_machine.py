@@ -252,6 +252,19 @@ def test_a_lost_claim_or_a_newer_primary_stands_the_backup_down() -> None:
     assert "generation 2 is stale" in other.received(HELLO, 0.3)[0].reason  # type: ignore[union-attr]
 
 
+def test_a_waiting_backup_learns_a_new_generation_without_standing_down() -> None:
+    """A new pair's primary makes the key (generation 1) before its hello (generation 2)."""
+    machine = BackupMachine(CONFIG, generation=0, now=0.0)
+    assert machine.fenced(1, 0.1) == []
+    assert machine.phase is BackupPhase.WAITING
+    assert machine.generation == 1
+    stale = Hello(service="kv", generation=0, page_size=PAGE, disk_size=100, regions=CONFIG.regions)
+    refused = machine.received(stale, 0.2)[1]
+    assert isinstance(refused, SendRefuse)
+    assert "this backup has seen 1" in refused.reason
+    assert machine.received(HELLO, 0.3) == [SendWelcome(generation=2)]
+
+
 def test_an_active_backup_refuses_hellos() -> None:
     machine = following()
     feed(machine, full_epoch(1), 0.1)
