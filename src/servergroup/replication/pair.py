@@ -102,6 +102,20 @@ class PairKey:
             f" for good, `servergroup replication remove {self.name}` forgets the pair)."
         )
 
+    async def abandon(self, record: PairRecord) -> bool:
+        """Forget the pair if it is still exactly `record`; False when it moved on.
+
+        For a primary that made a new pair and failed before it served: what it
+        leaves would name it active and refuse the next primary.
+        """
+        current, revision = await self.read()
+        if current != record:
+            return False
+        try:
+            return await self._coordinator.delete(self.key, if_mod_revision=revision)
+        except RevisionConflict:
+            return False
+
     async def claim(self, previous: int, node: str) -> PairRecord | None:
         """Move the pair from generation `previous` to the next with `node` the only active."""
         while True:

@@ -288,14 +288,17 @@ class PrimaryDaemon:
         self.capturer = Capturer(built.regions, self.tracker)
         now = self._loop.time()
         generation = 0
+        created: PairRecord | None = None  # the pair, when this run made it
         if opts.paired:
             assert self._coordinator is not None
             self._authority = Authority(
                 self._coordinator, self._coordination, pair=opts.pair, node=opts.node
             )
             await self._authority.start()
+            existed, _ = await self._authority.pair.read()
             record = await self._authority.pair.establish(opts.node)
             generation = record.generation
+            created = record if existed is None else None
         config = pm.PrimaryConfig(
             interval=opts.interval,
             heartbeat_interval=opts.heartbeat_interval,
@@ -309,27 +312,14 @@ class PrimaryDaemon:
             self._spawn(self._reattach())
         elif opts.backup is not None:
             try:
-                await self._attach(opts.backup)
-            except ChannelClosed as exc:
-                where = f"{opts.backup[0]}:{opts.backup[1]}"
-                raise RemoteError(
-                    f"the backup is unreachable ({exc}): start"
-                    f" `servergroup backup --listen {where}` first, or correct --backup"
-                ) from None
-            except TimeoutError:
-                where = f"{opts.backup[0]}:{opts.backup[1]}"
-                raise RemoteError(
-                    f"{where} did not answer as a backup within {CONNECT_TIMEOUT:g} s: is"
-                    " --backup the backup's --listen address?"
-                ) from None
-            except ReplicationProtocolError as exc:
-                where = f"{opts.backup[0]}:{opts.backup[1]}"
-                raise RemoteError(
-                    f"{where} did not answer as a backup ({exc}): is --backup"
-                    " the backup's --listen address?"
-                ) from None
-            except ServergroupError as exc:
-                raise RemoteError(str(exc)) from None  # says which backup, and why
+                await self._attach_first(opts.backup)
+            except RemoteError:
+                if created is not None and self._authority is not None:
+                    # It never served: leave no pair behind naming it active, which
+                    # would refuse the next `protect` (say, with --backup corrected).
+                    with contextlib.suppress(ServergroupError):
+                        await self._authority.pair.abandon(created)
+                raise
         if self._authority is not None:
             _, since = await self._authority.snapshot()
             self._authority.follow(self._on_generation, self._stop, since=since)
@@ -362,6 +352,29 @@ class PrimaryDaemon:
         reason = await self._stopped
         if reason:
             raise RemoteError(f"the primary stopped: {reason}.")
+
+    async def _attach_first(self, backup: tuple[str, int]) -> None:
+        """Attach the first backup; what went wrong as one `RemoteError` that says what to do."""
+        where = f"{backup[0]}:{backup[1]}"
+        try:
+            await self._attach(backup)
+        except ChannelClosed as exc:
+            raise RemoteError(
+                f"the backup is unreachable ({exc}): start"
+                f" `servergroup backup --listen {where}` first, or correct --backup"
+            ) from None
+        except TimeoutError:
+            raise RemoteError(
+                f"{where} did not answer as a backup within {CONNECT_TIMEOUT:g} s: is"
+                " --backup the backup's --listen address?"
+            ) from None
+        except ReplicationProtocolError as exc:
+            raise RemoteError(
+                f"{where} did not answer as a backup ({exc}): is --backup"
+                " the backup's --listen address?"
+            ) from None
+        except ServergroupError as exc:
+            raise RemoteError(str(exc)) from None  # says which backup, and why
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(AttributeError):

@@ -110,7 +110,12 @@ def test_a_daemon_asked_to_stop_exits_0_and_a_half_closed_client_gets_its_replie
 def test_a_command_interrupted_says_so_in_one_sentence_with_status_130(
     daemon: DaemonFactory,
 ) -> None:
-    receive = ["image", "receive", "127.0.0.1", "127.0.0.1", str(free_port()), "--timeout", "60"]
+    # --no-record: a local etcd left running in the machine's default state directory
+    # would otherwise get its record written at the interrupt (slow under load).
+    receive = [
+        *("image", "receive", "127.0.0.1", "127.0.0.1", str(free_port())),
+        *("--timeout", "60", "--no-record"),
+    ]
     waiting = daemon(  # retrying to reach a sender that is not there
         [*SG, "-v", "--log-text", *receive], name="receiver", ready="connecting to the sender"
     )
@@ -142,6 +147,11 @@ def test_errors_are_one_sentence(tmp_path: Path, etcd_server: Any, etcd_prefix: 
         "connection refused",
         f"servergroup backup --listen {nobody}",
     )
+    # It never served: no pair is left naming it active, so the next try is not refused.
+    assert_one_sentence(run(["replication", "status", "kv"], env), "no replication pair named")
+    other = f"127.0.0.1:{free_port()}"
+    again = run(["protect", "--service", "kv", "--listen", other, "--backup", nobody], env)
+    assert_one_sentence(again, "unreachable")
     assert_one_sentence(
         run(["protect", "--service", "no.such:Thing", "--listen", listen, "--no-backup"]),
         "cannot import",
