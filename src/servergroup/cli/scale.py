@@ -147,6 +147,19 @@ def policy(
     setting = up_above is not None or down_below is not None
     if off and setting:
         raise UsageError("give either --off or the thresholds, not both")
+    ctx = click.get_current_context()
+    timings = [
+        f"--{name}"
+        for name in ("window", "cooldown")
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if timings and not setting:
+        # They only shape a policy being set: shown or removed, they would be ignored.
+        verb = "is" if len(timings) == 1 else "are"
+        raise UsageError(
+            f"{' and '.join(timings)} {verb} only used when setting a policy: "
+            "give --up-above and --down-below too"
+        )
     wanted: Policy | None = None
     if setting:
         if up_above is None or down_below is None:

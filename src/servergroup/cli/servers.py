@@ -36,7 +36,7 @@ from servergroup.servers.model import (
     server_info,
 )
 from servergroup.servers.operations import Operations
-from servergroup.servers.registry import Registry
+from servergroup.servers.registry import GroupNotFound, Registry
 
 if TYPE_CHECKING:
     from servergroup.servers.drivers.hypervisor import VcpuThread
@@ -173,7 +173,7 @@ def server() -> None:
 
 timeout_option = click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds to wait for the host to carry it out [default: coordination.operation_timeout].",
 )
@@ -188,7 +188,13 @@ timeout_option = click.option(
     shell_complete=complete.groups,
     help="The server group to join.",
 )
-@click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
+@click.option(
+    "--vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=1,
+    show_default=True,
+    help="Its vCPUs (the flavor's most; all online at first).",
+)
 @click.option(
     "--min-vcpus",
     type=click.IntRange(1, MAX_VCPUS),
@@ -270,6 +276,9 @@ def server_list(state: CliState, group_name: str | None, as_json: bool) -> None:
     """List the servers."""
 
     async def work(ops: Operations) -> tuple[list[Server], set[str]]:
+        if group_name is not None and await ops.registry.get_group(group_name) is None:
+            # Not "no servers": a mistyped name would look like an empty group.
+            raise GroupNotFound(f"group {group_name!r} does not exist")
         return await ops.list_servers(group_name), set(await ops.live_hosts())
 
     servers, hosts = _run(state, work, reads_only=True)
@@ -359,11 +368,13 @@ def server_resize(
     flavor online, even if it was scaled down before.
     """
     done = _run(state, lambda ops: ops.resize(name, vcpus, min_vcpus, timeout=timeout))
-    online = len(done.status.online_cpus) if done.status is not None else 0
-    click.echo(
-        f"server {name} has {done.spec.vcpus} vCPU(s) (at least {done.spec.min_vcpus}), "
-        f"{online} online, on {done.host}"
-    )
+    flavor = f"server {name} has {done.spec.vcpus} vCPU(s) (at least {done.spec.min_vcpus})"
+    if done.state is VmState.ACTIVE and done.status is not None:
+        click.echo(f"{flavor}, {len(done.status.online_cpus)} online, on {done.host}")
+    else:
+        # A stopped server boots with the new flavor later; its status still
+        # counts the vCPUs it had when it stopped.
+        click.echo(f"{flavor}, {done.state.value} on {done.host}")
 
 
 @server.command("migrate")
@@ -448,9 +459,19 @@ def server_exec(state: CliState, name: str, command: tuple[str, ...]) -> None:
         command = command[1:]
     if not command:
         raise UsageError("give the command to run after NAME --")
-    found = _run(state, lambda ops: ops.show_server(name), reads_only=True)
+
+    async def look(ops: Operations) -> tuple[Server, set[str]]:
+        return await ops.show_server(name), set(await ops.live_hosts())
+
+    found, hosts = _run(state, look, reads_only=True)
     if found.spec.desired is Desired.DELETED:
         raise UsageError(f"server {name} is being deleted")
+    if found.host not in hosts:
+        # Its last status (say "active") is stale: what ran there died with its host.
+        raise UsageError(
+            f"server {name} is lost: its host {found.host} is not running "
+            f"(`servergroup server evacuate {name}` rebuilds it elsewhere)"
+        )
     if found.state in (VmState.PAUSED, VmState.STOPPED, VmState.DELETED):
         raise UsageError(f"server {name} is {found.state.value}: a command cannot run in it now")
     argv = _driver(state.config(), found).exec_command(found.spec, list(command))

@@ -388,6 +388,13 @@ class Operations:
                 )
             if to == spec.host:
                 raise OperationError(f"server {name} already runs on {to}")
+            if server.host not in snap.hosts:
+                # Nothing is left on a dead host to move: the write would wait
+                # (and leave the server "moving") until that host came back.
+                raise OperationError(
+                    f"host {server.host} of server {name} is not running: rebuild it elsewhere "
+                    f"with `servergroup server evacuate {name} --to {to}`"
+                )
             if to not in snap.hosts:
                 running = ", ".join(sorted(snap.hosts)) or "none"
                 raise OperationError(f"host {to} is not running; running hosts: {running}")
@@ -599,7 +606,13 @@ class Operations:
         if moving and server.host in hosts and server.spec.host not in hosts:
             waiting_for = server.spec.host
         if waiting_for not in hosts:
-            return f"host {waiting_for} is not running"
+            if waiting_for != server.host:
+                return f"host {waiting_for} is not running"
+            # The request stays written: its host carries it out if it comes back.
+            return (
+                f"host {waiting_for} is not running (the request stays for when it is back; "
+                f"`servergroup server evacuate {server.name}` rebuilds the server elsewhere)"
+            )
         status = server.status
         if status is None:
             return f"host {waiting_for} has not reported it yet"

@@ -29,6 +29,22 @@ def test_help_and_usage_errors_need_no_store() -> None:
     ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
+    for args in (
+        ["server", "pause", "s1", "--timeout", "0"],
+        ["server", "migrate", "s1", "--to", "h2", "--timeout", "-1"],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Invalid value for '--timeout'" in result.output
+    # --window or --cooldown alone would be ignored: refused, not read as "show the policy".
+    for args, named in (
+        (["--window", "10"], "--window is"),
+        (["--off", "--cooldown", "5"], "--cooldown is"),
+        (["--window", "10", "--cooldown", "5"], "--window and --cooldown are"),
+    ):
+        result = runner.invoke(cli, ["scale", "policy", "s1", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"{named} only used when setting a policy" in result.output
     assert "list" in runner.invoke(cli, ["host", "--help"]).output
 
 
@@ -58,3 +74,7 @@ def test_what_the_commands_print(servergroup_up: SetupFactory) -> None:
     setup.run("server", "unpause", "s1")
     resized = setup.run("server", "resize", "s1", "--vcpus", "3").stdout.strip()
     assert resized == "server s1 has 3 vCPU(s) (at least 1), 3 online, on h1"
+    # A stopped server's status still counts the vCPUs it stopped with: not shown as online.
+    setup.run("server", "stop", "s1")
+    resized = setup.run("server", "resize", "s1", "--vcpus", "2").stdout.strip()
+    assert resized == "server s1 has 2 vCPU(s) (at least 1), stopped on h1"

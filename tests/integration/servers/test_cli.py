@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -90,6 +91,11 @@ async def test_groups_and_servers_from_the_command_line(
     assert json.loads(out)["server_group"] == "g"
     status, out, _ = await cli("group", "list", "--json")
     assert json.loads(out)[0]["members"] == [name]
+    assert await cli("server", "list", "--group", "nope") == (
+        2,
+        "",
+        "servergroup: group 'nope' does not exist.\n",
+    )
 
     status, out, err = await cli("server", "exec", name, "--", "ip", "-br", "link")
     assert (status, out.split(), err) == (0, ["lo", "DOWN", "00:00:00:00:00:00", "<LOOPBACK>"], "")
@@ -121,3 +127,38 @@ async def test_groups_and_servers_from_the_command_line(
     status, _, err = await cli("server", "show", name)
     assert status == 2
     assert "does not exist" in err
+
+
+async def test_a_server_whose_host_died_is_refused_at_once(
+    cli: Cli, hosts: HostFactory, server_names: NameFactory
+) -> None:
+    status, _, err = await cli(
+        "group", "create", "g", "--policy", "soft-anti-affinity", "--evacuate", "manual"
+    )
+    assert status == 0, err
+    h1 = await hosts("h1")
+    await hosts("h2")
+    name = server_names()
+    status, _, err = await cli("server", "create", name, "--group", "g", "--host", "h1")
+    assert status == 0, err
+    await h1.stop_manager()
+    await h1.coordinator.revoke(h1.lease)
+
+    # Its last status says "active", but what ran there died with its host.
+    status, _, err = await cli("server", "exec", name, "--", "true")
+    assert (status, err) == (
+        2,
+        f"servergroup: server {name} is lost: its host h1 is not running "
+        f"(`servergroup server evacuate {name}` rebuilds it elsewhere).\n",
+    )
+    # Nothing is left on h1 to move: refused, rather than left "moving" until h1 returns.
+    started = time.monotonic()
+    status, _, err = await cli("server", "migrate", name, "--to", "h2")
+    assert (status, err) == (
+        2,
+        f"servergroup: host h1 of server {name} is not running: rebuild it elsewhere "
+        f"with `servergroup server evacuate {name} --to h2`.\n",
+    )
+    assert time.monotonic() - started < 5  # at once, not after the operation's timeout
+    status, out, _ = await cli("server", "show", name, "--json")
+    assert json.loads(out)["spec_host"] == "h1"

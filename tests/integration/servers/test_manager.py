@@ -178,7 +178,9 @@ async def test_refusals_and_timeouts_say_why(
     started = time.monotonic()
     with pytest.raises(
         OperationTimeout,
-        match=rf"server {name} did not become paused within 1 s: host h1 is not running",
+        match=rf"server {name} did not become paused within 1 s: host h1 is not running "
+        rf"\(the request stays for when it is back; `servergroup server evacuate {name}` "
+        r"rebuilds the server elsewhere\)$",
     ):
         await ops.pause(name, timeout=1)
     assert time.monotonic() - started < 5
