@@ -26,12 +26,13 @@ def test_sizes_come_out_in_the_unit(text: str, mib: int) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("lots", "--memory 'lots' is not a size"),
-        ("32", "from 64MiB to 1GiB"),
-        ("1.5MiB", "whole number of 1MiB"),
+        ("lots", "Invalid value for '--memory': 'lots' is not a size"),
+        ("32", "Invalid value for '--memory': '32' is out of range: give 64MiB to 1GiB."),
+        ("1.5MiB", "Invalid value for '--memory': '1.5MiB' is not a whole number of MiB."),
     ],
 )
 def test_bad_sizes_are_one_sentence(text: str, says: str) -> None:
     result = CliRunner().invoke(show, ["--memory", text])
     assert result.exit_code == 2
     assert says in result.output
+    assert result.output.count("--memory") == 1  # named once, by click

@@ -66,15 +66,18 @@ class Size(click.ParamType[int]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        what = param.opts[0] if param is not None and param.opts else "size"
+        # click's message already names the option ("Invalid value for '--memory': ..."):
+        # ours starts at the value.
         try:
-            size = units.parse_size(value, what=what, default_unit=self.unit)
+            size = units.parse_size(value, what="", default_unit=self.unit)
         except ServergroupError as exc:
-            self.fail(str(exc), param, ctx)
-        if size % self.unit or not self.low <= size // self.unit <= self.high:
+            self.fail(str(exc).lstrip(), param, ctx)
+        unit = units.format_size(self.unit).removeprefix("1")
+        if size % self.unit:
+            self.fail(f"{value!r} is not a whole number of {unit}.", param, ctx)
+        if not self.low <= size // self.unit <= self.high:
             self.fail(
-                f"{what} {value!r} must be a whole number of {units.format_size(self.unit)} "
-                f"from {units.format_size(self.low * self.unit)} "
+                f"{value!r} is out of range: give {units.format_size(self.low * self.unit)} "
                 f"to {units.format_size(self.high * self.unit)}.",
                 param,
                 ctx,
