@@ -84,6 +84,17 @@ def test_attention_names_each_thing_to_look_at_and_nothing_settled() -> None:
     ]
 
 
+def test_a_lost_server_of_a_group_evacuated_by_hand_says_how() -> None:
+    snapshot = {
+        **SNAPSHOT,
+        "groups": [{"name": "g", "policy": "affinity", "evacuate": "manual", "members": ["c"]}],
+    }
+    assert (
+        "server c is lost: its host h1 is not live "
+        "(group g is evacuated by hand: servergroup server evacuate c)"
+    ) in needs_attention(snapshot)
+
+
 def test_an_empty_cluster_needs_nothing() -> None:
     kinds = ("hosts", "groups", "servers", "services", "replication", "transfers")
     empty: dict[str, Any] = {kind: [] for kind in kinds}

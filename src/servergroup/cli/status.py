@@ -154,11 +154,18 @@ def _rows(rows: Iterable[list[str]]) -> list[str]:
 def needs_attention(snapshot: dict[str, Any]) -> list[str]:
     """One sentence per thing an operator should look at, most pressing kinds first."""
     out: list[str] = []
+    by_hand = {g["name"] for g in snapshot["groups"] if g.get("evacuate") == "manual"}
     for s in snapshot["servers"]:
         if s["vm_state"] == VmState.DELETED.value:
             continue
         if not s["host_alive"]:
-            out.append(f"server {s['name']} is lost: its host {s['host']} is not live")
+            lost = f"server {s['name']} is lost: its host {s['host']} is not live"
+            if s["group"] in by_hand:
+                lost += (
+                    f" (group {s['group']} is evacuated by hand: "
+                    f"servergroup server evacuate {s['name']})"
+                )
+            out.append(lost)
         elif s["vm_state"] == VmState.ERROR.value:
             out.append(f"server {s['name']} is in error: {s['error'] or 'no reason recorded'}")
     for entry in snapshot["services"]:

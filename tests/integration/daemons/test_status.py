@@ -17,6 +17,11 @@ DUMMY = Path(__file__).parents[3] / "examples" / "services" / "dummy.toml"
 
 wait = functools.partial(wait_until, timeout=30.0, interval=0.2)
 
+LOST = (
+    "server d2 is lost: its host h2 is not live "
+    "(group db is evacuated by hand: servergroup server evacuate d2)"
+)
+
 
 def status_json(setup: Setup) -> dict[str, Any]:
     shown: dict[str, Any] = setup.json("status")
@@ -53,7 +58,7 @@ def test_status_shows_the_cluster_and_what_needs_attention(servergroup_up: Setup
 
     shown = status_json(setup)
     assert [(h["name"], h["alive"]) for h in shown["hosts"]] == [("h1", True), ("h2", False)]
-    assert shown["attention"] == ["server d2 is lost: its host h2 is not live"]
+    assert shown["attention"] == [LOST]
     text = setup.run("status").stdout
     lines = text.splitlines()
     assert "hosts: 1 live, 1 gone" in lines
@@ -62,11 +67,11 @@ def test_status_shows_the_cluster_and_what_needs_attention(servergroup_up: Setup
     dummy = next(line for line in lines if line.split()[:1] == ["dummy"])
     assert dummy.split()[1:5] == ["running", "1/1", "running", "on"]
     assert "master h1 at " in dummy
-    assert lines[-2:] == ["attention: 1", "  server d2 is lost: its host h2 is not live"]
+    assert lines[-2:] == ["attention: 1", f"  {LOST}"]
 
     setup.run("service", "disable", "dummy")
     wait(
         lambda: [s["summary"]["state"] for s in status_json(setup)["services"]] == ["disabled"],
         "the dummy service disabled",
     )
-    assert status_json(setup)["attention"] == ["server d2 is lost: its host h2 is not live"]
+    assert status_json(setup)["attention"] == [LOST]
