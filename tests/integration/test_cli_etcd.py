@@ -133,6 +133,16 @@ def test_a_command_that_only_looks_does_not_start_the_local_etcd(env: dict[str, 
     assert done.returncode == 0, done.stderr
     assert "web" in done.stdout
 
+    # `down` stops only an etcd that `up` started, and says this one runs on.
+    done = subprocess.run([*CLI, "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    running = LocalEtcd(load_config(env=env)).running()
+    assert running is not None
+    assert done.stdout.strip() == (
+        f"nothing is up; the local etcd (pid {running[0]}) was not started by up and runs on: "
+        "`servergroup etcd --stop` stops it"
+    )
+
 
 def test_port_options_override_the_environment(env: dict[str, str]) -> None:
     client, peer = free_ports(2)

@@ -7,6 +7,7 @@ import json
 import click
 
 from servergroup.cli.common import CliState, pass_state
+from servergroup.coordination.local_etcd import LocalEtcd
 from servergroup.daemons.up import clean_servers
 from servergroup.daemons.up import down as take_down
 from servergroup.daemons.up import up as bring_up
@@ -68,11 +69,22 @@ def down(state: CliState) -> None:
         clean_servers=clean_servers,
         progress=lambda msg: click.echo(f"  {msg}", err=True),
     )
+    # The managed etcd stays when something else started it (a command that changes
+    # something, `etcd --start`): say so, or it runs on unnoticed.
+    running = None if config.coordination.endpoints else LocalEtcd(config).running()
     if report is None:
-        click.echo("nothing is up")
+        click.echo("nothing is up" + (_etcd_left(running[0]) if running else ""))
         return
     click.echo(
         f"servergroup is down: {report.servers_deleted} server(s) deleted, "
         f"{report.hosts_stopped} host daemon(s) stopped"
         + (", etcd stopped" if report.etcd_stopped else "")
+        + (_etcd_left(running[0]) if running and not report.etcd_stopped else "")
+    )
+
+
+def _etcd_left(pid: int) -> str:
+    return (
+        f"; the local etcd (pid {pid}) was not started by up and runs on: "
+        "`servergroup etcd --stop` stops it"
     )
