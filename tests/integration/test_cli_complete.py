@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,8 +11,8 @@ import pytest
 
 from servergroup.cli.complete import TIMEOUT
 from servergroup.config import load_config
-from servergroup.coordination.etcd_process import free_ports
 from servergroup.coordination.local_etcd import LocalEtcd
+from tests.fixtures.etcd import own_local_etcd_env
 from tests.fixtures.setup import SetupFactory
 
 pytestmark = pytest.mark.timeout(180)
@@ -59,20 +58,12 @@ def test_names_in_the_store_are_offered(servergroup_up: SetupFactory) -> None:
 
 
 def test_without_a_running_store_nothing_is_offered_and_nothing_started(tmp_path: Path) -> None:
-    client, peer = free_ports(2)
-    env = {
-        **os.environ,
-        "SERVERGROUP_STATE_DIR": str(tmp_path / "state"),
-        "SERVERGROUP_ETCD_PORT": str(client),
-        "SERVERGROUP_ETCD_PEER_PORT": str(peer),
-    }
-    for name in ("SERVERGROUP_CONFIG", "SERVERGROUP_ETCD_ENDPOINTS"):
-        env.pop(name, None)
+    env = own_local_etcd_env(tmp_path / "state")
     assert offered(env, "server", "show", "") == []
     assert LocalEtcd(load_config(env=env)).running() is None
 
     # An etcd that does not answer (nothing listens there): nothing, within the timeout.
-    env["SERVERGROUP_ETCD_ENDPOINTS"] = f"http://127.0.0.1:{client}"
+    env["SERVERGROUP_ETCD_ENDPOINTS"] = f"http://127.0.0.1:{env['SERVERGROUP_ETCD_PORT']}"
     started = time.monotonic()
     assert offered(env, "group", "delete", "") == []
     assert time.monotonic() - started < TIMEOUT + 5  # the interpreter's start on a busy machine

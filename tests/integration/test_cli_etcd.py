@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from servergroup.config import load_config
 from servergroup.coordination.etcd_process import free_ports, is_healthy
 from servergroup.coordination.local_etcd import LocalEtcd
 from tests.fixtures.daemons import DaemonFactory
+from tests.fixtures.etcd import own_local_etcd_env
 
 CLI = [sys.executable, "-m", "servergroup"]
 
@@ -25,15 +25,7 @@ CLI = [sys.executable, "-m", "servergroup"]
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for the CLI: own state directory and free ports; stops what it started."""
-    client, peer = free_ports(2)
-    values = {
-        **os.environ,
-        "SERVERGROUP_STATE_DIR": str(tmp_path / "state"),
-        "SERVERGROUP_ETCD_PORT": str(client),
-        "SERVERGROUP_ETCD_PEER_PORT": str(peer),
-    }
-    for name in ("SERVERGROUP_CONFIG", "SERVERGROUP_ETCD_ENDPOINTS"):
-        values.pop(name, None)
+    values = own_local_etcd_env(tmp_path / "state")
     yield values
     LocalEtcd(load_config(env=values)).stop(timeout=5.0)
 

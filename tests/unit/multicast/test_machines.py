@@ -261,6 +261,17 @@ def test_the_sender_going_away_ends_every_receiver_with_failure() -> None:
         assert "closed the connection" in c.report.reason
 
 
+def welcome(*, keepalive_interval: float) -> Welcome:
+    """A sender's welcome, for a receiver machine driven by hand."""
+    return Welcome(
+        group=IPv4Address("239.192.83.71"),
+        port=18383,
+        payload_size=1400,
+        buffer_packets=16,
+        keepalive_interval=keepalive_interval,
+    )
+
+
 def test_a_silent_sender_ends_the_receiver_after_its_timeout() -> None:
     machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r", timeout=4.0))
     machine.connected(10.0)
@@ -273,14 +284,7 @@ def test_a_silent_sender_ends_the_receiver_after_its_timeout() -> None:
     # Welcomed, then nothing more: the reason says so (it read "sent anything").
     machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r", timeout=4.0))
     machine.connected(10.0)
-    welcome = Welcome(
-        group=IPv4Address("239.192.83.71"),
-        port=18383,
-        payload_size=1400,
-        buffer_packets=16,
-        keepalive_interval=1.0,
-    )
-    machine.message_received(SESSION, welcome, 11.0)
+    machine.message_received(SESSION, welcome(keepalive_interval=1.0), 11.0)
     assert machine.handle_timer(14.9) == []
     (close,) = [a for a in machine.handle_timer(15.0) if isinstance(a, rx.Close)]
     assert close.report.reason == "the sender sent nothing for 4 s"
@@ -295,14 +299,7 @@ def test_a_receiver_with_a_short_timeout_waits_for_two_of_the_senders_keepalives
     machine = rx.ReceiverMachine(rx.ReceiverSettings(name="r", timeout=2.0))
     machine.connected(10.0)
     assert machine.next_timer() == 12.0  # before the welcome: its own timeout
-    welcome = Welcome(
-        group=IPv4Address("239.192.83.71"),
-        port=18383,
-        payload_size=1400,
-        buffer_packets=16,
-        keepalive_interval=2.5,
-    )
-    machine.message_received(SESSION, welcome, 11.0)
+    machine.message_received(SESSION, welcome(keepalive_interval=2.5), 11.0)
     assert machine.next_timer() == 16.0
     assert machine.handle_timer(13.5) == []  # a keepalive is due at 13.5, not missed yet
     (close,) = [a for a in machine.handle_timer(16.0) if isinstance(a, rx.Close)]
