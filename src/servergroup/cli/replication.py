@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from servergroup.replication.front import parse_address
 from servergroup.replication.hooks import FailurePoint, parse_failure_point
 from servergroup.replication.primary_machine import OnBackupLoss
 from servergroup.replication.service import EXAMPLES, load_service
+
+if TYPE_CHECKING:
+    from servergroup.replication.status import PairStatus
 
 SERVICE_HELP = (
     "The service to protect: MODULE:CLASS (a class whose constructor takes a ServiceSpace),"
@@ -337,12 +340,25 @@ def replication() -> None:
 
 
 @replication.command()
-@click.argument("name", shell_complete=complete.pairs)
+@click.argument("name", required=False, shell_complete=complete.pairs)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def status(state: CliState, name: str, as_json: bool) -> None:
-    """Show pair NAME: generation, active, backup, and each live node's epoch, lag, sizes."""
-    from servergroup.replication.status import PairStatus, read_pair
+def status(state: CliState, name: str | None, as_json: bool) -> None:
+    """Show pair NAME: generation, active, backup, and each live node's epoch, lag, sizes.
+
+    Without NAME, list every pair: generation, active, backup, running nodes.
+    """
+    from servergroup.replication.status import pair_names, read_pair
+
+    if name is None:
+
+        async def read_all() -> list[PairStatus]:
+            async with connect(state.config(), start_local=False) as coordinator:
+                found = [await read_pair(coordinator, n) for n in await pair_names(coordinator)]
+            return [p for p in found if p is not None]
+
+        _list_pairs(run_async(read_all()), as_json)
+        return
 
     async def read() -> PairStatus | None:
         async with connect(state.config(), start_local=False) as coordinator:
@@ -392,6 +408,38 @@ def status(state: CliState, name: str, as_json: bool) -> None:
         )
     else:
         click.echo("no node of this pair is running")
+
+
+def _list_pairs(pairs: list[PairStatus], as_json: bool) -> None:
+    if as_json:
+        body = [
+            {
+                "pair": p.name,
+                "generation": p.record.generation,
+                "active": p.record.active,
+                "backup": p.record.backup,
+                "nodes": [node.node for node in p.nodes],
+            }
+            for p in pairs
+        ]
+        click.echo(json.dumps({"pairs": body}, sort_keys=True))
+        return
+    if not pairs:
+        click.echo("no replication pairs")
+        return
+    print_table(
+        ["PAIR", "GEN", "ACTIVE", "BACKUP", "NODES RUNNING"],
+        [
+            [
+                p.name,
+                str(p.record.generation),
+                p.record.active,
+                p.record.backup or "none",
+                ", ".join(node.node for node in p.nodes) or "none",
+            ]
+            for p in pairs
+        ],
+    )
 
 
 @replication.command()

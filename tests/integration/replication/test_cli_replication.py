@@ -171,6 +171,7 @@ def test_errors_are_one_sentence(tmp_path: Path, etcd_server: Any, etcd_prefix: 
             "address",
         )
     assert_one_sentence(run(["replication", "status", "nosuch"], env), "no replication pair")
+    assert run(["replication", "status"], env).stdout == "no replication pairs\n"
 
 
 def test_a_failure_point_on_stdin_kills_the_primary(tmp_path: Path) -> None:

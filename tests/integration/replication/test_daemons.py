@@ -347,6 +347,21 @@ def test_the_old_primary_coming_back_does_not_act(pair: Pair) -> None:
     shown = json.loads(status.stdout)
     assert shown["active"].endswith(Pair.text(pair.serve))
     assert shown["generation"] >= 3
+    listed = subprocess.run(  # without NAME: every pair, one row each
+        [*SG, "replication", "status", "--json"],
+        env={**os.environ, **pair.env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    (row,) = json.loads(listed.stdout)["pairs"]
+    assert (row["pair"], row["active"], row["generation"]) == (
+        "kv",
+        shown["active"],
+        shown["generation"],
+    )
+    assert row["nodes"] == [n["node"] for n in shown["nodes"]]
     # The guide's backup command run again: its default name is the active's.
     listen = Pair.text(("127.0.0.1", free_port()))
     same_name = subprocess.run(
