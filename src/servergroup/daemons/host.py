@@ -86,7 +86,6 @@ from servergroup.servers.evacuator import Evacuator
 from servergroup.servers.manager import ServerManager
 from servergroup.servers.model import HostRecord, check_name, decode_host, encode_record
 from servergroup.servers.registry import Registry, RegistryCache, host_key
-from servergroup.services.ledger import ledger_path
 from servergroup.services.node import NodeRole, registry_group_hosts
 
 log = logging.getLogger(__name__)
@@ -333,7 +332,7 @@ def _services(
         node=options.name,
         node_ip=settings.node_ip or options.migration_address,
         ocf_root=Path(settings.ocf_root),
-        ledger_path=ledger_path(config.state_dir, options.name),
+        state_dir=Path(config.state_dir),
         coordination=coordination,
         group_hosts=lambda: registry_group_hosts(cache.snapshot),
         group_changes=cache.subscribe,

@@ -88,11 +88,6 @@ def ledger_path(state_dir: Path, node: str) -> Path:
     return state_dir / "services" / f"{node}.ledger"
 
 
-def state_dir_of(ledger: Path) -> Path:
-    """The daemon's state directory, from its ledger's path (`ledger_path`'s inverse)."""
-    return ledger.parent.parent
-
-
 def encode_ledger(ledger: Ledger) -> bytes:
     return json.dumps(
         {
@@ -202,6 +197,5 @@ __all__ = [
     "encode_ledger",
     "ledger_path",
     "read_ledger",
-    "state_dir_of",
     "write_ledger",
 ]

@@ -119,8 +119,8 @@ from servergroup.services.ledger import (
     Ledger,
     LedgerEntry,
     clear_ledger,
+    ledger_path,
     read_ledger,
-    state_dir_of,
     write_ledger,
 )
 from servergroup.services.metadata import AgentInfo, MetadataError
@@ -253,7 +253,7 @@ class NodeRole:
         node: str,
         node_ip: str,
         ocf_root: Path,
-        ledger_path: Path,
+        state_dir: Path,
         coordination: CoordinationConfig,
         group_hosts: Callable[[], Mapping[str, frozenset[str]]] | None = None,
         group_changes: Callable[[], asyncio.Queue[Any]] | None = None,
@@ -271,7 +271,10 @@ class NodeRole:
         self.node = node
         self.node_ip = node_ip
         self.ocf_root = ocf_root
-        self.ledger_path = ledger_path
+        #: The daemon's state directory: the ledger lives under it, and `{state_dir}`
+        #: in a service's parameters names it.
+        self.state_dir = state_dir
+        self.ledger_path = ledger_path(state_dir, node)
         self._coordination = coordination
         self._group_hosts = group_hosts
         self._group_changes = group_changes
@@ -636,7 +639,7 @@ class NodeRole:
             node=self.node,
             node_ip=self.node_ip,
             instance=instance.index,
-            state_dir=str(state_dir_of(self.ledger_path).absolute()),
+            state_dir=str(self.state_dir.absolute()),
         )
 
     def _follow_definitions(self, listing: store.Listing) -> None:

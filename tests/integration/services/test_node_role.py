@@ -153,7 +153,7 @@ async def node_role(
         node="n1",
         node_ip="127.0.0.1",
         ocf_root=make_ocf_root(base / "ocf"),
-        ledger_path=base / "ledger.json",
+        state_dir=base,
         coordination=TIMINGS,
         fencer=fencer,
     )
