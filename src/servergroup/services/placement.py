@@ -410,8 +410,12 @@ class _Planner:
         if asked.to_node is not None and asked.to_node not in free:
             self.wait(instance, self.unfit(service, asked.to_node) or self.occupied(asked.to_node))
             return False
+        return self.move_off(instance, owner, free, "no other allowed node is free")
+
+    def move_off(self, instance: InstanceId, owner: Owner, free: list[str], why: str) -> bool:
+        """Stop `instance` to start it on one of `free` (True); with none, say `why` it waits."""
         if not free:
-            self.wait(instance, "no other allowed node is free")
+            self.wait(instance, why)
             return False
         self.actions.append(Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE))
         return True
@@ -441,22 +445,17 @@ class _Planner:
                 return False
             if copy is None and self.missing(service, owners):
                 return False  # a missing copy starts on the target first (place())
-            if copy is None:
-                self.actions.append(
-                    Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE)
-                )
-                return True
+            if copy is None:  # checked free above
+                return self.move_off(instance, owner, [target], why="")
             if not copy.busy:  # a copy being started or recovered: wait for it, quietly
                 self.actions.append(Demote(instance=instance, node=owner.node))
             return False
         if any(self.allowed(service, n) and not (o.failed or o.busy) for n, o in copies.items()):
             self.actions.append(Demote(instance=instance, node=owner.node))
             return False
-        if not free:
-            self.wait(instance, "no other allowed node runs a healthy copy or is free")
-            return False
-        self.actions.append(Stop(instance=instance, node=owner.node, reason=StopReason.RELOCATE))
-        return True
+        return self.move_off(
+            instance, owner, free, "no other allowed node runs a healthy copy or is free"
+        )
 
     def missing(self, service: Service, owners: Mapping[InstanceId, Owner]) -> bool:
         """Whether an instance of `service` has no owner and may be started."""
