@@ -84,7 +84,7 @@ from servergroup.common.component import ComponentHealth
 from servergroup.common.errors import LocalError, RemoteError, ServergroupError, sentence
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, Coordinator
-from servergroup.replication.status import pair_names, read_pair
+from servergroup.replication.status import read_pair, read_pairs
 from servergroup.scaling.client import read_pools, scale_cpu
 from servergroup.scaling.protocol import MAX_TIMEOUT_MS, Direction
 from servergroup.servers.model import MAX_VCPUS, NAME_PATTERN, Server
@@ -470,12 +470,7 @@ def build_app(context: ApiContext) -> FastAPI:
     @app.get("/replication", dependencies=read, responses=_ERRORS, tags=["replication"])
     async def list_pairs() -> list[PairView]:
         """Protected pairs: generation, active, backup, and each running node's status."""
-        out = []
-        for name in await pair_names(c):
-            pair = await read_pair(c, name)
-            if pair is not None:  # removed in between
-                out.append(pair_view(pair))
-        return out
+        return [pair_view(pair) for pair in await read_pairs(c)]
 
     @app.get("/replication/{name}", dependencies=read, responses=_ERRORS, tags=["replication"])
     async def show_pair(name: ServiceName) -> PairView:

@@ -49,7 +49,7 @@ from servergroup.common.component import cancel_and_wait
 from servergroup.common.errors import ServergroupError
 from servergroup.common.logsetup import log_bug
 from servergroup.coordination import CoordinationError, Coordinator, Watch, WatchCompacted
-from servergroup.replication.status import pair_names, read_pair
+from servergroup.replication.status import read_pairs
 from servergroup.scaling.client import read_pools
 from servergroup.servers.operations import Operations
 from servergroup.servers.registry import Registry
@@ -98,11 +98,7 @@ async def read_snapshot(coordinator: Coordinator, host: str) -> dict[str, Any]:
             entry["status"] = status
         services.append(entry)
     transfers = await read_transfers(c)
-    pairs = []
-    for name in await pair_names(c):
-        pair = await read_pair(c, name)
-        if pair is not None:
-            pairs.append(pair_view(pair).model_dump(mode="json"))
+    pairs = [pair_view(pair).model_dump(mode="json") for pair in await read_pairs(c)]
     return {
         "host": host,
         "hosts": [h.model_dump(mode="json") for h in host_views(live.values(), pools, servers)],

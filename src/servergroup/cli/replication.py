@@ -348,14 +348,13 @@ def status(state: CliState, name: str | None, as_json: bool) -> None:
 
     Without NAME, list every pair: generation, active, backup, running nodes.
     """
-    from servergroup.replication.status import pair_names, read_pair
+    from servergroup.replication.status import read_pair, read_pairs
 
     if name is None:
 
         async def read_all() -> list[PairStatus]:
             async with connect(state.config(), start_local=False) as coordinator:
-                found = [await read_pair(coordinator, n) for n in await pair_names(coordinator)]
-            return [p for p in found if p is not None]
+                return await read_pairs(coordinator)
 
         _list_pairs(run_async(read_all()), as_json)
         return

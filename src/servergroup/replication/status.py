@@ -6,10 +6,11 @@ status key per running node, `replication-status/<NAME>/<node>`, which each
 node's daemon puts on its own lease every second (`authority.Authority.publish`:
 the primary's and the backup's `status()`). So a node that died drops out of
 the listing within its lease, and the listing is as fresh as the last
-publish. `read_pair(coordinator, name)` reads both; `pair_names(coordinator)`
-lists the pairs. A status value that is not a JSON object is left out (a
-peer's garbage never breaks the listing); its fields are typed here, each
-optional, because a primary publishes some and a backup others.
+publish. `read_pair(coordinator, name)` reads both, `read_pairs` every
+pair's; `pair_names(coordinator)` lists the pairs. A status value that is
+not a JSON object is left out (a peer's garbage never breaks the listing);
+its fields are typed here, each optional, because a primary publishes some
+and a backup others.
 """
 
 from __future__ import annotations
@@ -105,4 +106,17 @@ async def pair_names(coordinator: Coordinator) -> list[str]:
     return sorted({kv.key[len(PREFIX) :] for kv in found.items if "/" not in kv.key[len(PREFIX) :]})
 
 
-__all__ = ["NodeStatus", "PairStatus", "decode_node_status", "pair_names", "read_pair"]
+async def read_pairs(coordinator: Coordinator) -> list[PairStatus]:
+    """Every pair in the store, by name (one removed while they are read is left out)."""
+    found = [await read_pair(coordinator, name) for name in await pair_names(coordinator)]
+    return [pair for pair in found if pair is not None]
+
+
+__all__ = [
+    "NodeStatus",
+    "PairStatus",
+    "decode_node_status",
+    "pair_names",
+    "read_pair",
+    "read_pairs",
+]
