@@ -267,12 +267,12 @@ class _Receiver:
         deadline = self.clock.monotonic() + config.timeout
         while True:
             try:
-                return await asyncio.wait_for(
-                    asyncio.open_connection(
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel (Ctrl-C)
+                # that comes as the connect fails, and the loop would go on retrying.
+                async with asyncio.timeout(max(0.1, deadline - self.clock.monotonic())):
+                    return await asyncio.open_connection(
                         str(config.server_ip), config.port, local_addr=(str(config.local_ip), 0)
-                    ),
-                    max(0.1, deadline - self.clock.monotonic()),
-                )
+                    )
             except (OSError, TimeoutError) as exc:
                 if self.clock.monotonic() >= deadline:
                     why = connect_failure(exc)
